@@ -1,0 +1,77 @@
+"""The `hiertcn` command: data statistics, training, evaluation, export and experiments.
+
+Each subcommand lives in its own module that exposes `register(subparsers)`. Modules import
+their heavy dependencies (torch, onnx) inside the handlers, so `hiertcn --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from hiertcn.errors import HierTCNError
+
+logger = logging.getLogger(__name__)
+
+# Modules whose `register(subparsers)` adds one top-level subcommand each.
+_COMMAND_MODULES = (
+    "hiertcn.commands.data",
+    "hiertcn.commands.train",
+    "hiertcn.commands.evaluate",
+    "export.command",
+    "hiertcn.commands.experiment",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every available subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="hiertcn",
+        description="Train, evaluate and export HierTCN recommenders on interaction logs.",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def configure_logging(verbosity: int) -> None:
+    """Set up the one logging configuration that every entry point shares."""
+    level = logging.WARNING if verbosity < 0 else (logging.INFO, logging.DEBUG)[min(verbosity, 1)]
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `hiertcn` command and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except HierTCNError as error:
+        logger.debug("command failed", exc_info=True)
+        print(f"hiertcn: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("hiertcn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

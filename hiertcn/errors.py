@@ -1,0 +1,27 @@
+"""Exceptions of the `hiertcn` package. Each message names the bad value and the fix."""
+
+from __future__ import annotations
+
+
+class HierTCNError(Exception):
+    """Base class for errors that the command line reports without a traceback."""
+
+    exit_code = 1
+
+
+class DataError(HierTCNError):
+    """An input log is missing, malformed, or empty after filtering."""
+
+    exit_code = 2
+
+
+class ConfigError(HierTCNError):
+    """A configuration value or flag combination is invalid."""
+
+    exit_code = 2
+
+
+class CheckpointError(HierTCNError):
+    """A checkpoint is missing, unreadable, or was written for another model."""
+
+    exit_code = 2
