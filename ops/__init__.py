@@ -1,0 +1,1 @@
+"""Operations: the local Kafka broker launcher and the monitoring configuration."""
