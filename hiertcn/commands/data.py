@@ -1,0 +1,121 @@
+"""`hiertcn data`: statistics of an interaction log, saving its split, and synthetic logs.
+
+hiertcn data stats FILE [--format ...] [filter flags] [--splits] [--json]
+hiertcn data prepare FILE --out DIR [data flags]
+hiertcn data synthetic OUT.csv [--users N] [--items N] [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from hiertcn.data.options import (
+    add_data_arguments,
+    data_config_from_args,
+    load_dataset_from_config,
+    prepare_log,
+)
+from hiertcn.data.stats import compute_stats, format_stats_table
+from hiertcn.data.synthetic import generate_synthetic_log
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `data` command and its subcommands."""
+    parser = subparsers.add_parser(
+        "data",
+        help="describe, prepare or generate interaction logs",
+        description="Describe, prepare or generate interaction logs.",
+    )
+    commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+
+    stats = commands.add_parser(
+        "stats",
+        help="print users, items, events and sessions of a filtered log",
+        description="Read, filter and sessionize a log, then print users, items, events, "
+        "sessions, events per session and sessions per user (mean and standard deviation).",
+    )
+    add_data_arguments(stats)
+    stats.add_argument(
+        "--splits", action="store_true", help="also print the train, validation and test parts"
+    )
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.set_defaults(func=run_stats)
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="save the split of a log as memory-mappable event logs",
+        description="Read, filter, sessionize and split a log, and save train/, valid/ and "
+        "test/ event logs and summary.json under --out.",
+    )
+    add_data_arguments(prepare)
+    prepare.add_argument("--out", type=Path, required=True, help="output folder")
+    prepare.set_defaults(func=run_prepare)
+
+    synthetic = commands.add_parser(
+        "synthetic",
+        help="write a synthetic CSV log (user,item,timestamp in seconds)",
+        description="Write a synthetic log of users with stable tastes and drifting "
+        "in-session interest; read it back with --format csv.",
+    )
+    synthetic.add_argument("out", type=Path, metavar="OUT", help="CSV file to write")
+    synthetic.add_argument(
+        "--users", type=int, default=1000, help="number of users (default: 1000)"
+    )
+    synthetic.add_argument(
+        "--items", type=int, default=2000, help="number of items (default: 2000)"
+    )
+    synthetic.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    synthetic.set_defaults(func=run_synthetic)
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    """Print the statistics of the filtered log, and of its split with --splits."""
+    config = data_config_from_args(args)
+    if args.splits:
+        dataset = load_dataset_from_config(config)
+        parts = {
+            "all": dataset.log,
+            "train": dataset.train,
+            "valid": dataset.valid,
+            "test": dataset.test,
+        }
+        report = dataset.filter_report
+    else:
+        log, report = prepare_log(config)
+        parts = {"all": log}
+    # filter_log has already logged the filter report line by line.
+    stats = {name: compute_stats(part) for name, part in parts.items()}
+    if args.json:
+        output = {
+            "source": str(config.path),
+            "session_gap": config.session_gap,
+            "filter_report": report.to_dict(),
+            "stats": {name: value.to_dict() for name, value in stats.items()},
+        }
+        print(json.dumps(output, indent=2))
+    else:
+        print(format_stats_table(stats))
+    return 0
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    """Save the train, validation and test event logs and the summary under --out."""
+    dataset = load_dataset_from_config(data_config_from_args(args))
+    out: Path = args.out
+    for name, part in (("train", dataset.train), ("valid", dataset.valid), ("test", dataset.test)):
+        part.save(out / name)
+    (out / "summary.json").write_text(json.dumps(dataset.summary, indent=2), encoding="utf-8")
+    print(f"saved train/, valid/, test/ and summary.json under {out}")
+    return 0
+
+
+def run_synthetic(args: argparse.Namespace) -> int:
+    """Write the synthetic log."""
+    path = generate_synthetic_log(args.users, args.items, args.seed, args.out)
+    print(f"wrote {path}")
+    return 0

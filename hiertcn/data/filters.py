@@ -1,0 +1,156 @@
+"""Item and user filters, applied in rounds until no filter removes anything.
+
+Each round first removes the items with fewer than `min_item_count` interactions. Then it
+removes the users with fewer than `min_user_events` events, and then those with more than
+`max_user_events` events. Such users are removed whole, not truncated. Removing items can push a
+user below the minimum, which can in turn push an item below its minimum, hence the rounds.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from hiertcn.data.readers import RawLog
+from hiertcn.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+# Filter names, and the command-line flag that sets each one.
+FILTER_FLAGS = {
+    "min_item_count": "--min-item-count",
+    "min_user_events": "--min-user-events",
+    "max_user_events": "--max-user-events",
+}
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Filter thresholds; 0 disables a minimum and None disables the maximum."""
+
+    min_item_count: int = 50
+    min_user_events: int = 10
+    max_user_events: int | None = 1000
+
+    def __post_init__(self) -> None:
+        if self.min_item_count < 0 or self.min_user_events < 0:
+            raise DataError(
+                f"filter minimums must be 0 or more, got --min-item-count {self.min_item_count} "
+                f"and --min-user-events {self.min_user_events}"
+            )
+        if self.max_user_events is not None and self.max_user_events < self.min_user_events:
+            raise DataError(
+                f"--max-user-events {self.max_user_events} is below --min-user-events "
+                f"{self.min_user_events}: raise it, or give 0 for no maximum"
+            )
+
+
+@dataclass(frozen=True)
+class FilterStep:
+    """Removals of one filter in one round."""
+
+    round: int
+    filter: str
+    value: int
+    events_removed: int
+    users_removed: int
+    items_removed: int
+
+
+@dataclass(frozen=True)
+class FilterReport:
+    """The removals of every filter in every round, and the size before and after."""
+
+    steps: tuple[FilterStep, ...]
+    rounds: int
+    events_before: int
+    events_after: int
+
+    def to_dict(self) -> dict[str, object]:
+        """Return a JSON-able form of the report."""
+        return {
+            "rounds": self.rounds,
+            "events_before": self.events_before,
+            "events_after": self.events_after,
+            "steps": [asdict(step) for step in self.steps],
+        }
+
+    def format_lines(self) -> list[str]:
+        """Return one readable line per step that removed something, then a total line."""
+        lines = [
+            f"round {step.round}: {step.filter}={step.value} removed {step.events_removed} events, "
+            f"{step.users_removed} users, {step.items_removed} items"
+            for step in self.steps
+            if step.events_removed
+        ]
+        lines.append(
+            f"filters kept {self.events_after} of {self.events_before} events "
+            f"after {self.rounds} rounds"
+        )
+        return lines
+
+
+def _counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (unique values, inverse index `[E]`, count per unique value)."""
+    unique, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    return unique, inverse.reshape(-1), counts
+
+
+def _apply(
+    raw: RawLog, keep: np.ndarray, round_number: int, name: str, value: int, steps: list[FilterStep]
+) -> RawLog:
+    """Keep the events in `keep`, record the step, and raise DataError if nothing is left."""
+    removed = int(len(keep) - np.count_nonzero(keep))
+    users_before, items_before = len(np.unique(raw.users)), len(np.unique(raw.items))
+    filtered = raw.select(keep) if removed else raw
+    users_after = len(np.unique(filtered.users)) if removed else users_before
+    items_after = len(np.unique(filtered.items)) if removed else items_before
+    steps.append(
+        FilterStep(
+            round=round_number,
+            filter=name,
+            value=value,
+            events_removed=removed,
+            users_removed=users_before - users_after,
+            items_removed=items_before - items_after,
+        )
+    )
+    if len(filtered) == 0:
+        fix = "raise" if name == "max_user_events" else "lower"
+        raise DataError(
+            f"{raw.source}: the filter {name}={value} removed every remaining event in round "
+            f"{round_number}: {fix} {FILTER_FLAGS[name]}"
+        )
+    return filtered
+
+
+def filter_log(raw: RawLog, config: FilterConfig) -> tuple[RawLog, FilterReport]:
+    """Apply the filters in rounds until a fixed point; return the kept events and the report."""
+    steps: list[FilterStep] = []
+    events_before = len(raw)
+    round_number = 0
+    while True:
+        round_number += 1
+        size_at_start = len(raw)
+
+        _, item_index, item_counts = _counts(raw.items)
+        keep = item_counts[item_index] >= config.min_item_count
+        raw = _apply(raw, keep, round_number, "min_item_count", config.min_item_count, steps)
+
+        _, user_index, user_counts = _counts(raw.users)
+        keep = user_counts[user_index] >= config.min_user_events
+        raw = _apply(raw, keep, round_number, "min_user_events", config.min_user_events, steps)
+
+        if config.max_user_events is not None:
+            _, user_index, user_counts = _counts(raw.users)
+            keep = user_counts[user_index] <= config.max_user_events
+            raw = _apply(raw, keep, round_number, "max_user_events", config.max_user_events, steps)
+
+        if len(raw) == size_at_start:
+            break
+    report = FilterReport(tuple(steps), round_number, events_before, len(raw))
+    for line in report.format_lines():
+        logger.info("%s", line)
+    return raw, report

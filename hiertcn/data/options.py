@@ -1,0 +1,281 @@
+"""The data flags shared by every command that reads a log, and the one function that loads it.
+
+`add_data_arguments(parser)` adds the flags; `load_dataset(args)` reads, filters, sessionizes and
+splits the log they name and returns a `Dataset`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hiertcn.data.filters import FilterConfig, FilterReport, filter_log
+from hiertcn.data.log import EventLog, build_event_log
+from hiertcn.data.readers import FORMATS, TIME_UNITS, ReaderConfig, read_log
+from hiertcn.data.sessions import DEFAULT_SESSION_GAP
+from hiertcn.data.splits import SPLIT_KINDS, SplitConfig, split_log
+from hiertcn.data.stats import compute_stats
+from hiertcn.data.vocab import ItemVocab
+from hiertcn.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Everything that decides which events a run trains and evaluates on."""
+
+    path: Path
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+    session_gap: int = DEFAULT_SESSION_GAP
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A filtered, sessionized log and its split; every log shares `vocab`.
+
+    `log` is the whole filtered log before the split. `summary` is JSON-able: the source, the
+    settings, the filter report and the statistics of each part.
+    """
+
+    log: EventLog
+    train: EventLog
+    valid: EventLog
+    test: EventLog
+    vocab: ItemVocab
+    filter_report: FilterReport
+    summary: dict[str, object]
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, path_required: bool = True) -> None:
+    """Add the log path and every data flag to `parser`."""
+    parser.add_argument(
+        "data",
+        metavar="FILE",
+        nargs=None if path_required else "?",
+        type=Path,
+        help="interaction log file (CSV, TSV, JSON Lines, MovieLens, OTTO, Taobao or trivago)",
+    )
+    group = parser.add_argument_group("data")
+    _add_reader_arguments(group)
+    _add_filter_arguments(group)
+    _add_split_arguments(group)
+
+
+def _add_reader_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="auto",
+        help="log format (default: auto, which picks it from the file name and first line "
+        "and fails when that is ambiguous)",
+    )
+    group.add_argument("--user-col", help="user column: header name or 0-based position")
+    group.add_argument(
+        "--item-col",
+        help="item column: header name or 0-based position; any column can be the item, "
+        "for example `category` with --format taobao",
+    )
+    group.add_argument("--time-col", help="timestamp column: header name or 0-based position")
+    group.add_argument(
+        "--event-type-col", help="event type column (csv, jsonl): header name or 0-based position"
+    )
+    group.add_argument(
+        "--event-types",
+        help="comma-separated event types to keep, for example `pv` for Taobao page views "
+        "(default: all)",
+    )
+    group.add_argument(
+        "--impressions-col",
+        help="column with the items shown at each event (csv, jsonl), separated by "
+        "--impressions-sep",
+    )
+    group.add_argument(
+        "--impressions-sep",
+        default="|",
+        help="separator inside the impressions column (default: |)",
+    )
+    group.add_argument(
+        "--no-header",
+        dest="header",
+        action="store_false",
+        help="the csv file has no header row, so columns are 0-based positions",
+    )
+    group.add_argument(
+        "--delimiter",
+        help="field delimiter of a csv log; `\\t` means tab (default: from the suffix, "
+        ".csv is a comma, .tsv and .tab a tab)",
+    )
+    group.add_argument(
+        "--time-unit",
+        choices=TIME_UNITS,
+        help="unit of the timestamps in the file, seconds or milliseconds; never guessed "
+        "(default: s, except ms for --format otto)",
+    )
+    group.add_argument(
+        "--session-gap",
+        type=int,
+        default=DEFAULT_SESSION_GAP,
+        help=f"idle gap in seconds above which a new session starts; a gap of exactly this "
+        f"value stays in the session (default: {DEFAULT_SESSION_GAP})",
+    )
+
+
+def _add_filter_arguments(group: argparse._ArgumentGroup) -> None:
+    defaults = FilterConfig()
+    group.add_argument(
+        "--min-item-count",
+        type=int,
+        default=defaults.min_item_count,
+        help=f"drop items with fewer interactions, in events; 0 keeps all "
+        f"(default: {defaults.min_item_count})",
+    )
+    group.add_argument(
+        "--min-user-events",
+        type=int,
+        default=defaults.min_user_events,
+        help=f"drop users with fewer events; 0 keeps all (default: {defaults.min_user_events})",
+    )
+    group.add_argument(
+        "--max-user-events",
+        type=int,
+        default=defaults.max_user_events,
+        help=f"drop users with more events; 0 means no maximum "
+        f"(default: {defaults.max_user_events})",
+    )
+
+
+def _add_split_arguments(group: argparse._ArgumentGroup) -> None:
+    split = SplitConfig()
+    group.add_argument(
+        "--split",
+        choices=SPLIT_KINDS,
+        default=split.kind,
+        help="cold: disjoint train, validation and test users; warm: the same users split by "
+        f"time (default: {split.kind})",
+    )
+    group.add_argument(
+        "--split-seed",
+        type=int,
+        default=split.seed,
+        help=f"seed of the user shuffle of the cold-start split (default: {split.seed})",
+    )
+    group.add_argument(
+        "--train-fraction",
+        type=float,
+        default=split.train_fraction,
+        help="fraction of users (cold) or of the event-time quantile (warm) for training "
+        f"(default: {split.train_fraction})",
+    )
+    group.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=split.valid_fraction,
+        help="fraction for validation; the test part gets the rest "
+        f"(default: {split.valid_fraction})",
+    )
+
+
+def _delimiter(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return value.replace("\\t", "\t")
+
+
+def _event_types(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    types = tuple(part.strip() for part in value.split(",") if part.strip())
+    if not types:
+        raise DataError(f"--event-types {value!r} names no event type: give e.g. `pv` or `clicks`")
+    return types
+
+
+def data_config_from_args(args: argparse.Namespace) -> DataConfig:
+    """Build the `DataConfig` from the flags that `add_data_arguments` added."""
+    if args.data is None:
+        raise DataError("no interaction log given: pass the log FILE")
+    reader = ReaderConfig(
+        format=args.format,
+        user_col=args.user_col,
+        item_col=args.item_col,
+        time_col=args.time_col,
+        event_type_col=args.event_type_col,
+        impressions_col=args.impressions_col,
+        impressions_sep=args.impressions_sep,
+        header=args.header,
+        delimiter=_delimiter(args.delimiter),
+        time_unit=args.time_unit,
+        event_types=_event_types(args.event_types),
+    )
+    filters = FilterConfig(
+        min_item_count=args.min_item_count,
+        min_user_events=args.min_user_events,
+        max_user_events=args.max_user_events or None,
+    )
+    split = SplitConfig(
+        kind=args.split,
+        seed=args.split_seed,
+        train_fraction=args.train_fraction,
+        valid_fraction=args.valid_fraction,
+    )
+    return DataConfig(
+        path=Path(args.data),
+        reader=reader,
+        session_gap=args.session_gap,
+        filters=filters,
+        split=split,
+    )
+
+
+def prepare_log(config: DataConfig) -> tuple[EventLog, FilterReport]:
+    """Read, filter and sessionize the log of `config`, without splitting it."""
+    raw = read_log(config.path, config.reader)
+    filtered, report = filter_log(raw, config.filters)
+    log = build_event_log(filtered, gap=config.session_gap)
+    return log, report
+
+
+def load_dataset_from_config(config: DataConfig) -> Dataset:
+    """Read, filter, sessionize and split the log of `config`."""
+    log, report = prepare_log(config)
+    split = split_log(log, config.split)
+    parts = {"all": log, "train": split.train, "valid": split.valid, "test": split.test}
+    summary: dict[str, object] = {
+        "source": str(config.path),
+        "format": config.reader.format,
+        "session_gap": config.session_gap,
+        "filters": {
+            "min_item_count": config.filters.min_item_count,
+            "min_user_events": config.filters.min_user_events,
+            "max_user_events": config.filters.max_user_events,
+        },
+        "filter_report": report.to_dict(),
+        "split": {
+            "kind": config.split.kind,
+            "seed": config.split.seed,
+            "train_fraction": config.split.train_fraction,
+            "valid_fraction": config.split.valid_fraction,
+        },
+        "num_items": log.num_items,
+        "stats": {name: compute_stats(part).to_dict() for name, part in parts.items()},
+        "targets": {name: part.num_targets for name, part in parts.items()},
+    }
+    return Dataset(
+        log=log,
+        train=split.train,
+        valid=split.valid,
+        test=split.test,
+        vocab=log.vocab,
+        filter_report=report,
+        summary=summary,
+    )
+
+
+def load_dataset(args: argparse.Namespace) -> Dataset:
+    """Load the dataset that the flags of `add_data_arguments` describe."""
+    return load_dataset_from_config(data_config_from_args(args))

@@ -1,0 +1,111 @@
+"""Filters: rounds to a fixed point, the report, and the empty-result error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hiertcn.data.filters import FilterConfig, filter_log
+from hiertcn.data.readers import RawLog, ReaderConfig, read_log
+from hiertcn.errors import DataError
+
+
+def raw_from_rows(tmp_path: Path, rows: list[tuple[str, str]]) -> RawLog:
+    """Write (user, item) rows with increasing timestamps and read them back."""
+    path = tmp_path / "log.csv"
+    lines = ["user,item,timestamp"] + [f"{u},{i},{t}" for t, (u, i) in enumerate(rows)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return read_log(path, ReaderConfig(format="csv"))
+
+
+# Removing the item `rare` drops user u1 below 2 events; removing u1 drops item `y` below 2
+# interactions, which takes one event from u2.
+CASCADE = [
+    ("u1", "rare"),
+    ("u1", "y"),
+    ("u2", "y"),
+    ("u2", "z"),
+    ("u2", "z"),
+    ("u3", "z"),
+    ("u3", "w"),
+    ("u3", "w"),
+]
+
+
+def test_filters_reach_fixed_point_through_cascade(tmp_path):
+    config = FilterConfig(min_item_count=2, min_user_events=2, max_user_events=None)
+    filtered, report = filter_log(raw_from_rows(tmp_path, CASCADE), config)
+    assert sorted(set(filtered.users)) == ["u2", "u3"]
+    assert sorted(set(filtered.items)) == ["w", "z"]
+    assert len(filtered) == 5
+    assert report.rounds == 3
+    assert report.events_before == 8
+    assert report.events_after == 5
+
+
+def test_filter_report_states_each_removal(tmp_path):
+    config = FilterConfig(min_item_count=2, min_user_events=2, max_user_events=None)
+    _, report = filter_log(raw_from_rows(tmp_path, CASCADE), config)
+    removals = [
+        (step.round, step.filter, step.events_removed, step.users_removed, step.items_removed)
+        for step in report.steps
+        if step.events_removed
+    ]
+    assert removals == [
+        (1, "min_item_count", 1, 0, 1),
+        (1, "min_user_events", 1, 1, 0),
+        (2, "min_item_count", 1, 0, 1),
+    ]
+    assert report.format_lines()[0] == (
+        "round 1: min_item_count=2 removed 1 events, 0 users, 1 items"
+    )
+    assert report.to_dict()["events_after"] == 5
+
+
+def test_max_user_events_removes_whole_user(tmp_path):
+    rows = [("heavy", "a")] * 4 + [("light", "a")] * 2
+    config = FilterConfig(min_item_count=0, min_user_events=0, max_user_events=3)
+    filtered, _ = filter_log(raw_from_rows(tmp_path, rows), config)
+    assert set(filtered.users) == {"light"}
+
+
+def test_filter_keeps_positions_and_timestamps(tmp_path):
+    config = FilterConfig(min_item_count=2, min_user_events=2, max_user_events=None)
+    filtered, _ = filter_log(raw_from_rows(tmp_path, CASCADE), config)
+    assert list(filtered.positions) == [3, 4, 5, 6, 7]
+    assert (np.diff(filtered.timestamps) > 0).all()
+
+
+def test_empty_result_names_filter_and_fix(tmp_path):
+    config = FilterConfig(min_item_count=0, min_user_events=1000, max_user_events=None)
+    with pytest.raises(DataError) as error:
+        filter_log(raw_from_rows(tmp_path, CASCADE), config)
+    message = str(error.value)
+    assert "min_user_events=1000 removed every remaining event in round 1" in message
+    assert "lower --min-user-events" in message
+
+
+def test_empty_result_from_maximum_asks_to_raise(tmp_path):
+    config = FilterConfig(min_item_count=0, min_user_events=0, max_user_events=1)
+    with pytest.raises(DataError, match="raise --max-user-events"):
+        filter_log(raw_from_rows(tmp_path, CASCADE), config)
+
+
+def test_maximum_below_minimum_is_rejected():
+    with pytest.raises(DataError, match="--max-user-events 5 is below --min-user-events 10"):
+        FilterConfig(min_item_count=0, min_user_events=10, max_user_events=5)
+
+
+def test_real_log_filters_reach_fixed_point(shared_data):
+    path = shared_data / "taobao-userbehavior-head" / "UserBehavior_head.csv"
+    config = FilterConfig(min_item_count=5, min_user_events=10, max_user_events=1000)
+    filtered, report = filter_log(read_log(path), config)
+    _, item_counts = np.unique(filtered.items, return_counts=True)
+    _, user_counts = np.unique(filtered.users, return_counts=True)
+    assert item_counts.min() >= 5
+    assert user_counts.min() >= 10
+    assert user_counts.max() <= 1000
+    assert report.rounds > 1
+    assert not any(step.events_removed for step in report.steps if step.round == report.rounds)

@@ -1,0 +1,263 @@
+"""Readers: the real logs in the shared data folder, the generic formats, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hiertcn.data.log import build_event_log
+from hiertcn.data.readers import ReaderConfig, detect_format, read_log
+from hiertcn.errors import DataError
+
+# (relative path, events, users, items, sessions at 30 min) from each folder's README.
+REAL_LOGS = [
+    ("movielens-latest-small/ratings.csv", 100_836, 610, 9_724, 7_145),
+    ("movielens-100k/u.data", 100_000, 943, 1_682, 2_793),
+    ("taobao-userbehavior-head/UserBehavior_head.csv", 84_287, 814, 55_233, 14_096),
+    ("otto-sample/train.jsonl", 862, 20, 510, 144),
+]
+
+
+@pytest.mark.parametrize(("relative", "events", "users", "items", "sessions"), REAL_LOGS)
+def test_real_log_counts_match_readme(shared_data, relative, events, users, items, sessions):
+    log = build_event_log(read_log(shared_data / relative), gap=1800)
+    assert log.num_events == events
+    assert log.num_users == users
+    assert log.num_items == items
+    assert log.num_sessions == sessions
+
+
+@pytest.mark.parametrize(
+    ("relative", "expected"),
+    [
+        ("movielens-latest-small/ratings.csv", "movielens"),
+        ("movielens-100k/u.data", "movielens"),
+        ("taobao-userbehavior-head/UserBehavior_head.csv", "taobao"),
+        ("otto-sample/train.jsonl", "otto"),
+        ("trivago-sample/train_small.csv", "trivago"),
+    ],
+)
+def test_auto_format_detects_real_logs(shared_data, relative, expected):
+    assert detect_format(shared_data / relative) == expected
+
+
+def test_taobao_category_as_item(shared_data):
+    path = shared_data / "taobao-userbehavior-head" / "UserBehavior_head.csv"
+    raw = read_log(path, ReaderConfig(format="taobao", item_col="category"))
+    assert len(np.unique(raw.items)) == 2_911
+    assert raw.items[0] == "2520377"
+
+
+def test_taobao_event_types_filter(shared_data):
+    path = shared_data / "taobao-userbehavior-head" / "UserBehavior_head.csv"
+    raw = read_log(path, ReaderConfig(format="taobao", event_types=("pv",)))
+    assert len(raw) == 75_693
+    assert set(raw.event_types) == {"pv"}
+
+
+def test_otto_timestamps_are_floored_seconds(shared_data):
+    raw = read_log(shared_data / "otto-sample" / "train.jsonl")
+    assert raw.timestamps.dtype == np.int64
+    assert raw.timestamps[0] == 1659304800  # 1659304800025 ms
+    assert raw.users[0] == "0"
+    assert raw.event_types is not None
+    assert set(raw.event_types) == {"clicks", "carts", "orders"}
+
+
+def test_trivago_clickouts_carry_impressions(shared_data):
+    raw = read_log(shared_data / "trivago-sample" / "train_small.csv")
+    assert raw.impression_offsets is not None
+    assert raw.event_types is not None
+    lengths = np.diff(raw.impression_offsets)
+    clickouts = raw.event_types == "clickout item"
+    assert clickouts.sum() == 12
+    assert (lengths[clickouts] >= 23).all()
+    assert (lengths[~clickouts] == 0).all()
+    for event in np.flatnonzero(clickouts):
+        shown = raw.impressions[raw.impression_offsets[event] : raw.impression_offsets[event + 1]]
+        assert raw.items[event] in set(shown)
+
+
+def test_trivago_impressions_map_to_rows(shared_data):
+    log = build_event_log(read_log(shared_data / "trivago-sample" / "train_small.csv"))
+    assert log.impressions is not None
+    assert log.impressions.dtype == np.int32
+    known = log.impressions[log.impressions >= 0]
+    assert (known < log.num_items).all()
+    assert (log.impressions == -1).any()
+
+
+def test_trivago_test_file_skips_hidden_targets(shared_data):
+    raw = read_log(shared_data / "trivago-sample" / "test_small.csv")
+    assert "" not in set(raw.items)
+    assert all(item.isdigit() for item in raw.items)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_generic_csv_columns_by_name(tmp_path):
+    path = write(tmp_path / "log.csv", "ts,who,what,cat\n10,a,x,c1\n20,b,y,c2\n")
+    raw = read_log(path, ReaderConfig(format="csv", user_col="who", item_col="cat", time_col="ts"))
+    assert list(raw.users) == ["a", "b"]
+    assert list(raw.items) == ["c1", "c2"]
+    assert list(raw.timestamps) == [10, 20]
+
+
+def test_generic_csv_columns_by_position_without_header(tmp_path):
+    path = write(tmp_path / "log.txt", "x;a;10\ny;b;20\n")
+    config = ReaderConfig(
+        format="csv", header=False, delimiter=";", user_col="1", item_col="0", time_col="2"
+    )
+    raw = read_log(path, config)
+    assert list(raw.users) == ["a", "b"]
+    assert list(raw.items) == ["x", "y"]
+
+
+def test_generic_tsv_delimiter_from_suffix(tmp_path):
+    path = write(tmp_path / "log.tsv", "user\titem\ttimestamp\nu\ti\t5\n")
+    raw = read_log(path, ReaderConfig(format="csv"))
+    assert list(raw.items) == ["i"]
+
+
+def test_generic_csv_milliseconds_floor(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item,timestamp\nu,i,1999\nu,j,-1\n")
+    raw = read_log(path, ReaderConfig(format="csv", time_unit="ms"))
+    assert list(raw.timestamps) == [1, -1]
+
+
+def test_generic_csv_impressions_column(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item,timestamp,shown\nu,i,1,i|j|k\nu,j,2,\n")
+    raw = read_log(path, ReaderConfig(format="csv", impressions_col="shown"))
+    assert list(raw.impression_offsets) == [0, 3, 3]
+    assert list(raw.impressions) == ["i", "j", "k"]
+
+
+def test_generic_jsonl_numbers_and_strings_are_same_item(tmp_path):
+    lines = [
+        {"user": 1, "item": 42, "timestamp": 1, "shown": [42, "7"]},
+        {"user": "1", "item": "42", "timestamp": 2},
+    ]
+    path = write(tmp_path / "log.jsonl", "\n".join(json.dumps(line) for line in lines) + "\n")
+    raw = read_log(path, ReaderConfig(format="jsonl", impressions_col="shown"))
+    assert list(raw.users) == ["1", "1"]
+    assert list(raw.items) == ["42", "42"]
+    assert list(raw.impressions) == ["42", "7"]
+
+
+def test_bad_timestamp_names_file_line_and_value(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item,timestamp\nu,i,1\nu,j,12x\n")
+    with pytest.raises(DataError) as error:
+        read_log(path, ReaderConfig(format="csv"))
+    message = str(error.value)
+    assert f"{path}:3" in message
+    assert "'12x'" in message
+
+
+def test_float_timestamp_is_rejected(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item,timestamp\nu,i,1.5\n")
+    with pytest.raises(DataError, match=r"log.csv:2: timestamp '1.5' is not an integer"):
+        read_log(path, ReaderConfig(format="csv"))
+
+
+def test_short_row_names_line(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item,timestamp\nu,i,1\nu,j\n")
+    with pytest.raises(DataError, match=r"log.csv:3: row has 2 fields"):
+        read_log(path, ReaderConfig(format="csv"))
+
+
+def test_milliseconds_read_as_seconds_are_rejected(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item,timestamp\nu,i,1659304800025000\n")
+    with pytest.raises(DataError, match="--time-unit ms"):
+        read_log(path, ReaderConfig(format="csv"))
+
+
+def test_invalid_json_line_names_line(tmp_path):
+    path = write(tmp_path / "log.jsonl", '{"session": 1, "events": []}\n{"session": 2,\n')
+    with pytest.raises(DataError, match=r"log.jsonl:2: invalid JSON"):
+        read_log(path, ReaderConfig(format="otto"))
+
+
+def test_otto_missing_key_names_line(tmp_path):
+    path = write(tmp_path / "log.jsonl", '{"session": 1, "events": [{"aid": 5, "type": "c"}]}\n')
+    with pytest.raises(DataError, match=r"log.jsonl:1: key 'ts' missing"):
+        read_log(path, ReaderConfig(format="otto"))
+
+
+def test_empty_file_is_rejected(tmp_path):
+    path = write(tmp_path / "log.csv", "")
+    with pytest.raises(DataError, match="is empty"):
+        read_log(path)
+
+
+def test_header_only_file_is_rejected(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item,timestamp\n")
+    with pytest.raises(DataError, match="no events in the file"):
+        read_log(path, ReaderConfig(format="csv"))
+
+
+def test_missing_file_is_rejected(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        read_log(tmp_path / "absent.csv")
+
+
+def test_unknown_column_lists_header(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item,timestamp\nu,i,1\n")
+    with pytest.raises(DataError, match=r"column 'product' for the item not found"):
+        read_log(path, ReaderConfig(format="csv", item_col="product"))
+
+
+def test_column_name_without_header_is_rejected(tmp_path):
+    path = write(tmp_path / "log.csv", "u,i,1\n")
+    with pytest.raises(DataError, match="needs a header"):
+        read_log(path, ReaderConfig(format="csv", header=False, item_col="item"))
+
+
+def test_auto_format_rejects_ambiguous_file(tmp_path):
+    path = write(tmp_path / "events.txt", "a b c\n")
+    with pytest.raises(DataError, match="pass --format with one of"):
+        read_log(path)
+
+
+def test_named_format_rejects_other_time_unit(shared_data):
+    path = shared_data / "otto-sample" / "train.jsonl"
+    with pytest.raises(DataError, match="stores timestamps in ms"):
+        read_log(path, ReaderConfig(format="otto", time_unit="s"))
+
+
+def test_movielens_dat_double_colon(tmp_path):
+    path = write(tmp_path / "ratings.dat", "1::10::5::978300760\n1::20::3::978300761\n")
+    raw = read_log(path)
+    assert list(raw.items) == ["10", "20"]
+    assert list(raw.timestamps) == [978300760, 978300761]
+
+
+def test_movielens_csv_without_index_column(tmp_path):
+    path = write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,31,2.5,1260759144\n")
+    raw = read_log(path)
+    assert list(raw.users) == ["1"]
+    assert list(raw.items) == ["31"]
+
+
+def test_float_id_is_rejected(tmp_path):
+    path = write(tmp_path / "log.jsonl", '{"user": 1, "item": 4.5, "timestamp": 1}\n')
+    with pytest.raises(DataError, match=r"log.jsonl:1: item id 4.5 is invalid"):
+        read_log(path, ReaderConfig(format="jsonl"))
+
+
+def test_event_types_without_type_column_is_rejected(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item,timestamp\nu,i,1\n")
+    with pytest.raises(DataError, match="pass --event-type-col"):
+        read_log(path, ReaderConfig(format="csv", event_types=("pv",)))
+
+
+def test_generic_csv_event_type_column(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item,timestamp,kind\nu,i,1,view\nu,j,2,buy\n")
+    raw = read_log(path, ReaderConfig(format="csv", event_type_col="kind", event_types=("buy",)))
+    assert list(raw.items) == ["j"]
+    assert list(raw.positions) == [0]
