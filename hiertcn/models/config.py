@@ -1,0 +1,89 @@
+"""Model configuration: one frozen dataclass that names the model and contains every hyperparameter.
+
+Checkpoints and model bundles store `ModelConfig.to_dict()`, and `ModelConfig.from_dict` rebuilds
+the same configuration, so a saved model can always be rebuilt with `build_model`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hiertcn.errors import ConfigError
+
+HIERTCN_DILATIONS = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of every registered model; each model reads the fields it needs.
+
+    `dilations` of `None` means the model's own default: (1, 2, 4, 8) for HierTCN and
+    (1, 2, 4, 8, 16, 32) for the single-level TCN baseline.
+    """
+
+    name: str = "hiertcn"
+    embedding_dim: int = 128  # D
+    hidden_size: int = 128  # H, of every GRU
+    gru_layers: int = 4  # G, of the high-level (session) GRU
+    tcn_channels: int = 128  # filters of every TCN convolution
+    kernel_size: int = 5
+    dilations: tuple[int, ...] | None = None  # one residual block per dilation
+    dropout: float = 0.0  # on TCN activations
+    gru_candidate_dropout: float = 0.0  # on the candidate activation of the high-level GRU
+    batch_norm: bool = False  # masked batch norm with statistics per time step in the TCN
+    batch_norm_steps: int = 256  # time steps with their own statistics; later ones share the last
+    item_vectors_path: str | None = None  # fixed pre-trained item vectors, float `.npy` [N, D]
+    recent_items: int = 5  # k: items that moving_average averages and maxitem compares
+
+    def __post_init__(self) -> None:
+        if self.dilations is not None:
+            object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
+        for field in (
+            "embedding_dim",
+            "hidden_size",
+            "gru_layers",
+            "tcn_channels",
+            "kernel_size",
+            "batch_norm_steps",
+            "recent_items",
+        ):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model {field}={value!r} is invalid: use a positive integer")
+        if self.dilations is not None and (
+            not self.dilations or any(d < 1 for d in self.dilations)
+        ):
+            raise ConfigError(
+                f"model dilations={self.dilations!r} is invalid: "
+                "give one positive integer per residual block, e.g. (1, 2, 4, 8)"
+            )
+        for field in ("dropout", "gru_candidate_dropout"):
+            value = getattr(self, field)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"model {field}={value!r} is invalid: use a rate in [0, 1)")
+
+    def dilations_or(self, default: tuple[int, ...]) -> tuple[int, ...]:
+        """Return the configured dilations, or `default` when none are set."""
+        return self.dilations if self.dilations is not None else default
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict of every field (tuples become lists)."""
+        values = dataclasses.asdict(self)
+        if values["dilations"] is not None:
+            values["dilations"] = list(values["dilations"])
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
+        """Rebuild a configuration from `to_dict` output; unknown keys raise `ConfigError`."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown model configuration keys {unknown}: "
+                f"the known keys are {sorted(known)}; was this saved by a newer version?"
+            )
+        return cls(**dict(values))

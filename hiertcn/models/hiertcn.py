@@ -1,0 +1,162 @@
+"""HierTCN: a session-level GRU of long-term interest over a causal TCN inside each session.
+
+You et al., "Hierarchical Temporal Convolutional Networks for Dynamic Recommender Systems"
+(WWW 2019). Shape letters: `B` rows, `L` events in a session prefix, `N` items, `D` item-embedding
+size, `H` GRU hidden size, `G` GRU layers.
+
+- High level: a G-layer GRU whose state s [G, H] is updated once per closed session with the mean
+  item embedding of that session, `s_i = GRU(s_{i-1}, mean(x in session i))`, starting from the
+  learned `start_state`.
+- Low level: a causal dilated TCN whose input at position j is `concat(x_j, s_{i-1}[top layer])`.
+  Position 0 contains a learned start token in place of an item, so the first item of a session is
+  predicted from the start token and s alone. A linear layer maps the TCN output to the user
+  embedding u [D], and the score of an item is the dot product of u and its embedding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hiertcn.models.base import RecommenderModel, padded_bytes, select_rows
+from hiertcn.models.config import HIERTCN_DILATIONS, ModelConfig
+from hiertcn.models.embedding import ItemEmbedding
+from hiertcn.models.registry import register_model
+from hiertcn.models.regularization import batch_norm_factory, gru_step
+from hiertcn.models.tcn import TemporalConvNet
+
+
+@register_model("hiertcn")
+class HierTCN(RecommenderModel):
+    """HierTCN with the serving functions that `export/` turns into ONNX graphs.
+
+    The carry is the GRU state [B, G, H] before the batch's session. Subclasses may replace the
+    low level by overriding `build_low_level`.
+    """
+
+    def __init__(self, config: ModelConfig, num_items: int) -> None:
+        super().__init__(config, num_items)
+        dim, hidden, layers = config.embedding_dim, config.hidden_size, config.gru_layers
+        self.items = ItemEmbedding(num_items, dim, config.item_vectors_path)
+        self.session_gru = nn.GRU(dim, hidden, num_layers=layers, batch_first=True)
+        self.start_state = nn.Parameter(torch.zeros(layers, hidden))  # [G, H]
+        self.start_token = nn.Parameter(torch.randn(dim) * dim**-0.5)  # [D]
+        self.low_level, low_level_size = self.build_low_level(dim + hidden)
+        self.output = nn.Linear(low_level_size, dim)
+
+    def build_low_level(self, input_size: int) -> tuple[nn.Module, int]:
+        """Build the within-session network and return it with its output size.
+
+        The network maps inputs [B, L, input_size] and valid (bool [B, L]) to [B, L, size],
+        causally, and padded positions must not change the outputs at real positions.
+        """
+        config = self.config
+        tcn = TemporalConvNet(
+            input_size,
+            config.tcn_channels,
+            config.kernel_size,
+            config.dilations_or(HIERTCN_DILATIONS),
+            config.dropout,
+            batch_norm_factory(config),
+        )
+        return tcn, config.tcn_channels
+
+    @property
+    def receptive_field(self) -> int:
+        """Input positions (the start token and items) that the TCN uses for one prediction.
+
+        A serving prefix of the last `receptive_field` items of a session gives the same user
+        embedding as the whole session.
+
+        NOTE: with `batch_norm` this holds only for sessions shorter than the receptive field,
+        because a truncated prefix numbers its batch-norm time steps from its own start.
+        """
+        return self.low_level.receptive_field
+
+    # Training interface.
+
+    def initial_carry(self, batch_size: int, device: torch.device | str) -> torch.Tensor:
+        """Return the learned start state for `batch_size` new users [B, G, H]."""
+        return self.start_state.to(device).unsqueeze(0).expand(batch_size, -1, -1)
+
+    def reset_carry(self, carry: torch.Tensor, new_user: torch.Tensor) -> torch.Tensor:
+        """Return `carry` with the rows of new users (bool [B]) set to the start state."""
+        fresh = self.initial_carry(carry.shape[0], carry.device)
+        return select_rows(new_user, fresh, carry)  # type: ignore[return-value]
+
+    def item_embeddings(self) -> torch.Tensor:
+        """Return the item table [N, D]."""
+        return self.items.table()
+
+    def forward(
+        self, items: torch.Tensor, lengths: torch.Tensor, carry: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predict every event of one session per row and close the sessions.
+
+        items: int64 [B, L], right-padded; lengths: int64 [B]; carry: GRU state [B, G, H] before
+        the session. Returns queries [B, L, D], where `queries[:, j]` is the user embedding that
+        predicts `items[:, j]` from `items[:, :j]`, and the GRU state after the session. Rows of
+        length 0 keep their carry.
+        """
+        batch_size, length = items.shape
+        embedded = self.items(items)  # [B, L, D]
+        positions = torch.arange(length, device=items.device)
+        valid = positions.unsqueeze(0) < lengths.unsqueeze(1)  # [B, L]
+
+        # Shift right by one, so position j gets the start token and the items before j.
+        start = self.start_token.expand(batch_size, 1, -1)
+        inputs = torch.cat([start, embedded], dim=1)[:, :length]  # [B, L, D]
+        queries = self._user_embeddings(inputs, valid, carry)
+        # The low level's input is [B, L, D + H]; it is built inside `_user_embeddings`.
+        feature_bytes = batch_size * length * self.low_level_input_size * inputs.element_size()
+        self.last_input_bytes = padded_bytes(items) + feature_bytes
+
+        session_sum = (embedded * valid.unsqueeze(-1).to(embedded.dtype)).sum(dim=1)  # [B, D]
+        session_mean = session_sum / lengths.clamp(min=1).unsqueeze(-1).to(embedded.dtype)
+        closed = self.close_session(carry, session_mean)
+        return queries, select_rows(lengths > 0, closed, carry)  # type: ignore[return-value]
+
+    @property
+    def low_level_input_size(self) -> int:
+        """Features per low-level position: D for the item and H for the session state."""
+        return self.config.embedding_dim + self.config.hidden_size
+
+    # Serving interface (exported to ONNX).
+
+    def session_user_embedding(
+        self, prefix: torch.Tensor, lengths: torch.Tensor, state: torch.Tensor
+    ) -> torch.Tensor:
+        """Return the user embedding [B, D] after the last real item of each session prefix.
+
+        prefix: float [B, L, D], left-padded (real item embeddings right-aligned, zeros before);
+        lengths: int64 [B] in 0..L; state: GRU state [B, G, H] before the session. With length 0
+        the result is the prediction for the first item of a session.
+        """
+        length = prefix.shape[1]
+        # One more position than the prefix: the start token goes just before the first real item.
+        shifted = nn.functional.pad(prefix, (0, 0, 1, 0))  # [B, L+1, D], zeros at position 0
+        positions = torch.arange(length + 1, device=prefix.device).unsqueeze(0)  # [1, L+1]
+        first = (length - lengths).unsqueeze(1)  # [B, 1], position of the start token
+        valid = positions >= first  # [B, L+1]
+        is_start = (positions == first).unsqueeze(-1)  # [B, L+1, 1]
+        inputs = torch.where(is_start, self.start_token.expand_as(shifted), shifted)
+        queries = self._user_embeddings(inputs, valid, state)  # [B, L+1, D]
+        return queries[:, -1]
+
+    def close_session(self, state: torch.Tensor, session_mean: torch.Tensor) -> torch.Tensor:
+        """Update the GRU state [B, G, H] with a closed session's mean item embedding [B, D]."""
+        return gru_step(self.session_gru, session_mean, state, self.config.gru_candidate_dropout)
+
+    def _user_embeddings(
+        self, inputs: torch.Tensor, valid: torch.Tensor, state: torch.Tensor
+    ) -> torch.Tensor:
+        """Run the low level on inputs [B, L, D] with the top GRU layer of state [B, G, H].
+
+        Returns user embeddings [B, L, D]; `valid` (bool [B, L]) marks the real positions.
+        """
+        length = inputs.shape[1]
+        session_state = state[:, -1].unsqueeze(1).expand(-1, length, -1)  # [B, L, H]
+        features = torch.cat([inputs, session_state], dim=-1)  # [B, L, D + H]
+        features = features * valid.unsqueeze(-1).to(features.dtype)
+        hidden = self.low_level(features, valid)  # [B, L, C]
+        return self.output(hidden)

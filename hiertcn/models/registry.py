@@ -1,0 +1,45 @@
+"""The registry of models by name, so the training loop builds any model from its config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from hiertcn.errors import ConfigError
+from hiertcn.models.base import RecommenderModel
+from hiertcn.models.config import ModelConfig
+
+ModelClass = TypeVar("ModelClass", bound=type[RecommenderModel])
+
+_MODELS: dict[str, type[RecommenderModel]] = {}
+
+
+def register_model(name: str) -> Callable[[ModelClass], ModelClass]:
+    """Register a model class under `name` (a class decorator)."""
+
+    def register(cls: ModelClass) -> ModelClass:
+        if name in _MODELS and _MODELS[name] is not cls:
+            raise ValueError(f"model name {name!r} is already registered by {_MODELS[name]}")
+        _MODELS[name] = cls
+        return cls
+
+    return register
+
+
+def model_class(name: str) -> type[RecommenderModel]:
+    """Return the class registered under `name`."""
+    if name not in _MODELS:
+        raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(list_models())}")
+    return _MODELS[name]
+
+
+def build_model(config: ModelConfig, num_items: int) -> RecommenderModel:
+    """Build the model that `config.name` names, for a catalog of `num_items` items."""
+    if num_items < 1:
+        raise ConfigError(f"num_items={num_items} is invalid: the catalog needs at least one item")
+    return model_class(config.name)(config, num_items)
+
+
+def list_models() -> list[str]:
+    """Return the registered model names, sorted."""
+    return sorted(_MODELS)
