@@ -1,1 +1,35 @@
-"""statestore package."""
+"""The LMDB store of user states, partition positions and session timers.
+
+The stream worker reads the states of a batch's users with `StateStore.read`, and writes the new
+states together with the partition positions that produced them with `StateStore.commit`, in one
+transaction, so that states and offsets always agree.
+"""
+
+from statestore.errors import (
+    DiskFullError,
+    ForeignProcessError,
+    MapSizeLimitError,
+    SchemaVersionError,
+    StateCodecError,
+    StateStoreError,
+    StoreConfigError,
+    UserNotFoundError,
+)
+from statestore.state import REPLAY_PARTITION, PartitionPosition, UserState
+from statestore.store import StateStore, StoreConfig
+
+__all__ = [
+    "REPLAY_PARTITION",
+    "DiskFullError",
+    "ForeignProcessError",
+    "MapSizeLimitError",
+    "PartitionPosition",
+    "SchemaVersionError",
+    "StateCodecError",
+    "StateStore",
+    "StateStoreError",
+    "StoreConfig",
+    "StoreConfigError",
+    "UserNotFoundError",
+    "UserState",
+]

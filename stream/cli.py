@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from statestore.errors import StateStoreError
 from stream.errors import StreamError
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
-    except StreamError as error:
+    except (StreamError, StateStoreError) as error:
         logger.debug("command failed", exc_info=True)
         print(f"hiertcn-stream: error: {error}", file=sys.stderr)
         return error.exit_code

@@ -1,0 +1,192 @@
+"""Measure the state store's read and commit time per user, next to the model's session step.
+
+Run from the repository root:
+
+    .venv/bin/python bench/statestore.py [--bundle DIR] [--dir DIR] [--batches 50]
+
+For each durability mode (synced and not synced commits), the script fills a fresh store with
+`--population` users. It then times `read` and `commit` of batches of `--batch-size` random
+users, each with a G x H GRU state, a 10-item open session and a D-dimensional last embedding. With
+`--bundle` (a directory written by `hiertcn export`), it also times the bundle's session step on
+a batch of the same size and reports state I/O as a share of it. Without a bundle, G, H and D
+are 4, 128 and 128. The store lives under `--dir` (default: the system temporary directory),
+because fsync cost depends on the disk.
+
+Prints a Markdown table for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# `python bench/statestore.py` puts bench/ first on sys.path, where this file would shadow the
+# `statestore` package.
+_BENCH_DIR = Path(__file__).resolve().parent
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _BENCH_DIR]
+
+from statestore import PartitionPosition, StateStore, StoreConfig, UserState  # noqa: E402
+
+SESSION_ITEMS = 10
+TOPIC = "interactions"
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """State sizes: G GRU layers, H hidden size, D item-embedding size."""
+
+    gru_layers: int = 4
+    hidden_size: int = 128
+    embedding_dim: int = 128
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, help="model bundle directory (hiertcn export)")
+    parser.add_argument("--device", default="cpu", help="bundle device: cpu, cuda or auto")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--dir", type=Path, help="parent directory of the benchmark stores")
+    parser.add_argument("--batch-size", type=int, default=512, help="users per batch")
+    parser.add_argument("--batches", type=int, default=50, help="timed batches per measure")
+    parser.add_argument("--population", type=int, default=50_000, help="users in the store")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    return parser.parse_args(argv)
+
+
+def make_state(rng: np.random.Generator, shapes: Shapes, last_ts: float) -> UserState:
+    """Return a state with an open 10-item session and a last embedding."""
+    return UserState(
+        gru_state=rng.standard_normal((shapes.gru_layers, shapes.hidden_size), np.float32),
+        session_items=rng.integers(0, 100_000, SESSION_ITEMS, dtype=np.int32),
+        session_sum=rng.standard_normal(shapes.embedding_dim, np.float32),
+        session_length=SESSION_ITEMS,
+        session_start=last_ts - 600.0,
+        last_ts=last_ts,
+        session_count=3,
+        last_embedding=rng.standard_normal(shapes.embedding_dim, np.float32),
+        partition=int(rng.integers(0, 8)),
+    )
+
+
+def fill_store(path: Path, args: argparse.Namespace, shapes: Shapes) -> None:
+    """Write the population in unsynced batches, so that setup stays fast."""
+    rng = np.random.default_rng(args.seed)
+    with StateStore(StoreConfig(path=path, sync=False)) as store:
+        for start in range(0, args.population, 5000):
+            users = range(start, min(start + 5000, args.population))
+            store.commit({f"user{u}": make_state(rng, shapes, 1e9 + u) for u in users})
+
+
+def median_seconds(samples: list[float]) -> tuple[float, float]:
+    """Return the median and the 90th percentile of `samples`."""
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[int(0.9 * (len(ordered) - 1))]
+
+
+def time_store(path: Path, sync: bool, args: argparse.Namespace, shapes: Shapes) -> dict:
+    """Time `read` and `commit` of random batches; return seconds per batch."""
+    rng = np.random.default_rng(args.seed + 1)
+    reads, commits = [], []
+    with StateStore(StoreConfig(path=path, sync=sync)) as store:
+        for batch in range(args.batches):
+            users = [f"user{u}" for u in rng.choice(args.population, args.batch_size, False)]
+            started = time.perf_counter()
+            states = store.read(users)
+            reads.append(time.perf_counter() - started)
+            for state in states.values():
+                state.last_ts += 1.0
+                state.session_sum += 1.0
+            position = {(TOPIC, 0): PartitionPosition(batch + 1, 1e9 + batch)}
+            started = time.perf_counter()
+            store.commit(states, position)
+            commits.append(time.perf_counter() - started)
+    return {"read": median_seconds(reads), "commit": median_seconds(commits)}
+
+
+def time_session_step(args: argparse.Namespace) -> tuple[Shapes, float, str]:
+    """Load the bundle, time its session step on one batch; return shapes, seconds, providers."""
+    try:
+        from export.bundle import load_bundle
+    except ImportError as error:
+        raise SystemExit(f"--bundle needs export.bundle, which failed to import: {error}") from None
+    bundle = load_bundle(args.bundle, device=args.device, intra_op_threads=args.threads)
+    manifest = bundle.manifest
+    shapes = Shapes(manifest.gru_layers, manifest.hidden_size, manifest.embedding_dim)
+    rng = np.random.default_rng(args.seed)
+    length = min(SESSION_ITEMS, manifest.max_session_items)
+    prefix = rng.standard_normal((args.batch_size, length, shapes.embedding_dim), np.float32)
+    lengths = np.full(args.batch_size, length, dtype=np.int64)
+    state = rng.standard_normal(
+        (args.batch_size, shapes.gru_layers, shapes.hidden_size), np.float32
+    )
+
+    def step() -> None:
+        bundle.session_step(prefix, lengths, state)
+
+    for _ in range(3):
+        step()  # warm-up: ONNX Runtime allocates its buffers on the first calls
+    seconds = [_timed(step) for _ in range(args.batches)]
+    return shapes, median_seconds(seconds)[0], ",".join(bundle.providers)
+
+
+def _timed(work: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+def print_table(results: dict[str, dict], model_seconds: float | None, args) -> None:
+    per_user = 1e6 / args.batch_size
+    print(
+        "| commits | read µs/user (p90) | commit µs/user (p90) | read + commit ms/batch |"
+        " share of session step |"
+    )
+    print("|---|---|---|---|---|")
+    for mode, timing in results.items():
+        read, read_p90 = timing["read"]
+        commit, commit_p90 = timing["commit"]
+        total = read + commit
+        share = "n/a (no --bundle)"
+        if model_seconds:
+            share = f"{100 * total / model_seconds:.1f}%"
+        print(
+            f"| {mode} | {read * per_user:.2f} ({read_p90 * per_user:.2f}) "
+            f"| {commit * per_user:.2f} ({commit_p90 * per_user:.2f}) "
+            f"| {total * 1e3:.2f} | {share} |"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    shapes, model_seconds, providers = Shapes(), None, None
+    if args.bundle is not None:
+        shapes, model_seconds, providers = time_session_step(args)
+    print(
+        f"batch {args.batch_size} users, {args.batches} batches, population {args.population}, "
+        f"G={shapes.gru_layers} H={shapes.hidden_size} D={shapes.embedding_dim}, "
+        f"{SESSION_ITEMS}-item sessions; {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}"
+    )
+    if model_seconds is not None:
+        print(f"session step: {model_seconds * 1e3:.2f} ms/batch median on {providers}")
+    results = {}
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="statestore-bench-") as parent:
+        for mode, sync in (("synced", True), ("not synced", False)):
+            path = Path(parent) / mode.replace(" ", "-")
+            fill_store(path, args, shapes)
+            results[mode] = time_store(path, sync, args, shapes)
+    print_table(results, model_seconds, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Exceptions of the `statestore` package. Each message names the bad value and the fix.
+
+Every class derives from `StateStoreError`, whose `exit_code` is the exit status that the
+`hiertcn-stream` command returns when it reports the error without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class StateStoreError(Exception):
+    """Base class for errors of the state store that a command reports without a traceback."""
+
+    exit_code = 1
+
+
+class StoreConfigError(StateStoreError):
+    """A `StoreConfig` value or a maintenance-command argument is invalid."""
+
+    exit_code = 2
+
+
+class StateCodecError(StateStoreError):
+    """A user state cannot be encoded, or a stored record cannot be decoded."""
+
+
+class SchemaVersionError(StateStoreError):
+    """The store or a record was written by a newer schema version than this code reads."""
+
+
+class MapSizeLimitError(StateStoreError):
+    """The LMDB map is full and has already grown to `StoreConfig.max_map_size`."""
+
+
+class DiskFullError(StateStoreError):
+    """The disk (or the file-size limit) of the state directory has no room for a commit."""
+
+
+class ForeignProcessError(StateStoreError):
+    """A `StateStore` was used in a process other than the one that opened it (after fork)."""
+
+
+class UserNotFoundError(StateStoreError):
+    """A maintenance command named a user that the store does not contain."""

@@ -1,0 +1,547 @@
+"""The LMDB environment that keeps user states, partition positions and session timers.
+
+One environment (a directory with `data.mdb` and `lock.mdb`) contains four named databases:
+`users` (user id -> encoded `UserState`), `positions` (topic-partition -> next offset and
+watermark), `timers` (partition, last event time, user id -> empty: the users with an open
+session, in time order per partition) and `meta` (schema version, creation info, bundle version).
+`statestore.keys` describes the key layouts and `statestore.codec` the state records.
+
+Processes. Several worker processes may share one environment, and LMDB serialises their write
+transactions with a lock in `lock.mdb`. Each process must open its own `StateStore` after it
+starts: an LMDB environment must not be used across `fork()`, so every method raises
+`ForeignProcessError` when called from a process other than the one that opened the store. On
+open, `reader_check()` frees the reader slots that processes which died left in `lock.mdb`.
+Inside one process, a lock serialises the store's transactions, so a store may be shared by
+threads, but they take turns.
+
+Map growth across processes. The map starts at `StoreConfig.map_size` and grows as follows:
+
+1. A write transaction that runs out of map space raises `lmdb.MapFullError`, and LMDB aborts
+   it. The store then (with no transaction open in this process, as `set_mapsize` requires)
+   first calls `set_mapsize(0)`, which adopts the size that the last committed transaction of
+   any process recorded. If that is not larger than the map it just filled, the store doubles
+   the map (up to `StoreConfig.max_map_size`) and retries the whole transaction.
+2. The next commit records the new size in the meta page, where `set_mapsize(0)` in other
+   processes reads it.
+3. A process whose map is smaller than the data that another process committed gets
+   `lmdb.MapResizedError` when it begins a transaction. The store calls `set_mapsize(0)` to adopt
+   the recorded size and retries.
+
+Each retry logs a warning with `attempt n/max`. The work of a transaction is a function that the
+store may call more than once, so it must only read and write through the transaction.
+
+Full disk. LMDB writes the pages of a commit before it writes the meta page that makes the
+commit visible. A write that fails for lack of space (ENOSPC, EDQUOT, or EFBIG from a file-size
+limit) aborts the transaction and leaves the previous commit intact, and the store raises
+`DiskFullError` naming the state directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, TypeVar
+
+import lmdb
+import msgpack
+
+from statestore import codec, keys
+from statestore.errors import (
+    DiskFullError,
+    ForeignProcessError,
+    MapSizeLimitError,
+    SchemaVersionError,
+    StateStoreError,
+    StoreConfigError,
+)
+from statestore.state import PartitionPosition, UserState
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+GIB = 1 << 30
+_DATABASE_NAMES = (b"users", b"positions", b"timers", b"meta")
+# Retries of one transaction: growing a 64 KiB map to 1 TiB takes 24 doublings, and another
+# process may grow the map between them, which costs one more retry each time.
+_MAX_ATTEMPTS = 48
+# Errors of `write()` that mean "no room on the disk or in the file".
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Settings of one state store.
+
+    `sync=True` (the default) makes every commit durable: LMDB calls fsync before `commit`
+    returns. With `sync=False`, commits return once the pages are in the OS page cache. A crash of
+    the process then still loses nothing, but an OS crash or power loss can lose the last commits.
+    The database then stays consistent only on filesystems that preserve write order, and can
+    otherwise be corrupted (py-lmdb 3.0 documents this for `lmdb.open(sync=False)`). Call
+    `StateStore.sync()` to flush at chosen times. `metasync=False` skips the separate flush of the
+    meta page, so an OS crash can undo the last commit but keeps the database consistent (py-lmdb
+    3.0, `lmdb.open(metasync=False)`).
+    """
+
+    path: str | Path  # the state directory; created when missing
+    map_size: int = GIB  # initial LMDB map size (bytes); grows on demand
+    max_map_size: int = 1 << 40  # the map never grows beyond this (bytes)
+    sync: bool = True  # fsync on every commit (MDB_NOSYNC when False)
+    metasync: bool = True  # fsync the meta page separately (MDB_NOMETASYNC when False)
+    max_readers: int = 126  # reader slots in lock.mdb: one per concurrent read transaction
+    bundle_version: str | None = None  # version of the model bundle, recorded in `meta`
+
+    def __post_init__(self) -> None:
+        if self.map_size <= 0:
+            raise StoreConfigError(f"map_size {self.map_size} is invalid: use a positive size")
+        if self.max_map_size < self.map_size:
+            raise StoreConfigError(
+                f"max_map_size {self.max_map_size} is below map_size {self.map_size}: "
+                "raise max_map_size"
+            )
+        if self.max_readers <= 0:
+            raise StoreConfigError(f"max_readers {self.max_readers} is invalid: use at least 1")
+
+
+class StoreTxn(NamedTuple):
+    """An open LMDB transaction with the handles of the store's databases."""
+
+    txn: lmdb.Transaction
+    users: lmdb._Database
+    positions: lmdb._Database
+    timers: lmdb._Database
+    meta: lmdb._Database
+
+
+class StateStore:
+    """User states, partition positions and session timers in one LMDB environment."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self.path = Path(config.path)
+        self._pid = os.getpid()
+        self._lock = threading.RLock()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreConfigError(
+                f"cannot create state directory {self.path}: {error}; choose a writable path"
+            ) from error
+        self._env = self._open_environment()
+        try:
+            cleared = self._env.reader_check()
+            if cleared:
+                logger.info("cleared %d stale LMDB reader slots in %s", cleared, self.path)
+            self._max_user_key = self._env.max_key_size() - keys.TIMER_PREFIX_SIZE
+            self._databases = self._retry(self._open_databases, "open databases")
+            self._check_meta()
+        except BaseException:
+            # py-lmdb refuses a second open of the same files in one process, so a failed open
+            # must not leave the environment open.
+            self._env.close()
+            raise
+        logger.info(
+            "opened state store %s (map %s, sync=%s, metasync=%s)",
+            self.path,
+            format_size(self.map_size()),
+            config.sync,
+            config.metasync,
+        )
+
+    def _open_environment(self) -> lmdb.Environment:
+        try:
+            return lmdb.open(
+                str(self.path),
+                map_size=self.config.map_size,  # grows on MapFullError, see the module docstring
+                subdir=True,  # data.mdb and lock.mdb inside the state directory
+                max_dbs=len(_DATABASE_NAMES),  # users, positions, timers, meta
+                sync=self.config.sync,  # durability of each commit, see StoreConfig
+                metasync=self.config.metasync,  # separate fsync of the meta page, see StoreConfig
+                readahead=False,  # random reads of user states: read-ahead wastes page cache
+                writemap=False,  # stray writes through the map cannot corrupt the file
+                max_readers=self.config.max_readers,  # read slots shared by all processes
+                max_spare_txns=1,  # reuse one read transaction instead of allocating each time
+                lock=True,  # several worker processes write to one environment
+            )
+        except lmdb.Error as error:
+            raise self._translate(error, "open") from error
+
+    def _open_databases(self) -> tuple[lmdb._Database, ...]:
+        with self._env.begin(write=True) as txn:
+            return tuple(self._env.open_db(name, txn=txn) for name in _DATABASE_NAMES)
+
+    # Transactions ---------------------------------------------------------------------------
+
+    def run(self, work: Callable[[StoreTxn], T], write: bool = False) -> T:
+        """Run `work` in one transaction, committed on return, and return its result.
+
+        On map growth the store calls `work` again in a fresh transaction, so `work` must only
+        read and write through the transaction it gets.
+        """
+        self._check_process()
+
+        def once() -> T:
+            with self._env.begin(write=write) as txn:
+                return work(StoreTxn(txn, *self._databases))
+
+        return self._retry(once, "write" if write else "read")
+
+    def _retry(self, operation: Callable[[], T], name: str) -> T:
+        with self._lock:
+            for attempt in range(1, _MAX_ATTEMPTS + 1):
+                try:
+                    return operation()
+                except lmdb.MapResizedError:
+                    self._resize_map(self._adopt_map, name, attempt)
+                except lmdb.MapFullError:
+                    self._resize_map(self._grow_map, name, attempt)
+                except lmdb.Error as error:
+                    raise self._translate(error, name) from error
+        raise StateStoreError(
+            f"LMDB {name} in {self.path} still failed after {_MAX_ATTEMPTS} attempts to grow "
+            "the map: another process keeps growing it; retry the command"
+        )
+
+    def _resize_map(self, resize: Callable[[str, int], None], name: str, attempt: int) -> None:
+        try:
+            resize(name, attempt)
+        except lmdb.Error as error:
+            raise self._translate(error, f"map resize for {name}") from error
+
+    def _adopt_map(self, name: str, attempt: int) -> None:
+        self._env.set_mapsize(0)
+        logger.warning(
+            "LMDB map of %s was grown by another process: adopted %s (%s, attempt %d/%d)",
+            self.path,
+            format_size(self.map_size()),
+            name,
+            attempt,
+            _MAX_ATTEMPTS,
+        )
+
+    def _grow_map(self, name: str, attempt: int) -> None:
+        full_size = self.map_size()
+        self._env.set_mapsize(0)
+        if self.map_size() > full_size:
+            logger.warning(
+                "LMDB map of %s is full at %s, adopted %s from another process (%s, attempt %d/%d)",
+                self.path,
+                format_size(full_size),
+                format_size(self.map_size()),
+                name,
+                attempt,
+                _MAX_ATTEMPTS,
+            )
+            return
+        if full_size >= self.config.max_map_size:
+            self._env.set_mapsize(full_size)
+            raise MapSizeLimitError(
+                f"LMDB map of {self.path} is full at max_map_size "
+                f"{format_size(self.config.max_map_size)}: raise StoreConfig.max_map_size, or "
+                "evict inactive users (hiertcn-stream state evict)"
+            )
+        new_size = min(full_size * 2, self.config.max_map_size)
+        self._env.set_mapsize(new_size)
+        logger.warning(
+            "LMDB map of %s is full at %s, growing to %s (%s, attempt %d/%d)",
+            self.path,
+            format_size(full_size),
+            format_size(new_size),
+            name,
+            attempt,
+            _MAX_ATTEMPTS,
+        )
+
+    def _translate(self, error: lmdb.Error, name: str) -> StateStoreError:
+        if isinstance(error, lmdb.DiskError) or getattr(error, "code", None) in _DISK_FULL_ERRNOS:
+            return DiskFullError(
+                f"LMDB {name} in state store {self.path} failed for lack of disk space "
+                f"({error}); the last commit is intact: free disk space or move the state "
+                "directory to a larger disk"
+            )
+        return StateStoreError(f"LMDB {name} failed in state store {self.path}: {error}")
+
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:
+            raise ForeignProcessError(
+                f"state store {self.path} was opened in process {self._pid} and used in process "
+                f"{os.getpid()}: open a new StateStore in each process after it starts"
+            )
+
+    # The worker's API -----------------------------------------------------------------------
+
+    def read(self, users: Iterable[str]) -> dict[str, UserState]:
+        """Read the states of `users` in one read transaction; unknown users are absent."""
+        requested = [(user, keys.user_key(user)) for user in users]
+
+        def work(t: StoreTxn) -> dict[str, bytes]:
+            blobs = {}
+            for user, key in requested:
+                if not key or len(key) > self._max_user_key:
+                    continue  # commit rejects such ids, so they are never stored
+                blob = t.txn.get(key, db=t.users)
+                if blob is not None:
+                    blobs[user] = blob
+            return blobs
+
+        return {user: codec.decode_state(blob) for user, blob in self.run(work).items()}
+
+    def commit(
+        self,
+        states: Mapping[str, UserState],
+        positions: Mapping[tuple[str, int], PartitionPosition] | None = None,
+        deletes: Iterable[str] = (),
+    ) -> None:
+        """Write `states`, `positions` and the removal of `deletes` in one write transaction.
+
+        The timer index follows every state: the previous entry of each written or deleted user
+        is removed, and a user with `session_length > 0` gets the entry
+        `(partition, last_ts, user)`.
+        """
+        deleted_users = list(deletes)
+        if not states and not positions and not deleted_users:
+            return  # nothing to write, so no transaction and no fsync
+        records = [self._encode_record(user, state) for user, state in states.items()]
+        removed = [keys.user_key(user) for user in deleted_users]
+        clash = set(states).intersection(deleted_users)
+        if clash:
+            raise StoreConfigError(
+                f"users {sorted(clash)[:5]} are both written and deleted in one commit: "
+                "pass each user in states or in deletes, not both"
+            )
+        position_records = [
+            (keys.position_key(topic, partition), keys.encode_position(position))
+            for (topic, partition), position in (positions or {}).items()
+        ]
+
+        def work(t: StoreTxn) -> None:
+            for key, blob, timer in records:
+                _remove_timer(t, key)
+                t.txn.put(key, blob, db=t.users)
+                if timer is not None:
+                    t.txn.put(timer, b"", db=t.timers)
+            for key in removed:
+                _remove_timer(t, key)
+                t.txn.delete(key, db=t.users)
+            for key, blob in position_records:
+                t.txn.put(key, blob, db=t.positions)
+
+        started = time.perf_counter()
+        self.run(work, write=True)
+        logger.debug(
+            "committed %d states, %d deletes, %d positions in %.2f ms",
+            len(records),
+            len(removed),
+            len(position_records),
+            (time.perf_counter() - started) * 1000,
+        )
+
+    def _encode_record(self, user: str, state: UserState) -> tuple[bytes, bytes, bytes | None]:
+        key = keys.user_key(user)
+        if not key or len(key) > self._max_user_key:
+            raise StoreConfigError(
+                f"user id {user[:40]!r} is {len(key)} bytes in UTF-8: LMDB keys of this store "
+                f"take user ids of 1 to {self._max_user_key} bytes"
+            )
+        timer = None
+        if state.session_length > 0:
+            timer = keys.timer_key(state.partition, state.last_ts, user)
+        return key, codec.encode_state(state), timer
+
+    def positions(self, topic: str) -> dict[int, PartitionPosition]:
+        """Return the stored position of every partition of `topic`."""
+        prefix = keys.position_prefix(topic)
+
+        def work(t: StoreTxn) -> dict[int, PartitionPosition]:
+            found = {}
+            cursor = t.txn.cursor(db=t.positions)
+            if not cursor.set_range(prefix):
+                return found
+            for key, blob in cursor:
+                if not key.startswith(prefix):
+                    break
+                _, partition = keys.topic_partition_of_key(key)
+                found[partition] = keys.decode_position(blob)
+            return found
+
+        return self.run(work)
+
+    def expired(self, partition: int, before_ts: float, limit: int) -> list[str]:
+        """Return up to `limit` users of `partition` with an open session and
+        `last_ts < before_ts`, oldest first (times compared at 1 µs resolution)."""
+        prefix = keys.partition_bytes(partition)
+        end = prefix + keys.micros_bytes(before_ts)
+
+        def work(t: StoreTxn) -> list[str]:
+            users: list[str] = []
+            cursor = t.txn.cursor(db=t.timers)
+            if limit <= 0 or not cursor.set_range(prefix):
+                return users
+            for key in cursor.iternext(keys=True, values=False):
+                if key[: len(end)] >= end:
+                    break  # past before_ts, or past the partition
+                users.append(keys.user_of_timer_key(key))
+                if len(users) >= limit:
+                    break
+            return users
+
+        return self.run(work)
+
+    def evict(self, users: Iterable[str], before_ts: float) -> int:
+        """Delete those of `users` whose stored `last_ts` is below `before_ts`, in one write
+        transaction, and return how many were deleted.
+
+        The time is checked again inside the transaction, so a user whose state a worker
+        updated after the caller chose it survives.
+        """
+        requested = [keys.user_key(user) for user in users]
+
+        def work(t: StoreTxn) -> int:
+            deleted = 0
+            for key in requested:
+                blob = t.txn.get(key, db=t.users)
+                if blob is None or codec.decode_timer_fields(blob).last_ts >= before_ts:
+                    continue
+                _remove_timer(t, key)
+                t.txn.delete(key, db=t.users)
+                deleted += 1
+            return deleted
+
+        return self.run(work, write=True)
+
+    def copy_compacted(self, target: Path) -> None:
+        """Write a compacted copy of the environment (free pages dropped) into `target`."""
+        self._check_process()
+        if (target / "data.mdb").exists():
+            raise StoreConfigError(
+                f"{target} already contains an LMDB store: choose an empty or new directory"
+            )
+        target.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            try:
+                self._env.copy(str(target), compact=True)
+            except lmdb.Error as error:
+                raise self._translate(error, f"copy to {target}") from error
+
+    def environment_info(self) -> dict[str, int]:
+        """Return the map size, the bytes in use, the page size and the reader slots in use."""
+        self._check_process()
+        with self._lock:
+            info = self._env.info()
+            page_size = int(self._env.stat()["psize"])
+        return {
+            "map_size": int(info["map_size"]),
+            "used_bytes": (int(info["last_pgno"]) + 1) * page_size,
+            "page_size": page_size,
+            "readers": int(info["num_readers"]),
+            "max_readers": int(info["max_readers"]),
+        }
+
+    def sync(self) -> None:
+        """Flush committed pages to disk; useful with `StoreConfig.sync=False`."""
+        self._check_process()
+        with self._lock:
+            self._env.sync(True)
+
+    def map_size(self) -> int:
+        """Return the current LMDB map size of this process (bytes)."""
+        return int(self._env.info()["map_size"])
+
+    def close(self) -> None:
+        """Close the environment; in a forked child, only drop the reference."""
+        if os.getpid() != self._pid:
+            logger.debug("state store %s not closed in foreign process %d", self.path, os.getpid())
+            return
+        with self._lock:
+            self._env.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # Metadata -------------------------------------------------------------------------------
+
+    def meta(self) -> dict[str, object]:
+        """Return the `meta` database: schema version, creation info, bundle version."""
+
+        def work(t: StoreTxn) -> dict[str, object]:
+            cursor = t.txn.cursor(db=t.meta)
+            return {bytes(k).decode(): msgpack.unpackb(v) for k, v in cursor}
+
+        return self.run(work)
+
+    def _check_meta(self) -> None:
+        meta = self.meta()
+        stored = meta.get("schema_version")
+        if isinstance(stored, int) and stored > codec.SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"state store {self.path} has schema version {stored}, but this code reads up "
+                f"to {codec.SCHEMA_VERSION}: upgrade hiertcn before opening it"
+            )
+        updates: dict[str, object] = {}
+        if stored is None:
+            updates = {
+                "schema_version": codec.SCHEMA_VERSION,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "created_by": f"{socket.gethostname()} pid {os.getpid()}",
+                "lmdb_version": ".".join(map(str, lmdb.version())),
+            }
+        elif stored < codec.SCHEMA_VERSION:
+            logger.info(
+                "state store %s has records of schema version %s; they are read as such and "
+                "rewritten in version %d when their user changes",
+                self.path,
+                stored,
+                codec.SCHEMA_VERSION,
+            )
+            updates["schema_version"] = codec.SCHEMA_VERSION
+        bundle = self.config.bundle_version
+        if bundle is not None and meta.get("bundle_version") != bundle:
+            if meta.get("bundle_version") is not None:
+                logger.warning(
+                    "state store %s was written with bundle %s and is now used with bundle %s: "
+                    "the stored GRU states come from the other model",
+                    self.path,
+                    meta["bundle_version"],
+                    bundle,
+                )
+            updates["bundle_version"] = bundle
+        if updates:
+            self._write_meta(updates)
+
+    def _write_meta(self, updates: Mapping[str, object]) -> None:
+        def work(t: StoreTxn) -> None:
+            for name, value in updates.items():
+                t.txn.put(name.encode(), msgpack.packb(value), db=t.meta)
+
+        self.run(work, write=True)
+
+
+def format_size(size: int) -> str:
+    """Return a byte count in binary units, for example `64 KiB` or `1.5 GiB`."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.4g} {unit}"
+        value /= 1024
+    return f"{value:.4g} TiB"
+
+
+def _remove_timer(t: StoreTxn, key: bytes) -> None:
+    """Delete the timer entry of the stored state under `key`, if it has one."""
+    previous = t.txn.get(key, db=t.users)
+    if previous is None:
+        return
+    fields = codec.decode_timer_fields(previous)
+    if fields.session_length > 0:
+        timer = keys.timer_key(fields.partition, fields.last_ts, keys.user_of_key(key))
+        t.txn.delete(timer, db=t.timers)

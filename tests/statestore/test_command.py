@@ -1,0 +1,230 @@
+"""The `hiertcn-stream state` commands and the maintenance functions behind them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+
+from statestore import (
+    PartitionPosition,
+    StateCodecError,
+    StateStore,
+    StoreConfig,
+    StoreConfigError,
+    UserNotFoundError,
+    command,
+    maintenance,
+)
+from statestore.codec import encode_state
+from tests.statestore.helpers import make_state
+
+DAY = 86_400.0
+NEWEST = 1_700_000_000.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hiertcn-stream")
+    command.register(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def _run(*argv: str) -> int:
+    args = _parser().parse_args(["state", *argv])
+    return args.func(args)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    """A store with three users of different ages and two partition positions."""
+    path = tmp_path / "state"
+    with StateStore(StoreConfig(path=path, sync=False)) as store:
+        store.commit(
+            {
+                "fresh": make_state(seed=1, last_ts=NEWEST, partition=0),
+                "week-old": make_state(seed=2, last_ts=NEWEST - 7 * DAY, partition=1),
+                "year-old": make_state(
+                    seed=3, last_ts=NEWEST - 365 * DAY, session_length=0, with_embedding=False
+                ),
+            },
+            {
+                ("interactions", 0): PartitionPosition(42, NEWEST),
+                ("interactions", 1): PartitionPosition(7, NEWEST - DAY),
+            },
+        )
+    return path
+
+
+def _read_all(path: Path, users: list[str]) -> dict:
+    with StateStore(StoreConfig(path=path)) as store:
+        return store.read(users)
+
+
+def test_stats_prints_counts(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run("--state-dir", str(state_dir), "stats") == 0
+    output = capsys.readouterr().out
+    assert "users            3" in output
+    assert "open sessions    2" in output
+    assert "interactions[0]@42" in output
+    assert "interactions[1]@7" in output
+    assert "schema_version   1" in output
+
+
+def test_stats_json_is_parseable(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run("--state-dir", str(state_dir), "stats", "--json") == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["users"] == 3
+    assert stats["open_sessions"] == 2
+    assert stats["map_size"] >= stats["used_bytes"] > 0
+    assert stats["positions"][0] == {
+        "topic": "interactions",
+        "partition": 0,
+        "next_offset": 42,
+        "watermark": NEWEST,
+    }
+
+
+def test_get_prints_state_json(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run("--state-dir", str(state_dir), "get", "fresh") == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["user"] == "fresh"
+    assert printed["last_ts"] == NEWEST
+    restored = maintenance.state_from_json(printed)
+    assert restored.same_as(make_state(seed=1, last_ts=NEWEST, partition=0))
+
+
+def test_get_unknown_user_raises(state_dir: Path) -> None:
+    with pytest.raises(UserNotFoundError, match="'nobody' not found"):
+        _run("--state-dir", str(state_dir), "get", "nobody")
+
+
+def test_missing_store_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(StoreConfigError, match=r"data\.mdb not found"):
+        _run("--state-dir", str(tmp_path / "typo"), "stats")
+    assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize("name", ["dump.jsonl", "dump.msgpack"])
+def test_export_import_round_trip(state_dir: Path, tmp_path: Path, name: str) -> None:
+    dump = tmp_path / name
+    assert _run("--state-dir", str(state_dir), "export", str(dump)) == 0
+    copy_dir = tmp_path / "copy"
+    assert _run("--state-dir", str(copy_dir), "import", str(dump)) == 0
+    users = ["fresh", "week-old", "year-old"]
+    original = _read_all(state_dir, users)
+    copied = _read_all(copy_dir, users)
+    assert sorted(copied) == users
+    for user in users:
+        assert copied[user].same_as(original[user]), user
+    with StateStore(StoreConfig(path=copy_dir)) as store:
+        assert store.positions("interactions") == {
+            0: PartitionPosition(42, NEWEST),
+            1: PartitionPosition(7, NEWEST - DAY),
+        }
+        assert store.expired(1, float("inf"), 10) == ["week-old"]
+
+
+def test_export_format_follows_suffix(state_dir: Path, tmp_path: Path) -> None:
+    _run("--state-dir", str(state_dir), "export", str(tmp_path / "a.jsonl"))
+    _run("--state-dir", str(state_dir), "export", str(tmp_path / "b.msgpack"))
+    _run("--state-dir", str(state_dir), "export", str(tmp_path / "c.bin"), "--format", "msgpack")
+    assert (tmp_path / "a.jsonl").read_bytes().startswith(b"{")
+    assert not (tmp_path / "b.msgpack").read_bytes().startswith(b"{")
+    assert not (tmp_path / "c.bin").read_bytes().startswith(b"{")
+
+
+def test_import_keeps_old_schema_records(tmp_path: Path) -> None:
+    packed = [["<f4", [2, 8], np.zeros(16, "<f4").tobytes()], ["<i4", [0], b""]]
+    old = msgpack.packb(
+        [0, 5.0, 0, 4.0, 1, *packed, ["<f4", [6], np.ones(6, "<f4").tobytes()]],
+        use_bin_type=True,
+    )
+    dump = tmp_path / "old.msgpack"
+    dump.write_bytes(msgpack.packb({"type": "user", "user": "legacy", "record": old}))
+    assert _run("--state-dir", str(tmp_path / "s"), "import", str(dump)) == 0
+    state = _read_all(tmp_path / "s", ["legacy"])["legacy"]
+    assert state.last_embedding is None
+    assert state.partition == -1
+    assert state.last_ts == 5.0
+
+
+def test_import_rejects_foreign_file(tmp_path: Path) -> None:
+    dump = tmp_path / "bad.jsonl"
+    dump.write_text('{"type": "user", "user": "u", "state": {}}\n')
+    with pytest.raises(StateCodecError, match="record 1"):
+        _run("--state-dir", str(tmp_path / "s"), "import", str(dump))
+    dump.write_text('{"kind": "other"}\n')
+    with pytest.raises(StateCodecError, match="type None"):
+        _run("--state-dir", str(tmp_path / "s"), "import", str(dump))
+    dump.write_text("{not json\n")
+    with pytest.raises(StateCodecError, match="line 1"):
+        _run("--state-dir", str(tmp_path / "s"), "import", str(dump))
+
+
+def test_import_missing_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(StoreConfigError, match="not found"):
+        _run("--state-dir", str(tmp_path / "s"), "import", str(tmp_path / "none.jsonl"))
+
+
+def test_compact_writes_a_readable_copy(state_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "compacted"
+    assert _run("--state-dir", str(state_dir), "compact", str(out)) == 0
+    copied = _read_all(out, ["fresh", "week-old", "year-old"])
+    assert len(copied) == 3
+    with pytest.raises(StoreConfigError, match="already contains an LMDB store"):
+        _run("--state-dir", str(state_dir), "compact", str(out))
+
+
+def test_evict_relative_to_newest_event(
+    state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run("--state-dir", str(state_dir), "evict", "--inactive-days", "30") == 0
+    assert "evicted 1 users" in capsys.readouterr().out
+    assert sorted(_read_all(state_dir, ["fresh", "week-old", "year-old"])) == [
+        "fresh",
+        "week-old",
+    ]
+    assert _run("--state-dir", str(state_dir), "evict", "--inactive-days", "3") == 0
+    assert "evicted 1 users" in capsys.readouterr().out
+    with StateStore(StoreConfig(path=state_dir)) as store:
+        assert list(store.read(["fresh", "week-old"])) == ["fresh"]
+        assert store.expired(1, float("inf"), 10) == []
+
+
+def test_evict_relative_to_given_time(state_dir: Path) -> None:
+    at = str(NEWEST + 400 * DAY)
+    assert _run("--state-dir", str(state_dir), "evict", "--inactive-days", "100", "--at", at) == 0
+    assert _read_all(state_dir, ["fresh", "week-old", "year-old"]) == {}
+
+
+def test_evict_now_uses_wall_clock(state_dir: Path) -> None:
+    # The fixture's newest event is in 2023, so every user is older than a day by now.
+    assert _run("--state-dir", str(state_dir), "evict", "--inactive-days", "1", "--now") == 0
+    assert _read_all(state_dir, ["fresh"]) == {}
+
+
+def test_evict_empty_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    StateStore(StoreConfig(path=tmp_path / "s")).close()
+    assert _run("--state-dir", str(tmp_path / "s"), "evict", "--inactive-days", "1") == 0
+    assert "store contains no users" in capsys.readouterr().out
+
+
+def test_iter_records_crosses_chunks(tmp_path: Path) -> None:
+    with StateStore(StoreConfig(path=tmp_path / "s", sync=False)) as store:
+        states = {f"u{i:03d}": make_state(seed=i) for i in range(25)}
+        store.commit(states)
+        records = list(maintenance.iter_records(store, chunk_size=4))
+    assert [user for user, _ in records] == sorted(states)
+    assert records[3][1] == encode_state(states["u003"])
+
+
+def test_state_help_lists_every_action(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["state", "--help"])
+    output = capsys.readouterr().out
+    for action in ("stats", "get", "export", "import", "compact", "evict"):
+        assert action in output

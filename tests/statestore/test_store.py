@@ -1,0 +1,231 @@
+"""StateStore in one process: reads, commits, positions, the timer index and the fork check."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from statestore import (
+    ForeignProcessError,
+    MapSizeLimitError,
+    PartitionPosition,
+    SchemaVersionError,
+    StateStore,
+    StoreConfig,
+    StoreConfigError,
+)
+from statestore.codec import SCHEMA_VERSION
+from tests.statestore.helpers import make_state
+
+TOPIC = "interactions"
+
+
+def test_read_returns_committed_states(store: StateStore) -> None:
+    states = {f"user{i}": make_state(seed=i) for i in range(5)}
+    store.commit(states)
+    found = store.read(["user1", "user3", "missing"])
+    assert sorted(found) == ["user1", "user3"]
+    assert found["user1"].same_as(states["user1"])
+    assert found["user3"].same_as(states["user3"])
+
+
+def test_read_skips_ids_that_cannot_be_keys(store: StateStore) -> None:
+    assert store.read(["", "x" * 1000]) == {}
+
+
+def test_commit_overwrites_previous_state(store: StateStore) -> None:
+    store.commit({"u": make_state(seed=1)})
+    store.commit({"u": make_state(seed=2)})
+    assert store.read(["u"])["u"].same_as(make_state(seed=2))
+
+
+def test_commit_rejects_empty_and_long_user_ids(store: StateStore) -> None:
+    with pytest.raises(StoreConfigError, match="user id"):
+        store.commit({"": make_state()})
+    with pytest.raises(StoreConfigError, match="user id"):
+        store.commit({"é" * 300: make_state()})
+
+
+def test_commit_rejects_user_written_and_deleted(store: StateStore) -> None:
+    with pytest.raises(StoreConfigError, match="both written and deleted"):
+        store.commit({"u": make_state()}, deletes=["u"])
+
+
+def test_positions_are_stored_per_topic(store: StateStore) -> None:
+    store.commit(
+        {},
+        {
+            (TOPIC, 0): PartitionPosition(10, 100.0),
+            (TOPIC, 7): PartitionPosition(3, 50.5),
+            ("interactions-b", 0): PartitionPosition(99, 1.0),
+            ("interaction", 1): PartitionPosition(5, 2.0),
+        },
+    )
+    store.commit({}, {(TOPIC, 0): PartitionPosition(12, 101.0)})
+    assert store.positions(TOPIC) == {
+        0: PartitionPosition(12, 101.0),
+        7: PartitionPosition(3, 50.5),
+    }
+    assert store.positions("interaction") == {1: PartitionPosition(5, 2.0)}
+    assert store.positions("other") == {}
+
+
+def test_replay_partition_round_trips(store: StateStore) -> None:
+    store.commit({}, {(TOPIC, -1): PartitionPosition(4, 9.0)})
+    assert store.positions(TOPIC) == {-1: PartitionPosition(4, 9.0)}
+
+
+def test_invalid_partition_is_rejected(store: StateStore) -> None:
+    with pytest.raises(StoreConfigError, match="partition -2"):
+        store.commit({}, {(TOPIC, -2): PartitionPosition(0, 0.0)})
+
+
+def test_expired_returns_oldest_first_and_stops(store: StateStore) -> None:
+    times = {"a": 50.0, "b": 10.0, "c": 30.0, "d": 20.0, "e": 40.0}
+    store.commit({user: make_state(last_ts=ts, partition=2) for user, ts in times.items()})
+    assert store.expired(2, before_ts=35.0, limit=100) == ["b", "d", "c"]
+    assert store.expired(2, before_ts=35.0, limit=2) == ["b", "d"]
+    assert store.expired(2, before_ts=10.0, limit=100) == []
+    assert store.expired(2, before_ts=1e12, limit=100) == ["b", "d", "c", "e", "a"]
+    assert store.expired(2, before_ts=1e12, limit=0) == []
+
+
+def test_expired_bound_is_strict(store: StateStore) -> None:
+    store.commit({"u": make_state(last_ts=100.000001, partition=0)})
+    assert store.expired(0, before_ts=100.000001, limit=10) == []
+    assert store.expired(0, before_ts=100.000002, limit=10) == ["u"]
+
+
+def test_expired_keeps_partitions_apart(store: StateStore) -> None:
+    store.commit(
+        {
+            "p0": make_state(last_ts=5.0, partition=0),
+            "p1": make_state(last_ts=1.0, partition=1),
+            "p3": make_state(last_ts=2.0, partition=3),
+            "replay": make_state(last_ts=3.0, partition=-1),
+        }
+    )
+    assert store.expired(1, before_ts=1e12, limit=10) == ["p1"]
+    assert store.expired(2, before_ts=1e12, limit=10) == []
+    assert store.expired(0, before_ts=1e12, limit=10) == ["p0"]
+    assert store.expired(-1, before_ts=1e12, limit=10) == ["replay"]
+
+
+def test_expired_orders_negative_times_first(store: StateStore) -> None:
+    store.commit(
+        {"late": make_state(last_ts=1.0), "early": make_state(last_ts=-5.0)},
+    )
+    assert store.expired(0, before_ts=2.0, limit=10) == ["early", "late"]
+
+
+def test_timer_follows_state_updates(store: StateStore) -> None:
+    store.commit({"u": make_state(last_ts=10.0, partition=0)})
+    store.commit({"u": make_state(last_ts=90.0, partition=0)})
+    assert store.expired(0, before_ts=50.0, limit=10) == []
+    assert store.expired(0, before_ts=100.0, limit=10) == ["u"]
+
+
+def test_timer_moves_with_partition(store: StateStore) -> None:
+    store.commit({"u": make_state(last_ts=10.0, partition=0)})
+    store.commit({"u": make_state(last_ts=11.0, partition=4)})
+    assert store.expired(0, before_ts=100.0, limit=10) == []
+    assert store.expired(4, before_ts=100.0, limit=10) == ["u"]
+
+
+def test_closed_session_has_no_timer(store: StateStore) -> None:
+    store.commit({"u": make_state(last_ts=10.0, session_length=2)})
+    store.commit({"u": make_state(last_ts=10.0, session_length=0)})
+    assert store.expired(0, before_ts=100.0, limit=10) == []
+    assert "u" in store.read(["u"])
+
+
+def test_delete_removes_state_and_timer(store: StateStore) -> None:
+    store.commit({"u": make_state(last_ts=10.0), "v": make_state(last_ts=11.0)})
+    store.commit({}, deletes=["u", "never-stored"])
+    assert list(store.read(["u", "v"])) == ["v"]
+    assert store.expired(0, before_ts=100.0, limit=10) == ["v"]
+
+
+def test_delete_accepts_a_generator(store: StateStore) -> None:
+    store.commit({"u": make_state(), "v": make_state()})
+    with pytest.raises(StoreConfigError, match="both written and deleted"):
+        store.commit({"v": make_state()}, deletes=(user for user in ["u", "v"]))
+    store.commit({}, deletes=(user for user in ["u"]))
+    assert list(store.read(["u", "v"])) == ["v"]
+
+
+def test_evict_checks_time_inside_transaction(store: StateStore) -> None:
+    store.commit({"old": make_state(last_ts=10.0), "new": make_state(last_ts=500.0)})
+    assert store.evict(["old", "new", "missing"], before_ts=100.0) == 1
+    assert list(store.read(["old", "new"])) == ["new"]
+    assert store.expired(0, before_ts=1e12, limit=10) == ["new"]
+
+
+def test_meta_records_schema_and_bundle(tmp_path: Path) -> None:
+    config = StoreConfig(path=tmp_path / "s", bundle_version="abc123", sync=False)
+    with StateStore(config) as store:
+        meta = store.meta()
+    assert meta["schema_version"] == SCHEMA_VERSION
+    assert meta["bundle_version"] == "abc123"
+    assert "created" in meta
+
+
+def test_bundle_change_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    StateStore(StoreConfig(path=tmp_path / "s", bundle_version="one")).close()
+    config = StoreConfig(path=tmp_path / "s", bundle_version="two")
+    with caplog.at_level(logging.WARNING, logger="statestore.store"), StateStore(config) as store:
+        assert store.meta()["bundle_version"] == "two"
+    assert "bundle one" in caplog.text
+
+
+def test_newer_store_schema_is_rejected(tmp_path: Path) -> None:
+    with StateStore(StoreConfig(path=tmp_path / "s")) as store:
+        store._write_meta({"schema_version": SCHEMA_VERSION + 1})
+    with pytest.raises(SchemaVersionError, match="upgrade hiertcn"):
+        StateStore(StoreConfig(path=tmp_path / "s"))
+
+
+def test_map_grows_from_tiny_size(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = StoreConfig(path=tmp_path / "s", map_size=64 << 10, sync=False)
+    with caplog.at_level(logging.WARNING, logger="statestore.store"), StateStore(config) as store:
+        store.commit({f"user{i}": make_state(seed=i) for i in range(3000)})
+        assert store.map_size() > 64 << 10
+        assert len(store.read([f"user{i}" for i in range(3000)])) == 3000
+    assert "attempt 1/" in caplog.text
+
+
+def test_map_growth_stops_at_maximum(tmp_path: Path) -> None:
+    config = StoreConfig(path=tmp_path / "s", map_size=64 << 10, max_map_size=256 << 10)
+    with StateStore(config) as store:
+        store.commit({"first": make_state()})
+        with pytest.raises(MapSizeLimitError, match="max_map_size 256 KiB"):
+            store.commit({f"user{i}": make_state(seed=i) for i in range(5000)})
+        assert list(store.read(["first", "user0"])) == ["first"]
+
+
+def test_config_rejects_invalid_sizes(tmp_path: Path) -> None:
+    with pytest.raises(StoreConfigError, match="map_size 0"):
+        StoreConfig(path=tmp_path, map_size=0)
+    with pytest.raises(StoreConfigError, match="below map_size"):
+        StoreConfig(path=tmp_path, map_size=1 << 20, max_map_size=1 << 10)
+    with pytest.raises(StoreConfigError, match="max_readers"):
+        StoreConfig(path=tmp_path, max_readers=0)
+
+
+def test_store_used_after_fork_raises(store: StateStore) -> None:
+    store.commit({"u": make_state()})
+    pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            store.read(["u"])
+        except ForeignProcessError:
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert "u" in store.read(["u"])
