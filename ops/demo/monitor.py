@@ -25,7 +25,7 @@ OUTPUTS = "hiertcn_outputs_produced_total"
 DEAD_LETTERS = "hiertcn_dead_letters_total"
 LIVE_PREDICTIONS = "hiertcn_live_predictions_total"
 LIVE_HITS = "hiertcn_live_hits_total"
-LIVE_RR = "hiertcn_live_reciprocal_rank_sum"
+LIVE_RR = "hiertcn_live_reciprocal_rank_sum_total"
 
 
 @dataclass(frozen=True)

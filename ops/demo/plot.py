@@ -8,9 +8,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # No display on servers and CI; write files only.
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from ops.demo.monitor import Sample  # noqa: E402
+from ops.demo.monitor import Sample
 
 
 def plot_run(samples: Sequence[Sample], path: Path, title: str) -> Path:

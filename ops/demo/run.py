@@ -1,0 +1,385 @@
+"""The end-to-end demo: from an interaction log to recommendations flowing through Kafka.
+
+    make demo                                   # synthetic data, generated and labelled so
+    make demo DATA=ratings.csv FORMAT=movielens  # a real log
+    python -m ops.demo --help
+
+Steps, each announced on stdout: prepare the data, train a small HierTCN, export and verify the
+bundle, start the local Kafka broker, create the topics, start a pool of worker processes,
+publish the test users' events at a steady rate while a live line reports throughput, latency,
+live recall@10 and dead letters, then show a few users' recent items next to their
+recommendations, plot throughput and latency into a PNG, and stop everything.
+
+It assumes what `make demo` sets up: the project installed in the current Python, Java 17 and
+Maven for the broker. Everything it writes goes into one run folder (`--out`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+INPUT_TOPIC = "interactions"
+OUTPUT_TOPIC = "recommendations"
+DEAD_LETTER_TOPIC = "interactions.dlq"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Settings of one demo run; the defaults fit a 2-core machine in a few minutes."""
+
+    out: Path
+    data: Path | None
+    data_format: str
+    titles: Path | None
+    epochs: int
+    processes: int
+    rate: float
+    max_events: int
+    partitions: int
+    metrics_port: int
+    seed: int
+
+
+class Step:
+    """Numbered progress lines on stdout: `[3/10] export and verify the bundle`."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.number = 0
+
+    def __call__(self, text: str) -> None:
+        self.number += 1
+        print(f"\n[{self.number}/{self.total}] {text}", flush=True)
+
+
+def run_command(command: Sequence[str], log_path: Path | None = None) -> None:
+    """Run a command to completion, its output to the console or to `log_path`; raise on failure."""
+    print("  $ " + " ".join(str(part) for part in command), flush=True)
+    if log_path is None:
+        completed = subprocess.run(list(command), check=False)
+    else:
+        with log_path.open("w", encoding="utf-8") as log:
+            completed = subprocess.run(list(command), stdout=log, stderr=subprocess.STDOUT)
+    if completed.returncode != 0:
+        where = f" (log: {log_path})" if log_path else ""
+        raise SystemExit(f"demo: {command[0]} failed with exit code {completed.returncode}{where}")
+
+
+def data_flags(config: DemoConfig, data_path: Path, synthetic: bool) -> list[str]:
+    """The data flags that training and the demo's own split both use, so their splits agree."""
+    if synthetic:
+        return [str(data_path), "--format", "csv", "--min-item-count", "5", "--split-seed", "0"]
+    return [str(data_path), "--format", config.data_format, "--split-seed", "0"]
+
+
+def prepare_data(config: DemoConfig) -> tuple[Path, bool]:
+    """Return the log to use and whether it is synthetic (generated into the run folder)."""
+    if config.data is not None:
+        if not config.data.is_file():
+            raise SystemExit(f"demo: data file {config.data} not found: check DATA=")
+        print(f"  using {config.data} (format {config.data_format})")
+        return config.data, False
+    from hiertcn.data.synthetic import generate_synthetic_log
+
+    path = generate_synthetic_log(400, 600, config.seed, config.out / "synthetic.csv")
+    print(
+        f"  NO DATA GIVEN: generated a SYNTHETIC log {path} (400 users with stable tastes and "
+        "drifting in-session interests).\n  For real data: make demo DATA=path/to/ratings.csv "
+        "FORMAT=movielens"
+    )
+    return path, True
+
+
+def write_test_events(flags: list[str], path: Path, max_events: int) -> tuple[int, dict]:
+    """Write the test users' events as JSON lines in time order; return the count and history."""
+    from hiertcn.data.options import add_data_arguments, load_dataset
+
+    parser = argparse.ArgumentParser()
+    add_data_arguments(parser)
+    dataset = load_dataset(parser.parse_args(flags))
+    test = dataset.test
+    order = sorted(range(test.num_events), key=lambda event: int(test.timestamps[event]))
+    users = _event_users(test)
+    history: dict[str, list[str]] = defaultdict(list)
+    count = 0
+    with path.open("w", encoding="utf-8") as out:
+        for event in order[:max_events]:
+            user = str(test.user_ids[users[event]])
+            item = dataset.vocab.ids[int(test.items[event])]
+            out.write(json.dumps({"user": user, "item": item, "ts": int(test.timestamps[event])}))
+            out.write("\n")
+            history[user].append(item)
+            count += 1
+    print(f"  {count} events of {test.num_users} test users (never seen in training) -> {path}")
+    return count, history
+
+
+def _event_users(log) -> list[int]:
+    users = [0] * log.num_events
+    for user in range(log.num_users):
+        for event in range(int(log.user_offsets[user]), int(log.user_offsets[user + 1])):
+            users[event] = user
+    return users
+
+
+class OutputReader(threading.Thread):
+    """Consume the output topic in the background, keep each user's latest recommendation."""
+
+    def __init__(self, bootstrap: str, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap = bootstrap
+        self.path = path
+        self.count = 0
+        self.latest: dict[str, dict] = {}
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        import msgpack
+        from confluent_kafka import Consumer
+
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"hiertcn-demo-reader-{os.getpid()}",
+                "auto.offset.reset": "earliest",  # read every output, also those made before
+                "enable.auto.commit": False,  # the demo reader keeps no position
+            }
+        )
+        consumer.subscribe([OUTPUT_TOPIC])
+        with self.path.open("w", encoding="utf-8") as out:
+            while not self.stop_event.is_set():
+                message = consumer.poll(0.5)
+                if message is None or message.error():
+                    continue
+                value = msgpack.unpackb(message.value(), raw=False)
+                out.write(json.dumps(value, default=str) + "\n")
+                self.latest[str(value["user"])] = value
+                self.count += 1
+        consumer.close()
+
+
+def monitor(config: DemoConfig, reader: OutputReader, expected: int, producer) -> list:
+    """Print a live line every two seconds until every event has its output; return samples."""
+    from ops.demo.monitor import format_sample, sample_between, scrape
+
+    url = f"http://127.0.0.1:{config.metrics_port}/metrics"
+    samples = []
+    previous = scrape(url)
+    deadline = time.monotonic() + expected / config.rate + 180
+    while time.monotonic() < deadline:
+        time.sleep(2.0)
+        current = scrape(url)
+        if current is not None and previous is not None:
+            sample = sample_between(previous, current)
+            samples.append(sample)
+            print("  " + format_sample(sample), flush=True)
+            if sample.outputs_total + sample.dead_letters_total >= expected and reader.count >= (
+                expected - sample.dead_letters_total
+            ):
+                break
+        previous = current or previous
+        if producer.poll() not in (None, 0):
+            raise SystemExit(f"demo: the producer failed (exit {producer.returncode})")
+    else:
+        print(f"  NOTE: stopped waiting with {reader.count} of {expected} outputs read")
+    return samples
+
+
+def stop_process(process: subprocess.Popen, name: str, timeout: float = 60.0) -> None:
+    """SIGTERM a child, wait for its clean shutdown, SIGKILL it after `timeout` seconds."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        print(f"  {name} did not stop within {timeout:.0f} s: killing it")
+        process.kill()
+        process.wait()
+
+
+def load_titles(path: Path | None) -> dict[str, str]:
+    """Read `item,title` pairs from a MovieLens movies.csv-like file (header row first)."""
+    if path is None:
+        return {}
+    import csv
+
+    with path.open(encoding="utf-8", newline="") as source:
+        rows = csv.reader(source)
+        next(rows, None)
+        return {row[0]: row[1] for row in rows if len(row) >= 2}
+
+
+def show_users(reader: OutputReader, history: dict[str, list[str]], titles: dict[str, str]) -> None:
+    """Print the recent items and the latest recommendation of the three busiest users."""
+    busiest = sorted(history, key=lambda user: -len(history[user]))[:3]
+    if not titles:
+        print("  (no item titles: pass --titles movies.csv from MovieLens to see names)")
+    for user in busiest:
+        output = reader.latest.get(user)
+        if output is None:
+            continue
+        print(f"\n  user {user}, session {output['session']}, {len(history[user])} events")
+        print("    recent items:    " + ", ".join(_named(i, titles) for i in history[user][-5:]))
+        recommended = [_named(str(i), titles) for i in output["items"][:5]]
+        print("    recommendations: " + ", ".join(recommended))
+
+
+def _named(item: str, titles: dict[str, str]) -> str:
+    return f"{titles[item]} ({item})" if item in titles else item
+
+
+def parse_args(argv: Sequence[str] | None) -> DemoConfig:
+    """Read the demo's flags."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ops.demo",
+        description="Train, export and serve HierTCN over a local Kafka broker, end to end.",
+    )
+    parser.add_argument("--data", type=Path, help="interaction log (default: synthetic data)")
+    parser.add_argument(
+        "--format", default="auto", help="format of --data, as `hiertcn train` reads it"
+    )
+    parser.add_argument("--titles", type=Path, help="CSV of item id,title (MovieLens movies.csv)")
+    parser.add_argument("--out", type=Path, help="run folder (default: runs/demo-YYYYmmdd-HHMMSS)")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
+    parser.add_argument("--processes", type=int, default=2, help="worker processes (default: 2)")
+    parser.add_argument(
+        "--rate", type=float, default=200.0, help="events per second to publish (default: 200)"
+    )
+    parser.add_argument(
+        "--max-events", type=int, default=10_000, help="test events to publish (default: 10000)"
+    )
+    parser.add_argument(
+        "--partitions", type=int, default=4, help="partitions of each topic (default: 4)"
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, default=9100, help="worker pool /metrics port (default: 9100)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of data and training")
+    args = parser.parse_args(argv)
+    out = args.out or REPO_ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
+    return DemoConfig(
+        out=out.resolve(),
+        data=args.data.resolve() if args.data else None,
+        data_format=args.format,
+        titles=args.titles,
+        epochs=args.epochs,
+        processes=args.processes,
+        rate=args.rate,
+        max_events=args.max_events,
+        partitions=args.partitions,
+        metrics_port=args.metrics_port,
+        seed=args.seed,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every step of the demo, and stop whatever it started even when a step fails."""
+    config = parse_args(argv)
+    config.out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    step = Step(total=10)
+    started: list[tuple[str, subprocess.Popen]] = []
+    broker = None
+    try:
+        broker = _run_steps(config, step, started)
+    finally:
+        for name, process in reversed(started):
+            stop_process(process, name)
+        if broker is not None:
+            broker.stop()
+            print("  broker stopped")
+    print(f"\nDone. Everything is in {config.out}:")
+    for name in ("recommendations.jsonl", "throughput_latency.png", "worker.log", "model"):
+        print(f"  {config.out / name}")
+    return 0
+
+
+def _run_steps(config: DemoConfig, step: Step, started: list) -> object:
+    from ops.kafka.admin import create_topics
+    from ops.kafka.broker import BrokerConfig, LocalBroker
+
+    python = sys.executable
+    step("prepare the interaction log")
+    data_path, synthetic = prepare_data(config)
+    flags = data_flags(config, data_path, synthetic)
+
+    step("train a small HierTCN (2-layer GRU of 64, TCN of 4 blocks of 64 filters)")
+    model_dir = config.out / "model"
+    sizes = ["--embedding-dim", "64", "--hidden-size", "64", "--gru-layers", "2"]
+    run_command(
+        [python, "-m", "hiertcn.cli", "train", *flags, "--model", "hiertcn", *sizes,
+         "--tcn-channels", "64", "--epochs", str(config.epochs), "--seed", str(config.seed),
+         "--device", "cpu", "--out", str(model_dir)]
+    )  # fmt: skip
+
+    step("export the model bundle and verify ONNX Runtime against torch")
+    bundle = config.out / "bundle"
+    run_command(
+        [python, "-m", "hiertcn.cli", "export", "--checkpoint", str(model_dir / "best.pt"),
+         "--out", str(bundle), "--verify"]
+    )  # fmt: skip
+
+    step("write the test users' events (users the model never saw) in time order")
+    events_path = config.out / "test_events.jsonl"
+    expected, history = write_test_events(flags, events_path, config.max_events)
+
+    step("start the local Kafka broker (Apache Kafka from Maven Central, KRaft mode)")
+    broker = LocalBroker(BrokerConfig(state_dir=config.out / "kafka"))
+    broker.fetch()
+    bootstrap = broker.start()
+    print(f"  broker at {bootstrap}, log {broker.log_path}")
+
+    step(f"create the topics ({config.partitions} partitions each)")
+    create_topics(bootstrap, [INPUT_TOPIC, OUTPUT_TOPIC, DEAD_LETTER_TOPIC], config.partitions)
+
+    step(f"start a pool of {config.processes} worker processes")
+    worker_log = (config.out / "worker.log").open("w", encoding="utf-8")
+    pool = subprocess.Popen(
+        [python, "-m", "stream.cli", "run", "--brokers", bootstrap, "--bundle", str(bundle),
+         "--processes", str(config.processes), "--state-dir", str(config.out / "state"),
+         "--metrics-port", str(config.metrics_port)],
+        stdout=worker_log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    started.append(("worker pool", pool))
+    reader = OutputReader(bootstrap, config.out / "recommendations.jsonl")
+    reader.start()
+
+    step(f"publish {expected} events at {config.rate:g} events/s; live line every 2 s")
+    producer = subprocess.Popen(
+        [python, "-m", "stream.cli", "produce", "--events", str(events_path), "--brokers",
+         bootstrap, "--topic", INPUT_TOPIC, "--rate", str(config.rate)],
+        stdout=(config.out / "producer.log").open("w", encoding="utf-8"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    started.append(("producer", producer))
+    samples = monitor(config, reader, expected, producer)
+    print(f"  {reader.count} recommendations read for {expected} events published")
+
+    step("show a few users' recent items and their latest recommendation")
+    show_users(reader, history, load_titles(config.titles))
+    reader.stop_event.set()
+    reader.join(timeout=10)
+
+    step("plot throughput and latency over the run")
+    from ops.demo.plot import plot_run
+
+    title = f"hiertcn demo, {config.processes} workers, {config.rate:g} events/s offered"
+    if samples:
+        print(f"  {plot_run(samples, config.out / 'throughput_latency.png', title)}")
+    return broker

@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# Run one local Apache Kafka node (KRaft broker and controller) on 127.0.0.1 for development,
+# tests and CI, from jars that Maven fetches from Maven Central into ops/kafka/lib/.
+#
+#   ops/kafka/kafka.sh fetch                         resolve the jars once (no-op when present)
+#   ops/kafka/kafka.sh start [--port N] [--timeout S] start in the background, print HOST:PORT
+#   ops/kafka/kafka.sh stop [--timeout S]            SIGTERM, then SIGKILL after S seconds
+#   ops/kafka/kafka.sh status                        exit 0 and print HOST:PORT while running
+#   ops/kafka/kafka.sh logs [-n LINES]               print the end of the broker log
+#
+# Every subcommand takes --state-dir DIR (default $KAFKA_STATE_DIR, else .local/kafka in the
+# repository). That folder holds the pid file, the bootstrap address, the generated
+# server.properties and broker.log; the broker's data lives in a fresh temporary folder that
+# `stop` deletes. Needs Java 17 and python3; `fetch` needs Maven.
+# Environment: KAFKA_HEAP_OPTS (default -Xms128m -Xmx512m), KAFKA_JVM_OPTS (extra JVM flags).
+
+set -euo pipefail
+
+KAFKA_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$KAFKA_DIR/../.." && pwd)"
+LIB_DIR="$KAFKA_DIR/lib"
+
+usage() {
+    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+die() {
+    echo "kafka.sh: $*" >&2
+    exit 1
+}
+
+# Print a free TCP port on 127.0.0.1, chosen by the kernel. Another process could take it before
+# the broker binds it, and then `start` fails with "Address already in use" in broker.log.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Print a Kafka cluster id: 16 random bytes in URL-safe base64 without padding. Ids that start
+# with "-" are drawn again, as Uuid.randomUuid of kafka-clients 4.1.1 does.
+new_cluster_id() {
+    python3 - <<'PY'
+import base64, os
+while True:
+    cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+    if not cluster_id.startswith("-"):
+        print(cluster_id)
+        break
+PY
+}
+
+jars_present() {
+    [[ -f "$LIB_DIR/.complete" ]]
+}
+
+# Fill JAVA_CMD with the java command line up to the main class.
+set_java_cmd() {
+    local java="${JAVA_HOME:+$JAVA_HOME/bin/}java"
+    command -v "$java" >/dev/null || die "java not found: install Java 17 or set JAVA_HOME"
+    local heap_opts jvm_opts
+    read -r -a heap_opts <<<"${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}"
+    read -r -a jvm_opts <<<"${KAFKA_JVM_OPTS:-}"
+    JAVA_CMD=("$java" "${heap_opts[@]}" "${jvm_opts[@]}"
+        "-Dlog4j2.configurationFile=$KAFKA_DIR/log4j2.properties" -cp "$LIB_DIR/*")
+}
+
+cmd_fetch() {
+    if jars_present; then
+        echo "Kafka jars already in $LIB_DIR"
+        return
+    fi
+    command -v mvn >/dev/null || die "mvn not found: install Maven 3 (Debian package maven)"
+    echo "Fetching Kafka jars with Maven into $LIB_DIR"
+    rm -rf "$LIB_DIR"
+    mvn -B -q -Dstyle.color=never -f "$KAFKA_DIR/pom.xml" package
+    touch "$LIB_DIR/.complete"
+    echo "Fetched $(find "$LIB_DIR" -name '*.jar' | wc -l) jars"
+}
+
+read_pid() {
+    [[ -f "$STATE_DIR/pid" ]] && cat "$STATE_DIR/pid"
+}
+
+# Succeed when the pid file names a live broker of this state folder. Checking the command line
+# keeps `stop` from signalling an unrelated process that reused the pid of a crashed broker.
+is_running() {
+    local pid
+    pid="$(read_pid)" || return 1
+    ps -p "$pid" -o args= 2>/dev/null | grep -qF "$STATE_DIR/server.properties"
+}
+
+write_config() {
+    local port="$1" controller_port="$2" data_dir="$3"
+    sed -e "s|@PORT@|$port|g" \
+        -e "s|@CONTROLLER_PORT@|$controller_port|g" \
+        -e "s|@DATA_DIR@|$data_dir|g" \
+        "$KAFKA_DIR/server.properties.template" >"$STATE_DIR/server.properties"
+}
+
+# Wait until the broker responds to a Metadata request. Fail at once when the JVM exits.
+wait_ready() {
+    local bootstrap="$1" timeout="$2" pid="$3"
+    local deadline=$((SECONDS + timeout))
+    while ((SECONDS < deadline)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 40 "$STATE_DIR/broker.log" >&2
+            die "the broker exited during start-up: see $STATE_DIR/broker.log"
+        fi
+        if python3 "$KAFKA_DIR/probe.py" "$bootstrap" --timeout 2 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.5
+    done
+    tail -n 40 "$STATE_DIR/broker.log" >&2
+    cmd_stop 10 >&2
+    die "timed out after ${timeout}s waiting for a Metadata response from $bootstrap: see $STATE_DIR/broker.log, or raise --timeout"
+}
+
+cmd_start() {
+    local port="$1" timeout="$2"
+    jars_present || die "Kafka jars not found in $LIB_DIR: run '$0 fetch' first"
+    if is_running; then
+        die "a broker is already running for $STATE_DIR (pid $(read_pid), $(cat "$STATE_DIR/bootstrap")): stop it or pass another --state-dir"
+    fi
+
+    if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port > 65535)); then
+        die "invalid port $port: expected 1 to 65535, or 0 for a free port"
+    fi
+    mkdir -p "$STATE_DIR"
+    ((port == 0)) && port="$(free_port)"
+    local controller_port data_dir bootstrap="127.0.0.1:$port"
+    controller_port="$(free_port)"
+    data_dir="$(mktemp -d "${TMPDIR:-/tmp}/hiertcn-kafka.XXXXXX")"
+    echo "$data_dir" >"$STATE_DIR/data_dir"
+    write_config "$port" "$controller_port" "$data_dir"
+    : >"$STATE_DIR/broker.log"
+
+    set_java_cmd
+    "${JAVA_CMD[@]}" kafka.tools.StorageTool format --cluster-id "$(new_cluster_id)" \
+        --config "$STATE_DIR/server.properties" >>"$STATE_DIR/broker.log" 2>&1 \
+        || { tail -n 20 "$STATE_DIR/broker.log" >&2; die "formatting KRaft storage in $data_dir failed"; }
+
+    # setsid gives the broker its own session, so a Ctrl-C in the calling shell does not reach
+    # it. The script runs without job control, so setsid execs java in place and $! is its pid.
+    setsid "${JAVA_CMD[@]}" kafka.Kafka "$STATE_DIR/server.properties" \
+        >>"$STATE_DIR/broker.log" 2>&1 </dev/null &
+    local pid=$!
+    echo "$pid" >"$STATE_DIR/pid"
+    echo "$bootstrap" >"$STATE_DIR/bootstrap"
+
+    wait_ready "$bootstrap" "$timeout" "$pid"
+    echo "$bootstrap"
+}
+
+cmd_stop() {
+    local timeout="$1" pid
+    if ! is_running; then
+        echo "no broker running for $STATE_DIR"
+    else
+        pid="$(read_pid)"
+        kill -TERM "$pid"
+        local deadline=$((SECONDS + timeout))
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+            sleep 0.2
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "the broker (pid $pid) did not stop within ${timeout}s; sending SIGKILL" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        echo "stopped the broker (pid $pid)"
+    fi
+    if [[ -f "$STATE_DIR/data_dir" ]]; then
+        rm -rf "$(cat "$STATE_DIR/data_dir")"
+        rm -f "$STATE_DIR/data_dir"
+    fi
+    rm -f "$STATE_DIR/pid" "$STATE_DIR/bootstrap"
+}
+
+cmd_status() {
+    if is_running; then
+        echo "running: pid $(read_pid), bootstrap $(cat "$STATE_DIR/bootstrap")"
+        return 0
+    fi
+    echo "not running (state folder $STATE_DIR)"
+    return 3
+}
+
+main() {
+    local command="${1:-}"
+    [[ -n "$command" ]] || { usage; exit 2; }
+    shift
+
+    STATE_DIR="${KAFKA_STATE_DIR:-$REPO_ROOT/.local/kafka}"
+    local port="${KAFKA_PORT:-0}" timeout="" lines=50
+    while (($#)); do
+        case "$1" in
+            --state-dir) STATE_DIR="$2"; shift 2 ;;
+            --port) port="$2"; shift 2 ;;
+            --timeout) timeout="$2"; shift 2 ;;
+            -n) lines="$2"; shift 2 ;;
+            -h | --help) usage; exit 0 ;;
+            *) die "unknown option $1: see '$0 --help'" ;;
+        esac
+    done
+    STATE_DIR="$(mkdir -p "$STATE_DIR" && cd "$STATE_DIR" && pwd)"
+
+    case "$command" in
+        fetch) cmd_fetch ;;
+        start) cmd_start "$port" "${timeout:-90}" ;;
+        stop) cmd_stop "${timeout:-30}" ;;
+        status) cmd_status ;;
+        logs) tail -n "$lines" "$STATE_DIR/broker.log" ;;
+        -h | --help | help) usage ;;
+        *) die "unknown subcommand $command: expected fetch, start, stop, status or logs" ;;
+    esac
+}
+
+main "$@"

@@ -1,0 +1,1 @@
+"""Prometheus configuration and a runner for a local Prometheus server."""
