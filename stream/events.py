@@ -1,0 +1,390 @@
+"""Decoding and validation of interaction events from the input topic or an event-log file.
+
+A Kafka value is a msgpack map with `user`, `item`, `ts` and the optional `impressions`,
+`candidates`, `type` and `event_id`. `decode_event` turns one raw message into an `Event`, or
+into a `DeadLetter` that names the reason (a short snake_case code for metrics), the bad value
+and the fix. It returns a `DeadLetter` for bad input instead of raising, so the worker keeps going.
+
+Hostile input is bounded before any allocation: the message size is checked first, and msgpack
+rejects any string, binary, array or map header longer than the message itself could hold.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from stream.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# Event times above this many seconds (about the year 5138) only make sense as milliseconds.
+MAX_TS_SECONDS = 1e11
+# Event times above this are invalid in either unit (about the year 5138 in milliseconds).
+MAX_TS_MILLISECONDS = 1e14
+
+# Every reason code that `decode_event` can return, so that metrics can create their labels.
+REASONS = (
+    "message_too_large",
+    "invalid_msgpack",
+    "not_a_map",
+    "invalid_key",
+    "missing_user",
+    "invalid_user",
+    "user_key_mismatch",
+    "missing_item",
+    "invalid_item",
+    "unknown_item",
+    "missing_ts",
+    "invalid_ts",
+    "ts_in_milliseconds",
+    "invalid_impressions",
+    "too_many_impressions",
+    "invalid_candidates",
+    "too_many_candidates",
+    "no_known_candidates",
+    "invalid_type",
+    "invalid_event_id",
+)
+
+
+@dataclass(frozen=True)
+class Position:
+    """Source of a message: a Kafka topic, partition and offset.
+
+    `replay` uses the file name as topic, partition -1 and the record number as offset.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass(frozen=True)
+class EventConfig:
+    """Limits and units for event validation.
+
+    max_message_bytes: the largest accepted value; Kafka's default `message.max.bytes` is
+        1048588, so a larger value cannot come from a broker with default settings.
+    max_list_length: the maximum number of entries of `impressions` or `candidates`.
+    max_id_length: the maximum number of characters of a user id, item id, `type` or `event_id`.
+    ts_unit: "s" when `ts` is in seconds, "ms" when producers send milliseconds.
+    """
+
+    max_message_bytes: int = 1 << 20
+    max_list_length: int = 1000
+    max_id_length: int = 256
+    ts_unit: str = "s"
+
+    def __post_init__(self) -> None:
+        if self.ts_unit not in ("s", "ms"):
+            raise ConfigError(f"invalid ts_unit {self.ts_unit!r}: use 's' or 'ms'")
+        for name in ("max_message_bytes", "max_list_length", "max_id_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"invalid {name} {getattr(self, name)}: use a positive integer")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One validated interaction.
+
+    `item` is the external item id (always a str) and `row` its row in the bundle's item table.
+    `impressions` and `candidates` hold item rows without duplicates, in their first order.
+    Impression items outside the vocabulary are dropped and counted in `dropped_impressions`;
+    unknown candidates likewise in `dropped_candidates`. `append_ts` is the Kafka append time
+    in seconds, or None outside Kafka.
+    """
+
+    user: str
+    item: str
+    row: int
+    ts: float
+    impressions: tuple[int, ...] | None
+    candidates: tuple[int, ...] | None
+    event_type: str | None
+    event_id: str
+    topic: str
+    partition: int
+    offset: int
+    append_ts: float | None = None
+    dropped_impressions: int = 0
+    dropped_candidates: int = 0
+
+    @property
+    def position(self) -> Position:
+        return Position(self.topic, self.partition, self.offset)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that failed decoding or validation, kept raw for the dead-letter topic.
+
+    `reason` is one of `REASONS`, and `message` names the bad value and the fix. `position` is
+    written `topic[partition]@offset`.
+    """
+
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    message: str
+    position: str
+
+
+class _InvalidEventError(Exception):
+    """Internal signal of `decode_event`: the message fails one rule."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """Return `repr(value)` cut to `limit` characters, so hostile values cannot flood a log."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unpack(value: bytes, config: EventConfig) -> Any:
+    size = len(value)
+    if size > config.max_message_bytes:
+        raise _InvalidEventError(
+            "message_too_large",
+            f"message of {size} bytes exceeds the maximum of {config.max_message_bytes}: "
+            "send smaller events (fewer impressions or candidates)",
+        )
+    try:
+        # No container or string can have more entries than the message has bytes, so these
+        # limits reject a length header that claims gigabytes before anything is allocated.
+        return msgpack.unpackb(
+            value,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=size,
+            max_bin_len=size,
+            max_array_len=size,
+            max_map_len=size,
+            max_ext_len=size,
+        )
+    except (msgpack.UnpackException, ValueError) as error:
+        raise _InvalidEventError(
+            "invalid_msgpack",
+            f"value of {size} bytes is not one valid msgpack object ({type(error).__name__}: "
+            f"{_short(str(error))}): send a msgpack map",
+        ) from None
+
+
+def _external_id(raw: Any, field: str, config: EventConfig) -> str:
+    """Return a user or item id as str; bool, float and other types are invalid."""
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        raise _InvalidEventError(
+            f"invalid_{field}",
+            f"{field} {_short(raw)} has type {type(raw).__name__}: send a string or an integer",
+        )
+    text = str(raw)
+    if not text or len(text) > config.max_id_length:
+        raise _InvalidEventError(
+            f"invalid_{field}",
+            f"{field} {_short(text)} has {len(text)} characters: send an id of 1 to "
+            f"{config.max_id_length} characters",
+        )
+    return text
+
+
+def _user(fields: Mapping[str, Any], key: bytes | None, config: EventConfig) -> str:
+    if "user" not in fields:
+        raise _InvalidEventError("missing_user", "field 'user' is missing: add the user id")
+    user = _external_id(fields["user"], "user", config)
+    if key is None:
+        return user
+    try:
+        key_text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _InvalidEventError(
+            "invalid_key", f"Kafka key {_short(key)} is not UTF-8: key events by the user id"
+        ) from None
+    if key_text != user:
+        raise _InvalidEventError(
+            "user_key_mismatch",
+            f"user {_short(user)} differs from the Kafka key {_short(key_text)}: "
+            "key each event by its user id",
+        )
+    return user
+
+
+def _item(fields: Mapping[str, Any], row_of: Mapping[str, int], config: EventConfig):
+    if "item" not in fields:
+        raise _InvalidEventError("missing_item", "field 'item' is missing: add the item id")
+    item = _external_id(fields["item"], "item", config)
+    row = row_of.get(item)
+    if row is None:
+        raise _InvalidEventError(
+            "unknown_item",
+            f"item {_short(item)} is not in the model bundle's vocabulary: "
+            "export a bundle that includes it",
+        )
+    return item, row
+
+
+def _ts(fields: Mapping[str, Any], config: EventConfig) -> float:
+    if "ts" not in fields:
+        raise _InvalidEventError(
+            "missing_ts", "field 'ts' is missing: add the event time in seconds"
+        )
+    raw = fields["ts"]
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise _InvalidEventError(
+            "invalid_ts",
+            f"ts {_short(raw)} has type {type(raw).__name__}: send a number of seconds",
+        )
+    ts = float(raw)
+    if not math.isfinite(ts) or ts < 0 or ts > MAX_TS_MILLISECONDS:
+        raise _InvalidEventError(
+            "invalid_ts",
+            f"ts {_short(raw)} is not a valid event time: send seconds since the Unix epoch",
+        )
+    if config.ts_unit == "ms":
+        return ts / 1000.0
+    if ts > MAX_TS_SECONDS:
+        raise _InvalidEventError(
+            "ts_in_milliseconds",
+            f"ts {_short(raw)} is too large for seconds and looks like milliseconds: "
+            "send seconds, or run with --ts-unit ms",
+        )
+    return ts
+
+
+def _rows(
+    fields: Mapping[str, Any],
+    field: str,
+    row_of: Mapping[str, int],
+    config: EventConfig,
+) -> tuple[tuple[int, ...] | None, int]:
+    """Return the known rows of a list of item ids (first order, no duplicates) and the count
+    of unknown ids."""
+    raw = fields.get(field)
+    if raw is None:
+        return None, 0
+    if not isinstance(raw, list):
+        raise _InvalidEventError(
+            f"invalid_{field}",
+            f"{field} has type {type(raw).__name__}: send a list of item ids",
+        )
+    if len(raw) > config.max_list_length:
+        raise _InvalidEventError(
+            f"too_many_{field}",
+            f"{field} has {len(raw)} entries, more than the maximum of "
+            f"{config.max_list_length}: send at most that many",
+        )
+    rows: dict[int, None] = {}
+    unknown = 0
+    for index, entry in enumerate(raw):
+        try:
+            item = _external_id(entry, "item", config)
+        except _InvalidEventError as error:
+            raise _InvalidEventError(
+                f"invalid_{field}", f"{field}[{index}]: {error.message}"
+            ) from None
+        row = row_of.get(item)
+        if row is None:
+            unknown += 1
+        else:
+            rows.setdefault(row, None)
+    return tuple(rows), unknown
+
+
+def _optional_text(fields: Mapping[str, Any], field: str, reason: str, config: EventConfig):
+    raw = fields.get(field)
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw or len(raw) > config.max_id_length:
+        raise _InvalidEventError(
+            reason,
+            f"{field} {_short(raw)} is invalid: send a string of 1 to "
+            f"{config.max_id_length} characters",
+        )
+    return raw
+
+
+def _validate(
+    key: bytes | None,
+    value: bytes,
+    position: Position,
+    row_of: Mapping[str, int],
+    config: EventConfig,
+    append_ts: float | None,
+) -> Event:
+    fields = _unpack(value, config)
+    if not isinstance(fields, dict):
+        raise _InvalidEventError(
+            "not_a_map",
+            f"value is a msgpack {type(fields).__name__}, not a map: send a map with "
+            "user, item and ts",
+        )
+    user = _user(fields, key, config)
+    item, row = _item(fields, row_of, config)
+    ts = _ts(fields, config)
+    impressions, dropped_impressions = _rows(fields, "impressions", row_of, config)
+    candidates, dropped_candidates = _rows(fields, "candidates", row_of, config)
+    if candidates is not None and not candidates:
+        raise _InvalidEventError(
+            "no_known_candidates",
+            f"none of the {dropped_candidates} candidates is in the model bundle's vocabulary: "
+            "send known candidates, or leave the field out to rank the whole catalog",
+        )
+    event_type = _optional_text(fields, "type", "invalid_type", config)
+    event_id = _optional_text(fields, "event_id", "invalid_event_id", config)
+    return Event(
+        user=user,
+        item=item,
+        row=row,
+        ts=ts,
+        impressions=impressions or None,
+        candidates=candidates,
+        event_type=event_type,
+        event_id=event_id if event_id is not None else str(position),
+        topic=position.topic,
+        partition=position.partition,
+        offset=position.offset,
+        append_ts=append_ts,
+        dropped_impressions=dropped_impressions,
+        dropped_candidates=dropped_candidates,
+    )
+
+
+def decode_event(
+    key: bytes | None,
+    value: bytes | None,
+    position: Position,
+    row_of: Mapping[str, int],
+    config: EventConfig = EventConfig(),
+    append_ts: float | None = None,
+) -> Event | DeadLetter:
+    """Decode and validate one message; return an `Event`, or a `DeadLetter` with the reason.
+
+    key: the Kafka key (UTF-8 user id) or None; value: the msgpack bytes; row_of: external item
+    id -> item row of the bundle; append_ts: the Kafka append time in seconds, if known.
+    """
+    try:
+        if value is None:
+            raise _InvalidEventError(
+                "invalid_msgpack", "value is empty (a tombstone): send a msgpack map"
+            )
+        return _validate(key, value, position, row_of, config, append_ts)
+    except _InvalidEventError as rejection:
+        logger.debug("rejected %s: %s (%s)", position, rejection.reason, rejection.message)
+        return DeadLetter(
+            key=key,
+            value=value,
+            reason=rejection.reason,
+            message=rejection.message,
+            position=str(position),
+        )

@@ -1,0 +1,393 @@
+"""The per-batch serving logic that the Kafka worker and `replay` share.
+
+`Pipeline.process(events, states)` takes validated events in input order and the states of
+their users, and returns one recommendation per event, the changed states, the sessions closed
+by a gap and the rank of each event's item under the user's previous recommendation. It does
+no I/O, so replaying a log through it gives what the live worker publishes.
+
+Shape letters: B events in a batch, L events in a session prefix, N items in the catalog,
+D item-embedding size, G GRU layers, H GRU hidden size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+
+from statestore import UserState
+from stream.errors import ConfigError
+from stream.events import Event
+from stream.scoring import rank_of, ranks_over_catalog, top_k_candidates, top_k_catalog
+
+logger = logging.getLogger(__name__)
+
+
+class Bundle(Protocol):
+    """The part of `export.bundle.ModelBundle` that the pipeline uses."""
+
+    manifest: Any
+    item_table: np.ndarray  # [N, D] float32 or float16
+    item_ids: Sequence[str]
+    start_state: np.ndarray  # [G, H] float32
+
+    def session_step(
+        self, prefix: np.ndarray, lengths: np.ndarray, state: np.ndarray
+    ) -> np.ndarray: ...
+
+    def session_close(self, state: np.ndarray, session_mean: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Serving settings; None takes the value from the bundle manifest.
+
+    session_gap: idle seconds after which a user's next event starts a new session (a gap of
+        exactly session_gap stays in the session).
+    top_k: length of each recommendation list.
+    max_session_items: the maximum number of recent items of the open session that the session
+        step receives.
+    model_version: the `model` field of every output.
+    """
+
+    session_gap: float | None = None
+    top_k: int | None = None
+    max_session_items: int | None = None
+    model_version: str | None = None
+
+    def resolve(self, manifest: Any) -> PipelineConfig:
+        """Return a copy with every None replaced by the bundle manifest's value, checked."""
+        resolved = PipelineConfig(
+            session_gap=float(
+                manifest.session_gap if self.session_gap is None else self.session_gap
+            ),
+            top_k=int(manifest.top_k if self.top_k is None else self.top_k),
+            max_session_items=int(
+                manifest.max_session_items
+                if self.max_session_items is None
+                else self.max_session_items
+            ),
+            model_version=str(
+                manifest.version if self.model_version is None else self.model_version
+            ),
+        )
+        if not resolved.session_gap > 0:
+            raise ConfigError(f"invalid session gap {resolved.session_gap} s: use seconds > 0")
+        if resolved.top_k < 1:
+            raise ConfigError(f"invalid K {resolved.top_k}: use an integer >= 1")
+        if resolved.max_session_items < 1:
+            raise ConfigError(
+                f"invalid max_session_items {resolved.max_session_items}: use an integer >= 1"
+            )
+        return resolved
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One output: the top-K external item ids for a user after one event, best first."""
+
+    user: str
+    event_id: str
+    ts: float
+    items: tuple[str, ...]
+    scores: tuple[float, ...]
+    model: str
+    session: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the output map of the recommendations topic (msgpack- and JSON-ready)."""
+        return {
+            "user": self.user,
+            "event_id": self.event_id,
+            "ts": self.ts,
+            "items": list(self.items),
+            "scores": list(self.scores),
+            "model": self.model,
+            "session": self.session,
+        }
+
+
+@dataclass
+class BatchResult:
+    """Result of `Pipeline.process` for one batch.
+
+    live: per event, (rank, pool_size) of its item under the user's previous recommendation,
+        pessimistic on ties; None where the user had no previous recommendation.
+    """
+
+    outputs: list[Recommendation]
+    states: dict[str, UserState]
+    closed: Counter[str]
+    live: list[tuple[int, int] | None]
+
+
+@dataclass
+class _UserWork:
+    """One user's state while a batch is planned; the GRU states after each close."""
+
+    grus: list[np.ndarray]  # [G, H] each: before the batch, then after each close
+    session_items: list[int]
+    session_sum: np.ndarray  # [D] float32
+    session_length: int
+    session_start: float
+    last_ts: float
+    session_count: int
+    last_embedding: np.ndarray | None
+    partition: int
+    closes: list[np.ndarray] = field(default_factory=list)  # [D] session means to close
+
+
+@dataclass
+class _Plan:
+    """Steps (1) and (2) of a batch: each event's prefix and GRU state, and the closes."""
+
+    work: dict[str, _UserWork]
+    prefixes: list[list[int]]  # item rows per event, oldest first
+    gru_round: list[int]  # per event, how many of its user's closes of this batch precede it
+    session: list[int]  # per event, the user's session number
+
+
+class Pipeline:
+    """Sessions, GRU updates, user embeddings and top-K lists for batches of events."""
+
+    def __init__(self, bundle: Bundle, config: PipelineConfig = PipelineConfig()) -> None:
+        self.bundle = bundle
+        self.config = config.resolve(bundle.manifest)
+        # A plain ndarray view of the memory map: same pages, without np.memmap's per-index cost.
+        self.table = np.asarray(bundle.item_table)  # [N, D]
+        self.item_ids = np.array(bundle.item_ids, dtype=object)  # [N] external ids
+        self.dim = int(self.table.shape[1])
+        logger.info(
+            "pipeline ready: model %s, %d items, D=%d, session gap %.0f s, K=%d, "
+            "session prefix up to %d items",
+            self.config.model_version,
+            self.table.shape[0],
+            self.dim,
+            self.config.session_gap,
+            self.config.top_k,
+            self.config.max_session_items,
+        )
+
+    def new_state(self) -> UserState:
+        """Return the state of a user never seen before: the learned start state, no session."""
+        return UserState.new(self.bundle.start_state, self.dim)
+
+    def process(self, events: Sequence[Event], states: Mapping[str, UserState]) -> BatchResult:
+        """Run one batch; `states` is left unchanged and the new states come back in the result.
+
+        Events of one user are handled in input order; users missing from `states` start from
+        the learned start state.
+        """
+        if not events:
+            return BatchResult([], {}, Counter(), [])
+
+        # (1)-(2) Walk each user's events in order: close sessions on a gap, collect prefixes.
+        plan = self._plan(events, states)
+        closed = Counter({"gap": sum(len(work.closes) for work in plan.work.values())})
+
+        # (1) Close sessions in rounds: round r is the r-th close of every user that has one.
+        self._close_rounds(plan.work)
+
+        # (3) One batched session step for every event of the batch.
+        embeddings = self._session_step(events, plan)  # [B, D]
+
+        # (4) Scores and top-K per event, over its candidates or the whole catalog.
+        outputs = self._recommend(events, embeddings, plan.session)
+
+        # (5) Live metric: the rank of each event's item under the previous recommendation.
+        live = self._live_ranks(events, embeddings, plan.work, states)
+
+        # (6) Write the walked sessions and the last embeddings into new states.
+        new_states = self._finish(events, embeddings, plan.work)
+        return BatchResult(outputs, new_states, closed, live)
+
+    def close_idle(self, states: Mapping[str, UserState]) -> dict[str, UserState]:
+        """Close the open session of each given user (timer closes) in one batched call.
+
+        The caller picks the expired users; states without an open session are skipped.
+        Returns the changed states only.
+        """
+        users = [user for user, state in states.items() if state.session_length > 0]
+        if not users:
+            return {}
+        gru = np.stack([np.asarray(states[u].gru_state, np.float32) for u in users])  # [B, G, H]
+        means = np.stack(
+            [
+                np.asarray(states[u].session_sum, np.float32) / np.float32(states[u].session_length)
+                for u in users
+            ]
+        )  # [B, D]
+        new_gru = self.bundle.session_close(gru, means)
+        closed: dict[str, UserState] = {}
+        for index, user in enumerate(users):
+            closed[user] = replace(
+                states[user],
+                gru_state=np.array(new_gru[index], dtype=np.float32),
+                session_items=np.empty(0, dtype=np.int32),
+                session_sum=np.zeros(self.dim, dtype=np.float32),
+                session_length=0,
+            )
+        logger.debug("closed %d idle sessions", len(closed))
+        return closed
+
+    def _start_work(self, state: UserState | None) -> _UserWork:
+        state = state if state is not None else self.new_state()
+        return _UserWork(
+            grus=[np.asarray(state.gru_state, dtype=np.float32)],
+            session_items=[int(row) for row in state.session_items],
+            session_sum=np.array(state.session_sum, dtype=np.float32),
+            session_length=int(state.session_length),
+            session_start=float(state.session_start),
+            last_ts=float(state.last_ts),
+            session_count=int(state.session_count),
+            last_embedding=state.last_embedding,
+            partition=int(state.partition),
+        )
+
+    def _plan(self, events: Sequence[Event], states: Mapping[str, UserState]) -> _Plan:
+        gap = self.config.session_gap
+        cap = self.config.max_session_items
+        plan = _Plan(work={}, prefixes=[], gru_round=[], session=[])
+        for event in events:
+            work = plan.work.get(event.user)
+            if work is None:
+                work = plan.work[event.user] = self._start_work(states.get(event.user))
+            if work.session_length > 0 and event.ts - work.last_ts > gap:
+                work.closes.append(work.session_sum / np.float32(work.session_length))
+                work.session_items = []
+                work.session_sum = np.zeros(self.dim, dtype=np.float32)
+                work.session_length = 0
+            if work.session_length == 0:
+                # NOTE: after a timer close, an event within session_gap of last_ts (only when
+                # the input is not in time order across users) still opens a new session,
+                # because the closed session's GRU update cannot be undone.
+                work.session_count += 1
+                work.session_start = event.ts
+            work.session_items.append(event.row)
+            del work.session_items[:-cap]
+            # Summed event by event in float32, so the sum does not depend on batch borders.
+            work.session_sum = work.session_sum + np.asarray(self.table[event.row], np.float32)
+            work.session_length += 1
+            # NOTE: an event older than the user's last one keeps last_ts at the newest time,
+            # so a late event never reopens the gap that the timers measure.
+            work.last_ts = max(work.last_ts, event.ts)
+            work.partition = event.partition
+            plan.prefixes.append(list(work.session_items))
+            plan.gru_round.append(len(work.closes))
+            plan.session.append(work.session_count)
+        return plan
+
+    def _close_rounds(self, work: dict[str, _UserWork]) -> None:
+        rounds = max(len(user_work.closes) for user_work in work.values())
+        for round_index in range(rounds):
+            users = [user for user, uw in work.items() if len(uw.closes) > round_index]
+            state = np.stack([work[u].grus[round_index] for u in users])  # [B, G, H]
+            means = np.stack([work[u].closes[round_index] for u in users])  # [B, D]
+            new_state = self.bundle.session_close(state, means.astype(np.float32))
+            for index, user in enumerate(users):
+                work[user].grus.append(np.asarray(new_state[index], dtype=np.float32))
+
+    def _session_step(self, events: Sequence[Event], plan: _Plan) -> np.ndarray:
+        batch = len(events)
+        lengths = np.array([len(prefix) for prefix in plan.prefixes], dtype=np.int64)  # [B]
+        longest = int(lengths.max())
+        # Left-padded row indices: real items right-aligned, -1 before them.
+        rows = np.full((batch, longest), -1, dtype=np.int64)  # [B, L]
+        for index, prefix in enumerate(plan.prefixes):
+            rows[index, longest - len(prefix) :] = prefix
+        prefix = np.asarray(self.table[np.maximum(rows, 0)], dtype=np.float32)  # [B, L, D]
+        prefix[rows < 0] = 0.0
+        state = np.stack(
+            [
+                plan.work[event.user].grus[plan.gru_round[index]]
+                for index, event in enumerate(events)
+            ]
+        )  # [B, G, H]
+        embeddings = self.bundle.session_step(prefix, lengths, state)
+        return np.asarray(embeddings, dtype=np.float32)  # [B, D]
+
+    def _recommend(
+        self, events: Sequence[Event], embeddings: np.ndarray, sessions: list[int]
+    ) -> list[Recommendation]:
+        k = self.config.top_k
+        best: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # event index -> (rows, scores)
+        catalog = [index for index, event in enumerate(events) if event.candidates is None]
+        if catalog:
+            rows, scores = top_k_catalog(embeddings[catalog], self.table, k)  # [B', K] each
+            for position, index in enumerate(catalog):
+                best[index] = (rows[position], scores[position])
+        for index, event in enumerate(events):
+            if event.candidates is not None:
+                candidates = np.asarray(event.candidates, dtype=np.int64)
+                best[index] = top_k_candidates(embeddings[index], self.table, candidates, k)
+
+        outputs = []
+        for index, event in enumerate(events):
+            rows, scores = best[index]
+            outputs.append(
+                Recommendation(
+                    user=event.user,
+                    event_id=event.event_id,
+                    ts=event.ts,
+                    items=tuple(self.item_ids[rows].tolist()),
+                    scores=tuple(scores.tolist()),
+                    model=self.config.model_version,
+                    session=sessions[index],
+                )
+            )
+        return outputs
+
+    def _live_ranks(
+        self,
+        events: Sequence[Event],
+        embeddings: np.ndarray,
+        work: dict[str, _UserWork],
+        states: Mapping[str, UserState],
+    ) -> list[tuple[int, int] | None]:
+        live: list[tuple[int, int] | None] = [None] * len(events)
+        previous: dict[str, np.ndarray | None] = {
+            user: (states[user].last_embedding if user in states else None) for user in work
+        }
+        catalog: list[int] = []
+        catalog_embeddings: list[np.ndarray] = []
+        for index, event in enumerate(events):
+            embedding = previous[event.user]
+            previous[event.user] = embeddings[index]
+            if embedding is None:
+                continue
+            embedding = np.asarray(embedding, dtype=np.float32)
+            if event.impressions is not None:
+                pool = np.asarray(event.impressions, dtype=np.int64)
+                live[index] = rank_of(event.row, embedding, self.table, pool)
+            else:
+                catalog.append(index)
+                catalog_embeddings.append(embedding)
+        if catalog:
+            targets = np.array([events[index].row for index in catalog], dtype=np.int64)
+            ranks = ranks_over_catalog(targets, np.stack(catalog_embeddings), self.table)
+            for index, rank in zip(catalog, ranks, strict=True):
+                live[index] = rank
+        return live
+
+    def _finish(
+        self, events: Sequence[Event], embeddings: np.ndarray, work: dict[str, _UserWork]
+    ) -> dict[str, UserState]:
+        last_index = {event.user: index for index, event in enumerate(events)}
+        states: dict[str, UserState] = {}
+        for user, user_work in work.items():
+            states[user] = UserState(
+                gru_state=user_work.grus[-1],
+                session_items=np.array(user_work.session_items, dtype=np.int32),
+                session_sum=user_work.session_sum,
+                session_length=user_work.session_length,
+                session_start=user_work.session_start,
+                last_ts=user_work.last_ts,
+                session_count=user_work.session_count,
+                last_embedding=np.array(embeddings[last_index[user]], dtype=np.float32),
+                partition=user_work.partition,
+            )
+        return states

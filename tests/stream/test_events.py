@@ -1,0 +1,283 @@
+"""Tests of stream.events.decode_event: every rejection reason and the valid cases."""
+
+from __future__ import annotations
+
+import math
+import random
+import struct
+
+import msgpack
+import pytest
+
+from stream.errors import ConfigError
+from stream.events import REASONS, DeadLetter, Event, EventConfig, Position, decode_event
+
+ROW_OF = {str(row): row for row in range(100)} | {"apple": 100, "pear": 101}
+POSITION = Position("interactions", 3, 1842)
+
+
+def pack(fields: object) -> bytes:
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def decode(
+    fields: object, key: bytes | None = b"u1", config: EventConfig | None = None
+) -> Event | DeadLetter:
+    value = fields if isinstance(fields, bytes) else pack(fields)
+    return decode_event(key, value, POSITION, ROW_OF, config or EventConfig())
+
+
+def reason_of(result: Event | DeadLetter) -> str:
+    assert isinstance(result, DeadLetter), f"expected a rejection, got {result}"
+    return result.reason
+
+
+def test_valid_event_decoded() -> None:
+    result = decode({"user": "u1", "item": "apple", "ts": 1_700_000_000.5, "type": "click"})
+
+    assert isinstance(result, Event)
+    assert result.user == "u1"
+    assert result.item == "apple"
+    assert result.row == 100
+    assert result.ts == 1_700_000_000.5
+    assert result.event_type == "click"
+    assert result.impressions is None
+    assert result.candidates is None
+    assert result.event_id == "interactions[3]@1842"
+    assert (result.topic, result.partition, result.offset) == ("interactions", 3, 1842)
+
+
+def test_integer_ids_become_strings() -> None:
+    result = decode({"user": 7, "item": 42, "ts": 1_700_000_000}, key=b"7")
+
+    assert isinstance(result, Event)
+    assert result.user == "7"
+    assert result.item == "42"
+    assert result.row == 42
+    assert isinstance(result.ts, float)
+
+
+def test_event_without_key_accepted() -> None:
+    result = decode({"user": "u9", "item": 1, "ts": 1.0}, key=None)
+
+    assert isinstance(result, Event)
+    assert result.user == "u9"
+
+
+def test_event_id_and_append_time_kept() -> None:
+    value = pack({"user": "u1", "item": 1, "ts": 5.0, "event_id": "e-1"})
+
+    result = decode_event(b"u1", value, POSITION, ROW_OF, append_ts=6.25)
+
+    assert isinstance(result, Event)
+    assert result.event_id == "e-1"
+    assert result.append_ts == 6.25
+
+
+def test_impressions_drop_unknown_items() -> None:
+    fields = {"user": "u1", "item": 1, "ts": 5.0, "impressions": [1, "2", "nope", 2, "x"]}
+
+    result = decode(fields)
+
+    assert isinstance(result, Event)
+    assert result.impressions == (1, 2)
+    assert result.dropped_impressions == 2
+
+
+def test_candidates_decoded_to_rows() -> None:
+    fields = {"user": "u1", "item": 1, "ts": 5.0, "candidates": ["pear", 3, "ghost"]}
+
+    result = decode(fields)
+
+    assert isinstance(result, Event)
+    assert result.candidates == (101, 3)
+    assert result.dropped_candidates == 1
+
+
+def test_ts_in_milliseconds_accepted_with_ms_unit() -> None:
+    result = decode(
+        {"user": "u1", "item": 1, "ts": 1_700_000_000_123}, config=EventConfig(ts_unit="ms")
+    )
+
+    assert isinstance(result, Event)
+    assert result.ts == pytest.approx(1_700_000_000.123)
+
+
+def test_unknown_fields_ignored() -> None:
+    result = decode({"user": "u1", "item": 1, "ts": 5.0, "extra": {"a": [1, 2]}})
+
+    assert isinstance(result, Event)
+
+
+# A msgpack map header with one entry, key "user", then a str32 header claiming 4 GiB.
+GIGABYTE_HEADER = b"\x81\xa4user\xdb" + struct.pack(">I", 0xFFFFFFFF) + b"abc"
+BIN_GIGABYTE_HEADER = b"\xc6" + struct.pack(">I", 0xFFFFFFF0)
+ARRAY_GIGABYTE_HEADER = b"\x81\xabimpressions\xdd" + struct.pack(">I", 0xFFFFFFFF)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"\xc1\xff not msgpack", "invalid_msgpack"),
+        (b"", "invalid_msgpack"),
+        (b"\x92\x01", "invalid_msgpack"),
+        (GIGABYTE_HEADER, "invalid_msgpack"),
+        (BIN_GIGABYTE_HEADER, "invalid_msgpack"),
+        (ARRAY_GIGABYTE_HEADER, "invalid_msgpack"),
+        (pack({"user": "u1"}) + b"\x00", "invalid_msgpack"),
+        (pack({1: "u1"}), "invalid_msgpack"),
+        (b"\x91" * 5000 + b"\x00", "invalid_msgpack"),
+        (pack([1, 2, 3]), "not_a_map"),
+        (pack("user"), "not_a_map"),
+    ],
+    ids=[
+        "garbage",
+        "empty",
+        "truncated",
+        "str32_4gib",
+        "bin32_4gib",
+        "array32_4gib",
+        "trailing_bytes",
+        "integer_key",
+        "deep_nesting",
+        "array",
+        "string",
+    ],
+)
+def test_undecodable_value_rejected(value: bytes, reason: str) -> None:
+    assert reason_of(decode(value)) == reason
+
+
+def test_tombstone_rejected() -> None:
+    result = decode_event(b"u1", None, POSITION, ROW_OF)
+
+    assert reason_of(result) == "invalid_msgpack"
+
+
+def test_oversized_message_rejected() -> None:
+    fields = {"user": "u1", "item": 1, "ts": 5.0, "pad": "x" * 2000}
+
+    result = decode(fields, config=EventConfig(max_message_bytes=1000))
+
+    assert reason_of(result) == "message_too_large"
+    assert "1000" in result.message
+
+
+VALID = {"user": "u1", "item": "apple", "ts": 1_700_000_000.0}
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"user": None}, "missing_user"),
+        ({"user": True}, "invalid_user"),
+        ({"user": 1.5}, "invalid_user"),
+        ({"user": ""}, "invalid_user"),
+        ({"user": ["u1"]}, "invalid_user"),
+        ({"user": "u" * 300}, "invalid_user"),
+        ({"user": "u2"}, "user_key_mismatch"),
+        ({"item": None}, "missing_item"),
+        ({"item": 1.0}, "invalid_item"),
+        ({"item": False}, "invalid_item"),
+        ({"item": {"id": 1}}, "invalid_item"),
+        ({"item": b"apple"}, "invalid_item"),
+        ({"item": "banana"}, "unknown_item"),
+        ({"item": 100000}, "unknown_item"),
+        ({"ts": None}, "missing_ts"),
+        ({"ts": math.nan}, "invalid_ts"),
+        ({"ts": math.inf}, "invalid_ts"),
+        ({"ts": -math.inf}, "invalid_ts"),
+        ({"ts": -5.0}, "invalid_ts"),
+        ({"ts": "1700000000"}, "invalid_ts"),
+        ({"ts": True}, "invalid_ts"),
+        ({"ts": 1e20}, "invalid_ts"),
+        ({"ts": 1_700_000_000_000}, "ts_in_milliseconds"),
+        ({"impressions": "apple"}, "invalid_impressions"),
+        ({"impressions": [1, 2.5]}, "invalid_impressions"),
+        ({"candidates": {"a": 1}}, "invalid_candidates"),
+        ({"candidates": [None]}, "invalid_candidates"),
+        ({"candidates": ["ghost"]}, "no_known_candidates"),
+        ({"candidates": []}, "no_known_candidates"),
+        ({"candidates": list(range(1001))}, "too_many_candidates"),
+        ({"type": 5}, "invalid_type"),
+        ({"event_id": ""}, "invalid_event_id"),
+    ],
+)
+def test_invalid_field_rejected(changes: dict, reason: str) -> None:
+    fields = {**VALID, **changes}
+    fields = {name: value for name, value in fields.items() if value is not None}
+
+    result = decode(fields)
+
+    assert reason_of(result) == reason
+    assert reason in REASONS
+    assert result.position == "interactions[3]@1842"
+
+
+def test_million_impressions_rejected() -> None:
+    fields = {**VALID, "impressions": [7] * 1_000_000}
+    value = pack(fields)
+
+    result = decode(value)
+
+    assert reason_of(result) == "too_many_impressions"
+    assert "1000000" in result.message
+    assert result.value == value
+
+
+def test_invalid_key_rejected() -> None:
+    result = decode(VALID, key=b"\xff\xfe")
+
+    assert reason_of(result) == "invalid_key"
+
+
+def test_message_names_value_and_fix() -> None:
+    ms_result = decode({**VALID, "ts": 1_700_000_000_000})
+    nan_result = decode({**VALID, "ts": math.nan})
+    item_result = decode({**VALID, "item": "banana"})
+
+    assert "1700000000000" in ms_result.message
+    assert "--ts-unit ms" in ms_result.message
+    assert "nan" in nan_result.message
+    assert "'banana'" in item_result.message
+    assert "vocabulary" in item_result.message
+
+
+def test_rejection_keeps_raw_key_and_value() -> None:
+    value = b"\xc1 junk"
+
+    result = decode_event(b"k", value, POSITION, ROW_OF)
+
+    assert isinstance(result, DeadLetter)
+    assert result.key == b"k"
+    assert result.value == value
+    assert result.position == "interactions[3]@1842"
+
+
+def test_long_values_shortened_in_message() -> None:
+    result = decode({**VALID, "item": "z" * 200})
+
+    assert reason_of(result) == "unknown_item"
+    assert len(result.message) < 200
+
+
+def test_invalid_event_config_rejected() -> None:
+    with pytest.raises(ConfigError, match="ts_unit 'min'"):
+        EventConfig(ts_unit="min")
+    with pytest.raises(ConfigError, match="max_list_length 0"):
+        EventConfig(max_list_length=0)
+
+
+def test_random_bytes_never_raise() -> None:
+    rng = random.Random(5)
+    valid = pack({**VALID, "impressions": [1, 2, "apple"], "candidates": ["pear", 3]})
+    for _ in range(3000):
+        mutated = bytearray(valid)
+        for _ in range(rng.randint(1, 4)):
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        noise = bytes(rng.randrange(256) for _ in range(rng.randint(0, 40)))
+        for value in (bytes(mutated), noise):
+            result = decode_event(b"u1", value, POSITION, ROW_OF)
+            assert isinstance(result, (Event, DeadLetter))
+            if isinstance(result, DeadLetter):
+                assert result.reason in REASONS

@@ -1,0 +1,80 @@
+"""Worker metrics: names on a fresh registry, and the multiprocess aggregate of the pool."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from stream.metrics import create_metrics
+
+# The names that ops/grafana's dashboard queries.
+DASHBOARD_METRICS = (
+    "hiertcn_events_consumed_total",
+    "hiertcn_outputs_produced_total",
+    "hiertcn_dead_letters_total",
+    "hiertcn_batch_size_events",
+    "hiertcn_batch_seconds",
+    "hiertcn_inference_seconds",
+    "hiertcn_end_to_end_latency_seconds",
+    "hiertcn_sessions_closed_total",
+    "hiertcn_state_read_seconds",
+    "hiertcn_state_write_seconds",
+    "hiertcn_consumer_lag_messages",
+    "hiertcn_live_predictions_total",
+    "hiertcn_live_hits_total",
+    "hiertcn_live_reciprocal_rank_sum",
+    "hiertcn_partitions_assigned",
+    "hiertcn_paused_partitions",
+)
+
+
+def test_metric_names_match_dashboard() -> None:
+    registry = CollectorRegistry()
+    metrics = create_metrics(registry)
+    metrics.events_consumed.labels("0").inc()
+    metrics.dead_letters.labels("invalid_ts").inc(2)
+    metrics.inference_seconds.labels("session_step").observe(0.01)
+    metrics.sessions_closed.labels("gap").inc()
+    metrics.consumer_lag.labels("0").set(5)
+    metrics.live_hits.labels("10").inc()
+
+    text = generate_latest(registry).decode()
+
+    for name in DASHBOARD_METRICS:
+        assert f"\n{name}" in text or text.startswith(name), f"{name} missing"
+    assert 'hiertcn_dead_letters_total{reason="invalid_ts"} 2.0' in text
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    from stream.metrics import create_metrics
+    metrics = create_metrics(None)
+    metrics.events_consumed.labels("0").inc(int(sys.argv[1]))
+    metrics.partitions_assigned.set(2)
+    metrics.consumer_lag.labels("0").set(int(sys.argv[1]))
+    """
+)
+
+
+def test_pool_aggregate_sums_processes(tmp_path: Path) -> None:
+    from prometheus_client import multiprocess
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for count in ("3", "4"):
+        subprocess.run([sys.executable, "-c", _CHILD, count], env=env, check=True)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))
+
+    text = generate_latest(registry).decode()
+
+    assert 'hiertcn_events_consumed_total{partition="0"} 7.0' in text
+    # livesum and livemax count only processes that are alive; both children have exited and
+    # were never marked dead, so their files still count.
+    assert "hiertcn_partitions_assigned 4.0" in text
+    assert 'hiertcn_consumer_lag_messages{partition="0"} 4.0' in text

@@ -1,0 +1,179 @@
+"""Tests of the load producer without a broker: keys, values, rate, limit and failures.
+
+The round trip through a real broker is in tests/integration/test_produce.py.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import msgpack
+import pytest
+from confluent_kafka import KafkaError
+
+from stream.commands.produce import parse_setting
+from stream.errors import ConfigError
+from stream.produce import EventProducer, ProduceConfig, ProduceError, user_key
+from stream.records import Record
+
+
+class FakeMessage:
+    def topic(self) -> str:
+        return "t"
+
+    def partition(self) -> int:
+        return 0
+
+
+class FakeProducer:
+    """Records what is produced; delivers each message on the next poll or flush."""
+
+    def __init__(self, fail: bool = False, undelivered: int = 0, full_queue_once: bool = False):
+        self.sent: list[tuple[str, bytes | None, bytes]] = []
+        self.pending: list = []
+        self.fail = fail
+        self.undelivered = undelivered
+        self.full_queue_once = full_queue_once
+
+    def list_topics(self, timeout: float):
+        return None
+
+    def produce(self, topic, value, key, on_delivery) -> None:
+        if self.full_queue_once:
+            self.full_queue_once = False
+            raise BufferError("queue full")
+        self.sent.append((topic, key, value))
+        self.pending.append(on_delivery)
+
+    def poll(self, timeout: float) -> int:
+        delivered = len(self.pending)
+        for callback in self.pending:
+            error = KafkaError(KafkaError._MSG_TIMED_OUT) if self.fail else None
+            callback(error, FakeMessage())
+        self.pending = []
+        return delivered
+
+    def flush(self, timeout: float) -> int:
+        self.poll(0)
+        return self.undelivered
+
+
+def records(count: int) -> list[Record]:
+    return [Record(n, {"user": f"u{n % 3}", "item": n, "ts": float(n)}) for n in range(count)]
+
+
+def test_messages_keyed_by_user_in_file_order() -> None:
+    fake = FakeProducer()
+    producer = EventProducer(ProduceConfig("127.0.0.1:1", "events"), producer=fake)
+
+    report = producer.run([*records(5), Record(5, None, "broken"), Record(6, {"user": 7})])
+
+    assert report.produced == 6
+    assert report.delivered == 6
+    assert report.skipped == 1
+    assert [key for _, key, _ in fake.sent] == [b"u0", b"u1", b"u2", b"u0", b"u1", b"7"]
+    assert msgpack.unpackb(fake.sent[2][2]) == {"user": "u2", "item": 2, "ts": 2.0}
+    assert {topic for topic, _, _ in fake.sent} == {"events"}
+
+
+def test_limit_stops_early() -> None:
+    fake = FakeProducer()
+    config = ProduceConfig("127.0.0.1:1", "events", limit=3)
+
+    report = EventProducer(config, producer=fake).run(records(10))
+
+    assert report.produced == 3
+    assert len(fake.sent) == 3
+
+
+def test_rate_spaces_messages() -> None:
+    config = ProduceConfig("127.0.0.1:1", "events", rate=100.0)
+    started = time.perf_counter()
+
+    report = EventProducer(config, producer=FakeProducer()).run(records(11))
+
+    assert report.produced == 11
+    assert time.perf_counter() - started >= 0.09
+
+
+def test_full_queue_retried() -> None:
+    fake = FakeProducer(full_queue_once=True)
+
+    report = EventProducer(ProduceConfig("127.0.0.1:1", "t"), producer=fake).run(records(2))
+
+    assert report.produced == 2
+    assert len(fake.sent) == 2
+
+
+def test_delivery_failures_counted() -> None:
+    fake = FakeProducer(fail=True)
+
+    report = EventProducer(ProduceConfig("127.0.0.1:1", "t"), producer=fake).run(records(4))
+
+    assert report.failed == 4
+    assert report.delivered == 0
+    assert report.errors == {"_MSG_TIMED_OUT": 4}
+
+
+def test_undelivered_after_flush_raises() -> None:
+    fake = FakeProducer(undelivered=2)
+
+    with pytest.raises(ProduceError, match="2 of 3 messages were not delivered"):
+        EventProducer(ProduceConfig("127.0.0.1:1", "t"), producer=fake).run(records(3))
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_broker_fails_fast() -> None:
+    config = ProduceConfig(f"127.0.0.1:{closed_port()}", "t", connect_timeout=1.0)
+    started = time.perf_counter()
+
+    with pytest.raises(ProduceError, match="did not respond within 1 s"):
+        EventProducer(config).run(records(1))
+
+    assert time.perf_counter() - started < 10
+
+
+def test_user_key_of_event_maps() -> None:
+    assert user_key({"user": "ü"}) == "ü".encode()
+    assert user_key({"user": 12}) == b"12"
+    assert user_key({"user": True}) is None
+    assert user_key({"item": 1}) is None
+
+
+def test_overrides_replace_defaults() -> None:
+    config = ProduceConfig("h:1", "t", overrides={"acks": "1", "security.protocol": "SSL"})
+
+    settings = config.producer_settings()
+
+    assert settings["acks"] == "1"
+    assert settings["security.protocol"] == "SSL"
+    assert settings["bootstrap.servers"] == "h:1"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"brokers": ""}, "--brokers"),
+        ({"topic": ""}, "--topic"),
+        ({"rate": 0.0}, "rate 0.0"),
+        ({"limit": -1}, "limit -1"),
+    ],
+)
+def test_invalid_produce_config_rejected(changes: dict, message: str) -> None:
+    arguments = {"brokers": "h:1", "topic": "t", **changes}
+
+    with pytest.raises(ConfigError, match=message):
+        ProduceConfig(**arguments)
+
+
+def test_setting_parsed() -> None:
+    assert parse_setting("acks=all") == ("acks", "all")
+    assert parse_setting("sasl.password=a=b") == ("sasl.password", "a=b")
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_setting("acks")

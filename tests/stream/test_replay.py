@@ -1,0 +1,324 @@
+"""Tests of replay: event-log readers, the replay loop, its metrics and the `replay` command."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+
+from statestore import StateStore, StoreConfig
+from stream.cli import main
+from stream.pipeline import Pipeline, PipelineConfig
+from stream.records import EventFileError, Record, read_records
+from stream.replay import (
+    INVALID_RECORD,
+    MemoryStates,
+    Replay,
+    ReplayConfig,
+    ReplayReport,
+    StoreStates,
+)
+from tests.stream.conftest import write_event_log
+from tests.stream.fake_bundle import FakeBundle
+
+GAP = 1800.0
+
+
+def fake_records(count: int, seed: int) -> list[Record]:
+    """Return events of 6 users in global time order, as a producer would publish them."""
+    rng = np.random.default_rng(seed)
+    clock = 1000.0
+    records = []
+    for number in range(count):
+        user = f"u{int(rng.integers(6))}"
+        clock += float(rng.choice([1.0, 60.0, 300.0, 900.0]))
+        fields = {"user": user, "item": f"i{int(rng.integers(50))}", "ts": clock}
+        if rng.random() < 0.3:
+            fields["impressions"] = [f"i{int(x)}" for x in rng.choice(50, 4, replace=False)]
+        records.append(Record(number, fields))
+    return records
+
+
+def run_fake(records, batch_size: int, output=None, backend=None):
+    bundle = FakeBundle()
+    pipeline = Pipeline(bundle, PipelineConfig(session_gap=GAP, top_k=5))
+    backend = backend if backend is not None else MemoryStates()
+    replay = Replay(
+        pipeline, backend, ReplayConfig(batch_size=batch_size, recall_k=5), "log", output
+    )
+    return replay.run(records), backend
+
+
+def test_replay_counts_rejections_by_reason(tmp_path: Path) -> None:
+    records = [
+        Record(0, {"user": "u1", "item": "i1", "ts": 10.0}),
+        Record(1, {"user": "u1", "item": "nope", "ts": 11.0}),
+        Record(2, {"user": "u1", "item": "i2", "ts": math.nan}),
+        Record(3, None, "line 4 is not JSON"),
+        Record(4, {"user": "u1", "item": "i3", "ts": 12.0}),
+    ]
+
+    report, _ = run_fake(records, batch_size=2)
+
+    assert report.records == 5
+    assert report.accepted == 2
+    assert dict(report.rejected) == {"unknown_item": 1, "invalid_ts": 1, INVALID_RECORD: 1}
+
+
+def test_replay_writes_one_output_per_event(tmp_path: Path) -> None:
+    path = tmp_path / "recs.jsonl"
+    with path.open("w") as output:
+        report, _ = run_fake(fake_records(40, seed=2), batch_size=8, output=output)
+
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == report.accepted == 40
+    assert set(lines[0]) == {"user", "event_id", "ts", "items", "scores", "model", "session"}
+    assert lines[0]["event_id"] == "log[-1]@0"
+    assert len(lines[0]["items"]) == 5
+
+
+def test_replay_output_independent_of_batch_size(tmp_path: Path) -> None:
+    records = fake_records(120, seed=3)
+    texts = []
+    for size in (1, 7, 64):
+        path = tmp_path / f"recs{size}.jsonl"
+        with path.open("w") as output:
+            run_fake(records, batch_size=size, output=output)
+        texts.append([json.loads(line) for line in path.read_text().splitlines()])
+
+    for other in texts[1:]:
+        assert [line["items"] for line in other] == [line["items"] for line in texts[0]]
+        assert [line["session"] for line in other] == [line["session"] for line in texts[0]]
+
+
+def test_replay_metrics_skip_first_event_per_user() -> None:
+    records = fake_records(60, seed=4)
+    users = {record.fields["user"] for record in records}
+
+    report, _ = run_fake(records, batch_size=16)
+
+    assert report.counted == 60 - len(users)
+    assert 0.0 <= report.recall <= 1.0
+    assert 0.0 < report.mrr <= 1.0
+    assert 0.0 < report.mrp <= 1.0
+
+
+def test_report_metric_formulas() -> None:
+    report = ReplayReport()
+
+    report.add_live([None, (1, 10), (4, 8), (20, 100)], k=5)
+
+    assert report.counted == 3
+    assert report.recall == pytest.approx(2 / 3)
+    assert report.mrr == pytest.approx((1 + 0.25 + 0.05) / 3)
+    assert report.mrp == pytest.approx((0.1 + 0.5 + 0.2) / 3)
+
+
+def test_replay_timers_close_idle_sessions() -> None:
+    records = [
+        Record(0, {"user": "idle", "item": "i1", "ts": 0.0}),
+        Record(1, {"user": "busy", "item": "i2", "ts": 10.0}),
+        Record(2, {"user": "busy", "item": "i3", "ts": 2000.0}),
+    ]
+
+    report, backend = run_fake(records, batch_size=1)
+
+    assert report.closed["timer"] == 1
+    assert report.closed["gap"] == 1
+    assert backend.states["idle"].session_length == 0
+    assert backend.states["busy"].session_length == 1
+
+
+def test_replay_without_timers_keeps_sessions_open() -> None:
+    records = [
+        Record(0, {"user": "idle", "item": "i1", "ts": 0.0}),
+        Record(1, {"user": "busy", "item": "i2", "ts": 5000.0}),
+    ]
+    pipeline = Pipeline(FakeBundle(), PipelineConfig(session_gap=GAP))
+    backend = MemoryStates()
+
+    report = Replay(pipeline, backend, ReplayConfig(batch_size=1, timers=False), "log").run(records)
+
+    assert report.closed["timer"] == 0
+    assert backend.states["idle"].session_length == 1
+
+
+def test_replay_with_state_store_matches_memory(tmp_path: Path) -> None:
+    records = fake_records(80, seed=5)
+    _, memory = run_fake(records, batch_size=9)
+    store = StateStore(StoreConfig(path=tmp_path / "state", sync=False))
+    try:
+        report, _ = run_fake(records, batch_size=9, backend=StoreStates(store, "replay:log"))
+        stored = store.read(memory.states)
+        positions = store.positions("replay:log")
+    finally:
+        store.close()
+
+    assert report.accepted == 80
+    assert report.closed["timer"] > 0
+    assert stored.keys() == memory.states.keys()
+    for user, state in stored.items():
+        assert state.same_as(memory.states[user]), user
+    assert positions[-1].next_offset == 80
+
+
+def test_jsonl_reader_marks_bad_lines(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"user": "u1", "item": 1, "ts": 5}\n\nnot json\n[1, 2]\n{"user": "u2"}\n')
+
+    records = list(read_records(path))
+
+    assert [record.number for record in records] == [0, 1, 2, 3]
+    assert records[0].fields == {"user": "u1", "item": 1, "ts": 5}
+    assert records[1].fields is None
+    assert "not JSON" in records[1].error
+    assert records[2].fields is None
+    assert records[3].fields == {"user": "u2"}
+
+
+def test_msgpack_reader(tmp_path: Path) -> None:
+    path = tmp_path / "events.msgpack"
+    events = [{"user": "u1", "item": 1, "ts": 5.0}, {"user": "u2", "item": "x", "ts": 6.0}]
+    path.write_bytes(b"".join(msgpack.packb(event) for event in events) + b"\x93\x01")
+
+    records = list(read_records(path))
+
+    assert [record.fields for record in records] == events
+    assert len(records) == 2
+
+
+def test_csv_reader(tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text("user,item,ts,impressions\nu1,5,10.5,5|6|7\nu2,6,abc,\nu3,7\n")
+
+    records = list(read_records(path))
+
+    assert records[0].fields == {
+        "user": "u1",
+        "item": "5",
+        "ts": 10.5,
+        "impressions": ["5", "6", "7"],
+    }
+    assert records[1].fields == {"user": "u2", "item": "6", "ts": "abc"}
+    assert records[2].fields is None
+
+
+def test_csv_without_columns_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text("user,thing,ts\nu1,5,10\n")
+
+    with pytest.raises(EventFileError, match="item"):
+        list(read_records(path, "csv"))
+
+
+def test_time_order_is_stable(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    lines = [
+        {"user": "a", "item": 1, "ts": 30},
+        {"user": "b", "item": 2, "ts": 10},
+        {"user": "c", "item": 3, "ts": "bad"},
+        {"user": "d", "item": 4, "ts": 10},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    records = list(read_records(path, order="time"))
+
+    assert [record.fields["user"] for record in records] == ["b", "d", "a", "c"]
+
+
+def test_dataset_format_read_through_hiertcn_reader(shared_data: Path) -> None:
+    path = shared_data / "movielens-100k" / "u.data"
+
+    records = read_records(path, "movielens")
+    first = next(iter(records))
+
+    assert set(first.fields) == {"user", "item", "ts"}
+    assert isinstance(first.fields["ts"], int)
+
+
+def test_missing_event_file_rejected(tmp_path: Path) -> None:
+    with pytest.raises(EventFileError, match="not found"):
+        read_records(tmp_path / "absent.jsonl")
+
+
+def test_replay_command_on_onnx_bundle(
+    onnx_bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events_path = tmp_path / "events.jsonl"
+    events = write_event_log(events_path, 150, seed=11)
+    with events_path.open("a") as file:
+        file.write('{"user": "user1", "item": 9999, "ts": 1700000000}\n')
+        file.write('{"user": "user1", "item": 1, "ts": 1700000000000}\n')
+    output = tmp_path / "recs.jsonl"
+
+    code = main(
+        [
+            "replay",
+            "--events",
+            str(events_path),
+            "--bundle",
+            str(onnx_bundle_dir),
+            "--batch-size",
+            "16",
+            "--output",
+            str(output),
+        ]
+    )
+
+    printed = capsys.readouterr().out
+    assert code == 0
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(lines) == len(events)
+    assert [line["user"] for line in lines] == [event["user"] for event in events]
+    assert all(len(line["items"]) == 5 for line in lines)
+    assert "Recall@5" in printed
+    assert "unknown_item" in printed
+    assert "ts_in_milliseconds" in printed
+    assert "events           150" in printed
+
+
+def test_replay_command_rejects_broken_bundle(tmp_path: Path, capsys) -> None:
+    events_path = tmp_path / "events.jsonl"
+    events_path.write_text('{"user": "u", "item": 1, "ts": 1}\n')
+
+    code = main(["replay", "--events", str(events_path), "--bundle", str(tmp_path / "none")])
+
+    assert code == 2
+    assert "cannot load the model bundle" in capsys.readouterr().err
+
+
+def test_replay_command_with_state_dir(onnx_bundle_dir: Path, tmp_path: Path, capsys) -> None:
+    events_path = tmp_path / "events.jsonl"
+    events = write_event_log(events_path, 60, seed=12)
+    state_dir = tmp_path / "state"
+
+    code = main(
+        [
+            "replay",
+            "--events",
+            str(events_path),
+            "--bundle",
+            str(onnx_bundle_dir),
+            "--state-dir",
+            str(state_dir),
+            "--no-timers",
+        ]
+    )
+
+    assert code == 0
+    store = StateStore(StoreConfig(path=state_dir))
+    try:
+        users = {event["user"] for event in events}
+        states = store.read(users)
+        positions = store.positions("replay:events.jsonl")
+    finally:
+        store.close()
+    assert states.keys() == users
+    total = sum(state.session_count for state in states.values())
+    assert total >= len(users)
+    assert positions[-1].next_offset == 60
+    assert positions[-1].watermark == events[-1]["ts"]
