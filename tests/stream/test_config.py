@@ -116,7 +116,7 @@ def test_invalid_value_names_the_option(field: str, value: object, message: str)
 
 
 def test_managed_kafka_setting_is_rejected() -> None:
-    with pytest.raises(ConfigError, match="enable.auto.commit"):
+    with pytest.raises(ConfigError, match=r"enable\.auto\.commit"):
         build_config(REQUIRED, {}, ["enable.auto.commit=true"])
     with pytest.raises(ConfigError, match="use --group-id"):
         build_config(REQUIRED, {}, ["group.id=other"])
@@ -135,3 +135,18 @@ def test_invalid_environment_value_names_the_variable() -> None:
 def test_missing_brokers_is_an_error() -> None:
     with pytest.raises(ConfigError, match="--brokers"):
         build_config({"bundle": Path("b")}, {})
+
+
+def test_delivery_wait_must_fit_poll_interval() -> None:
+    with pytest.raises(ConfigError, match=r"max\.poll\.interval\.ms"):
+        WorkerConfig(**REQUIRED, delivery_timeout=60.0, delivery_attempts=5)
+
+    config = build_config(
+        REQUIRED,
+        {},
+        ["max.poll.interval.ms=900000"],
+        delivery_timeout=60.0,
+        delivery_attempts=5,
+    )
+
+    assert config.delivery_attempts == 5

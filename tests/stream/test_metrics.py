@@ -74,7 +74,7 @@ def test_pool_aggregate_sums_processes(tmp_path: Path) -> None:
     text = generate_latest(registry).decode()
 
     assert 'hiertcn_events_consumed_total{partition="0"} 7.0' in text
-    # livesum and livemax count only processes that are alive; both children have exited and
-    # were never marked dead, so their files still count.
+    # The live modes drop a process only when mark_process_dead removes its files, and these
+    # children exited without that, so both still count.
     assert "hiertcn_partitions_assigned 4.0" in text
     assert 'hiertcn_consumer_lag_messages{partition="0"} 4.0' in text

@@ -1,0 +1,391 @@
+"""Measure the Kafka worker's throughput and end-to-end latency next to a plain Kafka loop.
+
+Run from the repository root:
+
+    .venv/bin/python bench/stream.py [--brokers HOST:PORT] [--bundle DIR] [--batch-sizes 16,64,256]
+
+Without `--brokers` the script starts the local broker of ops/kafka/kafka.sh and stops it at the
+end. Without `--bundle` it exports an untrained HierTCN of the default size (D = H = 128, G = 4,
+TCN of 4 blocks of 128 filters of width 5) over 10,000 items with random weights, which does not
+change the compute time.
+
+For each batch size, two programs read the same kind of input (msgpack events keyed by user, on
+4 partitions) and write one message per event:
+
+- the worker: `hiertcn-stream run` with one process and `--max-batch-size` set to the batch size;
+- the ceiling: a plain loop of `consume(batch)`, `produce` of each message unchanged, `flush` and
+  a synchronous offset commit, which gives the same delivery guarantee as the worker with no
+  decoding, state or model.
+
+Each program runs twice on fresh topics. First on a backlog of `--events` events, for the maximum
+throughput (outputs per second between the first and the last output). Then on events produced
+at half the worker's maximum throughput for `--seconds` seconds, for the latency: the output
+message's Kafka timestamp minus the input message's, in milliseconds, at p50 and p99.
+
+Prints a Markdown table for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import platform
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+import numpy as np
+
+# `python bench/stream.py` puts bench/ first on sys.path, where this file would shadow the
+# `stream` package.
+_BENCH_DIR = Path(__file__).resolve().parent
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _BENCH_DIR]
+# `ops` (the local broker) is no installed package, so it is imported from the repository root.
+sys.path.insert(0, str(_BENCH_DIR.parent))
+
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+
+REPO_ROOT = _BENCH_DIR.parent
+PARTITIONS = 4
+USERS = 2000
+START_TS = 1_700_000_000.0
+# The worker's default --max-batch-delay-ms, in seconds.
+BATCH_DELAY_SECONDS = 0.010
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--brokers", help="Kafka bootstrap servers (default: start one)")
+    parser.add_argument("--bundle", type=Path, help="model bundle (default: export a random one)")
+    parser.add_argument("--items", type=int, default=10_000, help="items of the random bundle")
+    parser.add_argument(
+        "--batch-sizes", default="16,64,256", help="comma-separated --max-batch-size values"
+    )
+    parser.add_argument("--events", type=int, default=4000, help="events of the backlog runs")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of a latency run (s)")
+    parser.add_argument("--work-dir", type=Path, help="folder for state, logs and the bundle")
+    parser.add_argument(
+        "--no-state-sync", action="store_true", help="run the worker with --no-state-sync"
+    )
+    return parser.parse_args(argv)
+
+
+# -- inputs -----------------------------------------------------------------------------------
+
+
+def make_events(count: int, items: Sequence[str], seed: int) -> Iterator[tuple[bytes, bytes]]:
+    """Yield (key, msgpack value) of `count` events of USERS users, one event every 0.5 s."""
+    rng = random.Random(seed)
+    for number in range(count):
+        user = f"u{rng.randrange(USERS)}"
+        event = {
+            "user": user,
+            "item": items[rng.randrange(len(items))],
+            "ts": START_TS + number * 0.5,
+            "event_id": f"e{number}",
+        }
+        yield user.encode(), msgpack.packb(event)
+
+
+def produce(brokers: str, topic: str, events: Iterator[tuple[bytes, bytes]], rate: float) -> int:
+    """Produce events as fast as possible (rate 0) or at `rate` per second; return the count."""
+    producer = Producer({"bootstrap.servers": brokers, "linger.ms": 1})
+    started = time.perf_counter()
+    count = 0
+    for key, value in events:
+        if rate:
+            delay = started + count / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+        count += 1
+    if producer.flush(60):
+        raise RuntimeError(f"input events to {topic} not delivered within 60 s")
+    return count
+
+
+def read_timestamps(brokers: str, topic: str, count: int, timeout_s: float) -> list[int]:
+    """Return the Kafka timestamps (ms) of the first `count` messages of `topic`."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": f"bench-reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    stamps: list[int] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(stamps) < count and time.monotonic() < deadline:
+            for message in consumer.consume(num_messages=1000, timeout=0.5):
+                if message.error() is None:
+                    stamps.append(message.timestamp()[1])
+    finally:
+        consumer.close()
+    return stamps
+
+
+def read_pairs(brokers: str, input_topic: str, output_topic: str, count: int) -> list[float]:
+    """Return the latency (ms) of each output: its timestamp minus its input's timestamp.
+
+    Inputs and outputs are matched by partition and order, because both programs keep the order
+    of each key and both topics have the same partitions and keys.
+    """
+    inputs = _timestamps_by_key(brokers, input_topic, count)
+    outputs = _timestamps_by_key(brokers, output_topic, count)
+    latencies = []
+    for key, stamps in outputs.items():
+        for sent, produced in zip(inputs.get(key, []), stamps, strict=False):
+            latencies.append(float(produced - sent))
+    return latencies
+
+
+def _timestamps_by_key(brokers: str, topic: str, count: int) -> dict[bytes, list[int]]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": f"bench-reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    by_key: dict[bytes, list[int]] = {}
+    seen = 0
+    deadline = time.monotonic() + 120
+    try:
+        while seen < count and time.monotonic() < deadline:
+            for message in consumer.consume(num_messages=1000, timeout=0.5):
+                if message.error() is None:
+                    by_key.setdefault(message.key(), []).append(message.timestamp()[1])
+                    seen += 1
+    finally:
+        consumer.close()
+    return by_key
+
+
+# -- the two programs -------------------------------------------------------------------------
+
+
+def ceiling_loop(brokers: str, source: str, target: str, group: str, batch: int) -> None:
+    """Copy `source` to `target` batch by batch until SIGTERM (runs in its own process)."""
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    producer = Producer({"bootstrap.servers": brokers, "linger.ms": 1, "enable.idempotence": True})
+    consumer.subscribe([source])
+    while not stopping:
+        # Batches are collected as the worker does: wait for one message, then take up to
+        # `batch` within the worker's default batch delay.
+        first = consumer.poll(0.2)
+        if first is None:
+            continue
+        messages = [first]
+        if batch > 1:
+            messages += consumer.consume(batch - 1, timeout=BATCH_DELAY_SECONDS)
+        messages = [m for m in messages if m.error() is None]
+        for message in messages:
+            producer.produce(target, key=message.key(), value=message.value())
+        producer.flush(30)
+        offsets = [TopicPartition(m.topic(), m.partition(), m.offset() + 1) for m in messages]
+        consumer.commit(offsets=offsets, asynchronous=False)
+    consumer.close()
+
+
+@dataclass(frozen=True)
+class Program:
+    """How to start one of the two programs on a pair of topics."""
+
+    name: str
+    batch: int
+    bundle: Path
+    work_dir: Path
+    worker_flags: tuple[str, ...] = ()
+
+    @contextmanager
+    def running(self, brokers: str, source: str, target: str) -> Iterator[None]:
+        group = f"bench-{self.name}-{uuid.uuid4().hex[:8]}"
+        if self.name == "ceiling":
+            context = multiprocessing.get_context("spawn")
+            process = context.Process(
+                target=ceiling_loop, args=(brokers, source, target, group, self.batch)
+            )
+            process.start()
+            try:
+                yield
+            finally:
+                process.terminate()
+                process.join(30)
+            return
+        state_dir = Path(tempfile.mkdtemp(prefix="state-", dir=self.work_dir))
+        log = (self.work_dir / f"worker-{self.batch}-{group}.log").open("wb")
+        command = [
+            sys.executable, "-m", "stream.cli", "run",
+            "--brokers", brokers, "--bundle", str(self.bundle), "--group-id", group,
+            "--input-topic", source, "--output-topic", target,
+            "--dead-letter-topic", f"{source}.dlq", "--state-dir", str(state_dir),
+            "--max-batch-size", str(self.batch), "--metrics-port", "0", *self.worker_flags,
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            yield
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(60)
+            log.close()
+
+
+# -- measurements -----------------------------------------------------------------------------
+
+
+def fresh_topics(brokers: str) -> tuple[str, str]:
+    from ops.kafka.admin import create_topics
+
+    tag = uuid.uuid4().hex[:8]
+    source, target = f"bench-in-{tag}", f"bench-out-{tag}"
+    create_topics(brokers, [source, target, f"{source}.dlq"], PARTITIONS)
+    return source, target
+
+
+def max_throughput(brokers: str, program: Program, items: Sequence[str], events: int) -> float:
+    """Outputs per second of `program` on a backlog of `events` events."""
+    source, target = fresh_topics(brokers)
+    produce(brokers, source, make_events(events, items, seed=1), rate=0)
+    with program.running(brokers, source, target):
+        stamps = read_timestamps(brokers, target, events, timeout_s=600)
+    if len(stamps) < events:
+        raise RuntimeError(f"{program.name} produced {len(stamps)} of {events} outputs")
+    span = (max(stamps) - min(stamps)) / 1000.0
+    return (events - 1) / span if span > 0 else float("inf")
+
+
+def latency(
+    brokers: str, program: Program, items: Sequence[str], rate: float, seconds: float
+) -> tuple[float, float]:
+    """p50 and p99 end-to-end latency (ms) of `program` with inputs at `rate` per second."""
+    source, target = fresh_topics(brokers)
+    with program.running(brokers, source, target):
+        # One event first, so that the program has joined the group before the timed load.
+        produce(brokers, source, make_events(1, items, seed=2), rate=0)
+        read_timestamps(brokers, target, 1, timeout_s=120)
+        count = produce(brokers, source, make_events(int(rate * seconds), items, seed=3), rate)
+        latencies = read_pairs(brokers, source, target, count + 1)
+    values = np.array(latencies[1:] if len(latencies) > 1 else latencies)
+    return float(np.percentile(values, 50)), float(np.percentile(values, 99))
+
+
+def random_bundle(work_dir: Path, items: int) -> Path:
+    """Export an untrained HierTCN of the default size over `items` items."""
+    import torch
+
+    from export.onnx_export import ExportConfig, write_bundle
+    from hiertcn.checkpoint import Checkpoint
+    from hiertcn.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(), items).eval()
+    checkpoint = Checkpoint(
+        model_config=model.config.to_dict(),
+        model_state=model.state_dict(),
+        train_config={},
+        item_ids=[f"item{row}" for row in range(items)],
+        data_summary={"session_gap": 1800},
+        metrics={},
+        epoch=0,
+    )
+    out = work_dir / "bundle"
+    write_bundle(model, checkpoint, out, ExportConfig(top_k=20))
+    return out
+
+
+@contextmanager
+def broker(args: argparse.Namespace, work_dir: Path) -> Iterator[str]:
+    if args.brokers:
+        yield args.brokers
+        return
+    from ops.kafka.broker import BrokerConfig, LocalBroker
+
+    with LocalBroker(BrokerConfig(state_dir=work_dir / "kafka")) as bootstrap:
+        yield bootstrap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
+    with ExitStack() as stack:
+        if args.work_dir:
+            work_dir = args.work_dir
+            work_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+        bundle = args.bundle or random_bundle(work_dir, args.items)
+        from export.bundle import load_bundle
+
+        items = load_bundle(bundle, intra_op_threads=1).item_ids
+        brokers = stack.enter_context(broker(args, work_dir))
+
+        rows = []
+        for batch in batch_sizes:
+            flags = ("--no-state-sync",) if args.no_state_sync else ()
+            worker = Program("worker", batch, bundle, work_dir, flags)
+            ceiling = Program("ceiling", batch, bundle, work_dir)
+            worker_max = max_throughput(brokers, worker, items, args.events)
+            ceiling_max = max_throughput(brokers, ceiling, items, args.events)
+            rate = worker_max / 2
+            worker_p50, worker_p99 = latency(brokers, worker, items, rate, args.seconds)
+            ceiling_p50, ceiling_p99 = latency(brokers, ceiling, items, rate, args.seconds)
+            rows.append(
+                (batch, worker_max, ceiling_max, rate, worker_p50, worker_p99, ceiling_p50,
+                 ceiling_p99)
+            )  # fmt: skip
+            print(f"batch {batch}: worker {worker_max:.0f}/s, ceiling {ceiling_max:.0f}/s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+    print(f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}")
+    print()
+    print(
+        "| batch | worker events/s | ceiling events/s | worker / ceiling | load events/s "
+        "| worker p50 / p99 ms | ceiling p50 / p99 ms |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for batch, w_max, c_max, rate, w50, w99, c50, c99 in rows:
+        print(
+            f"| {batch} | {w_max:.0f} | {c_max:.0f} | {w_max / c_max:.0%} | {rate:.0f} "
+            f"| {w50:.0f} / {w99:.0f} | {c50:.0f} / {c99:.0f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

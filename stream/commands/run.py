@@ -1,0 +1,136 @@
+"""`hiertcn-stream run`: serve recommendations from a Kafka topic with a pool of workers.
+
+    hiertcn-stream run --brokers 127.0.0.1:9092 --bundle bundle/ --processes 2
+
+Every option also reads a `HIERTCN_*` environment variable (see `--help`); a flag wins over it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from stream.config import OPTIONS, WorkerConfig, build_config
+from stream.errors import StreamError
+from stream.pool import run_pool
+
+logger = logging.getLogger(__name__)
+
+# Seconds to wait for the broker's metadata before `run` gives up with an error.
+BROKER_TIMEOUT_SECONDS = 15.0
+
+_DEFAULTS = WorkerConfig(brokers="-", bundle=".")
+
+
+class BrokerUnavailableError(StreamError):
+    """The Kafka brokers did not respond, or a topic could not be created."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `run` subcommand."""
+    parser = subparsers.add_parser(
+        "run",
+        help="consume interactions from Kafka and publish recommendations",
+        description="Consume interaction events from Kafka with a pool of worker processes and "
+        "publish a ranked list of items for every event.",
+        epilog=(
+            "librdkafka settings also come from HIERTCN_KAFKA_<KEY> variables: the key in upper "
+            "case with _ for . (HIERTCN_KAFKA_SECURITY_PROTOCOL=SSL sets security.protocol)."
+        ),
+    )
+    for option in OPTIONS:
+        default = getattr(_DEFAULTS, option.name)
+        if option.name in ("brokers", "bundle"):
+            default_text = "required"
+        elif default is None:
+            default_text = "default: the bundle's"
+        else:
+            default_text = f"default {default}"
+        parser.add_argument(
+            option.flag,
+            dest=option.name,
+            type=option.parse,
+            default=None,
+            metavar=option.metavar,
+            help=f"{option.help} (env {option.env}; {default_text})",
+        )
+    parser.add_argument(
+        "--no-state-sync",
+        dest="state_sync",
+        action="store_false",
+        help="do not fsync LMDB commits: faster, but an OS crash can lose the last commits "
+        "(never consistency)",
+    )
+    parser.add_argument(
+        "-X",
+        dest="kafka_settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="librdkafka setting for the consumer and the producer, repeatable "
+        "(e.g. -X security.protocol=SSL -X ssl.ca.location=ca.pem)",
+    )
+    parser.add_argument(
+        "--create-topics",
+        action="store_true",
+        help="create the input, output and dead-letter topics when missing, with --partitions",
+    )
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="keep the other workers running when one exits, instead of stopping the pool",
+    )
+    parser.set_defaults(func=run, state_sync=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the configuration, check the broker, and run the pool until it stops."""
+    flags = {option.name: getattr(args, option.name) for option in OPTIONS}
+    config = build_config(
+        flags,
+        os.environ,
+        args.kafka_settings,
+        create_topics=args.create_topics,
+        keep_going=args.keep_going,
+    )
+    if not config.bundle.is_dir():
+        raise StreamError(f"bundle directory {config.bundle} not found: pass --bundle DIR")
+    check_topics(config)
+    return run_pool(config, logging.getLogger().getEffectiveLevel())
+
+
+def check_topics(config: WorkerConfig) -> None:
+    """Check that the brokers respond, and create missing topics when `create_topics` is set."""
+    admin = AdminClient({"bootstrap.servers": config.brokers, **config.kafka_settings})
+    try:
+        metadata = admin.list_topics(timeout=BROKER_TIMEOUT_SECONDS)
+    except KafkaException as error:
+        raise BrokerUnavailableError(
+            f"Kafka brokers {config.brokers} did not respond within {BROKER_TIMEOUT_SECONDS} s "
+            f"({error}): check --brokers and the -X security settings"
+        ) from error
+    topics = (config.input_topic, config.output_topic, config.dead_letter_topic)
+    missing = [topic for topic in topics if topic not in metadata.topics]
+    if not missing:
+        return
+    if not config.create_topics:
+        logger.warning(
+            "topics %s do not exist: the broker may create them on first use; "
+            "pass --create-topics to create them with --partitions partitions",
+            ", ".join(missing),
+        )
+        return
+    new_topics = [NewTopic(topic, num_partitions=config.partitions) for topic in missing]
+    for topic, future in admin.create_topics(new_topics).items():
+        try:
+            future.result(BROKER_TIMEOUT_SECONDS)
+            logger.info("created topic %s with %d partitions", topic, config.partitions)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise BrokerUnavailableError(
+                    f"could not create topic {topic!r} on {config.brokers}: {error}"
+                ) from error

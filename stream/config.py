@@ -1,0 +1,317 @@
+"""Configuration of the Kafka worker pool: `WorkerConfig` and where each value comes from.
+
+Every option has a command-line flag and a `HIERTCN_*` environment variable. A flag wins over the
+environment variable, and the environment variable wins over the default. librdkafka settings come
+from `-X key=value` flags and from `HIERTCN_KAFKA_<KEY>` variables, where the key is written in
+upper case with `_` for `.` and `__` for `_` (`HIERTCN_KAFKA_SECURITY_PROTOCOL=SSL` sets
+`security.protocol`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stream.errors import ConfigError
+
+ENV_PREFIX = "HIERTCN_"
+# librdkafka's max.poll.interval.ms that the worker sets unless -X overrides it.
+DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
+KAFKA_ENV_PREFIX = "HIERTCN_KAFKA_"
+
+# Kafka's own rule for topic names (kafka.common.internals.Topic).
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+_SIZE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+_SIZE_UNITS.update({"ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4})
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
+
+# librdkafka settings that the worker sets itself because its delivery guarantees rest on them,
+# with the flag to use instead where there is one.
+_MANAGED_KAFKA_SETTINGS = {
+    "bootstrap.servers": "--brokers",
+    "group.id": "--group-id",
+    "enable.auto.commit": None,
+    "enable.auto.offset.store": None,
+    "isolation.level": None,
+    "partition.assignment.strategy": None,
+    "on_delivery": None,
+}
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte size such as `1073741824`, `512MiB` or `1GiB` (SI and binary units)."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"invalid size {text!r}: expected bytes or a number with a unit (1GiB)")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_UNITS[(unit or "").lower()])
+
+
+def parse_bool(text: str) -> bool:
+    """Parse `1/0`, `true/false`, `yes/no` or `on/off` (any case)."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"invalid boolean {text!r}: expected true or false")
+
+
+def parse_kafka_setting(text: str) -> tuple[str, str]:
+    """Split one `-X key=value` librdkafka setting."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"invalid librdkafka setting {text!r}: write it as -X key=value")
+    return key.strip(), value
+
+
+@dataclass(frozen=True)
+class Option:
+    """One worker option: its `WorkerConfig` field, flag, environment variable and help."""
+
+    name: str
+    flag: str
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str | None = None
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.strip().lower() in ("", "bundle") else float(text)
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.strip().lower() in ("", "bundle") else int(text)
+
+
+# The options of `hiertcn-stream run`, in the order `--help` lists them.
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "brokers", "--brokers", str, "Kafka bootstrap servers, HOST:PORT[,HOST:PORT...]", "HOSTS"
+    ),
+    Option("bundle", "--bundle", Path, "model bundle directory written by `hiertcn export`", "DIR"),
+    Option("group_id", "--group-id", str, "Kafka consumer group of the pool", "GROUP"),
+    Option("input_topic", "--input-topic", str, "topic of interaction events", "TOPIC"),
+    Option("output_topic", "--output-topic", str, "topic the recommendations go to", "TOPIC"),
+    Option("dead_letter_topic", "--dead-letter-topic", str, "topic of rejected messages", "TOPIC"),
+    Option("processes", "--processes", int, "worker processes in the pool", "N"),
+    Option("max_batch_size", "--max-batch-size", int, "maximum events in one batch", "EVENTS"),
+    Option(
+        "max_batch_delay_ms",
+        "--max-batch-delay-ms",
+        float,
+        "maximum wait after the first event of a batch for more events, in milliseconds",
+        "MS",
+    ),
+    Option(
+        "session_gap",
+        "--session-gap",
+        _optional_float,
+        "idle gap that ends a session, in seconds",
+        "SECONDS",
+    ),
+    Option("k", "--k", _optional_int, "items per recommendation", "K"),
+    Option("state_dir", "--state-dir", Path, "LMDB directory of user states and offsets", "DIR"),
+    Option(
+        "state_map_size",
+        "--state-map-size",
+        parse_size,
+        "initial LMDB map size in bytes; units such as 512MiB or 4GiB are accepted",
+        "BYTES",
+    ),
+    Option(
+        "state_sync",
+        "--state-sync",
+        parse_bool,
+        "sync every LMDB commit to disk (true/false); --no-state-sync turns it off",
+        "BOOL",
+    ),
+    Option("metrics_address", "--metrics-address", str, "address of the /metrics endpoint", "ADDR"),
+    Option(
+        "metrics_port",
+        "--metrics-port",
+        int,
+        "port of the Prometheus /metrics endpoint; 0 turns the endpoint off",
+        "PORT",
+    ),
+    Option("ts_unit", "--ts-unit", str, "unit of the events' `ts` field: s or ms", "UNIT"),
+    Option("device", "--device", str, "ONNX Runtime device: cpu, cuda or auto", "DEVICE"),
+    Option(
+        "partitions",
+        "--partitions",
+        int,
+        "partitions of each topic that --create-topics creates",
+        "N",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Settings of the worker pool; the fields mirror `OPTIONS` (times in s unless named)."""
+
+    brokers: str
+    bundle: Path
+    group_id: str = "hiertcn"
+    input_topic: str = "interactions"
+    output_topic: str = "recommendations"
+    dead_letter_topic: str = "interactions.dlq"
+    processes: int = 1
+    max_batch_size: int = 256
+    max_batch_delay_ms: float = 10.0
+    session_gap: float | None = None
+    k: int | None = None
+    state_dir: Path = Path("state")
+    state_map_size: int = 1 << 30
+    state_sync: bool = True
+    metrics_address: str = "127.0.0.1"
+    metrics_port: int = 9100
+    ts_unit: str = "s"
+    device: str = "cpu"
+    partitions: int = 4
+    create_topics: bool = False
+    keep_going: bool = False
+    kafka_settings: Mapping[str, str] = field(default_factory=dict)
+    # Seconds the worker waits for the broker to acknowledge the outputs of one batch before it
+    # retries. After `delivery_attempts` tries in all, the worker stops without committing.
+    delivery_timeout: float = 10.0
+    delivery_attempts: int = 6
+    # Users whose idle session one timer pass closes per partition; a fuller backlog pauses the
+    # partition until the timers catch up.
+    timer_limit: int = 1024
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def max_batch_delay(self) -> float:
+        """Maximum batch delay in seconds."""
+        return self.max_batch_delay_ms / 1000.0
+
+
+def validate(config: WorkerConfig) -> None:
+    """Raise ConfigError naming the first invalid value of `config` and the fix."""
+    if not config.brokers.strip():
+        raise ConfigError("no Kafka brokers given: pass --brokers HOST:PORT or set HIERTCN_BROKERS")
+    for option, topic in (
+        ("--input-topic", config.input_topic),
+        ("--output-topic", config.output_topic),
+        ("--dead-letter-topic", config.dead_letter_topic),
+    ):
+        if not _TOPIC_NAME.match(topic) or topic in (".", ".."):
+            raise ConfigError(
+                f"invalid topic name {topic!r} for {option}: use 1 to 249 of A-Z a-z 0-9 . _ -"
+            )
+    if config.input_topic in (config.output_topic, config.dead_letter_topic):
+        raise ConfigError(
+            f"input topic {config.input_topic!r} is also an output topic: the worker would "
+            "consume its own outputs; choose distinct topics"
+        )
+
+    _check_range("--processes", config.processes, 1, 256)
+    _check_range("--max-batch-size", config.max_batch_size, 1, 100_000)
+    _check_range("--max-batch-delay-ms", config.max_batch_delay_ms, 0, 60_000)
+    if config.session_gap is not None:
+        _check_range("--session-gap", config.session_gap, 1e-3, 365 * 86_400)
+    if config.k is not None:
+        _check_range("--k", config.k, 1, 100_000)
+    _check_range("--state-map-size", config.state_map_size, 1 << 20, 1 << 44)
+    _check_range("--metrics-port", config.metrics_port, 0, 65_535)
+    _check_range("--partitions", config.partitions, 1, 10_000)
+    _check_range("delivery_timeout", config.delivery_timeout, 0.1, 600)
+    _check_range("delivery_attempts", config.delivery_attempts, 1, 100)
+    _check_range("timer_limit", config.timer_limit, 1, 1_000_000)
+
+    if config.ts_unit not in ("s", "ms"):
+        raise ConfigError(f"invalid --ts-unit {config.ts_unit!r}: use s or ms")
+    if config.device not in ("cpu", "cuda", "auto"):
+        raise ConfigError(f"invalid --device {config.device!r}: use cpu, cuda or auto")
+    _check_delivery_wait(config)
+    for key in config.kafka_settings:
+        if key in _MANAGED_KAFKA_SETTINGS:
+            flag = _MANAGED_KAFKA_SETTINGS[key]
+            fix = f"use {flag}" if flag else "remove it"
+            raise ConfigError(
+                f"librdkafka setting {key!r} is managed by the worker because its delivery "
+                f"guarantees depend on it: {fix}"
+            )
+
+
+def _check_delivery_wait(config: WorkerConfig) -> None:
+    """Keep a batch's longest delivery wait within half of max.poll.interval.ms.
+
+    The worker does not poll while it waits, and the group evicts a member that does not poll
+    within max.poll.interval.ms.
+    """
+    interval_ms = config.kafka_settings.get("max.poll.interval.ms", DEFAULT_MAX_POLL_INTERVAL_MS)
+    try:
+        interval = int(interval_ms) / 1000.0
+    except ValueError:
+        raise ConfigError(
+            f"invalid librdkafka max.poll.interval.ms {interval_ms!r}: use milliseconds"
+        ) from None
+    longest_wait = config.delivery_timeout * config.delivery_attempts
+    if longest_wait > interval / 2:
+        raise ConfigError(
+            f"delivery retries can wait {longest_wait:.0f} s, more than half of "
+            f"max.poll.interval.ms ({interval:.0f} s): raise -X max.poll.interval.ms or lower "
+            "the delivery timeout or attempts"
+        )
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"invalid {name} {value}: expected a finite number")
+    if not low <= value <= high:
+        raise ConfigError(f"invalid {name} {value}: expected a value from {low} to {high}")
+
+
+def kafka_settings_from_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """Collect librdkafka settings from `HIERTCN_KAFKA_<KEY>` environment variables."""
+    settings = {}
+    for name, value in environ.items():
+        if name.startswith(KAFKA_ENV_PREFIX) and len(name) > len(KAFKA_ENV_PREFIX):
+            words = name[len(KAFKA_ENV_PREFIX) :].lower().split("__")
+            settings["_".join(word.replace("_", ".") for word in words)] = value
+    return settings
+
+
+def build_config(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    kafka_flags: Sequence[str] = (),
+    **extra: Any,
+) -> WorkerConfig:
+    """Build a WorkerConfig: a flag that is not None wins, then `HIERTCN_*`, then the default.
+
+    `flags` maps option names (`OPTIONS[i].name`) to parsed flag values or None; `kafka_flags`
+    are the raw `-X key=value` strings; `extra` sets fields that have no environment variable.
+    """
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        flag_value = flags.get(option.name)
+        if flag_value is not None:
+            values[option.name] = flag_value
+        elif environ.get(option.env, "") != "":
+            try:
+                values[option.name] = option.parse(environ[option.env])
+            except ValueError as error:
+                raise ConfigError(
+                    f"invalid {option.env}={environ[option.env]!r}: {error}; fix or unset it"
+                ) from error
+    kafka_settings = kafka_settings_from_env(environ)
+    kafka_settings.update(parse_kafka_setting(text) for text in kafka_flags)
+    if "brokers" not in values:
+        raise ConfigError("no Kafka brokers given: pass --brokers HOST:PORT or set HIERTCN_BROKERS")
+    if "bundle" not in values:
+        raise ConfigError("no model bundle given: pass --bundle DIR or set HIERTCN_BUNDLE")
+    return WorkerConfig(**values, kafka_settings=kafka_settings, **extra)

@@ -1,0 +1,206 @@
+"""Prometheus metrics of the worker pool, and the one HTTP endpoint that serves them.
+
+The pool runs prometheus_client in multiprocess mode: every worker process writes its values to
+memory-mapped files under `PROMETHEUS_MULTIPROC_DIR`, and the parent process serves the aggregate.
+prometheus_client picks its storage when the first metric is created, so `prepare_multiprocess_dir`
+must run in the parent before any worker process starts (spawned processes inherit the
+environment). `prepare_multiprocess_dir` creates a new directory for every run, so counters of an
+earlier run never leak in.
+
+Gauges state how the processes combine: `livesum` for counts that add up across processes and
+`livemax` for the lag of a partition, which the owning process reports and every other process
+leaves at 0. Dead processes drop out once the parent calls `mark_process_dead`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
+
+logger = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Seconds: from 0.5 ms (one small ONNX call) to 30 s (a broker outage).
+_TIME_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclass(frozen=True)
+class WorkerMetrics:
+    """The metric objects a worker process updates; names as `create_metrics` registers them."""
+
+    events_consumed: Counter
+    outputs_produced: Counter
+    dead_letters: Counter
+    batch_size: Histogram
+    batch_seconds: Histogram
+    inference_seconds: Histogram
+    end_to_end_latency: Histogram
+    sessions_closed: Counter
+    state_read_seconds: Histogram
+    state_write_seconds: Histogram
+    consumer_lag: Gauge
+    live_predictions: Counter
+    live_hits: Counter
+    live_reciprocal_rank_sum: Counter
+    partitions_assigned: Gauge
+    paused_partitions: Gauge
+    delivery_retries: Counter
+
+
+def create_metrics(registry: CollectorRegistry | None) -> WorkerMetrics:
+    """Create every worker metric on `registry` (None: create them unregistered)."""
+    kwargs: dict[str, Any] = {"registry": registry}
+    return WorkerMetrics(
+        events_consumed=Counter(
+            "hiertcn_events_consumed_total",
+            "Messages read from the input topic, valid or not.",
+            ["partition"],
+            **kwargs,
+        ),
+        outputs_produced=Counter(
+            "hiertcn_outputs_produced_total",
+            "Recommendations delivered to the output topic.",
+            **kwargs,
+        ),
+        dead_letters=Counter(
+            "hiertcn_dead_letters_total",
+            "Messages sent to the dead-letter topic, by rejection reason.",
+            ["reason"],
+            **kwargs,
+        ),
+        batch_size=Histogram(
+            "hiertcn_batch_size_events",
+            "Messages in one batch.",
+            buckets=_BATCH_BUCKETS,
+            **kwargs,
+        ),
+        batch_seconds=Histogram(
+            "hiertcn_batch_seconds",
+            "Processing time of one batch, from decoding to the Kafka commit.",
+            buckets=_TIME_BUCKETS,
+            **kwargs,
+        ),
+        inference_seconds=Histogram(
+            "hiertcn_inference_seconds",
+            "Time of one ONNX Runtime call, by graph.",
+            ["graph"],
+            buckets=_TIME_BUCKETS,
+            **kwargs,
+        ),
+        end_to_end_latency=Histogram(
+            "hiertcn_end_to_end_latency_seconds",
+            "Time from the input message's Kafka timestamp to its output being delivered.",
+            buckets=_TIME_BUCKETS,
+            **kwargs,
+        ),
+        sessions_closed=Counter(
+            "hiertcn_sessions_closed_total",
+            "Sessions closed with a GRU update, by trigger (gap or timer).",
+            ["trigger"],
+            **kwargs,
+        ),
+        state_read_seconds=Histogram(
+            "hiertcn_state_read_seconds",
+            "Time of one state store read transaction.",
+            buckets=_TIME_BUCKETS,
+            **kwargs,
+        ),
+        state_write_seconds=Histogram(
+            "hiertcn_state_write_seconds",
+            "Time of one state store write transaction.",
+            buckets=_TIME_BUCKETS,
+            **kwargs,
+        ),
+        consumer_lag=Gauge(
+            "hiertcn_consumer_lag_messages",
+            "Messages between the partition's high watermark and the next offset to process.",
+            ["partition"],
+            multiprocess_mode="livemax",
+            **kwargs,
+        ),
+        live_predictions=Counter(
+            "hiertcn_live_predictions_total",
+            "Events scored against the user's previous recommendation.",
+            **kwargs,
+        ),
+        live_hits=Counter(
+            "hiertcn_live_hits_total",
+            "Events whose item ranked within the top K of the previous recommendation.",
+            ["k"],
+            **kwargs,
+        ),
+        live_reciprocal_rank_sum=Counter(
+            "hiertcn_live_reciprocal_rank_sum",
+            "Sum of 1/rank of each event's item under the previous recommendation.",
+            **kwargs,
+        ),
+        partitions_assigned=Gauge(
+            "hiertcn_partitions_assigned",
+            "Input partitions assigned to the pool.",
+            multiprocess_mode="livesum",
+            **kwargs,
+        ),
+        paused_partitions=Gauge(
+            "hiertcn_paused_partitions",
+            "Input partitions paused until pending work drains.",
+            multiprocess_mode="livesum",
+            **kwargs,
+        ),
+        delivery_retries=Counter(
+            "hiertcn_delivery_retries_total",
+            "Output or dead-letter messages produced again after a failed delivery.",
+            **kwargs,
+        ),
+    )
+
+
+def prepare_multiprocess_dir(parent: Path | None = None) -> Path:
+    """Create a fresh multiprocess directory and point `PROMETHEUS_MULTIPROC_DIR` at it."""
+    path = Path(tempfile.mkdtemp(prefix="hiertcn-metrics-", dir=parent))
+    os.environ[MULTIPROC_ENV] = str(path)
+    logger.debug("prometheus multiprocess directory %s", path)
+    return path
+
+
+def remove_multiprocess_dir(path: Path) -> None:
+    """Delete the directory of `prepare_multiprocess_dir` and unset the environment variable."""
+    if os.environ.get(MULTIPROC_ENV) == str(path):
+        del os.environ[MULTIPROC_ENV]
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a finished worker process from the `live*` gauges."""
+    if MULTIPROC_ENV in os.environ:
+        multiprocess.mark_process_dead(pid)
+
+
+def serve_aggregate(address: str, port: int) -> tuple[Any, Any]:
+    """Serve the sum over every process of the pool at http://address:port/metrics.
+
+    Returns the server and its thread (prometheus_client's `start_http_server`); call
+    `server.shutdown()` to stop it.
+    """
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    server, thread = start_http_server(port, addr=address, registry=registry)
+    logger.info("serving metrics at http://%s:%d/metrics", address, server.server_port)
+    return server, thread

@@ -1,0 +1,694 @@
+"""One Kafka consumer process of the pool: consume, update user states, publish recommendations.
+
+Each batch runs these steps, and their order is the correctness argument:
+
+1. consume up to `max_batch_size` messages, or what arrives within `max_batch_delay_ms` of the
+   first one. Decode and validate each, and route bad ones to the dead-letter topic
+2. read the states of the batch's users in one LMDB read transaction
+3. close sessions: the pipeline closes a session when the user's next event comes after the
+   gap, and the timers close idle sessions once the partition's event-time watermark has passed
+   `last_ts + session_gap`
+4. score every event in one batched model call (`Pipeline.process`)
+5. produce the outputs and dead letters and wait until the broker has acknowledged every one
+6. write the states and each partition's next offset and watermark in one LMDB write
+   transaction, then commit the same offsets to Kafka so that lag shows in the usual tools
+
+Outputs are delivered before the LMDB commit, so a process killed in between reprocesses the
+batch from the stored offset after a restart: outputs may repeat (at most the batches in flight,
+which is one), but none is lost. The Kafka commit only makes lag visible, because every
+assignment seeks to the offset stored in LMDB with the states it produced.
+
+Back-pressure: each batch waits for its own deliveries, so the producer queue never contains more
+than one batch. A partition whose timers find more idle sessions than one pass closes is paused
+until they are closed, and resumed then.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import msgpack
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from statestore import PartitionPosition, UserState
+from stream.config import DEFAULT_MAX_POLL_INTERVAL_MS, WorkerConfig
+from stream.errors import StreamError
+from stream.events import DeadLetter, Event, EventConfig, Position, decode_event
+from stream.metrics import WorkerMetrics
+from stream.pipeline import BatchResult, Pipeline
+
+logger = logging.getLogger(__name__)
+
+# Seconds one consume call waits while no batch is open, so that the stop flag, the timers and
+# the lag gauges are served at least this often.
+IDLE_POLL_SECONDS = 0.2
+
+
+WORKER_HEADER = "hiertcn.worker"
+
+# librdkafka's default producer message.max.bytes; -X message.max.bytes=N overrides it.
+DEFAULT_MESSAGE_MAX_BYTES = 1_000_000
+# Bytes of each produced message kept free for the headers and the protocol's record overhead.
+MESSAGE_OVERHEAD_BYTES = 16_384
+
+
+class DeliveryError(StreamError):
+    """The broker did not acknowledge a batch's outputs after every retry."""
+
+
+def consumer_settings(config: WorkerConfig) -> dict[str, Any]:
+    """Return the librdkafka consumer settings, each with the reason it is set."""
+    settings: dict[str, Any] = {
+        "bootstrap.servers": config.brokers,
+        "group.id": config.group_id,
+        # Offsets are committed only after the batch's outputs are delivered and its states
+        # are in LMDB, never on a timer.
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        # A partition without a stored position starts at the oldest event, because the user
+        # states must be built from every event.
+        "auto.offset.reset": "earliest",
+        # Only events of committed producer transactions are served, never aborted ones.
+        "isolation.level": "read_committed",
+        # A batch takes milliseconds to seconds, and WorkerConfig keeps its delivery retries
+        # within half of this, so the group does not evict a busy worker.
+        "max.poll.interval.ms": DEFAULT_MAX_POLL_INTERVAL_MS,
+        # cooperative-sticky moves only the partitions that change owner, so a process that
+        # joins or leaves the pool does not stop the others. on_revoke finishes and commits
+        # each revoked partition before it moves.
+        "partition.assignment.strategy": "cooperative-sticky",
+        # Partition EOF events are not needed: an empty consume is the idle signal.
+        "enable.partition.eof": False,
+    }
+    settings.update(config.kafka_settings)
+    return settings
+
+
+def producer_settings(config: WorkerConfig) -> dict[str, Any]:
+    """Return the librdkafka producer settings, each with the reason it is set."""
+    settings: dict[str, Any] = {
+        "bootstrap.servers": config.brokers,
+        # Retries inside librdkafka neither duplicate nor reorder the outputs of one user.
+        "enable.idempotence": True,
+        "acks": "all",
+        # A failed delivery is reported within one wait of the worker, which then retries it.
+        "delivery.timeout.ms": int(config.delivery_timeout * 1000),
+        # A batch's outputs go out together; waiting 1 ms more adds little latency.
+        "linger.ms": 1,
+    }
+    settings.update(config.kafka_settings)
+    return settings
+
+
+def position_text(topic: str, partition: int, offset: int) -> str:
+    """Format a Kafka position as `topic[partition]@offset`."""
+    return f"{topic}[{partition}]@{offset}"
+
+
+@dataclass
+class _Record:
+    """One message to produce, kept until the broker acknowledges it."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    append_ts: float | None = None  # Kafka time of the input event (s), for latency
+    delivered: bool = False
+    error: KafkaError | None = None
+
+
+@dataclass
+class _Decoded:
+    """Step 1 of a batch: valid events, dead letters and the positions they advance."""
+
+    events: list[Event] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    positions: dict[int, PartitionPosition] = field(default_factory=dict)
+
+
+class Worker:
+    """The consume-process-produce loop of one pool process.
+
+    The collaborators are passed in so that tests can build them; `run_worker` builds the real
+    ones inside the pool process.
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        pipeline: Pipeline,
+        store: Any,
+        metrics: WorkerMetrics,
+        consumer: Consumer,
+        producer: Producer,
+        row_of: dict[str, int],
+    ) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.store = store
+        self.metrics = metrics
+        self.consumer = consumer
+        self.producer = producer
+        self.row_of = row_of
+        self.event_config = EventConfig(ts_unit=config.ts_unit)
+        self.session_gap = pipeline.config.session_gap
+        self.top_k = pipeline.config.top_k
+        self.pid = str(os.getpid()).encode()
+        # A dead letter carries the raw input, which can be larger than the producer accepts.
+        max_bytes = int(config.kafka_settings.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES))
+        self.max_dead_letter_bytes = max(max_bytes - MESSAGE_OVERHEAD_BYTES, 1024)
+        self._stopping = False
+        # Messages consumed for the batch that is being collected; on_revoke finishes them.
+        self._pending: list[Message] = []
+        # Next offset and watermark of every assigned partition.
+        self._positions: dict[int, PartitionPosition] = {}
+        # Partitions whose timers need a pass while no events arrive, and those paused because
+        # their timers have a backlog of idle sessions.
+        self._timers_due: set[int] = set()
+        self._paused: set[int] = set()
+        # True inside on_revoke: the Kafka commit then waits, so the group sees the final
+        # offsets before the partitions move. Between rebalances it does not wait, because
+        # LMDB holds the position that counts and the Kafka offsets only show lag.
+        self._revoking = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        """Finish the batch in flight, then stop (the SIGTERM and SIGINT handler)."""
+        if not self._stopping:
+            logger.info("stop requested (signal %s): finishing the batch in flight", signum)
+        self._stopping = True
+
+    def run(self) -> None:
+        """Consume and process batches until `request_stop`; then commit and leave the group."""
+        topic = self.config.input_topic
+        self.consumer.subscribe(
+            [topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        logger.info("worker %s started on %s, group %s", os.getpid(), topic, self.config.group_id)
+        try:
+            while not self._stopping:
+                messages = self._collect()
+                if messages:
+                    self._process(messages)
+                else:
+                    self._idle()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        # close() revokes the assignment, and on_revoke finishes what was collected.
+        logger.info("worker %s stopping: leaving the group", os.getpid())
+        try:
+            self.consumer.close()
+        finally:
+            remaining = self.producer.flush(self.config.delivery_timeout)
+            if remaining:
+                logger.error("%d messages still undelivered at shutdown", remaining)
+            logger.info("worker %s stopped", os.getpid())
+
+    # -- rebalance callbacks -----------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        stored = self.store.positions(self.config.input_topic)
+        for tp in partitions:
+            position = stored.get(tp.partition)
+            if position is None:
+                tp.offset = OFFSET_BEGINNING
+                self._positions[tp.partition] = PartitionPosition(0, float("-inf"))
+                logger.info(
+                    "assigned %s[%d]: no stored position, starting at the earliest offset",
+                    tp.topic,
+                    tp.partition,
+                )
+            else:
+                tp.offset = position.next_offset
+                self._positions[tp.partition] = position
+                logger.info(
+                    "assigned %s (watermark %.3f)",
+                    position_text(tp.topic, tp.partition, position.next_offset),
+                    position.watermark,
+                )
+            # A partition that arrives with a stored watermark may have idle sessions to close.
+            self._timers_due.add(tp.partition)
+        consumer.incremental_assign(partitions)
+        self.metrics.partitions_assigned.set(len(self._positions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {tp.partition for tp in partitions}
+        # Finish the batch in flight first, so its outputs and offsets go out with its states.
+        if self._pending:
+            messages, self._pending = self._pending, []
+            logger.info("finishing %d collected messages before the revocation", len(messages))
+            self._revoking = True
+            try:
+                self._process(messages)
+            finally:
+                self._revoking = False
+        self._forget(revoked, "revoked")
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        lost = {tp.partition for tp in partitions}
+        # Another member may own these partitions already, so nothing of them is committed.
+        dropped = [m for m in self._pending if m.partition() in lost]
+        self._pending = [m for m in self._pending if m.partition() not in lost]
+        logger.warning(
+            "lost partitions %s without a clean revocation; dropped %d collected messages, "
+            "which the new owner reprocesses",
+            sorted(lost),
+            len(dropped),
+        )
+        self._forget(lost, "lost")
+
+    def _forget(self, partitions: set[int], reason: str) -> None:
+        topic = self.config.input_topic
+        for partition in sorted(partitions):
+            position = self._positions.pop(partition, None)
+            next_offset = position.next_offset if position else -1
+            logger.info("%s %s", reason, position_text(topic, partition, next_offset))
+            # livemax across the pool: the new owner reports the real lag.
+            self.metrics.consumer_lag.labels(str(partition)).set(0)
+        self._timers_due -= partitions
+        self._paused -= partitions
+        self.metrics.partitions_assigned.set(len(self._positions))
+        self.metrics.paused_partitions.set(len(self._paused))
+
+    # -- step 1: consume and decode ----------------------------------------------------------
+
+    def _collect(self) -> list[Message]:
+        """Consume up to max_batch_size messages, waiting max_batch_delay after the first."""
+        self._pending = []
+
+        # poll() returns as soon as one message is there, whereas consume() would wait for a
+        # full batch until its timeout.
+        first = self.consumer.poll(IDLE_POLL_SECONDS)
+        if first is None:
+            return []
+        self._accept([first])
+
+        deadline = time.monotonic() + self.config.max_batch_delay
+        while len(self._pending) < self.config.max_batch_size and not self._stopping:
+            # A timeout of 0 still takes the messages that are already fetched.
+            timeout = max(deadline - time.monotonic(), 0.0)
+            room = self.config.max_batch_size - len(self._pending)
+            self._accept(self.consumer.consume(num_messages=room, timeout=timeout))
+            if timeout == 0.0:
+                break
+        messages, self._pending = self._pending, []
+        return messages
+
+    def _accept(self, messages: Sequence[Message]) -> None:
+        for message in messages:
+            if message.error() is None:
+                self._pending.append(message)
+            else:
+                self._on_consume_error(message.error())
+
+    def _on_consume_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            raise KafkaException(error)
+        logger.warning("consumer error (librdkafka retries it): %s", error)
+
+    def _decode(self, messages: Sequence[Message]) -> _Decoded:
+        decoded = _Decoded()
+        for message in messages:
+            partition = message.partition()
+            offset = message.offset()
+            self.metrics.events_consumed.labels(str(partition)).inc()
+            _kind, timestamp_ms = message.timestamp()
+            append_ts = timestamp_ms / 1000.0 if timestamp_ms > 0 else None
+            result = decode_event(
+                message.key(),
+                message.value(),
+                Position(message.topic(), partition, offset),
+                self.row_of,
+                self.event_config,
+                append_ts,
+            )
+            previous = decoded.positions.get(partition) or self._positions.get(
+                partition, PartitionPosition(0, float("-inf"))
+            )
+            watermark = previous.watermark
+            if isinstance(result, DeadLetter):
+                decoded.dead_letters.append(result)
+            else:
+                decoded.events.append(result)
+                watermark = max(watermark, result.ts)
+            decoded.positions[partition] = PartitionPosition(
+                max(previous.next_offset, offset + 1), watermark
+            )
+        return decoded
+
+    # -- one batch: steps 1 to 6 -------------------------------------------------------------
+
+    def _process(self, messages: Sequence[Message]) -> None:
+        started = time.perf_counter()
+
+        # (1) Decode and validate; bad messages become dead letters.
+        decoded = self._decode(messages)
+        events = decoded.events
+
+        # (2) Read the states of the batch's users in one read transaction.
+        read_started = time.perf_counter()
+        states = self.store.read(sorted({event.user for event in events}))
+        self.metrics.state_read_seconds.observe(time.perf_counter() - read_started)
+
+        # (3)-(4) Close sessions on a gap, score every event, update the states.
+        result = self.pipeline.process(events, states)
+        changed = dict(result.states)
+
+        # (3) Timers: close idle sessions behind each partition's new watermark.
+        timer_closed = self._close_idle(decoded.positions, changed)
+        changed.update(timer_closed)
+
+        # (5) Produce the outputs and dead letters; wait until the broker has them all.
+        records = self._output_records(events, result) + self._dead_letter_records(
+            decoded.dead_letters
+        )
+        self._deliver(records)
+
+        # (6) States and offsets in one LMDB transaction, then the same offsets to Kafka.
+        self._commit(changed, decoded.positions)
+
+        self._observe(messages, result, len(timer_closed), time.perf_counter() - started)
+
+    def _idle(self) -> None:
+        """Run the timer passes that are due, then refresh the lag gauges."""
+        for partition in sorted(self._timers_due & set(self._positions)):
+            changed: dict[str, UserState] = {}
+            closed = self._close_idle({partition: self._positions[partition]}, changed)
+            changed.update(closed)
+            if changed:
+                self._commit(changed, {})
+                self.metrics.sessions_closed.labels("timer").inc(len(closed))
+        self._update_lag(self._positions)
+
+    # -- step 3: timers ----------------------------------------------------------------------
+
+    def _close_idle(
+        self, positions: dict[int, PartitionPosition], changed: dict[str, UserState]
+    ) -> dict[str, UserState]:
+        """Close the open sessions whose last event is more than session_gap behind the
+        partition's watermark. `changed` contains this batch's newer states."""
+        idle: dict[str, UserState] = {}
+        for user, state in changed.items():
+            position = positions.get(state.partition)
+            if position is not None and self._expired(state, position):
+                idle[user] = state
+
+        stored_candidates: list[str] = []
+        for partition, position in positions.items():
+            if not math.isfinite(position.watermark):
+                continue  # no event seen on this partition yet
+            before = position.watermark - self.session_gap
+            users = self.store.expired(partition, before, self.config.timer_limit)
+            self._set_timer_backlog(partition, len(users) >= self.config.timer_limit)
+            stored_candidates.extend(user for user in users if user not in changed)
+        if stored_candidates:
+            for user, state in self.store.read(stored_candidates).items():
+                position = positions.get(state.partition)
+                if position is not None and self._expired(state, position):
+                    idle[user] = state
+        return self.pipeline.close_idle(idle)
+
+    def _expired(self, state: UserState, position: PartitionPosition) -> bool:
+        # Strict, like the gap rule: an idle time of exactly session_gap keeps the session open.
+        return state.session_length > 0 and state.last_ts < position.watermark - self.session_gap
+
+    def _set_timer_backlog(self, partition: int, backlog: bool) -> None:
+        """Pause a partition while its timers have more idle sessions than one pass closes."""
+        tp = [TopicPartition(self.config.input_topic, partition)]
+        if backlog:
+            self._timers_due.add(partition)
+            if partition not in self._paused and partition in self._positions:
+                self.consumer.pause(tp)
+                self._paused.add(partition)
+                logger.info(
+                    "paused partition %d: more than %d idle sessions to close",
+                    partition,
+                    self.config.timer_limit,
+                )
+        else:
+            self._timers_due.discard(partition)
+            if partition in self._paused:
+                self.consumer.resume(tp)
+                self._paused.discard(partition)
+                logger.info("resumed partition %d: its idle sessions are closed", partition)
+        self.metrics.paused_partitions.set(len(self._paused))
+
+    # -- step 5: produce and wait for delivery -----------------------------------------------
+
+    def _output_records(self, events: Sequence[Event], result: BatchResult) -> list[_Record]:
+        headers = [(WORKER_HEADER, self.pid)]
+        return [
+            _Record(
+                topic=self.config.output_topic,
+                key=output.user.encode("utf-8"),
+                value=msgpack.packb(output.to_dict(), use_bin_type=True),
+                headers=headers,
+                append_ts=event.append_ts,
+            )
+            for event, output in zip(events, result.outputs, strict=True)
+        ]
+
+    def _dead_letter_records(self, dead_letters: Iterable[DeadLetter]) -> list[_Record]:
+        records = []
+        for letter in dead_letters:
+            logger.warning("dead letter %s: %s (%s)", letter.position, letter.reason,
+                           letter.message)  # fmt: skip
+            self.metrics.dead_letters.labels(letter.reason).inc()
+            headers = [
+                ("hiertcn.error", letter.message.encode("utf-8", "replace")),
+                ("hiertcn.reason", letter.reason.encode()),
+                ("hiertcn.source", letter.position.encode()),
+                (WORKER_HEADER, self.pid),
+            ]
+            key, value = letter.key, letter.value
+            size = len(key or b"") + len(value or b"")
+            if size > self.max_dead_letter_bytes:
+                # Cut the raw message so that it can be produced; the header keeps its size.
+                headers.append(("hiertcn.truncated", str(size).encode()))
+                key = key[: self.max_dead_letter_bytes // 2] if key else key
+                value = value[: self.max_dead_letter_bytes - len(key or b"")] if value else value
+            records.append(_Record(self.config.dead_letter_topic, key, value, headers))
+        return records
+
+    def _produce(self, record: _Record) -> None:
+        def on_delivery(error: KafkaError | None, message: Message) -> None:
+            record.error = error
+            record.delivered = error is None
+            if error is None and record.append_ts is not None:
+                self.metrics.end_to_end_latency.observe(max(time.time() - record.append_ts, 0.0))
+
+        while True:
+            try:
+                self.producer.produce(
+                    record.topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=record.headers,
+                    on_delivery=on_delivery,
+                )
+                return
+            except BufferError:
+                # The local queue is full: serve delivery reports until there is room.
+                self.producer.poll(0.1)
+
+    def _deliver(self, records: list[_Record]) -> None:
+        """Produce `records` and wait until the broker has acknowledged every one.
+
+        A record whose delivery failed is produced again, and a record without a delivery
+        report yet is waited for, up to `delivery_attempts` waits in all. Then DeliveryError
+        stops the worker without committing, so a restart reprocesses the batch.
+        """
+        # NOTE: a retried record goes out after any later record of the same user that was
+        # delivered on the first try, so per-user order holds only when no delivery fails.
+        for record in records:
+            self._produce(record)
+        for attempt in range(1, self.config.delivery_attempts + 1):
+            self.producer.flush(self.config.delivery_timeout)
+            failed = [r for r in records if not r.delivered and r.error is not None]
+            waiting = [r for r in records if not r.delivered and r.error is None]
+            if not failed and not waiting:
+                return
+            errors = Counter(str(record.error) for record in failed)
+            logger.warning(
+                "%d messages failed (%s) and %d have no delivery report yet, attempt %d/%d",
+                len(failed),
+                ", ".join(f"{error} x{count}" for error, count in errors.items()) or "none",
+                len(waiting),
+                attempt,
+                self.config.delivery_attempts,
+            )
+            if attempt == self.config.delivery_attempts:
+                break
+            # Only failed records go out again: a record still waiting may yet be delivered.
+            self.metrics.delivery_retries.inc(len(failed))
+            for record in failed:
+                record.error = None
+                self._produce(record)
+        undelivered = sum(not record.delivered for record in records)
+        raise DeliveryError(
+            f"{undelivered} messages not delivered to {self.config.brokers} after "
+            f"{self.config.delivery_attempts} waits of {self.config.delivery_timeout} s: "
+            "check that the broker is up and the output topics exist, then restart the worker"
+        )
+
+    # -- step 6: commit ----------------------------------------------------------------------
+
+    def _commit(
+        self, states: dict[str, UserState], positions: dict[int, PartitionPosition]
+    ) -> None:
+        topic = self.config.input_topic
+        write_started = time.perf_counter()
+        self.store.commit(states, {(topic, p): pos for p, pos in positions.items()})
+        self.metrics.state_write_seconds.observe(time.perf_counter() - write_started)
+        for partition, position in positions.items():
+            if partition in self._positions:
+                self._positions[partition] = position
+        if not positions:
+            return
+        offsets = [TopicPartition(topic, p, pos.next_offset) for p, pos in positions.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=not self._revoking)
+        except KafkaException as error:
+            # The position in LMDB is the one that counts, and the Kafka commit only shows lag.
+            logger.warning("Kafka offset commit failed (LMDB has the position): %s", error)
+
+    # -- metrics -----------------------------------------------------------------------------
+
+    def _observe(
+        self, messages: Sequence[Message], result: BatchResult, timer_closed: int, seconds: float
+    ) -> None:
+        metrics = self.metrics
+        metrics.batch_size.observe(len(messages))
+        metrics.batch_seconds.observe(seconds)
+        metrics.outputs_produced.inc(len(result.outputs))
+        for trigger, count in result.closed.items():
+            metrics.sessions_closed.labels(trigger).inc(count)
+        if timer_closed:
+            metrics.sessions_closed.labels("timer").inc(timer_closed)
+        hits = 0
+        reciprocal_sum = 0.0
+        predictions = 0
+        for live in result.live:
+            if live is None:
+                continue
+            rank, _pool_size = live
+            predictions += 1
+            hits += rank <= self.top_k
+            reciprocal_sum += 1.0 / rank
+        metrics.live_predictions.inc(predictions)
+        metrics.live_hits.labels(str(self.top_k)).inc(hits)
+        metrics.live_reciprocal_rank_sum.inc(reciprocal_sum)
+        self._update_lag({m.partition(): self._positions.get(m.partition()) for m in messages})
+        logger.debug(
+            "batch of %d messages: %d outputs in %.1f ms",
+            len(messages),
+            len(result.outputs),
+            seconds * 1000,
+        )
+
+    def _update_lag(self, positions: dict[int, PartitionPosition | None]) -> None:
+        topic = self.config.input_topic
+        for partition, position in positions.items():
+            if position is None:
+                continue
+            tp = TopicPartition(topic, partition)
+            try:
+                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                lag = max(high - position.next_offset, 0)
+                self.metrics.consumer_lag.labels(str(partition)).set(lag)
+
+
+def install_signal_handlers(worker: Worker) -> None:
+    """Make SIGTERM and SIGINT finish the batch in flight and stop the worker."""
+    signal.signal(signal.SIGTERM, worker.request_stop)
+    signal.signal(signal.SIGINT, worker.request_stop)
+
+
+class TimedBundle:
+    """A model bundle whose two graph calls are timed into `hiertcn_inference_seconds`."""
+
+    def __init__(self, bundle: Any, metrics: WorkerMetrics) -> None:
+        self._bundle = bundle
+        self._step_seconds = metrics.inference_seconds.labels("session_step")
+        self._close_seconds = metrics.inference_seconds.labels("session_close")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bundle, name)
+
+    def session_step(self, prefix: Any, lengths: Any, state: Any) -> Any:
+        with self._step_seconds.time():
+            return self._bundle.session_step(prefix, lengths, state)
+
+    def session_close(self, state: Any, session_mean: Any) -> Any:
+        with self._close_seconds.time():
+            return self._bundle.session_close(state, session_mean)
+
+
+def _open_clients(config: WorkerConfig) -> tuple[Consumer, Producer]:
+    def log_client_error(error: KafkaError) -> None:
+        logger.warning("Kafka client error: %s", error)
+
+    consumer = Consumer({**consumer_settings(config), "error_cb": log_client_error})
+    producer = Producer({**producer_settings(config), "error_cb": log_client_error})
+    return consumer, producer
+
+
+def run_worker(config: WorkerConfig, index: int, threads: int | None = None) -> int:
+    """Run one pool process until SIGTERM or SIGINT; return its exit code.
+
+    The bundle, the LMDB environment and the Kafka clients are opened here, after the process
+    has started, because none of them may be shared across processes.
+    """
+    from export.bundle import load_bundle
+    from statestore import StateStore, StoreConfig
+    from stream.metrics import create_metrics
+    from stream.pipeline import PipelineConfig
+
+    logger.info("worker %d (pid %d) starting", index, os.getpid())
+    bundle = load_bundle(config.bundle, device=config.device, intra_op_threads=threads)
+    # The pool serves the aggregate of every process, so these metrics join no registry here.
+    metrics = create_metrics(None)
+    pipeline = Pipeline(
+        TimedBundle(bundle, metrics),
+        PipelineConfig(session_gap=config.session_gap, top_k=config.k),
+    )
+    store = StateStore(
+        StoreConfig(
+            path=config.state_dir,
+            map_size=config.state_map_size,
+            sync=config.state_sync,
+            bundle_version=bundle.version,
+        )
+    )
+    consumer, producer = _open_clients(config)
+    worker = Worker(config, pipeline, store, metrics, consumer, producer, bundle.row_of)
+    install_signal_handlers(worker)
+    try:
+        worker.run()
+    finally:
+        store.close()
+    return 0
