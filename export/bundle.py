@@ -1,0 +1,320 @@
+"""Load a model bundle and run its two ONNX graphs: the loader of the serving side.
+
+This module never imports torch or `hiertcn`, directly or indirectly: the worker runs on ONNX
+Runtime and numpy alone. Shape letters: `B` rows in a batch, `L` events in a session prefix,
+`N` items, `D` item-embedding size, `G` GRU layers, `H` GRU hidden size.
+
+`load_bundle` checks, before it opens anything:
+
+- `manifest.json` is present and its `format_version` is the one this code reads. A newer one
+  raises `BundleVersionError` with the fix "upgrade hiertcn", an older one with "export again".
+- every file of the bundle is present and its sha256 equals the manifest's entry
+  (`BundleIntegrityError` otherwise). Each graph is hashed from the same bytes that ONNX Runtime
+  then loads, so a file changed between the check and the load cannot slip through.
+- the arrays agree with the manifest's N, D, G and H.
+
+Behaviour of the methods for inputs a worker can produce:
+
+- A batch of 0 rows is valid: `session_step` returns float32 [0, D] and `session_close`
+  returns float32 [0, G, H], without calling ONNX Runtime.
+- An empty prefix is valid: a row with `lengths == 0` gets the prediction for the first item of
+  a session, from the model's start token and the state alone. A prefix of width L = 0 is
+  widened to one zero column before the graph runs.
+- `gather_items(rows)` raises `InvalidInputError` for a row outside 0..N-1 (the worker maps
+  unknown external ids to rows with `row_of` first, and must drop what is not there).
+- An array of the wrong dtype, rank or size raises `InvalidInputError` that names the array and
+  the expected dtype and shape. Nothing is cast silently, so a float64 prefix is an error.
+  `lengths` outside 0..L raise it as well.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from export.errors import BundleError, BundleIntegrityError, InvalidInputError
+from export.manifest import (
+    CLOSE_INPUTS,
+    CLOSE_OUTPUT,
+    ITEM_IDS_FILE,
+    ITEMS_FILE,
+    SESSION_CLOSE_FILE,
+    SESSION_STEP_FILE,
+    START_STATE_FILE,
+    STEP_INPUTS,
+    STEP_OUTPUT,
+    Manifest,
+    read_manifest,
+    sha256_bytes,
+    sha256_file,
+)
+from export.providers import RuntimeConfig, open_session, session_options
+
+logger = logging.getLogger(__name__)
+
+ITEM_TABLE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+
+
+class ModelBundle:
+    """A loaded bundle: the item table, the id mapping, the start state and both graphs.
+
+    Attributes: `manifest` (`Manifest`), `item_table` (memory-mapped float32 or float16 [N, D]),
+    `item_ids` (external id of each row), `row_of` (external id -> row), `start_state`
+    (float32 [G, H]), `providers` (the ONNX Runtime providers in use, most preferred first),
+    `version` (the manifest's short id of the bundle).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: Manifest,
+        item_table: np.ndarray,
+        item_ids: list[str],
+        start_state: np.ndarray,
+        step_session: ort.InferenceSession,
+        close_session: ort.InferenceSession,
+    ) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.item_table = item_table
+        self.item_ids = item_ids
+        self.row_of = {item: row for row, item in enumerate(item_ids)}
+        self.start_state = start_state
+        self._step = step_session
+        self._close = close_session
+        self.providers: list[str] = list(step_session.get_providers())
+
+    @property
+    def version(self) -> str:
+        """Short id of the bundle: the first 12 hex digits of the session step's sha256."""
+        return self.manifest.version
+
+    @property
+    def num_items(self) -> int:
+        """Items N in the catalog."""
+        return self.manifest.num_items
+
+    @property
+    def embedding_dim(self) -> int:
+        """Item-embedding size D."""
+        return self.manifest.embedding_dim
+
+    @property
+    def state_shape(self) -> tuple[int, int]:
+        """Shape (G, H) of one user's GRU state."""
+        return (self.manifest.gru_layers, self.manifest.hidden_size)
+
+    def gather_items(self, rows: np.ndarray) -> np.ndarray:
+        """Return the float32 embeddings [..., D] of item rows of any shape.
+
+        Raises `InvalidInputError` when `rows` is not an integer array or contains a row outside
+        0..N-1.
+        """
+        rows = np.asarray(rows)
+        if rows.dtype.kind not in "iu":
+            raise InvalidInputError(
+                f"item rows have dtype {rows.dtype}, expected an integer array of rows in "
+                f"0..{self.num_items - 1}"
+            )
+        if rows.size:
+            low, high = int(rows.min()), int(rows.max())
+            if low < 0 or high >= self.num_items:
+                bad = low if low < 0 else high
+                raise InvalidInputError(
+                    f"item row {bad} is outside 0..{self.num_items - 1}: map external ids with "
+                    "`row_of` and drop the ids it does not contain"
+                )
+        return np.asarray(self.item_table[rows], dtype=np.float32)
+
+    def build_prefix(self, sessions: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Gather and left-pad the item rows of each session into the session step's inputs.
+
+        Returns `prefix` float32 [B, L, D] (real items right-aligned, zeros before) and
+        `lengths` int64 [B], with L the longest session (at least 1).
+        """
+        lengths = np.array([len(session) for session in sessions], dtype=np.int64)
+        width = max(int(lengths.max(initial=0)), 1)
+        prefix = np.zeros((len(sessions), width, self.embedding_dim), dtype=np.float32)
+        for index, session in enumerate(sessions):
+            if len(session):
+                prefix[index, width - len(session) :] = self.gather_items(np.asarray(session))
+        return prefix, lengths
+
+    def session_step(
+        self, prefix: np.ndarray, lengths: np.ndarray, state: np.ndarray
+    ) -> np.ndarray:
+        """Return the user embeddings float32 [B, D] after the last real item of each prefix.
+
+        `prefix` float32 [B, L, D] is left-padded, `lengths` int64 [B] in 0..L, `state`
+        float32 [B, G, H].
+        """
+        batch = _check_array("prefix", prefix, np.float32, (None, None, self.embedding_dim))[0]
+        _check_array("lengths", lengths, np.int64, (batch,))
+        _check_array("state", state, np.float32, (batch, *self.state_shape))
+        width = prefix.shape[1]
+        if batch and (lengths.min() < 0 or lengths.max() > width):
+            raise InvalidInputError(
+                f"lengths range over {int(lengths.min())}..{int(lengths.max())}, expected values "
+                f"in 0..{width} (the prefix width L)"
+            )
+        if batch == 0:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        if width == 0:
+            prefix = np.zeros((batch, 1, self.embedding_dim), dtype=np.float32)
+        feeds = dict(zip(STEP_INPUTS, (prefix, lengths, state), strict=True))
+        return self._step.run([STEP_OUTPUT], feeds)[0]
+
+    def session_close(self, state: np.ndarray, session_mean: np.ndarray) -> np.ndarray:
+        """Return the GRU states float32 [B, G, H] after closing one session per row.
+
+        `state` float32 [B, G, H] is the state before the session, `session_mean` float32
+        [B, D] the mean embedding of the session's items.
+        """
+        batch = _check_array("state", state, np.float32, (None, *self.state_shape))[0]
+        _check_array("session_mean", session_mean, np.float32, (batch, self.embedding_dim))
+        if batch == 0:
+            return np.zeros((0, *self.state_shape), dtype=np.float32)
+        feeds = dict(zip(CLOSE_INPUTS, (state, session_mean), strict=True))
+        return self._close.run([CLOSE_OUTPUT], feeds)[0]
+
+
+def _check_array(
+    name: str, array: object, dtype: type, shape: tuple[int | None, ...]
+) -> tuple[int, ...]:
+    """Raise `InvalidInputError` unless `array` is an ndarray of `dtype` and `shape`.
+
+    `None` in `shape` accepts any size on that axis. Returns the array's shape.
+    """
+    expected = "[" + ", ".join("*" if size is None else str(size) for size in shape) + "]"
+    if not isinstance(array, np.ndarray):
+        raise InvalidInputError(
+            f"{name} is a {type(array).__name__}, expected a numpy array "
+            f"{np.dtype(dtype).name} {expected}"
+        )
+    if array.dtype != dtype:
+        raise InvalidInputError(
+            f"{name} has dtype {array.dtype}, expected {np.dtype(dtype).name} {expected}: "
+            f"convert it with .astype(np.{np.dtype(dtype).name})"
+        )
+    matches = array.ndim == len(shape) and all(
+        size is None or size == actual for size, actual in zip(shape, array.shape, strict=False)
+    )
+    if not matches:
+        raise InvalidInputError(
+            f"{name} has shape {list(array.shape)}, expected {np.dtype(dtype).name} {expected}"
+        )
+    return array.shape
+
+
+def load_bundle(
+    path: str | os.PathLike[str],
+    device: str = "cpu",
+    intra_op_threads: int | None = None,
+    inter_op_threads: int | None = None,
+) -> ModelBundle:
+    """Check the bundle in directory `path` and open it on `device` ("cpu", "cuda" or "auto").
+
+    "cuda" raises `ProviderError` when ONNX Runtime does not really run the graphs with the CUDA
+    provider; "auto" uses CUDA when it starts and CPU otherwise. Thread counts of None leave
+    ONNX Runtime's defaults.
+    """
+    path = Path(path)
+    config = RuntimeConfig(device, intra_op_threads, inter_op_threads)
+    manifest = read_manifest(path)
+    step_bytes = _read_checked(path, SESSION_STEP_FILE, manifest)
+    close_bytes = _read_checked(path, SESSION_CLOSE_FILE, manifest)
+    for name in (ITEMS_FILE, ITEM_IDS_FILE, START_STATE_FILE):
+        _check_file_hash(path, name, manifest)
+
+    item_table = _load_item_table(path / ITEMS_FILE, manifest)
+    item_ids = _load_item_ids(path / ITEM_IDS_FILE, manifest)
+    start_state = _load_start_state(path / START_STATE_FILE, manifest)
+
+    options = session_options(config)
+    step = open_session(step_bytes, SESSION_STEP_FILE, config, options)
+    close = open_session(close_bytes, SESSION_CLOSE_FILE, config, options)
+    logger.info(
+        "loaded bundle %s (version %s, %d items, D=%d, G=%d, H=%d) on %s",
+        path,
+        manifest.version,
+        manifest.num_items,
+        manifest.embedding_dim,
+        manifest.gru_layers,
+        manifest.hidden_size,
+        step.get_providers(),
+    )
+    return ModelBundle(path, manifest, item_table, item_ids, start_state, step, close)
+
+
+def _missing_file_error(path: Path, name: str) -> BundleIntegrityError:
+    return BundleIntegrityError(
+        f"{path / name} not found: the bundle at {path} is incomplete; copy the whole bundle "
+        "directory again, or export it again with `hiertcn export`"
+    )
+
+
+def _hash_mismatch_error(path: Path, name: str, actual: str, expected: str) -> BundleIntegrityError:
+    return BundleIntegrityError(
+        f"{path / name} has sha256 {actual[:12]}…, but the manifest lists {expected[:12]}…: the "
+        "file was changed or damaged after export; copy the bundle again, or export it again "
+        "with `hiertcn export`"
+    )
+
+
+def _read_checked(path: Path, name: str, manifest: Manifest) -> bytes:
+    """Read a file of the bundle and check its sha256 against the manifest."""
+    if not (path / name).is_file():
+        raise _missing_file_error(path, name)
+    data = (path / name).read_bytes()
+    actual = sha256_bytes(data)
+    if actual != manifest.files[name]:
+        raise _hash_mismatch_error(path, name, actual, manifest.files[name])
+    return data
+
+
+def _check_file_hash(path: Path, name: str, manifest: Manifest) -> None:
+    if not (path / name).is_file():
+        raise _missing_file_error(path, name)
+    actual = sha256_file(path / name)
+    if actual != manifest.files[name]:
+        raise _hash_mismatch_error(path, name, actual, manifest.files[name])
+
+
+def _load_item_table(file: Path, manifest: Manifest) -> np.ndarray:
+    # Memory-mapped read-only, so every worker process on a host shares one copy in the page cache.
+    table = np.load(file, mmap_mode="r", allow_pickle=False)
+    expected = (manifest.num_items, manifest.embedding_dim)
+    if table.dtype not in ITEM_TABLE_DTYPES or table.shape != expected:
+        raise BundleError(
+            f"{file} contains {table.dtype} {list(table.shape)}, expected float32 or float16 "
+            f"{list(expected)} from the manifest: export the bundle again"
+        )
+    return table
+
+
+def _load_item_ids(file: Path, manifest: Manifest) -> list[str]:
+    item_ids = json.loads(file.read_text())
+    valid = isinstance(item_ids, list) and all(isinstance(item, str) for item in item_ids)
+    if not valid or len(item_ids) != manifest.num_items:
+        raise BundleError(
+            f"{file} is not a JSON list of {manifest.num_items} strings: export the bundle again"
+        )
+    if len(set(item_ids)) != len(item_ids):
+        raise BundleError(f"{file} lists an item id twice: export the bundle again")
+    return item_ids
+
+
+def _load_start_state(file: Path, manifest: Manifest) -> np.ndarray:
+    start_state = np.load(file, allow_pickle=False)
+    expected = (manifest.gru_layers, manifest.hidden_size)
+    if start_state.dtype != np.float32 or start_state.shape != expected:
+        raise BundleError(
+            f"{file} contains {start_state.dtype} {list(start_state.shape)}, expected float32 "
+            f"{list(expected)} from the manifest: export the bundle again"
+        )
+    return start_state

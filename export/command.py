@@ -1,0 +1,92 @@
+"""The `hiertcn export` subcommand: checkpoint in, verified model bundle out.
+
+    hiertcn export --checkpoint runs/ml/best.pt --out bundles/ml-v1 --verify
+
+torch and onnx are imported inside the handler, so `hiertcn --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from export.errors import ExportError
+from hiertcn.errors import HierTCNError
+
+logger = logging.getLogger(__name__)
+
+
+class ExportCommandError(HierTCNError):
+    """An `ExportError` raised by the handler, reported by the CLI with the same exit code."""
+
+    def __init__(self, error: ExportError) -> None:
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `export` subcommand to the `hiertcn` parser."""
+    parser = subparsers.add_parser(
+        "export",
+        help="export a trained HierTCN checkpoint to an ONNX model bundle",
+        description="Write the model bundle (ONNX graphs, item table, manifest) of a checkpoint.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file (best.pt of a run)")
+    parser.add_argument("--out", required=True, help="bundle directory to create (must not exist)")
+    parser.add_argument(
+        "--float16", action="store_true", help="store the item table as float16 (half the memory)"
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=20, help="default recommendation list length (default 20)"
+    )
+    parser.add_argument(
+        "--session-gap",
+        type=float,
+        default=None,
+        help="idle seconds that close a session (default: the checkpoint's, else 1800)",
+    )
+    parser.add_argument(
+        "--opset", type=int, default=None, help="ONNX opset version of the graphs (default 17)"
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare ONNX Runtime with torch at batch 1, 7 and 256 and every prefix length up "
+        "to the receptive field, and exit 1 when they disagree by more than 1e-4 (minutes for "
+        "the default model size)",
+    )
+    parser.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Export the checkpoint, optionally verify the bundle, and print a summary."""
+    try:
+        return _run(args)
+    except ExportError as error:
+        raise ExportCommandError(error) from error
+
+
+def _run(args: argparse.Namespace) -> int:
+    from export.bundle import load_bundle
+    from export.onnx_export import DEFAULT_OPSET, ExportConfig, write_bundle
+    from export.verify import verify_bundle
+    from hiertcn.checkpoint import load_model
+
+    config = ExportConfig(
+        opset=args.opset if args.opset is not None else DEFAULT_OPSET,
+        float16_items=args.float16,
+        top_k=args.top_k,
+        session_gap=args.session_gap,
+    )
+    model, checkpoint = load_model(args.checkpoint)
+    manifest = write_bundle(model, checkpoint, args.out, config)
+    print(
+        f"wrote {args.out}: version {manifest.version}, {manifest.num_items} items, "
+        f"D={manifest.embedding_dim}, G={manifest.gru_layers}, H={manifest.hidden_size}, "
+        f"receptive field {manifest.max_session_items}"
+    )
+    if not args.verify:
+        return 0
+    report = verify_bundle(model, load_bundle(args.out))
+    print(report.format())
+    return 0 if report.passed else 1

@@ -1,0 +1,45 @@
+"""Exceptions of the `export` package. Each message names the bad value and the fix.
+
+This module imports nothing from `hiertcn` or torch, because the serving side imports it through
+`export.bundle`.
+"""
+
+from __future__ import annotations
+
+
+class ExportError(Exception):
+    """Base class of every error that `export` raises on purpose."""
+
+    exit_code = 1
+
+
+class BundleError(ExportError):
+    """A model bundle cannot be used: bad manifest, missing or changed file, wrong version."""
+
+    exit_code = 2
+
+
+class BundleIntegrityError(BundleError):
+    """A file of the bundle is missing, or its sha256 differs from the manifest."""
+
+
+class BundleVersionError(BundleError):
+    """The bundle was written in a format version that this hiertcn does not read."""
+
+
+class ProviderError(BundleError):
+    """The requested ONNX Runtime execution provider is not in use."""
+
+
+class InvalidInputError(ExportError, ValueError):
+    """An array passed to a bundle method has the wrong dtype, shape or values."""
+
+
+class VerificationError(ExportError):
+    """ONNX Runtime and torch disagree beyond the tolerance on a bundle."""
+
+
+class ExportFailedError(ExportError):
+    """A checkpoint could not be turned into a bundle."""
+
+    exit_code = 2

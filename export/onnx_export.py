@@ -1,0 +1,345 @@
+"""Turn a trained HierTCN into a model bundle: two ONNX graphs, the item table and a manifest.
+
+This is the torch side of `export/`. Shape letters: `B` rows, `L` events in a session prefix,
+`N` items, `D` item-embedding size, `G` GRU layers, `H` GRU hidden size.
+
+The graphs come from the TorchScript exporter (`torch.onnx.export(..., dynamo=False)`), which
+keeps the batch and length axes dynamic through the shape operators it records. The session close
+is written with plain tensor operations in `hiertcn.models.regularization.gru_step` (torch's
+gate layout: the reset gate multiplies `W_hn h + b_hn`, as ONNX `GRU` with
+`linear_before_reset=1` does), so the graph contains no recurrent operator to get wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from export.errors import ExportFailedError
+from export.manifest import (
+    CLOSE_INPUTS,
+    CLOSE_OUTPUT,
+    FORMAT_VERSION,
+    ITEM_IDS_FILE,
+    ITEMS_FILE,
+    SESSION_CLOSE_FILE,
+    SESSION_STEP_FILE,
+    START_STATE_FILE,
+    STEP_INPUTS,
+    STEP_OUTPUT,
+    Manifest,
+    sha256_file,
+    write_manifest,
+)
+from export.step_graph import build_pruned_step
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SESSION_GAP = 1800.0  # seconds, the product default when the checkpoint names none
+# Opset 17 is the default because this code was tested with it (torch 2.15, ONNX Runtime 1.31).
+# `--opset` raises it.
+DEFAULT_OPSET = 17
+
+# Max absolute difference from the model, in torch, up to which the pruned step is exported.
+PRUNED_STEP_ATOL = 1e-5
+
+# Serving methods that `export` needs on a model (see docs/architecture.md, "Models").
+REQUIRED_MEMBERS = ("session_user_embedding", "close_session", "start_state", "receptive_field")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """Options of one export."""
+
+    opset: int = DEFAULT_OPSET
+    float16_items: bool = False  # store items.npy as float16 (half the memory, ~1e-3 rounding)
+    top_k: int = 20  # default list length written to the manifest
+    session_gap: float | None = None  # seconds; None takes it from the checkpoint or 1800
+    pruned_step: bool = True  # export `step_graph.PrunedSessionStep` when the model allows it
+
+    def __post_init__(self) -> None:
+        if self.opset < 14:
+            raise ExportFailedError(f"opset {self.opset} is too old: use 14 or later")
+        if self.top_k < 1:
+            raise ExportFailedError(f"top_k={self.top_k} is invalid: use a positive integer")
+        if self.session_gap is not None and self.session_gap <= 0:
+            raise ExportFailedError(
+                f"session_gap={self.session_gap} is invalid: use a positive number of seconds"
+            )
+
+
+class SessionStepGraph(nn.Module):
+    """The session step as a module: prefix [B, L, D], lengths [B], state [B, G, H] -> [B, D]."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, prefix: torch.Tensor, lengths: torch.Tensor, state: torch.Tensor
+    ) -> torch.Tensor:
+        """Return the user embedding [B, D] after the last real item of each prefix."""
+        return self.model.session_user_embedding(prefix, lengths, state)
+
+
+class SessionCloseGraph(nn.Module):
+    """The session close as a module: state [B, G, H], session_mean [B, D] -> [B, G, H]."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, state: torch.Tensor, session_mean: torch.Tensor) -> torch.Tensor:
+        """Return the GRU state [B, G, H] after the session."""
+        return self.model.close_session(state, session_mean)
+
+
+def check_exportable(model: nn.Module) -> None:
+    """Raise `ExportFailedError` unless `model` has the serving interface of HierTCN."""
+    missing = [name for name in REQUIRED_MEMBERS if not hasattr(model, name)]
+    if missing:
+        name = getattr(getattr(model, "config", None), "name", type(model).__name__)
+        raise ExportFailedError(
+            f"model {name!r} lacks {missing}, which the bundle needs: only HierTCN checkpoints "
+            "can be exported"
+        )
+
+
+def model_dimensions(model: nn.Module) -> dict[str, int]:
+    """Return N, D, G, H and the receptive field of `model` as manifest keys."""
+    table = model.item_embeddings()
+    layers, hidden = model.start_state.shape
+    return {
+        "num_items": int(table.shape[0]),
+        "embedding_dim": int(table.shape[1]),
+        "gru_layers": int(layers),
+        "hidden_size": int(hidden),
+        "max_session_items": int(model.receptive_field),
+    }
+
+
+def export_session_step(model: nn.Module, opset: int, pruned: bool = True) -> bytes:
+    """Export the session step graph and return the serialized ONNX model."""
+    dims = model_dimensions(model)
+    # Example sizes of 3 rows and 4 positions, so no axis is traced at a size of 1, which the
+    # TorchScript exporter could fold into a constant.
+    example = (
+        torch.zeros(3, 4, dims["embedding_dim"]),
+        torch.tensor([4, 1, 0], dtype=torch.int64),
+        torch.zeros(3, dims["gru_layers"], dims["hidden_size"]),
+    )
+    axes = {
+        "prefix": {0: "B", 1: "L"},
+        "lengths": {0: "B"},
+        "state": {0: "B"},
+        STEP_OUTPUT: {0: "B"},
+    }
+    step = _fastest_step(model) if pruned else SessionStepGraph(model)
+    graph = _export(step, example, STEP_INPUTS, STEP_OUTPUT, axes, opset)
+    return _finish(graph, ["B", dims["embedding_dim"]])
+
+
+def _fastest_step(model: nn.Module) -> nn.Module:
+    """Return the pruned session step when it matches the model in torch, else the full one."""
+    full = SessionStepGraph(model)
+    pruned = build_pruned_step(model)
+    if pruned is None:
+        return full
+    dims = model_dimensions(model)
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    # Widths around each multiple of the largest dilation and past the receptive field.
+    for width in (0, 1, 2, 7, 8, 9, 16, 17, dims["max_session_items"] + 3):
+        prefix = torch.randn(4, width, dims["embedding_dim"], generator=generator)
+        lengths = torch.tensor([width, width // 2, 0, max(width - 1, 0)])
+        prefix[1, : width - width // 2] = 0.0
+        prefix[2] = 0.0
+        prefix[3, :1] = 0.0
+        state = torch.rand(4, dims["gru_layers"], dims["hidden_size"], generator=generator) * 2 - 1
+        with torch.no_grad():
+            difference = (full(prefix, lengths, state) - pruned(prefix, lengths, state)).abs()
+        worst = max(worst, float(difference.max()))
+    if worst > PRUNED_STEP_ATOL:
+        logger.warning(
+            "pruned session step differs from the model by %.2e: exporting the full one", worst
+        )
+        return full
+    logger.info("exporting the pruned session step (max difference %.2e in torch)", worst)
+    return pruned
+
+
+def export_session_close(model: nn.Module, opset: int) -> bytes:
+    """Export the session close graph and return the serialized ONNX model."""
+    dims = model_dimensions(model)
+    example = (
+        torch.zeros(3, dims["gru_layers"], dims["hidden_size"]),
+        torch.zeros(3, dims["embedding_dim"]),
+    )
+    axes = {"state": {0: "B"}, "session_mean": {0: "B"}, CLOSE_OUTPUT: {0: "B"}}
+    graph = _export(SessionCloseGraph(model), example, CLOSE_INPUTS, CLOSE_OUTPUT, axes, opset)
+    return _finish(graph, ["B", dims["gru_layers"], dims["hidden_size"]])
+
+
+def _export(
+    graph: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    input_names: tuple[str, ...],
+    output_name: str,
+    dynamic_axes: dict[str, dict[int, str]],
+    opset: int,
+) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    graph.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter warns that it is deprecated in favour of dynamo. It is used
+        # here because it exports these graphs with dynamic axes in under a second, where the
+        # dynamo exporter took about 7 s for the close graph alone (torch 2.15).
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)
+        # The exporter warns when it cannot fold a Slice whose step is not 1. That is harmless,
+        # because ONNX Runtime optimizes the graph again at load.
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        torch.onnx.export(
+            graph,
+            example,
+            buffer,
+            input_names=list(input_names),
+            output_names=[output_name],
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _finish(graph: onnx.ModelProto, output_dims: list[str | int]) -> bytes:
+    """Write the output's shape into the graph, run the ONNX checker and serialize the graph.
+
+    Shape inference of the TorchScript exporter can leave a fixed axis symbolic (the close
+    graph's H came out as "Concatnew_state_dim_2"), so the contract's shape is set explicitly.
+    """
+    output = graph.graph.output[0]
+    dims = output.type.tensor_type.shape.dim
+    del dims[:]
+    for size in output_dims:
+        dim = dims.add()
+        if isinstance(size, str):
+            dim.dim_param = size
+        else:
+            dim.dim_value = size
+    try:
+        onnx.checker.check_model(graph, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise ExportFailedError(
+            f"ONNX checker rejected the {output.name} graph: {error}"
+        ) from error
+    return graph.SerializeToString()
+
+
+def session_gap_of(checkpoint: Any, configured: float | None) -> float:
+    """Return the session gap in seconds: `configured`, else the checkpoint's, else 1800."""
+    if configured is not None:
+        return float(configured)
+    for source in (checkpoint.train_config, checkpoint.data_summary):
+        if isinstance(source, dict) and source.get("session_gap") is not None:
+            return float(source["session_gap"])
+    logger.warning(
+        "the checkpoint names no session_gap: writing the default %.0f s; pass --session-gap "
+        "if the model was trained with another",
+        DEFAULT_SESSION_GAP,
+    )
+    return DEFAULT_SESSION_GAP
+
+
+def write_bundle(
+    model: nn.Module, checkpoint: Any, out: str | os.PathLike[str], config: ExportConfig
+) -> Manifest:
+    """Write the bundle of `model` (with the vocabulary and metrics of `checkpoint`) to `out`.
+
+    The files go to a temporary directory next to `out` that is renamed to `out` at the end, so
+    an interrupted export leaves no half-written bundle. `out` must not exist yet, or be empty.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportFailedError(
+            f"{out} already exists and is not empty: remove it or pass another --out"
+        )
+    check_exportable(model)
+    model.eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        manifest = _write_files(model, checkpoint, staging, config)
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("wrote bundle %s (version %s)", out, manifest.version)
+    return manifest
+
+
+def _write_files(
+    model: nn.Module, checkpoint: Any, directory: Path, config: ExportConfig
+) -> Manifest:
+    dims = model_dimensions(model)
+    if len(checkpoint.item_ids) != dims["num_items"]:
+        raise ExportFailedError(
+            f"the checkpoint lists {len(checkpoint.item_ids)} item ids but the model has "
+            f"{dims['num_items']} items: the checkpoint is inconsistent, retrain it"
+        )
+    (directory / SESSION_STEP_FILE).write_bytes(
+        export_session_step(model, config.opset, config.pruned_step)
+    )
+    (directory / SESSION_CLOSE_FILE).write_bytes(export_session_close(model, config.opset))
+
+    with torch.no_grad():
+        table = model.item_embeddings().detach().cpu().numpy().astype(np.float32)  # [N, D]
+        start_state = model.start_state.detach().cpu().numpy().astype(np.float32)  # [G, H]
+    np.save(directory / ITEMS_FILE, table.astype(np.float16) if config.float16_items else table)
+    np.save(directory / START_STATE_FILE, start_state)
+    (directory / ITEM_IDS_FILE).write_text(json.dumps([str(item) for item in checkpoint.item_ids]))
+
+    files = {
+        name: sha256_file(directory / name)
+        for name in (
+            SESSION_STEP_FILE,
+            SESSION_CLOSE_FILE,
+            ITEMS_FILE,
+            ITEM_IDS_FILE,
+            START_STATE_FILE,
+        )
+    }
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        model=model.config.to_dict(),
+        session_gap=session_gap_of(checkpoint, config.session_gap),
+        top_k=config.top_k,
+        files=files,
+        training={
+            "data": checkpoint.data_summary,
+            "metrics": checkpoint.metrics,
+            "epoch": checkpoint.epoch,
+        },
+        version=files[SESSION_STEP_FILE][:12],
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **dims,
+    )
+    write_manifest(directory, manifest)
+    return manifest

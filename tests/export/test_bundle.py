@@ -1,0 +1,224 @@
+"""Tests of the torch-free loader: integrity checks, providers and input handling."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from export.bundle import ModelBundle, load_bundle
+from export.errors import BundleIntegrityError, BundleVersionError, InvalidInputError, ProviderError
+from export.manifest import FORMAT_VERSION, MANIFEST_FILE, read_manifest
+from tests.export.conftest import NUM_ITEMS
+
+D, G, H = 8, 2, 6
+
+
+@pytest.fixture
+def bundle_copy(bundle_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny bundle that a test may damage."""
+    return Path(shutil.copytree(bundle_dir, tmp_path / "copy"))
+
+
+def flip_byte(path: Path, position: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[position] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_bundle_loads_with_contract_attributes(bundle: ModelBundle) -> None:
+    assert bundle.item_table.shape == (NUM_ITEMS, D)
+    assert isinstance(bundle.item_table, np.memmap)
+    assert bundle.item_ids[3] == "item3"
+    assert bundle.row_of["item3"] == 3
+    assert bundle.start_state.shape == (G, H)
+    assert bundle.providers == ["CPUExecutionProvider"]
+    assert bundle.manifest.session_gap == 900
+    assert bundle.version == bundle.manifest.files["session_step.onnx"][:12]
+
+
+@pytest.mark.parametrize("name", ["session_step.onnx", "session_close.onnx", "items.npy"])
+def test_changed_byte_rejected(bundle_copy: Path, name: str) -> None:
+    path = bundle_copy / name
+    flip_byte(path, path.stat().st_size // 2)
+    with pytest.raises(BundleIntegrityError, match=f"{name} has sha256 .* changed or damaged"):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("name", ["session_close.onnx", "item_ids.json", "start_state.npy"])
+def test_missing_file_rejected(bundle_copy: Path, name: str) -> None:
+    (bundle_copy / name).unlink()
+    with pytest.raises(BundleIntegrityError, match=f"{name} not found.*incomplete"):
+        load_bundle(bundle_copy)
+
+
+def test_newer_format_version_rejected(bundle_copy: Path) -> None:
+    data = json.loads((bundle_copy / MANIFEST_FILE).read_text())
+    data["format_version"] = FORMAT_VERSION + 1
+    (bundle_copy / MANIFEST_FILE).write_text(json.dumps(data))
+    with pytest.raises(BundleVersionError, match="upgrade hiertcn"):
+        load_bundle(bundle_copy)
+
+
+def test_cuda_without_gpu_rejected(bundle_dir: Path) -> None:
+    if "CUDAExecutionProvider" in _working_providers(bundle_dir):
+        pytest.skip("the CUDA provider works on this machine")
+    with pytest.raises(ProviderError, match="device 'cuda' requested"):
+        load_bundle(bundle_dir, device="cuda")
+
+
+def test_auto_falls_back_to_cpu(bundle_dir: Path) -> None:
+    expected = _working_providers(bundle_dir)
+    assert load_bundle(bundle_dir, device="auto").providers == expected
+
+
+def _working_providers(bundle_dir: Path) -> list[str]:
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        providers = providers[1:]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    path = str(bundle_dir / "session_close.onnx")
+    return ort.InferenceSession(path, options, providers=providers).get_providers()
+
+
+def test_invalid_device_rejected(bundle_dir: Path) -> None:
+    with pytest.raises(ProviderError, match="device 'gpu' is invalid"):
+        load_bundle(bundle_dir, device="gpu")
+
+
+def test_invalid_thread_count_rejected(bundle_dir: Path) -> None:
+    with pytest.raises(ProviderError, match="intra_op_threads=0"):
+        load_bundle(bundle_dir, intra_op_threads=0)
+
+
+def test_empty_batch_returns_empty_arrays(bundle: ModelBundle) -> None:
+    embedding = bundle.session_step(
+        np.zeros((0, 4, D), np.float32), np.zeros(0, np.int64), np.zeros((0, G, H), np.float32)
+    )
+    new_state = bundle.session_close(np.zeros((0, G, H), np.float32), np.zeros((0, D), np.float32))
+    assert embedding.shape == (0, D)
+    assert embedding.dtype == np.float32
+    assert new_state.shape == (0, G, H)
+    assert new_state.dtype == np.float32
+
+
+def test_empty_prefix_equals_zero_length_row(bundle: ModelBundle) -> None:
+    state = np.repeat(bundle.start_state[None], 3, axis=0)
+    lengths = np.zeros(3, np.int64)
+    no_width = bundle.session_step(np.zeros((3, 0, D), np.float32), lengths, state)
+    padded = bundle.session_step(np.ones((3, 5, D), np.float32), lengths, state)
+    assert no_width.shape == (3, D)
+    np.testing.assert_allclose(no_width, padded, atol=1e-6)
+
+
+def test_left_padding_ignored(bundle: ModelBundle) -> None:
+    rng = np.random.default_rng(0)
+    items = bundle.gather_items(np.array([[4, 9, 17]]))  # [1, 3, D]
+    state = rng.uniform(-1, 1, (1, G, H)).astype(np.float32)
+    exact = bundle.session_step(items, np.array([3]), state)
+    padding = rng.standard_normal((1, 6, D)).astype(np.float32)  # garbage in padded positions
+    wide = np.concatenate([padding, items], axis=1)
+    np.testing.assert_allclose(bundle.session_step(wide, np.array([3]), state), exact, atol=1e-5)
+
+
+def test_gather_items_rejects_row_out_of_range(bundle: ModelBundle) -> None:
+    for row in (-1, NUM_ITEMS):
+        with pytest.raises(
+            InvalidInputError, match=f"item row {row} is outside 0..{NUM_ITEMS - 1}"
+        ):
+            bundle.gather_items(np.array([0, row]))
+
+
+def test_gather_items_rejects_float_rows(bundle: ModelBundle) -> None:
+    with pytest.raises(InvalidInputError, match="dtype float64"):
+        bundle.gather_items(np.array([1.0]))
+
+
+def test_gather_items_returns_float32_rows(bundle: ModelBundle) -> None:
+    rows = bundle.gather_items(np.array([[2, 3]]))
+    assert rows.shape == (1, 2, D)
+    assert rows.dtype == np.float32
+    np.testing.assert_array_equal(rows[0, 1], bundle.item_table[3])
+
+
+def test_build_prefix_left_pads(bundle: ModelBundle) -> None:
+    prefix, lengths = bundle.build_prefix([np.array([1, 2, 3]), np.array([], np.int64)])
+    assert prefix.shape == (2, 3, D)
+    np.testing.assert_array_equal(lengths, [3, 0])
+    np.testing.assert_array_equal(prefix[1], 0.0)
+    np.testing.assert_array_equal(prefix[0, 0], bundle.item_table[1])
+
+
+@pytest.mark.parametrize(
+    ("prefix", "lengths", "state", "message"),
+    [
+        ((2, 3, D), (2,), (2, G, H), None),
+        (
+            (2, 3, D, 1),
+            (2,),
+            (2, G, H),
+            r"prefix has shape \[2, 3, 8, 1\], expected float32 \[\*, \*, 8\]",
+        ),
+        ((2, 3, D + 1), (2,), (2, G, H), r"prefix has shape \[2, 3, 9\]"),
+        ((2, 3, D), (3,), (2, G, H), r"lengths has shape \[3\], expected int64 \[2\]"),
+        ((2, 3, D), (2,), (2, H, G), r"state has shape \[2, 6, 2\], expected float32 \[2, 2, 6\]"),
+    ],
+)
+def test_session_step_checks_shapes(
+    bundle: ModelBundle, prefix: tuple, lengths: tuple, state: tuple, message: str | None
+) -> None:
+    arrays = (
+        np.zeros(prefix, np.float32),
+        np.zeros(lengths, np.int64),
+        np.zeros(state, np.float32),
+    )
+    if message is None:
+        assert bundle.session_step(*arrays).shape == (2, D)
+        return
+    with pytest.raises(InvalidInputError, match=message):
+        bundle.session_step(*arrays)
+
+
+def test_session_step_rejects_float64_prefix(bundle: ModelBundle) -> None:
+    with pytest.raises(InvalidInputError, match="prefix has dtype float64, expected float32"):
+        bundle.session_step(
+            np.zeros((1, 2, D)), np.zeros(1, np.int64), np.zeros((1, G, H), np.float32)
+        )
+
+
+def test_session_step_rejects_int32_lengths(bundle: ModelBundle) -> None:
+    with pytest.raises(InvalidInputError, match="lengths has dtype int32, expected int64"):
+        bundle.session_step(
+            np.zeros((1, 2, D), np.float32), np.zeros(1, np.int32), np.zeros((1, G, H), np.float32)
+        )
+
+
+@pytest.mark.parametrize("bad_length", [-1, 3])
+def test_session_step_rejects_lengths_outside_width(bundle: ModelBundle, bad_length: int) -> None:
+    with pytest.raises(InvalidInputError, match=r"expected values in 0\.\.2"):
+        bundle.session_step(
+            np.zeros((1, 2, D), np.float32),
+            np.array([bad_length], np.int64),
+            np.zeros((1, G, H), np.float32),
+        )
+
+
+def test_session_close_checks_shapes(bundle: ModelBundle) -> None:
+    with pytest.raises(
+        InvalidInputError, match=r"session_mean has shape \[3, 8\], expected float32 \[2, 8\]"
+    ):
+        bundle.session_close(np.zeros((2, G, H), np.float32), np.zeros((3, D), np.float32))
+
+
+def test_session_close_rejects_list_input(bundle: ModelBundle) -> None:
+    with pytest.raises(InvalidInputError, match="state is a list"):
+        bundle.session_close([[0.0]], np.zeros((1, D), np.float32))  # type: ignore[arg-type]
+
+
+def test_manifest_records_receptive_field(bundle_dir: Path) -> None:
+    assert read_manifest(bundle_dir).max_session_items == 13

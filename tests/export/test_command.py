@@ -1,0 +1,53 @@
+"""Tests of the `hiertcn export` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from export.bundle import load_bundle
+from hiertcn.checkpoint import save_checkpoint
+from hiertcn.cli import main
+from tests.export.conftest import make_checkpoint, make_model
+
+
+@pytest.fixture
+def checkpoint_path(tmp_path: Path) -> Path:
+    model = make_model()
+    return save_checkpoint(tmp_path / "best.pt", make_checkpoint(model))
+
+
+def test_export_with_verify_succeeds(
+    checkpoint_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bundle"
+    code = main(
+        ["export", "--checkpoint", str(checkpoint_path), "--out", str(out), "--verify",
+         "--float16", "--top-k", "7", "--opset", "18"]
+    )  # fmt: skip
+    output = capsys.readouterr().out
+    assert code == 0, output
+    assert "PASS" in output
+    bundle = load_bundle(out)
+    assert bundle.manifest.top_k == 7
+    assert bundle.item_table.dtype.name == "float16"
+
+
+def test_export_into_non_empty_directory_fails(
+    checkpoint_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    code = main(["export", "--checkpoint", str(checkpoint_path), "--out", str(out)])
+    assert code == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+
+
+def test_export_of_missing_checkpoint_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["export", "--checkpoint", str(tmp_path / "no.pt"), "--out", str(tmp_path / "b")])
+    assert code == 2
+    assert "not found" in capsys.readouterr().err
