@@ -10,6 +10,8 @@ from export.bundle import ModelBundle
 from export.errors import VerificationError
 from export.verify import (
     VerifyConfig,
+    _random_prefix,
+    _widths,
     count_topk_mismatches,
     require_passed,
     topk_rows,
@@ -28,7 +30,9 @@ def test_verify_passes_on_exported_bundle(tiny_model: torch.nn.Module, bundle: M
         for kind in ("random", "real")
         for batch in (1, 7, 256)
     }
-    assert all(r.widths == 14 for r in report.results if r.graph == "session_step")
+    steps = [r for r in report.results if r.graph == "session_step"]
+    assert all(r.widths == 14 for r in steps if r.batch_size < 14)
+    assert all(r.widths == 4 for r in steps if r.batch_size == 256)
     assert report.format().endswith("top-5")
     require_passed(report)
 
@@ -59,3 +63,13 @@ def test_topk_mismatch_counts_real_swap() -> None:
     reference = np.array([[1.0, 0.999]], np.float32)  # scores 1.0 and 0.999: no tie
     candidate = np.array([[0.999, 1.0]], np.float32)
     assert count_topk_mismatches(reference, candidate, table, k=1) == 1
+
+
+def test_wide_batch_covers_every_prefix_length() -> None:
+    rng = np.random.default_rng(0)
+    table = np.zeros((5, 3), dtype=np.float32)
+    prefix, lengths = _random_prefix(rng, 256, 13, 3, "random", table, [])
+    assert set(lengths.tolist()) == set(range(14))
+    assert prefix.shape == (256, 13, 3)
+    assert _widths(256, 13) == [0, 1, 6, 13]
+    assert _widths(7, 13) == list(range(14))
