@@ -1,0 +1,290 @@
+"""`hiertcn train`: train one model on a log, then evaluate its best epoch on the test split.
+
+    hiertcn train ratings.csv --format movielens --model hiertcn --out runs/ml-hiertcn
+
+It prints the data summary and the filter report, then trains with early stopping on validation
+MRR and writes best.pt and last.pt into --out. Then it evaluates best.pt on the test split, prints
+the metric table, and stores the test metrics in best.pt and in `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from hiertcn.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAMES_HELP = "hiertcn, gru, tcn, moving_average, most_popular, and any other registered model"
+LOSS_NAMES = ("cross_entropy", "hinge", "bpr", "nce", "l2")
+SAMPLER_NAMES = ("uniform", "popularity", "impressions")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `train` subcommand."""
+    from hiertcn.data.options import add_data_arguments
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model and evaluate it on the test split",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_data_arguments(parser)
+    add_model_arguments(parser)
+    add_loss_arguments(parser)
+    add_training_arguments(parser)
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder for best.pt, last.pt and metrics.json"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the run from --out/last.pt")
+    parser.set_defaults(func=run)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
+    """Add `--model` and the model hyperparameter flags (defaults from `ModelConfig`)."""
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        required=model_required,
+        help=f"model name: {MODEL_NAMES_HELP}" + ("" if model_required else " (default: hiertcn)"),
+    )
+    group.add_argument(
+        "--embedding-dim", type=int, default=128, help="item-embedding size D (default: 128)"
+    )
+    group.add_argument(
+        "--hidden-size", type=int, default=128, help="hidden size H of every GRU (default: 128)"
+    )
+    group.add_argument(
+        "--gru-layers",
+        type=int,
+        default=4,
+        help="GRU layers G of hiertcn's session GRU and of the gru baseline (default: 4)",
+    )
+    group.add_argument(
+        "--tcn-channels",
+        type=int,
+        default=128,
+        help="filters of each TCN convolution (default: 128)",
+    )
+    group.add_argument(
+        "--kernel-size", type=int, default=5, help="TCN kernel size, in events (default: 5)"
+    )
+    group.add_argument(
+        "--dilations",
+        help="comma-separated TCN dilations, one residual block each "
+        "(default: 1,2,4,8 for hiertcn and 1,2,4,8,16,32 for tcn)",
+    )
+    group.add_argument(
+        "--dropout", type=float, default=0.0, help="dropout rate on TCN activations (default: 0)"
+    )
+    group.add_argument(
+        "--gru-candidate-dropout",
+        type=float,
+        default=0.0,
+        help="dropout rate on the candidate activation of the session GRU, which keeps the "
+        "carried state intact (default: 0)",
+    )
+    group.add_argument(
+        "--batch-norm",
+        action="store_true",
+        help="masked batch normalization in the TCN, with statistics per time step",
+    )
+    group.add_argument(
+        "--batch-norm-steps",
+        type=int,
+        default=256,
+        help="time steps with their own batch-norm statistics; later steps share the last "
+        "(default: 256)",
+    )
+    group.add_argument(
+        "--item-vectors",
+        help="fixed pre-trained item vectors, a float .npy file [N, D] in vocabulary row order "
+        "(default: learned item embeddings)",
+    )
+    group.add_argument(
+        "--recent-items",
+        type=int,
+        default=5,
+        help="k, the last items that moving_average averages (default: 5)",
+    )
+
+
+def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the loss flags."""
+    group = parser.add_argument_group("loss")
+    group.add_argument(
+        "--loss",
+        choices=LOSS_NAMES,
+        default="cross_entropy",
+        help="training loss: softmax cross-entropy over the catalog, or sampled-negative hinge, "
+        "bpr, nce, or l2 between user and target embedding (default: cross_entropy)",
+    )
+    group.add_argument(
+        "--margin", type=float, default=1.0, help="hinge margin, in score units (default: 1.0)"
+    )
+    group.add_argument(
+        "--negatives",
+        type=int,
+        default=100,
+        help="sampled negative items per event for hinge, bpr and nce (default: 100)",
+    )
+    group.add_argument(
+        "--sampler",
+        choices=SAMPLER_NAMES,
+        default="uniform",
+        help="how negatives are drawn: uniformly, by training popularity, or from the event's "
+        "impressions when the log has them (default: uniform)",
+    )
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the training loop flags (defaults from `TrainConfig`)."""
+    group = parser.add_argument_group("training")
+    group.add_argument("--epochs", type=int, default=10, help="maximum epochs (default: 10)")
+    group.add_argument(
+        "--batch-size", type=int, default=32, help="queues, i.e. sessions per batch (default: 32)"
+    )
+    group.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001)")
+    group.add_argument(
+        "--patience",
+        type=int,
+        default=3,
+        help="stop after this many epochs without a better validation MRR (default: 3)",
+    )
+    group.add_argument(
+        "--grad-clip",
+        type=float,
+        help="clip the global L2 norm of the gradients to this value (default: no clipping)",
+    )
+    group.add_argument(
+        "--seed", type=int, default=0, help="seed of weights, shuffling and sampling (default: 0)"
+    )
+    group.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto uses CUDA when present, else the CPU (default: auto)",
+    )
+    group.add_argument(
+        "--max-batches",
+        type=int,
+        help="cap the batches of each epoch, for quick trials (default: all)",
+    )
+    group.add_argument(
+        "--no-progress", action="store_true", help="do not draw the progress bar on stderr"
+    )
+
+
+def model_config_from_args(args: argparse.Namespace):
+    """Build the `ModelConfig` that the model flags describe."""
+    from hiertcn.models.config import ModelConfig
+
+    dilations = None
+    if args.dilations:
+        try:
+            dilations = tuple(int(part) for part in args.dilations.split(","))
+        except ValueError:
+            raise ConfigError(
+                f"--dilations {args.dilations!r} is invalid: give integers like 1,2,4,8"
+            ) from None
+    return ModelConfig(
+        name=args.model,
+        embedding_dim=args.embedding_dim,
+        hidden_size=args.hidden_size,
+        gru_layers=args.gru_layers,
+        tcn_channels=args.tcn_channels,
+        kernel_size=args.kernel_size,
+        dilations=dilations,
+        dropout=args.dropout,
+        gru_candidate_dropout=args.gru_candidate_dropout,
+        batch_norm=args.batch_norm,
+        batch_norm_steps=args.batch_norm_steps,
+        item_vectors_path=args.item_vectors,
+        recent_items=args.recent_items,
+    )
+
+
+def loss_config_from_args(args: argparse.Namespace):
+    """Build the `LossConfig` that the loss flags describe."""
+    from hiertcn.losses import LossConfig
+
+    return LossConfig(
+        name=args.loss, margin=args.margin, negatives=args.negatives, sampler=args.sampler
+    )
+
+
+def train_config_from_args(args: argparse.Namespace):
+    """Build the `TrainConfig` that the training and loss flags describe."""
+    from hiertcn.train import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        patience=args.patience,
+        grad_clip=args.grad_clip,
+        seed=args.seed,
+        device=args.device,
+        loss=loss_config_from_args(args),
+        max_batches=args.max_batches,
+        progress=not args.no_progress,
+    )
+
+
+def print_dataset(dataset) -> None:
+    """Print the statistics of each part and the filter report of a dataset."""
+    from hiertcn.data.stats import compute_stats, format_stats_table
+
+    parts = {"train": dataset.train, "valid": dataset.valid, "test": dataset.test}
+    print(format_stats_table({name: compute_stats(log) for name, log in parts.items()}))
+    print()
+    for line in dataset.filter_report.format_lines():
+        print(line)
+    print()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, evaluate the best epoch on the test split, and print the metric table."""
+    from hiertcn.checkpoint import BEST_CHECKPOINT, load_checkpoint, save_checkpoint
+    from hiertcn.data.options import load_dataset
+    from hiertcn.evaluate import EvaluationConfig, evaluate_model, format_table
+    from hiertcn.models.registry import build_model
+    from hiertcn.train import resolve_device, seed_everything, train_model
+
+    model_config = model_config_from_args(args)
+    train_config = train_config_from_args(args)
+    dataset = load_dataset(args)
+    print_dataset(dataset)
+
+    seed_everything(train_config.seed)
+    model = build_model(model_config, len(dataset.vocab))
+    result = train_model(model, dataset, train_config, out_dir=args.out, resume=args.resume)
+
+    device = resolve_device(train_config.device)
+    evaluation = EvaluationConfig(batch_size=train_config.batch_size)
+    test = evaluate_model(result.model, dataset.test, evaluation, device).metrics
+    print(f"test split, best epoch {result.best_epoch}:")
+    print(format_table([{"model": model_config.name, **test}]))
+
+    best_path = args.out / BEST_CHECKPOINT
+    if best_path.is_file():
+        best = load_checkpoint(best_path)
+        metrics = {**best.metrics, "test": test}
+        save_checkpoint(best_path, dataclasses.replace(best, metrics=metrics))
+    summary = {
+        "model": model_config.to_dict(),
+        "training": train_config.to_dict(),
+        "best_epoch": result.best_epoch,
+        "valid": result.best_metrics,
+        "test": test,
+        "history": result.history,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    logger.info("wrote %s", args.out / "metrics.json")
+    return 0

@@ -1,0 +1,189 @@
+"""Offline evaluation: run a model over every session of a log and rank each target event.
+
+The model reads the log through the same queue-based generator as training (users in log order,
+no shuffling), so each user's carry flows through all of their sessions. How ranks, ties, pools
+and the user's first event are counted is stated in `hiertcn.metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from hiertcn.batching import Batch, BatchConfig, BatchGenerator
+from hiertcn.metrics import (
+    RECALL_CUTOFFS,
+    EventRanks,
+    event_context,
+    pessimistic_ranks,
+    pool_rank,
+    summarize_ranks,
+)
+from hiertcn.progress import ProgressBar
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Configuration of one evaluation pass.
+
+    `chunk_size` is the number of events scored against the whole catalog at once, which bounds
+    the score matrix to `chunk_size` x N floats. `use_impressions` ranks among the event's
+    impressions when the log has them, else among the whole catalog.
+    """
+
+    batch_size: int = 32
+    cutoffs: tuple[int, ...] = RECALL_CUTOFFS
+    use_impressions: bool = True
+    chunk_size: int = 1024
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Summary metrics (see `summarize_ranks`) and the rank of every scored event."""
+
+    metrics: dict[str, float]
+    ranks: EventRanks = field(repr=False)
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module,
+    log,
+    config: EvaluationConfig | None = None,
+    device: str | torch.device = "cpu",
+) -> EvaluationResult:
+    """Rank every target event of `log` except each user's first one, and summarize the ranks."""
+    config = config or EvaluationConfig()
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    generator = BatchGenerator(log, BatchConfig(batch_size=config.batch_size, shuffle=False))
+    table = model.item_embeddings()  # [N, D]
+    carry = model.initial_carry(config.batch_size, device)
+    parts: list[EventRanks] = []
+    progress = ProgressBar(generator.num_batches(), "evaluate", enabled=config.progress)
+    for batch in generator.epoch(0):
+        new_user = torch.as_tensor(batch.new_user, device=device)
+        carry = model.reset_carry(carry, new_user)
+        items = torch.as_tensor(batch.items, device=device)
+        lengths = torch.as_tensor(batch.lengths, device=device)
+        queries, carry = model(items, lengths, carry)  # [B, L, D]
+        parts.append(_rank_batch(model, log, batch, queries, table, config))
+        progress.update(1, events=batch.num_events)
+    progress.close()
+    model.train(was_training)
+
+    ranks = EventRanks.concatenate(parts)
+    metrics = summarize_ranks(ranks.ranks, ranks.pool_sizes, config.cutoffs)
+    return EvaluationResult(metrics=metrics, ranks=ranks)
+
+
+def _rank_batch(
+    model: torch.nn.Module,
+    log,
+    batch: Batch,
+    queries: torch.Tensor,
+    table: torch.Tensor,
+    config: EvaluationConfig,
+) -> EventRanks:
+    """Rank the scored events of one batch (targets, except each user's first event)."""
+    rows, columns = np.nonzero(batch.targets)
+    events = batch.events[rows, columns]
+    sessions = batch.sessions[rows]
+    users = batch.users[rows]
+    past_events, position, gap = event_context(log, events, sessions, users)
+
+    scored = past_events > 0
+    rows, columns, events, sessions, users = (
+        array[scored] for array in (rows, columns, events, sessions, users)
+    )
+    past_events, position, gap = past_events[scored], position[scored], gap[scored]
+
+    selected = queries[torch.as_tensor(rows), torch.as_tensor(columns)]  # [P, D]
+    target_items = torch.as_tensor(batch.items[rows, columns], device=queries.device)
+    if config.use_impressions and batch.impressions is not None:
+        pools = batch.impressions[rows, columns]  # [P, M]
+        ranks, pool_sizes = _rank_in_impressions(model, selected, table, target_items, pools)
+    else:
+        ranks = _rank_in_catalog(model, selected, table, target_items, config.chunk_size)
+        pool_sizes = np.full(len(ranks), table.shape[0], dtype=np.int64)
+    return EventRanks(
+        events=events.astype(np.int64),
+        users=users.astype(np.int64),
+        ranks=ranks,
+        pool_sizes=pool_sizes,
+        past_events=past_events,
+        session_position=position,
+        session_gap=gap,
+    )
+
+
+def _catalog_scores(model: torch.nn.Module, queries: torch.Tensor, table: torch.Tensor):
+    """Score queries [P, D] against the catalog [N, D]; NaN scores count as the lowest."""
+    scores = model.score(queries, table)  # [P, N]
+    return torch.nan_to_num(scores.float(), nan=-math.inf)
+
+
+def _rank_in_catalog(
+    model: torch.nn.Module,
+    queries: torch.Tensor,
+    table: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int,
+) -> np.ndarray:
+    ranks = [
+        pessimistic_ranks(
+            _catalog_scores(model, queries[start : start + chunk_size], table),
+            targets[start : start + chunk_size],
+        )
+        for start in range(0, len(targets), chunk_size)
+    ]
+    if not ranks:
+        return np.zeros(0, dtype=np.int64)
+    return torch.cat(ranks).cpu().numpy().astype(np.int64)
+
+
+def _rank_in_impressions(
+    model: torch.nn.Module,
+    queries: torch.Tensor,
+    table: torch.Tensor,
+    targets: torch.Tensor,
+    pools: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    ranks = np.zeros(len(targets), dtype=np.int64)
+    pool_sizes = np.zeros(len(targets), dtype=np.int64)
+    for index in range(len(targets)):
+        scores = _catalog_scores(model, queries[index : index + 1], table)[0]  # [N]
+        ranks[index], pool_sizes[index] = pool_rank(scores, pools[index], int(targets[index]))
+    return ranks, pool_sizes
+
+
+METRIC_COLUMNS = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrp", "events")
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] = METRIC_COLUMNS) -> str:
+    """Format evaluation rows (each with a `model` name and metric keys) as a Markdown table."""
+    header = ["model", *(_column_title(name) for name in columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(row["model"])]
+        for name in columns:
+            value = row.get(name, float("nan"))
+            cells.append(str(int(value)) if name == "events" else f"{value:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _column_title(name: str) -> str:
+    if name.startswith("recall@"):
+        return "Recall@" + name.split("@", 1)[1]
+    return name.upper() if name in ("mrr", "mrp") else name

@@ -1,0 +1,400 @@
+"""The training loop: Adam over queue-based mini-batches, early stopping on validation MRR.
+
+`train_model(model, dataset, config, out_dir)` is the entry point for the `hiertcn train` command
+and for experiment runners. Each epoch:
+
+1. seed python, numpy and torch from (seed, epoch), so a resumed run repeats the same epochs;
+2. deal the users to B queues (`hiertcn.batching`) and run the batches in order. The model
+   state is carried across batches and reset where a queue moves to a new user. It is detached
+   after every batch (truncated backpropagation through time at batch edges);
+3. evaluate on the validation split, write `last.pt`, and `best.pt` when validation MRR improved;
+4. stop after `patience` epochs without improvement.
+
+Models with `trainable = False` (most popular) are fitted once from the item counts of the
+training split and evaluated, with no optimizer.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hiertcn.batching import Batch, BatchConfig, BatchGenerator
+from hiertcn.checkpoint import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    Checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from hiertcn.errors import CheckpointError, ConfigError
+from hiertcn.evaluate import EvaluationConfig, evaluate_model
+from hiertcn.losses import LossConfig, build_loss
+from hiertcn.progress import ProgressBar
+
+logger = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Configuration of one training run.
+
+    `patience` is the number of epochs without a better validation MRR after which training
+    stops. `grad_clip` is the maximum global L2 norm of the gradients (None: no clipping).
+    `max_batches` caps the batches of each epoch (None: all), for smoke runs and benchmarks.
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    patience: int = 3
+    grad_clip: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    loss: LossConfig = field(default_factory=LossConfig)
+    max_batches: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "patience"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"training {name}={value!r} is invalid: use an integer >= 1")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning rate {self.learning_rate} is invalid: use a value > 0")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"gradient clip {self.grad_clip} is invalid: use a norm > 0")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ConfigError(f"max batches {self.max_batches} is invalid: use 1 or more")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device {self.device!r} is invalid: use one of {DEVICES}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict of every field, the loss configuration as a nested dict."""
+        values = dataclasses.asdict(self)
+        values["loss"] = dataclasses.asdict(self.loss)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Rebuild a configuration written by `to_dict`."""
+        values = dict(values)
+        values["loss"] = LossConfig(**values.get("loss", {}))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of `train_model`.
+
+    `model` has the weights of the best epoch. `history` has one dict per epoch (loss,
+    validation metrics, seconds, events per second). `epoch_seconds` is the wall-clock training
+    time of each epoch without validation, and `epoch_cpu_seconds` the CPU time of this process
+    in the same span, which a busy machine distorts less. `last_input_bytes` is the bytes of the
+    padded input tensors of each batch of the last epoch.
+    """
+
+    model: torch.nn.Module
+    best_epoch: int
+    best_metrics: dict[str, float]
+    history: list[dict[str, Any]]
+    epoch_seconds: list[float]
+    epoch_cpu_seconds: list[float]
+    last_input_bytes: list[int]
+    device: str
+    out_dir: Path | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    """Return the torch device for `auto` (CUDA when present, else CPU), `cpu` or `cuda`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device 'cuda' requested but no CUDA device is available: use --device cpu"
+        )
+    if name not in DEVICES:
+        raise ConfigError(f"device {name!r} is invalid: use one of {DEVICES}")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the python, numpy and torch random generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def item_counts(dataset) -> np.ndarray:
+    """Return the number of training events of each item row, int64 [N]."""
+    return np.bincount(np.asarray(dataset.train.items), minlength=len(dataset.vocab.ids))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Return the seed of one epoch, distinct for every (seed, epoch) with epoch < 1000003."""
+    return seed * 1_000_003 + epoch
+
+
+@dataclass
+class _RunState:
+    """Run state that changes from epoch to epoch, which `--resume` restores."""
+
+    epoch: int = 0
+    best_mrr: float = -math.inf
+    best_epoch: int = 0
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    epochs_without_improvement: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "best_mrr": self.best_mrr,
+            "best_epoch": self.best_epoch,
+            "best_metrics": self.best_metrics,
+            "epochs_without_improvement": self.epochs_without_improvement,
+            "history": self.history,
+        }
+
+
+def train_model(
+    model: torch.nn.Module,
+    dataset,
+    config: TrainConfig,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train `model` on `dataset.train`, select the epoch by MRR on `dataset.valid`.
+
+    With `out_dir`, every epoch writes `last.pt` and every better epoch `best.pt` there. With
+    `resume`, training continues from `out_dir/last.pt`. Returns the model with the weights of
+    the best epoch.
+    """
+    device = resolve_device(config.device)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    model.to(device)
+    if not getattr(model, "trainable", True):
+        return _fit_untrained(model, dataset, config, device, out_dir)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    state = _RunState()
+    if resume:
+        state = _restore(model, optimizer, config, out_dir, device)
+
+    loss_fn = build_loss(config.loss, len(dataset.vocab.ids), item_counts(dataset))
+    generator = BatchGenerator(
+        dataset.train, BatchConfig(batch_size=config.batch_size, seed=config.seed)
+    )
+    epoch_seconds: list[float] = []
+    epoch_cpu_seconds: list[float] = []
+    input_bytes: list[int] = []
+    while state.epoch < config.epochs and state.epochs_without_improvement < config.patience:
+        state.epoch += 1
+        seed_everything(epoch_seed(config.seed, state.epoch))
+        cpu_started = time.process_time()
+        loss, seconds, events, input_bytes = _train_epoch(
+            model, generator, optimizer, loss_fn, config, state.epoch, device
+        )
+        epoch_cpu_seconds.append(time.process_time() - cpu_started)
+        epoch_seconds.append(seconds)
+        valid = _validate(model, dataset, config, device)
+        _record_epoch(state, model, valid, loss, seconds, events, config)
+        if out_dir is not None:
+            _save_run(out_dir, model, optimizer, dataset, config, state, valid)
+
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
+    return TrainResult(
+        model=model,
+        best_epoch=state.best_epoch,
+        best_metrics=state.best_metrics,
+        history=state.history,
+        epoch_seconds=epoch_seconds,
+        epoch_cpu_seconds=epoch_cpu_seconds,
+        last_input_bytes=input_bytes,
+        device=str(device),
+        out_dir=out_dir,
+    )
+
+
+def _train_epoch(
+    model: torch.nn.Module,
+    generator: BatchGenerator,
+    optimizer: torch.optim.Optimizer,
+    loss_fn,
+    config: TrainConfig,
+    epoch: int,
+    device: torch.device,
+) -> tuple[float, float, int, list[int]]:
+    """Run one epoch; return (mean loss per event, seconds, events, input bytes per batch)."""
+    model.train()
+    total_batches = generator.num_batches(epoch)
+    if config.max_batches is not None:
+        total_batches = min(total_batches, config.max_batches)
+    progress = ProgressBar(total_batches, f"epoch {epoch}", enabled=config.progress)
+    carry = model.initial_carry(config.batch_size, device)
+    loss_sum, events, input_bytes = 0.0, 0, []
+    started = time.perf_counter()
+    for index, batch in enumerate(generator.epoch(epoch)):
+        if index >= total_batches:
+            break
+        loss, carry = _train_batch(model, batch, carry, optimizer, loss_fn, config, device)
+        input_bytes.append(int(getattr(model, "last_input_bytes", 0) or batch.input_bytes))
+        loss_sum += loss * batch.num_events
+        events += batch.num_events
+        progress.update(1, events=batch.num_events, loss=loss)
+    progress.close()
+    seconds = time.perf_counter() - started
+    return loss_sum / max(events, 1), seconds, events, input_bytes
+
+
+def _train_batch(model, batch: Batch, carry, optimizer, loss_fn, config, device):
+    """One optimizer step on one batch; returns (loss, carry detached from the graph)."""
+    carry = model.reset_carry(carry, torch.as_tensor(batch.new_user, device=device))
+    items = torch.as_tensor(batch.items, device=device)
+    lengths = torch.as_tensor(batch.lengths, device=device)
+    queries, carry = model(items, lengths, carry)  # [B, L, D]
+    carry = model.detach_carry(carry)
+    if batch.num_events == 0:
+        return 0.0, carry
+
+    valid = torch.as_tensor(batch.valid, device=device)  # [B, L]
+    impressions = None
+    if batch.impressions is not None:
+        impressions = torch.as_tensor(batch.impressions, device=device)[valid]  # [P, M]
+    loss = _batch_loss(loss_fn, model, queries[valid], items[valid], impressions)
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    return float(loss.detach()), carry
+
+
+def _batch_loss(loss_fn, model, queries, targets, impressions) -> torch.Tensor:
+    """Mean loss over the P real events: queries [P, D], targets int64 [P], impressions [P, M]."""
+    return loss_fn(queries, targets, model.item_embeddings(), impressions=impressions)
+
+
+def _validate(model, dataset, config: TrainConfig, device) -> dict[str, float]:
+    evaluation = EvaluationConfig(batch_size=config.batch_size)
+    return evaluate_model(model, dataset.valid, evaluation, device).metrics
+
+
+def _record_epoch(state: _RunState, model, valid, loss, seconds, events, config) -> None:
+    """Append the epoch to the history and keep the weights when validation MRR improved."""
+    mrr = valid["mrr"]
+    improved = not math.isnan(mrr) and mrr > state.best_mrr
+    if improved:
+        state.best_mrr, state.best_epoch, state.best_metrics = mrr, state.epoch, dict(valid)
+        state.best_state = copy.deepcopy(model.state_dict())
+        state.epochs_without_improvement = 0
+    else:
+        state.epochs_without_improvement += 1
+    rate = events / seconds if seconds > 0 else 0.0
+    state.history.append(
+        {"epoch": state.epoch, "loss": loss, "seconds": seconds, "events_per_second": rate}
+        | {"valid": dict(valid)}
+    )
+    logger.info(
+        "epoch %d/%d: loss %.4f, valid MRR %.4f, Recall@10 %.4f, %.1f s, %.0f events/s%s",
+        state.epoch,
+        config.epochs,
+        loss,
+        mrr,
+        valid.get("recall@10", float("nan")),
+        seconds,
+        rate,
+        " (best)" if improved else "",
+    )
+
+
+def _checkpoint(model, optimizer, dataset, config, epoch, metrics, resume_state) -> Checkpoint:
+    return Checkpoint(
+        model_config=model.config.to_dict(),
+        model_state={name: value.detach().cpu() for name, value in model.state_dict().items()},
+        train_config=config.to_dict(),
+        item_ids=list(dataset.vocab.ids),
+        data_summary=dict(dataset.summary),
+        metrics={"valid": dict(metrics)},
+        epoch=epoch,
+        optimizer_state=optimizer.state_dict() if optimizer is not None else None,
+        resume_state=resume_state,
+    )
+
+
+def _save_run(out_dir, model, optimizer, dataset, config, state: _RunState, valid) -> None:
+    last = _checkpoint(model, optimizer, dataset, config, state.epoch, valid, state.to_dict())
+    save_checkpoint(out_dir / LAST_CHECKPOINT, last)
+    if state.best_epoch == state.epoch:
+        save_checkpoint(out_dir / BEST_CHECKPOINT, last)
+
+
+def _restore(model, optimizer, config: TrainConfig, out_dir, device) -> _RunState:
+    """Load `last.pt` of `out_dir` into the model and optimizer; return the run state."""
+    if out_dir is None:
+        raise ConfigError("resume needs the output folder of the run: pass --out DIR")
+    checkpoint = load_checkpoint(out_dir / LAST_CHECKPOINT)
+    if checkpoint.model_config != model.config.to_dict():
+        raise CheckpointError(
+            f"{out_dir / LAST_CHECKPOINT} was written for model {checkpoint.model_config}, "
+            f"not {model.config.to_dict()}: resume with the same model flags"
+        )
+    model.load_state_dict(checkpoint.model_state)
+    if checkpoint.optimizer_state is not None:
+        optimizer.load_state_dict(checkpoint.optimizer_state)
+    saved = checkpoint.resume_state
+    state = _RunState(
+        epoch=checkpoint.epoch,
+        best_mrr=float(saved.get("best_mrr", -math.inf)),
+        best_epoch=int(saved.get("best_epoch", 0)),
+        best_metrics=dict(saved.get("best_metrics", {})),
+        epochs_without_improvement=int(saved.get("epochs_without_improvement", 0)),
+        history=list(saved.get("history", [])),
+    )
+    best_path = out_dir / BEST_CHECKPOINT
+    if best_path.is_file():
+        state.best_state = load_checkpoint(best_path, map_location=str(device)).model_state
+    logger.info("resumed %s at epoch %d (best MRR %.4f)", out_dir, state.epoch, state.best_mrr)
+    return state
+
+
+def _fit_untrained(model, dataset, config: TrainConfig, device, out_dir) -> TrainResult:
+    """Fit a model without gradient training from the item counts of the training split.
+
+    A model without `fit_counts` (moving average over fixed item vectors) is only evaluated.
+    """
+    if hasattr(model, "fit_counts"):
+        model.fit_counts(item_counts(dataset))
+    valid = _validate(model, dataset, config, device)
+    logger.info("fitted %s without training: valid MRR %.4f", model.config.name, valid["mrr"])
+    history = [{"epoch": 0, "loss": float("nan"), "seconds": 0.0, "valid": dict(valid)}]
+    if out_dir is not None:
+        resume_state = {"best_mrr": valid["mrr"], "best_epoch": 0, "history": history}
+        checkpoint = _checkpoint(model, None, dataset, config, 0, valid, resume_state)
+        save_checkpoint(out_dir / LAST_CHECKPOINT, checkpoint)
+        save_checkpoint(out_dir / BEST_CHECKPOINT, checkpoint)
+    return TrainResult(
+        model=model,
+        best_epoch=0,
+        best_metrics=dict(valid),
+        history=history,
+        epoch_seconds=[],
+        epoch_cpu_seconds=[],
+        last_input_bytes=[],
+        device=str(device),
+        out_dir=out_dir,
+    )
