@@ -87,6 +87,11 @@ def _run(args: argparse.Namespace) -> int:
     )
     if not args.verify:
         return 0
-    report = verify_bundle(model, load_bundle(args.out))
+    # Verification makes hundreds of small calls on each side, where handing work to a thread
+    # pool costs more than it saves (and much more on a busy host), so both sides use one thread.
+    import torch
+
+    torch.set_num_threads(1)
+    report = verify_bundle(model, load_bundle(args.out, intra_op_threads=1))
     print(report.format())
     return 0 if report.passed else 1

@@ -30,13 +30,16 @@ class RuntimeConfig:
     thread per physical core). Set it to 1 when several worker processes share a host.
     `inter_op_threads` only matters with `parallel=True`, which runs independent graph
     branches at the same time. The bundle's graphs are mostly one chain, so sequential is the
-    default.
+    default. `allow_spinning` lets idle pool threads busy-wait for the next operator: lower
+    latency on cores that nothing else uses, but on a host shared by a pool of workers the
+    spinning threads take the cores that the other processes need, so it is off by default.
     """
 
     device: str = "cpu"
     intra_op_threads: int | None = None
     inter_op_threads: int | None = None
     parallel: bool = False
+    allow_spinning: bool = False
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -60,6 +63,9 @@ def session_options(config: RuntimeConfig) -> ort.SessionOptions:
         options.intra_op_num_threads = config.intra_op_threads
     if config.inter_op_threads is not None:
         options.inter_op_num_threads = config.inter_op_threads
+    spinning = "1" if config.allow_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
     options.log_severity_level = 3  # errors only; provider fallbacks are checked in code
     return options
 

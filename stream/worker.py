@@ -232,6 +232,11 @@ class Worker:
         for tp in partitions:
             position = stored.get(tp.partition)
             if position is None:
+                # NOTE: states live in this host's LMDB. A partition that moves to another host
+                # starts there from the earliest offset, so that host rebuilds its users' states
+                # by reprocessing the retained log and publishes those outputs again. A changelog
+                # topic for the states would remove this; until then keep one host per group or
+                # pin partitions with static membership.
                 tp.offset = OFFSET_BEGINNING
                 self._positions[tp.partition] = PartitionPosition(0, float("-inf"))
                 logger.info(
@@ -586,19 +591,11 @@ class Worker:
             metrics.sessions_closed.labels(trigger).inc(count)
         if timer_closed:
             metrics.sessions_closed.labels("timer").inc(timer_closed)
-        hits = 0
-        reciprocal_sum = 0.0
-        predictions = 0
-        for live in result.live:
-            if live is None:
-                continue
-            rank, _pool_size = live
-            predictions += 1
-            hits += rank <= self.top_k
-            reciprocal_sum += 1.0 / rank
-        metrics.live_predictions.inc(predictions)
-        metrics.live_hits.labels(str(self.top_k)).inc(hits)
-        metrics.live_reciprocal_rank_sum.inc(reciprocal_sum)
+        ranks = [live[0] for live in result.live if live is not None]
+        metrics.live_predictions.inc(len(ranks))
+        for cutoff in live_cutoffs(self.top_k):
+            metrics.live_hits.labels(str(cutoff)).inc(sum(rank <= cutoff for rank in ranks))
+        metrics.live_reciprocal_rank_sum.inc(sum(1.0 / rank for rank in ranks))
         self._update_lag({m.partition(): self._positions.get(m.partition()) for m in messages})
         logger.debug(
             "batch of %d messages: %d outputs in %.1f ms",
@@ -620,6 +617,11 @@ class Worker:
             if high >= 0:
                 lag = max(high - position.next_offset, 0)
                 self.metrics.consumer_lag.labels(str(partition)).set(lag)
+
+
+def live_cutoffs(top_k: int) -> list[int]:
+    """Return the K values of the live recall counters: 1, 5, 10 and 20 up to K, and K itself."""
+    return sorted({cutoff for cutoff in (1, 5, 10, 20) if cutoff <= top_k} | {top_k})
 
 
 def install_signal_handlers(worker: Worker) -> None:

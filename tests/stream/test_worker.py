@@ -147,3 +147,11 @@ def test_dead_letter_too_large_is_truncated() -> None:
     assert headers["hiertcn.truncated"] == b"200002"
     assert len(dead.key) + len(dead.value) <= 100_000
     assert value.startswith(dead.value)
+
+
+def test_live_cutoffs_stop_at_k() -> None:
+    from stream.worker import live_cutoffs
+
+    assert live_cutoffs(20) == [1, 5, 10, 20]
+    assert live_cutoffs(7) == [1, 5, 7]
+    assert live_cutoffs(50) == [1, 5, 10, 20, 50]
