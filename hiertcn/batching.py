@@ -1,11 +1,11 @@
-"""The queue-based mini-batch generator of HierTCN (You et al., WWW 2019, section 4.3).
+"""The queue-based mini-batch generator of HierTCN (You et al., WWW 2019).
 
 There are B queues, one per batch row. At the start of an epoch the users are shuffled with the
 seed and the epoch number. They are then dealt one by one to the queue with the fewest events
 queued so far, and all sessions of a user go to that queue in time order. Batch t takes the t-th
-session of every queue: each row is one whole session, the rows are padded on the right only to
-the longest session of that batch, and a queue that has run out gives a row of length 0 (the
-model keeps that row's carry). A row whose session starts a user other than the previous one of
+session of every queue, so each row is one whole session. The rows are padded on the right only
+to the longest session of that batch. A queue that has run out gives a row of length 0, and the
+model keeps that row's carry. A row whose session starts a user other than the previous one of
 its queue is flagged `new_user`, so the model resets its carry there. Because the queues hold
 nearly the same number of events, they run out at about the same time and little padding is
 wasted.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> 
         raise CheckpointError(f"checkpoint {path} not found: pass the best.pt or last.pt of a run")
     try:
         content = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError) as error:
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
         raise CheckpointError(f"checkpoint {path} is unreadable ({error}): retrain it") from error
     if not isinstance(content, dict) or "format_version" not in content:
         raise CheckpointError(f"{path} is not a hiertcn checkpoint: pass the best.pt of a run")

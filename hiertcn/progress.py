@@ -61,10 +61,10 @@ class ProgressBar:
         fraction = self.steps / self.total if self.total else 1.0
         filled = round(fraction * _BAR_WIDTH)
         bar = "#" * filled + "-" * (_BAR_WIDTH - filled)
-        shown = " ".join(f"{name} {value:.4g}" for name, value in self.fields.items())
+        field_text = " ".join(f"{name} {value:.4g}" for name, value in self.fields.items())
         return (
             f"{self.description} [{bar}] {self.steps}/{self.total} "
-            f"{self.events_per_second:,.0f} events/s {shown}".rstrip()
+            f"{self.events_per_second:,.0f} events/s {field_text}".rstrip()
         )
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from dataclasses import dataclass, field
 
@@ -14,10 +15,11 @@ from hiertcn import train as train_module
 from hiertcn.batching import BatchConfig, BatchGenerator
 from hiertcn.checkpoint import build_model_from_checkpoint, load_checkpoint
 from hiertcn.cli import main
-from hiertcn.errors import ConfigError
+from hiertcn.errors import CheckpointError, ConfigError
 from hiertcn.evaluate import evaluate_model
 from hiertcn.losses import LossConfig
 from hiertcn.models import ModelConfig, build_model
+from hiertcn.progress import ProgressBar
 from hiertcn.train import TrainConfig, seed_everything, train_model
 from tests.hiertcn.event_logs import make_log, random_log
 
@@ -291,3 +293,38 @@ def test_hiertcn_learns_on_movielens_slice(shared_data):
     losses = [epoch["loss"] for epoch in result.history]
     assert losses[1] < losses[0]
     assert result.best_metrics["mrr"] > 1 / len(full.vocab)
+
+
+def test_missing_checkpoint_rejected(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_foreign_checkpoint_rejected(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="not a hiertcn checkpoint"):
+        load_checkpoint(path)
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(path)
+
+
+def test_progress_bar_shows_counts_and_fields():
+    stream = io.StringIO()
+    bar = ProgressBar(10, "epoch 1", stream=stream, force=True)
+    bar.update(3, events=120, loss=2.5)
+    bar.close()
+    line = stream.getvalue().strip().split("\r")[-1]
+    assert line.startswith("epoch 1 [")
+    assert "3/10" in line
+    assert "events/s" in line
+    assert "loss 2.5" in line
+
+
+def test_progress_bar_silent_when_disabled():
+    stream = io.StringIO()
+    bar = ProgressBar(10, "epoch 1", enabled=False, stream=stream, force=True)
+    bar.update(3, events=120)
+    bar.close()
+    assert stream.getvalue() == ""
