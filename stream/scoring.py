@@ -130,7 +130,8 @@ def ranks_over_catalog(
     chunk = max(1, _MAX_SCORES_PER_CHUNK // max(1, table.shape[0]))
     for start in range(0, embeddings.shape[0], chunk):
         block = score_rows(embeddings[start : start + chunk], table)  # [chunk, N]
-        targets = target_rows[start : start + chunk]
-        for row_scores, target in zip(block, targets, strict=True):
-            ranks.append((int(np.count_nonzero(row_scores >= row_scores[target])), table.shape[0]))
+        targets = np.asarray(target_rows[start : start + chunk], dtype=np.int64)  # [chunk]
+        target_scores = block[np.arange(len(targets)), targets]  # [chunk]
+        counts = np.count_nonzero(block >= target_scores[:, None], axis=1)  # [chunk]
+        ranks.extend((int(count), table.shape[0]) for count in counts)
     return ranks
