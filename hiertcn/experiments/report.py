@@ -1,0 +1,54 @@
+"""Write an experiment's rows as a Markdown table and as JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrp")
+
+
+def _format_cell(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Format `rows` as a Markdown table with one column per key of `columns`."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_format_cell(row.get(name, "")) for name in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_report(
+    out_dir: Path,
+    name: str,
+    title: str,
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    setup: dict[str, Any],
+) -> Path:
+    """Write `name.md` (title, table, set-up) and `name.json` (rows and set-up) into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(rows, columns)
+    markdown = f"## {title}\n\n{table}\n\nSet-up: `{json.dumps(setup, sort_keys=True)}`\n"
+    path = out_dir / f"{name}.md"
+    path.write_text(markdown, encoding="utf-8")
+    payload = {"title": title, "setup": setup, "rows": list(rows)}
+    (out_dir / f"{name}.json").write_text(
+        json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8"
+    )
+    logger.info("wrote %s and %s.json", path, name)
+    return path

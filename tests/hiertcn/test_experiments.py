@@ -1,0 +1,408 @@
+"""Tests of `hiertcn experiment`: analysis bins, the report writer, the variant builders, the
+run cache, and one run of every experiment on a tiny synthetic log."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hiertcn.cli import build_parser, main
+from hiertcn.commands.train import model_config_from_args
+from hiertcn.data.options import DataConfig
+from hiertcn.data.synthetic import SyntheticConfig, generate_synthetic_log
+from hiertcn.errors import ConfigError
+from hiertcn.experiments import runner
+from hiertcn.experiments.analyses import BINNINGS, Binning, binned_mrp
+from hiertcn.experiments.report import markdown_table, write_report
+from hiertcn.experiments.runner import (
+    LOSSES,
+    RunCache,
+    Variant,
+    epoch_time_rows,
+    loss_variants,
+    model_variants,
+    regularization_variants,
+)
+from hiertcn.metrics import EventRanks
+from hiertcn.models import ModelConfig
+from hiertcn.train import TrainConfig
+
+TINY_FLAGS = (
+    "--format",
+    "csv",
+    "--min-item-count",
+    "1",
+    "--min-user-events",
+    "2",
+    "--embedding-dim",
+    "8",
+    "--hidden-size",
+    "8",
+    "--gru-layers",
+    "1",
+    "--tcn-channels",
+    "8",
+    "--kernel-size",
+    "2",
+    "--dilations",
+    "1,2",
+    "--epochs",
+    "1",
+    "--max-batches",
+    "2",
+    "--batch-size",
+    "8",
+    "--negatives",
+    "5",
+    "--device",
+    "cpu",
+    "--no-progress",
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_log(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("experiment") / "log.csv"
+    config = SyntheticConfig(num_clusters=4, mean_sessions_per_user=4.0, mean_session_length=3.0)
+    return generate_synthetic_log(num_users=30, num_items=40, seed=5, path=path, config=config)
+
+
+def _ranks(ranks, pool_sizes, past_events, positions, gaps) -> EventRanks:
+    count = len(ranks)
+    return EventRanks(
+        events=np.arange(count, dtype=np.int64),
+        users=np.zeros(count, dtype=np.int64),
+        ranks=np.asarray(ranks, dtype=np.int64),
+        pool_sizes=np.asarray(pool_sizes, dtype=np.int64),
+        past_events=np.asarray(past_events, dtype=np.int64),
+        session_position=np.asarray(positions, dtype=np.int64),
+        session_gap=np.asarray(gaps, dtype=np.int64),
+    )
+
+
+def _binning(name: str) -> Binning:
+    return next(binning for binning in BINNINGS if binning.name == name)
+
+
+# Analysis bins.
+
+
+def test_binned_mrp_past_interactions():
+    ranks = _ranks(
+        ranks=[1, 3, 5, 10, 2],
+        pool_sizes=[10, 10, 10, 10, 4],
+        past_events=[1, 2, 4, 600, 7],
+        positions=[0, 0, 0, 0, 0],
+        gaps=[-1, -1, -1, -1, -1],
+    )
+    rows = {row["bin"]: row for row in binned_mrp(ranks, _binning("past_interactions"))}
+
+    assert rows["1"]["events"] == 1
+    assert rows["1"]["mrp"] == pytest.approx(0.1)
+    assert rows["2-4"]["events"] == 2
+    assert rows["2-4"]["mrp"] == pytest.approx((0.3 + 0.5) / 2)
+    assert rows["5-9"]["events"] == 1
+    assert rows["5-9"]["mrp"] == pytest.approx(0.5)
+    assert rows["500+"]["events"] == 1
+    assert rows["500+"]["mrp"] == pytest.approx(1.0)
+
+
+def test_binned_mrp_empty_bin_is_nan():
+    ranks = _ranks([1], [2], [1], [0], [-1])
+    rows = {row["bin"]: row for row in binned_mrp(ranks, _binning("past_interactions"))}
+
+    assert rows["10-19"]["events"] == 0
+    assert math.isnan(rows["10-19"]["mrp"])
+
+
+def test_binned_mrp_session_position_edges():
+    ranks = _ranks(
+        ranks=[2, 4, 6, 8],
+        pool_sizes=[8, 8, 8, 8],
+        past_events=[1, 1, 1, 1],
+        positions=[0, 5, 9, 25],
+        gaps=[-1, -1, -1, -1],
+    )
+    rows = {row["bin"]: row for row in binned_mrp(ranks, _binning("session_position"))}
+
+    assert rows["0"]["events"] == 1
+    assert rows["0"]["mrp"] == pytest.approx(0.25)
+    assert rows["5-9"]["events"] == 2
+    assert rows["5-9"]["mrp"] == pytest.approx((0.5 + 0.75) / 2)
+    assert rows["20+"]["events"] == 1
+    assert rows["20+"]["mrp"] == pytest.approx(1.0)
+
+
+def test_binned_mrp_first_session_gap():
+    hour = 3600
+    ranks = _ranks(
+        ranks=[1, 2, 3, 4],
+        pool_sizes=[4, 4, 4, 4],
+        past_events=[1, 1, 1, 1],
+        positions=[0, 0, 0, 0],
+        gaps=[-1, 0, 2 * hour, 10 * 24 * hour],
+    )
+    rows = {row["bin"]: row for row in binned_mrp(ranks, _binning("time_since_previous_session"))}
+
+    assert rows["none"]["events"] == 1
+    assert rows["none"]["mrp"] == pytest.approx(0.25)
+    assert rows["<1h"]["events"] == 1
+    assert rows["<1h"]["mrp"] == pytest.approx(0.5)
+    assert rows["1-3h"]["events"] == 1
+    assert rows["1-3h"]["mrp"] == pytest.approx(0.75)
+    assert rows["7d+"]["events"] == 1
+    assert rows["7d+"]["mrp"] == pytest.approx(1.0)
+
+
+# Report writer.
+
+
+def test_markdown_table_number_formats():
+    rows = [{"model": "hiertcn", "mrr": 0.12345, "events": 1234, "seconds": float("nan")}]
+    lines = markdown_table(rows, ("model", "mrr", "events", "seconds")).splitlines()
+
+    assert lines[0] == "| model | mrr | events | seconds |"
+    assert lines[1] == "|---|---|---|---|"
+    assert lines[2] == "| hiertcn | 0.1235 | 1,234 | - |"
+
+
+def test_write_report_markdown_and_json(tmp_path):
+    rows = [{"model": "gru", "mrr": 0.5}, {"model": "tcn", "mrr": 0.25}]
+    setup = {"data": "log.csv", "epochs": 2}
+    path = write_report(
+        tmp_path / "out", "compare", "Model comparison", rows, ("model", "mrr"), setup
+    )
+
+    markdown = path.read_text(encoding="utf-8")
+    assert path == tmp_path / "out" / "compare.md"
+    assert markdown.startswith("## Model comparison\n")
+    assert "| gru | 0.5000 |" in markdown
+    assert "| tcn | 0.2500 |" in markdown
+    assert '"epochs": 2' in markdown
+    payload = json.loads((tmp_path / "out" / "compare.json").read_text(encoding="utf-8"))
+    assert payload["title"] == "Model comparison"
+    assert payload["rows"] == rows
+    assert payload["setup"] == setup
+
+
+# Variant builders.
+
+
+def _changed_fields(before, after) -> set[str]:
+    return {
+        field.name
+        for field in dataclasses.fields(before)
+        if getattr(before, field.name) != getattr(after, field.name)
+    }
+
+
+def test_regularization_variants_change_one_field():
+    base = ModelConfig(name="hiertcn", dropout=0.1)
+    train = TrainConfig()
+    variants = {variant.label: variant for variant in regularization_variants(base, train, 0.3)}
+    plain = variants["none"].model
+
+    assert list(variants) == [
+        "none",
+        "tcn_dropout_0.3",
+        "gru_candidate_dropout_0.3",
+        "batch_norm",
+        "all",
+    ]
+    assert (plain.dropout, plain.gru_candidate_dropout, plain.batch_norm) == (0.0, 0.0, False)
+    assert _changed_fields(plain, variants["tcn_dropout_0.3"].model) == {"dropout"}
+    assert variants["tcn_dropout_0.3"].model.dropout == 0.3
+    gru_dropout = variants["gru_candidate_dropout_0.3"].model
+    assert _changed_fields(plain, gru_dropout) == {"gru_candidate_dropout"}
+    assert gru_dropout.gru_candidate_dropout == 0.3
+    assert _changed_fields(plain, variants["batch_norm"].model) == {"batch_norm"}
+    assert _changed_fields(plain, variants["all"].model) == {
+        "dropout",
+        "gru_candidate_dropout",
+        "batch_norm",
+    }
+    assert all(variant.train == train for variant in variants.values())
+
+
+def test_loss_variants_change_loss_name():
+    base = ModelConfig(name="hiertcn")
+    train = TrainConfig(epochs=2)
+    variants = loss_variants(base, train, LOSSES)
+
+    assert [variant.label for variant in variants] == list(LOSSES)
+    for variant in variants:
+        assert variant.model == base
+        assert variant.train.loss.name == variant.label
+        assert _changed_fields(train, variant.train) <= {"loss"}
+        assert _changed_fields(train.loss, variant.train.loss) <= {"name"}
+
+
+def test_model_variants_change_model_name():
+    base = ModelConfig(name="hiertcn", embedding_dim=16, hidden_size=16)
+    variants = model_variants(base, TrainConfig(), ("gru", "tcn"))
+
+    assert [variant.label for variant in variants] == ["gru", "tcn"]
+    for variant in variants:
+        assert _changed_fields(base, variant.model) == {"name"}
+        assert variant.model.name == variant.label
+
+
+def test_regularization_flags_reach_model_config():
+    argv = ["experiment", "regularization", "log.csv", "--out", "out"]
+    flags = ["--gru-candidate-dropout", "0.3", "--batch-norm", "--batch-norm-steps", "16"]
+    default = model_config_from_args(build_parser().parse_args([*argv, "--model", "hiertcn"]))
+    config = model_config_from_args(
+        build_parser().parse_args([*argv, "--model", "hiertcn", *flags])
+    )
+
+    assert (default.gru_candidate_dropout, default.batch_norm) == (0.0, False)
+    assert default.batch_norm_steps == ModelConfig().batch_norm_steps
+    assert config.gru_candidate_dropout == 0.3
+    assert config.batch_norm is True
+    assert config.batch_norm_steps == 16
+
+
+# Epoch-time ratios and the run cache.
+
+
+def _result(label: str, seconds: float, cpu_seconds: float, input_bytes: float):
+    return runner.VariantResult(
+        variant=Variant(label, ModelConfig(name=label), TrainConfig()),
+        split="cold",
+        metrics={},
+        best_epoch=1,
+        epochs=2,
+        epoch_seconds=seconds,
+        epoch_cpu_seconds=cpu_seconds,
+        input_bytes_per_batch=input_bytes,
+        parameters=0,
+        evaluation=None,
+    )
+
+
+def test_epoch_time_rows_ratio_to_hiertcn():
+    results = [
+        _result("gru", 6.0, 3.0, 100.0),
+        _result("hiertcn", 2.0, 1.5, 400.0),
+        _result("most_popular", math.nan, math.nan, math.nan),
+    ]
+    rows = {row["model"]: row for row in epoch_time_rows(results)}
+
+    assert rows["gru"]["reference"] == "hiertcn"
+    assert rows["gru"]["time_ratio"] == pytest.approx(3.0)
+    assert rows["gru"]["cpu_time_ratio"] == pytest.approx(2.0)
+    assert rows["gru"]["input_bytes_ratio"] == pytest.approx(0.25)
+    assert rows["hiertcn"]["time_ratio"] == pytest.approx(1.0)
+    assert math.isnan(rows["most_popular"]["time_ratio"])
+
+
+def test_run_cache_trains_equal_variants_once(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_run_variant(variant, dataset, split, out_dir):
+        calls.append((variant.label, split))
+        return _result(variant.label, 1.0, 1.0, 1.0)
+
+    monkeypatch.setattr(runner, "run_variant", fake_run_variant)
+    monkeypatch.setattr(runner, "load_split", lambda data, split: object())
+    cache = RunCache(DataConfig(path=tmp_path / "log.csv"), tmp_path)
+    base = ModelConfig(name="hiertcn")
+    train = TrainConfig()
+
+    first = cache.run(Variant("hiertcn", base, train), "cold")
+    again = cache.run(Variant("cross_entropy", base, train), "cold")
+    cache.run(Variant("hiertcn", base, train), "warm")
+
+    assert calls == [("hiertcn", "cold"), ("hiertcn", "warm")]
+    assert first.variant.label == "hiertcn"
+    assert again.variant.label == "cross_entropy"
+
+
+# One run of every experiment through the command line.
+
+
+def _run_experiment(tiny_log: Path, out: Path, name: str, *extra: str) -> None:
+    code = main(["experiment", name, str(tiny_log), *TINY_FLAGS, *extra, "--out", str(out)])
+    assert code == 0
+
+
+def _rows(path: Path) -> list[dict]:
+    return json.loads(path.read_text(encoding="utf-8"))["rows"]
+
+
+def test_compare_row_per_model_and_split(tiny_log, tmp_path):
+    _run_experiment(tiny_log, tmp_path, "compare", "--models", "hiertcn,most_popular")
+
+    rows = _rows(tmp_path / "compare.json")
+    assert [(row["model"], row["split"]) for row in rows] == [
+        ("hiertcn", "cold"),
+        ("most_popular", "cold"),
+        ("hiertcn", "warm"),
+        ("most_popular", "warm"),
+    ]
+    assert all(row["events"] > 0 for row in rows)
+    assert (tmp_path / "compare.md").read_text(encoding="utf-8").count("| hiertcn |") == 2
+
+
+def test_epoch_times_experiment_ratios(tiny_log, tmp_path):
+    _run_experiment(tiny_log, tmp_path, "epoch-times", "--models", "hiertcn,gru")
+
+    rows = _rows(tmp_path / "epoch_times.json")
+    assert [row["model"] for row in rows] == ["hiertcn", "gru"]
+    assert rows[0]["time_ratio"] == pytest.approx(1.0)
+    assert rows[1]["epoch_seconds"] > 0
+    assert (tmp_path / "epoch_times.md").is_file()
+
+
+def test_losses_experiment_row_per_loss(tiny_log, tmp_path):
+    _run_experiment(tiny_log, tmp_path, "losses")
+
+    rows = _rows(tmp_path / "losses.json")
+    assert [row["loss"] for row in rows] == list(LOSSES)
+    assert (tmp_path / "losses.md").is_file()
+
+
+def test_regularization_experiment_row_per_variant(tiny_log, tmp_path):
+    _run_experiment(tiny_log, tmp_path, "regularization", "--regularization-rate", "0.5")
+
+    rows = _rows(tmp_path / "regularization.json")
+    assert [row["variant"] for row in rows] == [
+        "none",
+        "tcn_dropout_0.5",
+        "gru_candidate_dropout_0.5",
+        "batch_norm",
+        "all",
+    ]
+    assert (tmp_path / "regularization.md").is_file()
+
+
+def test_analyses_experiment_three_plots(tiny_log, tmp_path):
+    _run_experiment(tiny_log, tmp_path, "analyses", "--models", "hiertcn,gru")
+
+    for binning in BINNINGS:
+        plot = tmp_path / f"mrp_vs_{binning.name}.png"
+        assert plot.is_file()
+        assert plot.stat().st_size > 0
+        rows = _rows(tmp_path / f"mrp_vs_{binning.name}.json")
+        assert len(rows) == 2 * len(binning.labels)
+        assert {row["model"] for row in rows} == {"hiertcn", "gru"}
+
+
+def test_experiment_all_rejects_unknown_skip(tiny_log, tmp_path, capsys):
+    argv = ["experiment", "all", str(tiny_log), *TINY_FLAGS, "--skip", "plots"]
+    code = main([*argv, "--out", str(tmp_path)])
+
+    assert code == ConfigError.exit_code
+    assert "--skip plots names no experiment" in capsys.readouterr().err
+    assert not (tmp_path / "compare.json").exists()
