@@ -12,6 +12,8 @@ PYTEST_ARGS ?=
 # The demo's data: DATA=path/to/log FORMAT=movielens|taobao|csv|... (empty: synthetic data).
 DATA ?=
 FORMAT ?= auto
+# Extra flags of the demo, e.g. DEMO_ARGS="--metrics-port 9200 --rate 500" (python -m ops.demo -h).
+DEMO_ARGS ?=
 
 .PHONY: install system-deps test demo lint broker-start broker-stop bench
 
@@ -32,7 +34,7 @@ test: install system-deps
 
 demo: install system-deps
 	bash ops/kafka/kafka.sh fetch
-	$(BIN)/python -m ops.demo $(if $(DATA),--data "$(DATA)" --format "$(FORMAT)")
+	$(BIN)/python -m ops.demo $(if $(DATA),--data "$(DATA)" --format "$(FORMAT)") $(DEMO_ARGS)
 
 lint: install
 	$(BIN)/ruff check hiertcn export statestore stream ops tests bench

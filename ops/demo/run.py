@@ -173,8 +173,23 @@ class OutputReader(threading.Thread):
         consumer.close()
 
 
-def monitor(config: DemoConfig, reader: OutputReader, expected: int, producer) -> list:
-    """Print a live line every two seconds until every event has its output; return samples."""
+def _fail_if_exited(process: subprocess.Popen, name: str, log_path: Path) -> None:
+    """Stop the demo with the end of `log_path` when a child process has exited."""
+    code = process.poll()
+    if code in (None, 0):
+        return
+    tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+    print(f"  the {name} exited with code {code}; the end of {log_path}:")
+    for line in tail:
+        print(f"    {line}")
+    raise SystemExit(f"demo: the {name} failed (exit {code}); see {log_path}")
+
+
+def monitor(config: DemoConfig, reader: OutputReader, expected: int, pool, producer) -> list:
+    """Print a live line every two seconds until every event has its output; return samples.
+
+    Stops the demo when the worker pool or the producer exits with an error.
+    """
     from ops.demo.monitor import format_sample, sample_between, scrape
 
     url = f"http://127.0.0.1:{config.metrics_port}/metrics"
@@ -193,10 +208,15 @@ def monitor(config: DemoConfig, reader: OutputReader, expected: int, producer) -
             ):
                 break
         previous = current or previous
-        if producer.poll() not in (None, 0):
-            raise SystemExit(f"demo: the producer failed (exit {producer.returncode})")
+        _fail_if_exited(pool, "worker pool", config.out / "worker.log")
+        if pool.poll() == 0:
+            raise SystemExit("demo: the worker pool stopped before every event had its output")
+        _fail_if_exited(producer, "producer", config.out / "producer.log")
     else:
-        print(f"  NOTE: stopped waiting with {reader.count} of {expected} outputs read")
+        raise SystemExit(
+            f"demo: only {reader.count} of {expected} outputs arrived in time; "
+            f"see {config.out / 'worker.log'}"
+        )
     return samples
 
 
@@ -295,26 +315,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     step = Step(total=10)
     started: list[tuple[str, subprocess.Popen]] = []
-    broker = None
+    brokers: list = []
     try:
-        broker = _run_steps(config, step, started)
+        _run_steps(config, step, started, brokers)
     finally:
         for name, process in reversed(started):
             stop_process(process, name)
-        if broker is not None:
+        for broker in brokers:
             broker.stop()
             print("  broker stopped")
     print(f"\nDone. Everything is in {config.out}:")
     for name in ("recommendations.jsonl", "throughput_latency.png", "worker.log", "model"):
-        print(f"  {config.out / name}")
+        if (config.out / name).exists():
+            print(f"  {config.out / name}")
     return 0
 
 
-def _run_steps(config: DemoConfig, step: Step, started: list) -> object:
+def check_port_free(port: int) -> None:
+    """Stop before any work when the metrics port is taken, because the live line reads it."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise SystemExit(
+                f"demo: port 127.0.0.1:{port} is already in use: pass --metrics-port N "
+                "(make demo DEMO_ARGS='--metrics-port N')"
+            ) from None
+
+
+def _run_steps(config: DemoConfig, step: Step, started: list, brokers: list) -> None:
     from ops.kafka.admin import create_topics
     from ops.kafka.broker import BrokerConfig, LocalBroker
 
     python = sys.executable
+    check_port_free(config.metrics_port)
     step("prepare the interaction log")
     data_path, synthetic = prepare_data(config)
     flags = data_flags(config, data_path, synthetic)
@@ -342,6 +378,7 @@ def _run_steps(config: DemoConfig, step: Step, started: list) -> object:
     step("start the local Kafka broker (Apache Kafka from Maven Central, KRaft mode)")
     broker = LocalBroker(BrokerConfig(state_dir=config.out / "kafka"))
     broker.fetch()
+    brokers.append(broker)  # stopped by main(), also when a later step fails
     bootstrap = broker.start()
     print(f"  broker at {bootstrap}, log {broker.log_path}")
 
@@ -368,7 +405,7 @@ def _run_steps(config: DemoConfig, step: Step, started: list) -> object:
         stderr=subprocess.STDOUT,
     )  # fmt: skip
     started.append(("producer", producer))
-    samples = monitor(config, reader, expected, producer)
+    samples = monitor(config, reader, expected, pool, producer)
     print(f"  {reader.count} recommendations read for {expected} events published")
 
     step("show a few users' recent items and their latest recommendation")
@@ -382,4 +419,3 @@ def _run_steps(config: DemoConfig, step: Step, started: list) -> object:
     title = f"hiertcn demo, {config.processes} workers, {config.rate:g} events/s offered"
     if samples:
         print(f"  {plot_run(samples, config.out / 'throughput_latency.png', title)}")
-    return broker
