@@ -3,7 +3,8 @@
 One environment (a directory with `data.mdb` and `lock.mdb`) contains four named databases:
 `users` (user id -> encoded `UserState`), `positions` (topic-partition -> next offset and
 watermark), `timers` (partition, last event time, user id -> empty: the users with an open
-session, in time order per partition) and `meta` (schema version, creation info, bundle version).
+session, in time order per partition) and `meta` (schema version, creation info, bundle version
+and state shapes).
 `statestore.keys` describes the key layouts and `statestore.codec` the state records.
 
 Processes. Several worker processes may share one environment, and LMDB serialises their write
@@ -97,6 +98,10 @@ class StoreConfig:
     metasync: bool = True  # fsync the meta page separately (MDB_NOMETASYNC when False)
     max_readers: int = 126  # reader slots in lock.mdb: one per concurrent read transaction
     bundle_version: str | None = None  # version of the model bundle, recorded in `meta`
+    # (G, H) of the bundle's GRU state and its item-embedding size D, recorded in `meta` and
+    # checked against the recorded ones on open. None skips the check.
+    state_shape: tuple[int, int] | None = None
+    embedding_dim: int | None = None
 
     def __post_init__(self) -> None:
         if self.map_size <= 0:
@@ -504,19 +509,63 @@ class StateStore:
                 codec.SCHEMA_VERSION,
             )
             updates["schema_version"] = codec.SCHEMA_VERSION
-        bundle = self.config.bundle_version
-        if bundle is not None and meta.get("bundle_version") != bundle:
-            if meta.get("bundle_version") is not None:
-                logger.warning(
-                    "state store %s was written with bundle %s and is now used with bundle %s: "
-                    "the stored GRU states come from the other model",
-                    self.path,
-                    meta["bundle_version"],
-                    bundle,
-                )
-            updates["bundle_version"] = bundle
+        updates.update(self._check_bundle(meta))
         if updates:
             self._write_meta(updates)
+
+    def _check_bundle(self, meta: Mapping[str, object]) -> dict[str, object]:
+        """Raise when the stored states have another shape than the configured bundle's.
+
+        Returns the meta updates that record the configured bundle; the caller writes them only
+        after every check passed.
+        """
+        config = self.config
+        stored_version = meta.get("bundle_version")
+        stored_shape = meta.get("state_shape")
+        stored_dim = meta.get("embedding_dim")
+        shape_differs = (
+            config.state_shape is not None
+            and stored_shape is not None
+            and list(config.state_shape) != list(stored_shape)  # type: ignore[call-overload]
+        )
+        dim_differs = (
+            config.embedding_dim is not None
+            and stored_dim is not None
+            and config.embedding_dim != stored_dim
+        )
+        if (shape_differs or dim_differs) and self._user_count() > 0:
+            raise StoreConfigError(
+                f"state store {self.path} contains states of bundle {stored_version} "
+                f"with [G, H] = {stored_shape} and D = {stored_dim}, but bundle "
+                f"{config.bundle_version} has [G, H] = {list(config.state_shape or [])} and "
+                f"D = {config.embedding_dim}: pass a new --state-dir, or delete the stored users "
+                f"with `hiertcn-stream state --state-dir {self.path} evict --inactive-days 0 "
+                "--now` (run `export FILE` first to keep a copy)"
+            )
+        if config.bundle_version is not None and stored_version not in (
+            None,
+            config.bundle_version,
+        ):
+            logger.warning(
+                "state store %s was written with bundle %s and is now used with bundle %s: "
+                "the stored GRU states come from the other model",
+                self.path,
+                stored_version,
+                config.bundle_version,
+            )
+        bundle_meta: dict[str, object] = {
+            "bundle_version": config.bundle_version,
+            "state_shape": None if config.state_shape is None else list(config.state_shape),
+            "embedding_dim": config.embedding_dim,
+        }
+        return {
+            name: value
+            for name, value in bundle_meta.items()
+            if value is not None and meta.get(name) != value
+        }
+
+    def _user_count(self) -> int:
+        return int(self.run(lambda t: t.txn.stat(t.users)["entries"]))
 
     def _write_meta(self, updates: Mapping[str, object]) -> None:
         def work(t: StoreTxn) -> None:

@@ -14,6 +14,7 @@ leaves at 0. Dead processes drop out once the parent calls `mark_process_dead`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -30,6 +31,8 @@ from prometheus_client import (
     multiprocess,
     start_http_server,
 )
+
+from stream.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ class WorkerMetrics:
     partitions_assigned: Gauge
     paused_partitions: Gauge
     delivery_retries: Counter
+    states_reset: Counter
 
 
 def create_metrics(registry: CollectorRegistry | None) -> WorkerMetrics:
@@ -169,6 +173,11 @@ def create_metrics(registry: CollectorRegistry | None) -> WorkerMetrics:
             "Output or dead-letter messages produced again after a failed delivery.",
             **kwargs,
         ),
+        states_reset=Counter(
+            "hiertcn_states_reset_total",
+            "Stored user states that did not fit the bundle's shapes, replaced by a new state.",
+            **kwargs,
+        ),
     )
 
 
@@ -197,10 +206,17 @@ def serve_aggregate(address: str, port: int) -> tuple[Any, Any]:
     """Serve the sum over every process of the pool at http://address:port/metrics.
 
     Returns the server and its thread (prometheus_client's `start_http_server`); call
-    `server.shutdown()` to stop it.
+    `server.shutdown()` to stop it. Raises `ConfigError` when the port cannot be bound.
     """
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    server, thread = start_http_server(port, addr=address, registry=registry)
+    try:
+        server, thread = start_http_server(port, addr=address, registry=registry)
+    except OSError as error:
+        reason = "is already in use" if error.errno == errno.EADDRINUSE else f"failed ({error})"
+        raise ConfigError(
+            f"metrics port {address}:{port} {reason}: pass --metrics-port N, "
+            "or 0 to turn the endpoint off"
+        ) from error
     logger.info("serving metrics at http://%s:%d/metrics", address, server.server_port)
     return server, thread

@@ -123,6 +123,7 @@ class BatchResult:
     states: dict[str, UserState]
     closed: Counter[str]
     live: list[tuple[int, int] | None]
+    reset: int = 0  # users whose stored state did not fit the bundle and started anew
 
 
 @dataclass
@@ -184,6 +185,7 @@ class Pipeline:
         """
         if not events:
             return BatchResult([], {}, Counter(), [])
+        states, reset = self.usable_states(states)
 
         # (1)-(2) Walk each user's events in order: close sessions on a gap, collect prefixes.
         plan = self._plan(events, states)
@@ -203,17 +205,55 @@ class Pipeline:
 
         # (6) Write the walked sessions and the last embeddings into new states.
         new_states = self._finish(events, embeddings, plan.work)
-        return BatchResult(outputs, new_states, closed, live)
+        return BatchResult(outputs, new_states, closed, live, reset)
+
+    def usable_states(self, states: Mapping[str, UserState]) -> tuple[Mapping[str, UserState], int]:
+        """Drop the states that do not fit this bundle; return the rest and the number dropped.
+
+        A store written with another bundle (before the store recorded its state shapes) can
+        hold GRU states of another [G, H], sums and embeddings of another D, or item rows
+        beyond this catalog. Such a user starts from the learned start state, as a new one.
+        """
+        misfits = [user for user, state in states.items() if not self._fits(state)]
+        if not misfits:
+            return states, 0
+        logger.warning(
+            "%d stored states do not fit the bundle (GRU state [G, H] = %s, D = %d): "
+            "those users start anew, for example %r",
+            len(misfits),
+            list(self.bundle.start_state.shape),
+            self.dim,
+            misfits[0],
+        )
+        dropped = set(misfits)
+        return {user: state for user, state in states.items() if user not in dropped}, len(misfits)
+
+    def _fits(self, state: UserState) -> bool:
+        items = np.asarray(state.session_items)
+        embedding = state.last_embedding
+        return (
+            np.shape(state.gru_state) == self.bundle.start_state.shape
+            and np.shape(state.session_sum) == (self.dim,)
+            and (embedding is None or np.shape(embedding) == (self.dim,))
+            and (items.size == 0 or int(items.max()) < self.table.shape[0])
+        )
 
     def close_idle(self, states: Mapping[str, UserState]) -> dict[str, UserState]:
         """Close the open session of each given user (timer closes) in one batched call.
 
-        The caller picks the expired users; states without an open session are skipped.
-        Returns the changed states only.
+        The caller picks the expired users. States without an open session are skipped. A state
+        that does not fit the bundle comes back as a new state. Returns the changed states only.
         """
-        users = [user for user, state in states.items() if state.session_length > 0]
+        usable, _reset = self.usable_states(states)
+        # A state that does not fit the bundle is replaced by a new one with no open session.
+        closed: dict[str, UserState] = {
+            user: replace(self.new_state(), partition=state.partition, last_ts=state.last_ts)
+            for user, state in states.items()
+            if user not in usable
+        }
+        users = [user for user, state in usable.items() if state.session_length > 0]
         if not users:
-            return {}
+            return closed
         gru = np.stack([np.asarray(states[u].gru_state, np.float32) for u in users])  # [B, G, H]
         means = np.stack(
             [
@@ -222,7 +262,6 @@ class Pipeline:
             ]
         )  # [B, D]
         new_gru = self.bundle.session_close(gru, means)
-        closed: dict[str, UserState] = {}
         for index, user in enumerate(users):
             closed[user] = replace(
                 states[user],

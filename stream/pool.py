@@ -37,13 +37,15 @@ STOP_TIMEOUT_SECONDS = 60.0
 
 def _worker_main(config: WorkerConfig, index: int, threads: int, log_level: int) -> None:
     """Entry point of one spawned worker process."""
+    from export.errors import ExportError
+    from statestore.errors import StateStoreError
     from stream.cli import configure_logging
     from stream.worker import run_worker
 
     configure_logging(1 if log_level <= logging.DEBUG else 0)
     try:
         code = run_worker(config, index, threads)
-    except StreamError as error:
+    except (StreamError, ExportError, StateStoreError) as error:
         logger.error("worker %d failed: %s", index, error)
         code = error.exit_code
     except KeyboardInterrupt:

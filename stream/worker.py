@@ -31,7 +31,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -67,6 +67,12 @@ WORKER_HEADER = "hiertcn.worker"
 DEFAULT_MESSAGE_MAX_BYTES = 1_000_000
 # Bytes of each produced message kept free for the headers and the protocol's record overhead.
 MESSAGE_OVERHEAD_BYTES = 16_384
+
+
+# Dead letters logged one by one per rejection reason, and the seconds between the summary lines
+# that count the rest. The metric counts every dead letter.
+DEAD_LETTERS_LOGGED_PER_REASON = 5
+DEAD_LETTER_SUMMARY_SECONDS = 10.0
 
 
 class DeliveryError(StreamError):
@@ -115,6 +121,56 @@ def producer_settings(config: WorkerConfig) -> dict[str, Any]:
     }
     settings.update(config.kafka_settings)
     return settings
+
+
+class DeadLetterLog:
+    """Log the first dead letters of each reason, then one summary line per interval."""
+
+    def __init__(
+        self,
+        per_reason: int = DEAD_LETTERS_LOGGED_PER_REASON,
+        interval: float = DEAD_LETTER_SUMMARY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_reason = per_reason
+        self.interval = interval
+        self.clock = clock
+        self.logged: Counter[str] = Counter()
+        self.unlogged: Counter[str] = Counter()  # since the last summary line
+        self.last_summary = clock()
+
+    def add(self, letter: DeadLetter) -> None:
+        """Log `letter` while its reason has had fewer than `per_reason` lines, else count it."""
+        if self.logged[letter.reason] >= self.per_reason:
+            self.unlogged[letter.reason] += 1
+            return
+        self.logged[letter.reason] += 1
+        logger.warning("dead letter %s: %s (%s)", letter.position, letter.reason, letter.message)
+        if self.logged[letter.reason] == self.per_reason:
+            logger.warning(
+                "logged %d dead letters with reason %s: further ones are counted in one line "
+                "every %.0f s",
+                self.per_reason,
+                letter.reason,
+                self.interval,
+            )
+
+    def flush(self) -> None:
+        """Log the counts of the unlogged dead letters when the interval has passed."""
+        now = self.clock()
+        if not self.unlogged or now - self.last_summary < self.interval:
+            return
+        by_reason = ", ".join(
+            f"{reason} {count}" for reason, count in sorted(self.unlogged.items())
+        )
+        logger.warning(
+            "%d more dead letters in the last %.0f s, by reason: %s",
+            sum(self.unlogged.values()),
+            now - self.last_summary,
+            by_reason,
+        )
+        self.unlogged.clear()
+        self.last_summary = now
 
 
 def position_text(topic: str, partition: int, offset: int) -> str:
@@ -175,6 +231,7 @@ class Worker:
         # A dead letter carries the raw input, which can be larger than the producer accepts.
         max_bytes = int(config.kafka_settings.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES))
         self.max_dead_letter_bytes = max(max_bytes - MESSAGE_OVERHEAD_BYTES, 1024)
+        self.dead_letter_log = DeadLetterLog()
         self._stopping = False
         # Messages consumed for the batch that is being collected; on_revoke finishes them.
         self._pending: list[Message] = []
@@ -404,6 +461,7 @@ class Worker:
             if changed:
                 self._commit(changed, {})
                 self.metrics.sessions_closed.labels("timer").inc(len(closed))
+        self.dead_letter_log.flush()
         self._update_lag(self._positions)
 
     # -- step 3: timers ----------------------------------------------------------------------
@@ -477,8 +535,7 @@ class Worker:
     def _dead_letter_records(self, dead_letters: Iterable[DeadLetter]) -> list[_Record]:
         records = []
         for letter in dead_letters:
-            logger.warning("dead letter %s: %s (%s)", letter.position, letter.reason,
-                           letter.message)  # fmt: skip
+            self.dead_letter_log.add(letter)
             self.metrics.dead_letters.labels(letter.reason).inc()
             headers = [
                 ("hiertcn.error", letter.message.encode("utf-8", "replace")),
@@ -494,6 +551,7 @@ class Worker:
                 key = key[: self.max_dead_letter_bytes // 2] if key else key
                 value = value[: self.max_dead_letter_bytes - len(key or b"")] if value else value
             records.append(_Record(self.config.dead_letter_topic, key, value, headers))
+        self.dead_letter_log.flush()
         return records
 
     def _produce(self, record: _Record) -> None:
@@ -587,6 +645,7 @@ class Worker:
         metrics.batch_size.observe(len(messages))
         metrics.batch_seconds.observe(seconds)
         metrics.outputs_produced.inc(len(result.outputs))
+        metrics.states_reset.inc(result.reset)
         for trigger, count in result.closed.items():
             metrics.sessions_closed.labels(trigger).inc(count)
         if timer_closed:
@@ -684,6 +743,8 @@ def run_worker(config: WorkerConfig, index: int, threads: int | None = None) -> 
             map_size=config.state_map_size,
             sync=config.state_sync,
             bundle_version=bundle.version,
+            state_shape=bundle.state_shape,
+            embedding_dim=bundle.embedding_dim,
         )
     )
     consumer, producer = _open_clients(config)

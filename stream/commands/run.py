@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import time
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.config import OPTIONS, WorkerConfig, build_config
-from stream.errors import StreamError
+from stream.errors import ConfigError, StreamError
 from stream.pool import run_pool
 
 logger = logging.getLogger(__name__)
@@ -99,20 +101,94 @@ def run(args: argparse.Namespace) -> int:
     )
     if not config.bundle.is_dir():
         raise StreamError(f"bundle directory {config.bundle} not found: pass --bundle DIR")
+    check_bundle_and_store(config)
     check_topics(config)
     return run_pool(config, logging.getLogger().getEffectiveLevel())
 
 
+def check_bundle_and_store(config: WorkerConfig) -> None:
+    """Load and verify the bundle once, and open the state store once, before any worker starts.
+
+    A bad bundle or state directory then gives one error line here instead of one traceback per
+    worker. The store's open checks that its recorded state shapes fit the bundle. The workers
+    open both again after they start, because neither survives a process start.
+    """
+    from statestore import StateStore, StoreConfig
+    from stream.commands.replay import open_bundle
+
+    bundle = open_bundle(config.bundle, config.device)
+    store = StateStore(
+        StoreConfig(
+            path=config.state_dir,
+            map_size=config.state_map_size,
+            sync=config.state_sync,
+            bundle_version=bundle.version,
+            state_shape=bundle.state_shape,
+            embedding_dim=bundle.embedding_dim,
+        )
+    )
+    store.close()
+    logger.info("bundle %s and state store %s checked", bundle.version, config.state_dir)
+
+
+def create_admin(config: WorkerConfig) -> AdminClient:
+    """Create the admin client, with librdkafka's log lines routed to a rate-limited logger.
+
+    librdkafka queues its log lines until `poll()`; an invalid -X setting raises `ConfigError`.
+    """
+    settings = {
+        "bootstrap.servers": config.brokers,
+        **config.kafka_settings,
+        "logger": _LIBRDKAFKA_LOGGER,
+    }
+    try:
+        return AdminClient(settings)
+    except KafkaException as error:
+        reason = error.args[0].str()
+        # librdkafka quotes the property it rejects; values are left out, as they may be secrets.
+        names = [key for key in config.kafka_settings if f'"{key}"' in reason]
+        raise ConfigError(
+            f"invalid librdkafka setting {names[0] if names else 'in -X'}: {reason}: fix or "
+            "remove the -X option or the HIERTCN_KAFKA_ variable"
+        ) from error
+
+
+class RateLimitFilter(logging.Filter):
+    """Pass at most `limit` records per `interval` seconds and drop the rest."""
+
+    def __init__(self, limit: int, interval: float) -> None:
+        super().__init__()
+        self.limit = limit
+        self.interval = interval
+        self.window_start = -math.inf
+        self.passed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self.window_start >= self.interval:
+            self.window_start = now
+            self.passed = 0
+        self.passed += 1
+        return self.passed <= self.limit
+
+
+# librdkafka logs a failed connection attempt many times a second; a few lines tell the cause.
+_LIBRDKAFKA_LOGGER = logging.getLogger(f"{__name__}.librdkafka")
+_LIBRDKAFKA_LOGGER.addFilter(RateLimitFilter(limit=3, interval=10.0))
+
+
 def check_topics(config: WorkerConfig) -> None:
     """Check that the brokers respond, and create missing topics when `create_topics` is set."""
-    admin = AdminClient({"bootstrap.servers": config.brokers, **config.kafka_settings})
+    admin = create_admin(config)
     try:
         metadata = admin.list_topics(timeout=BROKER_TIMEOUT_SECONDS)
     except KafkaException as error:
+        admin.poll(0)  # log the first librdkafka lines that explain the failure
         raise BrokerUnavailableError(
             f"Kafka brokers {config.brokers} did not respond within {BROKER_TIMEOUT_SECONDS} s "
             f"({error}): check --brokers and the -X security settings"
         ) from error
+    admin.poll(0)
     topics = (config.input_topic, config.output_topic, config.dead_letter_topic)
     missing = [topic for topic in topics if topic not in metadata.topics]
     if not missing:

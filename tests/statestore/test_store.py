@@ -181,6 +181,59 @@ def test_bundle_change_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     assert "bundle one" in caplog.text
 
 
+def _bundle_config(path: Path, version: str, layers: int, size: int) -> StoreConfig:
+    return StoreConfig(
+        path=path,
+        bundle_version=version,
+        state_shape=(layers, size),
+        embedding_dim=size,
+        sync=False,
+    )
+
+
+def test_bundle_with_other_shapes_is_rejected(tmp_path: Path) -> None:
+    with StateStore(_bundle_config(tmp_path / "s", "small", 1, 16)) as store:
+        store.commit({"u1": make_state()})
+    with pytest.raises(StoreConfigError) as raised:
+        StateStore(_bundle_config(tmp_path / "s", "large", 2, 64))
+    message = str(raised.value)
+    assert str(tmp_path / "s") in message
+    assert "small" in message
+    assert "large" in message
+    assert "[1, 16]" in message
+    assert "[2, 64]" in message
+    assert "--state-dir" in message
+
+
+def test_rejected_bundle_leaves_meta_unchanged(tmp_path: Path) -> None:
+    with StateStore(_bundle_config(tmp_path / "s", "small", 1, 16)) as store:
+        store.commit({"u1": make_state()})
+    for _attempt in range(2):
+        with pytest.raises(StoreConfigError):
+            StateStore(_bundle_config(tmp_path / "s", "large", 2, 64))
+    with StateStore(StoreConfig(path=tmp_path / "s")) as store:
+        meta = store.meta()
+    assert meta["bundle_version"] == "small"
+    assert meta["state_shape"] == [1, 16]
+    assert meta["embedding_dim"] == 16
+
+
+def test_bundle_with_same_shapes_is_accepted(tmp_path: Path) -> None:
+    with StateStore(_bundle_config(tmp_path / "s", "one", 1, 16)) as store:
+        store.commit({"u1": make_state()})
+    with StateStore(_bundle_config(tmp_path / "s", "two", 1, 16)) as store:
+        assert store.meta()["bundle_version"] == "two"
+
+
+def test_empty_store_accepts_other_shapes(tmp_path: Path) -> None:
+    StateStore(_bundle_config(tmp_path / "s", "small", 1, 16)).close()
+    with StateStore(_bundle_config(tmp_path / "s", "large", 2, 64)) as store:
+        meta = store.meta()
+    assert meta["bundle_version"] == "large"
+    assert meta["state_shape"] == [2, 64]
+    assert meta["embedding_dim"] == 64
+
+
 def test_newer_store_schema_is_rejected(tmp_path: Path) -> None:
     with StateStore(StoreConfig(path=tmp_path / "s")) as store:
         store._write_meta({"schema_version": SCHEMA_VERSION + 1})

@@ -436,3 +436,62 @@ def test_onnx_batch_split_gives_same_results(onnx_bundle) -> None:
             np.testing.assert_allclose(state.gru_state, reference.gru_state, atol=1e-5)
             np.testing.assert_allclose(state.last_embedding, reference.last_embedding, atol=1e-5)
             assert state.session_items.tolist() == reference.session_items.tolist()
+
+
+def _state_of_other_bundle(other: FakeBundle, pipeline_of_other: Pipeline) -> UserState:
+    """Return a user's state after one event of `other` (another G, H and D), session open."""
+    result = pipeline_of_other.process([make_event("u1", 3, 1000.0)], {})
+    return result.states["u1"]
+
+
+def test_state_of_other_shape_starts_anew(pipeline: Pipeline, bundle: FakeBundle) -> None:
+    other = FakeBundle(dim=16, layers=1, hidden=16, seed=1)
+    stored = _state_of_other_bundle(other, Pipeline(other, PipelineConfig(session_gap=GAP)))
+    event = make_event("u1", 4, 1000.0 + 2 * GAP)
+
+    result = pipeline.process([event], {"u1": stored})
+    fresh = pipeline.process([event], {})
+
+    assert result.reset == 1
+    assert result.live == [None]
+    assert result.outputs[0].items == fresh.outputs[0].items
+    assert result.states["u1"].gru_state.shape == bundle.start_state.shape
+    assert result.states["u1"].session_count == 1
+
+
+def test_state_of_other_shape_is_logged_per_batch(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = FakeBundle(dim=16, layers=1, hidden=16, seed=1)
+    other_pipeline = Pipeline(other, PipelineConfig(session_gap=GAP))
+    stored = {user: _state_of_other_bundle(other, other_pipeline) for user in ("u1", "u2")}
+    events = [make_event("u1", 4, 5000.0), make_event("u2", 5, 5000.0)]
+
+    with caplog.at_level("WARNING", logger="stream.pipeline"):
+        result = pipeline.process(events, stored)
+
+    assert result.reset == 2
+    warnings = [r for r in caplog.records if "do not fit the bundle" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].getMessage().startswith("2 stored states")
+
+
+def test_state_with_rows_beyond_catalog_starts_anew(pipeline: Pipeline) -> None:
+    big = FakeBundle(num_items=500)
+    stored = Pipeline(big, PipelineConfig(session_gap=GAP)).process(
+        [make_event("u1", 400, 1000.0)], {}
+    )
+    result = pipeline.process([make_event("u1", 4, 1010.0)], stored.states)
+    assert result.reset == 1
+    assert result.states["u1"].session_items.tolist() == [4]
+
+
+def test_close_idle_resets_state_of_other_shape(pipeline: Pipeline, bundle: FakeBundle) -> None:
+    other = FakeBundle(dim=16, layers=1, hidden=16, seed=1)
+    stored = _state_of_other_bundle(other, Pipeline(other, PipelineConfig(session_gap=GAP)))
+
+    closed = pipeline.close_idle({"u1": stored})
+
+    assert closed["u1"].session_length == 0
+    assert closed["u1"].gru_state.shape == bundle.start_state.shape
+    assert closed["u1"].last_ts == stored.last_ts

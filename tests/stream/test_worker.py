@@ -17,6 +17,8 @@ from stream.config import WorkerConfig
 from stream.events import DeadLetter
 from stream.metrics import create_metrics
 from stream.worker import (
+    DEAD_LETTERS_LOGGED_PER_REASON,
+    DeadLetterLog,
     DeliveryError,
     Worker,
     _Record,
@@ -155,3 +157,46 @@ def test_live_cutoffs_stop_at_k() -> None:
     assert live_cutoffs(20) == [1, 5, 10, 20]
     assert live_cutoffs(7) == [1, 5, 7]
     assert live_cutoffs(50) == [1, 5, 10, 20, 50]
+
+
+def _junk(offset: int, reason: str = "invalid_msgpack") -> DeadLetter:
+    return DeadLetter(b"u1", b"\xc1", reason, "not msgpack", f"in[0]@{offset}")
+
+
+def _dead_letter_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "stream.worker"]
+
+
+def test_dead_letter_flood_logs_first_few(caplog: pytest.LogCaptureFixture) -> None:
+    worker = make_worker(FakeProducer())
+    letters = [_junk(offset) for offset in range(20_000)]
+
+    with caplog.at_level("WARNING", logger="stream.worker"):
+        records = worker._dead_letter_records(letters)
+
+    assert len(records) == 20_000
+    counted = worker.metrics.dead_letters.labels("invalid_msgpack")._value.get()
+    assert counted == 20_000
+    lines = _dead_letter_lines(caplog)
+    assert len(lines) == DEAD_LETTERS_LOGGED_PER_REASON + 1
+    assert "further ones are counted" in lines[-1]
+
+
+def test_dead_letter_summary_counts_by_reason(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    log = DeadLetterLog(per_reason=1, interval=10.0, clock=lambda: now[0])
+    with caplog.at_level("WARNING", logger="stream.worker"):
+        for offset in range(30):
+            log.add(_junk(offset))
+        for offset in range(3):
+            log.add(_junk(offset, "missing_user"))
+        log.flush()
+        assert not any("more dead letters" in line for line in _dead_letter_lines(caplog))
+        now[0] = 12.0
+        log.flush()
+        log.flush()
+
+    summaries = [line for line in _dead_letter_lines(caplog) if "more dead letters" in line]
+    assert summaries == [
+        "31 more dead letters in the last 12 s, by reason: invalid_msgpack 29, missing_user 2"
+    ]

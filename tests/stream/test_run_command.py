@@ -1,0 +1,207 @@
+"""`hiertcn-stream run` start-up checks that need no broker: bundle, state dir, -X, metrics port.
+
+Every check runs in the parent before a worker starts, so each bad input gives one error line and
+exit status 2. The tests that reach the broker check use 127.0.0.1:1, where nothing listens.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from statestore import StateStore, StoreConfig
+from stream import pool as pool_module
+from stream.cli import main
+from stream.commands import run as run_command
+from stream.config import WorkerConfig
+from stream.errors import ConfigError
+from stream.metrics import serve_aggregate
+from tests.statestore.helpers import make_state
+
+
+def run_args(bundle: Path, state_dir: Path, *extra: str) -> list[str]:
+    return [
+        "run",
+        "--brokers",
+        "127.0.0.1:1",
+        "--bundle",
+        str(bundle),
+        "--state-dir",
+        str(state_dir),
+        "--metrics-port",
+        "0",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def no_pool(monkeypatch: pytest.MonkeyPatch) -> list[WorkerConfig]:
+    """Replace the broker check and the pool, and record the configs that reached the pool."""
+    started: list[WorkerConfig] = []
+    monkeypatch.setattr(run_command, "check_topics", lambda config: None)
+
+    def fake_run_pool(config: WorkerConfig, log_level: int) -> int:
+        started.append(config)
+        return 0
+
+    monkeypatch.setattr(run_command, "run_pool", fake_run_pool)
+    return started
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    yield listener.getsockname()[1]
+    listener.close()
+
+
+def error_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+
+
+def test_run_changed_bundle_file_exits_2(
+    onnx_bundle_dir: Path, tmp_path: Path, no_pool: list, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(onnx_bundle_dir, bundle)
+    graph = bundle / "session_step.onnx"
+    data = bytearray(graph.read_bytes())
+    data[-1] ^= 0xFF
+    graph.write_bytes(bytes(data))
+
+    code = main(run_args(bundle, tmp_path / "state"))
+
+    assert code == 2
+    assert no_pool == []
+    lines = error_lines(capsys)
+    assert len(lines) == 1
+    assert lines[0].startswith("hiertcn-stream: error: ")
+    assert "session_step.onnx" in lines[0]
+
+
+def test_run_state_dir_under_file_exits_2(
+    onnx_bundle_dir: Path, tmp_path: Path, no_pool: list, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("x")
+
+    code = main(run_args(onnx_bundle_dir, tmp_path / "file" / "state"))
+
+    assert code == 2
+    assert no_pool == []
+    (line,) = error_lines(capsys)
+    assert "cannot create state directory" in line
+
+
+def test_run_state_of_other_bundle_exits_2(
+    onnx_bundle, onnx_bundle_dir: Path, tmp_path: Path, no_pool: list, capsys
+) -> None:
+    layers, hidden = onnx_bundle.state_shape
+    other = StoreConfig(
+        path=tmp_path / "state",
+        bundle_version="0123456789ab",
+        state_shape=(layers + 1, hidden * 2),
+        embedding_dim=onnx_bundle.embedding_dim * 2,
+        sync=False,
+    )
+    with StateStore(other) as store:
+        store.commit({"u1": make_state()})
+
+    code = main(run_args(onnx_bundle_dir, tmp_path / "state"))
+
+    assert code == 2
+    assert no_pool == []
+    (line,) = error_lines(capsys)
+    assert "0123456789ab" in line
+    assert onnx_bundle.version in line
+    assert f"[{layers + 1}, {hidden * 2}]" in line
+    assert f"[{layers}, {hidden}]" in line
+
+
+def test_run_good_bundle_reaches_pool(
+    onnx_bundle_dir: Path, tmp_path: Path, no_pool: list[WorkerConfig]
+) -> None:
+    assert main(run_args(onnx_bundle_dir, tmp_path / "state")) == 0
+    assert len(no_pool) == 1
+    with StateStore(StoreConfig(path=tmp_path / "state")) as store:
+        assert store.meta()["state_shape"] is not None
+
+
+@pytest.mark.parametrize(
+    ("setting", "name"),
+    [("nosuch.setting=1", "nosuch.setting"), ("security.protocol=BOGUS", "security.protocol")],
+)
+def test_run_invalid_kafka_setting_exits_2(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    setting: str,
+    name: str,
+) -> None:
+    monkeypatch.setattr(run_command, "run_pool", lambda config, level: 0)
+
+    code = main(run_args(onnx_bundle_dir, tmp_path / "state", "-X", setting))
+
+    assert code == 2
+    (line,) = error_lines(capsys)
+    assert line.startswith(f"hiertcn-stream: error: invalid librdkafka setting {name}: ")
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_unreachable_broker_logs_few_librdkafka_lines(
+    onnx_bundle_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(run_command, "BROKER_TIMEOUT_SECONDS", 2.0)
+    config = WorkerConfig(brokers="127.0.0.1:1", bundle=onnx_bundle_dir)
+
+    with caplog.at_level(logging.DEBUG), pytest.raises(run_command.BrokerUnavailableError):
+        run_command.check_topics(config)
+
+    librdkafka = [r for r in caplog.records if r.name.endswith(".librdkafka")]
+    assert 1 <= len(librdkafka) <= 3
+    assert "%3|" not in capfd.readouterr().err
+
+
+def test_metrics_port_in_use_raises_config_error(
+    busy_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match=f"127.0.0.1:{busy_port} is already in use"):
+        serve_aggregate("127.0.0.1", busy_port)
+
+
+def test_pool_busy_metrics_port_starts_nothing(onnx_bundle_dir: Path, busy_port: int) -> None:
+    config = WorkerConfig(brokers="127.0.0.1:1", bundle=onnx_bundle_dir, metrics_port=busy_port)
+    pool = pool_module.Pool(config)
+
+    with pytest.raises(ConfigError, match="--metrics-port"):
+        pool.run()
+
+    assert pool.children == []
+
+
+def test_worker_bundle_error_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("stream.cli.configure_logging", lambda verbosity: None)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    config = WorkerConfig(brokers="127.0.0.1:1", bundle=bundle, state_dir=tmp_path / "state")
+
+    with caplog.at_level(logging.ERROR, logger="stream.pool"), pytest.raises(SystemExit) as exit:
+        pool_module._worker_main(config, 0, 1, logging.INFO)
+
+    assert exit.value.code == 2
+    (record,) = caplog.records
+    assert record.getMessage().startswith("worker 0 failed: ")
+    assert record.exc_info is None
