@@ -12,6 +12,7 @@ Runtime and numpy alone. Shape letters: `B` rows in a batch, `L` events in a ses
   (`BundleIntegrityError` otherwise). Each graph is hashed from the same bytes that ONNX Runtime
   then loads, so a file changed between the check and the load cannot slip through.
 - the arrays agree with the manifest's N, D, G and H.
+- `max_session_items` is at most `MAX_SESSION_ITEMS`.
 
 Behaviour of the methods for inputs a worker can produce:
 
@@ -43,6 +44,7 @@ from export.manifest import (
     CLOSE_OUTPUT,
     ITEM_IDS_FILE,
     ITEMS_FILE,
+    MANIFEST_FILE,
     SESSION_CLOSE_FILE,
     SESSION_STEP_FILE,
     START_STATE_FILE,
@@ -58,6 +60,12 @@ from export.providers import RuntimeConfig, open_session, session_options
 logger = logging.getLogger(__name__)
 
 ITEM_TABLE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+# Largest `max_session_items` (the TCN receptive field) a bundle may declare. Every user state
+# stores up to that many item rows of the open session, so a damaged or edited value would make
+# every state and every session-step batch that large.
+# NOTE: the manifest is the only record of the receptive field (the graphs accept any prefix
+# width), so the loader can bound the value but cannot compare it with the graph.
+MAX_SESSION_ITEMS = 10_000
 
 
 class ModelBundle:
@@ -226,6 +234,7 @@ def load_bundle(
     path = Path(path)
     config = RuntimeConfig(device, intra_op_threads, inter_op_threads)
     manifest = read_manifest(path)
+    _check_session_items(path, manifest)
     step_bytes = _read_checked(path, SESSION_STEP_FILE, manifest)
     close_bytes = _read_checked(path, SESSION_CLOSE_FILE, manifest)
     for name in (ITEMS_FILE, ITEM_IDS_FILE, START_STATE_FILE):
@@ -249,6 +258,16 @@ def load_bundle(
         step.get_providers(),
     )
     return ModelBundle(path, manifest, item_table, item_ids, start_state, step, close)
+
+
+def _check_session_items(path: Path, manifest: Manifest) -> None:
+    if manifest.max_session_items > MAX_SESSION_ITEMS:
+        raise BundleError(
+            f"{path / MANIFEST_FILE} has max_session_items={manifest.max_session_items}, above "
+            f"the maximum of {MAX_SESSION_ITEMS} session items (the model's receptive field) "
+            "that this loader accepts: the manifest was changed or damaged, export the bundle "
+            "again with `hiertcn export`"
+        )
 
 
 def _missing_file_error(path: Path, name: str) -> BundleIntegrityError:

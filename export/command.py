@@ -32,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Write the model bundle (ONNX graphs, item table, manifest) of a checkpoint.",
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint file (best.pt of a run)")
-    parser.add_argument("--out", required=True, help="bundle directory to create (must not exist)")
+    parser.add_argument(
+        "--out", required=True, help="bundle directory to create, which must not exist or be empty"
+    )
     parser.add_argument(
         "--float16", action="store_true", help="store the item table as float16 (half the memory)"
     )

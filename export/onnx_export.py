@@ -284,6 +284,9 @@ def write_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        # mkdtemp creates mode 0700; a bundle is read by workers that may run under another
+        # account, so it gets the usual mode of a shared folder.
+        staging.chmod(0o755)
         manifest = _write_files(model, checkpoint, staging, config)
         if out.exists():
             out.rmdir()

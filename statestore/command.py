@@ -6,7 +6,7 @@ Usage:
     hiertcn-stream state --state-dir DIR export FILE [--format jsonl|msgpack]
     hiertcn-stream state --state-dir DIR import FILE
     hiertcn-stream state --state-dir DIR compact OUT
-    hiertcn-stream state --state-dir DIR evict --inactive-days N [--now [TIME]]
+    hiertcn-stream state --state-dir DIR evict --inactive-days N [--now | --at TIME] [--dry-run]
 
 Every command may run while workers use the same store: each opens the environment itself and
 works in short transactions. Errors derive from `StateStoreError`, whose `exit_code` is the exit
@@ -82,14 +82,22 @@ def register(subparsers: Any) -> None:
         type=float,
         required=True,
         metavar="N",
-        help="inactivity threshold in days",
+        help="inactivity threshold in days, a finite number >= 0",
     )
     reference = evict.add_mutually_exclusive_group()
     reference.add_argument(
         "--now", action="store_true", help="measure inactivity from the current wall-clock time"
     )
     reference.add_argument(
-        "--at", type=float, metavar="TIME", help="measure inactivity from TIME (Unix seconds)"
+        "--at",
+        type=float,
+        metavar="TIME",
+        help="measure inactivity from TIME, in seconds since the Unix epoch (not milliseconds)",
+    )
+    evict.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print how many users would be deleted, and delete nothing",
     )
     evict.set_defaults(func=run_evict)
 
@@ -174,16 +182,26 @@ def run_compact(args: argparse.Namespace) -> int:
 
 
 def run_evict(args: argparse.Namespace) -> int:
-    """Delete inactive users and print how many."""
+    """Delete inactive users (or only count them with --dry-run) and print how many."""
     now = time.time() if args.now else args.at
+    # Checked before the store is opened, so a bad value never reaches the deletion.
+    maintenance.check_eviction_args(args.inactive_days, now)
     with open_store(args.state_dir) as store:
-        evicted, cutoff = maintenance.evict_inactive(store, args.inactive_days, now)
+        evicted, cutoff = maintenance.evict_inactive(
+            store, args.inactive_days, now, dry_run=args.dry_run
+        )
+    verb = "would evict" if args.dry_run else "evicted"
     if cutoff is None:
-        print("evicted 0 users: the store contains no users")
+        print(f"{verb} 0 users: the store contains no users")
         return 0
-    print(f"evicted {evicted} users whose last event is before {_format_time(cutoff)}")
+    print(f"{verb} {evicted} users whose last event is before {_format_time(cutoff)}")
     return 0
 
 
 def _format_time(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)) + f" ({ts:.3f})"
+    try:
+        text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    except (OverflowError, OSError, ValueError):
+        # Outside the platform's time_t range, for example a cutoff far before year 1.
+        return f"{ts:.3f}"
+    return f"{text} ({ts:.3f})"

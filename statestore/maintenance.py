@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_CHUNK_SIZE = 1000
 SECONDS_PER_DAY = 86_400
 EXPORT_FORMATS = ("jsonl", "msgpack")
+# Reference times above this many seconds (about the year 5138) only make sense as milliseconds.
+# The same bound as `MAX_TS_SECONDS` of the event decoder in `stream.events`, which this package
+# must not import.
+MAX_TIME_SECONDS = 1e11
 
 
 @dataclass(frozen=True)
@@ -105,15 +110,16 @@ def iter_records(
 
 
 def evict_inactive(
-    store: StateStore, inactive_days: float, now: float | None = None
+    store: StateStore, inactive_days: float, now: float | None = None, dry_run: bool = False
 ) -> tuple[int, float | None]:
     """Delete users whose last event is more than `inactive_days` before `now`.
 
-    Without `now`, the reference time is the newest `last_ts` in the store. Returns the number
-    of deleted users and the cutoff time (None for an empty store).
+    Without `now`, the reference time is the newest `last_ts` in the store. With `dry_run`,
+    nothing is deleted and the count is that of the users that would be deleted. Returns the
+    number of users and the cutoff time (None for an empty store). Both arguments are checked
+    before anything is deleted.
     """
-    if inactive_days < 0:
-        raise StoreConfigError(f"inactive days {inactive_days} is invalid: use 0 or more")
+    check_eviction_args(inactive_days, now)
     if now is None:
         times = [codec.decode_timer_fields(blob).last_ts for _, blob in iter_records(store)]
         if not times:
@@ -126,11 +132,36 @@ def evict_inactive(
         if codec.decode_timer_fields(blob).last_ts < cutoff:
             candidates.append(user)
         if len(candidates) >= DEFAULT_CHUNK_SIZE:
-            evicted += store.evict(candidates, cutoff)
+            evicted += len(candidates) if dry_run else store.evict(candidates, cutoff)
             candidates = []
-    evicted += store.evict(candidates, cutoff)
-    logger.info("evicted %d users inactive since before %.0f from %s", evicted, cutoff, store.path)
+    evicted += len(candidates) if dry_run else store.evict(candidates, cutoff)
+    if dry_run:
+        logger.info("%d users inactive since before %.0f in %s", evicted, cutoff, store.path)
+    else:
+        logger.info(
+            "evicted %d users inactive since before %.0f from %s", evicted, cutoff, store.path
+        )
     return evicted, cutoff
+
+
+def check_eviction_args(inactive_days: float, now: float | None) -> None:
+    """Raise `StoreConfigError` unless `inactive_days` is finite and >= 0 and `now` is a time
+    in seconds between 0 and `MAX_TIME_SECONDS` (or None)."""
+    if not math.isfinite(inactive_days) or inactive_days < 0:
+        raise StoreConfigError(
+            f"inactive days {inactive_days} is invalid: use a finite number of days, 0 or more"
+        )
+    if now is None:
+        return
+    if not math.isfinite(now) or now < 0:
+        raise StoreConfigError(
+            f"reference time {now} is invalid: use seconds since the Unix epoch, 0 or more"
+        )
+    if now > MAX_TIME_SECONDS:
+        raise StoreConfigError(
+            f"reference time {now:.0f} is too large for seconds and looks like milliseconds: "
+            f"divide it by 1000, or pass seconds since the Unix epoch up to {MAX_TIME_SECONDS:.0f}"
+        )
 
 
 # Export and import ------------------------------------------------------------------------

@@ -26,9 +26,12 @@ _PROGRESS_SECONDS = 5.0
 
 
 class ProduceError(StreamError):
-    """The broker is unreachable, or messages were not delivered."""
+    """The broker is unreachable, or messages were not delivered.
 
-    exit_code = 3
+    Exit status 1, the same as `hiertcn-stream run` for an unreachable broker.
+    """
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,7 @@ class EventProducer:
                 break
             if record.fields is None:
                 self.report.skipped += 1
+                logger.debug("record %d skipped: %s", record.number, record.error)
                 continue
             if self.config.rate is not None:
                 # Wait for this event's slot in the schedule; poll serves delivery reports.

@@ -5,8 +5,10 @@ Formats:
 - `jsonl`: one JSON object per line, the event map of the input topic (`user`, `item`, `ts`,
   and optionally `impressions`, `candidates`, `type`, `event_id`).
 - `msgpack`: a stream of msgpack maps, one per event, as the input topic carries them.
-- `csv`: a header with at least `user`, `item` and `ts`. Optional columns are `type`,
-  `event_id`, and `impressions` and `candidates` with item ids separated by `|`.
+- `csv`: a header with at least `user`, `item` and a time column: `ts`, or the names that
+  `hiertcn train` reads (`timestamp`, `time`, `event_time`), or the one named by `time_col`. Its
+  values go to the field `ts`. Optional columns are `type`, `event_id`, and `impressions` and
+  `candidates` with item ids separated by `|`.
 - `movielens`, `taobao`, `trivago`, `otto`: the public data sets, read with
   `hiertcn.data.readers` (which imports numpy but not torch) and turned into event maps.
 
@@ -34,6 +36,9 @@ logger = logging.getLogger(__name__)
 RECORD_FORMATS = ("auto", "jsonl", "msgpack", "csv", "movielens", "taobao", "trivago", "otto")
 ORDERS = ("file", "time")
 
+# Time columns of a CSV log, in order of preference: the event field name, then the names
+# that `hiertcn train` reads.
+CSV_TIME_COLUMNS = ("ts", "timestamp", "time", "event_time")
 # Separator of item ids inside the `impressions` and `candidates` columns of a CSV log.
 CSV_LIST_SEPARATOR = "|"
 # Largest msgpack record accepted from a file: the same bound as a Kafka message by default.
@@ -75,26 +80,31 @@ def detect_format(path: Path) -> str:
     if suffix == ".csv":
         with path.open(encoding="utf-8", errors="replace", newline="") as file:
             header = next(csv.reader(file), [])
-        if {"user", "item", "ts"} <= {name.strip() for name in header}:
+        # Without a time column this is still an event CSV: its reader then names the missing
+        # column and --time-col.
+        if {"user", "item"} <= {name.strip() for name in header}:
             return "csv"
     from hiertcn.data.readers import detect_format as detect_dataset_format
     from hiertcn.errors import HierTCNError
 
     try:
         return detect_dataset_format(path)
-    except HierTCNError as error:
+    except HierTCNError:
+        formats = ", ".join(RECORD_FORMATS[1:])
         raise EventFileError(
-            f"{error}; for an event log use --format jsonl, msgpack or csv"
+            f"cannot tell the format of {path} from its name and first line: "
+            f"pass --format with one of {formats}"
         ) from None
 
 
 def read_records(
-    path: str | Path, log_format: str = "auto", order: str = "file"
+    path: str | Path, log_format: str = "auto", order: str = "file", time_col: str | None = None
 ) -> Iterator[Record]:
     """Yield every record of an event-log file, in file order or sorted by event time.
 
     File order streams the file; time order reads it whole first. Sorting is stable, so equal
-    times keep their file order, and records without a valid time go to the end.
+    times keep their file order, and records without a valid time go to the end. `time_col`
+    names the time column of a CSV file (default: the first of `CSV_TIME_COLUMNS` present).
     """
     path = Path(path)
     if not path.is_file():
@@ -106,10 +116,20 @@ def read_records(
     if order not in ORDERS:
         raise EventFileError(f"unknown order {order!r}: use 'file' or 'time'")
     resolved = detect_format(path) if log_format == "auto" else log_format
-    readers = {"jsonl": _read_jsonl, "msgpack": _read_msgpack, "csv": _read_csv}
-    reader = readers.get(resolved, _read_dataset)
+    if time_col is not None and resolved != "csv":
+        raise EventFileError(
+            f"--time-col {time_col} applies only to CSV files, but {path} has the format "
+            f"{resolved}: drop --time-col, or pass --format csv"
+        )
     logger.info("reading %s (format %s, %s order)", path, resolved, order)
-    records = reader(path) if resolved in readers else reader(path, resolved)
+    if resolved == "csv":
+        records = _read_csv(path, time_col)
+    elif resolved == "jsonl":
+        records = _read_jsonl(path)
+    elif resolved == "msgpack":
+        records = _read_msgpack(path)
+    else:
+        records = _read_dataset(path, resolved)
     if order == "time":
         return iter(sorted(records, key=_time_key))
     return records
@@ -147,13 +167,29 @@ def _read_msgpack(path: Path) -> Iterator[Record]:
         )
         number = 0
         while True:
+            start = unpacker.tell()
             try:
                 fields = unpacker.unpack()
             except msgpack.OutOfData:
                 return
             except (msgpack.UnpackException, ValueError) as error:
                 # The stream cannot be resynchronised after a broken object.
-                yield Record(number, None, f"invalid msgpack, rest of file skipped: {error}")
+                skipped = path.stat().st_size - start
+                logger.warning(
+                    "%s has invalid msgpack at byte %d (%s: %s): the rest of the file, %d bytes, "
+                    "was skipped",
+                    path,
+                    start,
+                    type(error).__name__,
+                    error,
+                    skipped,
+                )
+                yield Record(
+                    number,
+                    None,
+                    f"invalid msgpack at byte {start}, rest of file ({skipped} bytes) skipped: "
+                    f"{error}",
+                )
                 return
             if isinstance(fields, dict):
                 yield Record(number, fields)
@@ -175,21 +211,54 @@ def _csv_value(name: str, text: str) -> Any:
     return text if text else None
 
 
-def _read_csv(path: Path) -> Iterator[Record]:
+def _csv_time_column(path: Path, header: list[str], time_col: str | None) -> str:
+    """Return the time column of a CSV header.
+
+    Raises `EventFileError` naming the missing columns and the header found.
+    """
+    if time_col is not None:
+        present = time_col if time_col in header else None
+    else:
+        present = next((name for name in CSV_TIME_COLUMNS if name in header), None)
+    missing = [name for name in ("user", "item") if name not in header]
+    if present is None and time_col is not None:
+        missing.append(f"{time_col} (named by --time-col)")
+    elif present is None:
+        missing.append(f"for the time ({', '.join(CSV_TIME_COLUMNS)})")
+    if missing:
+        raise EventFileError(
+            f"CSV event file {path} has no column {' and no column '.join(missing)} (its header "
+            f"is {header}): name the columns user, item and ts (or timestamp), or pass "
+            "--time-col NAME to choose the time column"
+        )
+    return present
+
+
+def _csv_field_name(column: str, time_column: str) -> str | None:
+    if column == time_column:
+        return "ts"
+    if column == "ts":
+        return None
+    return column
+
+
+def _read_csv(path: Path, time_col: str | None = None) -> Iterator[Record]:
     with path.open(encoding="utf-8", errors="replace", newline="") as file:
         reader = csv.reader(file)
         header = [name.strip() for name in next(reader, [])]
-        missing = {"user", "item", "ts"} - set(header)
-        if missing:
-            raise EventFileError(
-                f"CSV event file {path} lacks the columns {sorted(missing)}: give a header "
-                "with user, item and ts"
-            )
+        source = _csv_time_column(path, header, time_col)
+        # The chosen time column becomes the field `ts`. A column named `ts` that --time-col
+        # did not choose is dropped, so it cannot replace the chosen time.
+        names = [_csv_field_name(name, source) for name in header]
         for number, row in enumerate(reader):
-            if len(row) != len(header):
-                yield Record(number, None, f"row has {len(row)} fields, header has {len(header)}")
+            if len(row) != len(names):
+                yield Record(number, None, f"row has {len(row)} fields, header has {len(names)}")
                 continue
-            fields = {name: _csv_value(name, text) for name, text in zip(header, row, strict=True)}
+            fields = {
+                name: _csv_value(name, text)
+                for name, text in zip(names, row, strict=True)
+                if name is not None
+            }
             yield Record(
                 number, {name: value for name, value in fields.items() if value is not None}
             )

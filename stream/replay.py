@@ -205,6 +205,7 @@ class Replay:
         result = decode_event(None, value, position, self._row_of, self.config.event_config)
         if isinstance(result, DeadLetter):
             self.report.rejected[result.reason] += 1
+            logger.debug("record %d rejected: %s", record.number, result.message)
             return None
         self.report.accepted += 1
         self.report.dropped_impressions += result.dropped_impressions

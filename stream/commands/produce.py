@@ -4,8 +4,9 @@ Example:
 
     hiertcn-stream produce --events events.jsonl --brokers 127.0.0.1:9092 --topic interactions
 
-Prints the counts of produced, delivered and failed messages at the end; exits non-zero when
-the broker is unreachable or a message was not delivered.
+Prints the counts of produced, delivered and failed messages at the end. Exits 1 when the
+broker is unreachable or a message was not delivered, and 2 when the file contains no readable
+record.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from stream.errors import ConfigError
 from stream.produce import EventProducer, ProduceConfig
-from stream.records import ORDERS, RECORD_FORMATS, read_records
+from stream.records import ORDERS, RECORD_FORMATS, EventFileError, read_records
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=RECORD_FORMATS,
         default="auto",
         help="format of --events (default: from the file name and first line)",
+    )
+
+    parser.add_argument(
+        "--time-col",
+        default=None,
+        metavar="NAME",
+        help="time column of a CSV file, in seconds (default: the first of ts, timestamp, "
+        "time, event_time)",
     )
 
     parser.add_argument(
@@ -107,14 +116,21 @@ def run_produce(args: argparse.Namespace) -> int:
         connect_timeout=args.connect_timeout,
         flush_timeout=args.flush_timeout,
     )
-    records = read_records(args.events, args.format, args.order)
+    records = read_records(args.events, args.format, args.order, args.time_col)
     report = EventProducer(config).run(records)
     rate = report.produced / report.seconds if report.seconds > 0 else 0.0
+    skipped = f"skipped {report.skipped} unreadable records"
+    if report.skipped:
+        skipped += " (run with -v to list them)"
     print(
         f"produced {report.produced}, delivered {report.delivered}, failed {report.failed}, "
-        f"skipped {report.skipped} unreadable records, {report.seconds:.1f} s "
-        f"({rate:.0f} events/s) to {config.topic}"
+        f"{skipped}, {report.seconds:.1f} s ({rate:.0f} events/s) to {config.topic}"
     )
     for name, count in sorted(report.errors.items()):
         print(f"  {name}: {count}")
+    if report.produced == 0 and config.limit != 0:
+        raise EventFileError(
+            f"no readable record in {args.events} ({report.skipped} unreadable): check --format, "
+            "and run with -v to list the unreadable records"
+        )
     return 0 if report.failed == 0 else 1

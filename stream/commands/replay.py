@@ -5,7 +5,8 @@ Example:
     hiertcn-stream replay --events events.jsonl --bundle bundle/ --output recs.jsonl
 
 Prints Recall@K, MRR and MRP of each event's item under the user's previous recommendation, and
-the records rejected by reason. Progress goes to stderr.
+the records rejected by reason. Progress goes to stderr. Exits 2 when no record of the file is a
+valid event.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import argparse
 import contextlib
 import logging
 import math
+import os
 from pathlib import Path
 
 from stream.errors import ConfigError
 from stream.events import EventConfig
 from stream.pipeline import Pipeline, PipelineConfig
-from stream.records import ORDERS, RECORD_FORMATS, read_records
+from stream.records import ORDERS, RECORD_FORMATS, EventFileError, read_records
 from stream.replay import MemoryStates, Replay, ReplayConfig, ReplayReport, open_store_states
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=RECORD_FORMATS,
         default="auto",
         help="format of --events (default: from the file name and first line)",
+    )
+
+    parser.add_argument(
+        "--time-col",
+        default=None,
+        metavar="NAME",
+        help="time column of a CSV file, in seconds (default: the first of ts, timestamp, "
+        "time, event_time)",
     )
 
     parser.add_argument(
@@ -105,29 +115,69 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_replay(args: argparse.Namespace) -> int:
     """Run the `replay` subcommand and print its report."""
+    if args.output is not None:
+        check_output_path(args.output)
     bundle = open_bundle(args.bundle, args.device)
     pipeline = Pipeline(bundle, PipelineConfig(session_gap=args.session_gap, top_k=args.k))
+
     config = ReplayConfig(
         batch_size=args.batch_size,
         recall_k=pipeline.config.top_k,
         timers=not args.no_timers,
         event_config=EventConfig(ts_unit=args.ts_unit),
     )
+
     source = args.events.name
     store_states = None
     if args.state_dir is not None:
         store_states = open_store_states(args.state_dir, source, bundle.version)
     backend = store_states if store_states is not None else MemoryStates()
-    records = read_records(args.events, args.format, args.order)
+    records = read_records(args.events, args.format, args.order, args.time_col)
+
     with contextlib.ExitStack() as stack:
         output = None
-        if args.output is not None:
-            output = stack.enter_context(args.output.open("w", encoding="utf-8"))
         if store_states is not None:
             stack.callback(store_states.store.close)
+        if args.output is not None:
+            output = stack.enter_context(open_output(args.output))
         report = Replay(pipeline, backend, config, source, output).run(records)
     print(format_report(report, config.recall_k, bundle.version))
+
+    if report.accepted == 0:
+        found = f"{report.records} records, all rejected" if report.records else "no records"
+        raise EventFileError(
+            f"no valid event in {args.events} ({found}): check --format and --ts-unit, and run "
+            "with -v to list the rejected records"
+        )
     return 0
+
+
+def check_output_path(path: Path) -> None:
+    """Raise `ConfigError` when the --output file cannot be created, before any work starts."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ConfigError(f"--output {path} is a directory: pass a file path")
+    if not parent.is_dir():
+        problem = "is not a directory" if parent.exists() else "does not exist"
+        raise ConfigError(
+            f"cannot write --output {path} because its folder {parent} {problem}: create the "
+            "folder or pass another path"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot write --output {path} because its folder {parent} is not writable: pass "
+            "another path"
+        )
+
+
+def open_output(path: Path):
+    """Open the --output file for writing; an `OSError` becomes a `ConfigError`."""
+    try:
+        return path.open("w", encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write --output {path} ({error.strerror or error}): pass another path"
+        ) from error
 
 
 def open_bundle(path: Path, device: str):
@@ -148,7 +198,8 @@ def format_report(report: ReplayReport, k: int, model: str) -> str:
         f"model            {model}",
         f"records          {report.records}",
         f"events           {report.accepted}",
-        f"rejected         {sum(report.rejected.values())}",
+        f"rejected         {sum(report.rejected.values())}"
+        + (" (run with -v to list them)" if report.rejected else ""),
     ]
     lines += [f"  {reason:<14} {count}" for reason, count in sorted(report.rejected.items())]
     lines += [

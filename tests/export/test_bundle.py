@@ -11,7 +11,13 @@ import onnxruntime as ort
 import pytest
 
 from export.bundle import ModelBundle, load_bundle
-from export.errors import BundleIntegrityError, BundleVersionError, InvalidInputError, ProviderError
+from export.errors import (
+    BundleError,
+    BundleIntegrityError,
+    BundleVersionError,
+    InvalidInputError,
+    ProviderError,
+)
 from export.manifest import FORMAT_VERSION, MANIFEST_FILE, read_manifest
 from tests.export.conftest import NUM_ITEMS
 
@@ -222,3 +228,11 @@ def test_session_close_rejects_list_input(bundle: ModelBundle) -> None:
 
 def test_manifest_records_receptive_field(bundle_dir: Path) -> None:
     assert read_manifest(bundle_dir).max_session_items == 13
+
+
+def test_huge_max_session_items_rejected(bundle_copy: Path) -> None:
+    data = json.loads((bundle_copy / MANIFEST_FILE).read_text())
+    data["max_session_items"] = 100_000_000
+    (bundle_copy / MANIFEST_FILE).write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="max_session_items=100000000, above the maximum"):
+        load_bundle(bundle_copy)

@@ -51,3 +51,10 @@ def test_export_of_missing_checkpoint_fails(
     code = main(["export", "--checkpoint", str(tmp_path / "no.pt"), "--out", str(tmp_path / "b")])
     assert code == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_export_out_help_allows_empty_folder(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "must not exist or be empty" in help_text

@@ -136,6 +136,12 @@ def test_non_empty_out_rejected(tmp_path: Path) -> None:
         write_bundle(model, make_checkpoint(model), tmp_path / "b", ExportConfig())
 
 
+def test_bundle_folder_readable_by_others(tmp_path: Path) -> None:
+    model = make_model()
+    write_bundle(model, make_checkpoint(model), tmp_path / "b", ExportConfig())
+    assert (tmp_path / "b").stat().st_mode & 0o777 == 0o755
+
+
 def test_failed_export_leaves_no_directory(tmp_path: Path) -> None:
     model = make_model()
     checkpoint = make_checkpoint(model)

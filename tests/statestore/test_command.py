@@ -213,6 +213,48 @@ def test_evict_empty_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "store contains no users" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("days", ["nan", "inf", "-inf", "-1"])
+def test_evict_rejects_invalid_days_before_deleting(state_dir: Path, days: str) -> None:
+    with pytest.raises(StoreConfigError, match=r"inactive days .* is invalid"):
+        _run("--state-dir", str(state_dir), "evict", f"--inactive-days={days}")
+    assert len(_read_all(state_dir, ["fresh", "week-old", "year-old"])) == 3
+
+
+@pytest.mark.parametrize("at", ["nan", "inf", "-1e300", "-1"])
+def test_evict_rejects_invalid_at_before_deleting(state_dir: Path, at: str) -> None:
+    with pytest.raises(StoreConfigError, match=r"reference time .* is invalid"):
+        _run("--state-dir", str(state_dir), "evict", "--inactive-days", "1", f"--at={at}")
+    assert len(_read_all(state_dir, ["fresh", "week-old", "year-old"])) == 3
+
+
+def test_evict_rejects_milliseconds_at(state_dir: Path) -> None:
+    at = str(int(NEWEST * 1000))
+    with pytest.raises(StoreConfigError, match="looks like milliseconds: divide it by 1000"):
+        _run("--state-dir", str(state_dir), "evict", "--inactive-days", "30", "--at", at)
+    assert len(_read_all(state_dir, ["fresh", "week-old", "year-old"])) == 3
+
+
+def test_evict_time_bound_matches_event_decoder() -> None:
+    from stream.events import MAX_TS_SECONDS
+
+    assert maintenance.MAX_TIME_SECONDS == MAX_TS_SECONDS
+
+
+def test_evict_dry_run_deletes_nothing(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--state-dir", str(state_dir), "evict", "--inactive-days", "3", "--dry-run"]
+    assert _run(*argv) == 0
+    assert "would evict 2 users" in capsys.readouterr().out
+    assert len(_read_all(state_dir, ["fresh", "week-old", "year-old"])) == 3
+
+
+def test_evict_cutoff_before_year_one_prints(
+    state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run("--state-dir", str(state_dir), "evict", "--inactive-days", "1e12") == 0
+    output = capsys.readouterr().out
+    assert "evicted 0 users whose last event is before -8" in output
+
+
 def test_iter_records_crosses_chunks(tmp_path: Path) -> None:
     with StateStore(StoreConfig(path=tmp_path / "s", sync=False)) as store:
         states = {f"u{i:03d}": make_state(seed=i) for i in range(25)}

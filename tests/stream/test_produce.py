@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -177,3 +178,45 @@ def test_setting_parsed() -> None:
     assert parse_setting("sasl.password=a=b") == ("sasl.password", "a=b")
     with pytest.raises(ConfigError, match="key=value"):
         parse_setting("acks")
+
+
+def test_unreachable_broker_exit_code_matches_run() -> None:
+    assert ProduceError.exit_code == 1
+
+
+def _run_produce_command(monkeypatch: pytest.MonkeyPatch, events: Path) -> int:
+    from stream import cli
+    from stream.commands import produce as produce_command
+
+    def fake_producer(config: ProduceConfig) -> EventProducer:
+        return EventProducer(config, FakeProducer())
+
+    monkeypatch.setattr(produce_command, "EventProducer", fake_producer)
+    argv = ["produce", "--events", str(events), "--brokers", "127.0.0.1:1", "--topic", "t"]
+    return cli.main(argv)
+
+
+def test_produce_command_without_readable_record_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = tmp_path / "garbage.jsonl"
+    events.write_text("not json\n[1]\n")
+
+    code = _run_produce_command(monkeypatch, events)
+
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "skipped 2 unreadable records (run with -v to list them)" in captured.out
+    assert "no readable record" in captured.err
+
+
+def test_produce_command_reads_training_csv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = tmp_path / "log.csv"
+    events.write_text("user,item,timestamp\nu1,5,100\nu2,6,101\n")
+
+    code = _run_produce_command(monkeypatch, events)
+
+    assert code == 0
+    assert "produced 2, delivered 2" in capsys.readouterr().out

@@ -322,3 +322,100 @@ def test_replay_command_with_state_dir(onnx_bundle_dir: Path, tmp_path: Path, ca
     assert total >= len(users)
     assert positions[-1].next_offset == 60
     assert positions[-1].watermark == events[-1]["ts"]
+
+
+def test_csv_reader_accepts_training_header(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,timestamp\nu1,5,100\n")
+
+    for log_format in ("auto", "csv"):
+        records = list(read_records(path, log_format))
+        assert records[0].fields == {"user": "u1", "item": "5", "ts": 100.0}
+
+
+def test_csv_reader_time_col_chooses_column(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,ts,clock\nu1,5,1,200\n")
+
+    records = list(read_records(path, "csv", time_col="clock"))
+
+    assert records[0].fields == {"user": "u1", "item": "5", "ts": 200.0}
+
+
+def test_csv_missing_time_column_names_flag(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,clock\nu1,5,200\n")
+
+    for log_format in ("auto", "csv"):
+        with pytest.raises(EventFileError) as raised:
+            list(read_records(path, log_format))
+
+        message = str(raised.value)
+        assert "['user', 'item', 'clock']" in message
+        assert "--time-col" in message
+
+
+def test_time_col_rejected_for_jsonl(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"user": "u", "item": 1, "ts": 1}\n')
+
+    with pytest.raises(EventFileError, match="applies only to CSV"):
+        read_records(path, time_col="clock")
+
+
+def test_msgpack_reader_reports_skipped_bytes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "events.msgpack"
+    good = msgpack.packb({"user": "u1", "item": 1, "ts": 5.0})
+    path.write_bytes(good + b"\xc1" + good * 3)
+
+    records = list(read_records(path))
+
+    assert records[0].fields is not None
+    assert records[1].fields is None
+    assert f"at byte {len(good)}" in records[1].error
+    assert f"({3 * len(good) + 1} bytes) skipped" in records[1].error
+    assert "the rest of the file" in caplog.text
+
+
+def test_unknown_format_lists_one_set(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.txt"
+    path.write_text("hello world\n")
+
+    with pytest.raises(EventFileError) as raised:
+        read_records(path)
+
+    message = str(raised.value)
+    assert message.count("pass --format") == 1
+    assert "jsonl, msgpack, csv, movielens" in message
+
+
+def test_replay_command_without_valid_event_exits_2(
+    onnx_bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events_path = tmp_path / "garbage.jsonl"
+    events_path.write_text("not json\n[1]\n")
+
+    code = main(["replay", "--events", str(events_path), "--bundle", str(onnx_bundle_dir)])
+
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "run with -v to list them" in captured.out
+    assert "no valid event" in captured.err
+
+
+def test_replay_command_unwritable_output_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events_path = tmp_path / "events.jsonl"
+    events_path.write_text('{"user": "u", "item": 1, "ts": 1}\n')
+    blocker = tmp_path / "file.csv"
+    blocker.write_text("")
+
+    # The bundle does not exist: the output check must come first.
+    argv = ["replay", "--events", str(events_path), "--bundle", str(tmp_path / "none")]
+    code = main([*argv, "--output", str(blocker / "x.jsonl")])
+
+    assert code == 2
+    assert "is not a directory" in capsys.readouterr().err
