@@ -247,11 +247,27 @@ class Replay:
             self.backend.write(closed, position)
 
 
-def open_store_states(state_dir: Path, source: str, bundle_version: str) -> StoreStates:
-    """Open (or create) a state store for replay under `state_dir`."""
+def open_store_states(
+    state_dir: Path,
+    source: str,
+    bundle_version: str,
+    state_shape: tuple[int, int] | None = None,
+    embedding_dim: int | None = None,
+) -> StoreStates:
+    """Open (or create) a state store for replay under `state_dir`.
+
+    With `state_shape` and `embedding_dim`, a store written for a bundle of other sizes is
+    rejected at open, as the worker does.
+    """
     from statestore import StoreConfig
 
-    store = StateStore(StoreConfig(path=state_dir, bundle_version=bundle_version))
+    config = StoreConfig(
+        path=state_dir,
+        bundle_version=bundle_version,
+        state_shape=state_shape,
+        embedding_dim=embedding_dim,
+    )
+    store = StateStore(config)
     topic = f"replay:{source}"
     if store.positions(topic):
         # NOTE: replay does not resume; a second run adds every event to the stored states again.

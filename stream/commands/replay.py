@@ -130,7 +130,13 @@ def run_replay(args: argparse.Namespace) -> int:
     source = args.events.name
     store_states = None
     if args.state_dir is not None:
-        store_states = open_store_states(args.state_dir, source, bundle.version)
+        store_states = open_store_states(
+            args.state_dir,
+            source,
+            bundle.version,
+            state_shape=tuple(bundle.state_shape),
+            embedding_dim=bundle.embedding_dim,
+        )
     backend = store_states if store_states is not None else MemoryStates()
     records = read_records(args.events, args.format, args.order, args.time_col)
 
