@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,17 +78,25 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Pat
     return path
 
 
+# Keys of a checkpoint dict and the type of each value.
+_REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
+    "format_version": int,
+    "model_config": dict,
+    "model_state": dict,
+    "train_config": dict,
+    "item_ids": (list, tuple),
+    "data_summary": dict,
+    "metrics": dict,
+    "epoch": int,
+}
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> Checkpoint:
     """Read a checkpoint written by `save_checkpoint`; raise CheckpointError when it is not one."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found: pass the best.pt or last.pt of a run")
-    try:
-        content = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        raise CheckpointError(f"checkpoint {path} is unreadable ({error}): retrain it") from error
-    if not isinstance(content, dict) or "format_version" not in content:
-        raise CheckpointError(f"{path} is not a hiertcn checkpoint: pass the best.pt of a run")
+    content = _read_checkpoint_dict(path, map_location)
     version = content["format_version"]
     if version != CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(
@@ -103,9 +111,77 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> 
         data_summary=content["data_summary"],
         metrics=content["metrics"],
         epoch=int(content["epoch"]),
-        optimizer_state=content["optimizer_state"],
+        optimizer_state=content.get("optimizer_state"),
         resume_state=content.get("resume_state") or {},
     )
+
+
+def _read_checkpoint_dict(path: Path, map_location: str) -> dict[str, Any]:
+    """Load `path` with `weights_only=True` and check the keys and value types of a checkpoint."""
+    not_checkpoint = f"{path} is not a hiertcn checkpoint"
+    fix = "pass the best.pt of a run"
+    try:
+        # torch.load warns about the pickle protocol of a foreign pickle, which the CheckpointError
+        # below replaces.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            content = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as error:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({error}): {fix}") from error
+    except Exception as error:
+        # torch.load raises many unrelated types on foreign bytes (IndexError on text,
+        # UnpicklingError on JSON or a plain pickle, RuntimeError on a broken zip). Its own
+        # message can advise weights_only=False, which would run code from an untrusted file, so
+        # only the debug log shows it.
+        logger.debug("torch.load(%s) failed: %r", path, error)
+        raise CheckpointError(f"{not_checkpoint}: {fix}") from None
+    if not isinstance(content, dict):
+        raise CheckpointError(f"{not_checkpoint}: {fix}")
+    missing = [key for key in _REQUIRED_KEYS if key not in content]
+    if missing:
+        raise CheckpointError(f"{not_checkpoint} (it lacks the keys {', '.join(missing)}): {fix}")
+    for key, expected in _REQUIRED_KEYS.items():
+        if not isinstance(content[key], expected):
+            kind = type(content[key]).__name__
+            raise CheckpointError(f"{not_checkpoint} (its {key!r} is a {kind}): {fix}")
+    return content
+
+
+def check_vocabulary(path: str | os.PathLike[str], checkpoint: Checkpoint, item_ids) -> None:
+    """Raise CheckpointError unless `item_ids` are the checkpoint's item ids in the same order.
+
+    The message names the log and the data flags of the checkpoint's run, from its data summary.
+    """
+    item_ids = tuple(item_ids)
+    if tuple(checkpoint.item_ids) == item_ids:
+        return
+    if checkpoint.num_items != len(item_ids):
+        difference = f"the log gives a vocabulary of {len(item_ids)} items"
+    elif set(checkpoint.item_ids) == set(item_ids):
+        difference = "the log gives the same items in another order"
+    else:
+        difference = f"the log gives {len(item_ids)} items with other ids"
+    raise CheckpointError(
+        f"checkpoint {path} was trained on {checkpoint.num_items} items of "
+        f"{describe_data_source(checkpoint.data_summary)}, but {difference}: "
+        "pass the log and data flags that trained it"
+    )
+
+
+def describe_data_source(summary: dict[str, Any]) -> str:
+    """Describe the log and the flags that choose the item vocabulary, from a data summary."""
+    source = summary.get("source")
+    if source is None:
+        return "an unrecorded log"
+    flags = []
+    if summary.get("format") is not None:
+        flags.append(f"--format {summary['format']}")
+    filters = summary.get("filters")
+    if isinstance(filters, dict):
+        for key, value in filters.items():
+            if value is not None:
+                flags.append(f"--{key.replace('_', '-')} {value}")
+    return f"{source} ({' '.join(flags)})" if flags else str(source)
 
 
 def build_model_from_checkpoint(

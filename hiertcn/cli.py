@@ -33,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, evaluate and export HierTCN recommenders on interaction logs.",
     )
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log at DEBUG level, including the traceback of a reported error "
+        "(default: INFO level)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in _COMMAND_MODULES:

@@ -34,6 +34,7 @@ from hiertcn.checkpoint import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
     Checkpoint,
+    check_vocabulary,
     load_checkpoint,
     save_checkpoint,
 )
@@ -191,7 +192,7 @@ def train_model(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     state = _RunState()
     if resume:
-        state = _restore(model, optimizer, config, out_dir, device)
+        state = _restore(model, optimizer, config, out_dir, device, dataset.vocab.ids)
 
     loss_fn = build_loss(config.loss, len(dataset.vocab.ids), item_counts(dataset))
     generator = BatchGenerator(
@@ -343,16 +344,27 @@ def _save_run(out_dir, model, optimizer, dataset, config, state: _RunState, vali
         save_checkpoint(out_dir / BEST_CHECKPOINT, last)
 
 
-def _restore(model, optimizer, config: TrainConfig, out_dir, device) -> _RunState:
-    """Load `last.pt` of `out_dir` into the model and optimizer; return the run state."""
+def _restore(model, optimizer, config: TrainConfig, out_dir, device, item_ids) -> _RunState:
+    """Load `last.pt` of `out_dir` into the model and optimizer; return the run state.
+
+    Raises CheckpointError when `last.pt` is missing, or when its model configuration or its
+    item vocabulary (ids and row order) differs from `model` and `item_ids`.
+    """
     if out_dir is None:
         raise ConfigError("resume needs the output folder of the run: pass --out DIR")
-    checkpoint = load_checkpoint(out_dir / LAST_CHECKPOINT)
+    last_path = out_dir / LAST_CHECKPOINT
+    if not last_path.is_file():
+        raise CheckpointError(
+            f"nothing to resume in {out_dir} because it contains no {LAST_CHECKPOINT}: "
+            "start a new run without --resume"
+        )
+    checkpoint = load_checkpoint(last_path)
     if checkpoint.model_config != model.config.to_dict():
         raise CheckpointError(
-            f"{out_dir / LAST_CHECKPOINT} was written for model {checkpoint.model_config}, "
+            f"{last_path} was written for model {checkpoint.model_config}, "
             f"not {model.config.to_dict()}: resume with the same model flags"
         )
+    check_vocabulary(last_path, checkpoint, item_ids)
     model.load_state_dict(checkpoint.model_state)
     if checkpoint.optimizer_state is not None:
         optimizer.load_state_dict(checkpoint.optimizer_state)

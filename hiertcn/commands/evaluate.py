@@ -1,22 +1,25 @@
-"""`hiertcn evaluate`: evaluate several checkpoints side by side on the same split of a log.
-
-    hiertcn evaluate runs/ml-hiertcn/best.pt runs/ml-gru/best.pt ratings.csv --format movielens
-
-Pass the same data flags as for training, so the split and the item vocabulary are the same.
-Prints one Markdown table (one row per checkpoint) and, with --json, writes the metrics as JSON.
-"""
+"""`hiertcn evaluate`: evaluate several checkpoints side by side on the same split of a log."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
-from hiertcn.errors import CheckpointError
+from hiertcn.errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+DESCRIPTION = "Evaluate several checkpoints side by side on the same split of a log."
+EPILOG = """example:
+  hiertcn evaluate runs/ml-hiertcn/best.pt runs/ml-gru/best.pt ratings.csv --format movielens
+
+Pass the same data flags as for training, so the split and the item vocabulary are the same.
+Prints one Markdown table (one row per checkpoint) and, with --json, writes the metrics as JSON.
+"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="evaluate checkpoints side by side on one split",
-        description=__doc__,
+        description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -63,32 +67,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def check_vocabulary(path: Path, item_ids: list[str], vocab_ids: tuple[str, ...]) -> None:
-    """Raise CheckpointError when a checkpoint was trained on another item vocabulary."""
-    if tuple(item_ids) != tuple(vocab_ids):
-        raise CheckpointError(
-            f"checkpoint {path} was trained on {len(item_ids)} items, but the log gives a "
-            f"vocabulary of {len(vocab_ids)} items in another order: pass the data flags that "
-            "trained it"
+def check_json_path(path: Path) -> None:
+    """Raise ConfigError when the --json file cannot be written, before anything is evaluated."""
+    folder = path.parent
+    if path.is_dir():
+        raise ConfigError(f"--json {path} is a folder: pass a file path")
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(
+            f"--json {path} is invalid because {folder} is a file: pass a path in a folder"
         )
+    if not folder.is_dir():
+        raise ConfigError(
+            f"--json {path} is invalid because the folder {folder} does not exist: create it first"
+        )
+    target = path if path.exists() else folder
+    if not os.access(target, os.W_OK):
+        raise ConfigError(f"--json {path} is not writable: pass a path you can write")
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate every checkpoint and print one table."""
-    from hiertcn.checkpoint import load_model
+    from hiertcn.checkpoint import build_model_from_checkpoint, check_vocabulary, load_checkpoint
     from hiertcn.data.options import load_dataset
     from hiertcn.evaluate import EvaluationConfig, evaluate_model, format_table
     from hiertcn.train import resolve_device
 
+    device = resolve_device(args.device)
+    if args.json is not None:
+        check_json_path(args.json)
+    checkpoints = [load_checkpoint(path) for path in args.checkpoints]
     dataset = load_dataset(args)
     log = dataset.test if args.on == "test" else dataset.valid
-    device = resolve_device(args.device)
     config = EvaluationConfig(batch_size=args.batch_size, use_impressions=not args.no_impressions)
+    for path, checkpoint in zip(args.checkpoints, checkpoints, strict=True):
+        check_vocabulary(path, checkpoint, dataset.vocab.ids)
 
     rows: list[dict[str, Any]] = []
-    for path in args.checkpoints:
-        model, checkpoint = load_model(path, device)
-        check_vocabulary(path, checkpoint.item_ids, dataset.vocab.ids)
+    for path, checkpoint in zip(args.checkpoints, checkpoints, strict=True):
+        model = build_model_from_checkpoint(checkpoint, device)
+        model.eval()
         result = evaluate_model(model, log, config, device)
         row: dict[str, Any] = {
             "model": f"{checkpoint.model_config['name']} ({path})",
@@ -104,6 +121,11 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows))
     if args.json is not None:
         report = {"split": args.on, "data": dataset.summary, "results": rows}
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        try:
+            args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        except OSError as error:
+            raise ConfigError(
+                f"--json {args.json} cannot be written ({error}): pass a writable path"
+            ) from error
         logger.info("wrote %s", args.json)
     return 0

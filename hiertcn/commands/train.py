@@ -1,11 +1,4 @@
-"""`hiertcn train`: train one model on a log, then evaluate its best epoch on the test split.
-
-    hiertcn train ratings.csv --format movielens --model hiertcn --out runs/ml-hiertcn
-
-It prints the data summary and the filter report, then trains with early stopping on validation
-MRR and writes best.pt and last.pt into --out. Then it evaluates best.pt on the test split, prints
-the metric table, and stores the test metrics in best.pt and in `metrics.json`.
-"""
+"""`hiertcn train`: train one model on a log, then evaluate its best epoch on the test split."""
 
 from __future__ import annotations
 
@@ -15,11 +8,21 @@ import json
 import logging
 from pathlib import Path
 
-from hiertcn.errors import ConfigError
+from hiertcn.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAMES_HELP = "hiertcn, gru, tcn, moving_average, most_popular, and any other registered model"
+DESCRIPTION = "Train one model on a log, then evaluate its best epoch on the test split."
+EPILOG = """example:
+  hiertcn train ratings.csv --format movielens --model hiertcn --out runs/ml-hiertcn
+
+It prints the data summary and the filter report, then trains with early stopping on validation
+MRR and writes best.pt and last.pt into --out. Then it evaluates best.pt on the test split, prints
+the metric table, and stores the test metrics in best.pt and in metrics.json. It rejects an --out
+folder that already contains best.pt or last.pt unless --resume or --force is given.
+"""
+# The files of a run in --out, which --force removes before training.
+RUN_FILES = ("best.pt", "last.pt", "metrics.json")
 LOSS_NAMES = ("cross_entropy", "hinge", "bpr", "nce", "l2")
 SAMPLER_NAMES = ("uniform", "popularity", "impressions")
 
@@ -31,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train a model and evaluate it on the test split",
-        description=__doc__,
+        description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_data_arguments(parser)
@@ -39,10 +43,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_loss_arguments(parser)
     add_training_arguments(parser)
     parser.add_argument(
-        "--out", type=Path, required=True, help="folder for best.pt, last.pt and metrics.json"
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder for best.pt, last.pt and metrics.json. A folder that already contains a run "
+        "is rejected unless --resume or --force is given",
     )
-    parser.add_argument("--resume", action="store_true", help="continue the run from --out/last.pt")
+    run_mode = parser.add_mutually_exclusive_group()
+    run_mode.add_argument(
+        "--resume", action="store_true", help="continue the run from --out/last.pt"
+    )
+    run_mode.add_argument(
+        "--force",
+        action="store_true",
+        help="delete the best.pt, last.pt and metrics.json of --out and start a new run",
+    )
     parser.set_defaults(func=run)
+
+
+class _ModelNameAction(argparse.Action):
+    """`--model`, whose help lists the registered model names.
+
+    The help is built only when argparse prints it, because importing the models imports torch,
+    which would slow down every `hiertcn` command.
+    """
+
+    @property
+    def help(self) -> str:
+        from hiertcn.models import list_models
+
+        return self._help_template.format(models=", ".join(list_models()))
+
+    @help.setter
+    def help(self, template: str) -> None:
+        self._help_template = template
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
@@ -50,8 +88,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = 
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
+        action=_ModelNameAction,
         required=model_required,
-        help=f"model name: {MODEL_NAMES_HELP}" + ("" if model_required else " (default: hiertcn)"),
+        help="model name: one of {models}" + ("" if model_required else " (default: hiertcn)"),
     )
     group.add_argument(
         "--embedding-dim", type=int, default=128, help="item-embedding size D (default: 128)"
@@ -248,24 +287,58 @@ def print_dataset(dataset) -> None:
     print()
 
 
+def check_out_dir(out: Path, resume: bool, force: bool) -> None:
+    """Reject an --out that cannot take this run, before any data is read."""
+    from hiertcn.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: pass a folder")
+    if resume:
+        if not (out / LAST_CHECKPOINT).is_file():
+            raise CheckpointError(
+                f"nothing to resume in {out} because it contains no {LAST_CHECKPOINT}: "
+                "start a new run without --resume"
+            )
+        return
+    existing = [name for name in (BEST_CHECKPOINT, LAST_CHECKPOINT) if (out / name).exists()]
+    if existing and not force:
+        raise ConfigError(
+            f"--out {out} already contains a run ({', '.join(existing)}): pass --resume to "
+            "continue it, --force to replace it, or another --out folder"
+        )
+
+
+def remove_run(out: Path) -> None:
+    """Delete the files of an earlier run in `out` (for --force)."""
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_file():
+            path.unlink()
+            logger.info("--force: deleted %s", path)
+
+
 def run(args: argparse.Namespace) -> int:
     """Train, evaluate the best epoch on the test split, and print the metric table."""
     from hiertcn.checkpoint import BEST_CHECKPOINT, load_checkpoint, save_checkpoint
     from hiertcn.data.options import load_dataset
     from hiertcn.evaluate import EvaluationConfig, evaluate_model, format_table
-    from hiertcn.models.registry import build_model
+    from hiertcn.models import build_model, model_class
     from hiertcn.train import resolve_device, seed_everything, train_model
 
     model_config = model_config_from_args(args)
     train_config = train_config_from_args(args)
+    model_class(model_config.name)
+    device = resolve_device(train_config.device)
+    check_out_dir(args.out, resume=args.resume, force=args.force)
     dataset = load_dataset(args)
     print_dataset(dataset)
 
+    if args.force:
+        remove_run(args.out)
     seed_everything(train_config.seed)
     model = build_model(model_config, len(dataset.vocab))
     result = train_model(model, dataset, train_config, out_dir=args.out, resume=args.resume)
 
-    device = resolve_device(train_config.device)
     evaluation = EvaluationConfig(batch_size=train_config.batch_size)
     test = evaluate_model(result.model, dataset.test, evaluation, device).metrics
     print(f"test split, best epoch {result.best_epoch}:")

@@ -16,7 +16,8 @@ Supported formats:
 Timestamps are int64 seconds since the Unix epoch. The unit of a generic log comes from
 `ReaderConfig.time_unit` (default seconds), never from the values; milliseconds are floor-divided.
 A malformed row raises DataError with the file, the line number and the value; no row is skipped
-silently.
+silently. Files are read as UTF-8: a leading byte order mark is skipped, and an invalid byte
+raises DataError with the file, the line number and the byte.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 FORMATS = ("auto", "csv", "jsonl", "movielens", "otto", "taobao", "trivago")
 TIME_UNITS = ("s", "ms")
+# UTF-8 that drops a leading byte order mark, which Excel writes, so it never reaches a column name.
+ENCODING = "utf-8-sig"
 
 # The largest Unix time in seconds that is still in the year 9999. A larger value read with
 # unit `s` is almost surely in milliseconds.
@@ -291,11 +294,31 @@ def read_log(path: str | Path, config: ReaderConfig | None = None) -> RawLog:
 
 
 def _first_line(path: Path) -> str:
-    with path.open(encoding="utf-8", errors="replace") as file:
-        for line in file:
-            if line.strip():
-                return line.rstrip("\r\n")
+    try:
+        with path.open(encoding=ENCODING) as file:
+            for line in file:
+                if line.strip():
+                    return line.rstrip("\r\n")
+    except UnicodeDecodeError as error:
+        raise _encoding_error(path, error) from None
     raise DataError(f"log file {path} contains only blank lines")
+
+
+def _encoding_error(path: Path, error: UnicodeDecodeError) -> DataError:
+    """Build the DataError for a file that is not UTF-8, naming the line and the first bad byte."""
+    with path.open("rb") as file:
+        # A newline byte never occurs inside a multi-byte UTF-8 character, so each line decodes
+        # on its own.
+        for number, line in enumerate(file, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as line_error:
+                byte = line[line_error.start]
+                return DataError(
+                    f"{path}:{number}: byte 0x{byte:02x} at byte offset {line_error.start} "
+                    "of the line is not valid UTF-8: save the file as UTF-8"
+                )
+    return DataError(f"{path} is not valid UTF-8 ({error.reason}): save the file as UTF-8")
 
 
 def _has_default_columns(names: Sequence[str]) -> bool:
@@ -341,20 +364,27 @@ def detect_format(path: Path) -> str:
 
 def _iter_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
     """Yield (line number, fields) of every non-blank row; quoting only for 1-char delimiters."""
-    with path.open(encoding="utf-8", newline="") as file:
-        if len(delimiter) == 1:
-            reader = csv.reader(file, delimiter=delimiter)
-            try:
-                for fields in reader:
-                    if fields and any(field.strip() for field in fields):
-                        yield reader.line_num, fields
-            except csv.Error as error:
-                raise DataError(f"{path}:{reader.line_num}: malformed CSV row: {error}") from None
-            return
-        for number, line in enumerate(file, start=1):
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield number, line.split(delimiter)
+    try:
+        with path.open(encoding=ENCODING, newline="") as file:
+            if len(delimiter) == 1:
+                yield from _iter_csv_rows(file, delimiter, path)
+                return
+            for number, line in enumerate(file, start=1):
+                line = line.rstrip("\r\n")
+                if line.strip():
+                    yield number, line.split(delimiter)
+    except UnicodeDecodeError as error:
+        raise _encoding_error(path, error) from None
+
+
+def _iter_csv_rows(file, delimiter: str, path: Path) -> Iterator[tuple[int, list[str]]]:
+    reader = csv.reader(file, delimiter=delimiter)
+    try:
+        for fields in reader:
+            if fields and any(field.strip() for field in fields):
+                yield reader.line_num, fields
+    except csv.Error as error:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV row: {error}") from None
 
 
 def _resolve_column(spec: str, names: Sequence[str] | None, role: str, path: Path) -> int:
@@ -588,19 +618,23 @@ def _read_trivago(path: Path, config: ReaderConfig) -> RawLog:
 
 
 def _iter_json(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: invalid JSON: {error.msg}") from None
-            if not isinstance(record, dict):
-                raise DataError(
-                    f"{path}:{number}: expected a JSON object, got {line.strip()[:80]!r}"
-                )
-            yield number, record
+    try:
+        with path.open(encoding=ENCODING) as file:
+            for number, line in enumerate(file, start=1):
+                if line.strip():
+                    yield number, _parse_json_line(line, path, number)
+    except UnicodeDecodeError as error:
+        raise _encoding_error(path, error) from None
+
+
+def _parse_json_line(line: str, path: Path, number: int) -> dict:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}:{number}: invalid JSON: {error.msg}") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}:{number}: expected a JSON object, got {line.strip()[:80]!r}")
+    return record
 
 
 def _field(record: dict, key: str, path: Path, line: int) -> object:

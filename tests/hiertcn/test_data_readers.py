@@ -261,3 +261,40 @@ def test_generic_csv_event_type_column(tmp_path):
     raw = read_log(path, ReaderConfig(format="csv", event_type_col="kind", event_types=("buy",)))
     assert list(raw.items) == ["j"]
     assert list(raw.positions) == [0]
+
+
+@pytest.mark.parametrize(
+    ("name", "log_format", "content", "line", "byte"),
+    [
+        ("latin1.csv", "csv", b"user,item,timestamp\nu,i,1\nJos\xe9,j,2\n", 3, "0xe9"),
+        ("latin1.csv", "auto", b"user,item,timestamp\nJos\xe9,j,2\n", 2, "0xe9"),
+        ("u.data", "movielens", b"1\t2\t5\t10\n1\t\xff\t5\t11\n", 2, "0xff"),
+        ("garbage.jsonl", "jsonl", b'{"user": "a\xff", "item": "x", "timestamp": 1}\n', 1, "0xff"),
+        ("garbage.jsonl", "auto", b'{"user": "a\xc3", "item": "x", "timestamp": 1}\n', 1, "0xc3"),
+    ],
+)
+def test_invalid_utf8_names_line_and_byte(tmp_path, name, log_format, content, line, byte):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as error:
+        read_log(path, ReaderConfig(format=log_format))
+    message = str(error.value)
+    assert f"{path}:{line}:" in message
+    assert byte in message
+    assert "UTF-8" in message
+
+
+def test_utf8_bom_header_detected_and_named(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_bytes(b"\xef\xbb\xbfuser,item,timestamp\nu,i,1\nu,j,2\n")
+    assert detect_format(path) == "csv"
+    raw = read_log(path, ReaderConfig(format="csv", user_col="user"))
+    assert list(raw.users) == ["u", "u"]
+    assert list(raw.items) == ["i", "j"]
+
+
+def test_utf8_bom_jsonl_first_line_parsed(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"user": "u", "item": "i", "timestamp": 1}\n')
+    assert detect_format(path) == "jsonl"
+    assert list(read_log(path).items) == ["i"]

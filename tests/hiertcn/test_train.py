@@ -15,6 +15,7 @@ from hiertcn import train as train_module
 from hiertcn.batching import BatchConfig, BatchGenerator
 from hiertcn.checkpoint import build_model_from_checkpoint, load_checkpoint
 from hiertcn.cli import main
+from hiertcn.data.vocab import ItemVocab
 from hiertcn.errors import CheckpointError, ConfigError
 from hiertcn.evaluate import evaluate_model
 from hiertcn.losses import LossConfig
@@ -131,6 +132,26 @@ def test_resume_repeats_uninterrupted_run(tmp_path):
 def test_resume_without_out_dir_rejected():
     with pytest.raises(ConfigError, match="--out"):
         train_model(fresh_model(), tiny_dataset(), tiny_config(), resume=True)
+
+
+def test_resume_without_last_checkpoint_rejected(tmp_path):
+    with pytest.raises(CheckpointError, match=f"nothing to resume in {tmp_path}"):
+        train_model(fresh_model(), tiny_dataset(), tiny_config(), tmp_path, resume=True)
+
+
+def test_resume_on_other_vocabulary_size_rejected(tmp_path):
+    train_model(fresh_model(), tiny_dataset(), tiny_config(), out_dir=tmp_path)
+    other = tiny_dataset(num_items=10)
+    with pytest.raises(CheckpointError, match=r"trained on 12 items .* vocabulary of 10 items"):
+        train_model(fresh_model(num_items=10), other, tiny_config(), tmp_path, resume=True)
+
+
+def test_resume_on_reordered_vocabulary_rejected(tmp_path):
+    dataset = tiny_dataset()
+    train_model(fresh_model(), dataset, tiny_config(), out_dir=tmp_path)
+    reordered = dataclasses.replace(dataset, vocab=ItemVocab(tuple(reversed(dataset.vocab.ids))))
+    with pytest.raises(CheckpointError, match="the same items in another order"):
+        train_model(fresh_model(), reordered, tiny_config(epochs=2), tmp_path, resume=True)
 
 
 def test_checkpoint_rebuilds_model(tmp_path):
@@ -306,7 +327,7 @@ def test_foreign_checkpoint_rejected(tmp_path):
     with pytest.raises(CheckpointError, match="not a hiertcn checkpoint"):
         load_checkpoint(path)
     path.write_bytes(b"not a torch file")
-    with pytest.raises(CheckpointError, match="unreadable"):
+    with pytest.raises(CheckpointError, match="not a hiertcn checkpoint"):
         load_checkpoint(path)
 
 

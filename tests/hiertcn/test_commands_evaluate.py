@@ -1,0 +1,66 @@
+"""The `hiertcn evaluate` command: checks before the data is read and the vocabulary message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hiertcn.cli import main
+from tests.hiertcn.test_commands_train import train_argv, write_log
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+def evaluate_argv(checkpoint, log, *extra: str) -> list[str]:
+    data = [str(log), "--format", "csv", "--min-item-count", "1", "--min-user-events", "1"]
+    return ["evaluate", str(checkpoint), *data, "--device", "cpu", *extra]
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    log = tmp_path / "log.csv"
+    write_log(log)
+    out = tmp_path / "run"
+    assert main(train_argv(log, out)) == 0
+    return out
+
+
+def test_json_under_file_rejected_before_data(tmp_path, capsys, run_dir):
+    blocker = tmp_path / "empty.csv"
+    blocker.write_text("", encoding="utf-8")
+    argv = evaluate_argv(run_dir / "best.pt", tmp_path / "absent.csv", "--json")
+    assert main([*argv, str(blocker / "m.json")]) == 2
+    error = capsys.readouterr().err
+    assert f"--json {blocker / 'm.json'} is invalid because {blocker} is a file" in error
+
+
+def test_json_in_missing_folder_rejected(tmp_path, capsys, run_dir):
+    argv = evaluate_argv(run_dir / "best.pt", tmp_path / "absent.csv", "--json")
+    assert main([*argv, str(tmp_path / "nowhere" / "m.json")]) == 2
+    assert "does not exist: create it first" in capsys.readouterr().err
+
+
+def test_foreign_checkpoint_rejected_before_data(tmp_path, capsys):
+    checkpoint = tmp_path / "notackpt.pt"
+    checkpoint.write_text("not a checkpoint\n", encoding="utf-8")
+    assert main(evaluate_argv(checkpoint, tmp_path / "absent.csv")) == 2
+    error = capsys.readouterr().err
+    assert f"hiertcn: error: {checkpoint} is not a hiertcn checkpoint" in error
+    assert "Traceback" not in error
+
+
+def test_other_log_vocabulary_message(tmp_path, capsys, run_dir):
+    other = tmp_path / "other.csv"
+    lines = ["user,item,timestamp"] + [
+        f"u{user},{item},{user}" for user in range(10) for item in "xy"
+    ]
+    other.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert main(evaluate_argv(run_dir / "best.pt", other)) == 2
+    error = capsys.readouterr().err
+    assert "trained on 5 items" in error
+    assert "a vocabulary of 2 items" in error
+    assert "order" not in error
+    assert str(tmp_path / "log.csv") in error

@@ -1,0 +1,108 @@
+"""The `hiertcn train` command: flag checks before the data is read, --out, --force, help."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hiertcn.checkpoint import load_checkpoint
+from hiertcn.cli import build_parser, main
+from hiertcn.models import list_models
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+def write_log(path) -> None:
+    lines = ["user,item,timestamp"]
+    for user in range(8):
+        for event in range(6):
+            lines.append(f"u{user},i{(user + event) % 5},{1_600_000_000 + 60 * event}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def train_argv(log, out, *extra: str) -> list[str]:
+    data = [str(log), "--format", "csv", "--min-item-count", "1", "--min-user-events", "1"]
+    return ["train", *data, "--model", "most_popular", "--out", str(out), "--device", "cpu", *extra]
+
+
+def test_out_with_run_rejected(tmp_path, capsys):
+    log = tmp_path / "log.csv"
+    write_log(log)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "best.pt").write_bytes(b"earlier run")
+    assert main(train_argv(log, out)) == 2
+    error = capsys.readouterr().err
+    assert f"--out {out} already contains a run (best.pt)" in error
+    assert "--force" in error
+    assert (out / "best.pt").read_bytes() == b"earlier run"
+
+
+def test_force_replaces_run(tmp_path):
+    log = tmp_path / "log.csv"
+    write_log(log)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "best.pt").write_bytes(b"earlier run")
+    (out / "last.pt").write_bytes(b"earlier run")
+    assert main(train_argv(log, out, "--force")) == 0
+    assert load_checkpoint(out / "best.pt").model_config["name"] == "most_popular"
+    assert load_checkpoint(out / "last.pt").model_config["name"] == "most_popular"
+
+
+def test_resume_and_force_exclusive(tmp_path):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(train_argv(tmp_path / "log.csv", tmp_path, "--resume", "--force"))
+
+
+def test_resume_without_last_rejected_before_data(tmp_path, capsys):
+    assert main(train_argv(tmp_path / "absent.csv", tmp_path / "run", "--resume")) == 2
+    assert f"nothing to resume in {tmp_path / 'run'}" in capsys.readouterr().err
+
+
+def test_unknown_model_rejected_before_data(tmp_path, capsys):
+    argv = train_argv(tmp_path / "absent.csv", tmp_path / "run")
+    argv[argv.index("most_popular")] = "nosuchmodel"
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "unknown model 'nosuchmodel'" in error
+    assert "absent.csv" not in error
+
+
+def test_cuda_without_gpu_rejected_before_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = train_argv(tmp_path / "absent.csv", tmp_path / "run")
+    argv[argv.index("cpu")] = "cuda"
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "no CUDA device" in error
+    assert "absent.csv" not in error
+
+
+def test_model_help_lists_registered_models(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for name in list_models():
+        assert name in help_text
+    assert "any other registered model" not in help_text
+
+
+def test_out_help_mentions_force(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "rejected unless --resume or --force is given" in help_text
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_description_is_plain_sentence(capsys, command):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    description = lines[lines.index("") + 1]
+    assert not description.startswith("`")
+    assert description.endswith(".")
