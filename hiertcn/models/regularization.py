@@ -11,6 +11,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from hiertcn.errors import ConfigError
 from hiertcn.models.config import ModelConfig
 
 
@@ -54,18 +55,31 @@ class MaskedTimeBatchNorm(nn.Module):
 
     x [B, C, L] and mask [B, 1, L] -> [B, C, L]. The time step of a position is its index among
     the row's real positions, so left- and right-padded rows share statistics. Steps from
-    `steps - 1` on share the last statistics. In training, each step is normalized with the
-    mean and (biased) variance of its real positions in the batch. The running mean of each
-    step that occurs in the batch moves by `momentum`, and so does the running (unbiased)
-    variance of each step that occurs at least twice. Padding never enters the statistics.
-    Padded positions of the output are zero.
+    `steps - 1` on share the last statistics. In training, a step with at least `min_count` real
+    positions in the batch is normalized with their mean and (biased) variance. A rarer step is
+    normalized with the statistics of all real positions of the batch, because a few positions
+    give a poor estimate, and a single position has variance 0, which maps it to `bias` whatever
+    its value. The running mean of each step that occurs in the batch moves by `momentum` toward
+    the mean it was normalized with, and so does the running (unbiased) variance when that mean
+    came from at least two positions. Padding never enters the statistics. Padded positions of
+    the output are zero.
     """
 
-    def __init__(self, channels: int, steps: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        channels: int,
+        steps: int,
+        momentum: float = 0.1,
+        eps: float = 1e-5,
+        min_count: int = 8,  # NOTE: a judgment, not tuned
+    ) -> None:
         super().__init__()
+        if min_count < 1:
+            raise ConfigError(f"batch-norm min_count={min_count} is invalid: use 1 or more")
         self.steps = steps
         self.momentum = momentum
         self.eps = eps
+        self.min_count = min_count
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
         self.register_buffer("running_mean", torch.zeros(steps, channels))
@@ -91,28 +105,38 @@ class MaskedTimeBatchNorm(nn.Module):
     def _batch_statistics(
         self, values: torch.Tensor, weights: torch.Tensor, step: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the per-step mean and variance [T, C] of the real positions, and update the
-        running statistics of the steps that occur."""
+        """Compute the mean and variance [T, C] that normalize each step, and update the running
+        statistics of the steps that occur."""
         channels = values.shape[-1]
         flat_step = step.reshape(-1)
-        counts = values.new_zeros(self.steps).index_add(0, flat_step, weights.reshape(-1))
+        flat_weights = weights.reshape(-1)
+        counts = values.new_zeros(self.steps).index_add(0, flat_step, flat_weights)  # [T]
         sums = values.new_zeros(self.steps, channels).index_add(
             0, flat_step, (values * weights).reshape(-1, channels)
         )
         mean = sums / counts.clamp(min=1.0).unsqueeze(1)
         squares = ((values - mean[step]) * weights).pow(2).reshape(-1, channels)
         square_sums = values.new_zeros(self.steps, channels).index_add(0, flat_step, squares)
-        var = square_sums / counts.clamp(min=1.0).unsqueeze(1)
+
+        # Statistics of all real positions, for the steps with fewer than min_count of them.
+        pooled_count = counts.sum()
+        pooled_mean = sums.sum(0) / pooled_count.clamp(min=1.0)  # [C]
+        pooled_squares = ((values - pooled_mean) * weights).pow(2).reshape(-1, channels)
+        own = (counts >= self.min_count).unsqueeze(1)  # [T, 1]
+        used_counts = torch.where(own[:, 0], counts, pooled_count)  # [T]
+        used_square_sums = torch.where(own, square_sums, pooled_squares.sum(0))  # [T, C]
+        mean = torch.where(own, mean, pooled_mean)
+        var = used_square_sums / used_counts.clamp(min=1.0).unsqueeze(1)
 
         with torch.no_grad():
-            # A step seen once has no unbiased variance, so only its mean moves.
+            # A mean from a single position has no unbiased variance, so only the mean moves.
             seen = (counts > 0).unsqueeze(1)  # [T, 1]
-            seen_twice = (counts > 1).unsqueeze(1)
-            unbiased = square_sums / (counts - 1.0).clamp(min=1.0).unsqueeze(1)
+            has_variance = seen & (used_counts > 1).unsqueeze(1)
+            unbiased = used_square_sums / (used_counts - 1.0).clamp(min=1.0).unsqueeze(1)
             new_mean = torch.lerp(self.running_mean, mean, self.momentum)
             new_var = torch.lerp(self.running_var, unbiased, self.momentum)
             self.running_mean.copy_(torch.where(seen, new_mean, self.running_mean))
-            self.running_var.copy_(torch.where(seen_twice, new_var, self.running_var))
+            self.running_var.copy_(torch.where(has_variance, new_var, self.running_var))
         return mean, var
 
 

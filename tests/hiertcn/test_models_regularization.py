@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from hiertcn.errors import ConfigError
 from hiertcn.models import ModelConfig, build_model
 from hiertcn.models.hiertcn import HierTCN
 from hiertcn.models.regularization import MaskedTimeBatchNorm, gru_step
@@ -91,13 +92,14 @@ def masked_batch(values: torch.Tensor, lengths: list[int], width: int, left: boo
     return x, mask
 
 
-def test_batch_norm_padding_does_not_change_running_statistics() -> None:
+@pytest.mark.parametrize("min_count", [1, 8])
+def test_batch_norm_padding_does_not_change_running_statistics(min_count: int) -> None:
     torch.manual_seed(0)
     values = torch.randn(3, 2, 4)
     lengths = [4, 2, 3]
     norms, outputs = [], []
     for width, left in [(4, False), (7, False), (7, True)]:
-        norm = MaskedTimeBatchNorm(2, steps=3).train()
+        norm = MaskedTimeBatchNorm(2, steps=3, min_count=min_count).train()
         x, mask = masked_batch(values, lengths, width, left)
         norms.append(norm)
         outputs.append(norm(x, mask))
@@ -113,7 +115,7 @@ def test_batch_norm_padding_does_not_change_running_statistics() -> None:
 def test_batch_norm_statistics_per_time_step() -> None:
     values = torch.tensor([[[1.0, 10.0, 5.0]], [[3.0, 30.0, 0.0]]])  # [B=2, C=1, L=3]
     mask = torch.tensor([[[1.0, 1.0, 1.0]], [[1.0, 1.0, 0.0]]])
-    norm = MaskedTimeBatchNorm(1, steps=4, momentum=1.0).train()
+    norm = MaskedTimeBatchNorm(1, steps=4, momentum=1.0, min_count=1).train()
 
     output = norm(values, mask)
 
@@ -125,6 +127,65 @@ def test_batch_norm_statistics_per_time_step() -> None:
     assert output[0, 0, 0].item() == pytest.approx(-1.0, abs=1e-4)
     assert output[1, 0, 1].item() == pytest.approx(1.0, abs=1e-4)
     assert output[1, 0, 2].item() == 0.0  # padded position
+
+
+def test_batch_norm_rare_step_uses_pooled_statistics() -> None:
+    values = torch.tensor([[[1.0, 10.0, 5.0]], [[3.0, 30.0, 0.0]]])  # [B=2, C=1, L=3]
+    mask = torch.tensor([[[1.0, 1.0, 1.0]], [[1.0, 1.0, 0.0]]])
+    norm = MaskedTimeBatchNorm(1, steps=4, momentum=1.0, min_count=2).train()
+
+    output = norm(values, mask)
+
+    # Step 2 has one real position (5), below min_count, so it takes the statistics of all
+    # five real positions 1, 10, 5, 3, 30: mean 9.8, biased variance 110.96, unbiased 138.7.
+    assert norm.running_mean[:3, 0].tolist() == pytest.approx([2.0, 20.0, 9.8])
+    assert norm.running_var[:3, 0].tolist() == pytest.approx([2.0, 200.0, 138.7])
+    assert output[0, 0, 2].item() == pytest.approx((5.0 - 9.8) / 110.96**0.5, abs=1e-4)
+    assert output[0, 0, 0].item() == pytest.approx(-1.0, abs=1e-4)  # own statistics
+
+
+def test_batch_norm_lone_position_keeps_its_value() -> None:
+    # Only row 0 reaches steps 3 and 4. Normalizing such a step with its own statistics would
+    # map every value there to `bias` and so erase the inputs of long sessions.
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5)
+    mask = torch.zeros(4, 1, 5)
+    for row, length in enumerate([5, 3, 3, 2]):
+        mask[row, :, :length] = 1.0
+    changed = x.clone()
+    changed[0, :, 4] += 2.0
+    norm = MaskedTimeBatchNorm(3, steps=8).train()
+    with torch.no_grad():
+        norm.bias.fill_(0.5)
+
+    output = norm(x, mask)
+    output_changed = norm(changed, mask)
+
+    assert not torch.allclose(output[0, :, 4], torch.full((3,), 0.5))
+    assert not torch.allclose(output[0, :, 4], output_changed[0, :, 4])
+
+
+def test_batch_norm_eval_matches_training_on_rare_steps() -> None:
+    torch.manual_seed(0)
+    lengths = [12, 4, 3, 3, 2, 2, 2, 1]
+    x, mask = masked_batch(torch.randn(8, 3, 12), lengths, 12, left=False)
+    norm = MaskedTimeBatchNorm(3, steps=16, momentum=0.5, min_count=4).train()
+    for _ in range(60):
+        training = norm(x, mask)
+    norm.eval()
+
+    evaluation = norm(x, mask)
+
+    # The steps that only the first row reaches were normalized with the pooled statistics in
+    # training, and their running statistics converged to the same numbers (the variance up to
+    # the unbiased factor n / (n - 1) of the n = 29 real positions).
+    scale = (29 / 28) ** 0.5
+    torch.testing.assert_close(evaluation[0, :, 4:] * scale, training[0, :, 4:], atol=1e-3, rtol=0)
+
+
+def test_batch_norm_rejects_zero_min_count() -> None:
+    with pytest.raises(ConfigError, match="min_count=0"):
+        MaskedTimeBatchNorm(2, steps=3, min_count=0)
 
 
 def test_batch_norm_eval_left_and_right_padding_agree() -> None:
