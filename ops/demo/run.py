@@ -4,11 +4,12 @@
     make demo DATA=ratings.csv FORMAT=movielens  # a real log
     python -m ops.demo --help
 
-Steps, each announced on stdout: prepare the data, train a small HierTCN, export and verify the
-bundle, start the local Kafka broker, create the topics, start a pool of worker processes,
-publish the test users' events at a steady rate while a live line reports throughput, latency,
-live recall@10 and dead letters, then show a few users' recent items next to their
-recommendations, plot throughput and latency into a PNG, and stop everything.
+Each step is announced on stdout. The demo prepares the data, trains a small HierTCN, exports
+and verifies the bundle, starts the local Kafka broker, creates the topics and starts a pool of
+worker processes. It then publishes the test users' events at a steady rate while a live line
+reports throughput, latency, live recall@10 and dead letters. At the end it shows a few users'
+recent items next to their recommendations, plots throughput and latency into a PNG, and stops
+everything.
 
 It assumes what `make demo` sets up: the project installed in the current Python, Java 17 and
 Maven for the broker. Everything it writes goes into one run folder (`--out`).
@@ -81,7 +82,7 @@ def run_command(command: Sequence[str], log_path: Path | None = None) -> None:
 
 
 def data_flags(config: DemoConfig, data_path: Path, synthetic: bool) -> list[str]:
-    """The data flags that training and the demo's own split both use, so their splits agree."""
+    """Return the data flags that training and the demo's own split share, so the splits agree."""
     if synthetic:
         return [str(data_path), "--format", "csv", "--min-item-count", "5", "--split-seed", "0"]
     return [str(data_path), "--format", config.data_format, "--split-seed", "0"]
