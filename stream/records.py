@@ -18,6 +18,7 @@ it. Only a missing file, an unknown format or a CSV header without the required 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import logging
@@ -78,8 +79,8 @@ def detect_format(path: Path) -> str:
     if suffix in _SUFFIX_FORMATS:
         return _SUFFIX_FORMATS[suffix]
     if suffix == ".csv":
-        with path.open(encoding="utf-8", errors="replace", newline="") as file:
-            header = next(csv.reader(file), [])
+        with path.open(encoding="utf-8-sig", errors="replace", newline="") as file:
+            header = next(csv.reader(file), [])  # only to pick the format; ids are read strictly
         # Without a time column this is still an event CSV: its reader then names the missing
         # column and --time-col.
         if {"user", "item"} <= {name.strip() for name in header}:
@@ -144,8 +145,18 @@ def _time_key(record: Record) -> float:
 
 def _read_jsonl(path: Path) -> Iterator[Record]:
     number = 0
-    with path.open(encoding="utf-8", errors="replace") as file:
-        for line_number, line in enumerate(file, start=1):
+    with path.open("rb") as file:
+        for line_number, raw_line in enumerate(file, start=1):
+            if line_number == 1:
+                raw_line = raw_line.removeprefix(codecs.BOM_UTF8)
+            try:
+                # Strict decoding: a replaced byte would silently change a user or item id.
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                message = f"line {line_number} is not valid UTF-8 ({error.reason})"
+                yield Record(number, None, message)
+                number += 1
+                continue
             if not line.strip():
                 continue
             try:
@@ -243,7 +254,18 @@ def _csv_field_name(column: str, time_column: str) -> str | None:
 
 
 def _read_csv(path: Path, time_col: str | None = None) -> Iterator[Record]:
-    with path.open(encoding="utf-8", errors="replace", newline="") as file:
+    try:
+        yield from _read_csv_rows(path, time_col)
+    except UnicodeDecodeError as error:
+        # Strict decoding: a replaced byte would silently change a user or item id.
+        raise EventFileError(
+            f"event file {path} is not valid UTF-8 (byte {error.object[error.start]:#04x} at "
+            f"offset {error.start} of a read block): save the file as UTF-8"
+        ) from None
+
+
+def _read_csv_rows(path: Path, time_col: str | None) -> Iterator[Record]:
+    with path.open(encoding="utf-8-sig", newline="") as file:
         reader = csv.reader(file)
         header = [name.strip() for name in next(reader, [])]
         source = _csv_time_column(path, header, time_col)

@@ -419,3 +419,30 @@ def test_replay_command_unwritable_output_exits_2(
 
     assert code == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_records_reject_invalid_utf8_without_changing_ids(tmp_path) -> None:
+    from stream.records import EventFileError, read_records
+
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_bytes(
+        b'{"user": "a", "item": "1", "ts": 1}\n{"user": "Jos\xe9", "item": "1", "ts": 2}\n'
+    )
+    records = list(read_records(jsonl))
+    assert records[0].fields == {"user": "a", "item": "1", "ts": 1}
+    assert records[1].fields is None
+    assert "not valid UTF-8" in records[1].error
+
+    csv_file = tmp_path / "events.csv"
+    csv_file.write_bytes(b"user,item,ts\nJos\xe9,1,2\n")
+    with pytest.raises(EventFileError, match="not valid UTF-8"):
+        list(read_records(csv_file))
+
+
+def test_records_accept_utf8_bom(tmp_path) -> None:
+    from stream.records import read_records
+
+    csv_file = tmp_path / "events.csv"
+    csv_file.write_bytes(b"\xef\xbb\xbfuser,item,ts\nu1,7,3\n")
+    (record,) = list(read_records(csv_file))
+    assert record.fields["user"] == "u1"
