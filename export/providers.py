@@ -30,8 +30,8 @@ class RuntimeConfig:
     thread per physical core). Set it to 1 when several worker processes share a host.
     `inter_op_threads` only matters with `parallel=True`, which runs independent graph
     branches at the same time. The bundle's graphs are mostly one chain, so sequential is the
-    default. `allow_spinning` lets idle pool threads busy-wait for the next operator: lower
-    latency on cores that nothing else uses, but on a host shared by a pool of workers the
+    default. `allow_spinning` lets idle pool threads busy-wait for the next operator. That lowers
+    latency on cores that nothing else uses. On a host shared by a pool of workers, though, the
     spinning threads take the cores that the other processes need, so it is off by default.
     """
 

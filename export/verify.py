@@ -9,8 +9,8 @@ states reached by closing such sessions from the start state. For each kind and 
 session step runs on both sides at prefix widths L. Row 0 has length L and the other rows random
 lengths in 0..L, so left padding is exercised in every batch. A batch narrower than the receptive
 field runs every width in 0..receptive field. A batch with more rows than there are lengths runs
-only the widths 0, 1, half and full receptive field, and in those calls rows 1..L carry every
-length 0..L-1, so every prefix length is still checked, in 4 calls instead of one per width. The
+only the widths 0, 1, half and full receptive field. In those calls rows 1..L carry every length
+0..L-1, so every prefix length is still checked, in 4 calls instead of one per width. The
 session close runs once per kind and batch size. A check passes when:
 
 - the max absolute difference of user embeddings and of GRU states is at most `atol`, and

@@ -43,7 +43,7 @@ class Scrape:
 
 @dataclass(frozen=True)
 class Sample:
-    """What happened between two scrapes."""
+    """Rates, latency quantiles and live metrics of the interval between two scrapes."""
 
     at: float
     events_per_second: float
@@ -131,7 +131,7 @@ def sample_between(before: Scrape, after: Scrape, k: str = "10") -> Sample:
 
 
 def format_sample(sample: Sample) -> str:
-    """One live line of the demo."""
+    """Format one live line of the demo."""
 
     def milliseconds(value: float) -> str:
         return "-" if math.isnan(value) else f"{value * 1000:.0f} ms"
