@@ -110,12 +110,24 @@ def _rank_batch(
 
     selected = queries[torch.as_tensor(rows), torch.as_tensor(columns)]  # [P, D]
     target_items = torch.as_tensor(batch.items[rows, columns], device=queries.device)
+    # Events with an impression list are ranked among it; the others (an event with no list,
+    # or one whose shown items are all outside the vocabulary) among the whole catalog.
+    with_pool = np.zeros(len(rows), dtype=bool)
     if config.use_impressions and batch.impressions is not None:
         pools = batch.impressions[rows, columns]  # [P, M]
-        ranks, pool_sizes = _rank_in_impressions(model, selected, table, target_items, pools)
-    else:
-        ranks = _rank_in_catalog(model, selected, table, target_items, config.chunk_size)
-        pool_sizes = np.full(len(ranks), table.shape[0], dtype=np.int64)
+        with_pool = (pools >= 0).any(axis=1)
+    ranks = np.zeros(len(rows), dtype=np.int64)
+    pool_sizes = np.full(len(rows), table.shape[0], dtype=np.int64)
+    if with_pool.any():
+        chosen = torch.as_tensor(np.flatnonzero(with_pool), device=selected.device)
+        ranks[with_pool], pool_sizes[with_pool] = _rank_in_impressions(
+            model, selected[chosen], table, target_items[chosen], pools[with_pool]
+        )
+    if (~with_pool).any():
+        chosen = torch.as_tensor(np.flatnonzero(~with_pool), device=selected.device)
+        ranks[~with_pool] = _rank_in_catalog(
+            model, selected[chosen], table, target_items[chosen], config.chunk_size
+        )
     return EventRanks(
         events=events.astype(np.int64),
         users=users.astype(np.int64),

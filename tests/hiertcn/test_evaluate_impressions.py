@@ -1,0 +1,53 @@
+"""Impressions as the candidate pool, on the real Trivago sample."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from hiertcn.data.log import build_event_log
+from hiertcn.data.readers import read_log
+from hiertcn.evaluate import EvaluationConfig, evaluate_model
+from hiertcn.models.config import ModelConfig
+from hiertcn.models.registry import build_model
+
+
+def _trivago_log(shared_data):
+    return build_event_log(read_log(shared_data / "trivago-sample" / "train_small.csv"))
+
+
+def _most_popular(log):
+    model = build_model(ModelConfig(name="most_popular"), len(log.vocab))
+    model.fit_counts(np.bincount(np.asarray(log.items), minlength=len(log.vocab)))
+    return model
+
+
+def test_clickouts_ranked_among_impressions(shared_data) -> None:
+    torch.set_num_threads(1)
+    log = _trivago_log(shared_data)
+    offsets = np.asarray(log.impression_offsets)
+    has_list = offsets[1:] > offsets[:-1]  # [E]
+    result = evaluate_model(_most_popular(log), log, EvaluationConfig(use_impressions=True))
+    ranks = result.ranks
+    scored_with_list = has_list[ranks.events]
+
+    assert scored_with_list.any()
+    assert (~scored_with_list).any()
+    # A clickout is ranked among its shown hotels that are in the vocabulary, plus the target.
+    impressions = np.asarray(log.impressions)
+    items = np.asarray(log.items)
+    for event, size in zip(ranks.events, ranks.pool_sizes, strict=True):
+        if not has_list[event]:
+            continue
+        shown = impressions[offsets[event] : offsets[event + 1]]
+        expected = set(shown[shown >= 0].tolist()) | {int(items[event])}
+        assert size == len(expected)
+    # Events without a list are ranked among the whole catalog, never among a pool of one.
+    assert (ranks.pool_sizes[~scored_with_list] == len(log.vocab)).all()
+
+
+def test_without_impressions_every_pool_is_catalog(shared_data) -> None:
+    torch.set_num_threads(1)
+    log = _trivago_log(shared_data)
+    result = evaluate_model(_most_popular(log), log, EvaluationConfig(use_impressions=False))
+    assert (result.ranks.pool_sizes == len(log.vocab)).all()
