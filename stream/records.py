@@ -18,6 +18,7 @@ it. Only a missing file, an unknown format or a CSV header without the required 
 
 from __future__ import annotations
 
+import argparse
 import codecs
 import csv
 import json
@@ -313,3 +314,30 @@ def _read_dataset(path: Path, log_format: str) -> Iterator[Record]:
 def encode_fields(fields: dict[str, Any]) -> bytes:
     """Return the msgpack value of an event map, as the input topic carries it."""
     return msgpack.packb(fields, use_bin_type=True)
+
+
+def add_event_file_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    """Add `--events`, `--format`, `--time-col` and `--order`, which replay and produce share.
+
+    `verb` names what the command does with the file ("replay", "publish") in the help text.
+    """
+    parser.add_argument("--events", type=Path, required=True, help=f"event-log file to {verb}")
+    parser.add_argument(
+        "--format",
+        choices=RECORD_FORMATS,
+        default="auto",
+        help="format of --events (default: from the file name and first line)",
+    )
+    parser.add_argument(
+        "--time-col",
+        default=None,
+        metavar="NAME",
+        help="time column of a CSV file, in seconds (default: the first of ts, timestamp, "
+        "time, event_time)",
+    )
+    parser.add_argument(
+        "--order",
+        choices=ORDERS,
+        default="file",
+        help=f"{verb} in file order, or sorted by event time (stable) (default: file)",
+    )

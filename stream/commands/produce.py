@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from stream.errors import ConfigError
 from stream.produce import EventProducer, ProduceConfig
-from stream.records import ORDERS, RECORD_FORMATS, EventFileError, read_records
+from stream.records import EventFileError, add_event_file_arguments, read_records
 
 logger = logging.getLogger(__name__)
 
@@ -38,35 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
 
-    parser.add_argument("--events", type=Path, required=True, help="event-log file to publish")
+    add_event_file_arguments(parser, "publish")
 
     parser.add_argument(
         "--brokers", required=True, help="Kafka bootstrap servers, HOST:PORT[,HOST:PORT...]"
     )
 
     parser.add_argument("--topic", required=True, help="topic to publish to")
-
-    parser.add_argument(
-        "--format",
-        choices=RECORD_FORMATS,
-        default="auto",
-        help="format of --events (default: from the file name and first line)",
-    )
-
-    parser.add_argument(
-        "--time-col",
-        default=None,
-        metavar="NAME",
-        help="time column of a CSV file, in seconds (default: the first of ts, timestamp, "
-        "time, event_time)",
-    )
-
-    parser.add_argument(
-        "--order",
-        choices=ORDERS,
-        default="file",
-        help="publish in file order, or sorted by event time (stable) (default: file)",
-    )
 
     parser.add_argument(
         "--rate",

@@ -21,7 +21,7 @@ from pathlib import Path
 from stream.errors import ConfigError
 from stream.events import EventConfig
 from stream.pipeline import Pipeline, PipelineConfig
-from stream.records import ORDERS, RECORD_FORMATS, EventFileError, read_records
+from stream.records import EventFileError, add_event_file_arguments, read_records
 from stream.replay import MemoryStates, Replay, ReplayConfig, ReplayReport, open_store_states
 
 logger = logging.getLogger(__name__)
@@ -35,31 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
 
-    parser.add_argument("--events", type=Path, required=True, help="event-log file to replay")
+    add_event_file_arguments(parser, "replay")
 
     parser.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
-
-    parser.add_argument(
-        "--format",
-        choices=RECORD_FORMATS,
-        default="auto",
-        help="format of --events (default: from the file name and first line)",
-    )
-
-    parser.add_argument(
-        "--time-col",
-        default=None,
-        metavar="NAME",
-        help="time column of a CSV file, in seconds (default: the first of ts, timestamp, "
-        "time, event_time)",
-    )
-
-    parser.add_argument(
-        "--order",
-        choices=ORDERS,
-        default="file",
-        help="replay in file order, or sorted by event time (stable) (default: file)",
-    )
 
     parser.add_argument(
         "--batch-size", type=int, default=256, help="events per micro-batch (default: 256)"
