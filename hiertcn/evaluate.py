@@ -110,8 +110,8 @@ def _rank_batch(
 
     selected = queries[torch.as_tensor(rows), torch.as_tensor(columns)]  # [P, D]
     target_items = torch.as_tensor(batch.items[rows, columns], device=queries.device)
-    # Events with an impression list are ranked among it; the others (an event with no list,
-    # or one whose shown items are all outside the vocabulary) among the whole catalog.
+    # Events with an impression list are ranked among it. The others are ranked among the whole
+    # catalog: events with no list, and events whose shown items are all outside the vocabulary.
     with_pool = np.zeros(len(rows), dtype=bool)
     if config.use_impressions and batch.impressions is not None:
         pools = batch.impressions[rows, columns]  # [P, M]

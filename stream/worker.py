@@ -241,7 +241,7 @@ class Worker:
         # their timers have a backlog of idle sessions.
         self._timers_due: set[int] = set()
         self._paused: set[int] = set()
-        # True inside on_revoke: the Kafka commit then waits, so the group sees the final
+        # True inside on_revoke: the Kafka commit then waits, so the group has the final
         # offsets before the partitions move. Between rebalances it does not wait, because
         # LMDB holds the position that counts and the Kafka offsets only show lag.
         self._revoking = False

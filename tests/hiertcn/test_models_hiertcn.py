@@ -207,7 +207,7 @@ def test_gru_state_depends_only_on_earlier_sessions() -> None:
     changed = [*sessions[:2], (sessions[2] + 1) % NUM_ITEMS, sessions[3]]
     changed_carries, changed_outputs = run(changed)
 
-    for i in range(3):  # the changed session 2 cannot reach the states before it
+    for i in range(3):  # carries 0..2 are the states before session 2, so they must not change
         torch.testing.assert_close(changed_carries[i], carries[i])
     for i in range(2):
         torch.testing.assert_close(changed_outputs[i], outputs[i])
