@@ -12,8 +12,12 @@ transactions with a lock in `lock.mdb`. Each process must open its own `StateSto
 starts: an LMDB environment must not be used across `fork()`, so every method raises
 `ForeignProcessError` when called from a process other than the one that opened the store. On
 open, `reader_check()` frees the reader slots that processes which died left in `lock.mdb`.
-Inside one process, a lock serialises the store's transactions, so a store may be shared by
-threads, but they take turns.
+
+Threads. Threads of one process may share a store: one thread may read (`read`, `expired`,
+`positions`) while another runs `commit`. Transactions take a shared lock and run concurrently.
+Only map resizing takes it exclusively, because LMDB requires that no transaction of the
+process is open during `set_mapsize`. `_SharedExclusiveLock` lists the LMDB and py-lmdb rules
+that this relies on.
 
 Map growth across processes. The map starts at `StoreConfig.map_size` and grows as follows:
 
@@ -34,7 +38,9 @@ store may call more than once, so it must only read and write through the transa
 Full disk. LMDB writes the pages of a commit before it writes the meta page that makes the
 commit visible. A write that fails for lack of space (ENOSPC, EDQUOT, or EFBIG from a file-size
 limit) aborts the transaction and leaves the previous commit intact, and the store raises
-`DiskFullError` naming the state directory.
+`DiskFullError` naming the state directory. LMDB 0.9 reports a write that stopped short as EIO
+(`mdb_page_flush`), so an EIO also raises `DiskFullError` when the file system or the file-size
+limit has less room left than one page.
 """
 
 from __future__ import annotations
@@ -42,10 +48,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, TypeVar
@@ -132,7 +140,7 @@ class StateStore:
         self.config = config
         self.path = Path(config.path)
         self._pid = os.getpid()
-        self._lock = threading.RLock()
+        self._lock = _SharedExclusiveLock()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -184,43 +192,54 @@ class StateStore:
 
     # Transactions ---------------------------------------------------------------------------
 
-    def run(self, work: Callable[[StoreTxn], T], write: bool = False) -> T:
+    def run(self, work: Callable[[StoreTxn], T], write: bool = False, buffers: bool = False) -> T:
         """Run `work` in one transaction, committed on return, and return its result.
 
         On map growth the store calls `work` again in a fresh transaction, so `work` must only
-        read and write through the transaction it gets.
+        read and write through the transaction it gets. `work` must not call methods of this
+        store, because the store's lock is not reentrant. With `buffers=True`, reads return
+        memoryviews of the map that are valid only until the transaction ends or writes, so
+        `work` must copy or decode them before it returns or writes.
         """
         self._check_process()
 
         def once() -> T:
-            with self._env.begin(write=write) as txn:
+            with self._env.begin(write=write, buffers=buffers) as txn:
                 return work(StoreTxn(txn, *self._databases))
 
         return self._retry(once, "write" if write else "read")
 
     def _retry(self, operation: Callable[[], T], name: str) -> T:
-        with self._lock:
-            for attempt in range(1, _MAX_ATTEMPTS + 1):
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            with self._lock.shared():
+                size_before = self.map_size()
                 try:
                     return operation()
                 except lmdb.MapResizedError:
-                    self._resize_map(self._adopt_map, name, attempt)
+                    resize = self._adopt_map
                 except lmdb.MapFullError:
-                    self._resize_map(self._grow_map, name, attempt)
+                    resize = self._grow_map
                 except lmdb.Error as error:
                     raise self._translate(error, name) from error
+            # The transaction has ended, so this thread holds no lock and no transaction here.
+            with self._lock.exclusive():
+                self._resize_map(resize, name, attempt, size_before)
         raise StateStoreError(
             f"LMDB {name} in {self.path} still failed after {_MAX_ATTEMPTS} attempts to grow "
             "the map: another process keeps growing it; retry the command"
         )
 
-    def _resize_map(self, resize: Callable[[str, int], None], name: str, attempt: int) -> None:
+    def _resize_map(
+        self, resize: Callable[[str, int, int], None], name: str, attempt: int, size_before: int
+    ) -> None:
         try:
-            resize(name, attempt)
+            resize(name, attempt, size_before)
         except lmdb.Error as error:
             raise self._translate(error, f"map resize for {name}") from error
 
-    def _adopt_map(self, name: str, attempt: int) -> None:
+    def _adopt_map(self, name: str, attempt: int, size_before: int) -> None:
+        if self.map_size() != size_before:
+            return  # another thread of this process adopted or grew the map meanwhile
         self._env.set_mapsize(0)
         logger.warning(
             "LMDB map of %s was grown by another process: adopted %s (%s, attempt %d/%d)",
@@ -231,8 +250,9 @@ class StateStore:
             _MAX_ATTEMPTS,
         )
 
-    def _grow_map(self, name: str, attempt: int) -> None:
-        full_size = self.map_size()
+    def _grow_map(self, name: str, attempt: int, full_size: int) -> None:
+        if self.map_size() > full_size:
+            return  # another thread of this process grew the map meanwhile
         self._env.set_mapsize(0)
         if self.map_size() > full_size:
             logger.warning(
@@ -265,13 +285,29 @@ class StateStore:
         )
 
     def _translate(self, error: lmdb.Error, name: str) -> StateStoreError:
-        if isinstance(error, lmdb.DiskError) or getattr(error, "code", None) in _DISK_FULL_ERRNOS:
+        code = getattr(error, "code", None)
+        disk_full = isinstance(error, lmdb.DiskError) or code in _DISK_FULL_ERRNOS
+        if disk_full or (code == errno.EIO and self._out_of_room()):
             return DiskFullError(
                 f"LMDB {name} in state store {self.path} failed for lack of disk space "
                 f"({error}); the last commit is intact: free disk space or move the state "
                 "directory to a larger disk"
             )
         return StateStoreError(f"LMDB {name} failed in state store {self.path}: {error}")
+
+    def _out_of_room(self) -> bool:
+        """Return whether the file system or the file-size limit has less than a page left
+        for `data.mdb`."""
+        page_size = resource.getpagesize()  # LMDB 0.9 uses the OS page size
+        try:
+            free = os.statvfs(self.path)
+            file_size = (self.path / "data.mdb").stat().st_size
+        except OSError:
+            return False
+        if free.f_bavail * free.f_frsize < page_size:
+            return True
+        limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        return limit != resource.RLIM_INFINITY and file_size + page_size > limit
 
     def _check_process(self) -> None:
         if os.getpid() != self._pid:
@@ -286,17 +322,19 @@ class StateStore:
         """Read the states of `users` in one read transaction; unknown users are absent."""
         requested = [(user, keys.user_key(user)) for user in users]
 
-        def work(t: StoreTxn) -> dict[str, bytes]:
-            blobs = {}
+        def work(t: StoreTxn) -> dict[str, UserState]:
+            states = {}
+            get = t.txn.get
             for user, key in requested:
                 if not key or len(key) > self._max_user_key:
                     continue  # commit rejects such ids, so they are never stored
-                blob = t.txn.get(key, db=t.users)
+                blob = get(key, db=t.users)
                 if blob is not None:
-                    blobs[user] = blob
-            return blobs
+                    # `blob` is a view of the map, so it is decoded before the transaction ends.
+                    states[user] = codec.decode_state(blob)
+            return states
 
-        return {user: codec.decode_state(blob) for user, blob in self.run(work).items()}
+        return self.run(work, buffers=True)
 
     def commit(
         self,
@@ -326,17 +364,25 @@ class StateStore:
             for (topic, partition), position in (positions or {}).items()
         ]
 
+        new_timers = [(timer, b"") for _, _, timer in records if timer is not None]
+
         def work(t: StoreTxn) -> None:
-            for key, blob, timer in records:
-                _remove_timer(t, key)
-                t.txn.put(key, blob, db=t.users)
-                if timer is not None:
-                    t.txn.put(timer, b"", db=t.timers)
+            old_timers = []
+            users = t.txn.cursor(db=t.users)
+            for key, blob, _ in records:
+                previous = users.replace(key, blob)
+                if previous is not None:
+                    old_timers.append(_timer_of_record(key, previous))
             for key in removed:
-                _remove_timer(t, key)
-                t.txn.delete(key, db=t.users)
-            for key, blob in position_records:
-                t.txn.put(key, blob, db=t.positions)
+                previous = users.pop(key)
+                if previous is not None:
+                    old_timers.append(_timer_of_record(key, previous))
+            # Old entries go first, because a user's new entry may equal its old one.
+            for timer in old_timers:
+                if timer is not None:
+                    t.txn.delete(timer, db=t.timers)
+            t.txn.cursor(db=t.timers).putmulti(new_timers)
+            t.txn.cursor(db=t.positions).putmulti(position_records)
 
         started = time.perf_counter()
         self.run(work, write=True)
@@ -414,7 +460,9 @@ class StateStore:
                 blob = t.txn.get(key, db=t.users)
                 if blob is None or codec.decode_timer_fields(blob).last_ts >= before_ts:
                     continue
-                _remove_timer(t, key)
+                timer = _timer_of_record(key, blob)
+                if timer is not None:
+                    t.txn.delete(timer, db=t.timers)
                 t.txn.delete(key, db=t.users)
                 deleted += 1
             return deleted
@@ -429,7 +477,7 @@ class StateStore:
                 f"{target} already contains an LMDB store: choose an empty or new directory"
             )
         target.mkdir(parents=True, exist_ok=True)
-        with self._lock:
+        with self._lock.shared():
             try:
                 self._env.copy(str(target), compact=True)
             except lmdb.Error as error:
@@ -438,7 +486,7 @@ class StateStore:
     def environment_info(self) -> dict[str, int]:
         """Return the map size, the bytes in use, the page size and the reader slots in use."""
         self._check_process()
-        with self._lock:
+        with self._lock.shared():
             info = self._env.info()
             page_size = int(self._env.stat()["psize"])
         return {
@@ -452,7 +500,7 @@ class StateStore:
     def sync(self) -> None:
         """Flush committed pages to disk; useful with `StoreConfig.sync=False`."""
         self._check_process()
-        with self._lock:
+        with self._lock.shared():
             self._env.sync(True)
 
     def map_size(self) -> int:
@@ -464,7 +512,7 @@ class StateStore:
         if os.getpid() != self._pid:
             logger.debug("state store %s not closed in foreign process %d", self.path, os.getpid())
             return
-        with self._lock:
+        with self._lock.exclusive():
             self._env.close()
 
     def __enter__(self) -> StateStore:
@@ -585,12 +633,76 @@ def format_size(size: int) -> str:
     return f"{value:.4g} TiB"
 
 
-def _remove_timer(t: StoreTxn, key: bytes) -> None:
-    """Delete the timer entry of the stored state under `key`, if it has one."""
-    previous = t.txn.get(key, db=t.users)
-    if previous is None:
-        return
-    fields = codec.decode_timer_fields(previous)
-    if fields.session_length > 0:
-        timer = keys.timer_key(fields.partition, fields.last_ts, keys.user_of_key(key))
-        t.txn.delete(timer, db=t.timers)
+def _timer_of_record(key: bytes, blob: bytes) -> bytes | None:
+    """Return the `timers` key of the state `blob` stored under the `users` key `key`, or None
+    when its session is closed."""
+    partition, last_ts, session_length = codec.decode_timer_fields(blob)
+    if session_length <= 0:
+        return None
+    # `keys.timer_key` with the user's key in place of the decoded and re-encoded user id.
+    return keys.partition_bytes(partition) + keys.micros_bytes(last_ts) + bytes(key)
+
+
+class _SharedExclusiveLock:
+    """A lock that any number of holders share, or one holder takes alone.
+
+    A waiting exclusive holder blocks new shared holders, so a map resize cannot starve. The lock
+    is not reentrant: a thread that holds it must not take it again.
+
+    What holds for LMDB 0.9 and py-lmdb 3.0, and why shared transactions are safe:
+
+    - py-lmdb opens every environment with MDB_NOTLS (`Environment.__init__` in lmdb/cffi.py),
+      so a read transaction's reader slot belongs to the transaction, not to the thread, and
+      threads may hold read transactions at the same time. Each read transaction takes one of
+      the `max_readers` slots.
+    - A transaction must be used by one thread only, and a write transaction must not span
+      threads. `StateStore.run` begins and ends each transaction in the calling thread.
+    - LMDB allows one write transaction per environment at a time, across threads and
+      processes. py-lmdb makes `begin(write=True)` on another thread wait until the active one
+      ends, and raises on the thread that already has one.
+    - Readers never block the writer, and a read transaction reads one committed snapshot for
+      its whole life, so a read never returns half of a commit.
+    - py-lmdb releases the GIL while `mdb_txn_commit` writes and fsyncs (measured with py-lmdb
+      3.0.0: another Python thread kept running during a 12 ms synced commit), so a reading
+      thread runs during the fsync of a commit.
+    - `mdb_env_set_mapsize` may be called only while no transaction of the process is open, and
+      py-lmdb 3.0 invalidates every open transaction of the environment when it runs. This is
+      why resizing and `close` take the lock exclusively.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._shared_holders = 0
+        self._exclusive_held = False
+        self._exclusive_waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._condition:
+            while self._exclusive_held or self._exclusive_waiting:
+                self._condition.wait()
+            self._shared_holders += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._shared_holders -= 1
+                if not self._shared_holders:
+                    self._condition.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._condition:
+            self._exclusive_waiting += 1
+            try:
+                while self._exclusive_held or self._shared_holders:
+                    self._condition.wait()
+            finally:
+                self._exclusive_waiting -= 1
+            self._exclusive_held = True
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._exclusive_held = False
+                self._condition.notify_all()

@@ -20,7 +20,7 @@ from statestore import (
     command,
     maintenance,
 )
-from statestore.codec import encode_state
+from statestore.codec import SCHEMA_VERSION, encode_state
 from tests.statestore.helpers import make_state
 
 DAY = 86_400.0
@@ -71,7 +71,7 @@ def test_stats_prints_counts(state_dir: Path, capsys: pytest.CaptureFixture[str]
     assert "open sessions    2" in output
     assert "interactions[0]@42" in output
     assert "interactions[1]@7" in output
-    assert "schema_version   1" in output
+    assert f"schema_version   {SCHEMA_VERSION}" in output
 
 
 def test_stats_json_is_parseable(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
