@@ -4,23 +4,27 @@ Each batch runs these steps, and their order is the correctness argument:
 
 1. consume up to `max_batch_size` messages, or what arrives within `max_batch_delay_ms` of the
    first one. Decode and validate each, and route bad ones to the dead-letter topic
-2. read the states of the batch's users in one LMDB read transaction
+2. read the states of the batch's users: pending ones from the committer, the rest in one LMDB
+   read transaction
 3. close sessions: the pipeline closes a session when the user's next event comes after the
    gap, and the timers close idle sessions once the partition's event-time watermark has passed
    `last_ts + session_gap`
 4. score every event in one batched model call (`Pipeline.process`)
-5. produce the outputs and dead letters and wait until the broker has acknowledged every one
-6. write the states and each partition's next offset and watermark in one LMDB write
-   transaction, then commit the same offsets to Kafka so that lag shows in the usual tools
+5. produce the outputs and dead letters
+6. hand the new states and each partition's next offset and watermark to the committer thread
+   (`stream.committer`), which waits until the broker has acknowledged the batch's messages,
+   writes states and offsets in one LMDB transaction, and reports the offsets, which this
+   thread then commits to Kafka so that lag shows in the usual tools
 
-Outputs are delivered before the LMDB commit, so a process killed in between reprocesses the
-batch from the stored offset after a restart: outputs may repeat (at most the batches in flight,
-which is one), but none is lost. The Kafka commit only makes lag visible, because every
-assignment seeks to the offset stored in LMDB with the states it produced.
+Outputs are delivered before the LMDB commit that covers them, so a process killed in between
+reprocesses those batches from the stored offset after a restart: outputs may repeat (at most
+the pending batches and the one in progress), but none is lost. The Kafka commit only makes
+lag visible, because every assignment seeks to the offset stored in LMDB with the states it
+produced.
 
-Back-pressure: each batch waits for its own deliveries, so the producer queue never contains more
-than one batch. A partition whose timers find more idle sessions than one pass closes is paused
-until they are closed, and resumed then.
+Back-pressure: at most `max_pending_batches` batches wait for their commit, so the producer
+queue contains a bounded number of batches. A partition whose timers find more idle sessions than
+one pass closes is paused until they are closed, and resumed then.
 """
 
 from __future__ import annotations
@@ -48,8 +52,9 @@ from confluent_kafka import (
 )
 
 from statestore import PartitionPosition, UserState
+from stream.committer import Committer, CommitterConfig
 from stream.config import DEFAULT_MAX_POLL_INTERVAL_MS, WorkerConfig
-from stream.errors import StreamError
+from stream.delivery import Deliverer, DeliveryConfig, OutputRecord
 from stream.events import DeadLetter, Event, EventConfig, Position, decode_event
 from stream.metrics import WorkerMetrics
 from stream.pipeline import BatchResult, Pipeline
@@ -73,10 +78,6 @@ MESSAGE_OVERHEAD_BYTES = 16_384
 # that count the rest. The metric counts every dead letter.
 DEAD_LETTERS_LOGGED_PER_REASON = 5
 DEAD_LETTER_SUMMARY_SECONDS = 10.0
-
-
-class DeliveryError(StreamError):
-    """The broker did not acknowledge a batch's outputs after every retry."""
 
 
 def consumer_settings(config: WorkerConfig) -> dict[str, Any]:
@@ -179,19 +180,6 @@ def position_text(topic: str, partition: int, offset: int) -> str:
 
 
 @dataclass
-class _Record:
-    """One message to produce, kept until the broker acknowledges it."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-    append_ts: float | None = None  # Kafka time of the input event (s), for latency
-    delivered: bool = False
-    error: KafkaError | None = None
-
-
-@dataclass
 class _Decoded:
     """Step 1 of a batch: valid events, dead letters and the positions they advance."""
 
@@ -241,10 +229,18 @@ class Worker:
         # their timers have a backlog of idle sessions.
         self._timers_due: set[int] = set()
         self._paused: set[int] = set()
-        # True inside on_revoke: the Kafka commit then waits, so the group has the final
-        # offsets before the partitions move. Between rebalances it does not wait, because
-        # LMDB holds the position that counts and the Kafka offsets only show lag.
-        self._revoking = False
+        self.deliverer = Deliverer(
+            producer,
+            DeliveryConfig(config.brokers, config.delivery_timeout, config.delivery_attempts),
+            on_latency=metrics.end_to_end_latency.observe,
+            on_retries=metrics.delivery_retries.inc,
+        )
+        self.committer = Committer(
+            store,
+            self.deliverer,
+            CommitterConfig(config.input_topic, config.max_pending_batches),
+            observe_commit=metrics.state_write_seconds.observe,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -263,28 +259,41 @@ class Worker:
         logger.info("worker %s started on %s, group %s", os.getpid(), topic, self.config.group_id)
         try:
             while not self._stopping:
+                self.committer.check()
                 messages = self._collect()
                 if messages:
                     self._process(messages)
                 else:
                     self._idle()
+                self._commit_offsets(wait=False)
         finally:
             self._shutdown()
 
     def _shutdown(self) -> None:
-        # close() revokes the assignment, and on_revoke finishes what was collected.
+        # close() revokes the assignment, and on_revoke finishes what was collected and commits.
         logger.info("worker %s stopping: leaving the group", os.getpid())
         try:
             self.consumer.close()
         finally:
-            remaining = self.producer.flush(self.config.delivery_timeout)
-            if remaining:
-                logger.error("%d messages still undelivered at shutdown", remaining)
-            logger.info("worker %s stopped", os.getpid())
+            try:
+                # Commits what is pending; a failure of the thread is raised here, if the run
+                # loop has not raised it already.
+                self.committer.close()
+            finally:
+                self._flush_producer()
+
+    def _flush_producer(self) -> None:
+        remaining = self.producer.flush(self.config.delivery_timeout)
+        if remaining:
+            logger.error("%d messages still undelivered at shutdown", remaining)
+        logger.info("worker %s stopped", os.getpid())
 
     # -- rebalance callbacks -----------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Positions come from LMDB, so earlier batches of these partitions must be committed.
+        # A failed commit thread raises here, before anything is read from a stale position.
+        self.committer.drain()
         stored = self.store.positions(self.config.input_topic)
         for tp in partitions:
             position = stored.get(tp.partition)
@@ -320,11 +329,12 @@ class Worker:
         if self._pending:
             messages, self._pending = self._pending, []
             logger.info("finishing %d collected messages before the revocation", len(messages))
-            self._revoking = True
-            try:
-                self._process(messages)
-            finally:
-                self._revoking = False
+            self._process(messages)
+        # Then commit everything pending, and the offsets to Kafka with a wait, so that the group
+        # has the final offsets before the partitions move.
+        if not self.committer.failed:
+            self.committer.drain()
+            self._commit_offsets(wait=True)
         self._forget(revoked, "revoked")
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -338,6 +348,8 @@ class Worker:
             sorted(lost),
             len(dropped),
         )
+        # Their processed batches that wait for a commit must not reach LMDB either.
+        self.committer.forget(lost)
         self._forget(lost, "lost")
 
     def _forget(self, partitions: set[int], reason: str) -> None:
@@ -430,7 +442,7 @@ class Worker:
 
         # (2) Read the states of the batch's users in one read transaction.
         read_started = time.perf_counter()
-        states = self.store.read(sorted({event.user for event in events}))
+        states = self.committer.read(sorted({event.user for event in events}))
         self.metrics.state_read_seconds.observe(time.perf_counter() - read_started)
 
         # (3)-(4) Close sessions on a gap, score every event, update the states.
@@ -441,14 +453,18 @@ class Worker:
         timer_closed = self._close_idle(decoded.positions, changed)
         changed.update(timer_closed)
 
-        # (5) Produce the outputs and dead letters; wait until the broker has them all.
+        # (5) Produce the outputs and dead letters.
         records = self._output_records(events, result) + self._dead_letter_records(
             decoded.dead_letters
         )
-        self._deliver(records)
+        self.deliverer.produce(records)
 
-        # (6) States and offsets in one LMDB transaction, then the same offsets to Kafka.
-        self._commit(changed, decoded.positions)
+        # (6) Hand states, offsets and records to the committer, which commits them once the
+        # broker has the records. The next batch reads these states from the committer.
+        self.committer.submit(changed, decoded.positions, records)
+        for partition, position in decoded.positions.items():
+            if partition in self._positions:
+                self._positions[partition] = position
 
         self._observe(messages, result, len(timer_closed), time.perf_counter() - started)
 
@@ -459,7 +475,7 @@ class Worker:
             closed = self._close_idle({partition: self._positions[partition]}, changed)
             changed.update(closed)
             if changed:
-                self._commit(changed, {})
+                self.committer.submit(changed, {})
                 self.metrics.sessions_closed.labels("timer").inc(len(closed))
         self.dead_letter_log.flush()
         self._update_lag(self._positions)
@@ -482,11 +498,11 @@ class Worker:
             if not math.isfinite(position.watermark):
                 continue  # no event seen on this partition yet
             before = position.watermark - self.session_gap
-            users = self.store.expired(partition, before, self.config.timer_limit)
+            users = self.committer.expired(partition, before, self.config.timer_limit)
             self._set_timer_backlog(partition, len(users) >= self.config.timer_limit)
             stored_candidates.extend(user for user in users if user not in changed)
         if stored_candidates:
-            for user, state in self.store.read(stored_candidates).items():
+            for user, state in self.committer.read(stored_candidates).items():
                 position = positions.get(state.partition)
                 if position is not None and self._expired(state, position):
                     idle[user] = state
@@ -517,12 +533,12 @@ class Worker:
                 logger.info("resumed partition %d: its idle sessions are closed", partition)
         self.metrics.paused_partitions.set(len(self._paused))
 
-    # -- step 5: produce and wait for delivery -----------------------------------------------
+    # -- step 5: the records to produce ------------------------------------------------------
 
-    def _output_records(self, events: Sequence[Event], result: BatchResult) -> list[_Record]:
+    def _output_records(self, events: Sequence[Event], result: BatchResult) -> list[OutputRecord]:
         headers = [(WORKER_HEADER, self.pid)]
         return [
-            _Record(
+            OutputRecord(
                 topic=self.config.output_topic,
                 key=output.user.encode("utf-8"),
                 value=msgpack.packb(output.to_dict(), use_bin_type=True),
@@ -532,7 +548,7 @@ class Worker:
             for event, output in zip(events, result.outputs, strict=True)
         ]
 
-    def _dead_letter_records(self, dead_letters: Iterable[DeadLetter]) -> list[_Record]:
+    def _dead_letter_records(self, dead_letters: Iterable[DeadLetter]) -> list[OutputRecord]:
         records = []
         for letter in dead_letters:
             self.dead_letter_log.add(letter)
@@ -550,90 +566,30 @@ class Worker:
                 headers.append(("hiertcn.truncated", str(size).encode()))
                 key = key[: self.max_dead_letter_bytes // 2] if key else key
                 value = value[: self.max_dead_letter_bytes - len(key or b"")] if value else value
-            records.append(_Record(self.config.dead_letter_topic, key, value, headers))
+            records.append(OutputRecord(self.config.dead_letter_topic, key, value, headers))
         self.dead_letter_log.flush()
         return records
 
-    def _produce(self, record: _Record) -> None:
-        def on_delivery(error: KafkaError | None, message: Message) -> None:
-            record.error = error
-            record.delivered = error is None
-            if error is None and record.append_ts is not None:
-                self.metrics.end_to_end_latency.observe(max(time.time() - record.append_ts, 0.0))
+    # -- step 6: Kafka offsets ---------------------------------------------------------------
 
-        while True:
-            try:
-                self.producer.produce(
-                    record.topic,
-                    value=record.value,
-                    key=record.key,
-                    headers=record.headers,
-                    on_delivery=on_delivery,
-                )
-                return
-            except BufferError:
-                # The local queue is full: serve delivery reports until there is room.
-                self.producer.poll(0.1)
+    def _commit_offsets(self, wait: bool) -> None:
+        """Commit to Kafka the offsets that the committer has stored in LMDB since the last call.
 
-    def _deliver(self, records: list[_Record]) -> None:
-        """Produce `records` and wait until the broker has acknowledged every one.
-
-        A record whose delivery failed is produced again, and a record without a delivery
-        report yet is waited for, up to `delivery_attempts` waits in all. Then DeliveryError
-        stops the worker without committing, so a restart reprocesses the batch.
+        Only a revocation waits for the commit. Otherwise it does not, because LMDB stores the
+        position that counts and the Kafka offsets only show lag.
         """
-        # NOTE: a retried record goes out after any later record of the same user that was
-        # delivered on the first try, so per-user order holds only when no delivery fails.
-        for record in records:
-            self._produce(record)
-        for attempt in range(1, self.config.delivery_attempts + 1):
-            self.producer.flush(self.config.delivery_timeout)
-            failed = [r for r in records if not r.delivered and r.error is not None]
-            waiting = [r for r in records if not r.delivered and r.error is None]
-            if not failed and not waiting:
-                return
-            errors = Counter(str(record.error) for record in failed)
-            logger.warning(
-                "%d messages failed (%s) and %d have no delivery report yet, attempt %d/%d",
-                len(failed),
-                ", ".join(f"{error} x{count}" for error, count in errors.items()) or "none",
-                len(waiting),
-                attempt,
-                self.config.delivery_attempts,
-            )
-            if attempt == self.config.delivery_attempts:
-                break
-            # Only failed records go out again: a record still waiting may yet be delivered.
-            self.metrics.delivery_retries.inc(len(failed))
-            for record in failed:
-                record.error = None
-                self._produce(record)
-        undelivered = sum(not record.delivered for record in records)
-        raise DeliveryError(
-            f"{undelivered} messages not delivered to {self.config.brokers} after "
-            f"{self.config.delivery_attempts} waits of {self.config.delivery_timeout} s: "
-            "check that the broker is up and the output topics exist, then restart the worker"
-        )
-
-    # -- step 6: commit ----------------------------------------------------------------------
-
-    def _commit(
-        self, states: dict[str, UserState], positions: dict[int, PartitionPosition]
-    ) -> None:
         topic = self.config.input_topic
-        write_started = time.perf_counter()
-        self.store.commit(states, {(topic, p): pos for p, pos in positions.items()})
-        self.metrics.state_write_seconds.observe(time.perf_counter() - write_started)
-        for partition, position in positions.items():
-            if partition in self._positions:
-                self._positions[partition] = position
-        if not positions:
+        committed = self.committer.take_committed()
+        offsets = [
+            TopicPartition(topic, partition, position.next_offset)
+            for partition, position in sorted(committed.items())
+            if partition in self._positions  # a lost or revoked partition has a new owner
+        ]
+        if not offsets:
             return
-        offsets = [TopicPartition(topic, p, pos.next_offset) for p, pos in positions.items()]
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=not self._revoking)
+            self.consumer.commit(offsets=offsets, asynchronous=not wait)
         except KafkaException as error:
-            # The position in LMDB is the one that counts, and the Kafka commit only shows lag.
             logger.warning("Kafka offset commit failed (LMDB has the position): %s", error)
 
     # -- metrics -----------------------------------------------------------------------------
@@ -656,12 +612,17 @@ class Worker:
             metrics.live_hits.labels(str(cutoff)).inc(sum(rank <= cutoff for rank in ranks))
         metrics.live_reciprocal_rank_sum.inc(sum(1.0 / rank for rank in ranks))
         self._update_lag({m.partition(): self._positions.get(m.partition()) for m in messages})
-        logger.debug(
-            "batch of %d messages: %d outputs in %.1f ms",
-            len(messages),
-            len(result.outputs),
-            seconds * 1000,
-        )
+        if logger.isEnabledFor(logging.DEBUG):
+            created = [m.timestamp()[1] for m in messages if m.timestamp()[1] > 0]
+            waited = time.time() * 1000 - min(created) if created else float("nan")
+            logger.debug(
+                "batch of %d messages: %d outputs in %.1f ms; the oldest message was created "
+                "%.0f ms before the batch ended",
+                len(messages),
+                len(result.outputs),
+                seconds * 1000,
+                waited,
+            )
 
     def _update_lag(self, positions: dict[int, PartitionPosition | None]) -> None:
         topic = self.config.input_topic

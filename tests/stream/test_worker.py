@@ -1,4 +1,4 @@
-"""Worker parts that need no broker: Kafka settings, delivery retries and dead letters.
+"""Worker parts that need no broker: Kafka settings and dead letters.
 
 The integration tests in tests/integration/test_worker_*.py run the whole worker on a broker.
 """
@@ -10,7 +10,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError
 from prometheus_client import CollectorRegistry
 
 from stream.config import WorkerConfig
@@ -19,38 +18,23 @@ from stream.metrics import create_metrics
 from stream.worker import (
     DEAD_LETTERS_LOGGED_PER_REASON,
     DeadLetterLog,
-    DeliveryError,
     Worker,
-    _Record,
     consumer_settings,
     producer_settings,
 )
 
 
 class FakeProducer:
-    """Records produced messages; `failures` deliveries fail before the first success."""
+    """Accepts produce calls and reports every delivery as done on flush or poll."""
 
-    def __init__(self, failures: int = 0, silent: bool = False) -> None:
-        self.failures = failures
-        self.silent = silent
+    def __init__(self) -> None:
         self.produced: list[tuple[str, bytes | None]] = []
-        self._reports: list[Any] = []
 
     def produce(self, topic: str, value: Any, key: Any, headers: Any, on_delivery: Any) -> None:
         self.produced.append((topic, value))
-        if self.silent:
-            return
-        if self.failures > 0:
-            self.failures -= 1
-            error = KafkaError(KafkaError._MSG_TIMED_OUT)
-        else:
-            error = None
-        self._reports.append((on_delivery, error))
+        on_delivery(None, None)
 
     def flush(self, timeout: float) -> int:
-        reports, self._reports = self._reports, []
-        for callback, error in reports:
-            callback(error, None)
         return 0
 
     def poll(self, timeout: float) -> int:
@@ -61,17 +45,11 @@ def make_worker(producer: FakeProducer, **settings: Any) -> Worker:
     config = WorkerConfig(
         brokers="127.0.0.1:1",
         bundle=Path("bundle"),
-        delivery_timeout=0.1,
-        delivery_attempts=3,
         **settings,
     )
     pipeline = SimpleNamespace(config=SimpleNamespace(session_gap=600.0, top_k=10))
     metrics = create_metrics(CollectorRegistry())
     return Worker(config, pipeline, None, metrics, None, producer, {})  # type: ignore[arg-type]
-
-
-def record(value: bytes = b"v") -> _Record:
-    return _Record(topic="out", key=b"u1", value=value, headers=[])
 
 
 def test_consumer_settings_disable_auto_commit() -> None:
@@ -88,39 +66,6 @@ def test_consumer_settings_disable_auto_commit() -> None:
     assert settings["security.protocol"] == "SSL"
     assert producer_settings(config)["security.protocol"] == "SSL"
     assert producer_settings(config)["enable.idempotence"] is True
-
-
-def test_deliver_retries_failed_record() -> None:
-    producer = FakeProducer(failures=1)
-    worker = make_worker(producer)
-    records = [record(b"a"), record(b"b")]
-
-    worker._deliver(records)
-
-    assert all(r.delivered for r in records)
-    assert [value for _topic, value in producer.produced] == [b"a", b"b", b"a"]
-    assert worker.metrics.delivery_retries._value.get() == 1
-
-
-def test_deliver_gives_up_after_attempts() -> None:
-    producer = FakeProducer(failures=100)
-    worker = make_worker(producer)
-
-    with pytest.raises(DeliveryError, match=r"1 messages not delivered to 127\.0\.0\.1:1"):
-        worker._deliver([record()])
-
-    assert len(producer.produced) == 3
-
-
-def test_deliver_waits_without_reproducing() -> None:
-    producer = FakeProducer(silent=True)
-    worker = make_worker(producer)
-
-    with pytest.raises(DeliveryError, match="after 3 waits"):
-        worker._deliver([record()])
-
-    # A record without a delivery report may still arrive, so it is never produced twice.
-    assert len(producer.produced) == 1
 
 
 def test_dead_letter_headers_name_reason_and_source() -> None:
