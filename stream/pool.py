@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import signal
 import sys
+from collections.abc import MutableMapping
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -29,6 +30,10 @@ from stream.metrics import (
 )
 
 logger = logging.getLogger(__name__)
+
+# Environment variables that set the thread count of numpy's BLAS library (OpenBLAS, MKL or one
+# built with OpenMP), read once when a worker process imports numpy.
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
 
 # Seconds the pool waits for its workers to finish their batch and leave the group after a stop
 # request, before it kills them.
@@ -54,6 +59,23 @@ def _worker_main(config: WorkerConfig, index: int, threads: int, log_level: int)
         logger.exception("worker %d failed", index)
         code = 1
     sys.exit(code)
+
+
+def single_threaded_blas(environ: MutableMapping[str, str]) -> None:
+    """Give numpy's BLAS one thread in the workers, unless the user has chosen a count.
+
+    The workers' matrix products (a batch of user embeddings against the item table) are small.
+    OpenBLAS's extra threads busy-wait between calls, and on a small machine that took a core
+    from the Kafka clients and the broker: on 2 cores, one thread cut the worker's median
+    latency at 800 events/s several times over (docs/benchmarks.md). Spawned workers inherit
+    the parent's environment, so setting it here before they start is enough.
+    """
+    chosen = [name for name in BLAS_THREAD_VARIABLES if environ.get(name)]
+    if chosen:
+        logger.info("numpy BLAS threads left as set by %s", ", ".join(chosen))
+        return
+    for name in BLAS_THREAD_VARIABLES:
+        environ[name] = "1"
 
 
 class Pool:
@@ -97,6 +119,7 @@ class Pool:
         context = multiprocessing.get_context("spawn")
         # ONNX Runtime threads per process, so that the pool does not oversubscribe the cores.
         threads = max(1, (os.cpu_count() or 1) // self.config.processes)
+        single_threaded_blas(os.environ)
         for index in range(self.config.processes):
             child = context.Process(
                 target=_worker_main,

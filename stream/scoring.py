@@ -45,26 +45,39 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
     """Return the positions [B, min(k, C)] of the best of each row of scores [B, C].
 
-    Same order as `top_k` on each row. Rows without a tie at the K-th score are done in one
-    vectorized pass, and the others fall back to `top_k`.
+    Same order as `top_k` on each row: score descending, then position ascending.
     """
     batch, count = scores.shape
     if k >= count or batch == 0:
         return np.stack([top_k(row, k) for row in scores]) if batch else np.empty((0, 0), int)
-    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]  # [B], the K-th best score
-    at_least = scores >= kth[:, None]  # [B, C]
-    exact = at_least.sum(axis=1) == k  # rows where exactly K positions reach the K-th score
-    best = np.empty((batch, k), dtype=np.int64)
-    if exact.any():
-        # np.nonzero lists positions in ascending order, so a stable sort by score descending
-        # breaks ties by position.
-        positions = np.nonzero(at_least[exact])[1].reshape(-1, k)  # [B', K]
-        chosen = np.take_along_axis(scores[exact], positions, axis=1)
-        order = np.argsort(-chosen, axis=1, kind="stable")
-        best[exact] = np.take_along_axis(positions, order, axis=1)
-    for index in np.flatnonzero(~exact):
-        best[index] = top_k(scores[index], k)
-    return best
+    bound = _kth_best_bound(scores, k)  # [B]
+    if bound is None:
+        return np.stack([top_k(row, k) for row in scores])
+    # (2) Every position at or above the bound is a candidate; at least K per row are.
+    rows, positions = np.nonzero(scores >= bound[:, None])
+    values = scores[rows, positions]
+    # (3) Sort the candidates by row, then score descending, then position, and keep K per row.
+    order = np.lexsort((positions, -values, rows))
+    rows, positions = rows[order], positions[order]
+    starts = np.searchsorted(rows, np.arange(batch))  # [B]
+    return positions[starts[:, None] + np.arange(k)]
+
+
+def _kth_best_bound(scores: np.ndarray, k: int) -> np.ndarray | None:
+    """Return a score [B] per row that at least K positions of the row reach, close to the K-th
+    best, or None when the rows are too short to cut into K blocks.
+
+    (1) The rows are cut into blocks of equal width. At least K blocks have a maximum at or
+    above the K-th best block maximum, so at least K positions reach it. With about 4K blocks,
+    few positions beyond the true top K reach it, and finding it reads the scores only once.
+    """
+    batch, count = scores.shape
+    width = max(1, count // (4 * k))
+    full = count // width
+    if full < k:
+        return None
+    maxima = scores[:, : full * width].reshape(batch, full, width).max(axis=2)  # [B, full]
+    return np.partition(maxima, full - k, axis=1)[:, full - k]
 
 
 def top_k_catalog(

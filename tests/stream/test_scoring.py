@@ -108,10 +108,28 @@ def test_batched_ranks_match_single() -> None:
     assert ranks == expected
 
 
+@pytest.mark.parametrize("k", [1, 5, 20, 100])
+def test_batched_top_k_on_long_rows_matches_single(k: int) -> None:
+    rng = np.random.default_rng(k)
+    # Ties at the K-th place in the first rows, a constant row, and 1,003 positions, which the
+    # blocks do not divide evenly.
+    tied = rng.integers(0, 50, size=(10, 1003)).astype(np.float32)
+    constant = np.zeros((1, 1003), dtype=np.float32)
+    distinct = rng.normal(size=(10, 1003)).astype(np.float32)
+    scores = np.concatenate([tied, constant, distinct])
+
+    best = top_k_rows(scores, k)
+
+    assert best.shape == (21, k)
+    for row, expected in zip(best, scores, strict=True):
+        assert row.tolist() == reference_top_k(expected, k)
+
+
 @pytest.mark.parametrize("k", [1, 4, 12, 30, 40])
 def test_batched_top_k_matches_single(k: int) -> None:
     rng = np.random.default_rng(k)
-    # Rows with many ties and rows without any, so both paths run.
+    # Rows with many ties and rows without any; with 30 positions, K of 8 and more is too
+    # many for the block bound, so the per-row path runs too.
     tied = rng.integers(0, 4, size=(20, 30)).astype(np.float32)
     distinct = rng.normal(size=(20, 30)).astype(np.float32)
     scores = np.concatenate([tied, distinct])
