@@ -10,7 +10,9 @@ users, each with a G x H GRU state, a 10-item open session and a D-dimensional l
 `--bundle` (a directory written by `hiertcn export`), it also times the bundle's session step on
 a batch of the same size and reports state I/O as a share of it. Without a bundle, G, H and D
 are 4, 128 and 128. The store lives under `--dir` (default: the system temporary directory),
-because fsync cost depends on the disk.
+because fsync cost depends on the disk. The "LMDB floor" rows time plain py-lmdb gets and puts
+of the same records in the same store, with no codec and no timer index: what LMDB alone costs
+for these bytes on this machine.
 
 Prints a Markdown table for docs/benchmarks.md.
 """
@@ -112,6 +114,36 @@ def time_store(path: Path, sync: bool, args: argparse.Namespace, shapes: Shapes)
     return {"read": median_seconds(reads), "commit": median_seconds(commits)}
 
 
+def time_lmdb_floor(path: Path, sync: bool, args: argparse.Namespace) -> dict:
+    """Time plain py-lmdb `get` and `put` of the same records: no codec, no timer index.
+
+    This is the least that LMDB itself costs for the same bytes on this machine, the floor
+    under `time_store`. Keys and records are prepared before the clock starts.
+    """
+    import lmdb
+
+    rng = np.random.default_rng(args.seed + 1)
+    reads, commits = [], []
+    env = lmdb.open(str(path), max_dbs=4, sync=sync, map_size=1 << 34)
+    try:
+        users_db = env.open_db(b"users")
+        for _ in range(args.batches):
+            chosen = rng.choice(args.population, args.batch_size, False)
+            keys = [f"user{u}".encode() for u in chosen]
+            started = time.perf_counter()
+            with env.begin() as txn:
+                records = [txn.get(key, db=users_db) for key in keys]
+            reads.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            with env.begin(write=True) as txn:
+                for key, record in zip(keys, records, strict=True):
+                    txn.put(key, record, db=users_db)
+            commits.append(time.perf_counter() - started)
+    finally:
+        env.close()
+    return {"read": median_seconds(reads), "commit": median_seconds(commits)}
+
+
 def time_session_step(args: argparse.Namespace) -> tuple[Shapes, float, str]:
     """Load the bundle, time its session step on one batch; return shapes, seconds, providers."""
     try:
@@ -184,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(parent) / mode.replace(" ", "-")
             fill_store(path, args, shapes)
             results[mode] = time_store(path, sync, args, shapes)
+            results[f"{mode}, LMDB floor"] = time_lmdb_floor(path, sync, args)
     print_table(results, model_seconds, args)
     return 0
 
