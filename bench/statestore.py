@@ -11,8 +11,8 @@ users, each with a G x H GRU state, a 10-item open session and a D-dimensional l
 a batch of the same size and reports state I/O as a share of it. Without a bundle, G, H and D
 are 4, 128 and 128. The store lives under `--dir` (default: the system temporary directory),
 because fsync cost depends on the disk. The "LMDB floor" rows time plain py-lmdb gets and puts
-of the same records in the same store, with no codec and no timer index: what LMDB alone costs
-for these bytes on this machine.
+of the same records in the same store, with no codec: what LMDB alone costs for these bytes on
+this machine. "with timer index" adds one timer-key delete and put per user, as the store does.
 
 Prints a Markdown table for docs/benchmarks.md.
 """
@@ -114,11 +114,13 @@ def time_store(path: Path, sync: bool, args: argparse.Namespace, shapes: Shapes)
     return {"read": median_seconds(reads), "commit": median_seconds(commits)}
 
 
-def time_lmdb_floor(path: Path, sync: bool, args: argparse.Namespace) -> dict:
-    """Time plain py-lmdb `get` and `put` of the same records: no codec, no timer index.
+def time_lmdb_floor(path: Path, sync: bool, args: argparse.Namespace, timers: bool = False) -> dict:
+    """Time plain py-lmdb `get` and `put` of the same records, with no codec.
 
     This is the least that LMDB itself costs for the same bytes on this machine, the floor
-    under `time_store`. Keys and records are prepared before the clock starts.
+    under `time_store`. With `timers`, each commit also deletes one timer key per user and puts
+    a new one, as the store's timer index does. Keys and records are prepared before the clock
+    starts.
     """
     import lmdb
 
@@ -127,9 +129,12 @@ def time_lmdb_floor(path: Path, sync: bool, args: argparse.Namespace) -> dict:
     env = lmdb.open(str(path), max_dbs=4, sync=sync, map_size=1 << 34)
     try:
         users_db = env.open_db(b"users")
-        for _ in range(args.batches):
+        timers_db = env.open_db(b"timers")
+        for batch in range(args.batches):
             chosen = rng.choice(args.population, args.batch_size, False)
             keys = [f"user{u}".encode() for u in chosen]
+            old_timers = [b"%08d" % batch + key for key in keys] if timers else []
+            new_timers = [b"%08d" % (batch + 1) + key for key in keys] if timers else []
             started = time.perf_counter()
             with env.begin() as txn:
                 records = [txn.get(key, db=users_db) for key in keys]
@@ -138,6 +143,9 @@ def time_lmdb_floor(path: Path, sync: bool, args: argparse.Namespace) -> dict:
             with env.begin(write=True) as txn:
                 for key, record in zip(keys, records, strict=True):
                     txn.put(key, record, db=users_db)
+                for old, new in zip(old_timers, new_timers, strict=True):
+                    txn.delete(old, db=timers_db)
+                    txn.put(new, b"", db=timers_db)
             commits.append(time.perf_counter() - started)
     finally:
         env.close()
@@ -217,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             fill_store(path, args, shapes)
             results[mode] = time_store(path, sync, args, shapes)
             results[f"{mode}, LMDB floor"] = time_lmdb_floor(path, sync, args)
+            floor_with_timers = time_lmdb_floor(path, sync, args, timers=True)
+            results[f"{mode}, LMDB floor with timer index"] = floor_with_timers
     print_table(results, model_seconds, args)
     return 0
 
