@@ -36,7 +36,7 @@ class OutputRecord:
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
     append_ts: float | None = None  # Kafka time of the input event (s), for latency
     delivered: bool = False
     error: KafkaError | None = None

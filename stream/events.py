@@ -136,6 +136,8 @@ class DeadLetter:
     reason: str
     message: str
     position: str
+    # The Kafka headers of the rejected message, passed on to the dead-letter topic.
+    headers: tuple[tuple[str, bytes | None], ...] = ()
 
 
 class _InvalidEventError(Exception):

@@ -36,7 +36,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
@@ -72,6 +72,9 @@ WORKER_HEADER = "hiertcn.worker"
 DEFAULT_MESSAGE_MAX_BYTES = 1_000_000
 # Bytes of each produced message kept free for the headers and the protocol's record overhead.
 MESSAGE_OVERHEAD_BYTES = 16_384
+# Bytes of a rejected message's own headers that its dead letter keeps; larger sets are left out
+# and their size is given in the header `hiertcn.headers_dropped`.
+MAX_ORIGINAL_HEADER_BYTES = 8_192
 
 
 # Dead letters logged one by one per rejection reason, and the seconds between the summary lines
@@ -172,6 +175,20 @@ class DeadLetterLog:
         )
         self.unlogged.clear()
         self.last_summary = now
+
+
+def original_headers(
+    headers: Sequence[tuple[str, bytes | None]],
+) -> list[tuple[str, bytes | None]]:
+    """Return the headers of a rejected message for its dead letter, in their order.
+
+    A set larger than MAX_ORIGINAL_HEADER_BYTES is replaced by the one header
+    `hiertcn.headers_dropped` with its size, so that the dead letter can still be produced.
+    """
+    size = sum(len(name.encode()) + len(value or b"") for name, value in headers)
+    if size > MAX_ORIGINAL_HEADER_BYTES:
+        return [("hiertcn.headers_dropped", str(size).encode())]
+    return list(headers)
 
 
 def position_text(topic: str, partition: int, offset: int) -> str:
@@ -422,7 +439,7 @@ class Worker:
             )
             watermark = previous.watermark
             if isinstance(result, DeadLetter):
-                decoded.dead_letters.append(result)
+                decoded.dead_letters.append(replace(result, headers=tuple(message.headers() or ())))
             else:
                 decoded.events.append(result)
                 watermark = max(watermark, result.ts)
@@ -554,6 +571,7 @@ class Worker:
             self.dead_letter_log.add(letter)
             self.metrics.dead_letters.labels(letter.reason).inc()
             headers = [
+                *original_headers(letter.headers),
                 ("hiertcn.error", letter.message.encode("utf-8", "replace")),
                 ("hiertcn.reason", letter.reason.encode()),
                 ("hiertcn.source", letter.position.encode()),

@@ -115,13 +115,14 @@ def produce_raw(
     topic: str,
     messages: Sequence[tuple[bytes | None, bytes | None]],
     settings: dict[str, Any] | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
 ) -> None:
-    """Publish raw (key, value) pairs and wait until the broker has every one."""
+    """Publish raw (key, value) pairs, each with `headers`, and wait until the broker has them."""
     producer = Producer(
         {"bootstrap.servers": bootstrap, "enable.idempotence": True, **(settings or {})}
     )
     for key, value in messages:
-        producer.produce(topic, key=key, value=value)
+        producer.produce(topic, key=key, value=value, headers=headers)
         producer.poll(0)
     remaining = producer.flush(30)
     assert remaining == 0, f"{remaining} messages not delivered within 30 s"

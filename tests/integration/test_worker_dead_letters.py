@@ -94,7 +94,13 @@ def test_bad_messages_go_to_dead_letter_topic(
     # One message of about 1 MB: above librdkafka's default message.max.bytes, within the
     # broker's default topic limit of 1048588 bytes.
     bad = [(key, value) for _case, key, value, _reason in BAD_MESSAGES]
-    produce_raw(kafka_bootstrap, topics.input, bad, {"message.max.bytes": 1_048_000})
+    produce_raw(
+        kafka_bootstrap,
+        topics.input,
+        bad,
+        {"message.max.bytes": 1_048_000},
+        headers=[("trace-id", b"t-1")],
+    )
     produce_events(kafka_bootstrap, topics.input, after)
 
     dead = read_topic(kafka_bootstrap, topics.dead_letter, len(BAD_MESSAGES), settle_s=1.0)
@@ -115,6 +121,7 @@ def test_bad_messages_go_to_dead_letter_topic(
         assert letter.headers["hiertcn.error"], case
         source = f"{topics.input}[0]@{first_bad_offset + index}"
         assert letter.headers["hiertcn.source"].decode() == source, case
+        assert letter.headers["trace-id"] == b"t-1", case
         assert letter.key == key.decode(), case
         if "hiertcn.truncated" in letter.headers:
             # Only a message too large to produce is cut, and its first bytes are kept.

@@ -145,3 +145,26 @@ def test_dead_letter_summary_counts_by_reason(caplog: pytest.LogCaptureFixture) 
     assert summaries == [
         "31 more dead letters in the last 12 s, by reason: invalid_msgpack 29, missing_user 2"
     ]
+
+
+def test_dead_letter_keeps_original_headers_first() -> None:
+    worker = make_worker(FakeProducer())
+    original = (("trace-id", b"abc"), ("empty", None))
+    letter = DeadLetter(b"u1", b"\xc1", "invalid_msgpack", "not msgpack", "in[2]@7", original)
+
+    (dead,) = worker._dead_letter_records([letter])
+
+    assert dead.headers[:2] == list(original)
+    assert dict(dead.headers)["hiertcn.reason"] == b"invalid_msgpack"
+
+
+def test_dead_letter_replaces_oversized_original_headers() -> None:
+    worker = make_worker(FakeProducer())
+    original = (("big", b"x" * 10_000),)
+    letter = DeadLetter(b"u1", b"\xc1", "invalid_msgpack", "not msgpack", "in[2]@7", original)
+
+    (dead,) = worker._dead_letter_records([letter])
+
+    headers = dict(dead.headers)
+    assert "big" not in headers
+    assert headers["hiertcn.headers_dropped"] == b"10003"
