@@ -168,6 +168,31 @@ def check_vocabulary(path: str | os.PathLike[str], checkpoint: Checkpoint, item_
     )
 
 
+# Data summary entries that must match for a run to resume: the log and the flags that choose
+# its events, sessions and split.
+RESUME_DATA_SETTINGS = ("source", "format", "session_gap", "filters", "split")
+
+
+def check_data_settings(
+    path: str | os.PathLike[str], checkpoint: Checkpoint, summary: dict[str, Any]
+) -> None:
+    """Raise CheckpointError when the data settings in `summary` differ from the checkpoint's.
+
+    A setting that one of the two summaries does not record is not compared.
+    """
+    saved = checkpoint.data_summary
+    differences = [
+        f"{name} {saved[name]!r} (now {summary[name]!r})"
+        for name in RESUME_DATA_SETTINGS
+        if name in saved and name in summary and saved[name] != summary[name]
+    ]
+    if differences:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with other data settings: "
+            f"{'; '.join(differences)}. Resume with the log and data flags that trained it"
+        )
+
+
 def describe_data_source(summary: dict[str, Any]) -> str:
     """Describe the log and the flags that choose the item vocabulary, from a data summary."""
     source = summary.get("source")

@@ -34,6 +34,7 @@ from hiertcn.checkpoint import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
     Checkpoint,
+    check_data_settings,
     check_vocabulary,
     load_checkpoint,
     save_checkpoint,
@@ -192,7 +193,7 @@ def train_model(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     state = _RunState()
     if resume:
-        state = _restore(model, optimizer, config, out_dir, device, dataset.vocab.ids)
+        state = _restore(model, optimizer, config, out_dir, device, dataset)
 
     loss_fn = build_loss(config.loss, len(dataset.vocab.ids), item_counts(dataset))
     generator = BatchGenerator(
@@ -344,11 +345,11 @@ def _save_run(out_dir, model, optimizer, dataset, config, state: _RunState, vali
         save_checkpoint(out_dir / BEST_CHECKPOINT, last)
 
 
-def _restore(model, optimizer, config: TrainConfig, out_dir, device, item_ids) -> _RunState:
+def _restore(model, optimizer, config: TrainConfig, out_dir, device, dataset) -> _RunState:
     """Load `last.pt` of `out_dir` into the model and optimizer; return the run state.
 
-    Raises CheckpointError when `last.pt` is missing, or when its model configuration or its
-    item vocabulary (ids and row order) differs from `model` and `item_ids`.
+    Raises CheckpointError when `last.pt` is missing, or when its model configuration, its
+    item vocabulary (ids and row order) or its data settings differ from `model` and `dataset`.
     """
     if out_dir is None:
         raise ConfigError("resume needs the output folder of the run: pass --out DIR")
@@ -364,7 +365,8 @@ def _restore(model, optimizer, config: TrainConfig, out_dir, device, item_ids) -
             f"{last_path} was written for model {checkpoint.model_config}, "
             f"not {model.config.to_dict()}: resume with the same model flags"
         )
-    check_vocabulary(last_path, checkpoint, item_ids)
+    check_vocabulary(last_path, checkpoint, dataset.vocab.ids)
+    check_data_settings(last_path, checkpoint, dataset.summary)
     model.load_state_dict(checkpoint.model_state)
     if checkpoint.optimizer_state is not None:
         optimizer.load_state_dict(checkpoint.optimizer_state)

@@ -154,6 +154,15 @@ def test_resume_on_reordered_vocabulary_rejected(tmp_path):
         train_model(fresh_model(), reordered, tiny_config(epochs=2), tmp_path, resume=True)
 
 
+def test_resume_with_other_session_gap_rejected(tmp_path):
+    dataset = tiny_dataset()
+    dataset = dataclasses.replace(dataset, summary={**dataset.summary, "session_gap": 1800})
+    train_model(fresh_model(), dataset, tiny_config(), out_dir=tmp_path)
+    other = dataclasses.replace(dataset, summary={**dataset.summary, "session_gap": 600})
+    with pytest.raises(CheckpointError, match=r"session_gap 1800 \(now 600\)"):
+        train_model(fresh_model(), other, tiny_config(epochs=2), tmp_path, resume=True)
+
+
 def test_checkpoint_rebuilds_model(tmp_path):
     dataset = tiny_dataset()
     result = train_model(fresh_model(), dataset, tiny_config(), out_dir=tmp_path)
