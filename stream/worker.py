@@ -56,6 +56,7 @@ from stream.committer import Committer, CommitterConfig
 from stream.config import DEFAULT_MAX_POLL_INTERVAL_MS, WorkerConfig
 from stream.delivery import Deliverer, DeliveryConfig, OutputRecord
 from stream.events import DeadLetter, Event, EventConfig, Position, decode_event
+from stream.logs import librdkafka_logger
 from stream.metrics import WorkerMetrics
 from stream.pipeline import BatchResult, Pipeline
 
@@ -692,8 +693,14 @@ def _open_clients(config: WorkerConfig) -> tuple[Consumer, Producer]:
     def log_client_error(error: KafkaError) -> None:
         logger.warning("Kafka client error: %s", error)
 
-    consumer = Consumer({**consumer_settings(config), "error_cb": log_client_error})
-    producer = Producer({**producer_settings(config), "error_cb": log_client_error})
+    # librdkafka's own lines go to a rate-limited logger instead of this process's stderr.
+    client_log = librdkafka_logger(f"{__name__}.librdkafka")
+    consumer = Consumer(
+        {**consumer_settings(config), "error_cb": log_client_error, "logger": client_log}
+    )
+    producer = Producer(
+        {**producer_settings(config), "error_cb": log_client_error, "logger": client_log}
+    )
     return consumer, producer
 
 

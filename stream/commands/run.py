@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
-import time
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.config import OPTIONS, WorkerConfig, build_config
 from stream.errors import ConfigError, StreamError
+from stream.logs import librdkafka_logger
 from stream.pool import run_pool
 
 logger = logging.getLogger(__name__)
@@ -153,28 +152,8 @@ def create_admin(config: WorkerConfig) -> AdminClient:
         ) from error
 
 
-class RateLimitFilter(logging.Filter):
-    """Pass at most `limit` records per `interval` seconds and drop the rest."""
-
-    def __init__(self, limit: int, interval: float) -> None:
-        super().__init__()
-        self.limit = limit
-        self.interval = interval
-        self.window_start = -math.inf
-        self.passed = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        now = time.monotonic()
-        if now - self.window_start >= self.interval:
-            self.window_start = now
-            self.passed = 0
-        self.passed += 1
-        return self.passed <= self.limit
-
-
 # librdkafka logs a failed connection attempt many times a second; a few lines tell the cause.
-_LIBRDKAFKA_LOGGER = logging.getLogger(f"{__name__}.librdkafka")
-_LIBRDKAFKA_LOGGER.addFilter(RateLimitFilter(limit=3, interval=10.0))
+_LIBRDKAFKA_LOGGER = librdkafka_logger(f"{__name__}.librdkafka")
 
 
 def check_topics(config: WorkerConfig) -> None:
