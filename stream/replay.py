@@ -101,6 +101,10 @@ class StateBackend(Protocol):
 
     def expired(self, before_ts: float) -> dict[str, UserState]: ...
 
+    def position(self) -> PartitionPosition | None:
+        """Return where an earlier replay into this backend stopped, or None."""
+        ...
+
 
 class MemoryStates:
     """User states in a dict, with a heap of open sessions ordered by last event time."""
@@ -128,6 +132,9 @@ class MemoryStates:
                 found[user] = state
         return found
 
+    def position(self) -> PartitionPosition | None:
+        return None  # a dict starts empty with every replay
+
 
 class StoreStates:
     """User states in a `StateStore`, positions under the replayed file's name."""
@@ -146,6 +153,9 @@ class StoreStates:
     def expired(self, before_ts: float) -> dict[str, UserState]:
         users = self.store.expired(REPLAY_PARTITION, before_ts, self.expire_limit)
         return self.store.read(users)
+
+    def position(self) -> PartitionPosition | None:
+        return self.store.positions(self.topic).get(REPLAY_PARTITION)
 
 
 class Replay:
@@ -169,17 +179,26 @@ class Replay:
         self._row_of = pipeline.bundle.row_of
 
     def run(self, records: Iterable[Record]) -> ReplayReport:
-        """Replay every record and return the report."""
+        """Replay every record and return the report.
+
+        A backend that already contains a replay of this source resumes it: the records it counted
+        are skipped, in the same order, and the report covers the rest.
+        """
         started = time.perf_counter()
         last_progress = started
         batch: list[Event] = []
+        skip = self._resume_point()
+        consumed = 0  # records read in this order, the skipped ones included
         for record in records:
+            consumed += 1
+            if consumed <= skip:
+                continue
             self.report.records += 1
             event = self._decode(record)
             if event is not None:
                 batch.append(event)
             if len(batch) >= self.config.batch_size:
-                self._run_batch(batch, record.number)
+                self._run_batch(batch, consumed)
                 batch = []
             now = time.perf_counter()
             if now - last_progress >= _PROGRESS_SECONDS:
@@ -191,9 +210,31 @@ class Replay:
                     self.report.accepted / (now - started),
                 )
         if batch:
-            self._run_batch(batch, batch[-1].offset)
+            self._run_batch(batch, consumed)
+        if consumed < skip:
+            logger.warning(
+                "%s has %d records, fewer than the %d that the stored replay counted: it is not "
+                "the log that was replayed into this state directory; use a new --state-dir",
+                self.source,
+                consumed,
+                skip,
+            )
         self.report.seconds = time.perf_counter() - started
         return self.report
+
+    def _resume_point(self) -> int:
+        """Return the records to skip, and take the stored watermark, of an earlier replay."""
+        stored = self.backend.position()
+        if stored is None:
+            return 0
+        self.watermark = stored.watermark
+        logger.info(
+            "resuming the replay of %s after its first %d records (stored in the state "
+            "directory); use a new --state-dir to replay from the start",
+            self.source,
+            stored.next_offset,
+        )
+        return stored.next_offset
 
     def _decode(self, record: Record) -> Event | None:
         if record.fields is None:
@@ -211,7 +252,7 @@ class Replay:
         self.report.dropped_impressions += result.dropped_impressions
         return result
 
-    def _run_batch(self, events: list[Event], last_number: int) -> None:
+    def _run_batch(self, events: list[Event], consumed: int) -> None:
         # (1) Read the states of the batch's users.
         states = self.backend.read({event.user for event in events})
 
@@ -221,8 +262,8 @@ class Replay:
         self.report.add_live(result.live, self.config.recall_k)
         self.watermark = max(self.watermark, max(event.ts for event in events))
 
-        # (3) Write the states with the position of the next record.
-        position = PartitionPosition(next_offset=last_number + 1, watermark=self.watermark)
+        # (3) Write the states with the count of records consumed, where a resume starts.
+        position = PartitionPosition(next_offset=consumed, watermark=self.watermark)
         self.backend.write(result.states, position)
 
         # (4) Close the sessions that the watermark has left idle for longer than the gap.
@@ -268,12 +309,6 @@ def open_store_states(
         embedding_dim=embedding_dim,
     )
     store = StateStore(config)
-    topic = f"replay:{source}"
-    if store.positions(topic):
-        # NOTE: replay does not resume; a second run adds every event to the stored states again.
-        logger.warning(
-            "state directory %s already contains a replay of %s: its events are applied again",
-            state_dir,
-            source,
-        )
-    return StoreStates(store, topic=topic)
+    # NOTE: a resume counts records in reading order, so it is right for a log that only grew
+    # at its end (later event times, with --order time) and wrong for one edited in between.
+    return StoreStates(store, topic=f"replay:{source}")

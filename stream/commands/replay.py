@@ -65,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--state-dir",
         type=Path,
         default=None,
-        help="keep user states in an LMDB state store here (default: in memory)",
+        help="keep user states in an LMDB state store here (default: in memory). A second "
+        "replay of the same file into it resumes after the records the first one read",
     )
 
     parser.add_argument(

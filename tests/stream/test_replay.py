@@ -446,3 +446,21 @@ def test_records_accept_utf8_bom(tmp_path) -> None:
     csv_file.write_bytes(b"\xef\xbb\xbfuser,item,ts\nu1,7,3\n")
     (record,) = list(read_records(csv_file))
     assert record.fields["user"] == "u1"
+
+
+def test_replay_into_state_store_resumes_where_it_stopped(tmp_path: Path) -> None:
+    records = fake_records(80, seed=6)
+    _, memory = run_fake(records, batch_size=9)
+    store = StateStore(StoreConfig(path=tmp_path / "state", sync=False))
+    try:
+        first, _ = run_fake(records[:35], batch_size=9, backend=StoreStates(store, "replay:log"))
+        second, _ = run_fake(records, batch_size=9, backend=StoreStates(store, "replay:log"))
+        stored = store.read(memory.states)
+    finally:
+        store.close()
+
+    assert first.records == 35
+    assert second.records == 45
+    assert stored.keys() == memory.states.keys()
+    for user, state in stored.items():
+        assert state.same_as(memory.states[user]), user
