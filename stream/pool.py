@@ -35,9 +35,15 @@ logger = logging.getLogger(__name__)
 # built with OpenMP), read once when a worker process imports numpy.
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
 
-# Seconds the pool waits for its workers to finish their batch and leave the group after a stop
-# request, before it kills them.
+# Seconds the pool waits at least for its workers to finish their batch and leave the group after
+# a stop request, before it kills them. `stop_timeout` adds the longest delivery wait.
 STOP_TIMEOUT_SECONDS = 60.0
+
+
+def stop_timeout(config: WorkerConfig) -> float:
+    """Return the seconds a worker may take to stop: the base wait plus its longest delivery
+    wait, because a stopping worker commits what is pending only after its delivery."""
+    return STOP_TIMEOUT_SECONDS + config.delivery_timeout * config.delivery_attempts
 
 
 def _worker_main(config: WorkerConfig, index: int, threads: int, log_level: int) -> None:
@@ -163,11 +169,12 @@ class Pool:
         for child in self.children:
             if child.is_alive() and child.pid is not None:
                 os.kill(child.pid, signal.SIGTERM)
+        timeout = stop_timeout(self.config)
         for child in self.children:
-            child.join(STOP_TIMEOUT_SECONDS)
+            child.join(timeout)
             if child.is_alive():
                 logger.error("worker %s (pid %d) did not stop within %.0f s: killing it",
-                             child.name, child.pid, STOP_TIMEOUT_SECONDS)  # fmt: skip
+                             child.name, child.pid, timeout)  # fmt: skip
                 child.kill()
                 child.join()
 
