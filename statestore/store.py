@@ -699,6 +699,9 @@ class _SharedExclusiveLock:
                     self._condition.wait()
             finally:
                 self._exclusive_waiting -= 1
+                # Shared holders wait while a resize is waiting, so they must hear it end, also
+                # when an exception (KeyboardInterrupt) ends the wait.
+                self._condition.notify_all()
             self._exclusive_held = True
         try:
             yield
