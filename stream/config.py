@@ -52,6 +52,14 @@ def parse_size(text: str) -> int:
     return int(float(number) * _SIZE_UNITS[(unit or "").lower()])
 
 
+def parse_int(text: str) -> int:
+    """Parse a whole number such as `64`."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"invalid number {text!r}: expected a whole number") from None
+
+
 def parse_bool(text: str) -> bool:
     """Parse `1/0`, `true/false`, `yes/no` or `on/off` (any case)."""
     value = text.strip().lower()
@@ -90,7 +98,7 @@ def _optional_float(text: str) -> float | None:
 
 
 def _optional_int(text: str) -> int | None:
-    return None if text.strip().lower() in ("", "bundle") else int(text)
+    return None if text.strip().lower() in ("", "bundle") else parse_int(text)
 
 
 # The options of `hiertcn-stream run`, in the order `--help` lists them.
@@ -103,8 +111,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("input_topic", "--input-topic", str, "topic of interaction events", "TOPIC"),
     Option("output_topic", "--output-topic", str, "topic the recommendations go to", "TOPIC"),
     Option("dead_letter_topic", "--dead-letter-topic", str, "topic of rejected messages", "TOPIC"),
-    Option("processes", "--processes", int, "worker processes in the pool", "N"),
-    Option("max_batch_size", "--max-batch-size", int, "maximum events in one batch", "EVENTS"),
+    Option("processes", "--processes", parse_int, "worker processes in the pool", "N"),
+    Option(
+        "max_batch_size", "--max-batch-size", parse_int, "maximum events in one batch", "EVENTS"
+    ),
     Option(
         "max_batch_delay_ms",
         "--max-batch-delay-ms",
@@ -122,7 +132,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_pending_batches",
         "--max-pending-batches",
-        int,
+        parse_int,
         "processed batches that may wait for their LMDB commit while the next ones run; "
         "the commit thread writes them in one transaction. 0 commits each batch before the "
         "next one starts. A crash repeats the outputs of up to this many batches plus one",
@@ -148,7 +158,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "metrics_port",
         "--metrics-port",
-        int,
+        parse_int,
         "port of the Prometheus /metrics endpoint; 0 turns the endpoint off",
         "PORT",
     ),
@@ -157,7 +167,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "partitions",
         "--partitions",
-        int,
+        parse_int,
         "partitions of each topic that --create-topics creates",
         "N",
     ),

@@ -177,10 +177,12 @@ def _unpack(value: bytes, config: EventConfig) -> Any:
             max_ext_len=size,
         )
     except (msgpack.UnpackException, ValueError) as error:
+        detail = type(error).__name__ + (f": {_short(str(error))}" if str(error) else "")
+        hint = " (it starts like JSON)" if value[:1] in (b"{", b"[") else ""
         raise _InvalidEventError(
             "invalid_msgpack",
-            f"value of {size} bytes is not one valid msgpack object ({type(error).__name__}: "
-            f"{_short(str(error))}): send a msgpack map",
+            f"value of {size} bytes is not one valid msgpack object{hint} ({detail}): "
+            "send a msgpack map",
         ) from None
 
 

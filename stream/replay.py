@@ -309,6 +309,22 @@ def open_store_states(
         embedding_dim=embedding_dim,
     )
     store = StateStore(config)
+    topic = f"replay:{source}"
+    _warn_about_other_sources(store, state_dir, topic)
     # NOTE: a resume counts records in reading order, so it is right for a log that only grew
     # at its end (later event times, with --order time) and wrong for one edited in between.
-    return StoreStates(store, topic=f"replay:{source}")
+    return StoreStates(store, topic=topic)
+
+
+def _warn_about_other_sources(store: StateStore, state_dir: Path, topic: str) -> None:
+    """Log a warning when the store has positions of other logs or topics than `topic`."""
+    from statestore.maintenance import all_positions
+
+    others = sorted({name for name, _partition in all_positions(store) if name != topic})
+    if others:
+        logger.warning(
+            "state directory %s already contains states written from %s: this replay applies "
+            "its events on top of them; use a new --state-dir to start from empty states",
+            state_dir,
+            ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else ""),
+        )

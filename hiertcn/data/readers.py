@@ -271,6 +271,11 @@ def read_log(path: str | Path, config: ReaderConfig | None = None) -> RawLog:
     """Read one interaction log file into a `RawLog`; raises DataError on any malformed row."""
     config = config or ReaderConfig()
     path = Path(path)
+    if path.is_dir():
+        raise DataError(
+            f"log file {path} is a folder: pass the log file inside it (for MovieLens, "
+            "ratings.csv, ratings.dat or u.data)"
+        )
     if not path.is_file():
         raise DataError(f"log file {path} not found")
     if path.stat().st_size == 0:

@@ -91,6 +91,11 @@ def data_flags(config: DemoConfig, data_path: Path, synthetic: bool) -> list[str
 def prepare_data(config: DemoConfig) -> tuple[Path, bool]:
     """Return the log to use and whether it is synthetic (generated into the run folder)."""
     if config.data is not None:
+        if config.data.is_dir():
+            raise SystemExit(
+                f"demo: DATA={config.data} is a folder: pass the log file inside it, for example "
+                f"DATA={config.data / 'ratings.csv'}"
+            )
         if not config.data.is_file():
             raise SystemExit(f"demo: data file {config.data} not found: check DATA=")
         print(f"  using {config.data} (format {config.data_format})")

@@ -108,14 +108,19 @@ def run_replay(args: argparse.Namespace) -> int:
 
     source = args.events.name
     store_states = None
+    resumed_at: int | None = None
     if args.state_dir is not None:
+        # The resume position is kept under the log's absolute path, so that logs of the same
+        # name in other folders do not share it.
         store_states = open_store_states(
             args.state_dir,
-            source,
+            str(args.events.resolve()),
             bundle.version,
             state_shape=tuple(bundle.state_shape),
             embedding_dim=bundle.embedding_dim,
         )
+        stored = store_states.position()
+        resumed_at = stored.next_offset if stored is not None else None
     backend = store_states if store_states is not None else MemoryStates()
     records = read_records(args.events, args.format, args.order, args.time_col)
 
@@ -124,10 +129,18 @@ def run_replay(args: argparse.Namespace) -> int:
         if store_states is not None:
             stack.callback(store_states.store.close)
         if args.output is not None:
-            output = stack.enter_context(open_output(args.output))
+            # A resumed replay adds the new records' recommendations to those of the last run.
+            output = stack.enter_context(open_output(args.output, append=resumed_at is not None))
         report = Replay(pipeline, backend, config, source, output).run(records)
+    if report.records == 0 and resumed_at is not None:
+        logger.info(
+            "nothing new to replay: %s has no records after the %d that this state directory "
+            "already contains",
+            args.events,
+            resumed_at,
+        )
+        return 0
     print(format_report(report, config.recall_k, bundle.version))
-
     if report.accepted == 0:
         found = f"{report.records} records, all rejected" if report.records else "no records"
         raise EventFileError(
@@ -155,10 +168,10 @@ def check_output_path(path: Path) -> None:
         )
 
 
-def open_output(path: Path):
-    """Open the --output file for writing; an `OSError` becomes a `ConfigError`."""
+def open_output(path: Path, append: bool = False):
+    """Open the --output file for writing or appending; an `OSError` becomes a `ConfigError`."""
     try:
-        return path.open("w", encoding="utf-8")
+        return path.open("a" if append else "w", encoding="utf-8")
     except OSError as error:
         raise ConfigError(
             f"cannot write --output {path} ({error.strerror or error}): pass another path"

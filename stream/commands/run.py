@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -40,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "publish a ranked list of items for every event.",
         epilog=(
             "librdkafka settings also come from HIERTCN_KAFKA_<KEY> variables: the key in upper "
-            "case with _ for . (HIERTCN_KAFKA_SECURITY_PROTOCOL=SSL sets security.protocol)."
+            "case with _ for . and __ for _ (HIERTCN_KAFKA_SECURITY_PROTOCOL=SSL sets "
+            "security.protocol). The switches --create-topics, --keep-going and "
+            "--no-state-sync have no variable."
         ),
     )
     for option in OPTIONS:
@@ -54,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument(
             option.flag,
             dest=option.name,
-            type=option.parse,
+            type=argparse_type(option.parse),
             default=None,
             metavar=option.metavar,
             help=f"{option.help} (env {option.env}; {default_text})",
@@ -128,6 +132,19 @@ def check_bundle_and_store(config: WorkerConfig) -> None:
     )
     store.close()
     logger.info("bundle %s and state store %s checked", bundle.version, config.state_dir)
+
+
+def argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Wrap an option parser so that argparse shows its message, not only its name."""
+
+    def parse_flag(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
+
+    parse_flag.__name__ = getattr(parse, "__name__", "value")
+    return parse_flag
 
 
 def create_admin(config: WorkerConfig) -> AdminClient:

@@ -206,6 +206,11 @@ def test_missing_file_is_rejected(tmp_path):
         read_log(tmp_path / "absent.csv")
 
 
+def test_folder_in_place_of_file_is_rejected(tmp_path):
+    with pytest.raises(DataError, match="is a folder: pass the log file inside it"):
+        read_log(tmp_path)
+
+
 def test_unknown_column_lists_header(tmp_path):
     path = write(tmp_path / "log.csv", "user,item,timestamp\nu,i,1\n")
     with pytest.raises(DataError, match=r"column 'product' for the item not found"):

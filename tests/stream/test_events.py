@@ -281,3 +281,18 @@ def test_random_bytes_never_raise() -> None:
             assert isinstance(result, (Event, DeadLetter))
             if isinstance(result, DeadLetter):
                 assert result.reason in REASONS
+
+
+def test_json_value_is_named_as_json() -> None:
+    result = decode(b'{"user": "u1", "item": "apple", "ts": 1.0}', key=b"u1")
+
+    assert isinstance(result, DeadLetter)
+    assert result.reason == "invalid_msgpack"
+    assert "it starts like JSON" in result.message
+
+
+def test_empty_unpacker_error_is_not_shown_as_quotes() -> None:
+    result = decode(b"\xc1", key=b"u1")
+
+    assert isinstance(result, DeadLetter)
+    assert "(FormatError)" in result.message

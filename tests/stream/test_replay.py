@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -314,7 +315,7 @@ def test_replay_command_with_state_dir(onnx_bundle_dir: Path, tmp_path: Path, ca
     try:
         users = {event["user"] for event in events}
         states = store.read(users)
-        positions = store.positions("replay:events.jsonl")
+        positions = store.positions(f"replay:{events_path.resolve()}")
     finally:
         store.close()
     assert states.keys() == users
@@ -464,3 +465,60 @@ def test_replay_into_state_store_resumes_where_it_stopped(tmp_path: Path) -> Non
     assert stored.keys() == memory.states.keys()
     for user, state in stored.items():
         assert state.same_as(memory.states[user]), user
+
+
+def _replay_into(events_path: Path, bundle: Path, state_dir: Path, output: Path) -> int:
+    return main(
+        [
+            "replay",
+            "--events",
+            str(events_path),
+            "--bundle",
+            str(bundle),
+            "--state-dir",
+            str(state_dir),
+            "--output",
+            str(output),
+        ]
+    )
+
+
+def test_replay_command_resumes_and_appends_output(
+    onnx_bundle_dir: Path, tmp_path: Path, caplog
+) -> None:
+    events_path = tmp_path / "events.jsonl"
+    write_event_log(events_path, 30, seed=13)
+    state_dir, output = tmp_path / "state", tmp_path / "recs.jsonl"
+    assert _replay_into(events_path, onnx_bundle_dir, state_dir, output) == 0
+    lines = events_path.read_text().splitlines()
+    more = write_event_log(tmp_path / "more.jsonl", 10, seed=14)
+    with events_path.open("a") as log:
+        log.writelines(line + "\n" for line in (tmp_path / "more.jsonl").read_text().splitlines())
+
+    with caplog.at_level(logging.INFO, logger="stream.commands.replay"):
+        grown = _replay_into(events_path, onnx_bundle_dir, state_dir, output)
+        unchanged = _replay_into(events_path, onnx_bundle_dir, state_dir, output)
+
+    assert grown == 0
+    assert unchanged == 0
+    assert "nothing new to replay" in caplog.text
+    assert len(output.read_text().splitlines()) == len(lines) + len(more)
+
+
+def test_replay_command_keeps_logs_of_same_name_apart(
+    onnx_bundle_dir: Path, tmp_path: Path, caplog
+) -> None:
+    first, second = tmp_path / "a" / "events.jsonl", tmp_path / "b" / "events.jsonl"
+    first.parent.mkdir()
+    second.parent.mkdir()
+    write_event_log(first, 30, seed=15)
+    write_event_log(second, 20, seed=16)
+    state_dir = tmp_path / "state"
+    assert _replay_into(first, onnx_bundle_dir, state_dir, tmp_path / "one.jsonl") == 0
+
+    with caplog.at_level(logging.WARNING, logger="stream.replay"):
+        code = _replay_into(second, onnx_bundle_dir, state_dir, tmp_path / "two.jsonl")
+
+    assert code == 0
+    assert len((tmp_path / "two.jsonl").read_text().splitlines()) == 20
+    assert "applies its events on top of them" in caplog.text
