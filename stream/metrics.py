@@ -98,7 +98,8 @@ def create_metrics(registry: CollectorRegistry | None) -> WorkerMetrics:
         ),
         batch_seconds=Histogram(
             "hiertcn_batch_seconds",
-            "Processing time of one batch, from decoding to the Kafka commit.",
+            "Processing time of one batch in the worker thread, from decoding to the hand-over "
+            "to the commit thread.",
             buckets=_TIME_BUCKETS,
             **kwargs,
         ),
@@ -129,7 +130,8 @@ def create_metrics(registry: CollectorRegistry | None) -> WorkerMetrics:
         ),
         state_write_seconds=Histogram(
             "hiertcn_state_write_seconds",
-            "Time of one state store write transaction.",
+            "Time of one state store write transaction of the commit thread, which may cover "
+            "several batches.",
             buckets=_TIME_BUCKETS,
             **kwargs,
         ),
