@@ -73,8 +73,8 @@ WORKER_HEADER = "hiertcn.worker"
 DEFAULT_MESSAGE_MAX_BYTES = 1_000_000
 # Bytes of each produced message kept free for the headers and the protocol's record overhead.
 MESSAGE_OVERHEAD_BYTES = 16_384
-# Bytes of a rejected message's own headers that its dead letter keeps; larger sets are left out
-# and their size is given in the header `hiertcn.headers_dropped`.
+# Bytes of a rejected message's own headers that its dead letter keeps. A larger set is left out,
+# and the header `hiertcn.headers_dropped` gives its size.
 MAX_ORIGINAL_HEADER_BYTES = 8_192
 
 

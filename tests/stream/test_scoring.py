@@ -128,7 +128,7 @@ def test_batched_top_k_on_long_rows_matches_single(k: int) -> None:
 @pytest.mark.parametrize("k", [1, 4, 12, 30, 40])
 def test_batched_top_k_matches_single(k: int) -> None:
     rng = np.random.default_rng(k)
-    # Rows with many ties and rows without any; with 30 positions, K of 8 and more is too
+    # Rows with many ties and rows without any. With 30 positions, K of 8 and more is too
     # many for the block bound, so the per-row path runs too.
     tied = rng.integers(0, 4, size=(20, 30)).astype(np.float32)
     distinct = rng.normal(size=(20, 30)).astype(np.float32)
