@@ -321,7 +321,9 @@ def add_event_file_arguments(parser: argparse.ArgumentParser, verb: str) -> None
 
     `verb` names what the command does with the file ("replay", "publish") in the help text.
     """
-    parser.add_argument("--events", type=Path, required=True, help=f"event-log file to {verb}")
+    parser.add_argument(
+        "--events", type=Path, required=True, metavar="FILE", help=f"event-log file to {verb}"
+    )
     parser.add_argument(
         "--format",
         choices=RECORD_FORMATS,

@@ -37,16 +37,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     add_event_file_arguments(parser, "replay")
 
-    parser.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="model bundle directory written by `hiertcn export`",
+    )
 
     parser.add_argument(
-        "--batch-size", type=int, default=256, help="events per micro-batch (default: 256)"
+        "--batch-size",
+        type=int,
+        default=256,
+        metavar="EVENTS",
+        help="events per batch, as the worker's --max-batch-size (default: 256)",
     )
 
     parser.add_argument(
         "--k",
         type=int,
         default=None,
+        metavar="K",
         help="length of each recommendation list, and K of Recall@K (default: the bundle's)",
     )
 
@@ -54,17 +65,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--session-gap",
         type=float,
         default=None,
+        metavar="SECONDS",
         help="idle seconds that end a session (default: the bundle's)",
     )
 
     parser.add_argument(
-        "--output", type=Path, default=None, help="write the recommendations to this JSONL file"
+        "--output",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the recommendations to this JSONL file",
     )
 
     parser.add_argument(
         "--state-dir",
         type=Path,
         default=None,
+        metavar="DIR",
         help="keep user states in an LMDB state store here (default: in memory). A second "
         "replay of the same file into it resumes after the records the first one read",
     )

@@ -176,6 +176,8 @@ _LIBRDKAFKA_LOGGER = librdkafka_logger(f"{__name__}.librdkafka")
 def check_topics(config: WorkerConfig) -> None:
     """Check that the brokers respond, and create missing topics when `create_topics` is set."""
     admin = create_admin(config)
+    logger.info("connecting to Kafka brokers %s (waiting up to %.0f s)", config.brokers,
+                BROKER_TIMEOUT_SECONDS)  # fmt: skip
     try:
         metadata = admin.list_topics(timeout=BROKER_TIMEOUT_SECONDS)
     except KafkaException as error:
