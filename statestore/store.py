@@ -661,7 +661,8 @@ class _SharedExclusiveLock:
       processes. py-lmdb makes `begin(write=True)` on another thread wait until the active one
       ends, and raises on the thread that already has one.
     - Readers never block the writer, and a read transaction reads one committed snapshot for
-      its whole life, so a read never returns half of a commit.
+      its whole life, so a read never returns half of a commit (LMDB's MVCC design; checked by
+      tests/statestore/test_threads.py, which reads during synced commits).
     - py-lmdb releases the GIL while `mdb_txn_commit` writes and fsyncs (measured with py-lmdb
       3.0.0: another Python thread kept running during a 12 ms synced commit), so a reading
       thread runs during the fsync of a commit.
