@@ -6,7 +6,8 @@ size, `H` GRU hidden size, `G` GRU layers.
 
 - High level: a G-layer GRU whose state s [G, H] is updated once per closed session with the mean
   item embedding of that session, `s_i = GRU(s_{i-1}, mean(x in session i))`, starting from the
-  learned `start_state`.
+  learned `start_state`. In training, session i's update runs in the batch of session i + 1, the
+  first batch whose loss depends on it, so the GRU receives gradients (see `HierarchicalCarry`).
 - Low level: a causal dilated TCN whose input at position j is `concat(x_j, s_{i-1}[top layer])`.
   Position 0 contains a learned start token in place of an item, so the first item of a session is
   predicted from the start token and s alone. A linear layer maps the TCN output to the user
@@ -14,6 +15,8 @@ size, `H` GRU hidden size, `G` GRU layers.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -26,12 +29,28 @@ from hiertcn.models.regularization import batch_norm_factory, gru_step
 from hiertcn.models.tcn import TemporalConvNet
 
 
+class HierarchicalCarry(NamedTuple):
+    """What HierTCN carries from one batch row to the row's next session.
+
+    The last session is carried open, and `forward` closes it into the GRU state before it runs
+    the next session. The only loss that depends on a GRU update is that of the next session,
+    and training detaches the carry at every batch edge. An update computed in its own session's
+    batch would therefore never get a gradient. Closed one batch later, the update is part of that
+    loss's graph: the gradient reaches the GRU weights and the item embeddings of the closed
+    session, and stops at `state`.
+    """
+
+    state: torch.Tensor  # [B, G, H], the GRU state before the open session
+    items: torch.Tensor  # int64 [B, S], the open session's items, right-padded
+    lengths: torch.Tensor  # int64 [B], the open session's length; 0: nothing to close
+
+
 @register_model("hiertcn")
 class HierTCN(RecommenderModel):
     """HierTCN with the serving functions that `export/` turns into ONNX graphs.
 
-    The carry is the GRU state [B, G, H] before the batch's session. Subclasses may replace the
-    low level by overriding `build_low_level`.
+    The carry is a `HierarchicalCarry`, and `user_state(carry)` is the GRU state after every
+    session seen. Subclasses may replace the low level by overriding `build_low_level`.
     """
 
     def __init__(self, config: ModelConfig, num_items: int) -> None:
@@ -75,46 +94,63 @@ class HierTCN(RecommenderModel):
 
     # Training interface.
 
-    def initial_carry(self, batch_size: int, device: torch.device | str) -> torch.Tensor:
-        """Return the learned start state for `batch_size` new users [B, G, H]."""
-        return self.start_state.to(device).unsqueeze(0).expand(batch_size, -1, -1)
+    def initial_carry(self, batch_size: int, device: torch.device | str) -> HierarchicalCarry:
+        """Return the carry of `batch_size` new users: the start state and no open session."""
+        state = self.start_state.to(device).unsqueeze(0).expand(batch_size, -1, -1)
+        return self.carry_from_state(state)
 
-    def reset_carry(self, carry: torch.Tensor, new_user: torch.Tensor) -> torch.Tensor:
+    def carry_from_state(self, state: torch.Tensor) -> HierarchicalCarry:
+        """Return the carry of users with the GRU state `state` [B, G, H] and no open session."""
+        items = torch.zeros(state.shape[0], 0, dtype=torch.int64, device=state.device)
+        lengths = torch.zeros(state.shape[0], dtype=torch.int64, device=state.device)
+        return HierarchicalCarry(state, items, lengths)
+
+    def reset_carry(self, carry: HierarchicalCarry, new_user: torch.Tensor) -> HierarchicalCarry:
         """Return `carry` with the rows of new users (bool [B]) set to the start state."""
-        fresh = self.initial_carry(carry.shape[0], carry.device)
-        return select_rows(new_user, fresh, carry)  # type: ignore[return-value]
+        fresh = self.start_state.unsqueeze(0).expand_as(carry.state)
+        state = select_rows(new_user, fresh, carry.state)
+        lengths = torch.where(new_user, torch.zeros_like(carry.lengths), carry.lengths)
+        return HierarchicalCarry(state, carry.items, lengths)  # type: ignore[arg-type]
+
+    def detach_carry(self, carry: HierarchicalCarry) -> HierarchicalCarry:  # type: ignore[override]
+        """Return `carry` cut from the autograd graph (truncated backpropagation at batch edges)."""
+        return HierarchicalCarry(*(part.detach() for part in carry))
+
+    def user_state(self, carry: HierarchicalCarry) -> torch.Tensor:
+        """Return the GRU state [B, G, H] after every session in `carry`, the open one included."""
+        embedded = self.items(carry.items)  # [B, S, D]
+        return self._close_sessions(carry.state, embedded, carry.lengths)
 
     def item_embeddings(self) -> torch.Tensor:
         """Return the item table [N, D]."""
         return self.items.table()
 
     def forward(
-        self, items: torch.Tensor, lengths: torch.Tensor, carry: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predict every event of one session per row and close the sessions.
+        self, items: torch.Tensor, lengths: torch.Tensor, carry: HierarchicalCarry
+    ) -> tuple[torch.Tensor, HierarchicalCarry]:
+        """Predict every event of one session per row.
 
-        items: int64 [B, L], right-padded; lengths: int64 [B]; carry: GRU state [B, G, H] before
-        the session. Returns queries [B, L, D], where `queries[:, j]` is the user embedding that
-        predicts `items[:, j]` from `items[:, :j]`, and the GRU state after the session. Rows of
-        length 0 keep their carry.
+        items: int64 [B, L], right-padded; lengths: int64 [B]. Returns queries [B, L, D], where
+        `queries[:, j]` is the user embedding that predicts `items[:, j]` from `items[:, :j]`,
+        and the carry with this session open. A row of length 0 predicts nothing and carries
+        the state after its earlier sessions.
         """
         batch_size, length = items.shape
-        embedded = self.items(items)  # [B, L, D]
-        positions = torch.arange(length, device=items.device)
-        valid = positions.unsqueeze(0) < lengths.unsqueeze(1)  # [B, L]
+        # 1. Close the row's previous session into the GRU state, inside this batch's graph.
+        state = self.user_state(carry)  # [B, G, H]
 
-        # Shift right by one, so position j gets the start token and the items before j.
+        # 2. Shift right by one, so position j gets the start token and the items before j.
+        embedded = self.items(items)  # [B, L, D]
+        valid = torch.arange(length, device=items.device).unsqueeze(0) < lengths.unsqueeze(1)
         start = self.start_token.expand(batch_size, 1, -1)
         inputs = torch.cat([start, embedded], dim=1)[:, :length]  # [B, L, D]
-        queries = self._user_embeddings(inputs, valid, carry)
+
+        # 3. Run the low level on the items and the state.
+        queries = self._user_embeddings(inputs, valid, state)
         # The low level's input is [B, L, D + H]; it is built inside `_user_embeddings`.
         feature_bytes = batch_size * length * self.low_level_input_size * inputs.element_size()
         self.last_input_bytes = padded_bytes(items) + feature_bytes
-
-        session_sum = (embedded * valid.unsqueeze(-1).to(embedded.dtype)).sum(dim=1)  # [B, D]
-        session_mean = session_sum / lengths.clamp(min=1).unsqueeze(-1).to(embedded.dtype)
-        closed = self.close_session(carry, session_mean)
-        return queries, select_rows(lengths > 0, closed, carry)  # type: ignore[return-value]
+        return queries, HierarchicalCarry(state, items, lengths)
 
     @property
     def low_level_input_size(self) -> int:
@@ -146,6 +182,18 @@ class HierTCN(RecommenderModel):
     def close_session(self, state: torch.Tensor, session_mean: torch.Tensor) -> torch.Tensor:
         """Update the GRU state [B, G, H] with a closed session's mean item embedding [B, D]."""
         return gru_step(self.session_gru, session_mean, state, self.config.gru_candidate_dropout)
+
+    def _close_sessions(
+        self, state: torch.Tensor, embedded: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """Close the sessions embedded [B, S, D] of `lengths` [B]; rows of length 0 keep state."""
+        if embedded.shape[1] == 0:
+            return state
+        valid = torch.arange(embedded.shape[1], device=embedded.device) < lengths.unsqueeze(1)
+        session_sum = (embedded * valid.unsqueeze(-1).to(embedded.dtype)).sum(dim=1)  # [B, D]
+        session_mean = session_sum / lengths.clamp(min=1).unsqueeze(-1).to(embedded.dtype)
+        closed = self.close_session(state, session_mean)
+        return select_rows(lengths > 0, closed, state)  # type: ignore[return-value]
 
     def _user_embeddings(
         self, inputs: torch.Tensor, valid: torch.Tensor, state: torch.Tensor

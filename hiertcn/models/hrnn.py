@@ -5,9 +5,14 @@ Shape letters: `B` rows, `L` events in a session, `D` item-embedding size, `H` h
 `G` GRU layers. Both levels are G-layer GRUs of H units. The user-level state c initializes the
 session GRU through `tanh(Linear(c))` (the "init" connection), and the session GRU's last hidden
 state (top layer) updates c when the session closes.
+
+As in HierTCN, the user-level update of session i runs in the batch of session i + 1, so that the
+user GRU is part of the graph of the loss that depends on it (see `HRNNCarry`).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -20,9 +25,22 @@ from hiertcn.models.registry import register_model
 from hiertcn.models.regularization import gru_step
 
 
+class HRNNCarry(NamedTuple):
+    """The user-level state before the row's last session, and that session's summary.
+
+    The summary is carried, detached at batch edges, and the user GRU applies it in the next
+    batch. So the user GRU gets gradients, while the session GRU that made the summary gets them
+    only from its own session's predictions.
+    """
+
+    state: torch.Tensor  # [B, G, H], the user-level state before the open session
+    summary: torch.Tensor  # [B, H], the open session's last top-layer hidden state
+    pending: torch.Tensor  # bool [B], the row has an open session to apply
+
+
 @register_model("hrnn")
 class HRNN(RecommenderModel):
-    """The HRNN model. Its carry is the user-level GRU state [B, G, H] before the session."""
+    """The HRNN model. Its carry is an `HRNNCarry`; `user_state(carry)` is the user-level state."""
 
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__(config, num_items)
@@ -36,20 +54,43 @@ class HRNN(RecommenderModel):
         self.dropout = nn.Dropout(config.dropout)
         self.output = nn.Linear(hidden, dim)
 
-    def initial_carry(self, batch_size: int, device: torch.device | str) -> torch.Tensor:
-        """Return the learned user-level start state for `batch_size` new users [B, G, H]."""
-        return self.start_state.to(device).unsqueeze(0).expand(batch_size, -1, -1)
+    def initial_carry(self, batch_size: int, device: torch.device | str) -> HRNNCarry:
+        """Return the learned user-level start state for `batch_size` new users, nothing open."""
+        state = self.start_state.to(device).unsqueeze(0).expand(batch_size, -1, -1)
+        return self.carry_from_state(state)
+
+    def carry_from_state(self, state: torch.Tensor) -> HRNNCarry:
+        """Return the carry of users with the user-level state `state` [B, G, H], nothing open."""
+        summary = state.new_zeros(state.shape[0], self.config.hidden_size)
+        pending = torch.zeros(state.shape[0], dtype=torch.bool, device=state.device)
+        return HRNNCarry(state, summary, pending)
+
+    def reset_carry(self, carry: HRNNCarry, new_user: torch.Tensor) -> HRNNCarry:
+        """Return `carry` with the rows of new users (bool [B]) set to the start state."""
+        fresh = self.initial_carry(len(new_user), new_user.device)
+        return HRNNCarry(*select_rows(new_user, fresh, carry))
+
+    def detach_carry(self, carry: HRNNCarry) -> HRNNCarry:  # type: ignore[override]
+        """Return `carry` cut from the autograd graph (truncated backpropagation at batch edges)."""
+        return HRNNCarry(*(part.detach() for part in carry))
+
+    def user_state(self, carry: HRNNCarry) -> torch.Tensor:
+        """Return the user-level state [B, G, H] after every session in `carry`."""
+        dropout = self.config.gru_candidate_dropout
+        closed = gru_step(self.user_gru, carry.summary, carry.state, dropout)
+        return select_rows(carry.pending, closed, carry.state)  # type: ignore[return-value]
 
     def item_embeddings(self) -> torch.Tensor:
         """Return the item table [N, D]."""
         return self.items.table()
 
     def forward(
-        self, items: torch.Tensor, lengths: torch.Tensor, carry: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, items: torch.Tensor, lengths: torch.Tensor, carry: HRNNCarry
+    ) -> tuple[torch.Tensor, HRNNCarry]:
         """Predict every event of one session per row: queries [B, L, D] and the new carry."""
         batch_size, length = items.shape
         layers, hidden = self.config.gru_layers, self.config.hidden_size
+        state = self.user_state(carry)  # [B, G, H], the row's previous session applied
         embedded = self.items(items)  # [B, L, D]
 
         # L + 1 steps: the start token, then every item. Output j predicts item j, and the
@@ -57,7 +98,7 @@ class HRNN(RecommenderModel):
         start = self.start_token.expand(batch_size, 1, -1)
         inputs = torch.cat([start, embedded], dim=1)  # [B, L + 1, D]
         self.last_input_bytes = padded_bytes(items, inputs)
-        session_start = torch.tanh(self.init_session(carry[:, -1]))  # [B, G * H]
+        session_start = torch.tanh(self.init_session(state[:, -1]))  # [B, G * H]
         session_start = session_start.view(batch_size, layers, hidden).transpose(0, 1)
         packed = pack_padded_sequence(
             inputs, (lengths + 1).cpu(), batch_first=True, enforce_sorted=False
@@ -66,6 +107,5 @@ class HRNN(RecommenderModel):
         outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=length + 1)
         queries = self.output(self.dropout(outputs[:, :length]))  # [B, L, D]
 
-        session_summary = final[-1]  # [B, H], top layer after the last real item
-        closed = gru_step(self.user_gru, session_summary, carry, self.config.gru_candidate_dropout)
-        return queries, select_rows(lengths > 0, closed, carry)  # type: ignore[return-value]
+        summary = final[-1]  # [B, H], top layer after the last real item
+        return queries, HRNNCarry(state, summary, lengths > 0)

@@ -35,7 +35,7 @@ def test_hierarchical_shapes(name: str) -> None:
     queries, carry = model(items, torch.tensor([5, 2, 0]), model.initial_carry(3, "cpu"))
 
     assert queries.shape == (3, 5, 8)
-    assert carry.shape == (3, 2, 6)
+    assert model.user_state(carry).shape == (3, 2, 6)
     assert model.score(queries, model.item_embeddings()).shape == (3, 5, NUM_ITEMS)
 
 
@@ -44,7 +44,7 @@ def test_hierarchical_ignores_later_items(name: str) -> None:
     model = tiny(name)
     items = torch.randint(0, NUM_ITEMS, (2, 6))
     lengths = torch.tensor([6, 6])
-    carry = random_state(2)
+    carry = model.carry_from_state(random_state(2))
     queries, _ = model(items, lengths, carry)
 
     for t in range(6):
@@ -73,6 +73,8 @@ def test_hierarchical_state_depends_only_on_earlier_sessions(name: str) -> None:
     original = carries_before(sessions)
     changed = carries_before([sessions[0], (sessions[1] + 1) % NUM_ITEMS, sessions[2]])
 
+    original = [model.user_state(carry) for carry in original]
+    changed = [model.user_state(carry) for carry in changed]
     torch.testing.assert_close(changed[0], original[0])
     torch.testing.assert_close(changed[1], original[1])
     assert not torch.allclose(changed[2], original[2])
@@ -83,13 +85,15 @@ def test_hierarchical_padding_does_not_change_row(name: str) -> None:
     model = tiny(name)
     session = torch.tensor([[3, 9, 4]])
     state = random_state(1)
-    alone, alone_carry = model(session, torch.tensor([3]), state)
+    alone, alone_carry = model(session, torch.tensor([3]), model.carry_from_state(state))
 
     batch = torch.tensor([[3, 9, 4, 0, 0, 0], [1, 2, 3, 4, 5, 6]])
-    padded, padded_carry = model(batch, torch.tensor([3, 6]), torch.cat([state, state]))
+    both = model.carry_from_state(torch.cat([state, state]))
+    padded, padded_carry = model(batch, torch.tensor([3, 6]), both)
 
     torch.testing.assert_close(padded[0, :3], alone[0], atol=1e-6, rtol=0)
-    torch.testing.assert_close(padded_carry[0], alone_carry[0], atol=1e-6, rtol=0)
+    padded_state, alone_state = model.user_state(padded_carry), model.user_state(alone_carry)
+    torch.testing.assert_close(padded_state[0], alone_state[0], atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["hrnn", "hiergru"])
@@ -97,10 +101,12 @@ def test_hierarchical_empty_rows_keep_carry(name: str) -> None:
     model = tiny(name)
     state = random_state(2)
 
-    _, carry = model(torch.randint(0, NUM_ITEMS, (2, 3)), torch.tensor([3, 0]), state)
+    items = torch.randint(0, NUM_ITEMS, (2, 3))
+    _, carry = model(items, torch.tensor([3, 0]), model.carry_from_state(state))
+    after = model.user_state(carry)
 
-    torch.testing.assert_close(carry[1], state[1])
-    assert not torch.allclose(carry[0], state[0])
+    torch.testing.assert_close(after[1], state[1])
+    assert not torch.allclose(after[0], state[0])
 
 
 def test_hrnn_user_state_initializes_session() -> None:
@@ -108,8 +114,8 @@ def test_hrnn_user_state_initializes_session() -> None:
     items = torch.tensor([[5, 6, 7]])
     lengths = torch.tensor([3])
 
-    first, _ = model(items, lengths, random_state(1, seed=1))
-    second, _ = model(items, lengths, random_state(1, seed=2))
+    first, _ = model(items, lengths, model.carry_from_state(random_state(1, seed=1)))
+    second, _ = model(items, lengths, model.carry_from_state(random_state(1, seed=2)))
 
     # The first prediction of a session comes from the init connection alone.
     assert not torch.allclose(first[0, 0], second[0, 0])
@@ -121,7 +127,7 @@ def test_hrnn_session_summary_is_last_hidden_state() -> None:
     items = torch.tensor([[5, 6, 7, 0]])
     state = random_state(1)
 
-    _, carry = model(items, torch.tensor([3]), state)
+    _, carry = model(items, torch.tensor([3]), model.carry_from_state(state))
 
     # Rebuild by hand: session GRU over [start, 5, 6, 7] from tanh(init(c)), then user GRU.
     table = model.item_embeddings().detach()
@@ -129,7 +135,9 @@ def test_hrnn_session_summary_is_last_hidden_state() -> None:
     start = torch.tanh(model.init_session(state[:, -1])).view(1, 2, 6).transpose(0, 1)
     _, session_final = model.session_gru(inputs, start.contiguous())
     _, user_final = model.user_gru(session_final[-1].unsqueeze(1), state.transpose(0, 1))
-    torch.testing.assert_close(carry, user_final.transpose(0, 1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        model.user_state(carry), user_final.transpose(0, 1), atol=1e-6, rtol=0
+    )
 
 
 def test_hiergru_forward_matches_session_user_embedding() -> None:
@@ -137,7 +145,7 @@ def test_hiergru_forward_matches_session_user_embedding() -> None:
     assert isinstance(model, HierGRU)
     items = torch.tensor([[4, 8, 15, 16, 23]])
     state = random_state(1)
-    queries, _ = model(items, torch.tensor([5]), state)
+    queries, _ = model(items, torch.tensor([5]), model.carry_from_state(state))
     table = model.item_embeddings().detach()
 
     for prefix_length in range(5):
@@ -188,4 +196,20 @@ def test_hierarchical_fixed_outputs_under_seed(name: str) -> None:
 
     expected_queries, expected_carry = EXPECTED[name]
     torch.testing.assert_close(queries[0, :, 0], torch.tensor(expected_queries), atol=1e-5, rtol=0)
-    torch.testing.assert_close(carry[1, -1, :3], torch.tensor(expected_carry), atol=1e-5, rtol=0)
+    after = model.user_state(carry)
+    torch.testing.assert_close(after[1, -1, :3], torch.tensor(expected_carry), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("name", "high_level"), [("hrnn", "user_gru"), ("hiergru", "session_gru")])
+def test_high_level_gets_next_session_gradient(name: str, high_level: str) -> None:
+    """The session-level update must reach the next batch's loss across the detached edge."""
+    model = tiny(name).train()
+    items = torch.randint(0, NUM_ITEMS, (2, 4))
+    # A state other than the zero start state, so that every GRU weight takes part.
+    _, carry = model(items, torch.tensor([4, 2]), model.carry_from_state(random_state(2)))
+
+    queries, _ = model(items, torch.tensor([3, 4]), model.detach_carry(carry))
+    queries.sum().backward()
+
+    for parameter_name, parameter in getattr(model, high_level).named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, parameter_name

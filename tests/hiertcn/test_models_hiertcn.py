@@ -62,7 +62,7 @@ def test_forward_shapes() -> None:
     queries, new_carry = model(items, lengths, carry)
 
     assert queries.shape == (4, 7, 8)
-    assert new_carry.shape == (4, 2, 6)
+    assert model.user_state(new_carry).shape == (4, 2, 6)
     assert model.item_embeddings().shape == (NUM_ITEMS, 8)
     assert model.score(queries, model.item_embeddings()).shape == (4, 7, NUM_ITEMS)
     assert model.last_input_bytes == 4 * 7 * 8 + 4 * 7 * (8 + 6) * 4
@@ -93,7 +93,7 @@ def test_receptive_field_matches_dependence() -> None:
     length = field + 6
     items = torch.randint(0, NUM_ITEMS, (1, length))
     lengths = torch.tensor([length])
-    carry = random_state(model, 1)
+    carry = model.carry_from_state(random_state(model, 1))
     queries, _ = model(items, lengths, carry)
     last = length - 1
 
@@ -118,7 +118,7 @@ def test_forward_matches_session_user_embedding(batch_size: int) -> None:
     lengths = torch.randint(1, length + 1, (batch_size,), generator=generator)
     lengths[0] = length
     state = random_state(model, batch_size)
-    queries, _ = model(items, lengths, state)
+    queries, _ = model(items, lengths, model.carry_from_state(state))
 
     for step in range(length):
         # Rows whose session is shorter than `step` stop at their last item, so the rows of one
@@ -155,11 +155,12 @@ def test_close_session_matches_forward_carry() -> None:
     lengths = torch.tensor([3, 2])
     state = random_state(model, 2)
 
-    _, carry = model(items, lengths, state)
+    _, carry = model(items, lengths, model.carry_from_state(state))
 
     table = model.item_embeddings().detach()
     means = torch.stack([table[[1, 2, 3]].mean(0), table[[4, 5]].mean(0)])
-    torch.testing.assert_close(carry, model.close_session(state, means), atol=1e-6, rtol=0)
+    expected = model.close_session(state, means)
+    torch.testing.assert_close(model.user_state(carry), expected, atol=1e-6, rtol=0)
 
 
 def test_close_session_matches_torch_gru() -> None:
@@ -177,7 +178,7 @@ def test_tcn_output_ignores_later_items() -> None:
     model = tiny_model()
     items = torch.randint(0, NUM_ITEMS, (2, 8))
     lengths = torch.tensor([8, 8])
-    carry = random_state(model, 2)
+    carry = model.carry_from_state(random_state(model, 2))
     queries, _ = model(items, lengths, carry)
 
     for t in range(8):
@@ -207,11 +208,13 @@ def test_gru_state_depends_only_on_earlier_sessions() -> None:
     changed = [*sessions[:2], (sessions[2] + 1) % NUM_ITEMS, sessions[3]]
     changed_carries, changed_outputs = run(changed)
 
-    for i in range(3):  # carries 0..2 are the states before session 2, so they must not change
-        torch.testing.assert_close(changed_carries[i], carries[i])
+    states = [model.user_state(carry) for carry in carries]
+    changed_states = [model.user_state(carry) for carry in changed_carries]
+    for i in range(3):  # states 0..2 are the states before session 2, so they must not change
+        torch.testing.assert_close(changed_states[i], states[i])
     for i in range(2):
         torch.testing.assert_close(changed_outputs[i], outputs[i])
-    assert not torch.allclose(changed_carries[3], carries[3])
+    assert not torch.allclose(changed_states[3], states[3])
     assert not torch.allclose(changed_outputs[3], outputs[3])
 
 
@@ -220,10 +223,11 @@ def test_empty_rows_keep_carry() -> None:
     items = torch.randint(0, NUM_ITEMS, (2, 3))
     state = random_state(model, 2)
 
-    _, carry = model(items, torch.tensor([3, 0]), state)
+    _, carry = model(items, torch.tensor([3, 0]), model.carry_from_state(state))
+    after = model.user_state(carry)
 
-    torch.testing.assert_close(carry[1], state[1])
-    assert not torch.allclose(carry[0], state[0])
+    torch.testing.assert_close(after[1], state[1])
+    assert not torch.allclose(after[0], state[0])
 
 
 def test_reset_carry_sets_start_state_for_new_users() -> None:
@@ -232,11 +236,16 @@ def test_reset_carry_sets_start_state_for_new_users() -> None:
         model.start_state.add_(0.5)
     state = random_state(model, 3)
 
-    carry = model.reset_carry(state, torch.tensor([False, True, False]))
+    _, open_carry = model(
+        torch.tensor([[1, 2]] * 3), torch.tensor([2, 2, 0]), model.carry_from_state(state)
+    )
 
-    torch.testing.assert_close(carry[1], model.start_state.detach())
-    torch.testing.assert_close(carry[0], state[0])
-    torch.testing.assert_close(carry[2], state[2])
+    carry = model.reset_carry(open_carry, torch.tensor([False, True, False]))
+
+    after = model.user_state(carry)
+    torch.testing.assert_close(after[1], model.start_state.detach())
+    torch.testing.assert_close(after[0], model.user_state(open_carry)[0])
+    torch.testing.assert_close(after[2], state[2])
 
 
 def test_start_state_gets_gradient_through_carry() -> None:
@@ -265,7 +274,9 @@ def test_fixed_outputs_under_seed() -> None:
     expected_queries = torch.tensor(EXPECTED_QUERIES)
     expected_carry = torch.tensor(EXPECTED_CARRY)
     torch.testing.assert_close(queries[0, :, 0], expected_queries, atol=1e-5, rtol=0)
-    torch.testing.assert_close(carry[1, -1, :3], expected_carry, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        model.user_state(carry)[1, -1, :3], expected_carry, atol=1e-5, rtol=0
+    )
 
 
 def test_config_round_trip() -> None:
@@ -373,3 +384,19 @@ def test_session_step_exports_with_dynamic_axes(tmp_path: Path) -> None:
         (served,) = session.run(None, inputs)
         expected = model.session_user_embedding(prefix, lengths, state).detach().numpy()
         np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def test_session_gru_gets_next_session_gradient() -> None:
+    """A GRU update must reach the loss of the next batch, across the detached batch edge."""
+    model = tiny_model().train()
+    items = torch.randint(0, NUM_ITEMS, (2, 4))
+    # A state other than the zero start state, so that every GRU weight takes part.
+    _, carry = model(items, torch.tensor([4, 2]), model.carry_from_state(random_state(model, 2)))
+    carry = model.detach_carry(carry)
+
+    queries, _ = model(items, torch.tensor([3, 4]), carry)
+    queries.sum().backward()
+
+    for name, parameter in model.session_gru.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert model.items.table().grad[items[1, :2]].abs().sum() > 0

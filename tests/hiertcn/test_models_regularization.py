@@ -221,7 +221,7 @@ def test_hiertcn_with_batch_norm_serving_parity() -> None:
     model.eval()
     items = torch.tensor([[1, 2, 3, 4, 5]])
     state = torch.randn(1, 1, 3)
-    queries, _ = model(items, torch.tensor([5]), state)
+    queries, _ = model(items, torch.tensor([5]), model.carry_from_state(state))
     table = model.item_embeddings().detach()
 
     for prefix_length in range(5):

@@ -107,6 +107,21 @@ def test_training_changes_weights_and_records_speed():
     assert result.best_epoch == 1
 
 
+@pytest.mark.parametrize("name", ["hiertcn", "hiergru", "hrnn"])
+def test_training_updates_hierarchical_parameters(name):
+    # The high-level GRU is applied at a session's close, one batch edge before the loss that
+    # depends on it; the loop must still reach it (it once stayed at its random start).
+    seed_everything(0)
+    model = build_model(dataclasses.replace(TINY_HIERTCN, name=name), 12)
+    before = {name: value.detach().clone() for name, value in model.named_parameters()}
+
+    train_model(model, tiny_dataset(), tiny_config())
+
+    after = dict(model.named_parameters())
+    unchanged = [key for key in before if torch.equal(before[key], after[key].detach())]
+    assert not unchanged
+
+
 def test_loss_decreases_over_epochs():
     dataset = tiny_dataset()
     config = tiny_config(epochs=4, patience=10, learning_rate=1e-2)
