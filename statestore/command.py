@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,11 @@ def run_stats(args: argparse.Namespace) -> int:
         {"topic": topic, "partition": partition, **vars(position)}
         for (topic, partition), position in sorted(stats.positions.items())
     ]
+    for row in positions:
+        # A partition whose records were all dead letters has no event time yet (-inf), which
+        # JSON cannot hold, so it is written as null.
+        if not math.isfinite(row["watermark"]):
+            row["watermark"] = None
     if args.json:
         summary = {**vars(stats), "positions": positions}
         print(json.dumps(summary, indent=2, default=str))
@@ -135,7 +141,7 @@ def run_stats(args: argparse.Namespace) -> int:
     for row in positions:
         print(
             f"position         {row['topic']}[{row['partition']}]@{row['next_offset']} "
-            f"watermark {_format_time(row['watermark'])}"
+            f"watermark {_format_watermark(row['watermark'])}"
         )
     return 0
 
@@ -196,6 +202,10 @@ def run_evict(args: argparse.Namespace) -> int:
         return 0
     print(f"{verb} {evicted} users whose last event is before {_format_time(cutoff)}")
     return 0
+
+
+def _format_watermark(watermark: float | None) -> str:
+    return "none (no event time yet)" if watermark is None else _format_time(watermark)
 
 
 def _format_time(ts: float) -> str:

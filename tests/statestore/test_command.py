@@ -88,6 +88,26 @@ def test_stats_json_is_parseable(state_dir: Path, capsys: pytest.CaptureFixture[
     }
 
 
+def test_stats_partition_without_event_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A partition that has only seen dead letters keeps the watermark -inf.
+    path = tmp_path / "state"
+    with StateStore(StoreConfig(path=path, sync=False)) as store:
+        store.commit({}, {("interactions", 3): PartitionPosition(5, float("-inf"))})
+
+    assert _run("--state-dir", str(path), "stats") == 0
+    assert "interactions[3]@5 watermark none (no event time yet)" in capsys.readouterr().out
+
+    assert _run("--state-dir", str(path), "stats", "--json") == 0
+    stats = json.loads(capsys.readouterr().out, parse_constant=_reject_constant)
+    assert stats["positions"][0]["watermark"] is None
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
 def test_get_prints_state_json(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _run("--state-dir", str(state_dir), "get", "fresh") == 0
     printed = json.loads(capsys.readouterr().out)
