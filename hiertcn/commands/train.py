@@ -276,14 +276,14 @@ def train_config_from_args(args: argparse.Namespace):
 
 
 def print_dataset(dataset) -> None:
-    """Print the statistics of each part and the filter report of a dataset."""
+    """Print the statistics of each part of a dataset.
+
+    The filter report is not printed here, because the loader already logs it at INFO level.
+    """
     from hiertcn.data.stats import compute_stats, format_stats_table
 
     parts = {"train": dataset.train, "valid": dataset.valid, "test": dataset.test}
     print(format_stats_table({name: compute_stats(log) for name, log in parts.items()}))
-    print()
-    for line in dataset.filter_report.format_lines():
-        print(line)
     print()
 
 

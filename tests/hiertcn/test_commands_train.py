@@ -106,3 +106,14 @@ def test_description_is_plain_sentence(capsys, command):
     description = lines[lines.index("") + 1]
     assert not description.startswith("`")
     assert description.endswith(".")
+
+
+def test_filter_report_shown_once(tmp_path, capsys, caplog):
+    log = tmp_path / "log.csv"
+    write_log(log)
+    caplog.set_level("INFO")
+
+    assert main(train_argv(log, tmp_path / "run")) == 0
+
+    assert "filters kept" not in capsys.readouterr().out
+    assert caplog.text.count("filters kept") == 1
