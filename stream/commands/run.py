@@ -11,7 +11,7 @@ import argparse
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -20,6 +20,9 @@ from stream.config import OPTIONS, WorkerConfig, build_config
 from stream.errors import ConfigError, StreamError
 from stream.logs import librdkafka_logger
 from stream.pool import run_pool
+
+if TYPE_CHECKING:
+    from export.bundle import ModelBundle
 
 logger = logging.getLogger(__name__)
 
@@ -104,22 +107,32 @@ def run(args: argparse.Namespace) -> int:
     )
     if not config.bundle.is_dir():
         raise StreamError(f"bundle directory {config.bundle} not found: pass --bundle DIR")
-    check_bundle_and_store(config)
+    # The store comes after the broker check, so that a failed start leaves no new state folder.
+    bundle = check_bundle(config)
     check_topics(config)
+    check_store(config, bundle)
     return run_pool(config, logging.getLogger().getEffectiveLevel())
 
 
-def check_bundle_and_store(config: WorkerConfig) -> None:
-    """Load and verify the bundle once, and open the state store once, before any worker starts.
+def check_bundle(config: WorkerConfig) -> ModelBundle:
+    """Load and verify the bundle once before any worker starts.
 
-    A bad bundle or state directory then gives one error line here instead of one traceback per
-    worker. The store's open checks that its recorded state shapes fit the bundle. The workers
-    open both again after they start, because neither survives a process start.
+    A bad bundle then gives one error line here instead of one traceback per worker. The workers
+    load it again after they start, because a loaded bundle does not survive a process start.
     """
-    from statestore import StateStore, StoreConfig
     from stream.commands.replay import open_bundle
 
-    bundle = open_bundle(config.bundle, config.device)
+    return open_bundle(config.bundle, config.device)
+
+
+def check_store(config: WorkerConfig, bundle: ModelBundle) -> None:
+    """Open the state store once, creating it when missing, and check it against the bundle.
+
+    The open checks that the recorded state shapes fit the bundle. The workers open the store
+    again after they start.
+    """
+    from statestore import StateStore, StoreConfig
+
     store = StateStore(
         StoreConfig(
             path=config.state_dir,

@@ -205,3 +205,20 @@ def test_worker_bundle_error_is_one_line(
     (record,) = caplog.records
     assert record.getMessage().startswith("worker 0 failed: ")
     assert record.exc_info is None
+
+
+def test_unreachable_broker_creates_no_state(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(run_command, "BROKER_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(run_command, "run_pool", lambda config, level: 0)
+    state_dir = tmp_path / "state"
+
+    code = main(run_args(onnx_bundle_dir, state_dir))
+
+    assert code != 0
+    assert "did not respond" in capsys.readouterr().err
+    assert not state_dir.exists()
