@@ -13,17 +13,19 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
-from hiertcn.errors import CheckpointError
+from hiertcn.errors import CheckpointError, UnreadableCheckpointError
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT_VERSION = 1
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
+# `torch.save` writes a zip archive, which starts with the local file header signature.
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,15 @@ _REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> Checkpoint:
-    """Read a checkpoint written by `save_checkpoint`; raise CheckpointError when it is not one."""
+    """Read a checkpoint written by `save_checkpoint`; raise CheckpointError when it is not one.
+
+    A file that exists but does not read as a checkpoint raises UnreadableCheckpointError.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {path} is a folder: pass the best.pt or last.pt file inside it"
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found: pass the best.pt or last.pt of a run")
     content = _read_checkpoint_dict(path, map_location)
@@ -118,33 +127,56 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> 
 
 def _read_checkpoint_dict(path: Path, map_location: str) -> dict[str, Any]:
     """Load `path` with `weights_only=True` and check the keys and value types of a checkpoint."""
-    not_checkpoint = f"{path} is not a hiertcn checkpoint"
-    fix = "pass the best.pt of a run"
+    content = _torch_load(path, map_location)
+    if not isinstance(content, dict):
+        _raise_not_checkpoint(path, f"it contains a {type(content).__name__}, not a dict")
+    missing = [key for key in _REQUIRED_KEYS if key not in content]
+    if missing:
+        _raise_not_checkpoint(path, f"it lacks the keys {', '.join(missing)}")
+    for key, expected in _REQUIRED_KEYS.items():
+        if not isinstance(content[key], expected):
+            _raise_not_checkpoint(path, f"its {key!r} is a {type(content[key]).__name__}")
+    return content
+
+
+def _torch_load(path: Path, map_location: str) -> Any:
+    """Run `torch.load(weights_only=True)`, or raise CheckpointError when the file does not load."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(_ZIP_MAGIC))
+    except OSError as error:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({error}): pass a file you can read"
+        ) from error
     try:
         # torch.load warns about the pickle protocol of a foreign pickle, which the CheckpointError
         # below replaces.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            content = torch.load(path, map_location=map_location, weights_only=True)
-    except OSError as error:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({error}): {fix}") from error
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        # torch.load raises many unrelated types on foreign bytes (IndexError on text,
-        # UnpicklingError on JSON or a plain pickle, RuntimeError on a broken zip). Its own
-        # message can advise weights_only=False, which would run code from an untrusted file, so
-        # only the debug log shows it.
+        # torch.load raises many unrelated types on foreign or truncated bytes (IndexError on
+        # text, UnpicklingError on JSON or a plain pickle, RuntimeError on a broken zip, and
+        # OSError "[Errno 22] Invalid argument" on some truncated zips). Its own message can
+        # advise weights_only=False, which would run code from an untrusted file, so only the
+        # debug log shows it.
         logger.debug("torch.load(%s) failed: %r", path, error)
-        raise CheckpointError(f"{not_checkpoint}: {fix}") from None
-    if not isinstance(content, dict):
-        raise CheckpointError(f"{not_checkpoint}: {fix}")
-    missing = [key for key in _REQUIRED_KEYS if key not in content]
-    if missing:
-        raise CheckpointError(f"{not_checkpoint} (it lacks the keys {', '.join(missing)}): {fix}")
-    for key, expected in _REQUIRED_KEYS.items():
-        if not isinstance(content[key], expected):
-            kind = type(content[key]).__name__
-            raise CheckpointError(f"{not_checkpoint} (its {key!r} is a {kind}): {fix}")
-    return content
+        if _ZIP_MAGIC.startswith(head):
+            # The file is empty or starts like a torch.save zip archive that torch cannot read,
+            # so it was most likely cut short or damaged after it was written.
+            size = path.stat().st_size
+            reason = "empty (0 bytes)" if size == 0 else f"truncated or damaged ({size} bytes)"
+            raise UnreadableCheckpointError(
+                f"checkpoint {path} is {reason}: copy it again or retrain the run", reason
+            ) from None
+        _raise_not_checkpoint(path, "it is not a file written by torch.save")
+
+
+def _raise_not_checkpoint(path: Path, cause: str) -> NoReturn:
+    reason = f"not a hiertcn checkpoint ({cause})"
+    raise UnreadableCheckpointError(
+        f"{path} is not a hiertcn checkpoint ({cause}): pass the best.pt of a run", reason
+    )
 
 
 def check_vocabulary(path: str | os.PathLike[str], checkpoint: Checkpoint, item_ids) -> None:

@@ -73,8 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.debug("command failed", exc_info=True)
         print(f"hiertcn: error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("hiertcn: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        # A command may raise KeyboardInterrupt with a message on what it saved.
+        detail = f": {interrupt}" if str(interrupt) else ""
+        print(f"hiertcn: interrupted{detail}", file=sys.stderr)
         return 130
 
 

@@ -25,3 +25,15 @@ class CheckpointError(HierTCNError):
     """A checkpoint is missing, unreadable, or was written for another model."""
 
     exit_code = 2
+
+
+class UnreadableCheckpointError(CheckpointError):
+    """A checkpoint file exists but does not read as a hiertcn checkpoint.
+
+    `reason` is the cause without the path and the fix (for example "truncated or damaged"), so
+    a caller such as `--resume` can give a fix that suits its own context.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

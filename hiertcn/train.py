@@ -39,7 +39,7 @@ from hiertcn.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from hiertcn.errors import CheckpointError, ConfigError
+from hiertcn.errors import CheckpointError, ConfigError, UnreadableCheckpointError
 from hiertcn.evaluate import EvaluationConfig, evaluate_model
 from hiertcn.losses import LossConfig, build_loss
 from hiertcn.progress import ProgressBar
@@ -359,12 +359,8 @@ def _restore(model, optimizer, config: TrainConfig, out_dir, device, dataset) ->
             f"nothing to resume in {out_dir} because it contains no {LAST_CHECKPOINT}: "
             "start a new run without --resume"
         )
-    checkpoint = load_checkpoint(last_path)
-    if checkpoint.model_config != model.config.to_dict():
-        raise CheckpointError(
-            f"{last_path} was written for model {checkpoint.model_config}, "
-            f"not {model.config.to_dict()}: resume with the same model flags"
-        )
+    checkpoint = _load_run_checkpoint(last_path)
+    _check_model_config(last_path, checkpoint.model_config, model.config.to_dict())
     check_vocabulary(last_path, checkpoint, dataset.vocab.ids)
     check_data_settings(last_path, checkpoint, dataset.summary)
     model.load_state_dict(checkpoint.model_state)
@@ -381,9 +377,50 @@ def _restore(model, optimizer, config: TrainConfig, out_dir, device, dataset) ->
     )
     best_path = out_dir / BEST_CHECKPOINT
     if best_path.is_file():
-        state.best_state = load_checkpoint(best_path, map_location=str(device)).model_state
+        state.best_state = _load_run_checkpoint(best_path, str(device)).model_state
     logger.info("resumed %s at epoch %d (best MRR %.4f)", out_dir, state.epoch, state.best_mrr)
     return state
+
+
+def _load_run_checkpoint(path: Path, map_location: str = "cpu") -> Checkpoint:
+    """Load a checkpoint of the run in --out, which is damaged when it does not read as one."""
+    try:
+        return load_checkpoint(path, map_location=map_location)
+    except UnreadableCheckpointError as error:
+        raise CheckpointError(
+            f"cannot resume, because {path} is damaged ({error.reason}): start over with --force "
+            "in place of --resume, or pass another --out"
+        ) from error
+
+
+# Model configuration fields whose command-line flag is not `--` plus the field name.
+_MODEL_FLAGS = {"name": "--model", "item_vectors_path": "--item-vectors"}
+
+
+def _check_model_config(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Raise CheckpointError naming each model setting that differs between the two configs."""
+    fields = [key for key in {**saved, **current} if saved.get(key) != current.get(key)]
+    if not fields:
+        return
+    trained = ", ".join(f"{key}={saved.get(key)}" for key in fields)
+    requested = ", ".join(f"{key}={current.get(key)}" for key in fields)
+    flags = " ".join(_model_flag(key, saved.get(key)) for key in fields)
+    raise CheckpointError(
+        f"{path} was trained with {trained}, not {requested}: resume with {flags}, or start over "
+        "with --force in place of --resume, or pass another --out"
+    )
+
+
+def _model_flag(key: str, value: Any) -> str:
+    """Return the command-line flag that sets model configuration field `key` to `value`."""
+    flag = _MODEL_FLAGS.get(key, "--" + key.replace("_", "-"))
+    if value is None or value is False:
+        return f"(no {flag})"
+    if value is True:
+        return flag
+    if isinstance(value, (list, tuple)):
+        return f"{flag} {','.join(str(part) for part in value)}"
+    return f"{flag} {value}"
 
 
 def _fit_untrained(model, dataset, config: TrainConfig, device, out_dir) -> TrainResult:

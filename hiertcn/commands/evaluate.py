@@ -33,8 +33,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    # nargs="*" with the required FILE after it lets argparse give a lone path to FILE, so that
+    # `check_arguments` can report the missing checkpoint instead of a missing FILE.
     parser.add_argument(
-        "checkpoints", metavar="CKPT", nargs="+", type=Path, help="checkpoint files (best.pt)"
+        "checkpoints",
+        metavar="CKPT",
+        nargs="*",
+        type=Path,
+        help="checkpoint files (best.pt), one or more",
     )
     add_data_arguments(parser)
     group = parser.add_argument_group("evaluation")
@@ -85,6 +91,22 @@ def check_json_path(path: Path) -> None:
         raise ConfigError(f"--json {path} is not writable: pass a path you can write")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Raise ConfigError on a missing checkpoint or on --ranks without --json."""
+    if not args.checkpoints:
+        raise ConfigError(
+            f"no checkpoint given, only the log {args.data}: pass one or more checkpoints "
+            f"(the best.pt of a run) before it, e.g. hiertcn evaluate runs/NAME/best.pt {args.data}"
+        )
+    if args.ranks and args.json is None:
+        raise ConfigError(
+            "--ranks adds the ranks to the --json file, but no --json was given: "
+            "pass --json FILE as well"
+        )
+    if args.json is not None:
+        check_json_path(args.json)
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate every checkpoint and print one table."""
     from hiertcn.checkpoint import build_model_from_checkpoint, check_vocabulary, load_checkpoint
@@ -92,9 +114,8 @@ def run(args: argparse.Namespace) -> int:
     from hiertcn.evaluate import EvaluationConfig, evaluate_model, format_table
     from hiertcn.train import resolve_device
 
+    check_arguments(args)
     device = resolve_device(args.device)
-    if args.json is not None:
-        check_json_path(args.json)
     checkpoints = [load_checkpoint(path) for path in args.checkpoints]
     dataset = load_dataset(args)
     log = dataset.test if args.on == "test" else dataset.valid

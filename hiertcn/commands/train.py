@@ -317,6 +317,26 @@ def remove_run(out: Path) -> None:
             logger.info("--force: deleted %s", path)
 
 
+def describe_saved_run(out: Path, force: bool) -> str:
+    """Describe what an interrupted run left in `out` and how to continue it."""
+    from hiertcn.checkpoint import LAST_CHECKPOINT, load_checkpoint
+
+    last = out / LAST_CHECKPOINT
+    if not last.is_file():
+        return f"no epoch finished, so {out} contains no checkpoint to resume"
+    try:
+        checkpoint = load_checkpoint(last)
+    except CheckpointError as error:
+        logger.debug("cannot read %s after the interrupt: %s", last, error)
+        return f"{last} cannot be read, so start over with --force"
+    best_epoch = checkpoint.resume_state.get("best_epoch")
+    rerun = "rerun the same command with --resume" + (" in place of --force" if force else "")
+    return (
+        f"{last} contains epoch {checkpoint.epoch}, the last finished one (best.pt: epoch "
+        f"{best_epoch}): to continue, {rerun}"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Train, evaluate the best epoch on the test split, and print the metric table."""
     from hiertcn.checkpoint import BEST_CHECKPOINT, load_checkpoint, save_checkpoint
@@ -337,10 +357,13 @@ def run(args: argparse.Namespace) -> int:
         remove_run(args.out)
     seed_everything(train_config.seed)
     model = build_model(model_config, len(dataset.vocab))
-    result = train_model(model, dataset, train_config, out_dir=args.out, resume=args.resume)
-
-    evaluation = EvaluationConfig(batch_size=train_config.batch_size)
-    test = evaluate_model(result.model, dataset.test, evaluation, device).metrics
+    try:
+        result = train_model(model, dataset, train_config, out_dir=args.out, resume=args.resume)
+        evaluation = EvaluationConfig(batch_size=train_config.batch_size)
+        test = evaluate_model(result.model, dataset.test, evaluation, device).metrics
+    except KeyboardInterrupt:
+        # The command line prints this message and exits with 130.
+        raise KeyboardInterrupt(describe_saved_run(args.out, args.force)) from None
     print(f"test split, best epoch {result.best_epoch}:")
     print(format_table([{"model": model_config.name, **test}]))
 

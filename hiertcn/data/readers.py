@@ -23,6 +23,7 @@ raises DataError with the file, the line number and the byte.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -43,6 +44,11 @@ ENCODING = "utf-8-sig"
 # The largest Unix time in seconds that is still in the year 9999. A larger value read with
 # unit `s` is almost surely in milliseconds.
 _MAX_SECONDS = 253_402_300_799
+# Unix time of 1973-01-01 in seconds. A log whose every timestamp read with unit `ms` is earlier
+# is almost surely in seconds: Unix time 1.7e9 s (the year 2023) read as ms is in January 1970.
+_MIN_LATEST_SECONDS_FROM_MS = 94_694_400
+# Formats whose time unit --time-unit chooses. The other formats have a fixed unit.
+_FLEXIBLE_UNIT_FORMATS = ("csv", "jsonl")
 
 # Header names that the generic readers accept when no column is given, in order of preference.
 _DEFAULT_COLUMNS = {
@@ -158,6 +164,12 @@ class _RawLogBuilder:
     def __init__(self, path: Path, time_unit: str, config: ReaderConfig, with_impressions: bool):
         self.path = path
         self.time_unit = time_unit
+        self.log_format = config.format
+        # Checked in `build`: the largest timestamp and its line, for a unit chosen as ms.
+        self.check_seconds_as_ms = config.time_unit == "ms" and config.format in (
+            _FLEXIBLE_UNIT_FORMATS
+        )
+        self.latest_ms: tuple[int, int] | None = None
         self.event_type_filter = None if config.event_types is None else set(config.event_types)
         self.users: list[str] = []
         self.items: list[str] = []
@@ -179,13 +191,26 @@ class _RawLogBuilder:
                 f"(expected Unix time in {self.time_unit})"
             ) from None
         if self.time_unit == "ms":
+            if self.latest_ms is None or number > self.latest_ms[0]:
+                self.latest_ms = (number, line)
             return number // 1000
         if abs(number) > _MAX_SECONDS:
             raise DataError(
                 f"{self.path}:{line}: timestamp {number} is after the year 9999 in seconds: "
-                "if the log is in milliseconds, pass --time-unit ms"
+                f"if the log is in milliseconds, {_milliseconds_fix(self.log_format, self.path)}"
             )
         return number
+
+    def check_seconds_read_as_ms(self) -> None:
+        """Raise DataError when --time-unit ms puts every timestamp before 1973."""
+        if not self.check_seconds_as_ms or self.latest_ms is None:
+            return
+        latest, line = self.latest_ms
+        if latest // 1000 < _MIN_LATEST_SECONDS_FROM_MS:
+            raise DataError(
+                f"{self.path}:{line}: the latest timestamp, {latest}, is before 1973 in "
+                "milliseconds, and so is every other: if the log is in seconds, pass --time-unit s"
+            )
 
     def parse_id(self, value: object, role: str, line: int) -> str:
         """Convert one user or item id to its external id string (`42` and `"42"` are equal)."""
@@ -240,6 +265,7 @@ class _RawLogBuilder:
         if not self.timestamps:
             reason = "after the event-type filter" if self.skipped_types else "in the file"
             raise DataError(f"{self.path}: no events {reason}: check the file and --format")
+        self.check_seconds_read_as_ms()
         num_events = len(self.timestamps)
         offsets = impressions = None
         if self.impression_lengths is not None:
@@ -281,6 +307,8 @@ def read_log(path: str | Path, config: ReaderConfig | None = None) -> RawLog:
     if path.stat().st_size == 0:
         raise DataError(f"log file {path} is empty")
     log_format = detect_format(path) if config.format == "auto" else config.format
+    # The readers word their messages by the format, so they get the detected one.
+    config = dataclasses.replace(config, format=log_format)
     readers = {
         "csv": _read_generic_delimited,
         "jsonl": _read_generic_jsonl,
@@ -521,17 +549,45 @@ def _read_generic_delimited(path: Path, config: ReaderConfig) -> RawLog:
     )
 
 
-def _fixed_unit(config: ReaderConfig, unit: str, log_format: str) -> str:
-    if config.time_unit is not None and config.time_unit != unit:
+def _fixed_unit(config: ReaderConfig, unit: str, log_format: str, path: Path) -> str:
+    if config.time_unit is None or config.time_unit == unit:
+        return unit
+    mismatch = f"the {log_format} format stores timestamps in {unit}, but --time-unit "
+    if unit == "s":
         raise DataError(
-            f"the {log_format} format stores timestamps in {unit}, but --time-unit "
-            f"{config.time_unit} was given: drop --time-unit or use --format csv"
+            f"{mismatch}ms was given: for a log in milliseconds, "
+            f"{_milliseconds_fix(log_format, path)}. For seconds, drop --time-unit"
         )
-    return unit
+    raise DataError(f"{mismatch}{config.time_unit} was given: drop --time-unit")
+
+
+def _milliseconds_fix(log_format: str, path: Path) -> str:
+    """Return how to read a log with millisecond timestamps in place of `log_format`."""
+    if log_format in _FLEXIBLE_UNIT_FORMATS:
+        return "pass --time-unit ms"
+    columns = _CSV_COLUMNS_FOR_FORMAT.get(log_format)
+    if log_format == "movielens" and path.name.lower().endswith(".csv"):
+        columns = "--user-col userId --item-col movieId --time-col timestamp"
+    elif log_format == "movielens":
+        delimiter = "::" if path.name.lower().endswith(".dat") else "\\t"
+        columns = f"--no-header --delimiter '{delimiter}' {columns}"
+    if columns is None:
+        return f"convert the timestamps to seconds, because the {log_format} format reads seconds"
+    return (
+        f"read it with --format csv {columns} --time-unit ms, because the {log_format} "
+        "format reads seconds"
+    )
+
+
+# The csv flags that read the columns of a headerless log of a fixed-unit format.
+_CSV_COLUMNS_FOR_FORMAT = {
+    "movielens": "--user-col 0 --item-col 1 --time-col 3",
+    "taobao": "--no-header --delimiter , --user-col 0 --item-col 1 --time-col 4 --event-type-col 3",
+}
 
 
 def _read_movielens(path: Path, config: ReaderConfig) -> RawLog:
-    unit = _fixed_unit(config, "s", "movielens")
+    unit = _fixed_unit(config, "s", "movielens", path)
     name = path.name.lower()
     if name.endswith(".dat") or name.endswith(".data"):
         delimiter = "::" if name.endswith(".dat") else "\t"
@@ -560,14 +616,14 @@ def _read_movielens(path: Path, config: ReaderConfig) -> RawLog:
 
 
 def _read_taobao(path: Path, config: ReaderConfig) -> RawLog:
-    unit = _fixed_unit(config, "s", "taobao")
+    unit = _fixed_unit(config, "s", "taobao", path)
     defaults = _Columns(user=0, item=1, time=4, event_type=3, impressions=None)
     delimiter = config.delimiter or ","
     return _read_delimited(path, config, delimiter, False, TAOBAO_COLUMNS, defaults, unit)
 
 
 def _read_trivago(path: Path, config: ReaderConfig) -> RawLog:
-    unit = _fixed_unit(config, "s", "trivago")
+    unit = _fixed_unit(config, "s", "trivago", path)
     rows = _iter_rows(path, ",")
     first = next(rows, None)
     if first is None:
@@ -652,7 +708,7 @@ def _field(record: dict, key: str, path: Path, line: int) -> object:
 
 
 def _read_otto(path: Path, config: ReaderConfig) -> RawLog:
-    unit = _fixed_unit(config, "ms", "otto")
+    unit = _fixed_unit(config, "ms", "otto", path)
     builder = _RawLogBuilder(path, unit, config, with_impressions=False)
     for line, record in _iter_json(path):
         session = _field(record, "session", path, line)

@@ -13,6 +13,9 @@ from hiertcn.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+# The first bytes of every .npy file (numpy.lib.format.MAGIC_PREFIX).
+_NPY_MAGIC = b"\x93NUMPY"
+
 
 class ItemEmbedding(nn.Module):
     """The item table [N, D] and the lookup of item rows in it.
@@ -55,20 +58,53 @@ class ItemEmbedding(nn.Module):
 
 
 def load_item_vectors(path: str, num_items: int, dim: int) -> torch.Tensor:
-    """Read a float `.npy` file of shape [N, D] into a float32 tensor, checking its shape."""
+    """Read a float `.npy` file of shape [N, D] into a float32 tensor, checking its shape.
+
+    Raises ConfigError, naming the `--item-vectors` flag that sets `path`, when the file is
+    missing, a folder, not a `.npy` array, or an array of another shape or dtype.
+    """
     file = Path(path)
+    if file.is_dir():
+        raise ConfigError(f"--item-vectors {file} is a folder: pass the .npy file inside it")
     if not file.is_file():
-        raise ConfigError(f"pre-trained item vectors {file} not found: fix item_vectors_path")
-    vectors = np.load(file, mmap_mode="r")
+        raise ConfigError(f"--item-vectors {file} not found: pass an existing .npy file")
+    vectors = _read_npy(file)
     if vectors.shape != (num_items, dim):
+        width = vectors.shape[-1] if vectors.ndim == 2 else "its width"
         raise ConfigError(
-            f"pre-trained item vectors {file} have shape {vectors.shape}, expected "
-            f"({num_items}, {dim}): write one row per item row of the vocabulary and set "
-            f"embedding_dim to {vectors.shape[-1] if vectors.ndim == 2 else 'its width'}"
+            f"--item-vectors {file} has shape {vectors.shape}, expected ({num_items}, {dim}): "
+            f"write one row per item row of the vocabulary and pass --embedding-dim {width}"
         )
     if not np.issubdtype(vectors.dtype, np.floating):
-        raise ConfigError(
-            f"pre-trained item vectors {file} have dtype {vectors.dtype}: save floats"
-        )
+        raise ConfigError(f"--item-vectors {file} has dtype {vectors.dtype}: save a float array")
     logger.info("read %d fixed item vectors of size %d from %s", num_items, dim, file)
     return torch.from_numpy(np.array(vectors, dtype=np.float32))
+
+
+def _read_npy(file: Path) -> np.ndarray:
+    """Open a `.npy` file memory-mapped, or raise ConfigError when it is not one."""
+    fix = "save the vectors with numpy.save(path, array) as a float array [N, D]"
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as stream:
+            magic = stream.read(len(_NPY_MAGIC))
+    except OSError as error:
+        raise ConfigError(
+            f"--item-vectors {file} cannot be read ({error}): pass a file you can read"
+        ) from error
+    if magic != _NPY_MAGIC:
+        # np.load would try to unpickle such a file, and its message advises allow_pickle=True,
+        # which would run code from the file.
+        raise ConfigError(
+            f"--item-vectors {file} ({size} bytes) is not a .npy array because it lacks the "
+            f".npy header: {fix}"
+        )
+    try:
+        vectors = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (ValueError, EOFError, OSError) as error:
+        # A truncated file or an object array raises ValueError, EOFError or OSError.
+        raise ConfigError(
+            f"--item-vectors {file} ({size} bytes) is truncated or not a numeric array "
+            f"({error}): {fix}"
+        ) from error
+    return vectors

@@ -129,3 +129,23 @@ def test_vocabulary_message_names_data_source():
 
 def test_same_vocabulary_accepted():
     check_vocabulary("best.pt", tiny_checkpoint(["a", "b"], SUMMARY), ["a", "b"])
+
+
+@pytest.mark.parametrize("kept", [0, 3, 200, 65536, -30])
+def test_truncated_checkpoint_named_truncated(tmp_path, kept):
+    path = tmp_path / "best.pt"
+    checkpoint = tiny_checkpoint(["a", "b"])
+    checkpoint = Checkpoint(**{**vars(checkpoint), "model_state": {"w": torch.zeros(40_000)}})
+    content = save_checkpoint(path, checkpoint).read_bytes()
+    path.write_bytes(content[:kept])
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert f"checkpoint {path} is " in message
+    assert "truncated or damaged" in message or "empty (0 bytes)" in message
+    assert "Errno" not in message
+
+
+def test_folder_checkpoint_named_folder(tmp_path):
+    with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path} is a folder"):
+        load_checkpoint(tmp_path)

@@ -126,9 +126,9 @@ def test_generic_tsv_delimiter_from_suffix(tmp_path):
 
 
 def test_generic_csv_milliseconds_floor(tmp_path):
-    path = write(tmp_path / "log.csv", "user,item,timestamp\nu,i,1999\nu,j,-1\n")
+    path = write(tmp_path / "log.csv", "user,item,timestamp\nu,i,1659304800999\nu,j,-1\n")
     raw = read_log(path, ReaderConfig(format="csv", time_unit="ms"))
-    assert list(raw.timestamps) == [1, -1]
+    assert list(raw.timestamps) == [1659304800, -1]
 
 
 def test_generic_csv_impressions_column(tmp_path):
@@ -175,6 +175,78 @@ def test_milliseconds_read_as_seconds_are_rejected(tmp_path):
     path = write(tmp_path / "log.csv", "user,item,timestamp\nu,i,1659304800025000\n")
     with pytest.raises(DataError, match="--time-unit ms"):
         read_log(path, ReaderConfig(format="csv"))
+
+
+def test_seconds_read_as_milliseconds_are_rejected(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item,ts\nu,i,1600000000\nu,j,1600000060\n")
+    with pytest.raises(DataError) as error:
+        read_log(path, ReaderConfig(format="csv", time_unit="ms"))
+    message = str(error.value)
+    assert f"{path}:3: the latest timestamp, 1600000060, is before 1973" in message
+    assert "pass --time-unit s" in message
+
+
+def test_seconds_read_as_milliseconds_jsonl_rejected(tmp_path):
+    path = write(tmp_path / "log.jsonl", '{"user": "u", "item": "i", "ts": 1600000000}\n')
+    with pytest.raises(DataError, match="pass --time-unit s"):
+        read_log(path, ReaderConfig(format="jsonl", time_unit="ms"))
+
+
+def test_milliseconds_after_1973_are_accepted(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item,ts\nu,i,10\nu,j,94694400000\n")
+    raw = read_log(path, ReaderConfig(format="csv", time_unit="ms"))
+    assert list(raw.timestamps) == [0, 94694400]
+
+
+def write_movielens_ms(path: Path) -> Path:
+    return write(path, "userId,movieId,rating,timestamp\n1,10,4.0,964982703000\n")
+
+
+def test_movielens_milliseconds_advice_gives_csv_command(tmp_path):
+    path = write_movielens_ms(tmp_path / "ratings.csv")
+    command = (
+        "--format csv --user-col userId --item-col movieId --time-col timestamp --time-unit ms"
+    )
+    with pytest.raises(DataError) as error:
+        read_log(path)
+    assert f"read it with {command}" in str(error.value)
+    with pytest.raises(DataError) as error:
+        read_log(path, ReaderConfig(format="movielens", time_unit="ms"))
+    assert f"read it with {command}" in str(error.value)
+    assert "drop --time-unit or use --format csv" not in str(error.value)
+
+
+def test_movielens_milliseconds_advice_runs(tmp_path):
+    path = write_movielens_ms(tmp_path / "ratings.csv")
+    config = ReaderConfig(
+        format="csv", user_col="userId", item_col="movieId", time_col="timestamp", time_unit="ms"
+    )
+    assert list(read_log(path, config).timestamps) == [964982703]
+
+
+@pytest.mark.parametrize(
+    ("name", "line", "delimiter"),
+    [("u.data", "1\t10\t4\t{}", "\\t"), ("ratings.dat", "1::10::4::{}", "::")],
+)
+def test_headerless_movielens_milliseconds_advice_runs(tmp_path, name, line, delimiter):
+    path = write(tmp_path / name, line.format(964982703000) + "\n")
+    with pytest.raises(DataError) as error:
+        read_log(path)
+    expected = (
+        f"--format csv --no-header --delimiter '{delimiter}' --user-col 0 --item-col 1 "
+        "--time-col 3 --time-unit ms"
+    )
+    assert expected in str(error.value)
+    config = ReaderConfig(
+        format="csv",
+        header=False,
+        delimiter=delimiter.replace("\\t", "\t"),
+        user_col="0",
+        item_col="1",
+        time_col="3",
+        time_unit="ms",
+    )
+    assert list(read_log(path, config).timestamps) == [964982703]
 
 
 def test_invalid_json_line_names_line(tmp_path):

@@ -1,0 +1,70 @@
+"""Messages of `train_model(resume=True)` on a run of another model or a damaged checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from hiertcn.errors import CheckpointError
+from hiertcn.models import build_model
+from hiertcn.train import seed_everything, train_model
+from tests.hiertcn.test_train import TINY_HIERTCN, tiny_config, tiny_dataset
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+def model_of(config):
+    seed_everything(0)
+    return build_model(config, 12)
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    train_model(model_of(TINY_HIERTCN), tiny_dataset(), tiny_config(), out_dir=tmp_path)
+    return tmp_path
+
+
+def resume(run_dir, config=TINY_HIERTCN):
+    train_model(model_of(config), tiny_dataset(), tiny_config(epochs=2), run_dir, resume=True)
+
+
+def test_resume_other_model_names_field(run_dir):
+    with pytest.raises(CheckpointError) as error:
+        resume(run_dir, dataclasses.replace(TINY_HIERTCN, name="hrnn"))
+    message = str(error.value)
+    assert f"{run_dir / 'last.pt'} was trained with name=hiertcn, not name=hrnn" in message
+    assert "resume with --model hiertcn" in message
+    assert "--force" in message
+    assert "embedding_dim" not in message
+
+
+def test_resume_other_sizes_names_each_flag(run_dir):
+    other = dataclasses.replace(TINY_HIERTCN, hidden_size=16, dilations=None, batch_norm=True)
+    with pytest.raises(CheckpointError) as error:
+        resume(run_dir, other)
+    message = str(error.value)
+    assert "hidden_size=8, dilations=[1, 2], batch_norm=False, not" in message
+    assert "resume with --hidden-size 8 --dilations 1,2 (no --batch-norm)" in message
+
+
+@pytest.mark.parametrize("name", ["last.pt", "best.pt"])
+def test_resume_random_bytes_named_damaged(run_dir, name):
+    (run_dir / name).write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CheckpointError) as error:
+        resume(run_dir)
+    message = str(error.value)
+    assert f"cannot resume, because {run_dir / name} is damaged" in message
+    assert "start over with --force in place of --resume" in message
+    assert "pass the best.pt of a run" not in message
+
+
+def test_resume_truncated_last_named_damaged(run_dir):
+    last = run_dir / "last.pt"
+    last.write_bytes(last.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=r"last.pt is damaged \(truncated or damaged"):
+        resume(run_dir)
