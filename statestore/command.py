@@ -47,15 +47,31 @@ def register(subparsers: Any) -> None:
     )
     actions = parser.add_subparsers(dest="state_command", metavar="ACTION", required=True)
 
-    stats = actions.add_parser("stats", help="print user, session, partition and map-size counts")
+    stats = actions.add_parser(
+        "stats",
+        help="print user, session, partition and map-size counts",
+        description="Print the number of users and open sessions, the LMDB map size and the "
+        "bytes in use, the reader slots in use, the store's metadata (schema and bundle "
+        "version), and the next offset and watermark of every partition position.",
+    )
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(func=run_stats)
 
-    get = actions.add_parser("get", help="print the state of one user as JSON")
+    get = actions.add_parser(
+        "get",
+        help="print the state of one user as JSON",
+        description="Print the stored state of USER as one JSON object: GRU state, open "
+        "session items and counters, last event time, last user embedding and partition.",
+    )
     get.add_argument("user", metavar="USER", help="external user id")
     get.set_defaults(func=run_get)
 
-    export = actions.add_parser("export", help="write every state and partition position to FILE")
+    export = actions.add_parser(
+        "export",
+        help="write every state and partition position to FILE",
+        description="Write every partition position and user state to FILE, as JSON lines or "
+        "msgpack, for a backup or a move to another store with `import`.",
+    )
     export.add_argument("file", metavar="FILE", type=Path, help="output file, overwritten")
     export.add_argument(
         "--format",
@@ -64,11 +80,22 @@ def register(subparsers: Any) -> None:
     )
     export.set_defaults(func=run_export)
 
-    load = actions.add_parser("import", help="write the states and positions of an export file")
+    load = actions.add_parser(
+        "import",
+        help="write the states and positions of an export file",
+        description="Write the user states and partition positions of FILE, which `export` "
+        "wrote, into the store, and create the store when --state-dir has none. A user or "
+        "position that is already in the store is overwritten.",
+    )
     load.add_argument("file", metavar="FILE", type=Path, help="a file that `export` wrote")
     load.set_defaults(func=run_import)
 
-    compact = actions.add_parser("compact", help="write a compacted copy of the store to OUT")
+    compact = actions.add_parser(
+        "compact",
+        help="write a compacted copy of the store to OUT",
+        description="Copy the store into the new or empty directory OUT without its free "
+        "pages, so the copy can be smaller. The store in --state-dir is not changed.",
+    )
     compact.add_argument("out", metavar="OUT", type=Path, help="new or empty output directory")
     compact.set_defaults(func=run_compact)
 

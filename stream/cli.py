@@ -17,6 +17,9 @@ from stream.errors import StreamError
 
 logger = logging.getLogger(__name__)
 
+# Prefix of the namespace attributes that count `-v` at each parser level.
+_VERBOSE_PREFIX = "verbose_"
+
 # Modules whose `register(subparsers)` adds one subcommand each.
 _COMMAND_MODULES = (
     "stream.commands.run",
@@ -32,9 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hiertcn-stream",
         description="Serve HierTCN recommendations from a Kafka interaction stream.",
     )
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
-    )
+    add_verbose_option(parser, depth=0)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in _COMMAND_MODULES:
         try:
@@ -44,7 +45,42 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+    _add_verbose_to_subcommands(parser, depth=1)
     return parser
+
+
+def add_verbose_option(parser: argparse.ArgumentParser, depth: int) -> None:
+    """Add `-v/--verbose` to one parser level, counted in the attribute `verbose_<depth>`.
+
+    argparse copies a subcommand's namespace over its parent's, so each level needs its own
+    attribute, or a later level's count would replace an earlier one. `verbosity` adds them up.
+    """
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        dest=f"{_VERBOSE_PREFIX}{depth}",
+        action="count",
+        default=0,
+        help="log at DEBUG level, which lists each rejected record in replay and produce "
+        "(default: INFO)",
+    )
+
+
+def _add_verbose_to_subcommands(parser: argparse.ArgumentParser, depth: int) -> None:
+    """Add `-v` to every subcommand below `parser`, so it may follow any subcommand name."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        # An alias maps to the same parser object, which must get the option only once.
+        children = {id(child): child for child in action.choices.values()}
+        for child in children.values():
+            add_verbose_option(child, depth)
+            _add_verbose_to_subcommands(child, depth + 1)
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    """Return the number of `-v` flags given before and after the subcommand names."""
+    return sum(value for name, value in vars(args).items() if name.startswith(_VERBOSE_PREFIX))
 
 
 def configure_logging(verbosity: int) -> None:
@@ -61,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the `hiertcn-stream` command and return its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.verbose)
+    configure_logging(verbosity(args))
     try:
         return int(args.func(args) or 0)
     except (StreamError, StateStoreError) as error:

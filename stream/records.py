@@ -13,7 +13,8 @@ Formats:
   `hiertcn.data.readers` (which imports numpy but not torch) and turned into event maps.
 
 A line or row that cannot be parsed becomes a `Record` with `error` set, so callers can count
-it. Only a missing file, an unknown format or a CSV header without the required columns raises.
+it. Only a missing, empty or folder path, an unknown format or a CSV header without the required
+columns raises.
 """
 
 from __future__ import annotations
@@ -109,8 +110,16 @@ def read_records(
     names the time column of a CSV file (default: the first of `CSV_TIME_COLUMNS` present).
     """
     path = Path(path)
+    if path.is_dir():
+        raise EventFileError(
+            f"event file {path} is a folder: pass the event-log file inside it to --events"
+        )
     if not path.is_file():
         raise EventFileError(f"event file {path} not found: pass an existing file to --events")
+    if path.stat().st_size == 0:
+        raise EventFileError(
+            f"event file {path} is empty: pass a file with at least one event to --events"
+        )
     if log_format not in RECORD_FORMATS:
         raise EventFileError(
             f"unknown event format {log_format!r}: use one of {', '.join(RECORD_FORMATS)}"

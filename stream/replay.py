@@ -62,6 +62,7 @@ class ReplayReport:
     rejected: Counter[str] = field(default_factory=Counter)
     closed: Counter[str] = field(default_factory=Counter)
     dropped_impressions: int = 0
+    out_of_order: int = 0  # events older than an earlier event of the same user
     counted: int = 0  # events with a previous recommendation
     hits: int = 0  # counted events whose item ranked within K
     reciprocal_rank_sum: float = 0.0
@@ -255,6 +256,7 @@ class Replay:
     def _run_batch(self, events: list[Event], consumed: int) -> None:
         # (1) Read the states of the batch's users.
         states = self.backend.read({event.user for event in events})
+        self.report.out_of_order += count_out_of_order(events, states)
 
         # (2) Sessions, session step and scores for every event, in input order.
         result: BatchResult = self.pipeline.process(events, states)
@@ -286,6 +288,23 @@ class Replay:
                 return
             self.report.closed["timer"] += len(closed)
             self.backend.write(closed, position)
+
+
+def count_out_of_order(events: Iterable[Event], states: Mapping[str, UserState]) -> int:
+    """Count the events older than an earlier event of the same user.
+
+    `states` contains each user's state before `events`, whose `last_ts` is the newest event time
+    of that user so far.
+    """
+    newest = {user: state.last_ts for user, state in states.items()}
+    count = 0
+    for event in events:
+        previous = newest.get(event.user)
+        if previous is not None and event.ts < previous:
+            count += 1
+        else:
+            newest[event.user] = event.ts
+    return count
 
 
 def open_store_states(

@@ -157,6 +157,8 @@ def run_replay(args: argparse.Namespace) -> int:
             resumed_at,
         )
         return 0
+    if report.out_of_order and args.order == "file":
+        warn_out_of_order(args.events, report)
     print(format_report(report, config.recall_k, bundle.version))
     if report.accepted == 0:
         found = f"{report.records} records, all rejected" if report.records else "no records"
@@ -165,6 +167,18 @@ def run_replay(args: argparse.Namespace) -> int:
             "with -v to list the rejected records"
         )
     return 0
+
+
+def warn_out_of_order(events_path: Path, report: ReplayReport) -> None:
+    """Log one warning for the events that file order replayed before newer ones of their user."""
+    logger.warning(
+        "%d of %d events in %s are older than an earlier event of the same user, so they were "
+        "replayed out of time order, which changes the sessions and the metrics: pass "
+        "--order time to replay the events sorted by time",
+        report.out_of_order,
+        report.accepted,
+        events_path,
+    )
 
 
 def check_output_path(path: Path) -> None:

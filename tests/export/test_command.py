@@ -58,3 +58,12 @@ def test_export_out_help_allows_empty_folder(capsys: pytest.CaptureFixture[str])
         main(["export", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "must not exist or be empty" in help_text
+
+
+def test_export_verify_help_states_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "by more than 1e-4" in help_text
+    assert "top-20 item lists differ" in help_text
+    assert "minutes" not in help_text

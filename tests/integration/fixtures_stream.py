@@ -300,6 +300,9 @@ def start_worker(
     ]
     env = {key: value for key, value in os.environ.items() if not key.startswith("HIERTCN_")}
     env["PYTHONPATH"] = str(REPO_ROOT)
+    # The pool's metrics folder goes to the test's folder: a SIGKILL leaves it behind, and pytest
+    # cleans its own folders, not /tmp.
+    env["TMPDIR"] = str(log_path.parent)
     log = log_path.open("ab")
     process = subprocess.Popen(
         args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT, start_new_session=True

@@ -290,3 +290,10 @@ def test_state_help_lists_every_action(capsys: pytest.CaptureFixture[str]) -> No
     output = capsys.readouterr().out
     for action in ("stats", "get", "export", "import", "compact", "evict"):
         assert action in output
+
+
+def test_state_subcommands_have_descriptions() -> None:
+    state_parser = next(a for a in _parser()._actions if a.choices).choices["state"]
+    actions = next(a for a in state_parser._actions if a.choices)
+    for name, parser in actions.choices.items():
+        assert parser.description, f"state {name} has no description"

@@ -522,3 +522,81 @@ def test_replay_command_keeps_logs_of_same_name_apart(
     assert code == 0
     assert len((tmp_path / "two.jsonl").read_text().splitlines()) == 20
     assert "applies its events on top of them" in caplog.text
+
+
+def test_replay_counts_out_of_order_events() -> None:
+    records = [
+        Record(0, {"user": "u1", "item": "i1", "ts": 100.0}),
+        Record(1, {"user": "u2", "item": "i2", "ts": 50.0}),
+        Record(2, {"user": "u1", "item": "i3", "ts": 90.0}),
+        Record(3, {"user": "u1", "item": "i4", "ts": 95.0}),
+        Record(4, {"user": "u1", "item": "i5", "ts": 100.0}),
+    ]
+
+    # Batches of 2 put u1's newest time in the stored state before the older events arrive.
+    report, _ = run_fake(records, batch_size=2)
+
+    assert report.out_of_order == 2
+
+
+def _write_out_of_order_log(path: Path) -> None:
+    events = write_event_log(path, 60, seed=13)
+    path.write_text("".join(json.dumps(event) + "\n" for event in reversed(events)))
+
+
+def test_replay_command_warns_about_file_order(
+    onnx_bundle_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    events_path = tmp_path / "events.jsonl"
+    _write_out_of_order_log(events_path)
+    argv = ["replay", "--events", str(events_path), "--bundle", str(onnx_bundle_dir)]
+
+    with caplog.at_level(logging.WARNING, logger="stream.commands.replay"):
+        code = main(argv)
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert code == 0
+    assert len(warnings) == 1
+    assert "--order time" in warnings[0]
+    assert "older than an earlier event of the same user" in warnings[0]
+
+
+def test_replay_command_time_order_has_no_warning(
+    onnx_bundle_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    events_path = tmp_path / "events.jsonl"
+    _write_out_of_order_log(events_path)
+    argv = ["replay", "--events", str(events_path), "--bundle", str(onnx_bundle_dir)]
+
+    with caplog.at_level(logging.WARNING, logger="stream.commands.replay"):
+        code = main([*argv, "--order", "time"])
+
+    assert code == 0
+    assert not [r for r in caplog.records if "--order time" in r.getMessage()]
+
+
+def test_empty_event_file_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text("")
+
+    with pytest.raises(EventFileError, match="is empty"):
+        read_records(path)
+
+
+def test_event_file_folder_rejected(tmp_path: Path) -> None:
+    with pytest.raises(EventFileError, match="is a folder"):
+        read_records(tmp_path)
+
+
+def test_verbose_flag_after_replay_accepted(
+    onnx_bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events_path = tmp_path / "events.jsonl"
+    write_event_log(events_path, 20, seed=14)
+    with events_path.open("a") as file:
+        file.write('{"user": "user1", "item": 9999, "ts": 1700000000}\n')
+
+    code = main(["replay", "--events", str(events_path), "--bundle", str(onnx_bundle_dir), "-v"])
+
+    assert code == 0
+    assert "run with -v to list them" in capsys.readouterr().out
