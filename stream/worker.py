@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 from confluent_kafka import (
@@ -59,6 +59,10 @@ from stream.events import DeadLetter, Event, EventConfig, Position, decode_event
 from stream.logs import librdkafka_logger
 from stream.metrics import WorkerMetrics
 from stream.pipeline import BatchResult, Pipeline
+
+if TYPE_CHECKING:
+    from export.bundle import ModelBundle
+    from statestore import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -704,6 +708,25 @@ def _open_clients(config: WorkerConfig) -> tuple[Consumer, Producer]:
     return consumer, producer
 
 
+def open_state_store(config: WorkerConfig, bundle: ModelBundle) -> StateStore:
+    """Open the state store of `config`, creating it when missing, checked against `bundle`.
+
+    The open raises when the recorded state shapes or bundle version do not fit the bundle.
+    """
+    from statestore import StateStore, StoreConfig
+
+    return StateStore(
+        StoreConfig(
+            path=config.state_dir,
+            map_size=config.state_map_size,
+            sync=config.state_sync,
+            bundle_version=bundle.version,
+            state_shape=bundle.state_shape,
+            embedding_dim=bundle.embedding_dim,
+        )
+    )
+
+
 def run_worker(config: WorkerConfig, index: int, threads: int | None = None) -> int:
     """Run one pool process until SIGTERM or SIGINT; return its exit code.
 
@@ -711,7 +734,6 @@ def run_worker(config: WorkerConfig, index: int, threads: int | None = None) -> 
     has started, because none of them may be shared across processes.
     """
     from export.bundle import load_bundle
-    from statestore import StateStore, StoreConfig
     from stream.metrics import create_metrics
     from stream.pipeline import PipelineConfig
 
@@ -723,16 +745,7 @@ def run_worker(config: WorkerConfig, index: int, threads: int | None = None) -> 
         TimedBundle(bundle, metrics),
         PipelineConfig(session_gap=config.session_gap, top_k=config.k),
     )
-    store = StateStore(
-        StoreConfig(
-            path=config.state_dir,
-            map_size=config.state_map_size,
-            sync=config.state_sync,
-            bundle_version=bundle.version,
-            state_shape=bundle.state_shape,
-            embedding_dim=bundle.embedding_dim,
-        )
-    )
+    store = open_state_store(config, bundle)
     consumer, producer = _open_clients(config)
     worker = Worker(config, pipeline, store, metrics, consumer, producer, bundle.row_of)
     install_signal_handlers(worker)

@@ -131,19 +131,9 @@ def check_store(config: WorkerConfig, bundle: ModelBundle) -> None:
     The open checks that the recorded state shapes fit the bundle. The workers open the store
     again after they start.
     """
-    from statestore import StateStore, StoreConfig
+    from stream.worker import open_state_store
 
-    store = StateStore(
-        StoreConfig(
-            path=config.state_dir,
-            map_size=config.state_map_size,
-            sync=config.state_sync,
-            bundle_version=bundle.version,
-            state_shape=bundle.state_shape,
-            embedding_dim=bundle.embedding_dim,
-        )
-    )
-    store.close()
+    open_state_store(config, bundle).close()
     logger.info("bundle %s and state store %s checked", bundle.version, config.state_dir)
 
 
