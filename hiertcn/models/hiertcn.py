@@ -30,7 +30,7 @@ from hiertcn.models.tcn import TemporalConvNet
 
 
 class HierarchicalCarry(NamedTuple):
-    """What HierTCN carries from one batch row to the row's next session.
+    """The state that HierTCN carries from one batch row to the row's next session.
 
     The last session is carried open, and `forward` closes it into the GRU state before it runs
     the next session. The only loss that depends on a GRU update is that of the next session,
@@ -42,7 +42,7 @@ class HierarchicalCarry(NamedTuple):
 
     state: torch.Tensor  # [B, G, H], the GRU state before the open session
     items: torch.Tensor  # int64 [B, S], the open session's items, right-padded
-    lengths: torch.Tensor  # int64 [B], the open session's length; 0: nothing to close
+    lengths: torch.Tensor  # int64 [B], the open session's length, 0 when nothing is open
 
 
 @register_model("hiertcn")
@@ -186,7 +186,7 @@ class HierTCN(RecommenderModel):
     def _close_sessions(
         self, state: torch.Tensor, embedded: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
-        """Close the sessions embedded [B, S, D] of `lengths` [B]; rows of length 0 keep state."""
+        """Close the sessions embedded [B, S, D] of `lengths` [B]. Rows of length 0 keep state."""
         if embedded.shape[1] == 0:
             return state
         valid = torch.arange(embedded.shape[1], device=embedded.device) < lengths.unsqueeze(1)

@@ -210,7 +210,7 @@ def test_gru_state_depends_only_on_earlier_sessions() -> None:
 
     states = [model.user_state(carry) for carry in carries]
     changed_states = [model.user_state(carry) for carry in changed_carries]
-    for i in range(3):  # states 0..2 are the states before session 2, so they must not change
+    for i in range(3):  # the first three states come before the changed session
         torch.testing.assert_close(changed_states[i], states[i])
     for i in range(2):
         torch.testing.assert_close(changed_outputs[i], outputs[i])

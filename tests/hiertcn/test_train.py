@@ -109,8 +109,8 @@ def test_training_changes_weights_and_records_speed():
 
 @pytest.mark.parametrize("name", ["hiertcn", "hiergru", "hrnn"])
 def test_training_updates_hierarchical_parameters(name):
-    # The high-level GRU is applied at a session's close, one batch edge before the loss that
-    # depends on it; the loop must still reach it (it once stayed at its random start).
+    # A session's high-level update feeds only the next session's loss, which lies beyond a
+    # detached batch edge. The loop must still train it, or it keeps its random start weights.
     seed_everything(0)
     model = build_model(dataclasses.replace(TINY_HIERTCN, name=name), 12)
     before = {name: value.detach().clone() for name, value in model.named_parameters()}

@@ -544,35 +544,29 @@ def _write_out_of_order_log(path: Path) -> None:
     path.write_text("".join(json.dumps(event) + "\n" for event in reversed(events)))
 
 
-def test_replay_command_warns_about_file_order(
-    onnx_bundle_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(("order", "warned"), [("file", True), ("time", False)])
+def test_replay_order_warning(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    order: str,
+    warned: bool,
 ) -> None:
     events_path = tmp_path / "events.jsonl"
     _write_out_of_order_log(events_path)
     argv = ["replay", "--events", str(events_path), "--bundle", str(onnx_bundle_dir)]
 
     with caplog.at_level(logging.WARNING, logger="stream.commands.replay"):
-        code = main(argv)
+        code = main([*argv, "--order", order])
 
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert code == 0
-    assert len(warnings) == 1
-    assert "--order time" in warnings[0]
-    assert "older than an earlier event of the same user" in warnings[0]
-
-
-def test_replay_command_time_order_has_no_warning(
-    onnx_bundle_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    events_path = tmp_path / "events.jsonl"
-    _write_out_of_order_log(events_path)
-    argv = ["replay", "--events", str(events_path), "--bundle", str(onnx_bundle_dir)]
-
-    with caplog.at_level(logging.WARNING, logger="stream.commands.replay"):
-        code = main([*argv, "--order", "time"])
-
-    assert code == 0
-    assert not [r for r in caplog.records if "--order time" in r.getMessage()]
+    if warned:
+        assert len(warnings) == 1
+        assert "--order time" in warnings[0]
+        assert "older than an earlier event of the same user" in warnings[0]
+    else:
+        assert not [message for message in warnings if "--order time" in message]
 
 
 def test_empty_event_file_rejected(tmp_path: Path) -> None:
