@@ -338,10 +338,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def check_port_free(port: int) -> None:
-    """Stop before any work when the metrics port is taken, because the live line reads it."""
+    """Stop before any work when the metrics port is taken, because the live line reads it.
+
+    The probe allows address reuse, as the metrics server does, so connections of an earlier run
+    that linger in TIME_WAIT do not count as taken. A listening socket still does.
+    """
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
