@@ -97,6 +97,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--tcn-channels", type=int, default=128, help="TCN filters (default: 128)")
     parser.add_argument(
+        "--bptt-sessions",
+        type=int,
+        default=ModelConfig().bptt_sessions,
+        help="sessions that HierTCN's session GRU backpropagates through per batch "
+        f"(default: {ModelConfig().bptt_sessions}, as `hiertcn train`)",
+    )
+    parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="cpu", help="device (default: cpu)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
@@ -129,6 +136,7 @@ def measure(name: str, dataset: BenchDataset, args: argparse.Namespace) -> dict[
         hidden_size=args.hidden_size,
         gru_layers=args.gru_layers,
         tcn_channels=args.tcn_channels,
+        bptt_sessions=args.bptt_sessions,
     )
     seed_everything(args.seed)
     model = build_model(config, len(dataset.vocab))

@@ -151,6 +151,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = 
         default=5,
         help="k, the last items that moving_average averages (default: 5)",
     )
+    group.add_argument(
+        "--bptt-sessions",
+        type=int,
+        default=4,
+        help="closed sessions that each training batch backpropagates through in the session "
+        "GRU of hiertcn, hiergru and hrnn; more lets the GRU learn to keep interests across "
+        "sessions, at the cost of that many GRU steps per batch (default: 4)",
+    )
 
 
 def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
@@ -245,6 +253,7 @@ def model_config_from_args(args: argparse.Namespace):
         batch_norm_steps=args.batch_norm_steps,
         item_vectors_path=args.item_vectors,
         recent_items=args.recent_items,
+        bptt_sessions=args.bptt_sessions,
     )
 
 

@@ -37,6 +37,7 @@ class ModelConfig:
     batch_norm_steps: int = 256  # time steps with their own statistics; later ones share the last
     item_vectors_path: str | None = None  # fixed pre-trained item vectors, float `.npy` [N, D]
     recent_items: int = 5  # k: items that moving_average averages and maxitem compares
+    bptt_sessions: int = 4  # high-level GRU updates that a training batch backpropagates into
 
     def __post_init__(self) -> None:
         if self.dilations is not None:
@@ -49,6 +50,7 @@ class ModelConfig:
             "kernel_size",
             "batch_norm_steps",
             "recent_items",
+            "bptt_sessions",
         ):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:

@@ -32,17 +32,22 @@ from hiertcn.models.tcn import TemporalConvNet
 class HierarchicalCarry(NamedTuple):
     """The state that HierTCN carries from one batch row to the row's next session.
 
-    The last session is carried open, and `forward` closes it into the GRU state before it runs
-    the next session. The only loss that depends on a GRU update is that of the next session,
-    and training detaches the carry at every batch edge. An update computed in its own session's
-    batch would therefore never get a gradient. Closed one batch later, the update is part of that
-    loss's graph: the gradient reaches the GRU weights and the item embeddings of the closed
-    session, and stops at `state`.
+    The row's last session is carried open as items, and up to `bptt_sessions - 1` sessions
+    before it as their mean item embeddings, oldest first. `forward` closes them all into the GRU
+    state before it runs the next session. The only loss that depends on a GRU update is that of
+    a later session, and training detaches the carry at every batch edge, so an update computed
+    in its own session's batch would never get a gradient. Closed again in each of the next
+    `bptt_sessions` batches, an update is part of those losses' graphs: their gradients reach the
+    GRU weights through up to `bptt_sessions` steps, and stop at `state`. The item embeddings of
+    a closed session get the gradient of the next session's loss only, because older sessions
+    are carried as detached means, which keeps the carry at D numbers per session.
     """
 
-    state: torch.Tensor  # [B, G, H], the GRU state before the open session
-    items: torch.Tensor  # int64 [B, S], the open session's items, right-padded
-    lengths: torch.Tensor  # int64 [B], the open session's length, 0 when nothing is open
+    state: torch.Tensor  # [B, G, H], the GRU state before the carried sessions
+    means: torch.Tensor  # [B, J, D], mean item embeddings of the older sessions, oldest first
+    closed: torch.Tensor  # bool [B, J], true where a slot of `means` contains a session (J < K)
+    items: torch.Tensor  # int64 [B, S], the last session's items, right-padded
+    lengths: torch.Tensor  # int64 [B], the last session's length, 0 when there is none
 
 
 @register_model("hiertcn")
@@ -101,25 +106,28 @@ class HierTCN(RecommenderModel):
 
     def carry_from_state(self, state: torch.Tensor) -> HierarchicalCarry:
         """Return the carry of users with the GRU state `state` [B, G, H] and no open session."""
-        items = torch.zeros(state.shape[0], 0, dtype=torch.int64, device=state.device)
-        lengths = torch.zeros(state.shape[0], dtype=torch.int64, device=state.device)
-        return HierarchicalCarry(state, items, lengths)
+        rows, device = state.shape[0], state.device
+        means = state.new_zeros(rows, 0, self.config.embedding_dim)
+        closed = torch.zeros(rows, 0, dtype=torch.bool, device=device)
+        items = torch.zeros(rows, 0, dtype=torch.int64, device=device)
+        lengths = torch.zeros(rows, dtype=torch.int64, device=device)
+        return HierarchicalCarry(state, means, closed, items, lengths)
 
     def reset_carry(self, carry: HierarchicalCarry, new_user: torch.Tensor) -> HierarchicalCarry:
         """Return `carry` with the rows of new users (bool [B]) set to the start state."""
         fresh = self.start_state.unsqueeze(0).expand_as(carry.state)
         state = select_rows(new_user, fresh, carry.state)
-        lengths = torch.where(new_user, torch.zeros_like(carry.lengths), carry.lengths)
-        return HierarchicalCarry(state, carry.items, lengths)  # type: ignore[arg-type]
+        closed = carry.closed & ~new_user.unsqueeze(1)
+        lengths = torch.where(new_user, 0, carry.lengths)
+        return carry._replace(state=state, closed=closed, lengths=lengths)
 
     def detach_carry(self, carry: HierarchicalCarry) -> HierarchicalCarry:  # type: ignore[override]
         """Return `carry` cut from the autograd graph (truncated backpropagation at batch edges)."""
         return HierarchicalCarry(*(part.detach() for part in carry))
 
     def user_state(self, carry: HierarchicalCarry) -> torch.Tensor:
-        """Return the GRU state [B, G, H] after every session in `carry`, the open one included."""
-        embedded = self.items(carry.items)  # [B, S, D]
-        return self._close_sessions(carry.state, embedded, carry.lengths)
+        """Return the GRU state [B, G, H] after every session in `carry`."""
+        return self._close_carried_sessions(carry)[0]
 
     def item_embeddings(self) -> torch.Tensor:
         """Return the item table [N, D]."""
@@ -136,8 +144,8 @@ class HierTCN(RecommenderModel):
         the state after its earlier sessions.
         """
         batch_size, length = items.shape
-        # 1. Close the row's previous session into the GRU state, inside this batch's graph.
-        state = self.user_state(carry)  # [B, G, H]
+        # 1. Close the row's carried sessions into the GRU state, inside this batch's graph.
+        state, base, means, closed = self._close_carried_sessions(carry)  # state: [B, G, H]
 
         # 2. Shift right by one, so position j gets the start token and the items before j.
         embedded = self.items(items)  # [B, L, D]
@@ -150,7 +158,9 @@ class HierTCN(RecommenderModel):
         # The low level's input is [B, L, D + H]; it is built inside `_user_embeddings`.
         feature_bytes = batch_size * length * self.low_level_input_size * inputs.element_size()
         self.last_input_bytes = padded_bytes(items) + feature_bytes
-        return queries, HierarchicalCarry(state, items, lengths)
+
+        # 4. Carry this session as items, and the earlier ones as means up to the window size.
+        return queries, HierarchicalCarry(base, means, closed, items, lengths)
 
     @property
     def low_level_input_size(self) -> int:
@@ -183,17 +193,35 @@ class HierTCN(RecommenderModel):
         """Update the GRU state [B, G, H] with a closed session's mean item embedding [B, D]."""
         return gru_step(self.session_gru, session_mean, state, self.config.gru_candidate_dropout)
 
-    def _close_sessions(
-        self, state: torch.Tensor, embedded: torch.Tensor, lengths: torch.Tensor
-    ) -> torch.Tensor:
-        """Close the sessions embedded [B, S, D] of `lengths` [B]. Rows of length 0 keep state."""
-        if embedded.shape[1] == 0:
-            return state
-        valid = torch.arange(embedded.shape[1], device=embedded.device) < lengths.unsqueeze(1)
-        session_sum = (embedded * valid.unsqueeze(-1).to(embedded.dtype)).sum(dim=1)  # [B, D]
-        session_mean = session_sum / lengths.clamp(min=1).unsqueeze(-1).to(embedded.dtype)
-        closed = self.close_session(state, session_mean)
-        return select_rows(lengths > 0, closed, state)  # type: ignore[return-value]
+    def _close_carried_sessions(
+        self, carry: HierarchicalCarry
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Close every session in `carry` into its state, oldest first.
+
+        Returns the GRU state [B, G, H] after every session, and the parts of the next carry
+        before its new last session: the state before its older sessions, their means
+        [B, <K - 1, D] and their flags bool [B, <K - 1]. The older sessions are the last
+        `bptt_sessions - 1` of those closed here. A carry without a last session (S = 0, as
+        from `initial_carry`) runs no GRU step for it, so the optimizer gets no gradient rather
+        than a zero one, and the window grows from empty to its full size.
+        """
+        means, closed = carry.means, carry.closed  # [B, J, D], [B, J]
+        if carry.items.shape[1] > 0:
+            embedded = self.items(carry.items)  # [B, S, D]
+            positions = torch.arange(embedded.shape[1], device=embedded.device)
+            weights = (positions < carry.lengths[:, None]).unsqueeze(-1).to(embedded.dtype)
+            last_mean = (embedded * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+            means = torch.cat([means, last_mean.unsqueeze(1)], dim=1)
+            closed = torch.cat([closed, (carry.lengths > 0).unsqueeze(1)], dim=1)
+        leaving = max(0, means.shape[1] - (self.config.bptt_sessions - 1))
+
+        state = base = carry.state
+        for slot in range(means.shape[1]):
+            updated = self.close_session(state, means[:, slot])
+            state = select_rows(closed[:, slot], updated, state)  # type: ignore[assignment]
+            if slot == leaving - 1:
+                base = state
+        return state, base, means[:, leaving:], closed[:, leaving:]
 
     def _user_embeddings(
         self, inputs: torch.Tensor, valid: torch.Tensor, state: torch.Tensor

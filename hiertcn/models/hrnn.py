@@ -26,16 +26,16 @@ from hiertcn.models.regularization import gru_step
 
 
 class HRNNCarry(NamedTuple):
-    """The user-level state before the row's last session, and that session's summary.
+    """The user-level state before the row's last `bptt_sessions` sessions, and their summaries.
 
-    The summary is carried, detached at batch edges, and the user GRU applies it in the next
-    batch. So the user GRU gets gradients, while the session GRU that made the summary gets them
-    only from its own session's predictions.
+    The summaries are carried, detached at batch edges, and the user GRU applies them again in
+    each of the next batches. So the user GRU gets gradients through up to `bptt_sessions` steps,
+    while the session GRU that made a summary gets them only from its own session's predictions.
     """
 
-    state: torch.Tensor  # [B, G, H], the user-level state before the open session
-    summary: torch.Tensor  # [B, H], the open session's last top-layer hidden state
-    pending: torch.Tensor  # bool [B], the row has an open session to apply
+    state: torch.Tensor  # [B, G, H], the user-level state before the open sessions
+    summary: torch.Tensor  # [B, K, H], each open session's last top-layer hidden state
+    pending: torch.Tensor  # bool [B, K], true where the slot contains a session to apply
 
 
 @register_model("hrnn")
@@ -61,8 +61,9 @@ class HRNN(RecommenderModel):
 
     def carry_from_state(self, state: torch.Tensor) -> HRNNCarry:
         """Return the carry of users with the user-level state `state` [B, G, H], nothing open."""
-        summary = state.new_zeros(state.shape[0], self.config.hidden_size)
-        pending = torch.zeros(state.shape[0], dtype=torch.bool, device=state.device)
+        rows, slots = state.shape[0], self.config.bptt_sessions
+        summary = state.new_zeros(rows, slots, self.config.hidden_size)
+        pending = torch.zeros(rows, slots, dtype=torch.bool, device=state.device)
         return HRNNCarry(state, summary, pending)
 
     def reset_carry(self, carry: HRNNCarry, new_user: torch.Tensor) -> HRNNCarry:
@@ -76,9 +77,18 @@ class HRNN(RecommenderModel):
 
     def user_state(self, carry: HRNNCarry) -> torch.Tensor:
         """Return the user-level state [B, G, H] after every session in `carry`."""
+        return self._apply_open_sessions(carry)[1]
+
+    def _apply_open_sessions(self, carry: HRNNCarry) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the user-level states [B, G, H] after the oldest open session and after all."""
         dropout = self.config.gru_candidate_dropout
-        closed = gru_step(self.user_gru, carry.summary, carry.state, dropout)
-        return select_rows(carry.pending, closed, carry.state)  # type: ignore[return-value]
+        state, after_oldest = carry.state, carry.state
+        for slot in range(carry.summary.shape[1]):
+            closed = gru_step(self.user_gru, carry.summary[:, slot], state, dropout)
+            state = select_rows(carry.pending[:, slot], closed, state)  # type: ignore[assignment]
+            if slot == 0:
+                after_oldest = state
+        return after_oldest, state
 
     def item_embeddings(self) -> torch.Tensor:
         """Return the item table [N, D]."""
@@ -90,7 +100,8 @@ class HRNN(RecommenderModel):
         """Predict every event of one session per row: queries [B, L, D] and the new carry."""
         batch_size, length = items.shape
         layers, hidden = self.config.gru_layers, self.config.hidden_size
-        state = self.user_state(carry)  # [B, G, H], the row's previous session applied
+        # Apply the row's open sessions. The oldest one leaves the carry below.
+        after_oldest, state = self._apply_open_sessions(carry)  # [B, G, H] each
         embedded = self.items(items)  # [B, L, D]
 
         # L + 1 steps: the start token, then every item. Output j predicts item j, and the
@@ -108,4 +119,6 @@ class HRNN(RecommenderModel):
         queries = self.output(self.dropout(outputs[:, :length]))  # [B, L, D]
 
         summary = final[-1]  # [B, H], top layer after the last real item
-        return queries, HRNNCarry(state, summary, lengths > 0)
+        summaries = torch.cat([carry.summary[:, 1:], summary.unsqueeze(1)], dim=1)
+        pending = torch.cat([carry.pending[:, 1:], (lengths > 0).unsqueeze(1)], dim=1)
+        return queries, HRNNCarry(after_oldest, summaries, pending)
