@@ -21,6 +21,20 @@ class ConfigError(HierTCNError):
     exit_code = 2
 
 
+class InvalidFieldError(ConfigError):
+    """A configuration field has an invalid value.
+
+    `field` is the field's name, `value` its value and `fix` what to use instead, so that a
+    command can name its own flag in place of the field.
+    """
+
+    def __init__(self, owner: str, field: str, value: object, fix: str) -> None:
+        super().__init__(f"{owner} {field}={value!r} is invalid: {fix}")
+        self.field = field
+        self.value = value
+        self.fix = fix
+
+
 class CheckpointError(HierTCNError):
     """A checkpoint is missing, unreadable, or was written for another model."""
 

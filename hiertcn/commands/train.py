@@ -8,7 +8,7 @@ import json
 import logging
 from pathlib import Path
 
-from hiertcn.errors import CheckpointError, ConfigError
+from hiertcn.errors import CheckpointError, ConfigError, InvalidFieldError
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,8 @@ folder that already contains best.pt or last.pt unless --resume or --force is gi
 RUN_FILES = ("best.pt", "last.pt", "metrics.json")
 LOSS_NAMES = ("cross_entropy", "hinge", "bpr", "nce", "l2")
 SAMPLER_NAMES = ("uniform", "popularity", "impressions")
+# Model fields whose flag is not the field name with dashes.
+MODEL_FIELD_FLAGS = {"item_vectors_path": "--item-vectors"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -228,9 +230,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def model_config_from_args(args: argparse.Namespace):
-    """Build the `ModelConfig` that the model flags describe."""
-    from hiertcn.models.config import ModelConfig
-
+    """Build the `ModelConfig` that the model flags describe. An invalid value names its flag."""
     dilations = None
     if args.dilations:
         try:
@@ -239,6 +239,17 @@ def model_config_from_args(args: argparse.Namespace):
             raise ConfigError(
                 f"--dilations {args.dilations!r} is invalid: give integers like 1,2,4,8"
             ) from None
+    try:
+        return _model_config(args, dilations)
+    except InvalidFieldError as error:
+        flag = MODEL_FIELD_FLAGS.get(error.field, "--" + error.field.replace("_", "-"))
+        raise ConfigError(f"{flag} {error.value} is invalid: {error.fix}") from None
+
+
+def _model_config(args: argparse.Namespace, dilations: tuple[int, ...] | None):
+    """Build the `ModelConfig` of the parsed flags; invalid values raise `InvalidFieldError`."""
+    from hiertcn.models.config import ModelConfig
+
     return ModelConfig(
         name=args.model,
         embedding_dim=args.embedding_dim,

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hiertcn.errors import ConfigError
+from hiertcn.errors import ConfigError, InvalidFieldError
 
 HIERTCN_DILATIONS = (1, 2, 4, 8)
 
@@ -54,7 +54,7 @@ class ModelConfig:
         ):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"model {field}={value!r} is invalid: use a positive integer")
+                raise InvalidFieldError("model", field, value, "use a positive integer")
         if self.dilations is not None and (
             not self.dilations or any(d < 1 for d in self.dilations)
         ):
@@ -65,7 +65,7 @@ class ModelConfig:
         for field in ("dropout", "gru_candidate_dropout"):
             value = getattr(self, field)
             if not 0.0 <= value < 1.0:
-                raise ConfigError(f"model {field}={value!r} is invalid: use a rate in [0, 1)")
+                raise InvalidFieldError("model", field, value, "use a rate in [0, 1)")
 
     def dilations_or(self, default: tuple[int, ...]) -> tuple[int, ...]:
         """Return the configured dilations, or `default` when none are set."""

@@ -82,6 +82,21 @@ def test_cuda_without_gpu_rejected_before_data(tmp_path, capsys, monkeypatch):
     assert "absent.csv" not in error
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--bptt-sessions", "0"], "--bptt-sessions 0 is invalid: use a positive integer"),
+        (["--dropout", "1.5"], "--dropout 1.5 is invalid: use a rate in [0, 1)"),
+        (["--kernel-size", "-2"], "--kernel-size -2 is invalid: use a positive integer"),
+    ],
+)
+def test_invalid_model_flag_named(tmp_path, capsys, flags, message):
+    assert main([*train_argv(tmp_path / "absent.csv", tmp_path / "run"), *flags]) == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert not (tmp_path / "run").exists()
+
+
 def test_model_help_lists_registered_models(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
