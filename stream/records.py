@@ -100,6 +100,18 @@ def detect_format(path: Path) -> str:
         ) from None
 
 
+def _only_whitespace(path: Path, chunk_bytes: int = 1 << 16) -> bool:
+    """Return whether `path` contains nothing but spaces, tabs and line breaks.
+
+    Reading stops at the first other byte, so a file of events costs one small read.
+    """
+    with path.open("rb") as file:
+        while chunk := file.read(chunk_bytes):
+            if chunk.strip():
+                return False
+    return True
+
+
 def read_records(
     path: str | Path, log_format: str = "auto", order: str = "file", time_col: str | None = None
 ) -> Iterator[Record]:
@@ -119,6 +131,11 @@ def read_records(
     if path.stat().st_size == 0:
         raise EventFileError(
             f"event file {path} is empty: pass a file with at least one event to --events"
+        )
+    if _only_whitespace(path):
+        raise EventFileError(
+            f"event file {path} contains only blank lines: pass a file with at least one event "
+            "to --events"
         )
     if log_format not in RECORD_FORMATS:
         raise EventFileError(

@@ -577,6 +577,15 @@ def test_empty_event_file_rejected(tmp_path: Path) -> None:
         read_records(path)
 
 
+@pytest.mark.parametrize("name", ["events.jsonl", "events.txt"])
+def test_blank_event_file_rejected(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text("\n \n\t\r\n")
+
+    with pytest.raises(EventFileError, match="contains only blank lines"):
+        read_records(path)
+
+
 def test_event_file_folder_rejected(tmp_path: Path) -> None:
     with pytest.raises(EventFileError, match="is a folder"):
         read_records(tmp_path)
