@@ -314,11 +314,18 @@ def _read_csv_rows(path: Path, time_col: str | None) -> Iterator[Record]:
 
 
 def _read_dataset(path: Path, log_format: str) -> Iterator[Record]:
-    from hiertcn.data.readers import ReaderConfig, read_log
+    from hiertcn.data.readers import ReaderConfig, SecondsAsMillisecondsError, read_log
     from hiertcn.errors import HierTCNError
 
     try:
         raw = read_log(path, ReaderConfig(format=log_format))
+    except SecondsAsMillisecondsError:
+        # Replay reads a data set file in its format's own unit and has no flag to change it.
+        raise EventFileError(
+            f"cannot read {path} as {log_format}: every timestamp is before 1973 in "
+            f"milliseconds, the unit of that format, so the file is likely in seconds: multiply "
+            "its timestamps by 1000, or write its events as JSON Lines and pass --format jsonl"
+        ) from None
     except HierTCNError as error:
         raise EventFileError(f"cannot read {path} as {log_format}: {error}") from None
     offsets = raw.impression_offsets

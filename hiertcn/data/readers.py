@@ -47,8 +47,14 @@ _MAX_SECONDS = 253_402_300_799
 # Unix time of 1973-01-01 in seconds. A log whose every timestamp read with unit `ms` is earlier
 # is almost surely in seconds: Unix time 1.7e9 s (the year 2023) read as ms is in January 1970.
 _MIN_LATEST_SECONDS_FROM_MS = 94_694_400
-# Formats whose time unit --time-unit chooses. The other formats have a fixed unit.
-_FLEXIBLE_UNIT_FORMATS = ("csv", "jsonl")
+# Formats whose time unit --time-unit chooses, with their default. The other formats have a fixed
+# unit. OTTO's own files are in milliseconds, and `s` reads a copy converted to seconds.
+_FLEXIBLE_UNIT_FORMATS = {"csv": "s", "jsonl": "s", "otto": "ms"}
+
+
+class SecondsAsMillisecondsError(DataError):
+    """Every timestamp of a log read in milliseconds is before 1973, so the log is in seconds."""
+
 
 # Header names that the generic readers accept when no column is given, in order of preference.
 _DEFAULT_COLUMNS = {
@@ -165,10 +171,9 @@ class _RawLogBuilder:
         self.path = path
         self.time_unit = time_unit
         self.log_format = config.format
-        # Checked in `build`: the largest timestamp and its line, for a unit chosen as ms.
-        self.check_seconds_as_ms = config.time_unit == "ms" and config.format in (
-            _FLEXIBLE_UNIT_FORMATS
-        )
+        # Checked in `build`: the largest timestamp and its line, when ms is the format's
+        # default or was chosen for a format that reads seconds too.
+        self.check_seconds_as_ms = time_unit == "ms" and config.format in _FLEXIBLE_UNIT_FORMATS
         self.latest_ms: tuple[int, int] | None = None
         self.event_type_filter = None if config.event_types is None else set(config.event_types)
         self.users: list[str] = []
@@ -202,12 +207,12 @@ class _RawLogBuilder:
         return number
 
     def check_seconds_read_as_ms(self) -> None:
-        """Raise DataError when --time-unit ms puts every timestamp before 1973."""
+        """Raise DataError when reading in milliseconds puts every timestamp before 1973."""
         if not self.check_seconds_as_ms or self.latest_ms is None:
             return
         latest, line = self.latest_ms
         if latest // 1000 < _MIN_LATEST_SECONDS_FROM_MS:
-            raise DataError(
+            raise SecondsAsMillisecondsError(
                 f"{self.path}:{line}: the latest timestamp, {latest}, is before 1973 in "
                 "milliseconds, and so is every other: if the log is in seconds, pass --time-unit s"
             )
@@ -708,7 +713,7 @@ def _field(record: dict, key: str, path: Path, line: int) -> object:
 
 
 def _read_otto(path: Path, config: ReaderConfig) -> RawLog:
-    unit = _fixed_unit(config, "ms", "otto", path)
+    unit = config.time_unit or _FLEXIBLE_UNIT_FORMATS["otto"]
     builder = _RawLogBuilder(path, unit, config, with_impressions=False)
     for line, record in _iter_json(path):
         session = _field(record, "session", path, line)

@@ -302,8 +302,35 @@ def test_auto_format_rejects_ambiguous_file(tmp_path):
 
 
 def test_named_format_rejects_other_time_unit(shared_data):
+    path = shared_data / "taobao-userbehavior-head" / "UserBehavior_head.csv"
+    with pytest.raises(DataError, match="stores timestamps in s"):
+        read_log(path, ReaderConfig(format="taobao", time_unit="ms"))
+
+
+OTTO_IN_SECONDS = (
+    '{"session": 0, "events": [{"aid": 5, "ts": 1659304800, "type": "clicks"}, '
+    '{"aid": 6, "ts": 1659304860, "type": "carts"}]}\n'
+)
+
+
+def test_otto_in_seconds_rejected_by_default(tmp_path):
+    path = write(tmp_path / "train.jsonl", OTTO_IN_SECONDS)
+    with pytest.raises(DataError) as error:
+        read_log(path, ReaderConfig(format="otto"))
+    message = str(error.value)
+    assert "the latest timestamp, 1659304860, is before 1973" in message
+    assert "pass --time-unit s" in message
+
+
+def test_otto_in_seconds_read_with_unit(tmp_path):
+    path = write(tmp_path / "train.jsonl", OTTO_IN_SECONDS)
+    raw = read_log(path, ReaderConfig(format="otto", time_unit="s"))
+    assert list(raw.timestamps) == [1659304800, 1659304860]
+
+
+def test_otto_in_milliseconds_read_as_seconds_rejected(shared_data):
     path = shared_data / "otto-sample" / "train.jsonl"
-    with pytest.raises(DataError, match="stores timestamps in ms"):
+    with pytest.raises(DataError, match=r"after the year 9999 in seconds.*pass --time-unit ms"):
         read_log(path, ReaderConfig(format="otto", time_unit="s"))
 
 

@@ -586,6 +586,15 @@ def test_blank_event_file_rejected(tmp_path: Path, name: str) -> None:
         read_records(path)
 
 
+def test_otto_file_in_seconds_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    event = '{"aid": 5, "ts": 1659304800, "type": "clicks"}'
+    path.write_text(f'{{"session": 0, "events": [{event}]}}\n')
+
+    with pytest.raises(EventFileError, match="likely in seconds: multiply its timestamps by 1000"):
+        list(read_records(path, "otto"))
+
+
 def test_event_file_folder_rejected(tmp_path: Path) -> None:
     with pytest.raises(EventFileError, match="is a folder"):
         read_records(tmp_path)
