@@ -113,13 +113,19 @@ def _only_whitespace(path: Path, chunk_bytes: int = 1 << 16) -> bool:
 
 
 def read_records(
-    path: str | Path, log_format: str = "auto", order: str = "file", time_col: str | None = None
+    path: str | Path,
+    log_format: str = "auto",
+    order: str = "file",
+    time_col: str | None = None,
+    ts_unit: str = "s",
 ) -> Iterator[Record]:
     """Yield every record of an event-log file, in file order or sorted by event time.
 
     File order streams the file; time order reads it whole first. Sorting is stable, so equal
     times keep their file order, and records without a valid time go to the end. `time_col`
     names the time column of a CSV file (default: the first of `CSV_TIME_COLUMNS` present).
+    `ts_unit` is the unit that the caller will read `ts` in: the data set formats give seconds,
+    so "ms" is rejected for them.
     """
     path = Path(path)
     if path.is_dir():
@@ -144,6 +150,11 @@ def read_records(
     if order not in ORDERS:
         raise EventFileError(f"unknown order {order!r}: use 'file' or 'time'")
     resolved = detect_format(path) if log_format == "auto" else log_format
+    if ts_unit == "ms" and resolved not in ("jsonl", "msgpack", "csv"):
+        raise EventFileError(
+            f"--ts-unit ms applies only to jsonl, msgpack and csv events, but {path} has the "
+            f"format {resolved}, whose reader converts its timestamps to seconds: drop --ts-unit"
+        )
     if time_col is not None and resolved != "csv":
         raise EventFileError(
             f"--time-col {time_col} applies only to CSV files, but {path} has the format "

@@ -90,7 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--ts-unit",
         choices=("s", "ms"),
         default="s",
-        help="unit of the events' ts field: seconds or milliseconds (default: s)",
+        help="unit of the events' ts field in jsonl, msgpack and csv files: seconds or "
+        "milliseconds; the readers of the data set formats give seconds (default: s)",
     )
 
     parser.add_argument(
@@ -139,7 +140,7 @@ def run_replay(args: argparse.Namespace) -> int:
         stored = store_states.position()
         resumed_at = stored.next_offset if stored is not None else None
     backend = store_states if store_states is not None else MemoryStates()
-    records = read_records(args.events, args.format, args.order, args.time_col)
+    records = read_records(args.events, args.format, args.order, args.time_col, args.ts_unit)
 
     with contextlib.ExitStack() as stack:
         output = None

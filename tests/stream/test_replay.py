@@ -595,6 +595,14 @@ def test_otto_file_in_seconds_rejected(tmp_path: Path) -> None:
         list(read_records(path, "otto"))
 
 
+def test_ms_unit_for_data_set_format_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "ratings.csv"
+    path.write_text("userId,movieId,rating,timestamp\n1,10,4.0,964982703\n")
+
+    with pytest.raises(EventFileError, match="--ts-unit ms applies only to jsonl"):
+        read_records(path, "movielens", ts_unit="ms")
+
+
 def test_event_file_folder_rejected(tmp_path: Path) -> None:
     with pytest.raises(EventFileError, match="is a folder"):
         read_records(tmp_path)
