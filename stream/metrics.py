@@ -37,6 +37,8 @@ from stream.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Name prefix of the multiprocess directories, followed by the pool's process id.
+MULTIPROC_PREFIX = "hiertcn-metrics-"
 
 # Seconds: from 0.5 ms (one small ONNX call) to 30 s (a broker outage).
 _TIME_BUCKETS = (
@@ -184,11 +186,38 @@ def create_metrics(registry: CollectorRegistry | None) -> WorkerMetrics:
 
 
 def prepare_multiprocess_dir(parent: Path | None = None) -> Path:
-    """Create a fresh multiprocess directory and point `PROMETHEUS_MULTIPROC_DIR` at it."""
-    path = Path(tempfile.mkdtemp(prefix="hiertcn-metrics-", dir=parent))
+    """Create a fresh multiprocess directory and point `PROMETHEUS_MULTIPROC_DIR` at it.
+
+    The name contains this process's id. Directories of earlier pools whose process no longer
+    exists (a pool killed with SIGKILL cannot remove its own) are deleted first.
+    """
+    root = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    remove_orphaned_multiprocess_dirs(root)
+    path = Path(tempfile.mkdtemp(prefix=f"{MULTIPROC_PREFIX}{os.getpid()}-", dir=root))
     os.environ[MULTIPROC_ENV] = str(path)
     logger.debug("prometheus multiprocess directory %s", path)
     return path
+
+
+def remove_orphaned_multiprocess_dirs(root: Path) -> None:
+    """Delete the multiprocess directories under `root` whose pool process has exited."""
+    for path in root.glob(f"{MULTIPROC_PREFIX}*-*"):
+        pid_text = path.name[len(MULTIPROC_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit() or not path.is_dir() or _process_exists(int(pid_text)):
+            continue
+        logger.info("removing the metrics directory %s of exited process %s", path, pid_text)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    """Return whether a process with this id exists (one of another user counts too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_multiprocess_dir(path: Path) -> None:
