@@ -136,6 +136,10 @@ class Pool:
             self.children.append(child)
             logger.info("started worker %d (pid %d)", index, child.pid)
 
+    def _index(self, child: BaseProcess) -> int:
+        """Return the worker number of a child process, as in "started worker N"."""
+        return self.children.index(child)
+
     def _watch(self) -> int:
         """Wait for the workers; return 0 when all stopped on request, else 1."""
         running = {child.sentinel: child for child in self.children}
@@ -146,12 +150,12 @@ class Pool:
                 child.join()
                 mark_process_dead(child.pid)  # type: ignore[arg-type]
                 if self._stopping and child.exitcode == 0:
-                    logger.info("worker %s (pid %d) stopped", child.name, child.pid)
+                    logger.info("worker %d (pid %d) stopped", self._index(child), child.pid)
                     continue
                 failed = True
                 logger.error(
-                    "worker %s (pid %d) exited with code %s%s",
-                    child.name,
+                    "worker %d (pid %d) exited with code %s%s",
+                    self._index(child),
                     child.pid,
                     child.exitcode,
                     "" if self._stopping else " while the pool was running",
@@ -173,8 +177,8 @@ class Pool:
         for child in self.children:
             child.join(timeout)
             if child.is_alive():
-                logger.error("worker %s (pid %d) did not stop within %.0f s: killing it",
-                             child.name, child.pid, timeout)  # fmt: skip
+                logger.error("worker %d (pid %d) did not stop within %.0f s: killing it",
+                             self._index(child), child.pid, timeout)  # fmt: skip
                 child.kill()
                 child.join()
 

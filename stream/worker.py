@@ -226,7 +226,10 @@ class Worker:
         consumer: Consumer,
         producer: Producer,
         row_of: dict[str, int],
+        label: str | None = None,
     ) -> None:
+        # The name of this process in log lines, as the pool writes it: "worker 0 (pid 123)".
+        self.label = label or f"worker (pid {os.getpid()})"
         self.config = config
         self.pipeline = pipeline
         self.store = store
@@ -278,7 +281,7 @@ class Worker:
         self.consumer.subscribe(
             [topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
-        logger.info("worker %s started on %s, group %s", os.getpid(), topic, self.config.group_id)
+        logger.info("%s started on %s, group %s", self.label, topic, self.config.group_id)
         try:
             while not self._stopping:
                 self.committer.check()
@@ -293,7 +296,7 @@ class Worker:
 
     def _shutdown(self) -> None:
         # close() revokes the assignment, and on_revoke finishes what was collected and commits.
-        logger.info("worker %s stopping: leaving the group", os.getpid())
+        logger.info("%s stopping: leaving the group", self.label)
         try:
             self.consumer.close()
         finally:
@@ -308,7 +311,7 @@ class Worker:
         remaining = self.producer.flush(self.config.delivery_timeout)
         if remaining:
             logger.error("%d messages still undelivered at shutdown", remaining)
-        logger.info("worker %s stopped", os.getpid())
+        logger.info("%s stopped", self.label)
 
     # -- rebalance callbacks -----------------------------------------------------------------
 
@@ -747,7 +750,8 @@ def run_worker(config: WorkerConfig, index: int, threads: int | None = None) -> 
     )
     store = open_state_store(config, bundle)
     consumer, producer = _open_clients(config)
-    worker = Worker(config, pipeline, store, metrics, consumer, producer, bundle.row_of)
+    label = f"worker {index} (pid {os.getpid()})"
+    worker = Worker(config, pipeline, store, metrics, consumer, producer, bundle.row_of, label)
     install_signal_handlers(worker)
     try:
         worker.run()
