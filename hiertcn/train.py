@@ -42,6 +42,7 @@ from hiertcn.checkpoint import (
 from hiertcn.errors import CheckpointError, ConfigError, UnreadableCheckpointError
 from hiertcn.evaluate import EvaluationConfig, evaluate_model
 from hiertcn.losses import LossConfig, build_loss
+from hiertcn.models.config import ModelConfig
 from hiertcn.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
@@ -360,7 +361,8 @@ def _restore(model, optimizer, config: TrainConfig, out_dir, device, dataset) ->
             "start a new run without --resume"
         )
     checkpoint = _load_run_checkpoint(last_path)
-    _check_model_config(last_path, checkpoint.model_config, model.config.to_dict())
+    saved_config = ModelConfig.from_dict(checkpoint.model_config).to_dict()
+    _check_model_config(last_path, saved_config, model.config.to_dict())
     check_vocabulary(last_path, checkpoint, dataset.vocab.ids)
     check_data_settings(last_path, checkpoint, dataset.summary)
     model.load_state_dict(checkpoint.model_state)

@@ -111,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.model is None:
         args.model = "hiertcn"
+    rate = getattr(args, "regularization_rate", None)
+    if rate is not None and not 0.0 < rate < 1.0:
+        raise ConfigError(f"--regularization-rate {rate} is invalid: use a rate in (0, 1)")
     data = data_config_from_args(args)
     context = {
         "data": data,

@@ -157,9 +157,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = 
         "--bptt-sessions",
         type=int,
         default=4,
-        help="closed sessions that each training batch backpropagates through in the session "
-        "GRU of hiertcn, hiergru and hrnn; more lets the GRU learn to keep interests across "
-        "sessions, at the cost of that many GRU steps per batch (default: 4)",
+        help="session updates of the high-level GRU (hrnn: the user GRU) of hiertcn, hiergru "
+        "and hrnn that each training batch backpropagates through, 1 to 256; more lets the GRU "
+        "learn to keep interests across sessions, at the cost of up to that many GRU steps per "
+        "batch (default: 4)",
     )
 
 

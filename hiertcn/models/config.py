@@ -14,6 +14,9 @@ from typing import Any
 from hiertcn.errors import ConfigError, InvalidFieldError
 
 HIERTCN_DILATIONS = (1, 2, 4, 8)
+# Upper bound of `bptt_sessions`. HRNN runs that many GRU steps in every batch, and HierTCN up to
+# that many, so a larger value costs time without a sign that it helps.
+MAX_BPTT_SESSIONS = 256
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,14 @@ class ModelConfig:
                 f"model dilations={self.dilations!r} is invalid: "
                 "give one positive integer per residual block, e.g. (1, 2, 4, 8)"
             )
+        if self.bptt_sessions > MAX_BPTT_SESSIONS:
+            raise InvalidFieldError(
+                "model",
+                "bptt_sessions",
+                self.bptt_sessions,
+                f"use at most {MAX_BPTT_SESSIONS}, because each carried session costs a GRU step "
+                "in every batch",
+            )
         for field in ("dropout", "gru_candidate_dropout"):
             value = getattr(self, field)
             if not 0.0 <= value < 1.0:
@@ -88,4 +99,5 @@ class ModelConfig:
                 f"unknown model configuration keys {unknown}: "
                 f"the known keys are {sorted(known)}; was this saved by a newer version?"
             )
-        return cls(**dict(values))
+        # Configurations saved before `bptt_sessions` existed were trained with one step.
+        return cls(**{"bptt_sessions": 1, **dict(values)})

@@ -406,3 +406,13 @@ def test_experiment_all_rejects_unknown_skip(tiny_log, tmp_path, capsys):
     assert code == ConfigError.exit_code
     assert "--skip plots names no experiment" in capsys.readouterr().err
     assert not (tmp_path / "compare.json").exists()
+
+
+@pytest.mark.parametrize("rate", ["1.5", "0"])
+def test_invalid_regularization_rate_rejected(tmp_path, capsys, rate):
+    argv = ["experiment", "regularization", str(tmp_path / "absent.csv")]
+    code = main([*argv, "--regularization-rate", rate, "--out", str(tmp_path / "out")])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert f"--regularization-rate {float(rate)} is invalid: use a rate in (0, 1)" in error
+    assert not (tmp_path / "out").exists()

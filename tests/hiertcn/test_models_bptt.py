@@ -125,6 +125,11 @@ def test_new_user_clears_window(name: str) -> None:
         torch.testing.assert_close(model.user_state(reset), model.user_state(fresh))
 
 
+def test_huge_bptt_sessions_rejected() -> None:
+    with pytest.raises(ConfigError, match="bptt_sessions=100000 is invalid: use at most 256"):
+        ModelConfig(bptt_sessions=100000)
+
+
 def test_zero_bptt_sessions_rejected() -> None:
     with pytest.raises(ConfigError, match="bptt_sessions=0"):
         ModelConfig(bptt_sessions=0)

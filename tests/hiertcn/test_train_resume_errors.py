@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from hiertcn.checkpoint import load_checkpoint, save_checkpoint
 from hiertcn.errors import CheckpointError
 from hiertcn.models import build_model
 from hiertcn.train import seed_everything, train_model
@@ -50,6 +51,19 @@ def test_resume_other_sizes_names_each_flag(run_dir):
     message = str(error.value)
     assert "hidden_size=8, dilations=[1, 2], batch_norm=False, not" in message
     assert "resume with --hidden-size 8 --dilations 1,2 (no --batch-norm)" in message
+
+
+def test_resume_run_saved_before_bptt_sessions(tmp_path):
+    one_step = dataclasses.replace(TINY_HIERTCN, bptt_sessions=1)
+    train_model(model_of(one_step), tiny_dataset(), tiny_config(), out_dir=tmp_path)
+    last = tmp_path / "last.pt"
+    checkpoint = load_checkpoint(last)
+    del checkpoint.model_config["bptt_sessions"]  # as written before the field existed
+    save_checkpoint(last, checkpoint)
+
+    with pytest.raises(CheckpointError, match="resume with --bptt-sessions 1"):
+        resume(tmp_path, dataclasses.replace(TINY_HIERTCN, bptt_sessions=4))
+    resume(tmp_path, one_step)
 
 
 @pytest.mark.parametrize("name", ["last.pt", "best.pt"])
