@@ -103,12 +103,15 @@ def detect_format(path: Path) -> str:
 def _only_whitespace(path: Path, chunk_bytes: int = 1 << 16) -> bool:
     """Return whether `path` contains nothing but spaces, tabs and line breaks.
 
-    Reading stops at the first other byte, so a file of events costs one small read.
+    A leading UTF-8 byte order mark does not count. Reading stops at the first other byte, so a
+    file of events costs one small read.
     """
     with path.open("rb") as file:
-        while chunk := file.read(chunk_bytes):
+        chunk = file.read(chunk_bytes).removeprefix(b"\xef\xbb\xbf")
+        while chunk:
             if chunk.strip():
                 return False
+            chunk = file.read(chunk_bytes)
     return True
 
 

@@ -124,6 +124,8 @@ def run_replay(args: argparse.Namespace) -> int:
         event_config=EventConfig(ts_unit=args.ts_unit),
     )
 
+    # Run the event file's checks (missing, empty, format) before the state store is created.
+    records = read_records(args.events, args.format, args.order, args.time_col, args.ts_unit)
     source = args.events.name
     store_states = None
     resumed_at: int | None = None
@@ -140,7 +142,6 @@ def run_replay(args: argparse.Namespace) -> int:
         stored = store_states.position()
         resumed_at = stored.next_offset if stored is not None else None
     backend = store_states if store_states is not None else MemoryStates()
-    records = read_records(args.events, args.format, args.order, args.time_col, args.ts_unit)
 
     with contextlib.ExitStack() as stack:
         output = None

@@ -577,10 +577,13 @@ def test_empty_event_file_rejected(tmp_path: Path) -> None:
         read_records(path)
 
 
-@pytest.mark.parametrize("name", ["events.jsonl", "events.txt"])
-def test_blank_event_file_rejected(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("events.jsonl", "\n \n\t\r\n"), ("events.txt", "\n\n"), ("events.jsonl", "\ufeff\n")],
+)
+def test_blank_event_file_rejected(tmp_path: Path, name: str, text: str) -> None:
     path = tmp_path / name
-    path.write_text("\n \n\t\r\n")
+    path.write_text(text, encoding="utf-8")
 
     with pytest.raises(EventFileError, match="contains only blank lines"):
         read_records(path)
