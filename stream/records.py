@@ -79,6 +79,8 @@ def detect_format(path: Path) -> str:
     """Return the record format of `path` from its suffix and first line."""
     suffix = path.suffix.lower()
     if suffix in _SUFFIX_FORMATS:
+        if _SUFFIX_FORMATS[suffix] == "jsonl" and _is_otto(path):
+            return "otto"
         return _SUFFIX_FORMATS[suffix]
     if suffix == ".csv":
         with path.open(encoding="utf-8-sig", errors="replace", newline="") as file:
@@ -113,6 +115,17 @@ def _only_whitespace(path: Path, chunk_bytes: int = 1 << 16) -> bool:
                 return False
             chunk = file.read(chunk_bytes)
     return True
+
+
+def _is_otto(path: Path) -> bool:
+    """Return whether the first non-blank line of a JSON Lines file is an OTTO session."""
+    with path.open(encoding="utf-8-sig", errors="replace") as file:
+        line = next((text for text in file if text.strip()), "")
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "session" in record and "events" in record
 
 
 def read_records(

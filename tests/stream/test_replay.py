@@ -606,6 +606,18 @@ def test_ms_unit_for_data_set_format_rejected(tmp_path: Path) -> None:
         read_records(path, "movielens", ts_unit="ms")
 
 
+def test_otto_layout_detected_in_jsonl(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    event = '{"aid": 5, "ts": 1659304800025, "type": "clicks"}'
+    path.write_text(f'\n{{"session": 7, "events": [{event}]}}\n')
+
+    records = list(read_records(path))
+
+    assert [record.fields for record in records] == [
+        {"user": "7", "item": "5", "ts": 1659304800, "type": "clicks"}
+    ]
+
+
 def test_event_file_folder_rejected(tmp_path: Path) -> None:
     with pytest.raises(EventFileError, match="is a folder"):
         read_records(tmp_path)
