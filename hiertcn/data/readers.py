@@ -207,7 +207,11 @@ class _RawLogBuilder:
         return number
 
     def check_seconds_read_as_ms(self) -> None:
-        """Raise DataError when reading in milliseconds puts every timestamp before 1973."""
+        """Raise DataError when reading in milliseconds puts every timestamp before 1973.
+
+        NOTE: a log whose times count milliseconds from 0 rather than from 1970 is rejected too,
+        with advice that does not fit it, and no flag accepts it.
+        """
         if not self.check_seconds_as_ms or self.latest_ms is None:
             return
         latest, line = self.latest_ms
