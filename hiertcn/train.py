@@ -42,7 +42,7 @@ from hiertcn.checkpoint import (
 from hiertcn.errors import CheckpointError, ConfigError, UnreadableCheckpointError
 from hiertcn.evaluate import EvaluationConfig, evaluate_model
 from hiertcn.losses import LossConfig, build_loss
-from hiertcn.models.config import ModelConfig
+from hiertcn.models.config import ModelConfig, field_flag
 from hiertcn.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
@@ -395,10 +395,6 @@ def _load_run_checkpoint(path: Path, map_location: str = "cpu") -> Checkpoint:
         ) from error
 
 
-# Model configuration fields whose command-line flag is not `--` plus the field name.
-_MODEL_FLAGS = {"name": "--model", "item_vectors_path": "--item-vectors"}
-
-
 def _check_model_config(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Raise CheckpointError naming each model setting that differs between the two configs."""
     fields = [key for key in {**saved, **current} if saved.get(key) != current.get(key)]
@@ -415,7 +411,7 @@ def _check_model_config(path: Path, saved: dict[str, Any], current: dict[str, An
 
 def _model_flag(key: str, value: Any) -> str:
     """Return the command-line flag that sets model configuration field `key` to `value`."""
-    flag = _MODEL_FLAGS.get(key, "--" + key.replace("_", "-"))
+    flag = field_flag(key)
     if value is None or value is False:
         return f"(no {flag})"
     if value is True:

@@ -25,8 +25,6 @@ folder that already contains best.pt or last.pt unless --resume or --force is gi
 RUN_FILES = ("best.pt", "last.pt", "metrics.json")
 LOSS_NAMES = ("cross_entropy", "hinge", "bpr", "nce", "l2")
 SAMPLER_NAMES = ("uniform", "popularity", "impressions")
-# Model fields whose flag is not the field name with dashes.
-MODEL_FIELD_FLAGS = {"item_vectors_path": "--item-vectors"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -240,10 +238,12 @@ def model_config_from_args(args: argparse.Namespace):
             raise ConfigError(
                 f"--dilations {args.dilations!r} is invalid: give integers like 1,2,4,8"
             ) from None
+    from hiertcn.models.config import field_flag
+
     try:
         return _model_config(args, dilations)
     except InvalidFieldError as error:
-        flag = MODEL_FIELD_FLAGS.get(error.field, "--" + error.field.replace("_", "-"))
+        flag = field_flag(error.field)
         raise ConfigError(f"{flag} {error.value} is invalid: {error.fix}") from None
 
 

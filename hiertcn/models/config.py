@@ -19,6 +19,15 @@ HIERTCN_DILATIONS = (1, 2, 4, 8)
 MAX_BPTT_SESSIONS = 256
 
 
+# Fields whose command-line flag is not `--` plus the field name with dashes.
+_FIELD_FLAGS = {"name": "--model", "item_vectors_path": "--item-vectors"}
+
+
+def field_flag(field: str) -> str:
+    """Return the `hiertcn train` flag that sets the model configuration field `field`."""
+    return _FIELD_FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Hyperparameters of every registered model; each model reads the fields it needs.
