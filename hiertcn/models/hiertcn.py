@@ -198,12 +198,12 @@ class HierTCN(RecommenderModel):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Close every session in `carry` into its state, oldest first.
 
-        Returns the GRU state [B, G, H] after every session, and the parts of the next carry
-        before its new last session: the state before its older sessions, their means
-        [B, <K - 1, D] and their flags bool [B, <K - 1]. The older sessions are the last
-        `bptt_sessions - 1` of those closed here. A carry without a last session (S = 0, as
-        from `initial_carry`) runs no GRU step for it, so the optimizer gets no gradient rather
-        than a zero one, and the window grows from empty to its full size.
+        Returns four tensors. The first is the GRU state [B, G, H] after every session. The
+        other three start the next carry: the state before its older sessions, and their means
+        [B, J, D] and flags bool [B, J], where the older sessions are the last J < K of those
+        closed here. A carry without a last session (S = 0, as from `initial_carry`) runs no GRU
+        step for it, so the optimizer gets no gradient rather than a zero one, and the window
+        grows from empty to its full size.
         """
         means, closed = carry.means, carry.closed  # [B, J, D], [B, J]
         if carry.items.shape[1] > 0:
