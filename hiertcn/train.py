@@ -362,7 +362,7 @@ def _restore(model, optimizer, config: TrainConfig, out_dir, device, dataset) ->
         )
     checkpoint = _load_run_checkpoint(last_path)
     saved_config = ModelConfig.from_dict(checkpoint.model_config).to_dict()
-    _check_model_config(last_path, saved_config, model.config.to_dict())
+    _check_model_config(last_path, saved_config, model.config.to_dict(), model.config_fields)
     check_vocabulary(last_path, checkpoint, dataset.vocab.ids)
     check_data_settings(last_path, checkpoint, dataset.summary)
     model.load_state_dict(checkpoint.model_state)
@@ -395,9 +395,19 @@ def _load_run_checkpoint(path: Path, map_location: str = "cpu") -> Checkpoint:
         ) from error
 
 
-def _check_model_config(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """Raise CheckpointError naming each model setting that differs between the two configs."""
-    fields = [key for key in {**saved, **current} if saved.get(key) != current.get(key)]
+def _check_model_config(
+    path: Path, saved: dict[str, Any], current: dict[str, Any], used: frozenset[str]
+) -> None:
+    """Raise CheckpointError naming each setting in `used` or `name` that the configs differ in.
+
+    The other fields have no effect on the model, so a run may be resumed with other values.
+    """
+    compared = used | {"name"}
+    fields = [
+        key
+        for key in {**saved, **current}
+        if key in compared and saved.get(key) != current.get(key)
+    ]
     if not fields:
         return
     trained = ", ".join(f"{key}={saved.get(key)}" for key in fields)

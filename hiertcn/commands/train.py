@@ -20,6 +20,10 @@ It prints the data summary and the filter report, then trains with early stoppin
 MRR and writes best.pt and last.pt into --out. Then it evaluates best.pt on the test split, prints
 the metric table, and stores the test metrics in best.pt and in metrics.json. It rejects an --out
 folder that already contains best.pt or last.pt unless --resume or --force is given.
+
+Each model reads only some of the model flags (--recent-items only moving_average and maxitem,
+for example). It warns about each flag set for a model that does not read it, and --resume
+compares only the flags that the model reads.
 """
 # The files of a run in --out, which --force removes before training.
 RUN_FILES = ("best.pt", "last.pt", "metrics.json")
@@ -296,6 +300,30 @@ def train_config_from_args(args: argparse.Namespace):
     )
 
 
+def warn_ignored_flags(model_config) -> None:
+    """Log a warning for each model flag that the chosen model does not read."""
+    from hiertcn.models import ignored_fields
+    from hiertcn.models.config import field_flag
+
+    for field in ignored_fields(model_config):
+        value = _model_flag_value(getattr(model_config, field))
+        logger.warning(
+            "%s%s has no effect on --model %s, which does not read it",
+            field_flag(field),
+            value,
+            model_config.name,
+        )
+
+
+def _model_flag_value(value) -> str:
+    """Return the text after a model flag for `value` (nothing for a switch)."""
+    if value is True:
+        return ""
+    if isinstance(value, tuple):
+        return " " + ",".join(str(part) for part in value)
+    return f" {value}"
+
+
 def print_dataset(dataset) -> None:
     """Print the statistics of each part of a dataset.
 
@@ -363,12 +391,12 @@ def run(args: argparse.Namespace) -> int:
     from hiertcn.checkpoint import BEST_CHECKPOINT, load_checkpoint, save_checkpoint
     from hiertcn.data.options import load_dataset
     from hiertcn.evaluate import EvaluationConfig, evaluate_model, format_table
-    from hiertcn.models import build_model, model_class
+    from hiertcn.models import build_model
     from hiertcn.train import resolve_device, seed_everything, train_model
 
     model_config = model_config_from_args(args)
     train_config = train_config_from_args(args)
-    model_class(model_config.name)
+    warn_ignored_flags(model_config)
     device = resolve_device(train_config.device)
     check_out_dir(args.out, resume=args.resume, force=args.force)
     dataset = load_dataset(args)

@@ -5,7 +5,13 @@ Importing this package registers every model, so `build_model(config, num_items)
 
 from hiertcn.models.base import Carry, RecommenderModel
 from hiertcn.models.config import ModelConfig
-from hiertcn.models.registry import build_model, list_models, model_class, register_model
+from hiertcn.models.registry import (
+    build_model,
+    ignored_fields,
+    list_models,
+    model_class,
+    register_model,
+)
 
 # Imported for their registration side effect.
 from hiertcn.models import baselines as _baselines  # noqa: F401  # isort: skip
@@ -21,6 +27,7 @@ __all__ = [
     "ModelConfig",
     "RecommenderModel",
     "build_model",
+    "ignored_fields",
     "list_models",
     "model_class",
     "register_model",

@@ -6,7 +6,7 @@ Shape letters: `B` rows in a batch, `L` events in a session prefix, `N` items in
 
 from __future__ import annotations
 
-from typing import Union
+from typing import ClassVar, Union
 
 import torch
 from torch import nn
@@ -30,6 +30,9 @@ class RecommenderModel(nn.Module):
     # False for models without gradient training (most popular): the loop skips optimization.
     # A class attribute that an instance may override (moving average with fixed vectors).
     trainable: bool = True
+    # The `ModelConfig` fields besides `name` that the model reads. The others have no effect on
+    # it, so `hiertcn train` warns when they are set and resuming a run does not compare them.
+    config_fields: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__()

@@ -31,6 +31,8 @@ class MovingAverage(RecommenderModel):
     averages always use the current item table. Before the user's first item the query is zero.
     """
 
+    config_fields = frozenset({"embedding_dim", "item_vectors_path", "recent_items"})
+
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__(config, num_items)
         self.items = ItemEmbedding(num_items, config.embedding_dim, config.item_vectors_path)

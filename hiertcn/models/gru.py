@@ -23,6 +23,8 @@ from hiertcn.models.sequence import last_item, previous_item_inputs
 class GRUBaseline(RecommenderModel):
     """A G-layer GRU over the whole history; carry = (state [B, G, H], last item [B, D])."""
 
+    config_fields = frozenset({"embedding_dim", "hidden_size", "gru_layers", "item_vectors_path"})
+
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__(config, num_items)
         dim, hidden = config.embedding_dim, config.hidden_size

@@ -59,6 +59,15 @@ class HierGRU(HierTCN):
     those of HierTCN. The GRU reads the whole session, so there is no receptive field.
     """
 
+    # The fields of HierTCN without those of its TCN.
+    config_fields = HierTCN.config_fields - {
+        "tcn_channels",
+        "kernel_size",
+        "dilations",
+        "batch_norm",
+        "batch_norm_steps",
+    }
+
     def build_low_level(self, input_size: int) -> tuple[nn.Module, int]:
         """Build the within-session GRU and return it with its output size."""
         hidden = self.config.hidden_size

@@ -58,6 +58,23 @@ class HierTCN(RecommenderModel):
     session seen. Subclasses may replace the low level by overriding `build_low_level`.
     """
 
+    config_fields = frozenset(
+        {
+            "embedding_dim",
+            "hidden_size",
+            "gru_layers",
+            "tcn_channels",
+            "kernel_size",
+            "dilations",
+            "dropout",
+            "gru_candidate_dropout",
+            "batch_norm",
+            "batch_norm_steps",
+            "item_vectors_path",
+            "bptt_sessions",
+        }
+    )
+
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__(config, num_items)
         dim, hidden, layers = config.embedding_dim, config.hidden_size, config.gru_layers

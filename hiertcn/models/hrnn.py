@@ -42,6 +42,18 @@ class HRNNCarry(NamedTuple):
 class HRNN(RecommenderModel):
     """The HRNN model. Its carry is an `HRNNCarry`; `user_state(carry)` is the user-level state."""
 
+    config_fields = frozenset(
+        {
+            "embedding_dim",
+            "hidden_size",
+            "gru_layers",
+            "dropout",
+            "gru_candidate_dropout",
+            "item_vectors_path",
+            "bptt_sessions",
+        }
+    )
+
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__(config, num_items)
         dim, hidden, layers = config.embedding_dim, config.hidden_size, config.gru_layers

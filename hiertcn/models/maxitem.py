@@ -28,6 +28,8 @@ class MaxItem(RecommenderModel):
     candidates tie. Only the item table can be trained.
     """
 
+    config_fields = frozenset({"embedding_dim", "item_vectors_path", "recent_items"})
+
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__(config, num_items)
         self.items = ItemEmbedding(num_items, config.embedding_dim, config.item_vectors_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -43,3 +44,17 @@ def build_model(config: ModelConfig, num_items: int) -> RecommenderModel:
 def list_models() -> list[str]:
     """Return the registered model names, sorted."""
     return sorted(_MODELS)
+
+
+def ignored_fields(config: ModelConfig) -> list[str]:
+    """Return the fields that `config` sets away from their defaults and its model does not read.
+
+    They have no effect on the model, so a command can tell the user that their flags are ignored.
+    """
+    used = model_class(config.name).config_fields | {"name"}
+    defaults = ModelConfig()
+    return [
+        field.name
+        for field in dataclasses.fields(ModelConfig)
+        if field.name not in used and getattr(config, field.name) != getattr(defaults, field.name)
+    ]

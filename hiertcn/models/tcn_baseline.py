@@ -39,6 +39,19 @@ class TCNBaseline(RecommenderModel):
     Valid history steps are right-aligned, and invalid ones act as the TCN's zero padding.
     """
 
+    config_fields = frozenset(
+        {
+            "embedding_dim",
+            "tcn_channels",
+            "kernel_size",
+            "dilations",
+            "dropout",
+            "batch_norm",
+            "batch_norm_steps",
+            "item_vectors_path",
+        }
+    )
+
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__(config, num_items)
         dim = config.embedding_dim

@@ -28,6 +28,20 @@ def train_argv(log, out, *extra: str) -> list[str]:
     return ["train", *data, "--model", "most_popular", "--out", str(out), "--device", "cpu", *extra]
 
 
+def test_flags_the_model_ignores_are_named(tmp_path, caplog):
+    log = tmp_path / "log.csv"
+    write_log(log)
+    argv = train_argv(log, tmp_path / "run", "--epochs", "1", "--no-progress")
+    with caplog.at_level("WARNING", logger="hiertcn.commands.train"):
+        assert main([*argv, "--bptt-sessions", "8", "--batch-norm", "--dilations", "1,2"]) == 0
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings == [
+        "--dilations 1,2 has no effect on --model most_popular, which does not read it",
+        "--batch-norm has no effect on --model most_popular, which does not read it",
+        "--bptt-sessions 8 has no effect on --model most_popular, which does not read it",
+    ]
+
+
 def test_out_with_run_rejected(tmp_path, capsys):
     log = tmp_path / "log.csv"
     write_log(log)

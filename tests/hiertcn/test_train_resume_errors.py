@@ -66,6 +66,15 @@ def test_resume_run_saved_before_bptt_sessions(tmp_path):
     resume(tmp_path, one_step)
 
 
+def test_resume_compares_only_fields_the_model_reads(tmp_path):
+    gru = dataclasses.replace(TINY_HIERTCN, name="gru", bptt_sessions=4)
+    train_model(model_of(gru), tiny_dataset(), tiny_config(), out_dir=tmp_path)
+
+    resume(tmp_path, dataclasses.replace(gru, bptt_sessions=8, kernel_size=3))
+    with pytest.raises(CheckpointError, match="resume with --hidden-size 8"):
+        resume(tmp_path, dataclasses.replace(gru, hidden_size=16))
+
+
 @pytest.mark.parametrize("name", ["last.pt", "best.pt"])
 def test_resume_random_bytes_named_damaged(run_dir, name):
     (run_dir / name).write_bytes(bytes(range(256)) * 4)
