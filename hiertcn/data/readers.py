@@ -209,8 +209,8 @@ class _RawLogBuilder:
     def check_seconds_read_as_ms(self) -> None:
         """Raise DataError when reading in milliseconds puts every timestamp before 1973.
 
-        NOTE: a log whose times count milliseconds from 0 rather than from 1970 is rejected too,
-        with advice that does not fit it, and no flag accepts it.
+        NOTE: a log whose times count milliseconds from another start than 1970 is rejected too,
+        and no flag accepts it: the message says how to convert it.
         """
         if not self.check_seconds_as_ms or self.latest_ms is None:
             return
@@ -218,7 +218,9 @@ class _RawLogBuilder:
         if latest // 1000 < _MIN_LATEST_SECONDS_FROM_MS:
             raise SecondsAsMillisecondsError(
                 f"{self.path}:{line}: the latest timestamp, {latest}, is before 1973 in "
-                "milliseconds, and so is every other: if the log is in seconds, pass --time-unit s"
+                "milliseconds, and so is every other: if the log is in seconds, pass "
+                "--time-unit s, and if its times count milliseconds from another start than "
+                "1970, add that start's Unix time in milliseconds to every timestamp"
             )
 
     def parse_id(self, value: object, role: str, line: int) -> str:

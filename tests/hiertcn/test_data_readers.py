@@ -186,6 +186,15 @@ def test_seconds_read_as_milliseconds_are_rejected(tmp_path):
     assert "pass --time-unit s" in message
 
 
+def test_milliseconds_from_zero_advice(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item,ts\nu,i,0\nu,j,2500\n")
+    with pytest.raises(DataError) as error:
+        read_log(path, ReaderConfig(format="csv", time_unit="ms"))
+    message = str(error.value)
+    assert f"{path}:3: the latest timestamp, 2500, is before 1973" in message
+    assert "add that start's Unix time in milliseconds to every timestamp" in message
+
+
 def test_seconds_read_as_milliseconds_jsonl_rejected(tmp_path):
     path = write(tmp_path / "log.jsonl", '{"user": "u", "item": "i", "ts": 1600000000}\n')
     with pytest.raises(DataError, match="pass --time-unit s"):
