@@ -10,7 +10,8 @@ Formats:
   values go to the field `ts`. Optional columns are `type`, `event_id`, and `impressions` and
   `candidates` with item ids separated by `|`.
 - `movielens`, `taobao`, `trivago`, `otto`: the public data sets, read with
-  `hiertcn.data.readers` (which imports numpy but not torch) and turned into event maps.
+  `hiertcn.data.readers` (which imports numpy but not torch) and turned into event maps with
+  `ts` in seconds. OTTO files are read in milliseconds unless `otto_time_unit` says seconds.
 
 A line or row that cannot be parsed becomes a `Record` with `error` set, so callers can count
 it. Only a missing, empty or folder path, an unknown format or a CSV header without the required
@@ -134,6 +135,7 @@ def read_records(
     order: str = "file",
     time_col: str | None = None,
     ts_unit: str = "s",
+    otto_time_unit: str | None = None,
 ) -> Iterator[Record]:
     """Yield every record of an event-log file, in file order or sorted by event time.
 
@@ -141,7 +143,8 @@ def read_records(
     times keep their file order, and records without a valid time go to the end. `time_col`
     names the time column of a CSV file (default: the first of `CSV_TIME_COLUMNS` present).
     `ts_unit` is the unit that the caller will read `ts` in: the data set formats give seconds,
-    so "ms" is rejected for them.
+    so "ms" is rejected for them. `otto_time_unit` is the unit of an OTTO file's own timestamps
+    (default "ms", that of the published files), and it is rejected for the other formats.
     """
     path = Path(path)
     if path.is_dir():
@@ -171,6 +174,13 @@ def read_records(
             f"--ts-unit ms applies only to jsonl, msgpack and csv events, but {path} has the "
             f"format {resolved}, whose reader converts its timestamps to seconds: drop --ts-unit"
         )
+    if otto_time_unit is not None and resolved != "otto":
+        raise EventFileError(
+            f"--otto-time-unit applies only to OTTO files, but {path} has the format "
+            f"{resolved}: drop --otto-time-unit"
+        )
+    if otto_time_unit not in (None, "s", "ms"):
+        raise EventFileError(f"invalid --otto-time-unit {otto_time_unit!r}: use s or ms")
     if time_col is not None and resolved != "csv":
         raise EventFileError(
             f"--time-col {time_col} applies only to CSV files, but {path} has the format "
@@ -184,7 +194,7 @@ def read_records(
     elif resolved == "msgpack":
         records = _read_msgpack(path)
     else:
-        records = _read_dataset(path, resolved)
+        records = _read_dataset(path, resolved, otto_time_unit)
     if order == "time":
         return iter(sorted(records, key=_time_key))
     return records
@@ -340,18 +350,18 @@ def _read_csv_rows(path: Path, time_col: str | None) -> Iterator[Record]:
             )
 
 
-def _read_dataset(path: Path, log_format: str) -> Iterator[Record]:
+def _read_dataset(path: Path, log_format: str, otto_time_unit: str | None) -> Iterator[Record]:
     from hiertcn.data.readers import ReaderConfig, SecondsAsMillisecondsError, read_log
     from hiertcn.errors import HierTCNError
 
     try:
-        raw = read_log(path, ReaderConfig(format=log_format))
+        raw = read_log(path, ReaderConfig(format=log_format, time_unit=otto_time_unit))
     except SecondsAsMillisecondsError:
-        # Replay reads a data set file in its format's own unit and has no flag to change it.
+        # Only OTTO files are read in milliseconds by default.
         raise EventFileError(
             f"cannot read {path} as {log_format}: every timestamp is before 1973 in "
-            f"milliseconds, the unit of that format, so the file is likely in seconds: multiply "
-            "its timestamps by 1000, or write its events as JSON Lines and pass --format jsonl"
+            "milliseconds, the unit of OTTO's published files, so the file is likely in "
+            "seconds: pass --otto-time-unit s"
         ) from None
     except HierTCNError as error:
         raise EventFileError(f"cannot read {path} as {log_format}: {error}") from None
@@ -377,7 +387,7 @@ def encode_fields(fields: dict[str, Any]) -> bytes:
 
 
 def add_event_file_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
-    """Add `--events`, `--format`, `--time-col` and `--order`, which replay and produce share.
+    """Add the event-file flags that replay and produce share (`--events`, `--format`, ...).
 
     `verb` names what the command does with the file ("replay", "publish") in the help text.
     """
@@ -396,6 +406,13 @@ def add_event_file_arguments(parser: argparse.ArgumentParser, verb: str) -> None
         metavar="NAME",
         help="time column of a CSV file, in seconds (default: the first of ts, timestamp, "
         "time, event_time)",
+    )
+    parser.add_argument(
+        "--otto-time-unit",
+        choices=("s", "ms"),
+        default=None,
+        help="unit of the timestamps of an OTTO file: ms as in OTTO's published files, or s for "
+        "a converted copy (default: ms). The pipeline reads them in seconds either way",
     )
     parser.add_argument(
         "--order",

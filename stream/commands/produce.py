@@ -93,7 +93,9 @@ def run_produce(args: argparse.Namespace) -> int:
         connect_timeout=args.connect_timeout,
         flush_timeout=args.flush_timeout,
     )
-    records = read_records(args.events, args.format, args.order, args.time_col)
+    records = read_records(
+        args.events, args.format, args.order, args.time_col, otto_time_unit=args.otto_time_unit
+    )
     report = EventProducer(config).run(records)
     rate = report.produced / report.seconds if report.seconds > 0 else 0.0
     skipped = f"skipped {report.skipped} unreadable records"

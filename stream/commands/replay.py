@@ -125,7 +125,14 @@ def run_replay(args: argparse.Namespace) -> int:
     )
 
     # Run the event file's checks (missing, empty, format) before the state store is created.
-    records = read_records(args.events, args.format, args.order, args.time_col, args.ts_unit)
+    records = read_records(
+        args.events,
+        args.format,
+        args.order,
+        args.time_col,
+        args.ts_unit,
+        otto_time_unit=args.otto_time_unit,
+    )
     source = args.events.name
     store_states = None
     resumed_at: int | None = None

@@ -23,7 +23,7 @@ from stream.replay import (
     ReplayReport,
     StoreStates,
 )
-from tests.stream.conftest import write_event_log
+from tests.stream.conftest import NUM_ITEMS, write_event_log
 from tests.stream.fake_bundle import FakeBundle
 
 GAP = 1800.0
@@ -392,6 +392,31 @@ def test_unknown_format_lists_one_set(tmp_path: Path) -> None:
     assert "jsonl, msgpack, csv, movielens" in message
 
 
+def write_otto_in_seconds(path: Path) -> None:
+    """Write two OTTO sessions whose times are Unix seconds, not OTTO's milliseconds."""
+    lines = []
+    for session in range(2):
+        events = [
+            {"aid": (session + step) % NUM_ITEMS, "ts": 1_700_000_000 + 60 * step, "type": "clicks"}
+            for step in range(4)
+        ]
+        lines.append(json.dumps({"session": session, "events": events}))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_replay_command_reads_otto_in_seconds(
+    onnx_bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events_path = tmp_path / "train.jsonl"
+    write_otto_in_seconds(events_path)
+    argv = ["replay", "--events", str(events_path), "--bundle", str(onnx_bundle_dir)]
+
+    assert main(argv) == 2
+    assert "pass --otto-time-unit s" in capsys.readouterr().err
+    assert main([*argv, "--otto-time-unit", "s"]) == 0
+    assert "events           8" in capsys.readouterr().out
+
+
 def test_replay_command_without_valid_event_exits_2(
     onnx_bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -594,8 +619,28 @@ def test_otto_file_in_seconds_rejected(tmp_path: Path) -> None:
     event = '{"aid": 5, "ts": 1659304800, "type": "clicks"}'
     path.write_text(f'{{"session": 0, "events": [{event}]}}\n')
 
-    with pytest.raises(EventFileError, match="likely in seconds: multiply its timestamps by 1000"):
+    with pytest.raises(EventFileError, match="likely in seconds: pass --otto-time-unit s"):
         list(read_records(path, "otto"))
+
+
+def test_otto_file_in_seconds_read(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    event = '{"aid": 5, "ts": 1659304800, "type": "clicks"}'
+    path.write_text(f'{{"session": 0, "events": [{event}]}}\n')
+
+    records = list(read_records(path, otto_time_unit="s"))
+
+    assert [record.fields for record in records] == [
+        {"user": "0", "item": "5", "ts": 1659304800, "type": "clicks"}
+    ]
+
+
+def test_otto_time_unit_for_other_format_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "ratings.csv"
+    path.write_text("userId,movieId,rating,timestamp\n1,10,4.0,964982703\n")
+
+    with pytest.raises(EventFileError, match="--otto-time-unit applies only to OTTO files"):
+        read_records(path, "movielens", otto_time_unit="s")
 
 
 def test_ms_unit_for_data_set_format_rejected(tmp_path: Path) -> None:
