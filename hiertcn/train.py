@@ -43,6 +43,7 @@ from hiertcn.errors import CheckpointError, ConfigError, UnreadableCheckpointErr
 from hiertcn.evaluate import EvaluationConfig, evaluate_model
 from hiertcn.losses import LossConfig, build_loss
 from hiertcn.models.config import ModelConfig, field_flag
+from hiertcn.models.registry import read_fields
 from hiertcn.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
@@ -189,6 +190,9 @@ def train_model(
     out_dir = Path(out_dir) if out_dir is not None else None
     model.to(device)
     if not getattr(model, "trainable", True):
+        if resume:
+            # Nothing to continue, but a run of another model or log must not be overwritten.
+            _load_resumable(model, out_dir, dataset)
         return _fit_untrained(model, dataset, config, device, out_dir)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
@@ -349,22 +353,9 @@ def _save_run(out_dir, model, optimizer, dataset, config, state: _RunState, vali
 def _restore(model, optimizer, config: TrainConfig, out_dir, device, dataset) -> _RunState:
     """Load `last.pt` of `out_dir` into the model and optimizer; return the run state.
 
-    Raises CheckpointError when `last.pt` is missing, or when its model configuration, its
-    item vocabulary (ids and row order) or its data settings differ from `model` and `dataset`.
+    Raises CheckpointError as `_load_resumable` does.
     """
-    if out_dir is None:
-        raise ConfigError("resume needs the output folder of the run: pass --out DIR")
-    last_path = out_dir / LAST_CHECKPOINT
-    if not last_path.is_file():
-        raise CheckpointError(
-            f"nothing to resume in {out_dir} because it contains no {LAST_CHECKPOINT}: "
-            "start a new run without --resume"
-        )
-    checkpoint = _load_run_checkpoint(last_path)
-    saved_config = ModelConfig.from_dict(checkpoint.model_config).to_dict()
-    _check_model_config(last_path, saved_config, model.config.to_dict(), model.config_fields)
-    check_vocabulary(last_path, checkpoint, dataset.vocab.ids)
-    check_data_settings(last_path, checkpoint, dataset.summary)
+    checkpoint = _load_resumable(model, out_dir, dataset)
     model.load_state_dict(checkpoint.model_state)
     if checkpoint.optimizer_state is not None:
         optimizer.load_state_dict(checkpoint.optimizer_state)
@@ -384,6 +375,27 @@ def _restore(model, optimizer, config: TrainConfig, out_dir, device, dataset) ->
     return state
 
 
+def _load_resumable(model, out_dir, dataset) -> Checkpoint:
+    """Load `last.pt` of `out_dir` after checking that `model` and `dataset` may continue it.
+
+    Raises CheckpointError when `last.pt` is missing, or when its model configuration, its
+    item vocabulary (ids and row order) or its data settings differ from `model` and `dataset`.
+    """
+    if out_dir is None:
+        raise ConfigError("resume needs the output folder of the run: pass --out DIR")
+    last_path = out_dir / LAST_CHECKPOINT
+    if not last_path.is_file():
+        raise CheckpointError(
+            f"nothing to resume in {out_dir} because it contains no {LAST_CHECKPOINT}: "
+            "start a new run without --resume"
+        )
+    checkpoint = _load_run_checkpoint(last_path)
+    _check_model_config(last_path, ModelConfig.from_dict(checkpoint.model_config), model.config)
+    check_vocabulary(last_path, checkpoint, dataset.vocab.ids)
+    check_data_settings(last_path, checkpoint, dataset.summary)
+    return checkpoint
+
+
 def _load_run_checkpoint(path: Path, map_location: str = "cpu") -> Checkpoint:
     """Load a checkpoint of the run in --out, which is damaged when it does not read as one."""
     try:
@@ -395,26 +407,21 @@ def _load_run_checkpoint(path: Path, map_location: str = "cpu") -> Checkpoint:
         ) from error
 
 
-def _check_model_config(
-    path: Path, saved: dict[str, Any], current: dict[str, Any], used: frozenset[str]
-) -> None:
-    """Raise CheckpointError naming each setting in `used` or `name` that the configs differ in.
+def _check_model_config(path: Path, saved: ModelConfig, current: ModelConfig) -> None:
+    """Raise CheckpointError naming each setting that differs and that either model reads.
 
-    The other fields have no effect on the model, so a run may be resumed with other values.
+    Settings that neither model reads have no effect, so a run may resume with other values.
     """
-    compared = used | {"name"}
-    fields = [
-        key
-        for key in {**saved, **current}
-        if key in compared and saved.get(key) != current.get(key)
-    ]
+    compared = read_fields(saved) | read_fields(current) | {"name"}
+    trained, requested = saved.to_dict(), current.to_dict()
+    fields = [key for key in trained if key in compared and trained[key] != requested[key]]
     if not fields:
         return
-    trained = ", ".join(f"{key}={saved.get(key)}" for key in fields)
-    requested = ", ".join(f"{key}={current.get(key)}" for key in fields)
-    flags = " ".join(_model_flag(key, saved.get(key)) for key in fields)
+    was = ", ".join(f"{key}={trained[key]}" for key in fields)
+    now = ", ".join(f"{key}={requested[key]}" for key in fields)
+    flags = " ".join(_model_flag(key, trained[key]) for key in fields)
     raise CheckpointError(
-        f"{path} was trained with {trained}, not {requested}: resume with {flags}, or start over "
+        f"{path} was trained with {was}, not {now}: resume with {flags}, or start over "
         "with --force in place of --resume, or pass another --out"
     )
 

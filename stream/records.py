@@ -29,11 +29,14 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from stream.errors import StreamError
+
+if TYPE_CHECKING:
+    from hiertcn.data.readers import RawLog
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +176,7 @@ def read_records(
         raise EventFileError(
             f"--ts-unit ms applies only to jsonl, msgpack and csv events, but {path} has the "
             f"format {resolved}, whose reader converts its timestamps to seconds: drop --ts-unit"
+            + (" (--otto-time-unit sets the unit of an OTTO file)" if resolved == "otto" else "")
         )
     if otto_time_unit is not None and resolved != "otto":
         raise EventFileError(
@@ -351,20 +355,43 @@ def _read_csv_rows(path: Path, time_col: str | None) -> Iterator[Record]:
 
 
 def _read_dataset(path: Path, log_format: str, otto_time_unit: str | None) -> Iterator[Record]:
-    from hiertcn.data.readers import ReaderConfig, SecondsAsMillisecondsError, read_log
+    """Read a data set file whole, so that its errors come before any broker or store is opened."""
+    from hiertcn.data.readers import (
+        MillisecondsAsSecondsError,
+        ReaderConfig,
+        SecondsAsMillisecondsError,
+        read_log,
+    )
     from hiertcn.errors import HierTCNError
 
+    prefix = f"cannot read {path} as {log_format}"
     try:
         raw = read_log(path, ReaderConfig(format=log_format, time_unit=otto_time_unit))
     except SecondsAsMillisecondsError:
         # Only OTTO files are read in milliseconds by default.
         raise EventFileError(
-            f"cannot read {path} as {log_format}: every timestamp is before 1973 in "
-            "milliseconds, the unit of OTTO's published files, so the file is likely in "
-            "seconds: pass --otto-time-unit s"
+            f"{prefix}: every timestamp is before 1973 in milliseconds, the unit of OTTO's "
+            "published files. If the file is in seconds, pass --otto-time-unit s, and if its "
+            "times count milliseconds from a start other than 1970, add that start's Unix time "
+            "in milliseconds to every timestamp"
+        ) from None
+    except MillisecondsAsSecondsError as error:
+        fix = (
+            "drop --otto-time-unit s, because OTTO's published files are in milliseconds"
+            if log_format == "otto"
+            else f"convert its timestamps to seconds, the unit of the {log_format} format"
+        )
+        raise EventFileError(
+            f"{prefix}: line {error.line}: timestamp {error.timestamp} is after the year 9999 "
+            f"in seconds, so the file is likely in milliseconds: {fix}"
         ) from None
     except HierTCNError as error:
-        raise EventFileError(f"cannot read {path} as {log_format}: {error}") from None
+        raise EventFileError(f"{prefix}: {error}") from None
+    return _dataset_records(raw)
+
+
+def _dataset_records(raw: RawLog) -> Iterator[Record]:
+    """Yield the event maps of a log that `hiertcn.data.readers.read_log` returned."""
     offsets = raw.impression_offsets
     for index in range(len(raw)):
         fields: dict[str, Any] = {

@@ -106,7 +106,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = 
         "--gru-layers",
         type=int,
         default=4,
-        help="GRU layers G of hiertcn's session GRU and of the gru baseline (default: 4)",
+        help="GRU layers G of the session GRU of hiertcn and hiergru, of both GRUs of hrnn, and "
+        "of the gru baseline (default: 4)",
     )
     group.add_argument(
         "--tcn-channels",
@@ -123,26 +124,31 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = 
         "(default: 1,2,4,8 for hiertcn and 1,2,4,8,16,32 for tcn)",
     )
     group.add_argument(
-        "--dropout", type=float, default=0.0, help="dropout rate on TCN activations (default: 0)"
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="dropout rate on the activations of the within-session network: the TCN of "
+        "hiertcn and tcn, the session GRU outputs of hiergru and hrnn (default: 0)",
     )
     group.add_argument(
         "--gru-candidate-dropout",
         type=float,
         default=0.0,
-        help="dropout rate on the candidate activation of the session GRU, which keeps the "
-        "carried state intact (default: 0)",
+        help="dropout rate on the candidate activation of the session GRU of hiertcn and "
+        "hiergru (hrnn: the user GRU), which keeps the carried state intact (default: 0)",
     )
     group.add_argument(
         "--batch-norm",
         action="store_true",
-        help="masked batch normalization in the TCN, with statistics per time step",
+        help="masked batch normalization in the TCN of hiertcn and tcn, with statistics per "
+        "time step",
     )
     group.add_argument(
         "--batch-norm-steps",
         type=int,
         default=256,
-        help="time steps with their own batch-norm statistics; later steps share the last "
-        "(default: 256)",
+        help="time steps with their own batch-norm statistics, with --batch-norm; later steps "
+        "share the last (default: 256)",
     )
     group.add_argument(
         "--item-vectors",
@@ -153,7 +159,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = 
         "--recent-items",
         type=int,
         default=5,
-        help="k, the last items that moving_average averages (default: 5)",
+        help="k, the last items that moving_average averages and maxitem compares (default: 5)",
     )
     group.add_argument(
         "--bptt-sessions",

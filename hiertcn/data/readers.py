@@ -56,6 +56,18 @@ class SecondsAsMillisecondsError(DataError):
     """Every timestamp of a log read in milliseconds is before 1973, so the log is in seconds."""
 
 
+class MillisecondsAsSecondsError(DataError):
+    """A timestamp of a log read in seconds is after the year 9999, so the log is in milliseconds.
+
+    `line` and `timestamp` name the first such value, for callers that give their own advice.
+    """
+
+    def __init__(self, message: str, line: int, timestamp: int) -> None:
+        super().__init__(message)
+        self.line = line
+        self.timestamp = timestamp
+
+
 # Header names that the generic readers accept when no column is given, in order of preference.
 _DEFAULT_COLUMNS = {
     "user": ("user", "user_id", "userId", "userid", "session", "session_id"),
@@ -200,16 +212,18 @@ class _RawLogBuilder:
                 self.latest_ms = (number, line)
             return number // 1000
         if abs(number) > _MAX_SECONDS:
-            raise DataError(
+            raise MillisecondsAsSecondsError(
                 f"{self.path}:{line}: timestamp {number} is after the year 9999 in seconds: "
-                f"if the log is in milliseconds, {_milliseconds_fix(self.log_format, self.path)}"
+                f"if the log is in milliseconds, {_milliseconds_fix(self.log_format, self.path)}",
+                line,
+                number,
             )
         return number
 
     def check_seconds_read_as_ms(self) -> None:
         """Raise DataError when reading in milliseconds puts every timestamp before 1973.
 
-        NOTE: a log whose times count milliseconds from another start than 1970 is rejected too,
+        NOTE: a log whose times count milliseconds from a start other than 1970 is rejected too,
         and no flag accepts it: the message says how to convert it.
         """
         if not self.check_seconds_as_ms or self.latest_ms is None:
@@ -219,7 +233,7 @@ class _RawLogBuilder:
             raise SecondsAsMillisecondsError(
                 f"{self.path}:{line}: the latest timestamp, {latest}, is before 1973 in "
                 "milliseconds, and so is every other: if the log is in seconds, pass "
-                "--time-unit s, and if its times count milliseconds from another start than "
+                "--time-unit s, and if its times count milliseconds from a start other than "
                 "1970, add that start's Unix time in milliseconds to every timestamp"
             )
 

@@ -10,6 +10,7 @@ from hiertcn.models.registry import (
     ignored_fields,
     list_models,
     model_class,
+    read_fields,
     register_model,
 )
 
@@ -30,5 +31,6 @@ __all__ = [
     "ignored_fields",
     "list_models",
     "model_class",
+    "read_fields",
     "register_model",
 ]

@@ -46,12 +46,23 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def read_fields(config: ModelConfig) -> frozenset[str]:
+    """Return the fields besides `name` that the model of `config` reads with these settings.
+
+    These are the model's `config_fields`, less `batch_norm_steps` while batch norm is off.
+    """
+    fields = model_class(config.name).config_fields
+    if not config.batch_norm:
+        fields = fields - {"batch_norm_steps"}
+    return fields
+
+
 def ignored_fields(config: ModelConfig) -> list[str]:
     """Return the fields that `config` sets away from their defaults and its model does not read.
 
     They have no effect on the model, so a command can tell the user that their flags are ignored.
     """
-    used = model_class(config.name).config_fields | {"name"}
+    used = read_fields(config) | {"name"}
     defaults = ModelConfig()
     return [
         field.name

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from stream.cli import verbosity
 from stream.errors import ConfigError
 from stream.produce import EventProducer, ProduceConfig
 from stream.records import EventFileError, add_event_file_arguments, read_records
@@ -98,8 +99,9 @@ def run_produce(args: argparse.Namespace) -> int:
     )
     report = EventProducer(config).run(records)
     rate = report.produced / report.seconds if report.seconds > 0 else 0.0
+    quiet = verbosity(args) == 0
     skipped = f"skipped {report.skipped} unreadable records"
-    if report.skipped:
+    if report.skipped and quiet:
         skipped += " (run with -v to list them)"
     print(
         f"produced {report.produced}, delivered {report.delivered}, failed {report.failed}, "
@@ -108,8 +110,9 @@ def run_produce(args: argparse.Namespace) -> int:
     for name, count in sorted(report.errors.items()):
         print(f"  {name}: {count}")
     if report.produced == 0 and config.limit != 0:
+        hint = ", and run with -v to list the unreadable records" if quiet else ""
         raise EventFileError(
-            f"no readable record in {args.events} ({report.skipped} unreadable): check --format, "
-            "and run with -v to list the unreadable records"
+            f"no readable record in {args.events} ({report.skipped} unreadable): "
+            f"check --format{hint}"
         )
     return 0 if report.failed == 0 else 1

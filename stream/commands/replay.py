@@ -18,10 +18,11 @@ import math
 import os
 from pathlib import Path
 
+from stream.cli import verbosity
 from stream.errors import ConfigError
 from stream.events import EventConfig
 from stream.pipeline import Pipeline, PipelineConfig
-from stream.records import EventFileError, add_event_file_arguments, read_records
+from stream.records import EventFileError, add_event_file_arguments, detect_format, read_records
 from stream.replay import MemoryStates, Replay, ReplayConfig, ReplayReport, open_store_states
 
 logger = logging.getLogger(__name__)
@@ -168,14 +169,26 @@ def run_replay(args: argparse.Namespace) -> int:
         return 0
     if report.out_of_order and args.order == "file":
         warn_out_of_order(args.events, report)
-    print(format_report(report, config.recall_k, bundle.version))
+    print(format_report(report, config.recall_k, bundle.version, list_hint=verbosity(args) == 0))
     if report.accepted == 0:
-        found = f"{report.records} records, all rejected" if report.records else "no records"
-        raise EventFileError(
-            f"no valid event in {args.events} ({found}): check --format and --ts-unit, and run "
-            "with -v to list the rejected records"
-        )
+        raise EventFileError(no_valid_event_message(args, report))
     return 0
+
+
+def no_valid_event_message(args: argparse.Namespace, report: ReplayReport) -> str:
+    """Return the error of a replay that accepted no event, with the flags worth checking."""
+    found = f"{report.records} records, all rejected (reasons above)"
+    if not report.records:
+        found = "no records"
+    log_format = detect_format(args.events) if args.format == "auto" else args.format
+    unit_flag = {"otto": "--otto-time-unit"}.get(log_format, "--ts-unit")
+    if log_format in ("movielens", "taobao", "trivago"):
+        checks = "check --format and that the bundle was trained on this log"
+    else:
+        checks = f"check --format, {unit_flag} and that the bundle was trained on this log"
+    if verbosity(args) == 0:
+        checks += ", and run with -v to list the rejected records"
+    return f"no valid event in {args.events} ({found}): {checks}"
 
 
 def warn_out_of_order(events_path: Path, report: ReplayReport) -> None:
@@ -229,15 +242,15 @@ def open_bundle(path: Path, device: str):
         raise ConfigError(f"cannot load the model bundle {path}: {error}") from error
 
 
-def format_report(report: ReplayReport, k: int, model: str) -> str:
-    """Return the replay report as aligned text lines."""
+def format_report(report: ReplayReport, k: int, model: str, list_hint: bool = True) -> str:
+    """Return the replay report as aligned text lines; `list_hint` adds how to list rejections."""
     rate = report.accepted / report.seconds if report.seconds > 0 else math.nan
     lines = [
         f"model            {model}",
         f"records          {report.records}",
         f"events           {report.accepted}",
         f"rejected         {sum(report.rejected.values())}"
-        + (" (run with -v to list them)" if report.rejected else ""),
+        + (" (run with -v to list them)" if report.rejected and list_hint else ""),
     ]
     lines += [f"  {reason:<14} {count}" for reason, count in sorted(report.rejected.items())]
     lines += [

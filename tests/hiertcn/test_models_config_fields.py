@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from hiertcn.models import ModelConfig, build_model, ignored_fields, list_models, model_class
+from hiertcn.models import (
+    ModelConfig,
+    build_model,
+    ignored_fields,
+    list_models,
+    model_class,
+    read_fields,
+)
 
 NUM_ITEMS = 30
 ROWS = 9  # enough rows per time step for masked batch norm to use batch statistics
@@ -126,6 +133,13 @@ def test_declared_fields_change_the_model(name: str, tmp_path) -> None:
         if same_run(run(base), run(other_config(base, field, tmp_path))):
             unchanged.append(field)
     assert unchanged == [], f"{name} declares {unchanged} but does not read them"
+
+
+def test_batch_norm_steps_read_only_with_batch_norm() -> None:
+    config = dataclasses.replace(TINY, name="hiertcn", batch_norm_steps=16)
+    assert "batch_norm_steps" not in read_fields(config)
+    assert ignored_fields(config) == ["batch_norm_steps"]
+    assert "batch_norm_steps" in read_fields(dataclasses.replace(config, batch_norm=True))
 
 
 def test_ignored_fields_changed_and_unread() -> None:

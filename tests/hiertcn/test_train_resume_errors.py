@@ -66,13 +66,42 @@ def test_resume_run_saved_before_bptt_sessions(tmp_path):
     resume(tmp_path, one_step)
 
 
-def test_resume_compares_only_fields_the_model_reads(tmp_path):
+def test_resume_compares_only_read_fields(tmp_path):
     gru = dataclasses.replace(TINY_HIERTCN, name="gru", bptt_sessions=4)
     train_model(model_of(gru), tiny_dataset(), tiny_config(), out_dir=tmp_path)
 
     resume(tmp_path, dataclasses.replace(gru, bptt_sessions=8, kernel_size=3))
     with pytest.raises(CheckpointError, match="resume with --hidden-size 8"):
         resume(tmp_path, dataclasses.replace(gru, hidden_size=16))
+
+
+def test_resume_other_model_lists_both_fields(run_dir):
+    gru = dataclasses.replace(TINY_HIERTCN, name="gru", hidden_size=16, tcn_channels=4)
+    with pytest.raises(CheckpointError) as error:
+        resume(run_dir, gru)
+    message = str(error.value)
+    assert "resume with --model hiertcn --hidden-size 8 --tcn-channels 8" in message
+
+
+def test_resume_untrained_model_checks_run(run_dir):
+    before = (run_dir / "last.pt").read_bytes()
+    with pytest.raises(CheckpointError, match="resume with --model hiertcn"):
+        resume(run_dir, dataclasses.replace(TINY_HIERTCN, name="most_popular"))
+    assert (run_dir / "last.pt").read_bytes() == before
+
+
+def test_resume_untrained_model_refits(tmp_path):
+    popular = dataclasses.replace(TINY_HIERTCN, name="most_popular")
+    train_model(model_of(popular), tiny_dataset(), tiny_config(), out_dir=tmp_path)
+    resume(tmp_path, popular)
+    assert load_checkpoint(tmp_path / "last.pt").model_config["name"] == "most_popular"
+
+
+def test_resume_ignores_steps_without_batch_norm(run_dir):
+    resume(run_dir, dataclasses.replace(TINY_HIERTCN, batch_norm_steps=16))
+    with pytest.raises(CheckpointError) as error:
+        resume(run_dir, dataclasses.replace(TINY_HIERTCN, batch_norm=True, batch_norm_steps=32))
+    assert "resume with (no --batch-norm) --batch-norm-steps 16," in str(error.value)
 
 
 @pytest.mark.parametrize("name", ["last.pt", "best.pt"])

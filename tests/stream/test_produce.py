@@ -184,7 +184,7 @@ def test_unreachable_broker_exit_code_matches_run() -> None:
     assert ProduceError.exit_code == 1
 
 
-def _run_produce_command(monkeypatch: pytest.MonkeyPatch, events: Path) -> int:
+def _run_produce_command(monkeypatch: pytest.MonkeyPatch, events: Path, *extra: str) -> int:
     from stream import cli
     from stream.commands import produce as produce_command
 
@@ -193,7 +193,7 @@ def _run_produce_command(monkeypatch: pytest.MonkeyPatch, events: Path) -> int:
 
     monkeypatch.setattr(produce_command, "EventProducer", fake_producer)
     argv = ["produce", "--events", str(events), "--brokers", "127.0.0.1:1", "--topic", "t"]
-    return cli.main(argv)
+    return cli.main([*argv, *extra])
 
 
 def test_produce_command_without_readable_record_exits_2(
@@ -220,3 +220,38 @@ def test_produce_command_reads_training_csv(
 
     assert code == 0
     assert "produced 2, delivered 2" in capsys.readouterr().out
+
+
+def write_otto_in_seconds(path: Path) -> None:
+    event = '{"aid": 5, "ts": 1659304800, "type": "clicks"}'
+    path.write_text(f'{{"session": 0, "events": [{event}, {event}]}}\n')
+
+
+def test_produce_rejects_otto_unit_before_connect(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stream import cli
+
+    events = tmp_path / "train.jsonl"
+    write_otto_in_seconds(events)
+    brokers = f"127.0.0.1:{closed_port()}"
+    argv = ["produce", "--events", str(events), "--brokers", brokers, "--topic", "t"]
+
+    code = cli.main([*argv, "--connect-timeout", "30"])
+
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "pass --otto-time-unit s" in error
+    assert "did not respond" not in error
+
+
+def test_produce_reads_otto_in_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = tmp_path / "train.jsonl"
+    write_otto_in_seconds(events)
+
+    code = _run_produce_command(monkeypatch, events, "--otto-time-unit", "s")
+
+    assert code == 0
+    assert "produced 2" in capsys.readouterr().out

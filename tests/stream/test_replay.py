@@ -411,10 +411,30 @@ def test_replay_command_reads_otto_in_seconds(
     write_otto_in_seconds(events_path)
     argv = ["replay", "--events", str(events_path), "--bundle", str(onnx_bundle_dir)]
 
-    assert main(argv) == 2
+    state_dir = tmp_path / "states"
+
+    assert main([*argv, "--state-dir", str(state_dir)]) == 2
     assert "pass --otto-time-unit s" in capsys.readouterr().err
+    assert not state_dir.exists()
     assert main([*argv, "--otto-time-unit", "s"]) == 0
     assert "events           8" in capsys.readouterr().out
+
+
+def test_replay_command_all_otto_events_rejected(
+    onnx_bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events_path = tmp_path / "train.jsonl"
+    event = '{"aid": 99999, "ts": 1659304800025, "type": "clicks"}'
+    events_path.write_text(f'{{"session": 0, "events": [{event}]}}\n')
+    argv = ["replay", "--events", str(events_path), "--bundle", str(onnx_bundle_dir)]
+
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "(1 records, all rejected (reasons above))" in error
+    assert "check --format, --otto-time-unit and that the bundle was trained on this log" in error
+    assert "run with -v" in error
+    assert main(["-v", *argv]) == 2
+    assert "run with -v" not in capsys.readouterr().err
 
 
 def test_replay_command_without_valid_event_exits_2(
@@ -619,8 +639,20 @@ def test_otto_file_in_seconds_rejected(tmp_path: Path) -> None:
     event = '{"aid": 5, "ts": 1659304800, "type": "clicks"}'
     path.write_text(f'{{"session": 0, "events": [{event}]}}\n')
 
-    with pytest.raises(EventFileError, match="likely in seconds: pass --otto-time-unit s"):
-        list(read_records(path, "otto"))
+    with pytest.raises(EventFileError, match="If the file is in seconds, pass --otto-time-unit s"):
+        read_records(path, "otto")
+
+
+def test_otto_file_in_milliseconds_read_as_seconds_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    event = '{"aid": 5, "ts": 1659304800025, "type": "clicks"}'
+    path.write_text(f'{{"session": 0, "events": [{event}]}}\n')
+
+    with pytest.raises(EventFileError) as error:
+        read_records(path, otto_time_unit="s")
+    message = str(error.value)
+    assert "line 1: timestamp 1659304800025 is after the year 9999 in seconds" in message
+    assert "drop --otto-time-unit s" in message
 
 
 def test_otto_file_in_seconds_read(tmp_path: Path) -> None:
@@ -678,5 +710,7 @@ def test_verbose_flag_after_replay_accepted(
 
     code = main(["replay", "--events", str(events_path), "--bundle", str(onnx_bundle_dir), "-v"])
 
+    printed = capsys.readouterr().out
     assert code == 0
-    assert "run with -v to list them" in capsys.readouterr().out
+    assert "rejected         1\n" in printed
+    assert "run with -v" not in printed
