@@ -1,14 +1,16 @@
 """The queue-based mini-batch generator of HierTCN (You et al., WWW 2019).
 
 There are B queues, one per batch row. At the start of an epoch the users are shuffled with the
-seed and the epoch number. They are then dealt one by one to the queue with the fewest events
+seed and the epoch number. They are then dealt one by one to the queue with the fewest sessions
 queued so far, and all sessions of a user go to that queue in time order. Batch t takes the t-th
 session of every queue, so each row is one whole session. The rows are padded on the right only
 to the longest session of that batch. A queue that has run out gives a row of length 0, and the
 model keeps that row's carry. A row whose session starts a user other than the previous one of
-its queue is flagged `new_user`, so the model resets its carry there. Because the queues hold
-nearly the same number of events, they run out at about the same time and little padding is
-wasted.
+its queue is flagged `new_user`, so the model resets its carry there.
+
+A queue gives one session per batch, so its load is its number of sessions: with equal loads the
+queues run out at about the same batch, and the epoch ends with few part-empty batches. Those
+that remain hold few rows, which `events_per_full_batch` lets the training loop weight by size.
 """
 
 from __future__ import annotations
@@ -76,11 +78,11 @@ class Batch:
 
 
 def assign_users_to_queues(
-    user_events: np.ndarray, order: np.ndarray, num_queues: int
+    user_sessions: np.ndarray, order: np.ndarray, num_queues: int
 ) -> list[list[int]]:
-    """Deal users in `order` to the queue with the fewest events so far (ties: lowest index).
+    """Deal users in `order` to the queue with the fewest sessions so far (ties: lowest index).
 
-    `user_events` is the number of events of each user [U]. Returns the users of each queue,
+    `user_sessions` is the number of sessions of each user [U]. Returns the users of each queue,
     in the order they will be served.
     """
     heap = [(0, queue) for queue in range(num_queues)]
@@ -88,7 +90,7 @@ def assign_users_to_queues(
     for user in order:
         load, queue = heapq.heappop(heap)
         queues[queue].append(int(user))
-        heapq.heappush(heap, (load + int(user_events[user]), queue))
+        heapq.heappush(heap, (load + int(user_sessions[user]), queue))
     return queues
 
 
@@ -115,7 +117,7 @@ class BatchGenerator:
         T is the number of batches of the epoch: the largest number of sessions in one queue.
         """
         queues = assign_users_to_queues(
-            self._user_events, self.user_order(epoch), self.config.batch_size
+            self._user_sessions, self.user_order(epoch), self.config.batch_size
         )
         starts = np.asarray(self.log.user_session_offsets)
         sessions_per_queue = [int(self._user_sessions[users].sum()) for users in queues]
@@ -131,6 +133,14 @@ class BatchGenerator:
             sessions[:count, queue] = np.concatenate(queue_sessions)
             users[:count, queue] = np.concatenate(queue_owner)
         return sessions, users
+
+    @property
+    def events_per_full_batch(self) -> float:
+        """Return the mean events of a batch whose B rows all hold a session (at least 1)."""
+        sessions = int(self._user_sessions.sum())
+        if sessions == 0:
+            return 1.0
+        return max(1.0, self.config.batch_size * float(self._user_events.sum()) / sessions)
 
     def num_batches(self, epoch: int = 0) -> int:
         """Return the number of batches of `epoch`."""

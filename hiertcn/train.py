@@ -6,7 +6,10 @@ and for experiment runners. Each epoch:
 1. seed python, numpy and torch from (seed, epoch), so a resumed run repeats the same epochs;
 2. deal the users to B queues (`hiertcn.batching`) and run the batches in order. The model
    state is carried across batches and reset where a queue moves to a new user. It is detached
-   after every batch (truncated backpropagation through time at batch edges);
+   after every batch (truncated backpropagation through time at batch edges). Each step's loss
+   is the batch's mean loss scaled by its events over those of a full batch, so every event
+   weighs the same: the few-row batches at the end of an epoch would otherwise take full steps
+   toward a few users;
 3. evaluate on the validation split, write `last.pt`, and `best.pt` when validation MRR improved;
 4. stop after `patience` epochs without improvement.
 
@@ -257,7 +260,8 @@ def _train_epoch(
     for index, batch in enumerate(generator.epoch(epoch)):
         if index >= total_batches:
             break
-        loss, carry = _train_batch(model, batch, carry, optimizer, loss_fn, config, device)
+        weight = batch.num_events / generator.events_per_full_batch
+        loss, carry = _train_batch(model, batch, carry, optimizer, loss_fn, config, device, weight)
         input_bytes.append(int(getattr(model, "last_input_bytes", 0) or batch.input_bytes))
         loss_sum += loss * batch.num_events
         events += batch.num_events
@@ -267,8 +271,13 @@ def _train_epoch(
     return loss_sum / max(events, 1), seconds, events, input_bytes
 
 
-def _train_batch(model, batch: Batch, carry, optimizer, loss_fn, config, device):
-    """One optimizer step on one batch; returns (loss, carry detached from the graph)."""
+def _train_batch(
+    model, batch: Batch, carry, optimizer, loss_fn, config, device, weight: float = 1.0
+):
+    """Take one optimizer step on `weight` times the batch's mean loss.
+
+    Returns the mean loss (unweighted) and the carry detached from the graph.
+    """
     carry = model.reset_carry(carry, torch.as_tensor(batch.new_user, device=device))
     items = torch.as_tensor(batch.items, device=device)
     lengths = torch.as_tensor(batch.lengths, device=device)
@@ -284,7 +293,7 @@ def _train_batch(model, batch: Batch, carry, optimizer, loss_fn, config, device)
     loss = _batch_loss(loss_fn, model, queries[valid], items[valid], impressions)
 
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * weight).backward()
     if config.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     optimizer.step()

@@ -88,9 +88,25 @@ def test_empty_queue_gives_empty_row():
 
 
 def test_new_user_goes_to_least_loaded_queue():
-    queues = assign_users_to_queues(np.array([5, 1, 1, 3, 2]), np.arange(5), num_queues=2)
+    sessions = np.array([5, 1, 1, 3, 2])
+    queues = assign_users_to_queues(sessions, np.arange(5), num_queues=2)
     # Loads: u0 -> q0 (5), u1 -> q1 (1), u2 -> q1 (2), u3 -> q1 (5), u4 -> q0 (tie, lowest).
     assert queues == [[0, 4], [1, 2, 3]]
+
+
+def test_queues_balanced_by_sessions_not_events():
+    # One user of many short sessions and two of one long session each, on two queues: by
+    # events the first two users would share a queue, by sessions the long ones do.
+    log = make_log([[[1]] * 4, [[1, 2, 3, 4, 5]], [[2, 3, 4, 5, 6]]])
+    generator = BatchGenerator(log, BatchConfig(batch_size=2, shuffle=False))
+    assert generator.num_batches() == 4
+    assert [int((batch.lengths > 0).sum()) for batch in collect_epoch(generator)] == [2, 2, 1, 1]
+
+
+def test_events_per_full_batch():
+    log = make_log([[[1, 2], [3]], [[1, 2, 3]]])  # 6 events in 3 sessions
+    generator = BatchGenerator(log, BatchConfig(batch_size=4))
+    assert generator.events_per_full_batch == pytest.approx(8.0)
 
 
 def test_shuffle_depends_on_seed_and_epoch():

@@ -373,3 +373,23 @@ def test_progress_bar_silent_when_disabled():
     bar.update(3, events=120)
     bar.close()
     assert stream.getvalue() == ""
+
+
+def test_step_weight_scales_by_events(monkeypatch):
+    import hiertcn.train as train_module
+
+    calls = []
+    original = train_module._train_batch
+
+    def recording(model, batch, carry, optimizer, loss_fn, config, device, weight=1.0):
+        calls.append((batch.num_events, weight))
+        return original(model, batch, carry, optimizer, loss_fn, config, device, weight)
+
+    monkeypatch.setattr(train_module, "_train_batch", recording)
+    dataset = tiny_dataset()
+    train_model(fresh_model(), dataset, tiny_config())
+
+    full = BatchGenerator(dataset.train, BatchConfig(batch_size=4)).events_per_full_batch
+    assert calls
+    assert all(weight == pytest.approx(events / full) for events, weight in calls)
+    assert min(weight for _, weight in calls) < max(weight for _, weight in calls)
