@@ -45,7 +45,7 @@ from hiertcn.checkpoint import (
 from hiertcn.errors import CheckpointError, ConfigError, UnreadableCheckpointError
 from hiertcn.evaluate import EvaluationConfig, evaluate_model
 from hiertcn.losses import LossConfig, build_loss
-from hiertcn.models.config import ModelConfig, field_flag
+from hiertcn.models.config import ModelConfig, flag_for
 from hiertcn.models.registry import read_fields
 from hiertcn.progress import ProgressBar
 
@@ -428,23 +428,11 @@ def _check_model_config(path: Path, saved: ModelConfig, current: ModelConfig) ->
         return
     was = ", ".join(f"{key}={trained[key]}" for key in fields)
     now = ", ".join(f"{key}={requested[key]}" for key in fields)
-    flags = " ".join(_model_flag(key, trained[key]) for key in fields)
+    flags = " ".join(flag_for(key, trained[key]) for key in fields)
     raise CheckpointError(
         f"{path} was trained with {was}, not {now}: resume with {flags}, or start over "
         "with --force in place of --resume, or pass another --out"
     )
-
-
-def _model_flag(key: str, value: Any) -> str:
-    """Return the command-line flag that sets model configuration field `key` to `value`."""
-    flag = field_flag(key)
-    if value is None or value is False:
-        return f"(no {flag})"
-    if value is True:
-        return flag
-    if isinstance(value, (list, tuple)):
-        return f"{flag} {','.join(str(part) for part in value)}"
-    return f"{flag} {value}"
 
 
 def _fit_untrained(model, dataset, config: TrainConfig, device, out_dir) -> TrainResult:

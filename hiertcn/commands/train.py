@@ -309,25 +309,14 @@ def train_config_from_args(args: argparse.Namespace):
 def warn_ignored_flags(model_config) -> None:
     """Log a warning for each model flag that the chosen model does not read."""
     from hiertcn.models import ignored_fields
-    from hiertcn.models.config import field_flag
+    from hiertcn.models.config import flag_for
 
     for field in ignored_fields(model_config):
-        value = _model_flag_value(getattr(model_config, field))
         logger.warning(
-            "%s%s has no effect on --model %s, which does not read it",
-            field_flag(field),
-            value,
+            "%s has no effect on --model %s, which does not read it",
+            flag_for(field, getattr(model_config, field)),
             model_config.name,
         )
-
-
-def _model_flag_value(value) -> str:
-    """Return the text after a model flag for `value` (nothing for a switch)."""
-    if value is True:
-        return ""
-    if isinstance(value, tuple):
-        return " " + ",".join(str(part) for part in value)
-    return f" {value}"
 
 
 def print_dataset(dataset) -> None:

@@ -28,6 +28,18 @@ def field_flag(field: str) -> str:
     return _FIELD_FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
+def flag_for(field: str, value: Any) -> str:
+    """Return the `hiertcn train` flag, with its value, that sets `field` to `value`."""
+    flag = field_flag(field)
+    if value is None or value is False:
+        return f"(no {flag})"
+    if value is True:
+        return flag
+    if isinstance(value, (list, tuple)):
+        return f"{flag} {','.join(str(part) for part in value)}"
+    return f"{flag} {value}"
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Hyperparameters of every registered model; each model reads the fields it needs.

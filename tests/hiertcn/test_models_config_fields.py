@@ -67,7 +67,7 @@ def run(config: ModelConfig) -> dict[str, object]:
     """Run `sessions()` in train mode as the loop does, and return shapes, queries and gradients."""
     torch.manual_seed(0)
     model = build_model(config, NUM_ITEMS)
-    if model_class(config.name).__name__ == "MostPopular":
+    if hasattr(model, "fit_counts"):
         model.fit_counts(np.arange(NUM_ITEMS))
     model.train()
     carry = model.initial_carry(ROWS, "cpu")
