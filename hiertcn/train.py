@@ -46,7 +46,7 @@ from hiertcn.errors import CheckpointError, ConfigError, UnreadableCheckpointErr
 from hiertcn.evaluate import EvaluationConfig, evaluate_model
 from hiertcn.losses import LossConfig, build_loss
 from hiertcn.models.config import ModelConfig, flag_for
-from hiertcn.models.registry import read_fields
+from hiertcn.models.registry import effective_settings, read_fields
 from hiertcn.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
@@ -405,6 +405,17 @@ def _load_resumable(model, out_dir, dataset) -> Checkpoint:
     return checkpoint
 
 
+def check_resume_config(out_dir: Path, config: ModelConfig) -> None:
+    """Raise CheckpointError when the run in `out_dir` was trained with other model settings.
+
+    Commands call this before they read the log, so that a wrong flag fails at once;
+    `train_model` checks the settings again, with the vocabulary and the data settings.
+    """
+    last_path = out_dir / LAST_CHECKPOINT
+    checkpoint = _load_run_checkpoint(last_path)
+    _check_model_config(last_path, ModelConfig.from_dict(checkpoint.model_config), config)
+
+
 def _load_run_checkpoint(path: Path, map_location: str = "cpu") -> Checkpoint:
     """Load a checkpoint of the run in --out, which is damaged when it does not read as one."""
     try:
@@ -420,9 +431,10 @@ def _check_model_config(path: Path, saved: ModelConfig, current: ModelConfig) ->
     """Raise CheckpointError naming each setting that differs and that either model reads.
 
     Settings that neither model reads have no effect, so a run may resume with other values.
+    Unset dilations count as the model's default.
     """
     compared = read_fields(saved) | read_fields(current) | {"name"}
-    trained, requested = saved.to_dict(), current.to_dict()
+    trained, requested = effective_settings(saved), effective_settings(current)
     fields = [key for key in trained if key in compared and trained[key] != requested[key]]
     if not fields:
         return

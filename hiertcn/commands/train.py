@@ -387,13 +387,15 @@ def run(args: argparse.Namespace) -> int:
     from hiertcn.data.options import load_dataset
     from hiertcn.evaluate import EvaluationConfig, evaluate_model, format_table
     from hiertcn.models import build_model
-    from hiertcn.train import resolve_device, seed_everything, train_model
+    from hiertcn.train import check_resume_config, resolve_device, seed_everything, train_model
 
     model_config = model_config_from_args(args)
     train_config = train_config_from_args(args)
     warn_ignored_flags(model_config)
     device = resolve_device(train_config.device)
     check_out_dir(args.out, resume=args.resume, force=args.force)
+    if args.resume:
+        check_resume_config(args.out, model_config)
     dataset = load_dataset(args)
     print_dataset(dataset)
 

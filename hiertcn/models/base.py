@@ -33,6 +33,8 @@ class RecommenderModel(nn.Module):
     # The `ModelConfig` fields besides `name` that the model reads. The others have no effect on
     # it, so `hiertcn train` warns when they are set and resuming a run does not compare them.
     config_fields: ClassVar[frozenset[str]] = frozenset()
+    # The dilations the model uses when the configuration sets none; None when it reads none.
+    default_dilations: ClassVar[tuple[int, ...] | None] = None
 
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__()

@@ -67,6 +67,7 @@ class HierGRU(HierTCN):
         "batch_norm",
         "batch_norm_steps",
     }
+    default_dilations = None
 
     def build_low_level(self, input_size: int) -> tuple[nn.Module, int]:
         """Build the within-session GRU and return it with its output size."""

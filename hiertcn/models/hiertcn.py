@@ -74,6 +74,7 @@ class HierTCN(RecommenderModel):
             "bptt_sessions",
         }
     )
+    default_dilations = HIERTCN_DILATIONS
 
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__(config, num_items)
@@ -96,7 +97,7 @@ class HierTCN(RecommenderModel):
             input_size,
             config.tcn_channels,
             config.kernel_size,
-            config.dilations_or(HIERTCN_DILATIONS),
+            config.dilations_or(self.default_dilations),
             config.dropout,
             batch_norm_factory(config),
         )

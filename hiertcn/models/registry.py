@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from hiertcn.errors import ConfigError
 from hiertcn.models.base import RecommenderModel
@@ -55,6 +55,19 @@ def read_fields(config: ModelConfig) -> frozenset[str]:
     if not config.batch_norm:
         fields = fields - {"batch_norm_steps"}
     return fields
+
+
+def effective_settings(config: ModelConfig) -> dict[str, Any]:
+    """Return `config.to_dict()` with the values the model builds with.
+
+    Unset dilations become the model's default, so that `--dilations 1,2,4,8` and no
+    `--dilations` compare as equal for HierTCN, whose default they are.
+    """
+    settings = config.to_dict()
+    default = model_class(config.name).default_dilations
+    if config.dilations is None and default is not None:
+        settings["dilations"] = list(default)
+    return settings
 
 
 def ignored_fields(config: ModelConfig) -> list[str]:

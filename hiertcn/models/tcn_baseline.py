@@ -51,6 +51,7 @@ class TCNBaseline(RecommenderModel):
             "item_vectors_path",
         }
     )
+    default_dilations = TCN_BASELINE_DILATIONS
 
     def __init__(self, config: ModelConfig, num_items: int) -> None:
         super().__init__(config, num_items)
@@ -60,7 +61,7 @@ class TCNBaseline(RecommenderModel):
             dim + 1,
             config.tcn_channels,
             config.kernel_size,
-            config.dilations_or(TCN_BASELINE_DILATIONS),
+            config.dilations_or(self.default_dilations),
             config.dropout,
             batch_norm_factory(config),
         )

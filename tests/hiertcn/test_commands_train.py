@@ -77,6 +77,21 @@ def test_resume_without_last_rejected_before_data(tmp_path, capsys):
     assert f"nothing to resume in {tmp_path / 'run'}" in capsys.readouterr().err
 
 
+def test_resume_with_other_model_rejected_before_data(tmp_path, capsys):
+    log = tmp_path / "log.csv"
+    write_log(log)
+    out = tmp_path / "run"
+    assert main(train_argv(log, out)) == 0
+    capsys.readouterr()
+
+    argv = train_argv(tmp_path / "absent.csv", out, "--resume")
+    argv[argv.index("most_popular")] = "gru"
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "was trained with name=most_popular, not name=gru" in error
+    assert "absent.csv" not in error
+
+
 def test_unknown_model_rejected_before_data(tmp_path, capsys):
     argv = train_argv(tmp_path / "absent.csv", tmp_path / "run")
     argv[argv.index("most_popular")] = "nosuchmodel"

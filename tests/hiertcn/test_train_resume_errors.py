@@ -53,6 +53,15 @@ def test_resume_other_sizes_names_each_flag(run_dir):
     assert "resume with --hidden-size 8 --dilations 1,2 (no --batch-norm)" in message
 
 
+def test_resume_counts_unset_dilations_as_the_default(tmp_path):
+    unset = dataclasses.replace(TINY_HIERTCN, dilations=None)
+    train_model(model_of(unset), tiny_dataset(), tiny_config(), out_dir=tmp_path)
+
+    resume(tmp_path, dataclasses.replace(unset, dilations=(1, 2, 4, 8)))
+    with pytest.raises(CheckpointError, match=r"dilations=\[1, 2, 4, 8\], not dilations=\[1, 2\]"):
+        resume(tmp_path, dataclasses.replace(unset, dilations=(1, 2)))
+
+
 def test_resume_run_saved_before_bptt_sessions(tmp_path):
     one_step = dataclasses.replace(TINY_HIERTCN, bptt_sessions=1)
     train_model(model_of(one_step), tiny_dataset(), tiny_config(), out_dir=tmp_path)
