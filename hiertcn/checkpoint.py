@@ -203,25 +203,51 @@ def check_vocabulary(path: str | os.PathLike[str], checkpoint: Checkpoint, item_
 # Data summary entries that must match for a run to resume: the log and the flags that choose
 # its events, sessions and split.
 RESUME_DATA_SETTINGS = ("source", "format", "session_gap", "filters", "split")
+# Those that must match to evaluate a checkpoint: other sessions change the model's input,
+# and another split can put the users it was trained on into the test part.
+EVALUATION_DATA_SETTINGS = ("session_gap", "split")
+# Flags of the data summary's nested settings whose flag is not `--` plus the key with dashes.
+_SETTING_FLAGS = {"split": {"kind": "--split", "seed": "--split-seed"}}
+
+
+def setting_flags(name: str, value: Any) -> str:
+    """Return the data flags, with their values, that give the data summary entry `name`."""
+    if name == "source":
+        return f"the log {value}"
+    if isinstance(value, dict):
+        flags = _SETTING_FLAGS.get(name, {})
+        return " ".join(
+            f"{flags.get(key, '--' + key.replace('_', '-'))} {part}"
+            for key, part in value.items()
+            if part is not None
+        )
+    return f"--{name.replace('_', '-')} {value}"
 
 
 def check_data_settings(
-    path: str | os.PathLike[str], checkpoint: Checkpoint, summary: dict[str, Any]
+    path: str | os.PathLike[str],
+    checkpoint: Checkpoint,
+    summary: dict[str, Any],
+    settings: tuple[str, ...] = RESUME_DATA_SETTINGS,
+    action: str = "resume",
 ) -> None:
-    """Raise CheckpointError when the data settings in `summary` differ from the checkpoint's.
+    """Raise CheckpointError when the `settings` in `summary` differ from the checkpoint's.
 
+    The message names the flags that trained the checkpoint, for the command doing `action`.
     A setting that one of the two summaries does not record is not compared.
     """
     saved = checkpoint.data_summary
-    differences = [
-        f"{name} {saved[name]!r} (now {summary[name]!r})"
-        for name in RESUME_DATA_SETTINGS
+    names = [
+        name
+        for name in settings
         if name in saved and name in summary and saved[name] != summary[name]
     ]
-    if differences:
+    if names:
+        trained = "; ".join(setting_flags(name, saved[name]) for name in names)
+        now = "; ".join(setting_flags(name, summary[name]) for name in names)
         raise CheckpointError(
-            f"checkpoint {path} was trained with other data settings: "
-            f"{'; '.join(differences)}. Resume with the log and data flags that trained it"
+            f"checkpoint {path} was trained with {trained}, not {now}: {action} with the log "
+            "and data flags that trained it"
         )
 
 

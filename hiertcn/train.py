@@ -365,6 +365,7 @@ def _restore(model, optimizer, config: TrainConfig, out_dir, device, dataset) ->
     Raises CheckpointError as `_load_resumable` does.
     """
     checkpoint = _load_resumable(model, out_dir, dataset)
+    _warn_changed_training(out_dir / LAST_CHECKPOINT, checkpoint.train_config, config)
     model.load_state_dict(checkpoint.model_state)
     if checkpoint.optimizer_state is not None:
         optimizer.load_state_dict(checkpoint.optimizer_state)
@@ -381,7 +382,65 @@ def _restore(model, optimizer, config: TrainConfig, out_dir, device, dataset) ->
     if best_path.is_file():
         state.best_state = _load_run_checkpoint(best_path, str(device)).model_state
     logger.info("resumed %s at epoch %d (best MRR %.4f)", out_dir, state.epoch, state.best_mrr)
+    if state.epoch >= config.epochs:
+        logger.warning(
+            "nothing to train: %s already holds %d epochs and --epochs is %d; pass a larger "
+            "--epochs to continue",
+            out_dir,
+            state.epoch,
+            config.epochs,
+        )
+    elif state.epochs_without_improvement >= config.patience:
+        logger.warning(
+            "nothing to train: early stopping ended %s after %d epochs without a better "
+            "validation MRR, and --patience is %d; pass a larger --patience to continue",
+            out_dir,
+            state.epochs_without_improvement,
+            config.patience,
+        )
     return state
+
+
+# Training settings that change the run when a resume alters them, by their flags.
+_TRAINING_FLAGS = {
+    "batch_size": "--batch-size",
+    "learning_rate": "--lr",
+    "grad_clip": "--grad-clip",
+    "seed": "--seed",
+}
+_LOSS_FLAGS = {
+    "name": "--loss",
+    "margin": "--margin",
+    "negatives": "--negatives",
+    "sampler": "--sampler",
+}
+
+
+def _warn_changed_training(path: Path, saved: dict[str, Any], config: TrainConfig) -> None:
+    """Log a warning for each training setting that differs from the one `path` was trained with.
+
+    A resume may change them on purpose (a lower learning rate, say), but the checkpoints then
+    record only the new values, so the change must not pass unnoticed.
+    """
+    current = config.to_dict()
+    saved_loss = saved.get("loss") or {}
+    changes = [
+        (flag, saved[key], current[key]) for key, flag in _TRAINING_FLAGS.items() if key in saved
+    ] + [
+        (flag, saved_loss[key], current["loss"][key])
+        for key, flag in _LOSS_FLAGS.items()
+        if key in saved_loss
+    ]
+    for flag, before, now in changes:
+        if before != now:
+            logger.warning(
+                "%s was trained with %s %s; the run continues with %s %s",
+                path,
+                flag,
+                before,
+                flag,
+                now,
+            )
 
 
 def _load_resumable(model, out_dir, dataset) -> Checkpoint:
@@ -421,8 +480,10 @@ def _load_run_checkpoint(path: Path, map_location: str = "cpu") -> Checkpoint:
     try:
         return load_checkpoint(path, map_location=map_location)
     except UnreadableCheckpointError as error:
+        # The run wrote this file, so a file that does not read as a checkpoint is damaged.
+        damage = error.reason if "damaged" in error.reason else f"damaged ({error.reason})"
         raise CheckpointError(
-            f"cannot resume, because {path} is damaged ({error.reason}): start over with --force "
+            f"cannot resume, because {path} is {damage}: start over with --force "
             "in place of --resume, or pass another --out"
         ) from error
 

@@ -68,7 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument(
         "--ranks",
         action="store_true",
-        help="include the rank and context of every scored event in the --json file",
+        help="include the rank and context of every scored event in the --json file; "
+        "`users` counts the users of the evaluated part from 0, and `user_ids` gives their ids "
+        "in the log",
     )
     parser.set_defaults(func=run)
 
@@ -105,11 +107,23 @@ def check_arguments(args: argparse.Namespace) -> None:
         )
     if args.json is not None:
         check_json_path(args.json)
+        inputs = [Path(args.data), *args.checkpoints]
+        if any(args.json.resolve() == Path(path).resolve() for path in inputs):
+            raise ConfigError(
+                f"--json {args.json} is one of the input files and would be overwritten: "
+                "pass a new file path"
+            )
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate every checkpoint and print one table."""
-    from hiertcn.checkpoint import build_model_from_checkpoint, check_vocabulary, load_checkpoint
+    from hiertcn.checkpoint import (
+        EVALUATION_DATA_SETTINGS,
+        build_model_from_checkpoint,
+        check_data_settings,
+        check_vocabulary,
+        load_checkpoint,
+    )
     from hiertcn.data.options import load_dataset
     from hiertcn.evaluate import EvaluationConfig, evaluate_model, format_table
     from hiertcn.train import resolve_device
@@ -122,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
     config = EvaluationConfig(batch_size=args.batch_size, use_impressions=not args.no_impressions)
     for path, checkpoint in zip(args.checkpoints, checkpoints, strict=True):
         check_vocabulary(path, checkpoint, dataset.vocab.ids)
+        check_data_settings(
+            path, checkpoint, dataset.summary, EVALUATION_DATA_SETTINGS, action="evaluate it"
+        )
 
     rows: list[dict[str, Any]] = []
     for path, checkpoint in zip(args.checkpoints, checkpoints, strict=True):
@@ -135,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
             **result.metrics,
         }
         if args.ranks:
-            row["ranks"] = result.ranks.to_dict()
+            user_ids = [str(user) for user in log.user_ids[result.ranks.users]]
+            row["ranks"] = {**result.ranks.to_dict(), "user_ids": user_ids}
         rows.append(row)
         logger.info("evaluated %s: MRR %.4f on %d events", path, row["mrr"], row["events"])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -64,3 +66,54 @@ def test_other_log_vocabulary_message(tmp_path, capsys, run_dir):
     assert "a vocabulary of 2 items" in error
     assert "order" not in error
     assert str(tmp_path / "log.csv") in error
+
+
+def test_json_on_the_log_rejected(tmp_path, capsys, run_dir):
+    log = tmp_path / "log.csv"
+    before = log.read_bytes()
+    assert main(evaluate_argv(run_dir / "best.pt", log, "--json", str(log))) == 2
+    assert f"--json {log} is one of the input files" in capsys.readouterr().err
+    assert log.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("flags", "trained", "given"),
+    [
+        (["--split-seed", "7"], "--split-seed 0", "--split-seed 7"),
+        (["--split", "warm"], "--split cold", "--split warm"),
+        (["--session-gap", "60"], "--session-gap 1800", "--session-gap 60"),
+    ],
+)
+def test_other_split_or_sessions_rejected(tmp_path, capsys, run_dir, flags, trained, given):
+    argv = evaluate_argv(run_dir / "best.pt", tmp_path / "log.csv", *flags)
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert f"checkpoint {run_dir / 'best.pt'} was trained with" in error
+    assert trained in error
+    assert given in error
+    assert "evaluate it with the log and data flags that trained it" in error
+
+
+def test_same_settings_evaluate(tmp_path, capsys, run_dir):
+    assert main(evaluate_argv(run_dir / "best.pt", tmp_path / "log.csv")) == 0
+    assert "most_popular" in capsys.readouterr().out
+
+
+def test_ranks_name_the_log_user_ids(tmp_path):
+    # User u<k> has k + 2 events in one session, so k + 1 of them are scored.
+    log = tmp_path / "sizes.csv"
+    rows = [
+        f"u{user},i{event % 3},{1_600_000_000 + event}"
+        for user in range(10)
+        for event in range(user + 2)
+    ]
+    log.write_text("user,item,timestamp\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    assert main(train_argv(log, tmp_path / "run")) == 0
+    report = tmp_path / "ranks.json"
+    argv = evaluate_argv(tmp_path / "run" / "best.pt", log, "--json", str(report), "--ranks")
+    assert main(argv) == 0
+
+    ranks = json.loads(report.read_text(encoding="utf-8"))["results"][0]["ranks"]
+    assert ranks["user_ids"]
+    for user_id in set(ranks["user_ids"]):
+        assert ranks["user_ids"].count(user_id) == int(user_id[1:]) + 1

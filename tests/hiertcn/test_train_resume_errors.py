@@ -127,5 +127,26 @@ def test_resume_random_bytes_named_damaged(run_dir, name):
 def test_resume_truncated_last_named_damaged(run_dir):
     last = run_dir / "last.pt"
     last.write_bytes(last.read_bytes()[:200])
-    with pytest.raises(CheckpointError, match=r"last.pt is damaged \(truncated or damaged"):
+    with pytest.raises(CheckpointError, match=r"last.pt is truncated or damaged \(200 bytes\): "):
         resume(run_dir)
+
+
+def test_resume_warns_about_changed_training_settings(run_dir, caplog):
+    changed = dataclasses.replace(tiny_config(epochs=2), learning_rate=0.5, batch_size=3)
+    with caplog.at_level("WARNING", logger="hiertcn.train"):
+        train_model(model_of(TINY_HIERTCN), tiny_dataset(), changed, run_dir, resume=True)
+    trained = tiny_config()
+    warnings = [record.getMessage() for record in caplog.records]
+    assert warnings == [
+        f"{run_dir / 'last.pt'} was trained with --batch-size {trained.batch_size}; "
+        "the run continues with --batch-size 3",
+        f"{run_dir / 'last.pt'} was trained with --lr {trained.learning_rate}; "
+        "the run continues with --lr 0.5",
+    ]
+
+
+def test_resume_at_the_epoch_limit_says_nothing_to_train(run_dir, caplog):
+    with caplog.at_level("WARNING", logger="hiertcn.train"):
+        train_model(model_of(TINY_HIERTCN), tiny_dataset(), tiny_config(), run_dir, resume=True)
+    assert "nothing to train" in caplog.text
+    assert "pass a larger --epochs to continue" in caplog.text
