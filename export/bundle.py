@@ -8,6 +8,8 @@ Runtime and numpy alone. Shape letters: `B` rows in a batch, `L` events in a ses
 
 - `manifest.json` is present and its `format_version` is the one this code reads. A newer one
   raises `BundleVersionError` with the fix "upgrade hiertcn", an older one with "export again".
+- the manifest's `version` equals `compute_version` of the manifest, so an edited version,
+  file hash or serving setting raises `BundleIntegrityError`.
 - every file of the bundle is present and its sha256 equals the manifest's entry
   (`BundleIntegrityError` otherwise). Each graph is hashed from the same bytes that ONNX Runtime
   then loads, so a file changed between the check and the load cannot slip through.
@@ -51,6 +53,7 @@ from export.manifest import (
     STEP_INPUTS,
     STEP_OUTPUT,
     Manifest,
+    compute_version,
     read_manifest,
     sha256_bytes,
     sha256_file,
@@ -74,7 +77,7 @@ class ModelBundle:
     Attributes: `manifest` (`Manifest`), `item_table` (memory-mapped float32 or float16 [N, D]),
     `item_ids` (external id of each row), `row_of` (external id -> row), `start_state`
     (float32 [G, H]), `providers` (the ONNX Runtime providers in use, most preferred first),
-    `version` (the manifest's short id of the bundle).
+    `version` (the manifest's short id of the bundle, checked against its files and settings).
     """
 
     def __init__(
@@ -99,7 +102,7 @@ class ModelBundle:
 
     @property
     def version(self) -> str:
-        """Short id of the bundle: the first 12 hex digits of the session step's sha256."""
+        """Short id of the bundle: 12 hex digits of a digest over its files and settings."""
         return self.manifest.version
 
     @property
@@ -235,6 +238,7 @@ def load_bundle(
     config = RuntimeConfig(device, intra_op_threads, inter_op_threads)
     manifest = read_manifest(path)
     _check_session_items(path, manifest)
+    _check_version(path, manifest)
     step_bytes = _read_checked(path, SESSION_STEP_FILE, manifest)
     close_bytes = _read_checked(path, SESSION_CLOSE_FILE, manifest)
     for name in (ITEMS_FILE, ITEM_IDS_FILE, START_STATE_FILE):
@@ -267,6 +271,16 @@ def _check_session_items(path: Path, manifest: Manifest) -> None:
             f"the maximum of {MAX_SESSION_ITEMS} session items (the model's receptive field) "
             "that this loader accepts: the manifest was changed or damaged, export the bundle "
             "again with `hiertcn export`"
+        )
+
+
+def _check_version(path: Path, manifest: Manifest) -> None:
+    expected = compute_version(manifest)
+    if manifest.version != expected:
+        raise BundleIntegrityError(
+            f"{path / MANIFEST_FILE} has version {manifest.version!r}, but its file hashes and "
+            f"settings give version {expected!r}: the manifest was edited or damaged after "
+            "export; export the bundle again with `hiertcn export`"
         )
 
 

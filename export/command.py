@@ -39,7 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--float16", action="store_true", help="store the item table as float16 (half the memory)"
     )
     parser.add_argument(
-        "--top-k", type=int, default=20, help="default recommendation list length (default 20)"
+        "--top-k",
+        type=int,
+        default=None,
+        help="default recommendation list length, at most the number of items "
+        "(default 20, or the number of items when fewer)",
     )
     parser.add_argument(
         "--session-gap",

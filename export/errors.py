@@ -20,7 +20,8 @@ class BundleError(ExportError):
 
 
 class BundleIntegrityError(BundleError):
-    """A file of the bundle is missing, or its sha256 differs from the manifest."""
+    """A file of the bundle is missing or changed: its sha256 differs from the manifest, or the
+    manifest's version differs from the digest of its hashes and settings."""
 
 
 class BundleVersionError(BundleError):

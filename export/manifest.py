@@ -11,6 +11,9 @@ A bundle is a directory that `export.onnx_export` writes and `export.bundle` rea
 - `item_ids.json`: JSON list of the external item id (str) of each row.
 - `start_state.npy`: float32 [G, H], the state of a user never seen before.
 
+The manifest's `version` is a digest of every file hash and every manifest value that the serving
+side reads (`compute_version`), so bundles that differ in any of them get different versions.
+
 This module imports neither torch nor `hiertcn`.
 """
 
@@ -20,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,8 +33,9 @@ from export.errors import BundleError, BundleIntegrityError, BundleVersionError
 logger = logging.getLogger(__name__)
 
 # Version of the bundle layout. Raise it whenever a file, an input or output name, a shape or a
-# manifest key changes meaning, so that an older loader rejects the new bundle.
-FORMAT_VERSION = 1
+# manifest key changes meaning, so that an older loader rejects the new bundle. Version 2 made
+# `version` a digest of every file and serving setting (version 1 hashed session_step.onnx only).
+FORMAT_VERSION = 2
 
 MANIFEST_FILE = "manifest.json"
 SESSION_STEP_FILE = "session_step.onnx"
@@ -39,8 +44,23 @@ ITEMS_FILE = "items.npy"
 ITEM_IDS_FILE = "item_ids.json"
 START_STATE_FILE = "start_state.npy"
 
-# Every file that the manifest must list with its sha256 (the manifest itself is not listed).
+# Every file that the manifest must list with its sha256 (the manifest itself is not listed), in
+# the order in which `compute_version` hashes them.
 BUNDLE_FILES = (SESSION_STEP_FILE, SESSION_CLOSE_FILE, ITEMS_FILE, ITEM_IDS_FILE, START_STATE_FILE)
+
+# Manifest keys that the loader or the worker reads, besides `files`, and so the keys that
+# `compute_version` covers. `model`, `training` and `created` only describe the bundle.
+VERSIONED_KEYS = (
+    "format_version",
+    "session_gap",
+    "top_k",
+    "num_items",
+    "embedding_dim",
+    "gru_layers",
+    "hidden_size",
+    "max_session_items",
+)
+VERSION_HEX_DIGITS = 12
 
 # Input and output names of the two graphs.
 STEP_INPUTS = ("prefix", "lengths", "state")
@@ -66,7 +86,7 @@ class Manifest:
     max_session_items: int  # the TCN receptive field: events the session step can see
     files: dict[str, str]  # file name -> sha256 (hex)
     training: dict[str, Any]  # data summary and offline metrics of the checkpoint
-    version: str  # first 12 hex digits of the sha256 of session_step.onnx
+    version: str  # `compute_version` of this manifest: 12 hex digits
     created: str  # UTC time of the export, ISO 8601
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,6 +144,17 @@ def _check_manifest_types(manifest: Manifest, source: str) -> None:
                 f"{source} has {key}={value!r}, expected a positive integer: export the bundle "
                 "again with `hiertcn export`"
             )
+    if manifest.top_k > manifest.num_items:
+        raise BundleError(
+            f"{source} has top_k={manifest.top_k}, above num_items={manifest.num_items}: export "
+            f"the bundle again with `hiertcn export --top-k {manifest.num_items}` or less"
+        )
+    gap = manifest.session_gap
+    if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not valid_session_gap(gap):
+        raise BundleError(
+            f"{source} has session_gap={gap!r}, expected a positive number of seconds: export "
+            "the bundle again with `hiertcn export --session-gap SECONDS`"
+        )
     if not isinstance(manifest.files, dict):
         raise BundleError(f"{source} has files={manifest.files!r}, expected a name -> sha256 map")
     missing = [name for name in BUNDLE_FILES if name not in manifest.files]
@@ -131,6 +162,27 @@ def _check_manifest_types(manifest: Manifest, source: str) -> None:
         raise BundleIntegrityError(
             f"{source} lists no sha256 for {missing}: export the bundle again with `hiertcn export`"
         )
+
+
+def valid_session_gap(seconds: float) -> bool:
+    """Return whether `seconds` is a session gap the worker accepts: finite and above 0."""
+    return math.isfinite(seconds) and seconds > 0
+
+
+def compute_version(manifest: Manifest) -> str:
+    """Return the bundle version: the first 12 hex digits of a sha256 over what serving reads.
+
+    The digest covers the sha256 of every file in `BUNDLE_FILES` order and the `VERSIONED_KEYS`
+    values, written as canonical JSON. Exports of one checkpoint with other files (float16 items)
+    or other settings (top_k, session_gap) get other versions, and a re-export with the same
+    ones gets the same version. The manifest's own `version` is not an input.
+    """
+    content = {key: getattr(manifest, key) for key in VERSIONED_KEYS}
+    # 900 and 900.0 are the same gap, so they give the same version.
+    content["session_gap"] = float(content["session_gap"])
+    content["files"] = [[name, manifest.files.get(name)] for name in BUNDLE_FILES]
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return sha256_bytes(text.encode())[:VERSION_HEX_DIGITS]
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -16,6 +16,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ from torch import nn
 
 from export.errors import ExportFailedError
 from export.manifest import (
+    BUNDLE_FILES,
     CLOSE_INPUTS,
     CLOSE_OUTPUT,
     FORMAT_VERSION,
@@ -42,7 +44,9 @@ from export.manifest import (
     STEP_INPUTS,
     STEP_OUTPUT,
     Manifest,
+    compute_version,
     sha256_file,
+    valid_session_gap,
     write_manifest,
 )
 from export.step_graph import build_pruned_step
@@ -50,6 +54,7 @@ from export.step_graph import build_pruned_step
 logger = logging.getLogger(__name__)
 
 DEFAULT_SESSION_GAP = 1800.0  # seconds, the product default when the checkpoint names none
+DEFAULT_TOP_K = 20  # list length when --top-k is not given and the catalog has 20 items or more
 # Opset 17 is the default because this code was tested with it (torch 2.15, ONNX Runtime 1.31).
 # `--opset` raises it.
 DEFAULT_OPSET = 17
@@ -67,16 +72,18 @@ class ExportConfig:
 
     opset: int = DEFAULT_OPSET
     float16_items: bool = False  # store items.npy as float16 (half the memory, ~1e-3 rounding)
-    top_k: int = 20  # default list length written to the manifest
+    # Default list length written to the manifest, at most the item count. None takes 20, or the
+    # item count when the catalog is smaller.
+    top_k: int | None = None
     session_gap: float | None = None  # seconds; None takes it from the checkpoint or 1800
     pruned_step: bool = True  # export `step_graph.PrunedSessionStep` when the model allows it
 
     def __post_init__(self) -> None:
         if self.opset < 14:
             raise ExportFailedError(f"opset {self.opset} is too old: use 14 or later")
-        if self.top_k < 1:
+        if self.top_k is not None and self.top_k < 1:
             raise ExportFailedError(f"top_k={self.top_k} is invalid: use a positive integer")
-        if self.session_gap is not None and self.session_gap <= 0:
+        if self.session_gap is not None and not valid_session_gap(self.session_gap):
             raise ExportFailedError(
                 f"session_gap={self.session_gap} is invalid: use a positive number of seconds"
             )
@@ -252,12 +259,16 @@ def _finish(graph: onnx.ModelProto, output_dims: list[str | int]) -> bytes:
 
 
 def session_gap_of(checkpoint: Any, configured: float | None) -> float:
-    """Return the session gap in seconds: `configured`, else the checkpoint's, else 1800."""
+    """Return the session gap in seconds: `configured`, else the checkpoint's, else 1800.
+
+    Raises `ExportFailedError` when the checkpoint's gap is not a positive number of seconds
+    (training accepts a gap of 0, the worker does not) and `configured` is None.
+    """
     if configured is not None:
         return float(configured)
     for source in (checkpoint.train_config, checkpoint.data_summary):
         if isinstance(source, dict) and source.get("session_gap") is not None:
-            return float(source["session_gap"])
+            return _checked_checkpoint_gap(source["session_gap"])
     logger.warning(
         "the checkpoint names no session_gap: writing the default %.0f s; pass --session-gap "
         "if the model was trained with another",
@@ -266,28 +277,63 @@ def session_gap_of(checkpoint: Any, configured: float | None) -> float:
     return DEFAULT_SESSION_GAP
 
 
+def _checked_checkpoint_gap(value: Any) -> float:
+    try:
+        gap = float(value)
+    except (TypeError, ValueError):
+        gap = math.nan
+    if not valid_session_gap(gap):
+        raise ExportFailedError(
+            f"the checkpoint was trained with session gap {value!r} s, but the stream worker "
+            "needs a positive number of seconds: pass --session-gap SECONDS"
+        )
+    return gap
+
+
+def top_k_of(configured: int | None, num_items: int) -> int:
+    """Return the manifest's list length: `configured`, else 20 capped at the item count.
+
+    Raises `ExportFailedError` when `configured` is larger than the item count.
+    """
+    if configured is None:
+        return min(DEFAULT_TOP_K, num_items)
+    if configured > num_items:
+        raise ExportFailedError(
+            f"--top-k {configured} is larger than the catalog of {num_items} items: pass "
+            f"--top-k {num_items} or less"
+        )
+    return configured
+
+
 def write_bundle(
     model: nn.Module, checkpoint: Any, out: str | os.PathLike[str], config: ExportConfig
 ) -> Manifest:
     """Write the bundle of `model` (with the vocabulary and metrics of `checkpoint`) to `out`.
 
     The files go to a temporary directory next to `out` that is renamed to `out` at the end, so
-    an interrupted export leaves no half-written bundle. `out` must not exist yet, or be empty.
+    an interrupted export leaves no half-written bundle. `out` must not exist yet, or be an empty
+    directory. The output folder, the top K and the session gap are checked before the export.
     """
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExportFailedError(
-            f"{out} already exists and is not empty: remove it or pass another --out"
-        )
+    _check_out(out)
     check_exportable(model)
     model.eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    dims = model_dimensions(model)
+    if len(checkpoint.item_ids) != dims["num_items"]:
+        raise ExportFailedError(
+            f"the checkpoint lists {len(checkpoint.item_ids)} item ids but the model has "
+            f"{dims['num_items']} items: the checkpoint is inconsistent, retrain it"
+        )
+    top_k = top_k_of(config.top_k, dims["num_items"])
+    session_gap = session_gap_of(checkpoint, config.session_gap)
+
+    staging = _make_staging_dir(out)
     try:
         # mkdtemp creates mode 0700; a bundle is read by workers that may run under another
         # account, so it gets the usual mode of a shared folder.
         staging.chmod(0o755)
-        manifest = _write_files(model, checkpoint, staging, config)
+        _write_arrays_and_graphs(model, checkpoint, staging, config)
+        manifest = _write_manifest(model, checkpoint, staging, top_k, session_gap)
         if out.exists():
             out.rmdir()
         os.replace(staging, out)
@@ -298,15 +344,35 @@ def write_bundle(
     return manifest
 
 
-def _write_files(
-    model: nn.Module, checkpoint: Any, directory: Path, config: ExportConfig
-) -> Manifest:
-    dims = model_dimensions(model)
-    if len(checkpoint.item_ids) != dims["num_items"]:
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExportFailedError(f"--out {out} is a file: pass a folder for the bundle")
+    if out.is_dir() and any(out.iterdir()):
         raise ExportFailedError(
-            f"the checkpoint lists {len(checkpoint.item_ids)} item ids but the model has "
-            f"{dims['num_items']} items: the checkpoint is inconsistent, retrain it"
+            f"{out} already exists and is not empty: remove it or pass another --out"
         )
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ExportFailedError(
+                f"--out {out} is invalid because {parent} is a file: pass a path in a folder"
+            )
+
+
+def _make_staging_dir(out: Path) -> Path:
+    """Create the parent folders of `out` and a temporary directory in its parent."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as error:
+        raise ExportFailedError(
+            f"cannot create the bundle folder {out} ({error.strerror}: {error.filename}): pass "
+            "an --out in a writable folder"
+        ) from error
+
+
+def _write_arrays_and_graphs(
+    model: nn.Module, checkpoint: Any, directory: Path, config: ExportConfig
+) -> None:
     (directory / SESSION_STEP_FILE).write_bytes(
         export_session_step(model, config.opset, config.pruned_step)
     )
@@ -319,30 +385,26 @@ def _write_files(
     np.save(directory / START_STATE_FILE, start_state)
     (directory / ITEM_IDS_FILE).write_text(json.dumps([str(item) for item in checkpoint.item_ids]))
 
-    files = {
-        name: sha256_file(directory / name)
-        for name in (
-            SESSION_STEP_FILE,
-            SESSION_CLOSE_FILE,
-            ITEMS_FILE,
-            ITEM_IDS_FILE,
-            START_STATE_FILE,
-        )
-    }
+
+def _write_manifest(
+    model: nn.Module, checkpoint: Any, directory: Path, top_k: int, session_gap: float
+) -> Manifest:
+    """Hash the files in `directory`, write `manifest.json` next to them and return it."""
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         model=model.config.to_dict(),
-        session_gap=session_gap_of(checkpoint, config.session_gap),
-        top_k=config.top_k,
-        files=files,
+        session_gap=session_gap,
+        top_k=top_k,
+        files={name: sha256_file(directory / name) for name in BUNDLE_FILES},
         training={
             "data": checkpoint.data_summary,
             "metrics": checkpoint.metrics,
             "epoch": checkpoint.epoch,
         },
-        version=files[SESSION_STEP_FILE][:12],
+        version="",
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **dims,
+        **model_dimensions(model),
     )
+    manifest = dataclasses.replace(manifest, version=compute_version(manifest))
     write_manifest(directory, manifest)
     return manifest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,14 @@ from export.errors import (
     InvalidInputError,
     ProviderError,
 )
-from export.manifest import FORMAT_VERSION, MANIFEST_FILE, read_manifest
+from export.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    SESSION_STEP_FILE,
+    compute_version,
+    read_manifest,
+    sha256_file,
+)
 from tests.export.conftest import NUM_ITEMS
 
 D, G, H = 8, 2, 6
@@ -44,7 +52,8 @@ def test_bundle_loads_with_contract_attributes(bundle: ModelBundle) -> None:
     assert bundle.start_state.shape == (G, H)
     assert bundle.providers == ["CPUExecutionProvider"]
     assert bundle.manifest.session_gap == 900
-    assert bundle.version == bundle.manifest.files["session_step.onnx"][:12]
+    assert bundle.version == compute_version(bundle.manifest)
+    assert re.fullmatch("[0-9a-f]{12}", bundle.version)
 
 
 @pytest.mark.parametrize("name", ["session_step.onnx", "session_close.onnx", "items.npy"])
@@ -67,6 +76,52 @@ def test_newer_format_version_rejected(bundle_copy: Path) -> None:
     data["format_version"] = FORMAT_VERSION + 1
     (bundle_copy / MANIFEST_FILE).write_text(json.dumps(data))
     with pytest.raises(BundleVersionError, match="upgrade hiertcn"):
+        load_bundle(bundle_copy)
+
+
+def edit_manifest(bundle_dir: Path, **changes: object) -> None:
+    data = json.loads((bundle_dir / MANIFEST_FILE).read_text())
+    data.update(changes)
+    (bundle_dir / MANIFEST_FILE).write_text(json.dumps(data))
+
+
+def test_edited_version_rejected(bundle_copy: Path) -> None:
+    actual = read_manifest(bundle_copy).version
+    edit_manifest(bundle_copy, version="deadbeef0000")
+    with pytest.raises(BundleIntegrityError) as caught:
+        load_bundle(bundle_copy)
+    message = str(caught.value)
+    assert "has version 'deadbeef0000'" in message
+    assert f"give version '{actual}'" in message
+    assert "export the bundle again with `hiertcn export`" in message
+
+
+@pytest.mark.parametrize(("key", "value"), [("top_k", 3), ("session_gap", 60.0)])
+def test_edited_setting_without_version_rejected(
+    bundle_copy: Path, key: str, value: object
+) -> None:
+    edit_manifest(bundle_copy, **{key: value})
+    with pytest.raises(BundleIntegrityError, match="the manifest was edited or damaged"):
+        load_bundle(bundle_copy)
+
+
+def test_replaced_file_with_new_hash_rejected(bundle_copy: Path) -> None:
+    # A file swapped together with its manifest hash passes the hash check, not the version.
+    items = bundle_copy / "items.npy"
+    np.save(items, np.load(items).astype(np.float16))
+    files = read_manifest(bundle_copy).files | {"items.npy": sha256_file(items)}
+    edit_manifest(bundle_copy, files=files)
+    with pytest.raises(BundleIntegrityError, match=r"has version '[0-9a-f]{12}', but its file"):
+        load_bundle(bundle_copy)
+
+
+def test_bundle_of_old_version_rule_says_reexport(bundle_copy: Path) -> None:
+    # Format 1 bundles used the first 12 hex digits of session_step.onnx's sha256 as version.
+    files = read_manifest(bundle_copy).files
+    edit_manifest(bundle_copy, format_version=1, version=files[SESSION_STEP_FILE][:12])
+    with pytest.raises(
+        BundleVersionError, match="export the bundle again with this hiertcn version"
+    ):
         load_bundle(bundle_copy)
 
 

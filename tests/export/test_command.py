@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from export.bundle import load_bundle
 from hiertcn.checkpoint import save_checkpoint
 from hiertcn.cli import main
-from tests.export.conftest import make_checkpoint, make_model
+from tests.export.conftest import NUM_ITEMS, make_checkpoint, make_model
 
 
 @pytest.fixture
@@ -43,6 +45,49 @@ def test_export_into_non_empty_directory_fails(
     code = main(["export", "--checkpoint", str(checkpoint_path), "--out", str(out)])
     assert code == 2
     assert "already exists and is not empty" in capsys.readouterr().err
+
+
+def test_export_into_empty_file_says_file(
+    checkpoint_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bundle-file"
+    out.touch()
+    code = main(["export", "--checkpoint", str(checkpoint_path), "--out", str(out)])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert f"--out {out} is a file: pass a folder" in error
+    assert "not empty" not in error
+
+
+def test_export_top_k_above_catalog_fails(
+    checkpoint_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bundle"
+    code = main(
+        ["export", "--checkpoint", str(checkpoint_path), "--out", str(out), "--top-k", "1000"]
+    )
+    error = capsys.readouterr().err
+    assert code == 2
+    assert f"--top-k 1000 is larger than the catalog of {NUM_ITEMS} items" in error
+    assert f"pass --top-k {NUM_ITEMS} or less" in error
+    assert not out.exists()
+
+
+def test_export_zero_gap_checkpoint_needs_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = make_model()
+    checkpoint = dataclasses.replace(make_checkpoint(model), train_config={"session_gap": 0})
+    path = save_checkpoint(tmp_path / "gap0.pt", checkpoint)
+    out = tmp_path / "bundle"
+    code = main(["export", "--checkpoint", str(path), "--out", str(out)])
+    assert code == 2
+    assert "pass --session-gap SECONDS" in capsys.readouterr().err
+    assert not out.exists()
+
+    code = main(["export", "--checkpoint", str(path), "--out", str(out), "--session-gap", "60"])
+    assert code == 0
+    assert json.loads((out / "manifest.json").read_text())["session_gap"] == 60
 
 
 def test_export_of_missing_checkpoint_fails(

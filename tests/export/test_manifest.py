@@ -15,6 +15,7 @@ from export.manifest import (
     FORMAT_VERSION,
     MANIFEST_FILE,
     Manifest,
+    compute_version,
     read_manifest,
     sha256_file,
     write_manifest,
@@ -131,3 +132,76 @@ def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
     data = bytes(range(256)) * 5000  # over one 1 MiB read chunk
     (tmp_path / "blob").write_bytes(data)
     assert sha256_file(tmp_path / "blob") == hashlib.sha256(data).hexdigest()
+
+
+def test_manifest_top_k_above_items_rejected(tmp_path: Path) -> None:
+    write_raw(tmp_path, top_k=1000, num_items=20)
+    with pytest.raises(BundleError, match=r"top_k=1000, above num_items=20.*--top-k 20"):
+        read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("gap", [0, -5.0, "1800", True, None])
+def test_manifest_invalid_session_gap_rejected(tmp_path: Path, gap: object) -> None:
+    write_raw(tmp_path, session_gap=gap)
+    with pytest.raises(BundleError, match=r"session_gap=.*expected a positive number of seconds"):
+        read_manifest(tmp_path)
+
+
+def test_manifest_non_finite_session_gap_rejected(tmp_path: Path) -> None:
+    # json.dumps writes NaN and Infinity, and json.loads reads them back.
+    for gap in (float("nan"), float("inf")):
+        write_raw(tmp_path, session_gap=gap)
+        with pytest.raises(BundleError, match="session_gap="):
+            read_manifest(tmp_path)
+
+
+def test_version_is_twelve_hex_digits() -> None:
+    version = compute_version(sample_manifest())
+    assert len(version) == 12
+    assert int(version, 16) >= 0
+
+
+@pytest.mark.parametrize("name", BUNDLE_FILES)
+def test_version_covers_every_file_hash(name: str) -> None:
+    files = {file: "0" * 64 for file in BUNDLE_FILES} | {name: "1" * 64}
+    assert compute_version(sample_manifest(files=files)) != compute_version(sample_manifest())
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("format_version", FORMAT_VERSION + 1),
+        ("session_gap", 1800.5),
+        ("top_k", 19),
+        ("num_items", 51),
+        ("embedding_dim", 9),
+        ("gru_layers", 3),
+        ("hidden_size", 7),
+        ("max_session_items", 14),
+    ],
+)
+def test_version_covers_serving_settings(key: str, value: object) -> None:
+    changed = sample_manifest(**{key: value})
+    assert compute_version(changed) != compute_version(sample_manifest())
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("version", "ffffffffffff"),
+        ("created", "2027-01-01T00:00:00+00:00"),
+        ("model", {"name": "hiertcn", "embedding_dim": 16}),
+        ("training", {"metrics": {"mrr": 0.9}}),
+        ("session_gap", 1800),
+    ],
+)
+def test_version_ignores_descriptive_keys(key: str, value: object) -> None:
+    changed = sample_manifest(**{key: value})
+    assert compute_version(changed) == compute_version(sample_manifest())
+
+
+def test_version_independent_of_files_order() -> None:
+    files = {name: f"{index:064x}" for index, name in enumerate(BUNDLE_FILES)}
+    reversed_files = dict(reversed(list(files.items())))
+    first = compute_version(sample_manifest(files=files))
+    assert first == compute_version(sample_manifest(files=reversed_files))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +17,10 @@ import torch
 from export.bundle import ModelBundle, load_bundle
 from export.errors import ExportFailedError
 from export.manifest import ITEMS_FILE, MANIFEST_FILE
-from export.onnx_export import ExportConfig, write_bundle
+from export.onnx_export import DEFAULT_TOP_K, ExportConfig, write_bundle
 from export.verify import VerifyConfig, verify_bundle
-from tests.export.conftest import NUM_ITEMS, make_checkpoint, make_model
+from hiertcn.models import build_model
+from tests.export.conftest import NUM_ITEMS, TINY_CONFIG, make_checkpoint, make_model
 
 D, G, H = 8, 2, 6
 FLOAT, INT64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
@@ -186,3 +190,105 @@ def test_full_step_export_matches_torch(tmp_path: Path) -> None:
     assert "Conv" in ops
     report = verify_bundle(model, load_bundle(tmp_path / "b"), VerifyConfig(batch_sizes=(1, 7)))
     assert report.passed, report.format()
+
+
+def test_float16_export_gets_other_version(tmp_path: Path) -> None:
+    model = make_model()
+    checkpoint = make_checkpoint(model)
+    first = write_bundle(model, checkpoint, tmp_path / "a", ExportConfig())
+    again = write_bundle(model, checkpoint, tmp_path / "b", ExportConfig())
+    half = write_bundle(model, checkpoint, tmp_path / "c", ExportConfig(float16_items=True))
+    assert first.version == again.version
+    assert half.version != first.version
+    assert half.files["session_step.onnx"] == first.files["session_step.onnx"]
+
+
+def test_out_file_rejected_as_file(tmp_path: Path) -> None:
+    (tmp_path / "b").touch()
+    model = make_model()
+    with pytest.raises(ExportFailedError, match=r"--out .*b is a file: pass a folder"):
+        write_bundle(model, make_checkpoint(model), tmp_path / "b", ExportConfig())
+
+
+def test_out_below_file_rejected(tmp_path: Path) -> None:
+    (tmp_path / "f").touch()
+    model = make_model()
+    with pytest.raises(ExportFailedError, match=r"--out .*f/b is invalid because .*f is a file"):
+        write_bundle(model, make_checkpoint(model), tmp_path / "f" / "b", ExportConfig())
+
+
+def test_unwritable_out_folder_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Simulated, because root may write to a read-only folder.
+    def deny(**kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied", str(kwargs["dir"]))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", deny)
+    model = make_model()
+    with pytest.raises(
+        ExportFailedError, match=r"cannot create the bundle folder .*b \(Permission denied: "
+    ):
+        write_bundle(model, make_checkpoint(model), tmp_path / "b", ExportConfig())
+
+
+def test_empty_out_folder_accepted(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    model = make_model()
+    write_bundle(model, make_checkpoint(model), tmp_path / "b", ExportConfig())
+    assert (tmp_path / "b" / MANIFEST_FILE).is_file()
+
+
+def test_top_k_above_catalog_rejected(tmp_path: Path) -> None:
+    model = make_model()
+    with pytest.raises(
+        ExportFailedError,
+        match=f"--top-k 1000 is larger than the catalog of {NUM_ITEMS} items: pass "
+        f"--top-k {NUM_ITEMS} or less",
+    ):
+        write_bundle(model, make_checkpoint(model), tmp_path / "b", ExportConfig(top_k=1000))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_top_k_equal_to_catalog_accepted(tmp_path: Path) -> None:
+    model = make_model()
+    config = ExportConfig(top_k=NUM_ITEMS)
+    assert write_bundle(model, make_checkpoint(model), tmp_path / "b", config).top_k == NUM_ITEMS
+
+
+def test_default_top_k_capped_at_small_catalog(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model(TINY_CONFIG, 10).eval()
+    checkpoint = dataclasses.replace(
+        make_checkpoint(make_model()),
+        model_state=model.state_dict(),
+        item_ids=[f"item{row}" for row in range(10)],
+    )
+    assert write_bundle(model, checkpoint, tmp_path / "small", ExportConfig()).top_k == 10
+    large = make_model()
+    manifest = write_bundle(large, make_checkpoint(large), tmp_path / "large", ExportConfig())
+    assert manifest.top_k == DEFAULT_TOP_K
+
+
+@pytest.mark.parametrize("gap", [0, 0.0, -60, math.nan, "x"])
+def test_checkpoint_invalid_session_gap_rejected(tmp_path: Path, gap: object) -> None:
+    model = make_model()
+    checkpoint = dataclasses.replace(make_checkpoint(model), data_summary={"session_gap": gap})
+    with pytest.raises(
+        ExportFailedError,
+        match=r"trained with session gap .* s, but the stream worker needs a positive number "
+        r"of seconds: pass --session-gap SECONDS",
+    ):
+        write_bundle(model, checkpoint, tmp_path / "b", ExportConfig())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_zero_gap_with_option_accepted(tmp_path: Path) -> None:
+    model = make_model()
+    checkpoint = dataclasses.replace(make_checkpoint(model), train_config={"session_gap": 0})
+    config = ExportConfig(session_gap=60)
+    assert write_bundle(model, checkpoint, tmp_path / "b", config).session_gap == 60
+
+
+@pytest.mark.parametrize("gap", [0, -1.0, math.nan, math.inf])
+def test_invalid_session_gap_option_rejected(gap: float) -> None:
+    with pytest.raises(ExportFailedError, match="use a positive number of seconds"):
+        ExportConfig(session_gap=gap)
