@@ -10,7 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from hiertcn.errors import HierTCNError
 
@@ -32,14 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hiertcn",
         description="Train, evaluate and export HierTCN recommenders on interaction logs.",
     )
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="count",
-        default=0,
-        help="log at DEBUG level, including the traceback of a reported error "
-        "(default: INFO level)",
-    )
+    _add_verbose_flag(parser, default=0)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in _COMMAND_MODULES:
         try:
@@ -49,7 +42,40 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+    # -v also works after a subcommand (`hiertcn data stats log.csv -v`). A subcommand sets it
+    # only when given, because a default there would replace the value given before the
+    # subcommand.
+    for subcommand in _subcommand_parsers(parser):
+        if "-v" not in subcommand._option_string_actions:
+            _add_verbose_flag(subcommand, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_verbose_flag(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=default,
+        help="log at DEBUG level, including the traceback of a reported error "
+        "(default: INFO level)",
+    )
+
+
+def _subcommand_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """Yield the parser of every subcommand below `parser`, at any depth, once each."""
+    seen: set[int] = set()
+    pending = [parser]
+    while pending:
+        current = pending.pop()
+        for action in current._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                continue
+            for subcommand in action.choices.values():
+                if id(subcommand) not in seen:
+                    seen.add(id(subcommand))
+                    pending.append(subcommand)
+                    yield subcommand
 
 
 def configure_logging(verbosity: int) -> None:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from hiertcn.errors import ConfigError
+from hiertcn.errors import ConfigError, InvalidFieldError
 
 LOSS_NAMES = ("cross_entropy", "hinge", "bpr", "nce", "l2")
 SAMPLER_NAMES = ("uniform", "popularity", "impressions")
@@ -46,11 +46,11 @@ class LossConfig:
                 f"choose one of {', '.join(SAMPLER_NAMES)}"
             )
         if self.negatives < 1:
-            raise ConfigError(f"negatives={self.negatives} is invalid: use at least 1")
+            raise InvalidFieldError("loss", "negatives", self.negatives, "use an integer >= 1")
         if self.chunk_scores < 1:
-            raise ConfigError(f"chunk_scores={self.chunk_scores} is invalid: use a positive count")
+            raise InvalidFieldError("loss", "chunk_scores", self.chunk_scores, "use a count >= 1")
         if self.margin < 0:
-            raise ConfigError(f"margin={self.margin} is invalid: use a margin >= 0")
+            raise InvalidFieldError("loss", "margin", self.margin, "use a margin >= 0")
 
 
 # Scoring of queries against per-position candidates.

@@ -42,7 +42,12 @@ from hiertcn.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from hiertcn.errors import CheckpointError, ConfigError, UnreadableCheckpointError
+from hiertcn.errors import (
+    CheckpointError,
+    ConfigError,
+    InvalidFieldError,
+    UnreadableCheckpointError,
+)
 from hiertcn.evaluate import EvaluationConfig, evaluate_model
 from hiertcn.losses import LossConfig, build_loss
 from hiertcn.models.config import ModelConfig, flag_for
@@ -78,13 +83,15 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "patience"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"training {name}={value!r} is invalid: use an integer >= 1")
+                raise InvalidFieldError("training", name, value, "use an integer >= 1")
         if not self.learning_rate > 0:
-            raise ConfigError(f"learning rate {self.learning_rate} is invalid: use a value > 0")
+            raise InvalidFieldError(
+                "training", "learning_rate", self.learning_rate, "use a learning rate > 0"
+            )
         if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"gradient clip {self.grad_clip} is invalid: use a norm > 0")
+            raise InvalidFieldError("training", "grad_clip", self.grad_clip, "use a norm > 0")
         if self.max_batches is not None and self.max_batches < 1:
-            raise ConfigError(f"max batches {self.max_batches} is invalid: use 1 or more")
+            raise InvalidFieldError("training", "max_batches", self.max_batches, "use 1 or more")
         if self.device not in DEVICES:
             raise ConfigError(f"device {self.device!r} is invalid: use one of {DEVICES}")
 

@@ -2,7 +2,10 @@
 
 hiertcn data stats FILE [--format ...] [filter flags] [--splits] [--json]
 hiertcn data prepare FILE --out DIR [data flags]
-hiertcn data synthetic OUT.csv [--users N] [--items N] [--seed N]
+hiertcn data synthetic OUT.csv [--users N] [--items N] [--seed N] [--force]
+
+No hiertcn command reads the folders that `prepare` writes: they are for Python code, through
+`hiertcn.data.EventLog.load`.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from hiertcn.data.options import (
     load_dataset_from_config,
     prepare_log,
 )
-from hiertcn.data.stats import compute_stats, format_stats_table
+from hiertcn.data.stats import WARM_SPLIT_NOTE, compute_stats, format_stats_table
 from hiertcn.data.synthetic import generate_synthetic_log
+from hiertcn.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "prepare",
         help="save the split of a log as memory-mappable event logs",
         description="Read, filter, sessionize and split a log, and save train/, valid/ and "
-        "test/ event logs and summary.json under --out.",
+        "test/ event logs and summary.json under --out. Python code reads each part with "
+        "hiertcn.data.EventLog.load(folder); the hiertcn commands read the log file itself.",
     )
     add_data_arguments(prepare)
     prepare.add_argument("--out", type=Path, required=True, help="output folder")
@@ -70,6 +75,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--items", type=int, default=2000, help="number of items (default: 2000)"
     )
     synthetic.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    synthetic.add_argument(
+        "--force",
+        action="store_true",
+        help="replace OUT if it already exists (default: an existing OUT is rejected)",
+    )
     synthetic.set_defaults(func=run_synthetic)
 
 
@@ -100,22 +110,62 @@ def run_stats(args: argparse.Namespace) -> int:
         print(json.dumps(output, indent=2))
     else:
         print(format_stats_table(stats))
+        if args.splits and config.split.kind == "warm":
+            print(WARM_SPLIT_NOTE)
     return 0
 
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Save the train, validation and test event logs and the summary under --out."""
-    dataset = load_dataset_from_config(data_config_from_args(args))
     out: Path = args.out
-    for name, part in (("train", dataset.train), ("valid", dataset.valid), ("test", dataset.test)):
-        part.save(out / name)
-    (out / "summary.json").write_text(json.dumps(dataset.summary, indent=2), encoding="utf-8")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: pass a folder")
+    _check_ancestors_are_folders(out, "--out")
+    dataset = load_dataset_from_config(data_config_from_args(args))
+    try:
+        for name, part in (
+            ("train", dataset.train),
+            ("valid", dataset.valid),
+            ("test", dataset.test),
+        ):
+            part.save(out / name)
+        (out / "summary.json").write_text(json.dumps(dataset.summary, indent=2), encoding="utf-8")
+    except OSError as error:
+        raise DataError(
+            f"cannot write the split under --out {out}: {error.strerror} ({error.filename}): "
+            "pass a folder that can be created and written"
+        ) from None
     print(f"saved train/, valid/, test/ and summary.json under {out}")
     return 0
 
 
+def _check_ancestors_are_folders(path: Path, label: str) -> None:
+    """Raise ConfigError when the nearest existing folder above `path` is a file."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"{label} {path} is inside {parent}, which is a file: pass a path in a folder"
+                )
+            return
+
+
 def run_synthetic(args: argparse.Namespace) -> int:
-    """Write the synthetic log."""
-    path = generate_synthetic_log(args.users, args.items, args.seed, args.out)
+    """Write the synthetic log; an existing OUT is replaced only with --force."""
+    out: Path = args.out
+    if out.is_dir():
+        raise ConfigError(f"OUT {out} is a folder: pass a file path, e.g. {out / 'synthetic.csv'}")
+    if out.exists() and not args.force:
+        raise ConfigError(
+            f"OUT {out} already exists: pass --force to replace it, or another file path"
+        )
+    _check_ancestors_are_folders(out, "OUT")
+    try:
+        path = generate_synthetic_log(args.users, args.items, args.seed, out)
+    except OSError as error:
+        raise DataError(
+            f"cannot write OUT {out}: {error.strerror} ({error.filename}): "
+            "pass a file path in a folder that can be created and written"
+        ) from None
     print(f"wrote {path}")
     return 0

@@ -1,7 +1,8 @@
 """`hiertcn experiment`: rerun the experiments of the HierTCN paper (You et al., "Hierarchical
 Temporal Convolutional Networks for Dynamic Recommender Systems", WWW 2019) on one data set.
 
-    hiertcn experiment compare UserBehavior_head.csv --format taobao --out runs/exp-taobao
+    hiertcn experiment compare UserBehavior_head.csv --format taobao --item-col category \\
+        --out runs/exp-taobao
     hiertcn experiment all ratings.csv --format movielens --epochs 5 --out runs/exp-ml
 
 Subcommands: `compare` (every model, cold and warm start), `epoch-times` (seconds per epoch and

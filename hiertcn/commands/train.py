@@ -240,14 +240,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_config_from_args(args: argparse.Namespace):
     """Build the `ModelConfig` that the model flags describe. An invalid value names its flag."""
-    dilations = None
-    if args.dilations:
-        try:
-            dilations = tuple(int(part) for part in args.dilations.split(","))
-        except ValueError:
-            raise ConfigError(
-                f"--dilations {args.dilations!r} is invalid: give integers like 1,2,4,8"
-            ) from None
+    dilations = parse_dilations(args.dilations)
     from hiertcn.models.config import field_flag
 
     try:
@@ -255,6 +248,25 @@ def model_config_from_args(args: argparse.Namespace):
     except InvalidFieldError as error:
         flag = field_flag(error.field)
         raise ConfigError(f"{flag} {error.value} is invalid: {error.fix}") from None
+
+
+def parse_dilations(value: str | None) -> tuple[int, ...] | None:
+    """Parse the --dilations value `1,2,4,8`, where None (the flag not given) means the default.
+
+    An empty value, an empty part or a dilation below 1 raises ConfigError naming the flag.
+    """
+    if value is None:
+        return None
+    try:
+        dilations = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        dilations = ()
+    if not dilations or any(dilation < 1 for dilation in dilations):
+        raise ConfigError(
+            f"--dilations {value!r} is invalid: give one positive integer per residual block, "
+            "comma-separated, e.g. 1,2,4,8"
+        )
+    return dilations
 
 
 def _model_config(args: argparse.Namespace, dilations: tuple[int, ...] | None):
@@ -279,6 +291,10 @@ def _model_config(args: argparse.Namespace, dilations: tuple[int, ...] | None):
     )
 
 
+# Flags of the training and loss fields whose flag is not `--` plus the field with dashes.
+_TRAINING_FLAGS = {"learning_rate": "--lr"}
+
+
 def loss_config_from_args(args: argparse.Namespace):
     """Build the `LossConfig` that the loss flags describe."""
     from hiertcn.losses import LossConfig
@@ -290,6 +306,15 @@ def loss_config_from_args(args: argparse.Namespace):
 
 def train_config_from_args(args: argparse.Namespace):
     """Build the `TrainConfig` that the training and loss flags describe."""
+    try:
+        return _train_config(args)
+    except InvalidFieldError as error:
+        flag = _TRAINING_FLAGS.get(error.field, "--" + error.field.replace("_", "-"))
+        raise ConfigError(f"{flag} {error.value} is invalid: {error.fix}") from None
+
+
+def _train_config(args: argparse.Namespace):
+    """Build the `TrainConfig` of the parsed flags; invalid values raise `InvalidFieldError`."""
     from hiertcn.train import TrainConfig
 
     return TrainConfig(
@@ -324,10 +349,12 @@ def print_dataset(dataset) -> None:
 
     The filter report is not printed here, because the loader already logs it at INFO level.
     """
-    from hiertcn.data.stats import compute_stats, format_stats_table
+    from hiertcn.data.stats import WARM_SPLIT_NOTE, compute_stats, format_stats_table
 
     parts = {"train": dataset.train, "valid": dataset.valid, "test": dataset.test}
     print(format_stats_table({name: compute_stats(log) for name, log in parts.items()}))
+    if dataset.summary["split"]["kind"] == "warm":
+        print(WARM_SPLIT_NOTE)
     print()
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from hiertcn.data.counts import count_noun
 from hiertcn.data.readers import RawLog
 from hiertcn.errors import DataError
 
@@ -80,14 +81,15 @@ class FilterReport:
     def format_lines(self) -> list[str]:
         """Return one readable line per step that removed something, then a total line."""
         lines = [
-            f"round {step.round}: {step.filter}={step.value} removed {step.events_removed} events, "
-            f"{step.users_removed} users, {step.items_removed} items"
+            f"round {step.round}: {step.filter}={step.value} removed "
+            f"{count_noun(step.events_removed, 'event')}, "
+            f"{count_noun(step.users_removed, 'user')}, {count_noun(step.items_removed, 'item')}"
             for step in self.steps
             if step.events_removed
         ]
         lines.append(
-            f"filters kept {self.events_after} of {self.events_before} events "
-            f"after {self.rounds} rounds"
+            f"filters kept {self.events_after} of {count_noun(self.events_before, 'event')} "
+            f"after {count_noun(self.rounds, 'round')}"
         )
         return lines
 

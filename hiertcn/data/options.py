@@ -18,7 +18,7 @@ from hiertcn.data.sessions import DEFAULT_SESSION_GAP
 from hiertcn.data.splits import SPLIT_KINDS, SplitConfig, split_log
 from hiertcn.data.stats import compute_stats
 from hiertcn.data.vocab import ItemVocab
-from hiertcn.errors import DataError
+from hiertcn.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +71,9 @@ def _add_reader_arguments(group: argparse._ArgumentGroup) -> None:
         "--format",
         choices=FORMATS,
         default="auto",
-        help="log format (default: auto, which picks it from the file name and first line "
-        "and fails when that is ambiguous)",
+        help="log format (default: auto, which picks it from the file name and first line, "
+        "reads a .csv or .tsv file whose columns --user-col, --item-col or --time-col name as "
+        "csv, and fails when the format is ambiguous)",
     )
     group.add_argument("--user-col", help="user column: header name or 0-based position")
     group.add_argument(
@@ -120,8 +121,8 @@ def _add_reader_arguments(group: argparse._ArgumentGroup) -> None:
         "--session-gap",
         type=int,
         default=DEFAULT_SESSION_GAP,
-        help=f"idle gap in seconds above which a new session starts; a gap of exactly this "
-        f"value stays in the session (default: {DEFAULT_SESSION_GAP})",
+        help=f"idle gap in seconds, 1 or more, above which a new session starts; a gap of "
+        f"exactly this value stays in the session (default: {DEFAULT_SESSION_GAP})",
     )
 
 
@@ -199,6 +200,11 @@ def data_config_from_args(args: argparse.Namespace) -> DataConfig:
     """Build the `DataConfig` from the flags that `add_data_arguments` added."""
     if args.data is None:
         raise DataError("no interaction log given: pass the log FILE")
+    if args.session_gap < 1:
+        raise ConfigError(
+            f"--session-gap {args.session_gap} is invalid: give a positive number of seconds "
+            f"(default: {DEFAULT_SESSION_GAP})"
+        )
     reader = ReaderConfig(
         format=args.format,
         user_col=args.user_col,

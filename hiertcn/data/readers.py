@@ -26,12 +26,15 @@ import csv
 import dataclasses
 import json
 import logging
+import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from hiertcn.data.counts import count_noun
 from hiertcn.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -47,6 +50,9 @@ _MAX_SECONDS = 253_402_300_799
 # Unix time of 1973-01-01 in seconds. A log whose every timestamp read with unit `ms` is earlier
 # is almost surely in seconds: Unix time 1.7e9 s (the year 2023) read as ms is in January 1970.
 _MIN_LATEST_SECONDS_FROM_MS = 94_694_400
+# Maximum number of distinct event types that the error for an --event-types value matching no
+# event lists, because a wrong --event-type-col can name a column with a new value in every row.
+_MAX_LISTED_TYPES = 20
 # Formats whose time unit --time-unit chooses, with their default. The other formats have a fixed
 # unit. OTTO's own files are in milliseconds, and `s` reads a copy converted to seconds.
 _FLEXIBLE_UNIT_FORMATS = {"csv": "s", "jsonl": "s", "otto": "ms"}
@@ -182,7 +188,7 @@ class _RawLogBuilder:
     def __init__(self, path: Path, time_unit: str, config: ReaderConfig, with_impressions: bool):
         self.path = path
         self.time_unit = time_unit
-        self.log_format = config.format
+        self.config = config
         # Checked in `build`: the largest timestamp and its line, when ms is the format's
         # default or was chosen for a format that reads seconds too.
         self.check_seconds_as_ms = time_unit == "ms" and config.format in _FLEXIBLE_UNIT_FORMATS
@@ -195,18 +201,25 @@ class _RawLogBuilder:
         self.impression_lengths: list[int] | None = [] if with_impressions else None
         self.impressions: list[str] = []
         self.skipped_types = 0
+        # The first distinct event types that --event-types dropped, in file order, for the
+        # message when it keeps nothing. A dict keeps the order.
+        self.dropped_types: dict[str, None] = {}
 
     def parse_time(self, value: object, line: int) -> int:
         """Convert one timestamp to int64 seconds; raises DataError naming the line."""
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise DataError(f"{self.path}:{line}: timestamp {value!r} is not an integer")
-        try:
-            number = int(value)
-        except ValueError:
+        number = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str):
+            try:
+                number = int(value)
+            except ValueError:
+                number = None
+        if number is None:
             raise DataError(
-                f"{self.path}:{line}: timestamp {value!r} is not an integer "
-                f"(expected Unix time in {self.time_unit})"
-            ) from None
+                f"{self.path}:{line}: timestamp {value!r} is not an integer: "
+                f"{_timestamp_fix(value, self.time_unit, self.config.format)}"
+            )
         if self.time_unit == "ms":
             if self.latest_ms is None or number > self.latest_ms[0]:
                 self.latest_ms = (number, line)
@@ -214,7 +227,7 @@ class _RawLogBuilder:
         if abs(number) > _MAX_SECONDS:
             raise MillisecondsAsSecondsError(
                 f"{self.path}:{line}: timestamp {number} is after the year 9999 in seconds: "
-                f"if the log is in milliseconds, {_milliseconds_fix(self.log_format, self.path)}",
+                f"if the log is in milliseconds, {_milliseconds_fix(self.config, self.path)}",
                 line,
                 number,
             )
@@ -265,6 +278,8 @@ class _RawLogBuilder:
             )
         if self.event_type_filter is not None and event_type not in self.event_type_filter:
             self.skipped_types += 1
+            if len(self.dropped_types) < _MAX_LISTED_TYPES:
+                self.dropped_types[event_type] = None
             return
         seconds = self.parse_time(timestamp, line)
         user_id = self.parse_id(user, "user", line)
@@ -278,18 +293,30 @@ class _RawLogBuilder:
             self.impression_lengths.append(len(impressions))
             self.impressions.extend(impressions)
 
+    def no_event_types_error(self) -> DataError:
+        """Build the error for an --event-types value that matches no event of the file."""
+        requested = ",".join(self.config.event_types or ())
+        present = ", ".join(self.dropped_types)
+        if len(self.dropped_types) >= _MAX_LISTED_TYPES:
+            present += " and more"
+        return DataError(
+            f"{self.path}: --event-types {requested} matches no event: the event types in the "
+            f"file are {present}, so pass some of them to --event-types, or drop the flag"
+        )
+
     def build(self) -> RawLog:
         if self.skipped_types:
             logger.info(
-                "%s: kept %d events of types %s, dropped %d of other types",
+                "%s: kept %s of types %s, dropped %d of other types",
                 self.path,
-                len(self.timestamps),
+                count_noun(len(self.timestamps), "event"),
                 sorted(self.event_type_filter or ()),
                 self.skipped_types,
             )
+        if not self.timestamps and self.skipped_types:
+            raise self.no_event_types_error()
         if not self.timestamps:
-            reason = "after the event-type filter" if self.skipped_types else "in the file"
-            raise DataError(f"{self.path}: no events {reason}: check the file and --format")
+            raise DataError(f"{self.path}: no events in the file: check the file and --format")
         self.check_seconds_read_as_ms()
         num_events = len(self.timestamps)
         offsets = impressions = None
@@ -312,6 +339,32 @@ class _RawLogBuilder:
         )
 
 
+def _timestamp_fix(value: object, unit: str, log_format: str) -> str:
+    """Return what to do about a timestamp `value` that is not an integer."""
+    name = {"s": "seconds", "ms": "milliseconds"}[unit]
+    if _is_finite_number(value):
+        if unit == "s" and log_format in _FLEXIBLE_UNIT_FORMATS:
+            return (
+                "timestamps must be whole Unix seconds, so round them down in the file, or to "
+                "keep the fraction, multiply them by 1000, round them and pass --time-unit ms"
+            )
+        return f"timestamps must be whole Unix {name}, so round them down in the file"
+    fix = f"timestamps must be Unix times in whole {name}, so convert them in the file"
+    if log_format in ("csv", "jsonl"):
+        fix += ", and check that --time-col names the timestamp column"
+    return fix
+
+
+def _is_finite_number(value: object) -> bool:
+    """Return whether `value` is a finite float or a string that parses as one."""
+    if isinstance(value, bool) or not isinstance(value, (float, str)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except ValueError:
+        return False
+
+
 def _object_array(values: list[str]) -> np.ndarray:
     array = np.empty(len(values), dtype=object)
     array[:] = values
@@ -331,7 +384,8 @@ def read_log(path: str | Path, config: ReaderConfig | None = None) -> RawLog:
         raise DataError(f"log file {path} not found")
     if path.stat().st_size == 0:
         raise DataError(f"log file {path} is empty")
-    log_format = detect_format(path) if config.format == "auto" else config.format
+    check_not_compressed(path)
+    log_format = detect_format(path, config) if config.format == "auto" else config.format
     # The readers word their messages by the format, so they get the detected one.
     config = dataclasses.replace(config, format=log_format)
     readers = {
@@ -343,12 +397,38 @@ def read_log(path: str | Path, config: ReaderConfig | None = None) -> RawLog:
         "trivago": _read_trivago,
     }
     raw = readers[log_format](path, config)
-    logger.info("read %d events from %s (format %s)", len(raw), path, log_format)
+    logger.info("read %s from %s (format %s)", count_noun(len(raw), "event"), path, log_format)
     return raw
 
 
 # ---------------------------------------------------------------------------------------------
 # Format detection
+
+
+# Magic bytes at the start of compressed and archive files, with the format's name and a
+# command that unpacks such a file.
+_COMPRESSED_MAGIC = (
+    (re.compile(rb"\x1f\x8b"), "gzip", "gunzip -k {path}"),
+    (re.compile(rb"BZh[1-9]"), "bzip2", "bunzip2 -k {path}"),
+    (re.compile(rb"\xfd7zXZ\x00"), "xz", "unxz -k {path}"),
+    (re.compile(rb"\x28\xb5\x2f\xfd"), "Zstandard", "unzstd {path}"),
+    (re.compile(rb"\x04\x22\x4d\x18"), "LZ4", "unlz4 {path}"),
+    (re.compile(rb"PK\x03\x04"), "ZIP", "unzip {path}"),
+    (re.compile(rb"7z\xbc\xaf\x27\x1c"), "7z", "7z x {path}"),
+)
+
+
+def check_not_compressed(path: Path) -> None:
+    """Raise DataError when `path` starts with the magic bytes of a compressed file."""
+    with path.open("rb") as file:
+        head = file.read(8)
+    for magic, name, command in _COMPRESSED_MAGIC:
+        if magic.match(head):
+            raise DataError(
+                f"log file {path} is {name}-compressed, and compressed files are not read: "
+                f"decompress it first, for example with `{command.format(path=path)}`, and "
+                "pass the decompressed file"
+            )
 
 
 def _first_line(path: Path) -> str:
@@ -379,12 +459,29 @@ def _encoding_error(path: Path, error: UnicodeDecodeError) -> DataError:
     return DataError(f"{path} is not valid UTF-8 ({error.reason}): save the file as UTF-8")
 
 
-def _has_default_columns(names: Sequence[str]) -> bool:
-    return all(any(name in names for name in options) for options in _DEFAULT_COLUMNS.values())
+def _has_default_columns(names: Sequence[str], roles: int = len(_DEFAULT_COLUMNS)) -> bool:
+    """Return whether `names` has a known column name for at least `roles` of the roles."""
+    found = sum(any(name in names for name in options) for options in _DEFAULT_COLUMNS.values())
+    return found >= roles
 
 
-def detect_format(path: Path) -> str:
-    """Pick the format from the file name and first line; raise DataError when it is ambiguous."""
+def _names_columns(config: ReaderConfig | None) -> bool:
+    """Return whether `config` names a user, item, time or event type column."""
+    if config is None:
+        return False
+    column_flags = (config.user_col, config.item_col, config.time_col, config.event_type_col)
+    return any(spec is not None for spec in column_flags)
+
+
+def detect_format(path: Path, config: ReaderConfig | None = None) -> str:
+    """Pick the format from the file name and first line; raise DataError when it is ambiguous.
+
+    A known layout (MovieLens, OTTO, Taobao, trivago) wins. Otherwise a `.csv`, `.tsv` or `.tab`
+    file is the generic csv format when its header has a known column name such as `user_id`,
+    or when `config` names columns or sets no header. A first line with a JSON object
+    is the generic jsonl format when it has a known user, item and time key, or when `config`
+    names columns.
+    """
     name = path.name.lower()
     first = _first_line(path)
     if name in ("u.data", "ratings.dat"):
@@ -396,7 +493,10 @@ def detect_format(path: Path) -> str:
             record = None
         if isinstance(record, dict) and "session" in record and "events" in record:
             return "otto"
-        if isinstance(record, dict) and _has_default_columns(list(record)):
+        generic = isinstance(record, dict) and (
+            _has_default_columns(list(record)) or _names_columns(config)
+        )
+        if generic:
             return "jsonl"
     else:
         delimiter = "\t" if name.endswith((".tsv", ".tab")) else ","
@@ -407,12 +507,18 @@ def detect_format(path: Path) -> str:
             return "movielens"
         if name.startswith("userbehavior") and len(fields) == 5 and fields[3] in TAOBAO_BEHAVIORS:
             return "taobao"
-        if name.endswith((".csv", ".tsv", ".tab")) and _has_default_columns(fields):
+        # A header with one known name is a generic log, and the csv reader's error names
+        # the flag of each column it cannot find.
+        delimited = name.endswith((".csv", ".tsv", ".tab"))
+        no_header = config is not None and not config.header
+        generic = _has_default_columns(fields, roles=1) or _names_columns(config) or no_header
+        if delimited and generic:
             return "csv"
     formats = ", ".join(FORMATS[1:])
     raise DataError(
-        f"cannot tell the format of {path} from its name and first line: "
-        f"pass --format with one of {formats}"
+        f"cannot tell the format of {path} from its name and first line: pass --format with "
+        f"one of {formats}. A .csv or .tsv file, or a file of JSON objects, is read as the "
+        "generic csv or jsonl format when --user-col, --item-col or --time-col names its columns"
     )
 
 
@@ -456,9 +562,52 @@ def _resolve_column(spec: str, names: Sequence[str] | None, role: str, path: Pat
             f"{path}: column {spec!r} for the {role} needs a header; the file has none, "
             "so give a 0-based position"
         )
+    hint = _delimiter_hint(names, part="header") if len(names) == 1 else None
+    fix = hint or "give a header name or a 0-based position"
     raise DataError(
-        f"{path}: column {spec!r} for the {role} not found in the header {list(names)}: "
-        "give a header name or a 0-based position"
+        f"{path}: column {spec!r} for the {role} not found in the header {list(names)}: {fix}"
+    )
+
+
+# Delimiters that a row read with another delimiter may contain, most common first.
+_DELIMITER_CANDIDATES = (",", "\t", ";", "|")
+
+
+def _quote_delimiter(delimiter: str) -> str:
+    """Return `delimiter` as a shell argument of --delimiter, with a tab written as `\\t`."""
+    return "'" + delimiter.replace("\t", "\\t") + "'"
+
+
+def _delimiter_hint(fields: Sequence[str], part: str = "row") -> str | None:
+    """Suggest --delimiter when a row that split into one field contains a common delimiter."""
+    for candidate in _DELIMITER_CANDIDATES:
+        if candidate in fields[0]:
+            return (
+                f"the {part} contains {_quote_delimiter(candidate)}, so the delimiter is "
+                f"probably wrong: pass --delimiter {_quote_delimiter(candidate)}"
+            )
+    return None
+
+
+def _short_row_error(
+    path: Path, line: int, fields: Sequence[str], needed: int, delimiter: str, log_format: str
+) -> DataError:
+    """Build the error for a row with fewer fields than the chosen columns need."""
+    row = delimiter.join(fields)
+    # Only the csv and taobao readers take --delimiter, because MovieLens files have a fixed one.
+    hint = None
+    if len(fields) == 1 and log_format in ("csv", "taobao"):
+        hint = _delimiter_hint(fields)
+    if hint is None and log_format == "csv":
+        hint = (
+            f"check that --delimiter (now {_quote_delimiter(delimiter)}) separates the fields, "
+            "and that --user-col, --item-col and --time-col name existing columns"
+        )
+    elif hint is None:
+        hint = f"the file does not have the {log_format} layout, so check the file and --format"
+    return DataError(
+        f"{path}:{line}: row has {count_noun(len(fields), 'field')} but column {needed - 1} "
+        f"is needed: {row!r}: {hint}"
     )
 
 
@@ -527,10 +676,7 @@ def _read_delimited(
     needed = max(c for c in vars(columns).values() if c is not None) + 1
     for line, fields in rows:
         if len(fields) < needed:
-            raise DataError(
-                f"{path}:{line}: row has {len(fields)} fields but column {needed - 1} is needed: "
-                f"{delimiter.join(fields)!r}"
-            )
+            raise _short_row_error(path, line, fields, needed, delimiter, config.format)
         impressions: list[str] = []
         if columns.impressions is not None:
             text = fields[columns.impressions].strip()
@@ -581,33 +727,81 @@ def _fixed_unit(config: ReaderConfig, unit: str, log_format: str, path: Path) ->
     if unit == "s":
         raise DataError(
             f"{mismatch}ms was given: for a log in milliseconds, "
-            f"{_milliseconds_fix(log_format, path)}. For seconds, drop --time-unit"
+            f"{_milliseconds_fix(config, path)}. For seconds, drop --time-unit"
         )
     raise DataError(f"{mismatch}{config.time_unit} was given: drop --time-unit")
 
 
-def _milliseconds_fix(log_format: str, path: Path) -> str:
-    """Return how to read a log with millisecond timestamps in place of `log_format`."""
+def _milliseconds_fix(config: ReaderConfig, path: Path) -> str:
+    """Return how to read a log with millisecond timestamps in place of `config.format`."""
+    log_format = config.format
     if log_format in _FLEXIBLE_UNIT_FORMATS:
         return "pass --time-unit ms"
-    columns = _CSV_COLUMNS_FOR_FORMAT.get(log_format)
-    if log_format == "movielens" and path.name.lower().endswith(".csv"):
-        columns = "--user-col userId --item-col movieId --time-col timestamp"
-    elif log_format == "movielens":
-        delimiter = "::" if path.name.lower().endswith(".dat") else "\\t"
-        columns = f"--no-header --delimiter '{delimiter}' {columns}"
-    if columns is None:
+    flags = _csv_flags_for_layout(config, path)
+    if flags is None:
         return f"convert the timestamps to seconds, because the {log_format} format reads seconds"
     return (
-        f"read it with --format csv {columns} --time-unit ms, because the {log_format} "
+        f"read it with --format csv {flags} --time-unit ms, because the {log_format} "
         "format reads seconds"
     )
 
 
-# The csv flags that read the columns of a headerless log of a fixed-unit format.
-_CSV_COLUMNS_FOR_FORMAT = {
-    "movielens": "--user-col 0 --item-col 1 --time-col 3",
-    "taobao": "--no-header --delimiter , --user-col 0 --item-col 1 --time-col 4 --event-type-col 3",
+def _csv_flags_for_layout(config: ReaderConfig, path: Path) -> str | None:
+    """Return the csv flags that read the columns `config` picks from a MovieLens or Taobao log.
+
+    Column flags the user gave are kept, and a column name of a headerless layout becomes its
+    position, so `--item-col category` of a Taobao log becomes `--item-col 2`.
+    """
+    name = path.name.lower()
+    if config.format == "movielens" and name.endswith(".csv"):
+        # ratings.csv has a header, so its column names work with --format csv.
+        return _column_flags(config, _MOVIELENS_CSV_DEFAULTS, names=None)
+    if config.format == "movielens":
+        delimiter = "::" if name.endswith(".dat") else "\t"
+        columns = _column_flags(config, _MOVIELENS_DEFAULTS, MOVIELENS_COLUMNS)
+        return f"--no-header --delimiter {_quote_delimiter(delimiter)} {columns}"
+    if config.format == "taobao":
+        delimiter = _quote_delimiter(config.delimiter or ",")
+        columns = _column_flags(config, _TAOBAO_DEFAULTS, TAOBAO_COLUMNS)
+        return f"--no-header --delimiter {delimiter} {columns}"
+    return None
+
+
+def _column_flags(
+    config: ReaderConfig, defaults: dict[str, str], names: Sequence[str] | None
+) -> str:
+    """Return the column flags of `config`, with `defaults` for the flags it leaves unset.
+
+    With `names`, the columns of a headerless layout, a name becomes its 0-based position.
+    """
+    flags = []
+    for flag, spec in (
+        ("--user-col", config.user_col),
+        ("--item-col", config.item_col),
+        ("--time-col", config.time_col),
+        ("--event-type-col", config.event_type_col),
+    ):
+        spec = spec if spec is not None else defaults.get(flag)
+        if spec is None:
+            continue
+        if names is not None and spec in names:
+            spec = str(list(names).index(spec))
+        flags.append(f"{flag} {spec}")
+    return " ".join(flags)
+
+
+# The column of each flag that the MovieLens and Taobao readers use when the flag is not given.
+_MOVIELENS_CSV_DEFAULTS = {
+    "--user-col": "userId",
+    "--item-col": "movieId",
+    "--time-col": "timestamp",
+}
+_MOVIELENS_DEFAULTS = {"--user-col": "user", "--item-col": "item", "--time-col": "timestamp"}
+_TAOBAO_DEFAULTS = {
+    "--user-col": "user",
+    "--item-col": "item",
+    "--time-col": "timestamp",
+    "--event-type-col": "behavior",
 }
 
 
@@ -665,7 +859,8 @@ def _read_trivago(path: Path, config: ReaderConfig) -> RawLog:
     for line, fields in rows:
         if len(fields) != len(names):
             raise DataError(
-                f"{path}:{line}: row has {len(fields)} fields, the header has {len(names)}"
+                f"{path}:{line}: row has {count_noun(len(fields), 'field')}, the header has "
+                f"{len(names)}"
             )
         action = fields[index["action_type"]].strip()
         if action not in TRIVAGO_ITEM_ACTIONS:
@@ -694,7 +889,9 @@ def _read_trivago(path: Path, config: ReaderConfig) -> RawLog:
 
     if hidden:
         logger.info(
-            "%s: skipped %d item actions with an empty reference (hidden target)", path, hidden
+            "%s: skipped %s with an empty reference (hidden target)",
+            path,
+            count_noun(hidden, "item action"),
         )
     return builder.build()
 
@@ -723,12 +920,17 @@ def _parse_json_line(line: str, path: Path, number: int) -> dict:
     return record
 
 
-def _field(record: dict, key: str, path: Path, line: int) -> object:
+def _field(record: dict, key: str, path: Path, line: int, flag: str | None = None) -> object:
+    """Return `record[key]`; a missing key raises DataError, naming `flag` when one sets it."""
     try:
         return record[key]
     except KeyError:
+        message = f"{path}:{line}: key {key!r} missing in {json.dumps(record)[:120]}"
+        if flag is None:
+            raise DataError(message) from None
         raise DataError(
-            f"{path}:{line}: key {key!r} missing in {json.dumps(record)[:120]}"
+            f"{message}: every line needs it, so add it to the line, or pass {flag} with the "
+            "key that this log uses"
         ) from None
 
 
@@ -777,10 +979,13 @@ def _read_generic_jsonl(path: Path, config: ReaderConfig) -> RawLog:
                 _json_key(config.item_col, record, "item", path, line),
                 _json_key(config.time_col, record, "time", path, line),
             )
-        user, item, timestamp = (_field(record, key, path, line) for key in keys)
+        user, item, timestamp = (
+            _field(record, key, path, line, flag)
+            for key, flag in zip(keys, ("--user-col", "--item-col", "--time-col"), strict=True)
+        )
         event_type = None
         if config.event_type_col is not None:
-            event_type = str(_field(record, config.event_type_col, path, line))
+            event_type = str(_field(record, config.event_type_col, path, line, "--event-type-col"))
         impressions: list[str] = []
         if config.impressions_col is not None:
             impressions = _json_impressions(record.get(config.impressions_col), config, path, line)

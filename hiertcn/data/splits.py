@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hiertcn.data.counts import count_noun
 from hiertcn.data.log import EventLog
 from hiertcn.errors import DataError
 
@@ -68,13 +69,13 @@ def split_log(log: EventLog, config: SplitConfig) -> Split:
         split = warm_start_split(log, config.train_fraction, config.valid_fraction)
     for name, part in (("train", split.train), ("valid", split.valid), ("test", split.test)):
         logger.info(
-            "%s split %s: %d users, %d sessions, %d events, %d targets",
+            "%s split %s: %s, %s, %s, %s",
             config.kind,
             name,
-            part.num_users,
-            part.num_sessions,
-            part.num_events,
-            part.num_targets,
+            count_noun(part.num_users, "user"),
+            count_noun(part.num_sessions, "session"),
+            count_noun(part.num_events, "event"),
+            count_noun(part.num_targets, "target"),
         )
     return split
 
@@ -143,7 +144,11 @@ def warm_start_split(
         )
     unseen = int(log.num_users - np.count_nonzero(seen_user))
     if unseen:
-        logger.info("warm start: %d users have no event before t1=%d and are left out", unseen, t1)
+        logger.info(
+            "warm start: left out %s with no event before t1=%d",
+            count_noun(unseen, "user"),
+            t1,
+        )
     return Split(
         train=log.select_events(in_train, targets=np.ones_like(in_train)),
         valid=log.select_events(valid_keep, targets=valid_targets),

@@ -1,4 +1,4 @@
-"""Log statistics: users, items, events, sessions, events per session and sessions per user.
+"""Log statistics: users, items, events, scored events, sessions, and their spreads.
 
 Means and standard deviations are over sessions (events per session) and over users (sessions
 per user); the standard deviation is the population one (ddof=0).
@@ -24,6 +24,9 @@ class LogStats:
     users: int
     items: int
     events: int
+    # Target events that evaluation ranks: every target except each user's first event, which
+    # has no history. The other events of a part are context.
+    scored_events: int
     sessions: int
     events_per_session_mean: float
     events_per_session_std: float
@@ -38,10 +41,14 @@ def compute_stats(log: EventLog) -> LogStats:
     """Count users, items seen in events, events and sessions, with the per-session/user spreads."""
     events_per_session = np.diff(np.asarray(log.session_offsets))
     sessions_per_user = np.diff(np.asarray(log.user_session_offsets))
+    targets = np.asarray(log.targets, dtype=bool)
+    first_events = np.asarray(log.user_offsets)[:-1]
+    scored_events = int(np.count_nonzero(targets)) - int(np.count_nonzero(targets[first_events]))
     return LogStats(
         users=log.num_users,
         items=len(np.unique(np.asarray(log.items))),
         events=log.num_events,
+        scored_events=scored_events,
         sessions=log.num_sessions,
         events_per_session_mean=_mean(events_per_session),
         events_per_session_std=_std(events_per_session),
@@ -58,17 +65,25 @@ def _std(values: np.ndarray) -> float:
     return float(values.std()) if len(values) else 0.0
 
 
+# Printed under the table of a warm-start split, whose events column counts context too.
+WARM_SPLIT_NOTE = (
+    "warm split: the valid and test events include each user's earlier events as history; "
+    "only their scored events, those after the train period (valid) or after the valid period "
+    "(test), are ranked"
+)
+
+
 def format_stats_table(rows: Mapping[str, LogStats]) -> str:
     """Render one Markdown table row per named log (for example "all", "train", "test")."""
     header = (
-        "| log | users | items | events | sessions | events/session (mean ± std) "
-        "| sessions/user (mean ± std) |"
+        "| log | users | items | events | scored events | sessions "
+        "| events/session (mean ± std) | sessions/user (mean ± std) |"
     )
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, stats in rows.items():
         lines.append(
             f"| {name} | {stats.users:,} | {stats.items:,} | {stats.events:,} "
-            f"| {stats.sessions:,} "
+            f"| {stats.scored_events:,} | {stats.sessions:,} "
             f"| {stats.events_per_session_mean:.2f} ± {stats.events_per_session_std:.2f} "
             f"| {stats.sessions_per_user_mean:.2f} ± {stats.sessions_per_user_std:.2f} |"
         )

@@ -23,3 +23,25 @@ def test_verbosity_sets_documented_level(monkeypatch, verbosity, level):
     monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: levels.append(kwargs["level"]))
     cli.configure_logging(verbosity)
     assert levels == [level]
+
+
+@pytest.mark.parametrize(
+    ("argv", "verbosity"),
+    [
+        (["data", "stats", "log.csv"], 0),
+        (["data", "stats", "log.csv", "-v"], 1),
+        (["data", "stats", "log.csv", "--verbose"], 1),
+        (["-v", "data", "stats", "log.csv"], 1),
+        (["data", "-v", "stats", "log.csv"], 1),
+    ],
+)
+def test_verbose_accepted_after_subcommand(argv, verbosity):
+    assert cli.build_parser().parse_args(argv).verbose == verbosity
+
+
+def test_every_subcommand_has_verbose():
+    parser = cli.build_parser()
+    subcommands = list(cli._subcommand_parsers(parser))
+    assert {sub.prog for sub in subcommands} >= {"hiertcn data stats", "hiertcn train"}
+    for subcommand in subcommands:
+        assert "-v" in subcommand._option_string_actions, subcommand.prog

@@ -126,6 +126,56 @@ def test_invalid_model_flag_named(tmp_path, capsys, flags, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size 0 is invalid: use an integer >= 1"),
+        (["--epochs", "0"], "--epochs 0 is invalid: use an integer >= 1"),
+        (["--patience", "0"], "--patience 0 is invalid: use an integer >= 1"),
+        (["--negatives", "0", "--loss", "bpr"], "--negatives 0 is invalid: use an integer >= 1"),
+        (["--margin", "-1", "--loss", "hinge"], "--margin -1.0 is invalid: use a margin >= 0"),
+        (["--lr", "0"], "--lr 0.0 is invalid: use a learning rate > 0"),
+        (["--grad-clip", "0"], "--grad-clip 0.0 is invalid: use a norm > 0"),
+        (["--max-batches", "0"], "--max-batches 0 is invalid: use 1 or more"),
+        (["--dilations", "0"], "--dilations '0' is invalid: give one positive integer per"),
+        (["--dilations", ""], "--dilations '' is invalid: give one positive integer per"),
+        (["--dilations", "1,,2"], "--dilations '1,,2' is invalid"),
+        (["--dilations", "1,-2"], "--dilations '1,-2' is invalid"),
+    ],
+)
+def test_invalid_training_flag_named(tmp_path, capsys, flags, message):
+    assert main([*train_argv(tmp_path / "absent.csv", tmp_path / "run"), *flags]) == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert "_" not in error.split(" is invalid")[0]
+    assert "(1, 2, 4, 8)" not in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_dilations_message_shows_flag_syntax(tmp_path, capsys):
+    argv = [*train_argv(tmp_path / "absent.csv", tmp_path / "run"), "--dilations", "0"]
+    assert main(argv) == 2
+    assert "e.g. 1,2,4,8" in capsys.readouterr().err
+
+
+def test_session_gap_zero_rejected(tmp_path, capsys):
+    log = tmp_path / "log.csv"
+    write_log(log)
+    assert main(train_argv(log, tmp_path / "run", "--session-gap", "0")) == 2
+    error = capsys.readouterr().err
+    assert "--session-gap 0 is invalid: give a positive number of seconds" in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_warm_split_table_explains_history(tmp_path, capsys):
+    log = tmp_path / "log.csv"
+    write_log(log)
+    assert main(train_argv(log, tmp_path / "run", "--split", "warm")) == 0
+    output = capsys.readouterr().out
+    assert "| log | users | items | events | scored events |" in output
+    assert "warm split: the valid and test events include each user's earlier events" in output
+
+
 def test_model_help_lists_registered_models(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])

@@ -59,7 +59,7 @@ def test_filter_report_states_each_removal(tmp_path):
         (2, "min_item_count", 1, 0, 1),
     ]
     assert report.format_lines()[0] == (
-        "round 1: min_item_count=2 removed 1 events, 0 users, 1 items"
+        "round 1: min_item_count=2 removed 1 event, 0 users, 1 item"
     )
     assert report.to_dict()["events_after"] == 5
 
@@ -109,3 +109,19 @@ def test_real_log_filters_reach_fixed_point(shared_data):
     assert user_counts.max() <= 1000
     assert report.rounds > 1
     assert not any(step.events_removed for step in report.steps if step.round == report.rounds)
+
+
+def test_filter_report_counts_are_singular_for_one(tmp_path):
+    rows = [("u", "a"), ("u", "a"), ("v", "b")]
+    config = FilterConfig(min_item_count=2, min_user_events=0, max_user_events=None)
+    _, report = filter_log(raw_from_rows(tmp_path, rows), config)
+    assert report.format_lines() == [
+        "round 1: min_item_count=2 removed 1 event, 1 user, 1 item",
+        "filters kept 2 of 3 events after 2 rounds",
+    ]
+
+
+def test_filter_report_one_round(tmp_path):
+    config = FilterConfig(min_item_count=0, min_user_events=0, max_user_events=None)
+    _, report = filter_log(raw_from_rows(tmp_path, [("u", "a")]), config)
+    assert report.format_lines() == ["filters kept 1 of 1 event after 1 round"]

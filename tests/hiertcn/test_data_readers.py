@@ -411,3 +411,209 @@ def test_utf8_bom_jsonl_first_line_parsed(tmp_path):
     path.write_bytes(b'\xef\xbb\xbf{"user": "u", "item": "i", "timestamp": 1}\n')
     assert detect_format(path) == "jsonl"
     assert list(read_log(path).items) == ["i"]
+
+
+GENERIC_ROWS = "user_id,ts,product\nu0,1600000000,p1\nu0,1600000060,p2\nu1,1600000000,p1\n"
+
+
+def test_auto_format_csv_with_column_flags(tmp_path):
+    path = write(tmp_path / "log.csv", GENERIC_ROWS)
+    config = ReaderConfig(user_col="user_id", item_col="product", time_col="ts")
+    assert detect_format(path, config) == "csv"
+    raw = read_log(path, config)
+    assert list(raw.items) == ["p1", "p2", "p1"]
+
+
+def test_auto_format_headerless_tsv_with_positions(tmp_path):
+    path = write(tmp_path / "log.tsv", "p1\tu0\tc\t1600000000\np2\tu0\tc\t1600000060\n")
+    config = ReaderConfig(header=False, user_col="1", item_col="0", time_col="3")
+    raw = read_log(path, config)
+    assert list(raw.users) == ["u0", "u0"]
+    assert list(raw.timestamps) == [1600000000, 1600000060]
+
+
+def test_auto_format_csv_with_one_known_column_names_missing_flag(tmp_path):
+    path = write(tmp_path / "log.csv", GENERIC_ROWS)
+    assert detect_format(path) == "csv"
+    with pytest.raises(DataError, match=r"no item column among .*: pass --item-col"):
+        read_log(path)
+
+
+def test_auto_format_jsonl_with_column_flags(tmp_path):
+    path = write(tmp_path / "log.jsonl", '{"who": "u", "what": "i", "when": 5}\n')
+    raw = read_log(path, ReaderConfig(user_col="who", item_col="what", time_col="when"))
+    assert list(raw.users) == ["u"]
+    assert list(raw.timestamps) == [5]
+
+
+def test_auto_format_unknown_header_stays_ambiguous(tmp_path):
+    # A Taobao log under another name: no known column name, so the reader cannot tell.
+    path = write(tmp_path / "events.csv", "1,2268318,2520377,pv,1511544070\n")
+    with pytest.raises(DataError) as error:
+        read_log(path)
+    message = str(error.value)
+    assert "cannot tell the format of" in message
+    assert "pass --format with one of" in message
+    assert "--user-col, --item-col or --time-col" in message
+
+
+@pytest.mark.parametrize(
+    ("magic", "name", "command"),
+    [
+        (b"\x1f\x8b\x08\x00", "gzip", "gunzip -k"),
+        (b"BZh91AY&SY", "bzip2", "bunzip2 -k"),
+        (b"\xfd7zXZ\x00\x00", "xz", "unxz -k"),
+        (b"\x28\xb5\x2f\xfd\x00", "Zstandard", "unzstd"),
+        (b"PK\x03\x04\x14\x00", "ZIP", "unzip"),
+    ],
+)
+@pytest.mark.parametrize(
+    "log_format", ["auto", "csv", "jsonl", "movielens", "otto", "taobao", "trivago"]
+)
+def test_compressed_file_is_named(tmp_path, magic, name, command, log_format):
+    path = tmp_path / "ratings.csv.gz"
+    path.write_bytes(magic + b"\x00" * 32)
+    with pytest.raises(DataError) as error:
+        read_log(path, ReaderConfig(format=log_format, user_col="0"))
+    message = str(error.value)
+    assert f"log file {path} is {name}-compressed, and compressed files are not read" in message
+    assert f"`{command} {path}`" in message
+
+
+def test_text_starting_like_bzip2_is_read(tmp_path):
+    path = write(tmp_path / "log.csv", "BZh,item,timestamp\nu,i,5\n")
+    raw = read_log(path, ReaderConfig(format="csv", user_col="BZh"))
+    assert list(raw.users) == ["u"]
+
+
+def test_event_types_matching_nothing_lists_types(shared_data):
+    path = shared_data / "taobao-userbehavior-head" / "UserBehavior_head.csv"
+    with pytest.raises(DataError) as error:
+        read_log(path, ReaderConfig(format="taobao", item_col="category", event_types=("click",)))
+    message = str(error.value)
+    assert "--event-types click matches no event" in message
+    for event_type in ("pv", "cart", "fav", "buy"):
+        assert event_type in message.split("the event types in the file are ")[1]
+    assert "pass some of them to --event-types" in message
+
+
+def test_event_types_list_is_capped(tmp_path):
+    rows = "".join(f"u,i,{second},type{second}\n" for second in range(30))
+    path = write(tmp_path / "log.csv", "user,item,timestamp,kind\n" + rows)
+    config = ReaderConfig(format="csv", event_type_col="kind", event_types=("click",))
+    with pytest.raises(DataError) as error:
+        read_log(path, config)
+    message = str(error.value)
+    assert "type19 and more" in message
+    assert "type20" not in message
+
+
+def test_wrong_delimiter_row_suggests_delimiter(tmp_path):
+    path = write(tmp_path / "log.csv", "u0,1600000000,p1\n")
+    config = ReaderConfig(
+        format="csv", header=False, delimiter=";", user_col="0", item_col="2", time_col="1"
+    )
+    with pytest.raises(DataError) as error:
+        read_log(path, config)
+    message = str(error.value)
+    assert "log.csv:1: row has 1 field but column 2 is needed" in message
+    assert "pass --delimiter ','" in message
+
+
+def test_wrong_delimiter_header_suggests_delimiter(tmp_path):
+    path = write(tmp_path / "log.tsv", GENERIC_ROWS)
+    with pytest.raises(DataError) as error:
+        read_log(path, ReaderConfig(format="csv", user_col="user_id"))
+    message = str(error.value)
+    assert "column 'user_id' for the user not found in the header" in message
+    assert "the header contains ',', so the delimiter is probably wrong" in message
+
+
+def test_short_row_names_delimiter_and_column_flags(tmp_path):
+    path = write(tmp_path / "short.csv", "user_id,ts,product\nu0,1,p1\nu0,1600009999\n")
+    config = ReaderConfig(user_col="user_id", item_col="product", time_col="ts")
+    with pytest.raises(DataError) as error:
+        read_log(path, config)
+    message = str(error.value)
+    assert "short.csv:3: row has 2 fields but column 2 is needed: 'u0,1600009999'" in message
+    assert "check that --delimiter (now ',') separates the fields" in message
+    assert "--user-col, --item-col and --time-col" in message
+
+
+def test_short_movielens_row_does_not_suggest_delimiter(tmp_path):
+    path = write(tmp_path / "u.data", "1\t10\t4\t5\n1,10\n")
+    with pytest.raises(DataError) as error:
+        read_log(path)
+    message = str(error.value)
+    assert "u.data:2: row has 1 field" in message
+    assert "--delimiter" not in message
+    assert "check the file and --format" in message
+
+
+def test_fractional_timestamp_says_what_to_do(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item,timestamp\nu,i,1600000000.5\n")
+    with pytest.raises(DataError) as error:
+        read_log(path, ReaderConfig(format="csv"))
+    message = str(error.value)
+    assert "timestamp '1600000000.5' is not an integer" in message
+    assert "timestamps must be whole Unix seconds" in message
+    assert "pass --time-unit ms" in message
+
+
+def test_fractional_json_timestamp_says_what_to_do(tmp_path):
+    path = write(tmp_path / "log.jsonl", '{"user": "u", "item": "i", "time": 1600000000.5}\n')
+    with pytest.raises(DataError, match="timestamps must be whole Unix seconds"):
+        read_log(path)
+
+
+def test_date_timestamp_names_time_col(tmp_path):
+    path = write(tmp_path / "log.csv", "user,item,timestamp\nu,i,2020-01-01\n")
+    with pytest.raises(DataError) as error:
+        read_log(path, ReaderConfig(format="csv"))
+    message = str(error.value)
+    assert "timestamps must be Unix times in whole seconds" in message
+    assert "check that --time-col names the timestamp column" in message
+
+
+def test_jsonl_missing_time_key_names_time_col(tmp_path):
+    lines = '{"user": "u", "item": "i", "time": 1}\n{"user": "u", "item": "j"}\n'
+    path = write(tmp_path / "log.jsonl", lines)
+    with pytest.raises(DataError) as error:
+        read_log(path)
+    message = str(error.value)
+    assert "log.jsonl:2: key 'time' missing in" in message
+    assert "pass --time-col with the key that this log uses" in message
+
+
+def test_jsonl_missing_event_type_key_names_flag(tmp_path):
+    path = write(tmp_path / "log.jsonl", '{"user": "u", "item": "i", "time": 1}\n')
+    with pytest.raises(DataError, match="pass --event-type-col with the key"):
+        read_log(path, ReaderConfig(event_type_col="kind"))
+
+
+def test_taobao_milliseconds_advice_keeps_item_col(tmp_path, shared_data):
+    head = (shared_data / "taobao-userbehavior-head" / "UserBehavior_head.csv").read_text()
+    rows = [row.rsplit(",", 1) for row in head.splitlines()[:3]]
+    path = write(tmp_path / "UserBehavior.csv", "".join(f"{a},{t}000\n" for a, t in rows))
+    with pytest.raises(DataError) as error:
+        read_log(path, ReaderConfig(item_col="category", event_types=("pv",)))
+    message = str(error.value)
+    expected = (
+        "--format csv --no-header --delimiter ',' --user-col 0 --item-col 2 --time-col 4 "
+        "--event-type-col 3 --time-unit ms"
+    )
+    assert expected in message
+    config = ReaderConfig(
+        format="csv",
+        header=False,
+        delimiter=",",
+        user_col="0",
+        item_col="2",
+        time_col="4",
+        event_type_col="3",
+        time_unit="ms",
+        event_types=("pv",),
+    )
+    raw = read_log(path, config)
+    assert list(raw.items) == [row[0].split(",")[2] for row in rows]
+    assert list(raw.timestamps) == [int(row[1]) for row in rows]

@@ -25,12 +25,13 @@ def test_stats_on_hand_computed_log(tmp_path):
     )
     stats = compute_stats(build_event_log(read_log(path, ReaderConfig(format="csv"))))
     assert (stats.users, stats.items, stats.events, stats.sessions) == (2, 4, 6, 3)
+    assert stats.scored_events == 4
     assert stats.events_per_session_mean == pytest.approx(2.0)
     assert stats.events_per_session_std == pytest.approx(np.std([2, 1, 3]))
     assert stats.sessions_per_user_mean == pytest.approx(1.5)
     assert stats.sessions_per_user_std == pytest.approx(0.5)
     table = format_stats_table({"all": stats})
-    assert "| all | 2 | 4 | 6 | 3 | 2.00 ± 0.82 | 1.50 ± 0.50 |" in table
+    assert "| all | 2 | 4 | 6 | 4 | 3 | 2.00 ± 0.82 | 1.50 ± 0.50 |" in table
 
 
 def test_stats_of_movielens_match_readme(shared_data):
@@ -101,7 +102,7 @@ def test_cli_stats_prints_table(shared_data, capsys):
     )
     assert code == 0
     output = capsys.readouterr().out
-    assert "| all | 610 | 9,724 | 100,836 | 7,145 | 14.11 ± " in output
+    assert "| all | 610 | 9,724 | 100,836 | 100,226 | 7,145 | 14.11 ± " in output
 
 
 def test_cli_stats_json_with_splits(shared_data, capsys):
@@ -190,3 +191,20 @@ def test_synthetic_users_prefer_few_clusters(tmp_path):
 def test_synthetic_rejects_too_few_items(tmp_path):
     with pytest.raises(DataError, match="at least 1 user and 20 items"):
         generate_synthetic_log(5, 10, 0, tmp_path / "log.csv")
+
+
+def test_scored_events_of_warm_split_are_targets(tmp_path):
+    path = generate_synthetic_log(40, 40, 1, tmp_path / "log.csv", SyntheticConfig(num_clusters=4))
+    args = parse([str(path), "--min-item-count", "0", "--min-user-events", "0", "--split", "warm"])
+    dataset = load_dataset(args)
+    for part in (dataset.valid, dataset.test):
+        stats = compute_stats(part)
+        assert stats.scored_events == part.num_targets
+        assert stats.scored_events < stats.events
+
+
+def test_scored_events_of_cold_split_skip_first_events(tmp_path):
+    path = generate_synthetic_log(40, 40, 1, tmp_path / "log.csv", SyntheticConfig(num_clusters=4))
+    dataset = load_dataset(parse([str(path), "--min-item-count", "0", "--min-user-events", "0"]))
+    stats = compute_stats(dataset.test)
+    assert stats.scored_events == stats.events - stats.users

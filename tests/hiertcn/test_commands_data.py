@@ -1,0 +1,119 @@
+"""The `hiertcn data` subcommands: output paths of `synthetic` and `prepare`, flag checks, and
+the warm-split table of `stats`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hiertcn.cli import main
+from hiertcn.data.synthetic import SyntheticConfig, generate_synthetic_log
+
+NO_FILTERS = ("--min-item-count", "0", "--min-user-events", "0")
+
+
+def test_synthetic_into_folder_rejected(tmp_path, capsys):
+    assert main(["data", "synthetic", str(tmp_path), "--users", "5"]) == 2
+    error = capsys.readouterr().err
+    assert f"hiertcn: error: OUT {tmp_path} is a folder: pass a file path" in error
+    assert "Traceback" not in error
+
+
+def test_synthetic_keeps_existing_file(tmp_path, capsys):
+    path = tmp_path / "keep.csv"
+    path.write_text("user,item,timestamp\nu,i,1\n", encoding="utf-8")
+    assert main(["data", "synthetic", str(path), "--users", "5", "--items", "20"]) == 2
+    error = capsys.readouterr().err
+    assert f"OUT {path} already exists: pass --force to replace it" in error
+    assert path.read_text(encoding="utf-8") == "user,item,timestamp\nu,i,1\n"
+
+
+def test_synthetic_force_replaces_file(tmp_path):
+    path = tmp_path / "keep.csv"
+    path.write_text("user,item,timestamp\nu,i,1\n", encoding="utf-8")
+    argv = ["data", "synthetic", str(path), "--users", "5", "--items", "20", "--force"]
+    assert main(argv) == 0
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "user,item,timestamp"
+    assert len(lines) > 2
+
+
+def test_synthetic_under_file_rejected(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x", encoding="utf-8")
+    assert main(["data", "synthetic", str(blocker / "log.csv"), "--users", "5"]) == 2
+    error = capsys.readouterr().err
+    assert f"OUT {blocker / 'log.csv'} is inside {blocker}, which is a file" in error
+
+
+def test_synthetic_help_explains_force(capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "synthetic", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--force replace OUT if it already exists" in help_text
+
+
+def write_log(tmp_path):
+    return generate_synthetic_log(40, 40, 1, tmp_path / "log.csv", SyntheticConfig(num_clusters=4))
+
+
+def test_prepare_out_file_rejected_before_data(tmp_path, capsys):
+    out = tmp_path / "log.jsonl"
+    out.write_text("{}\n", encoding="utf-8")
+    argv = ["data", "prepare", str(tmp_path / "absent.csv"), "--out", str(out), *NO_FILTERS]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert f"hiertcn: error: --out {out} is a file: pass a folder" in error
+    assert out.read_text(encoding="utf-8") == "{}\n"
+
+
+def test_prepare_out_under_file_rejected(tmp_path, capsys):
+    log = write_log(tmp_path)
+    out = log / "prepared"
+    assert main(["data", "prepare", str(log), "--out", str(out), *NO_FILTERS]) == 2
+    error = capsys.readouterr().err
+    assert f"--out {out} is inside {log}, which is a file: pass a path in a folder" in error
+    assert "Traceback" not in error
+
+
+@pytest.mark.parametrize("gap", ["0", "-5"])
+def test_stats_rejects_session_gap_below_one(tmp_path, capsys, gap):
+    log = write_log(tmp_path)
+    assert main(["data", "stats", str(log), *NO_FILTERS, "--session-gap", gap]) == 2
+    error = capsys.readouterr().err
+    assert f"--session-gap {gap} is invalid: give a positive number of seconds" in error
+
+
+def test_stats_warm_split_explains_history(tmp_path, capsys):
+    log = write_log(tmp_path)
+    assert main(["data", "stats", str(log), *NO_FILTERS, "--split", "warm", "--splits"]) == 0
+    output = capsys.readouterr().out
+    assert "| log | users | items | events | scored events | sessions |" in output
+    assert "warm split: the valid and test events include each user's earlier events" in output
+
+
+def test_stats_cold_split_has_no_warm_note(tmp_path, capsys):
+    log = write_log(tmp_path)
+    assert main(["data", "stats", str(log), *NO_FILTERS, "--splits"]) == 0
+    assert "warm split" not in capsys.readouterr().out
+
+
+def test_stats_json_counts_scored_events(tmp_path, capsys):
+    log = write_log(tmp_path)
+    argv = ["data", "stats", str(log), *NO_FILTERS, "--split", "warm", "--splits", "--json"]
+    assert main(argv) == 0
+    stats = json.loads(capsys.readouterr().out)["stats"]
+    for part in ("valid", "test"):
+        assert 0 < stats[part]["scored_events"] < stats[part]["events"]
+    assert stats["all"]["scored_events"] == stats["all"]["events"] - stats["all"]["users"]
+
+
+def test_stats_event_types_matching_nothing(tmp_path, capsys):
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,timestamp,kind\nu,i,1,pv\nu,j,2,buy\n", encoding="utf-8")
+    argv = ["data", "stats", str(path), "--event-type-col", "kind", "--event-types", "click"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "--event-types click matches no event" in error
+    assert "the event types in the file are pv, buy" in error
