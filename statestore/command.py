@@ -29,6 +29,11 @@ from statestore.store import StateStore, StoreConfig, format_size
 
 logger = logging.getLogger(__name__)
 
+# Seconds the newest event time may lie after the current time before `evict` rejects it as its
+# default reference time. The worker rejects events more than minutes ahead of its clock, so a
+# later time comes from an event accepted before that check or from a clock that is wrong.
+FUTURE_REFERENCE_SECONDS = 86_400.0
+
 
 def register(subparsers: Any) -> None:
     """Add the `state` command and its subcommands to the `hiertcn-stream` parser."""
@@ -102,8 +107,12 @@ def register(subparsers: Any) -> None:
     evict = actions.add_parser(
         "evict",
         help="delete users inactive for N days",
-        description="Delete users whose last event is more than N days older than the newest "
-        "event time in the store (or than --now or --at).",
+        description="Delete users whose last event is more than N days older than a "
+        "reference time. Without --now or --at, the reference time is the newest event time "
+        "(last_ts) of any user in the store, not the current time, so a store that has not "
+        "seen events for a while keeps its users. A newest event time more than a day after "
+        "the current time is rejected, because it comes from an event with a wrong time or "
+        "from a wrong clock; then pass --now or --at.",
     )
     evict.add_argument(
         "--inactive-days",
@@ -220,6 +229,8 @@ def run_evict(args: argparse.Namespace) -> int:
     # Checked before the store is opened, so a bad value never reaches the deletion.
     maintenance.check_eviction_args(args.inactive_days, now)
     with open_store(args.state_dir) as store:
+        if now is None:
+            now = _newest_event_time(store)
         evicted, cutoff = maintenance.evict_inactive(
             store, args.inactive_days, now, dry_run=args.dry_run
         )
@@ -229,6 +240,20 @@ def run_evict(args: argparse.Namespace) -> int:
         return 0
     print(f"{verb} {evicted} users whose last event is before {_format_time(cutoff)}")
     return 0
+
+
+def _newest_event_time(store: StateStore) -> float | None:
+    """Return the default reference time of `evict`; raise when it lies in the future."""
+    newest = maintenance.newest_event_time(store)
+    wall_clock = time.time()
+    if newest is not None and newest - wall_clock > FUTURE_REFERENCE_SECONDS:
+        raise StoreConfigError(
+            f"the newest event time in state store {store.path} is {_format_time(newest)}, "
+            f"{(newest - wall_clock) / 86_400:.0f} days after the current time, so inactivity "
+            "would be measured from the future: pass --now to measure from the current time, "
+            "or --at TIME"
+        )
+    return newest
 
 
 def _format_watermark(watermark: float | None) -> str:

@@ -121,10 +121,9 @@ def evict_inactive(
     """
     check_eviction_args(inactive_days, now)
     if now is None:
-        times = [codec.decode_timer_fields(blob).last_ts for _, blob in iter_records(store)]
-        if not times:
+        now = newest_event_time(store)
+        if now is None:
             return 0, None
-        now = max(times)
     cutoff = now - inactive_days * SECONDS_PER_DAY
     evicted = 0
     candidates: list[str] = []
@@ -142,6 +141,12 @@ def evict_inactive(
             "evicted %d users inactive since before %.0f from %s", evicted, cutoff, store.path
         )
     return evicted, cutoff
+
+
+def newest_event_time(store: StateStore) -> float | None:
+    """Return the newest `last_ts` of any user in the store, or None for an empty store."""
+    times = [codec.decode_timer_fields(blob).last_ts for _, blob in iter_records(store)]
+    return max(times) if times else None
 
 
 def check_eviction_args(inactive_days: float, now: float | None) -> None:

@@ -7,6 +7,7 @@ ONNX Runtime alone and never imports torch.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -93,16 +94,58 @@ def configure_logging(verbosity: int) -> None:
     )
 
 
+def parse_arguments(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """Parse `argv`, and exit 2 with the usage of the given subcommand for an unknown flag.
+
+    argparse hands a subcommand's unknown arguments up to the top-level parser, whose error
+    would show the top-level usage instead.
+    """
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def chosen_parser(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """Return the parser of the innermost subcommand named in `args`, or `parser` itself."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        name = getattr(args, action.dest, None) if action.dest != argparse.SUPPRESS else None
+        if name in action.choices:
+            return chosen_parser(action.choices[name], args)
+    return parser
+
+
+def read_only_hint(error: Exception) -> str:
+    """Return the fix to append to a state store error caused by a read-only directory, or "".
+
+    The store wraps the `lmdb.Error`, whose `code` is the errno, as the error's cause.
+    """
+    if not isinstance(error, StateStoreError):
+        return ""
+    if getattr(error.__cause__, "code", None) not in (errno.EROFS, errno.EACCES):
+        return ""
+    return (
+        "; LMDB needs write access to the state directory even to read it (for its lock file): "
+        "pass a writable --state-dir, or copy the directory to a writable place to read it"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `hiertcn-stream` command and return its exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     configure_logging(verbosity(args))
     try:
         return int(args.func(args) or 0)
     except (StreamError, StateStoreError) as error:
         logger.debug("command failed", exc_info=True)
-        print(f"hiertcn-stream: error: {error}", file=sys.stderr)
+        print(f"hiertcn-stream: error: {error}{read_only_hint(error)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("hiertcn-stream: interrupted", file=sys.stderr)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.errors import ConfigError
+from stream.events import DEFAULT_MAX_FUTURE_SECONDS
 
 ENV_PREFIX = "HIERTCN_"
 # librdkafka's max.poll.interval.ms that the worker sets unless -X overrides it.
@@ -97,6 +98,16 @@ def _optional_float(text: str) -> float | None:
     return None if text.strip().lower() in ("", "bundle") else float(text)
 
 
+def parse_tolerance(text: str) -> float | None:
+    """Parse seconds from 0 up, or "off" for no limit."""
+    if text.strip().lower() == "off":
+        return None
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"invalid value {text!r}: give seconds >= 0, or off")
+    return value
+
+
 def _optional_int(text: str) -> int | None:
     return None if text.strip().lower() in ("", "bundle") else parse_int(text)
 
@@ -138,8 +149,15 @@ OPTIONS: tuple[Option, ...] = (
         "next one starts. A crash repeats the outputs of up to this many batches plus one",
         "N",
     ),
-    Option("k", "--k", _optional_int, "items per recommendation", "K"),
-    Option("state_dir", "--state-dir", Path, "LMDB directory of user states and offsets", "DIR"),
+    Option("k", "--k", _optional_int, "items per recommendation, at most the bundle's items", "K"),
+    Option(
+        "state_dir",
+        "--state-dir",
+        Path,
+        "LMDB directory of user states and offsets; a relative path is relative to the working "
+        "directory, and the pool logs the absolute one at start",
+        "DIR",
+    ),
     Option(
         "state_map_size",
         "--state-map-size",
@@ -163,6 +181,14 @@ OPTIONS: tuple[Option, ...] = (
         "PORT",
     ),
     Option("ts_unit", "--ts-unit", str, "unit of the events' `ts` field: s or ms", "UNIT"),
+    Option(
+        "max_future_seconds",
+        "--max-future-seconds",
+        parse_tolerance,
+        "seconds an event's `ts` may lie ahead of this host's clock; later events go to the "
+        "dead-letter topic as ts_in_future, and off turns the check off",
+        "SECONDS",
+    ),
     Option("device", "--device", str, "ONNX Runtime device: cpu, cuda or auto", "DEVICE"),
     Option(
         "partitions",
@@ -196,10 +222,16 @@ class WorkerConfig:
     metrics_address: str = "127.0.0.1"
     metrics_port: int = 9100
     ts_unit: str = "s"
+    # Clock skew between producers and workers that an event time may show; a later time would
+    # move the partition's watermark ahead and close its sessions early.
+    max_future_seconds: float | None = DEFAULT_MAX_FUTURE_SECONDS
     device: str = "cpu"
     partitions: int = 4
     create_topics: bool = False
     keep_going: bool = False
+    # Read partitions without a stored position from their earliest offset even when the store
+    # is empty and the group has committed offsets (see `stream.worker`).
+    rebuild_state: bool = False
     kafka_settings: Mapping[str, str] = field(default_factory=dict)
     # Seconds the worker waits for the broker to acknowledge the outputs of one batch before it
     # retries. After `delivery_attempts` tries in all, the worker stops without committing.
@@ -252,6 +284,8 @@ def validate(config: WorkerConfig) -> None:
     _check_range("delivery_attempts", config.delivery_attempts, 1, 100)
     _check_range("timer_limit", config.timer_limit, 1, 1_000_000)
 
+    if config.max_future_seconds is not None:
+        _check_range("--max-future-seconds", config.max_future_seconds, 0, 365 * 86_400)
     if config.ts_unit not in ("s", "ms"):
         raise ConfigError(f"invalid --ts-unit {config.ts_unit!r}: use s or ms")
     if config.device not in ("cpu", "cuda", "auto"):
@@ -265,6 +299,19 @@ def validate(config: WorkerConfig) -> None:
                 f"librdkafka setting {key!r} is managed by the worker because its delivery "
                 f"guarantees depend on it: {fix}"
             )
+
+
+def check_k(k: int, num_items: int, flag: str = "--k") -> None:
+    """Raise ConfigError when K exceeds the catalog of the bundle.
+
+    A list cannot hold more items than the catalog has, so a larger K would give shorter lists
+    than requested and a Recall@K whose K is not the list length.
+    """
+    if k > num_items:
+        raise ConfigError(
+            f"invalid {flag} {k}: the bundle has only {num_items} items; pass {flag} "
+            f"{num_items} or less"
+        )
 
 
 def _check_delivery_wait(config: WorkerConfig) -> None:

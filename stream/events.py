@@ -5,6 +5,11 @@ A Kafka value is a msgpack map with `user`, `item`, `ts` and the optional `impre
 into a `DeadLetter` that names the reason (a short snake_case code for metrics), the bad value
 and the fix. It returns a `DeadLetter` for bad input instead of raising, so the worker keeps going.
 
+Event times are checked against the wall clock: a `ts` more than `EventConfig.max_future_seconds`
+ahead of it is rejected. An accepted one would move its partition's event-time watermark into
+the future. The timers would then close every session of that partition after each event, and
+`state evict` without --now would measure inactivity from that future time.
+
 Hostile input is bounded before any allocation: the message size is checked first, and msgpack
 rejects any string, binary, array or map header longer than the message itself could hold.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +33,16 @@ logger = logging.getLogger(__name__)
 MAX_TS_SECONDS = 1e11
 # Event times above this are invalid in either unit (about the year 5138 in milliseconds).
 MAX_TS_MILLISECONDS = 1e14
+# With --ts-unit ms, event times below this many milliseconds (1973-03-03) only make sense as
+# seconds: a time in seconds of any date from 1973 to 5138 lies between 1e8 and 1e11.
+MIN_TS_MILLISECONDS = 1e11
+# Seconds an event time may lie ahead of the wall clock by default. An event further ahead
+# would move its partition's watermark into the future, and the timers would then close every
+# session of that partition after each event.
+DEFAULT_MAX_FUTURE_SECONDS = 300.0
+
+# Words for the `ts` unit in messages, by `EventConfig.ts_unit`.
+_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds"}
 
 # Every reason code that `decode_event` can return, so that metrics can create their labels.
 REASONS = (
@@ -43,6 +59,8 @@ REASONS = (
     "missing_ts",
     "invalid_ts",
     "ts_in_milliseconds",
+    "ts_in_seconds",
+    "ts_in_future",
     "invalid_impressions",
     "too_many_impressions",
     "invalid_candidates",
@@ -77,12 +95,19 @@ class EventConfig:
     max_list_length: the maximum number of entries of `impressions` or `candidates`.
     max_id_length: the maximum number of characters of a user id, item id, `type` or `event_id`.
     ts_unit: "s" when `ts` is in seconds, "ms" when producers send milliseconds.
+    max_future_seconds: the maximum seconds an event time may lie ahead of the wall clock of
+        the process that validates it; a later event is rejected as `ts_in_future`. The margin
+        allows for producer clocks that run ahead. It also bounds how far a partition's
+        watermark can run ahead of real time, and so how much earlier than `session_gap` the
+        timers can close an idle session. None turns the check off, for example to replay a
+        log whose times are all in the future.
     """
 
     max_message_bytes: int = 1 << 20
     max_list_length: int = 1000
     max_id_length: int = 256
     ts_unit: str = "s"
+    max_future_seconds: float | None = DEFAULT_MAX_FUTURE_SECONDS
 
     def __post_init__(self) -> None:
         if self.ts_unit not in ("s", "ms"):
@@ -90,6 +115,17 @@ class EventConfig:
         for name in ("max_message_bytes", "max_list_length", "max_id_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"invalid {name} {getattr(self, name)}: use a positive integer")
+        future = self.max_future_seconds
+        if future is not None and not (math.isfinite(future) and future >= 0):
+            raise ConfigError(
+                f"invalid max_future_seconds {future}: use a finite number of seconds >= 0, "
+                "or None to accept any future event time"
+            )
+
+    @property
+    def unit_name(self) -> str:
+        """The unit of `ts` in words, for messages: "seconds" or "milliseconds"."""
+        return _UNIT_NAMES[self.ts_unit]
 
 
 @dataclass(frozen=True)
@@ -238,24 +274,40 @@ def _item(fields: Mapping[str, Any], row_of: Mapping[str, int], config: EventCon
     return item, row
 
 
-def _ts(fields: Mapping[str, Any], config: EventConfig) -> float:
+def _ts(fields: Mapping[str, Any], config: EventConfig, now: float) -> float:
+    """Return the event time in seconds; `now` is the wall-clock time in seconds."""
+    unit = config.unit_name
     if "ts" not in fields:
         raise _InvalidEventError(
-            "missing_ts", "field 'ts' is missing: add the event time in seconds"
+            "missing_ts", f"field 'ts' is missing: add the event time in {unit}"
         )
     raw = fields["ts"]
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
         raise _InvalidEventError(
             "invalid_ts",
-            f"ts {_short(raw)} has type {type(raw).__name__}: send a number of seconds",
+            f"ts {_short(raw)} has type {type(raw).__name__}: send a number of {unit}",
         )
     ts = float(raw)
     if not math.isfinite(ts) or ts < 0 or ts > MAX_TS_MILLISECONDS:
         raise _InvalidEventError(
             "invalid_ts",
-            f"ts {_short(raw)} is not a valid event time: send seconds since the Unix epoch",
+            f"ts {_short(raw)} is not a valid event time in {unit}: send {unit} since the "
+            "Unix epoch",
         )
+    ts = _ts_in_seconds(raw, ts, config)
+    _check_not_in_future(raw, ts, config, now)
+    return ts
+
+
+def _ts_in_seconds(raw: Any, ts: float, config: EventConfig) -> float:
+    """Convert `ts` to seconds, rejecting a value that only makes sense in the other unit."""
     if config.ts_unit == "ms":
+        if ts < MIN_TS_MILLISECONDS:
+            raise _InvalidEventError(
+                "ts_in_seconds",
+                f"ts {_short(raw)} is before 1973-03-03 in milliseconds and looks like "
+                "seconds: send milliseconds, or run without --ts-unit ms",
+            )
         return ts / 1000.0
     if ts > MAX_TS_SECONDS:
         raise _InvalidEventError(
@@ -264,6 +316,27 @@ def _ts(fields: Mapping[str, Any], config: EventConfig) -> float:
             "send seconds, or run with --ts-unit ms",
         )
     return ts
+
+
+def _check_not_in_future(raw: Any, ts: float, config: EventConfig, now: float) -> None:
+    """Reject an event time more than `max_future_seconds` ahead of `now` (both in seconds)."""
+    tolerance = config.max_future_seconds
+    if tolerance is None or ts - now <= tolerance:
+        return
+    raise _InvalidEventError(
+        "ts_in_future",
+        f"ts {_short(raw)} ({_utc(ts)}) is {ts - now:.0f} s ahead of the current time "
+        f"({_utc(now)}), more than the {tolerance:.0f} s allowed: send the event time in "
+        f"{config.unit_name} since the Unix epoch, and check the producer's clock",
+    )
+
+
+def _utc(ts: float) -> str:
+    """Format seconds since the Unix epoch as an ISO 8601 UTC time, to the second."""
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    except (OverflowError, OSError, ValueError):
+        return f"{ts:.0f} s"
 
 
 def _rows(
@@ -325,6 +398,7 @@ def _validate(
     row_of: Mapping[str, int],
     config: EventConfig,
     append_ts: float | None,
+    now: float,
 ) -> Event:
     fields = _unpack(value, config)
     if not isinstance(fields, dict):
@@ -335,7 +409,7 @@ def _validate(
         )
     user = _user(fields, key, config)
     item, row = _item(fields, row_of, config)
-    ts = _ts(fields, config)
+    ts = _ts(fields, config, now)
     impressions, dropped_impressions = _rows(fields, "impressions", row_of, config)
     candidates, dropped_candidates = _rows(fields, "candidates", row_of, config)
     if candidates is not None and not candidates:
@@ -371,18 +445,22 @@ def decode_event(
     row_of: Mapping[str, int],
     config: EventConfig = EventConfig(),
     append_ts: float | None = None,
+    now: float | None = None,
 ) -> Event | DeadLetter:
     """Decode and validate one message; return an `Event`, or a `DeadLetter` with the reason.
 
     key: the Kafka key (UTF-8 user id) or None; value: the msgpack bytes; row_of: external item
-    id -> item row of the bundle; append_ts: the Kafka append time in seconds, if known.
+    id -> item row of the bundle; append_ts: the Kafka append time in seconds, if known; now:
+    the wall-clock time in seconds that `ts_in_future` is measured from (default: `time.time()`).
     """
+    if now is None:
+        now = time.time()
     try:
         if value is None:
             raise _InvalidEventError(
                 "invalid_msgpack", "value is empty (a tombstone): send a msgpack map"
             )
-        return _validate(key, value, position, row_of, config, append_ts)
+        return _validate(key, value, position, row_of, config, append_ts, now)
     except _InvalidEventError as rejection:
         logger.debug("rejected %s: %s (%s)", position, rejection.reason, rejection.message)
         return DeadLetter(

@@ -6,14 +6,17 @@ survives a fork). The parent serves the aggregate of every worker's metrics, for
 SIGINT to the workers, and waits for them. It restarts nothing: a worker that exits while the
 pool is not stopping is logged with its exit code, and the pool stops the others and exits
 non-zero, unless `WorkerConfig.keep_going` lets the remaining workers take over its partitions.
+The only way back to the configured number of workers is to restart the pool.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 from collections.abc import MutableMapping
 from multiprocessing.connection import wait
@@ -21,7 +24,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from stream.config import WorkerConfig
-from stream.errors import StreamError
+from stream.errors import ConfigError, StreamError
 from stream.metrics import (
     mark_process_dead,
     prepare_multiprocess_dir,
@@ -96,8 +99,9 @@ class Pool:
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         """Ask every worker to finish its batch and stop (the SIGTERM and SIGINT handler)."""
         if not self._stopping:
-            logger.info("stop requested (signal %s): stopping %d workers", signum,
-                        len(self.children))  # fmt: skip
+            running = sum(child.is_alive() for child in self.children)
+            cause = f"{signal.Signals(signum).name} received" if signum else "a worker exited"
+            logger.info("stopping the pool (%s): stopping %d running workers", cause, running)
         self._stopping = True
         for child in self.children:
             if child.is_alive() and child.pid is not None:
@@ -108,10 +112,14 @@ class Pool:
         metrics_dir = prepare_multiprocess_dir()
         server = None
         try:
+            logger.info(
+                "state directory %s (from --state-dir %s, relative to the working directory "
+                "unless absolute)",
+                self.config.state_dir.resolve(),
+                self.config.state_dir,
+            )
             if self.config.metrics_port:
-                server, _thread = serve_aggregate(
-                    self.config.metrics_address, self.config.metrics_port
-                )
+                server = serve_metrics(self.config.metrics_address, self.config.metrics_port)
             self._start_children()
             return self._watch()
         finally:
@@ -153,20 +161,35 @@ class Pool:
                     logger.info("worker %d (pid %d) stopped", self._index(child), child.pid)
                     continue
                 failed = True
-                logger.error(
-                    "worker %d (pid %d) exited with code %s%s",
-                    self._index(child),
-                    child.pid,
-                    child.exitcode,
-                    "" if self._stopping else " while the pool was running",
-                )
-                if not self._stopping and not self.config.keep_going:
-                    logger.error("stopping the pool because a worker exited (see above)")
-                    self.request_stop()
+                self._report_exit(child, len(running))
             if not running and not self._stopping:
                 logger.error("every worker has exited")
                 failed = True
         return 1 if failed else 0
+
+    def _report_exit(self, child: BaseProcess, remaining: int) -> None:
+        """Log why a worker exited, and stop the pool unless `keep_going` lets it continue."""
+        worker = f"worker {self._index(child)} (pid {child.pid})"
+        how = describe_exit(child.exitcode)
+        if self._stopping:
+            logger.error("%s %s while the pool was stopping", worker, how)
+            return
+        if not self.config.keep_going:
+            logger.error("%s %s while the pool was running: stopping the pool", worker, how)
+            self.request_stop()
+            return
+        logger.error("%s %s while the pool was running", worker, how)
+        if remaining:
+            logger.warning(
+                "--keep-going: the pool continues with %d of %d workers, which take over the "
+                "partitions of worker %d after a rebalance. The pool does not restart workers: "
+                "to get back to %d, stop the pool (SIGTERM) and start it again, and it resumes "
+                "from the stored offsets",
+                remaining,
+                self.config.processes,
+                self._index(child),
+                self.config.processes,
+            )
 
     def _stop_children(self) -> None:
         """Stop workers that are still running: SIGTERM, then SIGKILL after the timeout."""
@@ -181,6 +204,42 @@ class Pool:
                              self._index(child), child.pid, timeout)  # fmt: skip
                 child.kill()
                 child.join()
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Return how a worker process ended, from its `multiprocessing` exit code."""
+    if exitcode == 0:
+        # A worker returns 0 only after a stop request, which here came to it directly.
+        return "stopped on a SIGTERM or SIGINT sent to it directly (exit code 0)"
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"was killed by {name}"
+    return f"failed with exit code {exitcode} (its error is logged above)"
+
+
+def serve_metrics(address: str, port: int):
+    """Start the aggregate /metrics server; an address that cannot be bound is named as such.
+
+    `serve_aggregate` reports every bind failure as a port problem, but an address that does not
+    resolve, or that belongs to no interface of this machine, needs another --metrics-address.
+    """
+    try:
+        server, _thread = serve_aggregate(address, port)
+    except ConfigError as error:
+        cause = error.__cause__
+        bad_address = isinstance(cause, socket.gaierror) or (
+            isinstance(cause, OSError) and cause.errno == errno.EADDRNOTAVAIL
+        )
+        if not bad_address:
+            raise
+        raise ConfigError(
+            f"invalid --metrics-address {address!r} ({cause.strerror or cause}): pass an "
+            "address of this machine, such as 127.0.0.1 or 0.0.0.0"
+        ) from cause
+    return server
 
 
 def run_pool(config: WorkerConfig, log_level: int = logging.INFO) -> int:

@@ -9,6 +9,7 @@ the worker's dead-letter path, which makes this tool usable for those tests too.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,11 @@ logger = logging.getLogger(__name__)
 
 # Seconds between two progress lines on stderr.
 _PROGRESS_SECONDS = 5.0
+# Limits of --connect-timeout and --flush-timeout in seconds. librdkafka takes timeouts as a
+# signed 32-bit count of milliseconds (at most about 24.8 days), reads a negative one as "wait
+# forever", and reads message.timeout.ms 0, which --flush-timeout sets, as "no limit".
+MIN_TIMEOUT_SECONDS = 0.001
+MAX_TIMEOUT_SECONDS = 1_000_000.0
 
 
 class ProduceError(StreamError):
@@ -62,6 +68,8 @@ class ProduceConfig:
             raise ConfigError(f"invalid rate {self.rate} events/s: use a positive number")
         if self.limit is not None and self.limit < 0:
             raise ConfigError(f"invalid limit {self.limit}: use 0 or more events")
+        _check_timeout("--connect-timeout", self.connect_timeout)
+        _check_timeout("--flush-timeout", self.flush_timeout)
 
     def producer_settings(self) -> dict[str, Any]:
         """Return the librdkafka settings of the producer."""
@@ -79,6 +87,15 @@ class ProduceConfig:
         # librdkafka's own log lines go through Python logging, served by poll(), not stderr.
         settings["logger"] = logging.getLogger(f"{__name__}.librdkafka")
         return settings
+
+
+def _check_timeout(flag: str, seconds: float) -> None:
+    """Raise `ConfigError` unless `seconds` is a finite timeout that librdkafka can take."""
+    if not (math.isfinite(seconds) and MIN_TIMEOUT_SECONDS <= seconds <= MAX_TIMEOUT_SECONDS):
+        raise ConfigError(
+            f"invalid {flag} {seconds}: use a number of seconds from {MIN_TIMEOUT_SECONDS:g} "
+            f"to {MAX_TIMEOUT_SECONDS:.0f}"
+        )
 
 
 @dataclass
@@ -162,7 +179,7 @@ class EventProducer:
                 break
             if record.fields is None:
                 self.report.skipped += 1
-                logger.debug("record %d skipped: %s", record.number, record.error)
+                logger.debug("%s skipped: %s", record.location, record.error)
                 continue
             if self.config.rate is not None:
                 # Wait for this event's slot in the schedule; poll serves delivery reports.

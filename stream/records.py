@@ -71,12 +71,20 @@ class EventFileError(StreamError):
 class Record:
     """One event of a log file: its 0-based number in the file and its event map.
 
-    When the record could not be parsed, `fields` is None and `error` gives the reason.
+    When the record could not be parsed, `fields` is None and `error` gives the reason. `line`
+    is the 1-based line where the record starts in a text file (jsonl, csv), or None for
+    formats without lines (msgpack, and the data sets, which are read whole).
     """
 
     number: int
     fields: dict[str, Any] | None
     error: str | None = None
+    line: int | None = None
+
+    @property
+    def location(self) -> str:
+        """Where the record is in its file, for messages: `line 7`, else `record 7` (1-based)."""
+        return f"line {self.line}" if self.line is not None else f"record {self.number + 1}"
 
 
 def detect_format(path: Path) -> str:
@@ -221,8 +229,8 @@ def _read_jsonl(path: Path) -> Iterator[Record]:
                 # Strict decoding: a replaced byte would silently change a user or item id.
                 line = raw_line.decode("utf-8")
             except UnicodeDecodeError as error:
-                message = f"line {line_number} is not valid UTF-8 ({error.reason})"
-                yield Record(number, None, message)
+                message = f"not valid UTF-8 ({error.reason})"
+                yield Record(number, None, message, line=line_number)
                 number += 1
                 continue
             if not line.strip():
@@ -230,12 +238,12 @@ def _read_jsonl(path: Path) -> Iterator[Record]:
             try:
                 fields = json.loads(line)
             except json.JSONDecodeError as error:
-                yield Record(number, None, f"line {line_number} is not JSON: {error.msg}")
+                yield Record(number, None, f"not JSON: {error.msg}", line=line_number)
             else:
                 if isinstance(fields, dict):
-                    yield Record(number, fields)
+                    yield Record(number, fields, line=line_number)
                 else:
-                    yield Record(number, None, f"line {line_number} is not a JSON object")
+                    yield Record(number, None, "not a JSON object", line=line_number)
             number += 1
 
 
@@ -340,18 +348,21 @@ def _read_csv_rows(path: Path, time_col: str | None) -> Iterator[Record]:
         # The chosen time column becomes the field `ts`. A column named `ts` that --time-col
         # did not choose is dropped, so it cannot replace the chosen time.
         names = [_csv_field_name(name, source) for name in header]
+        # A quoted field may span lines, so a row starts on the line after the previous row.
+        line = reader.line_num + 1
         for number, row in enumerate(reader):
             if len(row) != len(names):
-                yield Record(number, None, f"row has {len(row)} fields, header has {len(names)}")
-                continue
-            fields = {
-                name: _csv_value(name, text)
-                for name, text in zip(names, row, strict=True)
-                if name is not None
-            }
-            yield Record(
-                number, {name: value for name, value in fields.items() if value is not None}
-            )
+                error = f"row has {len(row)} fields, header has {len(names)}"
+                yield Record(number, None, error, line=line)
+            else:
+                fields = {
+                    name: _csv_value(name, text)
+                    for name, text in zip(names, row, strict=True)
+                    if name is not None
+                }
+                present = {name: value for name, value in fields.items() if value is not None}
+                yield Record(number, present, line=line)
+            line = reader.line_num + 1
 
 
 def _read_dataset(path: Path, log_format: str, otto_time_unit: str | None) -> Iterator[Record]:

@@ -159,6 +159,15 @@ class StoreStates:
         return self.store.positions(self.topic).get(REPLAY_PARTITION)
 
 
+class ReplayRejectionFilter(logging.Filter):
+    """Drop the log line of `decode_event` for a rejected replay record (partition -1)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        position = args[0] if args else None
+        return not (isinstance(position, Position) and position.partition == REPLAY_PARTITION)
+
+
 class Replay:
     """Runs records through decoding, the pipeline, timers and the report, batch by batch."""
 
@@ -185,6 +194,17 @@ class Replay:
         A backend that already contains a replay of this source resumes it: the records it counted
         are skipped, in the same order, and the report covers the rest.
         """
+        # `decode_event` logs each rejection with the record's 0-based number as its offset.
+        # Replay logs it itself with the line number, so that line is dropped meanwhile.
+        events_logger = logging.getLogger(decode_event.__module__)
+        rejection_filter = ReplayRejectionFilter()
+        events_logger.addFilter(rejection_filter)
+        try:
+            return self._run(records)
+        finally:
+            events_logger.removeFilter(rejection_filter)
+
+    def _run(self, records: Iterable[Record]) -> ReplayReport:
         started = time.perf_counter()
         last_progress = started
         batch: list[Event] = []
@@ -239,19 +259,21 @@ class Replay:
 
     def _decode(self, record: Record) -> Event | None:
         if record.fields is None:
-            self.report.rejected[INVALID_RECORD] += 1
-            logger.debug("record %d rejected: %s", record.number, record.error)
+            self._reject(record, INVALID_RECORD, record.error or "unreadable")
             return None
         position = Position(self.source, REPLAY_PARTITION, record.number)
         value = encode_fields(record.fields)
         result = decode_event(None, value, position, self._row_of, self.config.event_config)
         if isinstance(result, DeadLetter):
-            self.report.rejected[result.reason] += 1
-            logger.debug("record %d rejected: %s", record.number, result.message)
+            self._reject(record, result.reason, result.message)
             return None
         self.report.accepted += 1
         self.report.dropped_impressions += result.dropped_impressions
         return result
+
+    def _reject(self, record: Record, reason: str, message: str) -> None:
+        self.report.rejected[reason] += 1
+        logger.debug("%s %s rejected (%s): %s", self.source, record.location, reason, message)
 
     def _run_batch(self, events: list[Event], consumed: int) -> None:
         # (1) Read the states of the batch's users.

@@ -37,6 +37,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +56,14 @@ from statestore import PartitionPosition, UserState
 from stream.committer import Committer, CommitterConfig
 from stream.config import DEFAULT_MAX_POLL_INTERVAL_MS, WorkerConfig
 from stream.delivery import Deliverer, DeliveryConfig, OutputRecord
-from stream.events import DeadLetter, Event, EventConfig, Position, decode_event
+from stream.errors import StreamError
+from stream.events import (
+    DeadLetter,
+    Event,
+    EventConfig,
+    Position,
+    decode_event,
+)
 from stream.logs import librdkafka_logger
 from stream.metrics import WorkerMetrics
 from stream.pipeline import BatchResult, Pipeline
@@ -82,10 +90,31 @@ MESSAGE_OVERHEAD_BYTES = 16_384
 MAX_ORIGINAL_HEADER_BYTES = 8_192
 
 
+# Seconds the assignment waits for the group's committed offsets and a partition's earliest
+# offset, when the state store has no position for a partition.
+OFFSET_QUERY_TIMEOUT_SECONDS = 10.0
+
 # Dead letters logged one by one per rejection reason, and the seconds between the summary lines
 # that count the rest. The metric counts every dead letter.
 DEAD_LETTERS_LOGGED_PER_REASON = 5
 DEAD_LETTER_SUMMARY_SECONDS = 10.0
+
+
+class CommittedOffsetsError(StreamError):
+    """The state store has no position for partitions that the consumer group has processed."""
+
+    exit_code = 2
+
+
+def event_config(config: WorkerConfig) -> EventConfig:
+    """Return the event validation settings of `config`."""
+    return EventConfig(ts_unit=config.ts_unit, max_future_seconds=config.max_future_seconds)
+
+
+def rebuild_state_allowed(config: WorkerConfig) -> bool:
+    """Return whether an empty store may read partitions from their earliest offset where the
+    consumer group has committed offsets (`--rebuild-state`)."""
+    return config.rebuild_state
 
 
 def consumer_settings(config: WorkerConfig) -> dict[str, Any]:
@@ -132,7 +161,67 @@ def producer_settings(config: WorkerConfig) -> dict[str, Any]:
     return settings
 
 
-class DeadLetterLog:
+class RateLimitedLog:
+    """Log the first warnings of each kind one by one, then count the rest in summary lines.
+
+    noun: what is counted, in the plural ("dead letters"); kind_name: the name of the kinds in
+    log lines ("reason"). A summary line with the counts by kind follows at most once per
+    `interval` seconds, when `flush` is called.
+    """
+
+    def __init__(
+        self,
+        noun: str,
+        kind_name: str,
+        per_kind: int = DEAD_LETTERS_LOGGED_PER_REASON,
+        interval: float = DEAD_LETTER_SUMMARY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.noun = noun
+        self.kind_name = kind_name
+        self.per_kind = per_kind
+        self.interval = interval
+        self.clock = clock
+        self.logged: Counter[str] = Counter()
+        self.unlogged: Counter[str] = Counter()  # since the last summary line
+        self.last_summary = clock()
+
+    def add(self, kind: str, message: str, *args: object) -> None:
+        """Log `message % args` while `kind` has had fewer than `per_kind` lines, else count it."""
+        if self.logged[kind] >= self.per_kind:
+            self.unlogged[kind] += 1
+            return
+        self.logged[kind] += 1
+        logger.warning(message, *args)
+        if self.logged[kind] == self.per_kind:
+            logger.warning(
+                "logged %d %s with %s %s: further ones are counted in one line every %.0f s",
+                self.per_kind,
+                self.noun,
+                self.kind_name,
+                kind,
+                self.interval,
+            )
+
+    def flush(self) -> None:
+        """Log the counts of the unlogged warnings when the interval has passed."""
+        now = self.clock()
+        if not self.unlogged or now - self.last_summary < self.interval:
+            return
+        by_kind = ", ".join(f"{kind} {count}" for kind, count in sorted(self.unlogged.items()))
+        logger.warning(
+            "%d more %s in the last %.0f s, by %s: %s",
+            sum(self.unlogged.values()),
+            self.noun,
+            now - self.last_summary,
+            self.kind_name,
+            by_kind,
+        )
+        self.unlogged.clear()
+        self.last_summary = now
+
+
+class DeadLetterLog(RateLimitedLog):
     """Log the first dead letters of each reason, then one summary line per interval."""
 
     def __init__(
@@ -141,45 +230,17 @@ class DeadLetterLog:
         interval: float = DEAD_LETTER_SUMMARY_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.per_reason = per_reason
-        self.interval = interval
-        self.clock = clock
-        self.logged: Counter[str] = Counter()
-        self.unlogged: Counter[str] = Counter()  # since the last summary line
-        self.last_summary = clock()
+        super().__init__("dead letters", "reason", per_reason, interval, clock)
 
-    def add(self, letter: DeadLetter) -> None:
-        """Log `letter` while its reason has had fewer than `per_reason` lines, else count it."""
-        if self.logged[letter.reason] >= self.per_reason:
-            self.unlogged[letter.reason] += 1
-            return
-        self.logged[letter.reason] += 1
-        logger.warning("dead letter %s: %s (%s)", letter.position, letter.reason, letter.message)
-        if self.logged[letter.reason] == self.per_reason:
-            logger.warning(
-                "logged %d dead letters with reason %s: further ones are counted in one line "
-                "every %.0f s",
-                self.per_reason,
-                letter.reason,
-                self.interval,
-            )
-
-    def flush(self) -> None:
-        """Log the counts of the unlogged dead letters when the interval has passed."""
-        now = self.clock()
-        if not self.unlogged or now - self.last_summary < self.interval:
-            return
-        by_reason = ", ".join(
-            f"{reason} {count}" for reason, count in sorted(self.unlogged.items())
+    def add_letter(self, letter: DeadLetter) -> None:
+        """Log `letter` while its reason has had fewer than `per_kind` lines, else count it."""
+        self.add(
+            letter.reason,
+            "dead letter %s: %s (%s)",
+            letter.position,
+            letter.reason,
+            letter.message,
         )
-        logger.warning(
-            "%d more dead letters in the last %.0f s, by reason: %s",
-            sum(self.unlogged.values()),
-            now - self.last_summary,
-            by_reason,
-        )
-        self.unlogged.clear()
-        self.last_summary = now
 
 
 def original_headers(
@@ -237,7 +298,7 @@ class Worker:
         self.consumer = consumer
         self.producer = producer
         self.row_of = row_of
-        self.event_config = EventConfig(ts_unit=config.ts_unit)
+        self.event_config = event_config(config)
         self.session_gap = pipeline.config.session_gap
         self.top_k = pipeline.config.top_k
         self.pid = str(os.getpid()).encode()
@@ -245,6 +306,9 @@ class Worker:
         max_bytes = int(config.kafka_settings.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES))
         self.max_dead_letter_bytes = max(max_bytes - MESSAGE_OVERHEAD_BYTES, 1024)
         self.dead_letter_log = DeadLetterLog()
+        # Events without a Kafka key are accepted, and logged by partition.
+        self.keyless_log = RateLimitedLog("events without a Kafka key", "partition")
+        self.state_dir = Path(config.state_dir).resolve()
         self._stopping = False
         # Messages consumed for the batch that is being collected; on_revoke finishes them.
         self._pending: list[Message] = []
@@ -272,7 +336,8 @@ class Worker:
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         """Finish the batch in flight, then stop (the SIGTERM and SIGINT handler)."""
         if not self._stopping:
-            logger.info("stop requested (signal %s): finishing the batch in flight", signum)
+            cause = f"received {signal.Signals(signum).name}" if signum else "stop requested"
+            logger.info("%s %s: finishing the batch in flight, then stopping", self.label, cause)
         self._stopping = True
 
     def run(self) -> None:
@@ -281,7 +346,13 @@ class Worker:
         self.consumer.subscribe(
             [topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
-        logger.info("%s started on %s, group %s", self.label, topic, self.config.group_id)
+        logger.info(
+            "%s started on %s, group %s, state dir %s",
+            self.label,
+            topic,
+            self.config.group_id,
+            self.state_dir,
+        )
         try:
             while not self._stopping:
                 self.committer.check()
@@ -320,6 +391,14 @@ class Worker:
         # A failed commit thread raises here, before anything is read from a stale position.
         self.committer.drain()
         stored = self.store.positions(self.config.input_topic)
+        unstored = [tp.partition for tp in partitions if tp.partition not in stored]
+        # A store without any position for the topic is new or the wrong one. A store with
+        # positions for other partitions is that of a host in a group of several hosts, where a
+        # partition that moves here is rebuilt from its earliest offset by design.
+        if unstored and not stored and not rebuild_state_allowed(self.config):
+            # Raised before anything is assigned; confluent-kafka re-raises it from poll().
+            self._check_not_committed(consumer, unstored)
+        now = time.time()
         for tp in partitions:
             position = stored.get(tp.partition)
             if position is None:
@@ -331,9 +410,10 @@ class Worker:
                 tp.offset = OFFSET_BEGINNING
                 self._positions[tp.partition] = PartitionPosition(0, float("-inf"))
                 logger.info(
-                    "assigned %s[%d]: no stored position, starting at the earliest offset",
+                    "assigned %s[%d]: no stored position in %s, starting at the earliest offset",
                     tp.topic,
                     tp.partition,
+                    self.state_dir,
                 )
             else:
                 tp.offset = position.next_offset
@@ -343,10 +423,76 @@ class Worker:
                     position_text(tp.topic, tp.partition, position.next_offset),
                     position.watermark,
                 )
+                self._warn_future_watermark(tp.partition, position, now)
             # A partition that arrives with a stored watermark may have idle sessions to close.
             self._timers_due.add(tp.partition)
         consumer.incremental_assign(partitions)
         self.metrics.partitions_assigned.set(len(self._positions))
+
+    def _check_not_committed(self, consumer: Consumer, partitions: list[int]) -> None:
+        """Raise CommittedOffsetsError when the group has committed offsets for `partitions`,
+        which have no position in the state store, beyond their earliest retained offset.
+
+        Reading such a partition from its earliest offset would process again the events that
+        the group has processed, and publish their outputs a second time.
+        """
+        topic = self.config.input_topic
+        group = self.config.group_id
+        try:
+            committed = consumer.committed(
+                [TopicPartition(topic, partition) for partition in partitions],
+                timeout=OFFSET_QUERY_TIMEOUT_SECONDS,
+            )
+            processed = []
+            for tp in committed:
+                if tp.error is not None or tp.offset < 0:
+                    continue  # the group has no committed offset for this partition
+                low = self._earliest_offset(consumer, tp.partition)
+                if tp.offset > low:
+                    processed.append(position_text(topic, tp.partition, tp.offset))
+        except KafkaException as error:
+            raise CommittedOffsetsError(
+                f"reading the committed offsets of group {group} for {topic} partitions "
+                f"{partitions}, which state dir {self.state_dir} has no position for, failed: "
+                f"{error}; start again, or pass --rebuild-state to read them from the earliest "
+                "offset without this check"
+            ) from error
+        if processed:
+            raise CommittedOffsetsError(
+                f"state dir {self.state_dir} has no position for {', '.join(processed)}, "
+                f"where consumer group {group} has committed offsets: reading from the "
+                "earliest offset would process those events again and publish their outputs "
+                "a second time. Pass the --state-dir that processed them, or restore its "
+                "export with `hiertcn-stream state --state-dir DIR import FILE`. To rebuild "
+                "the states and publish again on purpose, pass --rebuild-state (or use a new "
+                "--group-id)"
+            )
+
+    def _earliest_offset(self, consumer: Consumer, partition: int) -> int:
+        """Return the earliest offset that the broker still retains of `partition`."""
+        tp = TopicPartition(self.config.input_topic, partition)
+        offsets = consumer.get_watermark_offsets(
+            tp, timeout=OFFSET_QUERY_TIMEOUT_SECONDS, cached=False
+        )
+        # When the broker returns no offsets, 0 makes any committed offset count as processed.
+        return 0 if offsets is None else int(offsets[0])
+
+    def _warn_future_watermark(
+        self, partition: int, position: PartitionPosition, now: float
+    ) -> None:
+        """Warn when a stored watermark is ahead of the wall clock by more than the tolerance
+        of `ts_in_future`, which an event accepted before that check existed can cause."""
+        tolerance = self.event_config.max_future_seconds
+        if tolerance is None or position.watermark - now <= tolerance:
+            return
+        logger.warning(
+            "stored watermark of %s[%d] is %.0f s ahead of the current time: the timers close "
+            "every open session of this partition after each batch until real time reaches "
+            "it. To reset it, rebuild the states in a new --state-dir with --rebuild-state",
+            self.config.input_topic,
+            partition,
+            position.watermark - now,
+        )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {tp.partition for tp in partitions}
@@ -428,19 +574,23 @@ class Worker:
 
     def _decode(self, messages: Sequence[Message]) -> _Decoded:
         decoded = _Decoded()
+        # One clock reading per batch for the ts_in_future check.
+        now = time.time()
         for message in messages:
             partition = message.partition()
             offset = message.offset()
             self.metrics.events_consumed.labels(str(partition)).inc()
             _kind, timestamp_ms = message.timestamp()
             append_ts = timestamp_ms / 1000.0 if timestamp_ms > 0 else None
+            position = Position(message.topic(), partition, offset)
             result = decode_event(
                 message.key(),
                 message.value(),
-                Position(message.topic(), partition, offset),
+                position,
                 self.row_of,
                 self.event_config,
                 append_ts,
+                now,
             )
             previous = decoded.positions.get(partition) or self._positions.get(
                 partition, PartitionPosition(0, float("-inf"))
@@ -451,10 +601,23 @@ class Worker:
             else:
                 decoded.events.append(result)
                 watermark = max(watermark, result.ts)
+                if message.key() is None:
+                    self._log_keyless(result, position)
             decoded.positions[partition] = PartitionPosition(
                 max(previous.next_offset, offset + 1), watermark
             )
+        self.keyless_log.flush()
         return decoded
+
+    def _log_keyless(self, event: Event, position: Position) -> None:
+        self.keyless_log.add(
+            str(position.partition),
+            "event without a Kafka key at %s (user %r) accepted: the producer's partitioner "
+            "may put this user's events on several partitions, so they can be processed out "
+            "of order and their states updated by two workers at once; key events by user id",
+            position,
+            event.user,
+        )
 
     # -- one batch: steps 1 to 6 -------------------------------------------------------------
 
@@ -503,6 +666,7 @@ class Worker:
                 self.committer.submit(changed, {})
                 self.metrics.sessions_closed.labels("timer").inc(len(closed))
         self.dead_letter_log.flush()
+        self.keyless_log.flush()
         self._update_lag(self._positions)
 
     # -- step 3: timers ----------------------------------------------------------------------
@@ -576,7 +740,7 @@ class Worker:
     def _dead_letter_records(self, dead_letters: Iterable[DeadLetter]) -> list[OutputRecord]:
         records = []
         for letter in dead_letters:
-            self.dead_letter_log.add(letter)
+            self.dead_letter_log.add_letter(letter)
             self.metrics.dead_letters.labels(letter.reason).inc()
             headers = [
                 *original_headers(letter.headers),

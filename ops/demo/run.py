@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -31,12 +32,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hiertcn.data.readers import FORMATS
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INPUT_TOPIC = "interactions"
 OUTPUT_TOPIC = "recommendations"
 DEAD_LETTER_TOPIC = "interactions.dlq"
+# What a demo run writes into its run folder, in the order of the steps, with a description.
+RUN_FOLDER_CONTENTS = (
+    ("synthetic.csv", "the generated interaction log (without --data)"),
+    ("model", "the training checkpoints (best.pt, last.pt) and metrics.json"),
+    ("bundle", "the exported ONNX model bundle"),
+    ("test_events.jsonl", "the test users' events that were published"),
+    ("kafka", "the broker's settings and log"),
+    ("state", "the worker pool's LMDB state store"),
+    ("worker.log", "the worker pool's log"),
+    ("producer.log", "the producer's log"),
+    ("recommendations.jsonl", "the recommendations read back from Kafka"),
+    ("throughput_latency.png", "the throughput and latency plot"),
+)
 
 
 @dataclass(frozen=True)
@@ -278,7 +294,10 @@ def parse_args(argv: Sequence[str] | None) -> DemoConfig:
     )
     parser.add_argument("--data", type=Path, help="interaction log (default: synthetic data)")
     parser.add_argument(
-        "--format", default="auto", help="format of --data, as `hiertcn train` reads it"
+        "--format",
+        default="auto",
+        choices=FORMATS,  # those of `hiertcn train`, checked before any work
+        help="format of --data, as `hiertcn train` reads it (default: auto)",
     )
     parser.add_argument("--titles", type=Path, help="CSV of item id,title (MovieLens movies.csv)")
     parser.add_argument("--out", type=Path, help="run folder (default: runs/demo-YYYYmmdd-HHMMSS)")
@@ -296,8 +315,11 @@ def parse_args(argv: Sequence[str] | None) -> DemoConfig:
     parser.add_argument(
         "--metrics-port", type=int, default=9100, help="worker pool /metrics port (default: 9100)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of data and training")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of data and training (default: 0)"
+    )
     args = parser.parse_args(argv)
+    check_ranges(parser, args)
     out = args.out or REPO_ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
     return DemoConfig(
         out=out.resolve(),
@@ -312,6 +334,23 @@ def parse_args(argv: Sequence[str] | None) -> DemoConfig:
         metrics_port=args.metrics_port,
         seed=args.seed,
     )
+
+
+def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 with a usage error for a value out of range, before the demo does any work."""
+    minimums = {
+        "--epochs": (args.epochs, 1),
+        "--processes": (args.processes, 1),
+        "--max-events": (args.max_events, 1),
+        "--partitions": (args.partitions, 1),
+    }
+    for flag, (value, minimum) in minimums.items():
+        if value < minimum:
+            parser.error(f"invalid {flag} {value}: use an integer >= {minimum}")
+    if not math.isfinite(args.rate) or args.rate <= 0:
+        parser.error(f"invalid --rate {args.rate}: use a positive number of events per second")
+    if not 1 <= args.metrics_port <= 65_535:
+        parser.error(f"invalid --metrics-port {args.metrics_port}: use a port from 1 to 65535")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -331,10 +370,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             broker.stop()
             print("  broker stopped")
     print(f"\nDone. Everything is in {config.out}:")
-    for name in ("recommendations.jsonl", "throughput_latency.png", "worker.log", "model"):
-        if (config.out / name).exists():
-            print(f"  {config.out / name}")
+    print(describe_run_folder(config.out))
     return 0
+
+
+def describe_run_folder(out: Path) -> str:
+    """Return one line per file or folder of `RUN_FOLDER_CONTENTS` that the run wrote."""
+    present = [(name, what) for name, what in RUN_FOLDER_CONTENTS if (out / name).exists()]
+    width = max((len(str(out / name)) for name, _what in present), default=0)
+    return "\n".join(f"  {out / name!s:<{width}}  {what}" for name, what in present)
 
 
 def check_port_free(port: int) -> None:

@@ -6,7 +6,7 @@ Example:
 
 Prints Recall@K, MRR and MRP of each event's item under the user's previous recommendation, and
 the records rejected by reason. Progress goes to stderr. Exits 2 when no record of the file is a
-valid event.
+valid event; see `EXIT_STATUS`.
 """
 
 from __future__ import annotations
@@ -14,18 +14,26 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 from pathlib import Path
 
 from stream.cli import verbosity
+from stream.commands.run import argparse_type
+from stream.config import check_k, parse_tolerance
 from stream.errors import ConfigError
-from stream.events import EventConfig
+from stream.events import DEFAULT_MAX_FUTURE_SECONDS, EventConfig
 from stream.pipeline import Pipeline, PipelineConfig
 from stream.records import EventFileError, add_event_file_arguments, detect_format, read_records
 from stream.replay import MemoryStates, Replay, ReplayConfig, ReplayReport, open_store_states
 
 logger = logging.getLogger(__name__)
+
+EXIT_STATUS = (
+    "exit status: 0 when the replay ran, also when no event had a previous recommendation to "
+    "score (the metrics then read n/a); 1 when the state store fails; 2 for invalid input: a "
+    "bad flag, bundle or event file, or a file whose every record is rejected (-v lists them "
+    "with their line numbers)"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "replay",
         help="run the pipeline over an event-log file, without a broker",
         description=__doc__.split("\n\n")[0],
+        epilog=EXIT_STATUS,
     )
 
     add_event_file_arguments(parser, "replay")
@@ -96,6 +105,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
 
     parser.add_argument(
+        "--max-future-seconds",
+        type=argparse_type(parse_tolerance),
+        default=DEFAULT_MAX_FUTURE_SECONDS,
+        metavar="SECONDS",
+        help="seconds a record's time may lie ahead of this host's clock; later records are "
+        f"rejected as ts_in_future, and off turns the check off (default: "
+        f"{DEFAULT_MAX_FUTURE_SECONDS:.0f})",
+    )
+
+    parser.add_argument(
         "--no-timers",
         action="store_true",
         help="do not close idle sessions by event-time timers (gap closes still happen)",
@@ -116,13 +135,15 @@ def run_replay(args: argparse.Namespace) -> int:
     if args.output is not None:
         check_output_path(args.output)
     bundle = open_bundle(args.bundle, args.device)
+    if args.k is not None:
+        check_k(args.k, bundle.num_items)
     pipeline = Pipeline(bundle, PipelineConfig(session_gap=args.session_gap, top_k=args.k))
 
     config = ReplayConfig(
         batch_size=args.batch_size,
         recall_k=pipeline.config.top_k,
         timers=not args.no_timers,
-        event_config=EventConfig(ts_unit=args.ts_unit),
+        event_config=EventConfig(ts_unit=args.ts_unit, max_future_seconds=args.max_future_seconds),
     )
 
     # Run the event file's checks (missing, empty, format) before the state store is created.
@@ -244,7 +265,7 @@ def open_bundle(path: Path, device: str):
 
 def format_report(report: ReplayReport, k: int, model: str, list_hint: bool = True) -> str:
     """Return the replay report as aligned text lines; `list_hint` adds how to list rejections."""
-    rate = report.accepted / report.seconds if report.seconds > 0 else math.nan
+    rate = report.accepted / report.seconds if report.seconds > 0 else 0.0
     lines = [
         f"model            {model}",
         f"records          {report.records}",
@@ -257,9 +278,19 @@ def format_report(report: ReplayReport, k: int, model: str, list_hint: bool = Tr
         f"sessions closed  gap {report.closed['gap']}, timer {report.closed['timer']}",
         f"impression items not in the vocabulary  {report.dropped_impressions}",
         f"counted events   {report.counted} (first event of each user not counted)",
-        f"Recall@{k:<9} {report.recall:.4f}",
-        f"MRR              {report.mrr:.4f}",
-        f"MRP              {report.mrp:.4f}",
-        f"time             {report.seconds:.1f} s ({rate:.0f} events/s)",
     ]
+    if report.counted:
+        lines += [
+            f"Recall@{k:<9} {report.recall:.4f}",
+            f"MRR              {report.mrr:.4f}",
+            f"MRP              {report.mrp:.4f}",
+        ]
+    else:
+        # Each metric is a mean over the counted events, so it has no value without one.
+        lines += [
+            f"Recall@{k:<9} n/a (no counted event: no user has a valid event after their first)",
+            "MRR              n/a",
+            "MRP              n/a",
+        ]
+    lines.append(f"time             {report.seconds:.1f} s ({rate:.0f} events/s)")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream.config import OPTIONS, WorkerConfig, build_config
+from stream.config import OPTIONS, WorkerConfig, build_config, check_k
 from stream.errors import ConfigError, StreamError
 from stream.logs import librdkafka_logger
 from stream.pool import run_pool
@@ -92,6 +92,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep the other workers running when one exits, instead of stopping the pool",
     )
+    parser.add_argument(
+        "--rebuild-state",
+        action="store_true",
+        help="start with a state directory that holds no position even when the consumer group "
+        "has committed offsets: reads the partitions from their earliest offset, rebuilds the "
+        "users' states and publishes their outputs again (for a new host that joins a group of "
+        "several hosts, or a new state directory on purpose)",
+    )
     parser.set_defaults(func=run, state_sync=None)
 
 
@@ -104,9 +112,8 @@ def run(args: argparse.Namespace) -> int:
         args.kafka_settings,
         create_topics=args.create_topics,
         keep_going=args.keep_going,
+        rebuild_state=args.rebuild_state,
     )
-    if not config.bundle.is_dir():
-        raise StreamError(f"bundle directory {config.bundle} not found: pass --bundle DIR")
     # The store comes after the broker check, so that a failed start leaves no new state folder.
     bundle = check_bundle(config)
     check_topics(config)
@@ -115,14 +122,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_bundle(config: WorkerConfig) -> ModelBundle:
-    """Load and verify the bundle once before any worker starts.
+    """Load and verify the bundle, and check --k against its items, before any worker starts.
 
-    A bad bundle then gives one error line here instead of one traceback per worker. The workers
-    load it again after they start, because a loaded bundle does not survive a process start.
+    A bad bundle then gives one error line here instead of one traceback per worker, with the
+    exit code and message of `replay` for the same bundle. The workers load it again after they
+    start, because a loaded bundle does not survive a process start.
     """
     from stream.commands.replay import open_bundle
 
-    return open_bundle(config.bundle, config.device)
+    bundle = open_bundle(config.bundle, config.device)
+    if config.k is not None:
+        check_k(config.k, bundle.num_items)
+    return bundle
 
 
 def check_store(config: WorkerConfig, bundle: ModelBundle) -> None:
@@ -134,7 +145,7 @@ def check_store(config: WorkerConfig, bundle: ModelBundle) -> None:
     from stream.worker import open_state_store
 
     open_state_store(config, bundle).close()
-    logger.info("bundle %s and state store %s checked", bundle.version, config.state_dir)
+    logger.info("bundle %s and state store %s checked", bundle.version, config.state_dir.resolve())
 
 
 def argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:

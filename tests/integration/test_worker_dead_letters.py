@@ -46,6 +46,7 @@ BAD_MESSAGES: list[tuple[str, bytes | None, bytes, str]] = [
         _event(user="u1", item="item1", ts=START_TS * 1000),
         "ts_in_milliseconds",
     ),
+    ("ts in 2096", b"u1", _event(user="u1", item="item1", ts=4e9), "ts_in_future"),
     ("unknown item", b"u1", _event(user="u1", item="no-such-item", ts=START_TS), "unknown_item"),
     (
         "million impressions",

@@ -275,6 +275,34 @@ def test_evict_cutoff_before_year_one_prints(
     assert "evicted 0 users whose last event is before -8" in output
 
 
+def test_evict_rejects_future_newest_event(state_dir: Path) -> None:
+    with StateStore(StoreConfig(path=state_dir, sync=False)) as store:
+        store.commit({"future": make_state(seed=4, last_ts=4e9, partition=0)})
+
+    with pytest.raises(StoreConfigError, match=r"2096-10-02.*pass --now") as raised:
+        _run("--state-dir", str(state_dir), "evict", "--inactive-days", "30")
+
+    assert raised.value.exit_code == 2
+    assert len(_read_all(state_dir, ["fresh", "week-old", "year-old", "future"])) == 4
+
+
+def test_evict_future_newest_event_with_now(state_dir: Path) -> None:
+    with StateStore(StoreConfig(path=state_dir, sync=False)) as store:
+        store.commit({"future": make_state(seed=4, last_ts=4e9, partition=0)})
+
+    assert _run("--state-dir", str(state_dir), "evict", "--inactive-days", "30", "--now") == 0
+    assert list(_read_all(state_dir, ["fresh", "week-old", "year-old", "future"])) == ["future"]
+
+
+def test_evict_help_names_default_reference(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["state", "--state-dir", "s", "evict", "--help"])
+
+    output = " ".join(capsys.readouterr().out.split())
+    assert "Without --now or --at, the reference time is the newest event time" in output
+    assert "not the current time" in output
+
+
 def test_iter_records_crosses_chunks(tmp_path: Path) -> None:
     with StateStore(StoreConfig(path=tmp_path / "s", sync=False)) as store:
         states = {f"u{i:03d}": make_state(seed=i) for i in range(25)}

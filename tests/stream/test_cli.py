@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 
 import pytest
 
-from stream.cli import build_parser, verbosity
+from statestore.errors import StateStoreError
+from stream.cli import build_parser, main, read_only_hint, verbosity
 
 
 def _subcommand_parsers(
@@ -46,3 +48,69 @@ def test_verbose_counted_at_every_level(argv: list[str], expected: int) -> None:
     args = build_parser().parse_args(argv)
 
     assert verbosity(args) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage", "unknown"),
+    [
+        (["run", "--brokers", "h:1", "--bundle", "b", "--frobnicate"], "hiertcn-stream run",
+         "--frobnicate"),
+        (["produce", "--events", "e", "--brokers", "h:1", "--topic", "t", "--speed", "5"],
+         "hiertcn-stream produce", "--speed 5"),
+        (["replay", "--events", "e", "--bundle", "b", "--brokers", "x"], "hiertcn-stream replay",
+         "--brokers x"),
+        (["state", "--state-dir", "s", "stats", "--zz"], "hiertcn-stream state stats", "--zz"),
+    ],
+)  # fmt: skip
+def test_unknown_flag_shows_subcommand_usage(
+    argv: list[str], usage: str, unknown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.startswith(f"usage: {usage} [-h]")
+    assert f"{usage}: error: unrecognized arguments: {unknown}\n" in err
+
+
+def _store_error_caused_by(code: int) -> StateStoreError:
+    """A state store error wrapping an `lmdb.Error` with errno `code`, as the store raises it."""
+    import lmdb
+
+    cause = lmdb.Error("state: Read-only file system")
+    cause.code = code  # type: ignore[attr-defined]
+    error = StateStoreError("LMDB open failed in state store state: Read-only file system")
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+def test_read_only_state_dir_error_gives_fix(code: int) -> None:
+    hint = read_only_hint(_store_error_caused_by(code))
+
+    assert "pass a writable --state-dir" in hint
+    assert "copy the directory to a writable place" in hint
+
+
+def test_other_state_store_error_gets_no_hint() -> None:
+    assert read_only_hint(_store_error_caused_by(errno.EIO)) == ""
+    assert read_only_hint(StateStoreError("user u1 not found")) == ""
+
+
+def test_read_only_hint_printed_by_main(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fail(args: argparse.Namespace) -> int:
+        raise _store_error_caused_by(errno.EROFS)
+
+    parser = build_parser()
+    args = parser.parse_args(["state", "--state-dir", "state", "stats"])
+    monkeypatch.setattr("stream.cli.parse_arguments", lambda parser, argv: args)
+    args.func = fail
+
+    code = main(["state", "--state-dir", "state", "stats"])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Read-only file system; LMDB needs write access" in err

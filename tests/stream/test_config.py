@@ -54,6 +54,12 @@ def test_default_when_neither_is_set() -> None:
     assert config.dead_letter_topic == "interactions.dlq"
 
 
+def test_max_future_seconds_from_environment() -> None:
+    assert build_config(REQUIRED, {}).max_future_seconds == 300.0
+    assert build_config(REQUIRED, {"HIERTCN_MAX_FUTURE_SECONDS": "60"}).max_future_seconds == 60.0
+    assert build_config(REQUIRED, {"HIERTCN_MAX_FUTURE_SECONDS": "off"}).max_future_seconds is None
+
+
 def test_kafka_settings_from_flags_and_env() -> None:
     environ = {
         "HIERTCN_KAFKA_SECURITY_PROTOCOL": "SSL",
@@ -106,6 +112,7 @@ def test_parse_bool_rejects_junk() -> None:
         ("metrics_port", 70_000, "--metrics-port"),
         ("ts_unit", "us", "--ts-unit"),
         ("device", "tpu", "--device"),
+        ("max_future_seconds", -1.0, "--max-future-seconds"),
         ("input_topic", "bad topic", "invalid topic name"),
         ("output_topic", "interactions", "also an output topic"),
     ],

@@ -296,3 +296,121 @@ def test_empty_unpacker_error_is_not_shown_as_quotes() -> None:
 
     assert isinstance(result, DeadLetter)
     assert "(FormatError)" in result.message
+
+
+# A fixed wall clock for the ts_in_future checks: 2023-11-14T22:13:20Z.
+NOW = 1_700_000_000.0
+
+
+def decode_at(fields: dict, now: float = NOW, config: EventConfig | None = None):
+    return decode_event(b"u1", pack(fields), POSITION, ROW_OF, config or EventConfig(), now=now)
+
+
+def test_far_future_ts_rejected() -> None:
+    result = decode_at({**VALID, "ts": 4e9})
+
+    assert reason_of(result) == "ts_in_future"
+    assert "2096-" in result.message
+    assert "2023-11-14T22:13:20Z" in result.message
+    assert "300 s allowed" in result.message
+    assert "ts_in_future" in REASONS
+
+
+def test_future_ts_within_tolerance_accepted() -> None:
+    result = decode_at({**VALID, "ts": NOW + 300})
+
+    assert isinstance(result, Event)
+    assert result.ts == NOW + 300
+
+
+def test_future_ts_just_past_tolerance_rejected() -> None:
+    result = decode_at({**VALID, "ts": NOW + 301})
+
+    assert reason_of(result) == "ts_in_future"
+
+
+def test_future_ts_tolerance_configurable() -> None:
+    config = EventConfig(max_future_seconds=3600.0)
+
+    accepted = decode_at({**VALID, "ts": NOW + 3000}, config=config)
+    rejected = decode_at({**VALID, "ts": NOW + 3700}, config=config)
+
+    assert isinstance(accepted, Event)
+    assert reason_of(rejected) == "ts_in_future"
+
+
+def test_future_check_off_accepts_any_time() -> None:
+    result = decode_at({**VALID, "ts": 4e9}, config=EventConfig(max_future_seconds=None))
+
+    assert isinstance(result, Event)
+    assert result.ts == 4e9
+
+
+def test_future_ts_checked_against_wall_clock() -> None:
+    result = decode_event(b"u1", pack({**VALID, "ts": 4e9}), POSITION, ROW_OF)
+
+    assert reason_of(result) == "ts_in_future"
+
+
+def test_old_ts_accepted_against_wall_clock() -> None:
+    result = decode_event(b"u1", pack({**VALID, "ts": 1_000_000_000}), POSITION, ROW_OF)
+
+    assert isinstance(result, Event)
+
+
+def test_future_ts_in_milliseconds_rejected() -> None:
+    config = EventConfig(ts_unit="ms")
+
+    result = decode_at({**VALID, "ts": 4_000_000_000_000}, config=config)
+
+    assert reason_of(result) == "ts_in_future"
+    assert "milliseconds" in result.message
+
+
+@pytest.mark.parametrize("ts", [1_600_000_000, 1_600_000_000.5, 0, 99_999_999_999])
+def test_ts_in_seconds_rejected_with_ms_unit(ts: float) -> None:
+    result = decode_at({**VALID, "ts": ts}, config=EventConfig(ts_unit="ms"))
+
+    assert reason_of(result) == "ts_in_seconds"
+    assert "ts_in_seconds" in REASONS
+    assert "looks like seconds" in result.message
+    assert "without --ts-unit ms" in result.message
+
+
+def test_earliest_millisecond_time_accepted_with_ms_unit() -> None:
+    result = decode_at({**VALID, "ts": 100_000_000_000}, config=EventConfig(ts_unit="ms"))
+
+    assert isinstance(result, Event)
+    assert result.ts == 100_000_000.0
+
+
+def test_microseconds_message_names_milliseconds() -> None:
+    result = decode_at({**VALID, "ts": 1_600_000_000_000_000}, config=EventConfig(ts_unit="ms"))
+
+    assert reason_of(result) == "invalid_ts"
+    assert "send milliseconds since the Unix epoch" in result.message
+    assert "seconds since" not in result.message.replace("milliseconds since", "")
+
+
+@pytest.mark.parametrize(
+    ("changes", "unit"),
+    [
+        ({"ts": None}, "milliseconds"),
+        ({"ts": "1700000000000"}, "milliseconds"),
+        ({"ts": -1}, "milliseconds"),
+    ],
+)
+def test_ts_messages_name_ms_unit(changes: dict, unit: str) -> None:
+    fields = {name: value for name, value in {**VALID, **changes}.items() if value is not None}
+
+    result = decode_at(fields, config=EventConfig(ts_unit="ms"))
+
+    assert isinstance(result, DeadLetter)
+    assert unit in result.message
+    assert " seconds" not in result.message
+
+
+@pytest.mark.parametrize("value", [-1.0, math.nan, math.inf])
+def test_invalid_future_tolerance_rejected(value: float) -> None:
+    with pytest.raises(ConfigError, match="invalid max_future_seconds"):
+        EventConfig(max_future_seconds=value)

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import signal
+import socket
+import sys
+import threading
+import time
 from pathlib import Path
 
+import pytest
+
 from stream.config import WorkerConfig
+from stream.errors import ConfigError
+from stream.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
 from stream.pool import (
     BLAS_THREAD_VARIABLES,
     STOP_TIMEOUT_SECONDS,
+    Pool,
+    describe_exit,
+    serve_metrics,
     single_threaded_blas,
     stop_timeout,
 )
@@ -38,3 +52,143 @@ def test_stop_timeout_covers_longest_delivery_wait() -> None:
     )
 
     assert stop_timeout(config) == STOP_TIMEOUT_SECONDS + 60.0
+
+
+def _exit_at_once() -> None:
+    """A stand-in worker that stops as a worker does after a SIGTERM sent to it directly."""
+    sys.exit(0)
+
+
+def _wait_for_sigterm() -> None:
+    """A stand-in worker that runs until SIGTERM and then exits 0, as a worker does."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    time.sleep(60)
+    sys.exit(3)
+
+
+class StandInPool(Pool):
+    """A pool whose worker 0 exits at once and whose other workers wait for SIGTERM."""
+
+    def _start_children(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        for index in range(self.config.processes):
+            target = _exit_at_once if index == 0 else _wait_for_sigterm
+            child = context.Process(target=target)
+            child.start()
+            self.children.append(child)
+
+
+def _run_stand_in_pool(tmp_path: Path, keep_going: bool) -> int:
+    config = WorkerConfig(
+        brokers="127.0.0.1:1",
+        bundle=tmp_path / "bundle",
+        processes=2,
+        keep_going=keep_going,
+        metrics_port=0,
+        state_dir=Path("relative-state"),
+    )
+    pool = StandInPool(config)
+    # With --keep-going the pool runs on after worker 0 exits, until a stop request.
+    stopper = threading.Timer(5.0, pool.request_stop, args=(signal.SIGTERM,))
+    stopper.start()
+    try:
+        return pool.run()
+    finally:
+        stopper.cancel()
+
+
+def test_pool_logs_absolute_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.INFO, logger="stream.pool")
+
+    _run_stand_in_pool(tmp_path, keep_going=False)
+
+    expected = str((tmp_path / "relative-state").resolve())
+    assert f"state directory {expected} (from --state-dir relative-state" in caplog.text
+
+
+def test_pool_stopped_by_worker_exit_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stream.pool")
+
+    code = _run_stand_in_pool(tmp_path, keep_going=False)
+
+    assert code == 1
+    assert "worker 0 (pid " in caplog.text
+    assert (
+        ") stopped on a SIGTERM or SIGINT sent to it directly (exit code 0) while the pool "
+        "was running: stopping the pool" in caplog.text
+    )
+    assert "stopping the pool (a worker exited): stopping 1 running workers" in caplog.text
+    assert "signal None" not in caplog.text
+    assert "exited with code 0" not in caplog.text
+
+
+def test_keep_going_pool_says_how_to_restore_workers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stream.pool")
+
+    code = _run_stand_in_pool(tmp_path, keep_going=True)
+
+    assert code == 1
+    assert "--keep-going: the pool continues with 1 of 2 workers" in caplog.text
+    assert "to get back to 2, stop the pool (SIGTERM) and start it again" in caplog.text
+    assert "stopping the pool (SIGTERM received): stopping 1 running workers" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("exitcode", "text"),
+    [
+        (0, "stopped on a SIGTERM or SIGINT sent to it directly (exit code 0)"),
+        (-9, "was killed by SIGKILL"),
+        (2, "failed with exit code 2 (its error is logged above)"),
+    ],
+)
+def test_worker_exit_described(exitcode: int, text: str) -> None:
+    assert describe_exit(exitcode) == text
+
+
+@pytest.fixture
+def metrics_dir(tmp_path: Path):
+    """The multiprocess directory that the /metrics server reads, as the pool prepares it."""
+    path = prepare_multiprocess_dir(tmp_path)
+    yield path
+    remove_multiprocess_dir(path)
+
+
+def test_unresolvable_metrics_address_named(
+    metrics_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail_lookup(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    # The lookup fails here without a query to any DNS server.
+    monkeypatch.setattr(socket, "getaddrinfo", fail_lookup)
+
+    with pytest.raises(ConfigError) as error_info:
+        serve_metrics("999.1.1.1", 0)
+
+    message = str(error_info.value)
+    assert message.startswith("invalid --metrics-address '999.1.1.1' (Name or service not known)")
+    assert "--metrics-port" not in message
+
+
+def test_foreign_metrics_address_named(metrics_dir: Path) -> None:
+    # 192.0.2.1 is reserved for documentation (RFC 5737), so no interface of this machine has it
+    # and the bind fails locally without sending anything.
+    with pytest.raises(ConfigError, match=r"^invalid --metrics-address '192\.0\.2\.1' \("):
+        serve_metrics("192.0.2.1", 0)
+
+
+def test_metrics_port_in_use_still_blames_port(metrics_dir: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        with pytest.raises(ConfigError, match="is already in use: pass --metrics-port N"):
+            serve_metrics("127.0.0.1", port)

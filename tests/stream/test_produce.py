@@ -164,6 +164,14 @@ def test_overrides_replace_defaults() -> None:
         ({"topic": ""}, "--topic"),
         ({"rate": 0.0}, "rate 0.0"),
         ({"limit": -1}, "limit -1"),
+        ({"connect_timeout": -1.0}, "invalid --connect-timeout -1.0"),
+        ({"connect_timeout": 0.0}, "invalid --connect-timeout 0.0"),
+        ({"connect_timeout": float("nan")}, "invalid --connect-timeout nan"),
+        ({"connect_timeout": float("inf")}, "invalid --connect-timeout inf"),
+        ({"flush_timeout": -1.0}, "invalid --flush-timeout -1.0"),
+        ({"flush_timeout": 0.0001}, "invalid --flush-timeout 0.0001"),
+        ({"flush_timeout": float("nan")}, "invalid --flush-timeout nan"),
+        ({"flush_timeout": 1e7}, "invalid --flush-timeout 10000000.0"),
     ],
 )
 def test_invalid_produce_config_rejected(changes: dict, message: str) -> None:
@@ -208,6 +216,21 @@ def test_produce_command_without_readable_record_exits_2(
     assert code == 2
     assert "skipped 2 unreadable records (run with -v to list them)" in captured.out
     assert "no readable record" in captured.err
+
+
+@pytest.mark.parametrize("flag", ["--connect-timeout", "--flush-timeout"])
+def test_produce_command_negative_timeout_exits_2(
+    flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"user": "u1", "item": "i1", "ts": 1600000000}\n')
+
+    code = _run_produce_command(monkeypatch, events, flag, "-1")
+
+    captured = capsys.readouterr()
+    assert code == 2
+    assert f"invalid {flag} -1.0: use a number of seconds" in captured.err
+    assert "Traceback" not in captured.err
 
 
 def test_produce_command_reads_training_csv(

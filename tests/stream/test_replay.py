@@ -714,3 +714,111 @@ def test_verbose_flag_after_replay_accepted(
     assert code == 0
     assert "rejected         1\n" in printed
     assert "run with -v" not in printed
+
+
+def test_verbose_replay_logs_each_rejection_once_by_line(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    events_path = tmp_path / "badlog.jsonl"
+    events_path.write_text(
+        '{"user": "u1", "item": 1, "ts": 1700000000}\n'
+        "\n"
+        "not json\n"
+        '{"user": "u1", "item": 9999, "ts": 1700000001}\n'
+    )
+    caplog.set_level(logging.DEBUG)
+
+    code = main(["-v", "replay", "--events", str(events_path), "--bundle", str(onnx_bundle_dir)])
+
+    rejections = [
+        record.getMessage() for record in caplog.records if "rejected" in record.getMessage()
+    ]
+    assert code == 0
+    assert len(rejections) == 2
+    assert (
+        rejections[0] == "badlog.jsonl line 3 rejected (invalid_record): not JSON: Expecting value"
+    )
+    assert rejections[1].startswith("badlog.jsonl line 4 rejected (unknown_item): item '9999'")
+    assert "[-1]@" not in caplog.text
+
+
+def test_replay_without_counted_event_prints_na(
+    onnx_bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events_path = tmp_path / "first_events.jsonl"
+    events_path.write_text(
+        '{"user": "u1", "item": 1, "ts": 1700000000}\n{"user": "u2", "item": 2, "ts": 1700000001}\n'
+    )
+
+    code = main(["replay", "--events", str(events_path), "--bundle", str(onnx_bundle_dir)])
+
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "nan" not in printed
+    assert "Recall@5         n/a (no counted event" in printed
+    assert "MRR              n/a" in printed
+
+
+def test_replay_help_states_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["replay", "--help"])
+
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "exit status: 0 when the replay ran" in printed
+    assert "2 for invalid input" in printed
+    assert "a file whose every record is rejected" in printed
+
+
+def test_replay_k_above_catalog_rejected(
+    onnx_bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events_path = tmp_path / "events.jsonl"
+    write_event_log(events_path, 20, seed=13)
+
+    code = main(
+        ["replay", "--events", str(events_path), "--bundle", str(onnx_bundle_dir), "--k", "1000"]
+    )
+
+    captured = capsys.readouterr()
+    assert code == 2
+    assert (
+        f"invalid --k 1000: the bundle has only {NUM_ITEMS} items; pass --k {NUM_ITEMS} or less"
+        in captured.err
+    )
+    assert "Recall@1000" not in captured.out
+
+
+def test_replay_k_equal_to_catalog_accepted(
+    onnx_bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events_path = tmp_path / "events.jsonl"
+    write_event_log(events_path, 20, seed=13)
+
+    code = main(
+        ["replay", "--events", str(events_path), "--bundle", str(onnx_bundle_dir), "--k",
+         str(NUM_ITEMS)]
+    )  # fmt: skip
+
+    assert code == 0
+    assert f"Recall@{NUM_ITEMS}" in capsys.readouterr().out
+
+
+def test_records_carry_line_numbers(tmp_path: Path) -> None:
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_text('{"user": "u1", "item": 1, "ts": 5}\n\nnot json\n')
+    csv_path = tmp_path / "events.csv"
+    csv_path.write_text('user,item,ts\nu1,"i\n1",5\nu2\nu3,i3,7\n')
+    msgpack_path = tmp_path / "events.msgpack"
+    msgpack_path.write_bytes(msgpack.packb({"user": "u1", "item": 1, "ts": 5}) * 2)
+
+    jsonl_records = list(read_records(jsonl))
+    csv_records = list(read_records(csv_path))
+    msgpack_records = list(read_records(msgpack_path))
+
+    assert [record.location for record in jsonl_records] == ["line 1", "line 3"]
+    assert jsonl_records[1].error == "not JSON: Expecting value"
+    assert [record.location for record in csv_records] == ["line 2", "line 4", "line 5"]
+    assert [record.location for record in msgpack_records] == ["record 1", "record 2"]

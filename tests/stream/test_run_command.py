@@ -22,6 +22,7 @@ from stream.config import WorkerConfig
 from stream.errors import ConfigError
 from stream.metrics import serve_aggregate
 from tests.statestore.helpers import make_state
+from tests.stream.conftest import NUM_ITEMS
 
 
 def run_args(bundle: Path, state_dir: Path, *extra: str) -> list[str]:
@@ -222,3 +223,49 @@ def test_unreachable_broker_creates_no_state(
     assert code != 0
     assert "did not respond" in capsys.readouterr().err
     assert not state_dir.exists()
+
+
+def test_run_missing_bundle_exits_2_as_replay(
+    tmp_path: Path, no_pool: list[WorkerConfig], capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nobundle"
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"user": "u", "item": "1", "ts": 1700000000}\n')
+
+    run_code = main(run_args(missing, tmp_path / "state"))
+    run_error = capsys.readouterr().err
+    replay_code = main(["replay", "--events", str(events), "--bundle", str(missing)])
+    replay_error = capsys.readouterr().err
+
+    assert run_code == 2
+    assert replay_code == 2
+    assert run_error == replay_error
+    assert f"cannot load the model bundle {missing}: {missing / 'manifest.json'} not found" in (
+        run_error
+    )
+    assert not no_pool
+
+
+def test_run_k_above_catalog_exits_2(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    no_pool: list[WorkerConfig],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(run_args(onnx_bundle_dir, tmp_path / "state", "--k", "100000"))
+
+    assert code == 2
+    assert (
+        f"invalid --k 100000: the bundle has only {NUM_ITEMS} items; pass --k {NUM_ITEMS} or less"
+        in capsys.readouterr().err
+    )
+    assert not no_pool
+    assert not (tmp_path / "state").exists()
+
+
+def test_run_state_dir_help_says_relative(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "a relative path is relative to the working directory" in printed

@@ -1,26 +1,35 @@
-"""Worker parts that need no broker: Kafka settings and dead letters.
+"""Worker parts that need no broker: Kafka settings, dead letters, decoding and assignment.
 
 The integration tests in tests/integration/test_worker_*.py run the whole worker on a broker.
 """
 
 from __future__ import annotations
 
+import signal
+import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import msgpack
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from statestore import PartitionPosition
 from stream.config import WorkerConfig
 from stream.events import DeadLetter
 from stream.metrics import create_metrics
 from stream.worker import (
     DEAD_LETTERS_LOGGED_PER_REASON,
+    CommittedOffsetsError,
     DeadLetterLog,
+    RateLimitedLog,
     Worker,
     consumer_settings,
     producer_settings,
+    rebuild_state_allowed,
 )
 
 
@@ -132,9 +141,9 @@ def test_dead_letter_summary_counts_by_reason(caplog: pytest.LogCaptureFixture) 
     log = DeadLetterLog(per_reason=1, interval=10.0, clock=lambda: now[0])
     with caplog.at_level("WARNING", logger="stream.worker"):
         for offset in range(30):
-            log.add(_junk(offset))
+            log.add_letter(_junk(offset))
         for offset in range(3):
-            log.add(_junk(offset, "missing_user"))
+            log.add_letter(_junk(offset, "missing_user"))
         log.flush()
         assert not any("more dead letters" in line for line in _dead_letter_lines(caplog))
         now[0] = 12.0
@@ -168,3 +177,255 @@ def test_dead_letter_replaces_oversized_original_headers() -> None:
     headers = dict(dead.headers)
     assert "big" not in headers
     assert headers["hiertcn.headers_dropped"] == b"10003"
+
+
+class FakeMessage:
+    """A consumed Kafka message with the accessors that Worker._decode reads."""
+
+    def __init__(self, partition: int, offset: int, value: bytes, key: bytes | None) -> None:
+        self._partition = partition
+        self._offset = offset
+        self._value = value
+        self._key = key
+
+    def topic(self) -> str:
+        return "interactions"
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 0)
+
+
+def _event_message(offset: int, ts: float, key: bytes | None = b"u1") -> FakeMessage:
+    value = msgpack.packb({"user": "u1", "item": "a", "ts": ts})
+    return FakeMessage(0, offset, value, key)
+
+
+def _decoding_worker() -> Worker:
+    worker = make_worker(FakeProducer())
+    worker.row_of = {"a": 0}
+    return worker
+
+
+def test_future_event_keeps_watermark() -> None:
+    worker = _decoding_worker()
+    now = time.time()
+    messages = [_event_message(0, now - 10), _event_message(1, 4e9), _event_message(2, now)]
+
+    decoded = worker._decode(messages)
+
+    assert [event.offset for event in decoded.events] == [0, 2]
+    assert [letter.reason for letter in decoded.dead_letters] == ["ts_in_future"]
+    assert decoded.positions[0].next_offset == 3
+    assert decoded.positions[0].watermark == now
+
+
+def test_keyless_events_logged_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    worker = _decoding_worker()
+    messages = [_event_message(offset, 1_600_000_000, key=None) for offset in range(50)]
+
+    with caplog.at_level("WARNING", logger="stream.worker"):
+        decoded = worker._decode(messages)
+
+    assert len(decoded.events) == 50
+    assert not decoded.dead_letters
+    lines = _dead_letter_lines(caplog)
+    assert len(lines) == DEAD_LETTERS_LOGGED_PER_REASON + 1
+    assert "event without a Kafka key at interactions[0]@0 (user 'u1')" in lines[0]
+    assert "logged 5 events without a Kafka key with partition 0" in lines[-1]
+
+
+def test_keyed_events_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    worker = _decoding_worker()
+
+    with caplog.at_level("WARNING", logger="stream.worker"):
+        worker._decode([_event_message(0, 1_600_000_000)])
+
+    assert _dead_letter_lines(caplog) == []
+
+
+def test_keyless_summary_counts_by_partition(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    log = RateLimitedLog("events without a Kafka key", "partition", 1, 10.0, lambda: now[0])
+    with caplog.at_level("WARNING", logger="stream.worker"):
+        for _ in range(4):
+            log.add("0", "keyless")
+        log.add("3", "keyless")
+        log.add("3", "keyless")
+        now[0] = 11.0
+        log.flush()
+
+    summaries = [line for line in _dead_letter_lines(caplog) if " more " in line]
+    assert summaries == [
+        "4 more events without a Kafka key in the last 11 s, by partition: 0 3, 3 1"
+    ]
+
+
+class AssignConsumer:
+    """The consumer calls of an assignment: committed offsets and retained offsets."""
+
+    def __init__(self, committed: dict[int, int], low: int = 0) -> None:
+        self._committed = committed
+        self._low = low
+        self.assigned: list[TopicPartition] | None = None
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return [
+            TopicPartition(
+                tp.topic, tp.partition, self._committed.get(tp.partition, OFFSET_INVALID)
+            )
+            for tp in partitions
+        ]
+
+    def get_watermark_offsets(
+        self, tp: TopicPartition, timeout: float, cached: bool
+    ) -> tuple[int, int]:
+        return (self._low, 10_000)
+
+    def incremental_assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned = partitions
+
+
+class PositionStore:
+    """A state store that contains only partition positions."""
+
+    def __init__(self, positions: dict[int, PartitionPosition]) -> None:
+        self._positions = positions
+
+    def positions(self, topic: str) -> dict[int, PartitionPosition]:
+        return dict(self._positions)
+
+
+def _assign(
+    worker: Worker, consumer: AssignConsumer, store: PositionStore, partitions: list[int]
+) -> list[TopicPartition]:
+    worker.store = store
+    worker.consumer = consumer
+    tps = [TopicPartition("interactions", partition) for partition in partitions]
+    worker._on_assign(consumer, tps)  # type: ignore[arg-type]
+    return tps
+
+
+def test_empty_store_in_committed_group_rejected(tmp_path: Path) -> None:
+    worker = make_worker(FakeProducer(), state_dir=tmp_path / "fresh")
+    consumer = AssignConsumer({0: 6556, 1: 0})
+
+    with pytest.raises(CommittedOffsetsError) as raised:
+        _assign(worker, consumer, PositionStore({}), [0, 1])
+
+    message = str(raised.value)
+    assert str((tmp_path / "fresh").resolve()) in message
+    assert "interactions[0]@6556" in message
+    assert "interactions[1]" not in message
+    assert "--rebuild-state" in message
+    assert "group hiertcn" in message
+    assert raised.value.exit_code == 2
+    assert consumer.assigned is None
+
+
+def test_relative_state_dir_named_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    worker = make_worker(FakeProducer(), state_dir=Path("state"))
+
+    with pytest.raises(CommittedOffsetsError, match=f"state dir {tmp_path.resolve()}/state "):
+        _assign(worker, AssignConsumer({2: 5}), PositionStore({}), [2])
+
+
+def test_empty_store_in_new_group_starts_at_earliest() -> None:
+    worker = make_worker(FakeProducer())
+    consumer = AssignConsumer({})
+
+    tps = _assign(worker, consumer, PositionStore({}), [0, 1])
+
+    assert consumer.assigned == tps
+    assert [tp.offset for tp in tps] == [OFFSET_BEGINNING, OFFSET_BEGINNING]
+
+
+def test_commits_behind_retention_start_at_earliest() -> None:
+    worker = make_worker(FakeProducer())
+    consumer = AssignConsumer({0: 500}, low=500)
+
+    (tp,) = _assign(worker, consumer, PositionStore({}), [0])
+
+    assert tp.offset == OFFSET_BEGINNING
+    assert consumer.assigned == [tp]
+
+
+def test_stored_positions_skip_committed_check() -> None:
+    worker = make_worker(FakeProducer())
+    consumer = AssignConsumer({0: 6556})
+    store = PositionStore({0: PartitionPosition(6556, 1_600_000_000.0)})
+
+    (tp,) = _assign(worker, consumer, store, [0])
+
+    assert tp.offset == 6556
+
+
+def test_partition_moved_from_other_host_rebuilt() -> None:
+    # The store holds partition 0, so partition 1 comes from another host of the group.
+    worker = make_worker(FakeProducer())
+    consumer = AssignConsumer({0: 6556, 1: 4000})
+    store = PositionStore({0: PartitionPosition(6556, 1_600_000_000.0)})
+
+    first, second = _assign(worker, consumer, store, [0, 1])
+
+    assert first.offset == 6556
+    assert second.offset == OFFSET_BEGINNING
+    assert consumer.assigned == [first, second]
+
+
+def test_rebuild_state_allowed_reads_config() -> None:
+    config = WorkerConfig(brokers="b:1", bundle=Path("x"))
+    assert rebuild_state_allowed(config) is False
+    assert rebuild_state_allowed(replace(config, rebuild_state=True)) is True
+
+
+def test_rebuild_state_reads_from_earliest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("stream.worker.rebuild_state_allowed", lambda config: True)
+    worker = make_worker(FakeProducer())
+    consumer = AssignConsumer({0: 6556})
+
+    (tp,) = _assign(worker, consumer, PositionStore({}), [0])
+
+    assert tp.offset == OFFSET_BEGINNING
+
+
+def test_future_stored_watermark_warned(caplog: pytest.LogCaptureFixture) -> None:
+    worker = make_worker(FakeProducer())
+    store = PositionStore({0: PartitionPosition(10, 4e9), 1: PartitionPosition(10, time.time())})
+
+    with caplog.at_level("WARNING", logger="stream.worker"):
+        _assign(worker, AssignConsumer({}), store, [0, 1])
+
+    warnings = [line for line in _dead_letter_lines(caplog) if "ahead of the current time" in line]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("stored watermark of interactions[0] is ")
+
+
+def test_stop_log_names_signal(caplog: pytest.LogCaptureFixture) -> None:
+    worker = make_worker(FakeProducer())
+
+    with caplog.at_level("INFO", logger="stream.worker"):
+        worker.request_stop(signal.SIGTERM)
+        worker.request_stop(signal.SIGTERM)
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "stream.worker"]
+    assert len(lines) == 1
+    assert "received SIGTERM: finishing the batch in flight" in lines[0]
+    assert "None" not in lines[0]

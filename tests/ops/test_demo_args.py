@@ -1,0 +1,72 @@
+"""Tests of the demo's flag checks, which run before any step, and of its closing file list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ops.demo.run import RUN_FOLDER_CONTENTS, describe_run_folder, main
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--format", "bogus"], "argument --format: invalid choice: 'bogus'"),
+        (["--epochs", "0"], "invalid --epochs 0: use an integer >= 1"),
+        (["--processes", "0"], "invalid --processes 0: use an integer >= 1"),
+        (["--max-events", "0"], "invalid --max-events 0: use an integer >= 1"),
+        (["--partitions", "0"], "invalid --partitions 0: use an integer >= 1"),
+        (["--rate", "nan"], "invalid --rate nan: use a positive number"),
+        (["--rate", "-5"], "invalid --rate -5.0: use a positive number"),
+        (["--metrics-port", "70000"], "invalid --metrics-port 70000: use a port from 1 to 65535"),
+    ],
+)
+def test_demo_bad_flag_exits_before_any_step(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(out), *flags])
+
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert message in captured.err
+    assert captured.out == ""
+    assert not out.exists()
+
+
+def test_demo_seed_help_shows_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "seed of data and training (default: 0)" in printed
+
+
+def test_run_folder_list_names_every_file(tmp_path: Path) -> None:
+    for name, _what in RUN_FOLDER_CONTENTS:
+        if "." in name:
+            (tmp_path / name).write_text("")
+        else:
+            (tmp_path / name).mkdir()
+
+    listing = describe_run_folder(tmp_path).splitlines()
+
+    assert len(listing) == len(RUN_FOLDER_CONTENTS) == 10
+    for line, (name, what) in zip(listing, RUN_FOLDER_CONTENTS, strict=True):
+        assert line.startswith(f"  {tmp_path / name}")
+        assert line.endswith(f"  {what}")
+
+
+def test_run_folder_list_skips_missing_files(tmp_path: Path) -> None:
+    (tmp_path / "worker.log").write_text("")
+
+    assert describe_run_folder(tmp_path).split() == [
+        str(tmp_path / "worker.log"),
+        "the",
+        "worker",
+        "pool's",
+        "log",
+    ]
