@@ -596,7 +596,8 @@ class StateStore:
         ):
             logger.warning(
                 "state store %s was written with bundle %s and is now used with bundle %s: "
-                "the stored GRU states come from the other model",
+                "the stored GRU states come from that bundle, which may hold another model or "
+                "another export of the same one",
                 self.path,
                 stored_version,
                 config.bundle_version,

@@ -16,7 +16,6 @@ rejects any string, binary, array or map header longer than the message itself c
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Mapping
@@ -26,8 +25,6 @@ from typing import Any
 import msgpack
 
 from stream.errors import ConfigError
-
-logger = logging.getLogger(__name__)
 
 # Event times above this many seconds (about the year 5138) only make sense as milliseconds.
 MAX_TS_SECONDS = 1e11
@@ -462,7 +459,7 @@ def decode_event(
             )
         return _validate(key, value, position, row_of, config, append_ts, now)
     except _InvalidEventError as rejection:
-        logger.debug("rejected %s: %s (%s)", position, rejection.reason, rejection.message)
+        # The caller logs the dead letter: the worker at a limited rate, replay by line number.
         return DeadLetter(
             key=key,
             value=value,

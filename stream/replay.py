@@ -159,15 +159,6 @@ class StoreStates:
         return self.store.positions(self.topic).get(REPLAY_PARTITION)
 
 
-class ReplayRejectionFilter(logging.Filter):
-    """Drop the log line of `decode_event` for a rejected replay record (partition -1)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        position = args[0] if args else None
-        return not (isinstance(position, Position) and position.partition == REPLAY_PARTITION)
-
-
 class Replay:
     """Runs records through decoding, the pipeline, timers and the report, batch by batch."""
 
@@ -194,17 +185,6 @@ class Replay:
         A backend that already contains a replay of this source resumes it: the records it counted
         are skipped, in the same order, and the report covers the rest.
         """
-        # `decode_event` logs each rejection with the record's 0-based number as its offset.
-        # Replay logs it itself with the line number, so that line is dropped meanwhile.
-        events_logger = logging.getLogger(decode_event.__module__)
-        rejection_filter = ReplayRejectionFilter()
-        events_logger.addFilter(rejection_filter)
-        try:
-            return self._run(records)
-        finally:
-            events_logger.removeFilter(rejection_filter)
-
-    def _run(self, records: Iterable[Record]) -> ReplayReport:
         started = time.perf_counter()
         last_progress = started
         batch: list[Event] = []
