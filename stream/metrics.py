@@ -67,6 +67,7 @@ class WorkerMetrics:
     live_reciprocal_rank_sum: Counter
     partitions_assigned: Gauge
     paused_partitions: Gauge
+    workers_running: Gauge
     delivery_retries: Counter
     states_reset: Counter
 
@@ -169,6 +170,13 @@ def create_metrics(registry: CollectorRegistry | None) -> WorkerMetrics:
         paused_partitions=Gauge(
             "hiertcn_paused_partitions",
             "Input partitions paused until pending work drains.",
+            multiprocess_mode="livesum",
+            **kwargs,
+        ),
+        workers_running=Gauge(
+            "hiertcn_workers_running",
+            "Worker processes of the pool that are consuming; below --processes after a worker "
+            "exited under --keep-going.",
             multiprocess_mode="livesum",
             **kwargs,
         ),

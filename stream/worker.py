@@ -353,6 +353,7 @@ class Worker:
             self.config.group_id,
             self.state_dir,
         )
+        self.metrics.workers_running.set(1)
         try:
             while not self._stopping:
                 self.committer.check()
@@ -368,6 +369,7 @@ class Worker:
     def _shutdown(self) -> None:
         # close() revokes the assignment, and on_revoke finishes what was collected and commits.
         logger.info("%s stopping: leaving the group", self.label)
+        self.metrics.workers_running.set(0)
         try:
             self.consumer.close()
         finally:

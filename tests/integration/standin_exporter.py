@@ -47,6 +47,7 @@ class StandInWorkerExporter:
     def _run(self) -> None:
         self.metrics.partitions_assigned.set(len(PARTITIONS))
         self.metrics.paused_partitions.set(0)
+        self.metrics.workers_running.set(1)
         while not self._stop.wait(self.interval_s):
             self._record_batch(self.metrics)
 

@@ -94,4 +94,5 @@ def test_two_processes_split_partitions(
 
     assert _metric_sum(metrics, "hiertcn_events_consumed_total") == EVENTS
     assert _metric_sum(metrics, "hiertcn_partitions_assigned") == PARTITIONS
+    assert _metric_sum(metrics, "hiertcn_workers_running") == 2
     assert _metric_sum(metrics, "hiertcn_consumer_lag_messages") == 0

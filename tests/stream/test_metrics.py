@@ -30,6 +30,7 @@ DASHBOARD_METRICS = (
     "hiertcn_live_reciprocal_rank_sum",
     "hiertcn_partitions_assigned",
     "hiertcn_paused_partitions",
+    "hiertcn_workers_running",
 )
 
 
@@ -57,6 +58,7 @@ _CHILD = textwrap.dedent(
     metrics = create_metrics(None)
     metrics.events_consumed.labels("0").inc(int(sys.argv[1]))
     metrics.partitions_assigned.set(2)
+    metrics.workers_running.set(1)
     metrics.consumer_lag.labels("0").set(int(sys.argv[1]))
     """
 )
@@ -77,4 +79,5 @@ def test_pool_aggregate_sums_processes(tmp_path: Path) -> None:
     # The live modes drop a process only when mark_process_dead removes its files, and these
     # children exited without that, so both still count.
     assert "hiertcn_partitions_assigned 4.0" in text
+    assert "hiertcn_workers_running 2.0" in text
     assert 'hiertcn_consumer_lag_messages{partition="0"} 4.0' in text
