@@ -98,6 +98,8 @@ OFFSET_QUERY_TIMEOUT_SECONDS = 10.0
 # that count the rest. The metric counts every dead letter.
 DEAD_LETTERS_LOGGED_PER_REASON = 5
 DEAD_LETTER_SUMMARY_SECONDS = 10.0
+# Seconds without any assigned partition after which the worker says that it is waiting.
+UNASSIGNED_NOTICE_SECONDS = 10.0
 
 
 class CommittedOffsetsError(StreamError):
@@ -312,6 +314,9 @@ class Worker:
         self._stopping = False
         # Messages consumed for the batch that is being collected; on_revoke finishes them.
         self._pending: list[Message] = []
+        # When the worker last had no partition, and whether it has said so since.
+        self._unassigned_since = time.monotonic()
+        self._unassigned_noticed = False
         # Next offset and watermark of every assigned partition.
         self._positions: dict[int, PartitionPosition] = {}
         # Partitions whose timers need a pass while no events arrive, and those paused because
@@ -670,6 +675,26 @@ class Worker:
         self.dead_letter_log.flush()
         self.keyless_log.flush()
         self._update_lag(self._positions)
+        self._notice_unassigned()
+
+    def _notice_unassigned(self) -> None:
+        """Say once per wait when the worker has had no partition for a while."""
+        if self._positions:
+            self._unassigned_since = time.monotonic()
+            self._unassigned_noticed = False
+            return
+        waited = time.monotonic() - self._unassigned_since
+        if self._unassigned_noticed or waited < UNASSIGNED_NOTICE_SECONDS:
+            return
+        self._unassigned_noticed = True
+        logger.info(
+            "%s has had no partition of %s for %.0f s: the group is still rebalancing (after a "
+            "member was killed, the broker waits for its session timeout, -X "
+            "session.timeout.ms), or the pool has more workers than partitions",
+            self.label,
+            self.config.input_topic,
+            waited,
+        )
 
     # -- step 3: timers ----------------------------------------------------------------------
 

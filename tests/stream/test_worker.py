@@ -429,3 +429,27 @@ def test_stop_log_names_signal(caplog: pytest.LogCaptureFixture) -> None:
     assert len(lines) == 1
     assert "received SIGTERM: finishing the batch in flight" in lines[0]
     assert "None" not in lines[0]
+
+
+def test_unassigned_worker_says_once_that_it_waits(caplog: pytest.LogCaptureFixture) -> None:
+    worker = make_worker(FakeProducer())
+    worker._unassigned_since -= 60.0
+
+    with caplog.at_level("INFO", logger="stream.worker"):
+        worker._notice_unassigned()
+        worker._notice_unassigned()
+
+    notices = [r.getMessage() for r in caplog.records if "has had no partition" in r.getMessage()]
+    assert len(notices) == 1
+    assert "session.timeout.ms" in notices[0]
+
+
+def test_assigned_worker_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    worker = make_worker(FakeProducer())
+    worker._positions[0] = PartitionPosition(5, 1_600_000_000.0)
+    worker._unassigned_since -= 60.0
+
+    with caplog.at_level("INFO", logger="stream.worker"):
+        worker._notice_unassigned()
+
+    assert "has had no partition" not in caplog.text
