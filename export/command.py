@@ -74,10 +74,19 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from export.bundle import load_bundle
+    from export.errors import ExportFailedError
+    from export.manifest import valid_session_gap
     from export.onnx_export import DEFAULT_OPSET, ExportConfig, write_bundle
     from export.verify import verify_bundle
     from hiertcn.checkpoint import load_model
 
+    # ExportConfig checks these too, but by field name; the command names its flags.
+    if args.top_k is not None and args.top_k < 1:
+        raise ExportFailedError(f"--top-k {args.top_k} is invalid: use a positive integer")
+    if args.session_gap is not None and not valid_session_gap(args.session_gap):
+        raise ExportFailedError(
+            f"--session-gap {args.session_gap:g} is invalid: use a positive number of seconds"
+        )
     config = ExportConfig(
         opset=args.opset if args.opset is not None else DEFAULT_OPSET,
         float16_items=args.float16,

@@ -372,7 +372,6 @@ def _restore(model, optimizer, config: TrainConfig, out_dir, device, dataset) ->
     Raises CheckpointError as `_load_resumable` does.
     """
     checkpoint = _load_resumable(model, out_dir, dataset)
-    _warn_changed_training(out_dir / LAST_CHECKPOINT, checkpoint.train_config, config)
     model.load_state_dict(checkpoint.model_state)
     if checkpoint.optimizer_state is not None:
         optimizer.load_state_dict(checkpoint.optimizer_state)
@@ -405,6 +404,8 @@ def _restore(model, optimizer, config: TrainConfig, out_dir, device, dataset) ->
             state.epochs_without_improvement,
             config.patience,
         )
+    else:
+        _warn_changed_training(out_dir / LAST_CHECKPOINT, checkpoint.train_config, config)
     return state
 
 
@@ -415,38 +416,42 @@ _TRAINING_FLAGS = {
     "grad_clip": "--grad-clip",
     "seed": "--seed",
 }
-_LOSS_FLAGS = {
-    "name": "--loss",
-    "margin": "--margin",
-    "negatives": "--negatives",
-    "sampler": "--sampler",
+# Loss settings by their flags, with the losses that read them (None: every loss).
+_LOSS_FLAGS: dict[str, tuple[str, frozenset[str] | None]] = {
+    "name": ("--loss", None),
+    "margin": ("--margin", frozenset({"hinge"})),
+    "negatives": ("--negatives", frozenset({"hinge", "bpr", "nce"})),
+    "sampler": ("--sampler", frozenset({"hinge", "bpr", "nce"})),
 }
+
+
+def _setting(flag: str, value: Any) -> str:
+    return f"no {flag}" if value is None else f"{flag} {value}"
 
 
 def _warn_changed_training(path: Path, saved: dict[str, Any], config: TrainConfig) -> None:
     """Log a warning for each training setting that differs from the one `path` was trained with.
 
     A resume may change them on purpose (a lower learning rate, say), but the checkpoints then
-    record only the new values, so the change must not pass unnoticed.
+    record only the new values, so the change must not pass unnoticed. Loss settings count only
+    where the saved or the new loss reads them.
     """
     current = config.to_dict()
-    saved_loss = saved.get("loss") or {}
     changes = [
         (flag, saved[key], current[key]) for key, flag in _TRAINING_FLAGS.items() if key in saved
-    ] + [
-        (flag, saved_loss[key], current["loss"][key])
-        for key, flag in _LOSS_FLAGS.items()
-        if key in saved_loss
     ]
+    saved_loss = saved.get("loss") or {}
+    losses = {saved_loss.get("name"), config.loss.name}
+    for key, (flag, readers) in _LOSS_FLAGS.items():
+        if key in saved_loss and (readers is None or losses & readers):
+            changes.append((flag, saved_loss[key], current["loss"][key]))
     for flag, before, now in changes:
         if before != now:
             logger.warning(
-                "%s was trained with %s %s; the run continues with %s %s",
+                "%s was trained with %s; the run continues with %s",
                 path,
-                flag,
-                before,
-                flag,
-                now,
+                _setting(flag, before),
+                _setting(flag, now),
             )
 
 

@@ -41,6 +41,9 @@ BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THR
 # Seconds the pool waits at least for its workers to finish their batch and leave the group after
 # a stop request, before it kills them. `stop_timeout` adds the longest delivery wait.
 STOP_TIMEOUT_SECONDS = 60.0
+# The exit code of a worker stopped by invalid settings, bundle or state (ConfigError and the
+# like), which the pool passes on.
+INVALID_INPUT_EXIT_CODE = 2
 
 
 def stop_timeout(config: WorkerConfig) -> float:
@@ -149,9 +152,11 @@ class Pool:
         return self.children.index(child)
 
     def _watch(self) -> int:
-        """Wait for the workers; return 0 when all stopped on request, else 1."""
+        """Wait for the workers; return 0 when all stopped on request, 2 when a worker stopped
+        on invalid input or settings (its exit code 2), else 1."""
         running = {child.sentinel: child for child in self.children}
         failed = False
+        invalid_input = False
         while running:
             for sentinel in wait(list(running), timeout=1.0):
                 child = running.pop(sentinel)  # type: ignore[call-overload]
@@ -161,10 +166,13 @@ class Pool:
                     logger.info("worker %d (pid %d) stopped", self._index(child), child.pid)
                     continue
                 failed = True
+                invalid_input = invalid_input or child.exitcode == INVALID_INPUT_EXIT_CODE
                 self._report_exit(child, len(running))
             if not running and not self._stopping:
                 logger.error("every worker has exited")
                 failed = True
+        if invalid_input:
+            return INVALID_INPUT_EXIT_CODE
         return 1 if failed else 0
 
     def _report_exit(self, child: BaseProcess, remaining: int) -> None:
@@ -174,7 +182,9 @@ class Pool:
         if self._stopping:
             logger.error("%s %s while the pool was stopping", worker, how)
             return
-        if not self.config.keep_going:
+        # Invalid settings or state stop every worker the same way, so --keep-going does not
+        # apply to them.
+        if not self.config.keep_going or child.exitcode == INVALID_INPUT_EXIT_CODE:
             logger.error("%s %s while the pool was running: stopping the pool", worker, how)
             self.request_stop()
             return

@@ -26,8 +26,10 @@ logger = logging.getLogger(__name__)
 _PROGRESS_SECONDS = 5.0
 # Limits of --connect-timeout and --flush-timeout in seconds. librdkafka takes timeouts as a
 # signed 32-bit count of milliseconds (at most about 24.8 days), reads a negative one as "wait
-# forever", and reads message.timeout.ms 0, which --flush-timeout sets, as "no limit".
-MIN_TIMEOUT_SECONDS = 0.001
+# forever", and reads message.timeout.ms 0, which --flush-timeout sets, as "no limit". It also
+# requires message.timeout.ms above linger.ms (5 ms here, or an -X value), so the lower limit
+# is well above both.
+MIN_TIMEOUT_SECONDS = 0.1
 MAX_TIMEOUT_SECONDS = 1_000_000.0
 
 
@@ -125,7 +127,7 @@ def check_broker(producer: Producer, config: ProduceConfig) -> None:
         producer.list_topics(timeout=config.connect_timeout)
     except KafkaException as error:
         raise ProduceError(
-            f"broker {config.brokers} did not respond within {config.connect_timeout:.0f} s "
+            f"broker {config.brokers} did not respond within {config.connect_timeout:g} s "
             f"({error.args[0].str() if error.args else error}): check --brokers and that the "
             "broker runs"
         ) from None
@@ -200,7 +202,7 @@ class EventProducer:
         if remaining:
             raise ProduceError(
                 f"{remaining} of {self.report.produced} messages were not delivered within "
-                f"{self.config.flush_timeout:.0f} s: check the broker and the topic "
+                f"{self.config.flush_timeout:g} s: check the broker and the topic "
                 f"{self.config.topic}"
             )
         return self.report

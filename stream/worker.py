@@ -433,8 +433,37 @@ class Worker:
                 self._warn_future_watermark(tp.partition, position, now)
             # A partition that arrives with a stored watermark may have idle sessions to close.
             self._timers_due.add(tp.partition)
+        self._warn_behind_committed(consumer, [tp for tp in partitions if tp.partition in stored])
         consumer.incremental_assign(partitions)
         self.metrics.partitions_assigned.set(len(self._positions))
+
+    def _warn_behind_committed(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Warn for each partition whose stored position lies behind the group's committed
+        offset, so that its events in between are processed and published again."""
+        if not partitions:
+            return
+        try:
+            committed = consumer.committed(
+                [TopicPartition(tp.topic, tp.partition) for tp in partitions],
+                timeout=OFFSET_QUERY_TIMEOUT_SECONDS,
+            )
+        except KafkaException as error:
+            logger.debug("cannot compare the stored positions with the commits: %s", error)
+            return
+        stored = {tp.partition: tp.offset for tp in partitions}
+        for tp in committed:
+            if tp.error is not None or tp.offset <= stored[tp.partition]:
+                continue
+            logger.warning(
+                "stored position %s in %s is %d events behind the committed offset %d of group "
+                "%s: they are processed again and their outputs published again (an older copy "
+                "of the state directory, or a crash between the two commits)",
+                position_text(tp.topic, tp.partition, stored[tp.partition]),
+                self.state_dir,
+                tp.offset - stored[tp.partition],
+                tp.offset,
+                self.config.group_id,
+            )
 
     def _check_not_committed(self, consumer: Consumer, partitions: list[int]) -> None:
         """Raise CommittedOffsetsError when the group has committed offsets for `partitions`,

@@ -441,13 +441,16 @@ def run(args: argparse.Namespace) -> int:
     print(format_table([{"model": model_config.name, **test}]))
 
     best_path = args.out / BEST_CHECKPOINT
+    # The settings saved with the best epoch, which a resume with other flags may not have used.
+    training = train_config.to_dict()
     if best_path.is_file():
         best = load_checkpoint(best_path)
         metrics = {**best.metrics, "test": test}
         save_checkpoint(best_path, dataclasses.replace(best, metrics=metrics))
+        training = best.train_config
     summary = {
         "model": model_config.to_dict(),
-        "training": train_config.to_dict(),
+        "training": training,
         "best_epoch": result.best_epoch,
         "valid": result.best_metrics,
         "test": test,

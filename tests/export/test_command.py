@@ -59,6 +59,28 @@ def test_export_into_empty_file_says_file(
     assert "not empty" not in error
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--top-k", "0", "--top-k 0 is invalid: use a positive integer"),
+        ("--session-gap", "0", "--session-gap 0 is invalid: use a positive number of seconds"),
+    ],
+)
+def test_export_invalid_flag_named(
+    checkpoint_path: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flag: str,
+    value: str,
+    message: str,
+) -> None:
+    out = tmp_path / "bundle"
+    code = main(["export", "--checkpoint", str(checkpoint_path), "--out", str(out), flag, value])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_export_top_k_above_catalog_fails(
     checkpoint_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -211,3 +213,17 @@ def test_filter_report_shown_once(tmp_path, capsys, caplog):
 
     assert "filters kept" not in capsys.readouterr().out
     assert caplog.text.count("filters kept") == 1
+
+
+def test_resume_with_nothing_to_train_keeps_recorded_settings(tmp_path):
+    log = tmp_path / "log.csv"
+    write_log(log)
+    out = tmp_path / "run"
+    argv = train_argv(log, out, "--epochs", "1", "--no-progress")
+    argv[argv.index("most_popular")] = "gru"
+    assert main([*argv, "--lr", "0.01"]) == 0
+
+    assert main([*argv, "--lr", "0.5", "--resume"]) == 0
+
+    summary = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert summary["training"]["learning_rate"] == 0.01

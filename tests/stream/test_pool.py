@@ -9,6 +9,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,11 @@ def _exit_at_once() -> None:
     sys.exit(0)
 
 
+def _exit_on_invalid_state() -> None:
+    """A stand-in worker that stops as a worker does on invalid settings or state."""
+    sys.exit(2)
+
+
 def _wait_for_sigterm() -> None:
     """A stand-in worker that runs until SIGTERM and then exits 0, as a worker does."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
@@ -69,16 +75,20 @@ def _wait_for_sigterm() -> None:
 class StandInPool(Pool):
     """A pool whose worker 0 exits at once and whose other workers wait for SIGTERM."""
 
+    first_worker = staticmethod(_exit_at_once)
+
     def _start_children(self) -> None:
         context = multiprocessing.get_context("spawn")
         for index in range(self.config.processes):
-            target = _exit_at_once if index == 0 else _wait_for_sigterm
+            target = self.first_worker if index == 0 else _wait_for_sigterm
             child = context.Process(target=target)
             child.start()
             self.children.append(child)
 
 
-def _run_stand_in_pool(tmp_path: Path, keep_going: bool) -> int:
+def _run_stand_in_pool(
+    tmp_path: Path, keep_going: bool, first_worker: Callable[[], None] = _exit_at_once
+) -> int:
     config = WorkerConfig(
         brokers="127.0.0.1:1",
         bundle=tmp_path / "bundle",
@@ -88,6 +98,7 @@ def _run_stand_in_pool(tmp_path: Path, keep_going: bool) -> int:
         state_dir=Path("relative-state"),
     )
     pool = StandInPool(config)
+    pool.first_worker = first_worker  # type: ignore[method-assign]
     # With --keep-going the pool runs on after worker 0 exits, until a stop request.
     stopper = threading.Timer(5.0, pool.request_stop, args=(signal.SIGTERM,))
     stopper.start()
@@ -138,6 +149,21 @@ def test_keep_going_pool_says_how_to_restore_workers(
     assert "--keep-going: the pool continues with 1 of 2 workers" in caplog.text
     assert "to get back to 2, stop the pool (SIGTERM) and start it again" in caplog.text
     assert "stopping the pool (SIGTERM received): stopping 1 running workers" in caplog.text
+
+
+def test_invalid_state_stops_keep_going_pool_with_2(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stream.pool")
+
+    code = _run_stand_in_pool(tmp_path, keep_going=True, first_worker=_exit_on_invalid_state)
+
+    assert code == 2
+    assert (
+        "failed with exit code 2 (its error is logged above) while the pool was running: "
+        "stopping the pool" in caplog.text
+    )
+    assert "the pool continues with" not in caplog.text
 
 
 @pytest.mark.parametrize(

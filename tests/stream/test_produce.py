@@ -170,6 +170,7 @@ def test_overrides_replace_defaults() -> None:
         ({"connect_timeout": float("inf")}, "invalid --connect-timeout inf"),
         ({"flush_timeout": -1.0}, "invalid --flush-timeout -1.0"),
         ({"flush_timeout": 0.0001}, "invalid --flush-timeout 0.0001"),
+        ({"flush_timeout": 0.005}, "invalid --flush-timeout 0.005"),
         ({"flush_timeout": float("nan")}, "invalid --flush-timeout nan"),
         ({"flush_timeout": 1e7}, "invalid --flush-timeout 10000000.0"),
     ],

@@ -453,3 +453,20 @@ def test_assigned_worker_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
         worker._notice_unassigned()
 
     assert "has had no partition" not in caplog.text
+
+
+def test_stored_position_behind_commit_warned(caplog: pytest.LogCaptureFixture) -> None:
+    worker = make_worker(FakeProducer())
+    consumer = AssignConsumer({0: 6556, 1: 300})
+    store = PositionStore(
+        {0: PartitionPosition(6056, 1_600_000_000.0), 1: PartitionPosition(300, 1_600_000_000.0)}
+    )
+
+    with caplog.at_level("WARNING", logger="stream.worker"):
+        first, second = _assign(worker, consumer, store, [0, 1])
+
+    assert (first.offset, second.offset) == (6056, 300)
+    warnings = [r.getMessage() for r in caplog.records if "behind the committed" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("stored position interactions[0]@6056 in ")
+    assert "is 500 events behind the committed offset 6556 of group hiertcn" in warnings[0]
