@@ -152,8 +152,11 @@ class Pool:
         return self.children.index(child)
 
     def _watch(self) -> int:
-        """Wait for the workers; return 0 when all stopped on request, 2 when a worker stopped
-        on invalid input or settings (its exit code 2), else 1."""
+        """Wait for the workers and return the pool's exit code.
+
+        The code is 0 when every worker stopped on request, and 2 when one stopped on invalid
+        settings or state (its own exit code 2). Any other exit gives 1.
+        """
         running = {child.sentinel: child for child in self.children}
         failed = False
         invalid_input = False

@@ -98,7 +98,7 @@ OFFSET_QUERY_TIMEOUT_SECONDS = 10.0
 # that count the rest. The metric counts every dead letter.
 DEAD_LETTERS_LOGGED_PER_REASON = 5
 DEAD_LETTER_SUMMARY_SECONDS = 10.0
-# Seconds without any assigned partition after which the worker says that it is waiting.
+# Seconds without any assigned partition after which the worker logs that it waits.
 UNASSIGNED_NOTICE_SECONDS = 10.0
 
 
@@ -314,7 +314,7 @@ class Worker:
         self._stopping = False
         # Messages consumed for the batch that is being collected; on_revoke finishes them.
         self._pending: list[Message] = []
-        # When the worker last had no partition, and whether it has said so since.
+        # When the worker last had no partition, and whether it has logged that since.
         self._unassigned_since = time.monotonic()
         self._unassigned_noticed = False
         # Next offset and watermark of every assigned partition.

@@ -40,7 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 INPUT_TOPIC = "interactions"
 OUTPUT_TOPIC = "recommendations"
 DEAD_LETTER_TOPIC = "interactions.dlq"
-# What a demo run writes into its run folder, in the order of the steps, with a description.
+# The files and folders that a demo run writes into its run folder, in the order of the steps.
 RUN_FOLDER_CONTENTS = (
     ("synthetic.csv", "the generated interaction log (without --data)"),
     ("model", "the training checkpoints (best.pt, last.pt) and metrics.json"),

@@ -95,7 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--rebuild-state",
         action="store_true",
-        help="start with a state directory that holds no position even when the consumer group "
+        help="start with a state directory that contains no position even when the consumer group "
         "has committed offsets: reads the partitions from their earliest offset, rebuilds the "
         "users' states and publishes their outputs again (for a new host that joins a group of "
         "several hosts, or a new state directory on purpose)",

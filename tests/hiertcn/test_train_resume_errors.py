@@ -145,14 +145,14 @@ def test_resume_warns_about_changed_training_settings(run_dir, caplog):
     ]
 
 
-def test_resume_at_the_epoch_limit_says_nothing_to_train(run_dir, caplog):
+def test_resume_at_epoch_limit_warns(run_dir, caplog):
     with caplog.at_level("WARNING", logger="hiertcn.train"):
         train_model(model_of(TINY_HIERTCN), tiny_dataset(), tiny_config(), run_dir, resume=True)
     assert "nothing to train" in caplog.text
     assert "pass a larger --epochs to continue" in caplog.text
 
 
-def test_resume_ignores_loss_flags_the_loss_does_not_read(run_dir, caplog):
+def test_resume_skips_unread_loss_flags(run_dir, caplog):
     base = tiny_config(epochs=2)
     changed = dataclasses.replace(
         base, grad_clip=1.0, loss=dataclasses.replace(base.loss, margin=0.3, negatives=7)

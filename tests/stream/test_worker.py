@@ -376,7 +376,7 @@ def test_stored_positions_skip_committed_check() -> None:
 
 
 def test_partition_moved_from_other_host_rebuilt() -> None:
-    # The store holds partition 0, so partition 1 comes from another host of the group.
+    # The store contains partition 0, so partition 1 comes from another host of the group.
     worker = make_worker(FakeProducer())
     consumer = AssignConsumer({0: 6556, 1: 4000})
     store = PositionStore({0: PartitionPosition(6556, 1_600_000_000.0)})
