@@ -7,6 +7,7 @@ transaction, so that states and offsets always agree.
 
 from statestore.errors import (
     DiskFullError,
+    ExportFileError,
     ForeignProcessError,
     MapSizeLimitError,
     SchemaVersionError,
@@ -21,6 +22,7 @@ from statestore.store import StateStore, StoreConfig
 __all__ = [
     "REPLAY_PARTITION",
     "DiskFullError",
+    "ExportFileError",
     "ForeignProcessError",
     "MapSizeLimitError",
     "PartitionPosition",

@@ -1,12 +1,13 @@
 """The `hiertcn-stream state` commands: inspect and maintain an LMDB state store.
 
-Usage:
+Usage (`--state-dir DIR` may also follow the action):
     hiertcn-stream state --state-dir DIR stats
     hiertcn-stream state --state-dir DIR get USER
-    hiertcn-stream state --state-dir DIR export FILE [--format jsonl|msgpack]
+    hiertcn-stream state --state-dir DIR export FILE|- [--format jsonl|msgpack] [--force]
     hiertcn-stream state --state-dir DIR import FILE
     hiertcn-stream state --state-dir DIR compact OUT
-    hiertcn-stream state --state-dir DIR evict --inactive-days N [--now | --at TIME] [--dry-run]
+    hiertcn-stream state --state-dir DIR evict --inactive-days N [--now | --at TIME]
+        [--allow-future] [--dry-run]
 
 Every command may run while workers use the same store: each opens the environment itself and
 works in short transactions. Errors derive from `StateStoreError`, whose `exit_code` is the exit
@@ -19,20 +20,25 @@ import argparse
 import json
 import logging
 import math
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from statestore import maintenance
-from statestore.errors import StoreConfigError, UserNotFoundError
+from statestore import export, maintenance
+from statestore.errors import StateStoreError, StoreConfigError, UserNotFoundError
 from statestore.store import StateStore, StoreConfig, format_size
 
 logger = logging.getLogger(__name__)
 
-# Seconds the newest event time may lie after the current time before `evict` rejects it as its
-# default reference time. The worker rejects events more than minutes ahead of its clock, so a
-# later time comes from an event accepted before that check or from a clock that is wrong.
+# Seconds a reference time of `evict` (the newest event time, or --at) may lie after the current
+# time unless --allow-future is given. The worker rejects events more than minutes ahead of its
+# clock. So a later newest event time comes from an event accepted before that check or from a
+# wrong clock, and a later --at is most likely a typo.
 FUTURE_REFERENCE_SECONDS = 86_400.0
+# Help of --state-dir, which may come before or after the action.
+_STATE_DIR_HELP = "the state directory (LMDB environment); may come before or after ACTION"
 
 
 def register(subparsers: Any) -> None:
@@ -43,15 +49,20 @@ def register(subparsers: Any) -> None:
         description="Inspect and maintain the LMDB store of user states, partition positions "
         "and session timers. Safe to run while workers use the store.",
     )
-    parser.add_argument(
-        "--state-dir",
-        type=Path,
-        required=True,
-        metavar="DIR",
-        help="the state directory (LMDB environment)",
-    )
+    parser.add_argument("--state-dir", type=Path, metavar="DIR", help=_STATE_DIR_HELP)
     actions = parser.add_subparsers(dest="state_command", metavar="ACTION", required=True)
+    _register_stats_and_get(actions)
+    _register_export_and_import(actions)
+    _register_compact(actions)
+    _register_evict(actions)
+    for action in {id(child): child for child in actions.choices.values()}.values():
+        # A separate attribute, so that `state_dir_of` detects a directory given on both sides.
+        action.add_argument(
+            "--state-dir", type=Path, metavar="DIR", dest="state_dir_after", help=_STATE_DIR_HELP
+        )
 
+
+def _register_stats_and_get(actions: Any) -> None:
     stats = actions.add_parser(
         "stats",
         help="print user, session, partition and map-size counts",
@@ -71,30 +82,46 @@ def register(subparsers: Any) -> None:
     get.add_argument("user", metavar="USER", help="external user id")
     get.set_defaults(func=run_get)
 
-    export = actions.add_parser(
+
+def _register_export_and_import(actions: Any) -> None:
+    dump = actions.add_parser(
         "export",
         help="write every state and partition position to FILE",
         description="Write every partition position and user state to FILE, as JSON lines or "
-        "msgpack, for a backup or a move to another store with `import`.",
+        "msgpack, for a backup or a move to another store with `import`. The file starts with "
+        "the store's bundle version and state sizes and ends with the record counts, so "
+        "`import` can tell a complete file from a cut one. The file appears under its name "
+        "only once it is complete.",
     )
-    export.add_argument("file", metavar="FILE", type=Path, help="output file, overwritten")
-    export.add_argument(
+    dump.add_argument(
+        "file",
+        metavar="FILE",
+        type=Path,
+        help="output file, or - for standard output (the summary line then goes to stderr)",
+    )
+    dump.add_argument(
         "--format",
-        choices=maintenance.EXPORT_FORMATS,
+        choices=export.EXPORT_FORMATS,
         help="file format (default: msgpack for a .msgpack file, else JSON lines)",
     )
-    export.set_defaults(func=run_export)
+    dump.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    dump.set_defaults(func=run_export)
 
     load = actions.add_parser(
         "import",
         help="write the states and positions of an export file",
         description="Write the user states and partition positions of FILE, which `export` "
         "wrote, into the store, and create the store when --state-dir has none. A user or "
-        "position that is already in the store is overwritten.",
+        "position that is already in the store is overwritten. The whole file is checked "
+        "before anything is written: an incomplete file, or states whose sizes differ from "
+        "those of the users already in the store, are rejected. A new store records the "
+        "bundle version and state sizes of the file.",
     )
     load.add_argument("file", metavar="FILE", type=Path, help="a file that `export` wrote")
     load.set_defaults(func=run_import)
 
+
+def _register_compact(actions: Any) -> None:
     compact = actions.add_parser(
         "compact",
         help="write a compacted copy of the store to OUT",
@@ -104,15 +131,19 @@ def register(subparsers: Any) -> None:
     compact.add_argument("out", metavar="OUT", type=Path, help="new or empty output directory")
     compact.set_defaults(func=run_compact)
 
+
+def _register_evict(actions: Any) -> None:
     evict = actions.add_parser(
         "evict",
         help="delete users inactive for N days",
         description="Delete users whose last event is more than N days older than a "
         "reference time. Without --now or --at, the reference time is the newest event time "
         "(last_ts) of any user in the store, not the current time, so a store that has not "
-        "seen events for a while keeps its users. A newest event time more than a day after "
-        "the current time is rejected, because it comes from an event with a wrong time or "
-        "from a wrong clock; then pass --now or --at.",
+        "seen events for a while keeps its users. A reference time more than a day after the "
+        "current time is rejected unless --allow-future is given, because it would count "
+        "active users as inactive: a newest event time that far ahead comes from an event "
+        "with a wrong time or from a wrong clock (then pass --now or --at), and an --at time "
+        "that far ahead is most likely a typo.",
     )
     evict.add_argument(
         "--inactive-days",
@@ -132,6 +163,12 @@ def register(subparsers: Any) -> None:
         help="measure inactivity from TIME, in seconds since the Unix epoch (not milliseconds)",
     )
     evict.add_argument(
+        "--allow-future",
+        action="store_true",
+        help="accept a reference time (--at, or the newest event time) more than a day after "
+        "the current time, which counts users who are still active as inactive",
+    )
+    evict.add_argument(
         "--dry-run",
         action="store_true",
         help="print how many users would be deleted, and delete nothing",
@@ -139,9 +176,25 @@ def register(subparsers: Any) -> None:
     evict.set_defaults(func=run_evict)
 
 
-def open_store(state_dir: Path, create: bool = False) -> StateStore:
-    """Open the store in `state_dir`; unless `create`, raise when it contains no store."""
-    if not create and not (state_dir / "data.mdb").is_file():
+def state_dir_of(args: argparse.Namespace) -> Path:
+    """Return the --state-dir given before or after the action; raise when it is missing."""
+    before = args.state_dir
+    after = getattr(args, "state_dir_after", None)
+    if before is not None and after is not None and before != after:
+        raise StoreConfigError(f"--state-dir is given twice, as {before} and {after}: pass it once")
+    state_dir = after if after is not None else before
+    if state_dir is None:
+        raise StoreConfigError(
+            "--state-dir is missing: pass the state directory before or after the action, "
+            "for example `hiertcn-stream state --state-dir DIR stats`"
+        )
+    return state_dir
+
+
+def open_store(state_dir: Path) -> StateStore:
+    """Open the existing store in `state_dir`; raise when `state_dir` contains none."""
+    _check_not_a_file(state_dir)
+    if not (state_dir / "data.mdb").is_file():
         raise StoreConfigError(
             f"state directory {state_dir} contains no LMDB store (data.mdb not found): "
             "check --state-dir"
@@ -149,9 +202,18 @@ def open_store(state_dir: Path, create: bool = False) -> StateStore:
     return StateStore(StoreConfig(path=state_dir))
 
 
+def _check_not_a_file(state_dir: Path) -> None:
+    if state_dir.exists() and not state_dir.is_dir():
+        raise StoreConfigError(
+            f"state directory {state_dir} is a file, not a directory: pass the directory that "
+            "contains data.mdb"
+        )
+
+
 def run_stats(args: argparse.Namespace) -> int:
     """Print the counts and sizes of the store."""
-    with open_store(args.state_dir) as store:
+    state_dir = state_dir_of(args)
+    with open_store(state_dir) as store:
         stats = maintenance.collect_stats(store)
     positions = [
         {"topic": topic, "partition": partition, **vars(position)}
@@ -166,7 +228,7 @@ def run_stats(args: argparse.Namespace) -> int:
         summary = {**vars(stats), "positions": positions}
         print(json.dumps(summary, indent=2, default=str))
         return 0
-    print(f"state directory  {args.state_dir}")
+    print(f"state directory  {state_dir}")
     print(f"users            {stats.users}")
     print(f"open sessions    {stats.open_sessions}")
     print(f"map size         {format_size(stats.map_size)}")
@@ -184,11 +246,12 @@ def run_stats(args: argparse.Namespace) -> int:
 
 def run_get(args: argparse.Namespace) -> int:
     """Print the state of one user as JSON."""
-    with open_store(args.state_dir) as store:
+    state_dir = state_dir_of(args)
+    with open_store(state_dir) as store:
         state = store.read([args.user]).get(args.user)
     if state is None:
         raise UserNotFoundError(
-            f"user {args.user!r} not found in state store {args.state_dir}: check the id, "
+            f"user {args.user!r} not found in state store {state_dir}: check the id, "
             "which is the external user id as a string"
         )
     print(json.dumps({"user": args.user, **maintenance.state_to_json(state)}))
@@ -196,41 +259,105 @@ def run_get(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Write the store to a file."""
-    fmt = maintenance.format_of(args.file, args.format)
-    with open_store(args.state_dir) as store:
-        users, positions = maintenance.export_store(store, args.file, fmt)
-    print(f"exported {users} users and {positions} partition positions to {args.file} ({fmt})")
+    """Write the store to a file, or to standard output for `-`."""
+    state_dir = state_dir_of(args)
+    fmt = export.format_of(args.file, args.format)
+    to_stdout = str(args.file) == "-"
+    if to_stdout:
+        _check_stdout_takes(fmt)
+    else:
+        export.check_export_path(args.file, args.force)
+    with open_store(state_dir) as store:
+        if to_stdout:
+            users, positions = _export_to_stdout(store, fmt)
+        else:
+            users, positions = export.export_to_path(store, args.file, fmt)
+    summary = (
+        f"exported {maintenance.plural(users, 'user')} and "
+        f"{maintenance.plural(positions, 'partition position')} to "
+        f"{'standard output' if to_stdout else args.file} ({fmt})"
+    )
+    print(summary, file=sys.stderr if to_stdout else sys.stdout)
     return 0
 
 
+def _check_stdout_takes(fmt: str) -> None:
+    if fmt == "msgpack" and sys.stdout.isatty():
+        raise StoreConfigError(
+            "--format msgpack writes binary data, and standard output is a terminal: redirect "
+            "it to a file or a pipe, or use --format jsonl"
+        )
+
+
+def _export_to_stdout(store: StateStore, fmt: str) -> tuple[int, int]:
+    sys.stdout.flush()
+    try:
+        counts = export.export_store(store, sys.stdout.buffer, fmt)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError as error:
+        # The reader stopped early (for example `| head`). Python would report the pipe again
+        # when it flushes stdout at exit, so stdout is pointed at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise StateStoreError(
+            "standard output was closed before the export ended, so the output has no end "
+            "record and `import` rejects it: write to a file, or read the whole output"
+        ) from error
+    return counts
+
+
 def run_import(args: argparse.Namespace) -> int:
-    """Commit the records of an export file into the store, creating it when missing."""
-    if not args.file.is_file():
-        raise StoreConfigError(f"import file {args.file} not found: check the path")
-    with open_store(args.state_dir, create=True) as store:
-        users, positions = maintenance.import_store(store, args.file)
-    print(f"imported {users} users and {positions} partition positions from {args.file}")
+    """Check a whole export file, then commit its records into the store, creating it when
+    missing."""
+    state_dir = state_dir_of(args)
+    export.check_import_path(args.file)
+    _check_not_a_file(state_dir)
+    # The file is read in full before the store is opened, so a rejected file creates no store.
+    summary = export.scan_export(args.file)
+    if (state_dir / "data.mdb").is_file():
+        with open_store(state_dir) as store:
+            export.check_import_sizes(store, summary, args.file)
+    # Opening with the file's sizes records them in a new store, as a replay records its bundle.
+    config = StoreConfig(
+        path=state_dir,
+        bundle_version=summary.bundle_version,
+        state_shape=summary.sizes.state_shape,
+        embedding_dim=summary.sizes.embedding_dim,
+    )
+    with StateStore(config) as store:
+        users, positions = export.import_export(store, args.file)
+    print(
+        f"imported {maintenance.plural(users, 'user')} and "
+        f"{maintenance.plural(positions, 'partition position')} from {args.file}"
+    )
     return 0
 
 
 def run_compact(args: argparse.Namespace) -> int:
     """Write a compacted copy of the store."""
-    with open_store(args.state_dir) as store:
+    state_dir = state_dir_of(args)
+    with open_store(state_dir) as store:
         store.copy_compacted(args.out)
     size = (args.out / "data.mdb").stat().st_size
-    print(f"wrote a compacted copy of {args.state_dir} to {args.out} ({format_size(size)})")
+    print(f"wrote a compacted copy of {state_dir} to {args.out} ({format_size(size)})")
     return 0
 
 
 def run_evict(args: argparse.Namespace) -> int:
     """Delete inactive users (or only count them with --dry-run) and print how many."""
+    state_dir = state_dir_of(args)
     now = time.time() if args.now else args.at
     # Checked before the store is opened, so a bad value never reaches the deletion.
-    maintenance.check_eviction_args(args.inactive_days, now)
-    with open_store(args.state_dir) as store:
+    maintenance.check_eviction_args(
+        args.inactive_days, now, days_name="--inactive-days", time_name="--at"
+    )
+    if args.at is not None and not args.allow_future:
+        _check_not_future(args.at, f"--at {_format_time(args.at)}")
+    with open_store(state_dir) as store:
         if now is None:
-            now = _newest_event_time(store)
+            now = maintenance.newest_event_time(store)
+            if now is not None and not args.allow_future:
+                subject = f"the newest event time in state store {store.path}, {_format_time(now)},"
+                _check_not_future(now, subject)
         evicted, cutoff = maintenance.evict_inactive(
             store, args.inactive_days, now, dry_run=args.dry_run
         )
@@ -238,22 +365,22 @@ def run_evict(args: argparse.Namespace) -> int:
     if cutoff is None:
         print(f"{verb} 0 users: the store contains no users")
         return 0
-    print(f"{verb} {evicted} users whose last event is before {_format_time(cutoff)}")
+    users = maintenance.plural(evicted, "user")
+    print(f"{verb} {users} whose last event is before {_format_time(cutoff)}")
     return 0
 
 
-def _newest_event_time(store: StateStore) -> float | None:
-    """Return the default reference time of `evict`; raise when it lies in the future."""
-    newest = maintenance.newest_event_time(store)
-    wall_clock = time.time()
-    if newest is not None and newest - wall_clock > FUTURE_REFERENCE_SECONDS:
-        raise StoreConfigError(
-            f"the newest event time in state store {store.path} is {_format_time(newest)}, "
-            f"{(newest - wall_clock) / 86_400:.0f} days after the current time, so inactivity "
-            "would be measured from the future: pass --now to measure from the current time, "
-            "or --at TIME"
-        )
-    return newest
+def _check_not_future(reference: float, subject: str) -> None:
+    """Raise when a reference time of `evict` lies more than a day after the current time;
+    `subject` names and shows the time in the message."""
+    ahead = reference - time.time()
+    if ahead <= FUTURE_REFERENCE_SECONDS:
+        return
+    raise StoreConfigError(
+        f"{subject} is {ahead / 86_400:.0f} days after the current time, so users who are "
+        "still active would count as inactive: pass --now to measure from the current time, "
+        "--at with an earlier time, or --allow-future if that time is intended"
+    )
 
 
 def _format_watermark(watermark: float | None) -> str:

@@ -23,6 +23,11 @@ class StateCodecError(StateStoreError):
     """A user state cannot be encoded, or a stored record cannot be decoded."""
 
 
+class ExportFileError(StoreConfigError, StateCodecError):
+    """An import file is missing, unreadable, incomplete or not an export that `state export`
+    wrote: an invalid command argument (exit status 2) whose records cannot be decoded."""
+
+
 class SchemaVersionError(StateStoreError):
     """The store or a record was written by a newer schema version than this code reads."""
 

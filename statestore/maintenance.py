@@ -1,32 +1,22 @@
-"""Offline work on a state store: statistics, export and import, eviction of inactive users.
+"""Offline work on a state store: statistics, eviction of inactive users, states as JSON.
 
 Each function works in short transactions of at most `chunk_size` users, so it can run next to
 live workers. A long read transaction would keep LMDB from reusing the pages that writers free,
-so the file would grow.
-
-Export formats, one record per user or partition position:
-- JSON lines: `{"type": "position", "topic", "partition", "next_offset", "watermark"}` and
-  `{"type": "user", "user", "state": {field: value}}` with arrays as nested lists. float32
-  values survive the round trip exactly, because JSON keeps the float64 of each float32.
-- msgpack stream: the same position maps, and `{"type": "user", "user", "record": bytes}` with
-  the `statestore.codec` record, so old schema versions are exported and imported unchanged.
+so the file would grow. `statestore.export` writes and imports export files.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-import msgpack
 import numpy as np
 
 from statestore import codec, keys
-from statestore.errors import StateCodecError, StoreConfigError
+from statestore.errors import StoreConfigError
 from statestore.state import PartitionPosition, UserState
 from statestore.store import StateStore, StoreTxn
 
@@ -34,7 +24,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 1000
 SECONDS_PER_DAY = 86_400
-EXPORT_FORMATS = ("jsonl", "msgpack")
 # Reference times above this many seconds (about the year 5138) only make sense as milliseconds.
 # The same bound as `MAX_TS_SECONDS` of the event decoder in `stream.events`, which this package
 # must not import.
@@ -149,93 +138,40 @@ def newest_event_time(store: StateStore) -> float | None:
     return max(times) if times else None
 
 
-def check_eviction_args(inactive_days: float, now: float | None) -> None:
+def check_eviction_args(
+    inactive_days: float,
+    now: float | None,
+    days_name: str = "inactive days",
+    time_name: str = "reference time",
+) -> None:
     """Raise `StoreConfigError` unless `inactive_days` is finite and >= 0 and `now` is a time
-    in seconds between 0 and `MAX_TIME_SECONDS` (or None)."""
+    in seconds between 0 and `MAX_TIME_SECONDS` (or None).
+
+    The messages call the values `days_name` and `time_name`, so a command can name its flags.
+    """
     if not math.isfinite(inactive_days) or inactive_days < 0:
         raise StoreConfigError(
-            f"inactive days {inactive_days} is invalid: use a finite number of days, 0 or more"
+            f"{days_name} {inactive_days} is invalid: use a finite number of days, 0 or more"
         )
     if now is None:
         return
     if not math.isfinite(now) or now < 0:
         raise StoreConfigError(
-            f"reference time {now} is invalid: use seconds since the Unix epoch, 0 or more"
+            f"{time_name} {now} is invalid: use seconds since the Unix epoch, 0 or more"
         )
     if now > MAX_TIME_SECONDS:
         raise StoreConfigError(
-            f"reference time {now:.0f} is too large for seconds and looks like milliseconds: "
+            f"{time_name} {now:.0f} is too large for seconds and looks like milliseconds: "
             f"divide it by 1000, or pass seconds since the Unix epoch up to {MAX_TIME_SECONDS:.0f}"
         )
 
 
-# Export and import ------------------------------------------------------------------------
+def plural(count: int, noun: str) -> str:
+    """Return `count` and `noun`, with an `s` unless `count` is 1: `1 user`, `3 users`."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-def format_of(path: Path, requested: str | None) -> str:
-    """Return the export format: `requested`, else `msgpack` for a `.msgpack` file, else `jsonl`."""
-    if requested is not None:
-        if requested not in EXPORT_FORMATS:
-            raise StoreConfigError(
-                f"export format {requested!r} is invalid: use one of {', '.join(EXPORT_FORMATS)}"
-            )
-        return requested
-    return "msgpack" if path.suffix in (".msgpack", ".mpk") else "jsonl"
-
-
-def export_store(store: StateStore, path: Path, fmt: str) -> tuple[int, int]:
-    """Write every partition position and user state to `path`; return both counts."""
-    positions = all_positions(store)
-    users = 0
-    with path.open("wb") as stream:
-        for (topic, partition), position in positions.items():
-            _write_record(stream, fmt, _position_record(topic, partition, position))
-        for user, blob in iter_records(store):
-            if fmt == "jsonl":
-                fields = state_to_json(codec.decode_state(blob))
-                record = {"type": "user", "user": user, "state": fields}
-            else:
-                record = {"type": "user", "user": user, "record": blob}
-            _write_record(stream, fmt, record)
-            users += 1
-    logger.info("exported %d users and %d positions to %s", users, len(positions), path)
-    return users, len(positions)
-
-
-def import_store(
-    store: StateStore, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE
-) -> tuple[int, int]:
-    """Commit the records of an export file, `chunk_size` users per transaction; return counts.
-
-    The format is detected from the first byte: `{` starts JSON lines, anything else is msgpack.
-    """
-    users = 0
-    positions_count = 0
-    states: dict[str, UserState] = {}
-    positions: dict[tuple[str, int], PartitionPosition] = {}
-    for number, record in enumerate(_read_records(path), start=1):
-        kind = record.get("type") if isinstance(record, dict) else None
-        if kind == "user":
-            states[str(record["user"])] = _state_of_record(record, path, number)
-        elif kind == "position":
-            key = (str(record["topic"]), int(record["partition"]))
-            positions[key] = PartitionPosition(
-                int(record["next_offset"]), float(record["watermark"])
-            )
-        else:
-            raise StateCodecError(
-                f"record {number} of {path} has type {kind!r}, expected 'user' or 'position': "
-                "import only files that `hiertcn-stream state export` wrote"
-            )
-        if len(states) >= chunk_size:
-            store.commit(states)
-            users += len(states)
-            states = {}
-    store.commit(states, positions)
-    users += len(states)
-    positions_count += len(positions)
-    logger.info("imported %d users and %d positions from %s", users, positions_count, path)
-    return users, positions_count
+# JSON form of a state -----------------------------------------------------------------------
 
 
 def state_to_json(state: UserState) -> dict[str, Any]:
@@ -268,57 +204,3 @@ def state_from_json(fields: dict[str, Any]) -> UserState:
         last_embedding=None if last is None else np.array(last, dtype=np.float32),
         partition=int(fields.get("partition", -1)),
     )
-
-
-def _state_of_record(record: dict[str, Any], path: Path, number: int) -> UserState:
-    try:
-        if "record" in record:
-            return codec.decode_state(record["record"])
-        return state_from_json(record["state"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise StateCodecError(
-            f"user record {number} of {path} is invalid ({error!r}): import only files that "
-            "`hiertcn-stream state export` wrote"
-        ) from error
-
-
-def _position_record(topic: str, partition: int, position: PartitionPosition) -> dict[str, Any]:
-    return {
-        "type": "position",
-        "topic": topic,
-        "partition": partition,
-        "next_offset": position.next_offset,
-        "watermark": position.watermark,
-    }
-
-
-def _write_record(stream: BinaryIO, fmt: str, record: dict[str, Any]) -> None:
-    if fmt == "jsonl":
-        stream.write(json.dumps(record, separators=(",", ":")).encode("utf-8") + b"\n")
-    else:
-        stream.write(msgpack.packb(record, use_bin_type=True))
-
-
-def _read_records(path: Path) -> Iterator[Any]:
-    with path.open("rb") as stream:
-        first = stream.read(1)
-        stream.seek(0)
-        if first == b"{":
-            for number, line in enumerate(stream, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield json.loads(line)
-                except ValueError as error:
-                    raise StateCodecError(
-                        f"line {number} of {path} is not valid JSON ({error}): import only files "
-                        "that `hiertcn-stream state export` wrote"
-                    ) from error
-            return
-        try:
-            yield from msgpack.Unpacker(stream, raw=False)
-        except (ValueError, msgpack.UnpackException) as error:
-            raise StateCodecError(
-                f"{path} is neither JSON lines nor a valid msgpack stream ({error}): import only "
-                "files that `hiertcn-stream state export` wrote"
-            ) from error

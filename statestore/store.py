@@ -141,6 +141,11 @@ class StateStore:
         self.path = Path(config.path)
         self._pid = os.getpid()
         self._lock = _SharedExclusiveLock()
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreConfigError(
+                f"state directory {self.path} is a file, not a directory: pass the directory "
+                "that contains data.mdb, or a new one"
+            )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -472,11 +477,22 @@ class StateStore:
     def copy_compacted(self, target: Path) -> None:
         """Write a compacted copy of the environment (free pages dropped) into `target`."""
         self._check_process()
+        if target.exists() and not target.is_dir():
+            raise StoreConfigError(
+                f"{target} is a file, but a compacted copy is a directory: choose an empty or "
+                "new directory"
+            )
         if (target / "data.mdb").exists():
             raise StoreConfigError(
                 f"{target} already contains an LMDB store: choose an empty or new directory"
             )
-        target.mkdir(parents=True, exist_ok=True)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreConfigError(
+                f"cannot create the directory {target} for the compacted copy ({error}): "
+                "choose a writable path"
+            ) from error
         with self._lock.shared():
             try:
                 self._env.copy(str(target), compact=True)
@@ -581,7 +597,7 @@ class StateStore:
             and stored_dim is not None
             and config.embedding_dim != stored_dim
         )
-        if (shape_differs or dim_differs) and self._user_count() > 0:
+        if (shape_differs or dim_differs) and self.user_count() > 0:
             raise StoreConfigError(
                 f"state store {self.path} contains states of bundle {stored_version} "
                 f"with [G, H] = {stored_shape} and D = {stored_dim}, but bundle "
@@ -590,9 +606,12 @@ class StateStore:
                 f"with `hiertcn-stream state --state-dir {self.path} evict --inactive-days 0 "
                 "--now` (run `export FILE` first to keep a copy)"
             )
-        if config.bundle_version is not None and stored_version not in (
-            None,
-            config.bundle_version,
+        # Only stored users carry GRU states, so a store whose users were all evicted keeps
+        # no states of the old bundle, only its metadata and positions.
+        if (
+            config.bundle_version is not None
+            and stored_version not in (None, config.bundle_version)
+            and self.user_count() > 0
         ):
             logger.warning(
                 "state store %s was written with bundle %s and is now used with bundle %s: "
@@ -613,7 +632,8 @@ class StateStore:
             if value is not None and meta.get(name) != value
         }
 
-    def _user_count(self) -> int:
+    def user_count(self) -> int:
+        """Return the number of users with a stored state."""
         return int(self.run(lambda t: t.txn.stat(t.users)["entries"]))
 
     def _write_meta(self, updates: Mapping[str, object]) -> None:

@@ -50,7 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_verbose_option(parser: argparse.ArgumentParser, depth: int) -> None:
+# The -v help of the commands that read event records.
+_RECORD_VERBOSE_HELP = (
+    "log at DEBUG level, which lists each rejected record in replay and produce (default: INFO)"
+)
+_VERBOSE_HELP = "log at DEBUG level (default: INFO)"
+
+
+def add_verbose_option(
+    parser: argparse.ArgumentParser, depth: int, help_text: str = _RECORD_VERBOSE_HELP
+) -> None:
     """Add `-v/--verbose` to one parser level, counted in the attribute `verbose_<depth>`.
 
     argparse copies a subcommand's namespace over its parent's, so each level needs its own
@@ -62,8 +71,7 @@ def add_verbose_option(parser: argparse.ArgumentParser, depth: int) -> None:
         dest=f"{_VERBOSE_PREFIX}{depth}",
         action="count",
         default=0,
-        help="log at DEBUG level, which lists each rejected record in replay and produce "
-        "(default: INFO)",
+        help=help_text,
     )
 
 
@@ -73,9 +81,12 @@ def _add_verbose_to_subcommands(parser: argparse.ArgumentParser, depth: int) -> 
         if not isinstance(action, argparse._SubParsersAction):
             continue
         # An alias maps to the same parser object, which must get the option only once.
-        children = {id(child): child for child in action.choices.values()}
-        for child in children.values():
-            add_verbose_option(child, depth)
+        children = {id(child): (name, child) for name, child in action.choices.items()}
+        for name, child in children.values():
+            reads_records = name in ("replay", "produce")
+            add_verbose_option(
+                child, depth, _RECORD_VERBOSE_HELP if reads_records else _VERBOSE_HELP
+            )
             _add_verbose_to_subcommands(child, depth + 1)
 
 

@@ -338,11 +338,14 @@ def open_store_states(
 
 
 def _warn_about_other_sources(store: StateStore, state_dir: Path, topic: str) -> None:
-    """Log a warning when the store has positions of other logs or topics than `topic`."""
+    """Log a warning when the store has users and positions of other logs or topics than `topic`.
+
+    A store whose users were all evicted keeps only positions, so no states lie under this replay.
+    """
     from statestore.maintenance import all_positions
 
     others = sorted({name for name, _partition in all_positions(store) if name != topic})
-    if others:
+    if others and store.user_count() > 0:
         logger.warning(
             "state directory %s already contains states written from %s: this replay applies "
             "its events on top of them; use a new --state-dir to start from empty states",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import time
 from pathlib import Path
 
 import msgpack
@@ -199,17 +201,52 @@ def test_compact_writes_a_readable_copy(state_dir: Path, tmp_path: Path) -> None
         _run("--state-dir", str(state_dir), "compact", str(out))
 
 
+def test_compact_rejects_file_and_uncreatable_out(state_dir: Path, tmp_path: Path) -> None:
+    existing = tmp_path / "ratings.csv"
+    existing.write_text("userId,movieId\n")
+    with pytest.raises(StoreConfigError, match="is a file, but a compacted copy is a directory"):
+        _run("--state-dir", str(state_dir), "compact", str(existing))
+    assert existing.read_text() == "userId,movieId\n"
+
+    blocked = existing / "copy"  # below a file, so the directory cannot be created
+    with pytest.raises(StoreConfigError, match=r"cannot create the directory .* writable path"):
+        _run("--state-dir", str(state_dir), "compact", str(blocked))
+
+
+def test_state_dir_after_action(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run("stats", "--state-dir", str(state_dir)) == 0
+    assert "users            3" in capsys.readouterr().out
+    assert _run("--state-dir", str(state_dir), "stats", "--state-dir", str(state_dir)) == 0
+
+
+def test_state_dir_twice_or_missing_is_rejected(state_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(StoreConfigError, match="--state-dir is given twice"):
+        _run("--state-dir", str(state_dir), "stats", "--state-dir", str(tmp_path / "other"))
+    with pytest.raises(StoreConfigError, match="--state-dir is missing") as raised:
+        _run("stats")
+    assert raised.value.exit_code == 2
+
+
+def test_state_dir_that_is_a_file(tmp_path: Path) -> None:
+    data_file = tmp_path / "ratings.csv"
+    data_file.write_text("userId,movieId\n")
+    with pytest.raises(StoreConfigError, match=r"ratings\.csv is a file, not a directory"):
+        _run("--state-dir", str(data_file), "stats")
+    with pytest.raises(StoreConfigError, match=r"ratings\.csv is a file, not a directory"):
+        StateStore(StoreConfig(path=data_file))
+
+
 def test_evict_relative_to_newest_event(
     state_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert _run("--state-dir", str(state_dir), "evict", "--inactive-days", "30") == 0
-    assert "evicted 1 users" in capsys.readouterr().out
+    assert "evicted 1 user whose" in capsys.readouterr().out
     assert sorted(_read_all(state_dir, ["fresh", "week-old", "year-old"])) == [
         "fresh",
         "week-old",
     ]
     assert _run("--state-dir", str(state_dir), "evict", "--inactive-days", "3") == 0
-    assert "evicted 1 users" in capsys.readouterr().out
+    assert "evicted 1 user whose" in capsys.readouterr().out
     with StateStore(StoreConfig(path=state_dir)) as store:
         assert list(store.read(["fresh", "week-old"])) == ["fresh"]
         assert store.expired(1, float("inf"), 10) == []
@@ -235,14 +272,14 @@ def test_evict_empty_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 @pytest.mark.parametrize("days", ["nan", "inf", "-inf", "-1"])
 def test_evict_rejects_invalid_days_before_deleting(state_dir: Path, days: str) -> None:
-    with pytest.raises(StoreConfigError, match=r"inactive days .* is invalid"):
+    with pytest.raises(StoreConfigError, match=r"--inactive-days .* is invalid"):
         _run("--state-dir", str(state_dir), "evict", f"--inactive-days={days}")
     assert len(_read_all(state_dir, ["fresh", "week-old", "year-old"])) == 3
 
 
 @pytest.mark.parametrize("at", ["nan", "inf", "-1e300", "-1"])
 def test_evict_rejects_invalid_at_before_deleting(state_dir: Path, at: str) -> None:
-    with pytest.raises(StoreConfigError, match=r"reference time .* is invalid"):
+    with pytest.raises(StoreConfigError, match=r"--at .* is invalid"):
         _run("--state-dir", str(state_dir), "evict", "--inactive-days", "1", f"--at={at}")
     assert len(_read_all(state_dir, ["fresh", "week-old", "year-old"])) == 3
 
@@ -292,6 +329,51 @@ def test_evict_future_newest_event_with_now(state_dir: Path) -> None:
 
     assert _run("--state-dir", str(state_dir), "evict", "--inactive-days", "30", "--now") == 0
     assert list(_read_all(state_dir, ["fresh", "week-old", "year-old", "future"])) == ["future"]
+
+
+def test_evict_rejects_future_at(state_dir: Path) -> None:
+    at = str(time.time() + 3 * DAY)
+    with pytest.raises(
+        StoreConfigError, match=r"--at .* is 3 days after .* --allow-future"
+    ) as raised:
+        _run("--state-dir", str(state_dir), "evict", "--inactive-days", "1", "--at", at)
+
+    assert raised.value.exit_code == 2
+    assert len(_read_all(state_dir, ["fresh", "week-old", "year-old"])) == 3
+
+
+def test_evict_future_at_with_allow_future(
+    state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["evict", "--inactive-days", "1", "--at", "99999999999", "--allow-future", "--dry-run"]
+
+    assert _run("--state-dir", str(state_dir), *argv) == 0
+    assert "would evict 3 users whose last event is before 5138-" in capsys.readouterr().out
+
+
+def test_evict_future_newest_event_with_allow_future(state_dir: Path) -> None:
+    with StateStore(StoreConfig(path=state_dir, sync=False)) as store:
+        store.commit({"future": make_state(seed=4, last_ts=4e9, partition=0)})
+
+    argv = ["evict", "--inactive-days", "30", "--allow-future"]
+    assert _run("--state-dir", str(state_dir), *argv) == 0
+    assert list(_read_all(state_dir, ["fresh", "week-old", "year-old", "future"])) == ["future"]
+
+
+def test_evicted_store_opens_for_replay_quietly(
+    state_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from stream.replay import open_store_states
+
+    with StateStore(StoreConfig(path=state_dir, bundle_version="old", sync=False)):
+        pass
+    assert _run("--state-dir", str(state_dir), "evict", "--inactive-days", "0", "--now") == 0
+
+    with caplog.at_level(logging.WARNING):
+        states = open_store_states(state_dir, "/data/other.csv", "new", (1, 16), 16)
+        states.store.close()
+
+    assert caplog.records == []
 
 
 def test_evict_help_names_default_reference(capsys: pytest.CaptureFixture[str]) -> None:

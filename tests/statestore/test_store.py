@@ -174,11 +174,32 @@ def test_meta_records_schema_and_bundle(tmp_path: Path) -> None:
 
 
 def test_bundle_change_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    StateStore(StoreConfig(path=tmp_path / "s", bundle_version="one")).close()
+    with StateStore(StoreConfig(path=tmp_path / "s", bundle_version="one")) as store:
+        store.commit({"u1": make_state()})
     config = StoreConfig(path=tmp_path / "s", bundle_version="two")
     with caplog.at_level(logging.WARNING, logger="statestore.store"), StateStore(config) as store:
         assert store.meta()["bundle_version"] == "two"
     assert "bundle one" in caplog.text
+
+
+def test_bundle_change_without_users_is_quiet(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with StateStore(StoreConfig(path=tmp_path / "s", bundle_version="one")) as store:
+        store.commit({"u1": make_state()}, {(TOPIC, 0): PartitionPosition(1, 1.0)})
+        store.commit({}, deletes=["u1"])
+    config = StoreConfig(path=tmp_path / "s", bundle_version="two")
+
+    with caplog.at_level(logging.WARNING, logger="statestore.store"), StateStore(config) as store:
+        assert store.meta()["bundle_version"] == "two"
+
+    assert caplog.records == []
+
+
+def test_user_count(store: StateStore) -> None:
+    assert store.user_count() == 0
+    store.commit({"u1": make_state(), "u2": make_state()})
+    assert store.user_count() == 2
 
 
 def _bundle_config(path: Path, version: str, layers: int, size: int) -> StoreConfig:

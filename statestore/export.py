@@ -1,0 +1,507 @@
+"""Export files of a state store: writing, checking and importing them.
+
+An export is a stream of records, as JSON lines or as msgpack maps, in this order:
+1. a header `{"type": "header", "format": "hiertcn-state-export", "version": 1,
+   "bundle_version", "state_shape": [G, H], "embedding_dim": D}` with the metadata of the store
+   (each value null when the store has none),
+2. one `{"type": "position", "topic", "partition", "next_offset", "watermark"}` per partition,
+3. one user record per user: in JSON lines `{"type": "user", "user", "state": {field: value}}`
+   with arrays as nested lists, in msgpack `{"type": "user", "user", "record": bytes}` with the
+   `statestore.codec` record. float32 values survive the JSON round trip exactly, because JSON
+   keeps the float64 of each float32,
+4. a trailer `{"type": "end", "users": N, "positions": P}`.
+
+An import reads the whole file before it writes anything, and rejects the file when the trailer
+is missing or its counts differ from the records, so a cut copy is never imported in part. It also
+rejects states whose sizes differ from the header, from each other, or from the users already in
+the store. Exports of earlier hiertcn versions have neither header nor trailer: they are still
+imported, with a warning that their completeness cannot be checked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgpack
+
+from statestore import codec
+from statestore.errors import ExportFileError, StateCodecError, StateStoreError, StoreConfigError
+from statestore.maintenance import (
+    DEFAULT_CHUNK_SIZE,
+    all_positions,
+    iter_records,
+    plural,
+    state_from_json,
+    state_to_json,
+)
+from statestore.state import PartitionPosition, UserState
+from statestore.store import StateStore
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMATS = ("jsonl", "msgpack")
+EXPORT_FORMAT_NAME = "hiertcn-state-export"
+EXPORT_VERSION = 1
+_IMPORT_FIX = "import only files that `hiertcn-stream state export` wrote"
+
+
+@dataclass(frozen=True)
+class StateSizes:
+    """GRU state shape [G, H] and item-embedding size D of stored states; None where unknown."""
+
+    state_shape: tuple[int, int] | None = None
+    embedding_dim: int | None = None
+
+    @classmethod
+    def of_state(cls, state: UserState) -> StateSizes:
+        layers, hidden = state.gru_state.shape
+        return cls((int(layers), int(hidden)), int(state.session_sum.shape[0]))
+
+    @classmethod
+    def of_meta(cls, meta: dict[str, Any]) -> StateSizes:
+        """Read `state_shape` and `embedding_dim` of store metadata or of an export header."""
+        shape = meta.get("state_shape")
+        dim = meta.get("embedding_dim")
+        return cls(None if shape is None else (int(shape[0]), int(shape[1])), dim)
+
+    def differs_from(self, other: StateSizes) -> bool:
+        """Return whether a size known on both sides differs."""
+        shapes_known = None not in (self.state_shape, other.state_shape)
+        dims_known = None not in (self.embedding_dim, other.embedding_dim)
+        return (shapes_known and self.state_shape != other.state_shape) or (
+            dims_known and self.embedding_dim != other.embedding_dim
+        )
+
+    def merged_with(self, other: StateSizes) -> StateSizes:
+        """Return these sizes with the unknown ones taken from `other`."""
+        return StateSizes(
+            self.state_shape if self.state_shape is not None else other.state_shape,
+            self.embedding_dim if self.embedding_dim is not None else other.embedding_dim,
+        )
+
+    def __str__(self) -> str:
+        shape = "unknown" if self.state_shape is None else list(self.state_shape)
+        dim = "unknown" if self.embedding_dim is None else self.embedding_dim
+        return f"[G, H] = {shape} and D = {dim}"
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """Contents of an import file, from a full read by `scan_export`."""
+
+    users: int  # user records
+    positions: int  # position records
+    bundle_version: str | None  # from the header; None in an export without one
+    sizes: StateSizes  # from the header, completed from the states
+
+
+# Export ------------------------------------------------------------------------------------
+
+
+def format_of(path: Path, requested: str | None) -> str:
+    """Return the export format: `requested`, else `msgpack` for a `.msgpack` file, else `jsonl`."""
+    if requested is not None:
+        if requested not in EXPORT_FORMATS:
+            raise StoreConfigError(
+                f"export format {requested!r} is invalid: use one of {', '.join(EXPORT_FORMATS)}"
+            )
+        return requested
+    return "msgpack" if path.suffix in (".msgpack", ".mpk") else "jsonl"
+
+
+def check_export_path(path: Path, force: bool) -> None:
+    """Raise `StoreConfigError` unless `export` can write `path` (an existing file only with
+    `force`)."""
+    if path.is_dir():
+        raise StoreConfigError(
+            f"export file {path} is a directory: name a file in it, for example "
+            f"{path / 'states.jsonl'}"
+        )
+    if not path.parent.is_dir():
+        raise StoreConfigError(
+            f"the directory {path.parent} of export file {path} does not exist: create it "
+            "first, or choose another path"
+        )
+    if path.exists() and not path.is_file():
+        raise StoreConfigError(
+            f"export file {path} exists and is not a regular file: choose another path"
+        )
+    if path.exists() and not force:
+        raise StoreConfigError(
+            f"export file {path} already exists: pass --force to replace it, or choose another path"
+        )
+
+
+def export_to_path(store: StateStore, path: Path, fmt: str) -> tuple[int, int]:
+    """Write the export to a temporary file next to `path`, then rename it to `path`.
+
+    So an interrupted export never leaves a partial file under `path`, and a file that `path`
+    named before stays intact until the new one is complete. Returns the user and position counts.
+    """
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as error:
+        raise StoreConfigError(
+            f"cannot create export file {path} ({error}): choose a writable directory"
+        ) from error
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            counts = export_store(store, stream, fmt)
+        os.replace(partial, path)
+    except OSError as error:
+        raise StateStoreError(
+            f"writing export file {path} failed ({error}), and nothing was written under that "
+            "name: free disk space or choose another path"
+        ) from error
+    finally:
+        partial.unlink(missing_ok=True)
+    logger.info("exported %s and %s to %s", plural(counts[0], "user"), _positions(counts[1]), path)
+    return counts
+
+
+def export_store(store: StateStore, stream: BinaryIO, fmt: str) -> tuple[int, int]:
+    """Write the header, every partition position and user state, and the trailer to `stream`;
+    return the user and position counts."""
+    meta = store.meta()
+    sizes = StateSizes.of_meta(meta)
+    header = {
+        "type": "header",
+        "format": EXPORT_FORMAT_NAME,
+        "version": EXPORT_VERSION,
+        "bundle_version": meta.get("bundle_version"),
+        "state_shape": None if sizes.state_shape is None else list(sizes.state_shape),
+        "embedding_dim": sizes.embedding_dim,
+    }
+    _write_record(stream, fmt, header)
+    positions = all_positions(store)
+    for (topic, partition), position in positions.items():
+        _write_record(stream, fmt, _position_record(topic, partition, position))
+    users = 0
+    for user, blob in iter_records(store):
+        if fmt == "jsonl":
+            fields = state_to_json(codec.decode_state(blob))
+            record = {"type": "user", "user": user, "state": fields}
+        else:
+            record = {"type": "user", "user": user, "record": blob}
+        _write_record(stream, fmt, record)
+        users += 1
+    _write_record(stream, fmt, {"type": "end", "users": users, "positions": len(positions)})
+    return users, len(positions)
+
+
+# Import ------------------------------------------------------------------------------------
+
+
+def check_import_path(path: Path) -> None:
+    """Raise `ExportFileError` unless `path` is an existing regular file."""
+    if str(path) == "-":
+        raise ExportFileError(
+            "import reads a file, not standard input: save the export to a file and pass its path"
+        )
+    if path.is_dir():
+        raise ExportFileError(
+            f"import file {path} is a directory: pass the file that `state export` wrote"
+        )
+    if not path.exists():
+        raise ExportFileError(f"import file {path} not found: check the path")
+    if not path.is_file():
+        raise ExportFileError(f"import file {path} is not a regular file: pass an export file")
+
+
+def scan_export(path: Path) -> ExportSummary:
+    """Read and check every record of an export file, and write nothing.
+
+    Raises `ExportFileError` when the file is empty, incomplete, corrupt, or mixes states of
+    different sizes.
+    """
+    header: dict[str, Any] | None = None
+    end: dict[str, Any] | None = None
+    sizes = StateSizes()
+    users = positions = number = 0
+    for number, kind, value in _iter_export(path):
+        if end is not None:
+            raise ExportFileError(
+                f"record {number} of {path} follows the end record, so the file is corrupt: "
+                "export the store again"
+            )
+        if kind == "header":
+            header = _check_header(value, number, path)
+            sizes = StateSizes.of_meta(header)
+        elif kind == "position":
+            positions += 1
+        elif kind == "user":
+            user, state = value
+            sizes = _check_state_sizes(state, sizes, user, number, path, header is not None)
+            users += 1
+        else:
+            end = value
+    if number == 0:
+        raise ExportFileError(f"import file {path} is empty: it is not a complete export")
+    if header is None:
+        _check_legacy(path, end)
+    else:
+        _check_end(end, users, positions, path)
+    return ExportSummary(
+        users=users,
+        positions=positions,
+        bundle_version=None if header is None else header.get("bundle_version"),
+        sizes=sizes,
+    )
+
+
+def check_import_sizes(store: StateStore, summary: ExportSummary, path: Path) -> None:
+    """Raise `StoreConfigError` when the store has users whose sizes differ from the file's.
+
+    A store without users takes states of any size, as it does for a bundle of other sizes.
+    """
+    stored = stored_sizes(store)
+    if stored is None or not summary.sizes.differs_from(stored):
+        return
+    raise StoreConfigError(
+        f"{path} contains states with {summary.sizes}, but state store {store.path} contains "
+        f"states with {stored}: import into a new --state-dir, or delete the stored users first "
+        f"with `hiertcn-stream state --state-dir {store.path} evict --inactive-days 0 --now` "
+        "(run `export FILE` first to keep a copy)"
+    )
+
+
+def stored_sizes(store: StateStore) -> StateSizes | None:
+    """Return the sizes of the states in `store`, or None when it has no users.
+
+    They come from the store's metadata, completed from the first stored state, because stores
+    filled by `import` of earlier versions have no sizes in their metadata.
+    """
+    if store.user_count() == 0:
+        return None
+    sizes = StateSizes.of_meta(store.meta())
+    if sizes.state_shape is None or sizes.embedding_dim is None:
+        for _user, blob in iter_records(store, chunk_size=1):
+            sizes = sizes.merged_with(StateSizes.of_state(codec.decode_state(blob)))
+            break
+    return sizes
+
+
+def import_export(
+    store: StateStore, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> tuple[int, int]:
+    """Commit the records of an export file, `chunk_size` users per transaction; return counts.
+
+    Call `scan_export` first: this function commits as it reads, so a file that is corrupt
+    further on would leave the users before that point in the store.
+    """
+    users = 0
+    states: dict[str, UserState] = {}
+    positions: dict[tuple[str, int], PartitionPosition] = {}
+    for _number, kind, value in _iter_export(path):
+        if kind == "user":
+            user, state = value
+            states[user] = state
+        elif kind == "position":
+            key, position = value
+            positions[key] = position
+        if len(states) >= chunk_size:
+            store.commit(states)
+            users += len(states)
+            states = {}
+    store.commit(states, positions)
+    users += len(states)
+    logger.info(
+        "imported %s and %s from %s", plural(users, "user"), _positions(len(positions)), path
+    )
+    return users, len(positions)
+
+
+def _check_header(record: dict[str, Any], number: int, path: Path) -> dict[str, Any]:
+    if number != 1:
+        raise ExportFileError(
+            f"record {number} of {path} is a header, but only the first record may be one, so "
+            "the file is corrupt: export the store again"
+        )
+    if record.get("format") != EXPORT_FORMAT_NAME:
+        raise ExportFileError(
+            f"{path} has a header of format {record.get('format')!r}, expected "
+            f"{EXPORT_FORMAT_NAME!r}: {_IMPORT_FIX}"
+        )
+    version = record.get("version")
+    if not isinstance(version, int) or version > EXPORT_VERSION:
+        raise ExportFileError(
+            f"{path} is an export of version {version!r}, but this code reads up to "
+            f"{EXPORT_VERSION}: upgrade hiertcn before importing it"
+        )
+    shape = record.get("state_shape")
+    dim = record.get("embedding_dim")
+    version_name = record.get("bundle_version")
+    if not (
+        (shape is None or (isinstance(shape, list) and len(shape) == 2 and _are_sizes(shape)))
+        and (dim is None or _are_sizes([dim]))
+        and (version_name is None or isinstance(version_name, str))
+    ):
+        raise ExportFileError(
+            f"the header of {path} has state_shape {shape!r}, embedding_dim {dim!r} and "
+            f"bundle_version {version_name!r}, expected [G, H], D and a string (or null), so "
+            "the file is corrupt: export the store again"
+        )
+    return record
+
+
+def _are_sizes(values: list[Any]) -> bool:
+    return all(type(value) is int and value >= 0 for value in values)
+
+
+def _check_state_sizes(
+    state: UserState, sizes: StateSizes, user: str, number: int, path: Path, from_header: bool
+) -> StateSizes:
+    """Return `sizes` completed from `state`; raise when `state` has other sizes."""
+    try:
+        codec.encode_state(state)  # the checks of a commit: dtypes, dimensions, embedding sizes
+    except StateCodecError as error:
+        raise ExportFileError(
+            f"user record {number} of {path} is invalid ({error}): {_IMPORT_FIX}"
+        ) from error
+    own = StateSizes.of_state(state)
+    if own.differs_from(sizes):
+        source = "the file's header" if from_header else "the users before it in the file"
+        raise ExportFileError(
+            f"user {user!r} (record {number}) of {path} has states with {own}, but {source} "
+            f"gives {sizes}: the file mixes states of bundles with other sizes; export each "
+            "store on its own"
+        )
+    return sizes.merged_with(own)
+
+
+def _check_end(end: dict[str, Any] | None, users: int, positions: int, path: Path) -> None:
+    found = f"{plural(users, 'user')} and {_positions(positions)}"
+    if end is None:
+        raise ExportFileError(
+            f"{path} ends after {found} without the end record that `state export` writes "
+            "last, so the file is incomplete (cut short, or still being written) and nothing "
+            "was imported: use a complete copy, or export the store again"
+        )
+    if end.get("users") != users or end.get("positions") != positions:
+        raise ExportFileError(
+            f"{path} contains {found}, but its end record counts "
+            f"{end.get('users')!r} users and {end.get('positions')!r} positions, so the file is "
+            "corrupt and nothing was imported: use a complete copy, or export the store again"
+        )
+
+
+def _check_legacy(path: Path, end: dict[str, Any] | None) -> None:
+    if end is not None:
+        raise ExportFileError(
+            f"{path} has an end record but no header, so the file is corrupt: {_IMPORT_FIX}"
+        )
+    logger.warning(
+        "%s has no header, so an earlier hiertcn version wrote it and the import cannot check "
+        "that the file is complete: compare the imported user count with the store it came "
+        "from, or export that store again with this version",
+        path,
+    )
+
+
+def _iter_export(path: Path) -> Iterator[tuple[int, str, Any]]:
+    """Yield `(record number, type, value)` for every record of an export file.
+
+    The value is the record for a header or an end record, `(user, UserState)` for a user and
+    `((topic, partition), PartitionPosition)` for a position.
+    """
+    for number, record in enumerate(_read_records(path), start=1):
+        kind = record.get("type") if isinstance(record, dict) else None
+        if kind == "user":
+            yield number, kind, _user_of_record(record, path, number)
+        elif kind == "position":
+            yield number, kind, _position_of_record(record, path, number)
+        elif kind in ("header", "end"):
+            yield number, kind, record
+        else:
+            raise ExportFileError(
+                f"record {number} of {path} has type {kind!r}, expected 'header', 'position', "
+                f"'user' or 'end': {_IMPORT_FIX}"
+            )
+
+
+def _user_of_record(record: dict[str, Any], path: Path, number: int) -> tuple[str, UserState]:
+    try:
+        user = record["user"]
+        if not isinstance(user, str):
+            raise TypeError(f"user id {user!r} is not a string")
+        if "record" in record:
+            return user, codec.decode_state(record["record"])
+        return user, state_from_json(record["state"])
+    except (KeyError, TypeError, ValueError, AttributeError, StateCodecError) as error:
+        raise ExportFileError(
+            f"user record {number} of {path} is invalid ({error!r}): {_IMPORT_FIX}"
+        ) from error
+
+
+def _position_of_record(
+    record: dict[str, Any], path: Path, number: int
+) -> tuple[tuple[str, int], PartitionPosition]:
+    try:
+        key = (str(record["topic"]), int(record["partition"]))
+        return key, PartitionPosition(int(record["next_offset"]), float(record["watermark"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ExportFileError(
+            f"position record {number} of {path} is invalid ({error!r}): {_IMPORT_FIX}"
+        ) from error
+
+
+def _position_record(topic: str, partition: int, position: PartitionPosition) -> dict[str, Any]:
+    return {
+        "type": "position",
+        "topic": topic,
+        "partition": partition,
+        "next_offset": position.next_offset,
+        "watermark": position.watermark,
+    }
+
+
+def _positions(count: int) -> str:
+    return plural(count, "partition position")
+
+
+def _write_record(stream: BinaryIO, fmt: str, record: dict[str, Any]) -> None:
+    if fmt == "jsonl":
+        stream.write(json.dumps(record, separators=(",", ":")).encode("utf-8") + b"\n")
+    else:
+        stream.write(msgpack.packb(record, use_bin_type=True))
+
+
+def _read_records(path: Path) -> Iterator[Any]:
+    """Yield the records of a JSON-lines or msgpack file; the first byte `{` means JSON lines."""
+    try:
+        stream = path.open("rb")
+    except OSError as error:
+        raise ExportFileError(
+            f"cannot read import file {path} ({error}): check the path"
+        ) from error
+    with stream:
+        first = stream.read(1)
+        stream.seek(0)
+        if first == b"{":
+            yield from _read_json_lines(stream, path)
+            return
+        try:
+            yield from msgpack.Unpacker(stream, raw=False)
+        except (ValueError, msgpack.UnpackException) as error:
+            raise ExportFileError(
+                f"{path} is neither JSON lines nor a valid msgpack stream ({error}): {_IMPORT_FIX}"
+            ) from error
+
+
+def _read_json_lines(stream: BinaryIO, path: Path) -> Iterator[Any]:
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except ValueError as error:
+            raise ExportFileError(
+                f"line {number} of {path} is not valid JSON ({error}): {_IMPORT_FIX}"
+            ) from error
