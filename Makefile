@@ -1,7 +1,8 @@
 # Two commands set up everything on a fresh machine (Python 3.10+, Java 17, Maven):
 #   make demo   train, export, start Kafka and a worker pool, stream events, report
 #   make test   the whole test suite, the one .ci/run calls
-# Other targets: install, broker-start, broker-stop, lint, bench.
+# Other targets: install, broker-start, broker-stop, lint, and bench (the four scripts of
+# docs/benchmarks.md at their default sizes, several minutes; tables go to $(BENCH_DIR)/*.md).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,6 +15,8 @@ DATA ?=
 FORMAT ?= auto
 # Extra flags of the demo, e.g. DEMO_ARGS="--metrics-port 9200 --rate 500" (python -m ops.demo -h).
 DEMO_ARGS ?=
+# Where `make bench` writes its tables and keeps the stream benchmark's bundle, state and logs.
+BENCH_DIR ?= .local/bench
 
 .PHONY: install system-deps test demo lint broker-start broker-stop bench
 
@@ -45,3 +48,15 @@ broker-start: system-deps
 
 broker-stop:
 	bash ops/kafka/kafka.sh stop
+
+# bench/stream.py starts and stops its own broker and exports the random bundle that
+# bench/statestore.py then times; a second run reuses that bundle. Progress goes to stderr.
+bench: install system-deps
+	bash ops/kafka/kafka.sh fetch
+	mkdir -p $(BENCH_DIR)
+	$(BIN)/python bench/stream.py --work-dir $(BENCH_DIR)/stream > $(BENCH_DIR)/stream.md
+	$(BIN)/python bench/statestore.py --bundle $(BENCH_DIR)/stream/bundle > $(BENCH_DIR)/statestore.md
+	$(BIN)/python bench/inference.py > $(BENCH_DIR)/inference.md
+	$(BIN)/python bench/train_speed.py > $(BENCH_DIR)/train_speed.md
+	cat $(BENCH_DIR)/stream.md $(BENCH_DIR)/statestore.md $(BENCH_DIR)/inference.md \
+		$(BENCH_DIR)/train_speed.md

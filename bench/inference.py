@@ -1,6 +1,6 @@
 """Events per second of the bundle's graphs: ONNX Runtime on CPU against torch eager.
 
-    .venv/bin/python bench/inference.py [--batch-sizes 1 32 256 1024] [--threads 2]
+    .venv/bin/python bench/inference.py [--batch-sizes 1,32,256,1024] [--threads 2]
 
 Builds a HierTCN with the sizes of the default `ModelConfig` (D = H = 128, G = 4, TCN of 4 blocks of
 128 filters of size 5, dilations 1, 2, 4, 8; random weights, which do not change the speed), exports
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import statistics
 import sys
@@ -42,21 +43,94 @@ NUM_ITEMS = 1000  # the item table is outside the timed graphs, so its size does
 MAX_PREFIX = 20
 
 
+def positive_int(text: str) -> int:
+    """Parse a flag value that must be an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use an integer >= 1")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """Parse a flag value that must be a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use a number of seconds > 0")
+    return value
+
+
+def batch_sizes(values: list[str]) -> list[int]:
+    """Parse --batch-sizes given as `1 32 256`, `1,32,256` or a mix; each size must be >= 1."""
+    parts = [part for value in values for part in value.replace(",", " ").split()]
+    sizes = []
+    for part in parts:
+        try:
+            sizes.append(positive_int(part))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"invalid batch size {part!r}: give integers >= 1, separated by commas or spaces"
+            ) from None
+    if not sizes:
+        raise argparse.ArgumentTypeError("no batch size given: e.g. --batch-sizes 1,32,256")
+    return sizes
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 256, 1024])
     parser.add_argument(
-        "--threads", type=int, default=os.cpu_count(), help="threads of both sides (default: all)"
+        "--batch-sizes",
+        nargs="+",
+        default=["1,32,256,1024"],
+        metavar="SIZES",
+        help="batch sizes (events per call) to time, separated by commas or spaces "
+        "(default: 1,32,256,1024)",
     )
-    parser.add_argument("--seconds", type=float, default=1.0, help="time per side and round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per case")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=os.cpu_count(),
+        help="threads of both sides (default: all cores)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=positive_seconds,
+        default=1.0,
+        help="time per side and round, in seconds (default: 1)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=3,
+        help="alternating rounds per case; the table gives the median (default: 3)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the prefix lengths, inputs and states (default: 0)",
+    )
     parser.add_argument(
         "--full-step",
         action="store_true",
         help="export the model's own session step instead of the pruned one, for comparison",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.batch_sizes = batch_sizes(args.batch_sizes)
+    except argparse.ArgumentTypeError as error:
+        parser.error(f"argument --batch-sizes: {error}")
+    return args
+
+
+def _count(number: int, noun: str) -> str:
+    """Return `1 thread` or `2 threads`."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def build_bundle(directory: Path, pruned_step: bool = True) -> torch.nn.Module:
@@ -150,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
         print(
             f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
-            f"load average {load}, {args.threads} threads per side, torch {torch.__version__}, "
+            f"load average {load}, {_count(args.threads, 'thread')} per side, "
+            f"torch {torch.__version__}, "
             f"onnxruntime {ort.__version__}"
         )
         field = model.receptive_field

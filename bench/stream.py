@@ -33,6 +33,7 @@ Prints a Markdown table for docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import os
 import platform
@@ -47,6 +48,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import msgpack
 import numpy as np
@@ -68,33 +70,127 @@ START_TS = 1_700_000_000.0
 BATCH_DELAY_SECONDS = 0.010
 
 
+def positive_int(text: str) -> int:
+    """Parse a flag value that must be an integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use an integer >= {low}")
+    return value
+
+
+def seconds_at_least(low: float, inclusive: bool) -> Callable[[str], float]:
+    """Return a parser of a finite number of seconds >= `low` (> `low` unless `inclusive`)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            bound = ">=" if inclusive else ">"
+            raise argparse.ArgumentTypeError(
+                f"invalid value {text!r}: use a number of seconds {bound} {low:g}"
+            )
+        return value
+
+    return parse
+
+
+def int_list(low: int) -> Callable[[str], list[int]]:
+    """Return a parser of integers >= `low` separated by commas or spaces (`16,64` or `16 64`)."""
+
+    def parse(text: str) -> list[int]:
+        parts = text.replace(",", " ").split()
+        if not parts:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: give at least one integer")
+        try:
+            return [_int_at_least(part, low) for part in parts]
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"invalid value {text!r}: give integers >= {low}, separated by commas or spaces"
+            ) from None
+
+    return parse
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--brokers", help="Kafka bootstrap servers (default: start one)")
-    parser.add_argument("--bundle", type=Path, help="model bundle (default: export a random one)")
-    parser.add_argument("--items", type=int, default=10_000, help="items of the random bundle")
     parser.add_argument(
-        "--batch-sizes", default="16,64,256", help="comma-separated --max-batch-size values"
+        "--brokers", help="Kafka bootstrap servers HOST:PORT (default: start a local broker)"
     )
-    parser.add_argument("--events", type=int, default=4000, help="events of the backlog runs")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of a latency run (s)")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        help="model bundle folder written by `hiertcn export` (default: export a random one "
+        "into --work-dir/bundle, or reuse the one an earlier run exported there)",
+    )
+    parser.add_argument(
+        "--items",
+        type=positive_int,
+        default=10_000,
+        help="items of the random bundle (default: 10000)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=int_list(1),
+        nargs="+",
+        default=[[16, 64, 256]],
+        metavar="SIZES",
+        help="values of the worker's --max-batch-size, separated by commas or spaces "
+        "(default: 16,64,256)",
+    )
+    parser.add_argument(
+        "--events",
+        type=positive_int,
+        default=4000,
+        help="timed events of each backlog run, which publishes twice as many (default: 4000)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=seconds_at_least(0.0, inclusive=False),
+        default=10.0,
+        help="measured seconds of each latency run (default: 10)",
+    )
     parser.add_argument(
         "--warmup-seconds",
-        type=float,
+        type=seconds_at_least(0.0, inclusive=True),
         default=2.0,
-        help="seconds of load before each latency run whose outputs are not counted",
+        help="seconds of load before each latency run whose outputs are not counted (default: 2)",
     )
-    parser.add_argument("--work-dir", type=Path, help="folder for state, logs and the bundle")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        help="folder for state, logs and the bundle, kept after the run (default: a temporary "
+        "folder, deleted at the end)",
+    )
     parser.add_argument(
         "--no-state-sync", action="store_true", help="run the worker with --no-state-sync"
     )
     parser.add_argument(
         "--max-pending-batches",
-        default="4",
-        help="comma-separated values of the worker's --max-pending-batches; each value gets "
-        "its own rows, next to the same ceiling",
+        type=int_list(0),
+        nargs="+",
+        default=[[4]],
+        metavar="COUNTS",
+        help="values of the worker's --max-pending-batches, separated by commas or spaces; each "
+        "value gets its own rows, next to the same ceiling (default: 4)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Each argument is a list, because both `16,64` and `16 64` are accepted.
+    args.batch_sizes = [value for values in args.batch_sizes for value in values]
+    args.max_pending_batches = [value for values in args.max_pending_batches for value in values]
+    if args.bundle is not None and not args.bundle.is_dir():
+        parser.error(f"--bundle {args.bundle} is not a folder: pass a folder from hiertcn export")
+    if args.work_dir is not None and args.work_dir.exists() and not args.work_dir.is_dir():
+        parser.error(f"--work-dir {args.work_dir} is a file: pass a folder")
+    return args
 
 
 # -- inputs -----------------------------------------------------------------------------------
@@ -367,7 +463,18 @@ def latency(
 
 
 def random_bundle(work_dir: Path, items: int) -> Path:
-    """Export an untrained HierTCN of the default size over `items` items."""
+    """Export an untrained HierTCN of the default size over `items` items into work_dir/bundle.
+
+    A bundle that an earlier run with the same --work-dir exported there is reused, so that
+    runs on the same --work-dir time the same model.
+    """
+    out = work_dir / "bundle"
+    if out.is_dir() and any(out.iterdir()):
+        print(
+            f"reusing the bundle in {out} from an earlier run; remove it to export a new one",
+            file=sys.stderr,
+        )
+        return out
     import torch
 
     from export.onnx_export import ExportConfig, write_bundle
@@ -385,9 +492,31 @@ def random_bundle(work_dir: Path, items: int) -> Path:
         metrics={},
         epoch=0,
     )
-    out = work_dir / "bundle"
     write_bundle(model, checkpoint, out, ExportConfig(top_k=20))
     return out
+
+
+def bundle_items(bundle: Path, args: argparse.Namespace) -> list[str]:
+    """Return the item ids of `bundle`; exit with status 2 when it cannot be used."""
+    from export.bundle import load_bundle
+    from export.errors import BundleError
+
+    try:
+        items = list(load_bundle(bundle, intra_op_threads=1).item_ids)
+    except BundleError as error:
+        fail(f"bundle {bundle} cannot be loaded: {error}")
+    if args.bundle is None and len(items) != args.items:
+        fail(
+            f"{bundle} from an earlier run has {len(items)} items, not --items {args.items}: "
+            f"remove {bundle} or pass --items {len(items)}"
+        )
+    return items
+
+
+def fail(message: str) -> NoReturn:
+    """Print a one-line error and exit with status 2, as argparse does for a bad flag."""
+    print(f"stream.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 @contextmanager
@@ -403,7 +532,6 @@ def broker(args: argparse.Namespace, work_dir: Path) -> Iterator[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
     with ExitStack() as stack:
         if args.work_dir:
             work_dir = args.work_dir
@@ -411,17 +539,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
         bundle = args.bundle or random_bundle(work_dir, args.items)
-        from export.bundle import load_bundle
-
-        items = load_bundle(bundle, intra_op_threads=1).item_ids
+        items = bundle_items(bundle, args)
         brokers = stack.enter_context(broker(args, work_dir))
 
         rows = []
-        pending_values = [int(value) for value in args.max_pending_batches.split(",")]
-        for batch in batch_sizes:
+        for batch in args.batch_sizes:
             ceiling = Program("ceiling", batch, bundle, work_dir)
             ceiling_max = max_throughput(brokers, ceiling, items, args.events)
-            for pending in pending_values:
+            for pending in args.max_pending_batches:
                 flags = ("--max-pending-batches", str(pending))
                 if args.no_state_sync:
                     flags += ("--no-state-sync",)

@@ -29,8 +29,9 @@ import torch
 
 from hiertcn.data.filters import FilterConfig
 from hiertcn.data.options import DataConfig, load_dataset_from_config
-from hiertcn.data.readers import ReaderConfig
-from hiertcn.models import ModelConfig, build_model
+from hiertcn.data.readers import FORMATS, ReaderConfig
+from hiertcn.errors import HierTCNError
+from hiertcn.models import ModelConfig, build_model, list_models
 from hiertcn.train import TrainConfig, seed_everything, train_model
 
 logger = logging.getLogger(__name__)
@@ -63,42 +64,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=data_dir / DEFAULT_DATA,
         help="interaction log (default: taobao-userbehavior-head in HIERTCN_DATA_DIR)",
     )
-    parser.add_argument("--format", default="taobao", help="log format (default: taobao)")
+    parser.add_argument(
+        "--format", choices=FORMATS, default="taobao", help="log format (default: taobao)"
+    )
     parser.add_argument(
         "--item-col",
         default="category",
         help="item column; Taobao item ids are too sparse for the filters (default: category)",
     )
     parser.add_argument(
-        "--min-item-count", type=int, default=50, help="drop rarer items, in events (default: 50)"
+        "--min-item-count",
+        type=positive_int,
+        default=50,
+        help="drop rarer items, in events (default: 50)",
     )
     parser.add_argument(
-        "--users", type=int, default=100, help="training users in the slice (default: 100)"
+        "--users", type=positive_int, default=100, help="training users in the slice (default: 100)"
     )
     parser.add_argument(
         "--models",
         default=",".join(MODELS),
-        help="comma-separated models (default: hiertcn,gru,tcn)",
+        help="comma-separated models, each once; the first is the reference of the ratios "
+        "(default: hiertcn,gru,tcn)",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=32, help="sessions per batch (default: 32)"
+        "--batch-size", type=positive_int, default=32, help="sessions per batch (default: 32)"
     )
     parser.add_argument(
-        "--embedding-dim", type=int, default=128, help="D (default: 128, as in the paper)"
+        "--embedding-dim", type=positive_int, default=128, help="D (default: 128, as in the paper)"
     )
     parser.add_argument(
-        "--hidden-size", type=int, default=128, help="H of every GRU (default: 128)"
+        "--hidden-size", type=positive_int, default=128, help="H of every GRU (default: 128)"
     )
     parser.add_argument(
         "--gru-layers",
-        type=int,
+        type=positive_int,
         default=4,
         help="G, layers of the HierTCN session GRU and of the GRU baseline (default: 4)",
     )
-    parser.add_argument("--tcn-channels", type=int, default=128, help="TCN filters (default: 128)")
+    parser.add_argument(
+        "--tcn-channels", type=positive_int, default=128, help="TCN filters (default: 128)"
+    )
     parser.add_argument(
         "--bptt-sessions",
-        type=int,
+        type=positive_int,
         default=ModelConfig().bptt_sessions,
         help="sessions that HierTCN's session GRU backpropagates through per batch "
         f"(default: {ModelConfig().bptt_sessions}, as `hiertcn train`)",
@@ -109,12 +118,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=1,
         help="torch CPU threads; one thread keeps CPU seconds comparable on a shared machine "
         "(default: 1)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.data.is_file():
+        parser.error(f"--data {args.data} is not a file: pass an interaction log")
+    try:
+        args.models = model_names(args.models)
+    except ValueError as error:
+        parser.error(f"argument --models: {error}")
+    return args
+
+
+def positive_int(text: str) -> int:
+    """Parse a flag value that must be an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use an integer >= 1")
+    return value
+
+
+def model_names(value: str) -> list[str]:
+    """Split --models; an unknown, repeated or missing name raises ValueError."""
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    known = list_models()
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(f"unknown model {', '.join(unknown)}: choose from {', '.join(known)}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} given more than once: give each model once")
+    if not names:
+        raise ValueError(f"{value!r} names no model: e.g. --models hiertcn,gru")
+    return names
 
 
 def load_slice(args: argparse.Namespace) -> BenchDataset:
@@ -172,27 +214,41 @@ def format_results(results: dict[str, dict[str, float]], reference: str) -> str:
     return "\n".join(lines)
 
 
+def _count(number: int, noun: str) -> str:
+    """Return `1 torch thread` or `2 torch threads`."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    names = [name.strip() for name in args.models.split(",") if name.strip()]
+    try:
+        run(args)
+    except HierTCNError as error:
+        print(f"train_speed.py: error: {error}", file=sys.stderr)
+        return error.exit_code
+    return 0
+
+
+def run(args: argparse.Namespace) -> None:
+    """Load the slice, train each model of --models for one epoch and print the table."""
     dataset = load_slice(args)
     train = dataset.train
+    machine = platform.processor() or platform.machine()
     print(
         f"data: {args.data.name}, item column {args.item_col}, {train.num_users} users, "
         f"{train.num_sessions} sessions, {train.num_events} events, {len(dataset.vocab)} items; "
         f"batch {args.batch_size}, D={args.embedding_dim}, device {args.device}, "
-        f"{torch.get_num_threads()} torch threads, {platform.processor() or platform.machine()}, "
+        f"{_count(torch.get_num_threads(), 'torch thread')}, {machine}, "
         f"{time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f}"
     )
     results = {}
-    for name in names:
+    for name in args.models:
         results[name] = measure(name, dataset, args)
         print(f"{name}: {results[name]['seconds']:.1f} s", file=sys.stderr)
-    print(format_results(results, names[0]))
+    print(format_results(results, args.models[0]))
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
-    return 0
 
 
 if __name__ == "__main__":

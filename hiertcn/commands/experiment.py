@@ -13,6 +13,10 @@ plots), and `all`. Each writes a Markdown table and JSON into --out. Every varia
 data, model sizes, training settings and seed. Within one command a variant that two
 experiments share is trained once: `all` reuses the cold-start runs of `compare` for `epoch-times`
 and `analyses`, so their epoch times come from that same run.
+
+A subcommand rejects the flags that it does not read (`losses` trains every loss, so it rejects
+--loss), and its --help leaves them out. An --out folder that already contains the tables or
+checkpoints of an experiment run is rejected unless --force is given.
 """
 
 from __future__ import annotations
@@ -31,17 +35,67 @@ logger = logging.getLogger(__name__)
 EXPERIMENTS = ("compare", "epoch-times", "analyses", "losses", "regularization")
 ANALYSIS_MODELS = ("hiertcn", "hrnn", "gru")
 METRIC_COLUMNS = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrp", "events")
+# The tables of each experiment in --out, as NAME.md and NAME.json; analyses adds PNG plots.
+REPORT_PATTERNS = (
+    "compare.md",
+    "compare.json",
+    "epoch_times.md",
+    "epoch_times.json",
+    "losses.md",
+    "losses.json",
+    "regularization.md",
+    "regularization.json",
+    "mrp_vs_*.md",
+    "mrp_vs_*.json",
+    "mrp_vs_*.png",
+)
+# Each variant trains into --out/runs/SPLIT-LABEL, as `hiertcn.experiments.runner` names it.
+RUN_FOLDER_PATTERNS = ("runs/cold-*", "runs/warm-*")
+
+_ONLY_REGULARIZATION = "only the regularization comparison reads it"
+_COLD_ONLY = "it trains on the cold-start split only"
+_MODEL_OF_VARIANTS = "it trains --model (default: hiertcn) in each variant"
+# The flags that each subcommand does not read, with the reason its error message gives.
+UNREAD_FLAGS = {
+    "compare": {
+        "--model": "it trains each model of --models",
+        "--regularization-rate": _ONLY_REGULARIZATION,
+    },
+    "epoch-times": {
+        "--model": "it trains each model of --models",
+        "--splits": _COLD_ONLY,
+        "--regularization-rate": _ONLY_REGULARIZATION,
+    },
+    "analyses": {
+        "--model": "it trains each model of --models",
+        "--splits": _COLD_ONLY,
+        "--regularization-rate": _ONLY_REGULARIZATION,
+    },
+    "losses": {
+        "--models": _MODEL_OF_VARIANTS,
+        "--splits": _COLD_ONLY,
+        "--loss": "it trains with each loss in turn",
+        "--regularization-rate": _ONLY_REGULARIZATION,
+    },
+    "regularization": {
+        "--models": _MODEL_OF_VARIANTS,
+        "--splits": _COLD_ONLY,
+        "--dropout": "each variant sets it from --regularization-rate",
+        "--gru-candidate-dropout": "each variant sets it from --regularization-rate",
+        "--batch-norm": "each variant sets it",
+    },
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unset:
+    """Default of a flag that a subcommand does not read: tells "not given" from any value."""
+
+    default: Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `experiment` subcommand group."""
-    from hiertcn.commands.train import (
-        add_loss_arguments,
-        add_model_arguments,
-        add_training_arguments,
-    )
-    from hiertcn.data.options import add_data_arguments
-
     parser = subparsers.add_parser(
         "experiment",
         help="rerun the HierTCN paper's experiments (model, loss and regularization comparisons, "
@@ -52,35 +106,69 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     experiments = parser.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
     for name in (*EXPERIMENTS, "all"):
         sub = experiments.add_parser(name, help=_HELP[name], description=_HELP[name])
-        add_data_arguments(sub)
-        add_model_arguments(sub, model_required=False)
-        add_loss_arguments(sub)
-        add_training_arguments(sub)
-        sub.add_argument(
-            "--models",
-            help="comma-separated models to compare (default for compare: "
-            "hiertcn,hiergru,hrnn,gru,tcn,moving_average,maxitem,most_popular; "
-            "for epoch-times: hiertcn,hiergru,hrnn,gru,tcn; for analyses: hiertcn,hrnn,gru)",
-        )
-        sub.add_argument(
-            "--splits",
-            default="cold,warm",
-            help="splits of the model comparison: cold, warm or both (default: cold,warm)",
-        )
-        sub.add_argument(
-            "--regularization-rate",
-            type=float,
-            default=0.2,
-            help="dropout rate of the regularization comparison (default: 0.2)",
-        )
-        if name == "all":
-            sub.add_argument(
-                "--skip",
-                help="comma-separated experiments to leave out, e.g. losses,regularization "
-                "(default: none)",
-            )
-        sub.add_argument("--out", type=Path, required=True, help="folder for tables and plots")
+        _add_arguments(sub, name)
+        _hide_unread_flags(sub, UNREAD_FLAGS.get(name, {}))
         sub.set_defaults(func=run)
+
+
+def _add_arguments(sub: argparse.ArgumentParser, name: str) -> None:
+    """Add every flag of the experiment subcommands to `sub`."""
+    from hiertcn.commands.train import (
+        add_loss_arguments,
+        add_model_arguments,
+        add_training_arguments,
+    )
+    from hiertcn.data.options import add_data_arguments
+
+    add_data_arguments(sub)
+    add_model_arguments(sub, model_required=False)
+    add_loss_arguments(sub)
+    add_training_arguments(sub)
+    sub.add_argument(
+        "--models",
+        help="comma-separated models to compare, each once (default for compare: "
+        "hiertcn,hiergru,hrnn,gru,tcn,moving_average,maxitem,most_popular; "
+        "for epoch-times: hiertcn,hiergru,hrnn,gru,tcn, where hiertcn is required because the "
+        "ratios are to it; for analyses: hiertcn,hrnn,gru)",
+    )
+    sub.add_argument(
+        "--splits",
+        default="cold,warm",
+        help="splits of the model comparison: cold, warm or both (default: cold,warm)",
+    )
+    sub.add_argument(
+        "--regularization-rate",
+        type=float,
+        default=0.2,
+        help="dropout rate of the regularization comparison (default: 0.2)",
+    )
+    if name == "all":
+        sub.add_argument(
+            "--skip",
+            help="comma-separated experiments to leave out, e.g. losses,regularization "
+            "(default: none)",
+        )
+    sub.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder for tables, plots and the checkpoints of every variant (under runs/). A "
+        "folder that already contains them is rejected unless --force is given",
+    )
+    sub.add_argument(
+        "--force",
+        action="store_true",
+        help="delete the tables, plots and variant checkpoints of an earlier experiment run in "
+        "--out before training; other files there stay",
+    )
+
+
+def _hide_unread_flags(sub: argparse.ArgumentParser, unread: dict[str, str]) -> None:
+    """Leave the flags of `unread` out of the help of `sub`, and mark their default as unset."""
+    for flag in unread:
+        action = sub._option_string_actions[flag]
+        action.help = argparse.SUPPRESS
+        action.default = _Unset(action.default)
 
 
 _HELP = {
@@ -95,12 +183,18 @@ _HELP = {
 }
 
 
-def _names(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+def _names(value: str | None, default: tuple[str, ...], flag: str = "") -> tuple[str, ...]:
+    """Split a comma-separated flag value; an empty value or a repeated name raises."""
     if value is None:
         return default
     names = tuple(part.strip() for part in value.split(",") if part.strip())
     if not names and default:
         raise ConfigError(f"{value!r} names nothing: give comma-separated names, e.g. hiertcn,gru")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(
+            f"{flag} {value} names {', '.join(repeated)} more than once: give each name once"
+        )
     return names
 
 
@@ -110,11 +204,14 @@ def run(args: argparse.Namespace) -> int:
     from hiertcn.data.options import data_config_from_args
     from hiertcn.experiments.runner import RunCache
 
+    reject_unread_flags(args)
     if args.model is None:
         args.model = "hiertcn"
-    rate = getattr(args, "regularization_rate", None)
-    if rate is not None and not 0.0 < rate < 1.0:
+    rate = args.regularization_rate
+    if not 0.0 < rate < 1.0:
         raise ConfigError(f"--regularization-rate {rate} is invalid: use a rate in (0, 1)")
+    chosen = _chosen_experiments(args)
+    _check_names(args, chosen)
     data = data_config_from_args(args)
     context = {
         "data": data,
@@ -123,18 +220,31 @@ def run(args: argparse.Namespace) -> int:
         "args": args,
         "cache": RunCache(data, args.out / "runs"),
     }
-    chosen = _chosen_experiments(args)
+    check_out_dir(args.out, force=args.force)
     for name in chosen:
         _RUNNERS[name](**context)
     print(f"experiment tables and plots are in {args.out}")
     return 0
 
 
+def reject_unread_flags(args: argparse.Namespace) -> None:
+    """Raise ConfigError for a flag that the subcommand does not read; unset ones get defaults."""
+    for flag, reason in UNREAD_FLAGS.get(args.experiment, {}).items():
+        dest = flag.removeprefix("--").replace("-", "_")
+        value = getattr(args, dest)
+        if not isinstance(value, _Unset):
+            raise ConfigError(
+                f"`hiertcn experiment {args.experiment}` does not read {flag}, because "
+                f"{reason}: remove {flag}"
+            )
+        setattr(args, dest, value.default)
+
+
 def _chosen_experiments(args: argparse.Namespace) -> tuple[str, ...]:
     """Return the experiments to run: the subcommand, or every one that `--skip` leaves."""
     if args.experiment != "all":
         return (args.experiment,)
-    skipped = _names(getattr(args, "skip", None), ())
+    skipped = _names(getattr(args, "skip", None), (), "--skip")
     unknown = sorted(set(skipped) - set(EXPERIMENTS))
     if unknown:
         raise ConfigError(
@@ -143,31 +253,120 @@ def _chosen_experiments(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(name for name in EXPERIMENTS if name not in skipped)
 
 
-def _setup(data, model, train, **extra: Any) -> dict[str, Any]:
-    return {
+def _check_names(args: argparse.Namespace, chosen: tuple[str, ...]) -> None:
+    """Reject unknown or repeated models and splits, and epoch-times without hiertcn."""
+    from hiertcn.data.splits import SPLIT_KINDS
+    from hiertcn.experiments.runner import EPOCH_TIME_MODELS
+    from hiertcn.models import list_models
+
+    models = _names(args.models, (), "--models")
+    unknown = sorted(set(models) - set(list_models()))
+    if unknown:
+        raise ConfigError(
+            f"--models names unknown models {', '.join(unknown)}: choose from "
+            f"{', '.join(list_models())}"
+        )
+    splits = _names(args.splits, (), "--splits")
+    unknown = sorted(set(splits) - set(SPLIT_KINDS))
+    if unknown:
+        raise ConfigError(
+            f"--splits names unknown splits {', '.join(unknown)}: choose from "
+            f"{', '.join(SPLIT_KINDS)}"
+        )
+    epoch_time_models = models or EPOCH_TIME_MODELS
+    if "epoch-times" in chosen and "hiertcn" not in epoch_time_models:
+        raise ConfigError(
+            f"--models {args.models} has no hiertcn, but epoch-times gives every time and size "
+            "as a ratio to HierTCN: add hiertcn to --models"
+        )
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """Reject an --out that is a file or contains an earlier run; delete that run with `force`."""
+    existing = next((path for path in (out, *out.parents) if path.exists()), None)
+    if existing == out and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: pass a folder")
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"--out {out} is inside the file {existing}: pass a folder")
+    earlier = earlier_run_files(out)
+    if not earlier:
+        return
+    if not force:
+        shown = ", ".join(str(path.relative_to(out)) for path in earlier[:3])
+        more = f" and {len(earlier) - 3} more" if len(earlier) > 3 else ""
+        raise ConfigError(
+            f"--out {out} already contains an experiment run ({shown}{more}): pass --force to "
+            "replace it, or another --out folder"
+        )
+    for path in earlier:
+        path.unlink()
+    for folder in _run_folders(out):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    logger.info("--force: deleted %d files of an earlier experiment run in %s", len(earlier), out)
+
+
+def earlier_run_files(out: Path) -> list[Path]:
+    """Return the tables, plots and variant checkpoints of an experiment run in `out`."""
+    from hiertcn.commands.train import RUN_FILES
+
+    if not out.is_dir():
+        return []
+    reports = sorted(path for pattern in REPORT_PATTERNS for path in out.glob(pattern))
+    checkpoints = sorted(
+        folder / name
+        for folder in _run_folders(out)
+        for name in RUN_FILES
+        if (folder / name).is_file()
+    )
+    return [path for path in reports if path.is_file()] + checkpoints
+
+
+def _run_folders(out: Path) -> list[Path]:
+    return sorted(
+        path for pattern in RUN_FOLDER_PATTERNS for path in out.glob(pattern) if path.is_dir()
+    )
+
+
+def _setup(data, variants, splits: tuple[str, ...] = ("cold",)) -> dict[str, Any]:
+    """Describe the data, the splits, the settings that every variant shares, and the others.
+
+    A setting that differs between the variants (the model name in compare, the loss in losses)
+    is listed per variant label under "variants", so the line shows what each row trained.
+    """
+    from hiertcn.experiments.report import split_shared_settings
+
+    settings = [
+        {"model": variant.model.to_dict(), "training": variant.train.to_dict()}
+        for variant in variants
+    ]
+    shared, changed = split_shared_settings(settings)
+    setup = {
         "data": str(data.path),
         "format": data.reader.format,
         "item_col": data.reader.item_col,
         "session_gap": data.session_gap,
         "filters": dataclasses.asdict(data.filters),
-        "model": model.to_dict(),
-        "training": train.to_dict(),
-        **extra,
+        "splits": list(splits),
+        **shared,
     }
+    if any(changed):
+        setup["variants"] = {
+            variant.label: change for variant, change in zip(variants, changed, strict=True)
+        }
+    return setup
 
 
 def _run_compare(data, model, train, args, cache) -> None:
     from hiertcn.experiments.report import write_report
     from hiertcn.experiments.runner import COMPARISON_MODELS, model_variants
 
-    rows = []
-    for split in _names(args.splits, ("cold", "warm")):
-        for variant in model_variants(model, train, _names(args.models, COMPARISON_MODELS)):
-            rows.append(cache.run(variant, split).row())
+    splits = _names(args.splits, ("cold", "warm"), "--splits")
+    variants = model_variants(model, train, _names(args.models, COMPARISON_MODELS, "--models"))
+    rows = [cache.run(variant, split).row() for split in splits for variant in variants]
     columns = ("model", "split", *METRIC_COLUMNS, "best_epoch", "epoch_seconds", "parameters")
-    path = write_report(
-        args.out, "compare", "Model comparison", rows, columns, _setup(data, model, train)
-    )
+    setup = _setup(data, variants, splits)
+    path = write_report(args.out, "compare", "Model comparison", rows, columns, setup)
     print(path.read_text(encoding="utf-8"))
 
 
@@ -175,7 +374,7 @@ def _run_epoch_times(data, model, train, args, cache) -> None:
     from hiertcn.experiments.report import write_report
     from hiertcn.experiments.runner import EPOCH_TIME_MODELS, epoch_time_rows, model_variants
 
-    variants = model_variants(model, train, _names(args.models, EPOCH_TIME_MODELS))
+    variants = model_variants(model, train, _names(args.models, EPOCH_TIME_MODELS, "--models"))
     rows = epoch_time_rows([cache.run(variant, "cold") for variant in variants])
     columns = (
         "model",
@@ -188,7 +387,7 @@ def _run_epoch_times(data, model, train, args, cache) -> None:
         "input_bytes_ratio",
     )
     title = f"Epoch times and padded input bytes per batch, ratios to {rows[0]['reference']}"
-    path = write_report(args.out, "epoch_times", title, rows, columns, _setup(data, model, train))
+    path = write_report(args.out, "epoch_times", title, rows, columns, _setup(data, variants))
     print(path.read_text(encoding="utf-8"))
 
 
@@ -196,13 +395,11 @@ def _run_losses(data, model, train, args, cache) -> None:
     from hiertcn.experiments.report import write_report
     from hiertcn.experiments.runner import LOSSES, loss_variants
 
-    rows = [
-        {**cache.run(variant, "cold").row(), "loss": variant.label}
-        for variant in loss_variants(model, train, LOSSES)
-    ]
+    variants = loss_variants(model, train, LOSSES)
+    rows = [{**cache.run(variant, "cold").row(), "loss": variant.label} for variant in variants]
     columns = ("loss", *METRIC_COLUMNS, "best_epoch")
     title = f"Loss comparison ({model.name}, cold start)"
-    path = write_report(args.out, "losses", title, rows, columns, _setup(data, model, train))
+    path = write_report(args.out, "losses", title, rows, columns, _setup(data, variants))
     print(path.read_text(encoding="utf-8"))
 
 
@@ -214,9 +411,8 @@ def _run_regularization(data, model, train, args, cache) -> None:
     rows = [cache.run(variant, "cold").row() for variant in variants]
     columns = ("variant", *METRIC_COLUMNS, "best_epoch")
     title = f"Regularization comparison ({model.name}, cold start)"
-    path = write_report(
-        args.out, "regularization", title, rows, columns, _setup(data, model, train)
-    )
+    setup = _setup(data, variants)
+    path = write_report(args.out, "regularization", title, rows, columns, setup)
     print(path.read_text(encoding="utf-8"))
 
 
@@ -225,8 +421,8 @@ def _run_analyses(data, model, train, args, cache) -> None:
     from hiertcn.experiments.report import write_report
     from hiertcn.experiments.runner import model_variants
 
-    names = _names(args.models, ANALYSIS_MODELS)
-    results = [cache.run(variant, "cold") for variant in model_variants(model, train, names)]
+    variants = model_variants(model, train, _names(args.models, ANALYSIS_MODELS, "--models"))
+    results = [cache.run(variant, "cold") for variant in variants]
     for binning in BINNINGS:
         series = {
             result.variant.label: binned_mrp(result.evaluation.ranks, binning) for result in results
@@ -240,7 +436,7 @@ def _run_analyses(data, model, train, args, cache) -> None:
             title,
             rows,
             ("model", "bin", "events", "mrp"),
-            _setup(data, model, train),
+            _setup(data, variants),
         )
     print(f"analysis plots: {', '.join(f'mrp_vs_{b.name}.png' for b in BINNINGS)}")
 

@@ -52,3 +52,30 @@ def write_report(
     )
     logger.info("wrote %s and %s.json", path, name)
     return path
+
+
+def split_shared_settings(
+    settings: Sequence[dict[str, Any]],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Split equal-keyed setting dicts into the values they share and, per dict, the others.
+
+    Nested dicts (the loss settings inside the training settings) are split key by key, so a
+    loss comparison lists only the loss name per variant.
+    """
+    shared: dict[str, Any] = {}
+    changed: list[dict[str, Any]] = [{} for _ in settings]
+    for key in settings[0]:
+        values = [entry.get(key) for entry in settings]
+        if all(isinstance(value, dict) for value in values):
+            inner_shared, inner_changed = split_shared_settings(values)
+            if inner_shared:
+                shared[key] = inner_shared
+            for target, inner in zip(changed, inner_changed, strict=True):
+                if inner:
+                    target[key] = inner
+        elif all(value == values[0] for value in values):
+            shared[key] = values[0]
+        else:
+            for target, value in zip(changed, values, strict=True):
+                target[key] = value
+    return shared, changed

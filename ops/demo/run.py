@@ -40,6 +40,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 INPUT_TOPIC = "interactions"
 OUTPUT_TOPIC = "recommendations"
 DEAD_LETTER_TOPIC = "interactions.dlq"
+# Live samples needed for the throughput and latency plot: one sample draws no line.
+MIN_PLOT_SAMPLES = 2
 # The files and folders that a demo run writes into its run folder, in the order of the steps.
 RUN_FOLDER_CONTENTS = (
     ("synthetic.csv", "the generated interaction log (without --data)"),
@@ -212,11 +214,14 @@ def monitor(config: DemoConfig, reader: OutputReader, expected: int, pool, produ
 
     Stops the demo when the worker pool or the producer exits with an error.
     """
-    from ops.demo.monitor import format_sample, sample_between, scrape
+    from ops.demo.monitor import Scrape, format_sample, sample_between, scrape
 
     url = f"http://127.0.0.1:{config.metrics_port}/metrics"
     samples = []
-    previous = scrape(url)
+    # The pool is new, so its counters are 0 when publishing starts. Starting from zeros, the
+    # first live line also counts the outputs made before the pool's endpoint first responded,
+    # which in a short run can be every output.
+    previous = Scrape(at=time.monotonic())
     deadline = time.monotonic() + expected / config.rate + 180
     while time.monotonic() < deadline:
         time.sleep(2.0)
@@ -240,6 +245,18 @@ def monitor(config: DemoConfig, reader: OutputReader, expected: int, pool, produ
             f"see {config.out / 'worker.log'}"
         )
     return samples
+
+
+def plot_samples(samples: list, path: Path, title: str) -> str:
+    """Plot the live samples into `path`; return its name, or why there is no plot."""
+    from ops.demo.plot import plot_run
+
+    if len(samples) < MIN_PLOT_SAMPLES:
+        return (
+            f"no plot: the run gave {len(samples)} live sample(s), one every 2 s, and a plot "
+            f"needs {MIN_PLOT_SAMPLES}. Publish more events (--max-events) or at a lower --rate"
+        )
+    return str(plot_run(samples, path, title))
 
 
 def stop_process(process: subprocess.Popen, name: str, timeout: float = 60.0) -> None:
@@ -469,8 +486,5 @@ def _run_steps(config: DemoConfig, step: Step, started: list, brokers: list) -> 
     reader.join(timeout=10)
 
     step("plot throughput and latency over the run")
-    from ops.demo.plot import plot_run
-
     title = f"hiertcn demo, {config.processes} workers, {config.rate:g} events/s offered"
-    if samples:
-        print(f"  {plot_run(samples, config.out / 'throughput_latency.png', title)}")
+    print("  " + plot_samples(samples, config.out / "throughput_latency.png", title))

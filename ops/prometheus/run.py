@@ -3,7 +3,8 @@
     python -m ops.prometheus.run --target 127.0.0.1:9100 --port 9090
 
 starts /usr/bin/prometheus (Debian package `prometheus`) with its own generated configuration and
-a fresh data folder, listening on 127.0.0.1 only, until Ctrl-C. Tests use `PrometheusServer` as a
+a fresh data folder, listening on 127.0.0.1 only, until Ctrl-C (SIGINT) or SIGTERM. Either signal
+stops the Prometheus child and deletes a temporary data folder. Tests use `PrometheusServer` as a
 context manager and query it through the HTTP API.
 """
 
@@ -121,7 +122,12 @@ class PrometheusServer:
         ]
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        logger.info("Prometheus started at %s (pid %d)", self.url, self._process.pid)
+        logger.info(
+            "Prometheus started at %s (pid %d, folder %s)",
+            self.url,
+            self._process.pid,
+            self._work_dir,
+        )
         self._wait_ready()
         return self.url
 
@@ -196,7 +202,12 @@ class PrometheusServer:
         )
 
     def __enter__(self) -> PrometheusServer:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            # __exit__ does not run when __enter__ raises, also for a signal during start-up.
+            self.stop()
+            raise
         return self
 
     def __exit__(
@@ -214,8 +225,15 @@ def has_number(sample: dict[str, Any]) -> bool:
     return not math.isnan(float(value))
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so that it stops the server as Ctrl-C does."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Run a local Prometheus server until Ctrl-C.")
+    parser = argparse.ArgumentParser(
+        description="Run a local Prometheus server until Ctrl-C or SIGTERM."
+    )
     parser.add_argument(
         "--target",
         action="append",
@@ -241,13 +259,18 @@ def main() -> int:
         scrape_interval_s=args.scrape_interval,
         work_dir=args.work_dir,
     )
-    with PrometheusServer(config) as server:
-        print(f"Prometheus at {server.url}, scraping {', '.join(config.targets)}; Ctrl-C stops it")
-        try:
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with PrometheusServer(config) as server:
+            print(
+                f"Prometheus at {server.url}, scraping {', '.join(config.targets)}; "
+                "Ctrl-C or SIGTERM stops it",
+                flush=True,
+            )
             while True:
                 time.sleep(1)
-        except KeyboardInterrupt:
-            pass
+    except KeyboardInterrupt:
+        logger.info("stopped by a signal")
     return 0
 
 

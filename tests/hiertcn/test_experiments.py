@@ -259,7 +259,8 @@ def test_model_variants_change_model_name():
 
 
 def test_regularization_flags_reach_model_config():
-    argv = ["experiment", "regularization", "log.csv", "--out", "out"]
+    # `all` reads them for compare; `regularization` rejects them, because it sets them itself.
+    argv = ["experiment", "all", "log.csv", "--out", "out"]
     flags = ["--gru-candidate-dropout", "0.3", "--batch-norm", "--batch-norm-steps", "16"]
     default = model_config_from_args(build_parser().parse_args([*argv, "--model", "hiertcn"]))
     config = model_config_from_args(
@@ -397,6 +398,120 @@ def test_analyses_experiment_three_plots(tiny_log, tmp_path):
         rows = _rows(tmp_path / f"mrp_vs_{binning.name}.json")
         assert len(rows) == 2 * len(binning.labels)
         assert {row["model"] for row in rows} == {"hiertcn", "gru"}
+
+
+def _setup_of(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))["setup"]
+
+
+def test_losses_setup_lists_loss_per_variant(tiny_log, tmp_path):
+    _run_experiment(tiny_log, tmp_path, "losses")
+
+    setup = _setup_of(tmp_path / "losses.json")
+    assert "name" not in setup["training"]["loss"]
+    assert setup["training"]["loss"]["negatives"] == 5
+    assert {
+        label: change["training"]["loss"]["name"] for label, change in setup["variants"].items()
+    } == {loss: loss for loss in LOSSES}
+    assert setup["model"]["name"] == "hiertcn"
+    assert setup["splits"] == ["cold"]
+    markdown = (tmp_path / "losses.md").read_text(encoding="utf-8")
+    assert json.loads(markdown.split("Set-up: `")[1].rstrip("`\n")) == setup
+
+
+def test_regularization_setup_lists_variant_settings(tiny_log, tmp_path):
+    _run_experiment(tiny_log, tmp_path, "regularization", "--regularization-rate", "0.5")
+
+    setup = _setup_of(tmp_path / "regularization.json")
+    for field in ("dropout", "gru_candidate_dropout", "batch_norm"):
+        assert field not in setup["model"]
+    variants = setup["variants"]
+    assert variants["none"]["model"] == {
+        "dropout": 0.0,
+        "gru_candidate_dropout": 0.0,
+        "batch_norm": False,
+    }
+    assert variants["all"]["model"] == {
+        "dropout": 0.5,
+        "gru_candidate_dropout": 0.5,
+        "batch_norm": True,
+    }
+    assert variants["batch_norm"]["model"]["batch_norm"] is True
+
+
+def test_compare_setup_lists_model_per_variant(tiny_log, tmp_path):
+    _run_experiment(tiny_log, tmp_path, "compare", "--models", "gru,most_popular")
+
+    setup = _setup_of(tmp_path / "compare.json")
+    assert "name" not in setup["model"]
+    assert setup["variants"] == {
+        "gru": {"model": {"name": "gru"}},
+        "most_popular": {"model": {"name": "most_popular"}},
+    }
+    assert setup["splits"] == ["cold", "warm"]
+
+
+# A second run into the same --out.
+
+
+def _compare_argv(tiny_log: Path, out: Path, models: str, *extra: str) -> list[str]:
+    return [
+        "experiment", "compare", str(tiny_log), *TINY_FLAGS, "--models", models,
+        "--splits", "cold", *extra, "--out", str(out),
+    ]  # fmt: skip
+
+
+def test_second_run_in_same_out_rejected(tiny_log, tmp_path, capsys):
+    assert main(_compare_argv(tiny_log, tmp_path, "most_popular")) == 0
+    table = (tmp_path / "compare.md").read_text(encoding="utf-8")
+    capsys.readouterr()
+
+    code = main(_compare_argv(tiny_log, tmp_path, "gru", "--max-batches", "1"))
+
+    error = capsys.readouterr().err
+    assert code == 2
+    assert f"--out {tmp_path} already contains an experiment run (compare.json, compare.md" in error
+    assert "pass --force to replace it, or another --out folder" in error
+    assert (tmp_path / "compare.md").read_text(encoding="utf-8") == table
+    assert not (tmp_path / "runs" / "cold-gru").exists()
+
+
+def test_force_replaces_earlier_run(tiny_log, tmp_path):
+    assert main(_compare_argv(tiny_log, tmp_path, "hiertcn,most_popular")) == 0
+    (tmp_path / "notes.txt").write_text("mine\n", encoding="utf-8")
+
+    assert main(_compare_argv(tiny_log, tmp_path, "most_popular", "--force")) == 0
+
+    assert [row["model"] for row in _rows(tmp_path / "compare.json")] == ["most_popular"]
+    assert not (tmp_path / "runs" / "cold-hiertcn").exists()
+    assert (tmp_path / "runs" / "cold-most_popular" / "best.pt").is_file()
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "mine\n"
+
+
+def test_all_trains_shared_variants_once(tiny_log, tmp_path, monkeypatch):
+    trained = []
+    run_variant = runner.run_variant
+
+    def counting_run_variant(variant, dataset, split, out_dir):
+        trained.append((variant.label, split))
+        return run_variant(variant, dataset, split, out_dir)
+
+    monkeypatch.setattr(runner, "run_variant", counting_run_variant)
+    _run_experiment(
+        tiny_log,
+        tmp_path,
+        "all",
+        "--models",
+        "hiertcn,most_popular",
+        "--splits",
+        "cold",
+        "--skip",
+        "losses,regularization",
+    )
+
+    assert trained == [("hiertcn", "cold"), ("most_popular", "cold")]
+    assert (tmp_path / "epoch_times.json").is_file()
+    assert (tmp_path / "mrp_vs_session_position.png").is_file()
 
 
 def test_experiment_all_rejects_unknown_skip(tiny_log, tmp_path, capsys):

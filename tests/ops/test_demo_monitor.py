@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 
+from ops.demo import monitor as demo_monitor
+from ops.demo import run as demo_run
 from ops.demo.monitor import Scrape, histogram_quantile, parse_scrape, sample_between
+from ops.demo.run import parse_args
 
 EXPOSITION = """\
 # HELP hiertcn_outputs_produced_total Outputs produced.
@@ -57,3 +62,59 @@ def test_sample_between_uses_deltas() -> None:
     assert sample.events_per_second == 15.0
     assert sample.live_recall == 0.2
     assert sample.dead_letters_total == 3.0
+
+
+# The live lines and the plot of a short run.
+
+
+class _Running:
+    """A child process that keeps running."""
+
+    def poll(self) -> None:
+        return None
+
+
+class _Reader:
+    count = 400
+
+
+def _short_run_scrape() -> Scrape:
+    """The pool's endpoint after a 400-event run that ended before its first scrape."""
+    buckets = {0.01: 100.0, 0.1: 400.0, math.inf: 400.0}
+    return Scrape(at=time.monotonic() + 2.0, outputs=400.0, latency_buckets=buckets)
+
+
+def test_short_run_live_line_counts_outputs(tmp_path, monkeypatch, capsys) -> None:
+    scrapes = iter([None, _short_run_scrape(), _short_run_scrape()])
+    monkeypatch.setattr(demo_monitor, "scrape", lambda url: next(scrapes))
+    monkeypatch.setattr(demo_run.time, "sleep", lambda seconds: None)
+    config = parse_args(["--out", str(tmp_path), "--max-events", "400", "--rate", "400"])
+
+    samples = demo_run.monitor(config, _Reader(), 400, _Running(), _Running())
+
+    assert len(samples) == 1
+    assert samples[0].events_per_second > 0
+    assert not math.isnan(samples[0].latency_p50)
+    line = capsys.readouterr().out.strip()
+    assert "outputs 400" in line
+    assert "latency p50 -" not in line
+
+
+def test_one_sample_gives_no_plot(tmp_path) -> None:
+    path = tmp_path / "throughput_latency.png"
+    sample = sample_between(Scrape(at=0.0), _short_run_scrape())
+
+    message = demo_run.plot_samples([sample], path, "short run")
+
+    assert message.startswith("no plot: the run gave 1 live sample(s)")
+    assert "--max-events" in message
+    assert not path.exists()
+
+
+def test_two_samples_give_plot(tmp_path) -> None:
+    path = tmp_path / "throughput_latency.png"
+    first = sample_between(Scrape(at=0.0), _short_run_scrape())
+    samples = [first, dataclasses.replace(first, at=first.at + 2.0)]
+
+    assert demo_run.plot_samples(samples, path, "run") == str(path)
+    assert path.stat().st_size > 0
