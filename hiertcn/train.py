@@ -390,7 +390,7 @@ def _restore(model, optimizer, config: TrainConfig, out_dir, device, dataset) ->
     logger.info("resumed %s at epoch %d (best MRR %.4f)", out_dir, state.epoch, state.best_mrr)
     if state.epoch >= config.epochs:
         logger.warning(
-            "nothing to train: %s already holds %d epochs and --epochs is %d; pass a larger "
+            "nothing to train: %s already contains %d epochs and --epochs is %d; pass a larger "
             "--epochs to continue",
             out_dir,
             state.epoch,
@@ -479,7 +479,7 @@ def _load_resumable(model, out_dir, dataset) -> Checkpoint:
 def check_resume_config(out_dir: Path, config: ModelConfig) -> None:
     """Raise CheckpointError when the run in `out_dir` was trained with other model settings.
 
-    Commands call this before they read the log, so that a wrong flag fails at once;
+    Commands call this before they read the log, so that a wrong flag fails at once. Then
     `train_model` checks the settings again, with the vocabulary and the data settings.
     """
     last_path = out_dir / LAST_CHECKPOINT

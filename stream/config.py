@@ -222,7 +222,7 @@ class WorkerConfig:
     metrics_address: str = "127.0.0.1"
     metrics_port: int = 9100
     ts_unit: str = "s"
-    # Clock skew between producers and workers that an event time may show; a later time would
+    # Clock skew between producers and workers that an event time may show. A later time would
     # move the partition's watermark ahead and close its sessions early.
     max_future_seconds: float | None = DEFAULT_MAX_FUTURE_SECONDS
     device: str = "cpu"

@@ -93,7 +93,7 @@ class EventConfig:
     max_id_length: the maximum number of characters of a user id, item id, `type` or `event_id`.
     ts_unit: "s" when `ts` is in seconds, "ms" when producers send milliseconds.
     max_future_seconds: the maximum seconds an event time may lie ahead of the wall clock of
-        the process that validates it; a later event is rejected as `ts_in_future`. The margin
+        the process that validates it. A later event is rejected as `ts_in_future`. The margin
         allows for producer clocks that run ahead. It also bounds how far a partition's
         watermark can run ahead of real time, and so how much earlier than `session_gap` the
         timers can close an idle session. None turns the check off, for example to replay a

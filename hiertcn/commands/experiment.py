@@ -89,7 +89,7 @@ UNREAD_FLAGS = {
 
 @dataclasses.dataclass(frozen=True)
 class _Unset:
-    """Default of a flag that a subcommand does not read: tells "not given" from any value."""
+    """Default of a flag that a subcommand does not read, distinct from every value a user gives."""
 
     default: Any
 

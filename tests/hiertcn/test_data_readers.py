@@ -432,7 +432,7 @@ def test_auto_format_headerless_tsv_with_positions(tmp_path):
     assert list(raw.timestamps) == [1600000000, 1600000060]
 
 
-def test_auto_format_csv_with_one_known_column_names_missing_flag(tmp_path):
+def test_auto_format_known_column_name_csv(tmp_path):
     path = write(tmp_path / "log.csv", GENERIC_ROWS)
     assert detect_format(path) == "csv"
     with pytest.raises(DataError, match=r"no item column among .*: pass --item-col"):
