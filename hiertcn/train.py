@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import logging
 import math
+import platform
 import random
 import time
 from dataclasses import dataclass, field
@@ -66,6 +67,9 @@ class TrainConfig:
     `patience` is the number of epochs without a better validation MRR after which training
     stops. `grad_clip` is the maximum global L2 norm of the gradients (None: no clipping).
     `max_batches` caps the batches of each epoch (None: all), for smoke runs and benchmarks.
+    `threads` is torch's CPU thread count for the run (None: torch's default, one per core). The
+    sums inside convolutions and matrix products split by thread, so the last digits of a run,
+    and through them its metrics, depend on it: fix it to repeat a run on another machine.
     """
 
     epochs: int = 10
@@ -78,6 +82,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     max_batches: int | None = None
     progress: bool = True
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience"):
@@ -92,6 +97,8 @@ class TrainConfig:
             raise InvalidFieldError("training", "grad_clip", self.grad_clip, "use a norm > 0")
         if self.max_batches is not None and self.max_batches < 1:
             raise InvalidFieldError("training", "max_batches", self.max_batches, "use 1 or more")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise InvalidFieldError("training", "threads", self.threads, "use 1 or more")
         if self.device not in DEVICES:
             raise ConfigError(f"device {self.device!r} is invalid: use one of {DEVICES}")
 
@@ -142,6 +149,36 @@ def resolve_device(name: str) -> torch.device:
     if name not in DEVICES:
         raise ConfigError(f"device {name!r} is invalid: use one of {DEVICES}")
     return torch.device(name)
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's CPU thread count for this process when `threads` is given; return the count.
+
+    The setting is process-wide, as torch has no other kind.
+    """
+    if threads is not None and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+        logger.info("torch uses %d CPU thread%s", threads, "" if threads == 1 else "s")
+    return torch.get_num_threads()
+
+
+def run_environment(device: str) -> dict[str, Any]:
+    """Return what besides the settings decides a run's last digits, for its records.
+
+    The thread count and the library versions change the order of floating-point sums, so two
+    runs of one command agree to every digit only where these agree too.
+    """
+    from hiertcn import __version__
+
+    return {
+        "hiertcn": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }
 
 
 def seed_everything(seed: int) -> None:
@@ -197,6 +234,7 @@ def train_model(
     the best epoch.
     """
     device = resolve_device(config.device)
+    set_threads(config.threads)
     out_dir = Path(out_dir) if out_dir is not None else None
     model.to(device)
     if not getattr(model, "trainable", True):
@@ -415,6 +453,7 @@ _TRAINING_FLAGS = {
     "learning_rate": "--lr",
     "grad_clip": "--grad-clip",
     "seed": "--seed",
+    "threads": "--threads",
 }
 # Loss settings by their flags, with the losses that read them (None: every loss).
 _LOSS_FLAGS: dict[str, tuple[str, frozenset[str] | None]] = {

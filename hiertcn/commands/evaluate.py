@@ -24,6 +24,7 @@ Prints one Markdown table (one row per checkpoint) and, with --json, writes the 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `evaluate` subcommand."""
+    from hiertcn.commands.train import add_threads_argument
     from hiertcn.data.options import add_data_arguments
 
     parser = subparsers.add_parser(
@@ -59,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="auto uses CUDA when present, else the CPU (default: auto)",
     )
+    add_threads_argument(group)
     group.add_argument(
         "--no-impressions",
         action="store_true",
@@ -100,6 +102,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             f"no checkpoint given, only the log {args.data}: pass one or more checkpoints "
             f"(the best.pt of a run) before it, e.g. hiertcn evaluate runs/NAME/best.pt {args.data}"
         )
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads {args.threads} is invalid: use 1 or more")
     if args.ranks and args.json is None:
         raise ConfigError(
             "--ranks adds the ranks to the --json file, but no --json was given: "
@@ -126,10 +130,11 @@ def run(args: argparse.Namespace) -> int:
     )
     from hiertcn.data.options import load_dataset
     from hiertcn.evaluate import EvaluationConfig, evaluate_model, format_table
-    from hiertcn.train import resolve_device
+    from hiertcn.train import resolve_device, run_environment, set_threads
 
     check_arguments(args)
     device = resolve_device(args.device)
+    set_threads(args.threads)
     checkpoints = [load_checkpoint(path) for path in args.checkpoints]
     dataset = load_dataset(args)
     log = dataset.test if args.on == "test" else dataset.valid
@@ -159,7 +164,12 @@ def run(args: argparse.Namespace) -> int:
 
     print(format_table(rows))
     if args.json is not None:
-        report = {"split": args.on, "data": dataset.summary, "results": rows}
+        report = {
+            "split": args.on,
+            "data": dataset.summary,
+            "environment": run_environment(str(device)),
+            "results": rows,
+        }
         try:
             args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         except OSError as error:

@@ -233,8 +233,21 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="cap the batches of each epoch, for quick trials (default: all)",
     )
+    add_threads_argument(group)
     group.add_argument(
         "--no-progress", action="store_true", help="do not draw the progress bar on stderr"
+    )
+
+
+def add_threads_argument(group: argparse._ArgumentGroup) -> None:
+    """Add `--threads`, torch's CPU thread count."""
+    group.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads of torch (default: torch's choice, one per core). The last digits of "
+        "convolutions and matrix products depend on it, so a run repeats exactly only with the "
+        "same count; metrics.json records the count used",
     )
 
 
@@ -328,6 +341,7 @@ def _train_config(args: argparse.Namespace):
         loss=loss_config_from_args(args),
         max_batches=args.max_batches,
         progress=not args.no_progress,
+        threads=args.threads,
     )
 
 
@@ -414,7 +428,13 @@ def run(args: argparse.Namespace) -> int:
     from hiertcn.data.options import load_dataset
     from hiertcn.evaluate import EvaluationConfig, evaluate_model, format_table
     from hiertcn.models import build_model
-    from hiertcn.train import check_resume_config, resolve_device, seed_everything, train_model
+    from hiertcn.train import (
+        check_resume_config,
+        resolve_device,
+        run_environment,
+        seed_everything,
+        train_model,
+    )
 
     model_config = model_config_from_args(args)
     train_config = train_config_from_args(args)
@@ -454,6 +474,7 @@ def run(args: argparse.Namespace) -> int:
         "best_epoch": result.best_epoch,
         "valid": result.best_metrics,
         "test": test,
+        "environment": run_environment(result.device),
         "history": result.history,
     }
     args.out.mkdir(parents=True, exist_ok=True)

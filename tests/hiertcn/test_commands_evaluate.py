@@ -117,3 +117,20 @@ def test_ranks_name_the_log_user_ids(tmp_path):
     assert ranks["user_ids"]
     for user_id in set(ranks["user_ids"]):
         assert ranks["user_ids"].count(user_id) == int(user_id[1:]) + 1
+
+
+def test_thread_count_set_and_recorded(tmp_path, run_dir):
+    report = tmp_path / "report.json"
+    argv = evaluate_argv(run_dir / "best.pt", tmp_path / "log.csv", "--json", str(report))
+    assert main([*argv, "--threads", "2"]) == 0
+
+    assert torch.get_num_threads() == 2
+    environment = json.loads(report.read_text(encoding="utf-8"))["environment"]
+    assert environment["threads"] == 2
+    assert environment["device"] == "cpu"
+
+
+def test_thread_count_zero_rejected_before_data(tmp_path, capsys, run_dir):
+    argv = evaluate_argv(run_dir / "best.pt", tmp_path / "absent.csv", "--threads", "0")
+    assert main(argv) == 2
+    assert "--threads 0 is invalid: use 1 or more" in capsys.readouterr().err

@@ -139,6 +139,7 @@ def test_invalid_model_flag_named(tmp_path, capsys, flags, message):
         (["--lr", "0"], "--lr 0.0 is invalid: use a learning rate > 0"),
         (["--grad-clip", "0"], "--grad-clip 0.0 is invalid: use a norm > 0"),
         (["--max-batches", "0"], "--max-batches 0 is invalid: use 1 or more"),
+        (["--threads", "0"], "--threads 0 is invalid: use 1 or more"),
         (["--dilations", "0"], "--dilations '0' is invalid: give one positive integer per"),
         (["--dilations", ""], "--dilations '' is invalid: give one positive integer per"),
         (["--dilations", "1,,2"], "--dilations '1,,2' is invalid"),
@@ -227,3 +228,30 @@ def test_resume_with_nothing_to_train_keeps_recorded_settings(tmp_path):
 
     summary = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert summary["training"]["learning_rate"] == 0.01
+
+
+def test_thread_count_set_and_recorded(tmp_path):
+    log = tmp_path / "log.csv"
+    write_log(log)
+    out = tmp_path / "run"
+    argv = train_argv(log, out, "--epochs", "1", "--no-progress", "--threads", "2")
+    argv[argv.index("most_popular")] = "gru"
+    assert main(argv) == 0
+
+    assert torch.get_num_threads() == 2
+    summary = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert summary["training"]["threads"] == 2
+    assert summary["environment"]["threads"] == 2
+    assert summary["environment"]["torch"] == torch.__version__
+    assert load_checkpoint(out / "best.pt").train_config["threads"] == 2
+
+
+def test_thread_count_default_left_to_torch(tmp_path):
+    log = tmp_path / "log.csv"
+    write_log(log)
+    out = tmp_path / "run"
+    assert main(train_argv(log, out, "--no-progress")) == 0
+
+    summary = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert summary["training"]["threads"] is None
+    assert summary["environment"]["threads"] == 1  # the fixture's count, left as it was

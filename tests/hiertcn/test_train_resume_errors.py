@@ -164,3 +164,14 @@ def test_resume_skips_unread_loss_flags(run_dir, caplog):
         f"{run_dir / 'last.pt'} was trained with no --grad-clip; "
         "the run continues with --grad-clip 1.0",
     ]
+
+
+def test_resume_warns_about_changed_thread_count(run_dir, caplog):
+    changed = dataclasses.replace(tiny_config(epochs=2), threads=1)
+    with caplog.at_level("WARNING", logger="hiertcn.train"):
+        train_model(model_of(TINY_HIERTCN), tiny_dataset(), changed, run_dir, resume=True)
+    warnings = [record.getMessage() for record in caplog.records]
+    assert warnings == [
+        f"{run_dir / 'last.pt'} was trained with no --threads; "
+        "the run continues with --threads 1",
+    ]
