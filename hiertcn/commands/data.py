@@ -1,11 +1,14 @@
 """`hiertcn data`: statistics of an interaction log, saving its split, and synthetic logs.
 
-hiertcn data stats FILE [--format ...] [filter flags] [--splits] [--json]
+hiertcn data stats FILE|DIR [--format ...] [filter flags] [--splits] [--json]
 hiertcn data prepare FILE --out DIR [data flags]
 hiertcn data synthetic OUT.csv [--users N] [--items N] [--seed N] [--force]
 
-No hiertcn command reads the folders that `prepare` writes: they are for Python code, through
-`hiertcn.data.EventLog.load`.
+`hiertcn train`, `hiertcn evaluate` and `hiertcn data stats` take the folder DIR that `prepare`
+writes in place of the log FILE, and then skip reading, filtering and splitting. The folder
+records its data flags in prepared.json, and a data flag given with it must equal the recorded
+value. Python code reads one part with `hiertcn.data.EventLog.load(DIR / "train")`, or the whole
+split with `hiertcn.data.prepared.load_prepared(DIR)`.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from pathlib import Path
 from hiertcn.data.options import (
     add_data_arguments,
     data_config_from_args,
+    load_dataset,
     load_dataset_from_config,
     prepare_log,
 )
+from hiertcn.data.prepared import is_prepared_folder, save_prepared
 from hiertcn.data.stats import WARM_SPLIT_NOTE, compute_stats, format_stats_table
 from hiertcn.data.synthetic import generate_synthetic_log
 from hiertcn.errors import ConfigError, DataError
@@ -40,10 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats = commands.add_parser(
         "stats",
         help="print users, items, events and sessions of a filtered log",
-        description="Read, filter and sessionize a log, then print users, items, events, "
-        "sessions, events per session and sessions per user (mean and standard deviation).",
+        description="Read, filter and sessionize a log, or load a folder written by "
+        "`hiertcn data prepare`, then print users, items, events, sessions, events per session "
+        "and sessions per user (mean and standard deviation).",
     )
-    add_data_arguments(stats)
+    add_data_arguments(stats, prepared_folder=True)
     stats.add_argument(
         "--splits", action="store_true", help="also print the train, validation and test parts"
     )
@@ -53,9 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare = commands.add_parser(
         "prepare",
         help="save the split of a log as memory-mappable event logs",
-        description="Read, filter, sessionize and split a log, and save train/, valid/ and "
-        "test/ event logs and summary.json under --out. Python code reads each part with "
-        "hiertcn.data.EventLog.load(folder); the hiertcn commands read the log file itself.",
+        description="Read, filter, sessionize and split a log, and save the whole filtered "
+        "log (all/), the train/, valid/ and test/ event logs, summary.json and the data flags "
+        "(prepared.json) under --out. hiertcn train, evaluate and data stats take this folder in "
+        "place of the log and skip reading, filtering and splitting; Python code reads one part "
+        "with hiertcn.data.EventLog.load(folder).",
     )
     add_data_arguments(prepare)
     prepare.add_argument("--out", type=Path, required=True, help="output folder")
@@ -85,57 +93,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_stats(args: argparse.Namespace) -> int:
     """Print the statistics of the filtered log, and of its split with --splits."""
-    config = data_config_from_args(args)
-    if args.splits:
-        dataset = load_dataset_from_config(config)
-        parts = {
-            "all": dataset.log,
-            "train": dataset.train,
-            "valid": dataset.valid,
-            "test": dataset.test,
-        }
+    if args.splits or (args.data is not None and is_prepared_folder(Path(args.data))):
+        dataset = load_dataset(args)
+        parts = {"all": dataset.log}
+        if args.splits:
+            parts.update(train=dataset.train, valid=dataset.valid, test=dataset.test)
         report = dataset.filter_report
+        source, session_gap = dataset.summary["source"], dataset.summary["session_gap"]
+        split_kind = dataset.summary["split"]["kind"]
     else:
+        config = data_config_from_args(args)
         log, report = prepare_log(config)
         parts = {"all": log}
+        source, session_gap, split_kind = str(config.path), config.session_gap, config.split.kind
     # filter_log has already logged the filter report line by line.
     stats = {name: compute_stats(part) for name, part in parts.items()}
     if args.json:
         output = {
-            "source": str(config.path),
-            "session_gap": config.session_gap,
+            "source": source,
+            "session_gap": session_gap,
             "filter_report": report.to_dict(),
             "stats": {name: value.to_dict() for name, value in stats.items()},
         }
         print(json.dumps(output, indent=2))
     else:
         print(format_stats_table(stats))
-        if args.splits and config.split.kind == "warm":
+        if args.splits and split_kind == "warm":
             print(WARM_SPLIT_NOTE)
     return 0
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    """Save the train, validation and test event logs and the summary under --out."""
+    """Save the whole filtered log, its split, the summary and the data flags under --out."""
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file: pass a folder")
     _check_ancestors_are_folders(out, "--out")
-    dataset = load_dataset_from_config(data_config_from_args(args))
+    config = data_config_from_args(args)
+    dataset = load_dataset_from_config(config)
     try:
-        for name, part in (
-            ("train", dataset.train),
-            ("valid", dataset.valid),
-            ("test", dataset.test),
-        ):
-            part.save(out / name)
-        (out / "summary.json").write_text(json.dumps(dataset.summary, indent=2), encoding="utf-8")
+        save_prepared(dataset, config, out)
     except OSError as error:
         raise DataError(
             f"cannot write the split under --out {out}: {error.strerror} ({error.filename}): "
             "pass a folder that can be created and written"
         ) from None
-    print(f"saved train/, valid/, test/ and summary.json under {out}")
+    print(f"saved all/, train/, valid/, test/, summary.json and prepared.json under {out}")
     return 0
 
 

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         help="checkpoint files (best.pt), one or more",
     )
-    add_data_arguments(parser)
+    add_data_arguments(parser, prepared_folder=True)
     group = parser.add_argument_group("evaluation")
     group.add_argument(
         "--on",

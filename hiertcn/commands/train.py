@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_data_arguments(parser)
+    add_data_arguments(parser, prepared_folder=True)
     add_model_arguments(parser)
     add_loss_arguments(parser)
     add_training_arguments(parser)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -77,6 +78,16 @@ class FilterReport:
             "events_after": self.events_after,
             "steps": [asdict(step) for step in self.steps],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FilterReport:
+        """Rebuild a report from the output of `to_dict`."""
+        return cls(
+            steps=tuple(FilterStep(**step) for step in data["steps"]),
+            rounds=data["rounds"],
+            events_before=data["events_before"],
+            events_after=data["events_after"],
+        )
 
     def format_lines(self) -> list[str]:
         """Return one readable line per step that removed something, then a total line."""

@@ -190,8 +190,13 @@ class EventLog:
         (directory / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
     @classmethod
-    def load(cls, directory: str | Path, mmap: bool = True) -> EventLog:
-        """Read a log written by `save`; with `mmap` the arrays are read-only memory maps."""
+    def load(
+        cls, directory: str | Path, mmap: bool = True, vocab: ItemVocab | None = None
+    ) -> EventLog:
+        """Read a log written by `save`; with `mmap` the arrays are read-only memory maps.
+
+        `vocab` replaces the saved vocab.json, so that logs saved with one vocabulary can share it.
+        """
         directory = Path(directory)
         meta_path = directory / "meta.json"
         if not meta_path.is_file():
@@ -213,7 +218,7 @@ class EventLog:
             user_ids=_object_array([str(user) for user in user_ids]),
             impression_offsets=impression_offsets,
             impressions=impressions,
-            vocab=ItemVocab.load(directory / "vocab.json"),
+            vocab=vocab if vocab is not None else ItemVocab.load(directory / "vocab.json"),
             **arrays,
         )
 

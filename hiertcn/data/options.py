@@ -1,7 +1,8 @@
 """The data flags shared by every command that reads a log, and the one function that loads it.
 
 `add_data_arguments(parser)` adds the flags; `load_dataset(args)` reads, filters, sessionizes and
-splits the log they name and returns a `Dataset`.
+splits the log they name and returns a `Dataset`, or loads it from a folder that
+`hiertcn data prepare` wrote (see `hiertcn.data.prepared`).
 """
 
 from __future__ import annotations
@@ -51,15 +52,44 @@ class Dataset:
     summary: dict[str, object]
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, path_required: bool = True) -> None:
-    """Add the log path and every data flag to `parser`."""
+# Namespace attribute with the data flags that the command line gave, which a prepared folder
+# compares with the values it records.
+GIVEN_FLAGS = "data_flags_given"
+
+
+class _RecordGiven(argparse.Action):
+    """Store a flag's value, or `const` when `nargs=0`, and add the flag to `GIVEN_FLAGS`."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        given_flags = getattr(namespace, GIVEN_FLAGS, ())
+        setattr(namespace, GIVEN_FLAGS, (*given_flags, self.option_strings[0]))
+
+
+def add_data_arguments(
+    parser: argparse.ArgumentParser, path_required: bool = True, prepared_folder: bool = False
+) -> None:
+    """Add the log path and every data flag to `parser`.
+
+    With `prepared_folder`, the help text adds that the path may be a folder written by
+    `hiertcn data prepare`. Pass it only for commands that load the data with `load_dataset`.
+    """
+    help_text = "interaction log file (CSV, TSV, JSON Lines, MovieLens, OTTO, Taobao or trivago)"
+    if prepared_folder:
+        help_text += (
+            ", or a folder written by `hiertcn data prepare`, which fixes the data flags and "
+            "skips reading, filtering and splitting"
+        )
     parser.add_argument(
-        "data",
-        metavar="FILE",
-        nargs=None if path_required else "?",
-        type=Path,
-        help="interaction log file (CSV, TSV, JSON Lines, MovieLens, OTTO, Taobao or trivago)",
+        "data", metavar="FILE", nargs=None if path_required else "?", type=Path, help=help_text
     )
+    parser.set_defaults(**{GIVEN_FLAGS: ()})
     group = parser.add_argument_group("data")
     _add_reader_arguments(group)
     _add_filter_arguments(group)
@@ -69,56 +99,73 @@ def add_data_arguments(parser: argparse.ArgumentParser, path_required: bool = Tr
 def _add_reader_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--format",
+        action=_RecordGiven,
         choices=FORMATS,
         default="auto",
         help="log format (default: auto, which picks it from the file name and first line, "
         "reads a .csv or .tsv file whose columns --user-col, --item-col or --time-col name as "
         "csv, and fails when the format is ambiguous)",
     )
-    group.add_argument("--user-col", help="user column: header name or 0-based position")
+    group.add_argument(
+        "--user-col", action=_RecordGiven, help="user column: header name or 0-based position"
+    )
     group.add_argument(
         "--item-col",
+        action=_RecordGiven,
         help="item column: header name or 0-based position; any column can be the item, "
         "for example `category` with --format taobao",
     )
-    group.add_argument("--time-col", help="timestamp column: header name or 0-based position")
     group.add_argument(
-        "--event-type-col", help="event type column (csv, jsonl): header name or 0-based position"
+        "--time-col", action=_RecordGiven, help="timestamp column: header name or 0-based position"
+    )
+    group.add_argument(
+        "--event-type-col",
+        action=_RecordGiven,
+        help="event type column (csv, jsonl): header name or 0-based position",
     )
     group.add_argument(
         "--event-types",
+        action=_RecordGiven,
         help="comma-separated event types to keep, for example `pv` for Taobao page views "
         "(default: all)",
     )
     group.add_argument(
         "--impressions-col",
+        action=_RecordGiven,
         help="column with the items shown at each event (csv, jsonl), separated by "
         "--impressions-sep",
     )
     group.add_argument(
         "--impressions-sep",
+        action=_RecordGiven,
         default="|",
         help="separator inside the impressions column (default: |)",
     )
     group.add_argument(
         "--no-header",
+        action=_RecordGiven,
         dest="header",
-        action="store_false",
+        nargs=0,
+        const=False,
+        default=True,
         help="the csv file has no header row, so columns are 0-based positions",
     )
     group.add_argument(
         "--delimiter",
+        action=_RecordGiven,
         help="field delimiter of a csv log; `\\t` means tab (default: from the suffix, "
         ".csv is a comma, .tsv and .tab a tab)",
     )
     group.add_argument(
         "--time-unit",
+        action=_RecordGiven,
         choices=TIME_UNITS,
         help="unit of the timestamps in the file, seconds or milliseconds; never guessed "
         "(default: s, except ms for --format otto)",
     )
     group.add_argument(
         "--session-gap",
+        action=_RecordGiven,
         type=int,
         default=DEFAULT_SESSION_GAP,
         help=f"idle gap in seconds, 1 or more, above which a new session starts; a gap of "
@@ -130,6 +177,7 @@ def _add_filter_arguments(group: argparse._ArgumentGroup) -> None:
     defaults = FilterConfig()
     group.add_argument(
         "--min-item-count",
+        action=_RecordGiven,
         type=int,
         default=defaults.min_item_count,
         help=f"drop items with fewer interactions, in events; 0 keeps all "
@@ -137,12 +185,14 @@ def _add_filter_arguments(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--min-user-events",
+        action=_RecordGiven,
         type=int,
         default=defaults.min_user_events,
         help=f"drop users with fewer events; 0 keeps all (default: {defaults.min_user_events})",
     )
     group.add_argument(
         "--max-user-events",
+        action=_RecordGiven,
         type=int,
         default=defaults.max_user_events,
         help=f"drop users with more events; 0 means no maximum "
@@ -154,6 +204,7 @@ def _add_split_arguments(group: argparse._ArgumentGroup) -> None:
     split = SplitConfig()
     group.add_argument(
         "--split",
+        action=_RecordGiven,
         choices=SPLIT_KINDS,
         default=split.kind,
         help="cold: disjoint train, validation and test users; warm: the same users split by "
@@ -161,12 +212,14 @@ def _add_split_arguments(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--split-seed",
+        action=_RecordGiven,
         type=int,
         default=split.seed,
         help=f"seed of the user shuffle of the cold-start split (default: {split.seed})",
     )
     group.add_argument(
         "--train-fraction",
+        action=_RecordGiven,
         type=float,
         default=split.train_fraction,
         help="fraction of users (cold) or of the event-time quantile (warm) for training "
@@ -174,6 +227,7 @@ def _add_split_arguments(group: argparse._ArgumentGroup) -> None:
     )
     group.add_argument(
         "--valid-fraction",
+        action=_RecordGiven,
         type=float,
         default=split.valid_fraction,
         help="fraction for validation; the test part gets the rest "
@@ -197,9 +251,27 @@ def _event_types(value: str | None) -> tuple[str, ...] | None:
 
 
 def data_config_from_args(args: argparse.Namespace) -> DataConfig:
-    """Build the `DataConfig` from the flags that `add_data_arguments` added."""
+    """Build the `DataConfig` from the flags that `add_data_arguments` added.
+
+    A prepared folder in place of the log raises ConfigError, because only `load_dataset` reads
+    one.
+    """
+    # The prepared module imports this one, so it is imported here.
+    from hiertcn.data.prepared import is_prepared_folder
+
     if args.data is None:
         raise DataError("no interaction log given: pass the log FILE")
+    path = Path(args.data)
+    if is_prepared_folder(path):
+        raise ConfigError(
+            f"{path} is a folder written by `hiertcn data prepare`, and this command reads only "
+            "log files: pass the log file that the folder was made from"
+        )
+    return data_config_from_flags(args, path)
+
+
+def data_config_from_flags(args: argparse.Namespace, path: Path) -> DataConfig:
+    """Build the `DataConfig` of the log `path` from the data flags in `args`."""
     if args.session_gap < 1:
         raise ConfigError(
             f"--session-gap {args.session_gap} is invalid: give a positive number of seconds "
@@ -230,7 +302,7 @@ def data_config_from_args(args: argparse.Namespace) -> DataConfig:
         valid_fraction=args.valid_fraction,
     )
     return DataConfig(
-        path=Path(args.data),
+        path=path,
         reader=reader,
         session_gap=args.session_gap,
         filters=filters,
@@ -283,5 +355,14 @@ def load_dataset_from_config(config: DataConfig) -> Dataset:
 
 
 def load_dataset(args: argparse.Namespace) -> Dataset:
-    """Load the dataset that the flags of `add_data_arguments` describe."""
+    """Load the dataset that the flags of `add_data_arguments` describe.
+
+    When the path is a folder written by `hiertcn data prepare`, the dataset is loaded from it,
+    and a data flag that differs from the value the folder records raises ConfigError.
+    """
+    # The prepared module imports this one, so it is imported here.
+    from hiertcn.data.prepared import is_prepared_folder, load_prepared_from_args
+
+    if args.data is not None and is_prepared_folder(Path(args.data)):
+        return load_prepared_from_args(args)
     return load_dataset_from_config(data_config_from_args(args))

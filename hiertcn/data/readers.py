@@ -15,6 +15,8 @@ Supported formats:
 
 Timestamps are int64 seconds since the Unix epoch. The unit of a generic log comes from
 `ReaderConfig.time_unit` (default seconds), never from the values; milliseconds are floor-divided.
+Timestamps before 1970 are kept, and each read logs one warning that counts them and names the
+first, because they usually mean a wrong column, unit or start.
 A malformed row raises DataError with the file, the line number and the value; no row is skipped
 silently. Files are read as UTF-8: a leading byte order mark is skipped, and an invalid byte
 raises DataError with the file, the line number and the byte.
@@ -193,6 +195,9 @@ class _RawLogBuilder:
         # default or was chosen for a format that reads seconds too.
         self.check_seconds_as_ms = time_unit == "ms" and config.format in _FLEXIBLE_UNIT_FORMATS
         self.latest_ms: tuple[int, int] | None = None
+        # Timestamps before 1970 and the line and file value of the first, for one warning.
+        self.negative_times = 0
+        self.first_negative_time: tuple[int, int] | None = None
         self.event_type_filter = None if config.event_types is None else set(config.event_types)
         self.users: list[str] = []
         self.items: list[str] = []
@@ -220,6 +225,8 @@ class _RawLogBuilder:
                 f"{self.path}:{line}: timestamp {value!r} is not an integer: "
                 f"{_timestamp_fix(value, self.time_unit, self.config.format)}"
             )
+        if number < 0:
+            self.count_negative_time(number, line)
         if self.time_unit == "ms":
             if self.latest_ms is None or number > self.latest_ms[0]:
                 self.latest_ms = (number, line)
@@ -232,6 +239,30 @@ class _RawLogBuilder:
                 number,
             )
         return number
+
+    def count_negative_time(self, number: int, line: int) -> None:
+        self.negative_times += 1
+        if self.first_negative_time is None:
+            self.first_negative_time = (line, number)
+
+    def warn_negative_times(self) -> None:
+        """Log one warning when timestamps are before 1970. The events are kept.
+
+        Real logs almost never reach back before 1970, so such values usually come from a wrong
+        column, unit or start. A log of historic events is valid, which is why this only warns.
+        """
+        if self.first_negative_time is None:
+            return
+        line, number = self.first_negative_time
+        logger.warning(
+            "%s:%d: %s before 1970 (a negative Unix time), the first is %d: %s. "
+            "The events are kept as they are",
+            self.path,
+            line,
+            count_noun(self.negative_times, "timestamp"),
+            number,
+            _negative_time_fix(self.config, self.time_unit),
+        )
 
     def check_seconds_read_as_ms(self) -> None:
         """Raise DataError when reading in milliseconds puts every timestamp before 1973.
@@ -318,6 +349,7 @@ class _RawLogBuilder:
         if not self.timestamps:
             raise DataError(f"{self.path}: no events in the file: check the file and --format")
         self.check_seconds_read_as_ms()
+        self.warn_negative_times()
         num_events = len(self.timestamps)
         offsets = impressions = None
         if self.impression_lengths is not None:
@@ -353,6 +385,27 @@ def _timestamp_fix(value: object, unit: str, log_format: str) -> str:
     if log_format in ("csv", "jsonl"):
         fix += ", and check that --time-col names the timestamp column"
     return fix
+
+
+def _negative_time_fix(config: ReaderConfig, unit: str) -> str:
+    """Return what to check when a log read with `config` has timestamps before 1970."""
+    start = (
+        "if the times count from a start other than 1970, add that start's Unix time to every "
+        "timestamp"
+    )
+    if config.format in ("csv", "jsonl"):
+        return (
+            f"check that --time-col names the timestamp column and that --time-unit (now {unit}) "
+            f"is the unit of the file, and {start}"
+        )
+    if config.format == "otto":
+        return f"check that --time-unit (now {unit}) is the unit of the file, and {start}"
+    if config.time_col is not None:
+        return (
+            f"check that --time-col {config.time_col} names the timestamp column of the "
+            f"{config.format} layout, and {start}"
+        )
+    return f"check that the file has the {config.format} layout, and {start}"
 
 
 def _is_finite_number(value: object) -> bool:

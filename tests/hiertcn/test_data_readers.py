@@ -617,3 +617,108 @@ def test_taobao_milliseconds_advice_keeps_item_col(tmp_path, shared_data):
     raw = read_log(path, config)
     assert list(raw.items) == [row[0].split(",")[2] for row in rows]
     assert list(raw.timestamps) == [int(row[1]) for row in rows]
+
+
+def negative_time_warnings(caplog) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelname == "WARNING" and "before 1970" in record.getMessage()
+    ]
+
+
+def test_negative_csv_timestamps_warn_once(tmp_path, caplog):
+    path = write(tmp_path / "log.csv", "user,item,timestamp\nu,i,5\nu,j,-20\nv,k,-3\n")
+    raw = read_log(path, ReaderConfig(format="csv"))
+    assert list(raw.timestamps) == [5, -20, -3]
+    warnings = negative_time_warnings(caplog)
+    assert len(warnings) == 1
+    assert f"{path}:3: 2 timestamps before 1970" in warnings[0]
+    assert "the first is -20" in warnings[0]
+    assert "--time-col" in warnings[0]
+    assert "--time-unit (now s)" in warnings[0]
+
+
+def test_negative_milliseconds_name_file_value(tmp_path, caplog):
+    lines = [
+        {"user": "u", "item": "i", "ts": 1_600_000_000_000},
+        {"user": "u", "item": "j", "ts": -1_500},
+    ]
+    path = write(tmp_path / "log.jsonl", "\n".join(json.dumps(line) for line in lines) + "\n")
+    raw = read_log(path, ReaderConfig(format="jsonl", time_unit="ms"))
+    assert list(raw.timestamps) == [1_600_000_000, -2]
+    warnings = negative_time_warnings(caplog)
+    assert len(warnings) == 1
+    assert f"{path}:2: 1 timestamp before 1970" in warnings[0]
+    assert "the first is -1500" in warnings[0]
+    assert "--time-unit (now ms)" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "log_format", "line", "fix"),
+    [
+        ("u.data", "1\t10\t4\t-5\n", "movielens", 1, "the movielens layout"),
+        (
+            "ratings.csv",
+            "userId,movieId,rating,timestamp\n1,10,4.0,-5\n",
+            "movielens",
+            2,
+            "the movielens layout",
+        ),
+        ("UserBehavior.csv", "1,10,7,pv,-5\n", "taobao", 1, "the taobao layout"),
+    ],
+)
+def test_negative_timestamps_warn_for_each_format(
+    tmp_path, caplog, name, text, log_format, line, fix
+):
+    path = write(tmp_path / name, text)
+    raw = read_log(path, ReaderConfig(format=log_format))
+    assert list(raw.timestamps) == [-5]
+    warnings = negative_time_warnings(caplog)
+    assert len(warnings) == 1
+    assert f"{path}:{line}: 1 timestamp before 1970" in warnings[0]
+    assert fix in warnings[0]
+
+
+def test_otto_negative_timestamp_warns(tmp_path, caplog):
+    events = [{"aid": 10, "ts": 1_600_000_000_000, "type": "clicks"}]
+    events.append({"aid": 11, "ts": -5000, "type": "clicks"})
+    path = write(tmp_path / "train.jsonl", json.dumps({"session": 1, "events": events}) + "\n")
+    raw = read_log(path, ReaderConfig(format="otto"))
+    assert list(raw.timestamps) == [1_600_000_000, -5]
+    warnings = negative_time_warnings(caplog)
+    assert len(warnings) == 1
+    assert f"{path}:1: 1 timestamp before 1970" in warnings[0]
+    assert "the first is -5000" in warnings[0]
+    assert "--time-unit (now ms)" in warnings[0]
+
+
+def test_negative_time_col_named_in_fix(tmp_path, caplog):
+    path = write(tmp_path / "UserBehavior.csv", "1,10,-7,pv,5\n")
+    read_log(path, ReaderConfig(format="taobao", time_col="2"))
+    warnings = negative_time_warnings(caplog)
+    assert len(warnings) == 1
+    assert "--time-col 2 names the timestamp column of the taobao layout" in warnings[0]
+
+
+def test_trivago_negative_timestamp_warns(tmp_path, caplog):
+    header = "user_id,session_id,timestamp,step,action_type,reference,platform,city,device,"
+    header += "current_filters,impressions,prices\n"
+    row = "u1,s1,-60,1,clickout item,42,US,City,mobile,,42|43,10|20\n"
+    path = write(tmp_path / "train.csv", header + row)
+    raw = read_log(path, ReaderConfig(format="trivago"))
+    assert list(raw.timestamps) == [-60]
+    assert len(negative_time_warnings(caplog)) == 1
+
+
+def test_timestamps_from_1970_do_not_warn(tmp_path, caplog):
+    path = write(tmp_path / "log.csv", "user,item,timestamp\nu,i,0\nu,j,1600000000\n")
+    read_log(path, ReaderConfig(format="csv"))
+    assert negative_time_warnings(caplog) == []
+
+
+def test_dropped_event_types_do_not_warn(tmp_path, caplog):
+    path = write(tmp_path / "UserBehavior.csv", "1,10,7,cart,-5\n1,11,7,pv,5\n")
+    raw = read_log(path, ReaderConfig(format="taobao", event_types=("pv",)))
+    assert list(raw.timestamps) == [5]
+    assert negative_time_warnings(caplog) == []
