@@ -58,7 +58,12 @@ from export.manifest import (
     sha256_bytes,
     sha256_file,
 )
-from export.providers import RuntimeConfig, open_session, session_options
+from export.providers import (
+    RuntimeConfig,
+    open_session,
+    requested_providers,
+    session_options,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -231,11 +236,14 @@ def load_bundle(
     """Check the bundle in directory `path` and open it on `device` ("cpu", "cuda" or "auto").
 
     "cuda" raises `ProviderError` when ONNX Runtime does not really run the graphs with the CUDA
-    provider; "auto" uses CUDA when it starts and CPU otherwise. Thread counts of None leave
-    ONNX Runtime's defaults.
+    provider; "auto" uses CUDA when it starts and CPU otherwise. Both check the NVIDIA driver
+    first (`export.providers.probe_cuda_driver`), so that on a host without a GPU "cuda" fails
+    before any file is read and ONNX Runtime prints nothing. Thread counts of None leave ONNX
+    Runtime's defaults.
     """
     path = Path(path)
     config = RuntimeConfig(device, intra_op_threads, inter_op_threads)
+    providers = requested_providers(config.device)
     manifest = read_manifest(path)
     _check_session_items(path, manifest)
     _check_version(path, manifest)
@@ -249,8 +257,8 @@ def load_bundle(
     start_state = _load_start_state(path / START_STATE_FILE, manifest)
 
     options = session_options(config)
-    step = open_session(step_bytes, SESSION_STEP_FILE, config, options)
-    close = open_session(close_bytes, SESSION_CLOSE_FILE, config, options)
+    step = open_session(step_bytes, SESSION_STEP_FILE, config, options, providers)
+    close = open_session(close_bytes, SESSION_CLOSE_FILE, config, options, providers)
     logger.info(
         "loaded bundle %s (version %s, %d items, D=%d, G=%d, H=%d) on %s",
         path,

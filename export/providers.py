@@ -3,13 +3,19 @@
 ONNX Runtime falls back to the CPU provider with only a log line when the CUDA provider cannot
 start (no GPU, or a missing CUDA or cuDNN library). So `open_session` reads back the providers
 that the session really uses and raises `ProviderError` when CUDA was required and is not among
-them. This module never imports torch.
+them. Before a session requests CUDA, `probe_cuda_driver` checks that the NVIDIA driver loads
+and finds a GPU, because on a host without one the CUDA provider prints several raw error lines
+of its own before it falls back. This module never imports torch.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
+import sys
+from collections.abc import Callable
+from typing import Any
 
 import onnxruntime as ort
 
@@ -20,6 +26,8 @@ logger = logging.getLogger(__name__)
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 DEVICES = ("cpu", "cuda", "auto")
+# The CUDA driver API library that the NVIDIA driver installs (the CUDA toolkit is not needed).
+CUDA_DRIVER_LIBRARY = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +78,52 @@ def session_options(config: RuntimeConfig) -> ort.SessionOptions:
     return options
 
 
+def probe_cuda_driver(load_library: Callable[[str], Any] | None = None) -> str | None:
+    """Check that the CUDA driver loads and finds a GPU. Return the reason when it does not.
+
+    Loads `CUDA_DRIVER_LIBRARY` with ctypes (or `load_library`, for tests), then calls the
+    driver API's `cuInit(0)` and `cuDeviceGetCount`, and returns None when they find at least
+    one device. This takes milliseconds and prints nothing. It cannot see a missing CUDA
+    runtime or cuDNN library, which only the CUDA provider's start finds.
+    """
+    load = load_library or ctypes.CDLL
+    try:
+        driver = load(CUDA_DRIVER_LIBRARY)
+    except OSError as error:
+        return f"the NVIDIA driver library {CUDA_DRIVER_LIBRARY} could not be loaded ({error})"
+    driver.cuInit.argtypes = [ctypes.c_uint]
+    driver.cuInit.restype = ctypes.c_int
+    result = driver.cuInit(0)
+    if result != 0:
+        return f"cuInit failed with {_driver_error_name(driver, result)}"
+    count = ctypes.c_int(0)
+    driver.cuDeviceGetCount.argtypes = [ctypes.POINTER(ctypes.c_int)]
+    driver.cuDeviceGetCount.restype = ctypes.c_int
+    result = driver.cuDeviceGetCount(ctypes.byref(count))
+    if result != 0:
+        return f"cuDeviceGetCount failed with {_driver_error_name(driver, result)}"
+    if count.value < 1:
+        return "the NVIDIA driver found no CUDA device"
+    return None
+
+
+def _driver_error_name(driver: Any, result: int) -> str:
+    """Return the name of a CUresult code from the driver's `cuGetErrorName`, with the code."""
+    name = ctypes.c_char_p()
+    try:
+        found = driver.cuGetErrorName(result, ctypes.byref(name)) == 0 and name.value
+    except AttributeError:  # a driver older than CUDA 6.0 lacks the function
+        found = False
+    return f"{name.value.decode()} ({result})" if found else f"CUDA driver error {result}"
+
+
 def requested_providers(device: str) -> list[str]:
-    """Return the provider list to ask ONNX Runtime for, most preferred first."""
+    """Return the provider list to ask ONNX Runtime for, most preferred first.
+
+    CUDA is requested only when this onnxruntime build has the CUDA provider and
+    `probe_cuda_driver` finds a GPU. Otherwise "cuda" raises `ProviderError` and "auto" gets
+    the CPU provider alone, so that ONNX Runtime never tries to start CUDA on a host without it.
+    """
     if device == "cpu":
         return [CPU_PROVIDER]
     available = ort.get_available_providers()
@@ -80,16 +132,29 @@ def requested_providers(device: str) -> list[str]:
             f"device 'cuda' requested, but this onnxruntime build offers only {available}: "
             "install onnxruntime-gpu, or load the bundle with device='cpu' or 'auto'"
         )
-    if CUDA_PROVIDER in available:
+    if CUDA_PROVIDER not in available:
+        return [CPU_PROVIDER]
+    problem = probe_cuda_driver()
+    if problem is None:
         return [CUDA_PROVIDER, CPU_PROVIDER]
+    if device == "cuda":
+        raise ProviderError(
+            f"device 'cuda' requested, but no CUDA GPU is usable on this host: {problem}. "
+            "Pass --device cpu (device='cpu' in Python), or install the NVIDIA driver"
+        )
+    logger.warning("device 'auto': %s, so the bundle runs on the CPU", problem)
     return [CPU_PROVIDER]
 
 
 def open_session(
-    model_bytes: bytes, name: str, config: RuntimeConfig, options: ort.SessionOptions
+    model_bytes: bytes,
+    name: str,
+    config: RuntimeConfig,
+    options: ort.SessionOptions,
+    providers: list[str],
 ) -> ort.InferenceSession:
-    """Open one graph from its serialized bytes and check the providers it really uses."""
-    providers = requested_providers(config.device)
+    """Open one graph from its serialized bytes with `providers` (from `requested_providers`)
+    and check the providers it really uses."""
     session = ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
     in_use = session.get_providers()
     if config.device == "cuda" and CUDA_PROVIDER not in in_use:

@@ -19,6 +19,14 @@ class StoreConfigError(StateStoreError):
     exit_code = 2
 
 
+class ReadOnlyStoreError(StoreConfigError):
+    """LMDB was denied write access to the state directory or its files (EACCES or EROFS).
+
+    LMDB opens `lock.mdb` and `data.mdb` for writing even to read, so a read-only directory is
+    an invalid --state-dir (exit status 2), not a failure at run time.
+    """
+
+
 class StateCodecError(StateStoreError):
     """A user state cannot be encoded, or a stored record cannot be decoded."""
 

@@ -66,6 +66,7 @@ from statestore.errors import (
     DiskFullError,
     ForeignProcessError,
     MapSizeLimitError,
+    ReadOnlyStoreError,
     SchemaVersionError,
     StateStoreError,
     StoreConfigError,
@@ -83,6 +84,8 @@ _DATABASE_NAMES = (b"users", b"positions", b"timers", b"meta")
 _MAX_ATTEMPTS = 48
 # Errors of `write()` that mean "no room on the disk or in the file".
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# errno values of an LMDB call denied write access: a read-only directory, file or file system.
+_READ_ONLY_ERRNOS = frozenset({errno.EACCES, errno.EROFS})
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,14 @@ class StateStore:
                 lock=True,  # several worker processes write to one environment
             )
         except lmdb.Error as error:
+            # EACCES means a read-only path only here. In a transaction, LMDB returns it for a
+            # write in a read-only transaction, which is a bug and not a setting.
+            if getattr(error, "code", None) in _READ_ONLY_ERRNOS:
+                raise ReadOnlyStoreError(
+                    f"LMDB open failed in state store {self.path}: {error}. LMDB needs write "
+                    "access to the state directory even to read it (for its lock file): pass a "
+                    "writable --state-dir, or copy the directory to a writable place to read it"
+                ) from error
             raise self._translate(error, "open") from error
 
     def _open_databases(self) -> tuple[lmdb._Database, ...]:

@@ -7,7 +7,6 @@ ONNX Runtime alone and never imports torch.
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import logging
 import sys
@@ -132,21 +131,6 @@ def chosen_parser(
     return parser
 
 
-def read_only_hint(error: Exception) -> str:
-    """Return the fix to append to a state store error caused by a read-only directory, or "".
-
-    The store wraps the `lmdb.Error`, whose `code` is the errno, as the error's cause.
-    """
-    if not isinstance(error, StateStoreError):
-        return ""
-    if getattr(error.__cause__, "code", None) not in (errno.EROFS, errno.EACCES):
-        return ""
-    return (
-        "; LMDB needs write access to the state directory even to read it (for its lock file): "
-        "pass a writable --state-dir, or copy the directory to a writable place to read it"
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `hiertcn-stream` command and return its exit code."""
     parser = build_parser()
@@ -156,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (StreamError, StateStoreError) as error:
         logger.debug("command failed", exc_info=True)
-        print(f"hiertcn-stream: error: {error}{read_only_hint(error)}", file=sys.stderr)
+        print(f"hiertcn-stream: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("hiertcn-stream: interrupted", file=sys.stderr)

@@ -27,10 +27,20 @@ _PROGRESS_SECONDS = 5.0
 # Limits of --connect-timeout and --flush-timeout in seconds. librdkafka takes timeouts as a
 # signed 32-bit count of milliseconds (at most about 24.8 days), reads a negative one as "wait
 # forever", and reads message.timeout.ms 0, which --flush-timeout sets, as "no limit". It also
-# requires message.timeout.ms above linger.ms (5 ms here, or an -X value), so the lower limit
-# is well above both.
+# requires message.timeout.ms above linger.ms, so the lower limit is well above this command's
+# 5 ms, and `check_linger_below_message_timeout` checks a linger.ms given with -X.
 MIN_TIMEOUT_SECONDS = 0.1
 MAX_TIMEOUT_SECONDS = 1_000_000.0
+# The names of librdkafka's linger.ms and message.timeout.ms, aliases included. librdkafka
+# applies the settings in order, so the last of these names sets the value. A "topic." prefix
+# sets a topic property for every topic.
+_LINGER_NAMES = ("linger.ms", "queue.buffering.max.ms")
+_MESSAGE_TIMEOUT_NAMES = (
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "topic.message.timeout.ms",
+    "topic.delivery.timeout.ms",
+)
 
 
 class ProduceError(StreamError):
@@ -72,6 +82,7 @@ class ProduceConfig:
             raise ConfigError(f"invalid limit {self.limit}: use 0 or more events")
         _check_timeout("--connect-timeout", self.connect_timeout)
         _check_timeout("--flush-timeout", self.flush_timeout)
+        check_linger_below_message_timeout(self.producer_settings(), self.overrides)
 
     def producer_settings(self) -> dict[str, Any]:
         """Return the librdkafka settings of the producer."""
@@ -98,6 +109,55 @@ def _check_timeout(flag: str, seconds: float) -> None:
             f"invalid {flag} {seconds}: use a number of seconds from {MIN_TIMEOUT_SECONDS:g} "
             f"to {MAX_TIMEOUT_SECONDS:.0f}"
         )
+
+
+def check_linger_below_message_timeout(
+    settings: Mapping[str, Any],
+    overrides: Mapping[str, str],
+    timeout_flag: str | None = "--flush-timeout",
+) -> None:
+    """Raise `ConfigError` unless message.timeout.ms is 0 (no limit) or above linger.ms.
+
+    librdkafka rejects any other producer when linger.ms was set, and both producers of this
+    package always set it. The Producer constructor would then raise. The rule is in
+    `rd_kafka_conf_finalize` (src/rdkafka_conf.c), checked with librdkafka 2.16.
+
+    `overrides` are the -X settings, and `timeout_flag` is the flag that sets the default
+    message timeout (None: no flag does). A value that is not a number is left for librdkafka
+    to reject.
+    """
+    linger_name, linger = _last_setting(settings, _LINGER_NAMES)
+    timeout_name, timeout = _last_setting(settings, _MESSAGE_TIMEOUT_NAMES)
+    try:
+        linger_ms = float(str(linger).strip())
+        timeout_ms = float(str(timeout).strip())
+    except ValueError:
+        return
+    if timeout_ms == 0 or timeout_ms > linger_ms:
+        return
+    if linger_name in overrides:
+        linger_source = f"-X {linger_name}={linger}"
+    else:
+        linger_source = f"{linger_name}={linger} (the default of this command)"
+    if timeout_name in overrides:
+        timeout_source = f"-X {timeout_name}={timeout}"
+        fix = f"lower -X {linger_name} or raise -X {timeout_name} above {linger_ms:g} ms"
+    elif timeout_flag is not None:
+        timeout_source = f"{timeout_ms:g} ms from {timeout_flag} {timeout_ms / 1000:g}"
+        fix = f"lower -X {linger_name} or raise {timeout_flag} above {linger_ms / 1000:g} s"
+    else:
+        timeout_source = f"{timeout_name}={timeout}, the default of this command"
+        fix = f"lower -X {linger_name} below {timeout_ms:g} ms"
+    raise ConfigError(
+        f"{linger_source} is not below the message timeout ({timeout_source}), and librdkafka "
+        f"requires message.timeout.ms above linger.ms (or 0 for no limit): {fix}"
+    )
+
+
+def _last_setting(settings: Mapping[str, Any], names: tuple[str, ...]) -> tuple[str, Any]:
+    """Return the name and value of the last of `names` in `settings`, in insertion order."""
+    found = [(name, value) for name, value in settings.items() if name in names]
+    return found[-1]
 
 
 @dataclass
@@ -133,6 +193,19 @@ def check_broker(producer: Producer, config: ProduceConfig) -> None:
         ) from None
 
 
+def create_producer(settings: dict[str, Any]) -> Producer:
+    """Create the librdkafka producer; an invalid -X setting raises `ConfigError`."""
+    try:
+        return Producer(settings)
+    except KafkaException as error:
+        kafka_error = error.args[0] if error.args else None
+        if not isinstance(kafka_error, KafkaError) or kafka_error.code() != KafkaError._INVALID_ARG:
+            raise
+        raise ConfigError(
+            f"invalid librdkafka setting: {kafka_error.str()}: fix or remove the -X option"
+        ) from error
+
+
 class EventProducer:
     """Publishes event maps with delivery reports, at an optional fixed rate."""
 
@@ -140,7 +213,7 @@ class EventProducer:
         self.config = config
         self.report = ProduceReport()
         settings = {**config.producer_settings(), "error_cb": self._on_error}
-        self.producer = producer or Producer(settings)
+        self.producer = producer or create_producer(settings)
 
     def _on_error(self, error: KafkaError) -> None:
         # Connection failures repeat every few milliseconds while the broker is down.

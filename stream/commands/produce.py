@@ -6,7 +6,7 @@ Example:
 
 Prints the counts of produced, delivered and failed messages at the end. Exits 1 when the
 broker is unreachable or a message was not delivered, and 2 when the file contains no readable
-record.
+record or a flag or -X setting is invalid (checked before connecting).
 """
 
 from __future__ import annotations

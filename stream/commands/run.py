@@ -114,11 +114,25 @@ def run(args: argparse.Namespace) -> int:
         keep_going=args.keep_going,
         rebuild_state=args.rebuild_state,
     )
+    check_producer_settings(config)
     # The store comes after the broker check, so that a failed start leaves no new state folder.
     bundle = check_bundle(config)
     check_topics(config)
     check_store(config, bundle)
     return run_pool(config, logging.getLogger().getEffectiveLevel())
+
+
+def check_producer_settings(config: WorkerConfig) -> None:
+    """Check the workers' linger.ms against their message timeout before anything starts.
+
+    Each worker creates its producer only after it has started, where librdkafka's rejection of
+    an -X linger.ms would stop every worker with a traceback instead of one error line.
+    """
+    from stream.produce import check_linger_below_message_timeout
+    from stream.worker import producer_settings
+
+    settings = producer_settings(config)
+    check_linger_below_message_timeout(settings, config.kafka_settings, timeout_flag=None)
 
 
 def check_bundle(config: WorkerConfig) -> ModelBundle:

@@ -1,8 +1,15 @@
-"""Small user states for the statestore tests, and the child processes that write to a store."""
+"""Small user states for the statestore tests, and a read-only state directory."""
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import lmdb
 import numpy as np
+import pytest
 
 from statestore import UserState
 
@@ -33,3 +40,31 @@ def make_state(
         ),
         partition=partition,
     )
+
+
+def make_read_only(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Make the existing directory `state_dir` read-only for LMDB; return how: "chmod" or
+    "emulated".
+
+    The directory and its files lose their write bits. A process that ignores them (root, or
+    one with CAP_DAC_OVERRIDE) could still write, so there `lmdb.open` of this path raises the
+    error that LMDB raises for a read-only directory instead: `lmdb.ReadonlyError` with errno
+    EACCES. Every check above the `lmdb.open` call still runs unchanged.
+    """
+    for path in state_dir.iterdir():
+        path.chmod(0o444)
+    state_dir.chmod(0o555)
+    if not os.access(state_dir, os.W_OK):
+        return "chmod"
+
+    real_open = lmdb.open
+
+    def open_read_only(path: str, *args: Any, **kwargs: Any) -> lmdb.Environment:
+        if Path(path).resolve() != state_dir.resolve():
+            return real_open(path, *args, **kwargs)
+        error = lmdb.ReadonlyError(f"{path}: Permission denied")
+        error.code = errno.EACCES  # type: ignore[attr-defined]
+        raise error
+
+    monkeypatch.setattr(lmdb, "open", open_read_only)
+    return "emulated"

@@ -23,7 +23,7 @@ from statestore import (
     maintenance,
 )
 from statestore.codec import SCHEMA_VERSION, encode_state
-from tests.statestore.helpers import make_state
+from tests.statestore.helpers import make_read_only, make_state
 
 DAY = 86_400.0
 NEWEST = 1_700_000_000.0
@@ -407,3 +407,18 @@ def test_state_subcommands_have_descriptions() -> None:
     actions = next(a for a in state_parser._actions if a.choices)
     for name, parser in actions.choices.items():
         assert parser.description, f"state {name} has no description"
+
+
+def test_read_only_state_dir_exits_2(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stream.cli import main
+
+    make_read_only(state_dir, monkeypatch)
+
+    code = main(["state", "--state-dir", str(state_dir), "stats"])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"hiertcn-stream: error: LMDB open failed in state store {state_dir}" in err
+    assert "pass a writable --state-dir" in err

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from statestore import (
     ForeignProcessError,
     MapSizeLimitError,
     PartitionPosition,
+    ReadOnlyStoreError,
     SchemaVersionError,
     StateStore,
+    StateStoreError,
     StoreConfig,
     StoreConfigError,
 )
 from statestore.codec import SCHEMA_VERSION
-from tests.statestore.helpers import make_state
+from tests.statestore.helpers import make_read_only, make_state
 
 TOPIC = "interactions"
 
@@ -260,6 +264,62 @@ def test_newer_store_schema_is_rejected(tmp_path: Path) -> None:
         store._write_meta({"schema_version": SCHEMA_VERSION + 1})
     with pytest.raises(SchemaVersionError, match="upgrade hiertcn"):
         StateStore(StoreConfig(path=tmp_path / "s"))
+
+
+def test_read_only_state_dir_is_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "state"
+    with StateStore(StoreConfig(path=path, sync=False)) as store:
+        store.commit({"u1": make_state()})
+    make_read_only(path, monkeypatch)
+
+    with pytest.raises(ReadOnlyStoreError) as caught:
+        StateStore(StoreConfig(path=path))
+
+    message = str(caught.value)
+    assert message.startswith(f"LMDB open failed in state store {path}: ")
+    assert "Permission denied" in message
+    assert "LMDB needs write access to the state directory even to read it" in message
+    assert "pass a writable --state-dir" in message
+    assert "copy the directory to a writable place" in message
+    assert caught.value.exit_code == 2
+    assert isinstance(caught.value, StoreConfigError)
+
+
+def _fail_open(monkeypatch: pytest.MonkeyPatch, code: int, reason: str) -> None:
+    def open_failing(path: str, *args: object, **kwargs: object) -> lmdb.Environment:
+        error = lmdb.Error(f"{path}: {reason}")
+        error.code = code  # type: ignore[attr-defined]
+        raise error
+
+    monkeypatch.setattr(lmdb, "open", open_failing)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [(errno.EACCES, "Permission denied"), (errno.EROFS, "Read-only file system")],
+)
+def test_open_denied_write_is_read_only_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, reason: str
+) -> None:
+    _fail_open(monkeypatch, code, reason)
+
+    with pytest.raises(ReadOnlyStoreError, match=f"{reason}. LMDB needs write access"):
+        StateStore(StoreConfig(path=tmp_path / "state"))
+
+
+def test_open_io_error_stays_run_time_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fail_open(monkeypatch, errno.EIO, "Input/output error")
+
+    with pytest.raises(StateStoreError) as caught:
+        StateStore(StoreConfig(path=tmp_path / "state"))
+
+    assert not isinstance(caught.value, StoreConfigError)
+    assert caught.value.exit_code == 1
+    assert "LMDB needs write access" not in str(caught.value)
 
 
 def test_map_grows_from_tiny_size(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -5,6 +5,9 @@ The bundle is exported with torch once per test session; `stream` itself never i
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ import pytest
 
 NUM_ITEMS = 120
 SESSION_GAP = 1800.0
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_tiny_model():
@@ -85,3 +89,37 @@ def write_event_log(path: Path, count: int, seed: int, num_items: int = NUM_ITEM
         events.append(event)
     path.write_text("".join(json.dumps(event) + "\n" for event in events))
     return events
+
+
+def require_cuda_build_without_gpu() -> None:
+    """Skip unless onnxruntime offers the CUDA provider and this host's NVIDIA driver finds no
+    GPU: the case where ONNX Runtime would print its own errors when asked for CUDA."""
+    import onnxruntime as ort
+
+    from export.providers import CUDA_PROVIDER, probe_cuda_driver
+
+    if CUDA_PROVIDER not in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has no CUDA provider (onnxruntime-gpu is missing)")
+    if probe_cuda_driver() is None:
+        pytest.skip("a CUDA GPU is usable on this host")
+
+
+def run_stream_command(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run `hiertcn-stream ARGS` in a new Python process and capture its output.
+
+    A subprocess is needed where native libraries (ONNX Runtime, librdkafka) write to the file
+    descriptors directly, which capsys does not see.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "stream.cli", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+# Text of the lines that ONNX Runtime writes itself when the CUDA provider fails to start, such as
+# "[E:onnxruntime:Default, provider_bridge_ort.cc:...] ... Failed to load library ...".
+ORT_OUTPUT_MARKERS = ("onnxruntime", "[E:", "[W:", "LoadLibrary")

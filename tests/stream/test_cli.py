@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import errno
 
 import pytest
 
-from statestore.errors import StateStoreError
-from stream.cli import build_parser, main, read_only_hint, verbosity
+from statestore.errors import ReadOnlyStoreError, StateStoreError
+from stream.cli import build_parser, main, verbosity
 
 
 def _subcommand_parsers(
@@ -74,43 +73,29 @@ def test_unknown_flag_shows_subcommand_usage(
     assert f"{usage}: error: unrecognized arguments: {unknown}\n" in err
 
 
-def _store_error_caused_by(code: int) -> StateStoreError:
-    """A state store error wrapping an `lmdb.Error` with errno `code`, as the store raises it."""
-    import lmdb
-
-    cause = lmdb.Error("state: Read-only file system")
-    cause.code = code  # type: ignore[attr-defined]
-    error = StateStoreError("LMDB open failed in state store state: Read-only file system")
-    error.__cause__ = cause
-    return error
-
-
-@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
-def test_read_only_state_dir_error_gives_fix(code: int) -> None:
-    hint = read_only_hint(_store_error_caused_by(code))
-
-    assert "pass a writable --state-dir" in hint
-    assert "copy the directory to a writable place" in hint
-
-
-def test_other_state_store_error_gets_no_hint() -> None:
-    assert read_only_hint(_store_error_caused_by(errno.EIO)) == ""
-    assert read_only_hint(StateStoreError("user u1 not found")) == ""
-
-
-def test_read_only_hint_printed_by_main(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (ReadOnlyStoreError("LMDB open failed in state store state: Permission denied"), 2),
+        (StateStoreError("LMDB read failed in state store state: Input/output error"), 1),
+    ],
+)
+def test_main_exit_code_of_state_store_error(
+    error: StateStoreError,
+    code: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     def fail(args: argparse.Namespace) -> int:
-        raise _store_error_caused_by(errno.EROFS)
+        raise error
 
     parser = build_parser()
     args = parser.parse_args(["state", "--state-dir", "state", "stats"])
     monkeypatch.setattr("stream.cli.parse_arguments", lambda parser, argv: args)
     args.func = fail
 
-    code = main(["state", "--state-dir", "state", "stats"])
+    returned = main(["state", "--state-dir", "state", "stats"])
 
     err = capsys.readouterr().err
-    assert code == 1
-    assert "Read-only file system; LMDB needs write access" in err
+    assert returned == code
+    assert err == f"hiertcn-stream: error: {error}\n"

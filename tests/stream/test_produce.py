@@ -5,13 +5,15 @@ The round trip through a real broker is in tests/integration/test_produce.py.
 
 from __future__ import annotations
 
+import logging
+import re
 import socket
 import time
 from pathlib import Path
 
 import msgpack
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from stream.commands.produce import parse_setting
 from stream.errors import ConfigError
@@ -182,6 +184,101 @@ def test_invalid_produce_config_rejected(changes: dict, message: str) -> None:
         ProduceConfig(**arguments)
 
 
+@pytest.mark.parametrize(
+    ("flush_timeout", "overrides", "message"),
+    [
+        (
+            1.0,
+            {"linger.ms": "5000"},
+            "-X linger.ms=5000 is not below the message timeout (1000 ms from --flush-timeout 1)"
+            ", and librdkafka requires message.timeout.ms above linger.ms (or 0 for no limit): "
+            "lower -X linger.ms or raise --flush-timeout above 5 s",
+        ),
+        (
+            1.0,
+            {"linger.ms": "1000"},
+            "-X linger.ms=1000 is not below the message timeout (1000 ms from --flush-timeout 1)",
+        ),
+        (
+            60.0,
+            {"linger.ms": "1000", "message.timeout.ms": "500"},
+            "-X linger.ms=1000 is not below the message timeout (-X message.timeout.ms=500), and "
+            "librdkafka requires message.timeout.ms above linger.ms (or 0 for no limit): "
+            "lower -X linger.ms or raise -X message.timeout.ms above 1000 ms",
+        ),
+        (
+            60.0,
+            {"queue.buffering.max.ms": "900", "delivery.timeout.ms": "900"},
+            "-X queue.buffering.max.ms=900 is not below the message timeout "
+            "(-X delivery.timeout.ms=900)",
+        ),
+        (
+            60.0,
+            {"message.timeout.ms": "3"},
+            "linger.ms=5 (the default of this command) is not below the message timeout "
+            "(-X message.timeout.ms=3)",
+        ),
+        (
+            60.0,
+            {"linger.ms": "2000", "message.timeout.ms": "5000", "delivery.timeout.ms": "1000"},
+            "-X linger.ms=2000 is not below the message timeout (-X delivery.timeout.ms=1000)",
+        ),
+    ],
+)
+def test_linger_not_below_message_timeout_rejected(
+    flush_timeout: float, overrides: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        ProduceConfig("h:1", "t", overrides=overrides, flush_timeout=flush_timeout)
+
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("flush_timeout", "overrides"),
+    [
+        (1.0, {"linger.ms": "999.9"}),
+        (60.0, {"linger.ms": "1000", "message.timeout.ms": "0"}),
+        (60.0, {"linger.ms": "2000", "message.timeout.ms": "1000", "delivery.timeout.ms": "3000"}),
+        (60.0, {"linger.ms": "not a number"}),
+    ],
+)
+def test_linger_below_message_timeout_accepted(
+    flush_timeout: float, overrides: dict[str, str]
+) -> None:
+    config = ProduceConfig("h:1", "t", overrides=overrides, flush_timeout=flush_timeout)
+
+    assert config.overrides == overrides
+
+
+def test_linger_check_agrees_with_librdkafka() -> None:
+    # Each pair sits on one side of librdkafka's own rule; the Producer is created offline.
+    accepted = {"linger.ms": "999.9", "message.timeout.ms": "1000"}
+    rejected = {"linger.ms": "1000", "message.timeout.ms": "1000"}
+    # The logger keeps librdkafka's connection errors off stderr.
+    settings = {"bootstrap.servers": f"127.0.0.1:{closed_port()}", "logger": logging.getLogger()}
+
+    Producer({**settings, **accepted}).flush(0)
+    with pytest.raises(KafkaException, match=re.escape("must be greater than `linger.ms`")):
+        Producer({**settings, **rejected})
+    ProduceConfig("h:1", "t", overrides=accepted)
+    with pytest.raises(ConfigError, match="is not below the message timeout"):
+        ProduceConfig("h:1", "t", overrides=rejected)
+
+
+def test_invalid_kafka_setting_is_config_error() -> None:
+    config = ProduceConfig("h:1", "t", overrides={"linger.ms": "soon"})
+
+    with pytest.raises(ConfigError) as caught:
+        EventProducer(config)
+
+    assert str(caught.value) == (
+        "invalid librdkafka setting: Invalid value for configuration property "
+        '"queue.buffering.max.ms": fix or remove the -X option'
+    )
+    assert caught.value.exit_code == 2
+
+
 def test_setting_parsed() -> None:
     assert parse_setting("acks=all") == ("acks", "all")
     assert parse_setting("sasl.password=a=b") == ("sasl.password", "a=b")
@@ -279,3 +376,36 @@ def test_produce_reads_otto_in_seconds(
 
     assert code == 0
     assert "produced 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--flush-timeout", "1", "-X", "linger.ms=5000"],
+            "-X linger.ms=5000 is not below the message timeout (1000 ms from --flush-timeout 1)",
+        ),
+        (
+            ["-X", "linger.ms=1000", "-X", "delivery.timeout.ms=500"],
+            "-X linger.ms=1000 is not below the message timeout (-X delivery.timeout.ms=500)",
+        ),
+        (["-X", "linger.ms=soon"], "invalid librdkafka setting: Invalid value"),
+    ],
+)
+def test_produce_command_linger_checked_before_connect(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stream import cli
+
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"user": "u1", "item": "i1", "ts": 1600000000}\n')
+    brokers = f"127.0.0.1:{closed_port()}"
+    argv = ["produce", "--events", str(events), "--brokers", brokers, "--topic", "t"]
+
+    code = cli.main([*argv, "--connect-timeout", "30", *extra])
+
+    error = capsys.readouterr().err
+    assert code == 2
+    assert message in error
+    assert "did not respond" not in error
+    assert "Traceback" not in error

@@ -23,7 +23,14 @@ from stream.replay import (
     ReplayReport,
     StoreStates,
 )
-from tests.stream.conftest import NUM_ITEMS, write_event_log
+from tests.statestore.helpers import make_read_only
+from tests.stream.conftest import (
+    NUM_ITEMS,
+    ORT_OUTPUT_MARKERS,
+    require_cuda_build_without_gpu,
+    run_stream_command,
+    write_event_log,
+)
 from tests.stream.fake_bundle import FakeBundle
 
 GAP = 1800.0
@@ -822,3 +829,45 @@ def test_records_carry_line_numbers(tmp_path: Path) -> None:
     assert jsonl_records[1].error == "not JSON: Expecting value"
     assert [record.location for record in csv_records] == ["line 2", "line 4", "line 5"]
     assert [record.location for record in msgpack_records] == ["record 1", "record 2"]
+
+
+def test_replay_command_cuda_without_gpu_exits_2_quietly(
+    onnx_bundle_dir: Path, tmp_path: Path
+) -> None:
+    require_cuda_build_without_gpu()
+    events = tmp_path / "events.jsonl"
+    write_event_log(events, count=5, seed=0)
+    output = tmp_path / "recs.jsonl"
+    args = ["--events", str(events), "--bundle", str(onnx_bundle_dir), "--output", str(output)]
+
+    result = run_stream_command("replay", *args, "--device", "cuda", cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "device 'cuda' requested, but no CUDA GPU is usable on this host" in result.stderr
+    assert "Pass --device cpu" in result.stderr
+    assert "install the NVIDIA driver" in result.stderr
+    for marker in ORT_OUTPUT_MARKERS:
+        assert marker not in result.stderr
+    assert not output.exists()
+
+
+def test_replay_command_read_only_state_dir_exits_2(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    events = tmp_path / "events.jsonl"
+    write_event_log(events, 10, seed=3)
+    state_dir = tmp_path / "state"
+    args = ["replay", "--events", str(events), "--bundle", str(onnx_bundle_dir)]
+    assert main([*args, "--state-dir", str(state_dir), "--no-timers"]) == 0
+    capsys.readouterr()
+    make_read_only(state_dir, monkeypatch)
+
+    code = main([*args, "--state-dir", str(state_dir), "--no-timers"])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"hiertcn-stream: error: LMDB open failed in state store {state_dir}" in err
+    assert "pass a writable --state-dir" in err

@@ -21,8 +21,13 @@ from stream.commands import run as run_command
 from stream.config import WorkerConfig
 from stream.errors import ConfigError
 from stream.metrics import serve_aggregate
-from tests.statestore.helpers import make_state
-from tests.stream.conftest import NUM_ITEMS
+from tests.statestore.helpers import make_read_only, make_state
+from tests.stream.conftest import (
+    NUM_ITEMS,
+    ORT_OUTPUT_MARKERS,
+    require_cuda_build_without_gpu,
+    run_stream_command,
+)
 
 
 def run_args(bundle: Path, state_dir: Path, *extra: str) -> list[str]:
@@ -269,3 +274,56 @@ def test_run_state_dir_help_says_relative(capsys: pytest.CaptureFixture[str]) ->
 
     printed = " ".join(capsys.readouterr().out.split())
     assert "a relative path is relative to the working directory" in printed
+
+
+def test_run_cuda_without_gpu_exits_2_quietly(onnx_bundle_dir: Path, tmp_path: Path) -> None:
+    require_cuda_build_without_gpu()
+
+    result = run_stream_command(
+        *run_args(onnx_bundle_dir, tmp_path / "state", "--device", "cuda"), cwd=tmp_path
+    )
+
+    assert result.returncode == 2
+    assert "device 'cuda' requested, but no CUDA GPU is usable on this host" in result.stderr
+    assert "Pass --device cpu" in result.stderr
+    assert "install the NVIDIA driver" in result.stderr
+    for marker in ORT_OUTPUT_MARKERS:
+        assert marker not in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_run_read_only_state_dir_exits_2(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    no_pool: list,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    state_dir = tmp_path / "state"
+    StateStore(StoreConfig(path=state_dir, sync=False)).close()
+    make_read_only(state_dir, monkeypatch)
+
+    code = main(run_args(onnx_bundle_dir, state_dir))
+
+    assert code == 2
+    assert no_pool == []
+    (line,) = error_lines(capsys)
+    assert line.startswith(f"hiertcn-stream: error: LMDB open failed in state store {state_dir}")
+    assert "pass a writable --state-dir" in line
+
+
+def test_run_linger_above_delivery_timeout_exits_2(
+    onnx_bundle_dir: Path, tmp_path: Path, no_pool: list, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(run_args(onnx_bundle_dir, tmp_path / "state", "-X", "linger.ms=20000"))
+
+    assert code == 2
+    assert no_pool == []
+    (line,) = error_lines(capsys)
+    assert line == (
+        "hiertcn-stream: error: -X linger.ms=20000 is not below the message timeout "
+        "(delivery.timeout.ms=10000, the default of this command), and librdkafka requires "
+        "message.timeout.ms above linger.ms (or 0 for no limit): lower -X linger.ms below "
+        "10000 ms"
+    )
+    assert not (tmp_path / "state").exists()
