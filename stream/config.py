@@ -177,8 +177,16 @@ OPTIONS: tuple[Option, ...] = (
         "metrics_port",
         "--metrics-port",
         parse_int,
-        "port of the Prometheus /metrics endpoint; 0 turns the endpoint off",
+        "port of the HTTP server of Prometheus /metrics and the /healthz and /readyz probes; 0 "
+        "turns the server off, health endpoints included",
         "PORT",
+    ),
+    Option(
+        "health_stall_seconds",
+        "--health-stall-seconds",
+        float,
+        "seconds a worker's main loop may go without a turn before /healthz fails (HTTP 503)",
+        "SECONDS",
     ),
     Option("ts_unit", "--ts-unit", str, "unit of the events' `ts` field: s or ms", "UNIT"),
     Option(
@@ -221,6 +229,13 @@ class WorkerConfig:
     state_sync: bool = True
     metrics_address: str = "127.0.0.1"
     metrics_port: int = 9100
+    # A worker's main loop turns at least every 0.2 s while idle. Its longest legitimate pauses
+    # are the waits for the commit thread (a full --max-pending-batches queue, an assignment or
+    # a revocation). Each lasts up to delivery_timeout * delivery_attempts (60 s by default)
+    # plus one LMDB write. A batch delay adds at most 60 s, and an assignment's offset queries
+    # 10 s each. 300 s is max.poll.interval.ms: a worker silent for that long has been evicted
+    # from the group anyway, so a restart loses nothing.
+    health_stall_seconds: float = DEFAULT_MAX_POLL_INTERVAL_MS / 1000
     ts_unit: str = "s"
     # Clock skew between producers and workers that an event time may show. A later time would
     # move the partition's watermark ahead and close its sessions early.
@@ -279,6 +294,7 @@ def validate(config: WorkerConfig) -> None:
         _check_range("--k", config.k, 1, 100_000)
     _check_range("--state-map-size", config.state_map_size, 1 << 20, 1 << 44)
     _check_range("--metrics-port", config.metrics_port, 0, 65_535)
+    _check_range("--health-stall-seconds", config.health_stall_seconds, 1, 86_400)
     _check_range("--partitions", config.partitions, 1, 10_000)
     _check_range("delivery_timeout", config.delivery_timeout, 0.1, 600)
     _check_range("delivery_attempts", config.delivery_attempts, 1, 100)

@@ -7,6 +7,10 @@ must run in the parent before any worker process starts (spawned processes inher
 environment). `prepare_multiprocess_dir` creates a new directory for every run, so counters of an
 earlier run never leak in.
 
+The same HTTP server serves /healthz and /readyz when the pool passes its `HealthSource`
+(rules in `stream.health`), and then adds one gauge computed at scrape time,
+`hiertcn_worker_heartbeat_age_seconds`.
+
 Gauges state how the processes combine: `livesum` for counts that add up across processes and
 `livemax` for the lag of a partition, which the owning process reports and every other process
 leaves at 0. Dead processes drop out once the parent calls `mark_process_dead`.
@@ -18,21 +22,29 @@ import errno
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    make_wsgi_app,
     multiprocess,
-    start_http_server,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.registry import Collector
 
 from stream.errors import ConfigError
+from stream.health import HealthReport, HealthSource
 
 logger = logging.getLogger(__name__)
 
@@ -241,21 +253,93 @@ def mark_process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-def serve_aggregate(address: str, port: int) -> tuple[Any, Any]:
+def serve_aggregate(address: str, port: int, health: HealthSource | None = None) -> tuple[Any, Any]:
     """Serve the sum over every process of the pool at http://address:port/metrics.
 
-    Returns the server and its thread (prometheus_client's `start_http_server`); call
-    `server.shutdown()` to stop it. Raises `ConfigError` when the port cannot be bound.
+    With `health`, the server also serves /healthz and /readyz and exports the heartbeat age of
+    each worker. Returns the server and its thread; call `server.shutdown()` to stop it. Raises
+    `ConfigError` when the port cannot be bound.
     """
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
+    if health is not None:
+        registry.register(HeartbeatAgeCollector(health))
+    app = make_wsgi_app(registry)
+    if health is not None:
+        app = health_app(app, health)
     try:
-        server, thread = start_http_server(port, addr=address, registry=registry)
+        server = _start_server(address, port, app)
     except OSError as error:
         reason = "is already in use" if error.errno == errno.EADDRINUSE else f"failed ({error})"
         raise ConfigError(
             f"metrics port {address}:{port} {reason}: pass --metrics-port N, "
             "or 0 to turn the endpoint off"
         ) from error
-    logger.info("serving metrics at http://%s:%d/metrics", address, server.server_port)
+    thread = threading.Thread(target=server.serve_forever, name="hiertcn-metrics", daemon=True)
+    thread.start()
+    paths = "/metrics, /healthz and /readyz" if health is not None else "/metrics"
+    logger.info("serving %s at http://%s:%d", paths, address, server.server_port)
     return server, thread
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """A request handler that does not write a line to stderr for every scrape and probe."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _start_server(address: str, port: int, app: Callable[..., Any]) -> ThreadingWSGIServer:
+    """Bind a threading WSGI server as prometheus_client's `start_http_server` does, with `app`.
+
+    An address that does not resolve raises `socket.gaierror`, an OSError.
+    """
+    infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _type, _proto, _name, sockaddr = infos[0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    return make_server(sockaddr[0], port, app, Server, handler_class=_QuietHandler)
+
+
+def health_app(metrics_app: Callable[..., Any], health: HealthSource) -> Callable[..., Any]:
+    """Wrap the /metrics WSGI app so that /healthz and /readyz return `health`'s reports."""
+    checks = {"/healthz": health.liveness, "/readyz": health.readiness}
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        check = checks.get(environ.get("PATH_INFO", ""))
+        if check is None:
+            return metrics_app(environ, start_response)
+        report: HealthReport = check()
+        body = report.to_json()
+        headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+        ]
+        start_response(report.http_status, headers)
+        return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
+
+    return app
+
+
+class HeartbeatAgeCollector(Collector):
+    """The gauge `hiertcn_worker_heartbeat_age_seconds`, read from the pool at each scrape."""
+
+    def __init__(self, health: HealthSource) -> None:
+        self.health = health
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        report = self.health.liveness()
+        gauge = GaugeMetricFamily(
+            "hiertcn_worker_heartbeat_age_seconds",
+            "Seconds since the worker's main loop last turned; /healthz fails above "
+            "--health-stall-seconds. Workers that have exited are left out.",
+            labels=["worker"],
+        )
+        for status in report.workers:
+            if not status.exited:
+                age = max(report.now - status.last_beat, 0.0)
+                gauge.add_metric([str(status.index)], age)
+        yield gauge

@@ -7,24 +7,39 @@ SIGINT to the workers, and waits for them. It restarts nothing: a worker that ex
 pool is not stopping is logged with its exit code, and the pool stops the others and exits
 non-zero, unless `WorkerConfig.keep_going` lets the remaining workers take over its partitions.
 The only way back to the configured number of workers is to restart the pool.
+
+The metrics server also serves /healthz and /readyz (rules in `stream.health`), so that an
+orchestrator restarts a pool whose worker hangs or has exited under `keep_going`.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 import multiprocessing
 import os
 import signal
 import socket
 import sys
-from collections.abc import MutableMapping
+import threading
+import time
+from collections.abc import Iterable, MutableMapping
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from stream.config import WorkerConfig
 from stream.errors import ConfigError, StreamError
+from stream.health import (
+    HealthReport,
+    HealthSource,
+    HeartbeatTable,
+    WorkerHeartbeat,
+    WorkerStatus,
+    check_liveness,
+    check_readiness,
+)
 from stream.metrics import (
     mark_process_dead,
     prepare_multiprocess_dir,
@@ -52,7 +67,13 @@ def stop_timeout(config: WorkerConfig) -> float:
     return STOP_TIMEOUT_SECONDS + config.delivery_timeout * config.delivery_attempts
 
 
-def _worker_main(config: WorkerConfig, index: int, threads: int, log_level: int) -> None:
+def _worker_main(
+    config: WorkerConfig,
+    index: int,
+    threads: int,
+    log_level: int,
+    heartbeat: WorkerHeartbeat | None = None,
+) -> None:
     """Entry point of one spawned worker process."""
     from export.errors import ExportError
     from statestore.errors import StateStoreError
@@ -61,7 +82,7 @@ def _worker_main(config: WorkerConfig, index: int, threads: int, log_level: int)
 
     configure_logging(1 if log_level <= logging.DEBUG else 0)
     try:
-        code = run_worker(config, index, threads)
+        code = run_worker(config, index, threads, heartbeat)
     except (StreamError, ExportError, StateStoreError) as error:
         logger.error("worker %d failed: %s", index, error)
         code = error.exit_code
@@ -98,6 +119,15 @@ class Pool:
         self.log_level = log_level
         self.children: list[BaseProcess] = []
         self._stopping = False
+        # Seconds the pool waits for its workers after a stop request before it kills them.
+        self.stop_timeout = stop_timeout(config)
+        self._stop_deadline = math.inf  # time.monotonic() reading; set by the first request
+        self.heartbeats = HeartbeatTable(multiprocessing.get_context("spawn"), config.processes)
+        self._started_at = time.monotonic()
+        # Indexes of the workers that have exited, written by `_watch` and read by the
+        # health checks in the HTTP server's threads.
+        self._exited: set[int] = set()
+        self._exited_lock = threading.Lock()
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         """Ask every worker to finish its batch and stop (the SIGTERM and SIGINT handler)."""
@@ -105,6 +135,7 @@ class Pool:
             running = sum(child.is_alive() for child in self.children)
             cause = f"{signal.Signals(signum).name} received" if signum else "a worker exited"
             logger.info("stopping the pool (%s): stopping %d running workers", cause, running)
+            self._stop_deadline = time.monotonic() + self.stop_timeout
         self._stopping = True
         for child in self.children:
             if child.is_alive() and child.pid is not None:
@@ -122,7 +153,10 @@ class Pool:
                 self.config.state_dir,
             )
             if self.config.metrics_port:
-                server = serve_metrics(self.config.metrics_address, self.config.metrics_port)
+                warn_short_stall_limit(self.config)
+                server = serve_metrics(
+                    self.config.metrics_address, self.config.metrics_port, health=self
+                )
             self._start_children()
             return self._watch()
         finally:
@@ -140,7 +174,7 @@ class Pool:
         for index in range(self.config.processes):
             child = context.Process(
                 target=_worker_main,
-                args=(self.config, index, threads, self.log_level),
+                args=(self.config, index, threads, self.log_level, self.heartbeats.worker(index)),
                 name=f"hiertcn-worker-{index}",
             )
             child.start()
@@ -161,10 +195,13 @@ class Pool:
         failed = False
         invalid_input = False
         while running:
+            self._kill_after_stop_timeout(running.values())
             for sentinel in wait(list(running), timeout=1.0):
                 child = running.pop(sentinel)  # type: ignore[call-overload]
                 child.join()
                 mark_process_dead(child.pid)  # type: ignore[arg-type]
+                with self._exited_lock:
+                    self._exited.add(self._index(child))
                 if self._stopping and child.exitcode == 0:
                     logger.info("worker %d (pid %d) stopped", self._index(child), child.pid)
                     continue
@@ -177,6 +214,52 @@ class Pool:
         if invalid_input:
             return INVALID_INPUT_EXIT_CODE
         return 1 if failed else 0
+
+    def _kill_after_stop_timeout(self, running: Iterable[BaseProcess]) -> None:
+        """Kill the workers still running `stop_timeout` seconds after the stop request."""
+        if time.monotonic() < self._stop_deadline:
+            return
+        for child in running:
+            if child.is_alive():
+                logger.error("worker %d (pid %d) did not stop within %.0f s: killing it",
+                             self._index(child), child.pid, self.stop_timeout)  # fmt: skip
+                child.kill()
+        self._stop_deadline = math.inf  # once; the killed workers then exit through `wait`
+
+    # -- health checks, called from the HTTP server's threads ----------------------------------
+
+    def worker_statuses(self) -> list[WorkerStatus]:
+        """Return the status of every configured worker, started or not."""
+        with self._exited_lock:
+            exited = set(self._exited)
+        children = list(self.children)
+        statuses = []
+        for index in range(self.config.processes):
+            if index >= len(children):
+                statuses.append(WorkerStatus(index, None, False, False, self._started_at))
+                continue
+            statuses.append(
+                WorkerStatus(
+                    index=index,
+                    pid=children[index].pid,
+                    exited=index in exited,
+                    ready=self.heartbeats.ready(index),
+                    last_beat=self.heartbeats.last_beat(index),
+                )
+            )
+        return statuses
+
+    def liveness(self) -> HealthReport:
+        """Return the /healthz report (rules in `stream.health.check_liveness`)."""
+        now = time.monotonic()
+        statuses = self.worker_statuses()
+        return check_liveness(statuses, self._stopping, self.config.health_stall_seconds, now)
+
+    def readiness(self) -> HealthReport:
+        """Return the /readyz report (rules in `stream.health.check_readiness`)."""
+        now = time.monotonic()
+        statuses = self.worker_statuses()
+        return check_readiness(statuses, self._stopping, self.config.health_stall_seconds, now)
 
     def _report_exit(self, child: BaseProcess, remaining: int) -> None:
         """Log why a worker exited, and stop the pool unless `keep_going` lets it continue."""
@@ -209,7 +292,7 @@ class Pool:
         for child in self.children:
             if child.is_alive() and child.pid is not None:
                 os.kill(child.pid, signal.SIGTERM)
-        timeout = stop_timeout(self.config)
+        timeout = self.stop_timeout
         for child in self.children:
             child.join(timeout)
             if child.is_alive():
@@ -233,14 +316,28 @@ def describe_exit(exitcode: int | None) -> str:
     return f"failed with exit code {exitcode} (its error is logged above)"
 
 
-def serve_metrics(address: str, port: int):
+def warn_short_stall_limit(config: WorkerConfig) -> None:
+    """Warn once when /healthz would fail during a pause that the worker rides out by design."""
+    longest_pause = config.delivery_timeout * config.delivery_attempts + config.max_batch_delay
+    if config.health_stall_seconds < longest_pause:
+        logger.warning(
+            "--health-stall-seconds %g is below the longest pause that a worker survives by "
+            "design (delivery retries plus the batch delay, %.0f s): /healthz fails during a "
+            "broker outage of that length; raise it above %.0f s unless that is the intent",
+            config.health_stall_seconds,
+            longest_pause,
+            longest_pause,
+        )
+
+
+def serve_metrics(address: str, port: int, health: HealthSource | None = None):
     """Start the aggregate /metrics server; an address that cannot be bound is named as such.
 
     `serve_aggregate` reports every bind failure as a port problem, but an address that does not
     resolve, or that belongs to no interface of this machine, needs another --metrics-address.
     """
     try:
-        server, _thread = serve_aggregate(address, port)
+        server, _thread = serve_aggregate(address, port, health)
     except ConfigError as error:
         cause = error.__cause__
         bad_address = isinstance(cause, socket.gaierror) or (

@@ -64,6 +64,7 @@ from stream.events import (
     Position,
     decode_event,
 )
+from stream.health import WorkerHeartbeat
 from stream.logs import librdkafka_logger
 from stream.metrics import WorkerMetrics
 from stream.pipeline import BatchResult, Pipeline
@@ -119,8 +120,8 @@ def rebuild_state_allowed(config: WorkerConfig) -> bool:
     return config.rebuild_state
 
 
-def consumer_settings(config: WorkerConfig) -> dict[str, Any]:
-    """Return the librdkafka consumer settings, each with the reason it is set."""
+def consumer_settings(config: WorkerConfig, index: int = 0) -> dict[str, Any]:
+    """Return the librdkafka consumer settings of worker `index`, each with the reason it is set."""
     settings: dict[str, Any] = {
         "bootstrap.servers": config.brokers,
         "group.id": config.group_id,
@@ -144,6 +145,11 @@ def consumer_settings(config: WorkerConfig) -> dict[str, Any]:
         "enable.partition.eof": False,
     }
     settings.update(config.kafka_settings)
+    # Static membership: the broker fences every member but one that joins with the same
+    # group.instance.id, so each process of a pool gets the id with its index appended.
+    instance = settings.get("group.instance.id")
+    if instance and config.processes > 1:
+        settings["group.instance.id"] = f"{instance}-{index}"
     return settings
 
 
@@ -290,6 +296,7 @@ class Worker:
         producer: Producer,
         row_of: dict[str, int],
         label: str | None = None,
+        heartbeat: WorkerHeartbeat | None = None,
     ) -> None:
         # The name of this process in log lines, as the pool writes it: "worker 0 (pid 123)".
         self.label = label or f"worker (pid {os.getpid()})"
@@ -300,6 +307,8 @@ class Worker:
         self.consumer = consumer
         self.producer = producer
         self.row_of = row_of
+        # The pool's /healthz and /readyz read this worker's main-loop turns and group join.
+        self.heartbeat = heartbeat if heartbeat is not None else WorkerHeartbeat()
         self.event_config = event_config(config)
         self.session_gap = pipeline.config.session_gap
         self.top_k = pipeline.config.top_k
@@ -361,6 +370,7 @@ class Worker:
         self.metrics.workers_running.set(1)
         try:
             while not self._stopping:
+                self.heartbeat.beat()
                 self.committer.check()
                 messages = self._collect()
                 if messages:
@@ -374,6 +384,7 @@ class Worker:
     def _shutdown(self) -> None:
         # close() revokes the assignment, and on_revoke finishes what was collected and commits.
         logger.info("%s stopping: leaving the group", self.label)
+        self.heartbeat.set_ready(False)
         self.metrics.workers_running.set(0)
         try:
             self.consumer.close()
@@ -436,6 +447,9 @@ class Worker:
         self._warn_behind_committed(consumer, [tp for tp in partitions if tp.partition in stored])
         consumer.incremental_assign(partitions)
         self.metrics.partitions_assigned.set(len(self._positions))
+        # The first assignment, empty or not, means the worker has joined the group: a group
+        # with more workers than partitions gives some of them none.
+        self.heartbeat.set_ready(True)
 
     def _warn_behind_committed(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Warn for each partition whose stored position lies behind the group's committed
@@ -916,14 +930,14 @@ class TimedBundle:
             return self._bundle.session_close(state, session_mean)
 
 
-def _open_clients(config: WorkerConfig) -> tuple[Consumer, Producer]:
+def _open_clients(config: WorkerConfig, index: int) -> tuple[Consumer, Producer]:
     def log_client_error(error: KafkaError) -> None:
         logger.warning("Kafka client error: %s", error)
 
     # librdkafka's own lines go to a rate-limited logger instead of this process's stderr.
     client_log = librdkafka_logger(f"{__name__}.librdkafka")
     consumer = Consumer(
-        {**consumer_settings(config), "error_cb": log_client_error, "logger": client_log}
+        {**consumer_settings(config, index), "error_cb": log_client_error, "logger": client_log}
     )
     producer = Producer(
         {**producer_settings(config), "error_cb": log_client_error, "logger": client_log}
@@ -950,7 +964,12 @@ def open_state_store(config: WorkerConfig, bundle: ModelBundle) -> StateStore:
     )
 
 
-def run_worker(config: WorkerConfig, index: int, threads: int | None = None) -> int:
+def run_worker(
+    config: WorkerConfig,
+    index: int,
+    threads: int | None = None,
+    heartbeat: WorkerHeartbeat | None = None,
+) -> int:
     """Run one pool process until SIGTERM or SIGINT; return its exit code.
 
     The bundle, the LMDB environment and the Kafka clients are opened here, after the process
@@ -969,9 +988,11 @@ def run_worker(config: WorkerConfig, index: int, threads: int | None = None) -> 
         PipelineConfig(session_gap=config.session_gap, top_k=config.k),
     )
     store = open_state_store(config, bundle)
-    consumer, producer = _open_clients(config)
+    consumer, producer = _open_clients(config, index)
     label = f"worker {index} (pid {os.getpid()})"
-    worker = Worker(config, pipeline, store, metrics, consumer, producer, bundle.row_of, label)
+    worker = Worker(
+        config, pipeline, store, metrics, consumer, producer, bundle.row_of, label, heartbeat
+    )
     install_signal_handlers(worker)
     try:
         worker.run()

@@ -99,3 +99,15 @@ def test_main_exit_code_of_state_store_error(
     err = capsys.readouterr().err
     assert returned == code
     assert err == f"hiertcn-stream: error: {error}\n"
+
+
+def test_run_help_says_port_0_turns_health_off(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "/healthz and /readyz probes; 0 turns the server off, health endpoints included" in (
+        help_text
+    )
+    assert "--health-stall-seconds SECONDS" in help_text
+    assert "(env HIERTCN_HEALTH_STALL_SECONDS; default 300.0)" in help_text

@@ -60,6 +60,13 @@ def test_max_future_seconds_from_environment() -> None:
     assert build_config(REQUIRED, {"HIERTCN_MAX_FUTURE_SECONDS": "off"}).max_future_seconds is None
 
 
+def test_health_stall_seconds_from_environment() -> None:
+    config = build_config(REQUIRED, {"HIERTCN_HEALTH_STALL_SECONDS": "45"})
+
+    assert config.health_stall_seconds == 45.0
+    assert WorkerConfig(**REQUIRED).health_stall_seconds == 300.0
+
+
 def test_kafka_settings_from_flags_and_env() -> None:
     environ = {
         "HIERTCN_KAFKA_SECURITY_PROTOCOL": "SSL",
@@ -110,6 +117,8 @@ def test_parse_bool_rejects_junk() -> None:
         ("session_gap", -1.0, "--session-gap"),
         ("k", 0, "--k"),
         ("metrics_port", 70_000, "--metrics-port"),
+        ("health_stall_seconds", 0.5, "--health-stall-seconds"),
+        ("health_stall_seconds", float("inf"), "--health-stall-seconds"),
         ("ts_unit", "us", "--ts-unit"),
         ("device", "tpu", "--device"),
         ("max_future_seconds", -1.0, "--max-future-seconds"),

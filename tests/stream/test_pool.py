@@ -16,6 +16,7 @@ import pytest
 
 from stream.config import WorkerConfig
 from stream.errors import ConfigError
+from stream.health import HealthReport
 from stream.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
 from stream.pool import (
     BLAS_THREAD_VARIABLES,
@@ -25,6 +26,7 @@ from stream.pool import (
     serve_metrics,
     single_threaded_blas,
     stop_timeout,
+    warn_short_stall_limit,
 )
 
 
@@ -65,6 +67,13 @@ def _exit_on_invalid_state() -> None:
     sys.exit(2)
 
 
+def _ignore_sigterm() -> None:
+    """A stand-in worker that hangs: it ignores SIGTERM, as one stuck in a system call would."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(60)
+    sys.exit(3)
+
+
 def _wait_for_sigterm() -> None:
     """A stand-in worker that runs until SIGTERM and then exits 0, as a worker does."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
@@ -81,13 +90,17 @@ class StandInPool(Pool):
         context = multiprocessing.get_context("spawn")
         for index in range(self.config.processes):
             target = self.first_worker if index == 0 else _wait_for_sigterm
+            self.heartbeats.worker(index)  # the start time, as the real pool records it
             child = context.Process(target=target)
             child.start()
             self.children.append(child)
 
 
 def _run_stand_in_pool(
-    tmp_path: Path, keep_going: bool, first_worker: Callable[[], None] = _exit_at_once
+    tmp_path: Path,
+    keep_going: bool,
+    first_worker: Callable[[], None] = _exit_at_once,
+    on_pool: Callable[[Pool], None] = lambda pool: None,
 ) -> int:
     config = WorkerConfig(
         brokers="127.0.0.1:1",
@@ -99,6 +112,7 @@ def _run_stand_in_pool(
     )
     pool = StandInPool(config)
     pool.first_worker = first_worker  # type: ignore[method-assign]
+    on_pool(pool)
     # With --keep-going the pool runs on after worker 0 exits, until a stop request.
     stopper = threading.Timer(5.0, pool.request_stop, args=(signal.SIGTERM,))
     stopper.start()
@@ -218,3 +232,91 @@ def test_metrics_port_in_use_still_blames_port(metrics_dir: Path) -> None:
 
         with pytest.raises(ConfigError, match="is already in use: pass --metrics-port N"):
             serve_metrics("127.0.0.1", port)
+
+
+def test_hung_worker_killed_after_stop_timeout(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stream.pool")
+
+    def short_stop_timeout(pool: Pool) -> None:
+        pool.stop_timeout = 1.0
+
+    started = time.monotonic()
+    code = _run_stand_in_pool(
+        tmp_path, keep_going=True, first_worker=_ignore_sigterm, on_pool=short_stop_timeout
+    )
+
+    # The stop request comes after 5 s; the hung worker would sleep for 60 s.
+    assert time.monotonic() - started < 30
+    assert code == 1
+    assert "worker 0 (pid " in caplog.text
+    assert ") did not stop within 1 s: killing it" in caplog.text
+    assert ") was killed by SIGKILL while the pool was stopping" in caplog.text
+
+
+def test_keep_going_pool_fails_liveness_after_worker_exit(tmp_path: Path) -> None:
+    reports: list[tuple[HealthReport, HealthReport]] = []
+
+    def check_before_stop(pool: Pool) -> None:
+        # Worker 0 exits at once; the stop request comes after 5 s.
+        timer = threading.Timer(3.0, lambda: reports.append((pool.liveness(), pool.readiness())))
+        timer.start()
+
+    code = _run_stand_in_pool(tmp_path, keep_going=True, on_pool=check_before_stop)
+
+    assert code == 1
+    ((liveness, readiness),) = reports
+    assert not liveness.ok
+    assert liveness.problems[0].startswith("worker 0 (pid ")
+    assert "has exited: 1 of 2 workers running" in liveness.problems[0]
+    assert len(liveness.problems) == 1, "worker 1 runs and its start time is recent"
+    assert not readiness.ok
+
+
+def test_pool_health_ok_while_stopping(tmp_path: Path) -> None:
+    config = WorkerConfig(brokers="127.0.0.1:1", bundle=tmp_path / "bundle", metrics_port=0)
+    pool = Pool(config)
+
+    pool.request_stop(signal.SIGTERM)
+
+    assert pool.liveness().status == "stopping"
+    assert pool.liveness().ok
+    assert not pool.readiness().ok
+
+
+def test_pool_health_counts_unstarted_workers(tmp_path: Path) -> None:
+    config = WorkerConfig(
+        brokers="127.0.0.1:1", bundle=tmp_path / "bundle", processes=2, metrics_port=0
+    )
+    pool = Pool(config)
+
+    statuses = pool.worker_statuses()
+
+    assert [status.pid for status in statuses] == [None, None]
+    assert pool.liveness().ok
+    assert pool.readiness().problems == (
+        "worker 0 (not started) has not joined the consumer group yet",
+        "worker 1 (not started) has not joined the consumer group yet",
+    )
+
+
+def test_short_stall_limit_warned(caplog: pytest.LogCaptureFixture) -> None:
+    config = WorkerConfig(
+        brokers="127.0.0.1:1", bundle=Path("b"), health_stall_seconds=5.0, max_batch_delay_ms=0
+    )
+
+    with caplog.at_level(logging.WARNING, logger="stream.pool"):
+        warn_short_stall_limit(config)
+
+    assert "--health-stall-seconds 5 is below the longest pause" in caplog.text
+    assert "(delivery retries plus the batch delay, 60 s)" in caplog.text
+
+
+def test_default_stall_limit_not_warned(caplog: pytest.LogCaptureFixture) -> None:
+    config = WorkerConfig(brokers="127.0.0.1:1", bundle=Path("b"))
+
+    with caplog.at_level(logging.WARNING, logger="stream.pool"):
+        warn_short_stall_limit(config)
+
+    assert caplog.text == ""

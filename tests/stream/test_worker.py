@@ -5,6 +5,7 @@ The integration tests in tests/integration/test_worker_*.py run the whole worker
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 import time
 from dataclasses import replace
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from statestore import PartitionPosition
 from stream.config import WorkerConfig
 from stream.events import DeadLetter
+from stream.health import HeartbeatTable
 from stream.metrics import create_metrics
 from stream.worker import (
     DEAD_LETTERS_LOGGED_PER_REASON,
@@ -470,3 +472,78 @@ def test_stored_position_behind_commit_warned(caplog: pytest.LogCaptureFixture) 
     assert len(warnings) == 1
     assert warnings[0].startswith("stored position interactions[0]@6056 in ")
     assert "is 500 events behind the committed offset 6556 of group hiertcn" in warnings[0]
+
+
+def _worker_with_heartbeat() -> tuple[Worker, HeartbeatTable]:
+    table = HeartbeatTable(multiprocessing.get_context("spawn"), 1)
+    worker = make_worker(FakeProducer())
+    worker.heartbeat = table.worker(0)
+    return worker, table
+
+
+def test_empty_assignment_marks_worker_ready() -> None:
+    worker, table = _worker_with_heartbeat()
+    consumer = AssignConsumer({})
+
+    _assign(worker, consumer, PositionStore({}), [])
+
+    assert consumer.assigned == []
+    assert table.ready(0)
+
+
+def test_rejected_assignment_leaves_worker_unready() -> None:
+    worker, table = _worker_with_heartbeat()
+
+    with pytest.raises(CommittedOffsetsError):
+        _assign(worker, AssignConsumer({0: 6556}), PositionStore({}), [0])
+
+    assert not table.ready(0)
+
+
+class ClosingConsumer:
+    """A consumer whose close() is all that the worker's shutdown calls."""
+
+    def close(self) -> None:
+        pass
+
+
+def test_shutdown_clears_ready() -> None:
+    worker, table = _worker_with_heartbeat()
+    _assign(worker, AssignConsumer({}), PositionStore({}), [])
+    worker.consumer = ClosingConsumer()  # type: ignore[assignment]
+
+    worker._shutdown()
+
+    assert not table.ready(0)
+
+
+def test_main_loop_turn_beats() -> None:
+    worker, table = _worker_with_heartbeat()
+    table.values[0] = 0.0
+    worker.heartbeat.clock = lambda: 123.0
+
+    def stop_after_one_turn() -> list[Any]:
+        worker.request_stop()
+        return []
+
+    worker.consumer = SimpleNamespace(  # type: ignore[assignment]
+        subscribe=lambda *args, **kwargs: None, close=lambda: None
+    )
+    worker._collect = stop_after_one_turn  # type: ignore[method-assign]
+    worker._idle = lambda: None  # type: ignore[method-assign]
+
+    worker.run()
+
+    assert table.last_beat(0) == 123.0
+
+
+def test_static_membership_id_per_process() -> None:
+    settings = {"group.instance.id": "pod-3"}
+    pool = WorkerConfig(brokers="b:9092", bundle=Path("x"), processes=2, kafka_settings=settings)
+    single = WorkerConfig(brokers="b:9092", bundle=Path("x"), processes=1, kafka_settings=settings)
+
+    assert consumer_settings(pool, 0)["group.instance.id"] == "pod-3-0"
+    assert consumer_settings(pool, 1)["group.instance.id"] == "pod-3-1"
+    assert consumer_settings(single, 0)["group.instance.id"] == "pod-3"
+    plain = WorkerConfig(brokers="b:9092", bundle=Path("x"), processes=2)
+    assert "group.instance.id" not in consumer_settings(plain, 1)
