@@ -8,15 +8,36 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from stream.metrics import WorkerMetrics, create_metrics
+from stream.health import HealthReport, WorkerStatus, check_liveness, check_readiness
+from stream.metrics import HeartbeatAgeCollector, WorkerMetrics, create_metrics
 
 PARTITIONS = ("0", "1", "2")
 DEAD_LETTER_REASONS = ("not_msgpack", "unknown_item")
 TOP_K = "10"
+
+
+class _StandInHealth:
+    """A pool of one worker whose heartbeat is a made-up fraction of a second old."""
+
+    def __init__(self, rand: random.Random) -> None:
+        self._random = rand
+
+    def _workers(self, now: float) -> list[WorkerStatus]:
+        last_beat = now - self._random.uniform(0.0, 0.5)
+        return [WorkerStatus(index=0, pid=1, exited=False, ready=True, last_beat=last_beat)]
+
+    def liveness(self) -> HealthReport:
+        now = time.monotonic()
+        return check_liveness(self._workers(now), False, 300.0, now)
+
+    def readiness(self) -> HealthReport:
+        now = time.monotonic()
+        return check_readiness(self._workers(now), False, 300.0, now)
 
 
 class StandInWorkerExporter:
@@ -27,6 +48,8 @@ class StandInWorkerExporter:
         self.metrics = create_metrics(self.registry)
         self.interval_s = interval_s
         self._random = random.Random(seed)
+        # The pool computes the heartbeat gauge at each scrape, as this collector does.
+        self.registry.register(HeartbeatAgeCollector(_StandInHealth(self._random)))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="standin-exporter", daemon=True)
         self._server: Any = None

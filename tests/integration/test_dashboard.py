@@ -14,10 +14,8 @@ from typing import Any
 
 import msgpack
 import pytest
-from prometheus_client import CollectorRegistry
 
 from ops.prometheus.run import DEFAULT_BINARY, PrometheusConfig, PrometheusServer, free_port
-from stream.metrics import create_metrics
 from tests.integration.dashboard_queries import (
     load_dashboard,
     panel_queries,
@@ -73,9 +71,9 @@ def require_prometheus() -> None:
 
 
 def worker_series_names() -> set[str]:
-    """Return the series names of the worker metrics, such as hiertcn_batch_seconds_sum."""
-    registry = CollectorRegistry()
-    create_metrics(registry)
+    """Return the series names of the worker metrics, such as hiertcn_batch_seconds_sum, and of
+    the heartbeat gauge that the pool adds."""
+    registry = StandInWorkerExporter().registry
     return {
         family.name + suffix
         for family in registry.collect()
