@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import logging
 import math
+import os
 import platform
 import random
 import time
@@ -56,6 +57,10 @@ from hiertcn.models.registry import effective_settings, read_fields
 from hiertcn.progress import ProgressBar
 
 logger = logging.getLogger(__name__)
+
+# The most CPU threads that `threads` may ask torch for: above the core count of common servers,
+# and below 9999, at which torch 2 crashed with a segmentation fault on a 2-core machine.
+MAX_THREADS = 1024
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -97,8 +102,10 @@ class TrainConfig:
             raise InvalidFieldError("training", "grad_clip", self.grad_clip, "use a norm > 0")
         if self.max_batches is not None and self.max_batches < 1:
             raise InvalidFieldError("training", "max_batches", self.max_batches, "use 1 or more")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise InvalidFieldError("training", "threads", self.threads, "use 1 or more")
+        if self.threads is not None and (
+            not isinstance(self.threads, int) or not 1 <= self.threads <= MAX_THREADS
+        ):
+            raise InvalidFieldError("training", "threads", self.threads, f"use 1 to {MAX_THREADS}")
         if self.device not in DEVICES:
             raise ConfigError(f"device {self.device!r} is invalid: use one of {DEVICES}")
 
@@ -143,8 +150,13 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            reason = f"this torch build ({torch.__version__}) has no CUDA support"
+        else:
+            reason = f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no GPU"
         raise ConfigError(
-            "device 'cuda' requested but no CUDA device is available: use --device cpu"
+            f"device 'cuda' requested, but {reason}: use --device cpu, or check the NVIDIA "
+            "driver with nvidia-smi"
         )
     if name not in DEVICES:
         raise ConfigError(f"device {name!r} is invalid: use one of {DEVICES}")
@@ -159,6 +171,15 @@ def set_threads(threads: int | None) -> int:
     if threads is not None and threads != torch.get_num_threads():
         torch.set_num_threads(threads)
         logger.info("torch uses %d CPU thread%s", threads, "" if threads == 1 else "s")
+        cores = os.cpu_count() or 1
+        if threads > cores:
+            logger.warning(
+                "--threads %d is above this machine's core count (%d), which slows torch down: "
+                "use it only to repeat a run made with %d threads",
+                threads,
+                cores,
+                threads,
+            )
     return torch.get_num_threads()
 
 
@@ -366,9 +387,10 @@ def _record_epoch(state: _RunState, model, valid, loss, seconds, events, config)
     else:
         state.epochs_without_improvement += 1
     rate = events / seconds if seconds > 0 else 0.0
+    # The thread count of each epoch, because a resume may change it (see `set_threads`).
     state.history.append(
         {"epoch": state.epoch, "loss": loss, "seconds": seconds, "events_per_second": rate}
-        | {"valid": dict(valid)}
+        | {"threads": torch.get_num_threads(), "valid": dict(valid)}
     )
     logger.info(
         "epoch %d/%d: loss %.4f, valid MRR %.4f, Recall@10 %.4f, %.1f s, %.0f events/s%s",
@@ -464,6 +486,13 @@ _LOSS_FLAGS: dict[str, tuple[str, frozenset[str] | None]] = {
 }
 
 
+# Added to the warning about a changed --threads, whose effect is not visible in the metrics.
+_THREADS_NOTE = (
+    ", so the run no longer repeats a run made in one go to the last digit (metrics.json lists "
+    "the threads of each epoch)"
+)
+
+
 def _setting(flag: str, value: Any) -> str:
     return f"no {flag}" if value is None else f"{flag} {value}"
 
@@ -487,10 +516,11 @@ def _warn_changed_training(path: Path, saved: dict[str, Any], config: TrainConfi
     for flag, before, now in changes:
         if before != now:
             logger.warning(
-                "%s was trained with %s; the run continues with %s",
+                "%s was trained with %s; the run continues with %s%s",
                 path,
                 _setting(flag, before),
                 _setting(flag, now),
+                _THREADS_NOTE if flag == "--threads" else "",
             )
 
 

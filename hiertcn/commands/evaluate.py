@@ -17,7 +17,8 @@ DESCRIPTION = "Evaluate several checkpoints side by side on the same split of a 
 EPILOG = """example:
   hiertcn evaluate runs/ml-hiertcn/best.pt runs/ml-gru/best.pt ratings.csv --format movielens
 
-Pass the same data flags as for training, so the split and the item vocabulary are the same.
+Pass the same data flags as for training, so the split and the item vocabulary are the same. A
+folder from `hiertcn data prepare` in place of the log needs no data flags.
 Prints one Markdown table (one row per checkpoint) and, with --json, writes the metrics as JSON.
 """
 
@@ -60,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="auto uses CUDA when present, else the CPU (default: auto)",
     )
-    add_threads_argument(group)
+    add_threads_argument(group, "the --json file")
     group.add_argument(
         "--no-impressions",
         action="store_true",
@@ -95,6 +96,11 @@ def check_json_path(path: Path) -> None:
         raise ConfigError(f"--json {path} is not writable: pass a path you can write")
 
 
+# The most --threads that `hiertcn.train.TrainConfig` accepts, kept here so that the check runs
+# before torch is imported.
+MAX_THREADS = 1024
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Raise ConfigError on a missing checkpoint or on --ranks without --json."""
     if not args.checkpoints:
@@ -102,8 +108,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             f"no checkpoint given, only the log {args.data}: pass one or more checkpoints "
             f"(the best.pt of a run) before it, e.g. hiertcn evaluate runs/NAME/best.pt {args.data}"
         )
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads {args.threads} is invalid: use 1 or more")
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise ConfigError(f"--threads {args.threads} is invalid: use 1 to {MAX_THREADS}")
     if args.ranks and args.json is None:
         raise ConfigError(
             "--ranks adds the ranks to the --json file, but no --json was given: "

@@ -123,7 +123,7 @@ def _add_arguments(sub: argparse.ArgumentParser, name: str) -> None:
     add_data_arguments(sub)
     add_model_arguments(sub, model_required=False)
     add_loss_arguments(sub)
-    add_training_arguments(sub)
+    add_training_arguments(sub, threads_record="each table's JSON file (setup.environment)")
     sub.add_argument(
         "--models",
         help="comma-separated models to compare, each once (default for compare: "
@@ -203,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
     from hiertcn.commands.train import model_config_from_args, train_config_from_args
     from hiertcn.data.options import data_config_from_args
     from hiertcn.experiments.runner import RunCache
+    from hiertcn.train import set_threads
 
     reject_unread_flags(args)
     if args.model is None:
@@ -213,14 +214,18 @@ def run(args: argparse.Namespace) -> int:
     chosen = _chosen_experiments(args)
     _check_names(args, chosen)
     data = data_config_from_args(args)
+    model = model_config_from_args(args)
+    train = train_config_from_args(args)
     context = {
         "data": data,
-        "model": model_config_from_args(args),
-        "train": train_config_from_args(args),
+        "model": model,
+        "train": train,
         "args": args,
         "cache": RunCache(data, args.out / "runs"),
     }
     check_out_dir(args.out, force=args.force)
+    # The thread count applies to every variant, and each set-up line records it.
+    set_threads(train.threads)
     for name in chosen:
         _RUNNERS[name](**context)
     print(f"experiment tables and plots are in {args.out}")
@@ -335,6 +340,7 @@ def _setup(data, variants, splits: tuple[str, ...] = ("cold",)) -> dict[str, Any
     is listed per variant label under "variants", so the line shows what each row trained.
     """
     from hiertcn.experiments.report import split_shared_settings
+    from hiertcn.train import resolve_device, run_environment
 
     settings = [
         {"model": variant.model.to_dict(), "training": variant.train.to_dict()}
@@ -349,6 +355,7 @@ def _setup(data, variants, splits: tuple[str, ...] = ("cold",)) -> dict[str, Any
         "filters": dataclasses.asdict(data.filters),
         "splits": list(splits),
         **shared,
+        "environment": run_environment(str(resolve_device(variants[0].train.device))),
     }
     if any(changed):
         setup["variants"] = {

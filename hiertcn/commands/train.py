@@ -200,8 +200,11 @@ def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the training loop flags (defaults from `TrainConfig`)."""
+def add_training_arguments(
+    parser: argparse.ArgumentParser, threads_record: str = "metrics.json"
+) -> None:
+    """Add the training loop flags (defaults from `TrainConfig`); `threads_record` names the
+    file that records the thread count."""
     group = parser.add_argument_group("training")
     group.add_argument("--epochs", type=int, default=10, help="maximum epochs (default: 10)")
     group.add_argument(
@@ -233,21 +236,21 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="cap the batches of each epoch, for quick trials (default: all)",
     )
-    add_threads_argument(group)
+    add_threads_argument(group, threads_record)
     group.add_argument(
         "--no-progress", action="store_true", help="do not draw the progress bar on stderr"
     )
 
 
-def add_threads_argument(group: argparse._ArgumentGroup) -> None:
-    """Add `--threads`, torch's CPU thread count."""
+def add_threads_argument(group: argparse._ArgumentGroup, record: str) -> None:
+    """Add `--threads`, torch's CPU thread count; `record` names the file that records it."""
     group.add_argument(
         "--threads",
         type=int,
         metavar="N",
-        help="CPU threads of torch (default: torch's choice, one per core). The last digits of "
-        "convolutions and matrix products depend on it, so a run repeats exactly only with the "
-        "same count; metrics.json records the count used",
+        help="CPU threads of torch, 1 to 1024 (default: torch's choice, one per core). The last "
+        "digits of convolutions and matrix products depend on it, so a run repeats exactly "
+        f"only with the same count; {record} records the count used",
     )
 
 

@@ -133,4 +133,11 @@ def test_thread_count_set_and_recorded(tmp_path, run_dir):
 def test_thread_count_zero_rejected_before_data(tmp_path, capsys, run_dir):
     argv = evaluate_argv(run_dir / "best.pt", tmp_path / "absent.csv", "--threads", "0")
     assert main(argv) == 2
-    assert "--threads 0 is invalid: use 1 or more" in capsys.readouterr().err
+    assert "--threads 0 is invalid: use 1 to 1024" in capsys.readouterr().err
+
+
+def test_thread_limit_matches_training():
+    from hiertcn.commands.evaluate import MAX_THREADS
+    from hiertcn.train import MAX_THREADS as TRAINING_MAX_THREADS
+
+    assert MAX_THREADS == TRAINING_MAX_THREADS

@@ -109,8 +109,22 @@ def test_cuda_without_gpu_rejected_before_data(tmp_path, capsys, monkeypatch):
     argv[argv.index("cpu")] = "cuda"
     assert main(argv) == 2
     error = capsys.readouterr().err
-    assert "no CUDA device" in error
+    assert "device 'cuda' requested, but " in error
+    assert "use --device cpu" in error
     assert "absent.csv" not in error
+
+
+@pytest.mark.parametrize(
+    ("cuda_version", "reason"),
+    [(None, "has no CUDA support"), ("12.4", "(CUDA 12.4) finds no GPU")],
+)
+def test_cuda_message_gives_reason(tmp_path, capsys, monkeypatch, cuda_version, reason):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", cuda_version)
+    argv = train_argv(tmp_path / "absent.csv", tmp_path / "run")
+    argv[argv.index("cpu")] = "cuda"
+    assert main(argv) == 2
+    assert reason in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -139,7 +153,8 @@ def test_invalid_model_flag_named(tmp_path, capsys, flags, message):
         (["--lr", "0"], "--lr 0.0 is invalid: use a learning rate > 0"),
         (["--grad-clip", "0"], "--grad-clip 0.0 is invalid: use a norm > 0"),
         (["--max-batches", "0"], "--max-batches 0 is invalid: use 1 or more"),
-        (["--threads", "0"], "--threads 0 is invalid: use 1 or more"),
+        (["--threads", "0"], "--threads 0 is invalid: use 1 to 1024"),
+        (["--threads", "9999"], "--threads 9999 is invalid: use 1 to 1024"),
         (["--dilations", "0"], "--dilations '0' is invalid: give one positive integer per"),
         (["--dilations", ""], "--dilations '' is invalid: give one positive integer per"),
         (["--dilations", "1,,2"], "--dilations '1,,2' is invalid"),
@@ -244,6 +259,8 @@ def test_thread_count_set_and_recorded(tmp_path):
     assert summary["environment"]["threads"] == 2
     assert summary["environment"]["torch"] == torch.__version__
     assert load_checkpoint(out / "best.pt").train_config["threads"] == 2
+    assert [epoch["threads"] for epoch in summary["history"]] == [2]
+    assert [epoch["threads"] for epoch in summary["history"]] == [2]
 
 
 def test_thread_count_default_left_to_torch(tmp_path):
@@ -255,3 +272,12 @@ def test_thread_count_default_left_to_torch(tmp_path):
     summary = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert summary["training"]["threads"] is None
     assert summary["environment"]["threads"] == 1  # the fixture's count, left as it was
+
+
+def test_threads_above_cores_warned(tmp_path, caplog, monkeypatch):
+    log = tmp_path / "log.csv"
+    write_log(log)
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    argv = train_argv(log, tmp_path / "run", "--no-progress", "--threads", "2")
+    assert main(argv) == 0
+    assert "--threads 2 is above this machine's core count (1)" in caplog.text

@@ -419,6 +419,16 @@ def test_losses_setup_lists_loss_per_variant(tiny_log, tmp_path):
     assert json.loads(markdown.split("Set-up: `")[1].rstrip("`\n")) == setup
 
 
+def test_setup_records_threads_and_versions(tiny_log, tmp_path):
+    _run_experiment(tiny_log, tmp_path, "losses", "--threads", "2")
+
+    setup = _setup_of(tmp_path / "losses.json")
+    assert setup["training"]["threads"] == 2
+    assert setup["environment"]["threads"] == 2
+    assert setup["environment"]["torch"] == torch.__version__
+    assert setup["environment"]["device"] in ("cpu", "cuda")
+
+
 def test_regularization_setup_lists_variant_settings(tiny_log, tmp_path):
     _run_experiment(tiny_log, tmp_path, "regularization", "--regularization-rate", "0.5")
 

@@ -172,5 +172,7 @@ def test_resume_warns_about_changed_thread_count(run_dir, caplog):
         train_model(model_of(TINY_HIERTCN), tiny_dataset(), changed, run_dir, resume=True)
     warnings = [record.getMessage() for record in caplog.records]
     assert warnings == [
-        f"{run_dir / 'last.pt'} was trained with no --threads; the run continues with --threads 1",
+        f"{run_dir / 'last.pt'} was trained with no --threads; "
+        "the run continues with --threads 1, so the run no longer repeats a run made in one go "
+        "to the last digit (metrics.json lists the threads of each epoch)",
     ]
