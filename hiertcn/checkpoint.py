@@ -230,11 +230,13 @@ def check_data_settings(
     summary: dict[str, Any],
     settings: tuple[str, ...] = RESUME_DATA_SETTINGS,
     action: str = "resume",
+    prepared_folder: str | os.PathLike[str] | None = None,
 ) -> None:
     """Raise CheckpointError when the `settings` in `summary` differ from the checkpoint's.
 
     The message names the flags that trained the checkpoint, for the command doing `action`.
-    A setting that one of the two summaries does not record is not compared.
+    A setting that one of the two summaries does not record is not compared. With
+    `prepared_folder`, `summary` comes from that folder, whose flags the user did not type.
     """
     saved = checkpoint.data_summary
     names = [
@@ -245,6 +247,12 @@ def check_data_settings(
     if names:
         trained = "; ".join(setting_flags(name, saved[name]) for name in names)
         now = "; ".join(setting_flags(name, summary[name]) for name in names)
+        if prepared_folder is not None:
+            raise CheckpointError(
+                f"checkpoint {path} was trained with {trained}, and the prepared folder "
+                f"{prepared_folder} has {now}: {action} on the log with the data flags that "
+                "trained it, or on a folder prepared with them"
+            )
         raise CheckpointError(
             f"checkpoint {path} was trained with {trained}, not {now}: {action} with the log "
             "and data flags that trained it"

@@ -1,14 +1,16 @@
 """`hiertcn data`: statistics of an interaction log, saving its split, and synthetic logs.
 
 hiertcn data stats FILE|DIR [--format ...] [filter flags] [--splits] [--json]
-hiertcn data prepare FILE --out DIR [data flags]
+hiertcn data prepare FILE --out DIR [data flags] [--force]
 hiertcn data synthetic OUT.csv [--users N] [--items N] [--seed N] [--force]
 
 `hiertcn train`, `hiertcn evaluate` and `hiertcn data stats` take the folder DIR that `prepare`
 writes in place of the log FILE, and then skip reading, filtering and splitting. The folder
-records its data flags in prepared.json, and a data flag given with it must equal the recorded
-value. Python code reads one part with `hiertcn.data.EventLog.load(DIR / "train")`, or the whole
-split with `hiertcn.data.prepared.load_prepared(DIR)`.
+records its data flags in prepared.json, with the format and time unit that the reader used, and
+a data flag given with it must equal the recorded value. An --out that already contains a
+prepared folder is replaced only with --force. Python code reads one part with
+`hiertcn.data.EventLog.load(DIR / "train")`, or the whole split with
+`hiertcn.data.prepared.load_prepared(DIR)`.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from hiertcn.data.options import (
     add_data_arguments,
     data_config_from_args,
     load_dataset,
-    load_dataset_from_config,
     prepare_log,
 )
-from hiertcn.data.prepared import is_prepared_folder, save_prepared
+from hiertcn.data.prepared import is_prepared_folder, prepare_dataset, save_prepared
+from hiertcn.data.prepared_files import check_prepare_out, remove_prepared
 from hiertcn.data.stats import WARM_SPLIT_NOTE, compute_stats, format_stats_table
 from hiertcn.data.synthetic import generate_synthetic_log
 from hiertcn.errors import ConfigError, DataError
@@ -60,13 +62,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "prepare",
         help="save the split of a log as memory-mappable event logs",
         description="Read, filter, sessionize and split a log, and save the whole filtered "
-        "log (all/), the train/, valid/ and test/ event logs, summary.json and the data flags "
-        "(prepared.json) under --out. hiertcn train, evaluate and data stats take this folder in "
-        "place of the log and skip reading, filtering and splitting; Python code reads one part "
+        "log (all/), the train/, valid/ and test/ event logs, summary.json and prepared.json "
+        "under --out. prepared.json records the log's absolute path, the data flags with the "
+        "format and time unit that the reader used, and the reader's warnings, which are "
+        "logged again on each load. hiertcn train, evaluate and data stats take this folder in "
+        "place of the log and skip reading, filtering and splitting. Python code reads one part "
         "with hiertcn.data.EventLog.load(folder).",
     )
     add_data_arguments(prepare)
-    prepare.add_argument("--out", type=Path, required=True, help="output folder")
+    prepare.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="output folder: a new or empty folder, or a prepared folder with --force",
+    )
+    prepare.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the prepared folder in --out (default: a used --out is rejected). Only "
+        "the files that data prepare writes are deleted, and a folder with other files is "
+        "rejected",
+    )
     prepare.set_defaults(func=run_prepare)
 
     synthetic = commands.add_parser(
@@ -102,7 +119,7 @@ def run_stats(args: argparse.Namespace) -> int:
         source, session_gap = dataset.summary["source"], dataset.summary["session_gap"]
         split_kind = dataset.summary["split"]["kind"]
     else:
-        config = data_config_from_args(args)
+        config = data_config_from_args(args, prepared_accepted=True)
         log, report = prepare_log(config)
         parts = {"all": log}
         source, session_gap, split_kind = str(config.path), config.session_gap, config.split.kind
@@ -129,10 +146,13 @@ def run_prepare(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file: pass a folder")
     _check_ancestors_are_folders(out, "--out")
+    check_prepare_out(out, args.force)
     config = data_config_from_args(args)
-    dataset = load_dataset_from_config(config)
+    dataset, warnings = prepare_dataset(config)
     try:
-        save_prepared(dataset, config, out)
+        # The old folder is deleted only once the new data is ready, so a bad log keeps it.
+        remove_prepared(out)
+        save_prepared(dataset, config, out, warnings)
     except OSError as error:
         raise DataError(
             f"cannot write the split under --out {out}: {error.strerror} ({error.filename}): "

@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         load_checkpoint,
     )
     from hiertcn.data.options import load_dataset
+    from hiertcn.data.prepared import is_prepared_folder
     from hiertcn.evaluate import EvaluationConfig, evaluate_model, format_table
     from hiertcn.train import resolve_device, run_environment, set_threads
 
@@ -148,7 +149,12 @@ def run(args: argparse.Namespace) -> int:
     for path, checkpoint in zip(args.checkpoints, checkpoints, strict=True):
         check_vocabulary(path, checkpoint, dataset.vocab.ids)
         check_data_settings(
-            path, checkpoint, dataset.summary, EVALUATION_DATA_SETTINGS, action="evaluate it"
+            path,
+            checkpoint,
+            dataset.summary,
+            EVALUATION_DATA_SETTINGS,
+            action="evaluate it",
+            prepared_folder=args.data if is_prepared_folder(Path(args.data)) else None,
         )
 
     rows: list[dict[str, Any]] = []

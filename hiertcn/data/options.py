@@ -250,24 +250,58 @@ def _event_types(value: str | None) -> tuple[str, ...] | None:
     return types
 
 
-def data_config_from_args(args: argparse.Namespace) -> DataConfig:
+def data_config_from_args(args: argparse.Namespace, prepared_accepted: bool = False) -> DataConfig:
     """Build the `DataConfig` from the flags that `add_data_arguments` added.
 
-    A prepared folder in place of the log raises ConfigError, because only `load_dataset` reads
-    one.
+    A part or a JSON file of a prepared folder in place of the log raises ConfigError, and so
+    does a prepared folder unless `prepared_accepted`. Pass `prepared_accepted` for a command
+    that loads prepared folders with `load_dataset`, so that the messages name the folder.
     """
-    # The prepared module imports this one, so it is imported here.
-    from hiertcn.data.prepared import is_prepared_folder
-
     if args.data is None:
         raise DataError("no interaction log given: pass the log FILE")
     path = Path(args.data)
-    if is_prepared_folder(path):
-        raise ConfigError(
-            f"{path} is a folder written by `hiertcn data prepare`, and this command reads only "
-            "log files: pass the log file that the folder was made from"
-        )
+    check_not_prepared_path(path, prepared_accepted)
     return data_config_from_flags(args, path)
+
+
+def check_not_prepared_path(path: Path, prepared_accepted: bool) -> None:
+    """Raise ConfigError or DataError when `path` is a prepared folder or a path inside one.
+
+    With `prepared_accepted`, a prepared folder passes, and a folder without prepared.json
+    raises DataError that names the folders it accepts.
+    """
+    # The prepared module imports this one, so it is imported here.
+    from hiertcn.data.prepared import MANIFEST, SUMMARY, is_prepared_folder, recorded_log
+
+    log_only = "and this command reads only log files"
+    if is_prepared_folder(path):
+        if prepared_accepted:
+            return
+        raise ConfigError(
+            f"{path} is a folder written by `hiertcn data prepare`, {log_only}: pass the log "
+            f"file that the folder was made from{_recorded_log_text(recorded_log(path))}"
+        )
+    parent = path.parent
+    if is_prepared_folder(parent) and (path.is_dir() or path.name in (MANIFEST, SUMMARY)):
+        kind = "part" if path.is_dir() else "file"
+        if prepared_accepted:
+            raise ConfigError(
+                f"{path} is a {kind} of the prepared folder {parent}: pass the folder {parent}"
+            )
+        raise ConfigError(
+            f"{path} is a {kind} of the prepared folder {parent}, {log_only}: pass the log file "
+            f"that the folder was made from{_recorded_log_text(recorded_log(parent))}"
+        )
+    if prepared_accepted and path.is_dir():
+        raise DataError(
+            f"{path} is a folder without {MANIFEST}: pass a log file (for MovieLens, the "
+            "ratings.csv, ratings.dat or u.data inside it), or a folder written by "
+            f"`hiertcn data prepare`, which contains {MANIFEST}"
+        )
+
+
+def _recorded_log_text(log: str | None) -> str:
+    return "" if log is None else f", {log}"
 
 
 def data_config_from_flags(args: argparse.Namespace, path: Path) -> DataConfig:
@@ -365,4 +399,4 @@ def load_dataset(args: argparse.Namespace) -> Dataset:
 
     if args.data is not None and is_prepared_folder(Path(args.data)):
         return load_prepared_from_args(args)
-    return load_dataset_from_config(data_config_from_args(args))
+    return load_dataset_from_config(data_config_from_args(args, prepared_accepted=True))

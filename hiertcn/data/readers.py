@@ -389,9 +389,10 @@ def _timestamp_fix(value: object, unit: str, log_format: str) -> str:
 
 def _negative_time_fix(config: ReaderConfig, unit: str) -> str:
     """Return what to check when a log read with `config` has timestamps before 1970."""
+    unit_name = {"s": "seconds", "ms": "milliseconds"}[unit]
     start = (
-        "if the times count from a start other than 1970, add that start's Unix time to every "
-        "timestamp"
+        "if the times count from a start other than 1970, add that start's Unix time in "
+        f"{unit_name} to every timestamp"
     )
     if config.format in ("csv", "jsonl"):
         return (

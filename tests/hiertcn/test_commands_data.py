@@ -117,3 +117,89 @@ def test_stats_event_types_matching_nothing(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "--event-types click matches no event" in error
     assert "the event types in the file are pv, buy" in error
+
+
+def prepare_argv(log, out, *flags):
+    return ["data", "prepare", str(log), "--out", str(out), *NO_FILTERS, *flags]
+
+
+def split_kind(folder):
+    return json.loads((folder / "prepared.json").read_text(encoding="utf-8"))["data"]["split"]
+
+
+def test_prepare_keeps_existing_folder(tmp_path, capsys):
+    log, out = write_log(tmp_path), tmp_path / "prepared"
+    assert main(prepare_argv(log, out, "--split", "warm")) == 0
+    capsys.readouterr()
+    assert main(prepare_argv(log, out)) == 2
+    error = capsys.readouterr().err
+    assert f"hiertcn: error: --out {out} already contains a prepared folder: pass --force" in error
+    assert split_kind(out)["kind"] == "warm"
+
+
+def test_prepare_force_replaces_folder(tmp_path):
+    log, out = write_log(tmp_path), tmp_path / "prepared"
+    assert main(prepare_argv(log, out, "--split", "warm")) == 0
+    # A file of an earlier folder that this run does not write must not survive --force.
+    (out / "all" / "impressions.npy").write_bytes(b"stale")
+    assert main(prepare_argv(log, out, "--force")) == 0
+    assert split_kind(out)["kind"] == "cold"
+    assert not (out / "all" / "impressions.npy").exists()
+    assert main(["data", "stats", str(out)]) == 0
+
+
+@pytest.mark.parametrize("force", [(), ("--force",)])
+@pytest.mark.parametrize("other", ["notes.txt", "all/notes.txt"])
+def test_prepare_rejects_folder_with_other_files(tmp_path, capsys, force, other):
+    log, out = write_log(tmp_path), tmp_path / "prepared"
+    if other.startswith("all/"):
+        assert main(prepare_argv(log, out)) == 0
+    (out / other).parent.mkdir(parents=True, exist_ok=True)
+    (out / other).write_text("hi\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(prepare_argv(log, out, *force)) == 2
+    error = capsys.readouterr().err
+    assert (
+        f"--out {out} contains files that `hiertcn data prepare` does not write ({other})" in error
+    )
+    assert "--force replaces only a prepared folder" in error
+    assert (out / other).read_text(encoding="utf-8") == "hi\n"
+
+
+def test_prepare_into_empty_folder(tmp_path):
+    log, out = write_log(tmp_path), tmp_path / "prepared"
+    out.mkdir()
+    assert main(prepare_argv(log, out)) == 0
+    assert (out / "prepared.json").is_file()
+
+
+def test_prepare_force_keeps_folder_when_log_fails(tmp_path, capsys):
+    log, out = write_log(tmp_path), tmp_path / "prepared"
+    assert main(prepare_argv(log, out, "--split", "warm")) == 0
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,item,timestamp\nu,i,noon\n", encoding="utf-8")
+    assert main(prepare_argv(bad, out, "--force")) == 2
+    assert "is not an integer" in capsys.readouterr().err
+    assert split_kind(out)["kind"] == "warm"
+    assert main(["data", "stats", str(out)]) == 0
+
+
+def test_prepare_help_explains_force(capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "prepare", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--force replace the prepared folder in --out" in help_text
+    assert "prepared.json records the log's absolute path" in help_text
+
+
+def test_prepare_unreadable_out_rejected(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "prepared"
+    out.mkdir()
+
+    def deny(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(out), "iterdir", deny)
+    assert main(prepare_argv(write_log(tmp_path), out)) == 2
+    error = capsys.readouterr().err
+    assert f"cannot list --out {out}: Permission denied ({out})" in error

@@ -141,3 +141,18 @@ def test_thread_limit_matches_training():
     from hiertcn.train import MAX_THREADS as TRAINING_MAX_THREADS
 
     assert MAX_THREADS == TRAINING_MAX_THREADS
+
+
+def test_prepared_folder_mismatch_names_folder(tmp_path, capsys, run_dir):
+    folder = tmp_path / "warm"
+    data = [str(tmp_path / "log.csv"), "--format", "csv", "--min-item-count", "1"]
+    prepare = ["data", "prepare", *data, "--min-user-events", "1", "--split", "warm"]
+    assert main([*prepare, "--out", str(folder)]) == 0
+    capsys.readouterr()
+
+    argv = ["evaluate", str(run_dir / "best.pt"), str(folder), "--device", "cpu"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "was trained with --split cold" in error
+    assert f"and the prepared folder {folder} has --split warm" in error
+    assert "or on a folder prepared with them" in error

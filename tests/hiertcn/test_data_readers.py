@@ -637,6 +637,7 @@ def test_negative_csv_timestamps_warn_once(tmp_path, caplog):
     assert "the first is -20" in warnings[0]
     assert "--time-col" in warnings[0]
     assert "--time-unit (now s)" in warnings[0]
+    assert "add that start's Unix time in seconds to every timestamp" in warnings[0]
 
 
 def test_negative_milliseconds_name_file_value(tmp_path, caplog):
@@ -652,6 +653,7 @@ def test_negative_milliseconds_name_file_value(tmp_path, caplog):
     assert f"{path}:2: 1 timestamp before 1970" in warnings[0]
     assert "the first is -1500" in warnings[0]
     assert "--time-unit (now ms)" in warnings[0]
+    assert "add that start's Unix time in milliseconds to every timestamp" in warnings[0]
 
 
 @pytest.mark.parametrize(
