@@ -32,6 +32,22 @@ class ProviderError(BundleError):
     """The requested ONNX Runtime execution provider is not in use."""
 
 
+class CudaUnavailableError(ProviderError):
+    """Device "cuda" was requested, but the CUDA provider cannot run on this host.
+
+    `reason` is the cause, and `remedy` the fix on the host. The message advises the Python API
+    (device='cpu'), so a command line tool builds its own message from these two attributes.
+    """
+
+    def __init__(self, reason: str, remedy: str) -> None:
+        super().__init__(
+            f"device 'cuda' requested, but {reason}. Load the bundle with device='cpu' or "
+            f"'auto', or {remedy}"
+        )
+        self.reason = reason
+        self.remedy = remedy
+
+
 class InvalidInputError(ExportError, ValueError):
     """An array passed to a bundle method has the wrong dtype, shape or values."""
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from export.errors import ProviderError
+from export.errors import CudaUnavailableError, ProviderError
 
 logger = logging.getLogger(__name__)
 
@@ -128,9 +128,8 @@ def requested_providers(device: str) -> list[str]:
         return [CPU_PROVIDER]
     available = ort.get_available_providers()
     if device == "cuda" and CUDA_PROVIDER not in available:
-        raise ProviderError(
-            f"device 'cuda' requested, but this onnxruntime build offers only {available}: "
-            "install onnxruntime-gpu, or load the bundle with device='cpu' or 'auto'"
+        raise CudaUnavailableError(
+            f"this onnxruntime build offers only {available}", "install onnxruntime-gpu"
         )
     if CUDA_PROVIDER not in available:
         return [CPU_PROVIDER]
@@ -138,9 +137,8 @@ def requested_providers(device: str) -> list[str]:
     if problem is None:
         return [CUDA_PROVIDER, CPU_PROVIDER]
     if device == "cuda":
-        raise ProviderError(
-            f"device 'cuda' requested, but no CUDA GPU is usable on this host: {problem}. "
-            "Pass --device cpu (device='cpu' in Python), or install the NVIDIA driver"
+        raise CudaUnavailableError(
+            f"no CUDA GPU is usable on this host: {problem}", "install the NVIDIA driver"
         )
     logger.warning("device 'auto': %s, so the bundle runs on the CPU", problem)
     return [CPU_PROVIDER]
@@ -158,10 +156,10 @@ def open_session(
     session = ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
     in_use = session.get_providers()
     if config.device == "cuda" and CUDA_PROVIDER not in in_use:
-        raise ProviderError(
-            f"{name}: device 'cuda' requested, but ONNX Runtime runs it on {in_use} (the CUDA "
-            "provider failed to start: no GPU visible, or CUDA or cuDNN libraries missing); "
-            "fix the CUDA setup, or load the bundle with device='cpu' or 'auto'"
+        raise CudaUnavailableError(
+            f"ONNX Runtime runs {name} on {in_use} (the CUDA provider failed to start: no GPU "
+            "visible, or CUDA or cuDNN libraries missing)",
+            "fix the CUDA setup",
         )
     if config.device == "auto" and CUDA_PROVIDER in providers and CUDA_PROVIDER not in in_use:
         logger.warning("%s: CUDA provider did not start, running on %s", name, in_use)

@@ -28,7 +28,7 @@ from typing import Any
 
 from statestore import export, maintenance
 from statestore.errors import StateStoreError, StoreConfigError, UserNotFoundError
-from statestore.store import StateStore, StoreConfig, format_size
+from statestore.store import StateStore, StoreConfig, file_in_path, format_size
 
 logger = logging.getLogger(__name__)
 
@@ -203,10 +203,16 @@ def open_store(state_dir: Path) -> StateStore:
 
 
 def _check_not_a_file(state_dir: Path) -> None:
-    if state_dir.exists() and not state_dir.is_dir():
+    blocking_file = file_in_path(state_dir)
+    if blocking_file == state_dir:
         raise StoreConfigError(
             f"state directory {state_dir} is a file, not a directory: pass the directory that "
             "contains data.mdb"
+        )
+    if blocking_file is not None:
+        raise StoreConfigError(
+            f"state directory {state_dir} cannot exist, because {blocking_file} is a file, not a "
+            "directory: check --state-dir"
         )
 
 

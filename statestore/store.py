@@ -144,10 +144,16 @@ class StateStore:
         self.path = Path(config.path)
         self._pid = os.getpid()
         self._lock = _SharedExclusiveLock()
-        if self.path.exists() and not self.path.is_dir():
+        blocking_file = file_in_path(self.path)
+        if blocking_file == self.path:
             raise StoreConfigError(
                 f"state directory {self.path} is a file, not a directory: pass the directory "
                 "that contains data.mdb, or a new one"
+            )
+        if blocking_file is not None:
+            raise StoreConfigError(
+                f"cannot create state directory {self.path}: {blocking_file} is a file, not a "
+                "directory; choose another path"
             )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -488,10 +494,16 @@ class StateStore:
     def copy_compacted(self, target: Path) -> None:
         """Write a compacted copy of the environment (free pages dropped) into `target`."""
         self._check_process()
-        if target.exists() and not target.is_dir():
+        blocking_file = file_in_path(target)
+        if blocking_file == target:
             raise StoreConfigError(
                 f"{target} is a file, but a compacted copy is a directory: choose an empty or "
                 "new directory"
+            )
+        if blocking_file is not None:
+            raise StoreConfigError(
+                f"cannot create the directory {target} for the compacted copy: {blocking_file} "
+                "is a file, not a directory; choose another path"
             )
         if (target / "data.mdb").exists():
             raise StoreConfigError(
@@ -653,6 +665,17 @@ class StateStore:
                 t.txn.put(name.encode(), msgpack.packb(value), db=t.meta)
 
         self.run(work, write=True)
+
+
+def file_in_path(path: Path) -> Path | None:
+    """Return the first existing part of `path`, from the root down, that is not a directory.
+
+    Such a part, `path` itself or one of its parents, keeps `path` from being a directory.
+    """
+    for part in [*reversed(path.parents), path]:
+        if part.exists() and not part.is_dir():
+            return part
+    return None
 
 
 def format_size(size: int) -> str:

@@ -51,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 # The -v help of the commands that read event records.
 _RECORD_VERBOSE_HELP = (
-    "log at DEBUG level, which lists each rejected record in replay and produce (default: INFO)"
+    "log at DEBUG level, including the traceback of a reported error and, in replay and "
+    "produce, each rejected record (default: INFO)"
 )
-_VERBOSE_HELP = "log at DEBUG level (default: INFO)"
+_VERBOSE_HELP = "log at DEBUG level, including the traceback of a reported error (default: INFO)"
 
 
 def add_verbose_option(

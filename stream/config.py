@@ -18,6 +18,12 @@ from typing import Any
 
 from stream.errors import ConfigError
 from stream.events import DEFAULT_MAX_FUTURE_SECONDS
+from stream.kafka_settings import (
+    check_flag_settings,
+    parse_kafka_flags,
+    property_of,
+    setting_source,
+)
 
 ENV_PREFIX = "HIERTCN_"
 # librdkafka's max.poll.interval.ms that the worker sets unless -X overrides it.
@@ -31,17 +37,16 @@ _SIZE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
 _SIZE_UNITS.update({"ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4})
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
 
-# librdkafka settings that the worker sets itself because its delivery guarantees rest on them,
-# with the flag to use instead where there is one.
-_MANAGED_KAFKA_SETTINGS = {
-    "bootstrap.servers": "--brokers",
-    "group.id": "--group-id",
-    "enable.auto.commit": None,
-    "enable.auto.offset.store": None,
-    "isolation.level": None,
-    "partition.assignment.strategy": None,
-    "on_delivery": None,
-}
+# librdkafka settings that a flag of `run` sets, with that flag.
+FLAG_KAFKA_SETTINGS = {"bootstrap.servers": "--brokers", "group.id": "--group-id"}
+# librdkafka settings that the worker sets itself because its delivery guarantees rest on them.
+WORKER_KAFKA_SETTINGS = (
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "isolation.level",
+    "partition.assignment.strategy",
+    "on_delivery",
+)
 
 
 def parse_size(text: str) -> int:
@@ -69,14 +74,6 @@ def parse_bool(text: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"invalid boolean {text!r}: expected true or false")
-
-
-def parse_kafka_setting(text: str) -> tuple[str, str]:
-    """Split one `-X key=value` librdkafka setting."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"invalid librdkafka setting {text!r}: write it as -X key=value")
-    return key.strip(), value
 
 
 @dataclass(frozen=True)
@@ -207,6 +204,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
 )
 
+# The flag of each option, by field name.
+_FLAGS = {option.name: option.flag for option in OPTIONS}
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -255,6 +255,10 @@ class WorkerConfig:
     # Users whose idle session one timer pass closes per partition; a fuller backlog pauses the
     # partition until the timers catch up.
     timer_limit: int = 1024
+    # The HIERTCN_* variables that set fields (by field name) and librdkafka settings (by key),
+    # so that an error names the variable instead of the flag.
+    env_names: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    kafka_env_names: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -269,14 +273,12 @@ def validate(config: WorkerConfig) -> None:
     """Raise ConfigError naming the first invalid value of `config` and the fix."""
     if not config.brokers.strip():
         raise ConfigError("no Kafka brokers given: pass --brokers HOST:PORT or set HIERTCN_BROKERS")
-    for option, topic in (
-        ("--input-topic", config.input_topic),
-        ("--output-topic", config.output_topic),
-        ("--dead-letter-topic", config.dead_letter_topic),
-    ):
+    for name in ("input_topic", "output_topic", "dead_letter_topic"):
+        topic = getattr(config, name)
         if not _TOPIC_NAME.match(topic) or topic in (".", ".."):
             raise ConfigError(
-                f"invalid topic name {topic!r} for {option}: use 1 to 249 of A-Z a-z 0-9 . _ -"
+                f"invalid topic name {topic!r} for {source_of(config, name)}: use 1 to 249 of "
+                "A-Z a-z 0-9 . _ -"
             )
     if config.input_topic in (config.output_topic, config.dead_letter_topic):
         raise ConfigError(
@@ -284,49 +286,80 @@ def validate(config: WorkerConfig) -> None:
             "consume its own outputs; choose distinct topics"
         )
 
-    _check_range("--processes", config.processes, 1, 256)
-    _check_range("--max-batch-size", config.max_batch_size, 1, 100_000)
-    _check_range("--max-batch-delay-ms", config.max_batch_delay_ms, 0, 60_000)
-    _check_range("--max-pending-batches", config.max_pending_batches, 0, 1_000)
+    _check_range(config, "processes", 1, 256)
+    _check_range(config, "max_batch_size", 1, 100_000)
+    _check_range(config, "max_batch_delay_ms", 0, 60_000)
+    _check_range(config, "max_pending_batches", 0, 1_000)
     if config.session_gap is not None:
-        _check_range("--session-gap", config.session_gap, 1e-3, 365 * 86_400)
+        _check_range(config, "session_gap", 1e-3, 365 * 86_400)
     if config.k is not None:
-        _check_range("--k", config.k, 1, 100_000)
-    _check_range("--state-map-size", config.state_map_size, 1 << 20, 1 << 44)
-    _check_range("--metrics-port", config.metrics_port, 0, 65_535)
-    _check_range("--health-stall-seconds", config.health_stall_seconds, 1, 86_400)
-    _check_range("--partitions", config.partitions, 1, 10_000)
-    _check_range("delivery_timeout", config.delivery_timeout, 0.1, 600)
-    _check_range("delivery_attempts", config.delivery_attempts, 1, 100)
-    _check_range("timer_limit", config.timer_limit, 1, 1_000_000)
+        _check_range(config, "k", 1, 100_000)
+    _check_range(config, "state_map_size", 1 << 20, 1 << 44)
+    _check_range(config, "metrics_port", 0, 65_535)
+    _check_range(config, "health_stall_seconds", 1, 86_400)
+    _check_range(config, "partitions", 1, 10_000)
+    _check_range(config, "delivery_timeout", 0.1, 600)
+    _check_range(config, "delivery_attempts", 1, 100)
+    _check_range(config, "timer_limit", 1, 1_000_000)
 
     if config.max_future_seconds is not None:
-        _check_range("--max-future-seconds", config.max_future_seconds, 0, 365 * 86_400)
+        _check_range(config, "max_future_seconds", 0, 365 * 86_400)
     if config.ts_unit not in ("s", "ms"):
-        raise ConfigError(f"invalid --ts-unit {config.ts_unit!r}: use s or ms")
+        raise ConfigError(
+            f"invalid {_setting(config, 'ts_unit', repr(config.ts_unit))}: use s or ms"
+        )
     if config.device not in ("cpu", "cuda", "auto"):
-        raise ConfigError(f"invalid --device {config.device!r}: use cpu, cuda or auto")
+        raise ConfigError(
+            f"invalid {_setting(config, 'device', repr(config.device))}: use cpu, cuda or auto"
+        )
     _check_delivery_wait(config)
+    _check_kafka_settings(config)
+
+
+def source_of(config: WorkerConfig, name: str) -> str:
+    """Return what set the field `name` of `config`: its HIERTCN_* variable, else its flag.
+
+    A field without a flag is named as it is.
+    """
+    return config.env_names.get(name) or _FLAGS.get(name, name)
+
+
+def format_setting(source: str, value: object) -> str:
+    """Return `value` as the user writes it for `source`: `--k 5`, or `HIERTCN_K=5`."""
+    return f"{source} {value}" if source.startswith("-") else f"{source}={value}"
+
+
+def _setting(config: WorkerConfig, name: str, value: object) -> str:
+    return format_setting(source_of(config, name), value)
+
+
+def _check_kafka_settings(config: WorkerConfig) -> None:
+    """Reject the librdkafka settings, aliases included, that a flag or the worker sets."""
+    check_flag_settings(config.kafka_settings, FLAG_KAFKA_SETTINGS, config.kafka_env_names)
+    managed = {property_of(key): key for key in WORKER_KAFKA_SETTINGS}
     for key in config.kafka_settings:
-        if key in _MANAGED_KAFKA_SETTINGS:
-            flag = _MANAGED_KAFKA_SETTINGS[key]
-            fix = f"use {flag}" if flag else "remove it"
-            raise ConfigError(
-                f"librdkafka setting {key!r} is managed by the worker because its delivery "
-                f"guarantees depend on it: {fix}"
-            )
+        name = managed.get(property_of(key))
+        if name is None:
+            continue
+        alias = "" if key == name else f" (an alias of {name})"
+        raise ConfigError(
+            f"{setting_source(key, config.kafka_env_names)}{alias} is rejected: the worker sets "
+            f"{name} itself because its delivery guarantees depend on it; remove it"
+        )
 
 
-def check_k(k: int, num_items: int, flag: str = "--k") -> None:
+def check_k(k: int, num_items: int, source: str = "--k") -> None:
     """Raise ConfigError when K exceeds the catalog of the bundle.
 
     A list cannot hold more items than the catalog has, so a larger K would give shorter lists
-    than requested and a Recall@K whose K is not the list length.
+    than requested and a Recall@K whose K is not the list length. `source` is the flag or the
+    environment variable that set K.
     """
     if k > num_items:
+        verb = "pass" if source.startswith("-") else "set"
         raise ConfigError(
-            f"invalid {flag} {k}: the bundle has only {num_items} items; pass {flag} "
-            f"{num_items} or less"
+            f"invalid {format_setting(source, k)}: the bundle has only {num_items} items; "
+            f"{verb} {format_setting(source, num_items)} or less"
         )
 
 
@@ -336,37 +369,44 @@ def _check_delivery_wait(config: WorkerConfig) -> None:
     The worker does not poll while it waits, and the group evicts a member that does not poll
     within max.poll.interval.ms.
     """
+    source = setting_source("max.poll.interval.ms", config.kafka_env_names)
     interval_ms = config.kafka_settings.get("max.poll.interval.ms", DEFAULT_MAX_POLL_INTERVAL_MS)
     try:
         interval = int(interval_ms) / 1000.0
     except ValueError:
-        raise ConfigError(
-            f"invalid librdkafka max.poll.interval.ms {interval_ms!r}: use milliseconds"
-        ) from None
+        raise ConfigError(f"invalid {source}={interval_ms!r}: use milliseconds") from None
     longest_wait = config.delivery_timeout * config.delivery_attempts
     if longest_wait > interval / 2:
         raise ConfigError(
             f"delivery retries can wait {longest_wait:.0f} s, more than half of "
-            f"max.poll.interval.ms ({interval:.0f} s): raise -X max.poll.interval.ms or lower "
+            f"max.poll.interval.ms ({interval:.0f} s): raise {source} or lower "
             "the delivery timeout or attempts"
         )
 
 
-def _check_range(name: str, value: float, low: float, high: float) -> None:
+def _check_range(config: WorkerConfig, name: str, low: float, high: float) -> None:
+    value = getattr(config, name)
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"invalid {name} {value}: expected a finite number")
+        raise ConfigError(f"invalid {_setting(config, name, value)}: expected a finite number")
     if not low <= value <= high:
-        raise ConfigError(f"invalid {name} {value}: expected a value from {low} to {high}")
+        raise ConfigError(
+            f"invalid {_setting(config, name, value)}: expected a value from {low} to {high}"
+        )
+
+
+def kafka_env_names(environ: Mapping[str, str]) -> dict[str, str]:
+    """Map each librdkafka key set by a `HIERTCN_KAFKA_<KEY>` variable to the variable's name."""
+    names = {}
+    for name in environ:
+        if name.startswith(KAFKA_ENV_PREFIX) and len(name) > len(KAFKA_ENV_PREFIX):
+            words = name[len(KAFKA_ENV_PREFIX) :].lower().split("__")
+            names["_".join(word.replace("_", ".") for word in words)] = name
+    return names
 
 
 def kafka_settings_from_env(environ: Mapping[str, str]) -> dict[str, str]:
     """Collect librdkafka settings from `HIERTCN_KAFKA_<KEY>` environment variables."""
-    settings = {}
-    for name, value in environ.items():
-        if name.startswith(KAFKA_ENV_PREFIX) and len(name) > len(KAFKA_ENV_PREFIX):
-            words = name[len(KAFKA_ENV_PREFIX) :].lower().split("__")
-            settings["_".join(word.replace("_", ".") for word in words)] = value
-    return settings
+    return {key: environ[name] for key, name in kafka_env_names(environ).items()}
 
 
 def build_config(
@@ -379,8 +419,10 @@ def build_config(
 
     `flags` maps option names (`OPTIONS[i].name`) to parsed flag values or None; `kafka_flags`
     are the raw `-X key=value` strings; `extra` sets fields that have no environment variable.
+    The config records which values came from the environment, for its error messages.
     """
     values: dict[str, Any] = {}
+    env_names: dict[str, str] = {}
     for option in OPTIONS:
         flag_value = flags.get(option.name)
         if flag_value is not None:
@@ -392,10 +434,21 @@ def build_config(
                 raise ConfigError(
                     f"invalid {option.env}={environ[option.env]!r}: {error}; fix or unset it"
                 ) from error
+            env_names[option.name] = option.env
     kafka_settings = kafka_settings_from_env(environ)
-    kafka_settings.update(parse_kafka_setting(text) for text in kafka_flags)
+    from_flags = parse_kafka_flags(kafka_flags)
+    kafka_settings.update(from_flags)
+    kafka_names = {
+        key: name for key, name in kafka_env_names(environ).items() if key not in from_flags
+    }
     if "brokers" not in values:
         raise ConfigError("no Kafka brokers given: pass --brokers HOST:PORT or set HIERTCN_BROKERS")
     if "bundle" not in values:
         raise ConfigError("no model bundle given: pass --bundle DIR or set HIERTCN_BUNDLE")
-    return WorkerConfig(**values, kafka_settings=kafka_settings, **extra)
+    return WorkerConfig(
+        **values,
+        kafka_settings=kafka_settings,
+        env_names=env_names,
+        kafka_env_names=kafka_names,
+        **extra,
+    )

@@ -18,6 +18,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from stream.errors import ConfigError, StreamError
+from stream.kafka_settings import check_flag_settings, describe_invalid_setting, setting_source
 from stream.records import Record, encode_fields
 
 logger = logging.getLogger(__name__)
@@ -34,13 +35,17 @@ MAX_TIMEOUT_SECONDS = 1_000_000.0
 # The names of librdkafka's linger.ms and message.timeout.ms, aliases included. librdkafka
 # applies the settings in order, so the last of these names sets the value. A "topic." prefix
 # sets a topic property for every topic.
-_LINGER_NAMES = ("linger.ms", "queue.buffering.max.ms")
-_MESSAGE_TIMEOUT_NAMES = (
+LINGER_NAMES = ("linger.ms", "queue.buffering.max.ms")
+MESSAGE_TIMEOUT_NAMES = (
     "message.timeout.ms",
     "delivery.timeout.ms",
     "topic.message.timeout.ms",
     "topic.delivery.timeout.ms",
 )
+# librdkafka settings that a flag of `produce` sets, with that flag. --flush-timeout sets
+# message.timeout.ms too, but -X message.timeout.ms may replace it unless both are given
+# (`stream.commands.produce`), because only -X can set 0, no limit.
+FLAG_KAFKA_SETTINGS = {"bootstrap.servers": "--brokers"}
 
 
 class ProduceError(StreamError):
@@ -82,6 +87,7 @@ class ProduceConfig:
             raise ConfigError(f"invalid limit {self.limit}: use 0 or more events")
         _check_timeout("--connect-timeout", self.connect_timeout)
         _check_timeout("--flush-timeout", self.flush_timeout)
+        check_flag_settings(self.overrides, FLAG_KAFKA_SETTINGS, {})
         check_linger_below_message_timeout(self.producer_settings(), self.overrides)
 
     def producer_settings(self) -> dict[str, Any]:
@@ -115,6 +121,7 @@ def check_linger_below_message_timeout(
     settings: Mapping[str, Any],
     overrides: Mapping[str, str],
     timeout_flag: str | None = "--flush-timeout",
+    env_names: Mapping[str, str] | None = None,
 ) -> None:
     """Raise `ConfigError` unless message.timeout.ms is 0 (no limit) or above linger.ms.
 
@@ -123,11 +130,13 @@ def check_linger_below_message_timeout(
     `rd_kafka_conf_finalize` (src/rdkafka_conf.c), checked with librdkafka 2.16.
 
     `overrides` are the -X settings, and `timeout_flag` is the flag that sets the default
-    message timeout (None: no flag does). A value that is not a number is left for librdkafka
-    to reject.
+    message timeout (None: no flag does, so the fix names the -X setting). `env_names` maps the
+    keys of `overrides` that environment variables set to those variables. A value that is not
+    a number is left for librdkafka to reject.
     """
-    linger_name, linger = _last_setting(settings, _LINGER_NAMES)
-    timeout_name, timeout = _last_setting(settings, _MESSAGE_TIMEOUT_NAMES)
+    env_names = env_names or {}
+    linger_name, linger = last_setting(settings, LINGER_NAMES)
+    timeout_name, timeout = last_setting(settings, MESSAGE_TIMEOUT_NAMES)
     try:
         linger_ms = float(str(linger).strip())
         timeout_ms = float(str(timeout).strip())
@@ -135,26 +144,31 @@ def check_linger_below_message_timeout(
         return
     if timeout_ms == 0 or timeout_ms > linger_ms:
         return
+    linger_option = setting_source(linger_name, env_names)
+    timeout_option = setting_source(timeout_name, env_names)
     if linger_name in overrides:
-        linger_source = f"-X {linger_name}={linger}"
+        linger_source = f"{linger_option}={linger}"
     else:
         linger_source = f"{linger_name}={linger} (the default of this command)"
     if timeout_name in overrides:
-        timeout_source = f"-X {timeout_name}={timeout}"
-        fix = f"lower -X {linger_name} or raise -X {timeout_name} above {linger_ms:g} ms"
+        timeout_source = f"{timeout_option}={timeout}"
+        fix = f"lower {linger_option} or raise {timeout_option} above {linger_ms:g} ms"
     elif timeout_flag is not None:
         timeout_source = f"{timeout_ms:g} ms from {timeout_flag} {timeout_ms / 1000:g}"
-        fix = f"lower -X {linger_name} or raise {timeout_flag} above {linger_ms / 1000:g} s"
+        fix = f"lower {linger_option} or raise {timeout_flag} above {linger_ms / 1000:g} s"
     else:
         timeout_source = f"{timeout_name}={timeout}, the default of this command"
-        fix = f"lower -X {linger_name} below {timeout_ms:g} ms"
+        fix = (
+            f"lower {linger_option} below {timeout_ms:g} ms, or raise -X {timeout_name} above "
+            f"{linger_ms:g} ms"
+        )
     raise ConfigError(
         f"{linger_source} is not below the message timeout ({timeout_source}), and librdkafka "
         f"requires message.timeout.ms above linger.ms (or 0 for no limit): {fix}"
     )
 
 
-def _last_setting(settings: Mapping[str, Any], names: tuple[str, ...]) -> tuple[str, Any]:
+def last_setting(settings: Mapping[str, Any], names: tuple[str, ...]) -> tuple[str, Any]:
     """Return the name and value of the last of `names` in `settings`, in insertion order."""
     found = [(name, value) for name, value in settings.items() if name in names]
     return found[-1]
@@ -193,17 +207,18 @@ def check_broker(producer: Producer, config: ProduceConfig) -> None:
         ) from None
 
 
-def create_producer(settings: dict[str, Any]) -> Producer:
-    """Create the librdkafka producer; an invalid -X setting raises `ConfigError`."""
+def create_producer(settings: dict[str, Any], overrides: Iterable[str] = ()) -> Producer:
+    """Create the librdkafka producer; an invalid -X setting raises `ConfigError`.
+
+    `overrides` are the keys given with -X, which the error names as the user typed them.
+    """
     try:
         return Producer(settings)
     except KafkaException as error:
         kafka_error = error.args[0] if error.args else None
         if not isinstance(kafka_error, KafkaError) or kafka_error.code() != KafkaError._INVALID_ARG:
             raise
-        raise ConfigError(
-            f"invalid librdkafka setting: {kafka_error.str()}: fix or remove the -X option"
-        ) from error
+        raise ConfigError(describe_invalid_setting(kafka_error.str(), overrides)) from error
 
 
 class EventProducer:
@@ -213,7 +228,7 @@ class EventProducer:
         self.config = config
         self.report = ProduceReport()
         settings = {**config.producer_settings(), "error_cb": self._on_error}
-        self.producer = producer or create_producer(settings)
+        self.producer = producer or create_producer(settings, config.overrides)
 
     def _on_error(self, error: KafkaError) -> None:
         # Connection failures repeat every few milliseconds while the broker is down.

@@ -16,18 +16,14 @@ import logging
 
 from stream.cli import verbosity
 from stream.errors import ConfigError
-from stream.produce import EventProducer, ProduceConfig
+from stream.kafka_settings import add_kafka_setting_option, parse_kafka_flags, property_of
+from stream.produce import FLAG_KAFKA_SETTINGS, EventProducer, ProduceConfig
 from stream.records import EventFileError, add_event_file_arguments, read_records
 
 logger = logging.getLogger(__name__)
 
-
-def parse_setting(text: str) -> tuple[str, str]:
-    """Split one `-X key=value` librdkafka setting."""
-    key, separator, value = text.partition("=")
-    if not separator or not key.strip():
-        raise ConfigError(f"invalid setting {text!r}: write -X key=value, e.g. -X acks=all")
-    return key.strip(), value
+# Seconds of --flush-timeout when it is not given.
+DEFAULT_FLUSH_TIMEOUT = 60.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,17 +63,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--flush-timeout",
         type=float,
-        default=60.0,
-        help="seconds to wait for each message's delivery, and for all at the end (default: 60)",
+        default=None,
+        help="seconds to wait for each message's delivery (librdkafka's message.timeout.ms), "
+        f"and for all at the end (default: {DEFAULT_FLUSH_TIMEOUT:g})",
     )
 
-    parser.add_argument(
-        "-X",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="librdkafka producer setting, repeatable (e.g. -X security.protocol=SSL)",
+    add_kafka_setting_option(
+        parser,
+        "settings",
+        "librdkafka producer setting, repeatable (e.g. -X security.protocol=SSL). "
+        "-X message.timeout.ms (or delivery.timeout.ms) replaces the delivery wait of "
+        "--flush-timeout and may not be given with it; 0 sets no limit per message",
+        FLAG_KAFKA_SETTINGS,
     )
 
     parser.set_defaults(func=run_produce)
@@ -85,14 +82,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_produce(args: argparse.Namespace) -> int:
     """Run the `produce` subcommand and print its counts."""
+    overrides = parse_kafka_flags(args.settings)
+    check_flush_timeout_once(overrides, args.flush_timeout)
     config = ProduceConfig(
         brokers=args.brokers,
         topic=args.topic,
         rate=args.rate,
         limit=args.limit,
-        overrides=dict(parse_setting(text) for text in args.settings),
+        overrides=overrides,
         connect_timeout=args.connect_timeout,
-        flush_timeout=args.flush_timeout,
+        flush_timeout=DEFAULT_FLUSH_TIMEOUT if args.flush_timeout is None else args.flush_timeout,
     )
     records = read_records(
         args.events, args.format, args.order, args.time_col, otto_time_unit=args.otto_time_unit
@@ -116,3 +115,19 @@ def run_produce(args: argparse.Namespace) -> int:
             f"check --format{hint}"
         )
     return 0 if report.failed == 0 else 1
+
+
+def check_flush_timeout_once(overrides: dict[str, str], flush_timeout: float | None) -> None:
+    """Raise `ConfigError` when -X sets message.timeout.ms and --flush-timeout is given too.
+
+    librdkafka would use the -X value for every message, so the flag's value would only set the
+    wait at the end.
+    """
+    if flush_timeout is None:
+        return
+    for key in overrides:
+        if property_of(key) == "message.timeout.ms":
+            raise ConfigError(
+                f"-X {key} would replace the delivery wait of --flush-timeout "
+                f"{flush_timeout:g}: pass only one of them"
+            )

@@ -252,13 +252,26 @@ def open_output(path: Path, append: bool = False):
         ) from error
 
 
-def open_bundle(path: Path, device: str):
-    """Load the model bundle at `path`; a bundle error becomes a `ConfigError` for the CLI."""
+def open_bundle(path: Path, device: str, device_source: str = "--device"):
+    """Load the model bundle at `path`; a bundle error becomes a `ConfigError` for the CLI.
+
+    `device_source` is the flag or the environment variable that set `device`, which the
+    advice for an unusable CUDA device names in place of the Python API's device='cpu'.
+    """
     from export.bundle import load_bundle
-    from export.errors import ExportError
+    from export.errors import CudaUnavailableError, ExportError
 
     try:
         return load_bundle(path, device=device)
+    except CudaUnavailableError as error:
+        if device_source.startswith("-"):
+            fix = f"Pass {device_source} cpu or auto"
+        else:
+            fix = f"Set {device_source}=cpu or auto"
+        raise ConfigError(
+            f"cannot load the model bundle {path}: device 'cuda' requested, but {error.reason}. "
+            f"{fix}, or {error.remedy}"
+        ) from error
     except ExportError as error:
         raise ConfigError(f"cannot load the model bundle {path}: {error}") from error
 

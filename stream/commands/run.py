@@ -8,6 +8,7 @@ Every option also reads a `HIERTCN_*` environment variable (see `--help`); a fla
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -16,8 +17,21 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream.config import OPTIONS, WorkerConfig, build_config, check_k
+from stream.config import (
+    FLAG_KAFKA_SETTINGS,
+    OPTIONS,
+    WORKER_KAFKA_SETTINGS,
+    WorkerConfig,
+    build_config,
+    check_k,
+    source_of,
+)
 from stream.errors import ConfigError, StreamError
+from stream.kafka_settings import (
+    add_kafka_setting_option,
+    describe_invalid_setting,
+    setting_source,
+)
 from stream.logs import librdkafka_logger
 from stream.pool import run_pool
 
@@ -73,14 +87,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="do not fsync LMDB commits: faster, but an OS crash can lose the last commits "
         "(never consistency)",
     )
-    parser.add_argument(
-        "-X",
-        dest="kafka_settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="librdkafka setting for the consumer and the producer, repeatable "
-        "(e.g. -X security.protocol=SSL -X ssl.ca.location=ca.pem)",
+    add_kafka_setting_option(
+        parser,
+        "kafka_settings",
+        "librdkafka setting for the consumer and the producer, repeatable "
+        "(e.g. -X security.protocol=SSL -X ssl.ca.location=ca.pem). Rejected, because the "
+        f"worker's delivery guarantees depend on them: {', '.join(WORKER_KAFKA_SETTINGS)}",
+        FLAG_KAFKA_SETTINGS,
     )
     parser.add_argument(
         "--create-topics",
@@ -117,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     check_producer_settings(config)
     # The store comes after the broker check, so that a failed start leaves no new state folder.
     bundle = check_bundle(config)
+    config = device_for_workers(config, bundle)
     check_topics(config)
     check_store(config, bundle)
     return run_pool(config, logging.getLogger().getEffectiveLevel())
@@ -132,7 +146,40 @@ def check_producer_settings(config: WorkerConfig) -> None:
     from stream.worker import producer_settings
 
     settings = producer_settings(config)
-    check_linger_below_message_timeout(settings, config.kafka_settings, timeout_flag=None)
+    check_linger_below_delivery_wait(config, settings)
+    check_linger_below_message_timeout(
+        settings, config.kafka_settings, timeout_flag=None, env_names=config.kafka_env_names
+    )
+
+
+def check_linger_below_delivery_wait(config: WorkerConfig, settings: dict[str, Any]) -> None:
+    """Raise `ConfigError` when linger.ms is at least the worker's whole wait for a delivery.
+
+    The producer may hold a batch's outputs for linger.ms before it sends them, and the worker
+    stops when they are not delivered after `delivery_attempts` waits of `delivery_timeout`.
+    """
+    from stream.produce import LINGER_NAMES, MESSAGE_TIMEOUT_NAMES, last_setting
+
+    linger_name, linger = last_setting(settings, LINGER_NAMES)
+    try:
+        linger_ms = float(str(linger).strip())
+    except ValueError:
+        return  # librdkafka rejects it when the admin client is created
+    wait_ms = config.delivery_timeout * config.delivery_attempts * 1000
+    if linger_ms < wait_ms:
+        return
+    _, timeout = last_setting(settings, MESSAGE_TIMEOUT_NAMES)
+    try:
+        limit_ms = min(wait_ms, float(str(timeout).strip()) or wait_ms)
+    except ValueError:
+        limit_ms = wait_ms
+    source = setting_source(linger_name, config.kafka_env_names)
+    raise ConfigError(
+        f"{source}={linger} can hold a batch's outputs longer than the worker waits for their "
+        f"delivery ({config.delivery_attempts} waits of {config.delivery_timeout:g} s), and the "
+        f"worker stops when they are not delivered: lower {source} below {limit_ms:g} ms "
+        "(a larger -X delivery.timeout.ms does not extend the worker's wait)"
+    )
 
 
 def check_bundle(config: WorkerConfig) -> ModelBundle:
@@ -144,10 +191,23 @@ def check_bundle(config: WorkerConfig) -> ModelBundle:
     """
     from stream.commands.replay import open_bundle
 
-    bundle = open_bundle(config.bundle, config.device)
+    bundle = open_bundle(config.bundle, config.device, source_of(config, "device"))
     if config.k is not None:
-        check_k(config.k, bundle.num_items)
+        check_k(config.k, bundle.num_items, source_of(config, "k"))
     return bundle
+
+
+def device_for_workers(config: WorkerConfig, bundle: ModelBundle) -> WorkerConfig:
+    """Return `config` with device "cpu" when "auto" found no usable CUDA provider here.
+
+    Each worker loads the bundle again, and would log again why "auto" runs on the CPU, which
+    `check_bundle` has logged once already.
+    """
+    from export.providers import CUDA_PROVIDER
+
+    if config.device != "auto" or CUDA_PROVIDER in bundle.providers:
+        return config
+    return dataclasses.replace(config, device="cpu")
 
 
 def check_store(config: WorkerConfig, bundle: ModelBundle) -> None:
@@ -188,13 +248,13 @@ def create_admin(config: WorkerConfig) -> AdminClient:
     try:
         return AdminClient(settings)
     except KafkaException as error:
-        reason = error.args[0].str()
-        # librdkafka quotes the property it rejects; values are left out, as they may be secrets.
-        names = [key for key in config.kafka_settings if f'"{key}"' in reason]
-        raise ConfigError(
-            f"invalid librdkafka setting {names[0] if names else 'in -X'}: {reason}: fix or "
-            "remove the -X option or the HIERTCN_KAFKA_ variable"
-        ) from error
+        message = describe_invalid_setting(
+            error.args[0].str(),
+            config.kafka_settings,
+            config.kafka_env_names,
+            origins="the -X option or the HIERTCN_KAFKA_ variable",
+        )
+        raise ConfigError(message) from error
 
 
 # librdkafka logs a failed connection attempt many times a second; a few lines tell the cause.

@@ -141,7 +141,8 @@ def test_cuda_without_driver_rejected(cuda_build: None, monkeypatch: pytest.Monk
     message = str(caught.value)
     assert "device 'cuda' requested, but no CUDA GPU is usable on this host" in message
     assert "the NVIDIA driver library could not be loaded" in message
-    assert "Pass --device cpu (device='cpu' in Python), or install the NVIDIA driver" in message
+    assert "Load the bundle with device='cpu' or 'auto', or install the NVIDIA driver" in message
+    assert "--device" not in message
     assert caught.value.exit_code == 2
 
 

@@ -209,7 +209,9 @@ def test_compact_rejects_file_and_uncreatable_out(state_dir: Path, tmp_path: Pat
     assert existing.read_text() == "userId,movieId\n"
 
     blocked = existing / "copy"  # below a file, so the directory cannot be created
-    with pytest.raises(StoreConfigError, match=r"cannot create the directory .* writable path"):
+    with pytest.raises(
+        StoreConfigError, match=r"cannot create the directory .*copy .*ratings\.csv is a file"
+    ):
         _run("--state-dir", str(state_dir), "compact", str(blocked))
 
 
@@ -234,6 +236,38 @@ def test_state_dir_that_is_a_file(tmp_path: Path) -> None:
         _run("--state-dir", str(data_file), "stats")
     with pytest.raises(StoreConfigError, match=r"ratings\.csv is a file, not a directory"):
         StateStore(StoreConfig(path=data_file))
+
+
+def test_state_dir_under_a_file_names_the_file(tmp_path: Path) -> None:
+    data_file = tmp_path / "ratings.csv"
+    data_file.write_text("userId,movieId\n")
+    state_dir = data_file / "state"
+
+    with pytest.raises(StoreConfigError) as raised:
+        _run("--state-dir", str(state_dir), "stats")
+
+    message = str(raised.value)
+    assert message == (
+        f"state directory {state_dir} cannot exist, because {data_file} is a file, not a "
+        "directory: check --state-dir"
+    )
+    assert "data.mdb not found" not in message
+    assert raised.value.exit_code == 2
+
+
+def test_store_under_a_file_names_the_file(tmp_path: Path) -> None:
+    data_file = tmp_path / "ratings.csv"
+    data_file.write_text("userId,movieId\n")
+    state_dir = data_file / "a" / "state"
+
+    with pytest.raises(StoreConfigError) as raised:
+        StateStore(StoreConfig(path=state_dir))
+
+    assert str(raised.value) == (
+        f"cannot create state directory {state_dir}: {data_file} is a file, not a directory; "
+        "choose another path"
+    )
+    assert data_file.read_text() == "userId,movieId\n"
 
 
 def test_evict_relative_to_newest_event(

@@ -33,6 +33,13 @@ def test_every_subcommand_accepts_verbose() -> None:
         assert "-v" in options, f"hiertcn-stream {path} does not accept -v"
 
 
+def test_verbose_help_mentions_tracebacks() -> None:
+    top = build_parser()
+    for path, parser in [("", top), *_subcommand_parsers(top)]:
+        (verbose,) = [action for action in parser._actions if "-v" in action.option_strings]
+        assert "traceback of a reported error" in verbose.help, f"hiertcn-stream {path} -v"
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [

@@ -9,6 +9,7 @@ import pytest
 from stream.config import (
     WorkerConfig,
     build_config,
+    check_k,
     kafka_settings_from_env,
     parse_bool,
     parse_size,
@@ -166,3 +167,75 @@ def test_delivery_wait_must_fit_poll_interval() -> None:
     )
 
     assert config.delivery_attempts == 5
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"HIERTCN_DEVICE": "gpu"}, "invalid HIERTCN_DEVICE='gpu': use cpu, cuda or auto"),
+        ({"HIERTCN_PROCESSES": "0"}, "invalid HIERTCN_PROCESSES=0: expected a value from 1"),
+        ({"HIERTCN_TS_UNIT": "us"}, "invalid HIERTCN_TS_UNIT='us': use s or ms"),
+        ({"HIERTCN_INPUT_TOPIC": "a b"}, "invalid topic name 'a b' for HIERTCN_INPUT_TOPIC"),
+    ],
+)
+def test_invalid_environment_value_names_variable(environ: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        build_config(REQUIRED, environ)
+
+    assert str(raised.value).startswith(message)
+    assert "--" not in str(raised.value).split(":")[0]
+
+
+def test_invalid_flag_value_names_the_flag() -> None:
+    with pytest.raises(ConfigError, match=r"^invalid --device 'gpu': use cpu, cuda or auto$"):
+        build_config({**REQUIRED, "device": "gpu"}, {"HIERTCN_DEVICE": "cpu"})
+
+
+@pytest.mark.parametrize(
+    ("environ", "flags", "message"),
+    [
+        (
+            {"HIERTCN_KAFKA_BOOTSTRAP_SERVERS": "h:1"},
+            [],
+            "HIERTCN_KAFKA_BOOTSTRAP_SERVERS would replace the value of --brokers: remove it "
+            "and use --brokers",
+        ),
+        (
+            {},
+            ["metadata.broker.list=h:1"],
+            "-X metadata.broker.list (an alias of bootstrap.servers) would replace the value of "
+            "--brokers: remove it and use --brokers",
+        ),
+        (
+            {"HIERTCN_KAFKA_ENABLE_AUTO_COMMIT": "true"},
+            [],
+            "HIERTCN_KAFKA_ENABLE_AUTO_COMMIT is rejected: the worker sets enable.auto.commit "
+            "itself because its delivery guarantees depend on it; remove it",
+        ),
+    ],
+)
+def test_kafka_setting_of_flag_or_worker_rejected(
+    environ: dict, flags: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        build_config(REQUIRED, environ, flags)
+
+    assert str(raised.value) == message
+
+
+def test_kafka_flag_replaces_variable_in_messages() -> None:
+    environ = {"HIERTCN_KAFKA_MAX_POLL_INTERVAL_MS": "1000"}
+
+    with pytest.raises(ConfigError, match="raise HIERTCN_KAFKA_MAX_POLL_INTERVAL_MS"):
+        build_config(REQUIRED, environ)
+    with pytest.raises(ConfigError, match=r"raise -X max\.poll\.interval\.ms"):
+        build_config(REQUIRED, environ, ["max.poll.interval.ms=2000"])
+
+
+def test_k_above_items_names_its_source() -> None:
+    with pytest.raises(ConfigError) as raised:
+        check_k(500, 50, "HIERTCN_K")
+
+    assert str(raised.value) == (
+        "invalid HIERTCN_K=500: the bundle has only 50 items; set HIERTCN_K=50 or less"
+    )

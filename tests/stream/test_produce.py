@@ -15,8 +15,8 @@ import msgpack
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from stream.commands.produce import parse_setting
 from stream.errors import ConfigError
+from stream.kafka_settings import parse_kafka_setting
 from stream.produce import EventProducer, ProduceConfig, ProduceError, user_key
 from stream.records import Record
 
@@ -273,17 +273,17 @@ def test_invalid_kafka_setting_is_config_error() -> None:
         EventProducer(config)
 
     assert str(caught.value) == (
-        "invalid librdkafka setting: Invalid value for configuration property "
-        '"queue.buffering.max.ms": fix or remove the -X option'
+        "invalid librdkafka setting linger.ms: Invalid value for configuration property "
+        '"linger.ms": fix or remove -X linger.ms'
     )
     assert caught.value.exit_code == 2
 
 
 def test_setting_parsed() -> None:
-    assert parse_setting("acks=all") == ("acks", "all")
-    assert parse_setting("sasl.password=a=b") == ("sasl.password", "a=b")
+    assert parse_kafka_setting("acks=all") == ("acks", "all")
+    assert parse_kafka_setting("sasl.password=a=b") == ("sasl.password", "a=b")
     with pytest.raises(ConfigError, match="key=value"):
-        parse_setting("acks")
+        parse_kafka_setting("acks")
 
 
 def test_unreachable_broker_exit_code_matches_run() -> None:
@@ -389,7 +389,7 @@ def test_produce_reads_otto_in_seconds(
             ["-X", "linger.ms=1000", "-X", "delivery.timeout.ms=500"],
             "-X linger.ms=1000 is not below the message timeout (-X delivery.timeout.ms=500)",
         ),
-        (["-X", "linger.ms=soon"], "invalid librdkafka setting: Invalid value"),
+        (["-X", "linger.ms=soon"], "invalid librdkafka setting linger.ms: Invalid value"),
     ],
 )
 def test_produce_command_linger_checked_before_connect(
@@ -409,3 +409,45 @@ def test_produce_command_linger_checked_before_connect(
     assert message in error
     assert "did not respond" not in error
     assert "Traceback" not in error
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["-X", "bootstrap.servers=127.0.0.1:1"],
+            "hiertcn-stream: error: -X bootstrap.servers would replace the value of --brokers: "
+            "remove it and use --brokers",
+        ),
+        (
+            ["-X", "linger.ms=-1"],
+            "hiertcn-stream: error: invalid librdkafka setting linger.ms: Configuration property "
+            '"linger.ms" value -1 is outside allowed range 0..900000: fix or remove -X linger.ms',
+        ),
+        (
+            ["--flush-timeout", "30", "-X", "delivery.timeout.ms=5000"],
+            "hiertcn-stream: error: -X delivery.timeout.ms would replace the delivery wait of "
+            "--flush-timeout 30: pass only one of them",
+        ),
+    ],
+)
+def test_produce_command_rejects_setting_in_one_line(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stream import cli
+
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"user": "u1", "item": "i1", "ts": 1600000000}\n')
+    brokers = f"127.0.0.1:{closed_port()}"
+    argv = ["produce", "--events", str(events), "--brokers", brokers, "--topic", "t"]
+
+    code = cli.main([*argv, "--connect-timeout", "30", *extra])
+
+    assert code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert errors == [message]
+
+
+def test_produce_config_rejects_bootstrap_alias() -> None:
+    with pytest.raises(ConfigError, match=r"metadata\.broker\.list \(an alias of bootstrap"):
+        ProduceConfig("h:1", "t", overrides={"metadata.broker.list": "h:2"})

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from export import providers
+from export.bundle import load_bundle
 from statestore import StateStore, StoreConfig
 from stream import pool as pool_module
 from stream.cli import main
@@ -28,6 +30,9 @@ from tests.stream.conftest import (
     require_cuda_build_without_gpu,
     run_stream_command,
 )
+
+# The providers of an onnxruntime build with CUDA, as onnxruntime-gpu offers them.
+CUDA_AND_CPU = [providers.CUDA_PROVIDER, providers.CPU_PROVIDER]
 
 
 def run_args(bundle: Path, state_dir: Path, *extra: str) -> list[str]:
@@ -103,6 +108,7 @@ def test_run_state_dir_under_file_exits_2(
     assert no_pool == []
     (line,) = error_lines(capsys)
     assert "cannot create state directory" in line
+    assert f"{tmp_path / 'file'} is a file, not a directory" in line
 
 
 def test_run_state_of_other_bundle_exits_2(
@@ -287,9 +293,94 @@ def test_run_cuda_without_gpu_exits_2_quietly(onnx_bundle_dir: Path, tmp_path: P
     assert "device 'cuda' requested, but no CUDA GPU is usable on this host" in result.stderr
     assert "Pass --device cpu" in result.stderr
     assert "install the NVIDIA driver" in result.stderr
+    assert "in Python" not in result.stderr
+    assert "device='cpu'" not in result.stderr
     for marker in ORT_OUTPUT_MARKERS:
         assert marker not in result.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_run_cuda_from_environment_names_variable(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    no_pool: list,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(providers.ort, "get_available_providers", lambda: CUDA_AND_CPU)
+    monkeypatch.setattr(providers, "probe_cuda_driver", lambda: "no driver here")
+    monkeypatch.setenv("HIERTCN_DEVICE", "cuda")
+
+    code = main(run_args(onnx_bundle_dir, tmp_path / "state"))
+
+    assert code == 2
+    (line,) = error_lines(capsys)
+    assert "device 'cuda' requested, but no CUDA GPU is usable on this host: no driver here" in line
+    assert line.endswith("Set HIERTCN_DEVICE=cpu or auto, or install the NVIDIA driver")
+    assert "device='cpu'" not in line
+
+
+def test_run_invalid_device_variable_exits_2(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    no_pool: list,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("HIERTCN_DEVICE", "gpu")
+
+    code = main(run_args(onnx_bundle_dir, tmp_path / "state"))
+
+    assert code == 2
+    assert error_lines(capsys) == [
+        "hiertcn-stream: error: invalid HIERTCN_DEVICE='gpu': use cpu, cuda or auto"
+    ]
+
+
+def test_run_auto_device_warns_once_per_pool(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(run_command, "check_topics", lambda config: None)
+    monkeypatch.setattr(providers.ort, "get_available_providers", lambda: CUDA_AND_CPU)
+    monkeypatch.setattr(providers, "probe_cuda_driver", lambda: "no driver here")
+    workers: list[WorkerConfig] = []
+
+    def run_pool_of_two(config: WorkerConfig, log_level: int) -> int:
+        # Each worker process loads the bundle with the pool's config, as `run_worker` does.
+        for _ in range(2):
+            workers.append(config)
+            load_bundle(config.bundle, device=config.device)
+        return 0
+
+    monkeypatch.setattr(run_command, "run_pool", run_pool_of_two)
+
+    with caplog.at_level(logging.WARNING, logger="export.providers"):
+        code = main(run_args(onnx_bundle_dir, tmp_path / "state", "--device", "auto"))
+
+    assert code == 0
+    assert [config.device for config in workers] == ["cpu", "cpu"]
+    warnings = [r for r in caplog.records if "runs on the CPU" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_run_linger_beyond_worker_wait_exits_2(
+    onnx_bundle_dir: Path, tmp_path: Path, no_pool: list, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = ["-X", "linger.ms=300000", "-X", "delivery.timeout.ms=400000"]
+
+    code = main(run_args(onnx_bundle_dir, tmp_path / "state", *extra))
+
+    assert code == 2
+    assert no_pool == []
+    assert error_lines(capsys) == [
+        "hiertcn-stream: error: -X linger.ms=300000 can hold a batch's outputs longer than the "
+        "worker waits for their delivery (6 waits of 10 s), and the worker stops when they are "
+        "not delivered: lower -X linger.ms below 60000 ms (a larger -X delivery.timeout.ms does "
+        "not extend the worker's wait)"
+    ]
 
 
 def test_run_read_only_state_dir_exits_2(
@@ -324,6 +415,6 @@ def test_run_linger_above_delivery_timeout_exits_2(
         "hiertcn-stream: error: -X linger.ms=20000 is not below the message timeout "
         "(delivery.timeout.ms=10000, the default of this command), and librdkafka requires "
         "message.timeout.ms above linger.ms (or 0 for no limit): lower -X linger.ms below "
-        "10000 ms"
+        "10000 ms, or raise -X delivery.timeout.ms above 20000 ms"
     )
     assert not (tmp_path / "state").exists()

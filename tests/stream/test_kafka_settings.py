@@ -1,0 +1,100 @@
+"""librdkafka -X settings: aliases, settings that a flag sets, and one-line error messages."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from confluent_kafka import KafkaException, Producer
+
+from stream.errors import ConfigError
+from stream.kafka_settings import (
+    check_flag_settings,
+    describe_invalid_setting,
+    parse_kafka_flags,
+    property_of,
+)
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("linger.ms", "queue.buffering.max.ms"),
+        ("bootstrap.servers", "metadata.broker.list"),
+        ("delivery.timeout.ms", "message.timeout.ms"),
+        ("topic.delivery.timeout.ms", "message.timeout.ms"),
+        ("topic.message.timeout.ms", "message.timeout.ms"),
+        ("security.protocol", "security.protocol"),
+    ],
+)
+def test_property_of_resolves_aliases(key: str, expected: str) -> None:
+    assert property_of(key) == expected
+
+
+def test_later_flag_wins() -> None:
+    assert parse_kafka_flags(["acks=1", "acks=all"]) == {"acks": "all"}
+
+
+@pytest.mark.parametrize("key", ["linger.ms", "delivery.timeout.ms", "acks", "compression.type"])
+def test_alias_error_names_the_typed_key(key: str) -> None:
+    # librdkafka 2.16 names the property an alias sets, and ends some reasons with a line break.
+    with pytest.raises(KafkaException) as raised:
+        Producer({key: "-1" if key.endswith(".ms") else "x", "logger": logging.getLogger()})
+    reason = raised.value.args[0].str()
+    assert f'"{property_of(key)}"' in reason
+
+    message = describe_invalid_setting(reason, ["security.protocol", key])
+
+    assert message.startswith(f"invalid librdkafka setting {key}: ")
+    assert message.endswith(f": fix or remove -X {key}")
+    assert f'"{key}"' in message
+    assert f'"{property_of(key)}"' not in message
+    assert "\n" not in message
+
+
+def test_error_names_the_environment_variable() -> None:
+    reason = 'Invalid value for configuration property "queue.buffering.max.ms"\n'
+
+    message = describe_invalid_setting(
+        reason, ["linger.ms"], {"linger.ms": "HIERTCN_KAFKA_LINGER_MS"}
+    )
+
+    assert message == (
+        "invalid librdkafka setting linger.ms: Invalid value for configuration property "
+        '"linger.ms": fix or unset HIERTCN_KAFKA_LINGER_MS'
+    )
+
+
+def test_error_without_a_known_key() -> None:
+    message = describe_invalid_setting("`acks` must be set to `all`", ["linger.ms"])
+
+    assert message == (
+        "invalid librdkafka setting: `acks` must be set to `all`: fix or remove the -X option"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        (
+            "bootstrap.servers",
+            "-X bootstrap.servers would replace the value of --brokers: remove it and use "
+            "--brokers",
+        ),
+        (
+            "metadata.broker.list",
+            "-X metadata.broker.list (an alias of bootstrap.servers) would replace the value of "
+            "--brokers: remove it and use --brokers",
+        ),
+    ],
+)
+def test_key_that_a_flag_sets_is_rejected(key: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        check_flag_settings(["acks", key], {"bootstrap.servers": "--brokers"}, {})
+
+    assert str(raised.value) == expected
+    assert raised.value.exit_code == 2
+
+
+def test_key_that_no_flag_sets_is_accepted() -> None:
+    check_flag_settings(["acks", "linger.ms"], {"bootstrap.servers": "--brokers"}, {})
