@@ -36,9 +36,9 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 
 from export.errors import BundleError, BundleIntegrityError, InvalidInputError
 from export.manifest import (
@@ -64,6 +64,11 @@ from export.providers import (
     requested_providers,
     session_options,
 )
+
+if TYPE_CHECKING:
+    # Only for annotations: `export.providers` imports onnxruntime after it turns off the
+    # runtime's telemetry.
+    import onnxruntime as ort
 
 logger = logging.getLogger(__name__)
 

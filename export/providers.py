@@ -13,9 +13,17 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
+
+# ONNX Runtime starts its telemetry when the module is imported. It writes a device id and an
+# event database under $HOME/.cache, and prints a warning with colour codes when HOME is
+# read-only. ORT_DISABLE_TELEMETRY=1, read only at import, turns all of it off. Spawned workers
+# inherit it. `onnxruntime.disable_telemetry_events()` comes too late to stop the write (both
+# checked with onnxruntime 1.31.1). A value the user has set is kept.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 import onnxruntime as ort
 

@@ -46,7 +46,20 @@ WORKER_KAFKA_SETTINGS = (
     "isolation.level",
     "partition.assignment.strategy",
     "on_delivery",
+    # The worker never calls init_transactions(), so a producer with a transactional.id fails
+    # at its first produce().
+    "transactional.id",
+    # The worker's cooperative-sticky assignment needs the classic protocol: librdkafka rejects
+    # partition.assignment.strategy under group.protocol=consumer.
+    "group.protocol",
 )
+# Delivery settings that -X may repeat with the worker's own value, and only with it: outputs
+# count as delivered once the broker acknowledges them, and the worker then commits their
+# input offsets. Lower acks or no idempotence can lose or reorder outputs after a broker failure.
+DELIVERY_KAFKA_SETTINGS = {
+    "enable.idempotence": ("true",),
+    "request.required.acks": ("all", "-1"),
+}
 
 
 def parse_size(text: str) -> int:
@@ -91,15 +104,23 @@ class Option:
         return ENV_PREFIX + self.name.upper()
 
 
+def parse_float(text: str) -> float:
+    """Parse a number such as `2.5`."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"invalid number {text!r}: expected a number such as 2.5") from None
+
+
 def _optional_float(text: str) -> float | None:
-    return None if text.strip().lower() in ("", "bundle") else float(text)
+    return None if text.strip().lower() in ("", "bundle") else parse_float(text)
 
 
 def parse_tolerance(text: str) -> float | None:
     """Parse seconds from 0 up, or "off" for no limit."""
     if text.strip().lower() == "off":
         return None
-    value = float(text)
+    value = parse_float(text)
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"invalid value {text!r}: give seconds >= 0, or off")
     return value
@@ -126,7 +147,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_batch_delay_ms",
         "--max-batch-delay-ms",
-        float,
+        parse_float,
         "maximum wait after the first event of a batch for more events, in milliseconds",
         "MS",
     ),
@@ -181,8 +202,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "health_stall_seconds",
         "--health-stall-seconds",
-        float,
-        "seconds a worker's main loop may go without a turn before /healthz fails (HTTP 503)",
+        parse_float,
+        "seconds a worker's main loop may go without a turn before /healthz fails (HTTP 503), "
+        "from 1 to 86400",
         "SECONDS",
     ),
     Option("ts_unit", "--ts-unit", str, "unit of the events' `ts` field: s or ms", "UNIT"),
@@ -263,6 +285,10 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         validate(self)
 
+    def setting_name(self, name: str) -> str:
+        """Return the flag or HIERTCN_* variable that set the field `name`, for messages."""
+        return source_of(self, name)
+
     @property
     def max_batch_delay(self) -> float:
         """Maximum batch delay in seconds."""
@@ -274,12 +300,7 @@ def validate(config: WorkerConfig) -> None:
     if not config.brokers.strip():
         raise ConfigError("no Kafka brokers given: pass --brokers HOST:PORT or set HIERTCN_BROKERS")
     for name in ("input_topic", "output_topic", "dead_letter_topic"):
-        topic = getattr(config, name)
-        if not _TOPIC_NAME.match(topic) or topic in (".", ".."):
-            raise ConfigError(
-                f"invalid topic name {topic!r} for {source_of(config, name)}: use 1 to 249 of "
-                "A-Z a-z 0-9 . _ -"
-            )
+        check_topic_name(getattr(config, name), source_of(config, name))
     if config.input_topic in (config.output_topic, config.dead_letter_topic):
         raise ConfigError(
             f"input topic {config.input_topic!r} is also an output topic: the worker would "
@@ -316,6 +337,14 @@ def validate(config: WorkerConfig) -> None:
     _check_kafka_settings(config)
 
 
+def check_topic_name(topic: str, source: str) -> None:
+    """Raise ConfigError when `topic`, set by the flag or variable `source`, is no valid name."""
+    if not _TOPIC_NAME.match(topic) or topic in (".", ".."):
+        raise ConfigError(
+            f"invalid topic name {topic!r} for {source}: use 1 to 249 of A-Z a-z 0-9 . _ -"
+        )
+
+
 def source_of(config: WorkerConfig, name: str) -> str:
     """Return what set the field `name` of `config`: its HIERTCN_* variable, else its flag.
 
@@ -343,8 +372,23 @@ def _check_kafka_settings(config: WorkerConfig) -> None:
             continue
         alias = "" if key == name else f" (an alias of {name})"
         raise ConfigError(
-            f"{setting_source(key, config.kafka_env_names)}{alias} is rejected: the worker sets "
-            f"{name} itself because its delivery guarantees depend on it; remove it"
+            f"{setting_source(key, config.kafka_env_names)}{alias} is rejected: the worker's "
+            f"delivery guarantees depend on its own value of {name}; remove it"
+        )
+    _check_delivery_settings(config)
+
+
+def _check_delivery_settings(config: WorkerConfig) -> None:
+    """Reject -X values of `DELIVERY_KAFKA_SETTINGS` other than the worker's own."""
+    for key, value in config.kafka_settings.items():
+        allowed = DELIVERY_KAFKA_SETTINGS.get(property_of(key))
+        if allowed is None or str(value).strip().lower() in allowed:
+            continue
+        source = setting_source(key, config.kafka_env_names)
+        raise ConfigError(
+            f"invalid {source}={value}: the worker commits input offsets only after the broker "
+            f"has acknowledged their outputs, which needs {key}={' or '.join(allowed)}; "
+            "use that value or remove it"
         )
 
 

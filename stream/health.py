@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from multiprocessing.context import BaseContext
 from typing import Any, Protocol
 
+from stream.config import format_setting
+
 logger = logging.getLogger(__name__)
 
 # Numbers per worker in the shared table: the heartbeat time and the ready flag (1.0 or 0.0).
@@ -77,7 +79,8 @@ class HealthReport:
                 "worker": status.index,
                 "pid": status.pid,
                 "state": "exited" if status.exited else "running",
-                "ready": status.ready,
+                # The ready flag in shared memory keeps the last value that a killed worker set.
+                "ready": status.ready and not status.exited,
                 "seconds_since_heartbeat": round(max(self.now - status.last_beat, 0.0), 3),
             }
             for status in self.workers
@@ -99,38 +102,50 @@ def _exited_problems(workers: Sequence[WorkerStatus]) -> list[str]:
 
 
 def _stalled_problems(
-    workers: Sequence[WorkerStatus], stall_seconds: float, now: float
+    workers: Sequence[WorkerStatus], stall_seconds: float, now: float, stall_name: str
 ) -> list[str]:
     return [
         f"{status.label} has not reported for {now - status.last_beat:.1f} s, more than "
-        f"--health-stall-seconds {stall_seconds:g}"
+        f"{format_setting(stall_name, f'{stall_seconds:g}')}"
         for status in workers
         if not status.exited and now - status.last_beat > stall_seconds
     ]
 
 
 def check_liveness(
-    workers: Sequence[WorkerStatus], stopping: bool, stall_seconds: float, now: float
+    workers: Sequence[WorkerStatus],
+    stopping: bool,
+    stall_seconds: float,
+    now: float,
+    stall_name: str = "--health-stall-seconds",
 ) -> HealthReport:
     """Apply the /healthz rules: fail on an exited worker or on a heartbeat older than
     `stall_seconds`, and succeed while the pool stops."""
     workers = tuple(workers)
     if stopping:
         return HealthReport(True, "stopping", (), workers, now)
-    problems = _exited_problems(workers) + _stalled_problems(workers, stall_seconds, now)
+    problems = _exited_problems(workers) + _stalled_problems(
+        workers, stall_seconds, now, stall_name
+    )
     status = "failing" if problems else "ok"
     return HealthReport(not problems, status, tuple(problems), workers, now)
 
 
 def check_readiness(
-    workers: Sequence[WorkerStatus], stopping: bool, stall_seconds: float, now: float
+    workers: Sequence[WorkerStatus],
+    stopping: bool,
+    stall_seconds: float,
+    now: float,
+    stall_name: str = "--health-stall-seconds",
 ) -> HealthReport:
     """Apply the /readyz rules: succeed when every worker has joined the group and none has
     exited or stalled, and fail while the pool stops."""
     workers = tuple(workers)
     if stopping:
         return HealthReport(False, "stopping", ("the pool is stopping",), workers, now)
-    problems = _exited_problems(workers) + _stalled_problems(workers, stall_seconds, now)
+    problems = _exited_problems(workers) + _stalled_problems(
+        workers, stall_seconds, now, stall_name
+    )
     problems += [
         f"{status.label} has not joined the consumer group yet"
         for status in workers

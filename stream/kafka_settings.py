@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from stream.errors import ConfigError
 
@@ -27,10 +28,39 @@ ALIASES = {
     "acks": "request.required.acks",
     "delivery.timeout.ms": "message.timeout.ms",
 }
+# Properties that only a consumer (C) or only a producer (P) reads, from the C/P column of
+# CONFIGURATION.md of librdkafka 2.16. The other client ignores them with a CONFWARN log line,
+# so `client_settings` leaves them out of its settings. A key not listed here goes to both.
+CONSUMER_ONLY = frozenset(
+    {
+        "group.id", "group.instance.id", "group.protocol", "group.remote.assignor",
+        "partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms",
+        "group.protocol.type", "coordinator.query.interval.ms", "max.poll.interval.ms",
+        "enable.auto.commit", "auto.commit.interval.ms", "enable.auto.offset.store",
+        "queued.min.messages", "queued.max.messages.kbytes", "fetch.wait.max.ms",
+        "fetch.queue.backoff.ms", "fetch.message.max.bytes", "fetch.max.bytes",
+        "fetch.min.bytes", "fetch.error.backoff.ms", "offset.store.method",
+        "isolation.level", "enable.partition.eof", "check.crcs", "auto.offset.reset",
+        "auto.commit.enable", "consume.callback.max.messages", "consume_cb", "rebalance_cb",
+        "offset_commit_cb",
+    }
+)  # fmt: skip
+PRODUCER_ONLY = frozenset(
+    {
+        "transactional.id", "transaction.timeout.ms", "enable.idempotence",
+        "enable.gapless.guarantee", "queue.buffering.max.messages", "queue.buffering.max.kbytes",
+        "queue.buffering.max.ms", "message.send.max.retries",
+        "queue.buffering.backpressure.threshold", "compression.codec",
+        "compression.level", "batch.num.messages", "batch.size", "delivery.report.only.error",
+        "dr_cb", "dr_msg_cb", "sticky.partitioning.linger.ms", "request.required.acks",
+        "request.timeout.ms", "message.timeout.ms", "partitioner", "partitioner_cb",
+        "msg_order_cmp", "produce.offset.report", "on_delivery",
+    }
+)  # fmt: skip
 # librdkafka reads "topic.NAME" as the topic property NAME for every topic.
 _TOPIC_PREFIX = "topic."
-# A property name in double quotes, as librdkafka's configuration errors write it.
-_QUOTED = re.compile(r'"([^"]+)"')
+# A property name in double quotes or backticks, as librdkafka's configuration errors write it.
+_QUOTED = re.compile(r'["`]([^"`]+)["`]')
 
 
 def parse_kafka_setting(text: str) -> tuple[str, str]:
@@ -56,6 +86,15 @@ def property_of(key: str) -> str:
         unprefixed = key[len(_TOPIC_PREFIX) :]
         return ALIASES.get(unprefixed, unprefixed)
     return key
+
+
+def client_settings(settings: Mapping[str, Any], client: str) -> dict[str, Any]:
+    """Return `settings` without the keys that only the other client reads.
+
+    `client` is "consumer" or "producer". Aliases count as the property they set.
+    """
+    other_only = PRODUCER_ONLY if client == "consumer" else CONSUMER_ONLY
+    return {key: value for key, value in settings.items() if property_of(key) not in other_only}
 
 
 def setting_source(key: str, env_names: Mapping[str, str]) -> str:
@@ -123,7 +162,7 @@ def describe_invalid_setting(
     for key in reversed(list(keys)):
         named = property_of(key)
         if key in quoted or named in quoted:
-            reason = reason.replace(f'"{named}"', f'"{key}"')
+            reason = reason.replace(f'"{named}"', f'"{key}"').replace(f"`{named}`", f"`{key}`")
             source = setting_source(key, env_names)
             fix = f"unset {source}" if key in env_names else f"remove {source}"
             return f"invalid librdkafka setting {key}: {reason}: fix or {fix}"

@@ -25,7 +25,7 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Name prefix of the multiprocess directories, followed by the pool's process id.
 MULTIPROC_PREFIX = "hiertcn-metrics-"
+# Name prefix of the empty directory that `check_temporary_directory` creates and deletes at once.
+TEMPORARY_PROBE_PREFIX = "hiertcn-tmp-check-"
 
 # Seconds: from 0.5 ms (one small ONNX call) to 30 s (a broker outage).
 _TIME_BUCKETS = (
@@ -211,12 +213,35 @@ def prepare_multiprocess_dir(parent: Path | None = None) -> Path:
     The name contains this process's id. Directories of earlier pools whose process no longer
     exists (a pool killed with SIGKILL cannot remove its own) are deleted first.
     """
-    root = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    root = Path(parent) if parent is not None else check_temporary_directory()
     remove_orphaned_multiprocess_dirs(root)
     path = Path(tempfile.mkdtemp(prefix=f"{MULTIPROC_PREFIX}{os.getpid()}-", dir=root))
     os.environ[MULTIPROC_ENV] = str(path)
     logger.debug("prometheus multiprocess directory %s", path)
     return path
+
+
+def check_temporary_directory(environ: Mapping[str, str] = os.environ) -> Path:
+    """Check that the parent of the metrics directories is writable by creating a directory in it.
+
+    Returns the parent: `TMPDIR` when set. An unwritable `TMPDIR` raises, where Python's `tempfile`
+    would silently fall back to /tmp. Without `TMPDIR`, it is the first writable one of /tmp,
+    /var/tmp, /usr/tmp and the working directory. Raises `ConfigError` (exit code 2) when the
+    directory cannot be written, for example on a read-only root file system without a /tmp volume.
+    """
+    chosen = environ.get("TMPDIR")
+    try:
+        root = Path(chosen) if chosen else Path(tempfile.gettempdir())
+        probe = tempfile.mkdtemp(prefix=TEMPORARY_PROBE_PREFIX, dir=root)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        detail = f"TMPDIR={chosen!r}: {reason}" if chosen else reason
+        raise ConfigError(
+            f"no writable temporary directory for the worker metrics ({detail}): mount a writable "
+            "/tmp or set TMPDIR"
+        ) from error
+    os.rmdir(probe)
+    return root
 
 
 def remove_orphaned_multiprocess_dirs(root: Path) -> None:
@@ -264,9 +289,7 @@ def serve_aggregate(address: str, port: int, health: HealthSource | None = None)
     multiprocess.MultiProcessCollector(registry)
     if health is not None:
         registry.register(HeartbeatAgeCollector(health))
-    app = make_wsgi_app(registry)
-    if health is not None:
-        app = health_app(app, health)
+    app = routing_app(make_wsgi_app(registry), health)
     try:
         server = _start_server(address, port, app)
     except OSError as error:
@@ -303,25 +326,47 @@ def _start_server(address: str, port: int, app: Callable[..., Any]) -> Threading
     return make_server(sockaddr[0], port, app, Server, handler_class=_QuietHandler)
 
 
-def health_app(metrics_app: Callable[..., Any], health: HealthSource) -> Callable[..., Any]:
-    """Wrap the /metrics WSGI app so that /healthz and /readyz return `health`'s reports."""
-    checks = {"/healthz": health.liveness, "/readyz": health.readiness}
+def routing_app(metrics_app: Callable[..., Any], health: HealthSource | None) -> Callable[..., Any]:
+    """Route /metrics to `metrics_app`, and /healthz and /readyz to `health`'s reports.
+
+    Every other path, / included, gets 404, so that a mistyped probe path fails instead of
+    returning the metrics with 200 (prometheus_client's app serves any path). Prometheus scrapes
+    /metrics unless its `metrics_path` names another path. Without `health`, only /metrics exists.
+    """
+    checks = {} if health is None else {"/healthz": health.liveness, "/readyz": health.readiness}
+    known = "/metrics, /healthz or /readyz" if checks else "/metrics"
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        check = checks.get(environ.get("PATH_INFO", ""))
-        if check is None:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
             return metrics_app(environ, start_response)
+        check = checks.get(path)
+        if check is None:
+            body = f"path {path!r} not found: use {known}\n".encode()
+            return _respond(environ, start_response, "404 Not Found", "text/plain", body)
         report: HealthReport = check()
-        body = report.to_json()
-        headers = [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-store"),
-        ]
-        start_response(report.http_status, headers)
-        return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
+        return _respond(
+            environ, start_response, report.http_status, "application/json", report.to_json()
+        )
 
     return app
+
+
+def _respond(
+    environ: dict[str, Any],
+    start_response: Callable[..., Any],
+    status: str,
+    content_type: str,
+    body: bytes,
+) -> Iterable[bytes]:
+    """Send one uncached response; a HEAD request gets the headers only."""
+    headers = [
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(body))),
+        ("Cache-Control", "no-store"),
+    ]
+    start_response(status, headers)
+    return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
 
 
 class HeartbeatAgeCollector(Collector):

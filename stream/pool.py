@@ -27,9 +27,10 @@ import time
 from collections.abc import Iterable, MutableMapping
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 
-from stream.config import WorkerConfig
+from stream.config import WorkerConfig, format_setting
 from stream.errors import ConfigError, StreamError
 from stream.health import (
     HealthReport,
@@ -59,6 +60,10 @@ STOP_TIMEOUT_SECONDS = 60.0
 # The exit code of a worker stopped by invalid settings, bundle or state (ConfigError and the
 # like), which the pool passes on.
 INVALID_INPUT_EXIT_CODE = 2
+
+# Mount point of the cgroup file system on Linux, and the file that lists this process's cgroups.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
 
 
 def stop_timeout(config: WorkerConfig) -> float:
@@ -111,6 +116,70 @@ def single_threaded_blas(environ: MutableMapping[str, str]) -> None:
         environ[name] = "1"
 
 
+def available_cpus(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> int:
+    """Return the CPUs this process may use: its affinity mask, capped by its cgroup CPU quota.
+
+    `os.cpu_count()` counts the host's CPUs, so a pod limited to 2 CPUs on a 64-core node would
+    start 32 threads per worker. The quota is rounded down, and the result is at least 1.
+    """
+    has_affinity = hasattr(os, "sched_getaffinity")  # Linux and some other Unix systems
+    cpus = len(os.sched_getaffinity(0)) if has_affinity else os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root, proc_cgroup)
+    if quota is not None:
+        cpus = min(cpus, math.floor(quota))
+    return max(1, cpus)
+
+
+def cgroup_cpu_quota(cgroup_root: Path, proc_cgroup: Path) -> float | None:
+    """Return the CPU quota of this process's cgroup in CPUs, or None when it has none.
+
+    Reads `cpu.max` ("QUOTA PERIOD" or "max PERIOD") under cgroup v2, or `cpu.cfs_quota_us`
+    (-1 for none) and `cpu.cfs_period_us` under v1. The cgroup's folder is the path in
+    `proc_cgroup` under the mount, or the mount itself, as inside a container whose cgroup
+    namespace hides the host's path. A file that cannot be read counts as no quota, and the
+    quotas of parent cgroups are not read.
+    """
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _number, controllers, path = parts
+        if controllers == "":
+            mount, names = cgroup_root, ("cpu.max",)
+        elif "cpu" in controllers.split(","):
+            mount, names = cgroup_root / controllers, ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+        else:
+            continue
+        for folder in (mount / path.lstrip("/"), mount):
+            quota = _parse_quota([word for name in names for word in _read_words(folder / name)])
+            if quota is not None:
+                return quota
+    return None
+
+
+def _parse_quota(words: list[str]) -> float | None:
+    """Return QUOTA / PERIOD in CPUs from the two words of a cgroup file, or None for none."""
+    if len(words) != 2 or words[0] in ("max", "-1"):
+        return None
+    try:
+        quota, period = float(words[0]), float(words[1])
+    except ValueError:
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def _read_words(path: Path) -> list[str]:
+    """Return the whitespace-separated words of a small file, or [] when it cannot be read."""
+    try:
+        return path.read_text().split()
+    except OSError:
+        return []
+
+
 class Pool:
     """Start, watch and stop the worker processes of one `hiertcn-stream run`."""
 
@@ -128,6 +197,8 @@ class Pool:
         # health checks in the HTTP server's threads.
         self._exited: set[int] = set()
         self._exited_lock = threading.Lock()
+        # (exit code, description) of each worker exit that makes the pool's exit code non-zero.
+        self._failures: list[tuple[int | None, str]] = []
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         """Ask every worker to finish its batch and stop (the SIGTERM and SIGINT handler)."""
@@ -155,7 +226,10 @@ class Pool:
             if self.config.metrics_port:
                 warn_short_stall_limit(self.config)
                 server = serve_metrics(
-                    self.config.metrics_address, self.config.metrics_port, health=self
+                    self.config.metrics_address,
+                    self.config.metrics_port,
+                    health=self,
+                    name=self.config.setting_name("metrics_address"),
                 )
             self._start_children()
             return self._watch()
@@ -169,7 +243,15 @@ class Pool:
     def _start_children(self) -> None:
         context = multiprocessing.get_context("spawn")
         # ONNX Runtime threads per process, so that the pool does not oversubscribe the cores.
-        threads = max(1, (os.cpu_count() or 1) // self.config.processes)
+        cpus = available_cpus()
+        threads = max(1, cpus // self.config.processes)
+        logger.info(
+            "ONNX Runtime threads per worker: %d (%d CPUs available to the pool, %d worker "
+            "processes)",
+            threads,
+            cpus,
+            self.config.processes,
+        )
         single_threaded_blas(os.environ)
         for index in range(self.config.processes):
             child = context.Process(
@@ -211,9 +293,24 @@ class Pool:
             if not running and not self._stopping:
                 logger.error("every worker has exited")
                 failed = True
+        code = 0
         if invalid_input:
-            return INVALID_INPUT_EXIT_CODE
-        return 1 if failed else 0
+            code = INVALID_INPUT_EXIT_CODE
+        elif failed:
+            code = 1
+        self._log_pool_exit(code)
+        return code
+
+    def _log_pool_exit(self, code: int) -> None:
+        """Log the pool's closing line: its exit code and the worker exit that caused it."""
+        if code == 0:
+            logger.info("pool exits with 0: every worker stopped on request")
+            return
+        causes = [text for exitcode, text in self._failures if exitcode == code] or [
+            text for _exitcode, text in self._failures
+        ]
+        reason = causes[0] if causes else "every worker has exited"
+        logger.error("pool exits with %d: %s", code, reason)
 
     def _kill_after_stop_timeout(self, running: Iterable[BaseProcess]) -> None:
         """Kill the workers still running `stop_timeout` seconds after the stop request."""
@@ -253,13 +350,17 @@ class Pool:
         """Return the /healthz report (rules in `stream.health.check_liveness`)."""
         now = time.monotonic()
         statuses = self.worker_statuses()
-        return check_liveness(statuses, self._stopping, self.config.health_stall_seconds, now)
+        stall_name = self.config.setting_name("health_stall_seconds")
+        stall = self.config.health_stall_seconds
+        return check_liveness(statuses, self._stopping, stall, now, stall_name)
 
     def readiness(self) -> HealthReport:
         """Return the /readyz report (rules in `stream.health.check_readiness`)."""
         now = time.monotonic()
         statuses = self.worker_statuses()
-        return check_readiness(statuses, self._stopping, self.config.health_stall_seconds, now)
+        stall_name = self.config.setting_name("health_stall_seconds")
+        stall = self.config.health_stall_seconds
+        return check_readiness(statuses, self._stopping, stall, now, stall_name)
 
     def _report_exit(self, child: BaseProcess, remaining: int) -> None:
         """Log why a worker exited, and stop the pool unless `keep_going` lets it continue."""
@@ -267,14 +368,17 @@ class Pool:
         how = describe_exit(child.exitcode)
         if self._stopping:
             logger.error("%s %s while the pool was stopping", worker, how)
+            self._failures.append((child.exitcode, f"{worker} {how} while the pool was stopping"))
             return
         # Invalid settings or state stop every worker the same way, so --keep-going does not
         # apply to them.
         if not self.config.keep_going or child.exitcode == INVALID_INPUT_EXIT_CODE:
             logger.error("%s %s while the pool was running: stopping the pool", worker, how)
+            self._failures.append((child.exitcode, f"{worker} {how}"))
             self.request_stop()
             return
         logger.error("%s %s while the pool was running", worker, how)
+        self._failures.append((child.exitcode, f"{worker} {how} under --keep-going"))
         if remaining:
             logger.warning(
                 "--keep-going: the pool continues with %d of %d workers, which take over the "
@@ -321,16 +425,23 @@ def warn_short_stall_limit(config: WorkerConfig) -> None:
     longest_pause = config.delivery_timeout * config.delivery_attempts + config.max_batch_delay
     if config.health_stall_seconds < longest_pause:
         logger.warning(
-            "--health-stall-seconds %g is below the longest pause that a worker survives by "
+            "%s is below the longest pause that a worker survives by "
             "design (delivery retries plus the batch delay, %.0f s): /healthz fails during a "
             "broker outage of that length; raise it above %.0f s unless that is the intent",
-            config.health_stall_seconds,
+            format_setting(
+                config.setting_name("health_stall_seconds"), f"{config.health_stall_seconds:g}"
+            ),
             longest_pause,
             longest_pause,
         )
 
 
-def serve_metrics(address: str, port: int, health: HealthSource | None = None):
+def serve_metrics(
+    address: str,
+    port: int,
+    health: HealthSource | None = None,
+    name: str = "--metrics-address",
+):
     """Start the aggregate /metrics server; an address that cannot be bound is named as such.
 
     `serve_aggregate` reports every bind failure as a port problem, but an address that does not
@@ -346,7 +457,7 @@ def serve_metrics(address: str, port: int, health: HealthSource | None = None):
         if not bad_address:
             raise
         raise ConfigError(
-            f"invalid --metrics-address {address!r} ({cause.strerror or cause}): pass an "
+            f"invalid {format_setting(name, repr(address))} ({cause.strerror or cause}): pass an "
             "address of this machine, such as 127.0.0.1 or 0.0.0.0"
         ) from cause
     return server

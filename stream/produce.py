@@ -17,6 +17,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from stream.config import check_topic_name
 from stream.errors import ConfigError, StreamError
 from stream.kafka_settings import check_flag_settings, describe_invalid_setting, setting_source
 from stream.records import Record, encode_fields
@@ -81,6 +82,7 @@ class ProduceConfig:
             raise ConfigError("no brokers given: pass --brokers HOST:PORT")
         if not self.topic:
             raise ConfigError("no topic given: pass --topic NAME")
+        check_topic_name(self.topic, "--topic")
         if self.rate is not None and not self.rate > 0:
             raise ConfigError(f"invalid rate {self.rate} events/s: use a positive number")
         if self.limit is not None and self.limit < 0:

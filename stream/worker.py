@@ -65,6 +65,7 @@ from stream.events import (
     decode_event,
 )
 from stream.health import WorkerHeartbeat
+from stream.kafka_settings import client_settings
 from stream.logs import librdkafka_logger
 from stream.metrics import WorkerMetrics
 from stream.pipeline import BatchResult, Pipeline
@@ -109,6 +110,27 @@ class CommittedOffsetsError(StreamError):
     exit_code = 2
 
 
+class ConsumerSetupError(StreamError):
+    """The consumer got an error from the broker that a retry cannot fix: a setting or an ACL."""
+
+    exit_code = 2
+
+
+# Consumer errors that the group coordinator repeats on every retry, with the fix for each.
+FATAL_CONSUMER_ERRORS = {
+    KafkaError.INVALID_SESSION_TIMEOUT: "set -X session.timeout.ms within the broker's "
+    "group.min.session.timeout.ms and group.max.session.timeout.ms",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "grant the client's principal Read on the consumer "
+    "group (--group-id), or use a group it may read",
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "grant the client's principal Read on --input-topic "
+    "and Write on the output and dead-letter topics",
+    KafkaError.INCONSISTENT_GROUP_PROTOCOL: "give every member of --group-id the same assignment "
+    "strategy, or use another --group-id",
+    KafkaError.INVALID_GROUP_ID: "pass a valid --group-id",
+    KafkaError.UNSUPPORTED_ASSIGNOR: "use a --group-id whose members all use cooperative-sticky",
+}
+
+
 def event_config(config: WorkerConfig) -> EventConfig:
     """Return the event validation settings of `config`."""
     return EventConfig(ts_unit=config.ts_unit, max_future_seconds=config.max_future_seconds)
@@ -144,7 +166,7 @@ def consumer_settings(config: WorkerConfig, index: int = 0) -> dict[str, Any]:
         # Partition EOF events are not needed: an empty consume is the idle signal.
         "enable.partition.eof": False,
     }
-    settings.update(config.kafka_settings)
+    settings.update(client_settings(config.kafka_settings, "consumer"))
     # Static membership: the broker fences every member but one that joins with the same
     # group.instance.id, so each process of a pool gets the id with its index appended.
     instance = settings.get("group.instance.id")
@@ -165,7 +187,7 @@ def producer_settings(config: WorkerConfig) -> dict[str, Any]:
         # A batch's outputs go out together; waiting 1 ms more adds little latency.
         "linger.ms": 1,
     }
-    settings.update(config.kafka_settings)
+    settings.update(client_settings(config.kafka_settings, "producer"))
     return settings
 
 
@@ -297,7 +319,10 @@ class Worker:
         row_of: dict[str, int],
         label: str | None = None,
         heartbeat: WorkerHeartbeat | None = None,
+        index: int = 0,
     ) -> None:
+        # The pool's index of this process, which a static group.instance.id gets appended.
+        self.index = index
         # The name of this process in log lines, as the pool writes it: "worker 0 (pid 123)".
         self.label = label or f"worker (pid {os.getpid()})"
         self.config = config
@@ -319,6 +344,7 @@ class Worker:
         self.dead_letter_log = DeadLetterLog()
         # Events without a Kafka key are accepted, and logged by partition.
         self.keyless_log = RateLimitedLog("events without a Kafka key", "partition")
+        self.consumer_error_log = RateLimitedLog("consumer errors", "code")
         self.state_dir = Path(config.state_dir).resolve()
         self._stopping = False
         # Messages consumed for the batch that is being collected; on_revoke finishes them.
@@ -383,7 +409,16 @@ class Worker:
 
     def _shutdown(self) -> None:
         # close() revokes the assignment, and on_revoke finishes what was collected and commits.
-        logger.info("%s stopping: leaving the group", self.label)
+        instance = self.consumer_instance_id()
+        if instance:
+            logger.info(
+                "%s stopping: keeping the static membership of %s (the broker removes it after "
+                "session.timeout.ms)",
+                self.label,
+                instance,
+            )
+        else:
+            logger.info("%s stopping: leaving the group", self.label)
         self.heartbeat.set_ready(False)
         self.metrics.workers_running.set(0)
         try:
@@ -395,6 +430,13 @@ class Worker:
                 self.committer.close()
             finally:
                 self._flush_producer()
+
+    def consumer_instance_id(self) -> str | None:
+        """Return the group.instance.id this worker joins with, or None without static membership.
+
+        A static member does not leave the group when its consumer closes.
+        """
+        return consumer_settings(self.config, self.index).get("group.instance.id") or None
 
     def _flush_producer(self) -> None:
         remaining = self.producer.flush(self.config.delivery_timeout)
@@ -618,9 +660,17 @@ class Worker:
                 self._on_consume_error(message.error())
 
     def _on_consume_error(self, error: KafkaError) -> None:
+        fix = FATAL_CONSUMER_ERRORS.get(error.code())
+        if fix is not None:
+            raise ConsumerSetupError(
+                f"{self.label}: the consumer failed with {error.name()} ({error.str()}): {fix}"
+            )
         if error.fatal():
             raise KafkaException(error)
-        logger.warning("consumer error (librdkafka retries it): %s", error)
+        self.consumer_error_log.add(
+            error.name(), "consumer error (librdkafka retries it): %s", error.str()
+        )
+        self.consumer_error_log.flush()
 
     def _decode(self, messages: Sequence[Message]) -> _Decoded:
         decoded = _Decoded()
@@ -991,7 +1041,7 @@ def run_worker(
     consumer, producer = _open_clients(config, index)
     label = f"worker {index} (pid {os.getpid()})"
     worker = Worker(
-        config, pipeline, store, metrics, consumer, producer, bundle.row_of, label, heartbeat
+        config, pipeline, store, metrics, consumer, producer, bundle.row_of, label, heartbeat, index
     )
     install_signal_handlers(worker)
     try:

@@ -11,10 +11,14 @@ import argparse
 import dataclasses
 import logging
 import os
-from collections.abc import Callable
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.config import (
@@ -33,6 +37,7 @@ from stream.kafka_settings import (
     setting_source,
 )
 from stream.logs import librdkafka_logger
+from stream.metrics import check_temporary_directory
 from stream.pool import run_pool
 
 if TYPE_CHECKING:
@@ -42,12 +47,24 @@ logger = logging.getLogger(__name__)
 
 # Seconds to wait for the broker's metadata before `run` gives up with an error.
 BROKER_TIMEOUT_SECONDS = 15.0
+# Seconds of one metadata request of the broker check. A signal handler runs only between two
+# requests, because confluent-kafka's list_topics() blocks in C.
+BROKER_POLL_SECONDS = 0.5
 
 _DEFAULTS = WorkerConfig(brokers="-", bundle=".")
 
 
 class BrokerUnavailableError(StreamError):
     """The Kafka brokers did not respond, or a topic could not be created."""
+
+
+class StartInterruptedError(StreamError):
+    """A SIGTERM or SIGINT arrived before the pool started; the exit code is 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(f"received {name} during the start checks: stopped before any worker")
+        self.exit_code = 128 + signum
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,8 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=(
             "librdkafka settings also come from HIERTCN_KAFKA_<KEY> variables: the key in upper "
             "case with _ for . and __ for _ (HIERTCN_KAFKA_SECURITY_PROTOCOL=SSL sets "
-            "security.protocol). The switches --create-topics, --keep-going and "
-            "--no-state-sync have no variable."
+            "security.protocol). The switches --create-topics, --keep-going, --no-state-sync "
+            "and --rebuild-state have no variable."
         ),
     )
     for option in OPTIONS:
@@ -118,6 +135,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the configuration, check the broker, and run the pool until it stops."""
+    # The handlers come first: as PID 1 of a container, the process ignores a SIGTERM that has
+    # no handler, and the checks below can take the bundle load plus 15 s.
+    with stop_on_signal():
+        return _run(args)
+
+
+@contextmanager
+def stop_on_signal() -> Iterator[None]:
+    """Make SIGTERM and SIGINT raise `StartInterruptedError` until the pool installs its own.
+
+    `run_pool` replaces these handlers while the pool runs and puts them back after it.
+    """
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise StartInterruptedError(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _run(args: argparse.Namespace) -> int:
     flags = {option.name: getattr(args, option.name) for option in OPTIONS}
     config = build_config(
         flags,
@@ -127,7 +172,10 @@ def run(args: argparse.Namespace) -> int:
         keep_going=args.keep_going,
         rebuild_state=args.rebuild_state,
     )
+    # The pool writes its workers' metrics under TMPDIR: fail here, before the slow broker check.
+    check_temporary_directory()
     check_producer_settings(config)
+    check_client_settings(config)
     # The store comes after the broker check, so that a failed start leaves no new state folder.
     bundle = check_bundle(config)
     config = device_for_workers(config, bundle)
@@ -149,6 +197,40 @@ def check_producer_settings(config: WorkerConfig) -> None:
     check_linger_below_delivery_wait(config, settings)
     check_linger_below_message_timeout(
         settings, config.kafka_settings, timeout_flag=None, env_names=config.kafka_env_names
+    )
+
+
+def check_client_settings(config: WorkerConfig) -> None:
+    """Create and close one consumer and one producer with the workers' settings.
+
+    librdkafka checks combinations of settings (acks with enable.idempotence, the assignment
+    strategy with group.protocol) only when a client is created, and the workers create theirs
+    after they start, where a rejection would stop each one with a traceback. A client connects
+    in the background, so this needs no broker.
+    """
+    from stream.worker import consumer_settings, producer_settings
+
+    for client, settings in (
+        (Consumer, consumer_settings(config)),
+        (Producer, producer_settings(config)),
+    ):
+        try:
+            instance = client({**settings, "logger": _CLIENT_CHECK_LOGGER})
+        except KafkaException as error:
+            raise ConfigError(describe_client_error(config, error)) from error
+        if isinstance(instance, Consumer):
+            instance.close()
+        else:
+            instance.flush(0)
+
+
+def describe_client_error(config: WorkerConfig, error: KafkaException) -> str:
+    """Return one error line for librdkafka's rejection of a client's settings."""
+    return describe_invalid_setting(
+        error.args[0].str(),
+        config.kafka_settings,
+        config.kafka_env_names,
+        origins="the -X options or the HIERTCN_KAFKA_ variables",
     )
 
 
@@ -248,17 +330,39 @@ def create_admin(config: WorkerConfig) -> AdminClient:
     try:
         return AdminClient(settings)
     except KafkaException as error:
-        message = describe_invalid_setting(
-            error.args[0].str(),
-            config.kafka_settings,
-            config.kafka_env_names,
-            origins="the -X option or the HIERTCN_KAFKA_ variable",
-        )
-        raise ConfigError(message) from error
+        raise ConfigError(describe_client_error(config, error)) from error
 
 
 # librdkafka logs a failed connection attempt many times a second; a few lines tell the cause.
 _LIBRDKAFKA_LOGGER = librdkafka_logger(f"{__name__}.librdkafka")
+# The check of the workers' settings gets its own rate limit, so that it cannot use up the lines
+# that explain a failed broker check right after it.
+_CLIENT_CHECK_LOGGER = librdkafka_logger(f"{__name__}.client_check")
+
+
+def wait_for_metadata(admin: AdminClient, brokers: str) -> Any:
+    """Return the cluster metadata, asking every `BROKER_POLL_SECONDS` until the timeout.
+
+    Raise `BrokerUnavailableError` with librdkafka's last error text when no broker responds.
+    """
+    deadline = time.monotonic() + BROKER_TIMEOUT_SECONDS
+    while True:
+        started = time.monotonic()
+        timeout = min(BROKER_POLL_SECONDS, max(deadline - started, 0.01))
+        try:
+            metadata = admin.list_topics(timeout=timeout)
+        except KafkaException as error:
+            if time.monotonic() < deadline:
+                # A refused connection fails at once; wait out the request's time before the next.
+                time.sleep(max(started + timeout - time.monotonic(), 0.0))
+                continue
+            admin.poll(0)  # log the first librdkafka lines that explain the failure
+            raise BrokerUnavailableError(
+                f"Kafka brokers {brokers} did not respond within {BROKER_TIMEOUT_SECONDS:g} s "
+                f"({error.args[0].str()}): check --brokers and the -X security settings"
+            ) from error
+        admin.poll(0)
+        return metadata
 
 
 def check_topics(config: WorkerConfig) -> None:
@@ -266,15 +370,7 @@ def check_topics(config: WorkerConfig) -> None:
     admin = create_admin(config)
     logger.info("connecting to Kafka brokers %s (waiting up to %.0f s)", config.brokers,
                 BROKER_TIMEOUT_SECONDS)  # fmt: skip
-    try:
-        metadata = admin.list_topics(timeout=BROKER_TIMEOUT_SECONDS)
-    except KafkaException as error:
-        admin.poll(0)  # log the first librdkafka lines that explain the failure
-        raise BrokerUnavailableError(
-            f"Kafka brokers {config.brokers} did not respond within {BROKER_TIMEOUT_SECONDS} s "
-            f"({error}): check --brokers and the -X security settings"
-        ) from error
-    admin.poll(0)
+    metadata = wait_for_metadata(admin, config.brokers)
     topics = (config.input_topic, config.output_topic, config.dead_letter_topic)
     missing = [topic for topic in topics if topic not in metadata.topics]
     if not missing:

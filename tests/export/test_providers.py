@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -189,3 +192,51 @@ def test_load_bundle_cuda_without_driver_opens_no_session(
         load_bundle(bundle_dir, device="cuda")
 
     assert sessions == []
+
+
+def _run_graph_with_home(home: Path) -> subprocess.CompletedProcess[str]:
+    """Run `_LOAD_ONE_GRAPH` in a fresh interpreter with this HOME and no telemetry setting."""
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env["HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-c", _LOAD_ONE_GRAPH],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+# Imports the loader, then runs one session on an Identity graph, so that telemetry written at
+# session start shows up too.
+_LOAD_ONE_GRAPH = """
+import os
+import export.bundle
+import onnxruntime as ort
+from onnx import TensorProto, helper
+value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+output = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [value], [output])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+print(os.environ["ORT_DISABLE_TELEMETRY"])
+"""
+
+
+def test_bundle_loader_writes_nothing_under_home(tmp_path: Path) -> None:
+    result = _run_graph_with_home(tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "1\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bundle_loader_quiet_on_read_only_home(tmp_path: Path) -> None:
+    regular_file = tmp_path / "file"
+    regular_file.write_text("")
+
+    # A HOME under a regular file cannot be written, even by root.
+    result = _run_graph_with_home(regular_file / "home")
+
+    assert result.returncode == 0, result.stderr
+    assert "telemetry" not in result.stderr

@@ -209,8 +209,8 @@ def test_invalid_flag_value_names_the_flag() -> None:
         (
             {"HIERTCN_KAFKA_ENABLE_AUTO_COMMIT": "true"},
             [],
-            "HIERTCN_KAFKA_ENABLE_AUTO_COMMIT is rejected: the worker sets enable.auto.commit "
-            "itself because its delivery guarantees depend on it; remove it",
+            "HIERTCN_KAFKA_ENABLE_AUTO_COMMIT is rejected: the worker's delivery guarantees "
+            "depend on its own value of enable.auto.commit; remove it",
         ),
     ],
 )
@@ -239,3 +239,52 @@ def test_k_above_items_names_its_source() -> None:
     assert str(raised.value) == (
         "invalid HIERTCN_K=500: the bundle has only 50 items; set HIERTCN_K=50 or less"
     )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["acks=1"], "invalid -X acks=1: "),
+        (["request.required.acks=0"], "invalid -X request.required.acks=0: "),
+        (["topic.acks=0"], "invalid -X topic.acks=0: "),
+        (["enable.idempotence=false"], "invalid -X enable.idempotence=false: "),
+        (["transactional.id=t"], "-X transactional.id is rejected: "),
+        (["group.protocol=classic"], "-X group.protocol is rejected: "),
+    ],
+)
+def test_delivery_setting_below_worker_rejected(flags: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        build_config(REQUIRED, {}, flags)
+
+    assert str(raised.value).startswith(message)
+
+
+@pytest.mark.parametrize("flags", [["acks=all"], ["acks=-1"], ["enable.idempotence=TRUE"]])
+def test_delivery_setting_of_worker_accepted(flags: list[str]) -> None:
+    config = build_config(REQUIRED, {}, flags)
+
+    assert config.kafka_settings
+
+
+def test_delivery_variable_named_in_error() -> None:
+    with pytest.raises(ConfigError) as raised:
+        build_config(REQUIRED, {"HIERTCN_KAFKA_ACKS": "0"})
+
+    assert str(raised.value).startswith("invalid HIERTCN_KAFKA_ACKS=0: ")
+
+
+def test_setting_name_names_variable() -> None:
+    config = build_config(REQUIRED, {"HIERTCN_HEALTH_STALL_SECONDS": "4"})
+
+    assert config.setting_name("health_stall_seconds") == "HIERTCN_HEALTH_STALL_SECONDS"
+    assert config.setting_name("metrics_address") == "--metrics-address"
+
+
+def test_bad_float_variable_gives_project_message() -> None:
+    with pytest.raises(ConfigError) as raised:
+        build_config(REQUIRED, {"HIERTCN_SESSION_GAP": "abc"})
+
+    message = str(raised.value)
+    assert message.startswith("invalid HIERTCN_SESSION_GAP='abc': ")
+    assert "expected a number" in message
+    assert "could not convert" not in message

@@ -46,6 +46,14 @@ def test_liveness_ok_with_fresh_heartbeats() -> None:
     assert report.problems == ()
 
 
+def test_stall_problem_names_variable() -> None:
+    stall_name = "HIERTCN_HEALTH_STALL_SECONDS"
+    report = check_liveness([running(0, silent=42.5)], False, STALL, NOW, stall_name)
+
+    (problem,) = report.problems
+    assert problem.endswith("more than HIERTCN_HEALTH_STALL_SECONDS=30")
+
+
 def test_liveness_fails_on_stalled_worker() -> None:
     report = check_liveness([running(0), running(1, silent=42.5)], False, STALL, NOW)
 
@@ -289,3 +297,36 @@ def test_health_paths_absent_without_health_source(metrics_dir: Path) -> None:
 
     assert status == 200
     assert "hiertcn_worker_heartbeat_age_seconds" not in body
+
+
+@pytest.mark.parametrize("path", ["/", "/ready", "/health", "/livez", "/healthz/", "/metrics/"])
+def test_unknown_path_404(served: tuple[str, FakeHealth], path: str) -> None:
+    base, _health = served
+
+    status, content_type, body = _get(f"{base}{path}")
+
+    assert status == 404
+    assert content_type == "text/plain"
+    assert body == f"path {path!r} not found: use /metrics, /healthz or /readyz\n"
+
+
+def test_health_paths_404_without_health_source(metrics_dir: Path) -> None:
+    server, _thread = serve_aggregate("127.0.0.1", 0)
+    try:
+        status, _content_type, body = _get(f"http://127.0.0.1:{server.server_port}/healthz")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert status == 404
+    assert body == "path '/healthz' not found: use /metrics\n"
+
+
+def test_body_reports_exited_worker_not_ready() -> None:
+    report = check_liveness([running(0), exited(1)], False, STALL, NOW)
+
+    workers = json.loads(report.to_json())["workers"]
+
+    assert workers[0]["ready"] is True
+    assert workers[1]["state"] == "exited"
+    assert workers[1]["ready"] is False

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 
 import pytest
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Producer
 
 from stream.errors import ConfigError
 from stream.kafka_settings import (
     check_flag_settings,
+    client_settings,
     describe_invalid_setting,
     parse_kafka_flags,
     property_of,
@@ -98,3 +99,33 @@ def test_key_that_a_flag_sets_is_rejected(key: str, expected: str) -> None:
 
 def test_key_that_no_flag_sets_is_accepted() -> None:
     check_flag_settings(["acks", "linger.ms"], {"bootstrap.servers": "--brokers"}, {})
+
+
+def _confwarn_lines(client_class: type, settings: dict, caplog: pytest.LogCaptureFixture) -> list:
+    log = logging.getLogger("tests.confwarn")
+    client = client_class({"bootstrap.servers": "127.0.0.1:1", **settings, "logger": log})
+    with caplog.at_level(logging.DEBUG, logger="tests.confwarn"):
+        client.poll(0)
+    if isinstance(client, Consumer):
+        client.close()
+    return [r.getMessage() for r in caplog.records if "CONFWARN" in r.getMessage()]
+
+
+def test_instance_id_gives_no_confwarn(caplog: pytest.LogCaptureFixture) -> None:
+    settings = {"group.instance.id": "pod-0", "session.timeout.ms": "45000", "acks": "all"}
+
+    consumer = client_settings({"group.id": "g", **settings}, "consumer")
+    producer = client_settings(settings, "producer")
+
+    assert _confwarn_lines(Consumer, consumer, caplog) == []
+    assert _confwarn_lines(Producer, producer, caplog) == []
+    assert consumer["group.instance.id"] == "pod-0"
+    assert "acks" not in consumer
+    assert producer == {"acks": "all"}
+
+
+def test_unknown_key_goes_to_both_clients() -> None:
+    settings = {"client.id": "a", "topic.acks": "all", "retry.backoff.ms": "50"}
+
+    assert client_settings(settings, "consumer") == {"client.id": "a", "retry.backoff.ms": "50"}
+    assert client_settings(settings, "producer") == settings

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.config import WorkerConfig
+from stream.config import WorkerConfig, build_config
 from stream.errors import ConfigError
 from stream.health import HealthReport
 from stream.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
@@ -22,6 +22,7 @@ from stream.pool import (
     BLAS_THREAD_VARIABLES,
     STOP_TIMEOUT_SECONDS,
     Pool,
+    available_cpus,
     describe_exit,
     serve_metrics,
     single_threaded_blas,
@@ -313,6 +314,21 @@ def test_short_stall_limit_warned(caplog: pytest.LogCaptureFixture) -> None:
     assert "(delivery retries plus the batch delay, 60 s)" in caplog.text
 
 
+def test_short_stall_limit_names_variable(caplog: pytest.LogCaptureFixture) -> None:
+    environ = {"HIERTCN_HEALTH_STALL_SECONDS": "5", "HIERTCN_MAX_BATCH_DELAY_MS": "0"}
+    config = build_config({"brokers": "127.0.0.1:1", "bundle": "b"}, environ)
+
+    with caplog.at_level(logging.WARNING, logger="stream.pool"):
+        warn_short_stall_limit(config)
+
+    assert "HIERTCN_HEALTH_STALL_SECONDS=5 is below the longest pause" in caplog.text
+
+
+def test_metrics_address_from_variable_named(metrics_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^invalid HIERTCN_METRICS_ADDRESS='192\.0\.2\.1' \("):
+        serve_metrics("192.0.2.1", 0, name="HIERTCN_METRICS_ADDRESS")
+
+
 def test_default_stall_limit_not_warned(caplog: pytest.LogCaptureFixture) -> None:
     config = WorkerConfig(brokers="127.0.0.1:1", bundle=Path("b"))
 
@@ -320,3 +336,103 @@ def test_default_stall_limit_not_warned(caplog: pytest.LogCaptureFixture) -> Non
         warn_short_stall_limit(config)
 
     assert caplog.text == ""
+
+
+def _fake_cgroup(tmp_path: Path, proc_line: str, files: dict[str, str]) -> tuple[Path, Path]:
+    """Write a fake cgroup mount and /proc/self/cgroup; return their paths."""
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    proc = tmp_path / "proc-cgroup"
+    proc.write_text(proc_line + "\n")
+    return root, proc
+
+
+@pytest.mark.parametrize(
+    ("proc_line", "files", "expected"),
+    [
+        ("0::/", {"cpu.max": "200000 100000\n"}, 2),
+        ("0::/", {"cpu.max": "150000 100000\n"}, 1),
+        ("0::/", {"cpu.max": "max 100000\n"}, 8),
+        ("0::/pod/app", {"pod/app/cpu.max": "300000 100000\n"}, 3),
+        ("0::/host/path", {"cpu.max": "400000 100000\n"}, 4),
+        ("0::/", {"cpu.max": "10000 100000\n"}, 1),
+        (
+            "3:cpu,cpuacct:/",
+            {"cpu,cpuacct/cpu.cfs_quota_us": "200000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000"},
+            2,
+        ),
+        (
+            "3:cpu,cpuacct:/",
+            {"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000"},
+            8,
+        ),
+        ("0::/", {}, 8),
+    ],
+)
+def test_available_cpus_capped_by_cgroup(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    proc_line: str,
+    files: dict[str, str],
+    expected: int,
+) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    root, proc = _fake_cgroup(tmp_path, proc_line, files)
+
+    assert available_cpus(root, proc) == expected
+
+
+def test_available_cpus_follow_affinity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    root, proc = _fake_cgroup(tmp_path, "0::/", {"cpu.max": "400000 100000\n"})
+
+    assert available_cpus(root, proc) == 1
+
+
+def test_available_cpus_without_proc_cgroup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(3)))
+
+    assert available_cpus(tmp_path / "none", tmp_path / "missing") == 3
+
+
+def test_pool_exit_line_names_keep_going_loss(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stream.pool")
+
+    code = _run_stand_in_pool(tmp_path, keep_going=True)
+
+    assert code == 1
+    last = caplog.records[-1].getMessage()
+    assert last.startswith("pool exits with 1: worker 0 (pid ")
+    assert last.endswith(
+        ") stopped on a SIGTERM or SIGINT sent to it directly (exit code 0) under --keep-going"
+    )
+
+
+def test_pool_exit_line_names_invalid_input(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stream.pool")
+
+    code = _run_stand_in_pool(tmp_path, keep_going=False, first_worker=_exit_on_invalid_state)
+
+    assert code == 2
+    last = caplog.records[-1].getMessage()
+    assert last.startswith("pool exits with 2: worker 0 (pid ")
+    assert last.endswith(") failed with exit code 2 (its error is logged above)")
+
+
+def test_pool_exit_line_after_clean_stop(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="stream.pool")
+
+    code = _run_stand_in_pool(tmp_path, keep_going=False, first_worker=_wait_for_sigterm)
+
+    assert code == 0
+    assert caplog.records[-1].getMessage() == "pool exits with 0: every worker stopped on request"

@@ -451,3 +451,10 @@ def test_produce_command_rejects_setting_in_one_line(
 def test_produce_config_rejects_bootstrap_alias() -> None:
     with pytest.raises(ConfigError, match=r"metadata\.broker\.list \(an alias of bootstrap"):
         ProduceConfig("h:1", "t", overrides={"metadata.broker.list": "h:2"})
+
+
+def test_invalid_topic_name_rejected() -> None:
+    with pytest.raises(ConfigError) as raised:
+        ProduceConfig("127.0.0.1:1", "bad topic")
+
+    assert str(raised.value).startswith("invalid topic name 'bad topic' for --topic: ")

@@ -7,8 +7,12 @@ exit status 2. The tests that reach the broker check use 127.0.0.1:1, where noth
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -418,3 +422,109 @@ def test_run_linger_above_delivery_timeout_exits_2(
         "10000 ms, or raise -X delivery.timeout.ms above 20000 ms"
     )
     assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        (["acks=0"], "-X acks=0"),
+        (["enable.idempotence=false"], "-X enable.idempotence=false"),
+        (["group.protocol=consumer"], "-X group.protocol"),
+        (["transactional.id=abc"], "-X transactional.id"),
+        (["max.in.flight=10"], "max.in.flight"),
+    ],
+)
+def test_run_client_setting_conflict_exits_2(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    no_pool: list[WorkerConfig],
+    capsys: pytest.CaptureFixture[str],
+    settings: list[str],
+    named: str,
+) -> None:
+    flags = [part for setting in settings for part in ("-X", setting)]
+
+    code = main(run_args(onnx_bundle_dir, tmp_path / "state", *flags))
+
+    assert code == 2
+    assert no_pool == []
+    (line,) = error_lines(capsys)
+    assert named in line
+
+
+def test_client_check_creates_real_clients() -> None:
+    config = WorkerConfig(
+        brokers="127.0.0.1:1", bundle=Path("."), kafka_settings={"max.in.flight": "10"}
+    )
+
+    with pytest.raises(ConfigError) as raised:
+        run_command.check_client_settings(config)
+
+    assert str(raised.value).startswith("invalid librdkafka setting max.in.flight: ")
+    assert "`max.in.flight` must be set <= 5" in str(raised.value)
+
+
+def test_client_check_accepts_worker_values() -> None:
+    config = WorkerConfig(
+        brokers="127.0.0.1:1",
+        bundle=Path("."),
+        kafka_settings={"acks": "all", "enable.idempotence": "true", "group.instance.id": "p"},
+    )
+
+    run_command.check_client_settings(config)
+
+
+def test_broker_error_prints_text_not_repr(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(run_command, "BROKER_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(run_command, "run_pool", lambda config, level: 0)
+
+    main(run_args(onnx_bundle_dir, tmp_path / "state"))
+
+    (line,) = error_lines(capsys)
+    assert "did not respond within 1 s (" in line
+    assert "KafkaError{" not in line
+
+
+def test_sigterm_during_broker_check_stops_promptly(
+    onnx_bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run_command, "run_pool", lambda config, level: 0)
+    previous = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    started = time.monotonic()
+    timer.start()
+
+    code = main(run_args(onnx_bundle_dir, tmp_path / "state"))
+
+    timer.join()
+    assert code == 128 + signal.SIGTERM
+    assert time.monotonic() - started < 5.0
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_run_epilog_lists_rebuild_state(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+
+    # argparse wraps the help at hyphens, so the check ignores white space.
+    help_text = "".join(capsys.readouterr().out.split())
+    assert "--no-state-syncand--rebuild-statehavenovariable" in help_text
+    assert "(HTTP503),from1to86400" in help_text
+
+
+@pytest.mark.parametrize("value", ["abc", ""])
+def test_run_bad_stall_seconds_exits_2(
+    onnx_bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(run_args(onnx_bundle_dir, tmp_path / "state", "--health-stall-seconds", value))
+
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert f"invalid number {value!r}: expected a number" in err
+    assert "could not convert" not in err

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, KafkaError, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from statestore import PartitionPosition
@@ -26,6 +26,7 @@ from stream.metrics import create_metrics
 from stream.worker import (
     DEAD_LETTERS_LOGGED_PER_REASON,
     CommittedOffsetsError,
+    ConsumerSetupError,
     DeadLetterLog,
     RateLimitedLog,
     Worker,
@@ -547,3 +548,84 @@ def test_static_membership_id_per_process() -> None:
     assert consumer_settings(single, 0)["group.instance.id"] == "pod-3"
     plain = WorkerConfig(brokers="b:9092", bundle=Path("x"), processes=2)
     assert "group.instance.id" not in consumer_settings(plain, 1)
+
+
+def _stop_lines(worker: Worker, caplog: pytest.LogCaptureFixture) -> list[str]:
+    worker.consumer = ClosingConsumer()  # type: ignore[assignment]
+    worker.committer = SimpleNamespace(close=lambda: None)  # type: ignore[assignment]
+    with caplog.at_level("INFO", logger="stream.worker"):
+        worker._shutdown()
+    return [r.getMessage() for r in caplog.records if "stopping:" in r.getMessage()]
+
+
+def test_static_member_stop_keeps_membership(caplog: pytest.LogCaptureFixture) -> None:
+    worker = make_worker(FakeProducer(), processes=2, kafka_settings={"group.instance.id": "pod-0"})
+    worker.index = 1
+
+    (line,) = _stop_lines(worker, caplog)
+
+    assert "keeping the static membership of pod-0-1" in line
+    assert "session.timeout.ms" in line
+    assert "leaving the group" not in line
+
+
+def test_dynamic_member_stop_leaves_group(caplog: pytest.LogCaptureFixture) -> None:
+    (line,) = _stop_lines(make_worker(FakeProducer()), caplog)
+
+    assert line.endswith("stopping: leaving the group")
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        KafkaError.INVALID_SESSION_TIMEOUT,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    ],
+)
+def test_unfixable_consumer_error_exits_2(code: int) -> None:
+    worker = make_worker(FakeProducer())
+
+    with pytest.raises(ConsumerSetupError) as raised:
+        worker._on_consume_error(KafkaError(code))
+
+    assert raised.value.exit_code == 2
+    message = str(raised.value)
+    assert KafkaError(code).name() in message
+    assert "\n" not in message
+    assert "grant" in message or "session.timeout.ms" in message
+
+
+def test_repeated_consumer_error_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    worker = make_worker(FakeProducer())
+
+    with caplog.at_level("WARNING", logger="stream.worker"):
+        for _ in range(50):
+            worker._on_consume_error(KafkaError(KafkaError._TRANSPORT))
+
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == DEAD_LETTERS_LOGGED_PER_REASON + 1
+    assert lines[0].startswith("consumer error (librdkafka retries it): ")
+    assert "KafkaError{" not in lines[0]
+    assert "consumer errors with code _TRANSPORT" in lines[-1]
+
+
+def test_instance_id_setting_only_in_consumer() -> None:
+    config = WorkerConfig(
+        brokers="127.0.0.1:1",
+        bundle=Path("bundle"),
+        kafka_settings={
+            "group.instance.id": "pod-0",
+            "linger.ms": "5",
+            "client.id": "hiertcn",
+        },
+    )
+
+    consumer = consumer_settings(config)
+    producer = producer_settings(config)
+
+    assert consumer["group.instance.id"] == "pod-0"
+    assert "group.instance.id" not in producer
+    assert producer["linger.ms"] == "5"
+    assert "linger.ms" not in consumer
+    assert consumer["client.id"] == producer["client.id"] == "hiertcn"
