@@ -6,13 +6,13 @@ import json
 import os
 import re
 import signal
-import socket
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from ops.prometheus.run import free_port
 from tests.integration.fixtures_stream import (
     WorkerRun,
     make_topics,
@@ -23,12 +23,6 @@ from tests.integration.fixtures_stream import (
 
 STALL_SECONDS = 4.0
 _STARTED = re.compile(r"started worker 0 \(pid (\d+)\)")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _get(url: str) -> tuple[int, dict]:
@@ -63,7 +57,7 @@ def test_healthz_fails_while_worker_stopped(
     tmp_path: Path,
 ) -> None:
     topics = make_topics(kafka_bootstrap, unique_topic, partitions=1)
-    port = _free_port()
+    port = free_port()
     extra = ["--processes", "1", "--metrics-port", str(port)]
     extra += ["--health-stall-seconds", str(STALL_SECONDS)]
     run = start_worker(
@@ -108,7 +102,7 @@ def test_readyz_with_more_workers_than_partitions(
     tmp_path: Path,
 ) -> None:
     topics = make_topics(kafka_bootstrap, unique_topic, partitions=1)
-    port = _free_port()
+    port = free_port()
     extra = ["--processes", "2", "--metrics-port", str(port)]
     run = start_worker(
         kafka_bootstrap, stream_bundle, topics, tmp_path / "state", tmp_path / "pool.log", extra
