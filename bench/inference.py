@@ -31,9 +31,9 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
+from export import providers
 from export.bundle import load_bundle
 from export.onnx_export import ExportConfig, write_bundle
 from hiertcn.checkpoint import Checkpoint
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
             f"load average {load}, {_count(args.threads, 'thread')} per side, "
             f"torch {torch.__version__}, "
-            f"onnxruntime {ort.__version__}"
+            f"onnxruntime {providers.ort.__version__}"
         )
         field = model.receptive_field
         step = "full" if args.full_step else "pruned"

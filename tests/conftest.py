@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Test modules import onnxruntime before export.providers, which turns its telemetry off at import.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 
