@@ -135,14 +135,16 @@ def cgroup_cpu_quota(cgroup_root: Path, proc_cgroup: Path) -> float | None:
 
     Reads `cpu.max` ("QUOTA PERIOD" or "max PERIOD") under cgroup v2, or `cpu.cfs_quota_us`
     (-1 for none) and `cpu.cfs_period_us` under v1. The cgroup's folder is the path in
-    `proc_cgroup` under the mount, or the mount itself, as inside a container whose cgroup
-    namespace hides the host's path. A file that cannot be read counts as no quota, and the
-    quotas of parent cgroups are not read.
+    `proc_cgroup` under the mount. The kernel applies the quota of every cgroup above it as well,
+    so the result is the smallest quota from that folder up to the mount itself, which is the
+    only one left inside a container whose cgroup namespace hides the host's path. A file that
+    cannot be read counts as no quota.
     """
     try:
         lines = proc_cgroup.read_text().splitlines()
     except OSError:
         return None
+    quotas = []
     for line in lines:
         parts = line.split(":", 2)
         if len(parts) != 3:
@@ -154,11 +156,21 @@ def cgroup_cpu_quota(cgroup_root: Path, proc_cgroup: Path) -> float | None:
             mount, names = cgroup_root / controllers, ("cpu.cfs_quota_us", "cpu.cfs_period_us")
         else:
             continue
-        for folder in (mount / path.lstrip("/"), mount):
+        for folder in _folders_up_to(mount, mount / path.lstrip("/")):
             quota = _parse_quota([word for name in names for word in _read_words(folder / name)])
             if quota is not None:
-                return quota
-    return None
+                quotas.append(quota)
+    return min(quotas, default=None)
+
+
+def _folders_up_to(mount: Path, folder: Path) -> list[Path]:
+    """Return `folder` and each parent folder of it up to `mount`, or [mount] when it is outside."""
+    if folder != mount and mount not in folder.parents:
+        return [mount]
+    chain = [folder]
+    while chain[-1] != mount:
+        chain.append(chain[-1].parent)
+    return chain
 
 
 def _parse_quota(words: list[str]) -> float | None:

@@ -357,6 +357,10 @@ def _fake_cgroup(tmp_path: Path, proc_line: str, files: dict[str, str]) -> tuple
         ("0::/", {"cpu.max": "max 100000\n"}, 8),
         ("0::/pod/app", {"pod/app/cpu.max": "300000 100000\n"}, 3),
         ("0::/host/path", {"cpu.max": "400000 100000\n"}, 4),
+        ("0::/pod/app", {"pod/cpu.max": "200000 100000", "pod/app/cpu.max": "max 100000"}, 2),
+        ("0::/pod/app", {"pod/cpu.max": "600000 100000", "pod/app/cpu.max": "300000 100000"}, 3),
+        ("0::/pod/app", {"cpu.max": "100000 100000", "pod/app/cpu.max": "500000 100000"}, 1),
+        ("0::/../outside", {"cpu.max": "500000 100000"}, 5),
         ("0::/", {"cpu.max": "10000 100000\n"}, 1),
         (
             "3:cpu,cpuacct:/",
@@ -367,6 +371,14 @@ def _fake_cgroup(tmp_path: Path, proc_line: str, files: dict[str, str]) -> tuple
             "3:cpu,cpuacct:/",
             {"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000"},
             8,
+        ),
+        (
+            "3:cpu,cpuacct:/pod/app",
+            {
+                "cpu,cpuacct/pod/cpu.cfs_quota_us": "100000",
+                "cpu,cpuacct/pod/cpu.cfs_period_us": "1e5",
+            },
+            1,
         ),
         ("0::/", {}, 8),
     ],
