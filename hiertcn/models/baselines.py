@@ -15,39 +15,17 @@ from torch import nn
 from hiertcn.errors import ConfigError
 from hiertcn.models.base import RecommenderModel, padded_bytes
 from hiertcn.models.config import ModelConfig
-from hiertcn.models.embedding import ItemEmbedding
+from hiertcn.models.recent_items import RecentItems, RecentItemsModel
 from hiertcn.models.registry import register_model
-from hiertcn.models.sequence import gather_window, valid_positions
-
-RecentItems = tuple[torch.Tensor, torch.Tensor]
 
 
 @register_model("moving_average")
-class MovingAverage(RecommenderModel):
+class MovingAverage(RecentItemsModel):
     """User embedding = mean embedding of the user's last K items (`recent_items`).
 
-    The K items may reach back into earlier sessions. Only the item table is learned. The carry
-    is (item rows int64 [B, K], valid bool [B, K]) with the valid rows right-aligned, so the
-    averages always use the current item table. Before the user's first item the query is zero.
+    The K items may reach back into earlier sessions, and the averages always use the current
+    item table. Before the user's first item the query is zero.
     """
-
-    config_fields = frozenset({"embedding_dim", "item_vectors_path", "recent_items"})
-
-    def __init__(self, config: ModelConfig, num_items: int) -> None:
-        super().__init__(config, num_items)
-        self.items = ItemEmbedding(num_items, config.embedding_dim, config.item_vectors_path)
-        # With fixed pre-trained vectors nothing is left to train.
-        self.trainable = self.items.trainable
-
-    def initial_carry(self, batch_size: int, device: torch.device | str) -> RecentItems:
-        """Return no recent items."""
-        window = self.config.recent_items
-        rows = torch.zeros(batch_size, window, dtype=torch.int64, device=device)
-        return rows, torch.zeros(batch_size, window, dtype=torch.bool, device=device)
-
-    def item_embeddings(self) -> torch.Tensor:
-        """Return the item table [N, D]."""
-        return self.items.table()
 
     def forward(
         self, items: torch.Tensor, lengths: torch.Tensor, carry: RecentItems
@@ -55,20 +33,15 @@ class MovingAverage(RecommenderModel):
         """Average the K items before each event: queries [B, L, D] and the new carry."""
         window = self.config.recent_items
         length = items.shape[1]
-        recent, recent_valid = carry
-        rows = torch.cat([recent, items], dim=1)  # [B, K + L]
-        valid = torch.cat([recent_valid, valid_positions(lengths, length)], dim=1)
+        rows, valid, next_carry = self.with_recent(items, lengths, carry)
         weights = valid.unsqueeze(-1).to(self.items.table().dtype)  # [B, K + L, 1]
         embedded = self.items(rows) * weights  # [B, K + L, D]
         self.last_input_bytes = padded_bytes(rows, embedded)
 
-        # Event j of the session is at position K + j, so its window is positions j .. j + K - 1.
+        # Event j of the session averages the window of positions j .. j + K - 1.
         sums = _window_sums(embedded, window)[:, :length]  # [B, L, D]
         counts = _window_sums(weights, window)[:, :length]  # [B, L, 1]
-        queries = sums / counts.clamp(min=1.0)
-
-        end = window + lengths
-        return queries, (gather_window(rows, end, window), gather_window(valid, end, window))
+        return sums / counts.clamp(min=1.0), next_carry
 
 
 def _window_sums(values: torch.Tensor, window: int) -> torch.Tensor:
