@@ -1,12 +1,27 @@
-"""Text checks of the Kubernetes example, which the project's machines cannot apply (no cluster,
-and PyYAML is not a dependency)."""
+"""Checks of the Kubernetes example, which the project's machines cannot apply (no cluster):
+its resources against the Kubernetes API schemas, and its text."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import kubernetes_validate
+import pytest
+import yaml
+
 MANIFEST = Path(__file__).resolve().parents[2] / "ops" / "k8s" / "hiertcn-stream.yaml"
+
+
+# An older Kubernetes release and the newest one that kubernetes-validate 1.37 has schemas for.
+@pytest.mark.parametrize("version", ["1.28.0", "1.37.0"])
+def test_resources_match_api_schema(version: str) -> None:
+    documents = [doc for doc in yaml.safe_load_all(MANIFEST.read_text()) if doc is not None]
+
+    assert [doc["kind"] for doc in documents] == ["Service", "StatefulSet"]
+    for document in documents:
+        # strict=True rejects fields the schema does not define, such as a misspelled key.
+        kubernetes_validate.validate(document, version, strict=True)
 
 
 def test_referenced_variables_defined() -> None:
