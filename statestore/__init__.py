@@ -17,7 +17,7 @@ from statestore.errors import (
     StoreConfigError,
     UserNotFoundError,
 )
-from statestore.state import REPLAY_PARTITION, PartitionPosition, UserState
+from statestore.state import REPLAY_PARTITION, PartitionPosition, ReplayProgress, UserState
 from statestore.store import StateStore, StoreConfig
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "MapSizeLimitError",
     "PartitionPosition",
     "ReadOnlyStoreError",
+    "ReplayProgress",
     "SchemaVersionError",
     "StateCodecError",
     "StateStore",

@@ -23,11 +23,13 @@ import math
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from statestore import export, maintenance
 from statestore.errors import StateStoreError, StoreConfigError, UserNotFoundError
+from statestore.state import PartitionPosition
 from statestore.store import StateStore, StoreConfig, file_in_path, format_size
 
 logger = logging.getLogger(__name__)
@@ -222,7 +224,7 @@ def run_stats(args: argparse.Namespace) -> int:
     with open_store(state_dir) as store:
         stats = maintenance.collect_stats(store)
     positions = [
-        {"topic": topic, "partition": partition, **vars(position)}
+        _position_row(topic, partition, position)
         for (topic, partition), position in sorted(stats.positions.items())
     ]
     for row in positions:
@@ -245,7 +247,7 @@ def run_stats(args: argparse.Namespace) -> int:
     for row in positions:
         print(
             f"position         {row['topic']}[{row['partition']}]@{row['next_offset']} "
-            f"watermark {_format_watermark(row['watermark'])}"
+            f"watermark {_format_watermark(row['watermark'])}{_format_replay(row.get('replay'))}"
         )
     return 0
 
@@ -387,6 +389,21 @@ def _check_not_future(reference: float, subject: str) -> None:
         "still active would count as inactive: pass --now to measure from the current time, "
         "--at with an earlier time, or --allow-future if that time is intended"
     )
+
+
+def _position_row(topic: str, partition: int, position: PartitionPosition) -> dict[str, Any]:
+    """Return a position as a JSON-ready dict; the key `replay` is present for replays only."""
+    row = {"topic": topic, "partition": partition, **asdict(position)}
+    if row["replay"] is None:
+        del row["replay"]
+    return row
+
+
+def _format_replay(replay: dict[str, Any] | None) -> str:
+    if replay is None:
+        return ""
+    output = f"--output {replay['output']} at byte {replay['output_bytes']}"
+    return f", {replay['order']} order, " + (output if replay["output"] else "no --output")
 
 
 def _format_watermark(watermark: float | None) -> str:

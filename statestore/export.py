@@ -5,6 +5,7 @@ An export is a stream of records, as JSON lines or as msgpack maps, in this orde
    "bundle_version", "state_shape": [G, H], "embedding_dim": D}` with the metadata of the store
    (each value null when the store has none),
 2. one `{"type": "position", "topic", "partition", "next_offset", "watermark"}` per partition,
+   with `"replay": {"order", "output", "output_bytes"}` added to a replay's position,
 3. one user record per user: in JSON lines `{"type": "user", "user", "state": {field: value}}`
    with arrays as nested lists, in msgpack `{"type": "user", "user", "record": bytes}` with the
    `statestore.codec` record. float32 values survive the JSON round trip exactly, because JSON
@@ -24,7 +25,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -40,7 +41,7 @@ from statestore.maintenance import (
     state_from_json,
     state_to_json,
 )
-from statestore.state import PartitionPosition, UserState
+from statestore.state import PartitionPosition, ReplayProgress, UserState
 from statestore.store import StateStore
 
 logger = logging.getLogger(__name__)
@@ -445,7 +446,10 @@ def _position_of_record(
 ) -> tuple[tuple[str, int], PartitionPosition]:
     try:
         key = (str(record["topic"]), int(record["partition"]))
-        return key, PartitionPosition(int(record["next_offset"]), float(record["watermark"]))
+        replay = record.get("replay")
+        progress = None if replay is None else ReplayProgress(**replay)
+        position = PartitionPosition(int(record["next_offset"]), float(record["watermark"]))
+        return key, replace(position, replay=progress)
     except (KeyError, TypeError, ValueError) as error:
         raise ExportFileError(
             f"position record {number} of {path} is invalid ({error!r}): {_IMPORT_FIX}"
@@ -453,13 +457,16 @@ def _position_of_record(
 
 
 def _position_record(topic: str, partition: int, position: PartitionPosition) -> dict[str, Any]:
-    return {
+    record: dict[str, Any] = {
         "type": "position",
         "topic": topic,
         "partition": partition,
         "next_offset": position.next_offset,
         "watermark": position.watermark,
     }
+    if position.replay is not None:
+        record["replay"] = asdict(position.replay)
+    return record
 
 
 def _positions(count: int) -> str:

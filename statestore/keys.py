@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import math
 import struct
+from typing import Any
 
 import msgpack
 
 from statestore.errors import StateCodecError, StoreConfigError
-from statestore.state import PartitionPosition
+from statestore.state import PartitionPosition, ReplayProgress
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -103,14 +104,38 @@ def topic_partition_of_key(key: bytes) -> tuple[str, int]:
 
 
 def encode_position(position: PartitionPosition) -> bytes:
-    """Encode a partition position as the msgpack array `[next_offset, watermark]`."""
-    return msgpack.packb([int(position.next_offset), float(position.watermark)])
+    """Encode a partition position as the msgpack array `[next_offset, watermark]`.
+
+    A replay position gets a third element, the map `{"order", "output", "output_bytes"}`.
+    Readers of the two-element form (versions before it) reject such a record as corrupt.
+    """
+    fields: list[object] = [int(position.next_offset), float(position.watermark)]
+    if position.replay is not None:
+        fields.append(
+            {
+                "order": position.replay.order,
+                "output": position.replay.output,
+                "output_bytes": int(position.replay.output_bytes),
+            }
+        )
+    return msgpack.packb(fields)
 
 
 def decode_position(blob: bytes) -> PartitionPosition:
-    """Invert `encode_position`."""
+    """Invert `encode_position`; the two-element form gives `replay=None`."""
     try:
-        next_offset, watermark = msgpack.unpackb(blob)
-    except (ValueError, TypeError, msgpack.UnpackException) as error:
+        fields = msgpack.unpackb(blob)
+        next_offset, watermark, *extra = fields
+        replay = _replay_progress(extra[0]) if extra else None
+        return PartitionPosition(int(next_offset), float(watermark), replay)
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as error:
         raise StateCodecError(f"partition position record is corrupt: {error}") from error
-    return PartitionPosition(next_offset=int(next_offset), watermark=float(watermark))
+
+
+def _replay_progress(fields: dict[str, Any]) -> ReplayProgress:
+    output = fields["output"]
+    return ReplayProgress(
+        order=str(fields["order"]),
+        output=None if output is None else str(output),
+        output_bytes=int(fields["output_bytes"]),
+    )

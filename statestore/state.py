@@ -61,8 +61,21 @@ def _same_array(left: np.ndarray, right: np.ndarray) -> bool:
 
 
 @dataclass(frozen=True)
+class ReplayProgress:
+    """Record order and recommendations file of a replay, stored with its position, so that a
+    resume can check that it continues the same run."""
+
+    order: str  # "file" or "time": the order in which the position counts records
+    output: str | None = None  # absolute path of the --output file, or None without one
+    output_bytes: int = 0  # length of --output after the recommendations of counted records
+
+
+@dataclass(frozen=True)
 class PartitionPosition:
     """The next offset and the event-time watermark of one input partition after a batch."""
 
     next_offset: int  # the next Kafka offset to read
     watermark: float  # the largest event time seen on the partition (s)
+    # Set by replay only. None for Kafka partitions and in positions that replay wrote before
+    # this field existed.
+    replay: ReplayProgress | None = None

@@ -1,10 +1,10 @@
 """The LMDB environment that keeps user states, partition positions and session timers.
 
 One environment (a directory with `data.mdb` and `lock.mdb`) contains four named databases:
-`users` (user id -> encoded `UserState`), `positions` (topic-partition -> next offset and
-watermark), `timers` (partition, last event time, user id -> empty: the users with an open
-session, in time order per partition) and `meta` (schema version, creation info, bundle version
-and state shapes).
+`users` (user id -> encoded `UserState`), `positions` (topic-partition -> next offset,
+watermark and, for a replay, its record order and output length), `timers` (partition, last
+event time, user id -> empty: the users with an open session, in time order per partition) and
+`meta` (schema version, creation info, bundle version and state shapes).
 `statestore.keys` describes the key layouts and `statestore.codec` the state records.
 
 Processes. Several worker processes may share one environment, and LMDB serialises their write

@@ -22,9 +22,13 @@ import numpy as np
 from statestore import UserState
 from stream.errors import ConfigError
 from stream.events import Event
+from stream.logs import INTERVAL_SECONDS, LINES_PER_INTERVAL, RateLimitFilter
 from stream.scoring import rank_of, ranks_over_catalog, top_k_candidates, top_k_catalog
 
 logger = logging.getLogger(__name__)
+# A bundle that returns NaN embeddings warns on every batch, so these warnings are rate-limited.
+non_finite_logger = logging.getLogger(f"{__name__}.non_finite")
+non_finite_logger.addFilter(RateLimitFilter(LINES_PER_INTERVAL, INTERVAL_SECONDS))
 
 
 class Bundle(Protocol):
@@ -196,6 +200,7 @@ class Pipeline:
 
         # (3) One batched session step for every event of the batch.
         embeddings = self._session_step(events, plan)  # [B, D]
+        self._warn_non_finite(embeddings)
 
         # (4) Scores and top-K per event, over its candidates or the whole catalog.
         outputs = self._recommend(events, embeddings, plan.session)
@@ -348,6 +353,24 @@ class Pipeline:
         )  # [B, G, H]
         embeddings = self.bundle.session_step(prefix, lengths, state)
         return np.asarray(embeddings, dtype=np.float32)  # [B, D]
+
+    def _warn_non_finite(self, embeddings: np.ndarray) -> None:
+        """Log one warning for the events whose user embedding [B, D] has a NaN or infinity.
+
+        The bundle loader rejects non-finite item embeddings, so such an embedding is the cause
+        of every non-finite score. Scoring ranks NaN lowest, so these events still get a list.
+        """
+        count = int(np.count_nonzero(~np.isfinite(embeddings).all(axis=1)))
+        if count:
+            non_finite_logger.warning(
+                "%d of %d events in this batch have non-finite scores under bundle %s, because "
+                "its session step returned a NaN or infinite user embedding: NaN scores rank "
+                "lowest, so their lists are not model rankings; export the bundle again from a "
+                "checkpoint with finite weights",
+                count,
+                len(embeddings),
+                self.config.model_version,
+            )
 
     def _recommend(
         self, events: Sequence[Event], embeddings: np.ndarray, sessions: list[int]

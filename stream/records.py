@@ -13,9 +13,11 @@ Formats:
   `hiertcn.data.readers` (which imports numpy but not torch) and turned into event maps with
   `ts` in seconds. OTTO files are read in milliseconds unless `otto_time_unit` says seconds.
 
-A line or row that cannot be parsed becomes a `Record` with `error` set, so callers can count
-it. Only a missing, empty or folder path, an unknown format or a CSV header without the required
-columns raises.
+A line or row that cannot be parsed (not valid UTF-8, not JSON, a wrong number of CSV fields)
+becomes a `Record` with `error` set, so callers can count it. Only a missing, empty or folder
+path, an unknown format, and a CSV header that lacks the required columns or is not UTF-8
+raise. The data set formats differ, because the readers of `hiertcn` raise at the first invalid
+row.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ import csv
 import json
 import logging
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import msgpack
 
@@ -48,6 +51,8 @@ ORDERS = ("file", "time")
 CSV_TIME_COLUMNS = ("ts", "timestamp", "time", "event_time")
 # Separator of item ids inside the `impressions` and `candidates` columns of a CSV log.
 CSV_LIST_SEPARATOR = "|"
+# A byte that UTF-8 decoding with errors="surrogateescape" could not decode.
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 # Largest msgpack record accepted from a file: the same bound as a Kafka message by default.
 _MAX_MSGPACK_RECORD_BYTES = 1 << 20
 
@@ -160,7 +165,9 @@ def read_records(
     path = Path(path)
     if path.is_dir():
         raise EventFileError(
-            f"event file {path} is a folder: pass the event-log file inside it to --events"
+            f"event file {path} is a folder: pass an event-log file to --events (a folder that "
+            "`hiertcn data prepare` wrote is not one, so write its events to a JSON Lines file "
+            "first)"
         )
     if not path.is_file():
         raise EventFileError(f"event file {path} not found: pass an existing file to --events")
@@ -330,28 +337,50 @@ def _csv_field_name(column: str, time_column: str) -> str | None:
 
 
 def _read_csv(path: Path, time_col: str | None = None) -> Iterator[Record]:
-    try:
-        yield from _read_csv_rows(path, time_col)
-    except UnicodeDecodeError as error:
-        # Strict decoding: a replaced byte would silently change a user or item id.
+    """Check the header of a CSV event file now, and return an iterator over its rows."""
+    with _open_csv(path) as file:
+        header = [name.strip() for name in next(csv.reader(file), [])]
+    byte = _escaped_byte(header)
+    if byte is not None:
         raise EventFileError(
-            f"event file {path} is not valid UTF-8 (byte {error.object[error.start]:#04x} at "
-            f"offset {error.start} of a read block): save the file as UTF-8"
-        ) from None
+            f"the header (line 1) of event file {path} is not valid UTF-8 (byte {byte:#04x}): "
+            "save the file as UTF-8"
+        )
+    source = _csv_time_column(path, header, time_col)
+    # The chosen time column becomes the field `ts`. A column named `ts` that --time-col did
+    # not choose is dropped, so it cannot replace the chosen time.
+    return _read_csv_rows(path, [_csv_field_name(name, source) for name in header])
 
 
-def _read_csv_rows(path: Path, time_col: str | None) -> Iterator[Record]:
-    with path.open(encoding="utf-8-sig", newline="") as file:
+def _open_csv(path: Path) -> TextIO:
+    # Bytes that are not UTF-8 become lone surrogates (U+DC80..U+DCFF) instead of an error, so
+    # that a bad row is rejected alone. Valid UTF-8 never decodes to a surrogate.
+    return path.open(encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def _escaped_byte(fields: list[str]) -> int | None:
+    """Return the first byte that `_open_csv` could not decode in `fields`, or None."""
+    for text in fields:
+        if not text.isascii():
+            match = _ESCAPED_BYTE.search(text)
+            if match is not None:
+                return ord(match.group()) - 0xDC00
+    return None
+
+
+def _read_csv_rows(path: Path, names: list[str | None]) -> Iterator[Record]:
+    with _open_csv(path) as file:
         reader = csv.reader(file)
-        header = [name.strip() for name in next(reader, [])]
-        source = _csv_time_column(path, header, time_col)
-        # The chosen time column becomes the field `ts`. A column named `ts` that --time-col
-        # did not choose is dropped, so it cannot replace the chosen time.
-        names = [_csv_field_name(name, source) for name in header]
+        next(reader, None)  # the header, checked by `_read_csv`
         # A quoted field may span lines, so a row starts on the line after the previous row.
         line = reader.line_num + 1
         for number, row in enumerate(reader):
-            if len(row) != len(names):
+            byte = _escaped_byte(row)
+            if byte is not None:
+                # Strict decoding: a replaced byte would silently change a user or item id.
+                error = f"not valid UTF-8 (byte {byte:#04x})"
+                yield Record(number, None, error, line=line)
+            elif len(row) != len(names):
                 error = f"row has {len(row)} fields, header has {len(names)}"
                 yield Record(number, None, error, line=line)
             else:
@@ -424,10 +453,13 @@ def encode_fields(fields: dict[str, Any]) -> bytes:
     return msgpack.packb(fields, use_bin_type=True)
 
 
-def add_event_file_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+def add_event_file_arguments(
+    parser: argparse.ArgumentParser, verb: str, time_unit: str = "in seconds"
+) -> None:
     """Add the event-file flags that replay and produce share (`--events`, `--format`, ...).
 
-    `verb` names what the command does with the file ("replay", "publish") in the help text.
+    `verb` names what the command does with the file ("replay", "publish") in the help text,
+    and `time_unit` states the unit of a CSV time column.
     """
     parser.add_argument(
         "--events", type=Path, required=True, metavar="FILE", help=f"event-log file to {verb}"
@@ -442,7 +474,7 @@ def add_event_file_arguments(parser: argparse.ArgumentParser, verb: str) -> None
         "--time-col",
         default=None,
         metavar="NAME",
-        help="time column of a CSV file, in seconds (default: the first of ts, timestamp, "
+        help=f"time column of a CSV file, {time_unit} (default: the first of ts, timestamp, "
         "time, event_time)",
     )
     parser.add_argument(
@@ -456,5 +488,7 @@ def add_event_file_arguments(parser: argparse.ArgumentParser, verb: str) -> None
         "--order",
         choices=ORDERS,
         default="file",
-        help=f"{verb} in file order, or sorted by event time (stable) (default: file)",
+        help=f"{verb} the records in file order, or sorted by event time (stable). File order "
+        "is right only for a file sorted by time: session timers follow the newest event time "
+        "read so far, so in a log grouped by user they close sessions early (default: file)",
     )

@@ -9,6 +9,11 @@ worker's, except the default `event_id`, which names the file in place of the Ka
 The report gives Recall@K, MRR and MRP of each event's item under the user's previous
 recommendation: over the event's impressions when it has them, else over the whole catalog,
 with pessimistic ties. A user's first event has no previous recommendation and is not counted.
+
+Each batch writes its recommendations to the output file before it commits its states and its
+position to the backend, and a stored position records the output file's length. A resumed
+replay cuts the file back to that length, so an interrupt at any point loses no
+recommendation and writes none twice.
 """
 
 from __future__ import annotations
@@ -16,17 +21,18 @@ from __future__ import annotations
 import heapq
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import BinaryIO, Protocol
 
-from statestore import REPLAY_PARTITION, PartitionPosition, StateStore, UserState
+from statestore import REPLAY_PARTITION, PartitionPosition, ReplayProgress, StateStore, UserState
 from stream.errors import ConfigError
 from stream.events import DeadLetter, Event, EventConfig, Position, decode_event
-from stream.pipeline import BatchResult, Pipeline
+from stream.pipeline import BatchResult, Pipeline, Recommendation
 from stream.records import Record, encode_fields
 
 logger = logging.getLogger(__name__)
@@ -39,12 +45,14 @@ _PROGRESS_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class ReplayConfig:
-    """How to replay: micro-batch size, K for Recall@K, and event validation limits."""
+    """How to replay: micro-batch size, K for Recall@K, event validation limits, and the
+    record order ("file" or "time") that a stored position counts in."""
 
     batch_size: int = 256
     recall_k: int = 10
     timers: bool = True
     event_config: EventConfig = field(default_factory=EventConfig)
+    order: str = "file"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -63,6 +71,9 @@ class ReplayReport:
     closed: Counter[str] = field(default_factory=Counter)
     dropped_impressions: int = 0
     out_of_order: int = 0  # events older than an earlier event of the same user
+    # Events older than the watermark minus the session gap when their batch started, so that
+    # timers may have closed their users' sessions before them (counted with timers only).
+    behind_watermark: int = 0
     counted: int = 0  # events with a previous recommendation
     hits: int = 0  # counted events whose item ranked within K
     reciprocal_rank_sum: float = 0.0
@@ -159,6 +170,53 @@ class StoreStates:
         return self.store.positions(self.topic).get(REPLAY_PARTITION)
 
 
+class OutputFile:
+    """The JSON Lines file of recommendations, written one batch at a time.
+
+    `size` is the file's length in bytes after the outputs written so far. A new file is
+    created, or an existing one truncated, at the first batch, so a run that accepts no event
+    leaves the file as it was. `start` continues an existing file from that length, and cuts off
+    what lies beyond it. With `durable`, each batch is flushed and fsynced before `write_batch`
+    returns, so that a position committed after it never counts outputs that a crash can lose.
+    """
+
+    def __init__(self, path: Path, start: int | None = None, durable: bool = False) -> None:
+        self.path = path
+        self.durable = durable
+        self.size = 0
+        self._file: BinaryIO | None = None
+        if start is not None:
+            self._file = self._open("r+b" if path.exists() else "w+b")
+            self._file.truncate(start)
+            self._file.seek(start)
+            self.size = start
+
+    def write_batch(self, outputs: Iterable[Recommendation]) -> None:
+        """Append one JSON line per output."""
+        if self._file is None:
+            self._file = self._open("wb")
+        data = "".join(json.dumps(output.to_dict()) + "\n" for output in outputs)
+        encoded = data.encode("utf-8")
+        self._file.write(encoded)
+        self.size += len(encoded)
+        if self.durable:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _open(self, mode: str) -> BinaryIO:
+        try:
+            return self.path.open(mode)
+        except OSError as error:
+            raise ConfigError(
+                f"cannot write --output {self.path} ({error.strerror or error}): pass another path"
+            ) from error
+
+
 class Replay:
     """Runs records through decoding, the pipeline, timers and the report, batch by batch."""
 
@@ -168,7 +226,7 @@ class Replay:
         backend: StateBackend,
         config: ReplayConfig,
         source: str,
-        output: IO[str] | None = None,
+        output: OutputFile | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.backend = backend
@@ -259,6 +317,9 @@ class Replay:
         # (1) Read the states of the batch's users.
         states = self.backend.read({event.user for event in events})
         self.report.out_of_order += count_out_of_order(events, states)
+        if self.config.timers:
+            timer_cutoff = self.watermark - self.pipeline.config.session_gap
+            self.report.behind_watermark += sum(event.ts < timer_cutoff for event in events)
 
         # (2) Sessions, session step and scores for every event, in input order.
         result: BatchResult = self.pipeline.process(events, states)
@@ -266,18 +327,26 @@ class Replay:
         self.report.add_live(result.live, self.config.recall_k)
         self.watermark = max(self.watermark, max(event.ts for event in events))
 
-        # (3) Write the states with the count of records consumed, where a resume starts.
-        position = PartitionPosition(next_offset=consumed, watermark=self.watermark)
+        # (3) Write the recommendations before the position that counts them is committed.
+        if self.output is not None:
+            self.output.write_batch(result.outputs)
+
+        # (4) Write the states with the count of records consumed, where a resume starts.
+        position = self._position(consumed)
         self.backend.write(result.states, position)
 
-        # (4) Close the sessions that the watermark has left idle for longer than the gap.
+        # (5) Close the sessions that the watermark has left idle for longer than the gap.
         if self.config.timers:
             self._close_expired(position)
 
-        # (5) Write the recommendations.
-        if self.output is not None:
-            for output in result.outputs:
-                self.output.write(json.dumps(output.to_dict()) + "\n")
+    def _position(self, consumed: int) -> PartitionPosition:
+        output = self.output
+        progress = ReplayProgress(
+            order=self.config.order,
+            output=None if output is None else str(output.path.resolve()),
+            output_bytes=0 if output is None else output.size,
+        )
+        return PartitionPosition(consumed, self.watermark, progress)
 
     def _close_expired(self, position: PartitionPosition) -> None:
         before_ts = self.watermark - self.pipeline.config.session_gap
@@ -307,6 +376,60 @@ def count_out_of_order(events: Iterable[Event], states: Mapping[str, UserState])
         else:
             newest[event.user] = event.ts
     return count
+
+
+def check_resume(
+    stored: PartitionPosition | None, order: str, output: Path | None, source: Path
+) -> int | None:
+    """Check that this replay continues the stored replay of `source`.
+
+    Returns the byte length at which --output continues, or None for a replay from the start.
+    Raises `ConfigError` when the stored replay read the records in another order or wrote
+    another --output file. It raises too when that file is now shorter than what it wrote.
+    """
+    if stored is None:
+        return None
+    if stored.replay is None:
+        logger.warning(
+            "the stored replay of %s was written by an earlier version, which stored neither the "
+            "record order nor the length of --output: this run continues in --order %s and "
+            "appends to --output, and if the earlier run was interrupted, the recommendations of "
+            "its last batch may be missing from --output",
+            source,
+            order,
+        )
+        return output.stat().st_size if output is not None and output.exists() else None
+    progress = stored.replay
+    redo = "or pass a new --state-dir to replay from the start"
+    if progress.order != order:
+        raise ConfigError(
+            f"the state directory contains a replay of {source} in --order {progress.order}, "
+            f"stopped after {stored.next_offset} records in that order, so it cannot continue "
+            f"in --order {order}: pass --order {progress.order}, {redo}"
+        )
+    target = None if output is None else str(output.resolve())
+    if target != progress.output:
+        if progress.output is None:
+            raise ConfigError(
+                f"the stored replay of {source} wrote no --output, so --output {output} would "
+                f"lack the recommendations of its first {stored.next_offset} records: drop "
+                f"--output, {redo}"
+            )
+        raise ConfigError(
+            f"the stored replay of {source} wrote its recommendations to --output "
+            f"{progress.output}, and a resume continues that file: pass --output "
+            f"{progress.output}, {redo}"
+        )
+    if output is None:
+        return None
+    size = output.stat().st_size if output.exists() else 0
+    if size < progress.output_bytes:
+        raise ConfigError(
+            f"--output {output} has {size} bytes, fewer than the {progress.output_bytes} bytes "
+            f"that the stored replay of {source} wrote to it, so the file was changed or "
+            f"replaced: restore it, {redo}"
+        )
+    return progress.output_bytes
 
 
 def open_store_states(

@@ -4,6 +4,9 @@ The score of an item is the dot product of its embedding with the user embedding
 is deterministic: score descending, then item row ascending, also where scores tie at the K-th
 place. Ranks are pessimistic: the rank of a target is the number of pool items that score at
 least as high as the target, the target included, so a tie never flatters the model.
+
+A NaN score (from a bundle whose graphs return NaN user embeddings) ranks below every other
+score, -inf included, ties with other NaN scores, and is returned unchanged in top-K scores.
 """
 
 from __future__ import annotations
@@ -23,11 +26,23 @@ def score_rows(embeddings: np.ndarray, table: np.ndarray) -> np.ndarray:
     )
 
 
+def nan_as_lowest(scores: np.ndarray) -> np.ndarray:
+    """Return `scores` with every NaN replaced by -inf, or `scores` itself when it has none.
+
+    Comparisons with NaN are false, so without this a NaN score would drop out of top-K
+    candidate sets and rank counts. NaN propagates through max, so the check is one pass.
+    """
+    if scores.size == 0 or not np.isnan(scores.max()):
+        return scores
+    return np.where(np.isnan(scores), scores.dtype.type(-np.inf), scores)
+
+
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Return the positions of the `k` best of scores [C], by score descending, then position.
 
     Fewer than `k` positions come back when the pool is smaller.
     """
+    scores = nan_as_lowest(scores)
     count = scores.shape[0]
     if k <= 0 or count == 0:
         return np.empty(0, dtype=np.int64)
@@ -47,6 +62,7 @@ def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
 
     Same order as `top_k` on each row: score descending, then position ascending.
     """
+    scores = nan_as_lowest(scores)
     batch, count = scores.shape
     if k >= count or batch == 0:
         return np.stack([top_k(row, k) for row in scores]) if batch else np.empty((0, 0), int)
@@ -126,10 +142,10 @@ def rank_of(
     member of the pool even when `pool` lacks it.
     """
     if pool is None:
-        row_scores = score_rows(embedding[None, :], table)[0]  # [N]
+        row_scores = nan_as_lowest(score_rows(embedding[None, :], table)[0])  # [N]
         return int(np.count_nonzero(row_scores >= row_scores[target_row])), table.shape[0]
     members = np.unique(np.append(np.asarray(pool, dtype=np.int64), target_row))
-    row_scores = score_rows(embedding[None, :], table[members])[0]  # [C]
+    row_scores = nan_as_lowest(score_rows(embedding[None, :], table[members])[0])  # [C]
     # The target's score comes from the same product as the others, so rounding is identical.
     target_score = row_scores[np.searchsorted(members, target_row)]
     return int(np.count_nonzero(row_scores >= target_score)), int(members.shape[0])
@@ -142,7 +158,7 @@ def ranks_over_catalog(
     ranks: list[tuple[int, int]] = []
     chunk = max(1, _MAX_SCORES_PER_CHUNK // max(1, table.shape[0]))
     for start in range(0, embeddings.shape[0], chunk):
-        block = score_rows(embeddings[start : start + chunk], table)  # [chunk, N]
+        block = nan_as_lowest(score_rows(embeddings[start : start + chunk], table))  # [chunk, N]
         targets = np.asarray(target_rows[start : start + chunk], dtype=np.int64)  # [chunk]
         target_scores = block[np.arange(len(targets)), targets]  # [chunk]
         counts = np.count_nonzero(block >= target_scores[:, None], axis=1)  # [chunk]

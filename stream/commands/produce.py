@@ -34,7 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
 
-    add_event_file_arguments(parser, "publish")
+    add_event_file_arguments(
+        parser,
+        "publish",
+        time_unit="published as the field ts, which the worker reads in seconds, or in "
+        "milliseconds with its --ts-unit ms",
+    )
 
     parser.add_argument(
         "--brokers", required=True, help="Kafka bootstrap servers, HOST:PORT[,HOST:PORT...]"

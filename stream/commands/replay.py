@@ -15,7 +15,12 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 from stream.cli import verbosity
 from stream.commands.run import argparse_type
@@ -24,7 +29,16 @@ from stream.errors import ConfigError
 from stream.events import DEFAULT_MAX_FUTURE_SECONDS, EventConfig
 from stream.pipeline import Pipeline, PipelineConfig
 from stream.records import EventFileError, add_event_file_arguments, detect_format, read_records
-from stream.replay import MemoryStates, Replay, ReplayConfig, ReplayReport, open_store_states
+from stream.replay import (
+    MemoryStates,
+    OutputFile,
+    Replay,
+    ReplayConfig,
+    ReplayReport,
+    StoreStates,
+    check_resume,
+    open_store_states,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +46,17 @@ EXIT_STATUS = (
     "exit status: 0 when the replay ran, also when no event had a previous recommendation to "
     "score (the metrics then read n/a); 1 when the state store fails; 2 for invalid input: a "
     "bad flag, bundle or event file, or a file whose every record is rejected (-v lists them "
-    "with their line numbers)"
+    "with their line numbers); 130 or 143 when SIGINT or SIGTERM stopped it"
+)
+
+
+SUMMARY = __doc__.split("\n\n")[0]
+METRICS = (
+    "Recall@K, MRR and MRP score each event's item against the user's previous recommendation, "
+    "the list published after the user's previous event: within the event's impressions when "
+    "it has them, else within the whole catalog, with ties counted against the model (MRP is "
+    "rank divided by pool size, lower is better). A user's first event has no previous "
+    "recommendation and is not counted."
 )
 
 
@@ -41,11 +65,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "replay",
         help="run the pipeline over an event-log file, without a broker",
-        description=__doc__.split("\n\n")[0],
+        description=f"{SUMMARY} {METRICS}",
         epilog=EXIT_STATUS,
     )
 
-    add_event_file_arguments(parser, "replay")
+    add_event_file_arguments(parser, "replay", time_unit="in the unit that --ts-unit sets")
 
     parser.add_argument(
         "--bundle",
@@ -84,7 +108,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         metavar="FILE",
-        help="write the recommendations to this JSONL file",
+        help="write the recommendations to this JSON Lines file, one line per accepted event "
+        "(default: none are written). A replay that resumes from --state-dir continues the "
+        "file that the stored run wrote, after its recommendations",
     )
 
     parser.add_argument(
@@ -93,7 +119,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="DIR",
         help="keep user states in an LMDB state store here (default: in memory). A second "
-        "replay of the same file into it resumes after the records the first one read",
+        "replay of the same file into it resumes after the records that the first one stored, "
+        "and needs the same --order and --output",
     )
 
     parser.add_argument(
@@ -131,9 +158,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    """Run the `replay` subcommand and print its report."""
+    """Run the `replay` subcommand and print its report. SIGTERM stops it as SIGINT does."""
+    with sigterm_as_interrupt():
+        return _replay(args)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    check_counts(args)
     if args.output is not None:
         check_output_path(args.output)
+        check_output_not_input(args.output, args.events, args.bundle, args.state_dir)
     bundle = open_bundle(args.bundle, args.device)
     if args.k is not None:
         check_k(args.k, bundle.num_items)
@@ -144,6 +178,7 @@ def run_replay(args: argparse.Namespace) -> int:
         recall_k=pipeline.config.top_k,
         timers=not args.no_timers,
         event_config=EventConfig(ts_unit=args.ts_unit, max_future_seconds=args.max_future_seconds),
+        order=args.order,
     )
 
     # Run the event file's checks (missing, empty, format) before the state store is created.
@@ -155,31 +190,22 @@ def run_replay(args: argparse.Namespace) -> int:
         args.ts_unit,
         otto_time_unit=args.otto_time_unit,
     )
-    source = args.events.name
-    store_states = None
-    resumed_at: int | None = None
-    if args.state_dir is not None:
-        # The resume position is kept under the log's absolute path, so that logs of the same
-        # name in other folders do not share it.
-        store_states = open_store_states(
-            args.state_dir,
-            str(args.events.resolve()),
-            bundle.version,
-            state_shape=tuple(bundle.state_shape),
-            embedding_dim=bundle.embedding_dim,
-        )
-        stored = store_states.position()
-        resumed_at = stored.next_offset if stored is not None else None
-    backend = store_states if store_states is not None else MemoryStates()
-
     with contextlib.ExitStack() as stack:
+        store_states, resumed_at, output_start = _open_state_dir(args, bundle, stack)
+        backend = store_states if store_states is not None else MemoryStates()
         output = None
-        if store_states is not None:
-            stack.callback(store_states.store.close)
         if args.output is not None:
-            # A resumed replay adds the new records' recommendations to those of the last run.
-            output = stack.enter_context(open_output(args.output, append=resumed_at is not None))
-        report = Replay(pipeline, backend, config, source, output).run(records)
+            # Opened only now that every input is checked. A resumed replay continues the
+            # file at the length stored with its position.
+            output = OutputFile(args.output, start=output_start, durable=store_states is not None)
+            stack.callback(output.close)
+        replay = Replay(pipeline, backend, config, args.events.name, output)
+        try:
+            report = replay.run(records)
+        except KeyboardInterrupt as interrupt:
+            print(interrupted_message(args, replay.report, store_states), file=sys.stderr)
+            return 143 if isinstance(interrupt, Terminated) else 130
+
     if report.records == 0 and resumed_at is not None:
         logger.info(
             "nothing new to replay: %s has no records after the %d that this state directory "
@@ -190,10 +216,84 @@ def run_replay(args: argparse.Namespace) -> int:
         return 0
     if report.out_of_order and args.order == "file":
         warn_out_of_order(args.events, report)
-    print(format_report(report, config.recall_k, bundle.version, list_hint=verbosity(args) == 0))
+    if report.behind_watermark and args.order == "file":
+        warn_behind_watermark(args.events, report, pipeline.config.session_gap)
+    list_hint = verbosity(args) == 0
+    print(format_report(report, config.recall_k, bundle.version, list_hint, resumed_at))
     if report.accepted == 0:
         raise EventFileError(no_valid_event_message(args, report))
     return 0
+
+
+def _open_state_dir(
+    args: argparse.Namespace, bundle, stack: contextlib.ExitStack
+) -> tuple[StoreStates | None, int | None, int | None]:
+    """Open --state-dir, if given, and check that this run can continue its stored replay.
+
+    Returns the store (closed by `stack`), the records that an earlier run stored (None for a
+    replay from the start), and the byte length at which --output continues (None: from 0).
+    """
+    if args.state_dir is None:
+        return None, None, None
+    # The resume position is kept under the log's absolute path, so that logs of the same name
+    # in other folders do not share it.
+    store_states = open_store_states(
+        args.state_dir,
+        str(args.events.resolve()),
+        bundle.version,
+        state_shape=tuple(bundle.state_shape),
+        embedding_dim=bundle.embedding_dim,
+    )
+    stack.callback(store_states.store.close)
+    stored = store_states.position()
+    output_start = check_resume(stored, args.order, args.output, args.events)
+    return store_states, None if stored is None else stored.next_offset, output_start
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where SIGINT raises KeyboardInterrupt."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Raise `Terminated` on SIGTERM inside the block; Python allows handlers only in the main
+    thread, so elsewhere SIGTERM keeps its handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted_message(
+    args: argparse.Namespace, report: ReplayReport, store_states: StoreStates | None
+) -> str:
+    """Return the message of an interrupted replay: what is stored, and how to continue."""
+    prefix = f"hiertcn-stream: interrupted after reading {report.records} records of {args.events}"
+    if store_states is None:
+        outputs = (
+            f", and a rerun rewrites --output {args.output} from the start"
+            if args.output is not None
+            else ""
+        )
+        return (
+            f"{prefix}: nothing was saved, because without --state-dir the user states are "
+            f"kept in memory, so a rerun replays the file from its first record{outputs}"
+        )
+    stored = store_states.position()
+    count = 0 if stored is None else stored.next_offset
+    outputs = "" if args.output is None else f", and --output {args.output} their recommendations"
+    return (
+        f"{prefix} in this run: --state-dir {args.state_dir} stores the states after the first "
+        f"{count} records{outputs}. Rerun the same command to resume after them"
+    )
 
 
 def no_valid_event_message(args: argparse.Namespace, report: ReplayReport) -> str:
@@ -224,6 +324,28 @@ def warn_out_of_order(events_path: Path, report: ReplayReport) -> None:
     )
 
 
+def warn_behind_watermark(events_path: Path, report: ReplayReport, session_gap: float) -> None:
+    """Log one warning for the events that file order replayed after the timers' cutoff."""
+    logger.warning(
+        "%d of %d events in %s are older than the newest event time read before them minus the "
+        "session gap (%.0f s), so the timers may have closed their users' sessions before them, "
+        "which splits sessions and makes the metrics depend on --batch-size (a log grouped by "
+        "user does this): pass --order time to replay the events sorted by time, or "
+        "--no-timers to close sessions by gaps only",
+        report.behind_watermark,
+        report.accepted,
+        events_path,
+        session_gap,
+    )
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """Raise `ConfigError` naming --batch-size or --k when its value is below 1."""
+    for flag, value in (("--batch-size", args.batch_size), ("--k", args.k)):
+        if value is not None and value < 1:
+            raise ConfigError(f"invalid {flag} {value}: use an integer >= 1")
+
+
 def check_output_path(path: Path) -> None:
     """Raise `ConfigError` when the --output file cannot be created, before any work starts."""
     parent = path.parent if str(path.parent) else Path(".")
@@ -242,14 +364,25 @@ def check_output_path(path: Path) -> None:
         )
 
 
-def open_output(path: Path, append: bool = False):
-    """Open the --output file for writing or appending; an `OSError` becomes a `ConfigError`."""
-    try:
-        return path.open("a" if append else "w", encoding="utf-8")
-    except OSError as error:
+def check_output_not_input(
+    output: Path, events: Path, bundle: Path, state_dir: Path | None
+) -> None:
+    """Raise `ConfigError` when --output is the --events file or lies inside --bundle or
+    --state-dir, whose files replay would overwrite."""
+    target = output.resolve()
+    if target == events.resolve() or (
+        output.exists() and events.exists() and os.path.samefile(output, events)
+    ):
         raise ConfigError(
-            f"cannot write --output {path} ({error.strerror or error}): pass another path"
-        ) from error
+            f"--output {output} is the --events file {events}, which replay would overwrite: "
+            "pass a new file path to --output"
+        )
+    for flag, folder in (("--bundle", bundle), ("--state-dir", state_dir)):
+        if folder is not None and target.is_relative_to(folder.resolve()):
+            raise ConfigError(
+                f"--output {output} lies inside the {flag} folder {folder}, whose files replay "
+                f"reads and must not overwrite: pass a file path outside {folder} to --output"
+            )
 
 
 def open_bundle(path: Path, device: str, device_source: str = "--device"):
@@ -261,6 +394,11 @@ def open_bundle(path: Path, device: str, device_source: str = "--device"):
     from export.bundle import load_bundle
     from export.errors import CudaUnavailableError, ExportError
 
+    if path.is_file():
+        raise ConfigError(
+            f"cannot load the model bundle {path}, because it is a file: pass the bundle folder "
+            "that `hiertcn export` wrote, which contains manifest.json"
+        )
     try:
         return load_bundle(path, device=device)
     except CudaUnavailableError as error:
@@ -276,11 +414,26 @@ def open_bundle(path: Path, device: str, device_source: str = "--device"):
         raise ConfigError(f"cannot load the model bundle {path}: {error}") from error
 
 
-def format_report(report: ReplayReport, k: int, model: str, list_hint: bool = True) -> str:
-    """Return the replay report as aligned text lines; `list_hint` adds how to list rejections."""
+def format_report(
+    report: ReplayReport,
+    k: int,
+    model: str,
+    list_hint: bool = True,
+    resumed_at: int | None = None,
+) -> str:
+    """Return the replay report as aligned text lines.
+
+    `list_hint` adds how to list rejections. `resumed_at` is the number of records that an
+    earlier run stored, which the counts and metrics of a resumed run leave out.
+    """
     rate = report.accepted / report.seconds if report.seconds > 0 else 0.0
-    lines = [
-        f"model            {model}",
+    lines = [f"model            {model}"]
+    if resumed_at is not None:
+        lines.append(
+            f"resumed          after the first {resumed_at} records, which an earlier run "
+            "stored in --state-dir: every count and metric below covers this run's records only"
+        )
+    lines += [
         f"records          {report.records}",
         f"events           {report.accepted}",
         f"rejected         {sum(report.rejected.values())}"

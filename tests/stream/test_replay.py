@@ -18,6 +18,7 @@ from stream.records import EventFileError, Record, read_records
 from stream.replay import (
     INVALID_RECORD,
     MemoryStates,
+    OutputFile,
     Replay,
     ReplayConfig,
     ReplayReport,
@@ -79,8 +80,9 @@ def test_replay_counts_rejections_by_reason(tmp_path: Path) -> None:
 
 def test_replay_writes_one_output_per_event(tmp_path: Path) -> None:
     path = tmp_path / "recs.jsonl"
-    with path.open("w") as output:
-        report, _ = run_fake(fake_records(40, seed=2), batch_size=8, output=output)
+    output = OutputFile(path)
+    report, _ = run_fake(fake_records(40, seed=2), batch_size=8, output=output)
+    output.close()
 
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(lines) == report.accepted == 40
@@ -94,8 +96,9 @@ def test_replay_output_independent_of_batch_size(tmp_path: Path) -> None:
     texts = []
     for size in (1, 7, 64):
         path = tmp_path / f"recs{size}.jsonl"
-        with path.open("w") as output:
-            run_fake(records, batch_size=size, output=output)
+        output = OutputFile(path)
+        run_fake(records, batch_size=size, output=output)
+        output.close()
         texts.append([json.loads(line) for line in path.read_text().splitlines()])
 
     for other in texts[1:]:
@@ -487,9 +490,16 @@ def test_records_reject_invalid_utf8_without_changing_ids(tmp_path) -> None:
     assert "not valid UTF-8" in records[1].error
 
     csv_file = tmp_path / "events.csv"
-    csv_file.write_bytes(b"user,item,ts\nJos\xe9,1,2\n")
-    with pytest.raises(EventFileError, match="not valid UTF-8"):
-        list(read_records(csv_file))
+    csv_file.write_bytes(b"user,item,ts\nJos\xe9,1,2\nJos\xc3\xa9,1,3\n")
+    records = list(read_records(csv_file))
+    assert records[0].fields is None
+    assert records[0].error == "not valid UTF-8 (byte 0xe9)"
+    assert records[0].location == "line 2"
+    assert records[1].fields == {"user": "Jos\u00e9", "item": "1", "ts": 3.0}
+
+    csv_file.write_bytes(b"user,item,ts,n\xffte\nu1,1,2,x\n")
+    with pytest.raises(EventFileError, match=r"line 1\) .* not valid UTF-8 \(byte 0xff\)"):
+        read_records(csv_file, "csv")
 
 
 def test_records_accept_utf8_bom(tmp_path) -> None:
@@ -611,7 +621,11 @@ def test_replay_order_warning(
     with caplog.at_level(logging.WARNING, logger="stream.commands.replay"):
         code = main([*argv, "--order", order])
 
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "same user" in r.getMessage()
+    ]
     assert code == 0
     if warned:
         assert len(warnings) == 1
@@ -871,3 +885,129 @@ def test_replay_command_read_only_state_dir_exits_2(
     assert code == 2
     assert f"hiertcn-stream: error: LMDB open failed in state store {state_dir}" in err
     assert "pass a writable --state-dir" in err
+
+
+def _write_log_grouped_by_user(path: Path) -> int:
+    """Write a log whose events are grouped by user, each user's in time order; return users."""
+    events = write_event_log(path, 120, seed=17)
+    grouped = sorted(events, key=lambda event: event["user"])
+    path.write_text("".join(json.dumps(event) + "\n" for event in grouped))
+    return len({event["user"] for event in events})
+
+
+@pytest.mark.parametrize(
+    ("flags", "warned"),
+    [((), True), (("--order", "time"), False), (("--no-timers",), False)],
+)
+def test_replay_warns_about_events_behind_watermark(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    flags: tuple[str, ...],
+    warned: bool,
+) -> None:
+    events_path = tmp_path / "grouped.jsonl"
+    _write_log_grouped_by_user(events_path)
+    argv = ["replay", "--events", str(events_path), "--bundle", str(onnx_bundle_dir)]
+
+    with caplog.at_level(logging.WARNING, logger="stream.commands.replay"):
+        code = main([*argv, "--batch-size", "16", *flags])
+
+    warnings = [r.getMessage() for r in caplog.records if "session gap" in r.getMessage()]
+    assert code == 0
+    assert not [r for r in caplog.records if "same user" in r.getMessage()]
+    if warned:
+        assert len(warnings) == 1
+        assert " of 120 events in " in warnings[0]
+        assert "pass --order time" in warnings[0]
+        assert "or --no-timers" in warnings[0]
+    else:
+        assert warnings == []
+
+
+def test_replay_counts_events_behind_watermark() -> None:
+    records = [
+        Record(0, {"user": "u1", "item": "i1", "ts": 10_000.0}),
+        Record(1, {"user": "u2", "item": "i2", "ts": 10_000.0 - GAP - 1}),
+        Record(2, {"user": "u2", "item": "i3", "ts": 10_000.0 - GAP}),
+        Record(3, {"user": "u2", "item": "i4", "ts": 10_000.0 - GAP + 1}),
+    ]
+
+    report, _ = run_fake(records, batch_size=1)
+
+    # Only the event more than the gap behind the watermark of the batches before it.
+    assert report.behind_watermark == 1
+
+
+def test_replay_help_defines_metrics_and_output(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["replay", "--help"])
+
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "against the user's previous recommendation" in printed
+    assert "A user's first event has no previous recommendation and is not counted" in printed
+    assert "(default: none are written)" in printed
+    assert "continues the file that the stored run wrote" in printed
+    assert "time column of a CSV file, in the unit that --ts-unit sets" in printed
+    assert "File order is right only for a file sorted by time" in printed
+
+
+def test_produce_help_states_time_col_unit(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["produce", "--help"])
+
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "in milliseconds with its --ts-unit ms" in printed
+
+
+@pytest.mark.parametrize("flag", ["--k", "--batch-size"])
+def test_replay_zero_count_names_flag(
+    onnx_bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    events_path = tmp_path / "events.jsonl"
+    write_event_log(events_path, 5, seed=1)
+
+    code = main(
+        ["replay", "--events", str(events_path), "--bundle", str(onnx_bundle_dir), flag, "0"]
+    )
+
+    assert code == 2
+    assert f"invalid {flag} 0: use an integer >= 1" in capsys.readouterr().err
+
+
+def test_replay_bundle_file_asks_for_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events_path = tmp_path / "events.jsonl"
+    write_event_log(events_path, 5, seed=1)
+
+    code = main(["replay", "--events", str(events_path), "--bundle", str(events_path)])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"the model bundle {events_path}, because it is a file" in err
+    assert "pass the bundle folder" in err
+
+
+def test_replay_skips_csv_row_with_invalid_utf8(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    events_path = tmp_path / "events.csv"
+    rows = [f"user{step % 3},{step},{1_700_000_000 + 60 * step}\n" for step in range(6)]
+    rows[3] = "user\xff,3,1700000180\n"
+    events_path.write_bytes(("user,item,ts\n" + "".join(rows)).encode("latin-1"))
+    output = tmp_path / "recs.jsonl"
+    argv = ["replay", "--events", str(events_path), "--bundle", str(onnx_bundle_dir)]
+    caplog.set_level(logging.DEBUG)
+
+    code = main(["-v", *argv, "--output", str(output)])
+
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "invalid_record 1" in printed
+    assert "events           5" in printed
+    assert len(output.read_text().splitlines()) == 5
+    assert "events.csv line 5 rejected (invalid_record): not valid UTF-8 (byte 0xff)" in caplog.text

@@ -139,3 +139,54 @@ def test_batched_top_k_matches_single(k: int) -> None:
     assert best.shape == (40, min(k, 30))
     for row, expected in zip(best, scores, strict=True):
         assert row.tolist() == reference_top_k(expected, k)
+
+
+def test_nan_scores_rank_lowest_in_top_k() -> None:
+    scores = np.array([np.nan, 1.0, -np.inf, np.nan, 0.5], dtype=np.float32)
+
+    assert top_k(scores, 5).tolist() == [1, 4, 0, 2, 3]
+
+
+@pytest.mark.parametrize("k", [1, 3, 50])
+def test_top_k_rows_with_nan_rows(k: int) -> None:
+    rng = np.random.default_rng(k)
+    scores = rng.normal(size=(4, 400)).astype(np.float32)
+    scores[0] = np.nan  # a NaN user embedding makes the whole row NaN
+    scores[1, ::2] = np.nan
+
+    best = top_k_rows(scores, k)
+
+    assert best.shape == (4, k)
+    assert best[0].tolist() == list(range(k))
+    assert best[1].tolist() == reference_top_k(np.nan_to_num(scores[1], nan=-np.inf), k)
+    assert best[2].tolist() == reference_top_k(scores[2], k)
+
+
+def test_catalog_top_k_returns_nan_scores_unchanged() -> None:
+    table = np.eye(6, 3, dtype=np.float32)
+    embeddings = np.full((1, 3), np.nan, dtype=np.float32)
+
+    rows, scores = top_k_catalog(embeddings, table, 4)
+
+    assert rows.tolist() == [[0, 1, 2, 3]]
+    assert np.isnan(scores).all()
+
+
+def test_nan_target_ranks_last_pessimistically() -> None:
+    table = np.eye(6, 3, dtype=np.float32)
+    nan_embedding = np.full(3, np.nan, dtype=np.float32)
+
+    assert rank_of(2, nan_embedding, table) == (6, 6)
+    assert rank_of(2, nan_embedding, table, np.array([0, 1, 4])) == (4, 4)
+    assert ranks_over_catalog(np.array([2, 5]), np.stack([nan_embedding] * 2), table) == [
+        (6, 6),
+        (6, 6),
+    ]
+
+
+def test_finite_target_outranks_nan_scores() -> None:
+    table = np.array([[1.0, 0.0], [np.nan, 0.0], [0.5, 0.0], [2.0, 0.0]], dtype=np.float32)
+    embedding = np.array([1.0, 0.0], dtype=np.float32)
+
+    assert rank_of(2, embedding, table) == (3, 4)
+    assert ranks_over_catalog(np.array([2]), embedding[None, :], table) == [(3, 4)]
