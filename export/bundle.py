@@ -14,6 +14,8 @@ Runtime and numpy alone. Shape letters: `B` rows in a batch, `L` events in a ses
   (`BundleIntegrityError` otherwise). Each graph is hashed from the same bytes that ONNX Runtime
   then loads, so a file changed between the check and the load cannot slip through.
 - the arrays agree with the manifest's N, D, G and H.
+- the item table and the start state contain no NaN or infinite value. The item table is
+  read once more for this, in blocks of `_FINITE_CHECK_VALUES`, after the hash check read it.
 - `max_session_items` is at most `MAX_SESSION_ITEMS`.
 
 Behaviour of the methods for inputs a worker can produce:
@@ -340,7 +342,28 @@ def _load_item_table(file: Path, manifest: Manifest) -> np.ndarray:
             f"{file} contains {table.dtype} {list(table.shape)}, expected float32 or float16 "
             f"{list(expected)} from the manifest: export the bundle again"
         )
+    _check_finite_table(file, table)
     return table
+
+
+# Values of the item table that the finite check reads at once, which bounds its temporary
+# arrays to a few MiB however large the memory-mapped table is.
+_FINITE_CHECK_VALUES = 1 << 22
+
+
+def _check_finite_table(file: Path, table: np.ndarray) -> None:
+    """Raise `BundleError` naming the first row of `table` with a NaN or infinite value."""
+    rows_per_block = max(1, _FINITE_CHECK_VALUES // max(table.shape[1], 1))
+    for start in range(0, table.shape[0], rows_per_block):
+        finite = np.isfinite(table[start : start + rows_per_block]).all(axis=1)
+        if not finite.all():
+            row = start + int(np.argmin(finite))
+            raise BundleError(
+                f"{file} contains a NaN or infinite value in row {row}, so the scores and "
+                "states computed from it would be NaN: export the bundle again from a "
+                "checkpoint with finite weights, retrained with a lower --lr or with "
+                "--grad-clip if the training diverged"
+            )
 
 
 def _load_item_ids(file: Path, manifest: Manifest) -> list[str]:
@@ -362,5 +385,11 @@ def _load_start_state(file: Path, manifest: Manifest) -> np.ndarray:
         raise BundleError(
             f"{file} contains {start_state.dtype} {list(start_state.shape)}, expected float32 "
             f"{list(expected)} from the manifest: export the bundle again"
+        )
+    if not np.isfinite(start_state).all():
+        raise BundleError(
+            f"{file} contains a NaN or infinite value: export the bundle again from a "
+            "checkpoint with finite weights, retrained with a lower --lr or with --grad-clip "
+            "if the training diverged"
         )
     return start_state

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from export.errors import ExportError
 from hiertcn.errors import HierTCNError
@@ -59,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="compare ONNX Runtime with torch at batch 1, 7 and 256 and every prefix length up "
         "to the receptive field, on random and real inputs, and exit 1 when embeddings or states "
-        "differ by more than 1e-4 or the top-20 item lists differ",
+        "differ by more than 1e-4 or the top-20 item lists differ. The check runs before the "
+        "bundle is moved to --out, so a failed check writes nothing there",
     )
     parser.set_defaults(func=run_export)
 
@@ -73,8 +75,10 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import torch
+
     from export.bundle import load_bundle
-    from export.errors import ExportFailedError
+    from export.errors import ExportFailedError, VerificationError
     from export.manifest import valid_session_gap
     from export.onnx_export import DEFAULT_OPSET, ExportConfig, write_bundle
     from export.verify import verify_bundle
@@ -94,19 +98,26 @@ def _run(args: argparse.Namespace) -> int:
         session_gap=args.session_gap,
     )
     model, checkpoint = load_model(args.checkpoint)
-    manifest = write_bundle(model, checkpoint, args.out, config)
+
+    def verify_before_writing(folder: Path) -> None:
+        # Verification makes hundreds of small calls on each side, where handing work to a
+        # thread pool costs more than it saves (and much more on a busy host), so both sides
+        # use one thread.
+        torch.set_num_threads(1)
+        report = verify_bundle(model, load_bundle(folder, intra_op_threads=1))
+        print(report.format())
+        if not report.passed:
+            raise VerificationError(
+                "ONNX Runtime and torch disagree beyond the tolerance in the checks above, so "
+                f"nothing was written to --out {args.out}: export again without --verify only "
+                "to inspect the bundle, not to deploy it"
+            )
+
+    check = verify_before_writing if args.verify else None
+    manifest = write_bundle(model, checkpoint, args.out, config, check=check)
     print(
         f"wrote {args.out}: version {manifest.version}, {manifest.num_items} items, "
         f"D={manifest.embedding_dim}, G={manifest.gru_layers}, H={manifest.hidden_size}, "
         f"receptive field {manifest.max_session_items}"
     )
-    if not args.verify:
-        return 0
-    # Verification makes hundreds of small calls on each side, where handing work to a thread
-    # pool costs more than it saves (and much more on a busy host), so both sides use one thread.
-    import torch
-
-    torch.set_num_threads(1)
-    report = verify_bundle(model, load_bundle(args.out, intra_op_threads=1))
-    print(report.format())
-    return 0 if report.passed else 1
+    return 0

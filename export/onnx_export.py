@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,20 @@ def check_exportable(model: nn.Module) -> None:
             f"model {name!r} lacks {missing}, which the bundle needs: only HierTCN checkpoints "
             "can be exported"
         )
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """Raise `ExportFailedError` naming the first weight tensor with a NaN or infinite value."""
+    for name, tensor in model.state_dict().items():
+        if not tensor.is_floating_point():
+            continue
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise ExportFailedError(
+                f"weight tensor {name!r} of the checkpoint contains {bad} NaN or infinite "
+                f"value{'' if bad == 1 else 's'} of {tensor.numel()}: the training diverged, so "
+                "retrain with a lower --lr or with --grad-clip"
+            )
 
 
 def model_dimensions(model: nn.Module) -> dict[str, int]:
@@ -306,17 +321,24 @@ def top_k_of(configured: int | None, num_items: int) -> int:
 
 
 def write_bundle(
-    model: nn.Module, checkpoint: Any, out: str | os.PathLike[str], config: ExportConfig
+    model: nn.Module,
+    checkpoint: Any,
+    out: str | os.PathLike[str],
+    config: ExportConfig,
+    check: Callable[[Path], None] | None = None,
 ) -> Manifest:
     """Write the bundle of `model` (with the vocabulary and metrics of `checkpoint`) to `out`.
 
     The files go to a temporary directory next to `out` that is renamed to `out` at the end, so
     an interrupted export leaves no half-written bundle. `out` must not exist yet, or be an empty
     directory. The output folder, the top K and the session gap are checked before the export.
+    `check` receives the temporary directory once the bundle is complete there. When it raises,
+    the directory is deleted and nothing is written to `out`.
     """
     out = Path(out)
     _check_out(out)
     check_exportable(model)
+    check_finite_weights(model)
     model.eval()
     dims = model_dimensions(model)
     if len(checkpoint.item_ids) != dims["num_items"]:
@@ -334,6 +356,8 @@ def write_bundle(
         staging.chmod(0o755)
         _write_arrays_and_graphs(model, checkpoint, staging, config)
         manifest = _write_manifest(model, checkpoint, staging, top_k, session_gap)
+        if check is not None:
+            check(staging)
         if out.exists():
             out.rmdir()
         os.replace(staging, out)
@@ -381,9 +405,23 @@ def _write_arrays_and_graphs(
     with torch.no_grad():
         table = model.item_embeddings().detach().cpu().numpy().astype(np.float32)  # [N, D]
         start_state = model.start_state.detach().cpu().numpy().astype(np.float32)  # [G, H]
-    np.save(directory / ITEMS_FILE, table.astype(np.float16) if config.float16_items else table)
+    if config.float16_items:
+        table = _to_float16(table)
+    np.save(directory / ITEMS_FILE, table)
     np.save(directory / START_STATE_FILE, start_state)
     (directory / ITEM_IDS_FILE).write_text(json.dumps([str(item) for item in checkpoint.item_ids]))
+
+
+def _to_float16(table: np.ndarray) -> np.ndarray:
+    """Cast the item table to float16, or raise `ExportFailedError` where a value overflows."""
+    largest = float(np.abs(table).max(initial=0.0))
+    float16_max = float(np.finfo(np.float16).max)
+    if largest > float16_max:
+        raise ExportFailedError(
+            f"the item embeddings reach |value| {largest:.3g}, above the float16 maximum of "
+            f"{float16_max:g}: export without --float16"
+        )
+    return table.astype(np.float16)
 
 
 def _write_manifest(

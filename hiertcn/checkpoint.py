@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from hiertcn.errors import CheckpointError, UnreadableCheckpointError
+from hiertcn.errors import CheckpointError, HierTCNError, UnreadableCheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +71,21 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Path:
-    """Write `checkpoint` to `path` atomically (a temporary file, then a rename)."""
+    """Write `checkpoint` to `path` atomically (a temporary file, then a rename).
+
+    Raises HierTCNError naming the path when the folder or the file cannot be written.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint.to_dict(), temporary)
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(checkpoint.to_dict(), temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise HierTCNError(
+            f"cannot write checkpoint {path}: {error.strerror or error}: free disk space, or "
+            "pass an --out folder that you can write"
+        ) from error
     logger.debug("wrote checkpoint %s (epoch %d)", path, checkpoint.epoch)
     return path
 
@@ -259,14 +269,49 @@ def check_data_settings(
         )
 
 
+# Reader settings of a data summary by their flags, each with the value of a flag not given.
+_READER_FLAGS: dict[str, tuple[str, Any]] = {
+    "user_col": ("--user-col", None),
+    "item_col": ("--item-col", None),
+    "time_col": ("--time-col", None),
+    "event_type_col": ("--event-type-col", None),
+    "event_types": ("--event-types", None),
+    "impressions_col": ("--impressions-col", None),
+    "impressions_sep": ("--impressions-sep", "|"),
+    "delimiter": ("--delimiter", None),
+    "time_unit": ("--time-unit", None),
+}
+
+
+def _reader_flags(reader: dict[str, Any]) -> list[str]:
+    """Return the reader flags, with their values, that a data summary's `reader` records."""
+    flags = ["--no-header"] if reader.get("header") is False else []
+    for key, (flag, unset) in _READER_FLAGS.items():
+        value = reader.get(key, unset)
+        if value == unset:
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(part) for part in value)
+        text = str(value).replace("\t", "\\t")
+        flags.append(f"{flag} {shlex.quote(text)}")
+    return flags
+
+
 def describe_data_source(summary: dict[str, Any]) -> str:
-    """Describe the log and the flags that choose the item vocabulary, from a data summary."""
+    """Describe the log and the data flags that choose its events, from a data summary.
+
+    Summaries written before the reader settings were recorded name only the format and the
+    filters.
+    """
     source = summary.get("source")
     if source is None:
         return "an unrecorded log"
     flags = []
     if summary.get("format") is not None:
         flags.append(f"--format {summary['format']}")
+    reader = summary.get("reader")
+    if isinstance(reader, dict):
+        flags.extend(_reader_flags(reader))
     filters = summary.get("filters")
     if isinstance(filters, dict):
         for key, value in filters.items():

@@ -9,10 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 
-from hiertcn.errors import HierTCNError
+from hiertcn.errors import HierTCNError, Terminated
 
 logger = logging.getLogger(__name__)
 
@@ -88,22 +92,47 @@ def configure_logging(verbosity: int) -> None:
     )
 
 
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    # A second SIGTERM, e.g. from a supervisor that escalates, ends the process at once.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Raise `Terminated`, a KeyboardInterrupt, on SIGTERM in the body; restore the handler after.
+
+    Python installs signal handlers only in the main thread, so elsewhere the body runs with
+    the handler unchanged.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `hiertcn` command and return its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     try:
-        return int(args.func(args) or 0)
+        with sigterm_as_interrupt():
+            return int(args.func(args) or 0)
     except HierTCNError as error:
         logger.debug("command failed", exc_info=True)
         print(f"hiertcn: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt as interrupt:
-        # A command may raise KeyboardInterrupt with a message on what it saved.
+        # A command may raise KeyboardInterrupt with a message on what it saved. SIGTERM
+        # (`Terminated`) gets the same message and the exit code of a process it ended.
         detail = f": {interrupt}" if str(interrupt) else ""
         print(f"hiertcn: interrupted{detail}", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if isinstance(interrupt, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -51,3 +51,22 @@ class UnreadableCheckpointError(CheckpointError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class TrainingDivergedError(HierTCNError):
+    """The training loss became NaN or infinite, so the weights are no longer usable.
+
+    The exit code is 1, as for other failed runs: the flags were valid, but the run with them
+    diverged.
+    """
+
+
+class OutOfMemoryError(HierTCNError):
+    """An allocation failed in training or evaluation. The message names the flags to lower."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that a command stops the same way and reports what it saved.
+
+    The command line exits with 128 + 15 on it, the code of a process that SIGTERM ended.
+    """

@@ -66,9 +66,10 @@ def evaluate_model(
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    generator = BatchGenerator(log, BatchConfig(batch_size=config.batch_size, shuffle=False))
+    batch_size = capped_batch_size(config.batch_size, log.num_users)
+    generator = BatchGenerator(log, BatchConfig(batch_size=batch_size, shuffle=False))
     table = model.item_embeddings()  # [N, D]
-    carry = model.initial_carry(config.batch_size, device)
+    carry = model.initial_carry(batch_size, device)
     parts: list[EventRanks] = []
     progress = ProgressBar(generator.num_batches(), "evaluate", enabled=config.progress)
     for batch in generator.epoch(0):
@@ -85,6 +86,16 @@ def evaluate_model(
     ranks = EventRanks.concatenate(parts)
     metrics = summarize_ranks(ranks.ranks, ranks.pool_sizes, config.cutoffs)
     return EvaluationResult(metrics=metrics, ranks=ranks)
+
+
+def capped_batch_size(batch_size: int, num_users: int) -> int:
+    """Return `batch_size`, at most `num_users` (and at least 1).
+
+    Users are dealt to the queues with the fewest sessions, so with B >= U every user has a
+    queue of its own and the rows past U stay empty in every batch. A wider batch only
+    allocates more empty rows.
+    """
+    return max(1, min(batch_size, num_users))
 
 
 def _rank_batch(

@@ -49,8 +49,8 @@ class LossConfig:
             raise InvalidFieldError("loss", "negatives", self.negatives, "use an integer >= 1")
         if self.chunk_scores < 1:
             raise InvalidFieldError("loss", "chunk_scores", self.chunk_scores, "use a count >= 1")
-        if self.margin < 0:
-            raise InvalidFieldError("loss", "margin", self.margin, "use a margin >= 0")
+        if not (math.isfinite(self.margin) and self.margin >= 0):
+            raise InvalidFieldError("loss", "margin", self.margin, "use a finite margin >= 0")
 
 
 # Scoring of queries against per-position candidates.

@@ -48,9 +48,10 @@ from hiertcn.errors import (
     CheckpointError,
     ConfigError,
     InvalidFieldError,
+    TrainingDivergedError,
     UnreadableCheckpointError,
 )
-from hiertcn.evaluate import EvaluationConfig, evaluate_model
+from hiertcn.evaluate import EvaluationConfig, capped_batch_size, evaluate_model
 from hiertcn.losses import LossConfig, build_loss
 from hiertcn.models.config import ModelConfig, flag_for
 from hiertcn.models.registry import effective_settings, read_fields
@@ -94,12 +95,17 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InvalidFieldError("training", name, value, "use an integer >= 1")
-        if not self.learning_rate > 0:
+        # An infinite learning rate makes every weight NaN, and an infinite norm clips nothing.
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise InvalidFieldError(
-                "training", "learning_rate", self.learning_rate, "use a learning rate > 0"
+                "training", "learning_rate", self.learning_rate, "use a finite learning rate > 0"
             )
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise InvalidFieldError("training", "grad_clip", self.grad_clip, "use a norm > 0")
+        if self.grad_clip is not None and not (
+            math.isfinite(self.grad_clip) and self.grad_clip > 0
+        ):
+            raise InvalidFieldError(
+                "training", "grad_clip", self.grad_clip, "use a finite norm > 0"
+            )
         if self.max_batches is not None and self.max_batches < 1:
             raise InvalidFieldError("training", "max_batches", self.max_batches, "use 1 or more")
         if self.threads is not None and (
@@ -264,6 +270,7 @@ def train_model(
             _load_resumable(model, out_dir, dataset)
         return _fit_untrained(model, dataset, config, device, out_dir)
 
+    config = _cap_batch_size(config, dataset.train.num_users)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     state = _RunState()
     if resume:
@@ -305,6 +312,26 @@ def train_model(
     )
 
 
+def _cap_batch_size(config: TrainConfig, num_users: int) -> TrainConfig:
+    """Return `config` with a batch size of at most `num_users`, warning when it lowers it.
+
+    With B > U the rows past U stay empty (see `capped_batch_size`), but each step's loss is
+    still scaled by its events over those of B full rows, so a wider batch would only shrink
+    every step. The checkpoints record the capped size.
+    """
+    batch_size = capped_batch_size(config.batch_size, num_users)
+    if batch_size == config.batch_size:
+        return config
+    logger.warning(
+        "--batch-size %d is above the %d users of the training split, and a batch contains at "
+        "most one session per user: training with --batch-size %d",
+        config.batch_size,
+        num_users,
+        batch_size,
+    )
+    return dataclasses.replace(config, batch_size=batch_size)
+
+
 def _train_epoch(
     model: torch.nn.Module,
     generator: BatchGenerator,
@@ -328,6 +355,9 @@ def _train_epoch(
             break
         weight = batch.num_events / generator.events_per_full_batch
         loss, carry = _train_batch(model, batch, carry, optimizer, loss_fn, config, device, weight)
+        if not math.isfinite(loss):
+            progress.close()
+            raise TrainingDivergedError(_diverged_message(config, epoch, index + 1, loss))
         input_bytes.append(int(getattr(model, "last_input_bytes", 0) or batch.input_bytes))
         loss_sum += loss * batch.num_events
         events += batch.num_events
@@ -335,6 +365,19 @@ def _train_epoch(
     progress.close()
     seconds = time.perf_counter() - started
     return loss_sum / max(events, 1), seconds, events, input_bytes
+
+
+def _diverged_message(config: TrainConfig, epoch: int, batch: int, loss: float) -> str:
+    """Describe a non-finite training loss and the flags that usually prevent it."""
+    clip = (
+        "pass --grad-clip, e.g. --grad-clip 1"
+        if config.grad_clip is None
+        else f"lower --grad-clip (now {config.grad_clip:g})"
+    )
+    return (
+        f"the training loss of epoch {epoch} is {loss} at batch {batch}, so training stopped "
+        f"before saving this epoch: lower --lr (now {config.learning_rate:g}) or {clip}"
+    )
 
 
 def _train_batch(

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hiertcn.errors import ConfigError
+from hiertcn.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,18 @@ Prints one Markdown table (one row per checkpoint) and, with --json, writes the 
 """
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Show the checkpoints as required in the usage line.
+
+    argparse parses them with nargs="*" (see `register`), which it would show as optional.
+    """
+
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        if action.dest == "checkpoints":
+            return "CKPT [CKPT ...]"
+        return super()._format_args(action, default_metavar)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `evaluate` subcommand."""
     from hiertcn.commands.train import add_threads_argument
@@ -33,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate checkpoints side by side on one split",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     # nargs="*" with the required FILE after it lets argparse give a lone path to FILE, so that
     # `check_arguments` can report the missing checkpoint instead of a missing FILE.
@@ -102,12 +114,15 @@ MAX_THREADS = 1024
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Raise ConfigError on a missing checkpoint or on --ranks without --json."""
+    """Raise ConfigError on a missing checkpoint, an invalid flag or an --json that cannot be
+    written or would overwrite an input."""
     if not args.checkpoints:
         raise ConfigError(
             f"no checkpoint given, only the log {args.data}: pass one or more checkpoints "
             f"(the best.pt of a run) before it, e.g. hiertcn evaluate runs/NAME/best.pt {args.data}"
         )
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size} is invalid: use an integer >= 1")
     if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
         raise ConfigError(f"--threads {args.threads} is invalid: use 1 to {MAX_THREADS}")
     if args.ranks and args.json is None:
@@ -117,33 +132,100 @@ def check_arguments(args: argparse.Namespace) -> None:
         )
     if args.json is not None:
         check_json_path(args.json)
-        inputs = [Path(args.data), *args.checkpoints]
-        if any(args.json.resolve() == Path(path).resolve() for path in inputs):
-            raise ConfigError(
-                f"--json {args.json} is one of the input files and would be overwritten: "
-                "pass a new file path"
-            )
+        check_json_apart_from_inputs(args.json, [Path(args.data), *args.checkpoints])
+
+
+def check_json_apart_from_inputs(path: Path, inputs: list[Path]) -> None:
+    """Raise ConfigError when the --json file is an input or lies in a prepared folder."""
+    from hiertcn.data.prepared import enclosing_prepared_folder
+
+    if any(path.resolve() == Path(input_path).resolve() for input_path in inputs):
+        raise ConfigError(
+            f"--json {path} is one of the input files and would be overwritten: "
+            "pass a new file path"
+        )
+    prepared = enclosing_prepared_folder(path)
+    if prepared is not None:
+        raise ConfigError(
+            f"--json {path} is inside the prepared folder {prepared}, which only "
+            "`hiertcn data prepare` writes, and would damage it: pass a path outside it"
+        )
+
+
+def load_evaluation_data(args: argparse.Namespace, checkpoints):
+    """Load the data to evaluate on; a DataError on a log file names the checkpoints' data flags.
+
+    Data flags other than those that trained a checkpoint (another --item-col, say) often fail
+    in reading or filtering, before the vocabulary check could name them.
+    """
+    from hiertcn.checkpoint import describe_data_source
+    from hiertcn.data.options import load_dataset
+    from hiertcn.data.prepared import is_prepared_folder
+
+    try:
+        return load_dataset(args)
+    except DataError as error:
+        if args.data is None or is_prepared_folder(Path(args.data)):
+            raise
+        trained = {}
+        for path, checkpoint in zip(args.checkpoints, checkpoints, strict=True):
+            trained.setdefault(describe_data_source(checkpoint.data_summary), []).append(str(path))
+        sources = "; ".join(
+            f"{', '.join(paths)} {'was' if len(paths) == 1 else 'were'} trained on {source}"
+            for source, paths in trained.items()
+        )
+        raise DataError(
+            f"{error}. Check the data flags against those of the checkpoints: {sources}"
+        ) from None
+
+
+def evaluate_checkpoints(args: argparse.Namespace, checkpoints, log, config, device):
+    """Evaluate each checkpoint on `log` and return one table row each.
+
+    A failed allocation raises an error that names the flag to lower.
+    """
+    from hiertcn.checkpoint import build_model_from_checkpoint
+    from hiertcn.evaluate import evaluate_model
+    from hiertcn.memory import report_out_of_memory
+
+    rows: list[dict[str, Any]] = []
+    fix = f"lower --batch-size (now {args.batch_size})"
+    for path, checkpoint in zip(args.checkpoints, checkpoints, strict=True):
+        with report_out_of_memory(f"evaluating {path}", fix):
+            model = build_model_from_checkpoint(checkpoint, device)
+            model.eval()
+            result = evaluate_model(model, log, config, device)
+        row: dict[str, Any] = {
+            "model": f"{checkpoint.model_config['name']} ({path})",
+            "checkpoint": str(path),
+            "epoch": checkpoint.epoch,
+            **result.metrics,
+        }
+        if args.ranks:
+            user_ids = [str(user) for user in log.user_ids[result.ranks.users]]
+            row["ranks"] = {**result.ranks.to_dict(), "user_ids": user_ids}
+        rows.append(row)
+        logger.info("evaluated %s: MRR %.4f on %d events", path, row["mrr"], row["events"])
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate every checkpoint and print one table."""
     from hiertcn.checkpoint import (
         EVALUATION_DATA_SETTINGS,
-        build_model_from_checkpoint,
         check_data_settings,
         check_vocabulary,
         load_checkpoint,
     )
-    from hiertcn.data.options import load_dataset
     from hiertcn.data.prepared import is_prepared_folder
-    from hiertcn.evaluate import EvaluationConfig, evaluate_model, format_table
+    from hiertcn.evaluate import EvaluationConfig, format_table
     from hiertcn.train import resolve_device, run_environment, set_threads
 
     check_arguments(args)
     device = resolve_device(args.device)
     set_threads(args.threads)
     checkpoints = [load_checkpoint(path) for path in args.checkpoints]
-    dataset = load_dataset(args)
+    dataset = load_evaluation_data(args, checkpoints)
     log = dataset.test if args.on == "test" else dataset.valid
     config = EvaluationConfig(batch_size=args.batch_size, use_impressions=not args.no_impressions)
     for path, checkpoint in zip(args.checkpoints, checkpoints, strict=True):
@@ -157,23 +239,7 @@ def run(args: argparse.Namespace) -> int:
             prepared_folder=args.data if is_prepared_folder(Path(args.data)) else None,
         )
 
-    rows: list[dict[str, Any]] = []
-    for path, checkpoint in zip(args.checkpoints, checkpoints, strict=True):
-        model = build_model_from_checkpoint(checkpoint, device)
-        model.eval()
-        result = evaluate_model(model, log, config, device)
-        row: dict[str, Any] = {
-            "model": f"{checkpoint.model_config['name']} ({path})",
-            "checkpoint": str(path),
-            "epoch": checkpoint.epoch,
-            **result.metrics,
-        }
-        if args.ranks:
-            user_ids = [str(user) for user in log.user_ids[result.ranks.users]]
-            row["ranks"] = {**result.ranks.to_dict(), "user_ids": user_ids}
-        rows.append(row)
-        logger.info("evaluated %s: MRR %.4f on %d events", path, row["mrr"], row["events"])
-
+    rows = evaluate_checkpoints(args, checkpoints, log, config, device)
     print(format_table(rows))
     if args.json is not None:
         report = {

@@ -6,9 +6,15 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 
-from hiertcn.errors import CheckpointError, ConfigError, InvalidFieldError
+from hiertcn.errors import (
+    CheckpointError,
+    ConfigError,
+    InvalidFieldError,
+    TrainingDivergedError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -375,12 +381,18 @@ def print_dataset(dataset) -> None:
     print()
 
 
-def check_out_dir(out: Path, resume: bool, force: bool) -> None:
-    """Reject an --out that cannot take this run, before any data is read."""
+def check_out_dir(out: Path, resume: bool, force: bool, data: Path | None = None) -> None:
+    """Reject an --out that cannot take this run, before any data is read.
+
+    `data` is the input log or prepared folder, which --out must neither be nor contain.
+    """
     from hiertcn.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT
 
+    if data is not None:
+        check_out_apart_from_data(out, data)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file: pass a folder")
+    check_out_writable(out)
     if resume:
         if not (out / LAST_CHECKPOINT).is_file():
             raise CheckpointError(
@@ -396,6 +408,49 @@ def check_out_dir(out: Path, resume: bool, force: bool) -> None:
         )
 
 
+def check_out_apart_from_data(out: Path, data: Path) -> None:
+    """Raise ConfigError when --out is the input, lies in a prepared folder, or contains the log.
+
+    A run in a prepared folder would mix its files with the folder's, and --force deletes the
+    run files of --out, which must not include the log.
+    """
+    from hiertcn.data.prepared import enclosing_prepared_folder
+
+    out_path, data_path = out.resolve(), data.resolve()
+    if out_path == data_path:
+        raise ConfigError(f"--out {out} is the input {data}: pass a new folder for the run")
+    prepared = enclosing_prepared_folder(out)
+    if prepared is not None:
+        raise ConfigError(
+            f"--out {out} is inside the prepared folder {prepared}, which only "
+            "`hiertcn data prepare` writes: pass a folder outside it"
+        )
+    if data_path.parent == out_path and data_path.name in RUN_FILES:
+        raise ConfigError(
+            f"--out {out} would hold the run file {data_path.name}, but that is the input "
+            f"{data}: pass another --out folder, or move the log"
+        )
+
+
+def check_out_writable(out: Path) -> None:
+    """Raise ConfigError when --out, or the nearest folder above it that exists, is read-only.
+
+    The check runs before the data is read, so a bad --out fails in seconds, not after the first
+    epoch. The folder itself is created when the first checkpoint is written.
+    """
+    existing = next((path for path in (out, *out.parents) if path.exists()), Path("."))
+    if not existing.is_dir():
+        raise ConfigError(
+            f"--out {out} is invalid because {existing} is a file: pass a path in a folder"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        place = "" if existing == out else f" because {existing} is not writable"
+        raise ConfigError(
+            f"--out {out} cannot be created or written{place}: pass a folder you can write, or "
+            f"change the permissions of {existing}"
+        )
+
+
 def remove_run(out: Path) -> None:
     """Delete the files of an earlier run in `out` (for --force)."""
     for name in RUN_FILES:
@@ -405,8 +460,11 @@ def remove_run(out: Path) -> None:
             logger.info("--force: deleted %s", path)
 
 
-def describe_saved_run(out: Path, force: bool) -> str:
-    """Describe what an interrupted run left in `out` and how to continue it."""
+def describe_saved_run(out: Path, force: bool, new_flags: str = "") -> str:
+    """Describe what an interrupted or failed run left in `out` and how to continue it.
+
+    `new_flags` names the flags to change in the rerun, e.g. " with a lower --lr".
+    """
     from hiertcn.checkpoint import LAST_CHECKPOINT, load_checkpoint
 
     last = out / LAST_CHECKPOINT
@@ -419,31 +477,61 @@ def describe_saved_run(out: Path, force: bool) -> str:
         return f"{last} cannot be read, so start over with --force"
     best_epoch = checkpoint.resume_state.get("best_epoch")
     rerun = "rerun the same command with --resume" + (" in place of --force" if force else "")
+    rerun += new_flags
     return (
         f"{last} contains epoch {checkpoint.epoch}, the last finished one (best.pt: epoch "
         f"{best_epoch}): to continue, {rerun}"
     )
 
 
+def train_and_test(args: argparse.Namespace, model_config, train_config, dataset, device):
+    """Build and train the model, then return the training result and the test metrics.
+
+    An interrupt or a diverged loss raises an error that states what the run saved in --out and
+    how to continue it. A failed allocation raises one that names the flags to lower.
+    """
+    from hiertcn.evaluate import EvaluationConfig, evaluate_model
+    from hiertcn.memory import report_out_of_memory
+    from hiertcn.models import build_model
+    from hiertcn.train import seed_everything, train_model
+
+    seed_everything(train_config.seed)
+    fix = (
+        f"lower --batch-size (now {train_config.batch_size}), or the model sizes "
+        "--embedding-dim, --hidden-size and --tcn-channels"
+    )
+    try:
+        with report_out_of_memory("training", fix):
+            model = build_model(model_config, len(dataset.vocab))
+            result = train_model(model, dataset, train_config, out_dir=args.out, resume=args.resume)
+            evaluation = EvaluationConfig(batch_size=train_config.batch_size)
+            test = evaluate_model(result.model, dataset.test, evaluation, device).metrics
+    except KeyboardInterrupt as interrupt:
+        # The command line prints this message and exits with 130, or 143 on SIGTERM, which
+        # raises a subclass.
+        raise type(interrupt)(describe_saved_run(args.out, args.force)) from None
+    except TrainingDivergedError as error:
+        saved = describe_saved_run(args.out, args.force, " and the changed --lr or --grad-clip")
+        raise TrainingDivergedError(f"{error}. {saved}") from None
+    return result, test
+
+
 def run(args: argparse.Namespace) -> int:
     """Train, evaluate the best epoch on the test split, and print the metric table."""
     from hiertcn.checkpoint import BEST_CHECKPOINT, load_checkpoint, save_checkpoint
     from hiertcn.data.options import load_dataset
-    from hiertcn.evaluate import EvaluationConfig, evaluate_model, format_table
-    from hiertcn.models import build_model
+    from hiertcn.evaluate import format_table
     from hiertcn.train import (
         check_resume_config,
         resolve_device,
         run_environment,
-        seed_everything,
-        train_model,
     )
 
     model_config = model_config_from_args(args)
     train_config = train_config_from_args(args)
     warn_ignored_flags(model_config)
     device = resolve_device(train_config.device)
-    check_out_dir(args.out, resume=args.resume, force=args.force)
+    check_out_dir(args.out, resume=args.resume, force=args.force, data=args.data)
     if args.resume:
         check_resume_config(args.out, model_config)
     dataset = load_dataset(args)
@@ -451,15 +539,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.force:
         remove_run(args.out)
-    seed_everything(train_config.seed)
-    model = build_model(model_config, len(dataset.vocab))
-    try:
-        result = train_model(model, dataset, train_config, out_dir=args.out, resume=args.resume)
-        evaluation = EvaluationConfig(batch_size=train_config.batch_size)
-        test = evaluate_model(result.model, dataset.test, evaluation, device).metrics
-    except KeyboardInterrupt:
-        # The command line prints this message and exits with 130.
-        raise KeyboardInterrupt(describe_saved_run(args.out, args.force)) from None
+    result, test = train_and_test(args, model_config, train_config, dataset, device)
     print(f"test split, best epoch {result.best_epoch}:")
     print(format_table([{"model": model_config.name, **test}]))
 

@@ -8,13 +8,14 @@ splits the log they name and returns a `Dataset`, or loads it from a folder that
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hiertcn.data.filters import FilterConfig, FilterReport, filter_log
 from hiertcn.data.log import EventLog, build_event_log
-from hiertcn.data.readers import FORMATS, TIME_UNITS, ReaderConfig, read_log
+from hiertcn.data.readers import DEFAULT_COLUMNS, FORMATS, TIME_UNITS, ReaderConfig, read_log
 from hiertcn.data.sessions import DEFAULT_SESSION_GAP
 from hiertcn.data.splits import SPLIT_KINDS, SplitConfig, split_log
 from hiertcn.data.stats import compute_stats
@@ -107,21 +108,28 @@ def _add_reader_arguments(group: argparse._ArgumentGroup) -> None:
         "csv, and fails when the format is ambiguous)",
     )
     group.add_argument(
-        "--user-col", action=_RecordGiven, help="user column: header name or 0-based position"
+        "--user-col",
+        action=_RecordGiven,
+        help="user column: header name or 0-based position "
+        f"(default: {_column_default('user', 0)})",
     )
     group.add_argument(
         "--item-col",
         action=_RecordGiven,
         help="item column: header name or 0-based position; any column can be the item, "
-        "for example `category` with --format taobao",
+        f"for example `category` with --format taobao (default: {_column_default('item', 1)})",
     )
     group.add_argument(
-        "--time-col", action=_RecordGiven, help="timestamp column: header name or 0-based position"
+        "--time-col",
+        action=_RecordGiven,
+        help="timestamp column: header name or 0-based position "
+        f"(default: {_column_default('time', 2)})",
     )
     group.add_argument(
         "--event-type-col",
         action=_RecordGiven,
-        help="event type column (csv, jsonl): header name or 0-based position",
+        help="event type column (csv, jsonl): header name or 0-based position (default: none "
+        "for csv and jsonl, so pass it to use --event-types there; taobao reads `behavior`)",
     )
     group.add_argument(
         "--event-types",
@@ -133,7 +141,8 @@ def _add_reader_arguments(group: argparse._ArgumentGroup) -> None:
         "--impressions-col",
         action=_RecordGiven,
         help="column with the items shown at each event (csv, jsonl), separated by "
-        "--impressions-sep",
+        "--impressions-sep (default: none, so events are ranked among the whole catalog; "
+        "trivago reads its `impressions` column)",
     )
     group.add_argument(
         "--impressions-sep",
@@ -170,6 +179,15 @@ def _add_reader_arguments(group: argparse._ArgumentGroup) -> None:
         default=DEFAULT_SESSION_GAP,
         help=f"idle gap in seconds, 1 or more, above which a new session starts; a gap of "
         f"exactly this value stays in the session (default: {DEFAULT_SESSION_GAP})",
+    )
+
+
+def _column_default(role: str, position: int) -> str:
+    """Describe the column that a reader picks for `role` when its flag is not given."""
+    names = ", ".join(DEFAULT_COLUMNS[role])
+    return (
+        f"the first of {names} in a csv header or a jsonl record, or position {position} of a "
+        "csv file with --no-header; movielens, taobao, otto and trivago use their own column"
     )
 
 
@@ -360,6 +378,7 @@ def load_dataset_from_config(config: DataConfig) -> Dataset:
     summary: dict[str, object] = {
         "source": str(config.path),
         "format": config.reader.format,
+        "reader": _reader_summary(config.reader),
         "session_gap": config.session_gap,
         "filters": {
             "min_item_count": config.filters.min_item_count,
@@ -386,6 +405,15 @@ def load_dataset_from_config(config: DataConfig) -> Dataset:
         filter_report=report,
         summary=summary,
     )
+
+
+def _reader_summary(reader: ReaderConfig) -> dict[str, object]:
+    """Return the reader settings besides the format (a summary entry of its own), JSON-able."""
+    values = dataclasses.asdict(reader)
+    del values["format"]
+    if values["event_types"] is not None:
+        values["event_types"] = list(values["event_types"])
+    return values
 
 
 def load_dataset(args: argparse.Namespace) -> Dataset:

@@ -105,6 +105,14 @@ def is_prepared_folder(path: Path) -> bool:
     return path.is_dir() and ((path / MANIFEST).is_file() or (path / SUMMARY).is_file())
 
 
+def enclosing_prepared_folder(path: Path) -> Path | None:
+    """Return the prepared folder that is `path` or contains it (resolved), or None."""
+    resolved = path.resolve()
+    return next(
+        (folder for folder in (resolved, *resolved.parents) if is_prepared_folder(folder)), None
+    )
+
+
 def effective_time_unit(log_format: str, time_unit: str | None) -> str:
     """Return the unit in which the reader of `log_format` reads timestamps.
 

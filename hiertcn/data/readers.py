@@ -77,7 +77,7 @@ class MillisecondsAsSecondsError(DataError):
 
 
 # Header names that the generic readers accept when no column is given, in order of preference.
-_DEFAULT_COLUMNS = {
+DEFAULT_COLUMNS = {
     "user": ("user", "user_id", "userId", "userid", "session", "session_id"),
     "item": ("item", "item_id", "itemId", "itemid", "movieId", "aid"),
     "time": ("timestamp", "ts", "time", "event_time"),
@@ -513,9 +513,9 @@ def _encoding_error(path: Path, error: UnicodeDecodeError) -> DataError:
     return DataError(f"{path} is not valid UTF-8 ({error.reason}): save the file as UTF-8")
 
 
-def _has_default_columns(names: Sequence[str], roles: int = len(_DEFAULT_COLUMNS)) -> bool:
+def _has_default_columns(names: Sequence[str], roles: int = len(DEFAULT_COLUMNS)) -> bool:
     """Return whether `names` has a known column name for at least `roles` of the roles."""
-    found = sum(any(name in names for name in options) for options in _DEFAULT_COLUMNS.values())
+    found = sum(any(name in names for name in options) for options in DEFAULT_COLUMNS.values())
     return found >= roles
 
 
@@ -668,7 +668,7 @@ def _short_row_error(
 def _default_column(names: Sequence[str] | None, role: str, position: int, path: Path) -> int:
     if names is None:
         return position
-    for candidate in _DEFAULT_COLUMNS[role]:
+    for candidate in DEFAULT_COLUMNS[role]:
         if candidate in names:
             return list(names).index(candidate)
     raise DataError(
@@ -1013,7 +1013,7 @@ def _read_otto(path: Path, config: ReaderConfig) -> RawLog:
 def _json_key(spec: str | None, record: dict, role: str, path: Path, line: int) -> str:
     if spec is not None:
         return spec
-    for candidate in _DEFAULT_COLUMNS[role]:
+    for candidate in DEFAULT_COLUMNS[role]:
         if candidate in record:
             return candidate
     raise DataError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -290,4 +291,45 @@ def test_huge_max_session_items_rejected(bundle_copy: Path) -> None:
     data["max_session_items"] = 100_000_000
     (bundle_copy / MANIFEST_FILE).write_text(json.dumps(data))
     with pytest.raises(BundleError, match="max_session_items=100000000, above the maximum"):
+        load_bundle(bundle_copy)
+
+
+def save_with_matching_manifest(bundle_dir: Path, name: str, array: np.ndarray) -> None:
+    """Replace a bundle array and update its hash and the version, as an export would."""
+    np.save(bundle_dir / name, array)
+    manifest = read_manifest(bundle_dir)
+    files = manifest.files | {name: sha256_file(bundle_dir / name)}
+    version = compute_version(dataclasses.replace(manifest, files=files))
+    edit_manifest(bundle_dir, files=files, version=version)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_item_table_rejected(bundle_copy: Path, value: float) -> None:
+    table = np.load(bundle_copy / "items.npy")
+    table[3, 1] = value
+    save_with_matching_manifest(bundle_copy, "items.npy", table)
+    with pytest.raises(BundleError) as caught:
+        load_bundle(bundle_copy)
+    message = str(caught.value)
+    assert f"{bundle_copy / 'items.npy'} contains a NaN or infinite value in row 3" in message
+    assert "export the bundle again from a checkpoint with finite weights" in message
+
+
+def test_non_finite_row_found_past_first_block(
+    bundle_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Blocks of 16 values are 2 rows of D=8, so row 41 lies in the 21st block.
+    monkeypatch.setattr("export.bundle._FINITE_CHECK_VALUES", 16)
+    table = np.load(bundle_copy / "items.npy").astype(np.float16)
+    table[41, 7] = -np.inf
+    save_with_matching_manifest(bundle_copy, "items.npy", table)
+    with pytest.raises(BundleError, match="NaN or infinite value in row 41,"):
+        load_bundle(bundle_copy)
+
+
+def test_non_finite_start_state_rejected(bundle_copy: Path) -> None:
+    state = np.load(bundle_copy / "start_state.npy")
+    state[0, 0] = np.nan
+    save_with_matching_manifest(bundle_copy, "start_state.npy", state)
+    with pytest.raises(BundleError, match=r"start_state\.npy contains a NaN or infinite value"):
         load_bundle(bundle_copy)

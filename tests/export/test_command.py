@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from export.bundle import load_bundle
+from export.verify import VerifyConfig
 from hiertcn.checkpoint import save_checkpoint
 from hiertcn.cli import main
 from tests.export.conftest import NUM_ITEMS, make_checkpoint, make_model
@@ -134,3 +136,54 @@ def test_export_verify_help_states_checks(capsys: pytest.CaptureFixture[str]) ->
     assert "by more than 1e-4" in help_text
     assert "top-20 item lists differ" in help_text
     assert "minutes" not in help_text
+
+
+def test_export_of_nan_weights_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = make_model()
+    with torch.no_grad():
+        model.state_dict()["session_gru.weight_hh_l0"][2, 3] = float("nan")
+    checkpoint = save_checkpoint(tmp_path / "best.pt", make_checkpoint(model))
+    out = tmp_path / "bundle"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "weight tensor 'session_gru.weight_hh_l0' of the checkpoint contains 1 NaN" in error
+    assert "retrain with a lower --lr or with --grad-clip" in error
+    assert not out.exists()
+
+
+def test_export_float16_overflow_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = make_model()
+    with torch.no_grad():
+        model.state_dict()["items.embedding.weight"][7, 0] = 1e6
+    checkpoint = save_checkpoint(tmp_path / "best.pt", make_checkpoint(model))
+    out = tmp_path / "bundle"
+    argv = ["export", "--checkpoint", str(checkpoint), "--out", str(out), "--float16"]
+    assert main(argv) == 2
+    assert "above the float16 maximum of 65504: export without --float16" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()
+
+
+class FailingVerifyConfig(VerifyConfig):
+    """A verification whose tolerance no difference meets, so every check fails."""
+
+    def __init__(self) -> None:
+        super().__init__(batch_sizes=(1,), atol=-1.0)
+
+
+def test_failed_verify_writes_nothing(
+    checkpoint_path: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("export.verify.VerifyConfig", FailingVerifyConfig)
+    out = tmp_path / "bundle"
+    argv = ["export", "--checkpoint", str(checkpoint_path), "--out", str(out), "--verify"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "FAIL: tolerance -1" in captured.out
+    assert f"nothing was written to --out {out}" in captured.err
+    assert not out.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["best.pt"]

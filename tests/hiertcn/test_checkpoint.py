@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hiertcn.checkpoint import Checkpoint, check_vocabulary, load_checkpoint, save_checkpoint
-from hiertcn.errors import CheckpointError
+from hiertcn.errors import CheckpointError, HierTCNError
 
 
 def tiny_checkpoint(item_ids: list[str], data_summary: dict | None = None) -> Checkpoint:
@@ -149,3 +149,14 @@ def test_truncated_checkpoint_named_truncated(tmp_path, kept):
 def test_folder_checkpoint_named_folder(tmp_path):
     with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path} is a folder"):
         load_checkpoint(tmp_path)
+
+
+def test_unwritable_checkpoint_path_named(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("", encoding="utf-8")
+    path = blocker / "run" / "best.pt"
+    with pytest.raises(HierTCNError) as caught:
+        save_checkpoint(path, tiny_checkpoint(["a"]))
+    message = str(caught.value)
+    assert f"cannot write checkpoint {path}: Not a directory" in message
+    assert "pass an --out folder that you can write" in message

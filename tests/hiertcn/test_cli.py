@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 
 import pytest
@@ -45,3 +46,20 @@ def test_every_subcommand_has_verbose():
     assert {sub.prog for sub in subcommands} >= {"hiertcn data stats", "hiertcn train"}
     for subcommand in subcommands:
         assert "-v" in subcommand._option_string_actions, subcommand.prog
+
+
+COLUMN_FLAGS = ("--user-col", "--item-col", "--time-col", "--event-type-col", "--impressions-col")
+
+
+@pytest.mark.parametrize("command", [("train",), ("evaluate",), ("data", "stats")])
+def test_column_flags_state_default(command):
+    parser = cli.build_parser()
+    for name in command:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[name]
+    helps = {flag: parser._option_string_actions[flag].help for flag in COLUMN_FLAGS}
+    for flag, text in helps.items():
+        assert "(default: " in text, flag
+    assert "the first of item, item_id, itemId" in helps["--item-col"]
+    assert "position 2 of a csv file with --no-header" in helps["--time-col"]
+    assert "taobao reads `behavior`" in helps["--event-type-col"]

@@ -156,3 +156,65 @@ def test_prepared_folder_mismatch_names_folder(tmp_path, capsys, run_dir):
     assert "was trained with --split cold" in error
     assert f"and the prepared folder {folder} has --split warm" in error
     assert "or on a folder prepared with them" in error
+
+
+def test_batch_wider_than_users_same_table(tmp_path, capsys, run_dir, address_space_cap):
+    argv = evaluate_argv(run_dir / "best.pt", tmp_path / "log.csv")
+    capsys.readouterr()
+    assert main(argv) == 0
+    default = capsys.readouterr().out
+    assert main([*argv, "--batch-size", str(2**58)]) == 0
+    assert capsys.readouterr().out == default
+
+
+def test_batch_size_zero_rejected_before_data(tmp_path, capsys, run_dir):
+    argv = evaluate_argv(run_dir / "best.pt", tmp_path / "absent.csv", "--batch-size", "0")
+    assert main(argv) == 2
+    assert "--batch-size 0 is invalid: use an integer >= 1" in capsys.readouterr().err
+
+
+def write_category_log(path) -> None:
+    """Write a log of 8 users whose 40 items fall in 2 categories."""
+    lines = ["user,item,category,timestamp"]
+    for user in range(8):
+        for event in range(5):
+            item = user * 5 + event
+            lines.append(f"u{user},i{item},c{item % 2},{1_600_000_000 + 60 * event}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_other_item_col_names_checkpoint_flags(tmp_path, capsys):
+    log, out = tmp_path / "log.csv", tmp_path / "run"
+    write_category_log(log)
+    data = [str(log), "--format", "csv", "--min-item-count", "3", "--min-user-events", "1"]
+    train = ["train", *data, "--item-col", "category", "--model", "most_popular"]
+    assert main([*train, "--out", str(out), "--device", "cpu"]) == 0
+    capsys.readouterr()
+
+    # Every item id occurs once, so --min-item-count 3 removes every event.
+    assert main(["evaluate", str(out / "best.pt"), *data, "--device", "cpu"]) == 2
+    error = capsys.readouterr().err
+    assert "removed every remaining event" in error
+    assert f"{out / 'best.pt'} was trained on {log} (--format csv --item-col category" in error
+    assert "Check the data flags against those of the checkpoints" in error
+
+
+def test_other_item_col_vocabulary_names_flag(tmp_path, capsys):
+    log, out = tmp_path / "log.csv", tmp_path / "run"
+    write_category_log(log)
+    data = [str(log), "--format", "csv", "--min-item-count", "1", "--min-user-events", "1"]
+    train = ["train", *data, "--item-col", "category", "--model", "most_popular"]
+    assert main([*train, "--out", str(out), "--device", "cpu"]) == 0
+    capsys.readouterr()
+
+    assert main(["evaluate", str(out / "best.pt"), *data, "--device", "cpu"]) == 2
+    error = capsys.readouterr().err
+    assert "a vocabulary of 40 items" in error
+    assert "--item-col category" in error
+
+
+def test_usage_shows_checkpoints_required(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    usage = " ".join(capsys.readouterr().out.split("\n\n")[0].split())
+    assert usage.endswith("CKPT [CKPT ...] FILE")

@@ -161,3 +161,34 @@ def test_table_lists_models_side_by_side():
     )
     assert lines[2] == "| hiertcn | 0.1000 | 0.2000 | 0.3000 | 0.4000 | 0.1500 | 0.0500 | 1234 |"
     assert lines[3].startswith("| most_popular | 0.0000")
+
+
+@pytest.mark.parametrize("name", ["hiertcn", "hrnn"])
+def test_batch_cap_keeps_results(monkeypatch, name, address_space_cap):
+    # The cap at the user count must give the ranks that the wider batch gives without it.
+    log = random_log(num_users=7, num_items=12, seed=8)
+    torch.manual_seed(0)
+    config = ModelConfig(
+        name=name,
+        embedding_dim=8,
+        hidden_size=8,
+        gru_layers=2,
+        tcn_channels=8,
+        kernel_size=2,
+        dilations=(1, 2),
+        batch_norm=name == "hiertcn",
+    )
+    model = build_model(config, 12)
+    capped = evaluate_model(model, log, EvaluationConfig(batch_size=2**58))
+    monkeypatch.setattr("hiertcn.evaluate.capped_batch_size", lambda batch_size, _: batch_size)
+    wide = evaluate_model(model, log, EvaluationConfig(batch_size=log.num_users + 9))
+    assert np.array_equal(capped.ranks.events, wide.ranks.events)
+    assert np.array_equal(capped.ranks.ranks, wide.ranks.ranks)
+    assert capped.metrics == wide.metrics
+
+
+def test_batch_wider_than_users_capped(address_space_cap):
+    log = random_log(num_users=5, num_items=9, seed=2)
+    model = FixedQueryModel(9, oracle=True)
+    result = evaluate_model(model, log, EvaluationConfig(batch_size=2**58))
+    assert result.metrics["events"] == log.num_events - log.num_users
