@@ -658,10 +658,13 @@ def _short_row_error(
             "and that --user-col, --item-col and --time-col name existing columns"
         )
     elif hint is None:
-        hint = f"the file does not have the {log_format} layout, so check the file and --format"
+        hint = (
+            f"this row does not have the {log_format} layout, so fix or remove it, or check "
+            "--format if no row has that layout"
+        )
     return DataError(
-        f"{path}:{line}: row has {count_noun(len(fields), 'field')} but column {needed - 1} "
-        f"is needed: {row!r}: {hint}"
+        f"{path}:{line}: row has {count_noun(len(fields), 'field')} but {needed} are needed "
+        f"(up to column {needed - 1}, counted from 0): {row!r}: {hint}"
     )
 
 

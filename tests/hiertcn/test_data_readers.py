@@ -516,7 +516,7 @@ def test_wrong_delimiter_row_suggests_delimiter(tmp_path):
     with pytest.raises(DataError) as error:
         read_log(path, config)
     message = str(error.value)
-    assert "log.csv:1: row has 1 field but column 2 is needed" in message
+    assert "log.csv:1: row has 1 field but 3 are needed (up to column 2, counted from 0)" in message
     assert "pass --delimiter ','" in message
 
 
@@ -535,7 +535,10 @@ def test_short_row_names_delimiter_and_column_flags(tmp_path):
     with pytest.raises(DataError) as error:
         read_log(path, config)
     message = str(error.value)
-    assert "short.csv:3: row has 2 fields but column 2 is needed: 'u0,1600009999'" in message
+    assert (
+        "short.csv:3: row has 2 fields but 3 are needed (up to column 2, counted from 0): "
+        "'u0,1600009999'"
+    ) in message
     assert "check that --delimiter (now ',') separates the fields" in message
     assert "--user-col, --item-col and --time-col" in message
 
@@ -547,7 +550,7 @@ def test_short_movielens_row_does_not_suggest_delimiter(tmp_path):
     message = str(error.value)
     assert "u.data:2: row has 1 field" in message
     assert "--delimiter" not in message
-    assert "check the file and --format" in message
+    assert "this row does not have the movielens layout, so fix or remove it" in message
 
 
 def test_fractional_timestamp_says_what_to_do(tmp_path):
