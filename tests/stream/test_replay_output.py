@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -353,7 +354,20 @@ def send_signal_on_batch(monkeypatch: pytest.MonkeyPatch, signum: int, batch: in
     monkeypatch.setattr(Replay, "_run_batch", patched)
 
 
+@pytest.fixture
+def default_sigint() -> Iterator[None]:
+    """Install Python's KeyboardInterrupt handler for SIGINT during the test, then restore it.
+
+    A process started with SIGINT ignored (a background job of a non-interactive shell, as CI
+    may run) keeps it ignored, and a SIGINT would then not stop replay.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.usefixtures("default_sigint")
 def test_signal_stops_replay_with_resume_message(
     onnx_bundle_dir: Path,
     events: Path,
