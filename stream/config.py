@@ -269,6 +269,8 @@ class WorkerConfig:
     # Read partitions without a stored position from their earliest offset even when the store
     # is empty and the group has committed offsets (see `stream.worker`).
     rebuild_state: bool = False
+    # Publish a session-start output when a timer closes a session (see `stream.worker`).
+    publish_on_session_close: bool = False
     kafka_settings: Mapping[str, str] = field(default_factory=dict)
     # Seconds the worker waits for the broker to acknowledge the outputs of one batch before it
     # retries. After `delivery_attempts` tries in all, the worker stops without committing.

@@ -98,7 +98,9 @@ def create_metrics(registry: CollectorRegistry | None) -> WorkerMetrics:
         ),
         outputs_produced=Counter(
             "hiertcn_outputs_produced_total",
-            "Recommendations delivered to the output topic.",
+            "Recommendations produced to the output topic, by trigger: event (one per accepted "
+            "event) or session_close (one per timer close, with --publish-on-session-close).",
+            ["trigger"],
             **kwargs,
         ),
         dead_letters=Counter(

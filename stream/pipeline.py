@@ -2,8 +2,10 @@
 
 `Pipeline.process(events, states)` takes validated events in input order and the states of
 their users, and returns one recommendation per event, the changed states, the sessions closed
-by a gap and the rank of each event's item under the user's previous recommendation. It does
-no I/O, so replaying a log through it gives what the live worker publishes.
+by a gap and the rank of each event's item under the user's previous recommendation.
+`Pipeline.close_idle(states)` closes the sessions that the timers found idle and, with
+`session_close_outputs`, returns one session-start recommendation per closed session. The
+pipeline does no I/O, so replaying a log through it gives what the live worker publishes.
 
 Shape letters: B events in a batch, L events in a session prefix, N items in the catalog,
 D item-embedding size, G GRU layers, H GRU hidden size.
@@ -56,12 +58,15 @@ class PipelineConfig:
     max_session_items: the maximum number of recent items of the open session that the session
         step receives.
     model_version: the `model` field of every output.
+    session_close_outputs: whether `close_idle` also returns, for each session it closes, the
+        recommendation for the first event of the user's next session.
     """
 
     session_gap: float | None = None
     top_k: int | None = None
     max_session_items: int | None = None
     model_version: str | None = None
+    session_close_outputs: bool = False
 
     def resolve(self, manifest: Any) -> PipelineConfig:
         """Return a copy with every None replaced by the bundle manifest's value, checked."""
@@ -78,6 +83,7 @@ class PipelineConfig:
             model_version=str(
                 manifest.version if self.model_version is None else self.model_version
             ),
+            session_close_outputs=self.session_close_outputs,
         )
         if not resolved.session_gap > 0:
             raise ConfigError(f"invalid session gap {resolved.session_gap} s: use seconds > 0")
@@ -90,21 +96,35 @@ class PipelineConfig:
         return resolved
 
 
+# The `trigger` of the output that a timer close of a session produces.
+SESSION_CLOSE_TRIGGER = "session_close"
+
+
 @dataclass(frozen=True)
 class Recommendation:
-    """One output: the top-K external item ids for a user after one event, best first."""
+    """One output: the top-K external item ids for a user, best first.
+
+    An event output has the event's id and time. A session-close output (`trigger` is
+    "session_close") has no event id, the time at which the session expired, and the number of
+    the session it predicts the first event of.
+    """
 
     user: str
-    event_id: str
+    event_id: str | None
     ts: float
     items: tuple[str, ...]
     scores: tuple[float, ...]
     model: str
     session: int
+    trigger: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the output map of the recommendations topic (msgpack- and JSON-ready)."""
-        return {
+        """Return the output map of the recommendations topic (msgpack- and JSON-ready).
+
+        The map has a `trigger` entry only when the output has a trigger, so event outputs
+        keep their seven fields.
+        """
+        output: dict[str, Any] = {
             "user": self.user,
             "event_id": self.event_id,
             "ts": self.ts,
@@ -113,6 +133,9 @@ class Recommendation:
             "model": self.model,
             "session": self.session,
         }
+        if self.trigger is not None:
+            output["trigger"] = self.trigger
+        return output
 
 
 @dataclass
@@ -128,6 +151,20 @@ class BatchResult:
     closed: Counter[str]
     live: list[tuple[int, int] | None]
     reset: int = 0  # users whose stored state did not fit the bundle and started anew
+
+
+@dataclass
+class IdleResult:
+    """Result of `Pipeline.close_idle`.
+
+    states: every state that changed, the closed sessions and the states that did not fit the
+        bundle and started anew.
+    outputs: with `session_close_outputs`, one session-start recommendation per closed session,
+        in the order of `states`; empty otherwise.
+    """
+
+    states: dict[str, UserState]
+    outputs: list[Recommendation] = field(default_factory=list)
 
 
 @dataclass
@@ -168,13 +205,14 @@ class Pipeline:
         self.dim = int(self.table.shape[1])
         logger.info(
             "pipeline ready: model %s, %d items, D=%d, session gap %.0f s, K=%d, "
-            "session prefix up to %d items",
+            "session prefix up to %d items, session-close outputs %s",
             self.config.model_version,
             self.table.shape[0],
             self.dim,
             self.config.session_gap,
             self.config.top_k,
             self.config.max_session_items,
+            "on" if self.config.session_close_outputs else "off",
         )
 
     def new_state(self) -> UserState:
@@ -243,11 +281,12 @@ class Pipeline:
             and (items.size == 0 or int(items.max()) < self.table.shape[0])
         )
 
-    def close_idle(self, states: Mapping[str, UserState]) -> dict[str, UserState]:
+    def close_idle(self, states: Mapping[str, UserState]) -> IdleResult:
         """Close the open session of each given user (timer closes) in one batched call.
 
         The caller picks the expired users. States without an open session are skipped. A state
-        that does not fit the bundle comes back as a new state. Returns the changed states only.
+        that does not fit the bundle comes back as a new state. The result contains the changed
+        states only and, with `session_close_outputs`, the session-start outputs.
         """
         usable, _reset = self.usable_states(states)
         # A state that does not fit the bundle is replaced by a new one with no open session.
@@ -258,7 +297,7 @@ class Pipeline:
         }
         users = [user for user, state in usable.items() if state.session_length > 0]
         if not users:
-            return closed
+            return IdleResult(closed)
         gru = np.stack([np.asarray(states[u].gru_state, np.float32) for u in users])  # [B, G, H]
         means = np.stack(
             [
@@ -275,8 +314,46 @@ class Pipeline:
                 session_sum=np.zeros(self.dim, dtype=np.float32),
                 session_length=0,
             )
-        logger.debug("closed %d idle sessions", len(closed))
-        return closed
+        outputs: list[Recommendation] = []
+        if self.config.session_close_outputs:
+            outputs = self._session_start_outputs(users, closed)
+        logger.debug("closed %d idle sessions", len(users))
+        return IdleResult(closed, outputs)
+
+    def _session_start_outputs(
+        self, users: list[str], closed: dict[str, UserState]
+    ) -> list[Recommendation]:
+        """Recommend the first event of each user's next session, after a timer close.
+
+        Stores each session-start embedding in `closed` as the user's last embedding, so that
+        the live metric ranks the user's next event against this list.
+        """
+        gru = np.stack([closed[user].gru_state for user in users])  # [B, G, H]
+        # An empty session prefix: one zero row with length 0, so the session step reads only
+        # the start token and the GRU state, as for the first event of a session.
+        prefix = np.zeros((len(users), 1, self.dim), dtype=np.float32)  # [B, 1, D]
+        lengths = np.zeros(len(users), dtype=np.int64)  # [B]
+        embeddings = np.asarray(self.bundle.session_step(prefix, lengths, gru), np.float32)
+        self._warn_non_finite(embeddings, "session-close outputs")
+        rows, scores = top_k_catalog(embeddings, self.table, self.config.top_k)  # [B, K] each
+
+        outputs = []
+        for index, user in enumerate(users):
+            state = replace(closed[user], last_embedding=np.array(embeddings[index]))
+            closed[user] = state
+            outputs.append(
+                Recommendation(
+                    user=user,
+                    event_id=None,
+                    ts=state.last_ts + self.config.session_gap,
+                    items=tuple(self.item_ids[rows[index]].tolist()),
+                    scores=tuple(scores[index].tolist()),
+                    model=self.config.model_version,
+                    session=state.session_count + 1,
+                    trigger=SESSION_CLOSE_TRIGGER,
+                )
+            )
+        return outputs
 
     def _start_work(self, state: UserState | None) -> _UserWork:
         state = state if state is not None else self.new_state()
@@ -354,21 +431,23 @@ class Pipeline:
         embeddings = self.bundle.session_step(prefix, lengths, state)
         return np.asarray(embeddings, dtype=np.float32)  # [B, D]
 
-    def _warn_non_finite(self, embeddings: np.ndarray) -> None:
-        """Log one warning for the events whose user embedding [B, D] has a NaN or infinity.
+    def _warn_non_finite(self, embeddings: np.ndarray, rows: str = "events") -> None:
+        """Log one warning for the rows whose user embedding [B, D] has a NaN or infinity.
 
-        The bundle loader rejects non-finite item embeddings, so such an embedding is the cause
-        of every non-finite score. Scoring ranks NaN lowest, so these events still get a list.
+        `rows` names what the rows are, in the plural. The bundle loader rejects non-finite
+        item embeddings, so such an embedding is the cause of every non-finite score. Scoring
+        ranks NaN lowest, so these rows still get a list.
         """
         count = int(np.count_nonzero(~np.isfinite(embeddings).all(axis=1)))
         if count:
             non_finite_logger.warning(
-                "%d of %d events in this batch have non-finite scores under bundle %s, because "
+                "%d of %d %s in this batch have non-finite scores under bundle %s, because "
                 "its session step returned a NaN or infinite user embedding: NaN scores rank "
                 "lowest, so their lists are not model rankings; export the bundle again from a "
                 "checkpoint with finite weights",
                 count,
                 len(embeddings),
+                rows,
                 self.config.model_version,
             )
 

@@ -9,6 +9,9 @@ worker's, except the default `event_id`, which names the file in place of the Ka
 The report gives Recall@K, MRR and MRP of each event's item under the user's previous
 recommendation: over the event's impressions when it has them, else over the whole catalog,
 with pessimistic ties. A user's first event has no previous recommendation and is not counted.
+With the pipeline's `session_close_outputs`, each timer close also writes a session-start
+recommendation after the batch's event outputs, and the first event of the next session is
+ranked against it, as `hiertcn evaluate` ranks it.
 
 Each batch writes its recommendations to the output file before it commits its states and its
 position to the backend, and a stored position records the output file's length. A resumed
@@ -74,6 +77,7 @@ class ReplayReport:
     # Events older than the watermark minus the session gap when their batch started, so that
     # timers may have closed their users' sessions before them (counted with timers only).
     behind_watermark: int = 0
+    session_close_outputs: int = 0  # session-start outputs of timer closes
     counted: int = 0  # events with a previous recommendation
     hits: int = 0  # counted events whose item ranked within K
     reciprocal_rank_sum: float = 0.0
@@ -247,6 +251,9 @@ class Replay:
         last_progress = started
         batch: list[Event] = []
         skip = self._resume_point()
+        if skip and self.config.timers:
+            # A stop between a batch's commit and its timer closes left them undone.
+            self._close_expired(skip)
         consumed = 0  # records read in this order, the skipped ones included
         for record in records:
             consumed += 1
@@ -335,9 +342,10 @@ class Replay:
         position = self._position(consumed)
         self.backend.write(result.states, position)
 
-        # (5) Close the sessions that the watermark has left idle for longer than the gap.
+        # (5) Close the sessions that the watermark has left idle for longer than the gap, and
+        # write their session-close outputs before the commit that covers them.
         if self.config.timers:
-            self._close_expired(position)
+            self._close_expired(consumed)
 
     def _position(self, consumed: int) -> PartitionPosition:
         output = self.output
@@ -348,17 +356,23 @@ class Replay:
         )
         return PartitionPosition(consumed, self.watermark, progress)
 
-    def _close_expired(self, position: PartitionPosition) -> None:
+    def _close_expired(self, consumed: int) -> None:
+        """Close every session idle behind the watermark, writing the outputs of the closes
+        before the states and the position of `consumed` records are committed."""
         before_ts = self.watermark - self.pipeline.config.session_gap
         while True:
             expired = self.backend.expired(before_ts)
             if not expired:
                 return
-            closed = self.pipeline.close_idle(expired)
-            if not closed:
+            idle = self.pipeline.close_idle(expired)
+            if not idle.states:
                 return
-            self.report.closed["timer"] += len(closed)
-            self.backend.write(closed, position)
+            self.report.closed["timer"] += len(idle.states)
+            if idle.outputs:
+                self.report.session_close_outputs += len(idle.outputs)
+                if self.output is not None:
+                    self.output.write_batch(idle.outputs)
+            self.backend.write(idle.states, self._position(consumed))
 
 
 def count_out_of_order(events: Iterable[Event], states: Mapping[str, UserState]) -> int:

@@ -10,7 +10,8 @@ Each batch runs these steps, and their order is the correctness argument:
    gap, and the timers close idle sessions once the partition's event-time watermark has passed
    `last_ts + session_gap`
 4. score every event in one batched model call (`Pipeline.process`)
-5. produce the outputs and dead letters
+5. produce the outputs and dead letters. With `publish_on_session_close`, every timer close
+   also gives a session-start output, after the batch's event outputs
 6. hand the new states and each partition's next offset and watermark to the committer thread
    (`stream.committer`), which waits until the broker has acknowledged the batch's messages,
    writes states and offsets in one LMDB transaction, and reports the offsets, which this
@@ -21,6 +22,10 @@ reprocesses those batches from the stored offset after a restart: outputs may re
 the pending batches and the one in progress), but none is lost. The Kafka commit only makes
 lag visible, because every assignment seeks to the offset stored in LMDB with the states it
 produced.
+
+Timer passes that run while no events arrive (`Worker._idle`) hand their closed states and
+session-close outputs to the same producer and committer, so those outputs are delivered
+before the states that produced them are committed, too.
 
 Back-pressure: at most `max_pending_batches` batches wait for their commit, so the producer
 queue contains a bounded number of batches. A partition whose timers find more idle sessions than
@@ -68,7 +73,7 @@ from stream.health import WorkerHeartbeat
 from stream.kafka_settings import client_settings
 from stream.logs import librdkafka_logger
 from stream.metrics import WorkerMetrics
-from stream.pipeline import BatchResult, Pipeline
+from stream.pipeline import BatchResult, IdleResult, Pipeline, Recommendation
 
 if TYPE_CHECKING:
     from export.bundle import ModelBundle
@@ -369,6 +374,13 @@ class Worker:
             self.deliverer,
             CommitterConfig(config.input_topic, config.max_pending_batches),
             observe_commit=metrics.state_write_seconds.observe,
+        )
+        # Outputs by trigger, created at 0 so that rates exist before the first output.
+        self._event_outputs = metrics.outputs_produced.labels("event")
+        self._session_close_outputs = (
+            metrics.outputs_produced.labels("session_close")
+            if config.publish_on_session_close
+            else None
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -738,13 +750,16 @@ class Worker:
         changed = dict(result.states)
 
         # (3) Timers: close idle sessions behind each partition's new watermark.
-        timer_closed = self._close_idle(decoded.positions, changed)
-        changed.update(timer_closed)
+        idle = self._close_idle(decoded.positions, changed)
+        changed.update(idle.states)
 
-        # (5) Produce the outputs and dead letters.
-        records = self._output_records(events, result) + self._dead_letter_records(
-            decoded.dead_letters
-        )
+        # (5) Produce the event outputs, the session-close outputs and the dead letters. A
+        # user's session-close output follows the outputs of that user's events in this batch.
+        records = [
+            *self._output_records(events, result),
+            *self._session_close_records(idle.outputs),
+            *self._dead_letter_records(decoded.dead_letters),
+        ]
         self.deliverer.produce(records)
 
         # (6) Hand states, offsets and records to the committer, which commits them once the
@@ -754,17 +769,20 @@ class Worker:
             if partition in self._positions:
                 self._positions[partition] = position
 
-        self._observe(messages, result, len(timer_closed), time.perf_counter() - started)
+        self._observe(messages, result, idle, time.perf_counter() - started)
 
     def _idle(self) -> None:
         """Run the timer passes that are due, then refresh the lag gauges."""
         for partition in sorted(self._timers_due & set(self._positions)):
-            changed: dict[str, UserState] = {}
-            closed = self._close_idle({partition: self._positions[partition]}, changed)
-            changed.update(closed)
-            if changed:
-                self.committer.submit(changed, {})
-                self.metrics.sessions_closed.labels("timer").inc(len(closed))
+            idle = self._close_idle({partition: self._positions[partition]}, {})
+            if not idle.states:
+                continue
+            # Delivered before the commit of the closed states, as in a batch.
+            records = self._session_close_records(idle.outputs)
+            self.deliverer.produce(records)
+            self.committer.submit(idle.states, {}, records)
+            self.metrics.sessions_closed.labels("timer").inc(len(idle.states))
+            self._count_session_close_outputs(len(idle.outputs))
         self.dead_letter_log.flush()
         self.keyless_log.flush()
         self._update_lag(self._positions)
@@ -793,7 +811,7 @@ class Worker:
 
     def _close_idle(
         self, positions: dict[int, PartitionPosition], changed: dict[str, UserState]
-    ) -> dict[str, UserState]:
+    ) -> IdleResult:
         """Close the open sessions whose last event is more than session_gap behind the
         partition's watermark. `changed` contains this batch's newer states."""
         idle: dict[str, UserState] = {}
@@ -845,17 +863,25 @@ class Worker:
     # -- step 5: the records to produce ------------------------------------------------------
 
     def _output_records(self, events: Sequence[Event], result: BatchResult) -> list[OutputRecord]:
-        headers = [(WORKER_HEADER, self.pid)]
         return [
-            OutputRecord(
-                topic=self.config.output_topic,
-                key=output.user.encode("utf-8"),
-                value=msgpack.packb(output.to_dict(), use_bin_type=True),
-                headers=headers,
-                append_ts=event.append_ts,
-            )
+            self._recommendation_record(output, event.append_ts)
             for event, output in zip(events, result.outputs, strict=True)
         ]
+
+    def _session_close_records(self, outputs: Sequence[Recommendation]) -> list[OutputRecord]:
+        # No input message has a Kafka time for these, so the end-to-end latency skips them.
+        return [self._recommendation_record(output, None) for output in outputs]
+
+    def _recommendation_record(
+        self, output: Recommendation, append_ts: float | None
+    ) -> OutputRecord:
+        return OutputRecord(
+            topic=self.config.output_topic,
+            key=output.user.encode("utf-8"),
+            value=msgpack.packb(output.to_dict(), use_bin_type=True),
+            headers=[(WORKER_HEADER, self.pid)],
+            append_ts=append_ts,
+        )
 
     def _dead_letter_records(self, dead_letters: Iterable[DeadLetter]) -> list[OutputRecord]:
         records = []
@@ -905,17 +931,18 @@ class Worker:
     # -- metrics -----------------------------------------------------------------------------
 
     def _observe(
-        self, messages: Sequence[Message], result: BatchResult, timer_closed: int, seconds: float
+        self, messages: Sequence[Message], result: BatchResult, idle: IdleResult, seconds: float
     ) -> None:
         metrics = self.metrics
         metrics.batch_size.observe(len(messages))
         metrics.batch_seconds.observe(seconds)
-        metrics.outputs_produced.inc(len(result.outputs))
+        self._event_outputs.inc(len(result.outputs))
+        self._count_session_close_outputs(len(idle.outputs))
         metrics.states_reset.inc(result.reset)
         for trigger, count in result.closed.items():
             metrics.sessions_closed.labels(trigger).inc(count)
-        if timer_closed:
-            metrics.sessions_closed.labels("timer").inc(timer_closed)
+        if idle.states:
+            metrics.sessions_closed.labels("timer").inc(len(idle.states))
         ranks = [live[0] for live in result.live if live is not None]
         metrics.live_predictions.inc(len(ranks))
         for cutoff in live_cutoffs(self.top_k):
@@ -933,6 +960,10 @@ class Worker:
                 seconds * 1000,
                 waited,
             )
+
+    def _count_session_close_outputs(self, count: int) -> None:
+        if count and self._session_close_outputs is not None:
+            self._session_close_outputs.inc(count)
 
     def _update_lag(self, positions: dict[int, PartitionPosition | None]) -> None:
         topic = self.config.input_topic
@@ -1035,7 +1066,11 @@ def run_worker(
     metrics = create_metrics(None)
     pipeline = Pipeline(
         TimedBundle(bundle, metrics),
-        PipelineConfig(session_gap=config.session_gap, top_k=config.k),
+        PipelineConfig(
+            session_gap=config.session_gap,
+            top_k=config.k,
+            session_close_outputs=config.publish_on_session_close,
+        ),
     )
     store = open_state_store(config, bundle)
     consumer, producer = _open_clients(config, index)

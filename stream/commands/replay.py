@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from stream.cli import verbosity
-from stream.commands.run import argparse_type
+from stream.commands.run import SESSION_CLOSE_HELP, argparse_type
 from stream.config import check_k, parse_tolerance
 from stream.errors import ConfigError
 from stream.events import DEFAULT_MAX_FUTURE_SECONDS, EventConfig
@@ -108,8 +108,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         metavar="FILE",
-        help="write the recommendations to this JSON Lines file, one line per accepted event "
-        "(default: none are written). A replay that resumes from --state-dir continues the "
+        help="write the recommendations to this JSON Lines file, one line per accepted event, "
+        "and one per timer close with --publish-on-session-close (default: none are written). "
+        "A replay that resumes from --state-dir continues the "
         "file that the stored run wrote, after its recommendations",
     )
 
@@ -148,6 +149,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
 
     parser.add_argument(
+        "--publish-on-session-close",
+        action="store_true",
+        help=f"{SESSION_CLOSE_HELP} Such an output goes to --output after the event outputs "
+        "of its batch, the report counts it, and the first event of the next session is "
+        "scored against it, as `hiertcn evaluate` scores session starts (default: off)",
+    )
+
+    parser.add_argument(
         "--device",
         choices=("cpu", "cuda", "auto"),
         default="cpu",
@@ -165,13 +174,27 @@ def run_replay(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     check_counts(args)
+    if args.publish_on_session_close and args.no_timers:
+        raise ConfigError(
+            "--publish-on-session-close publishes an output when a timer closes a session, "
+            "and --no-timers turns the timers off: drop one of the two flags"
+        )
     if args.output is not None:
         check_output_path(args.output)
         check_output_not_input(args.output, args.events, args.bundle, args.state_dir)
     bundle = open_bundle(args.bundle, args.device)
     if args.k is not None:
         check_k(args.k, bundle.num_items)
-    pipeline = Pipeline(bundle, PipelineConfig(session_gap=args.session_gap, top_k=args.k))
+    # NOTE: the stored position does not record --publish-on-session-close, so a resume with
+    # the other setting writes the rest of --output with or without the session-close outputs.
+    pipeline = Pipeline(
+        bundle,
+        PipelineConfig(
+            session_gap=args.session_gap,
+            top_k=args.k,
+            session_close_outputs=args.publish_on_session_close,
+        ),
+    )
 
     config = ReplayConfig(
         batch_size=args.batch_size,
@@ -219,7 +242,16 @@ def _replay(args: argparse.Namespace) -> int:
     if report.behind_watermark and args.order == "file":
         warn_behind_watermark(args.events, report, pipeline.config.session_gap)
     list_hint = verbosity(args) == 0
-    print(format_report(report, config.recall_k, bundle.version, list_hint, resumed_at))
+    print(
+        format_report(
+            report,
+            config.recall_k,
+            bundle.version,
+            list_hint,
+            resumed_at,
+            session_close_outputs=args.publish_on_session_close,
+        )
+    )
     if report.accepted == 0:
         raise EventFileError(no_valid_event_message(args, report))
     return 0
@@ -420,11 +452,13 @@ def format_report(
     model: str,
     list_hint: bool = True,
     resumed_at: int | None = None,
+    session_close_outputs: bool = False,
 ) -> str:
     """Return the replay report as aligned text lines.
 
     `list_hint` adds how to list rejections. `resumed_at` is the number of records that an
     earlier run stored, which the counts and metrics of a resumed run leave out.
+    `session_close_outputs` adds the count of the outputs of timer closes.
     """
     rate = report.accepted / report.seconds if report.seconds > 0 else 0.0
     lines = [f"model            {model}"]
@@ -442,6 +476,10 @@ def format_report(
     lines += [f"  {reason:<14} {count}" for reason, count in sorted(report.rejected.items())]
     lines += [
         f"sessions closed  gap {report.closed['gap']}, timer {report.closed['timer']}",
+    ]
+    if session_close_outputs:
+        lines.append(f"session-close outputs  {report.session_close_outputs}")
+    lines += [
         f"impression items not in the vocabulary  {report.dropped_impressions}",
         f"counted events   {report.counted} (first event of each user not counted)",
     ]

@@ -53,6 +53,16 @@ BROKER_POLL_SECONDS = 0.5
 
 _DEFAULTS = WorkerConfig(brokers="-", bundle=".")
 
+# The part of --publish-on-session-close's help that `run` and `replay` share.
+SESSION_CLOSE_HELP = (
+    "when a timer closes an idle session (the event-time watermark has passed the session's "
+    "last event time plus the session gap), also publish the recommendation for the first "
+    "event of the user's next session: one extra output per timer close, with the fields of "
+    "an event output, event_id null, ts the event time at which the session expired, session "
+    'the number of the next session, and trigger "session_close". A session that the user\'s '
+    "next event closes (a gap close) gets no extra output, and event outputs are unchanged."
+)
+
 
 class BrokerUnavailableError(StreamError):
     """The Kafka brokers did not respond, or a topic could not be created."""
@@ -77,8 +87,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=(
             "librdkafka settings also come from HIERTCN_KAFKA_<KEY> variables: the key in upper "
             "case with _ for . and __ for _ (HIERTCN_KAFKA_SECURITY_PROTOCOL=SSL sets "
-            "security.protocol). The switches --create-topics, --keep-going, --no-state-sync "
-            "and --rebuild-state have no variable."
+            "security.protocol). The switches --create-topics, --keep-going, --no-state-sync, "
+            "--rebuild-state and --publish-on-session-close have no variable."
         ),
     )
     for option in OPTIONS:
@@ -130,6 +140,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "users' states and publishes their outputs again (for a new host that joins a group of "
         "several hosts, or a new state directory on purpose)",
     )
+    parser.add_argument(
+        "--publish-on-session-close",
+        action="store_true",
+        help=f"{SESSION_CLOSE_HELP} The live recall then scores that first event against this "
+        "output, and the end-to-end latency leaves it out (default: off)",
+    )
     parser.set_defaults(func=run, state_sync=None)
 
 
@@ -171,6 +187,7 @@ def _run(args: argparse.Namespace) -> int:
         create_topics=args.create_topics,
         keep_going=args.keep_going,
         rebuild_state=args.rebuild_state,
+        publish_on_session_close=args.publish_on_session_close,
     )
     # The pool writes its workers' metrics under TMPDIR: fail here, before the slow broker check.
     check_temporary_directory()

@@ -7,13 +7,13 @@ import stream_bundle`); the broker fixture `kafka_bootstrap` comes from conftest
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -200,18 +200,29 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -
         consumer.close()
 
 
-def replay_outputs(bundle: Path, events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Run `stream.replay` over `events` in memory and return its outputs in order."""
-    from export.bundle import load_bundle
-    from stream.pipeline import Pipeline
-    from stream.records import Record
-    from stream.replay import MemoryStates, Replay, ReplayConfig
+def replay_outputs(
+    bundle: Path, events: Sequence[dict[str, Any]], session_close_outputs: bool = False
+) -> list[dict[str, Any]]:
+    """Run `stream.replay` over `events` in memory and return its outputs in order.
 
-    pipeline = Pipeline(load_bundle(bundle, intra_op_threads=1))
-    output = io.StringIO()
-    replay = Replay(pipeline, MemoryStates(), ReplayConfig(batch_size=64), "events", output)
-    replay.run(Record(number, dict(event)) for number, event in enumerate(events))
-    return [json.loads(line) for line in output.getvalue().splitlines()]
+    With `session_close_outputs`, the outputs of timer closes are among them.
+    """
+    from export.bundle import load_bundle
+    from stream.pipeline import Pipeline, PipelineConfig
+    from stream.records import Record
+    from stream.replay import MemoryStates, OutputFile, Replay, ReplayConfig
+
+    pipeline = Pipeline(
+        load_bundle(bundle, intra_op_threads=1),
+        PipelineConfig(session_close_outputs=session_close_outputs),
+    )
+    with tempfile.TemporaryDirectory(prefix="replay-outputs-") as folder:
+        output = OutputFile(Path(folder) / "outputs.jsonl")
+        replay = Replay(pipeline, MemoryStates(), ReplayConfig(batch_size=64), "events", output)
+        replay.run(Record(number, dict(event)) for number, event in enumerate(events))
+        output.close()
+        lines = output.path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
 
 
 @dataclass

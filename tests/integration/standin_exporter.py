@@ -86,7 +86,7 @@ class StandInWorkerExporter:
         metrics.state_write_seconds.observe(rand.uniform(0.0005, 0.005))
         for _ in range(size):
             metrics.events_consumed.labels(partition=rand.choice(PARTITIONS)).inc()
-            metrics.outputs_produced.inc()
+            metrics.outputs_produced.labels(trigger="event").inc()
             metrics.end_to_end_latency.observe(rand.uniform(0.005, 0.08))
             metrics.live_predictions.inc()
             rank = rand.randint(1, 50)
@@ -94,6 +94,9 @@ class StandInWorkerExporter:
             if rank <= int(TOP_K):
                 metrics.live_hits.labels(k=TOP_K).inc()
         metrics.dead_letters.labels(reason=rand.choice(DEAD_LETTER_REASONS)).inc()
-        metrics.sessions_closed.labels(trigger=rand.choice(("gap", "timer"))).inc()
+        trigger = rand.choice(("gap", "timer"))
+        metrics.sessions_closed.labels(trigger=trigger).inc()
+        if trigger == "timer":
+            metrics.outputs_produced.labels(trigger="session_close").inc()
         for partition in PARTITIONS:
             metrics.consumer_lag.labels(partition=partition).set(rand.randint(0, 100))

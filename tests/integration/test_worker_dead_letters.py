@@ -136,7 +136,8 @@ def test_bad_messages_go_to_dead_letter_topic(
     assert _metric(metrics, "hiertcn_dead_letters_total", 'reason="invalid_msgpack"') == 2
     consumed = len(before) + len(after) + len(BAD_MESSAGES)
     assert _metric(metrics, "hiertcn_events_consumed_total", 'partition="0"') == consumed
-    assert _metric(metrics, "hiertcn_outputs_produced_total") == len(before) + len(after)
+    outputs = _metric(metrics, "hiertcn_outputs_produced_total", 'trigger="event"')
+    assert outputs == len(before) + len(after)
     assert _metric(metrics, "hiertcn_inference_seconds_count", 'graph="session_step"') >= 1
     assert _metric(metrics, "hiertcn_end_to_end_latency_seconds_count") == consumed - len(
         BAD_MESSAGES

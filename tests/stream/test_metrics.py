@@ -38,6 +38,7 @@ def test_metric_names_match_dashboard() -> None:
     registry = CollectorRegistry()
     metrics = create_metrics(registry)
     metrics.events_consumed.labels("0").inc()
+    metrics.outputs_produced.labels("event").inc()
     metrics.dead_letters.labels("invalid_ts").inc(2)
     metrics.inference_seconds.labels("session_step").observe(0.01)
     metrics.sessions_closed.labels("gap").inc()

@@ -291,7 +291,7 @@ def test_close_idle_closes_open_sessions(pipeline: Pipeline, bundle: FakeBundle)
     first = pipeline.process([make_event("u1", 1, 0.0), make_event("u2", 2, 0.0)], {})
     bundle.close_calls.clear()
 
-    closed = pipeline.close_idle(first.states)
+    closed = pipeline.close_idle(first.states).states
 
     assert bundle.close_calls == [2]
     state = closed["u1"]
@@ -306,7 +306,7 @@ def test_close_idle_closes_open_sessions(pipeline: Pipeline, bundle: FakeBundle)
 
 def test_event_after_timer_close_opens_session(pipeline: Pipeline, bundle: FakeBundle) -> None:
     first = pipeline.process([make_event("u1", 1, 0.0)], {})
-    closed = pipeline.close_idle(first.states)
+    closed = pipeline.close_idle(first.states).states
     bundle.close_calls.clear()
 
     result = pipeline.process([make_event("u1", 2, 5000.0)], closed)
@@ -320,9 +320,9 @@ def test_event_after_timer_close_opens_session(pipeline: Pipeline, bundle: FakeB
 
 def test_close_idle_skips_closed_sessions(pipeline: Pipeline) -> None:
     first = pipeline.process([make_event("u1", 1, 0.0)], {})
-    closed = pipeline.close_idle(first.states)
+    closed = pipeline.close_idle(first.states).states
 
-    assert pipeline.close_idle(closed) == {}
+    assert pipeline.close_idle(closed).states == {}
 
 
 def test_empty_batch(pipeline: Pipeline, bundle: FakeBundle) -> None:
@@ -490,7 +490,7 @@ def test_close_idle_resets_state_of_other_shape(pipeline: Pipeline, bundle: Fake
     other = FakeBundle(dim=16, layers=1, hidden=16, seed=1)
     stored = _state_of_other_bundle(other, Pipeline(other, PipelineConfig(session_gap=GAP)))
 
-    closed = pipeline.close_idle({"u1": stored})
+    closed = pipeline.close_idle({"u1": stored}).states
 
     assert closed["u1"].session_length == 0
     assert closed["u1"].gru_state.shape == bundle.start_state.shape

@@ -499,7 +499,7 @@ def test_run_epilog_lists_rebuild_state(capsys: pytest.CaptureFixture[str]) -> N
 
     # argparse wraps the help at hyphens, so the check ignores white space.
     help_text = "".join(capsys.readouterr().out.split())
-    assert "--no-state-syncand--rebuild-statehavenovariable" in help_text
+    assert "--rebuild-stateand--publish-on-session-closehavenovariable" in help_text
     assert "(HTTP503),from1to86400" in help_text
 
 

@@ -1,0 +1,209 @@
+"""The worker's session-close outputs without a broker: a real pipeline on the numpy fake
+bundle, a real LMDB store and committer, and a producer whose deliveries the test controls."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from statestore import PartitionPosition, StateStore, StoreConfig
+from stream.config import WorkerConfig
+from stream.metrics import create_metrics
+from stream.pipeline import Pipeline, PipelineConfig
+from stream.worker import Worker
+from tests.stream.fake_bundle import FakeBundle
+
+GAP = 600.0
+# Event times well in the past, so that the ts_in_future check accepts them.
+START = time.time() - 100_000.0
+
+
+class HeldProducer:
+    """A producer that keeps each delivery report until `deliver` runs it."""
+
+    def __init__(self, hold: bool = False) -> None:
+        self.hold = hold
+        self.produced: list[tuple[bytes, dict[str, Any]]] = []  # (key, output map)
+        self.reports: list[Callable[[Any, Any], None]] = []
+
+    def produce(self, topic: str, value: Any, key: Any, headers: Any, on_delivery: Any) -> None:
+        self.produced.append((key, msgpack.unpackb(value)))
+        if self.hold:
+            self.reports.append(on_delivery)
+        else:
+            on_delivery(None, None)
+
+    def deliver(self) -> None:
+        reports, self.reports = self.reports, []
+        for report in reports:
+            report(None, None)
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+    def poll(self, timeout: float) -> int:
+        time.sleep(min(timeout, 0.01))
+        return 0
+
+
+class EventMessage:
+    """A consumed message of one event on partition 0, appended to Kafka at `append_ms`."""
+
+    def __init__(self, offset: int, user: str, row: int, ts: float) -> None:
+        self._offset = offset
+        self._key = user.encode()
+        self._value = msgpack.packb({"user": user, "item": f"i{row}", "ts": ts})
+        self._append_ms = int(time.time() * 1000)
+
+    def topic(self) -> str:
+        return "interactions"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._append_ms)
+
+
+@pytest.fixture
+def make_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    workers: list[Worker] = []
+
+    def make(producer: HeldProducer, publish: bool = True) -> Worker:
+        state_dir = tmp_path / f"state{len(workers)}"
+        config = WorkerConfig(
+            brokers="127.0.0.1:1",
+            bundle=Path("bundle"),
+            state_dir=state_dir,
+            publish_on_session_close=publish,
+        )
+        bundle = FakeBundle()
+        pipeline = Pipeline(
+            bundle, PipelineConfig(session_gap=GAP, top_k=5, session_close_outputs=publish)
+        )
+        store = StateStore(StoreConfig(path=state_dir, sync=False))
+        consumer = SimpleNamespace(get_watermark_offsets=lambda tp, cached: (0, 0))
+        metrics = create_metrics(CollectorRegistry())
+        parts: tuple[Any, ...] = (config, pipeline, store, metrics, consumer, producer)
+        worker = Worker(*parts, bundle.row_of)
+        workers.append(worker)
+        return worker
+
+    yield make
+    for worker in workers:
+        worker.committer.close(timeout=10)
+        worker.store.close()
+
+
+def counter(worker: Worker, trigger: str) -> float:
+    return worker.metrics.outputs_produced.labels(trigger)._value.get()
+
+
+def test_batch_timer_close_output_follows_events(make_worker) -> None:
+    producer = HeldProducer()
+    worker = make_worker(producer)
+    worker._process([EventMessage(0, "u1", 3, START), EventMessage(1, "u2", 4, START + 10)])
+
+    # u2's next event moves the watermark past u1's last event plus the gap.
+    worker._process([EventMessage(2, "u2", 5, START + 1000)])
+    worker.committer.drain()
+
+    outputs = [output for _key, output in producer.produced]
+    assert [(o["user"], o.get("trigger")) for o in outputs] == [
+        ("u1", None),
+        ("u2", None),
+        ("u2", None),
+        ("u1", "session_close"),
+    ]
+    close = outputs[-1]
+    assert producer.produced[-1][0] == b"u1"
+    assert close["event_id"] is None
+    assert close["ts"] == START + GAP
+    assert close["session"] == 2
+    stored = worker.store.read(["u1"])["u1"]
+    assert stored.session_length == 0
+    np.testing.assert_array_equal(stored.last_embedding, session_start(worker, stored.gru_state))
+    assert counter(worker, "event") == 3
+    assert counter(worker, "session_close") == 1
+    # The end-to-end latency counts the three event outputs only.
+    assert latency_count(worker) == 3
+
+
+def session_start(worker: Worker, gru_state: np.ndarray) -> np.ndarray:
+    """Return the fake bundle's user embedding [D] for an empty prefix after `gru_state`."""
+    prefix = np.zeros((1, 1, worker.pipeline.dim), dtype=np.float32)
+    lengths = np.zeros(1, dtype=np.int64)
+    return worker.pipeline.bundle.session_step(prefix, lengths, gru_state[None])[0]
+
+
+def latency_count(worker: Worker) -> float:
+    samples = worker.metrics.end_to_end_latency.collect()[0].samples
+    return next(sample.value for sample in samples if sample.name.endswith("_count"))
+
+
+def test_idle_timer_close_commits_after_delivery(make_worker) -> None:
+    producer = HeldProducer()
+    worker = make_worker(producer)
+    worker._process([EventMessage(0, "u1", 3, START), EventMessage(1, "u2", 4, START + 10)])
+    worker.committer.drain()
+    producer.produced.clear()
+    producer.hold = True
+
+    # An assignment with a stored watermark beyond both sessions' expiry makes a timer pass due.
+    worker._positions[0] = PartitionPosition(2, START + 5000)
+    worker._timers_due.add(0)
+    worker._idle()
+    time.sleep(0.3)
+
+    closes = [output for _key, output in producer.produced]
+    assert sorted(o["user"] for o in closes) == ["u1", "u2"]
+    assert {o["trigger"] for o in closes} == {"session_close"}
+    assert {o["user"]: o["ts"] for o in closes} == {"u1": START + GAP, "u2": START + 10 + GAP}
+    # Undelivered outputs hold back the commit of the states that produced them.
+    assert worker.committer.pending_batches() == 1
+    assert worker.store.read(["u1"])["u1"].session_length == 1
+
+    producer.deliver()
+    worker.committer.drain()
+
+    stored = worker.store.read(["u1", "u2"])
+    assert stored["u1"].session_length == 0
+    assert stored["u2"].session_length == 0
+    assert counter(worker, "session_close") == 2
+
+
+def test_worker_without_flag_publishes_events_only(make_worker) -> None:
+    producer = HeldProducer()
+    worker = make_worker(producer, publish=False)
+    worker._process([EventMessage(0, "u1", 3, START), EventMessage(1, "u2", 4, START + 10)])
+    worker._process([EventMessage(2, "u2", 5, START + 1000)])
+    worker._positions[0] = PartitionPosition(3, START + 5000)
+    worker._timers_due.add(0)
+    worker._idle()
+    worker.committer.drain()
+
+    outputs = [output for _key, output in producer.produced]
+    assert [o["user"] for o in outputs] == ["u1", "u2", "u2"]
+    assert all("trigger" not in o for o in outputs)
+    assert worker.store.read(["u2"])["u2"].session_length == 0
+    assert counter(worker, "event") == 3
