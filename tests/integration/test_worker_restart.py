@@ -7,13 +7,16 @@ directory. The states after an interrupted run must equal those after an uninter
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from tests.integration.fixtures_stream import (
     Output,
@@ -118,13 +121,16 @@ def _interrupt_and_resume(
     create_topics(bootstrap, [topics.output, topics.dead_letter], PARTITIONS)
     state_dir = tmp_path / "state"
     extra = WORKER_FLAGS
-    first = start_worker(bootstrap, bundle, topics, state_dir, tmp_path / "first.log", extra)
-    try:
-        read_topic(bootstrap, topics.output, STOP_AFTER, timeout_s=120)
-        stop(first)
-    finally:
-        if first.process.poll() is None:
-            first.kill_group()
+    # The watcher reads the output topic before the worker starts, because a reader that joins
+    # a group only then can see its first message after the worker has finished every event.
+    with _output_watcher(bootstrap, topics.output) as watcher:
+        first = start_worker(bootstrap, bundle, topics, state_dir, tmp_path / "first.log", extra)
+        try:
+            _wait_for_messages(watcher, STOP_AFTER, timeout_s=120)
+            stop(first)
+        finally:
+            if first.process.poll() is None:
+                first.kill_group()
     after_stop = len(read_topic(bootstrap, topics.output, EVENTS, timeout_s=3))
 
     second = start_worker(bootstrap, bundle, topics, state_dir, tmp_path / "second.log", extra)
@@ -136,6 +142,35 @@ def _interrupt_and_resume(
         if second.process.poll() is None:
             second.kill_group()
     return outputs, after_stop, first.log() + second.log()
+
+
+@contextmanager
+def _output_watcher(bootstrap: str, topic: str) -> Iterator[Consumer]:
+    """Yield a consumer assigned to every partition of `topic` from its start, without a group."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"watcher-{topic}",  # required by the client, unused by assign()
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    try:
+        yield consumer
+    finally:
+        consumer.close()
+
+
+def _wait_for_messages(consumer: Consumer, count: int, timeout_s: float) -> None:
+    """Consume until `count` messages have arrived; fail after `timeout_s` seconds."""
+    seen = 0
+    deadline = time.monotonic() + timeout_s
+    while seen < count:
+        assert time.monotonic() < deadline, f"only {seen} of {count} outputs in {timeout_s} s"
+        for message in consumer.consume(num_messages=1000, timeout=0.05):
+            assert message.error() is None, f"consumer error: {message.error()}"
+            seen += 1
 
 
 def _check_outputs(reference: Reference, outputs: list[Output]) -> int:
