@@ -5,7 +5,8 @@ An export is a stream of records, as JSON lines or as msgpack maps, in this orde
    "bundle_version", "state_shape": [G, H], "embedding_dim": D}` with the metadata of the store
    (each value null when the store has none),
 2. one `{"type": "position", "topic", "partition", "next_offset", "watermark"}` per partition,
-   with `"replay": {"order", "output", "output_bytes"}` added to a replay's position,
+   with `"replay": {"order", "output", "output_bytes", "session_close_outputs"}` added to a
+   replay's position,
 3. one user record per user: in JSON lines `{"type": "user", "user", "state": {field: value}}`
    with arrays as nested lists, in msgpack `{"type": "user", "user", "record": bytes}` with the
    `statestore.codec` record. float32 values survive the JSON round trip exactly, because JSON

@@ -106,7 +106,8 @@ def topic_partition_of_key(key: bytes) -> tuple[str, int]:
 def encode_position(position: PartitionPosition) -> bytes:
     """Encode a partition position as the msgpack array `[next_offset, watermark]`.
 
-    A replay position gets a third element, the map `{"order", "output", "output_bytes"}`.
+    A replay position gets a third element, the map `{"order", "output", "output_bytes",
+    "session_close_outputs"}`.
     Readers of the two-element form (versions before it) reject such a record as corrupt.
     """
     fields: list[object] = [int(position.next_offset), float(position.watermark)]
@@ -116,6 +117,7 @@ def encode_position(position: PartitionPosition) -> bytes:
                 "order": position.replay.order,
                 "output": position.replay.output,
                 "output_bytes": int(position.replay.output_bytes),
+                "session_close_outputs": bool(position.replay.session_close_outputs),
             }
         )
     return msgpack.packb(fields)
@@ -138,4 +140,5 @@ def _replay_progress(fields: dict[str, Any]) -> ReplayProgress:
         order=str(fields["order"]),
         output=None if output is None else str(output),
         output_bytes=int(fields["output_bytes"]),
+        session_close_outputs=bool(fields.get("session_close_outputs", False)),
     )

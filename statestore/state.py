@@ -68,6 +68,8 @@ class ReplayProgress:
     order: str  # "file" or "time": the order in which the position counts records
     output: str | None = None  # absolute path of the --output file, or None without one
     output_bytes: int = 0  # length of --output after the recommendations of counted records
+    # Whether timer closes wrote session-start outputs (--publish-on-session-close).
+    session_close_outputs: bool = False
 
 
 @dataclass(frozen=True)

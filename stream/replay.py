@@ -353,6 +353,7 @@ class Replay:
             order=self.config.order,
             output=None if output is None else str(output.path.resolve()),
             output_bytes=0 if output is None else output.size,
+            session_close_outputs=self.pipeline.config.session_close_outputs,
         )
         return PartitionPosition(consumed, self.watermark, progress)
 
@@ -393,13 +394,18 @@ def count_out_of_order(events: Iterable[Event], states: Mapping[str, UserState])
 
 
 def check_resume(
-    stored: PartitionPosition | None, order: str, output: Path | None, source: Path
+    stored: PartitionPosition | None,
+    order: str,
+    output: Path | None,
+    source: Path,
+    session_close_outputs: bool = False,
 ) -> int | None:
     """Check that this replay continues the stored replay of `source`.
 
     Returns the byte length at which --output continues, or None for a replay from the start.
-    Raises `ConfigError` when the stored replay read the records in another order or wrote
-    another --output file. It raises too when that file is now shorter than what it wrote.
+    Raises `ConfigError` when the stored replay read the records in another order, wrote
+    another --output file, or differs in --publish-on-session-close. It raises too when that
+    file is now shorter than what it wrote.
     """
     if stored is None:
         return None
@@ -420,6 +426,13 @@ def check_resume(
             f"the state directory contains a replay of {source} in --order {progress.order}, "
             f"stopped after {stored.next_offset} records in that order, so it cannot continue "
             f"in --order {order}: pass --order {progress.order}, {redo}"
+        )
+    if progress.session_close_outputs != session_close_outputs:
+        stored_flag = "with" if progress.session_close_outputs else "without"
+        raise ConfigError(
+            f"the stored replay of {source} ran {stored_flag} --publish-on-session-close, so "
+            f"its --output and live metrics would mix two settings: pass the same setting, "
+            f"{redo}"
         )
     target = None if output is None else str(output.resolve())
     if target != progress.output:

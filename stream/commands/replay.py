@@ -185,8 +185,6 @@ def _replay(args: argparse.Namespace) -> int:
     bundle = open_bundle(args.bundle, args.device)
     if args.k is not None:
         check_k(args.k, bundle.num_items)
-    # NOTE: the stored position does not record --publish-on-session-close, so a resume with
-    # the other setting writes the rest of --output with or without the session-close outputs.
     pipeline = Pipeline(
         bundle,
         PipelineConfig(
@@ -278,7 +276,9 @@ def _open_state_dir(
     )
     stack.callback(store_states.store.close)
     stored = store_states.position()
-    output_start = check_resume(stored, args.order, args.output, args.events)
+    output_start = check_resume(
+        stored, args.order, args.output, args.events, args.publish_on_session_close
+    )
     return store_states, None if stored is None else stored.next_offset, output_start
 
 

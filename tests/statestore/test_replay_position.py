@@ -30,11 +30,19 @@ POSITION_0 = PartitionPosition(42, 1_700_000_000.0)  # a Kafka partition's posit
     [
         POSITION,
         PartitionPosition(3, 9.0, ReplayProgress(order="file")),
+        PartitionPosition(5, 2.0, ReplayProgress(order="time", session_close_outputs=True)),
         PartitionPosition(7, 1.0),
     ],
 )
 def test_position_round_trip(position: PartitionPosition) -> None:
     assert decode_position(encode_position(position)) == position
+
+
+def test_progress_without_close_flag_reads_false() -> None:
+    # Replay positions written before the session_close_outputs key had three keys.
+    blob = msgpack.packb([7, 1.0, {"order": "file", "output": None, "output_bytes": 0}])
+
+    assert decode_position(blob).replay == ReplayProgress(order="file")
 
 
 def test_position_without_replay_keeps_two_fields() -> None:
@@ -90,4 +98,9 @@ def test_stats_shows_replay_progress(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert ", time order, --output /out/recs.jsonl at byte 4096" in text
     assert rows[0] == {"topic": "interactions", "partition": 0, "next_offset": 42,
                        "watermark": 1_700_000_000.0}  # fmt: skip
-    assert rows[1]["replay"] == {"order": "time", "output": "/out/recs.jsonl", "output_bytes": 4096}
+    assert rows[1]["replay"] == {
+        "order": "time",
+        "output": "/out/recs.jsonl",
+        "output_bytes": 4096,
+        "session_close_outputs": False,
+    }

@@ -336,6 +336,31 @@ def test_resume_in_other_order_rejected(
     assert output.read_bytes() == before
 
 
+@pytest.mark.parametrize("first_with_flag", [True, False])
+def test_resume_with_other_close_flag_rejected(
+    onnx_bundle_dir: Path,
+    events: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    first_with_flag: bool,
+) -> None:
+    output, state_dir = tmp_path / "recs.jsonl", tmp_path / "state"
+    flags = ["--state-dir", str(state_dir), "--output", str(output)]
+    close_flag = ["--publish-on-session-close"]
+    first, second = (close_flag, []) if first_with_flag else ([], close_flag)
+    assert replay(events, onnx_bundle_dir, *flags, *first) == 0
+    before = output.read_bytes()
+    capsys.readouterr()
+
+    code = replay(events, onnx_bundle_dir, *flags, *second)
+
+    err = capsys.readouterr().err
+    stored = "with" if first_with_flag else "without"
+    assert code == 2
+    assert f"ran {stored} --publish-on-session-close" in err
+    assert output.read_bytes() == before
+
+
 # Messages of an interrupted and of a resumed replay -----------------------------------------
 
 
