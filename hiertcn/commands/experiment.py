@@ -203,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
     from hiertcn.commands.train import model_config_from_args, train_config_from_args
     from hiertcn.data.options import data_config_from_args
     from hiertcn.experiments.runner import RunCache
+    from hiertcn.memory import report_out_of_memory
     from hiertcn.train import set_threads
 
     reject_unread_flags(args)
@@ -226,8 +227,13 @@ def run(args: argparse.Namespace) -> int:
     check_out_dir(args.out, force=args.force)
     # The thread count applies to every variant, and each set-up line records it.
     set_threads(train.threads)
+    fix = (
+        f"lower --batch-size (now {train.batch_size}), or the model sizes --embedding-dim, "
+        "--hidden-size and --tcn-channels"
+    )
     for name in chosen:
-        _RUNNERS[name](**context)
+        with report_out_of_memory(f"experiment {name}", fix):
+            _RUNNERS[name](**context)
     print(f"experiment tables and plots are in {args.out}")
     return 0
 

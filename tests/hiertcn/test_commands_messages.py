@@ -168,6 +168,21 @@ def test_failed_allocation_names_flags(tmp_path, capsys):
     assert "Traceback" not in error
 
 
+def test_failed_allocation_in_experiment_names_flags(tmp_path, capsys):
+    log, out = tmp_path / "log.csv", tmp_path / "experiment"
+    write_log(log)
+    data = ["--format", "csv", "--min-item-count", "1", "--min-user-events", "1"]
+    # As above: 2**57 float32 values cannot be allocated, so the failure comes at once.
+    argv = ["experiment", "compare", str(log), *data, "--models", "hrnn", "--splits", "cold",
+            "--embedding-dim", str(2**57), "--out", str(out), "--no-progress"]  # fmt: skip
+
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert "hiertcn: error: experiment compare ran out of memory (RuntimeError: " in error
+    assert "lower --batch-size (now 32), or the model sizes --embedding-dim" in error
+    assert "Traceback" not in error
+
+
 def terminate_after_epochs(monkeypatch, epochs: int) -> None:
     """Make train_model run `epochs` epochs, then send this process SIGTERM."""
     real_train_model = train_module.train_model
