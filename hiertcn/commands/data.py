@@ -3,6 +3,7 @@
 hiertcn data stats FILE|DIR [--format ...] [filter flags] [--splits] [--json]
 hiertcn data prepare FILE --out DIR [data flags] [--force]
 hiertcn data synthetic OUT.csv [--users N] [--items N] [--seed N] [--force]
+hiertcn data events FILE|DIR --out EVENTS.jsonl [--part test] [data flags] [--force]
 
 `hiertcn train`, `hiertcn evaluate` and `hiertcn data stats` take the folder DIR that `prepare`
 writes in place of the log FILE, and then skip reading, filtering and splitting. The folder
@@ -26,7 +27,12 @@ from hiertcn.data.options import (
     load_dataset,
     prepare_log,
 )
-from hiertcn.data.prepared import is_prepared_folder, prepare_dataset, save_prepared
+from hiertcn.data.prepared import (
+    enclosing_prepared_folder,
+    is_prepared_folder,
+    prepare_dataset,
+    save_prepared,
+)
 from hiertcn.data.prepared_files import check_prepare_out, remove_prepared
 from hiertcn.data.stats import WARM_SPLIT_NOTE, compute_stats, format_stats_table
 from hiertcn.data.synthetic import generate_synthetic_log
@@ -107,6 +113,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     synthetic.set_defaults(func=run_synthetic)
 
+    events = commands.add_parser(
+        "events",
+        help="write one part of the split as a JSON Lines event file for hiertcn-stream replay",
+        description="Read, filter, sessionize and split a log with the data flags of training "
+        "(or load a folder written by `hiertcn data prepare`), and write the events of one part "
+        "as JSON Lines in the stream's input format: user, item, ts in seconds, event_id "
+        "PART-N, and impressions when the log has them. Lines are sorted by time, so "
+        "`hiertcn-stream replay --events OUT` replays the part as the stream would deliver it. "
+        "With the default cold split, replay then scores the events that `hiertcn evaluate` "
+        "ranks. A warm split's test part also holds each user's earlier events, which evaluate "
+        "does not rank but replay scores.",
+    )
+    add_data_arguments(events, prepared_folder=True)
+    events.add_argument(
+        "--part",
+        choices=("train", "valid", "test", "all"),
+        default="test",
+        help="the part of the split to write; all is the whole filtered log (default: test)",
+    )
+    events.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="JSON Lines file to write"
+    )
+    events.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out if it already exists (default: an existing file is rejected)",
+    )
+    events.set_defaults(func=run_events)
+
 
 def run_stats(args: argparse.Namespace) -> int:
     """Print the statistics of the filtered log, and of its split with --splits."""
@@ -159,6 +194,40 @@ def run_prepare(args: argparse.Namespace) -> int:
             "pass a folder that can be created and written"
         ) from None
     print(f"saved all/, train/, valid/, test/, summary.json and prepared.json under {out}")
+    return 0
+
+
+def run_events(args: argparse.Namespace) -> int:
+    """Write the events of one part of the split to --out as JSON Lines."""
+    from hiertcn.data.event_export import write_event_file
+
+    out: Path = args.out
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder: pass a file path, e.g. {out / 'test.jsonl'}")
+    if out.exists() and not args.force:
+        raise ConfigError(
+            f"--out {out} already exists: pass --force to replace it, or another file path"
+        )
+    _check_ancestors_are_folders(out, "--out")
+    data = None if args.data is None else Path(args.data)
+    if data is not None and data.exists() and out.resolve() == data.resolve():
+        raise ConfigError(f"--out {out} is the input log: pass a new file path")
+    prepared = enclosing_prepared_folder(out.parent)
+    if prepared is not None:
+        raise ConfigError(
+            f"--out {out} is inside the prepared folder {prepared}, which only "
+            "`hiertcn data prepare` writes: pass a path outside it"
+        )
+    dataset = load_dataset(args)
+    log = dataset.log if args.part == "all" else getattr(dataset, args.part)
+    try:
+        count = write_event_file(log, args.part, out)
+    except OSError as error:
+        raise DataError(
+            f"cannot write --out {out}: {error.strerror} ({error.filename}): "
+            "pass a file path in a folder that can be created and written"
+        ) from None
+    print(f"wrote {count} events of {log.num_users} users ({args.part} part) to {out}")
     return 0
 
 

@@ -1,0 +1,142 @@
+"""`hiertcn data events`: one part of the split as a JSON Lines file that replay reads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hiertcn.cli import main
+from hiertcn.data.event_export import event_maps
+from hiertcn.data.log import build_event_log
+from hiertcn.data.readers import ReaderConfig, read_log
+from stream.events import Event, EventConfig, Position, decode_event
+from stream.records import encode_fields, read_records
+
+NO_FILTERS = ("--format", "csv", "--min-item-count", "1", "--min-user-events", "1")
+
+
+def write_interleaved_log(path) -> None:
+    """Ten users whose events interleave in time; each user's rows are grouped in the file."""
+    lines = ["user,item,timestamp"]
+    for user in range(10):
+        for event in range(5):
+            lines.append(f"u{user},i{(user + event) % 7},{1_600_000_000 + 60 * event + user}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_test_part_written_in_time_order(tmp_path, capsys):
+    log, out = tmp_path / "log.csv", tmp_path / "test.jsonl"
+    write_interleaved_log(log)
+
+    assert main(["data", "events", str(log), *NO_FILTERS, "--out", str(out)]) == 0
+
+    events = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    times = [event["ts"] for event in events]
+    assert len(events) == 5  # the cold split's test part: 1 of 10 users, 5 events
+    assert times == sorted(times)
+    assert [event["event_id"] for event in events] == [f"test-{n}" for n in range(5)]
+    assert {event["user"] for event in events} == {events[0]["user"]}
+    assert set(events[0]) == {"user", "item", "ts", "event_id"}
+    assert "wrote 5 events of 1 users (test part)" in capsys.readouterr().out
+
+
+def test_all_part_interleaves_users(tmp_path):
+    log, out = tmp_path / "log.csv", tmp_path / "all.jsonl"
+    write_interleaved_log(log)
+
+    assert main(["data", "events", str(log), *NO_FILTERS, "--part", "all", "--out", str(out)]) == 0
+
+    events = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(events) == 50
+    assert [event["ts"] for event in events] == sorted(event["ts"] for event in events)
+    assert [event["user"] for event in events[:10]] == [f"u{user}" for user in range(10)]
+
+
+def test_lines_decode_as_stream_events(tmp_path):
+    log, out = tmp_path / "log.csv", tmp_path / "all.jsonl"
+    write_interleaved_log(log)
+    assert main(["data", "events", str(log), *NO_FILTERS, "--part", "all", "--out", str(out)]) == 0
+    row_of = {f"i{item}": item for item in range(7)}
+
+    records = list(read_records(out))
+    config = EventConfig()
+    decoded = [
+        decode_event(None, encode_fields(record.fields), Position("f", -1, n), row_of, config)
+        for n, record in enumerate(records)
+    ]
+
+    assert len(records) == 50
+    assert all(record.error is None for record in records)
+    assert all(isinstance(result, Event) for result in decoded), decoded[:3]
+
+
+def test_impressions_keep_known_items(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text(
+        "user,item,timestamp,shown\nv,b,50,\nu,a,10,a|b|zz\nu,b,20,\nu,c,9000,c|a\nw,a,5,\n",
+        encoding="utf-8",
+    )
+    log = build_event_log(read_log(path, ReaderConfig(format="csv", impressions_col="shown")), 1800)
+
+    events = list(event_maps(log, "all"))
+
+    assert [event["ts"] for event in events] == [5, 10, 20, 50, 9000]
+    assert events[1]["impressions"] == ["a", "b"]  # "zz" is outside the vocabulary
+    assert events[4]["impressions"] == ["c", "a"]
+    assert "impressions" not in events[0]  # an event without a list
+
+
+@pytest.mark.parametrize("existing", ["file", "folder"])
+def test_existing_out_rejected(tmp_path, capsys, existing):
+    log, out = tmp_path / "log.csv", tmp_path / "test.jsonl"
+    write_interleaved_log(log)
+    if existing == "file":
+        out.write_text("keep\n", encoding="utf-8")
+        expected = "already exists: pass --force to replace it"
+    else:
+        out.mkdir()
+        expected = "is a folder: pass a file path"
+
+    assert main(["data", "events", str(log), *NO_FILTERS, "--out", str(out)]) == 2
+
+    assert expected in capsys.readouterr().err
+    if existing == "file":
+        assert out.read_text(encoding="utf-8") == "keep\n"
+
+
+def test_out_equal_to_log_rejected(tmp_path, capsys):
+    log = tmp_path / "log.csv"
+    write_interleaved_log(log)
+    before = log.read_bytes()
+
+    code = main(["data", "events", str(log), *NO_FILTERS, "--out", str(log), "--force"])
+
+    assert code == 2
+    assert "is the input log: pass a new file path" in capsys.readouterr().err
+    assert log.read_bytes() == before
+
+
+def test_out_inside_prepared_folder_rejected(tmp_path, capsys):
+    log, prepared = tmp_path / "log.csv", tmp_path / "prepared"
+    write_interleaved_log(log)
+    assert main(["data", "prepare", str(log), *NO_FILTERS, "--out", str(prepared)]) == 0
+    out = prepared / "test.jsonl"
+
+    code = main(["data", "events", str(prepared), "--out", str(out)])
+
+    assert code == 2
+    assert f"is inside the prepared folder {prepared.resolve()}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_prepared_folder_gives_same_file(tmp_path):
+    log, prepared = tmp_path / "log.csv", tmp_path / "prepared"
+    write_interleaved_log(log)
+    assert main(["data", "prepare", str(log), *NO_FILTERS, "--out", str(prepared)]) == 0
+    from_log, from_folder = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+
+    assert main(["data", "events", str(log), *NO_FILTERS, "--out", str(from_log)]) == 0
+    assert main(["data", "events", str(prepared), "--out", str(from_folder)]) == 0
+
+    assert from_folder.read_bytes() == from_log.read_bytes()
