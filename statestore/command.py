@@ -68,9 +68,10 @@ def _register_stats_and_get(actions: Any) -> None:
     stats = actions.add_parser(
         "stats",
         help="print user, session, partition and map-size counts",
-        description="Print the number of users and open sessions, the LMDB map size and the "
-        "bytes in use, the reader slots in use, the store's metadata (schema and bundle "
-        "version), and the next offset and watermark of every partition position.",
+        description="Print the number of users and open sessions, the LMDB map size recorded "
+        "in data.mdb by the store's writers and the bytes in use, the reader slots in use, the "
+        "store's metadata (schema and bundle version), and the next offset and watermark of "
+        "every partition position.",
     )
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(func=run_stats)
@@ -222,6 +223,9 @@ def run_stats(args: argparse.Namespace) -> int:
     """Print the counts and sizes of the store."""
     state_dir = state_dir_of(args)
     with open_store(state_dir) as store:
+        # The store opens with the default map size of `StoreConfig`, larger than a map that
+        # workers started with a small --state-map-size, so report the size they recorded.
+        store.adopt_recorded_map_size()
         stats = maintenance.collect_stats(store)
     positions = [
         _position_row(topic, partition, position)

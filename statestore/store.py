@@ -78,6 +78,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 GIB = 1 << 30
+# Default of `StoreConfig.max_map_size`: the map never grows beyond it (bytes).
+MAX_MAP_SIZE = 1 << 40
 _DATABASE_NAMES = (b"users", b"positions", b"timers", b"meta")
 # Retries of one transaction: growing a 64 KiB map to 1 TiB takes 24 doublings, and another
 # process may grow the map between them, which costs one more retry each time.
@@ -104,7 +106,7 @@ class StoreConfig:
 
     path: str | Path  # the state directory; created when missing
     map_size: int = GIB  # initial LMDB map size (bytes); grows on demand
-    max_map_size: int = 1 << 40  # the map never grows beyond this (bytes)
+    max_map_size: int = MAX_MAP_SIZE  # the map never grows beyond this (bytes)
     sync: bool = True  # fsync on every commit (MDB_NOSYNC when False)
     metasync: bool = True  # fsync the meta page separately (MDB_NOMETASYNC when False)
     max_readers: int = 126  # reader slots in lock.mdb: one per concurrent read transaction
@@ -545,6 +547,22 @@ class StateStore:
     def map_size(self) -> int:
         """Return the current LMDB map size of this process (bytes)."""
         return int(self._env.info()["map_size"])
+
+    def adopt_recorded_map_size(self) -> int:
+        """Set this process's map to the size recorded in data.mdb, and return it (bytes).
+
+        On open, LMDB maps `StoreConfig.map_size` (at least the size of the data), not the
+        recorded size, and a commit records the map of the process that made it when that map is
+        larger. So after this call, `map_size()` returns the size that the store's writers
+        recorded, not the one this process requested. The map still grows on demand.
+        """
+        self._check_process()
+        with self._lock.exclusive():
+            try:
+                self._env.set_mapsize(0)  # 0: the size in the newest meta page
+            except lmdb.Error as error:
+                raise self._translate(error, "map resize") from error
+        return self.map_size()
 
     def close(self) -> None:
         """Close the environment; in a forked child, only drop the reference."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from statestore.store import MAX_MAP_SIZE, format_size
 from stream.errors import ConfigError
 from stream.events import DEFAULT_MAX_FUTURE_SECONDS
 from stream.kafka_settings import (
@@ -36,6 +37,10 @@ _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _SIZE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
 _SIZE_UNITS.update({"ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4})
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
+# Limits of --state-map-size (bytes). The maximum is the state store's maximum map size, because
+# the store rejects a larger initial map.
+MIN_STATE_MAP_SIZE = 1 << 20
+MAX_STATE_MAP_SIZE = MAX_MAP_SIZE
 
 # librdkafka settings that a flag of `run` sets, with that flag.
 FLAG_KAFKA_SETTINGS = {"bootstrap.servers": "--brokers", "group.id": "--group-id"}
@@ -69,6 +74,11 @@ def parse_size(text: str) -> int:
         raise ValueError(f"invalid size {text!r}: expected bytes or a number with a unit (1GiB)")
     number, unit = match.groups()
     return int(float(number) * _SIZE_UNITS[(unit or "").lower()])
+
+
+def format_flag_size(size: int) -> str:
+    """Return a byte count as `parse_size` reads it, for example `64KiB` or `1.5GiB`."""
+    return format_size(size).replace(" ", "")
 
 
 def parse_int(text: str) -> int:
@@ -180,7 +190,9 @@ OPTIONS: tuple[Option, ...] = (
         "state_map_size",
         "--state-map-size",
         parse_size,
-        "initial LMDB map size in bytes; units such as 512MiB or 4GiB are accepted",
+        f"initial LMDB map size in bytes, from {format_flag_size(MIN_STATE_MAP_SIZE)} to "
+        f"{format_flag_size(MAX_STATE_MAP_SIZE)}; units such as 512MiB or 4GiB are accepted. "
+        f"The map grows on demand up to {format_flag_size(MAX_STATE_MAP_SIZE)}",
         "BYTES",
     ),
     Option(
@@ -317,7 +329,7 @@ def validate(config: WorkerConfig) -> None:
         _check_range(config, "session_gap", 1e-3, 365 * 86_400)
     if config.k is not None:
         _check_range(config, "k", 1, 100_000)
-    _check_range(config, "state_map_size", 1 << 20, 1 << 44)
+    _check_size_range(config, "state_map_size", MIN_STATE_MAP_SIZE, MAX_STATE_MAP_SIZE)
     _check_range(config, "metrics_port", 0, 65_535)
     _check_range(config, "health_stall_seconds", 1, 86_400)
     _check_range(config, "partitions", 1, 10_000)
@@ -437,6 +449,15 @@ def _check_range(config: WorkerConfig, name: str, low: float, high: float) -> No
     if not low <= value <= high:
         raise ConfigError(
             f"invalid {_setting(config, name, value)}: expected a value from {low} to {high}"
+        )
+
+
+def _check_size_range(config: WorkerConfig, name: str, low: int, high: int) -> None:
+    value = getattr(config, name)
+    if not low <= value <= high:
+        raise ConfigError(
+            f"invalid {_setting(config, name, value)} ({format_flag_size(value)}): expected a "
+            f"size from {format_flag_size(low)} to {format_flag_size(high)}, for example 512MiB"
         )
 
 

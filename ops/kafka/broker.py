@@ -80,10 +80,19 @@ class LocalBroker:
         logger.info("Kafka broker started at %s, log %s", self._bootstrap, self.log_path)
         return self._bootstrap
 
-    def stop(self) -> None:
-        """Stop the broker (SIGTERM, then SIGKILL after the timeout) and delete its data."""
-        self._run("stop", "--timeout", str(int(self.config.stop_timeout_s)))
-        logger.info("Kafka broker stopped (state folder %s)", self.config.state_dir)
+    def stop(self, keep_data: bool = False) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL after the timeout) and delete its data.
+
+        With `keep_data`, the data folder stays, and the next `start()` runs the broker again
+        on it, on the same port.
+        """
+        keep = ("--keep-data",) if keep_data else ()
+        self._run("stop", "--timeout", str(int(self.config.stop_timeout_s)), *keep)
+        logger.info(
+            "Kafka broker stopped (state folder %s, data %s)",
+            self.config.state_dir,
+            "kept" if keep_data else "deleted",
+        )
         self._bootstrap = None
 
     def is_running(self) -> bool:

@@ -4,14 +4,18 @@
 #
 #   ops/kafka/kafka.sh fetch                         resolve the jars once (no-op when present)
 #   ops/kafka/kafka.sh start [--port N] [--timeout S] start in the background, print HOST:PORT
-#   ops/kafka/kafka.sh stop [--timeout S]            SIGTERM, then SIGKILL after S seconds
+#   ops/kafka/kafka.sh stop [--timeout S] [--keep-data]
+#                                                    SIGTERM, then SIGKILL after S seconds
+#   ops/kafka/kafka.sh restart [--timeout S]         stop --keep-data, then start again
 #   ops/kafka/kafka.sh status                        exit 0 and print HOST:PORT while running
 #   ops/kafka/kafka.sh logs [-n LINES]               print the end of the broker log
 #
 # Every subcommand takes --state-dir DIR (default $KAFKA_STATE_DIR, else .local/kafka in the
 # repository). That folder holds the pid file, the bootstrap address, the generated
 # server.properties and broker.log; the broker's data lives in a fresh temporary folder that
-# `stop` deletes. Needs Java 17 and python3; `fetch` needs Maven.
+# `stop` deletes. `stop --keep-data` keeps that folder, and the next `start` runs the broker
+# again on it, with the same topics, offsets and port (a broker outage drill). Needs Java 17
+# and python3; `fetch` needs Maven.
 # Environment: KAFKA_HEAP_OPTS (default -Xms128m -Xmx512m), KAFKA_JVM_OPTS (extra JVM flags).
 
 set -euo pipefail
@@ -21,7 +25,7 @@ REPO_ROOT="$(cd "$KAFKA_DIR/../.." && pwd)"
 LIB_DIR="$KAFKA_DIR/lib"
 
 usage() {
-    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 die() {
@@ -82,10 +86,12 @@ read_pid() {
 
 # Succeed when the pid file names a live broker of this state folder. Checking the command line
 # keeps `stop` from signalling an unrelated process that reused the pid of a crashed broker.
+# -ww: without it, ps cuts the command line at the width of a terminal on any standard stream,
+# and the long class path pushes the path of server.properties beyond 80 columns.
 is_running() {
     local pid
     pid="$(read_pid)" || return 1
-    ps -p "$pid" -o args= 2>/dev/null | grep -qF "$STATE_DIR/server.properties"
+    ps -ww -p "$pid" -o args= 2>/dev/null | grep -qF "$STATE_DIR/server.properties"
 }
 
 write_config() {
@@ -96,9 +102,10 @@ write_config() {
         "$KAFKA_DIR/server.properties.template" >"$STATE_DIR/server.properties"
 }
 
-# Wait until the broker responds to a Metadata request. Fail at once when the JVM exits.
+# Wait until the broker responds to a Metadata request. Fail at once when the JVM exits. On a
+# timeout, stop the broker, and keep its data when keep_data is 1.
 wait_ready() {
-    local bootstrap="$1" timeout="$2" pid="$3"
+    local bootstrap="$1" timeout="$2" pid="$3" keep_data="$4"
     local deadline=$((SECONDS + timeout))
     while ((SECONDS < deadline)); do
         if ! kill -0 "$pid" 2>/dev/null; then
@@ -111,7 +118,7 @@ wait_ready() {
         sleep 0.5
     done
     tail -n 40 "$STATE_DIR/broker.log" >&2
-    cmd_stop 10 >&2
+    cmd_stop 10 "$keep_data" >&2
     die "timed out after ${timeout}s waiting for a Metadata response from $bootstrap: see $STATE_DIR/broker.log, or raise --timeout"
 }
 
@@ -120,6 +127,10 @@ cmd_start() {
     jars_present || die "Kafka jars not found in $LIB_DIR: run '$0 fetch' first"
     if is_running; then
         die "a broker is already running for $STATE_DIR (pid $(read_pid), $(cat "$STATE_DIR/bootstrap")): stop it or pass another --state-dir"
+    fi
+    if [[ -f "$STATE_DIR/kept" ]]; then
+        resume_kept "$port" "$timeout"
+        return
     fi
 
     if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port > 65535)); then
@@ -139,6 +150,28 @@ cmd_start() {
         --config "$STATE_DIR/server.properties" >>"$STATE_DIR/broker.log" 2>&1 \
         || { tail -n 20 "$STATE_DIR/broker.log" >&2; die "formatting KRaft storage in $data_dir failed"; }
 
+    launch "$bootstrap" "$timeout" 0
+}
+
+# Start the broker again on the data folder and port that `stop --keep-data` kept.
+resume_kept() {
+    local port="$1" timeout="$2" bootstrap data_dir
+    bootstrap="$(cat "$STATE_DIR/bootstrap")"
+    data_dir="$(cat "$STATE_DIR/data_dir")"
+    [[ -d "$data_dir" ]] || die "the kept broker data folder $data_dir is missing: run '$0 stop' to forget it, then start again"
+    if [[ "$port" != 0 && "127.0.0.1:$port" != "$bootstrap" ]]; then
+        die "the kept broker data belongs to a broker on $bootstrap, not port $port: omit --port, or run '$0 stop' to delete the data"
+    fi
+    echo "resuming the broker on $bootstrap with the data kept in $data_dir" >&2
+    set_java_cmd
+    launch "$bootstrap" "$timeout" 1
+    rm -f "$STATE_DIR/kept"
+}
+
+# Run the broker in the background with $STATE_DIR/server.properties, wait until it responds
+# and print HOST:PORT. keep_data=1 keeps the data folder when the broker does not respond.
+launch() {
+    local bootstrap="$1" timeout="$2" keep_data="$3"
     # setsid gives the broker its own session, so a Ctrl-C in the calling shell does not reach
     # it. The script runs without job control, so setsid execs java in place and $! is its pid.
     setsid "${JAVA_CMD[@]}" kafka.Kafka "$STATE_DIR/server.properties" \
@@ -147,12 +180,13 @@ cmd_start() {
     echo "$pid" >"$STATE_DIR/pid"
     echo "$bootstrap" >"$STATE_DIR/bootstrap"
 
-    wait_ready "$bootstrap" "$timeout" "$pid"
+    wait_ready "$bootstrap" "$timeout" "$pid" "$keep_data"
     echo "$bootstrap"
 }
 
+# Stop the broker. keep_data=1 keeps its data folder and address for the next `start`.
 cmd_stop() {
-    local timeout="$1" pid
+    local timeout="$1" keep_data="${2:-0}" pid
     if ! is_running; then
         echo "no broker running for $STATE_DIR"
     else
@@ -168,11 +202,27 @@ cmd_stop() {
         fi
         echo "stopped the broker (pid $pid)"
     fi
+    if ((keep_data)) && [[ -f "$STATE_DIR/data_dir" && -f "$STATE_DIR/bootstrap" ]]; then
+        touch "$STATE_DIR/kept"
+        rm -f "$STATE_DIR/pid"
+        echo "kept the broker data in $(cat "$STATE_DIR/data_dir"): 'start' resumes it on $(cat "$STATE_DIR/bootstrap")"
+        return
+    fi
     if [[ -f "$STATE_DIR/data_dir" ]]; then
         rm -rf "$(cat "$STATE_DIR/data_dir")"
         rm -f "$STATE_DIR/data_dir"
     fi
-    rm -f "$STATE_DIR/pid" "$STATE_DIR/bootstrap"
+    rm -f "$STATE_DIR/pid" "$STATE_DIR/bootstrap" "$STATE_DIR/kept"
+}
+
+cmd_restart() {
+    local port="$1" stop_timeout="$2" start_timeout="$3"
+    if is_running; then
+        cmd_stop "$stop_timeout" 1 >&2
+    elif [[ ! -f "$STATE_DIR/kept" ]]; then
+        die "no broker running for $STATE_DIR and no kept data to resume: use '$0 start'"
+    fi
+    cmd_start "$port" "$start_timeout"
 }
 
 cmd_status() {
@@ -181,6 +231,9 @@ cmd_status() {
         return 0
     fi
     echo "not running (state folder $STATE_DIR)"
+    if [[ -f "$STATE_DIR/kept" ]]; then
+        echo "kept data in $(cat "$STATE_DIR/data_dir"): 'start' resumes it on $(cat "$STATE_DIR/bootstrap")"
+    fi
     return 3
 }
 
@@ -190,27 +243,32 @@ main() {
     shift
 
     STATE_DIR="${KAFKA_STATE_DIR:-$REPO_ROOT/.local/kafka}"
-    local port="${KAFKA_PORT:-0}" timeout="" lines=50
+    local port="${KAFKA_PORT:-0}" timeout="" lines=50 keep_data=0
     while (($#)); do
         case "$1" in
             --state-dir) STATE_DIR="$2"; shift 2 ;;
             --port) port="$2"; shift 2 ;;
             --timeout) timeout="$2"; shift 2 ;;
             -n) lines="$2"; shift 2 ;;
+            --keep-data) keep_data=1; shift ;;
             -h | --help) usage; exit 0 ;;
             *) die "unknown option $1: see '$0 --help'" ;;
         esac
     done
     STATE_DIR="$(mkdir -p "$STATE_DIR" && cd "$STATE_DIR" && pwd)"
+    if ((keep_data)) && [[ "$command" != stop ]]; then
+        die "--keep-data is an option of stop only: see '$0 --help'"
+    fi
 
     case "$command" in
         fetch) cmd_fetch ;;
         start) cmd_start "$port" "${timeout:-90}" ;;
-        stop) cmd_stop "${timeout:-30}" ;;
+        stop) cmd_stop "${timeout:-30}" "$keep_data" ;;
+        restart) cmd_restart "$port" "${timeout:-30}" "${timeout:-90}" ;;
         status) cmd_status ;;
         logs) tail -n "$lines" "$STATE_DIR/broker.log" ;;
         -h | --help | help) usage ;;
-        *) die "unknown subcommand $command: expected fetch, start, stop, status or logs" ;;
+        *) die "unknown subcommand $command: expected fetch, start, stop, restart, status or logs" ;;
     esac
 }
 

@@ -28,6 +28,9 @@ from stream.config import (
     WorkerConfig,
     build_config,
     check_k,
+    format_flag_size,
+    format_setting,
+    parse_size,
     source_of,
 )
 from stream.errors import ConfigError, StreamError
@@ -97,6 +100,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             default_text = "required"
         elif default is None:
             default_text = "default: the bundle's"
+        elif option.parse is parse_size:
+            default_text = f"default {format_flag_size(default)}"
         else:
             default_text = f"default {default}"
         parser.add_argument(
@@ -390,6 +395,8 @@ def check_topics(config: WorkerConfig) -> None:
     metadata = wait_for_metadata(admin, config.brokers)
     topics = (config.input_topic, config.output_topic, config.dead_letter_topic)
     missing = [topic for topic in topics if topic not in metadata.topics]
+    if config.create_topics and config.input_topic in metadata.topics:
+        warn_if_fewer_partitions(config, len(metadata.topics[config.input_topic].partitions))
     if not missing:
         return
     if not config.create_topics:
@@ -409,3 +416,38 @@ def check_topics(config: WorkerConfig) -> None:
                 raise BrokerUnavailableError(
                     f"could not create topic {topic!r} on {config.brokers}: {error}"
                 ) from error
+
+
+def warn_if_fewer_partitions(config: WorkerConfig, partitions: int) -> None:
+    """Warn when the existing input topic has fewer partitions than --create-topics would create.
+
+    `--create-topics` leaves an existing topic as it is, for example one that the broker created
+    with its default partition count when a producer wrote to it first.
+    """
+    if partitions >= config.partitions:
+        return
+    processes = config.processes
+    if processes > partitions:
+        effect = (
+            f"{processes - partitions} of the {processes} workers "
+            f"({_setting(config, 'processes', processes)}) will get no partition and stay idle"
+        )
+    else:
+        effect = f"at most {partitions} workers of the consumer group can get partitions"
+    logger.warning(
+        "input topic %s already exists with %d partition(s), fewer than %s, and --create-topics "
+        "leaves it as it is: %s. To add partitions, run kafka-topics.sh --bootstrap-server %s "
+        "--alter --topic %s --partitions %d. Producers then send the new events of some users "
+        "to other partitions",
+        config.input_topic,
+        partitions,
+        _setting(config, "partitions", config.partitions),
+        effect,
+        config.brokers,
+        config.input_topic,
+        config.partitions,
+    )
+
+
+def _setting(config: WorkerConfig, name: str, value: object) -> str:
+    return format_setting(source_of(config, name), value)

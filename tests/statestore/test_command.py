@@ -23,9 +23,11 @@ from statestore import (
     maintenance,
 )
 from statestore.codec import SCHEMA_VERSION, encode_state
+from statestore.store import GIB, format_size
 from tests.statestore.helpers import make_read_only, make_state
 
 DAY = 86_400.0
+MIB = 1 << 20
 NEWEST = 1_700_000_000.0
 
 
@@ -88,6 +90,24 @@ def test_stats_json_is_parseable(state_dir: Path, capsys: pytest.CaptureFixture[
         "next_offset": 42,
         "watermark": NEWEST,
     }
+
+
+def test_stats_reports_recorded_map_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Workers started with a 1 MiB map grew it, and `stats` opens with the 1 GiB default.
+    path = tmp_path / "state"
+    with StateStore(StoreConfig(path=path, map_size=MIB, sync=False)) as store:
+        states = {f"user-{i}": make_state(seed=i, session_length=100_000) for i in range(8)}
+        store.commit(states, {})
+        grown = store.map_size()
+    assert MIB < grown < GIB
+
+    assert _run("--state-dir", str(path), "stats", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["map_size"] == grown
+
+    assert _run("--state-dir", str(path), "stats") == 0
+    assert f"map size         {format_size(grown)}\n" in capsys.readouterr().out
 
 
 def test_stats_partition_without_event_time(
