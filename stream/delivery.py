@@ -49,11 +49,22 @@ class OutputRecord:
 
 @dataclass(frozen=True)
 class DeliveryConfig:
-    """How long to wait for delivery reports, and how often to retry."""
+    """How long to wait for delivery reports, and how often to try a failed record.
+
+    The worker sets librdkafka's delivery.timeout.ms to `timeout`, so each try of a record gets
+    its report within `timeout` seconds. Tries of a record start at least `timeout` seconds
+    apart, and `Deliverer.wait` gives up `max_wait_seconds` after it began: that is how long a
+    broker outage may last before the worker stops.
+    """
 
     brokers: str  # named in the error message
-    timeout: float = 10.0  # seconds of one wait for the reports of a batch
-    attempts: int = 6  # waits in all before DeliveryError
+    timeout: float = 10.0  # seconds between the starts of two tries of a failed record
+    attempts: int = 6  # tries of a record before DeliveryError
+
+    @property
+    def max_wait_seconds(self) -> float:
+        """The maximum wait of `Deliverer.wait`, in seconds: `timeout * attempts`."""
+        return self.timeout * self.attempts
 
 
 class Deliverer:
@@ -84,40 +95,70 @@ class Deliverer:
     def wait(self, records: Sequence[OutputRecord]) -> None:
         """Wait until the broker has acknowledged every record of `records`.
 
-        A record whose delivery failed is produced again, and a record without a report yet is
-        waited for, up to `attempts` waits in all. Then DeliveryError, so that the caller
-        commits nothing and a restart reprocesses the batch.
+        Each try lasts until every record has a delivery report, success or failure. A failed
+        record is produced again, at least `timeout` seconds after the previous try began, up
+        to `attempts` tries. A record without a report is never produced again, because it may
+        yet be delivered. After the last try, or `max_wait_seconds` after the wait began,
+        DeliveryError, so that the caller commits nothing and a restart reprocesses the batch.
         """
         # NOTE: a retried record goes out after any later record of the same user that was
         # delivered on the first try, so per-user order holds only when no delivery fails.
+        started = time.monotonic()
+        deadline = started + self.config.max_wait_seconds
         for attempt in range(1, self.config.attempts + 1):
-            self._poll_until_reported(records, time.monotonic() + self.config.timeout)
+            # Waiting for the reports themselves, not for a fixed time, keeps a try that ends
+            # with librdkafka's _MSG_TIMED_OUT report from counting as two tries.
+            self._poll_until_reported(records, deadline)
             failed = [r for r in records if not r.delivered and r.error is not None]
             waiting = [r for r in records if not r.reported]
             if not failed and not waiting:
                 return
-            errors = Counter(str(record.error) for record in failed)
-            logger.warning(
-                "%d messages failed (%s) and %d have no delivery report yet, attempt %d/%d",
-                len(failed),
-                ", ".join(f"{error} x{count}" for error, count in errors.items()) or "none",
-                len(waiting),
-                attempt,
-                self.config.attempts,
-            )
-            if attempt == self.config.attempts:
-                break
+            self._log_try(failed, waiting, attempt, time.monotonic() - started)
+            if attempt == self.config.attempts or waiting:
+                break  # a record without a report means that the deadline has passed
+            self._poll_until(min(started + attempt * self.config.timeout, deadline))
             # Only failed records go out again: a record still waiting may yet be delivered.
             self.on_retries(len(failed))
             for record in failed:
                 record.error = None
                 self._produce(record)
-        undelivered = sum(not record.delivered for record in records)
-        raise DeliveryError(
-            f"{undelivered} messages not delivered to {self.config.brokers} after "
-            f"{self.config.attempts} waits of {self.config.timeout} s: check that the broker "
-            "is up and the output topics exist, then restart the worker"
+        raise DeliveryError(self._failure_message(records, attempt, time.monotonic() - started))
+
+    def _log_try(
+        self,
+        failed: Sequence[OutputRecord],
+        waiting: Sequence[OutputRecord],
+        attempt: int,
+        elapsed: float,
+    ) -> None:
+        errors = Counter(str(record.error) for record in failed)
+        logger.warning(
+            "%d messages failed (%s) and %d have no delivery report yet, %.1f s into the "
+            "delivery wait of at most %g s, attempt %d/%d",
+            len(failed),
+            ", ".join(f"{error} x{count}" for error, count in errors.items()) or "none",
+            len(waiting),
+            elapsed,
+            self.config.max_wait_seconds,
+            attempt,
+            self.config.attempts,
         )
+
+    def _failure_message(
+        self, records: Sequence[OutputRecord], attempt: int, elapsed: float
+    ) -> str:
+        undelivered = sum(not record.delivered for record in records)
+        return (
+            f"{undelivered} messages not delivered to {self.config.brokers} within "
+            f"{elapsed:.1f} s ({attempt} of {self.config.attempts} tries, at most "
+            f"{self.config.max_wait_seconds:g} s): check that the broker is up and the output "
+            "topics exist, then restart the worker"
+        )
+
+    def _poll_until(self, until: float) -> None:
+        """Serve delivery reports until the monotonic time `until`."""
+        while (left := until - time.monotonic()) > 0:
+            self.producer.poll(min(left, _POLL_SECONDS))
 
     def _poll_until_reported(self, records: Sequence[OutputRecord], deadline: float) -> None:
         # poll() serves the reports of every record, also of later batches, and returns as

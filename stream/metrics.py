@@ -8,8 +8,8 @@ environment). `prepare_multiprocess_dir` creates a new directory for every run, 
 earlier run never leak in.
 
 The same HTTP server serves /healthz and /readyz when the pool passes its `HealthSource`
-(rules in `stream.health`), and then adds one gauge computed at scrape time,
-`hiertcn_worker_heartbeat_age_seconds`.
+(rules in `stream.health`), and then adds two gauges computed at scrape time,
+`hiertcn_worker_heartbeat_age_seconds` and `hiertcn_workers_configured`.
 
 Gauges state how the processes combine: `livesum` for counts that add up across processes and
 `livemax` for the lag of a partition, which the owning process reports and every other process
@@ -84,6 +84,8 @@ class WorkerMetrics:
     workers_running: Gauge
     delivery_retries: Counter
     states_reset: Counter
+    kafka_errors: Counter
+    late_events: Counter
 
 
 def create_metrics(registry: CollectorRegistry | None) -> WorkerMetrics:
@@ -204,6 +206,21 @@ def create_metrics(registry: CollectorRegistry | None) -> WorkerMetrics:
         states_reset=Counter(
             "hiertcn_states_reset_total",
             "Stored user states that did not fit the bundle's shapes, replaced by a new state.",
+            **kwargs,
+        ),
+        kafka_errors=Counter(
+            "hiertcn_kafka_errors_total",
+            "Errors that librdkafka reported to the error callback of a worker's consumer or "
+            "producer, by librdkafka error code (_TRANSPORT, _ALL_BROKERS_DOWN, ...). "
+            "librdkafka retries most of them itself.",
+            ["code"],
+            **kwargs,
+        ),
+        late_events=Counter(
+            "hiertcn_late_events_total",
+            "Accepted events older than their partition's watermark minus the session gap, "
+            "whose users' sessions the timers may have closed already: the partition is not in "
+            "event-time order.",
             **kwargs,
         ),
     )
@@ -372,13 +389,20 @@ def _respond(
 
 
 class HeartbeatAgeCollector(Collector):
-    """The gauge `hiertcn_worker_heartbeat_age_seconds`, read from the pool at each scrape."""
+    """The gauges `hiertcn_worker_heartbeat_age_seconds` and `hiertcn_workers_configured`,
+    read from the pool at each scrape."""
 
     def __init__(self, health: HealthSource) -> None:
         self.health = health
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         report = self.health.liveness()
+        yield GaugeMetricFamily(
+            "hiertcn_workers_configured",
+            "Worker processes the pool was started with (--processes); "
+            "hiertcn_workers_running below it means a worker has exited or not started yet.",
+            value=len(report.workers),
+        )
         gauge = GaugeMetricFamily(
             "hiertcn_worker_heartbeat_age_seconds",
             "Seconds since the worker's main loop last turned; /healthz fails above "

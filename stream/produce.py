@@ -43,6 +43,8 @@ MESSAGE_TIMEOUT_NAMES = (
     "topic.message.timeout.ms",
     "topic.delivery.timeout.ms",
 )
+# Seconds of the session gap of the order check, the default of an exported bundle.
+DEFAULT_SESSION_GAP = 1800.0
 # librdkafka settings that a flag of `produce` sets, with that flag. --flush-timeout sets
 # message.timeout.ms too, but -X message.timeout.ms may replace it unless both are given
 # (`stream.commands.produce`), because only -X can set 0, no limit.
@@ -67,6 +69,8 @@ class ProduceConfig:
     overrides: librdkafka settings that replace the defaults of `producer_settings`.
     connect_timeout: seconds to wait for the broker's metadata before giving up.
     flush_timeout: seconds to wait at the end for the outstanding deliveries.
+    session_gap: the worker's session gap, in the unit of the events' `ts`. The report counts
+        the events that the worker receives this much behind their partition's watermark.
     """
 
     brokers: str
@@ -76,6 +80,7 @@ class ProduceConfig:
     overrides: Mapping[str, str] = field(default_factory=dict)
     connect_timeout: float = 10.0
     flush_timeout: float = 60.0
+    session_gap: float = DEFAULT_SESSION_GAP
 
     def __post_init__(self) -> None:
         if not self.brokers:
@@ -89,6 +94,10 @@ class ProduceConfig:
             raise ConfigError(f"invalid limit {self.limit}: use 0 or more events")
         _check_timeout("--connect-timeout", self.connect_timeout)
         _check_timeout("--flush-timeout", self.flush_timeout)
+        if not (math.isfinite(self.session_gap) and self.session_gap > 0):
+            raise ConfigError(
+                f"invalid --session-gap {self.session_gap}: use a positive number of seconds"
+            )
         check_flag_settings(self.overrides, FLAG_KAFKA_SETTINGS, {})
         check_linger_below_message_timeout(self.producer_settings(), self.overrides)
 
@@ -187,6 +196,9 @@ class ProduceReport:
     seconds: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)  # delivery error name -> count
     client_errors: dict[str, int] = field(default_factory=dict)  # client error name -> count
+    # Delivered events older than the newest earlier event time of their partition minus the
+    # session gap, so the worker's timers may close their users' sessions before them.
+    late: int = 0
 
 
 def user_key(fields: Mapping[str, Any]) -> bytes | None:
@@ -195,6 +207,14 @@ def user_key(fields: Mapping[str, Any]) -> bytes | None:
     if isinstance(user, bool) or not isinstance(user, (str, int)):
         return None
     return str(user).encode("utf-8")
+
+
+def event_time(fields: Mapping[str, Any]) -> float | None:
+    """Return the `ts` of an event map as a float, or None when it is not a finite number."""
+    ts = fields.get("ts")
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+        return None
+    return float(ts)
 
 
 def check_broker(producer: Producer, config: ProduceConfig) -> None:
@@ -231,6 +251,9 @@ class EventProducer:
         self.report = ProduceReport()
         settings = {**config.producer_settings(), "error_cb": self._on_error}
         self.producer = producer or create_producer(settings, config.overrides)
+        # The newest event time delivered to each partition. The idempotent producer delivers
+        # the messages of one partition in produce order, so this is what the worker reads.
+        self._watermarks: dict[int, float] = {}
 
     def _on_error(self, error: KafkaError) -> None:
         # Connection failures repeat every few milliseconds while the broker is down.
@@ -239,9 +262,11 @@ class EventProducer:
         if errors[error.name()] <= 3:
             logger.warning("Kafka client error: %s", error)
 
-    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+    def _on_delivery(self, error: KafkaError | None, message: Message, ts: float | None) -> None:
         if error is None:
             self.report.delivered += 1
+            if ts is not None:
+                self._check_order(message.partition(), ts)
             return
         self.report.failed += 1
         self.report.errors[error.name()] = self.report.errors.get(error.name(), 0) + 1
@@ -250,11 +275,20 @@ class EventProducer:
                 "delivery to %s[%s] failed: %s", message.topic(), message.partition(), error
             )
 
-    def _send(self, key: bytes | None, value: bytes) -> None:
+    def _check_order(self, partition: int, ts: float) -> None:
+        watermark = self._watermarks.get(partition, -math.inf)
+        if ts < watermark - self.config.session_gap:
+            self.report.late += 1
+        self._watermarks[partition] = max(watermark, ts)
+
+    def _send(self, key: bytes | None, value: bytes, ts: float | None) -> None:
+        def on_delivery(error: KafkaError | None, message: Message) -> None:
+            self._on_delivery(error, message, ts)
+
         while True:
             try:
                 self.producer.produce(
-                    self.config.topic, value=value, key=key, on_delivery=self._on_delivery
+                    self.config.topic, value=value, key=key, on_delivery=on_delivery
                 )
                 return
             except BufferError:
@@ -278,7 +312,9 @@ class EventProducer:
                 due = started + self.report.produced / self.config.rate
                 while (delay := due - time.perf_counter()) > 0:
                     self.producer.poll(min(delay, 0.1))
-            self._send(user_key(record.fields), encode_fields(record.fields))
+            self._send(
+                user_key(record.fields), encode_fields(record.fields), event_time(record.fields)
+            )
             self.report.produced += 1
             self.producer.poll(0)
             now = time.perf_counter()

@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -46,6 +47,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+import lmdb
 import msgpack
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -58,6 +60,7 @@ from confluent_kafka import (
 )
 
 from statestore import PartitionPosition, UserState
+from statestore.errors import StateStoreError
 from stream.committer import Committer, CommitterConfig
 from stream.config import DEFAULT_MAX_POLL_INTERVAL_MS, WorkerConfig
 from stream.delivery import Deliverer, DeliveryConfig, OutputRecord
@@ -76,6 +79,8 @@ from stream.metrics import WorkerMetrics
 from stream.pipeline import BatchResult, IdleResult, Pipeline, Recommendation
 
 if TYPE_CHECKING:
+    from prometheus_client import Counter as PrometheusCounter
+
     from export.bundle import ModelBundle
     from statestore import StateStore
 
@@ -105,6 +110,8 @@ OFFSET_QUERY_TIMEOUT_SECONDS = 10.0
 # that count the rest. The metric counts every dead letter.
 DEAD_LETTERS_LOGGED_PER_REASON = 5
 DEAD_LETTER_SUMMARY_SECONDS = 10.0
+# Seconds that a worker whose commit thread failed waits for its consumer to close.
+FAILED_CLOSE_SECONDS = 5.0
 # Seconds without any assigned partition after which the worker logs that it waits.
 UNASSIGNED_NOTICE_SECONDS = 10.0
 
@@ -120,6 +127,9 @@ class ConsumerSetupError(StreamError):
 
     exit_code = 2
 
+
+# librdkafka's error codes for a broker that cannot be reached.
+OUTAGE_ERROR_CODES = (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)
 
 # Consumer errors that the group coordinator repeats on every retry, with the fix for each.
 FATAL_CONSUMER_ERRORS = {
@@ -349,7 +359,11 @@ class Worker:
         self.dead_letter_log = DeadLetterLog()
         # Events without a Kafka key are accepted, and logged by partition.
         self.keyless_log = RateLimitedLog("events without a Kafka key", "partition")
+        # Events behind their partition's watermark minus the session gap, logged by partition.
+        self.late_log = RateLimitedLog("late events", "partition", per_kind=1)
         self.consumer_error_log = RateLimitedLog("consumer errors", "code")
+        # The error callback of the Kafka clients, whose summary lines `_idle` flushes.
+        self.client_errors: KafkaErrorLog | None = None
         self.state_dir = Path(config.state_dir).resolve()
         self._stopping = False
         # Messages consumed for the batch that is being collected; on_revoke finishes them.
@@ -433,15 +447,41 @@ class Worker:
             logger.info("%s stopping: leaving the group", self.label)
         self.heartbeat.set_ready(False)
         self.metrics.workers_running.set(0)
+        # A failed commit thread leaves nothing to commit. It fails mostly on an unreachable
+        # broker, and then the consumer's close can wait until the broker returns.
+        failed = self.committer.failed
         try:
-            self.consumer.close()
+            if failed:
+                self._close_consumer_within(FAILED_CLOSE_SECONDS)
+            else:
+                self.consumer.close()
         finally:
             try:
                 # Commits what is pending; a failure of the thread is raised here, if the run
                 # loop has not raised it already.
                 self.committer.close()
             finally:
-                self._flush_producer()
+                self._flush_producer(0.0 if failed else self.config.delivery_timeout)
+
+    def _close_consumer_within(self, seconds: float) -> None:
+        """Close the consumer in a thread and stop waiting for it after `seconds`.
+
+        librdkafka's close has no timeout. It waits for the group coordinator, for instance
+        for offset commits in flight, which while the broker is down can last until the broker
+        returns.
+        """
+        closer = threading.Thread(
+            target=self.consumer.close, name="hiertcn-consumer-close", daemon=True
+        )
+        closer.start()
+        closer.join(seconds)
+        if closer.is_alive():
+            logger.warning(
+                "%s: the Kafka consumer did not close within %.0f s, so the worker exits without "
+                "leaving the group; the group moves its partitions after session.timeout.ms",
+                self.label,
+                seconds,
+            )
 
     def consumer_instance_id(self) -> str | None:
         """Return the group.instance.id this worker joins with, or None without static membership.
@@ -450,8 +490,10 @@ class Worker:
         """
         return consumer_settings(self.config, self.index).get("group.instance.id") or None
 
-    def _flush_producer(self) -> None:
-        remaining = self.producer.flush(self.config.delivery_timeout)
+    def _flush_producer(self, timeout: float) -> None:
+        # A batch whose outputs are undelivered here was not committed, so a restart
+        # reprocesses it and publishes them again.
+        remaining = self.producer.flush(timeout)
         if remaining:
             logger.error("%d messages still undelivered at shutdown", remaining)
         logger.info("%s stopped", self.label)
@@ -628,17 +670,50 @@ class Worker:
         self._forget(lost, "lost")
 
     def _forget(self, partitions: set[int], reason: str) -> None:
-        topic = self.config.input_topic
+        stored = self._stored_offsets()
         for partition in sorted(partitions):
             position = self._positions.pop(partition, None)
-            next_offset = position.next_offset if position else -1
-            logger.info("%s %s", reason, position_text(topic, partition, next_offset))
+            processed = position.next_offset if position else None
+            self._log_forgotten(reason, partition, stored.get(partition), processed)
             # livemax across the pool: the new owner reports the real lag.
             self.metrics.consumer_lag.labels(str(partition)).set(0)
         self._timers_due -= partitions
         self._paused -= partitions
         self.metrics.partitions_assigned.set(len(self._positions))
         self.metrics.paused_partitions.set(len(self._paused))
+
+    def _stored_offsets(self) -> dict[int, int]:
+        """Return the next offset of each partition that the state store has, for log lines."""
+        try:
+            stored = self.store.positions(self.config.input_topic)
+        except (StateStoreError, lmdb.Error) as error:
+            # A log line must not stop the rebalance.
+            logger.warning("reading the stored positions for the log failed: %s", error)
+            return {}
+        return {partition: position.next_offset for partition, position in stored.items()}
+
+    def _log_forgotten(
+        self, reason: str, partition: int, stored: int | None, processed: int | None
+    ) -> None:
+        """Log a revoked or lost partition at its stored position, where its next owner starts."""
+        topic = self.config.input_topic
+        if stored is None:
+            logger.info(
+                "%s %s[%d]: no stored position, so its next owner starts at the earliest offset",
+                reason,
+                topic,
+                partition,
+            )
+        else:
+            logger.info("%s %s (stored position)", reason, position_text(topic, partition, stored))
+        if processed is not None and processed != stored:
+            logger.info(
+                "%s[%d]: offsets up to %d were processed but their commit did not reach the "
+                "state store, so the next owner processes them again",
+                topic,
+                partition,
+                processed,
+            )
 
     # -- step 1: consume and decode ----------------------------------------------------------
 
@@ -712,6 +787,8 @@ class Worker:
                 decoded.dead_letters.append(replace(result, headers=tuple(message.headers() or ())))
             else:
                 decoded.events.append(result)
+                if result.ts < watermark - self.session_gap:
+                    self._count_late(result, position, watermark)
                 watermark = max(watermark, result.ts)
                 if message.key() is None:
                     self._log_keyless(result, position)
@@ -719,7 +796,26 @@ class Worker:
                 max(previous.next_offset, offset + 1), watermark
             )
         self.keyless_log.flush()
+        self.late_log.flush()
         return decoded
+
+    def _count_late(self, event: Event, position: Position, watermark: float) -> None:
+        """Count and log an event older than its partition's watermark minus the session gap."""
+        self.metrics.late_events.inc()
+        self.late_log.add(
+            str(position.partition),
+            "late event at %s (user %r): its time %.3f is %.0f s behind the partition's "
+            "watermark %.3f, more than the session gap of %.0f s. The timers may have closed "
+            "its user's session already, and outputs depend on where batches start, so outputs "
+            "repeated after a restart can differ from the first ones. Produce each partition "
+            "in event-time order (hiertcn-stream produce --order time)",
+            position,
+            event.user,
+            event.ts,
+            watermark - event.ts,
+            watermark,
+            self.session_gap,
+        )
 
     def _log_keyless(self, event: Event, position: Position) -> None:
         self.keyless_log.add(
@@ -785,6 +881,9 @@ class Worker:
             self._count_session_close_outputs(len(idle.outputs))
         self.dead_letter_log.flush()
         self.keyless_log.flush()
+        self.late_log.flush()
+        if self.client_errors is not None:
+            self.client_errors.flush()
         self._update_lag(self._positions)
         self._notice_unassigned()
 
@@ -1011,18 +1110,52 @@ class TimedBundle:
             return self._bundle.session_close(state, session_mean)
 
 
-def _open_clients(config: WorkerConfig, index: int) -> tuple[Consumer, Producer]:
-    def log_client_error(error: KafkaError) -> None:
-        logger.warning("Kafka client error: %s", error)
+class KafkaErrorLog:
+    """The error callback (`error_cb`) of a worker's consumer and producer.
 
+    It counts every error in `hiertcn_kafka_errors_total{code}` and logs the first ones of each
+    librdkafka error code, then a summary line per interval: while the broker is down,
+    librdkafka reports a failed connection many times a second. librdkafka calls it from the
+    thread that polls the client, which is the worker thread or the commit thread.
+    """
+
+    def __init__(self, errors: PrometheusCounter, log: RateLimitedLog | None = None) -> None:
+        self.errors = errors
+        self.log = log or RateLimitedLog("Kafka client errors", "code")
+        self._lock = threading.Lock()
+        # The codes of an unreachable broker start at 0, so that a rate over the first errors
+        # of an outage counts all of them.
+        for code in OUTAGE_ERROR_CODES:
+            errors.labels(KafkaError(code).name())
+
+    def __call__(self, error: KafkaError) -> None:
+        code = error.name()
+        self.errors.labels(code).inc()
+        if error.fatal():
+            # librdkafka cannot recover from a fatal error, and the client's next call raises it.
+            logger.error("fatal Kafka client error: %s", error)
+            return
+        with self._lock:
+            self.log.add(
+                code, "Kafka client error %s (librdkafka retries it): %s", code, error.str()
+            )
+            self.log.flush()
+
+    def flush(self) -> None:
+        """Log the summary of the errors not logged yet, when its interval has passed."""
+        with self._lock:
+            self.log.flush()
+
+
+def _open_clients(
+    config: WorkerConfig, index: int, on_error: KafkaErrorLog
+) -> tuple[Consumer, Producer]:
     # librdkafka's own lines go to a rate-limited logger instead of this process's stderr.
     client_log = librdkafka_logger(f"{__name__}.librdkafka")
     consumer = Consumer(
-        {**consumer_settings(config, index), "error_cb": log_client_error, "logger": client_log}
+        {**consumer_settings(config, index), "error_cb": on_error, "logger": client_log}
     )
-    producer = Producer(
-        {**producer_settings(config), "error_cb": log_client_error, "logger": client_log}
-    )
+    producer = Producer({**producer_settings(config), "error_cb": on_error, "logger": client_log})
     return consumer, producer
 
 
@@ -1073,11 +1206,13 @@ def run_worker(
         ),
     )
     store = open_state_store(config, bundle)
-    consumer, producer = _open_clients(config, index)
+    client_errors = KafkaErrorLog(metrics.kafka_errors)
+    consumer, producer = _open_clients(config, index, client_errors)
     label = f"worker {index} (pid {os.getpid()})"
     worker = Worker(
         config, pipeline, store, metrics, consumer, producer, bundle.row_of, label, heartbeat, index
     )
+    worker.client_errors = client_errors
     install_signal_handlers(worker)
     try:
         worker.run()

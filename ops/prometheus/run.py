@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BINARY = Path("/usr/bin/prometheus")
 JOB_NAME = "hiertcn-worker"  # the job name of ops/prometheus/prometheus.yml
+# The example alert rules that ops/prometheus/prometheus.yml loads.
+DEFAULT_RULE_FILE = Path(__file__).resolve().parent / "rules" / "hiertcn-alerts.yml"
 
 
 class PrometheusError(Exception):
@@ -49,6 +51,7 @@ class PrometheusConfig:
         `stop` deletes.
     binary: the prometheus executable.
     start_timeout_s: seconds to wait until /-/ready returns HTTP 200.
+    rule_files: alerting and recording rule files to load, such as `DEFAULT_RULE_FILE`.
     """
 
     targets: tuple[str, ...]
@@ -57,6 +60,7 @@ class PrometheusConfig:
     work_dir: Path | None = None
     binary: Path = DEFAULT_BINARY
     start_timeout_s: float = 30.0
+    rule_files: tuple[Path, ...] = ()
 
 
 def free_port() -> int:
@@ -66,15 +70,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def render_config(targets: tuple[str, ...], scrape_interval_s: float) -> str:
-    """Return a prometheus.yml that scrapes `targets` as the worker job."""
+def render_config(
+    targets: tuple[str, ...], scrape_interval_s: float, rule_files: tuple[Path, ...] = ()
+) -> str:
+    """Return a prometheus.yml that scrapes `targets` as the worker job and loads `rule_files`."""
     target_list = ", ".join(json.dumps(target) for target in targets)
     # Prometheus durations take whole units, so the interval is written in milliseconds.
     interval = f"{round(scrape_interval_s * 1000)}ms"
+    rules = ", ".join(json.dumps(str(Path(path).resolve())) for path in rule_files)
     return (
         "global:\n"
         f"  scrape_interval: {interval}\n"
         f"  evaluation_interval: {interval}\n"
+        f"rule_files: [{rules}]\n"
         "scrape_configs:\n"
         f"  - job_name: {JOB_NAME}\n"
         "    static_configs:\n"
@@ -110,7 +118,11 @@ class PrometheusServer:
         self._work_dir = self.config.work_dir or Path(tempfile.mkdtemp(prefix="hiertcn-prom-"))
         self._work_dir.mkdir(parents=True, exist_ok=True)
         config_path = self._work_dir / "prometheus.yml"
-        config_path.write_text(render_config(self.config.targets, self.config.scrape_interval_s))
+        config_path.write_text(
+            render_config(
+                self.config.targets, self.config.scrape_interval_s, self.config.rule_files
+            )
+        )
 
         port = self.config.port or free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -250,6 +262,15 @@ def main() -> int:
         default=None,
         help="folder for configuration and data (default: temporary)",
     )
+    parser.add_argument(
+        "--rules",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="FILE",
+        help=f"alert rule file to load (repeatable; default {DEFAULT_RULE_FILE.name} of "
+        "ops/prometheus/rules)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -258,6 +279,7 @@ def main() -> int:
         port=args.port,
         scrape_interval_s=args.scrape_interval,
         work_dir=args.work_dir,
+        rule_files=tuple(args.rules or [DEFAULT_RULE_FILE]),
     )
     signal.signal(signal.SIGTERM, _interrupt)
     try:

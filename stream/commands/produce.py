@@ -13,11 +13,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from stream.cli import verbosity
 from stream.errors import ConfigError
 from stream.kafka_settings import add_kafka_setting_option, parse_kafka_flags, property_of
-from stream.produce import FLAG_KAFKA_SETTINGS, EventProducer, ProduceConfig
+from stream.produce import (
+    DEFAULT_SESSION_GAP,
+    FLAG_KAFKA_SETTINGS,
+    EventProducer,
+    ProduceConfig,
+    ProduceReport,
+)
 from stream.records import EventFileError, add_event_file_arguments, read_records
 
 logger = logging.getLogger(__name__)
@@ -73,6 +80,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"and for all at the end (default: {DEFAULT_FLUSH_TIMEOUT:g})",
     )
 
+    parser.add_argument(
+        "--session-gap",
+        type=float,
+        default=DEFAULT_SESSION_GAP,
+        metavar="SECONDS",
+        help="the worker's session gap, in the unit of the events' ts, for the check at the end "
+        "that each partition is in event-time order (default: "
+        f"{DEFAULT_SESSION_GAP:g}, the default of an exported bundle)",
+    )
+
     add_kafka_setting_option(
         parser,
         "settings",
@@ -97,6 +114,7 @@ def run_produce(args: argparse.Namespace) -> int:
         overrides=overrides,
         connect_timeout=args.connect_timeout,
         flush_timeout=DEFAULT_FLUSH_TIMEOUT if args.flush_timeout is None else args.flush_timeout,
+        session_gap=args.session_gap,
     )
     records = read_records(
         args.events, args.format, args.order, args.time_col, otto_time_unit=args.otto_time_unit
@@ -113,6 +131,8 @@ def run_produce(args: argparse.Namespace) -> int:
     )
     for name, count in sorted(report.errors.items()):
         print(f"  {name}: {count}")
+    if report.late and args.order == "file":
+        warn_late_events(args.events, report, config.session_gap)
     if report.produced == 0 and config.limit != 0:
         hint = ", and run with -v to list the unreadable records" if quiet else ""
         raise EventFileError(
@@ -136,3 +156,17 @@ def check_flush_timeout_once(overrides: dict[str, str], flush_timeout: float | N
                 f"-X {key} would replace the delivery wait of --flush-timeout "
                 f"{flush_timeout:g}: pass only one of them"
             )
+
+
+def warn_late_events(events_path: Path, report: ProduceReport, session_gap: float) -> None:
+    """Log one warning for the events published behind their partition's watermark."""
+    logger.warning(
+        "%d of %d delivered events in %s are older than the newest event time published before "
+        "them on their partition minus the session gap (%g s), so the worker's timers may close "
+        "their users' sessions before them, and its outputs depend on where batches start (a "
+        "log grouped by user does this): pass --order time to publish the events sorted by time",
+        report.late,
+        report.delivered,
+        events_path,
+        session_gap,
+    )

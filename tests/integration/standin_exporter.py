@@ -19,6 +19,7 @@ from stream.metrics import HeartbeatAgeCollector, WorkerMetrics, create_metrics
 PARTITIONS = ("0", "1", "2")
 DEAD_LETTER_REASONS = ("not_msgpack", "unknown_item")
 TOP_K = "10"
+KAFKA_ERROR_CODES = ("_TRANSPORT", "_ALL_BROKERS_DOWN")
 
 
 class _StandInHealth:
@@ -100,3 +101,7 @@ class StandInWorkerExporter:
             metrics.outputs_produced.labels(trigger="session_close").inc()
         for partition in PARTITIONS:
             metrics.consumer_lag.labels(partition=partition).set(rand.randint(0, 100))
+        # A broker that refuses a connection now and then.
+        metrics.kafka_errors.labels(code=rand.choice(KAFKA_ERROR_CODES)).inc()
+        metrics.delivery_retries.inc(rand.randint(0, 2))
+        metrics.late_events.inc(rand.randint(0, 1))

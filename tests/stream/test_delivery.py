@@ -6,10 +6,12 @@ broker does not show.
 
 from __future__ import annotations
 
+import socket
+import time
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, Producer
 
 from stream.delivery import Deliverer, DeliveryConfig, DeliveryError, OutputRecord
 
@@ -84,10 +86,13 @@ def test_wait_gives_up_after_the_configured_attempts() -> None:
     records = [record()]
     deliverer.produce(records)
 
+    started = time.monotonic()
     with pytest.raises(DeliveryError, match=r"1 messages not delivered to 127\.0\.0\.1:1"):
         deliverer.wait(records)
 
     assert len(producer.produced) == 3
+    # Tries start `timeout` apart, so errors reported at once do not use up the tries early.
+    assert time.monotonic() - started >= 2 * 0.05
 
 
 def test_wait_never_reproduces_unreported_record() -> None:
@@ -96,8 +101,94 @@ def test_wait_never_reproduces_unreported_record() -> None:
     records = [record()]
     deliverer.produce(records)
 
-    with pytest.raises(DeliveryError, match="after 3 waits"):
+    with pytest.raises(DeliveryError, match=r"within 0\.[12] s \(1 of 3 tries, at most 0\.15 s\)"):
         deliverer.wait(records)
 
     # A record without a delivery report may still arrive, so it is never produced twice.
     assert len(producer.produced) == 1
+
+
+class LateTimeoutProducer:
+    """Reports every delivery as _MSG_TIMED_OUT `delay` seconds after its produce, as
+    librdkafka does when the broker is down: its report comes just after delivery.timeout.ms."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.produced = 0
+        self._reports: list[tuple[float, Any]] = []
+
+    def produce(self, topic: str, value: Any, key: Any, headers: Any, on_delivery: Any) -> None:
+        self.produced += 1
+        self._reports.append((time.monotonic() + self.delay, on_delivery))
+
+    def poll(self, timeout: float) -> int:
+        time.sleep(min(timeout, 0.005))
+        now = time.monotonic()
+        due = [callback for at, callback in self._reports if at <= now]
+        self._reports = [(at, callback) for at, callback in self._reports if at > now]
+        for callback in due:
+            callback(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+        return len(due)
+
+
+def test_timeout_report_counts_as_one_try() -> None:
+    # Each report comes 5 ms after the timeout of its try. A wait that counted the pickup of
+    # such a report as a try of its own gave up after about half of timeout * attempts.
+    producer = LateTimeoutProducer(delay=0.105)
+    retries: list[int] = []
+    config = DeliveryConfig("127.0.0.1:1", timeout=0.1, attempts=4)
+    deliverer = Deliverer(producer, config, lambda seconds: None, retries.append)
+    records = [record()]
+    deliverer.produce(records)
+
+    started = time.monotonic()
+    with pytest.raises(DeliveryError) as raised:
+        deliverer.wait(records)
+    elapsed = time.monotonic() - started
+
+    assert elapsed >= 0.4
+    assert elapsed < 0.6
+    assert producer.produced == 4
+    assert retries == [1, 1, 1]
+    assert "within 0.4 s (4 of 4 tries, at most 0.4 s)" in str(raised.value)
+
+
+def closed_port() -> int:
+    """Return a port of 127.0.0.1 that no socket listens on (free when this returns)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_broker_is_tolerated_for_max_wait() -> None:
+    # A real librdkafka producer whose broker port is closed, as the worker sets it up:
+    # delivery.timeout.ms equals the delivery timeout, so each try ends with _MSG_TIMED_OUT.
+    brokers = f"127.0.0.1:{closed_port()}"
+    config = DeliveryConfig(brokers, timeout=1.0, attempts=3)
+    producer = Producer(
+        {
+            "bootstrap.servers": brokers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "delivery.timeout.ms": int(config.timeout * 1000),
+            "linger.ms": 1,
+            "error_cb": lambda error: None,
+            "log_level": 0,
+        }
+    )
+    retries: list[int] = []
+    deliverer = Deliverer(producer, config, lambda seconds: None, retries.append)
+    records = [record(b"a"), record(b"b")]
+    deliverer.produce(records)
+
+    started = time.monotonic()
+    with pytest.raises(DeliveryError) as raised:
+        deliverer.wait(records)
+    elapsed = time.monotonic() - started
+
+    # librdkafka scans for timed-out messages about once a second, so reports come up to
+    # about 1 s late and the last try may end at the deadline without a report.
+    assert elapsed >= 0.9 * config.timeout * config.attempts
+    assert elapsed < config.timeout * config.attempts + 1.5
+    assert len(retries) >= 1
+    assert f"2 messages not delivered to {brokers} within {elapsed:.0f}." in str(raised.value)

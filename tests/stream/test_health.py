@@ -284,6 +284,8 @@ def test_metrics_unchanged_with_heartbeat_gauge(served: tuple[str, FakeHealth]) 
     assert content_type.startswith("text/plain")
     assert 'hiertcn_worker_heartbeat_age_seconds{worker="0"} 4.0' in body
     assert 'worker="1"' not in body
+    # The exited worker still counts as configured, so an alert can compare the two gauges.
+    assert "\nhiertcn_workers_configured 2.0\n" in body
 
 
 def test_health_paths_absent_without_health_source(metrics_dir: Path) -> None:
@@ -297,6 +299,7 @@ def test_health_paths_absent_without_health_source(metrics_dir: Path) -> None:
 
     assert status == 200
     assert "hiertcn_worker_heartbeat_age_seconds" not in body
+    assert "hiertcn_workers_configured" not in body
 
 
 @pytest.mark.parametrize("path", ["/", "/ready", "/health", "/livez", "/healthz/", "/metrics/"])

@@ -31,6 +31,8 @@ DASHBOARD_METRICS = (
     "hiertcn_partitions_assigned",
     "hiertcn_paused_partitions",
     "hiertcn_workers_running",
+    "hiertcn_kafka_errors_total",
+    "hiertcn_delivery_retries_total",
 )
 
 
@@ -44,6 +46,7 @@ def test_metric_names_match_dashboard() -> None:
     metrics.sessions_closed.labels("gap").inc()
     metrics.consumer_lag.labels("0").set(5)
     metrics.live_hits.labels("10").inc()
+    metrics.kafka_errors.labels("_TRANSPORT").inc()
 
     text = generate_latest(registry).decode()
 

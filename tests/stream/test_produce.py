@@ -458,3 +458,105 @@ def test_invalid_topic_name_rejected() -> None:
         ProduceConfig("127.0.0.1:1", "bad topic")
 
     assert str(raised.value).startswith("invalid topic name 'bad topic' for --topic: ")
+
+
+def grouped_by_user() -> list[Record]:
+    """Two users' events, all of the first user before those of the second."""
+    times = {"u0": [0.0, 600.0, 5_000.0], "u1": [100.0, 2_000.0, 6_000.0]}
+    fields = [
+        {"user": user, "item": 1, "ts": ts} for user, ts_list in times.items() for ts in ts_list
+    ]
+    return [Record(number, event) for number, event in enumerate(fields)]
+
+
+def test_events_behind_watermark_counted() -> None:
+    config = ProduceConfig("127.0.0.1:1", "t", session_gap=1_800.0)
+
+    report = EventProducer(config, producer=FakeProducer()).run(grouped_by_user())
+
+    # u1's 100 is 4900 s and its 2000 is 3000 s behind 5000, more than the gap. 6000 is newer.
+    assert report.late == 2
+
+
+def test_time_ordered_events_not_late() -> None:
+    config = ProduceConfig("127.0.0.1:1", "t", session_gap=1_800.0)
+    ordered = sorted(grouped_by_user(), key=lambda record: record.fields["ts"])
+
+    report = EventProducer(config, producer=FakeProducer()).run(ordered)
+
+    assert report.late == 0
+
+
+def test_failed_delivery_not_checked_for_order() -> None:
+    config = ProduceConfig("127.0.0.1:1", "t", session_gap=1_800.0)
+
+    report = EventProducer(config, producer=FakeProducer(fail=True)).run(grouped_by_user())
+
+    assert report.late == 0
+
+
+def write_grouped_log(path: Path) -> None:
+    lines = [
+        '{"user": "u0", "item": "i1", "ts": 1600000000}',
+        '{"user": "u0", "item": "i2", "ts": 1600005000}',
+        '{"user": "u1", "item": "i1", "ts": 1600000100}',
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_produce_command_warns_of_late_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = tmp_path / "grouped.jsonl"
+    write_grouped_log(events)
+
+    with caplog.at_level(logging.WARNING, logger="stream.commands.produce"):
+        code = _run_produce_command(monkeypatch, events)
+
+    assert code == 0
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "stream.commands.produce"]
+    assert warning.startswith(
+        f"1 of 3 delivered events in {events} are older than the newest event time published "
+        "before them on their partition minus the session gap (1800 s)"
+    )
+    assert "pass --order time" in warning
+
+
+def test_produce_command_time_order_silent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = tmp_path / "grouped.jsonl"
+    write_grouped_log(events)
+
+    with caplog.at_level(logging.WARNING, logger="stream.commands.produce"):
+        code = _run_produce_command(monkeypatch, events, "--order", "time")
+
+    assert code == 0
+    assert [r for r in caplog.records if r.name == "stream.commands.produce"] == []
+
+
+def test_produce_command_session_gap_sets_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = tmp_path / "grouped.jsonl"
+    write_grouped_log(events)
+
+    with caplog.at_level(logging.WARNING, logger="stream.commands.produce"):
+        code = _run_produce_command(monkeypatch, events, "--session-gap", "5000")
+
+    assert code == 0
+    assert [r for r in caplog.records if r.name == "stream.commands.produce"] == []
+
+
+def test_produce_command_invalid_session_gap_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = tmp_path / "grouped.jsonl"
+    write_grouped_log(events)
+
+    code = _run_produce_command(monkeypatch, events, "--session-gap", "0")
+
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "invalid --session-gap 0.0: use a positive number of seconds" in captured.err
+    assert "Traceback" not in captured.err

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import socket
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,8 +20,11 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, KafkaError, TopicPartition
 from prometheus_client import CollectorRegistry
 
+import stream.worker as worker_module
 from statestore import PartitionPosition
+from stream.committer import CommitError
 from stream.config import WorkerConfig
+from stream.delivery import OutputRecord
 from stream.events import DeadLetter
 from stream.health import HeartbeatTable
 from stream.metrics import create_metrics
@@ -28,8 +33,10 @@ from stream.worker import (
     CommittedOffsetsError,
     ConsumerSetupError,
     DeadLetterLog,
+    KafkaErrorLog,
     RateLimitedLog,
     Worker,
+    _open_clients,
     consumer_settings,
     producer_settings,
     rebuild_state_allowed,
@@ -552,7 +559,9 @@ def test_static_membership_id_per_process() -> None:
 
 def _stop_lines(worker: Worker, caplog: pytest.LogCaptureFixture) -> list[str]:
     worker.consumer = ClosingConsumer()  # type: ignore[assignment]
-    worker.committer = SimpleNamespace(close=lambda: None)  # type: ignore[assignment]
+    worker.committer = SimpleNamespace(  # type: ignore[assignment]
+        close=lambda: None, failed=False
+    )
     with caplog.at_level("INFO", logger="stream.worker"):
         worker._shutdown()
     return [r.getMessage() for r in caplog.records if "stopping:" in r.getMessage()]
@@ -629,3 +638,193 @@ def test_instance_id_setting_only_in_consumer() -> None:
     assert producer["linger.ms"] == "5"
     assert "linger.ms" not in consumer
     assert consumer["client.id"] == producer["client.id"] == "hiertcn"
+
+
+def test_kafka_errors_counted_and_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    registry = CollectorRegistry()
+    metrics = create_metrics(registry)
+    on_error = KafkaErrorLog(metrics.kafka_errors)
+
+    with caplog.at_level("WARNING", logger="stream.worker"):
+        for _ in range(50):
+            on_error(KafkaError(KafkaError._TRANSPORT, "127.0.0.1:1/bootstrap: Connect failed"))
+        on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN))
+
+    transport = registry.get_sample_value("hiertcn_kafka_errors_total", {"code": "_TRANSPORT"})
+    down = registry.get_sample_value("hiertcn_kafka_errors_total", {"code": "_ALL_BROKERS_DOWN"})
+    assert transport == 50
+    assert down == 1
+    lines = [r.getMessage() for r in caplog.records]
+    # The first lines of each code, the line that states the summary rule, and the other code.
+    assert len(lines) == DEAD_LETTERS_LOGGED_PER_REASON + 2
+    assert lines[0] == (
+        "Kafka client error _TRANSPORT (librdkafka retries it): "
+        "127.0.0.1:1/bootstrap: Connect failed"
+    )
+    assert "Kafka client errors with code _TRANSPORT" in lines[-2]
+    assert lines[-1].startswith("Kafka client error _ALL_BROKERS_DOWN ")
+
+
+def test_outage_error_codes_start_at_zero() -> None:
+    registry = CollectorRegistry()
+
+    KafkaErrorLog(create_metrics(registry).kafka_errors)
+
+    for code in ("_TRANSPORT", "_ALL_BROKERS_DOWN"):
+        assert registry.get_sample_value("hiertcn_kafka_errors_total", {"code": code}) == 0
+
+
+def test_kafka_error_summary_counts_by_code(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    log = RateLimitedLog("Kafka client errors", "code", per_kind=1, clock=lambda: now[0])
+    on_error = KafkaErrorLog(create_metrics(CollectorRegistry()).kafka_errors, log)
+
+    with caplog.at_level("WARNING", logger="stream.worker"):
+        for _ in range(4):
+            on_error(KafkaError(KafkaError._TRANSPORT))
+        now[0] = 11.0
+        on_error.flush()
+
+    assert caplog.records[-1].getMessage() == (
+        "3 more Kafka client errors in the last 11 s, by code: _TRANSPORT 3"
+    )
+
+
+def closed_port() -> int:
+    """Return a port of 127.0.0.1 that no socket listens on (free when this returns)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_broker_counted_in_kafka_errors() -> None:
+    # Real librdkafka clients of the worker, whose broker port is closed.
+    config = WorkerConfig(brokers=f"127.0.0.1:{closed_port()}", bundle=Path("bundle"))
+    registry = CollectorRegistry()
+    on_error = KafkaErrorLog(create_metrics(registry).kafka_errors)
+    consumer, producer = _open_clients(config, 0, on_error)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            consumer.poll(0.1)
+            producer.poll(0.1)
+            count = registry.get_sample_value("hiertcn_kafka_errors_total", {"code": "_TRANSPORT"})
+            if count and count >= 2:
+                break
+    finally:
+        consumer.close()
+
+    assert registry.get_sample_value("hiertcn_kafka_errors_total", {"code": "_TRANSPORT"}) >= 2
+
+
+def late_count(worker: Worker) -> float:
+    """Return the value of the worker's hiertcn_late_events_total."""
+    (family,) = worker.metrics.late_events.collect()
+    return sum(sample.value for sample in family.samples if sample.name.endswith("_total"))
+
+
+def test_late_events_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    worker = _decoding_worker()
+    start = 1_600_000_000.0
+    # The session gap is 600 s: 599 s behind the watermark is in time, 601 s and more is late.
+    times = [start + 10_000, start + 10_000 - 599, start + 10_000 - 601, start, start + 10_001]
+    messages = [_event_message(offset, ts) for offset, ts in enumerate(times)]
+
+    with caplog.at_level("WARNING", logger="stream.worker"):
+        decoded = worker._decode(messages)
+
+    assert len(decoded.events) == 5
+    assert late_count(worker) == 2
+    assert decoded.positions[0].watermark == start + 10_001
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2  # the first late event, then the line that states the summary rule
+    assert lines[0].startswith(
+        "late event at interactions[0]@2 (user 'u1'): its time 1600009399.000 is 601 s behind "
+        "the partition's watermark 1600010000.000, more than the session gap of 600 s."
+    )
+    assert "hiertcn-stream produce --order time" in lines[0]
+    assert "logged 1 late events with partition 0" in lines[1]
+
+
+def test_time_ordered_events_not_late(caplog: pytest.LogCaptureFixture) -> None:
+    worker = _decoding_worker()
+    messages = [_event_message(offset, 1_600_000_000 + 900 * offset) for offset in range(10)]
+
+    with caplog.at_level("WARNING", logger="stream.worker"):
+        worker._decode(messages)
+
+    assert late_count(worker) == 0
+    assert caplog.records == []
+
+
+class FailingProducer(FakeProducer):
+    """Reports every delivery as _MSG_TIMED_OUT, as librdkafka does while the broker is down."""
+
+    def produce(self, topic: str, value: Any, key: Any, headers: Any, on_delivery: Any) -> None:
+        self.produced.append((topic, value))
+        on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+
+
+class HangingConsumer:
+    """A consumer whose close() blocks until `release` is set, as librdkafka's close does while
+    offset commits wait for an unreachable group coordinator."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.close_called = threading.Event()
+
+    def close(self) -> None:
+        self.close_called.set()
+        self.release.wait(30)
+
+
+def test_failed_commit_thread_stops_worker_promptly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "FAILED_CLOSE_SECONDS", 0.3)
+    worker = make_worker(FailingProducer(), delivery_timeout=0.1, delivery_attempts=1)
+    consumer = HangingConsumer()
+    worker.consumer = consumer  # type: ignore[assignment]
+    records = [OutputRecord("recommendations", b"u1", b"v", [])]
+    worker.deliverer.produce(records)
+    worker.committer.submit({}, {0: PartitionPosition(1, 100.0)}, records)
+    deadline = time.monotonic() + 5
+    while not worker.committer.failed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker.committer.failed
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(CommitError, match="not delivered"):
+            worker._shutdown()
+        elapsed = time.monotonic() - started
+    finally:
+        consumer.release.set()
+
+    assert consumer.close_called.is_set()
+    assert elapsed < 1.0
+
+
+def test_revoked_partition_logged_at_stored_position(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from statestore import StateStore, StoreConfig
+
+    worker = make_worker(FakeProducer())
+    with StateStore(StoreConfig(path=tmp_path / "state", sync=False)) as store:
+        store.commit({}, {("interactions", 0): PartitionPosition(60955, 100.0)})
+        worker.store = store
+        # The worker processed further, but the commit of those batches failed.
+        worker._positions = {0: PartitionPosition(61019, 200.0), 1: PartitionPosition(7, 1.0)}
+
+        with caplog.at_level("INFO", logger="stream.worker"):
+            worker._forget({0, 1}, "revoked")
+
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "revoked interactions[0]@60955 (stored position)",
+        "interactions[0]: offsets up to 61019 were processed but their commit did not reach the "
+        "state store, so the next owner processes them again",
+        "revoked interactions[1]: no stored position, so its next owner starts at the earliest "
+        "offset",
+        "interactions[1]: offsets up to 7 were processed but their commit did not reach the "
+        "state store, so the next owner processes them again",
+    ]
