@@ -284,8 +284,9 @@ class WorkerConfig:
     # Publish a session-start output when a timer closes a session (see `stream.worker`).
     publish_on_session_close: bool = False
     kafka_settings: Mapping[str, str] = field(default_factory=dict)
-    # Seconds the worker waits for the broker to acknowledge the outputs of one batch before it
-    # retries. After `delivery_attempts` tries in all, the worker stops without committing.
+    # Seconds between the starts of two tries of an output whose delivery failed. The worker
+    # stops without committing after `delivery_attempts` tries, or delivery_timeout *
+    # delivery_attempts seconds (60 s by default) after its wait for a batch began.
     delivery_timeout: float = 10.0
     delivery_attempts: int = 6
     # Users whose idle session one timer pass closes per partition; a fuller backlog pauses the

@@ -260,7 +260,8 @@ def check_linger_below_delivery_wait(config: WorkerConfig, settings: dict[str, A
     """Raise `ConfigError` when linger.ms is at least the worker's whole wait for a delivery.
 
     The producer may hold a batch's outputs for linger.ms before it sends them, and the worker
-    stops when they are not delivered after `delivery_attempts` waits of `delivery_timeout`.
+    stops when they are not delivered `delivery_attempts * delivery_timeout` seconds after its
+    wait began.
     """
     from stream.produce import LINGER_NAMES, MESSAGE_TIMEOUT_NAMES, last_setting
 
@@ -280,7 +281,8 @@ def check_linger_below_delivery_wait(config: WorkerConfig, settings: dict[str, A
     source = setting_source(linger_name, config.kafka_env_names)
     raise ConfigError(
         f"{source}={linger} can hold a batch's outputs longer than the worker waits for their "
-        f"delivery ({config.delivery_attempts} waits of {config.delivery_timeout:g} s), and the "
+        f"delivery ({config.delivery_attempts} tries {config.delivery_timeout:g} s apart, "
+        f"{config.delivery_attempts * config.delivery_timeout:g} s in all), and the "
         f"worker stops when they are not delivered: lower {source} below {limit_ms:g} ms "
         "(a larger -X delivery.timeout.ms does not extend the worker's wait)"
     )

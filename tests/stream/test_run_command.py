@@ -383,7 +383,8 @@ def test_run_linger_beyond_worker_wait_exits_2(
     assert no_pool == []
     assert error_lines(capsys) == [
         "hiertcn-stream: error: -X linger.ms=300000 can hold a batch's outputs longer than the "
-        "worker waits for their delivery (6 waits of 10 s), and the worker stops when they are "
+        "worker waits for their delivery (6 tries 10 s apart, 60 s in all), and the worker stops "
+        "when they are "
         "not delivered: lower -X linger.ms below 60000 ms (a larger -X delivery.timeout.ms does "
         "not extend the worker's wait)"
     ]
