@@ -146,6 +146,18 @@ FATAL_CONSUMER_ERRORS = {
 }
 
 
+def close_consumer(consumer: Consumer, static_member: bool) -> None:
+    """Close `consumer`, and make a dynamic member without partitions leave its group first.
+
+    librdkafka 2.16 with cooperative-sticky sends no LeaveGroup when a member without partitions
+    closes, so the group keeps it until session.timeout.ms and the next start waits that long.
+    unsubscribe() sends the LeaveGroup. A static member keeps its membership on purpose.
+    """
+    if not static_member and not consumer.assignment():
+        consumer.unsubscribe()
+    consumer.close()
+
+
 def event_config(config: WorkerConfig) -> EventConfig:
     """Return the event validation settings of `config`."""
     return EventConfig(ts_unit=config.ts_unit, max_future_seconds=config.max_future_seconds)
@@ -454,7 +466,7 @@ class Worker:
             if failed:
                 self._close_consumer_within(FAILED_CLOSE_SECONDS)
             else:
-                self.consumer.close()
+                close_consumer(self.consumer, static_member=bool(instance))
         finally:
             try:
                 # Commits what is pending; a failure of the thread is raised here, if the run
