@@ -509,10 +509,19 @@ def test_rejected_assignment_leaves_worker_unready() -> None:
 
 
 class ClosingConsumer:
-    """A consumer whose close() is all that the worker's shutdown calls."""
+    """A consumer with the calls of the worker's shutdown: assignment, unsubscribe and close."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def assignment(self) -> list[Any]:
+        return []
+
+    def unsubscribe(self) -> None:
+        self.calls.append("unsubscribe")
 
     def close(self) -> None:
-        pass
+        self.calls.append("close")
 
 
 def test_shutdown_clears_ready() -> None:
@@ -535,7 +544,10 @@ def test_main_loop_turn_beats() -> None:
         return []
 
     worker.consumer = SimpleNamespace(  # type: ignore[assignment]
-        subscribe=lambda *args, **kwargs: None, close=lambda: None
+        subscribe=lambda *args, **kwargs: None,
+        assignment=list,
+        unsubscribe=lambda: None,
+        close=lambda: None,
     )
     worker._collect = stop_after_one_turn  # type: ignore[method-assign]
     worker._idle = lambda: None  # type: ignore[method-assign]
@@ -557,8 +569,10 @@ def test_static_membership_id_per_process() -> None:
     assert "group.instance.id" not in consumer_settings(plain, 1)
 
 
-def _stop_lines(worker: Worker, caplog: pytest.LogCaptureFixture) -> list[str]:
-    worker.consumer = ClosingConsumer()  # type: ignore[assignment]
+def _stop_lines(
+    worker: Worker, caplog: pytest.LogCaptureFixture, consumer: ClosingConsumer | None = None
+) -> list[str]:
+    worker.consumer = consumer or ClosingConsumer()  # type: ignore[assignment]
     worker.committer = SimpleNamespace(  # type: ignore[assignment]
         close=lambda: None, failed=False
     )
@@ -579,9 +593,20 @@ def test_static_member_stop_keeps_membership(caplog: pytest.LogCaptureFixture) -
 
 
 def test_dynamic_member_stop_leaves_group(caplog: pytest.LogCaptureFixture) -> None:
-    (line,) = _stop_lines(make_worker(FakeProducer()), caplog)
+    consumer = ClosingConsumer()
+    (line,) = _stop_lines(make_worker(FakeProducer()), caplog, consumer)
 
     assert line.endswith("stopping: leaving the group")
+    assert consumer.calls == ["unsubscribe", "close"]  # no partitions: leave explicitly
+
+
+def test_static_member_stop_skips_unsubscribe(caplog: pytest.LogCaptureFixture) -> None:
+    worker = make_worker(FakeProducer(), processes=2, kafka_settings={"group.instance.id": "pod-0"})
+    consumer = ClosingConsumer()
+
+    _stop_lines(worker, caplog, consumer)
+
+    assert consumer.calls == ["close"]
 
 
 @pytest.mark.parametrize(
