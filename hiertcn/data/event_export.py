@@ -1,10 +1,10 @@
 """Write one part of a split log as a JSON Lines event file that `hiertcn-stream replay` reads.
 
 Each line is an event map of the stream's input format: `user`, `item` (the external id), `ts`
-(seconds), `event_id` (`PART-N`, N counting the part's events in the order written) and, when
-the event has an impression list, `impressions` (ids outside the vocabulary are left out,
-because no bundle of this log can rank them). Lines are sorted by time, then by user and by
-position in the user's history, so replay's default file order equals its time order.
+(seconds) and `event_id` (`PART-N`, N counting the part's events in the order written). An
+event with an impression list also gets `impressions`, without the ids outside the vocabulary,
+which no bundle of this log can rank. Lines are sorted by time, then by user and by position in
+the user's history, so replay's default file order equals its time order.
 """
 
 from __future__ import annotations

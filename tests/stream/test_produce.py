@@ -522,27 +522,24 @@ def test_produce_command_warns_of_late_events(
     assert "pass --order time" in warning
 
 
-def test_produce_command_time_order_silent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--order", "time"],  # sorted by time, no event falls behind its partition
+        ["--session-gap", "5000"],  # a gap wider than the log's lag behind its partition
+    ],
+)
+def test_produce_command_no_late_warning(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    flags: list[str],
 ) -> None:
     events = tmp_path / "grouped.jsonl"
     write_grouped_log(events)
 
     with caplog.at_level(logging.WARNING, logger="stream.commands.produce"):
-        code = _run_produce_command(monkeypatch, events, "--order", "time")
-
-    assert code == 0
-    assert [r for r in caplog.records if r.name == "stream.commands.produce"] == []
-
-
-def test_produce_command_session_gap_sets_check(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    events = tmp_path / "grouped.jsonl"
-    write_grouped_log(events)
-
-    with caplog.at_level(logging.WARNING, logger="stream.commands.produce"):
-        code = _run_produce_command(monkeypatch, events, "--session-gap", "5000")
+        code = _run_produce_command(monkeypatch, events, *flags)
 
     assert code == 0
     assert [r for r in caplog.records if r.name == "stream.commands.produce"] == []
