@@ -270,7 +270,7 @@ class Replay:
             if now - last_progress >= _PROGRESS_SECONDS:
                 last_progress = now
                 logger.info(
-                    "replayed %d records, %d events, %.0f events/s",
+                    "replayed %d records so far, %d events, %.0f events/s",
                     self.report.records,
                     self.report.accepted,
                     self.report.accepted / (now - started),

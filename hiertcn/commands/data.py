@@ -203,7 +203,11 @@ def run_events(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder: pass a file path, e.g. {out / 'test.jsonl'}")
+        # A file inside a prepared folder is rejected below, so suggest one beside it there.
+        example = out.parent if is_prepared_folder(out) else out
+        raise ConfigError(
+            f"--out {out} is a folder: pass a file path, e.g. {example / f'{args.part}.jsonl'}"
+        )
     if out.exists() and not args.force:
         raise ConfigError(
             f"--out {out} already exists: pass --force to replace it, or another file path"
@@ -221,6 +225,7 @@ def run_events(args: argparse.Namespace) -> int:
     dataset = load_dataset(args)
     log = dataset.log if args.part == "all" else getattr(dataset, args.part)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         count = write_event_file(log, args.part, out)
     except OSError as error:
         raise DataError(

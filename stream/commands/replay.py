@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -121,7 +122,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="keep user states in an LMDB state store here (default: in memory). A second "
         "replay of the same file into it resumes after the records that the first one stored, "
-        "and needs the same --order and --output",
+        "and needs the same --order, --output and --publish-on-session-close. One replay at a "
+        "time may use a state directory",
     )
 
     parser.add_argument(
@@ -275,11 +277,32 @@ def _open_state_dir(
         embedding_dim=bundle.embedding_dim,
     )
     stack.callback(store_states.store.close)
+    lock_state_dir(args.state_dir, stack)
     stored = store_states.position()
     output_start = check_resume(
         stored, args.order, args.output, args.events, args.publish_on_session_close
     )
     return store_states, None if stored is None else stored.next_offset, output_start
+
+
+# The file in --state-dir that a running replay holds an exclusive lock on.
+REPLAY_LOCK_FILE = "replay.lock"
+
+
+def lock_state_dir(state_dir: Path, stack: contextlib.ExitStack) -> None:
+    """Take the replay lock of `state_dir` until `stack` closes, or raise `ConfigError`.
+
+    Two replays into one state directory would interleave their positions and their --output
+    lines, so a second one is rejected while the first runs. The lock ends with the process.
+    """
+    lock = stack.enter_context((state_dir / REPLAY_LOCK_FILE).open("a"))
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(
+            f"another replay is using --state-dir {state_dir}: wait for it to finish, or pass "
+            "another --state-dir"
+        ) from None
 
 
 class Terminated(KeyboardInterrupt):

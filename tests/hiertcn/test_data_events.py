@@ -140,3 +140,26 @@ def test_prepared_folder_gives_same_file(tmp_path):
     assert main(["data", "events", str(prepared), "--out", str(from_folder)]) == 0
 
     assert from_folder.read_bytes() == from_log.read_bytes()
+
+
+def test_prepared_folder_as_out_suggests_path_beside(tmp_path, capsys):
+    log, prepared = tmp_path / "log.csv", tmp_path / "prepared"
+    write_interleaved_log(log)
+    assert main(["data", "prepare", str(log), *NO_FILTERS, "--out", str(prepared)]) == 0
+    capsys.readouterr()
+
+    code = main(["data", "events", str(prepared), "--out", str(prepared)])
+
+    assert code == 2
+    assert f"is a folder: pass a file path, e.g. {tmp_path / 'test.jsonl'}" in (
+        capsys.readouterr().err
+    )
+
+
+def test_missing_parent_folders_created(tmp_path):
+    log, out = tmp_path / "log.csv", tmp_path / "new" / "sub" / "test.jsonl"
+    write_interleaved_log(log)
+
+    assert main(["data", "events", str(log), *NO_FILTERS, "--out", str(out)]) == 0
+
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 5

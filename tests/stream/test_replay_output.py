@@ -10,6 +10,8 @@ import hashlib
 import logging
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 
 from statestore import REPLAY_PARTITION, PartitionPosition, StateStore, StoreConfig
 from stream.cli import main
+from stream.commands.replay import REPLAY_LOCK_FILE
 from stream.replay import OutputFile, Replay, StoreStates
 from tests.stream.conftest import write_event_log
 
@@ -359,6 +362,46 @@ def test_resume_with_other_close_flag_rejected(
     assert code == 2
     assert f"ran {stored} --publish-on-session-close" in err
     assert output.read_bytes() == before
+
+
+def test_second_replay_on_state_dir_rejected(
+    onnx_bundle_dir: Path,
+    events: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    output, state_dir = tmp_path / "recs.jsonl", tmp_path / "state"
+    flags = ["--state-dir", str(state_dir), "--output", str(output)]
+    assert replay(events, onnx_bundle_dir, *flags) == 0  # releases its lock when it ends
+    before = output.read_bytes()
+    capsys.readouterr()
+
+    # Another process holds the lock, as a replay still running would.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(state_dir / REPLAY_LOCK_FILE)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        code = replay(events, onnx_bundle_dir, *flags)
+    finally:
+        holder.kill()
+        holder.wait()
+
+    assert code == 2
+    assert f"another replay is using --state-dir {state_dir}" in capsys.readouterr().err
+    assert output.read_bytes() == before
+
+
+# Takes the lock of the file argv[1], says so, and keeps it until killed.
+HOLD_LOCK = """
+import fcntl, sys, time
+lock = open(sys.argv[1], "a")
+fcntl.flock(lock, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(600)
+"""
 
 
 # Messages of an interrupted and of a resumed replay -----------------------------------------
