@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -183,13 +184,22 @@ def write_category_log(path) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def test_other_item_col_names_checkpoint_flags(tmp_path, capsys):
+def train_on_categories(tmp_path, capsys, min_item_count: int) -> tuple[list[str], Path]:
+    """Train most-popular on the category column; return the data flags (without --item-col)
+    and the run folder."""
     log, out = tmp_path / "log.csv", tmp_path / "run"
     write_category_log(log)
-    data = [str(log), "--format", "csv", "--min-item-count", "3", "--min-user-events", "1"]
+    data = [str(log), "--format", "csv", "--min-item-count", str(min_item_count)]
+    data += ["--min-user-events", "1"]
     train = ["train", *data, "--item-col", "category", "--model", "most_popular"]
     assert main([*train, "--out", str(out), "--device", "cpu"]) == 0
     capsys.readouterr()
+    return data, out
+
+
+def test_other_item_col_names_checkpoint_flags(tmp_path, capsys):
+    data, out = train_on_categories(tmp_path, capsys, min_item_count=3)
+    log = tmp_path / "log.csv"
 
     # Every item id occurs once, so --min-item-count 3 removes every event.
     assert main(["evaluate", str(out / "best.pt"), *data, "--device", "cpu"]) == 2
@@ -200,12 +210,7 @@ def test_other_item_col_names_checkpoint_flags(tmp_path, capsys):
 
 
 def test_other_item_col_vocabulary_names_flag(tmp_path, capsys):
-    log, out = tmp_path / "log.csv", tmp_path / "run"
-    write_category_log(log)
-    data = [str(log), "--format", "csv", "--min-item-count", "1", "--min-user-events", "1"]
-    train = ["train", *data, "--item-col", "category", "--model", "most_popular"]
-    assert main([*train, "--out", str(out), "--device", "cpu"]) == 0
-    capsys.readouterr()
+    data, out = train_on_categories(tmp_path, capsys, min_item_count=1)
 
     assert main(["evaluate", str(out / "best.pt"), *data, "--device", "cpu"]) == 2
     error = capsys.readouterr().err

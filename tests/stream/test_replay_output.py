@@ -394,7 +394,7 @@ def test_second_replay_on_state_dir_rejected(
     assert output.read_bytes() == before
 
 
-# Takes the lock of the file argv[1], says so, and keeps it until killed.
+# Takes the lock of the file argv[1], prints "locked", and keeps the lock until killed.
 HOLD_LOCK = """
 import fcntl, sys, time
 lock = open(sys.argv[1], "a")
