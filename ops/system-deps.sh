@@ -22,7 +22,9 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     if command -v systemctl >/dev/null 2>&1; then
         systemctl stop prometheus >/dev/null 2>&1 || true
     fi
-    pkill -x prometheus >/dev/null 2>&1 || true
+    # Only the service's own process (user prometheus): other Prometheus servers on a shared
+    # machine, such as another checkout's test server, keep running.
+    pkill -x -u prometheus prometheus >/dev/null 2>&1 || true
     exit 0
 fi
 

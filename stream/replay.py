@@ -8,10 +8,12 @@ worker's, except the default `event_id`, which names the file in place of the Ka
 
 The report gives Recall@K, MRR and MRP of each event's item under the user's previous
 recommendation: over the event's impressions when it has them, else over the whole catalog,
-with pessimistic ties. A user's first event has no previous recommendation and is not counted.
-With the pipeline's `session_close_outputs`, each timer close also writes a session-start
-recommendation after the batch's event outputs, and the first event of the next session is
-ranked against it, as `hiertcn evaluate` ranks it.
+with pessimistic ties. A user's first event has no previous recommendation and is not counted,
+and neither is an event whose `type` is one of the configured context types (the history events
+of a warm split's test part). With the pipeline's
+`session_close_outputs`, each timer close also writes a session-start recommendation after the
+batch's event outputs, and the first event of the next session is ranked against it, as
+`hiertcn evaluate` ranks it.
 
 Each batch writes its recommendations to the output file before it commits its states and its
 position to the backend, and a stored position records the output file's length. A resumed
@@ -42,20 +44,25 @@ logger = logging.getLogger(__name__)
 
 # Reason code of a record that the file reader could not parse (not JSON, a broken row).
 INVALID_RECORD = "invalid_record"
+# The `type` that `hiertcn data events` gives the history events of a warm split's test part
+# (hiertcn.data.event_export writes the same string; stream does not import hiertcn).
+CONTEXT_TYPE = "context"
 # Seconds between two progress lines on stderr.
 _PROGRESS_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
 class ReplayConfig:
-    """How to replay: micro-batch size, K for Recall@K, event validation limits, and the
-    record order ("file" or "time") that a stored position counts in."""
+    """How to replay: micro-batch size, K for Recall@K, event validation limits, the record
+    order ("file" or "time") that a stored position counts in, and the event types that update
+    states and get outputs but stay out of the metrics (`context_types`)."""
 
     batch_size: int = 256
     recall_k: int = 10
     timers: bool = True
     event_config: EventConfig = field(default_factory=EventConfig)
     order: str = "file"
+    context_types: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -78,7 +85,12 @@ class ReplayReport:
     # timers may have closed their users' sessions before them (counted with timers only).
     behind_watermark: int = 0
     session_close_outputs: int = 0  # session-start outputs of timer closes
+    context: int = 0  # events of a context type, which the metrics leave out
     counted: int = 0  # events with a previous recommendation
+    session_starts: int = 0  # counted events that start a session after the user's first
+    # Counted session starts ranked against the output of a timer close, as evaluate ranks
+    # them; the others are ranked against the output of the previous session's last event.
+    starts_after_close: int = 0
     hits: int = 0  # counted events whose item ranked within K
     reciprocal_rank_sum: float = 0.0
     percentile_rank_sum: float = 0.0  # sum of rank / pool size
@@ -331,7 +343,12 @@ class Replay:
         # (2) Sessions, session step and scores for every event, in input order.
         result: BatchResult = self.pipeline.process(events, states)
         self.report.closed.update(result.closed)
-        self.report.add_live(result.live, self.config.recall_k)
+        live = self._without_context(events, result.live)
+        self.report.add_live(live, self.config.recall_k)
+        starts, after_close = count_session_starts(events, states, result.outputs, live)
+        self.report.session_starts += starts
+        if self.pipeline.config.session_close_outputs:
+            self.report.starts_after_close += after_close
         self.watermark = max(self.watermark, max(event.ts for event in events))
 
         # (3) Write the recommendations before the position that counts them is committed.
@@ -346,6 +363,17 @@ class Replay:
         # write their session-close outputs before the commit that covers them.
         if self.config.timers:
             self._close_expired(consumed)
+
+    def _without_context(
+        self, events: list[Event], live: list[tuple[int, int] | None]
+    ) -> list[tuple[int, int] | None]:
+        """Return `live` with None for the events of a context type, counting them."""
+        context_types = self.config.context_types
+        if not context_types:
+            return live
+        context = [event.event_type in context_types for event in events]
+        self.report.context += sum(context)
+        return [None if skip else entry for skip, entry in zip(context, live, strict=True)]
 
     def _position(self, consumed: int) -> PartitionPosition:
         output = self.output
@@ -391,6 +419,36 @@ def count_out_of_order(events: Iterable[Event], states: Mapping[str, UserState])
         else:
             newest[event.user] = event.ts
     return count
+
+
+def count_session_starts(
+    events: Iterable[Event],
+    states: Mapping[str, UserState],
+    outputs: Iterable[Recommendation],
+    live: Iterable[tuple[int, int] | None],
+) -> tuple[int, int]:
+    """Return how many counted events start a session, and how many of those follow a timer close.
+
+    `states` holds each user's state before `events`, and `outputs` the event outputs in the same
+    order. An event starts a session when its session number differs from the user's open one.
+    A stored state without an open session (`session_length` 0) had it closed by a timer; with
+    session-close outputs, the event after such a close is ranked against the close's output.
+    """
+    open_session: dict[str, int | None] = {}
+    starts = after_close = 0
+    for event, output, entry in zip(events, outputs, live, strict=True):
+        state = states.get(event.user)
+        first_in_batch = event.user not in open_session
+        if first_in_batch:
+            has_open = state is not None and state.session_length > 0
+            open_session[event.user] = state.session_count if has_open else None
+        previous = open_session[event.user]
+        open_session[event.user] = output.session
+        if entry is None or output.session == previous:
+            continue
+        starts += 1
+        after_close += first_in_batch and state is not None and state.session_length == 0
+    return starts, after_close
 
 
 def check_resume(

@@ -122,8 +122,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "PART-N, and impressions when the log has them. Lines are sorted by time, so "
         "`hiertcn-stream replay --events OUT` replays the part as the stream would deliver it. "
         "With the default cold split, replay then scores the events that `hiertcn evaluate` "
-        "ranks. A warm split's test part also holds each user's earlier events, which evaluate "
-        "does not rank but replay scores.",
+        "ranks. A warm split's valid and test parts also hold each user's earlier events, "
+        "which evaluate does not rank: they get type context, and `hiertcn-stream replay "
+        "--context-type context` leaves them out of its metrics too.",
     )
     add_data_arguments(events, prepared_folder=True)
     events.add_argument(
@@ -233,6 +234,13 @@ def run_events(args: argparse.Namespace) -> int:
             "pass a file path in a folder that can be created and written"
         ) from None
     print(f"wrote {count} events of {log.num_users} users ({args.part} part) to {out}")
+    context = count - log.num_targets
+    if context:
+        print(
+            f"{context} of them are earlier events of the same users, written with type "
+            "context: replay with `--context-type context` to count only the others, as "
+            "`hiertcn evaluate` does"
+        )
     return 0
 
 

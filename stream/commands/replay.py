@@ -31,6 +31,7 @@ from stream.events import DEFAULT_MAX_FUTURE_SECONDS, EventConfig
 from stream.pipeline import Pipeline, PipelineConfig
 from stream.records import EventFileError, add_event_file_arguments, detect_format, read_records
 from stream.replay import (
+    CONTEXT_TYPE,
     MemoryStates,
     OutputFile,
     Replay,
@@ -159,6 +160,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
 
     parser.add_argument(
+        "--context-type",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="events whose `type` field is TYPE update their user's state and get outputs, but "
+        "the metrics do not count them; repeat the flag for several types. `hiertcn data events` "
+        f"marks the history events of a warm split's test part as {CONTEXT_TYPE!r}, which "
+        "`hiertcn evaluate` does not rank either (default: every event is counted)",
+    )
+
+    parser.add_argument(
         "--device",
         choices=("cpu", "cuda", "auto"),
         default="cpu",
@@ -202,6 +214,7 @@ def _replay(args: argparse.Namespace) -> int:
         timers=not args.no_timers,
         event_config=EventConfig(ts_unit=args.ts_unit, max_future_seconds=args.max_future_seconds),
         order=args.order,
+        context_types=frozenset(args.context_type),
     )
 
     # Run the event file's checks (missing, empty, format) before the state store is created.
@@ -250,6 +263,7 @@ def _replay(args: argparse.Namespace) -> int:
             list_hint,
             resumed_at,
             session_close_outputs=args.publish_on_session_close,
+            context_types=config.context_types,
         )
     )
     if report.accepted == 0:
@@ -476,12 +490,14 @@ def format_report(
     list_hint: bool = True,
     resumed_at: int | None = None,
     session_close_outputs: bool = False,
+    context_types: frozenset[str] = frozenset(),
 ) -> str:
     """Return the replay report as aligned text lines.
 
     `list_hint` adds how to list rejections. `resumed_at` is the number of records that an
     earlier run stored, which the counts and metrics of a resumed run leave out.
-    `session_close_outputs` adds the count of the outputs of timer closes.
+    `session_close_outputs` adds the count of the outputs of timer closes and of the session
+    starts ranked against them; `context_types` adds the count of the events left out.
     """
     rate = report.accepted / report.seconds if report.seconds > 0 else 0.0
     lines = [f"model            {model}"]
@@ -502,10 +518,15 @@ def format_report(
     ]
     if session_close_outputs:
         lines.append(f"session-close outputs  {report.session_close_outputs}")
-    lines += [
-        f"impression items not in the vocabulary  {report.dropped_impressions}",
-        f"counted events   {report.counted} (first event of each user not counted)",
-    ]
+    lines.append(f"impression items not in the vocabulary  {report.dropped_impressions}")
+    if context_types:
+        names = ", ".join(sorted(context_types))
+        lines.append(f"context events   {report.context} (type {names}: not counted)")
+    lines.append(f"counted events   {report.counted} (first event of each user not counted)")
+    starts = f"session starts   {report.session_starts} of the counted events"
+    if session_close_outputs:
+        starts += f", {report.starts_after_close} ranked against a session-close output"
+    lines.append(starts)
     if report.counted:
         lines += [
             f"Recall@{k:<9} {report.recall:.4f}",

@@ -233,6 +233,18 @@ def write_session_log(path: Path, users: int, seed: int) -> None:
     path.write_text("".join(json.dumps(event) + "\n" for event in events))
 
 
+def count_later_sessions(path: Path) -> int:
+    """Count the sessions of the log after each user's first, by the 1800 s gap."""
+    last_ts: dict[str, int] = {}
+    count = 0
+    for line in path.read_text().splitlines():
+        event = json.loads(line)
+        previous = last_ts.get(event["user"])
+        count += previous is not None and event["ts"] - previous > 1800
+        last_ts[event["user"]] = event["ts"]
+    return count
+
+
 def evaluate_ranks(model, path: Path) -> dict[tuple[str, int], int]:
     """Return `hiertcn evaluate`'s rank of each ranked event, keyed by (user, index of the
     event among the user's events)."""
@@ -276,6 +288,8 @@ def test_replay_ranks_session_starts_as_evaluate(tiny_model, onnx_bundle, tmp_pa
     # Ranks come from float32 scores of two runtimes, so an exact tie may break differently.
     assert starts >= 30
     assert differing <= 1, f"{differing} of {starts} session starts ranked differently"
+    assert report.starts_after_close == starts
+    assert report.session_starts == count_later_sessions(path)
     assert report.session_close_outputs == report.closed["timer"]
     lines = [json.loads(line) for line in output.path.read_text().splitlines()]
     assert sum(line.get("trigger") == "session_close" for line in lines) == report.closed["timer"]
