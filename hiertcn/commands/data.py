@@ -21,6 +21,7 @@ import json
 import logging
 from pathlib import Path
 
+from hiertcn.data.log import EventLog
 from hiertcn.data.options import (
     add_data_arguments,
     data_config_from_args,
@@ -223,8 +224,7 @@ def run_events(args: argparse.Namespace) -> int:
             f"--out {out} is inside the prepared folder {prepared}, which only "
             "`hiertcn data prepare` writes: pass a path outside it"
         )
-    dataset = load_dataset(args)
-    log = dataset.log if args.part == "all" else getattr(dataset, args.part)
+    log = _load_part(args)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         count = write_event_file(log, args.part, out)
@@ -242,6 +242,17 @@ def run_events(args: argparse.Namespace) -> int:
             "`hiertcn evaluate` does"
         )
     return 0
+
+
+def _load_part(args: argparse.Namespace) -> EventLog:
+    """Return the part of the split that --part names; `all` from a log skips the split, so a
+    log too small to split can still be written whole."""
+    if args.part == "all" and not (args.data is not None and is_prepared_folder(Path(args.data))):
+        config = data_config_from_args(args, prepared_accepted=True)
+        log, _report = prepare_log(config)
+        return log
+    dataset = load_dataset(args)
+    return dataset.log if args.part == "all" else getattr(dataset, args.part)
 
 
 def _check_ancestors_are_folders(path: Path, label: str) -> None:

@@ -163,3 +163,15 @@ def test_missing_parent_folders_created(tmp_path):
     assert main(["data", "events", str(log), *NO_FILTERS, "--out", str(out)]) == 0
 
     assert len(out.read_text(encoding="utf-8").splitlines()) == 5
+
+
+def test_all_part_of_log_too_small_to_split(tmp_path, capsys):
+    log, out = tmp_path / "log.csv", tmp_path / "all.jsonl"
+    log.write_text("user,item,timestamp\nu1,a,100\nu1,b,200\nu2,a,150\n", encoding="utf-8")
+    assert main(["data", "events", str(log), *NO_FILTERS, "--out", str(out)]) == 2
+    assert "leaves a part without users" in capsys.readouterr().err
+
+    assert main(["data", "events", str(log), *NO_FILTERS, "--part", "all", "--out", str(out)]) == 0
+
+    events = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [event["item"] for event in events] == ["a", "a", "b"]
