@@ -13,6 +13,8 @@ PYTEST_ARGS ?=
 # The demo's data: DATA=path/to/log FORMAT=movielens|taobao|csv|... (empty: synthetic data).
 DATA ?=
 FORMAT ?= auto
+# More data flags for DATA, e.g. DATA_ARGS="--user-col customer_id --item-col sku --time-unit ms".
+DATA_ARGS ?=
 # Extra flags of the demo, e.g. DEMO_ARGS="--metrics-port 9200 --rate 500" (python -m ops.demo -h).
 DEMO_ARGS ?=
 # Where `make bench` writes its tables and keeps the stream benchmark's bundle, state and logs.
@@ -37,7 +39,7 @@ test: install system-deps
 
 demo: install system-deps
 	bash ops/kafka/kafka.sh fetch
-	$(BIN)/python -m ops.demo $(if $(DATA),--data "$(DATA)" --format "$(FORMAT)") $(DEMO_ARGS)
+	$(BIN)/python -m ops.demo $(if $(DATA),--data "$(DATA)" --format "$(FORMAT)") $(if $(DATA_ARGS),--data-args '$(DATA_ARGS)') $(DEMO_ARGS)
 
 lint: install
 	$(BIN)/ruff check hiertcn export statestore stream ops tests bench

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -64,6 +65,7 @@ class DemoConfig:
     out: Path
     data: Path | None
     data_format: str
+    data_args: tuple[str, ...]  # more data flags of `hiertcn train` for --data
     titles: Path | None
     epochs: int
     processes: int
@@ -103,7 +105,7 @@ def data_flags(config: DemoConfig, data_path: Path, synthetic: bool) -> list[str
     """Return the data flags that training and the demo's own split share, so the splits agree."""
     if synthetic:
         return [str(data_path), "--format", "csv", "--min-item-count", "5", "--split-seed", "0"]
-    return [str(data_path), "--format", config.data_format, "--split-seed", "0"]
+    return [str(data_path), "--format", config.data_format, *config.data_args, "--split-seed", "0"]
 
 
 def prepare_data(config: DemoConfig) -> tuple[Path, bool]:
@@ -316,6 +318,14 @@ def parse_args(argv: Sequence[str] | None) -> DemoConfig:
         choices=FORMATS,  # those of `hiertcn train`, checked before any work
         help="format of --data, as `hiertcn train` reads it (default: auto)",
     )
+    parser.add_argument(
+        "--data-args",
+        default="",
+        metavar="FLAGS",
+        help="more data flags of `hiertcn train` for --data, as one quoted string, for a log "
+        'with its own column names, e.g. "--user-col customer_id --item-col sku --time-unit ms" '
+        "(default: none)",
+    )
     parser.add_argument("--titles", type=Path, help="CSV of item id,title (MovieLens movies.csv)")
     parser.add_argument("--out", type=Path, help="run folder (default: runs/demo-YYYYmmdd-HHMMSS)")
     parser.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
@@ -337,11 +347,13 @@ def parse_args(argv: Sequence[str] | None) -> DemoConfig:
     )
     args = parser.parse_args(argv)
     check_ranges(parser, args)
+    data_args = check_data_args(parser, args)
     out = args.out or REPO_ROOT / "runs" / time.strftime("demo-%Y%m%d-%H%M%S")
     return DemoConfig(
         out=out.resolve(),
         data=args.data.resolve() if args.data else None,
         data_format=args.format,
+        data_args=data_args,
         titles=args.titles,
         epochs=args.epochs,
         processes=args.processes,
@@ -368,6 +380,29 @@ def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error(f"invalid --rate {args.rate}: use a positive number of events per second")
     if not 1 <= args.metrics_port <= 65_535:
         parser.error(f"invalid --metrics-port {args.metrics_port}: use a port from 1 to 65535")
+
+
+def check_data_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, ...]:
+    """Return --data-args split into flags; exit 2 when they are not data flags of training."""
+    from hiertcn.data.options import add_data_arguments
+
+    try:
+        flags = tuple(shlex.split(args.data_args))
+    except ValueError as error:
+        parser.error(f"invalid --data-args {args.data_args!r}: {error}")
+    if not flags:
+        return ()
+    if args.data is None:
+        parser.error("--data-args needs --data: the synthetic log has fixed columns")
+    data_parser = argparse.ArgumentParser(prog="--data-args", add_help=False)
+    add_data_arguments(data_parser)
+    _known, unknown = data_parser.parse_known_args([str(args.data), *flags])
+    if unknown:
+        parser.error(
+            f"invalid --data-args: {' '.join(unknown)} is not a data flag of `hiertcn train` "
+            "(hiertcn train --help lists them)"
+        )
+    return flags
 
 
 def main(argv: Sequence[str] | None = None) -> int:

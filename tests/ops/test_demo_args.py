@@ -70,3 +70,45 @@ def test_run_folder_list_skips_missing_files(tmp_path: Path) -> None:
         "pool's",
         "log",
     ]
+
+
+def test_demo_data_args_reach_training_flags(tmp_path: Path) -> None:
+    from ops.demo.run import data_flags, parse_args
+
+    log = tmp_path / "clicks.tsv"
+    config = parse_args(
+        [
+            "--data",
+            str(log),
+            "--format",
+            "csv",
+            "--data-args",
+            "--user-col customer_id --time-unit ms",
+        ]
+    )
+
+    flags = data_flags(config, log, synthetic=False)
+
+    assert config.data_args == ("--user-col", "customer_id", "--time-unit", "ms")
+    assert flags[:3] == [str(log), "--format", "csv"]
+    assert flags[3:7] == ["--user-col", "customer_id", "--time-unit", "ms"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--data-args", "--user-col u"], "--data-args needs --data"),
+        (["--data", "x.csv", "--data-args", "--epochs 3"], "--epochs 3 is not a data flag"),
+        (["--data", "x.csv", "--data-args", "--user-col 'u"], "invalid --data-args"),
+    ],
+)
+def test_demo_bad_data_args_rejected(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ops.demo.run import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(flags)
+
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
