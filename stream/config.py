@@ -177,6 +177,27 @@ OPTIONS: tuple[Option, ...] = (
         "next one starts. A crash repeats the outputs of up to this many batches plus one",
         "N",
     ),
+    Option(
+        "delivery_timeout",
+        "--delivery-timeout",
+        parse_float,
+        "seconds librdkafka may take over one try of an output (its delivery.timeout.ms), and "
+        "the minimum time between the starts of two tries, from 0.1 to 600. A worker stops "
+        "with exit status 1 when a batch's outputs are not delivered --delivery-timeout x "
+        "--delivery-attempts seconds after its wait began: that product is the broker outage "
+        "the pool rides out (60 s by default). It may be at most half of -X "
+        "max.poll.interval.ms, whose default is 300000 ms",
+        "SECONDS",
+    ),
+    Option(
+        "delivery_attempts",
+        "--delivery-attempts",
+        parse_int,
+        "tries of an output, the first one included, from 1 to 100. The worker stops with "
+        "exit status 1 when the last try fails. --delivery-timeout x --delivery-attempts is "
+        "the broker outage the pool rides out",
+        "N",
+    ),
     Option("k", "--k", _optional_int, "items per recommendation, at most the bundle's items", "K"),
     Option(
         "state_dir",
@@ -284,9 +305,10 @@ class WorkerConfig:
     # Publish a session-start output when a timer closes a session (see `stream.worker`).
     publish_on_session_close: bool = False
     kafka_settings: Mapping[str, str] = field(default_factory=dict)
-    # Seconds between the starts of two tries of an output whose delivery failed. The worker
-    # stops without committing after `delivery_attempts` tries, or delivery_timeout *
-    # delivery_attempts seconds (60 s by default) after its wait for a batch began.
+    # Seconds between the starts of two tries of an output whose delivery failed
+    # (--delivery-timeout). The worker stops without committing after `delivery_attempts` tries
+    # (--delivery-attempts), or delivery_timeout * delivery_attempts seconds (60 s by default)
+    # after its wait for a batch began.
     delivery_timeout: float = 10.0
     delivery_attempts: int = 6
     # Users whose idle session one timer pass closes per partition; a fuller backlog pauses the
@@ -436,10 +458,12 @@ def _check_delivery_wait(config: WorkerConfig) -> None:
         raise ConfigError(f"invalid {source}={interval_ms!r}: use milliseconds") from None
     longest_wait = config.delivery_timeout * config.delivery_attempts
     if longest_wait > interval / 2:
+        timeout = _setting(config, "delivery_timeout", f"{config.delivery_timeout:g}")
+        attempts = _setting(config, "delivery_attempts", config.delivery_attempts)
         raise ConfigError(
-            f"delivery retries can wait {longest_wait:.0f} s, more than half of "
-            f"max.poll.interval.ms ({interval:.0f} s): raise {source} or lower "
-            "the delivery timeout or attempts"
+            f"delivery retries can wait {longest_wait:g} s ({timeout} x {attempts}), more than "
+            f"half of max.poll.interval.ms ({interval:g} s): raise {source} or lower "
+            f"{source_of(config, 'delivery_timeout')} or {source_of(config, 'delivery_attempts')}"
         )
 
 

@@ -203,7 +203,24 @@ def _run(args: argparse.Namespace) -> int:
     config = device_for_workers(config, bundle)
     check_topics(config)
     check_store(config, bundle)
+    log_delivery_settings(config)
     return run_pool(config, logging.getLogger().getEffectiveLevel())
+
+
+def log_delivery_settings(config: WorkerConfig) -> None:
+    """Log the tries of a failed output and the broker outage that the workers ride out."""
+    longest_wait = config.delivery_timeout * config.delivery_attempts
+    logger.info(
+        "failed outputs get %d tries at least %g s apart (%s, %s). A worker whose outputs are "
+        "still undelivered %g s after its wait began stops with exit status 1, so the pool "
+        "rides out a broker outage of up to %g s",
+        config.delivery_attempts,
+        config.delivery_timeout,
+        _setting(config, "delivery_attempts", config.delivery_attempts),
+        _setting(config, "delivery_timeout", f"{config.delivery_timeout:g}"),
+        longest_wait,
+        longest_wait,
+    )
 
 
 def check_producer_settings(config: WorkerConfig) -> None:
@@ -284,7 +301,9 @@ def check_linger_below_delivery_wait(config: WorkerConfig, settings: dict[str, A
         f"delivery ({config.delivery_attempts} tries {config.delivery_timeout:g} s apart, "
         f"{config.delivery_attempts * config.delivery_timeout:g} s in all), and the "
         f"worker stops when they are not delivered: lower {source} below {limit_ms:g} ms "
-        "(a larger -X delivery.timeout.ms does not extend the worker's wait)"
+        f"(the worker's wait is {source_of(config, 'delivery_timeout')} x "
+        f"{source_of(config, 'delivery_attempts')}, and a larger -X delivery.timeout.ms does "
+        "not extend it)"
     )
 
 

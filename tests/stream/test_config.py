@@ -123,6 +123,10 @@ def test_parse_bool_rejects_junk() -> None:
         ("ts_unit", "us", "--ts-unit"),
         ("device", "tpu", "--device"),
         ("max_future_seconds", -1.0, "--max-future-seconds"),
+        ("delivery_timeout", 0.05, r"--delivery-timeout 0\.05: expected a value from 0\.1 to 600"),
+        ("delivery_timeout", float("nan"), "--delivery-timeout nan: expected a finite number"),
+        ("delivery_attempts", 0, "--delivery-attempts 0: expected a value from 1 to 100"),
+        ("delivery_attempts", 101, "--delivery-attempts 101"),
         ("input_topic", "bad topic", "invalid topic name"),
         ("output_topic", "interactions", "also an output topic"),
     ],
@@ -152,6 +156,69 @@ def test_invalid_environment_value_names_the_variable() -> None:
 def test_missing_brokers_is_an_error() -> None:
     with pytest.raises(ConfigError, match="--brokers"):
         build_config({"bundle": Path("b")}, {})
+
+
+def test_delivery_settings_from_flags_and_environment() -> None:
+    environ = {"HIERTCN_DELIVERY_TIMEOUT": "2.5", "HIERTCN_DELIVERY_ATTEMPTS": "4"}
+
+    from_env = build_config(REQUIRED, environ)
+    from_flags = build_config(
+        {**REQUIRED, "delivery_timeout": 1.0, "delivery_attempts": 3}, environ
+    )
+
+    assert (from_env.delivery_timeout, from_env.delivery_attempts) == (2.5, 4)
+    assert (from_flags.delivery_timeout, from_flags.delivery_attempts) == (1.0, 3)
+    assert from_env.setting_name("delivery_timeout") == "HIERTCN_DELIVERY_TIMEOUT"
+    assert from_flags.setting_name("delivery_attempts") == "--delivery-attempts"
+
+
+def test_delivery_settings_default_to_60_s_outage() -> None:
+    config = build_config(REQUIRED, {})
+
+    assert config.delivery_timeout == 10.0
+    assert config.delivery_attempts == 6
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"HIERTCN_DELIVERY_TIMEOUT": "600.5"},
+            "invalid HIERTCN_DELIVERY_TIMEOUT=600.5: expected a value from 0.1 to 600",
+        ),
+        (
+            {"HIERTCN_DELIVERY_ATTEMPTS": "0"},
+            "invalid HIERTCN_DELIVERY_ATTEMPTS=0: expected a value from 1 to 100",
+        ),
+        (
+            {"HIERTCN_DELIVERY_ATTEMPTS": "three"},
+            "invalid HIERTCN_DELIVERY_ATTEMPTS='three': invalid number 'three': expected a "
+            "whole number; fix or unset it",
+        ),
+        (
+            {"HIERTCN_DELIVERY_TIMEOUT": "inf"},
+            "invalid HIERTCN_DELIVERY_TIMEOUT=inf: expected a finite number",
+        ),
+    ],
+)
+def test_invalid_delivery_variable_names_it(environ: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        build_config(REQUIRED, environ)
+
+    assert str(raised.value) == message
+
+
+def test_delivery_wait_error_names_variables() -> None:
+    environ = {"HIERTCN_DELIVERY_TIMEOUT": "40", "HIERTCN_DELIVERY_ATTEMPTS": "4"}
+
+    with pytest.raises(ConfigError) as raised:
+        build_config(REQUIRED, environ)
+
+    assert str(raised.value) == (
+        "delivery retries can wait 160 s (HIERTCN_DELIVERY_TIMEOUT=40 x "
+        "HIERTCN_DELIVERY_ATTEMPTS=4), more than half of max.poll.interval.ms (300 s): raise "
+        "-X max.poll.interval.ms or lower HIERTCN_DELIVERY_TIMEOUT or HIERTCN_DELIVERY_ATTEMPTS"
+    )
 
 
 def test_delivery_wait_must_fit_poll_interval() -> None:

@@ -385,9 +385,30 @@ def test_run_linger_beyond_worker_wait_exits_2(
         "hiertcn-stream: error: -X linger.ms=300000 can hold a batch's outputs longer than the "
         "worker waits for their delivery (6 tries 10 s apart, 60 s in all), and the worker stops "
         "when they are "
-        "not delivered: lower -X linger.ms below 60000 ms (a larger -X delivery.timeout.ms does "
-        "not extend the worker's wait)"
+        "not delivered: lower -X linger.ms below 60000 ms (the worker's wait is "
+        "--delivery-timeout x --delivery-attempts, and a larger -X delivery.timeout.ms does not "
+        "extend it)"
     ]
+
+
+def test_run_linger_beyond_flag_delivery_wait_exits_2(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    no_pool: list,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("HIERTCN_DELIVERY_ATTEMPTS", "4")
+    extra = ["--delivery-timeout", "2.5", "-X", "linger.ms=10000"]
+
+    code = main(run_args(onnx_bundle_dir, tmp_path / "state", *extra))
+
+    assert code == 2
+    assert no_pool == []
+    (line,) = error_lines(capsys)
+    assert "(4 tries 2.5 s apart, 10 s in all)" in line
+    assert "lower -X linger.ms below 2500 ms" in line
+    assert "(the worker's wait is --delivery-timeout x HIERTCN_DELIVERY_ATTEMPTS, " in line
 
 
 def test_run_read_only_state_dir_exits_2(
@@ -515,3 +536,124 @@ def test_run_bad_stall_seconds_exits_2(
     err = capsys.readouterr().err
     assert f"invalid number {value!r}: expected a number" in err
     assert "could not convert" not in err
+
+
+def test_run_delivery_flags_reach_pool(
+    onnx_bundle_dir: Path, tmp_path: Path, no_pool: list[WorkerConfig]
+) -> None:
+    extra = ["--delivery-timeout", "1.5", "--delivery-attempts", "3"]
+
+    assert main(run_args(onnx_bundle_dir, tmp_path / "state", *extra)) == 0
+
+    (config,) = no_pool
+    assert config.delivery_timeout == 1.5
+    assert config.delivery_attempts == 3
+
+
+def test_run_delivery_variables_reach_pool(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    no_pool: list[WorkerConfig],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HIERTCN_DELIVERY_TIMEOUT", "2")
+    monkeypatch.setenv("HIERTCN_DELIVERY_ATTEMPTS", "5")
+
+    assert main(run_args(onnx_bundle_dir, tmp_path / "state", "--delivery-attempts", "4")) == 0
+
+    (config,) = no_pool
+    assert config.delivery_timeout == 2.0
+    assert config.delivery_attempts == 4
+
+
+def test_run_logs_outage_tolerance(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    no_pool: list[WorkerConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("HIERTCN_DELIVERY_ATTEMPTS", "3")
+    extra = ["--delivery-timeout", "0.5"]
+
+    with caplog.at_level(logging.INFO, logger=run_command.__name__):
+        assert main(run_args(onnx_bundle_dir, tmp_path / "state", *extra)) == 0
+
+    (line,) = [r.getMessage() for r in caplog.records if "failed outputs get" in r.getMessage()]
+    assert line == (
+        "failed outputs get 3 tries at least 0.5 s apart (HIERTCN_DELIVERY_ATTEMPTS=3, "
+        "--delivery-timeout 0.5). A worker whose outputs are still undelivered 1.5 s after its "
+        "wait began stops with exit status 1, so the pool rides out a broker outage of up to "
+        "1.5 s"
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--delivery-attempts", "2.5"], "invalid number '2.5': expected a whole number"),
+        (["--delivery-timeout", "soon"], "invalid number 'soon': expected a number"),
+    ],
+)
+def test_run_unparsable_delivery_flag_exits_2(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    no_pool: list[WorkerConfig],
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(run_args(onnx_bundle_dir, tmp_path / "state", *extra))
+
+    assert exit.value.code == 2
+    assert no_pool == []
+    err = capsys.readouterr().err
+    assert f"argument {extra[0]}: {message}" in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--delivery-timeout", "0.05"],
+            "invalid --delivery-timeout 0.05: expected a value from 0.1 to 600",
+        ),
+        (
+            ["--delivery-attempts", "101"],
+            "invalid --delivery-attempts 101: expected a value from 1 to 100",
+        ),
+        (
+            ["--delivery-timeout", "60", "--delivery-attempts", "3"],
+            "delivery retries can wait 180 s (--delivery-timeout 60 x --delivery-attempts 3), "
+            "more than half of max.poll.interval.ms (300 s): raise -X max.poll.interval.ms or "
+            "lower --delivery-timeout or --delivery-attempts",
+        ),
+    ],
+)
+def test_run_delivery_flag_out_of_range_exits_2(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    no_pool: list[WorkerConfig],
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    code = main(run_args(onnx_bundle_dir, tmp_path / "state", *extra))
+
+    assert code == 2
+    assert no_pool == []
+    assert error_lines(capsys) == [f"hiertcn-stream: error: {message}"]
+
+
+def test_run_help_lists_delivery_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+
+    # argparse wraps the help at hyphens, so the check ignores white space.
+    help_text = "".join(capsys.readouterr().out.split())
+    assert "--delivery-timeoutSECONDS" in help_text
+    assert "(envHIERTCN_DELIVERY_TIMEOUT;default10.0)" in help_text
+    assert "--delivery-attemptsN" in help_text
+    assert "(envHIERTCN_DELIVERY_ATTEMPTS;default6)" in help_text
+    assert "thebrokeroutagethepoolridesout(60sbydefault)" in help_text
