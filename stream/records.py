@@ -3,21 +3,29 @@
 Formats:
 
 - `jsonl`: one JSON object per line, the event map of the input topic (`user`, `item`, `ts`,
-  and optionally `impressions`, `candidates`, `type`, `event_id`).
+  and optionally `impressions`, `candidates`, `type`, `event_id`). A `ts` that is a string of
+  up to 18 digits, such as `"1511544070"` (a leading `-` allowed), becomes that integer, as
+  `hiertcn` reads it. The input topic itself requires a number, and
+  `stream.events.decode_event` keeps rejecting a string there.
 - `msgpack`: a stream of msgpack maps, one per event, as the input topic carries them.
 - `csv`: a header with at least `user`, `item` and a time column: `ts`, or the names that
-  `hiertcn train` reads (`timestamp`, `time`, `event_time`), or the one named by `time_col`. Its
-  values go to the field `ts`. Optional columns are `type`, `event_id`, and `impressions` and
-  `candidates` with item ids separated by `|`.
+  `hiertcn train` reads (`timestamp`, `time`, `event_time`). Its values go to the field `ts`.
+  Optional columns are `type`, `event_id`, and `impressions` and `candidates` with item ids
+  separated by `|`. A `.tsv` or `.tab` file is tab-separated, any other file comma-separated.
 - `movielens`, `taobao`, `trivago`, `otto`: the public data sets, read with
   `hiertcn.data.readers` (which imports numpy but not torch) and turned into event maps with
   `ts` in seconds. OTTO files are read in milliseconds unless `otto_time_unit` says seconds.
 
-A line or row that cannot be parsed (not valid UTF-8, not JSON, a wrong number of CSV fields)
-becomes a `Record` with `error` set, so callers can count it. Only a missing, empty or folder
-path, an unknown format, and a CSV header that lacks the required columns or is not UTF-8
-raise. The data set formats differ, because the readers of `hiertcn` raise at the first invalid
-row.
+`EventColumns` (the flags `--user-col`, `--item-col` and `--time-col`) names other columns or
+keys for the user, the item and the time in csv and jsonl files, as `hiertcn data` reads them: a
+CSV column by its header name or 0-based position, a JSON key by its name. The movielens and
+taobao readers take them as `hiertcn` does, and the other formats reject them.
+
+A line or row that cannot be parsed (not valid UTF-8, not JSON, a JSON integer outside 64 bits,
+a JSON record without the key that a column flag names, a wrong number of CSV fields) becomes a
+`Record` with `error` set, so callers can count it. Only a missing, empty or folder path, an
+unknown format, and a CSV header that lacks the required columns or is not UTF-8 raise. The data
+set formats differ, because the readers of `hiertcn` raise at the first invalid row.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ import msgpack
 from stream.errors import StreamError
 
 if TYPE_CHECKING:
+    from _csv import _reader as CsvReader
+
     from hiertcn.data.readers import RawLog
 
 logger = logging.getLogger(__name__)
@@ -51,6 +61,19 @@ ORDERS = ("file", "time")
 CSV_TIME_COLUMNS = ("ts", "timestamp", "time", "event_time")
 # Separator of item ids inside the `impressions` and `candidates` columns of a CSV log.
 CSV_LIST_SEPARATOR = "|"
+# Delimiter of a CSV event file by suffix, the same as `hiertcn` uses. A file with another suffix
+# is read as comma-separated.
+CSV_DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+# Field size limit of the csv module while a CSV file is read: the largest value that
+# csv.field_size_limit takes on every platform (a C long).
+_CSV_FIELD_SIZE_LIMIT = 2**31 - 1
+# Formats whose readers take the column flags.
+COLUMN_FLAG_FORMATS = ("csv", "jsonl", "movielens", "taobao")
+# A JSON string that a JSON Lines reader turns into an integer `ts`. Up to 18 digits, so the
+# integer fits the int64 of msgpack, and a longer string stays a string that validation rejects.
+_INTEGER_TEXT = re.compile(r"-?[0-9]{1,18}")
+# The integer range that msgpack encodes: int64 and uint64.
+_MSGPACK_INTEGERS = range(-(1 << 63), 1 << 64)
 # A byte that UTF-8 decoding with errors="surrogateescape" could not decode.
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 # Largest msgpack record accepted from a file: the same bound as a Kafka message by default.
@@ -73,6 +96,26 @@ class EventFileError(StreamError):
 
 
 @dataclass(frozen=True)
+class EventColumns:
+    """Columns of a CSV file, or keys of a JSON Lines record, that hold the event fields.
+
+    `user`, `item` and `time` are the values of `--user-col`, `--item-col` and `--time-col`.
+    None keeps the default: the column or key `user`, `item`, and for the time `ts` in JSON Lines
+    or the first of `CSV_TIME_COLUMNS` in a CSV header.
+    """
+
+    user: str | None = None
+    item: str | None = None
+    time: str | None = None
+
+    def given(self) -> list[tuple[str, str, str]]:
+        """Return (event field, flag, column) of each column that a flag names."""
+        named = (("user", "--user-col", self.user), ("item", "--item-col", self.item))
+        named += (("ts", "--time-col", self.time),)
+        return [(field, flag, column) for field, flag, column in named if column is not None]
+
+
+@dataclass(frozen=True)
 class Record:
     """One event of a log file: its 0-based number in the file and its event map.
 
@@ -92,30 +135,40 @@ class Record:
         return f"line {self.line}" if self.line is not None else f"record {self.number + 1}"
 
 
-def detect_format(path: Path) -> str:
-    """Return the record format of `path` from its suffix and first line."""
+def detect_format(path: Path, columns: EventColumns | None = None) -> str:
+    """Return the record format of `path` from its suffix and first line.
+
+    A CSV header with the user and item columns (`user` and `item`, or those that `columns`
+    names) makes an event CSV. Otherwise `hiertcn`'s detection decides, which prefers a public
+    data set layout, and picks the generic csv or jsonl format when `columns` names a column.
+    """
+    columns = columns or EventColumns()
     suffix = path.suffix.lower()
     if suffix in _SUFFIX_FORMATS:
         if _SUFFIX_FORMATS[suffix] == "jsonl" and _is_otto(path):
             return "otto"
         return _SUFFIX_FORMATS[suffix]
-    if suffix == ".csv":
+    if suffix in CSV_DELIMITERS:
         with path.open(encoding="utf-8-sig", errors="replace", newline="") as file:
-            header = next(csv.reader(file), [])  # only to pick the format; ids are read strictly
+            # Only to pick the format: ids are read strictly.
+            header = next(_csv_reader(file, CSV_DELIMITERS[suffix]), [])
         # Without a time column this is still an event CSV: its reader then names the missing
         # column and --time-col.
-        if {"user", "item"} <= {name.strip() for name in header}:
+        if {columns.user or "user", columns.item or "item"} <= {name.strip() for name in header}:
             return "csv"
+    from hiertcn.data.readers import ReaderConfig
     from hiertcn.data.readers import detect_format as detect_dataset_format
     from hiertcn.errors import HierTCNError
 
+    config = ReaderConfig(user_col=columns.user, item_col=columns.item, time_col=columns.time)
     try:
-        return detect_dataset_format(path)
+        return detect_dataset_format(path, config)
     except HierTCNError:
         formats = ", ".join(RECORD_FORMATS[1:])
         raise EventFileError(
             f"cannot tell the format of {path} from its name and first line: "
-            f"pass --format with one of {formats}"
+            f"pass --format with one of {formats}. A CSV, TSV or JSON Lines file whose columns "
+            "are not named user, item and ts needs --user-col, --item-col and --time-col"
         ) from None
 
 
@@ -152,17 +205,46 @@ def read_records(
     time_col: str | None = None,
     ts_unit: str = "s",
     otto_time_unit: str | None = None,
+    user_col: str | None = None,
+    item_col: str | None = None,
 ) -> Iterator[Record]:
     """Yield every record of an event-log file, in file order or sorted by event time.
 
     File order streams the file; time order reads it whole first. Sorting is stable, so equal
-    times keep their file order, and records without a valid time go to the end. `time_col`
-    names the time column of a CSV file (default: the first of `CSV_TIME_COLUMNS` present).
-    `ts_unit` is the unit that the caller will read `ts` in: the data set formats give seconds,
-    so "ms" is rejected for them. `otto_time_unit` is the unit of an OTTO file's own timestamps
-    (default "ms", that of the published files), and it is rejected for the other formats.
+    times keep their file order, and records without a valid time go to the end. `user_col`,
+    `item_col` and `time_col` name the columns (CSV) or keys (JSON Lines) of the user, the item
+    and the time, see `EventColumns`. `ts_unit` is the unit that the caller will read `ts` in:
+    the data set formats give seconds, so "ms" is rejected for them. `otto_time_unit` is the
+    unit of an OTTO file's own timestamps (default "ms", that of the published files), and it
+    is rejected for the other formats.
     """
     path = Path(path)
+    _check_event_file(path)
+    if log_format not in RECORD_FORMATS:
+        raise EventFileError(
+            f"unknown event format {log_format!r}: use one of {', '.join(RECORD_FORMATS)}"
+        )
+    if order not in ORDERS:
+        raise EventFileError(f"unknown order {order!r}: use 'file' or 'time'")
+    columns = EventColumns(user=user_col, item=item_col, time=time_col)
+    resolved = detect_format(path, columns) if log_format == "auto" else log_format
+    _check_format_options(path, resolved, ts_unit, otto_time_unit, columns)
+    logger.info("reading %s (format %s, %s order)", path, resolved, order)
+    if resolved == "csv":
+        records = _read_csv(path, columns)
+    elif resolved == "jsonl":
+        records = _read_jsonl(path, columns)
+    elif resolved == "msgpack":
+        records = _read_msgpack(path)
+    else:
+        records = _read_dataset(path, resolved, otto_time_unit, columns)
+    if order == "time":
+        return iter(sorted(records, key=_time_key))
+    return records
+
+
+def _check_event_file(path: Path) -> None:
+    """Raise `EventFileError` when `path` is a folder, missing, empty or only blank lines."""
     if path.is_dir():
         raise EventFileError(
             f"event file {path} is a folder: pass an event-log file to --events (a folder that "
@@ -180,13 +262,17 @@ def read_records(
             f"event file {path} contains only blank lines: pass a file with at least one event "
             "to --events"
         )
-    if log_format not in RECORD_FORMATS:
-        raise EventFileError(
-            f"unknown event format {log_format!r}: use one of {', '.join(RECORD_FORMATS)}"
-        )
-    if order not in ORDERS:
-        raise EventFileError(f"unknown order {order!r}: use 'file' or 'time'")
-    resolved = detect_format(path) if log_format == "auto" else log_format
+
+
+def _check_format_options(
+    path: Path,
+    resolved: str,
+    ts_unit: str,
+    otto_time_unit: str | None,
+    columns: EventColumns,
+) -> None:
+    """Raise `EventFileError` for an invalid unit, or a unit or column flag that does not apply
+    to the format `resolved`."""
     if ts_unit == "ms" and resolved not in ("jsonl", "msgpack", "csv"):
         raise EventFileError(
             f"--ts-unit ms applies only to jsonl, msgpack and csv events, but {path} has the "
@@ -200,23 +286,18 @@ def read_records(
         )
     if otto_time_unit not in (None, "s", "ms"):
         raise EventFileError(f"invalid --otto-time-unit {otto_time_unit!r}: use s or ms")
-    if time_col is not None and resolved != "csv":
-        raise EventFileError(
-            f"--time-col {time_col} applies only to CSV files, but {path} has the format "
-            f"{resolved}: drop --time-col, or pass --format csv"
+    flags = " and ".join(flag for _field, flag, _column in columns.given())
+    if flags and resolved not in COLUMN_FLAG_FORMATS:
+        verb = "apply" if " and " in flags else "applies"
+        reason = (
+            "whose maps carry the input topic's fields user, item and ts"
+            if resolved == "msgpack"
+            else "whose reader has fixed columns"
         )
-    logger.info("reading %s (format %s, %s order)", path, resolved, order)
-    if resolved == "csv":
-        records = _read_csv(path, time_col)
-    elif resolved == "jsonl":
-        records = _read_jsonl(path)
-    elif resolved == "msgpack":
-        records = _read_msgpack(path)
-    else:
-        records = _read_dataset(path, resolved, otto_time_unit)
-    if order == "time":
-        return iter(sorted(records, key=_time_key))
-    return records
+        raise EventFileError(
+            f"{flags} {verb} only to {', '.join(COLUMN_FLAG_FORMATS)} files, but {path} has "
+            f"the format {resolved}, {reason}: drop {flags}, or pass --format csv or jsonl"
+        )
 
 
 def _time_key(record: Record) -> float:
@@ -226,7 +307,7 @@ def _time_key(record: Record) -> float:
     return float(ts)
 
 
-def _read_jsonl(path: Path) -> Iterator[Record]:
+def _read_jsonl(path: Path, columns: EventColumns) -> Iterator[Record]:
     number = 0
     with path.open("rb") as file:
         for line_number, raw_line in enumerate(file, start=1):
@@ -243,15 +324,61 @@ def _read_jsonl(path: Path) -> Iterator[Record]:
             if not line.strip():
                 continue
             try:
-                fields = json.loads(line)
+                fields = json.loads(line, parse_int=_parse_json_integer)
             except json.JSONDecodeError as error:
                 yield Record(number, None, f"not JSON: {error.msg}", line=line_number)
+            except _IntegerRangeError as error:
+                yield Record(number, None, str(error), line=line_number)
             else:
                 if isinstance(fields, dict):
-                    yield Record(number, fields, line=line_number)
+                    event, error = _json_event_fields(fields, columns)
+                    yield Record(number, event, error, line=line_number)
                 else:
                     yield Record(number, None, "not a JSON object", line=line_number)
             number += 1
+
+
+class _IntegerRangeError(ValueError):
+    """A JSON integer outside the range that msgpack encodes."""
+
+
+def _parse_json_integer(text: str) -> int:
+    """Parse a JSON integer literal; raise `_IntegerRangeError` outside int64 and uint64.
+
+    msgpack cannot encode a larger integer, and Python rejects the text of one with more than
+    4300 digits, so such a number would otherwise stop the whole read.
+    """
+    if len(text) <= 20:
+        value = int(text)
+        if value in _MSGPACK_INTEGERS:
+            return value
+    excerpt = text if len(text) <= 24 else f"{text[:20]}... ({len(text)} digits)"
+    raise _IntegerRangeError(
+        f"integer {excerpt} is outside the 64-bit range that events can carry: write a smaller "
+        "number, or a string for an id"
+    )
+
+
+def _json_event_fields(
+    fields: dict[str, Any], columns: EventColumns
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Return the event map of a JSON record, or None and the error of a missing key.
+
+    The keys that `columns` names become the fields `user`, `item` and `ts`, and a key of that
+    name that no flag chose is dropped, so it cannot replace the chosen value. A `ts` that is a
+    string of digits becomes an integer.
+    """
+    given = columns.given()
+    for _field, flag, key in given:
+        if key not in fields:
+            return None, f"key {key!r}, which {flag} names, is missing"
+    replaced = {field for field, _flag, _key in given} | {key for _field, _flag, key in given}
+    event = {name: value for name, value in fields.items() if name not in replaced}
+    event.update({field: fields[key] for field, _flag, key in given})
+    ts = event.get("ts")
+    if isinstance(ts, str) and _INTEGER_TEXT.fullmatch(ts):
+        event["ts"] = int(ts)
+    return event, None
 
 
 def _read_msgpack(path: Path) -> Iterator[Record]:
@@ -305,51 +432,93 @@ def _csv_value(name: str, text: str) -> Any:
     return text if text else None
 
 
-def _csv_time_column(path: Path, header: list[str], time_col: str | None) -> str:
-    """Return the time column of a CSV header.
+def _csv_column(
+    path: Path, header: list[str], spec: str | None, flag: str, defaults: tuple[str, ...]
+) -> int | None:
+    """Return the position of a column: the header name or 0-based position `spec`, or the first
+    of `defaults` in the header when `spec` is None. None when there is no such column.
 
+    Digits that name one column and are the position of another raise `EventFileError`, as in
+    `hiertcn`, because either reading could be meant.
+    """
+    if spec is None:
+        return next((header.index(name) for name in defaults if name in header), None)
+    position = int(spec) if re.fullmatch("[0-9]+", spec) else None
+    if position is not None and position >= len(header):
+        position = None
+    if spec in header:
+        index = header.index(spec)
+        if position is not None and position != index:
+            raise EventFileError(
+                f"{flag} {spec} is ambiguous in CSV event file {path}: it is the header name of "
+                f"column {index} and the 0-based position of the column named "
+                f"{header[position]!r} (the header is {header}): pass {flag} {index} for the "
+                f"column named {spec!r}, or {flag} {header[position]} for the other"
+            )
+        return index
+    return position
+
+
+def _csv_field_names(path: Path, header: list[str], columns: EventColumns) -> list[str | None]:
+    """Return the event field of each column of a CSV header, or None for a dropped column.
+
+    The user, item and time columns become `user`, `item` and `ts`. A column named `user`,
+    `item` or `ts` that is not the chosen one is dropped, so it cannot replace the chosen value.
     Raises `EventFileError` naming the missing columns and the header found.
     """
-    if time_col is not None:
-        present = time_col if time_col in header else None
-    else:
-        present = next((name for name in CSV_TIME_COLUMNS if name in header), None)
-    missing = [name for name in ("user", "item") if name not in header]
-    if present is None and time_col is not None:
-        missing.append(f"{time_col} (named by --time-col)")
-    elif present is None:
-        missing.append(f"for the time ({', '.join(CSV_TIME_COLUMNS)})")
+    roles = (
+        ("user", "--user-col", columns.user, ("user",)),
+        ("item", "--item-col", columns.item, ("item",)),
+        ("ts", "--time-col", columns.time, CSV_TIME_COLUMNS),
+    )
+    chosen: dict[str, int] = {}
+    missing = []
+    for field, flag, spec, defaults in roles:
+        position = _csv_column(path, header, spec, flag, defaults)
+        if position is not None:
+            chosen[field] = position
+        elif spec is not None:
+            missing.append(f"{spec} (named by {flag})")
+        elif field == "ts":
+            missing.append(f"for the time ({', '.join(CSV_TIME_COLUMNS)})")
+        else:
+            missing.append(field)
     if missing:
         raise EventFileError(
             f"CSV event file {path} has no column {' and no column '.join(missing)} (its header "
-            f"is {header}): name the columns user, item and ts (or timestamp), or pass "
-            "--time-col NAME to choose the time column"
+            f"is {header}): pass --user-col, --item-col and --time-col with the header name or "
+            "0-based position of the user, item and time columns, or name the columns user, "
+            "item and ts"
         )
-    return present
+    if len(set(chosen.values())) < len(chosen):
+        named = ", ".join(f"{field} {header[position]!r}" for field, position in chosen.items())
+        raise EventFileError(
+            f"CSV event file {path} uses one column for two fields ({named}): pass --user-col, "
+            "--item-col and --time-col with three different columns"
+        )
+    field_of = {position: field for field, position in chosen.items()}
+    return [
+        field_of.get(position, None if name in chosen else name)
+        for position, name in enumerate(header)
+    ]
 
 
-def _csv_field_name(column: str, time_column: str) -> str | None:
-    if column == time_column:
-        return "ts"
-    if column == "ts":
-        return None
-    return column
+def _csv_delimiter(path: Path) -> str:
+    return CSV_DELIMITERS.get(path.suffix.lower(), ",")
 
 
-def _read_csv(path: Path, time_col: str | None = None) -> Iterator[Record]:
+def _read_csv(path: Path, columns: EventColumns) -> Iterator[Record]:
     """Check the header of a CSV event file now, and return an iterator over its rows."""
+    delimiter = _csv_delimiter(path)
     with _open_csv(path) as file:
-        header = [name.strip() for name in next(csv.reader(file), [])]
+        header = [name.strip() for name in next(_csv_reader(file, delimiter), [])]
     byte = _escaped_byte(header)
     if byte is not None:
         raise EventFileError(
             f"the header (line 1) of event file {path} is not valid UTF-8 (byte {byte:#04x}): "
             "save the file as UTF-8"
         )
-    source = _csv_time_column(path, header, time_col)
-    # The chosen time column becomes the field `ts`. A column named `ts` that --time-col did
-    # not choose is dropped, so it cannot replace the chosen time.
-    return _read_csv_rows(path, [_csv_field_name(name, source) for name in header])
+    return _read_csv_rows(path, _csv_field_names(path, header, columns), delimiter)
 
 
 def _open_csv(path: Path) -> TextIO:
@@ -368,33 +537,61 @@ def _escaped_byte(fields: list[str]) -> int | None:
     return None
 
 
-def _read_csv_rows(path: Path, names: list[str | None]) -> Iterator[Record]:
+def _read_csv_rows(path: Path, names: list[str | None], delimiter: str) -> Iterator[Record]:
+    """Yield the records of the rows after the header. Blank rows are skipped, as in `hiertcn`."""
     with _open_csv(path) as file:
-        reader = csv.reader(file)
+        reader = _csv_reader(file, delimiter)
         next(reader, None)  # the header, checked by `_read_csv`
         # A quoted field may span lines, so a row starts on the line after the previous row.
         line = reader.line_num + 1
-        for number, row in enumerate(reader):
-            byte = _escaped_byte(row)
-            if byte is not None:
-                # Strict decoding: a replaced byte would silently change a user or item id.
-                error = f"not valid UTF-8 (byte {byte:#04x})"
-                yield Record(number, None, error, line=line)
-            elif len(row) != len(names):
-                error = f"row has {len(row)} fields, header has {len(names)}"
-                yield Record(number, None, error, line=line)
+        number = 0
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                # The reader drops the rest of the line and goes on with the next one.
+                yield Record(number, None, f"malformed CSV row: {error}", line=line)
+                number += 1
             else:
-                fields = {
-                    name: _csv_value(name, text)
-                    for name, text in zip(names, row, strict=True)
-                    if name is not None
-                }
-                present = {name: value for name, value in fields.items() if value is not None}
-                yield Record(number, present, line=line)
+                if any(text.strip() for text in row):
+                    yield _csv_record(number, row, names, line)
+                    number += 1
             line = reader.line_num + 1
 
 
-def _read_dataset(path: Path, log_format: str, otto_time_unit: str | None) -> Iterator[Record]:
+def _csv_record(number: int, row: list[str], names: list[str | None], line: int) -> Record:
+    byte = _escaped_byte(row)
+    if byte is not None:
+        # Strict decoding: a replaced byte would silently change a user or item id.
+        return Record(number, None, f"not valid UTF-8 (byte {byte:#04x})", line=line)
+    if len(row) != len(names):
+        return Record(number, None, f"row has {len(row)} fields, header has {len(names)}", line)
+    fields = {
+        name: _csv_value(name, text)
+        for name, text in zip(names, row, strict=True)
+        if name is not None
+    }
+    present = {name: value for name, value in fields.items() if value is not None}
+    return Record(number, present, line=line)
+
+
+def _csv_reader(file: TextIO, delimiter: str) -> CsvReader:
+    """Return a csv reader of `file` that reads fields of any size, as `hiertcn` does.
+
+    The csv module's field size limit (131072 characters by default) is global to the process.
+    It is raised, never lowered, because a long text in a column that no event field uses must
+    not reject its row. A line is read whole in any case, so the limit bounds no memory.
+    """
+    if csv.field_size_limit() < _CSV_FIELD_SIZE_LIMIT:
+        csv.field_size_limit(_CSV_FIELD_SIZE_LIMIT)
+    return csv.reader(file, delimiter=delimiter)
+
+
+def _read_dataset(
+    path: Path, log_format: str, otto_time_unit: str | None, columns: EventColumns
+) -> Iterator[Record]:
     """Read a data set file whole, so that its errors come before any broker or store is opened."""
     from hiertcn.data.readers import (
         MillisecondsAsSecondsError,
@@ -406,7 +603,14 @@ def _read_dataset(path: Path, log_format: str, otto_time_unit: str | None) -> It
 
     prefix = f"cannot read {path} as {log_format}"
     try:
-        raw = read_log(path, ReaderConfig(format=log_format, time_unit=otto_time_unit))
+        config = ReaderConfig(
+            format=log_format,
+            time_unit=otto_time_unit,
+            user_col=columns.user,
+            item_col=columns.item,
+            time_col=columns.time,
+        )
+        raw = read_log(path, config)
     except SecondsAsMillisecondsError:
         # Only OTTO files are read in milliseconds by default.
         raise EventFileError(
@@ -471,11 +675,27 @@ def add_event_file_arguments(
         help="format of --events (default: from the file name and first line)",
     )
     parser.add_argument(
+        "--user-col",
+        default=None,
+        metavar="NAME",
+        help="user column of a CSV or TSV file (header name or 0-based position), or user key "
+        "of a JSON Lines file (default: user)",
+    )
+    parser.add_argument(
+        "--item-col",
+        default=None,
+        metavar="NAME",
+        help="item column of a CSV or TSV file (header name or 0-based position), or item key "
+        "of a JSON Lines file (default: item)",
+    )
+    parser.add_argument(
         "--time-col",
         default=None,
         metavar="NAME",
-        help=f"time column of a CSV file, {time_unit} (default: the first of ts, timestamp, "
-        "time, event_time)",
+        help=f"time column of a CSV or TSV file (header name or 0-based position), or time key "
+        f"of a JSON Lines file, {time_unit} (default: ts in JSON Lines, the first of ts, "
+        "timestamp, time, event_time in a CSV header). The three column flags also apply to "
+        "--format movielens and taobao, as in `hiertcn data`",
     )
     parser.add_argument(
         "--otto-time-unit",

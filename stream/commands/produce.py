@@ -117,7 +117,13 @@ def run_produce(args: argparse.Namespace) -> int:
         session_gap=args.session_gap,
     )
     records = read_records(
-        args.events, args.format, args.order, args.time_col, otto_time_unit=args.otto_time_unit
+        args.events,
+        args.format,
+        args.order,
+        args.time_col,
+        otto_time_unit=args.otto_time_unit,
+        user_col=args.user_col,
+        item_col=args.item_col,
     )
     report = EventProducer(config).run(records)
     rate = report.produced / report.seconds if report.seconds > 0 else 0.0

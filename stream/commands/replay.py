@@ -29,7 +29,13 @@ from stream.config import check_k, parse_tolerance
 from stream.errors import ConfigError
 from stream.events import DEFAULT_MAX_FUTURE_SECONDS, EventConfig
 from stream.pipeline import Pipeline, PipelineConfig
-from stream.records import EventFileError, add_event_file_arguments, detect_format, read_records
+from stream.records import (
+    EventColumns,
+    EventFileError,
+    add_event_file_arguments,
+    detect_format,
+    read_records,
+)
 from stream.replay import (
     CONTEXT_TYPE,
     MemoryStates,
@@ -225,6 +231,8 @@ def _replay(args: argparse.Namespace) -> int:
         args.time_col,
         args.ts_unit,
         otto_time_unit=args.otto_time_unit,
+        user_col=args.user_col,
+        item_col=args.item_col,
     )
     with contextlib.ExitStack() as stack:
         store_states, resumed_at, output_start = _open_state_dir(args, bundle, stack)
@@ -370,7 +378,8 @@ def no_valid_event_message(args: argparse.Namespace, report: ReplayReport) -> st
     found = f"{report.records} records, all rejected (reasons above)"
     if not report.records:
         found = "no records"
-    log_format = detect_format(args.events) if args.format == "auto" else args.format
+    columns = EventColumns(user=args.user_col, item=args.item_col, time=args.time_col)
+    log_format = detect_format(args.events, columns) if args.format == "auto" else args.format
     unit_flag = {"otto": "--otto-time-unit"}.get(log_format, "--ts-unit")
     if log_format in ("movielens", "taobao", "trivago"):
         checks = "check --format and that the bundle was trained on this log"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 
+import numpy as np
 import pytest
 
 from hiertcn.cli import main
-from hiertcn.data.event_export import event_maps
+from hiertcn.data.event_export import event_maps, stream_time_rejections
 from hiertcn.data.log import build_event_log
 from hiertcn.data.readers import ReaderConfig, read_log
 from stream.events import Event, EventConfig, Position, decode_event
@@ -175,3 +178,62 @@ def test_all_part_of_log_too_small_to_split(tmp_path, capsys):
 
     events = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [event["item"] for event in events] == ["a", "a", "b"]
+
+
+def write_log_with_times(path, times: list[int]) -> None:
+    """Write one event per time, of users u0, u1, ... with one item each."""
+    lines = ["user,item,timestamp"]
+    lines += [f"u{number},i{number % 3},{ts}" for number, ts in enumerate(times)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_times_rejected_by_stream_warned(tmp_path, caplog):
+    log, out = tmp_path / "log.csv", tmp_path / "all.jsonl"
+    future = int(time.time()) + 10 * 86_400
+    write_log_with_times(log, [-3600, -60, 0, 1_600_000_000, 100_000_000_005, future])
+
+    with caplog.at_level(logging.WARNING, logger="hiertcn.data.event_export"):
+        code = main(["data", "events", str(log), *NO_FILTERS, "--part", "all", "--out", str(out)])
+
+    assert code == 0
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "hiertcn.data.event_export"]
+    assert f"{out}: wrote 4 events whose time `hiertcn-stream replay` and the worker reject" in (
+        warning
+    )
+    assert "2 invalid_ts (before 1970, first -3600)" in warning
+    assert "1 ts_in_milliseconds (after the year 5138, first 100000000005)" in warning
+    assert f"1 ts_in_future (over 300 s after the current time, first {future})" in warning
+    assert "--max-future-seconds off" in warning
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 6  # every event is written
+
+
+def test_no_warning_for_valid_times(tmp_path, caplog):
+    log, out = tmp_path / "log.csv", tmp_path / "all.jsonl"
+    write_interleaved_log(log)
+
+    with caplog.at_level(logging.WARNING, logger="hiertcn.data.event_export"):
+        assert (
+            main(["data", "events", str(log), *NO_FILTERS, "--part", "all", "--out", str(out)]) == 0
+        )
+
+    assert [r for r in caplog.records if r.name == "hiertcn.data.event_export"] == []
+
+
+def test_time_rejections_match_stream_decoder():
+    now = 1_700_000_000.0
+    times = [-1, 0, 1, 1_600_000_000, 100_000_000_000, 100_000_000_001, 2**40]
+    times += [int(now) + 300, int(now) + 301, int(now) - 5]
+    config = EventConfig()
+
+    masks = stream_time_rejections(np.asarray(times, dtype=np.int64), now)
+
+    expected = {}
+    for number, ts in enumerate(times):
+        fields = {"user": "u", "item": "a", "ts": ts}
+        result = decode_event(
+            None, encode_fields(fields), Position("f", -1, number), {"a": 0}, config, now=now
+        )
+        if not isinstance(result, Event):
+            expected.setdefault(result.reason, []).append(number)
+    assert {reason: np.flatnonzero(mask).tolist() for reason, mask in masks.items()} == expected
+    assert set(expected) == {"invalid_ts", "ts_in_milliseconds", "ts_in_future"}

@@ -343,6 +343,34 @@ def test_produce_command_reads_training_csv(
     assert "produced 2, delivered 2" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name", ["shop.tsv", "shop.jsonl"])
+def test_produce_command_column_flags(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stream import cli
+    from stream.commands import produce as produce_command
+
+    events = tmp_path / name
+    if events.suffix == ".tsv":
+        events.write_text("customer_id\tcategory\tclock\nC1\t5\t1600000000\n")
+    else:
+        events.write_text('{"customer_id": "C1", "category": "5", "clock": "1600000000"}\n')
+    fake = FakeProducer()
+    monkeypatch.setattr(
+        produce_command, "EventProducer", lambda config: EventProducer(config, fake)
+    )
+    argv = ["produce", "--events", str(events), "--brokers", "127.0.0.1:1", "--topic", "t"]
+    flags = ["--user-col", "customer_id", "--item-col", "category", "--time-col", "clock"]
+
+    code = cli.main([*argv, *flags])
+
+    assert code == 0
+    assert "produced 1, delivered 1" in capsys.readouterr().out
+    ((_, key, value),) = fake.sent
+    assert key == b"C1"
+    assert msgpack.unpackb(value) == {"user": "C1", "item": "5", "ts": 1600000000}
+
+
 def write_otto_in_seconds(path: Path) -> None:
     event = '{"aid": 5, "ts": 1659304800, "type": "clicks"}'
     path.write_text(f'{{"session": 0, "events": [{event}, {event}]}}\n')

@@ -366,11 +366,11 @@ def test_csv_missing_time_column_names_flag(tmp_path: Path) -> None:
         assert "--time-col" in message
 
 
-def test_time_col_rejected_for_jsonl(tmp_path: Path) -> None:
-    path = tmp_path / "log.jsonl"
-    path.write_text('{"user": "u", "item": 1, "ts": 1}\n')
+def test_time_col_rejected_for_msgpack(tmp_path: Path) -> None:
+    path = tmp_path / "log.msgpack"
+    path.write_bytes(msgpack.packb({"user": "u", "item": 1, "ts": 1}))
 
-    with pytest.raises(EventFileError, match="applies only to CSV"):
+    with pytest.raises(EventFileError, match="--time-col applies only to csv, jsonl"):
         read_records(path, time_col="clock")
 
 
@@ -948,7 +948,9 @@ def test_replay_help_defines_metrics_and_output(capsys: pytest.CaptureFixture[st
     assert "A user's first event has no previous recommendation and is not counted" in printed
     assert "(default: none are written)" in printed
     assert "continues the file that the stored run wrote" in printed
-    assert "time column of a CSV file, in the unit that --ts-unit sets" in printed
+    assert "or time key of a JSON Lines file, in the unit that --ts-unit sets" in printed
+    assert "--user-col NAME user column of a CSV or TSV file" in printed
+    assert "--item-col NAME item column of a CSV or TSV file" in printed
     assert "File order is right only for a file sorted by time" in printed
 
 
