@@ -252,7 +252,7 @@ def check_data_settings(
     names = [
         name
         for name in settings
-        if name in saved and name in summary and saved[name] != summary[name]
+        if name in saved and name in summary and not _same_setting(name, saved[name], summary[name])
     ]
     if names:
         trained = "; ".join(setting_flags(name, saved[name]) for name in names)
@@ -267,6 +267,15 @@ def check_data_settings(
             f"checkpoint {path} was trained with {trained}, not {now}: {action} with the log "
             "and data flags that trained it"
         )
+
+
+def _same_setting(name: str, saved: Any, now: Any) -> bool:
+    """Return whether a checkpoint's data setting matches the current one. Checkpoints saved
+    before summaries recorded the format that the reader resolved have `auto`, which matches
+    any format."""
+    if name == "format" and saved == "auto":
+        return True
+    return saved == now
 
 
 # Reader settings of a data summary by their flags, each with the value of a flag not given.

@@ -63,12 +63,19 @@ class FilterStep:
 
 @dataclass(frozen=True)
 class FilterReport:
-    """The removals of every filter in every round, and the size before and after."""
+    """The removals of every filter in every round, and the size before and after.
+
+    The user and item counts are None in a report saved before they were recorded.
+    """
 
     steps: tuple[FilterStep, ...]
     rounds: int
     events_before: int
     events_after: int
+    users_before: int | None = None
+    users_after: int | None = None
+    items_before: int | None = None
+    items_after: int | None = None
 
     def to_dict(self) -> dict[str, object]:
         """Return a JSON-able form of the report."""
@@ -76,17 +83,25 @@ class FilterReport:
             "rounds": self.rounds,
             "events_before": self.events_before,
             "events_after": self.events_after,
+            "users_before": self.users_before,
+            "users_after": self.users_after,
+            "items_before": self.items_before,
+            "items_after": self.items_after,
             "steps": [asdict(step) for step in self.steps],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FilterReport:
-        """Rebuild a report from the output of `to_dict`."""
+        """Rebuild a report from the output of `to_dict`, of this or an earlier version."""
         return cls(
             steps=tuple(FilterStep(**step) for step in data["steps"]),
             rounds=data["rounds"],
             events_before=data["events_before"],
             events_after=data["events_after"],
+            users_before=data.get("users_before"),
+            users_after=data.get("users_after"),
+            items_before=data.get("items_before"),
+            items_after=data.get("items_after"),
         )
 
     def format_lines(self) -> list[str]:
@@ -98,10 +113,13 @@ class FilterReport:
             for step in self.steps
             if step.events_removed
         ]
-        lines.append(
-            f"filters kept {self.events_after} of {count_noun(self.events_before, 'event')} "
-            f"after {count_noun(self.rounds, 'round')}"
-        )
+        kept = f"filters kept {self.events_after} of {count_noun(self.events_before, 'event')}"
+        if self.users_before is not None and self.items_before is not None:
+            kept += (
+                f", {self.users_after} of {count_noun(self.users_before, 'user')} and "
+                f"{self.items_after} of {count_noun(self.items_before, 'item')}"
+            )
+        lines.append(f"{kept} after {count_noun(self.rounds, 'round')}")
         return lines
 
 
@@ -143,6 +161,7 @@ def filter_log(raw: RawLog, config: FilterConfig) -> tuple[RawLog, FilterReport]
     """Apply the filters in rounds until a fixed point; return the kept events and the report."""
     steps: list[FilterStep] = []
     events_before = len(raw)
+    users_before, items_before = len(np.unique(raw.users)), len(np.unique(raw.items))
     round_number = 0
     while True:
         round_number += 1
@@ -163,7 +182,16 @@ def filter_log(raw: RawLog, config: FilterConfig) -> tuple[RawLog, FilterReport]
 
         if len(raw) == size_at_start:
             break
-    report = FilterReport(tuple(steps), round_number, events_before, len(raw))
+    report = FilterReport(
+        tuple(steps),
+        round_number,
+        events_before,
+        len(raw),
+        users_before=users_before,
+        users_after=len(np.unique(raw.users)),
+        items_before=items_before,
+        items_after=len(np.unique(raw.items)),
+    )
     for line in report.format_lines():
         logger.info("%s", line)
     return raw, report

@@ -37,7 +37,7 @@ _ARRAYS = (
 
 @dataclass(frozen=True, eq=False)
 class EventLog:
-    """A sessionized log: events ordered by user, time and file position, sessions inside users.
+    """A sessionized log: events ordered by user, then time (`sort_events`), sessions in users.
 
     `impression_offsets` int64 `[E+1]` and `impressions` int32 `[*]` (`-1` for an item outside the
     vocabulary) are both None when the log has no impression lists. An event with an empty range

@@ -15,7 +15,14 @@ from pathlib import Path
 
 from hiertcn.data.filters import FilterConfig, FilterReport, filter_log
 from hiertcn.data.log import EventLog, build_event_log
-from hiertcn.data.readers import DEFAULT_COLUMNS, FORMATS, TIME_UNITS, ReaderConfig, read_log
+from hiertcn.data.readers import (
+    DEFAULT_COLUMNS,
+    FORMATS,
+    TIME_UNITS,
+    ReaderConfig,
+    read_log,
+    resolve_reader_config,
+)
 from hiertcn.data.sessions import DEFAULT_SESSION_GAP
 from hiertcn.data.splits import SPLIT_KINDS, SplitConfig, split_log
 from hiertcn.data.stats import compute_stats
@@ -157,7 +164,8 @@ def _add_reader_arguments(group: argparse._ArgumentGroup) -> None:
         nargs=0,
         const=False,
         default=True,
-        help="the csv file has no header row, so columns are 0-based positions",
+        help="the csv file has no header row, so columns are 0-based positions (without "
+        "this flag, a header row of numbers is rejected, because it is usually an event)",
     )
     group.add_argument(
         "--delimiter",
@@ -169,7 +177,8 @@ def _add_reader_arguments(group: argparse._ArgumentGroup) -> None:
         "--time-unit",
         action=_RecordGiven,
         choices=TIME_UNITS,
-        help="unit of the timestamps in the file, seconds or milliseconds; never guessed "
+        help="unit of the timestamps in the file, seconds or milliseconds; never guessed. "
+        "Milliseconds are stored as whole seconds and order the events within a second "
         "(default: s, except ms for --format otto)",
     )
     group.add_argument(
@@ -375,10 +384,13 @@ def load_dataset_from_config(config: DataConfig) -> Dataset:
     log, report = prepare_log(config)
     split = split_log(log, config.split)
     parts = {"all": log, "train": split.train, "valid": split.valid, "test": split.test}
+    # The summary records the format that `auto` picked and the unit the reader used, as
+    # prepared.json does, so that both name the settings that read the log.
+    reader = resolve_reader_config(config.path, config.reader)
     summary: dict[str, object] = {
         "source": str(config.path),
-        "format": config.reader.format,
-        "reader": _reader_summary(config.reader),
+        "format": reader.format,
+        "reader": _reader_summary(reader),
         "session_gap": config.session_gap,
         "filters": {
             "min_item_count": config.filters.min_item_count,

@@ -44,7 +44,7 @@ from hiertcn.data.prepared_files import (
     check_part_arrays,
     read_part_meta,
 )
-from hiertcn.data.readers import ReaderConfig, detect_format
+from hiertcn.data.readers import ReaderConfig, effective_time_unit, resolve_reader_config
 from hiertcn.data.splits import SplitConfig
 from hiertcn.data.vocab import ItemVocab
 from hiertcn.errors import ConfigError, DataError
@@ -113,24 +113,9 @@ def enclosing_prepared_folder(path: Path) -> Path | None:
     )
 
 
-def effective_time_unit(log_format: str, time_unit: str | None) -> str:
-    """Return the unit in which the reader of `log_format` reads timestamps.
-
-    An unset unit is the format's own, as `ReaderConfig.time_unit` documents: milliseconds for
-    OTTO, seconds for every other format.
-    """
-    if time_unit is not None:
-        return time_unit
-    return "ms" if log_format == "otto" else "s"
-
-
 def resolve_reader(config: DataConfig) -> DataConfig:
     """Return `config` with the format that `auto` picks for its log and the effective unit."""
-    reader = config.reader
-    log_format = detect_format(config.path, reader) if reader.format == "auto" else reader.format
-    reader = dataclasses.replace(
-        reader, format=log_format, time_unit=effective_time_unit(log_format, reader.time_unit)
-    )
+    reader = resolve_reader_config(config.path, config.reader)
     return dataclasses.replace(config, path=config.path.absolute(), reader=reader)
 
 

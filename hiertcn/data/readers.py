@@ -14,12 +14,16 @@ Supported formats:
   with the impression list of `clickout item` rows.
 
 Timestamps are int64 seconds since the Unix epoch. The unit of a generic log comes from
-`ReaderConfig.time_unit` (default seconds), never from the values; milliseconds are floor-divided.
+`ReaderConfig.time_unit` (default seconds), never from the values. Milliseconds are floored to
+seconds, and before that they order the events within a second (`RawLog.positions`).
 Timestamps before 1970 are kept, and each read logs one warning that counts them and names the
 first, because they usually mean a wrong column, unit or start.
 A malformed row raises DataError with the file, the line number and the value; no row is skipped
-silently. Files are read as UTF-8: a leading byte order mark is skipped, and an invalid byte
-raises DataError with the file, the line number and the byte.
+silently. A header row that looks like an event (every cell a number, or an integer as the name
+of the time column) is rejected as the first event of a file without a header. Exact duplicate
+events are kept, and one info line counts them.
+Files are read as UTF-8: a leading byte order mark is skipped, and an invalid byte raises
+DataError with the file, the line number and the byte.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import re
+import shlex
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +61,11 @@ _MIN_LATEST_SECONDS_FROM_MS = 94_694_400
 # Maximum number of distinct event types that the error for an --event-types value matching no
 # event lists, because a wrong --event-type-col can name a column with a new value in every row.
 _MAX_LISTED_TYPES = 20
+# Maximum size of one CSV field in characters, far above the csv module's default of 131072, so
+# that a long text in a column the reader does not use is read. It is the largest value that
+# csv.field_size_limit takes on every platform, because it takes a C long. A field must still
+# fit in memory.
+_CSV_FIELD_SIZE_LIMIT = 2**31 - 1
 # Formats whose time unit --time-unit chooses, with their default. The other formats have a fixed
 # unit. OTTO's own files are in milliseconds, and `s` reads a copy converted to seconds.
 _FLEXIBLE_UNIT_FORMATS = {"csv": "s", "jsonl": "s", "otto": "ms"}
@@ -143,7 +154,9 @@ class RawLog:
     users: np.ndarray  # str objects [E]
     items: np.ndarray  # str objects [E]
     timestamps: np.ndarray  # int64 [E], seconds since the Unix epoch
-    positions: np.ndarray  # int64 [E], position of the event in the file
+    # int64 [E], the order among events of the same second: the position in the file, or for a
+    # log read in milliseconds, the rank by millisecond time and then by position in the file.
+    positions: np.ndarray
     event_types: np.ndarray | None  # str objects [E]
     impression_offsets: np.ndarray | None  # int64 [E+1]
     impressions: np.ndarray | None  # str objects [*]
@@ -201,7 +214,9 @@ class _RawLogBuilder:
         self.event_type_filter = None if config.event_types is None else set(config.event_types)
         self.users: list[str] = []
         self.items: list[str] = []
-        self.timestamps: list[int] = []
+        # Timestamps in the file's unit. `build` floors milliseconds to seconds, after using
+        # them to order the events within a second.
+        self.times: list[int] = []
         self.event_types: list[str] = []
         self.impression_lengths: list[int] | None = [] if with_impressions else None
         self.impressions: list[str] = []
@@ -211,7 +226,7 @@ class _RawLogBuilder:
         self.dropped_types: dict[str, None] = {}
 
     def parse_time(self, value: object, line: int) -> int:
-        """Convert one timestamp to int64 seconds; raises DataError naming the line."""
+        """Convert one timestamp to an integer in the file's unit; raises DataError naming it."""
         number = None
         if isinstance(value, int) and not isinstance(value, bool):
             number = value
@@ -230,7 +245,12 @@ class _RawLogBuilder:
         if self.time_unit == "ms":
             if self.latest_ms is None or number > self.latest_ms[0]:
                 self.latest_ms = (number, line)
-            return number // 1000
+            if abs(number) > _MAX_SECONDS * 1000:
+                raise DataError(
+                    f"{self.path}:{line}: timestamp {number} is after the year 9999 in "
+                    "milliseconds: if the log is in microseconds, divide the timestamps by 1000"
+                )
+            return number
         if abs(number) > _MAX_SECONDS:
             raise MillisecondsAsSecondsError(
                 f"{self.path}:{line}: timestamp {number} is after the year 9999 in seconds: "
@@ -312,12 +332,12 @@ class _RawLogBuilder:
             if len(self.dropped_types) < _MAX_LISTED_TYPES:
                 self.dropped_types[event_type] = None
             return
-        seconds = self.parse_time(timestamp, line)
+        time = self.parse_time(timestamp, line)
         user_id = self.parse_id(user, "user", line)
         item_id = self.parse_id(item, "item", line)
         self.users.append(user_id)
         self.items.append(item_id)
-        self.timestamps.append(seconds)
+        self.times.append(time)
         if event_type is not None:
             self.event_types.append(event_type)
         if self.impression_lengths is not None:
@@ -340,17 +360,18 @@ class _RawLogBuilder:
             logger.info(
                 "%s: kept %s of types %s, dropped %d of other types",
                 self.path,
-                count_noun(len(self.timestamps), "event"),
+                count_noun(len(self.times), "event"),
                 sorted(self.event_type_filter or ()),
                 self.skipped_types,
             )
-        if not self.timestamps and self.skipped_types:
+        if not self.times and self.skipped_types:
             raise self.no_event_types_error()
-        if not self.timestamps:
+        if not self.times:
             raise DataError(f"{self.path}: no events in the file: check the file and --format")
         self.check_seconds_read_as_ms()
         self.warn_negative_times()
-        num_events = len(self.timestamps)
+        self.warn_unmatched_event_types()
+        num_events = len(self.times)
         offsets = impressions = None
         if self.impression_lengths is not None:
             offsets = np.zeros(num_events + 1, dtype=np.int64)
@@ -359,16 +380,91 @@ class _RawLogBuilder:
         event_types = None
         if len(self.event_types) == num_events:
             event_types = _object_array(self.event_types)
+        users, items = _object_array(self.users), _object_array(self.items)
+        times = np.asarray(self.times, dtype=np.int64)
+        _log_duplicates(self.path, users, items, times, self.time_unit)
         return RawLog(
-            users=_object_array(self.users),
-            items=_object_array(self.items),
-            timestamps=np.asarray(self.timestamps, dtype=np.int64),
-            positions=np.arange(num_events, dtype=np.int64),
+            users=users,
+            items=items,
+            # Floor division, so -1 ms is in the second before 1970, as it is in Python.
+            timestamps=times // 1000 if self.time_unit == "ms" else times,
+            positions=_tie_break_positions(times, self.time_unit),
             event_types=event_types,
             impression_offsets=offsets,
             impressions=impressions,
             source=str(self.path),
         )
+
+    def warn_unmatched_event_types(self) -> None:
+        """Log one warning naming the --event-types values that matched no event."""
+        if self.event_type_filter is None:
+            return
+        matched = set(self.event_types)
+        unmatched = sorted(self.event_type_filter - matched)
+        if not unmatched:
+            return
+        present = ", ".join([*sorted(matched), *self.dropped_types])
+        if len(self.dropped_types) >= _MAX_LISTED_TYPES:
+            present += " and more"
+        logger.warning(
+            "%s: --event-types %s matched no event, so only the events of %s are kept: the "
+            "event types in the file are %s, so check the spelling of those values",
+            self.path,
+            ",".join(unmatched),
+            ", ".join(sorted(matched)),
+            present,
+        )
+
+
+def _tie_break_positions(times: np.ndarray, unit: str) -> np.ndarray:
+    """Return the `RawLog.positions` of events with `times` `[E]` in `unit`, int64 `[E]`.
+
+    In seconds that is the position in the file. In milliseconds it is the rank by millisecond
+    time, then by position in the file, so that sorting by whole seconds and then by this rank
+    keeps the millisecond order inside a second.
+    """
+    if unit != "ms":
+        return np.arange(len(times), dtype=np.int64)
+    order = np.argsort(times, kind="stable")
+    positions = np.empty(len(times), dtype=np.int64)
+    positions[order] = np.arange(len(times), dtype=np.int64)
+    return positions
+
+
+def _log_duplicates(
+    path: Path, users: np.ndarray, items: np.ndarray, times: np.ndarray, unit: str
+) -> None:
+    """Log one info line counting the events that repeat an earlier event exactly.
+
+    An exact duplicate has the user, item and timestamp (in the file's unit) of an earlier
+    event. Duplicates are kept, because a user can click an item twice within one timestamp.
+    """
+    if len(times) < 2:
+        return
+    _, user_codes = np.unique(users, return_inverse=True)
+    _, item_codes = np.unique(items, return_inverse=True)
+    user_codes, item_codes = user_codes.reshape(-1), item_codes.reshape(-1)
+    order = np.lexsort((times, item_codes, user_codes))
+    repeats = (
+        (np.diff(user_codes[order]) == 0)
+        & (np.diff(item_codes[order]) == 0)
+        & (np.diff(times[order]) == 0)
+    )
+    count = int(np.count_nonzero(repeats))
+    if count == 0:
+        return
+    first = int(order[1:][repeats][0])
+    logger.info(
+        "%s: events with the user, item and timestamp of an earlier event: %d, for example "
+        "user %s, item %s at %d %s. They are kept as repeated interactions, so remove them from "
+        "the file if they are copies",
+        path,
+        count,
+        users[first],
+        items[first],
+        times[first],
+        unit,
+    )
 
 
 def _timestamp_fix(value: object, unit: str, log_format: str) -> str:
@@ -377,8 +473,10 @@ def _timestamp_fix(value: object, unit: str, log_format: str) -> str:
     if _is_finite_number(value):
         if unit == "s" and log_format in _FLEXIBLE_UNIT_FORMATS:
             return (
-                "timestamps must be whole Unix seconds, so round them down in the file, or to "
-                "keep the fraction, multiply them by 1000, round them and pass --time-unit ms"
+                "timestamps must be whole Unix seconds, so round them down in the file. To keep "
+                "the order of events within a second, multiply them by 1000, round them and "
+                "pass --time-unit ms: the events are then stored in whole seconds, in "
+                "millisecond order"
             )
         return f"timestamps must be whole Unix {name}, so round them down in the file"
     fix = f"timestamps must be Unix times in whole {name}, so convert them in the file"
@@ -425,6 +523,25 @@ def _object_array(values: list[str]) -> np.ndarray:
     return array
 
 
+def effective_time_unit(log_format: str, time_unit: str | None) -> str:
+    """Return the unit in which the reader of `log_format` reads timestamps.
+
+    An unset unit is the format's own, as `ReaderConfig.time_unit` documents: milliseconds for
+    OTTO, seconds for every other format.
+    """
+    if time_unit is not None:
+        return time_unit
+    return "ms" if log_format == "otto" else "s"
+
+
+def resolve_reader_config(path: Path, config: ReaderConfig) -> ReaderConfig:
+    """Return `config` with the format that `auto` picks for `path` and the effective time unit."""
+    log_format = detect_format(path, config) if config.format == "auto" else config.format
+    return dataclasses.replace(
+        config, format=log_format, time_unit=effective_time_unit(log_format, config.time_unit)
+    )
+
+
 def read_log(path: str | Path, config: ReaderConfig | None = None) -> RawLog:
     """Read one interaction log file into a `RawLog`; raises DataError on any malformed row."""
     config = config or ReaderConfig()
@@ -439,6 +556,7 @@ def read_log(path: str | Path, config: ReaderConfig | None = None) -> RawLog:
     if path.stat().st_size == 0:
         raise DataError(f"log file {path} is empty")
     check_not_compressed(path)
+    _raise_csv_field_size_limit()
     log_format = detect_format(path, config) if config.format == "auto" else config.format
     # The readers word their messages by the format, so they get the detected one.
     config = dataclasses.replace(config, format=log_format)
@@ -536,6 +654,7 @@ def detect_format(path: Path, config: ReaderConfig | None = None) -> str:
     is the generic jsonl format when it has a known user, item and time key, or when `config`
     names columns.
     """
+    _raise_csv_field_size_limit()
     name = path.name.lower()
     first = _first_line(path)
     if name in ("u.data", "ratings.dat"):
@@ -552,6 +671,8 @@ def detect_format(path: Path, config: ReaderConfig | None = None) -> str:
         )
         if generic:
             return "jsonl"
+        if isinstance(record, dict):
+            raise _unknown_keys_error(path, list(record))
     else:
         delimiter = "\t" if name.endswith((".tsv", ".tab")) else ","
         fields = [field.strip() for field in next(csv.reader([first], delimiter=delimiter))]
@@ -568,12 +689,50 @@ def detect_format(path: Path, config: ReaderConfig | None = None) -> str:
         generic = _has_default_columns(fields, roles=1) or _names_columns(config) or no_header
         if delimited and generic:
             return "csv"
-    formats = ", ".join(FORMATS[1:])
+        if delimited:
+            raise _unknown_header_error(path, fields)
     raise DataError(
         f"cannot tell the format of {path} from its name and first line: pass --format with "
-        f"one of {formats}. A .csv or .tsv file, or a file of JSON objects, is read as the "
+        f"one of {_KNOWN_FORMATS}. A .csv or .tsv file, or a file of JSON objects, is read as the "
         "generic csv or jsonl format when --user-col, --item-col or --time-col names its columns"
     )
+
+
+# The formats that --format names, for messages.
+_KNOWN_FORMATS = ", ".join(FORMATS[1:])
+
+
+def _unknown_header_error(path: Path, fields: Sequence[str]) -> DataError:
+    """Build the error for a .csv or .tsv file whose first line has no known column name."""
+    kind = "CSV" if path.name.lower().endswith(".csv") else "TSV"
+    return DataError(
+        f"cannot tell the format of {path} from its name and first line: it is a {kind} file, "
+        f"but its first line {list(fields)} has no known user, item or time column name such "
+        "as user_id, item_id or timestamp. Pass --user-col, --item-col and --time-col with the "
+        "names or 0-based positions of those columns, and --no-header if the first line is an "
+        f"event and not a header, or pass --format with one of {_KNOWN_FORMATS}"
+    )
+
+
+def _unknown_keys_error(path: Path, keys: Sequence[str]) -> DataError:
+    """Build the error for JSON Lines whose first object lacks a known user, item or time key."""
+    missing = [role for role, names in DEFAULT_COLUMNS.items() if not set(names) & set(keys)]
+    flags = _join_words([f"--{role}-col" for role in missing], "and")
+    example = {"user": "user_id", "item": "item_id", "time": "timestamp"}
+    examples = _join_words([example[role] for role in missing], "or")
+    return DataError(
+        f"cannot tell the format of {path} from its name and first line: it is a JSON Lines "
+        f"file whose first object has the keys {list(keys)}, but no known "
+        f"{_join_words(missing, 'or')} key such as {examples}. Pass {flags} with the keys that "
+        f"hold them, or pass --format with one of {_KNOWN_FORMATS}"
+    )
+
+
+def _join_words(words: Sequence[str], conjunction: str) -> str:
+    """Join `words` as a list in a sentence: `a`, `a and b`, `a, b and c`."""
+    if len(words) <= 1:
+        return "".join(words)
+    return f"{', '.join(words[:-1])} {conjunction} {words[-1]}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -595,6 +754,15 @@ def _iter_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
         raise _encoding_error(path, error) from None
 
 
+def _raise_csv_field_size_limit() -> None:
+    """Raise the csv module's field size limit to `_CSV_FIELD_SIZE_LIMIT`, never lower it.
+
+    The limit is global to the process, so this also applies to other users of the csv module.
+    """
+    if csv.field_size_limit() < _CSV_FIELD_SIZE_LIMIT:
+        csv.field_size_limit(_CSV_FIELD_SIZE_LIMIT)
+
+
 def _iter_csv_rows(file, delimiter: str, path: Path) -> Iterator[tuple[int, list[str]]]:
     reader = csv.reader(file, delimiter=delimiter)
     try:
@@ -602,13 +770,58 @@ def _iter_csv_rows(file, delimiter: str, path: Path) -> Iterator[tuple[int, list
             if fields and any(field.strip() for field in fields):
                 yield reader.line_num, fields
     except csv.Error as error:
-        raise DataError(f"{path}:{reader.line_num}: malformed CSV row: {error}") from None
+        line = reader.line_num
+        fix = "fix or remove this row"
+        if _is_unterminated_last_line(path, line):
+            fix = _partial_line_fix(path, line)
+        raise DataError(f"{path}:{line}: malformed CSV row ({error}): {fix}") from None
+
+
+def _is_unterminated_last_line(path: Path, line: int) -> bool:
+    """Return whether line `line` (1-based) is the last line of `path` and lacks a newline."""
+    with path.open("rb") as file:
+        size = file.seek(0, os.SEEK_END)
+        if size == 0:
+            return False
+        file.seek(-1, os.SEEK_END)
+        if file.read(1) == b"\n":
+            return False
+        file.seek(0)
+        newlines = sum(block.count(b"\n") for block in iter(lambda: file.read(1 << 20), b""))
+    return line == newlines + 1
+
+
+def _partial_line_fix(path: Path, line: int) -> str:
+    """Return the fix for a bad last line without a newline, which a writer may not have ended."""
+    copy = path.with_name(f"{path.stem}.complete{path.suffix}")
+    return (
+        f"line {line} is the last line of the file and does not end with a newline, so it is "
+        "probably incomplete because a program is still writing the file. Wait until the "
+        "file is complete, or read a copy without that line, made with "
+        f"`head -n {line - 1} {shlex.quote(str(path))} > {shlex.quote(str(copy))}`"
+    )
+
+
+def _with_partial_line_fix(error: DataError, path: Path, line: int) -> DataError:
+    """Add the partial-line fix to `error` of row `line` when that row is a partial last line."""
+    # A cut can only shorten a timestamp, and callers catch this error by its class.
+    if isinstance(error, MillisecondsAsSecondsError) or not _is_unterminated_last_line(path, line):
+        return error
+    return DataError(f"{error}. However, {_partial_line_fix(path, line)}")
 
 
 def _resolve_column(spec: str, names: Sequence[str] | None, role: str, path: Path) -> int:
-    """Turn a column name or 0-based position into a position."""
+    """Turn a column name or 0-based position into a position.
+
+    Digits that name one header column and are the position of another raise DataError, because
+    they usually mean that the first line of a file without a header was read as its header.
+    """
     if names is not None and spec in names:
-        return list(names).index(spec)
+        index = list(names).index(spec)
+        position = int(spec) if spec.isdigit() else None
+        if position is not None and position != index and position < len(names):
+            raise _ambiguous_column_error(spec, names, index, role, path)
+        return index
     if spec.isdigit():
         return int(spec)
     if names is None:
@@ -620,6 +833,52 @@ def _resolve_column(spec: str, names: Sequence[str] | None, role: str, path: Pat
     fix = hint or "give a header name or a 0-based position"
     raise DataError(
         f"{path}: column {spec!r} for the {role} not found in the header {list(names)}: {fix}"
+    )
+
+
+def _ambiguous_column_error(
+    spec: str, names: Sequence[str], index: int, role: str, path: Path
+) -> DataError:
+    flag = f"--{role.replace(' ', '-')}-col"
+    return DataError(
+        f"{path}: {flag} {spec} is ambiguous: it is the header name of column {index} and the "
+        f"0-based position of the column named {names[int(spec)]!r} (the header is "
+        f"{list(names)}). If the first line is an event, not a header, pass --no-header, and "
+        f"to pick the column named {spec!r}, pass {flag} {index}"
+    )
+
+
+def _is_position_header(names: Sequence[str]) -> bool:
+    """Return whether the header names each column by its 0-based position, as pandas does."""
+    return list(names) == [str(position) for position in range(len(names))]
+
+
+def _check_header_not_numbers(path: Path, line: int, names: Sequence[str]) -> None:
+    """Raise DataError when every cell of the header row is a number.
+
+    Such a row is almost always the first event of a file without a header. A header of the
+    positions 0, 1, 2, ... is accepted, because pandas writes one for unnamed columns.
+    """
+    if _is_position_header(names) or not all(_is_finite_number(name) for name in names):
+        return
+    raise DataError(
+        f"{path}:{line}: every cell of the header row {list(names)} is a number, so the row is "
+        "probably the first event of a file without a header: pass --no-header, or give the "
+        "columns names in the file's header row"
+    )
+
+
+def _check_time_header(path: Path, line: int, names: Sequence[str], time: int) -> None:
+    """Raise DataError when the header cell of the time column is an integer, like a timestamp."""
+    if time >= len(names) or _is_position_header(names):
+        return
+    cell = names[time]
+    if re.fullmatch(r"[+-]?\d+", cell) is None:
+        return
+    raise DataError(
+        f"{path}:{line}: the header row {list(names)} names the time column (column {time}) "
+        f"{cell!r}, an integer, so the row is probably the first event of a file without a "
+        "header: pass --no-header, or give the time column a name in the file's header row"
     )
 
 
@@ -650,7 +909,9 @@ def _short_row_error(
     row = delimiter.join(fields)
     # Only the csv and taobao readers take --delimiter, because MovieLens files have a fixed one.
     hint = None
-    if len(fields) == 1 and log_format in ("csv", "taobao"):
+    if _is_unterminated_last_line(path, line):
+        hint = _partial_line_fix(path, line)
+    elif len(fields) == 1 and log_format in ("csv", "taobao"):
         hint = _delimiter_hint(fields)
     if hint is None and log_format == "csv":
         hint = (
@@ -721,12 +982,16 @@ def _read_delimited(
 ) -> RawLog:
     """Read a delimited file; `names` gives column names to a file without a header."""
     rows = _iter_rows(path, delimiter)
+    header_line = 0
     if header:
         first = next(rows, None)
         if first is None:
             raise DataError(f"log file {path} contains no header")
-        names = [field.strip() for field in first[1]]
+        header_line, names = first[0], [field.strip() for field in first[1]]
+        _check_header_not_numbers(path, header_line, names)
     columns = _pick_columns(config, names, path, defaults)
+    if header and names is not None:
+        _check_time_header(path, header_line, names, columns.time)
     builder = _RawLogBuilder(
         path, time_unit, config, with_impressions=columns.impressions is not None
     )
@@ -741,14 +1006,17 @@ def _read_delimited(
                 [item.strip() for item in text.split(config.impressions_sep)] if text else []
             )
         event_type = None if columns.event_type is None else fields[columns.event_type].strip()
-        builder.add(
-            line,
-            fields[columns.user],
-            fields[columns.item],
-            fields[columns.time].strip(),
-            event_type,
-            impressions,
-        )
+        try:
+            builder.add(
+                line,
+                fields[columns.user],
+                fields[columns.item],
+                fields[columns.time].strip(),
+                event_type,
+                impressions,
+            )
+        except DataError as error:
+            raise _with_partial_line_fix(error, path, line) from None
     return builder.build()
 
 
@@ -971,7 +1239,13 @@ def _parse_json_line(line: str, path: Path, number: int) -> dict:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as error:
-        raise DataError(f"{path}:{number}: invalid JSON: {error.msg}") from None
+        fix = "each line must be one complete JSON object, so fix or remove this line"
+        if _is_unterminated_last_line(path, number):
+            fix = _partial_line_fix(path, number)
+        raise DataError(
+            f"{path}:{number}: invalid JSON ({error.msg} at character {error.pos + 1}) in "
+            f"{line.strip()[:80]!r}: {fix}"
+        ) from None
     if not isinstance(record, dict):
         raise DataError(f"{path}:{number}: expected a JSON object, got {line.strip()[:80]!r}")
     return record
@@ -1046,7 +1320,10 @@ def _read_generic_jsonl(path: Path, config: ReaderConfig) -> RawLog:
         impressions: list[str] = []
         if config.impressions_col is not None:
             impressions = _json_impressions(record.get(config.impressions_col), config, path, line)
-        builder.add(line, user, item, timestamp, event_type, impressions)
+        try:
+            builder.add(line, user, item, timestamp, event_type, impressions)
+        except DataError as error:
+            raise _with_partial_line_fix(error, path, line) from None
     return builder.build()
 
 

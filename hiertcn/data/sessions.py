@@ -1,9 +1,10 @@
 """Event ordering and session boundaries.
 
-Events are ordered by user, then by time, then by position in the source file, so equal
-timestamps keep their logged order. A session is a maximal run of one user's events with no idle
-gap above `gap` seconds: a gap of exactly `gap` stays in the session, and calendar days play no
-part.
+Events are ordered by user, then by time in whole seconds, then by `RawLog.positions`. That is
+the position in the source file, so equal timestamps keep their logged order. For a log read in
+milliseconds it is the millisecond order, and events of the same millisecond keep their logged
+order. A session is a maximal run of one user's events with no idle gap above `gap` seconds: a
+gap of exactly `gap` stays in the session, and calendar days play no part.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ DEFAULT_SESSION_GAP = 1800
 def sort_events(
     user_codes: np.ndarray, timestamps: np.ndarray, positions: np.ndarray
 ) -> np.ndarray:
-    """Return the stable order (int64 `[E]`) by user code, then time, then file position."""
+    """Return the order (int64 `[E]`) by user code, then time, then `positions`."""
     return np.lexsort((positions, timestamps, user_codes)).astype(np.int64)
 
 

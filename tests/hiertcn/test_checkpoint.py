@@ -160,3 +160,20 @@ def test_unwritable_checkpoint_path_named(tmp_path):
     message = str(caught.value)
     assert f"cannot write checkpoint {path}: Not a directory" in message
     assert "pass an --out folder that you can write" in message
+
+
+def test_saved_auto_format_matches_resolved():
+    from hiertcn.checkpoint import check_data_settings
+
+    checkpoint = tiny_checkpoint(["a"], {"source": "log.csv", "format": "auto"})
+
+    check_data_settings("best.pt", checkpoint, {"source": "log.csv", "format": "csv"})
+
+
+def test_other_saved_format_rejected():
+    from hiertcn.checkpoint import check_data_settings
+
+    checkpoint = tiny_checkpoint(["a"], {"source": "log.csv", "format": "movielens"})
+
+    with pytest.raises(CheckpointError, match="--format movielens, not --format csv"):
+        check_data_settings("best.pt", checkpoint, {"source": "log.csv", "format": "csv"})

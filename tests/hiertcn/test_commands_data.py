@@ -4,6 +4,7 @@ the warm-split table of `stats`."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -117,6 +118,23 @@ def test_stats_event_types_matching_nothing(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "--event-types click matches no event" in error
     assert "the event types in the file are pv, buy" in error
+
+
+def test_stats_reports_raw_users_and_items(tmp_path, capsys, caplog):
+    rows = [
+        f"u{user},i{(user + event) % 5},{100 * event}" for user in range(3) for event in range(4)
+    ]
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,timestamp\n" + "\n".join([*rows, "u9,i9,0"]) + "\n", "utf-8")
+    argv = ["data", "stats", str(path), "--min-item-count", "0", "--min-user-events", "2"]
+    with caplog.at_level(logging.INFO, logger="hiertcn.data.filters"):
+        assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["filter_report"]
+    assert report["users_before"] == 4
+    assert report["items_before"] == 6
+    assert report["users_after"] == 3
+    assert report["items_after"] == 5
+    assert "filters kept 12 of 13 events, 3 of 4 users and 5 of 6 items" in caplog.text
 
 
 def prepare_argv(log, out, *flags):

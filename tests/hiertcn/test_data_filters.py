@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hiertcn.data.filters import FilterConfig, filter_log
+from hiertcn.data.filters import FilterConfig, FilterReport, filter_log
 from hiertcn.data.readers import RawLog, ReaderConfig, read_log
 from hiertcn.errors import DataError
 
@@ -117,11 +117,37 @@ def test_filter_report_counts_are_singular_for_one(tmp_path):
     _, report = filter_log(raw_from_rows(tmp_path, rows), config)
     assert report.format_lines() == [
         "round 1: min_item_count=2 removed 1 event, 1 user, 1 item",
-        "filters kept 2 of 3 events after 2 rounds",
+        "filters kept 2 of 3 events, 1 of 2 users and 1 of 2 items after 2 rounds",
     ]
 
 
 def test_filter_report_one_round(tmp_path):
     config = FilterConfig(min_item_count=0, min_user_events=0, max_user_events=None)
     _, report = filter_log(raw_from_rows(tmp_path, [("u", "a")]), config)
-    assert report.format_lines() == ["filters kept 1 of 1 event after 1 round"]
+    assert report.format_lines() == [
+        "filters kept 1 of 1 event, 1 of 1 user and 1 of 1 item after 1 round"
+    ]
+
+
+def test_filter_report_counts_raw_users_and_items(tmp_path):
+    config = FilterConfig(min_item_count=2, min_user_events=2, max_user_events=None)
+    _, report = filter_log(raw_from_rows(tmp_path, CASCADE), config)
+    assert report.users_before == 3
+    assert report.items_before == 4
+    assert report.users_after == 2
+    assert report.items_after == 2
+    saved = report.to_dict()
+    assert saved["users_before"] == 3
+    assert saved["items_before"] == 4
+    assert FilterReport.from_dict(saved) == report
+
+
+def test_filter_report_from_summary_without_user_counts(tmp_path):
+    config = FilterConfig(min_item_count=0, min_user_events=0, max_user_events=None)
+    _, report = filter_log(raw_from_rows(tmp_path, [("u", "a")]), config)
+    saved = report.to_dict()
+    for key in ("users_before", "users_after", "items_before", "items_after"):
+        del saved[key]
+    old = FilterReport.from_dict(saved)
+    assert old.users_before is None
+    assert old.format_lines() == ["filters kept 1 of 1 event after 1 round"]

@@ -15,6 +15,7 @@ from hiertcn.cli import build_parser, main
 from hiertcn.data.log import EventLog
 from hiertcn.data.options import Dataset, data_config_from_args, load_dataset
 from hiertcn.data.prepared import MANIFEST, load_prepared
+from hiertcn.data.prepared import _digest as prepared_digest
 from hiertcn.data.synthetic import SyntheticConfig, generate_synthetic_log
 from hiertcn.errors import ConfigError, DataError
 
@@ -134,6 +135,43 @@ def test_manifest_records_data_flags(tmp_path):
     assert manifest["data"]["reader"]["format"] == "csv"
     assert manifest["data"]["reader"]["time_unit"] == "s"
     assert manifest["warnings"] == []
+
+
+def test_summary_records_resolved_format_and_unit(tmp_path):
+    log = write_log(tmp_path)
+    folder = prepare(log, tmp_path / "prepared", *NO_FILTERS)
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    assert summary["format"] == "csv"
+    assert summary["reader"]["time_unit"] == "s"
+    from_log = load_dataset(data_args(["data", "stats", str(log), *NO_FILTERS]))
+    assert from_log.summary["format"] == "csv"
+    assert from_log.summary["reader"]["time_unit"] == "s"
+
+
+def test_otto_summary_records_milliseconds(tmp_path, shared_data):
+    log = shared_data / "otto-sample" / "train.jsonl"
+    folder = prepare(log, tmp_path / "prepared", "--min-item-count", "2", "--min-user-events", "3")
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    assert summary["format"] == "otto"
+    assert summary["reader"]["time_unit"] == "ms"
+
+
+def test_folder_with_unresolved_summary_loads(tmp_path):
+    # A folder of format 2 written before the summary recorded the resolved format and unit.
+    folder = prepare(write_log(tmp_path), tmp_path / "prepared", *NO_FILTERS)
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    summary["format"] = "auto"
+    summary["reader"]["time_unit"] = None
+    for key in ("users_before", "users_after", "items_before", "items_after"):
+        del summary["filter_report"][key]
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    manifest["digest"] = prepared_digest(manifest["data"], manifest["warnings"], summary)
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    dataset = load_prepared(folder)
+    assert dataset.summary["format"] == "auto"
+    assert dataset.filter_report.users_before is None
+    assert dataset.log.num_events > 0
 
 
 def test_manifest_records_absolute_log_path(tmp_path, monkeypatch):

@@ -454,7 +454,9 @@ def test_auto_format_unknown_header_stays_ambiguous(tmp_path):
     message = str(error.value)
     assert "cannot tell the format of" in message
     assert "pass --format with one of" in message
-    assert "--user-col, --item-col or --time-col" in message
+    assert "first line ['1', '2268318', '2520377', 'pv', '1511544070']" in message
+    assert "Pass --user-col, --item-col and --time-col" in message
+    assert "--no-header if the first line is an event" in message
 
 
 @pytest.mark.parametrize(
