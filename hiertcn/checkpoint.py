@@ -306,6 +306,51 @@ def _reader_flags(reader: dict[str, Any]) -> list[str]:
     return flags
 
 
+# Data summary entries with nested settings, by key, with the flag of each.
+_NESTED_FLAGS = {
+    "filters": {
+        "min_item_count": "--min-item-count",
+        "min_user_events": "--min-user-events",
+        "max_user_events": "--max-user-events",
+    },
+    "split": {
+        "kind": "--split",
+        "seed": "--split-seed",
+        "train_fraction": "--train-fraction",
+        "valid_fraction": "--valid-fraction",
+    },
+}
+
+
+def recorded_data_words(summary: dict[str, Any]) -> list[str] | None:
+    """Return the data flags of a data summary as command-line words, such as `["--format",
+    "csv", "--item-col", "category"]`, or None for a summary without reader settings, which
+    checkpoints written before they were recorded have."""
+    reader = summary.get("reader")
+    if not isinstance(reader, dict):
+        return None
+    words = [] if summary.get("format") is None else ["--format", str(summary["format"])]
+    if reader.get("header") is False:
+        words.append("--no-header")
+    for key, (flag, unset) in _READER_FLAGS.items():
+        value = reader.get(key, unset)
+        if value == unset:
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(part) for part in value)
+        words += [flag, str(value).replace("\t", "\\t")]
+    gap = summary.get("session_gap")
+    if gap is not None:
+        words += ["--session-gap", str(int(gap) if float(gap).is_integer() else gap)]
+    for name, flags in _NESTED_FLAGS.items():
+        values = summary.get(name)
+        if isinstance(values, dict):
+            for key, flag in flags.items():
+                if values.get(key) is not None:
+                    words += [flag, str(values[key])]
+    return words
+
+
 def describe_data_source(summary: dict[str, Any]) -> str:
     """Describe the log and the data flags that choose its events, from a data summary.
 

@@ -17,7 +17,8 @@ DESCRIPTION = "Evaluate several checkpoints side by side on the same split of a 
 EPILOG = """example:
   hiertcn evaluate runs/ml-hiertcn/best.pt runs/ml-gru/best.pt ratings.csv --format movielens
 
-Pass the same data flags as for training, so the split and the item vocabulary are the same. A
+A data flag not given takes the value that trained the checkpoints, when they all record the
+same, so the split and the item vocabulary are the same as in training. A flag given wins. A
 folder from `hiertcn data prepare` in place of the log needs no data flags.
 Prints one Markdown table (one row per checkpoint) and, with --json, writes the metrics as JSON.
 """
@@ -179,6 +180,48 @@ def load_evaluation_data(args: argparse.Namespace, checkpoints):
         ) from None
 
 
+def adopt_training_data_flags(args: argparse.Namespace, checkpoints) -> list[str]:
+    """Set each data flag not given to the value that trained every checkpoint, and return the
+    flags set.
+
+    A flag on which the checkpoints disagree keeps its parsed value, and so does every flag when
+    a checkpoint predates the recorded reader settings. The vocabulary check then names the
+    flags that trained each checkpoint.
+    """
+    from hiertcn.checkpoint import recorded_data_words
+    from hiertcn.data.options import GIVEN_FLAGS, add_data_arguments
+
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    add_data_arguments(parser)
+    recorded = []
+    for checkpoint in checkpoints:
+        words = recorded_data_words(checkpoint.data_summary)
+        if words is None:
+            return []
+        try:
+            recorded.append(vars(parser.parse_args([str(args.data), *words])))
+        except argparse.ArgumentError as error:
+            logger.debug("the recorded data flags %s do not parse: %s", words, error)
+            return []
+    given_flags = set(getattr(args, GIVEN_FLAGS))
+    adopted: list[str] = []
+    # argparse has no public list of a parser's actions.
+    for action in parser._actions:
+        if not action.option_strings or action.option_strings[0] in given_flags:
+            continue
+        flag, dest = action.option_strings[0], action.dest
+        values = [namespace[dest] for namespace in recorded]
+        if any(flag not in namespace[GIVEN_FLAGS] for namespace in recorded):
+            continue
+        if any(value != values[0] for value in values) or getattr(args, dest) == values[0]:
+            continue
+        setattr(args, dest, values[0])
+        adopted.append(flag if action.nargs == 0 else f"{flag} {values[0]}")
+    if adopted:
+        logger.info("data flags not given, as the checkpoints were trained: %s", " ".join(adopted))
+    return adopted
+
+
 def evaluate_checkpoints(args: argparse.Namespace, checkpoints, log, config, device):
     """Evaluate each checkpoint on `log` and return one table row each.
 
@@ -225,6 +268,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     set_threads(args.threads)
     checkpoints = [load_checkpoint(path) for path in args.checkpoints]
+    if not is_prepared_folder(Path(args.data)):
+        adopt_training_data_flags(args, checkpoints)
     dataset = load_evaluation_data(args, checkpoints)
     log = dataset.test if args.on == "test" else dataset.valid
     config = EvaluationConfig(batch_size=args.batch_size, use_impressions=not args.no_impressions)

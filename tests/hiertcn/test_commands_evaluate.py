@@ -202,7 +202,8 @@ def test_other_item_col_names_checkpoint_flags(tmp_path, capsys):
     log = tmp_path / "log.csv"
 
     # Every item id occurs once, so --min-item-count 3 removes every event.
-    assert main(["evaluate", str(out / "best.pt"), *data, "--device", "cpu"]) == 2
+    argv = ["evaluate", str(out / "best.pt"), *data, "--item-col", "item", "--device", "cpu"]
+    assert main(argv) == 2
     error = capsys.readouterr().err
     assert "removed every remaining event" in error
     assert f"{out / 'best.pt'} was trained on {log} (--format csv --item-col category" in error
@@ -212,10 +213,43 @@ def test_other_item_col_names_checkpoint_flags(tmp_path, capsys):
 def test_other_item_col_vocabulary_names_flag(tmp_path, capsys):
     data, out = train_on_categories(tmp_path, capsys, min_item_count=1)
 
-    assert main(["evaluate", str(out / "best.pt"), *data, "--device", "cpu"]) == 2
+    argv = ["evaluate", str(out / "best.pt"), *data, "--item-col", "item", "--device", "cpu"]
+    assert main(argv) == 2
     error = capsys.readouterr().err
     assert "a vocabulary of 40 items" in error
     assert "--item-col category" in error
+
+
+def test_missing_data_flags_from_checkpoint(tmp_path, capsys, caplog):
+    data, out = train_on_categories(tmp_path, capsys, min_item_count=3)
+    log = tmp_path / "log.csv"
+    with_flags = ["evaluate", str(out / "best.pt"), *data, "--item-col", "category"]
+    assert main([*with_flags, "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+
+    with caplog.at_level("INFO", logger="hiertcn.commands.evaluate"):
+        assert main(["evaluate", str(out / "best.pt"), str(log), "--device", "cpu"]) == 0
+
+    assert capsys.readouterr().out == table
+    (line,) = [
+        message for message in caplog.messages if "as the checkpoints were trained" in message
+    ]
+    assert "--format csv" in line
+    assert "--item-col category" in line
+    assert "--min-item-count 3" in line
+    assert "--min-user-events 1" in line
+
+
+def test_given_data_flag_wins(tmp_path, capsys):
+    _data, out = train_on_categories(tmp_path, capsys, min_item_count=1)
+    log = tmp_path / "log.csv"
+
+    argv = ["evaluate", str(out / "best.pt"), str(log), "--split-seed", "7"]
+    assert main([*argv, "--device", "cpu"]) == 2
+
+    error = capsys.readouterr().err
+    assert "was trained with --split cold --split-seed 0" in error
+    assert "--split-seed 7" in error
 
 
 def test_usage_shows_checkpoints_required(capsys):
