@@ -123,6 +123,16 @@ class ModelBundle:
         return self.manifest.num_items
 
     @property
+    def catalog(self) -> str:
+        """Identity of the item catalog: the sha256 (hex) of `item_ids.json`, as the manifest
+        lists it.
+
+        User states store item rows, and two bundles map rows to the same items exactly when
+        this value is equal, so the state store records it and checks it on open.
+        """
+        return self.manifest.files[ITEM_IDS_FILE]
+
+    @property
     def embedding_dim(self) -> int:
         """Item-embedding size D."""
         return self.manifest.embedding_dim

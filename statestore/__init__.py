@@ -6,6 +6,7 @@ transaction, so that states and offsets always agree.
 """
 
 from statestore.errors import (
+    CatalogMismatchError,
     DiskFullError,
     ExportFileError,
     ForeignProcessError,
@@ -15,6 +16,7 @@ from statestore.errors import (
     StateCodecError,
     StateStoreError,
     StoreConfigError,
+    StoreInUseError,
     UserNotFoundError,
 )
 from statestore.state import REPLAY_PARTITION, PartitionPosition, ReplayProgress, UserState
@@ -22,6 +24,7 @@ from statestore.store import StateStore, StoreConfig
 
 __all__ = [
     "REPLAY_PARTITION",
+    "CatalogMismatchError",
     "DiskFullError",
     "ExportFileError",
     "ForeignProcessError",
@@ -35,6 +38,7 @@ __all__ = [
     "StateStoreError",
     "StoreConfig",
     "StoreConfigError",
+    "StoreInUseError",
     "UserNotFoundError",
     "UserState",
 ]

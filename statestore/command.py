@@ -2,16 +2,18 @@
 
 Usage (`--state-dir DIR` may also follow the action):
     hiertcn-stream state --state-dir DIR stats
-    hiertcn-stream state --state-dir DIR get USER
+    hiertcn-stream state --state-dir DIR get USER [--bundle BUNDLE]
     hiertcn-stream state --state-dir DIR export FILE|- [--format jsonl|msgpack] [--force]
     hiertcn-stream state --state-dir DIR import FILE
     hiertcn-stream state --state-dir DIR compact OUT
     hiertcn-stream state --state-dir DIR evict --inactive-days N [--now | --at TIME]
         [--allow-future] [--dry-run]
 
-Every command may run while workers use the same store: each opens the environment itself and
-works in short transactions. Errors derive from `StateStoreError`, whose `exit_code` is the exit
-status to return.
+Every command except `import` may run while workers use the same store: each opens the
+environment itself and works in short transactions. `import` overwrites partition positions, so
+it takes the writers lock of the state directory exclusively and rejects a directory that a pool
+or a replay has open (`statestore.locks`). Errors derive from `StateStoreError`, whose
+`exit_code` is the exit status to return.
 """
 
 from __future__ import annotations
@@ -27,8 +29,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from statestore import export, maintenance
-from statestore.errors import StateStoreError, StoreConfigError, UserNotFoundError
+from statestore import export, locks, maintenance
+from statestore.bundle_meta import describe_catalog, read_history
+from statestore.catalog import BundleCatalog, read_catalog
+from statestore.errors import (
+    CatalogMismatchError,
+    StateStoreError,
+    StoreConfigError,
+    UserNotFoundError,
+)
 from statestore.state import PartitionPosition
 from statestore.store import StateStore, StoreConfig, file_in_path, format_size
 
@@ -49,7 +58,8 @@ def register(subparsers: Any) -> None:
         "state",
         help="inspect and maintain the LMDB state store",
         description="Inspect and maintain the LMDB store of user states, partition positions "
-        "and session timers. Safe to run while workers use the store.",
+        "and session timers. Every action except import may run while workers use the store; "
+        "import rejects a state directory that a worker pool or a replay has open.",
     )
     parser.add_argument("--state-dir", type=Path, metavar="DIR", help=_STATE_DIR_HELP)
     actions = parser.add_subparsers(dest="state_command", metavar="ACTION", required=True)
@@ -70,8 +80,9 @@ def _register_stats_and_get(actions: Any) -> None:
         help="print user, session, partition and map-size counts",
         description="Print the number of users and open sessions, the LMDB map size recorded "
         "in data.mdb by the store's writers and the bytes in use, the reader slots in use, the "
-        "store's metadata (schema and bundle version), and the next offset and watermark of "
-        "every partition position.",
+        "store's metadata (schema version, bundle version, state sizes and item catalog), the "
+        "history of the bundles that opened the store for writing, and the next offset and "
+        "watermark of every partition position.",
     )
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(func=run_stats)
@@ -80,9 +91,18 @@ def _register_stats_and_get(actions: Any) -> None:
         "get",
         help="print the state of one user as JSON",
         description="Print the stored state of USER as one JSON object: GRU state, open "
-        "session items and counters, last event time, last user embedding and partition.",
+        "session items (as rows of the bundle's item catalog) and counters, last event time, "
+        "last user embedding and partition. With --bundle, the object also lists the item ids "
+        "of the open session.",
     )
     get.add_argument("user", metavar="USER", help="external user id")
+    get.add_argument(
+        "--bundle",
+        type=Path,
+        metavar="DIR",
+        help="model bundle directory whose item_ids.json maps the session's item rows to item "
+        "ids; it must have the catalog that the store records",
+    )
     get.set_defaults(func=run_get)
 
 
@@ -116,9 +136,11 @@ def _register_export_and_import(actions: Any) -> None:
         description="Write the user states and partition positions of FILE, which `export` "
         "wrote, into the store, and create the store when --state-dir has none. A user or "
         "position that is already in the store is overwritten. The whole file is checked "
-        "before anything is written: an incomplete file, or states whose sizes differ from "
-        "those of the users already in the store, are rejected. A new store records the "
-        "bundle version and state sizes of the file.",
+        "before anything is written: an incomplete file, or states whose sizes or item catalog "
+        "differ from those of the users already in the store, are rejected. A new store records "
+        "the bundle version, state sizes and catalog of the file. Stop the worker pools and "
+        "replays that use the store first: import rejects a state directory that one of them "
+        "has open, because it would rewind their partition positions.",
     )
     load.add_argument("file", metavar="FILE", type=Path, help="a file that `export` wrote")
     load.set_defaults(func=run_import)
@@ -195,14 +217,15 @@ def state_dir_of(args: argparse.Namespace) -> Path:
 
 
 def open_store(state_dir: Path) -> StateStore:
-    """Open the existing store in `state_dir`; raise when `state_dir` contains none."""
+    """Open the existing store in `state_dir`, without the writers lock; raise when
+    `state_dir` contains none."""
     _check_not_a_file(state_dir)
     if not (state_dir / "data.mdb").is_file():
         raise StoreConfigError(
             f"state directory {state_dir} contains no LMDB store (data.mdb not found): "
             "check --state-dir"
         )
-    return StateStore(StoreConfig(path=state_dir))
+    return StateStore(StoreConfig(path=state_dir, writer_lock=False))
 
 
 def _check_not_a_file(state_dir: Path) -> None:
@@ -247,7 +270,10 @@ def run_stats(args: argparse.Namespace) -> int:
     print(f"map in use       {format_size(stats.used_bytes)}")
     print(f"readers          {stats.readers}")
     for name, value in sorted(stats.meta.items()):
-        print(f"{name:<16} {value}")
+        if name != "bundle_history":
+            print(f"{name:<16} {value}")
+    for line in _history_lines(stats.meta):
+        print(f"bundle history   {line}")
     for row in positions:
         print(
             f"position         {row['topic']}[{row['partition']}]@{row['next_offset']} "
@@ -256,18 +282,70 @@ def run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _history_lines(meta: dict[str, Any]) -> list[str]:
+    """Return one line per entry of the store's bundle history, oldest first."""
+    lines = []
+    for entry in read_history(meta):
+        since = entry.get("since") or "before the history was recorded"
+        catalog = describe_catalog(entry.get("catalog"), entry.get("catalog_items"))
+        lines.append(
+            f"{entry.get('bundle_version')} since {since}: [G, H] = {entry.get('state_shape')}, "
+            f"D = {entry.get('embedding_dim')}, {catalog}"
+        )
+    return lines
+
+
 def run_get(args: argparse.Namespace) -> int:
-    """Print the state of one user as JSON."""
+    """Print the state of one user as JSON; with --bundle, add the ids of the session items."""
     state_dir = state_dir_of(args)
+    catalog = None if args.bundle is None else read_catalog(args.bundle)
     with open_store(state_dir) as store:
         state = store.read([args.user]).get(args.user)
+        if catalog is not None:
+            _check_catalog_of_store(store, catalog)
     if state is None:
         raise UserNotFoundError(
             f"user {args.user!r} not found in state store {state_dir}: check the id, "
             "which is the external user id as a string"
         )
-    print(json.dumps({"user": args.user, **maintenance.state_to_json(state)}))
+    fields = {"user": args.user, **maintenance.state_to_json(state)}
+    if catalog is not None:
+        item_ids = catalog.ids_of(fields["session_items"])
+        if None in item_ids:
+            logger.warning(
+                "user %r has session item rows outside the %d items of %s (null in "
+                "session_item_ids): the state was written with another catalog",
+                args.user,
+                len(catalog.item_ids),
+                catalog.path,
+            )
+        fields["session_item_ids"] = item_ids
+    print(json.dumps(fields))
     return 0
+
+
+def _check_catalog_of_store(store: StateStore, catalog: BundleCatalog) -> None:
+    """Raise unless `store` records the catalog of `catalog`'s bundle; warn when it records
+    none."""
+    meta = store.meta()
+    stored = meta.get("catalog")
+    if stored is None:
+        logger.warning(
+            "state store %s records no catalog (written before hiertcn recorded catalogs), so "
+            "the item ids of %s may not be the items of its rows: pass the bundle that wrote it",
+            store.path,
+            catalog.path,
+        )
+        return
+    if stored == catalog.sha256:
+        return
+    stored_catalog = describe_catalog(stored, meta.get("catalog_items"))
+    bundle_catalog = describe_catalog(catalog.sha256, len(catalog.item_ids))
+    raise CatalogMismatchError(
+        f"state store {store.path} contains item rows of a {stored_catalog}, but --bundle "
+        f"{catalog.path} has a {bundle_catalog}, whose ids would name other items: pass the "
+        "bundle that serves this store"
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -325,18 +403,27 @@ def run_import(args: argparse.Namespace) -> int:
     _check_not_a_file(state_dir)
     # The file is read in full before the store is opened, so a rejected file creates no store.
     summary = export.scan_export(args.file)
-    if (state_dir / "data.mdb").is_file():
-        with open_store(state_dir) as store:
-            export.check_import_sizes(store, summary, args.file)
-    # Opening with the file's sizes records them in a new store, as a replay records its bundle.
-    config = StoreConfig(
-        path=state_dir,
-        bundle_version=summary.bundle_version,
-        state_shape=summary.sizes.state_shape,
-        embedding_dim=summary.sizes.embedding_dim,
-    )
-    with StateStore(config) as store:
-        users, positions = export.import_export(store, args.file)
+    # Held from the checks to the last commit, so no pool or replay starts in between.
+    with locks.lock_exclusive(state_dir):
+        if (state_dir / "data.mdb").is_file():
+            with open_store(state_dir) as store:
+                export.check_import_sizes(store, summary, args.file)
+                export.check_import_catalog(store, summary, args.file)
+        else:
+            export.check_import_catalog(None, summary, args.file)
+        # Opening with the file's sizes and catalog records them in a new store, as a replay
+        # records its bundle.
+        config = StoreConfig(
+            path=state_dir,
+            bundle_version=summary.bundle_version,
+            state_shape=summary.sizes.state_shape,
+            embedding_dim=summary.sizes.embedding_dim,
+            catalog=summary.catalog,
+            catalog_items=summary.catalog_items,
+            writer_lock=False,
+        )
+        with StateStore(config) as store:
+            users, positions = export.import_export(store, args.file)
     print(
         f"imported {maintenance.plural(users, 'user')} and "
         f"{maintenance.plural(positions, 'partition position')} from {args.file}"

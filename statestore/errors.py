@@ -27,6 +27,15 @@ class ReadOnlyStoreError(StoreConfigError):
     """
 
 
+class StoreInUseError(StoreConfigError):
+    """Another process holds the writers lock of the state directory in a conflicting mode:
+    `state import` while a pool or a replay writes the store, or the reverse."""
+
+
+class CatalogMismatchError(StoreConfigError):
+    """The stored states hold item rows of another catalog than the bundle's or the file's."""
+
+
 class StateCodecError(StateStoreError):
     """A user state cannot be encoded, or a stored record cannot be decoded."""
 

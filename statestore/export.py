@@ -2,8 +2,10 @@
 
 An export is a stream of records, as JSON lines or as msgpack maps, in this order:
 1. a header `{"type": "header", "format": "hiertcn-state-export", "version": 1,
-   "bundle_version", "state_shape": [G, H], "embedding_dim": D}` with the metadata of the store
-   (each value null when the store has none),
+   "bundle_version", "state_shape": [G, H], "embedding_dim": D, "catalog", "catalog_items"}` with
+   the metadata of the store (each value null when the store has none). `catalog` is the sha256
+   of the `item_ids.json` whose rows the states' `session_items` are, and `catalog_items` its
+   item count (see `statestore.bundle_meta`). Exports of earlier versions lack both keys,
 2. one `{"type": "position", "topic", "partition", "next_offset", "watermark"}` per partition,
    with `"replay": {"order", "output", "output_bytes", "session_close_outputs"}` added to a
    replay's position,
@@ -16,8 +18,10 @@ An export is a stream of records, as JSON lines or as msgpack maps, in this orde
 An import reads the whole file before it writes anything, and rejects the file when the trailer
 is missing or its counts differ from the records, so a cut copy is never imported in part. It also
 rejects states whose sizes differ from the header, from each other, or from the users already in
-the store. Exports of earlier hiertcn versions have neither header nor trailer: they are still
-imported, with a warning that their completeness cannot be checked.
+the store, and states of another catalog than the one recorded with the users already in the
+store. Exports of earlier hiertcn versions have neither header nor trailer: they are still
+imported, with a warning that their completeness cannot be checked. Exports without a catalog
+are imported with a warning that their item rows cannot be checked.
 """
 
 from __future__ import annotations
@@ -33,7 +37,14 @@ from typing import Any, BinaryIO
 import msgpack
 
 from statestore import codec
-from statestore.errors import ExportFileError, StateCodecError, StateStoreError, StoreConfigError
+from statestore.bundle_meta import describe_catalog
+from statestore.errors import (
+    CatalogMismatchError,
+    ExportFileError,
+    StateCodecError,
+    StateStoreError,
+    StoreConfigError,
+)
 from statestore.maintenance import (
     DEFAULT_CHUNK_SIZE,
     all_positions,
@@ -101,6 +112,8 @@ class ExportSummary:
     positions: int  # position records
     bundle_version: str | None  # from the header; None in an export without one
     sizes: StateSizes  # from the header, completed from the states
+    catalog: str | None = None  # from the header; None in an export of an earlier version
+    catalog_items: int | None = None
 
 
 # Export ------------------------------------------------------------------------------------
@@ -180,6 +193,8 @@ def export_store(store: StateStore, stream: BinaryIO, fmt: str) -> tuple[int, in
         "bundle_version": meta.get("bundle_version"),
         "state_shape": None if sizes.state_shape is None else list(sizes.state_shape),
         "embedding_dim": sizes.embedding_dim,
+        "catalog": meta.get("catalog"),
+        "catalog_items": meta.get("catalog_items"),
     }
     _write_record(stream, fmt, header)
     positions = all_positions(store)
@@ -255,6 +270,8 @@ def scan_export(path: Path) -> ExportSummary:
         positions=positions,
         bundle_version=None if header is None else header.get("bundle_version"),
         sizes=sizes,
+        catalog=None if header is None else header.get("catalog"),
+        catalog_items=None if header is None else header.get("catalog_items"),
     )
 
 
@@ -271,6 +288,38 @@ def check_import_sizes(store: StateStore, summary: ExportSummary, path: Path) ->
         f"states with {stored}: import into a new --state-dir, or delete the stored users first "
         f"with `hiertcn-stream state --state-dir {store.path} evict --inactive-days 0 --now` "
         "(run `export FILE` first to keep a copy)"
+    )
+
+
+def check_import_catalog(store: StateStore | None, summary: ExportSummary, path: Path) -> None:
+    """Raise `CatalogMismatchError` when `store` has users and records another catalog than
+    the file's; warn when the file records none. `store` is None for a store not created yet.
+
+    A store without users takes states of any catalog, and records the file's.
+    """
+    if summary.catalog is None:
+        logger.warning(
+            "%s records no catalog (an export of an earlier hiertcn version), so the import "
+            "cannot check that its session items are rows of the catalog of the bundle that "
+            "serves %s: import it only into a store of the bundle that the export came from",
+            path,
+            "this store" if store is None else store.path,
+        )
+        return
+    if store is None or store.user_count() == 0:
+        return
+    meta = store.meta()
+    stored = meta.get("catalog")
+    if stored is None or stored == summary.catalog:
+        return
+    stored_catalog = describe_catalog(stored, meta.get("catalog_items"))
+    file_catalog = describe_catalog(summary.catalog, summary.catalog_items)
+    raise CatalogMismatchError(
+        f"{path} contains states of bundle {summary.bundle_version} with a {file_catalog}, but "
+        f"the users in state store {store.path} contain item rows of the {stored_catalog}, "
+        "where the same rows name other items. Import into a new --state-dir, or delete the "
+        f"stored users first with `hiertcn-stream state --state-dir {store.path} evict "
+        "--inactive-days 0 --now` (run `export FILE` first to keep a copy)"
     )
 
 
@@ -349,6 +398,16 @@ def _check_header(record: dict[str, Any], number: int, path: Path) -> dict[str, 
             f"the header of {path} has state_shape {shape!r}, embedding_dim {dim!r} and "
             f"bundle_version {version_name!r}, expected [G, H], D and a string (or null), so "
             "the file is corrupt: export the store again"
+        )
+    catalog = record.get("catalog")
+    items = record.get("catalog_items")
+    if not (
+        (catalog is None or isinstance(catalog, str)) and (items is None or _are_sizes([items]))
+    ):
+        raise ExportFileError(
+            f"the header of {path} has catalog {catalog!r} and catalog_items {items!r}, "
+            "expected a sha256 string and an item count (or null), so the file is corrupt: "
+            "export the store again"
         )
     return record
 

@@ -4,8 +4,13 @@ One environment (a directory with `data.mdb` and `lock.mdb`) contains four named
 `users` (user id -> encoded `UserState`), `positions` (topic-partition -> next offset,
 watermark and, for a replay, its record order and output length), `timers` (partition, last
 event time, user id -> empty: the users with an open session, in time order per partition) and
-`meta` (schema version, creation info, bundle version and state shapes).
+`meta` (schema version, creation info, and the bundle's version, state sizes and catalog, with
+a history of the bundles that opened the store: see `statestore.bundle_meta`).
 `statestore.keys` describes the key layouts and `statestore.codec` the state records.
+
+Locks. A store opened with `StoreConfig.writer_lock` (the default) holds a shared `flock` on
+`writers.lock` in the state directory until it closes, so that `state import`, which takes it
+exclusively, cannot rewind the positions of a live pool or replay (`statestore.locks`).
 
 Processes. Several worker processes may share one environment, and LMDB serialises their write
 transactions with a lock in `lock.mdb`. Each process must open its own `StateStore` after it
@@ -61,7 +66,8 @@ from typing import NamedTuple, TypeVar
 import lmdb
 import msgpack
 
-from statestore import codec, keys
+from statestore import codec, keys, locks
+from statestore.bundle_meta import bundle_meta_updates
 from statestore.errors import (
     DiskFullError,
     ForeignProcessError,
@@ -115,6 +121,14 @@ class StoreConfig:
     # checked against the recorded ones on open. None skips the check.
     state_shape: tuple[int, int] | None = None
     embedding_dim: int | None = None
+    # sha256 (hex) of the bundle's item_ids.json, which maps the item rows that states store to
+    # item ids. Recorded in `meta` and checked like the sizes; None skips the check.
+    catalog: str | None = None
+    catalog_items: int | None = None  # items N in that catalog, for messages
+    # Hold the shared writers lock while open, as a pool or a replay must (`statestore.locks`).
+    # The `state` actions that may run beside live workers pass False, and so does `state
+    # import`, which holds the lock exclusively itself.
+    writer_lock: bool = True
 
     def __post_init__(self) -> None:
         if self.map_size <= 0:
@@ -163,7 +177,13 @@ class StateStore:
             raise StoreConfigError(
                 f"cannot create state directory {self.path}: {error}; choose a writable path"
             ) from error
-        self._env = self._open_environment()
+        # Taken before LMDB opens, so a store that `state import` has locked is not even read.
+        self._writer_lock = locks.lock_shared(self.path) if config.writer_lock else None
+        try:
+            self._env = self._open_environment()
+        except BaseException:
+            self._release_writer_lock()
+            raise
         try:
             cleared = self._env.reader_check()
             if cleared:
@@ -175,6 +195,7 @@ class StateStore:
             # py-lmdb refuses a second open of the same files in one process, so a failed open
             # must not leave the environment open.
             self._env.close()
+            self._release_writer_lock()
             raise
         logger.info(
             "opened state store %s (map %s, sync=%s, metasync=%s)",
@@ -571,6 +592,13 @@ class StateStore:
             return
         with self._lock.exclusive():
             self._env.close()
+        self._release_writer_lock()
+
+    def _release_writer_lock(self) -> None:
+        # Closing the descriptor releases the flock, unless a forked child still has a copy.
+        if self._writer_lock is not None:
+            os.close(self._writer_lock)
+            self._writer_lock = None
 
     def __enter__(self) -> StateStore:
         return self
@@ -581,7 +609,7 @@ class StateStore:
     # Metadata -------------------------------------------------------------------------------
 
     def meta(self) -> dict[str, object]:
-        """Return the `meta` database: schema version, creation info, bundle version."""
+        """Return the `meta` database: schema version, creation info, bundle metadata."""
 
         def work(t: StoreTxn) -> dict[str, object]:
             cursor = t.txn.cursor(db=t.meta)
@@ -614,64 +642,9 @@ class StateStore:
                 codec.SCHEMA_VERSION,
             )
             updates["schema_version"] = codec.SCHEMA_VERSION
-        updates.update(self._check_bundle(meta))
+        updates.update(bundle_meta_updates(self.config, meta, self.user_count(), self.path))
         if updates:
             self._write_meta(updates)
-
-    def _check_bundle(self, meta: Mapping[str, object]) -> dict[str, object]:
-        """Raise when the stored states have another shape than the configured bundle's.
-
-        Returns the meta updates that record the configured bundle; the caller writes them only
-        after every check passed.
-        """
-        config = self.config
-        stored_version = meta.get("bundle_version")
-        stored_shape = meta.get("state_shape")
-        stored_dim = meta.get("embedding_dim")
-        shape_differs = (
-            config.state_shape is not None
-            and stored_shape is not None
-            and list(config.state_shape) != list(stored_shape)  # type: ignore[call-overload]
-        )
-        dim_differs = (
-            config.embedding_dim is not None
-            and stored_dim is not None
-            and config.embedding_dim != stored_dim
-        )
-        if (shape_differs or dim_differs) and self.user_count() > 0:
-            raise StoreConfigError(
-                f"state store {self.path} contains states of bundle {stored_version} "
-                f"with [G, H] = {stored_shape} and D = {stored_dim}, but bundle "
-                f"{config.bundle_version} has [G, H] = {list(config.state_shape or [])} and "
-                f"D = {config.embedding_dim}: pass a new --state-dir, or delete the stored users "
-                f"with `hiertcn-stream state --state-dir {self.path} evict --inactive-days 0 "
-                "--now` (run `export FILE` first to keep a copy)"
-            )
-        # Only stored users carry GRU states, so a store whose users were all evicted keeps
-        # no states of the old bundle, only its metadata and positions.
-        if (
-            config.bundle_version is not None
-            and stored_version not in (None, config.bundle_version)
-            and self.user_count() > 0
-        ):
-            logger.warning(
-                "state store %s was written with bundle %s and is now used with bundle %s: "
-                "the stored GRU states come from that bundle, which may hold another model or "
-                "another export of the same one",
-                self.path,
-                stored_version,
-                config.bundle_version,
-            )
-        bundle_meta: dict[str, object] = {
-            "bundle_version": config.bundle_version,
-            "state_shape": None if config.state_shape is None else list(config.state_shape),
-            "embedding_dim": config.embedding_dim,
-        }
-        return {
-            name: value
-            for name, value in bundle_meta.items()
-            if value is not None and meta.get(name) != value
-        }
 
     def user_count(self) -> int:
         """Return the number of users with a stored state."""

@@ -523,11 +523,15 @@ def open_store_states(
     bundle_version: str,
     state_shape: tuple[int, int] | None = None,
     embedding_dim: int | None = None,
+    catalog: str | None = None,
+    catalog_items: int | None = None,
 ) -> StoreStates:
     """Open (or create) a state store for replay under `state_dir`.
 
     With `state_shape` and `embedding_dim`, a store written for a bundle of other sizes is
-    rejected at open, as the worker does.
+    rejected at open, as the worker does, and with `catalog` (the bundle's `catalog`, with its
+    item count `catalog_items`) a store whose states hold item rows of another catalog. The
+    store holds the shared writers lock until it closes, so `state import` rejects the directory.
     """
     from statestore import StoreConfig
 
@@ -536,6 +540,9 @@ def open_store_states(
         bundle_version=bundle_version,
         state_shape=state_shape,
         embedding_dim=embedding_dim,
+        catalog=catalog,
+        catalog_items=catalog_items,
+        writer_lock=True,
     )
     store = StateStore(config)
     topic = f"replay:{source}"

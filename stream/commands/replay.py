@@ -297,6 +297,8 @@ def _open_state_dir(
         bundle.version,
         state_shape=tuple(bundle.state_shape),
         embedding_dim=bundle.embedding_dim,
+        catalog=bundle.catalog,
+        catalog_items=bundle.num_items,
     )
     stack.callback(store_states.store.close)
     lock_state_dir(args.state_dir, stack)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from statestore import (
+    CatalogMismatchError,
     ExportFileError,
     PartitionPosition,
     StateCodecError,
@@ -29,6 +30,9 @@ from stream.cli import main
 from tests.statestore.helpers import EMBEDDING_DIM, GRU_LAYERS, HIDDEN_SIZE, make_state
 
 USERS = ["u0", "u1", "u2", "u3", "u4"]
+# Catalog (sha256 of item_ids.json) and item count of the bundle `small`.
+SMALL_CATALOG = "5a" * 32
+SMALL_ITEMS = 1000
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,9 +54,16 @@ def _sized_state(seed: int, layers: int, hidden: int, dim: int) -> UserState:
     return state
 
 
-def _make_store(path: Path, layers: int, hidden: int, dim: int, version: str | None) -> Path:
+def _make_store(
+    path: Path,
+    layers: int,
+    hidden: int,
+    dim: int,
+    version: str | None,
+    catalog: tuple[str, int] | None = None,
+) -> Path:
     """Create a store of five users whose states have the given sizes, recorded in its meta
-    unless `version` is None."""
+    unless `version` is None, with the catalog (sha256, item count) `catalog`."""
     config = StoreConfig(path=path, sync=False)
     if version is not None:
         config = StoreConfig(
@@ -60,6 +71,8 @@ def _make_store(path: Path, layers: int, hidden: int, dim: int, version: str | N
             bundle_version=version,
             state_shape=(layers, hidden),
             embedding_dim=dim,
+            catalog=None if catalog is None else catalog[0],
+            catalog_items=None if catalog is None else catalog[1],
             sync=False,
         )
     with StateStore(config) as store:
@@ -72,8 +85,15 @@ def _make_store(path: Path, layers: int, hidden: int, dim: int, version: str | N
 
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
-    """A store written with the bundle `small` ([G, H] = [2, 8], D = 6)."""
-    return _make_store(tmp_path / "source", GRU_LAYERS, HIDDEN_SIZE, EMBEDDING_DIM, "small")
+    """A store written with the bundle `small` ([G, H] = [2, 8], D = 6, `SMALL_CATALOG`)."""
+    return _make_store(
+        tmp_path / "source",
+        GRU_LAYERS,
+        HIDDEN_SIZE,
+        EMBEDDING_DIM,
+        "small",
+        (SMALL_CATALOG, SMALL_ITEMS),
+    )
 
 
 def _export(source: Path, path: Path, *flags: str) -> Path:
@@ -112,6 +132,8 @@ def test_export_header_and_end_record(source: Path, tmp_path: Path, name: str) -
         "bundle_version": "small",
         "state_shape": [GRU_LAYERS, HIDDEN_SIZE],
         "embedding_dim": EMBEDDING_DIM,
+        "catalog": SMALL_CATALOG,
+        "catalog_items": SMALL_ITEMS,
     }
     assert records[-1] == {"type": "end", "users": 5, "positions": 1}
     assert [record["type"] for record in records[1:-1]] == ["position"] + ["user"] * 5
@@ -284,6 +306,91 @@ def test_import_into_emptied_store_takes_other_sizes(source: Path, tmp_path: Pat
 
     assert _meta(target)["state_shape"] == [GRU_LAYERS, HIDDEN_SIZE]
     assert _users(target) == USERS
+
+
+# Item catalog ------------------------------------------------------------------------------
+
+
+def test_import_rejects_other_catalog(source: Path, tmp_path: Path) -> None:
+    dump = _export(source, tmp_path / "dump.jsonl")
+    other_catalog = "0b" * 32
+    target = _make_store(
+        tmp_path / "target", GRU_LAYERS, HIDDEN_SIZE, EMBEDDING_DIM, "other", (other_catalog, 881)
+    )
+    before = target.joinpath("data.mdb").read_bytes()
+
+    with pytest.raises(CatalogMismatchError) as raised:
+        _run("--state-dir", str(target), "import", str(dump))
+
+    message = str(raised.value)
+    assert raised.value.exit_code == 2
+    assert f"catalog of {SMALL_ITEMS} items (item_ids.json sha256 {SMALL_CATALOG[:12]}" in message
+    assert f"catalog of 881 items (item_ids.json sha256 {other_catalog[:12]}" in message
+    assert "bundle small" in message
+    assert "new --state-dir" in message
+    assert "evict --inactive-days 0 --now" in message
+    assert target.joinpath("data.mdb").read_bytes() == before
+    assert _meta(target)["catalog"] == other_catalog
+
+
+def test_import_records_catalog_in_new_store(source: Path, tmp_path: Path) -> None:
+    dump = _export(source, tmp_path / "dump.msgpack")
+
+    assert _run("--state-dir", str(tmp_path / "copy"), "import", str(dump)) == 0
+
+    meta = _meta(tmp_path / "copy")
+    assert meta["catalog"] == SMALL_CATALOG
+    assert meta["catalog_items"] == SMALL_ITEMS
+    other = StoreConfig(path=tmp_path / "copy", bundle_version="v2c", catalog="0b" * 32)
+    with pytest.raises(CatalogMismatchError):
+        StateStore(other)
+
+
+def test_import_into_emptied_store_takes_other_catalog(source: Path, tmp_path: Path) -> None:
+    dump = _export(source, tmp_path / "dump.jsonl")
+    target = _make_store(
+        tmp_path / "target", GRU_LAYERS, HIDDEN_SIZE, EMBEDDING_DIM, "other", ("0b" * 32, 881)
+    )
+    with StateStore(StoreConfig(path=target)) as store:
+        store.commit({}, deletes=USERS)
+
+    assert _run("--state-dir", str(target), "import", str(dump)) == 0
+
+    assert _meta(target)["catalog"] == SMALL_CATALOG
+    assert _users(target) == USERS
+
+
+def test_import_export_without_catalog_warns(
+    source: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Exports of earlier versions have a header without the catalog keys.
+    lines = _export(source, tmp_path / "dump.jsonl").read_text().splitlines()
+    header = json.loads(lines[0])
+    del header["catalog"], header["catalog_items"]
+    (tmp_path / "old.jsonl").write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    target = _make_store(
+        tmp_path / "target", GRU_LAYERS, HIDDEN_SIZE, EMBEDDING_DIM, "other", ("0b" * 32, 881)
+    )
+
+    with caplog.at_level(logging.WARNING, logger="statestore.export"):
+        assert _run("--state-dir", str(target), "import", str(tmp_path / "old.jsonl")) == 0
+
+    assert f"{tmp_path / 'old.jsonl'} records no catalog" in caplog.text
+    assert "cannot check that its session items are rows of the catalog" in caplog.text
+    assert _users(target) == USERS
+
+
+@pytest.mark.parametrize(("key", "value"), [("catalog", 5), ("catalog_items", -1)])
+def test_import_rejects_invalid_catalog_header(
+    source: Path, tmp_path: Path, key: str, value: object
+) -> None:
+    lines = _export(source, tmp_path / "dump.jsonl").read_text().splitlines()
+    header = json.loads(lines[0])
+    header[key] = value
+    (tmp_path / "bad.jsonl").write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+
+    with pytest.raises(ExportFileError, match=f"{key} {value!r}"):
+        _run("--state-dir", str(tmp_path / "target"), "import", str(tmp_path / "bad.jsonl"))
 
 
 def test_import_rejects_file_mixing_sizes(source: Path, tmp_path: Path) -> None:
