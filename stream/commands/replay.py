@@ -289,6 +289,12 @@ def _open_state_dir(
     """
     if args.state_dir is None:
         return None, None, None
+    # The lock comes before the store's open, which records this bundle in the store's meta.
+    # Its file lives in the directory, which only the open would create otherwise.
+    with contextlib.suppress(OSError):
+        args.state_dir.mkdir(parents=True, exist_ok=True)
+    if args.state_dir.is_dir():
+        lock_state_dir(args.state_dir, stack)
     # The resume position is kept under the log's absolute path, so that logs of the same name
     # in other folders do not share it.
     store_states = open_store_states(
@@ -301,7 +307,6 @@ def _open_state_dir(
         catalog_items=bundle.num_items,
     )
     stack.callback(store_states.store.close)
-    lock_state_dir(args.state_dir, stack)
     stored = store_states.position()
     output_start = check_resume(
         stored, args.order, args.output, args.events, args.publish_on_session_close

@@ -96,3 +96,37 @@ def test_store_open_for_replay_rejected_during_import(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     with lock_exclusive(state_dir), pytest.raises(StoreInUseError):
         open_store_states(state_dir, "/data/log.jsonl", "v1")
+
+
+def test_replay_lock_taken_before_store_opens(
+    onnx_bundle_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import subprocess
+    import sys
+
+    from stream.commands.replay import REPLAY_LOCK_FILE
+    from tests.stream.test_replay_output import HOLD_LOCK
+
+    events, state_dir = tmp_path / "events.jsonl", tmp_path / "state"
+    write_event_log(events, 20, seed=21)
+    _store_of_other_catalog(state_dir)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(state_dir / REPLAY_LOCK_FILE)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "locked\n"
+        code = _replay(events, onnx_bundle_dir, state_dir)
+    finally:
+        holder.kill()
+        holder.wait()
+
+    # The running replay's lock is named, not the catalog that only the store's open checks,
+    # and the store's meta still names only the bundle that wrote it.
+    assert code == 2
+    assert "another replay is using --state-dir" in capsys.readouterr().err
+    with StateStore(StoreConfig(path=state_dir, writer_lock=False)) as store:
+        history = store.meta()["bundle_history"]
+    assert [entry["bundle_version"] for entry in history] == ["retrained"]
