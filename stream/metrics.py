@@ -86,6 +86,11 @@ class WorkerMetrics:
     states_reset: Counter
     kafka_errors: Counter
     late_events: Counter
+    bundle_info: Gauge
+    state_users: Gauge
+    state_map_size: Gauge
+    state_map_used: Gauge
+    input_partitions: Gauge
 
 
 def create_metrics(registry: CollectorRegistry | None) -> WorkerMetrics:
@@ -205,7 +210,8 @@ def create_metrics(registry: CollectorRegistry | None) -> WorkerMetrics:
         ),
         states_reset=Counter(
             "hiertcn_states_reset_total",
-            "Stored user states that did not fit the bundle's shapes, replaced by a new state.",
+            "Stored user states that did not fit the bundle (another GRU state shape or D, or "
+            "session item rows beyond its catalog), replaced by a new state.",
             **kwargs,
         ),
         kafka_errors=Counter(
@@ -223,7 +229,52 @@ def create_metrics(registry: CollectorRegistry | None) -> WorkerMetrics:
             "event-time order.",
             **kwargs,
         ),
+        **_serving_gauges(kwargs),
     )
+
+
+def _serving_gauges(kwargs: dict[str, Any]) -> dict[str, Gauge]:
+    """Create the gauges of what a pool serves: the bundle, the state store and the topic.
+
+    Every worker of a pool reads the same bundle, state directory and topic, so `livemax` gives
+    the pool's value once, not once per worker.
+    """
+    return {
+        "bundle_info": Gauge(
+            "hiertcn_bundle_info",
+            "1 for the version of the model bundle that the pool's workers have loaded.",
+            ["version"],
+            multiprocess_mode="livemax",
+            **kwargs,
+        ),
+        "state_users": Gauge(
+            "hiertcn_state_users",
+            "Users with a stored state in the state store (LMDB entries of the users database), "
+            "read every few seconds.",
+            multiprocess_mode="livemax",
+            **kwargs,
+        ),
+        "state_map_size": Gauge(
+            "hiertcn_state_map_size_bytes",
+            "Size of the state store's LMDB map, which grows on demand up to its maximum.",
+            multiprocess_mode="livemax",
+            **kwargs,
+        ),
+        "state_map_used": Gauge(
+            "hiertcn_state_map_used_bytes",
+            "Bytes of the state store's LMDB map in use, free pages included.",
+            multiprocess_mode="livemax",
+            **kwargs,
+        ),
+        "input_partitions": Gauge(
+            "hiertcn_input_partitions",
+            "Partitions of the input topic in the broker's metadata, read as often as the "
+            "consumer refreshes its metadata (60 s by default); above the sum of "
+            "hiertcn_partitions_assigned, some partitions are not read.",
+            multiprocess_mode="livemax",
+            **kwargs,
+        ),
+    }
 
 
 def prepare_multiprocess_dir(parent: Path | None = None) -> Path:

@@ -161,10 +161,12 @@ class IdleResult:
         bundle and started anew.
     outputs: with `session_close_outputs`, one session-start recommendation per closed session,
         in the order of `states`; empty otherwise.
+    reset: how many of `states` did not fit the bundle and started anew.
     """
 
     states: dict[str, UserState]
     outputs: list[Recommendation] = field(default_factory=list)
+    reset: int = 0
 
 
 @dataclass
@@ -253,33 +255,46 @@ class Pipeline:
     def usable_states(self, states: Mapping[str, UserState]) -> tuple[Mapping[str, UserState], int]:
         """Drop the states that do not fit this bundle; return the rest and the number dropped.
 
-        A store written with another bundle (before the store recorded its state shapes) can
-        hold GRU states of another [G, H], sums and embeddings of another D, or item rows
-        beyond this catalog. Such a user starts from the learned start state, as a new one.
+        A store written with another bundle can hold GRU states of another [G, H], sums and
+        embeddings of another D, or session item rows beyond this catalog (a bundle with fewer
+        items). Such a user starts from the learned start state, as a new one. One warning per
+        call counts the dropped states by cause.
         """
-        misfits = [user for user, state in states.items() if not self._fits(state)]
+        causes = {user: self._misfit(state) for user, state in states.items()}
+        misfits = {user: cause for user, cause in causes.items() if cause is not None}
         if not misfits:
             return states, 0
+        by_cause = Counter(misfits.values())
         logger.warning(
-            "%d stored states do not fit the bundle (GRU state [G, H] = %s, D = %d): "
-            "those users start anew, for example %r",
+            "%d stored states do not fit the bundle of version %s, so those users start anew "
+            "(for example %r): %s",
             len(misfits),
-            list(self.bundle.start_state.shape),
-            self.dim,
-            misfits[0],
+            self.config.model_version,
+            next(iter(misfits)),
+            "; ".join(f"{count} with {cause}" for cause, count in by_cause.most_common()),
         )
-        dropped = set(misfits)
-        return {user: state for user, state in states.items() if user not in dropped}, len(misfits)
+        usable = {user: state for user, state in states.items() if user not in misfits}
+        return usable, len(misfits)
 
-    def _fits(self, state: UserState) -> bool:
-        items = np.asarray(state.session_items)
+    def _misfit(self, state: UserState) -> str | None:
+        """Return why `state` does not fit this bundle, or None when it fits."""
+        gru_shape = np.shape(state.gru_state)
+        expected_gru = self.bundle.start_state.shape
+        if gru_shape != expected_gru:
+            return f"GRU state [G, H] = {list(gru_shape)} instead of {list(expected_gru)}"
+        sum_shape = np.shape(state.session_sum)
+        if sum_shape != (self.dim,):
+            return f"session sum of shape {list(sum_shape)} instead of [{self.dim}]"
         embedding = state.last_embedding
-        return (
-            np.shape(state.gru_state) == self.bundle.start_state.shape
-            and np.shape(state.session_sum) == (self.dim,)
-            and (embedding is None or np.shape(embedding) == (self.dim,))
-            and (items.size == 0 or int(items.max()) < self.table.shape[0])
-        )
+        if embedding is not None and np.shape(embedding) != (self.dim,):
+            return f"last embedding of shape {list(np.shape(embedding))} instead of [{self.dim}]"
+        items = np.asarray(state.session_items)
+        if items.size and int(items.max()) >= self.table.shape[0]:
+            return (
+                f"session item rows beyond this bundle's {self.table.shape[0]} items (the "
+                "stored sessions were built with a larger catalog)"
+            )
+        return None
 
     def close_idle(self, states: Mapping[str, UserState]) -> IdleResult:
         """Close the open session of each given user (timer closes) in one batched call.
@@ -288,7 +303,7 @@ class Pipeline:
         that does not fit the bundle comes back as a new state. The result contains the changed
         states only and, with `session_close_outputs`, the session-start outputs.
         """
-        usable, _reset = self.usable_states(states)
+        usable, reset = self.usable_states(states)
         # A state that does not fit the bundle is replaced by a new one with no open session.
         closed: dict[str, UserState] = {
             user: replace(self.new_state(), partition=state.partition, last_ts=state.last_ts)
@@ -297,7 +312,7 @@ class Pipeline:
         }
         users = [user for user, state in usable.items() if state.session_length > 0]
         if not users:
-            return IdleResult(closed)
+            return IdleResult(closed, reset=reset)
         gru = np.stack([np.asarray(states[u].gru_state, np.float32) for u in users])  # [B, G, H]
         means = np.stack(
             [
@@ -318,7 +333,7 @@ class Pipeline:
         if self.config.session_close_outputs:
             outputs = self._session_start_outputs(users, closed)
         logger.debug("closed %d idle sessions", len(users))
-        return IdleResult(closed, outputs)
+        return IdleResult(closed, outputs, reset)
 
     def _session_start_outputs(
         self, users: list[str], closed: dict[str, UserState]

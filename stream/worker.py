@@ -27,6 +27,11 @@ Timer passes that run while no events arrive (`Worker._idle`) hand their closed 
 session-close outputs to the same producer and committer, so those outputs are delivered
 before the states that produced them are committed, too.
 
+Before a batch or a timer pass runs the model, the worker compares the stat stamps of its
+bundle's files with those taken at load, at most once a second (`BundleWatch`), and stops with
+exit code 2 when a file has changed, because its ONNX sessions and its memory-mapped item table
+could then come from different bundles.
+
 Back-pressure: at most `max_pending_batches` batches wait for their commit, so the producer
 queue contains a bounded number of batches. A partition whose timers find more idle sessions than
 one pass closes is paused until they are closed, and resumed then.
@@ -41,7 +46,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -61,6 +66,7 @@ from confluent_kafka import (
 
 from statestore import PartitionPosition, UserState
 from statestore.errors import StateStoreError
+from stream.bundle_watch import BundleWatch, load_watched_bundle
 from stream.committer import Committer, CommitterConfig
 from stream.config import DEFAULT_MAX_POLL_INTERVAL_MS, WorkerConfig
 from stream.delivery import Deliverer, DeliveryConfig, OutputRecord
@@ -73,6 +79,7 @@ from stream.events import (
     decode_event,
 )
 from stream.health import WorkerHeartbeat
+from stream.interval import Interval
 from stream.kafka_settings import client_settings
 from stream.logs import librdkafka_logger
 from stream.metrics import WorkerMetrics
@@ -114,6 +121,18 @@ DEAD_LETTER_SUMMARY_SECONDS = 10.0
 FAILED_CLOSE_SECONDS = 5.0
 # Seconds without any assigned partition after which the worker logs that it waits.
 UNASSIGNED_NOTICE_SECONDS = 10.0
+# Seconds between two readings of the state store's user count and map sizes for the gauges.
+STORE_GAUGE_SECONDS = 5.0
+# Seconds between two metadata requests for the input topic's partition count when the
+# consumer's own metadata refresh is off, and the longest wait of the main loop for one.
+PARTITION_COUNT_SECONDS = 60.0
+PARTITION_COUNT_TIMEOUT_SECONDS = 2.0
+# librdkafka's topic.metadata.refresh.interval.ms of the worker's consumer, unless -X sets it.
+# The consumer finds partitions added to the input topic only at this refresh, so librdkafka's
+# default of 300000 ms (CONFIGURATION.md of librdkafka 2.16) leaves them unread for up to 5
+# minutes. Each refresh is one small Metadata request per consumer for the subscribed topic
+# (topic.metadata.refresh.sparse, on by default), and metadata.max.age.ms follows at 3 times it.
+DEFAULT_METADATA_REFRESH_MS = 60_000
 
 
 class CommittedOffsetsError(StreamError):
@@ -192,6 +211,8 @@ def consumer_settings(config: WorkerConfig, index: int = 0) -> dict[str, Any]:
         "partition.assignment.strategy": "cooperative-sticky",
         # Partition EOF events are not needed: an empty consume is the idle signal.
         "enable.partition.eof": False,
+        # Partitions added to the input topic get assigned within about this interval.
+        "topic.metadata.refresh.interval.ms": DEFAULT_METADATA_REFRESH_MS,
     }
     settings.update(client_settings(config.kafka_settings, "consumer"))
     # Static membership: the broker fences every member but one that joins with the same
@@ -200,6 +221,22 @@ def consumer_settings(config: WorkerConfig, index: int = 0) -> dict[str, Any]:
     if instance and config.processes > 1:
         settings["group.instance.id"] = f"{instance}-{index}"
     return settings
+
+
+def partition_count_seconds(settings: Mapping[str, Any]) -> float:
+    """Return the seconds between two readings of the input topic's partition count.
+
+    That is the consumer's topic.metadata.refresh.interval.ms, at least 1 s, because the
+    consumer finds new partitions only at that refresh. A refresh that is off (-1) or a value
+    that is not a number gives PARTITION_COUNT_SECONDS.
+    """
+    try:
+        refresh_ms = float(str(settings.get("topic.metadata.refresh.interval.ms")).strip())
+    except ValueError:
+        return PARTITION_COUNT_SECONDS
+    if refresh_ms < 0:
+        return PARTITION_COUNT_SECONDS
+    return max(refresh_ms / 1000, 1.0)
 
 
 def producer_settings(config: WorkerConfig) -> dict[str, Any]:
@@ -347,6 +384,7 @@ class Worker:
         label: str | None = None,
         heartbeat: WorkerHeartbeat | None = None,
         index: int = 0,
+        bundle_watch: BundleWatch | None = None,
     ) -> None:
         # The pool's index of this process, which a static group.instance.id gets appended.
         self.index = index
@@ -374,8 +412,13 @@ class Worker:
         # Events behind their partition's watermark minus the session gap, logged by partition.
         self.late_log = RateLimitedLog("late events", "partition", per_kind=1)
         self.consumer_error_log = RateLimitedLog("consumer errors", "code")
+        self.store_gauge_log = RateLimitedLog("failed state store size readings", "error")
         # The error callback of the Kafka clients, whose summary lines `_idle` flushes.
         self.client_errors: KafkaErrorLog | None = None
+        # Stops the worker when a file of its bundle changes. None in tests without a bundle.
+        self.bundle_watch = bundle_watch
+        self._store_gauges = Interval(STORE_GAUGE_SECONDS)
+        self._partition_gauge = Interval(partition_count_seconds(consumer_settings(config, index)))
         self.state_dir = Path(config.state_dir).resolve()
         self._stopping = False
         # Messages consumed for the batch that is being collected; on_revoke finishes them.
@@ -437,10 +480,15 @@ class Worker:
                 self.heartbeat.beat()
                 self.committer.check()
                 messages = self._collect()
+                # Before the batch or the timers run the model, so that no output computed
+                # after a change of the bundle was noticed is published.
+                if self.bundle_watch is not None:
+                    self.bundle_watch.check()
                 if messages:
                     self._process(messages)
                 else:
                     self._idle()
+                self._refresh_gauges()
                 self._commit_offsets(wait=False)
         finally:
             self._shutdown()
@@ -718,7 +766,8 @@ class Worker:
             )
         else:
             logger.info("%s %s (stored position)", reason, position_text(topic, partition, stored))
-        if processed is not None and processed != stored:
+        # A partition without a stored position starts at 0 here, so 0 means nothing processed.
+        if processed is not None and processed > (0 if stored is None else stored):
             logger.info(
                 "%s[%d]: offsets up to %d were processed but their commit did not reach the "
                 "state store, so the next owner processes them again",
@@ -883,13 +932,14 @@ class Worker:
         """Run the timer passes that are due, then refresh the lag gauges."""
         for partition in sorted(self._timers_due & set(self._positions)):
             idle = self._close_idle({partition: self._positions[partition]}, {})
+            self.metrics.states_reset.inc(idle.reset)
             if not idle.states:
                 continue
             # Delivered before the commit of the closed states, as in a batch.
             records = self._session_close_records(idle.outputs)
             self.deliverer.produce(records)
             self.committer.submit(idle.states, {}, records)
-            self.metrics.sessions_closed.labels("timer").inc(len(idle.states))
+            self.metrics.sessions_closed.labels("timer").inc(len(idle.states) - idle.reset)
             self._count_session_close_outputs(len(idle.outputs))
         self.dead_letter_log.flush()
         self.keyless_log.flush()
@@ -1049,11 +1099,12 @@ class Worker:
         metrics.batch_seconds.observe(seconds)
         self._event_outputs.inc(len(result.outputs))
         self._count_session_close_outputs(len(idle.outputs))
-        metrics.states_reset.inc(result.reset)
+        metrics.states_reset.inc(result.reset + idle.reset)
         for trigger, count in result.closed.items():
             metrics.sessions_closed.labels(trigger).inc(count)
-        if idle.states:
-            metrics.sessions_closed.labels("timer").inc(len(idle.states))
+        # idle.states also contains the states that were reset, which closed no session.
+        if len(idle.states) > idle.reset:
+            metrics.sessions_closed.labels("timer").inc(len(idle.states) - idle.reset)
         ranks = [live[0] for live in result.live if live is not None]
         metrics.live_predictions.inc(len(ranks))
         for cutoff in live_cutoffs(self.top_k):
@@ -1089,6 +1140,43 @@ class Worker:
             if high >= 0:
                 lag = max(high - position.next_offset, 0)
                 self.metrics.consumer_lag.labels(str(partition)).set(lag)
+
+    def _refresh_gauges(self) -> None:
+        """Read the state store's size and the input topic's partition count when they are due."""
+        if self._store_gauges.due():
+            self._read_store_size()
+        if self._partition_gauge.due():
+            self._read_partition_count()
+
+    def _read_store_size(self) -> None:
+        try:
+            users = self.store.user_count()
+            info = self.store.environment_info()
+        except (StateStoreError, lmdb.Error) as error:
+            # A gauge must not stop the worker, and the next reading may succeed.
+            self.store_gauge_log.add(
+                type(error).__name__,
+                "reading the state store's size for the metrics failed: %s",
+                error,
+            )
+            self.store_gauge_log.flush()
+            return
+        self.metrics.state_users.set(users)
+        self.metrics.state_map_size.set(info["map_size"])
+        self.metrics.state_map_used.set(info["used_bytes"])
+
+    def _read_partition_count(self) -> None:
+        topic = self.config.input_topic
+        try:
+            metadata = self.consumer.list_topics(topic, timeout=PARTITION_COUNT_TIMEOUT_SECONDS)
+        except KafkaException as error:
+            logger.debug("reading the partition count of %s failed: %s", topic, error)
+            return
+        described = metadata.topics.get(topic)
+        if described is None or described.error is not None:
+            logger.debug("no partition count of %s in the metadata: %s", topic, described)
+            return
+        self.metrics.input_partitions.set(len(described.partitions))
 
 
 def live_cutoffs(top_k: int) -> list[int]:
@@ -1186,6 +1274,8 @@ def open_state_store(config: WorkerConfig, bundle: ModelBundle) -> StateStore:
             bundle_version=bundle.version,
             state_shape=bundle.state_shape,
             embedding_dim=bundle.embedding_dim,
+            catalog=bundle.catalog,
+            catalog_items=bundle.num_items,
         )
     )
 
@@ -1201,14 +1291,14 @@ def run_worker(
     The bundle, the LMDB environment and the Kafka clients are opened here, after the process
     has started, because none of them may be shared across processes.
     """
-    from export.bundle import load_bundle
     from stream.metrics import create_metrics
     from stream.pipeline import PipelineConfig
 
     logger.info("worker %d (pid %d) starting", index, os.getpid())
-    bundle = load_bundle(config.bundle, device=config.device, intra_op_threads=threads)
+    bundle, watch = load_watched_bundle(config, threads)
     # The pool serves the aggregate of every process, so these metrics join no registry here.
     metrics = create_metrics(None)
+    metrics.bundle_info.labels(bundle.version).set(1)
     pipeline = Pipeline(
         TimedBundle(bundle, metrics),
         PipelineConfig(
@@ -1222,7 +1312,17 @@ def run_worker(
     consumer, producer = _open_clients(config, index, client_errors)
     label = f"worker {index} (pid {os.getpid()})"
     worker = Worker(
-        config, pipeline, store, metrics, consumer, producer, bundle.row_of, label, heartbeat, index
+        config,
+        pipeline,
+        store,
+        metrics,
+        consumer,
+        producer,
+        bundle.row_of,
+        label,
+        heartbeat,
+        index,
+        bundle_watch=watch,
     )
     worker.client_errors = client_errors
     install_signal_handlers(worker)

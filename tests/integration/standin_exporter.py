@@ -20,6 +20,7 @@ PARTITIONS = ("0", "1", "2")
 DEAD_LETTER_REASONS = ("not_msgpack", "unknown_item")
 TOP_K = "10"
 KAFKA_ERROR_CODES = ("_TRANSPORT", "_ALL_BROKERS_DOWN")
+BUNDLE_VERSION = "0123456789ab"
 
 
 class _StandInHealth:
@@ -72,6 +73,8 @@ class StandInWorkerExporter:
         self.metrics.partitions_assigned.set(len(PARTITIONS))
         self.metrics.paused_partitions.set(0)
         self.metrics.workers_running.set(1)
+        self.metrics.input_partitions.set(len(PARTITIONS))
+        self.metrics.bundle_info.labels(version=BUNDLE_VERSION).set(1)
         while not self._stop.wait(self.interval_s):
             self._record_batch(self.metrics)
 
@@ -105,3 +108,7 @@ class StandInWorkerExporter:
         metrics.kafka_errors.labels(code=rand.choice(KAFKA_ERROR_CODES)).inc()
         metrics.delivery_retries.inc(rand.randint(0, 2))
         metrics.late_events.inc(rand.randint(0, 1))
+        metrics.states_reset.inc(rand.randint(0, 1))
+        metrics.state_users.inc(size)
+        metrics.state_map_size.set(1 << 30)
+        metrics.state_map_used.inc(size * 512)

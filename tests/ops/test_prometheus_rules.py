@@ -30,6 +30,7 @@ EXPECTED_ALERTS = {
     "HiertcnPoolDown",
     "HiertcnWorkersNotRunning",
     "HiertcnWorkerHeartbeatStale",
+    "HiertcnPartitionsUnassigned",
     "HiertcnConsumerLagGrowing",
     "HiertcnDeadLetterRate",
     "HiertcnKafkaErrors",

@@ -33,6 +33,12 @@ DASHBOARD_METRICS = (
     "hiertcn_workers_running",
     "hiertcn_kafka_errors_total",
     "hiertcn_delivery_retries_total",
+    "hiertcn_states_reset_total",
+    "hiertcn_bundle_info",
+    "hiertcn_state_users",
+    "hiertcn_state_map_size_bytes",
+    "hiertcn_state_map_used_bytes",
+    "hiertcn_input_partitions",
 )
 
 
@@ -47,6 +53,7 @@ def test_metric_names_match_dashboard() -> None:
     metrics.consumer_lag.labels("0").set(5)
     metrics.live_hits.labels("10").inc()
     metrics.kafka_errors.labels("_TRANSPORT").inc()
+    metrics.bundle_info.labels("0123456789ab").set(1)
 
     text = generate_latest(registry).decode()
 
@@ -85,3 +92,34 @@ def test_pool_aggregate_sums_processes(tmp_path: Path) -> None:
     assert "hiertcn_partitions_assigned 4.0" in text
     assert "hiertcn_workers_running 2.0" in text
     assert 'hiertcn_consumer_lag_messages{partition="0"} 4.0' in text
+
+
+_SERVING_CHILD = textwrap.dedent(
+    """
+    import sys
+    from stream.metrics import create_metrics
+    metrics = create_metrics(None)
+    metrics.bundle_info.labels("0123456789ab").set(1)
+    metrics.state_users.set(int(sys.argv[1]))
+    metrics.state_map_used.set(4096 * int(sys.argv[1]))
+    metrics.input_partitions.set(6)
+    """
+)
+
+
+def test_pool_aggregate_reports_serving_gauges_once(tmp_path: Path) -> None:
+    from prometheus_client import multiprocess
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    # Two workers of one pool read the same bundle, state store and topic.
+    for users in ("500", "502"):
+        subprocess.run([sys.executable, "-c", _SERVING_CHILD, users], env=env, check=True)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))
+
+    text = generate_latest(registry).decode()
+
+    assert 'hiertcn_bundle_info{version="0123456789ab"} 1.0' in text
+    assert "hiertcn_state_users 502.0" in text
+    assert "hiertcn_state_map_used_bytes 2.056192e+06" in text
+    assert "hiertcn_input_partitions 6.0" in text

@@ -495,3 +495,77 @@ def test_close_idle_resets_state_of_other_shape(pipeline: Pipeline, bundle: Fake
     assert closed["u1"].session_length == 0
     assert closed["u1"].gru_state.shape == bundle.start_state.shape
     assert closed["u1"].last_ts == stored.last_ts
+
+
+def test_close_idle_counts_reset_states(pipeline: Pipeline, bundle: FakeBundle) -> None:
+    other = FakeBundle(dim=16, layers=1, hidden=16, seed=1)
+    stale = _state_of_other_bundle(other, Pipeline(other, PipelineConfig(session_gap=GAP)))
+    fitting = pipeline.process([make_event("u2", 3, 1000.0)], {}).states["u2"]
+
+    idle = pipeline.close_idle({"u1": stale, "u2": fitting})
+
+    assert idle.reset == 1
+    assert set(idle.states) == {"u1", "u2"}
+
+
+def test_close_idle_without_resets_counts_zero(pipeline: Pipeline) -> None:
+    fitting = pipeline.process([make_event("u2", 3, 1000.0)], {}).states
+
+    assert pipeline.close_idle(fitting).reset == 0
+    assert pipeline.close_idle({}).reset == 0
+
+
+def _reset_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "do not fit the bundle" in r.getMessage()]
+
+
+def test_reset_log_names_rows_beyond_catalog(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Same G, H and D, but a larger catalog: only the item rows are out of range.
+    big = FakeBundle(num_items=500)
+    stored = Pipeline(big, PipelineConfig(session_gap=GAP)).process(
+        [make_event("u1", 400, 1000.0)], {}
+    )
+
+    with caplog.at_level("WARNING", logger="stream.pipeline"):
+        pipeline.close_idle(stored.states)
+
+    (line,) = _reset_warnings(caplog)
+    assert line.startswith("1 stored states do not fit the bundle of version fake00000000")
+    assert "1 with session item rows beyond this bundle's 50 items" in line
+    assert "GRU state" not in line
+
+
+def test_reset_log_names_gru_shape(pipeline: Pipeline, caplog: pytest.LogCaptureFixture) -> None:
+    other = FakeBundle(dim=8, layers=1, hidden=16, seed=1)
+    stored = _state_of_other_bundle(other, Pipeline(other, PipelineConfig(session_gap=GAP)))
+
+    with caplog.at_level("WARNING", logger="stream.pipeline"):
+        pipeline.process([make_event("u1", 4, 5000.0)], {"u1": stored})
+
+    (line,) = _reset_warnings(caplog)
+    assert "1 with GRU state [G, H] = [1, 16] instead of [2, 6]" in line
+    assert "items" not in line
+
+
+def test_reset_log_counts_each_cause(pipeline: Pipeline, caplog: pytest.LogCaptureFixture) -> None:
+    wide = FakeBundle(dim=16, seed=1)
+    big = FakeBundle(num_items=500)
+    stored = {
+        "u1": _state_of_other_bundle(wide, Pipeline(wide, PipelineConfig(session_gap=GAP))),
+        "u2": Pipeline(big, PipelineConfig(session_gap=GAP))
+        .process([make_event("u2", 400, 1000.0)], {})
+        .states["u2"],
+        "u3": Pipeline(big, PipelineConfig(session_gap=GAP))
+        .process([make_event("u3", 300, 1000.0)], {})
+        .states["u3"],
+    }
+
+    with caplog.at_level("WARNING", logger="stream.pipeline"):
+        result = pipeline.process([make_event(user, 4, 5000.0) for user in stored], stored)
+
+    assert result.reset == 3
+    (line,) = _reset_warnings(caplog)
+    assert "2 with session item rows beyond this bundle's 50 items" in line
+    assert "1 with session sum of shape [16] instead of [8]" in line

@@ -551,6 +551,7 @@ def test_main_loop_turn_beats() -> None:
     )
     worker._collect = stop_after_one_turn  # type: ignore[method-assign]
     worker._idle = lambda: None  # type: ignore[method-assign]
+    worker._refresh_gauges = lambda: None  # type: ignore[method-assign]
 
     worker.run()
 
@@ -853,3 +854,221 @@ def test_revoked_partition_logged_at_stored_position(
         "interactions[1]: offsets up to 7 were processed but their commit did not reach the "
         "state store, so the next owner processes them again",
     ]
+
+
+def test_first_start_revocation_logs_no_unstored_offsets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from statestore import StateStore, StoreConfig
+
+    worker = make_worker(FakeProducer())
+    with StateStore(StoreConfig(path=tmp_path / "state", sync=False)) as store:
+        # An empty store: the assignment starts each partition at offset 0, and nothing arrived.
+        _assign(worker, AssignConsumer({}), store, [0])  # type: ignore[arg-type]
+
+        with caplog.at_level("INFO", logger="stream.worker"):
+            worker._forget({0}, "revoked")
+
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "revoked interactions[0]: no stored position, so its next owner starts at the earliest "
+        "offset"
+    ]
+
+
+def test_revocation_at_stored_position_logs_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from statestore import StateStore, StoreConfig
+
+    worker = make_worker(FakeProducer())
+    with StateStore(StoreConfig(path=tmp_path / "state", sync=False)) as store:
+        store.commit({}, {("interactions", 0): PartitionPosition(50, 100.0)})
+        worker.store = store
+        worker._positions = {0: PartitionPosition(50, 100.0)}
+
+        with caplog.at_level("INFO", logger="stream.worker"):
+            worker._forget({0}, "revoked")
+
+    assert [r.getMessage() for r in caplog.records] == [
+        "revoked interactions[0]@50 (stored position)"
+    ]
+
+
+def test_consumer_refreshes_metadata_every_minute() -> None:
+    config = WorkerConfig(brokers="b:9092", bundle=Path("x"))
+
+    settings = consumer_settings(config)
+
+    assert settings["topic.metadata.refresh.interval.ms"] == 60_000
+
+
+def test_metadata_refresh_overridable_with_x() -> None:
+    config = WorkerConfig(
+        brokers="b:9092",
+        bundle=Path("x"),
+        kafka_settings={"topic.metadata.refresh.interval.ms": "2000"},
+    )
+
+    assert consumer_settings(config)["topic.metadata.refresh.interval.ms"] == "2000"
+    assert producer_settings(config)["topic.metadata.refresh.interval.ms"] == "2000"
+
+
+def test_metadata_refresh_setting_accepted_by_librdkafka() -> None:
+    from confluent_kafka import Consumer
+
+    config = WorkerConfig(brokers="127.0.0.1:1", bundle=Path("x"))
+
+    Consumer(consumer_settings(config)).close()
+
+
+class SizedStore:
+    """A state store with the two calls of the store gauges."""
+
+    def __init__(self, users: int = 0, fail: bool = False) -> None:
+        self.users = users
+        self.fail = fail
+        self.calls = 0
+
+    def user_count(self) -> int:
+        self.calls += 1
+        if self.fail:
+            from statestore.errors import StateStoreError
+
+            raise StateStoreError("LMDB read failed")
+        return self.users
+
+    def environment_info(self) -> dict[str, int]:
+        return {"map_size": 1 << 30, "used_bytes": 81_920, "page_size": 4096}
+
+
+def _partition_metadata(topic: str, partitions: int, error: Any = None) -> Any:
+    described = SimpleNamespace(partitions=dict.fromkeys(range(partitions)), error=error)
+    return SimpleNamespace(topics={topic: described})
+
+
+class MetadataConsumer:
+    """A consumer whose list_topics returns `partitions` for the input topic."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.requests: list[tuple[str, float]] = []
+
+    def list_topics(self, topic: str, timeout: float) -> Any:
+        self.requests.append((topic, timeout))
+        return _partition_metadata(topic, self.partitions)
+
+
+def _gauge(worker: Worker, name: str) -> float:
+    return getattr(worker.metrics, name)._value.get()
+
+
+def test_gauges_read_store_size_and_partitions() -> None:
+    worker = make_worker(FakeProducer())
+    worker.store = SizedStore(users=1234)
+    worker.consumer = MetadataConsumer(partitions=6)  # type: ignore[assignment]
+
+    worker._refresh_gauges()
+
+    assert _gauge(worker, "state_users") == 1234
+    assert _gauge(worker, "state_map_size") == 1 << 30
+    assert _gauge(worker, "state_map_used") == 81_920
+    assert _gauge(worker, "input_partitions") == 6
+    assert worker.consumer.requests == [
+        ("interactions", worker_module.PARTITION_COUNT_TIMEOUT_SECONDS)
+    ]
+
+
+def test_gauges_refreshed_only_when_due() -> None:
+    worker = make_worker(FakeProducer())
+    store = SizedStore(users=1)
+    consumer = MetadataConsumer(partitions=2)
+    worker.store = store
+    worker.consumer = consumer  # type: ignore[assignment]
+    clock = [0.0]
+    worker._store_gauges = worker_module.Interval(5.0, lambda: clock[0])
+    worker._partition_gauge = worker_module.Interval(60.0, lambda: clock[0])
+
+    worker._refresh_gauges()
+    clock[0] = 4.0
+    worker._refresh_gauges()
+    assert (store.calls, len(consumer.requests)) == (1, 1)
+
+    clock[0] = 5.0
+    consumer.partitions = 8
+    worker._refresh_gauges()
+    assert (store.calls, len(consumer.requests)) == (2, 1)
+    assert _gauge(worker, "input_partitions") == 2
+
+    clock[0] = 60.0
+    worker._refresh_gauges()
+    assert _gauge(worker, "input_partitions") == 8
+
+
+def test_store_gauge_failure_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    worker = make_worker(FakeProducer())
+    worker.store = SizedStore(fail=True)
+    worker.consumer = MetadataConsumer(partitions=1)  # type: ignore[assignment]
+
+    with caplog.at_level("WARNING", logger="stream.worker"):
+        worker._refresh_gauges()
+
+    assert [r.getMessage() for r in caplog.records] == [
+        "reading the state store's size for the metrics failed: LMDB read failed"
+    ]
+    assert _gauge(worker, "input_partitions") == 1
+
+
+def test_partition_gauge_keeps_value_on_metadata_error() -> None:
+    from confluent_kafka import KafkaException
+
+    worker = make_worker(FakeProducer())
+    worker.store = SizedStore()
+    worker.metrics.input_partitions.set(4)
+
+    def fail(topic: str, timeout: float) -> Any:
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+    worker.consumer = SimpleNamespace(list_topics=fail)  # type: ignore[assignment]
+    worker._refresh_gauges()
+    assert _gauge(worker, "input_partitions") == 4
+
+    unknown = KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)
+    worker._partition_gauge = worker_module.Interval(0.0)
+    worker.consumer = SimpleNamespace(  # type: ignore[assignment]
+        list_topics=lambda topic, timeout: _partition_metadata(topic, 0, unknown)
+    )
+    worker._refresh_gauges()
+    assert _gauge(worker, "input_partitions") == 4
+
+
+def test_state_store_gauges_from_real_store(tmp_path: Path) -> None:
+    import numpy as np
+
+    from statestore import StateStore, StoreConfig, UserState
+
+    worker = make_worker(FakeProducer())
+    worker.consumer = MetadataConsumer(partitions=1)  # type: ignore[assignment]
+    with StateStore(StoreConfig(path=tmp_path / "state", sync=False)) as store:
+        state = UserState.new(np.zeros((1, 4), dtype=np.float32), 4)
+        store.commit({f"u{index}": state for index in range(3)})
+        worker.store = store
+
+        worker._refresh_gauges()
+
+        info = store.environment_info()
+    assert _gauge(worker, "state_users") == 3
+    assert _gauge(worker, "state_map_size") == info["map_size"]
+    assert 0 < _gauge(worker, "state_map_used") <= info["map_size"]
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(60_000, 60.0), ("2000", 2.0), ("100", 1.0), ("-1", 60.0), ("often", 60.0)],
+)
+def test_partition_count_follows_metadata_refresh(value: object, seconds: float) -> None:
+    from stream.worker import partition_count_seconds
+
+    settings = {"topic.metadata.refresh.interval.ms": value}
+
+    assert partition_count_seconds(settings) == seconds

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from statestore import PartitionPosition, StateStore, StoreConfig
 from stream.config import WorkerConfig
+from stream.events import EventConfig, Position, decode_event
 from stream.metrics import create_metrics
 from stream.pipeline import Pipeline, PipelineConfig
 from stream.worker import Worker
@@ -207,3 +208,52 @@ def test_worker_without_flag_publishes_events_only(make_worker) -> None:
     assert all("trigger" not in o for o in outputs)
     assert worker.store.read(["u2"])["u2"].session_length == 0
     assert counter(worker, "event") == 3
+
+
+def stale_state(row: int, last_ts: float) -> Any:
+    """Return a state with an open session of item `row` from a bundle with 500 items."""
+    big = FakeBundle(num_items=500)
+    pipeline = Pipeline(big, PipelineConfig(session_gap=GAP))
+    message = EventMessage(0, "old", row, last_ts)
+    event = decode_event(
+        message.key(), message.value(), Position("interactions", 0, 0), big.row_of, EventConfig()
+    )
+    return pipeline.process([event], {}).states["old"]
+
+
+def resets(worker: Worker) -> float:
+    return worker.metrics.states_reset._value.get()
+
+
+def timer_closes(worker: Worker) -> float:
+    return worker.metrics.sessions_closed.labels("timer")._value.get()
+
+
+def test_idle_timer_reset_counted(make_worker) -> None:
+    worker = make_worker(HeldProducer())
+    worker.store.commit({"old": stale_state(400, START)})
+    worker._process([EventMessage(0, "u1", 3, START)])
+    worker.committer.drain()
+
+    worker._positions[0] = PartitionPosition(1, START + 5000)
+    worker._timers_due.add(0)
+    worker._idle()
+    worker.committer.drain()
+
+    assert resets(worker) == 1
+    # u1's session closed; the reset state had its session dropped, not closed.
+    assert timer_closes(worker) == 1
+    assert worker.store.read(["old"])["old"].session_length == 0
+
+
+def test_batch_timer_reset_counted(make_worker) -> None:
+    worker = make_worker(HeldProducer())
+    worker.store.commit({"old": stale_state(400, START)})
+
+    # u1's event moves the watermark past the stored session's expiry.
+    worker._process([EventMessage(0, "u1", 3, START + 5000)])
+    worker.committer.drain()
+
+    assert resets(worker) == 1
+    assert timer_closes(worker) == 0
+    assert worker.store.read(["old"])["old"].session_length == 0

@@ -1,0 +1,144 @@
+"""The watch on the files of a loaded model bundle, which stops a worker whose bundle changes.
+
+The worker memory-maps the bundle's item table and keeps its ONNX graphs in memory, so files
+rewritten in place under a running worker would mix two bundles under one version. A
+`BundleWatch` compares cheap stat stamps of the files with those taken before the load.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stream.errors import StreamError
+from stream.interval import Interval
+
+if TYPE_CHECKING:
+    from export.bundle import ModelBundle
+    from stream.config import WorkerConfig
+
+# Seconds between two checks of the bundle's files in the main loop, each one stat per file.
+BUNDLE_CHECK_SECONDS = 1.0
+
+
+class BundleChangedError(StreamError):
+    """A file of the loaded bundle changed on disk while the worker served it.
+
+    Exit code 2, as for an invalid bundle: every worker of the pool serves the same directory,
+    so the pool stops even under --keep-going.
+    """
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """The stat fields of a bundle file that a change shows in: a rewrite in place changes the
+    size or the modification time, a replacement (a file renamed over it or a symlink) the
+    inode."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileStamp | None:
+        """Stat `path`, following symlinks; None when it does not exist."""
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return cls(info.st_size, info.st_mtime_ns, info.st_ino)
+
+    def describe_change(self, after: FileStamp | None) -> str:
+        """Describe how the file changed from this stamp to `after`."""
+        if after is None:
+            return "was removed"
+        if after.inode != self.inode:
+            return f"was replaced by another file (inode {after.inode}, was {self.inode})"
+        moved = (after.mtime_ns - self.mtime_ns) / 1e9
+        return (
+            f"was rewritten in place (size {after.size} bytes, was {self.size}; modification "
+            f"time moved by {moved:+.3f} s)"
+        )
+
+
+def stamp_files(directory: Path) -> dict[str, FileStamp | None]:
+    """Return the stamp of every file in `directory`, or none when it cannot be listed."""
+    try:
+        names = [entry.name for entry in os.scandir(directory) if entry.is_file()]
+    except OSError:
+        return {}  # the bundle loader raises its own error for it
+    return {name: FileStamp.of(directory / name) for name in names}
+
+
+class BundleWatch:
+    """Stop serving a bundle whose files change on disk after it was loaded.
+
+    The worker memory-maps the item table, so a file rewritten in place (`cp new/* live/`)
+    changes the embeddings it reads, while its ONNX sessions keep the graphs loaded at start.
+    The outputs would then mix two bundles under the old version. The manifest's hashes are
+    checked only at load, so `check` compares cheap stat stamps instead, at most once per
+    `interval` seconds.
+
+    NOTE: a rewrite that keeps the size, the inode and the modification time (to the file
+    system's time resolution) goes unnoticed, and a read of the memory map while a copy
+    truncates the file can kill the process with SIGBUS before any check runs.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        stamps: Mapping[str, FileStamp | None],
+        version: str,
+        interval: float = BUNDLE_CHECK_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.directory = Path(directory)
+        # Stamps taken before the load, so that a change during the load counts as well.
+        self.stamps = dict(stamps)
+        self.version = version
+        self._due = Interval(interval, clock)
+
+    def check(self) -> None:
+        """Raise `BundleChangedError` naming the first file that changed, when a check is due."""
+        if not self._due.due():
+            return
+        for name, before in self.stamps.items():
+            after = FileStamp.of(self.directory / name)
+            if after != before:
+                raise BundleChangedError(self._message(name, before, after))
+
+    def _message(self, name: str, before: FileStamp | None, after: FileStamp | None) -> str:
+        change = "appeared" if before is None else before.describe_change(after)
+        return (
+            f"bundle {self.directory} changed while this worker served its version "
+            f"{self.version}: {name} {change}. The worker stops, because its ONNX graphs "
+            "and its memory-mapped item table could now come from different bundles. Deploy "
+            "each bundle to a new directory and restart the pool with --bundle on it"
+        )
+
+
+def load_watched_bundle(
+    config: WorkerConfig, threads: int | None
+) -> tuple[ModelBundle, BundleWatch]:
+    """Load the bundle of `config` and return it with the watch of its files.
+
+    The directory is resolved once, so that a symlink swapped to another bundle directory
+    leaves the running worker on the one it loaded (a restart loads the new one). The files are
+    stamped before the load, so that a file changed during the load counts as a change at the
+    first check.
+    """
+    from export.bundle import load_bundle
+    from export.manifest import MANIFEST_FILE
+
+    directory = Path(config.bundle).resolve()
+    stamps = stamp_files(directory)
+    bundle = load_bundle(directory, device=config.device, intra_op_threads=threads)
+    watched = [MANIFEST_FILE, *sorted(bundle.manifest.files)]
+    loaded = {name: stamps.get(name) for name in watched}
+    return bundle, BundleWatch(directory, loaded, bundle.version)
