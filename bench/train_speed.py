@@ -52,17 +52,14 @@ class BenchDataset:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    data_dir = Path(
-        os.environ.get("HIERTCN_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")
-    )
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--data",
         type=Path,
-        default=data_dir / DEFAULT_DATA,
-        help="interaction log (default: taobao-userbehavior-head in HIERTCN_DATA_DIR)",
+        help="interaction log (default: taobao-userbehavior-head in HIERTCN_DATA_DIR, or in "
+        "../shared/data beside the clone when it is unset)",
     )
     parser.add_argument(
         "--format", choices=FORMATS, default="taobao", help="log format (default: taobao)"
@@ -124,13 +121,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(default: 1)",
     )
     args = parser.parse_args(argv)
-    if not args.data.is_file():
+    if args.data is None:
+        args.data, source = default_data()
+        if not args.data.is_file():
+            parser.error(
+                f"the default log {args.data} is not a file ({source}): set HIERTCN_DATA_DIR to "
+                f"the folder that contains {DEFAULT_DATA}, or pass --data LOG"
+            )
+    elif not args.data.is_file():
         parser.error(f"--data {args.data} is not a file: pass an interaction log")
     try:
         args.models = model_names(args.models)
     except ValueError as error:
         parser.error(f"argument --models: {error}")
     return args
+
+
+def default_data() -> tuple[Path, str]:
+    """Return the default log and where its folder came from, for the error message."""
+    data_dir = os.environ.get("HIERTCN_DATA_DIR")
+    if data_dir is not None:
+        return Path(data_dir) / DEFAULT_DATA, f"HIERTCN_DATA_DIR is {data_dir!r}"
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return shared / DEFAULT_DATA, f"HIERTCN_DATA_DIR is unset, so the folder is {shared}"
 
 
 def positive_int(text: str) -> int:

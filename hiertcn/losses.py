@@ -7,6 +7,14 @@ and the score of an item is then its largest dot product with the K vectors.
 
 `build_loss(config)` returns a `Loss` that the training loop calls the same way for every loss:
 `loss(queries, targets, table, impressions=...)`.
+
+Accidental hits: the uniform and popularity samplers draw from the whole catalog, so a position
+can draw its own target as a negative. With M uniform draws from N items that happens with
+probability 1 - (1 - 1/N)^M, 0.20 for M = 100 and N = 442. `Loss` removes these hits, as
+TensorFlow's sampled softmax does with `remove_accidental_hits`: every negative equal to its
+position's target is masked out of hinge, BPR and NCE, and out of the negative count that hinge
+and BPR average over. The draws themselves are unchanged, so the random stream, and with it
+every other negative, stays the same.
 """
 
 from __future__ import annotations
@@ -105,14 +113,47 @@ def _chunk_cross_entropy(
     return nn.functional.cross_entropy(logits, targets, reduction="sum")
 
 
-def hinge(pos_scores: torch.Tensor, neg_scores: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
-    """Return the mean of max(0, margin - pos + neg) over positions [P] and negatives [P, M]."""
-    return torch.relu(margin - pos_scores.unsqueeze(1) + neg_scores).mean()
+def hinge(
+    pos_scores: torch.Tensor,
+    neg_scores: torch.Tensor,
+    margin: float = 1.0,
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Return the hinge loss max(0, margin - pos + neg) for positions [P] and negatives [P, M].
+
+    Each position's terms are averaged over its negatives, then the positions are averaged.
+    `keep` (bool [P, M]) leaves out the negatives where it is False, as `mean_over_negatives`
+    describes.
+    """
+    terms = torch.relu(margin - pos_scores.unsqueeze(1) + neg_scores)  # [P, M]
+    return mean_over_negatives(terms, keep)
 
 
-def bpr(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
-    """Return the BPR loss: the mean of -log(sigmoid(pos - neg)) over [P] and [P, M]."""
-    return -nn.functional.logsigmoid(pos_scores.unsqueeze(1) - neg_scores).mean()
+def bpr(
+    pos_scores: torch.Tensor, neg_scores: torch.Tensor, keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Return the BPR loss -log(sigmoid(pos - neg)) for positions [P] and negatives [P, M].
+
+    It is averaged as `hinge` is, and `keep` (bool [P, M]) leaves out negatives in the same way.
+    """
+    terms = -nn.functional.logsigmoid(pos_scores.unsqueeze(1) - neg_scores)  # [P, M]
+    return mean_over_negatives(terms, keep)
+
+
+def mean_over_negatives(terms: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Average terms [P, M] over each position's kept negatives, then over the positions.
+
+    Without `keep` this is the plain mean. With it, a position's mean runs over its kept
+    negatives only, so a removed negative changes neither the sum nor the count. A position
+    with no kept negative has no term and is left out of the mean over positions. The result
+    is 0 when no position keeps a negative.
+    """
+    if keep is None:
+        return terms.mean()
+    kept = keep.sum(dim=1)  # [P]
+    sums = torch.where(keep, terms, torch.zeros_like(terms)).sum(dim=1)  # [P]
+    per_position = sums / kept.clamp(min=1)
+    return per_position.sum() / (kept > 0).sum().clamp(min=1)
 
 
 def nce(
@@ -120,6 +161,7 @@ def nce(
     neg_scores: torch.Tensor,
     pos_noise_log_prob: torch.Tensor | None = None,
     neg_noise_log_prob: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Return the noise-contrastive estimation loss, averaged over the P positions.
 
@@ -127,6 +169,10 @@ def nce(
     `score - log(M * q(item))`, where q is the probability that the sampler draws the item.
     Without noise log-probabilities the correction is left out, which gives the plain
     negative-sampling loss `-log sigmoid(pos) - sum(log sigmoid(-neg))`.
+
+    `keep` (bool [P, M]) drops the negatives where it is False from the sum. M stays the number
+    of draws in the correction: after removing the hits on the target, the kept negatives are
+    M(1 - q(target)) draws on average from q / (1 - q(target)), whose product is still M * q.
     """
     count = neg_scores.shape[1]
     pos_logits, neg_logits = pos_scores, neg_scores
@@ -134,8 +180,10 @@ def nce(
         pos_logits = pos_scores - (math.log(count) + pos_noise_log_prob)
         neg_logits = neg_scores - (math.log(count) + neg_noise_log_prob)
     pos_term = -nn.functional.logsigmoid(pos_logits)  # [P]
-    neg_term = -nn.functional.logsigmoid(-neg_logits).sum(dim=1)  # [P]
-    return (pos_term + neg_term).mean()
+    neg_terms = -nn.functional.logsigmoid(-neg_logits)  # [P, M]
+    if keep is not None:
+        neg_terms = torch.where(keep, neg_terms, torch.zeros_like(neg_terms))
+    return (pos_term + neg_terms.sum(dim=1)).mean()
 
 
 def l2(queries: torch.Tensor, target_embeddings: torch.Tensor) -> torch.Tensor:
@@ -279,7 +327,8 @@ class Loss:
 
     Arguments: queries [P, D] or [P, K, D], targets int64 [P] and the item table [N, D]. Only
     the impressions sampler needs `impressions`, int64 [P, I] padded with -1. The call returns
-    the mean loss as a scalar tensor.
+    the mean loss as a scalar tensor. The sampled losses (hinge, BPR, NCE) leave out every
+    drawn negative that equals its position's target (an accidental hit).
     """
 
     def __init__(
@@ -313,17 +362,20 @@ class Loss:
         if self.sampler is None:
             raise RuntimeError(f"loss {name!r} was built without a negative sampler")
         negatives = self.sampler.sample(targets, impressions, generator)  # [P, M]
+        # Accidental hits: a negative equal to its position's target is no negative.
+        keep = negatives != targets.unsqueeze(1)  # [P, M]
         pos_scores = candidate_scores(queries, table[targets].unsqueeze(1)).squeeze(1)  # [P]
         neg_scores = candidate_scores(queries, table[negatives])  # [P, M]
         if name == "hinge":
-            return hinge(pos_scores, neg_scores, self.config.margin)
+            return hinge(pos_scores, neg_scores, self.config.margin, keep)
         if name == "bpr":
-            return bpr(pos_scores, neg_scores)
+            return bpr(pos_scores, neg_scores, keep)
         return nce(
             pos_scores,
             neg_scores,
             self.sampler.noise_log_prob(targets, impressions),
             self.sampler.noise_log_prob(negatives, impressions),
+            keep,
         )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -192,8 +193,9 @@ def set_threads(threads: int | None) -> int:
 def run_environment(device: str) -> dict[str, Any]:
     """Return what besides the settings decides a run's last digits, for its records.
 
-    The thread count and the library versions change the order of floating-point sums, so two
-    runs of one command agree to every digit only where these agree too.
+    The thread count, the library versions and the CPU's vector instructions, by which torch
+    picks its convolution kernels, change the order of floating-point sums, so two runs of one
+    command agree to every digit only where these agree too.
     """
     from hiertcn import __version__
 
@@ -205,7 +207,57 @@ def run_environment(device: str) -> dict[str, Any]:
         "device": device,
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
+
+
+def save_run_metrics(
+    run_dir: Path,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    result: TrainResult,
+    test: dict[str, float],
+) -> Path:
+    """Add the test metrics to the run's best.pt and write its metrics.json.
+
+    The training settings are those saved in best.pt, which records the batch size after
+    `train_model` capped it, and `train_config` where the run saved no best.pt.
+    """
+    best_path = run_dir / BEST_CHECKPOINT
+    training = train_config.to_dict()
+    if best_path.is_file():
+        best = load_checkpoint(best_path)
+        metrics = {**best.metrics, "test": test}
+        save_checkpoint(best_path, dataclasses.replace(best, metrics=metrics))
+        training = best.train_config
+    summary = {
+        "model": model_config.to_dict(),
+        "training": training,
+        "best_epoch": result.best_epoch,
+        "valid": result.best_metrics,
+        "test": test,
+        "environment": run_environment(result.device),
+        "history": result.history,
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "metrics.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    logger.info("wrote %s", path)
+    return path
+
+
+def cpu_model() -> str | None:
+    """Return the CPU's model name from /proc/cpuinfo, or None where there is none (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        return None
+    return None
 
 
 def seed_everything(seed: int) -> None:
@@ -296,6 +348,18 @@ def train_model(
         _record_epoch(state, model, valid, loss, seconds, events, config)
         if out_dir is not None:
             _save_run(out_dir, model, optimizer, dataset, config, state, valid)
+        if state.epochs_without_improvement >= config.patience and state.epoch < config.epochs:
+            logger.info(
+                "early stopping after epoch %d/%d: no better validation MRR for %d epoch%s "
+                "(--patience %d), best epoch %d (valid MRR %.4f)",
+                state.epoch,
+                config.epochs,
+                state.epochs_without_improvement,
+                "" if state.epochs_without_improvement == 1 else "s",
+                config.patience,
+                state.best_epoch,
+                state.best_mrr,
+            )
 
     if state.best_state is not None:
         model.load_state_dict(state.best_state)

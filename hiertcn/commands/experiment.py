@@ -15,8 +15,10 @@ experiments share is trained once: `all` reuses the cold-start runs of `compare`
 and `analyses`, so their epoch times come from that same run.
 
 A subcommand rejects the flags that it does not read (`losses` trains every loss, so it rejects
---loss), and its --help leaves them out. An --out folder that already contains the tables or
-checkpoints of an experiment run is rejected unless --force is given.
+--loss), and its --help leaves them out. No subcommand reads --split: `compare` trains on each
+split that --splits names, and the other experiments train on the cold-start split only. An
+--out folder that already contains the tables or checkpoints of an experiment run is rejected
+unless --force is given.
 """
 
 from __future__ import annotations
@@ -54,35 +56,47 @@ RUN_FOLDER_PATTERNS = ("runs/cold-*", "runs/warm-*")
 
 _ONLY_REGULARIZATION = "only the regularization comparison reads it"
 _COLD_ONLY = "it trains on the cold-start split only"
+_SPLITS_INSTEAD = "each split that --splits names (default: cold,warm)"
 _MODEL_OF_VARIANTS = "it trains --model (default: hiertcn) in each variant"
-# The flags that each subcommand does not read, with the reason its error message gives.
+# The flags that each subcommand does not read, with the reason its error message gives. No
+# subcommand reads --split: compare reads --splits, and the other experiments train on the
+# cold-start split only.
 UNREAD_FLAGS = {
     "compare": {
         "--model": "it trains each model of --models",
+        "--split": f"it trains on {_SPLITS_INSTEAD}",
         "--regularization-rate": _ONLY_REGULARIZATION,
     },
     "epoch-times": {
         "--model": "it trains each model of --models",
+        "--split": _COLD_ONLY,
         "--splits": _COLD_ONLY,
         "--regularization-rate": _ONLY_REGULARIZATION,
     },
     "analyses": {
         "--model": "it trains each model of --models",
+        "--split": _COLD_ONLY,
         "--splits": _COLD_ONLY,
         "--regularization-rate": _ONLY_REGULARIZATION,
     },
     "losses": {
         "--models": _MODEL_OF_VARIANTS,
+        "--split": _COLD_ONLY,
         "--splits": _COLD_ONLY,
         "--loss": "it trains with each loss in turn",
         "--regularization-rate": _ONLY_REGULARIZATION,
     },
     "regularization": {
         "--models": _MODEL_OF_VARIANTS,
+        "--split": _COLD_ONLY,
         "--splits": _COLD_ONLY,
         "--dropout": "each variant sets it from --regularization-rate",
         "--gru-candidate-dropout": "each variant sets it from --regularization-rate",
         "--batch-norm": "each variant sets it",
+    },
+    "all": {
+        "--split": f"the model comparison trains on {_SPLITS_INSTEAD}, and the other "
+        "experiments on the cold-start split only",
     },
 }
 
@@ -377,7 +391,15 @@ def _run_compare(data, model, train, args, cache) -> None:
     splits = _names(args.splits, ("cold", "warm"), "--splits")
     variants = model_variants(model, train, _names(args.models, COMPARISON_MODELS, "--models"))
     rows = [cache.run(variant, split).row() for split in splits for variant in variants]
-    columns = ("model", "split", *METRIC_COLUMNS, "best_epoch", "epoch_seconds", "parameters")
+    columns = (
+        "model",
+        "split",
+        *METRIC_COLUMNS,
+        "best_epoch",
+        "epochs",
+        "epoch_seconds",
+        "parameters",
+    )
     setup = _setup(data, variants, splits)
     path = write_report(args.out, "compare", "Model comparison", rows, columns, setup)
     print(path.read_text(encoding="utf-8"))
@@ -410,7 +432,7 @@ def _run_losses(data, model, train, args, cache) -> None:
 
     variants = loss_variants(model, train, LOSSES)
     rows = [{**cache.run(variant, "cold").row(), "loss": variant.label} for variant in variants]
-    columns = ("loss", *METRIC_COLUMNS, "best_epoch")
+    columns = ("loss", *METRIC_COLUMNS, "best_epoch", "epochs")
     title = f"Loss comparison ({model.name}, cold start)"
     path = write_report(args.out, "losses", title, rows, columns, _setup(data, variants))
     print(path.read_text(encoding="utf-8"))
@@ -422,7 +444,7 @@ def _run_regularization(data, model, train, args, cache) -> None:
 
     variants = regularization_variants(model, train, args.regularization_rate)
     rows = [cache.run(variant, "cold").row() for variant in variants]
-    columns = ("variant", *METRIC_COLUMNS, "best_epoch")
+    columns = ("variant", *METRIC_COLUMNS, "best_epoch", "epochs")
     title = f"Regularization comparison ({model.name}, cold start)"
     setup = _setup(data, variants)
     path = write_report(args.out, "regularization", title, rows, columns, setup)

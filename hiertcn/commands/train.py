@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import os
 from pathlib import Path
@@ -195,7 +193,8 @@ def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
         "--negatives",
         type=int,
         default=100,
-        help="sampled negative items per event for hinge, bpr and nce (default: 100)",
+        help="sampled negative items per event for hinge, bpr and nce; a draw of the event's "
+        "own item is left out of the loss (default: 100)",
     )
     group.add_argument(
         "--sampler",
@@ -518,14 +517,9 @@ def train_and_test(args: argparse.Namespace, model_config, train_config, dataset
 
 def run(args: argparse.Namespace) -> int:
     """Train, evaluate the best epoch on the test split, and print the metric table."""
-    from hiertcn.checkpoint import BEST_CHECKPOINT, load_checkpoint, save_checkpoint
     from hiertcn.data.options import load_dataset
     from hiertcn.evaluate import format_table
-    from hiertcn.train import (
-        check_resume_config,
-        resolve_device,
-        run_environment,
-    )
+    from hiertcn.train import check_resume_config, resolve_device, save_run_metrics
 
     model_config = model_config_from_args(args)
     train_config = train_config_from_args(args)
@@ -543,24 +537,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"test split, best epoch {result.best_epoch}:")
     print(format_table([{"model": model_config.name, **test}]))
 
-    best_path = args.out / BEST_CHECKPOINT
-    # The settings saved with the best epoch, which a resume with other flags may not have used.
-    training = train_config.to_dict()
-    if best_path.is_file():
-        best = load_checkpoint(best_path)
-        metrics = {**best.metrics, "test": test}
-        save_checkpoint(best_path, dataclasses.replace(best, metrics=metrics))
-        training = best.train_config
-    summary = {
-        "model": model_config.to_dict(),
-        "training": training,
-        "best_epoch": result.best_epoch,
-        "valid": result.best_metrics,
-        "test": test,
-        "environment": run_environment(result.device),
-        "history": result.history,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    logger.info("wrote %s", args.out / "metrics.json")
+    save_run_metrics(args.out, model_config, train_config, result, test)
     return 0

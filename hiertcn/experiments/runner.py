@@ -21,7 +21,13 @@ from hiertcn.data.options import DataConfig, Dataset, load_dataset_from_config
 from hiertcn.evaluate import EvaluationConfig, EvaluationResult, evaluate_model
 from hiertcn.models.config import ModelConfig
 from hiertcn.models.registry import build_model
-from hiertcn.train import TrainConfig, resolve_device, seed_everything, train_model
+from hiertcn.train import (
+    TrainConfig,
+    resolve_device,
+    save_run_metrics,
+    seed_everything,
+    train_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +96,14 @@ def run_variant(variant: Variant, dataset: Dataset, split: str, out_dir: Path) -
     logger.info("experiment variant %s on the %s split: training", variant.label, split)
     seed_everything(variant.train.seed)
     model = build_model(variant.model, len(dataset.vocab))
-    result = train_model(
-        model, dataset, variant.train, out_dir=out_dir / f"{split}-{variant.label}"
-    )
+    run_dir = out_dir / f"{split}-{variant.label}"
+    result = train_model(model, dataset, variant.train, out_dir=run_dir)
 
     device = resolve_device(variant.train.device)
     evaluation = evaluate_model(
         result.model, dataset.test, EvaluationConfig(batch_size=variant.train.batch_size), device
     )
+    save_run_metrics(run_dir, variant.model, variant.train, result, evaluation.metrics)
     seconds = float(np.mean(result.epoch_seconds)) if result.epoch_seconds else math.nan
     cpu_seconds = float(np.mean(result.epoch_cpu_seconds)) if result.epoch_cpu_seconds else math.nan
     input_bytes = float(np.mean(result.last_input_bytes)) if result.last_input_bytes else math.nan

@@ -39,6 +39,33 @@ def test_bad_flag_exits_2(tmp_path, capsys, small_log, flags, message):
     assert message.format(tmp=tmp_path) in capsys.readouterr().err
 
 
+def test_missing_default_log_names_data_dir_variable(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HIERTCN_DATA_DIR", str(tmp_path / "nodata"))
+
+    with pytest.raises(SystemExit) as exit_info:
+        train_speed.parse_args([])
+
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"HIERTCN_DATA_DIR is '{tmp_path / 'nodata'}'" in error
+    assert "set HIERTCN_DATA_DIR to the folder that contains taobao-userbehavior-head/" in error
+    assert "or pass --data LOG" in error
+
+
+def test_missing_default_log_without_variable(tmp_path, capsys, monkeypatch):
+    # A clone outside the project folder has no ../shared/data beside it.
+    monkeypatch.delenv("HIERTCN_DATA_DIR", raising=False)
+    monkeypatch.setattr(train_speed, "__file__", str(tmp_path / "clone" / "bench" / "x.py"))
+
+    with pytest.raises(SystemExit) as exit_info:
+        train_speed.parse_args([])
+
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"HIERTCN_DATA_DIR is unset, so the folder is {tmp_path / 'shared' / 'data'}" in error
+    assert "set HIERTCN_DATA_DIR" in error
+
+
 def test_one_thread_run_prints_singular(small_log, capsys):
     flags = ["--data", str(small_log), "--format", "csv", "--item-col", "item"]
     sizes = ["--embedding-dim", "8", "--hidden-size", "8", "--gru-layers", "1"]

@@ -7,6 +7,7 @@ import shlex
 import pytest
 
 from hiertcn.cli import build_parser, main
+from hiertcn.commands.experiment import reject_unread_flags
 from hiertcn.commands.train import model_config_from_args, train_config_from_args
 from hiertcn.data.options import data_config_from_args
 from hiertcn.experiments.runner import load_split
@@ -30,6 +31,7 @@ def test_taobao_example_loads_both_splits(capsys, shared_data):
     )
     args = build_parser().parse_args(argv)
     assert args.experiment == "compare"
+    reject_unread_flags(args)  # as `run` does: the unread flags get their defaults
     args.model = "hiertcn"
     model_config_from_args(args)
     train_config_from_args(args)
@@ -56,6 +58,13 @@ def test_taobao_example_loads_both_splits(capsys, shared_data):
         ("compare", ["--regularization-rate", "0.3"], "only the regularization comparison"),
         ("epoch-times", ["--splits", "warm"], "it trains on the cold-start split only"),
         ("analyses", ["--model", "gru"], "it trains each model of --models"),
+        ("compare", ["--split", "warm"], "it trains on each split that --splits names"),
+        ("epoch-times", ["--split", "warm"], "it trains on the cold-start split only"),
+        ("analyses", ["--split", "warm"], "it trains on the cold-start split only"),
+        ("losses", ["--split", "warm"], "it trains on the cold-start split only"),
+        ("regularization", ["--split", "warm"], "it trains on the cold-start split only"),
+        ("all", ["--split", "warm"], "the model comparison trains on each split that --splits"),
+        ("all", ["--split", "cold"], "the other experiments on the cold-start split only"),
     ],
 )
 def test_unread_flag_rejected(tmp_path, capsys, experiment, flags, reason):
@@ -75,9 +84,10 @@ def test_unread_flag_rejected(tmp_path, capsys, experiment, flags, reason):
 @pytest.mark.parametrize(
     ("experiment", "hidden"),
     [
-        ("losses", ("--loss ", "--models ", "--splits ", "--regularization-rate ")),
-        ("regularization", ("--dropout ", "--gru-candidate-dropout ", "--batch-norm ")),
-        ("compare", ("--model ", "--regularization-rate ")),
+        ("losses", ("--loss ", "--models ", "--split ", "--splits ", "--regularization-rate ")),
+        ("regularization", ("--dropout ", "--gru-candidate-dropout ", "--batch-norm ", "--split ")),
+        ("compare", ("--model ", "--regularization-rate ", "--split ")),
+        ("all", ("--split ",)),
     ],
 )
 def test_help_leaves_out_unread_flags(capsys, experiment, hidden):
@@ -90,7 +100,7 @@ def test_help_leaves_out_unread_flags(capsys, experiment, hidden):
     assert "--force" in options
 
 
-def test_all_reads_every_flag(tmp_path):
+def test_all_reads_model_and_loss_flags(tmp_path):
     argv = ["experiment", "all", "log.csv", "--loss", "bpr", "--dropout", "0.1", "--batch-norm"]
     args = build_parser().parse_args([*argv, "--model", "gru", "--out", str(tmp_path)])
 

@@ -269,6 +269,7 @@ def test_thread_count_set_and_recorded(tmp_path):
     assert summary["training"]["threads"] == 2
     assert summary["environment"]["threads"] == 2
     assert summary["environment"]["torch"] == torch.__version__
+    assert summary["environment"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert load_checkpoint(out / "best.pt").train_config["threads"] == 2
     assert [epoch["threads"] for epoch in summary["history"]] == [2]
     assert [epoch["threads"] for epoch in summary["history"]] == [2]

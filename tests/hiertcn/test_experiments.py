@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from hiertcn.checkpoint import load_checkpoint
 from hiertcn.cli import build_parser, main
 from hiertcn.commands.train import model_config_from_args
 from hiertcn.data.options import DataConfig
@@ -354,6 +355,56 @@ def test_compare_row_per_model_and_split(tiny_log, tmp_path):
     ]
     assert all(row["events"] > 0 for row in rows)
     assert (tmp_path / "compare.md").read_text(encoding="utf-8").count("| hiertcn |") == 2
+
+
+def test_compare_markdown_has_epochs_column(tiny_log, tmp_path):
+    _run_experiment(tiny_log, tmp_path, "compare", "--models", "hiertcn", "--splits", "cold")
+
+    rows = _rows(tmp_path / "compare.json")
+    lines = (tmp_path / "compare.md").read_text(encoding="utf-8").splitlines()
+    header = [cell.strip() for cell in lines[2].strip("|").split("|")]
+    cells = [cell.strip() for cell in lines[4].strip("|").split("|")]
+    assert header[header.index("best_epoch") + 1] == "epochs"
+    assert cells[header.index("epochs")] == str(rows[0]["epochs"])
+    assert rows[0]["epochs"] == 1
+
+
+def test_run_folder_metrics_match_train_command(tiny_log, tmp_path):
+    experiment = tmp_path / "experiment"
+    _run_experiment(tiny_log, experiment, "compare", "--models", "hiertcn", "--splits", "cold")
+    train_out = tmp_path / "train"
+    argv = ["train", str(tiny_log), *TINY_FLAGS, "--model", "hiertcn", "--out", str(train_out)]
+    assert main(argv) == 0
+
+    from_experiment = json.loads(
+        (experiment / "runs" / "cold-hiertcn" / "metrics.json").read_text()
+    )
+    from_train = json.loads((train_out / "metrics.json").read_text())
+    assert list(from_experiment) == list(from_train)
+    for key in ("model", "training", "best_epoch", "valid", "test", "environment"):
+        assert from_experiment[key] == from_train[key], key
+    timings = ("seconds", "events_per_second")
+    assert [_without(epoch, timings) for epoch in from_experiment["history"]] == [
+        _without(epoch, timings) for epoch in from_train["history"]
+    ]
+    best = load_checkpoint(experiment / "runs" / "cold-hiertcn" / "best.pt")
+    assert best.metrics["test"] == from_train["test"]
+
+
+def _without(values: dict, keys: tuple[str, ...]) -> dict:
+    return {key: value for key, value in values.items() if key not in keys}
+
+
+def test_untrained_run_folder_has_metrics(tiny_log, tmp_path):
+    _run_experiment(tiny_log, tmp_path, "compare", "--models", "most_popular", "--splits", "cold")
+
+    metrics = json.loads((tmp_path / "runs" / "cold-most_popular" / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 0
+    assert metrics["test"] == {
+        key: value
+        for key, value in _rows(tmp_path / "compare.json")[0].items()
+        if key in metrics["test"]
+    }
 
 
 def test_epoch_times_experiment_ratios(tiny_log, tmp_path):

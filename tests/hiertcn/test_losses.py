@@ -32,6 +32,10 @@ def log_sigmoid(x: float) -> float:
     return -math.log1p(math.exp(-x))
 
 
+def log_sigmoid_tensor(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.logsigmoid(x)
+
+
 TABLE = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
 
 
@@ -263,3 +267,109 @@ def test_loss_config_rejects_unknown_names() -> None:
         LossConfig(sampler="hard")
     with pytest.raises(ConfigError, match="negatives=0"):
         LossConfig(negatives=0)
+
+
+# Accidental hits: sampled negatives equal to the position's target.
+
+
+def fixed_negatives_loss(name: str, negatives: torch.Tensor, num_items: int = 6):
+    """Build the `name` loss with a uniform sampler that always returns `negatives`."""
+    loss = build_loss(LossConfig(name=name, negatives=negatives.shape[1]), num_items)
+    assert loss.sampler is not None
+    loss.sampler.sample = lambda targets, impressions, generator=None: negatives  # type: ignore[method-assign]
+    return loss
+
+
+def random_batch(positions: int, num_items: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    table = torch.randn(num_items, 4, generator=generator).requires_grad_()
+    queries = torch.randn(positions, 4, generator=generator).requires_grad_()
+    return table, queries
+
+
+@pytest.mark.parametrize("name", ["hinge", "bpr"])
+def test_pairwise_loss_ignores_accidental_hit(name: str) -> None:
+    table, queries = random_batch(2)
+    targets = torch.tensor([2, 4])
+
+    # Position 0 drew its target 2 as its second negative. Position 1 drew no hit.
+    with_hit = fixed_negatives_loss(name, torch.tensor([[0, 2, 5], [1, 3, 5]]))
+    value = with_hit(queries, targets, table)
+    grads = torch.autograd.grad(value, (queries, table))
+
+    # The same batch without that negative: each position is averaged over its own negatives.
+    first = fixed_negatives_loss(name, torch.tensor([[0, 5]]))(queries[:1], targets[:1], table)
+    second = fixed_negatives_loss(name, torch.tensor([[1, 3, 5]]))(queries[1:], targets[1:], table)
+    expected = (first + second) / 2
+    expected_grads = torch.autograd.grad(expected, (queries, table))
+
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(grads[0], expected_grads[0])
+    torch.testing.assert_close(grads[1], expected_grads[1])
+
+
+def test_nce_ignores_accidental_hit() -> None:
+    num_items = 6
+    table, queries = random_batch(1, num_items)
+    targets = torch.tensor([2])
+
+    value = fixed_negatives_loss("nce", torch.tensor([[0, 2, 5]]), num_items)(
+        queries, targets, table
+    )
+    grads = torch.autograd.grad(value, (queries, table))
+
+    # The batch without negative 2. The correction log(M q) keeps M = 3, the number of draws.
+    correction = math.log(3 / num_items)
+    scores = queries[0] @ table.T  # [N]
+    expected = -log_sigmoid_tensor(scores[2] - correction)
+    for item in (0, 5):
+        expected = expected - log_sigmoid_tensor(-(scores[item] - correction))
+    expected_grads = torch.autograd.grad(expected, (queries, table))
+
+    torch.testing.assert_close(value, expected)
+    torch.testing.assert_close(grads[0], expected_grads[0])
+    torch.testing.assert_close(grads[1], expected_grads[1])
+
+
+def test_position_with_only_hits_left_out() -> None:
+    table, queries = random_batch(2)
+    targets = torch.tensor([2, 4])
+
+    # Position 1 drew nothing but its target, so it has no pair to rank.
+    only_hits = fixed_negatives_loss("hinge", torch.tensor([[0, 5], [4, 4]]))
+    value = only_hits(queries, targets, table)
+    first = fixed_negatives_loss("hinge", torch.tensor([[0, 5]]))(queries[:1], targets[:1], table)
+
+    torch.testing.assert_close(value, first)
+
+
+def test_pairwise_loss_zero_when_all_hit() -> None:
+    table, queries = random_batch(1)
+    loss = fixed_negatives_loss("bpr", torch.tensor([[3, 3]]))
+
+    value = loss(queries, torch.tensor([3]), table)
+    value.backward()
+
+    assert value.item() == 0.0
+    assert queries.grad is not None
+    assert torch.count_nonzero(queries.grad) == 0
+
+
+def test_uniform_sampler_hits_removed() -> None:
+    # Two items and 50 draws: nearly every position draws its target many times.
+    table, queries = random_batch(3, num_items=2)
+    targets = torch.tensor([0, 1, 1])
+    loss = build_loss(LossConfig(name="hinge", negatives=50, margin=1.0), num_items=2)
+
+    value = loss(queries, targets, table, generator=torch.Generator().manual_seed(7))
+
+    drawn = uniform_negatives(2, 3, 50, generator=torch.Generator().manual_seed(7))
+    scores = queries @ table.T  # [P, N]
+    per_position = []
+    for position in range(3):
+        target = int(targets[position])
+        others = [int(item) for item in drawn[position] if int(item) != target]
+        assert 0 < len(others) < 50
+        margins = [1.0 - scores[position, target] + scores[position, item] for item in others]
+        per_position.append(torch.relu(torch.stack(margins)).mean())
+    torch.testing.assert_close(value, torch.stack(per_position).mean())

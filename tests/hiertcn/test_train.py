@@ -206,6 +206,30 @@ def test_early_stopping_keeps_best_epoch(monkeypatch):
     assert result.best_metrics == {"mrr": 0.50}
 
 
+def test_early_stopping_logs_stop(monkeypatch, caplog):
+    scores = iter([0.30, 0.50, 0.40, 0.45, 0.20, 0.90])
+    monkeypatch.setattr(train_module, "_validate", lambda *args: {"mrr": next(scores)})
+
+    with caplog.at_level("INFO", logger="hiertcn.train"):
+        train_model(fresh_model(), tiny_dataset(), tiny_config(epochs=6, patience=2))
+
+    stops = [record.getMessage() for record in caplog.records if "early stopping" in record.message]
+    assert stops == [
+        "early stopping after epoch 4/6: no better validation MRR for 2 epochs (--patience 2), "
+        "best epoch 2 (valid MRR 0.5000)"
+    ]
+
+
+def test_last_epoch_logs_no_early_stop(monkeypatch, caplog):
+    scores = iter([0.50, 0.40])
+    monkeypatch.setattr(train_module, "_validate", lambda *args: {"mrr": next(scores)})
+
+    with caplog.at_level("INFO", logger="hiertcn.train"):
+        train_model(fresh_model(), tiny_dataset(), tiny_config(epochs=2, patience=1))
+
+    assert not [record for record in caplog.records if "early stopping" in record.getMessage()]
+
+
 def test_grad_clip_applied_every_batch(monkeypatch):
     norms = []
     clip = torch.nn.utils.clip_grad_norm_
