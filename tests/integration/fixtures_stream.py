@@ -357,3 +357,34 @@ def assert_same_recommendation(worker: dict[str, Any], reference: dict[str, Any]
         assert worker[name] == reference[name], f"{name} differs for {reference['event_id']}"
     assert worker["items"] == reference["items"], f"items differ for {reference['event_id']}"
     np.testing.assert_allclose(worker["scores"], reference["scores"], rtol=0, atol=1e-5)
+
+
+@contextlib.contextmanager
+def output_watcher(bootstrap: str, topic: str, partitions: int) -> Iterator[Consumer]:
+    """Yield a consumer assigned to every partition of `topic` from its start, without a group."""
+    from confluent_kafka import OFFSET_BEGINNING
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"watcher-{topic}",  # required by the client, unused by assign()
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    try:
+        yield consumer
+    finally:
+        consumer.close()
+
+
+def wait_for_messages(consumer: Consumer, count: int, timeout_s: float) -> None:
+    """Consume until `count` messages have arrived; fail after `timeout_s` seconds."""
+    seen = 0
+    deadline = time.monotonic() + timeout_s
+    while seen < count:
+        assert time.monotonic() < deadline, f"only {seen} of {count} outputs in {timeout_s} s"
+        for message in consumer.consume(num_messages=1000, timeout=0.05):
+            assert message.error() is None, f"consumer error: {message.error()}"
+            seen += 1

@@ -14,12 +14,11 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import msgpack
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from ops.kafka.broker import BrokerConfig, LocalBroker
 from stream.worker import FAILED_CLOSE_SECONDS
@@ -28,9 +27,11 @@ from tests.integration.fixtures_stream import (
     WorkerRun,
     make_events,
     make_topics,
+    output_watcher,
     produce_events,
     start_worker,
     stream_bundle,  # noqa: F401 - pytest fixture
+    wait_for_messages,
     worker_runs,  # noqa: F401 - pytest fixture
 )
 
@@ -78,35 +79,6 @@ def private_broker(tmp_path: Path) -> Iterator[LocalBroker]:
         broker.stop()
 
 
-@contextmanager
-def output_watcher(bootstrap: str, topic: str) -> Iterator[Consumer]:
-    """Yield a consumer assigned to every partition of `topic` from its start, without a group."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"watcher-{topic}",  # required by the client, unused by assign()
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 10,
-        }
-    )
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
-    try:
-        yield consumer
-    finally:
-        consumer.close()
-
-
-def wait_for_outputs(consumer: Consumer, count: int, timeout_s: float) -> None:
-    """Consume until `count` messages have arrived; fail after `timeout_s` seconds."""
-    seen = 0
-    deadline = time.monotonic() + timeout_s
-    while seen < count:
-        assert time.monotonic() < deadline, f"only {seen} of {count} outputs in {timeout_s} s"
-        for message in consumer.consume(num_messages=1000, timeout=0.05):
-            assert message.error() is None, f"consumer error: {message.error()}"
-            seen += 1
-
-
 def collect_event_ids(
     consumer: Consumer, until: Callable[[dict[str, int]], bool], timeout_s: float
 ) -> dict[str, int]:
@@ -139,8 +111,8 @@ def stop_broker_mid_backlog(broker: LocalBroker, run: WorkerRun, topics: Topics)
 
     Returns the monotonic time at which the broker process had exited.
     """
-    with output_watcher(broker.bootstrap, topics.output) as watcher:
-        wait_for_outputs(watcher, STOP_AFTER, timeout_s=60)
+    with output_watcher(broker.bootstrap, topics.output, PARTITIONS) as watcher:
+        wait_for_messages(watcher, STOP_AFTER, timeout_s=60)
     assert run.process.poll() is None, f"the pool exited before the outage:\n{run.log()}"
     broker.stop(keep_data=True)
     return time.monotonic()
@@ -188,7 +160,7 @@ def test_outage_stops_pool_restart_loses_nothing(
     )
     worker_runs.append(second)
     expected = {event["event_id"] for event in events}
-    with output_watcher(bootstrap, topics.output) as watcher:
+    with output_watcher(bootstrap, topics.output, PARTITIONS) as watcher:
         counts = collect_event_ids(watcher, lambda seen: seen.keys() >= expected, timeout_s=120)
     second.signal(signal.SIGTERM)
     assert second.wait(60) == 0, second.log()

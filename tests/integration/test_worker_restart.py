@@ -7,16 +7,13 @@ directory. The states after an interrupted run must equal those after an uninter
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from tests.integration.fixtures_stream import (
     Output,
@@ -25,12 +22,14 @@ from tests.integration.fixtures_stream import (
     assert_same_recommendation,
     make_events,
     make_topics,
+    output_watcher,
     outputs_by_user,
     produce_events,
     read_states,
     read_topic,
     start_worker,
     stream_bundle,  # noqa: F401 - pytest fixture
+    wait_for_messages,
 )
 
 EVENTS = 1500
@@ -123,10 +122,10 @@ def _interrupt_and_resume(
     extra = WORKER_FLAGS
     # The watcher reads the output topic before the worker starts, because a reader that joins
     # a group only then can see its first message after the worker has finished every event.
-    with _output_watcher(bootstrap, topics.output) as watcher:
+    with output_watcher(bootstrap, topics.output, PARTITIONS) as watcher:
         first = start_worker(bootstrap, bundle, topics, state_dir, tmp_path / "first.log", extra)
         try:
-            _wait_for_messages(watcher, STOP_AFTER, timeout_s=120)
+            wait_for_messages(watcher, STOP_AFTER, timeout_s=120)
             stop(first)
         finally:
             if first.process.poll() is None:
@@ -142,35 +141,6 @@ def _interrupt_and_resume(
         if second.process.poll() is None:
             second.kill_group()
     return outputs, after_stop, first.log() + second.log()
-
-
-@contextmanager
-def _output_watcher(bootstrap: str, topic: str) -> Iterator[Consumer]:
-    """Yield a consumer assigned to every partition of `topic` from its start, without a group."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"watcher-{topic}",  # required by the client, unused by assign()
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 10,
-        }
-    )
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
-    try:
-        yield consumer
-    finally:
-        consumer.close()
-
-
-def _wait_for_messages(consumer: Consumer, count: int, timeout_s: float) -> None:
-    """Consume until `count` messages have arrived; fail after `timeout_s` seconds."""
-    seen = 0
-    deadline = time.monotonic() + timeout_s
-    while seen < count:
-        assert time.monotonic() < deadline, f"only {seen} of {count} outputs in {timeout_s} s"
-        for message in consumer.consume(num_messages=1000, timeout=0.05):
-            assert message.error() is None, f"consumer error: {message.error()}"
-            seen += 1
 
 
 def _check_outputs(reference: Reference, outputs: list[Output]) -> int:
