@@ -292,18 +292,28 @@ _READER_FLAGS: dict[str, tuple[str, Any]] = {
 }
 
 
-def _reader_flags(reader: dict[str, Any]) -> list[str]:
-    """Return the reader flags, with their values, that a data summary's `reader` records."""
-    flags = ["--no-header"] if reader.get("header") is False else []
+def _reader_flag_pairs(reader: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """Return (flag, value as typed) for each reader flag that a data summary's `reader`
+    records; the value is None for a flag without one (`--no-header`)."""
+    pairs: list[tuple[str, str | None]] = []
+    if reader.get("header") is False:
+        pairs.append(("--no-header", None))
     for key, (flag, unset) in _READER_FLAGS.items():
         value = reader.get(key, unset)
         if value == unset:
             continue
         if isinstance(value, (list, tuple)):
             value = ",".join(str(part) for part in value)
-        text = str(value).replace("\t", "\\t")
-        flags.append(f"{flag} {shlex.quote(text)}")
-    return flags
+        pairs.append((flag, str(value).replace("\t", "\\t")))
+    return pairs
+
+
+def _reader_flags(reader: dict[str, Any]) -> list[str]:
+    """Return the reader flags, with their values, that a data summary's `reader` records."""
+    return [
+        flag if value is None else f"{flag} {shlex.quote(value)}"
+        for flag, value in _reader_flag_pairs(reader)
+    ]
 
 
 # Data summary entries with nested settings, by key, with the flag of each.
@@ -330,15 +340,8 @@ def recorded_data_words(summary: dict[str, Any]) -> list[str] | None:
     if not isinstance(reader, dict):
         return None
     words = [] if summary.get("format") is None else ["--format", str(summary["format"])]
-    if reader.get("header") is False:
-        words.append("--no-header")
-    for key, (flag, unset) in _READER_FLAGS.items():
-        value = reader.get(key, unset)
-        if value == unset:
-            continue
-        if isinstance(value, (list, tuple)):
-            value = ",".join(str(part) for part in value)
-        words += [flag, str(value).replace("\t", "\\t")]
+    for flag, value in _reader_flag_pairs(reader):
+        words += [flag] if value is None else [flag, value]
     gap = summary.get("session_gap")
     if gap is not None:
         words += ["--session-gap", str(int(gap) if float(gap).is_integer() else gap)]
