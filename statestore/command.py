@@ -225,7 +225,7 @@ def open_store(state_dir: Path) -> StateStore:
             f"state directory {state_dir} contains no LMDB store (data.mdb not found): "
             "check --state-dir"
         )
-    return StateStore(StoreConfig(path=state_dir, writer_lock=False))
+    return StateStore(StoreConfig(path=state_dir, writer_lock="none"))
 
 
 def _check_not_a_file(state_dir: Path) -> None:
@@ -420,7 +420,7 @@ def run_import(args: argparse.Namespace) -> int:
             embedding_dim=summary.sizes.embedding_dim,
             catalog=summary.catalog,
             catalog_items=summary.catalog_items,
-            writer_lock=False,
+            writer_lock="none",
         )
         with StateStore(config) as store:
             users, positions = export.import_export(store, args.file)

@@ -28,8 +28,8 @@ class ReadOnlyStoreError(StoreConfigError):
 
 
 class StoreInUseError(StoreConfigError):
-    """Another process holds the writers lock of the state directory in a conflicting mode:
-    `state import` while a pool or a replay writes the store, or the reverse."""
+    """Another process has the writers lock of the state directory in a conflicting mode: a
+    pool, a replay or `state import` while another of them writes the store (pools share it)."""
 
 
 class CatalogMismatchError(StoreConfigError):

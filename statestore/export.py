@@ -18,10 +18,11 @@ An export is a stream of records, as JSON lines or as msgpack maps, in this orde
 An import reads the whole file before it writes anything, and rejects the file when the trailer
 is missing or its counts differ from the records, so a cut copy is never imported in part. It also
 rejects states whose sizes differ from the header, from each other, or from the users already in
-the store, and states of another catalog than the one recorded with the users already in the
-store. Exports of earlier hiertcn versions have neither header nor trailer: they are still
-imported, with a warning that their completeness cannot be checked. Exports without a catalog
-are imported with a warning that their item rows cannot be checked.
+the store, states of another catalog than the one recorded with the users already in the
+store, and states with a NaN or infinite value, which the model would turn into NaN scores.
+Exports of earlier hiertcn versions have neither header nor trailer: they are still imported,
+with a warning that their completeness cannot be checked. Exports without a catalog are
+imported with a warning that their item rows cannot be checked.
 """
 
 from __future__ import annotations
@@ -235,14 +236,15 @@ def check_import_path(path: Path) -> None:
 def scan_export(path: Path) -> ExportSummary:
     """Read and check every record of an export file, and write nothing.
 
-    Raises `ExportFileError` when the file is empty, incomplete, corrupt, or mixes states of
-    different sizes.
+    Raises `ExportFileError` when the file is empty, incomplete, corrupt, mixes states of
+    different sizes, or has a state with a NaN or infinite value.
     """
     header: dict[str, Any] | None = None
     end: dict[str, Any] | None = None
     sizes = StateSizes()
+    non_finite: list[str] = []
     users = positions = number = 0
-    for number, kind, value in _iter_export(path):
+    for number, line, kind, value in _iter_export(path):
         if end is not None:
             raise ExportFileError(
                 f"record {number} of {path} follows the end record, so the file is corrupt: "
@@ -256,6 +258,7 @@ def scan_export(path: Path) -> ExportSummary:
         elif kind == "user":
             user, state = value
             sizes = _check_state_sizes(state, sizes, user, number, path, header is not None)
+            non_finite.extend(_describe_non_finite(state, user, _location(number, line)))
             users += 1
         else:
             end = value
@@ -265,6 +268,7 @@ def scan_export(path: Path) -> ExportSummary:
         _check_legacy(path, end)
     else:
         _check_end(end, users, positions, path)
+    _check_finite(non_finite, path)
     return ExportSummary(
         users=users,
         positions=positions,
@@ -350,7 +354,7 @@ def import_export(
     users = 0
     states: dict[str, UserState] = {}
     positions: dict[tuple[str, int], PartitionPosition] = {}
-    for _number, kind, value in _iter_export(path):
+    for _number, _line, kind, value in _iter_export(path):
         if kind == "user":
             user, state = value
             states[user] = state
@@ -437,6 +441,36 @@ def _check_state_sizes(
     return sizes.merged_with(own)
 
 
+def _describe_non_finite(state: UserState, user: str, location: str) -> list[str]:
+    """Return one description per float field of `state` with a NaN or infinite value."""
+    descriptions = []
+    for field, index, value in state.non_finite_values():
+        element = f"{field}[{', '.join(map(str, index))}]" if index else field
+        descriptions.append(f"user {user!r} ({location}) has {element} = {value}")
+    return descriptions
+
+
+def _check_finite(non_finite: list[str], path: Path) -> None:
+    """Raise `ExportFileError` when a state of the file has a NaN or infinite value.
+
+    The model would score such a user NaN on every event, and the GRU update keeps the NaN.
+    """
+    if not non_finite:
+        return
+    more = f" (and {len(non_finite) - 1} more such fields)" if len(non_finite) > 1 else ""
+    raise ExportFileError(
+        f"{path} has a NaN or infinite value in a user state: {non_finite[0]}{more}. The model "
+        "would score that user NaN from then on, so nothing was imported: correct the value, or "
+        "delete the user's record and lower `users` in the end record by one, so that the user "
+        "starts anew. A number beyond the float32 range reads as infinite too"
+    )
+
+
+def _location(number: int, line: int | None) -> str:
+    """Return where record `number` is: with its line in a JSON-lines file."""
+    return f"record {number}" if line is None else f"record {number}, line {line}"
+
+
 def _check_end(end: dict[str, Any] | None, users: int, positions: int, path: Path) -> None:
     found = f"{plural(users, 'user')} and {_positions(positions)}"
     if end is None:
@@ -466,20 +500,21 @@ def _check_legacy(path: Path, end: dict[str, Any] | None) -> None:
     )
 
 
-def _iter_export(path: Path) -> Iterator[tuple[int, str, Any]]:
-    """Yield `(record number, type, value)` for every record of an export file.
+def _iter_export(path: Path) -> Iterator[tuple[int, int | None, str, Any]]:
+    """Yield `(record number, line, type, value)` for every record of an export file.
 
-    The value is the record for a header or an end record, `(user, UserState)` for a user and
+    The line is the record's line in a JSON-lines file, and None in msgpack. The value is the
+    record for a header or an end record, `(user, UserState)` for a user and
     `((topic, partition), PartitionPosition)` for a position.
     """
-    for number, record in enumerate(_read_records(path), start=1):
+    for number, (line, record) in enumerate(_read_records(path), start=1):
         kind = record.get("type") if isinstance(record, dict) else None
         if kind == "user":
-            yield number, kind, _user_of_record(record, path, number)
+            yield number, line, kind, _user_of_record(record, path, number)
         elif kind == "position":
-            yield number, kind, _position_of_record(record, path, number)
+            yield number, line, kind, _position_of_record(record, path, number)
         elif kind in ("header", "end"):
-            yield number, kind, record
+            yield number, line, kind, record
         else:
             raise ExportFileError(
                 f"record {number} of {path} has type {kind!r}, expected 'header', 'position', "
@@ -540,8 +575,9 @@ def _write_record(stream: BinaryIO, fmt: str, record: dict[str, Any]) -> None:
         stream.write(msgpack.packb(record, use_bin_type=True))
 
 
-def _read_records(path: Path) -> Iterator[Any]:
-    """Yield the records of a JSON-lines or msgpack file; the first byte `{` means JSON lines."""
+def _read_records(path: Path) -> Iterator[tuple[int | None, Any]]:
+    """Yield `(line, record)` for the records of a JSON-lines or msgpack file; the first byte
+    `{` means JSON lines. The line is None in msgpack."""
     try:
         stream = path.open("rb")
     except OSError as error:
@@ -555,19 +591,20 @@ def _read_records(path: Path) -> Iterator[Any]:
             yield from _read_json_lines(stream, path)
             return
         try:
-            yield from msgpack.Unpacker(stream, raw=False)
+            for record in msgpack.Unpacker(stream, raw=False):
+                yield None, record
         except (ValueError, msgpack.UnpackException) as error:
             raise ExportFileError(
                 f"{path} is neither JSON lines nor a valid msgpack stream ({error}): {_IMPORT_FIX}"
             ) from error
 
 
-def _read_json_lines(stream: BinaryIO, path: Path) -> Iterator[Any]:
+def _read_json_lines(stream: BinaryIO, path: Path) -> Iterator[tuple[int, Any]]:
     for number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
         try:
-            yield json.loads(line)
+            yield number, json.loads(line)
         except ValueError as error:
             raise ExportFileError(
                 f"line {number} of {path} is not valid JSON ({error}): {_IMPORT_FIX}"

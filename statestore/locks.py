@@ -1,12 +1,19 @@
-"""The writers lock of a state directory: `state import` against live pools and replays.
+"""The writers lock of a state directory: pools against replays and `state import`.
 
-LMDB serialises write transactions, but an import is more than one transaction, and it
-overwrites partition positions. A pool that keeps committing would continue from positions that
-the import rewound, or the import would overwrite states that the pool wrote after the export.
-So every store opened for serving or replay (`StoreConfig.writer_lock`, on by default) holds a
-shared `flock` on `writers.lock` in the state directory while it is open, and `state import`
-takes it exclusively without waiting. Any number of pools and replays share the lock, so several
-pools on one state directory (a rolling restart) keep working.
+LMDB serialises write transactions, but a pool, a replay and an import each write many
+transactions that assume no other writer rewrites their users. A replay into a live pool's store
+would apply its events on top of the states that the pool serves, and an import overwrites
+partition positions, which a pool would continue from. So every store opened for serving or
+replay holds an `flock` on `writers.lock` in the state directory while it is open
+(`StoreConfig.writer_lock`):
+
+- a pool's store takes it shared, so several pools on one state directory (a rolling restart)
+  keep working;
+- a replay's store takes it exclusively, so it runs only in a directory that no pool, import or
+  other replay uses;
+- `state import` takes it exclusively too (`lock_exclusive`), from its checks to its last commit.
+
+Nobody waits for the lock: a conflicting open raises `StoreInUseError` at once.
 
 The file is separate from LMDB's `lock.mdb`, which LMDB manages itself. The kernel releases an
 `flock` when the last descriptor of its open file closes, also when the process dies, so a crash
@@ -20,25 +27,31 @@ import errno
 import fcntl
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from statestore.errors import ReadOnlyStoreError, StoreConfigError, StoreInUseError
 
 logger = logging.getLogger(__name__)
 
 WRITERS_LOCK_FILE = "writers.lock"
+# Modes of the writers lock of a store (`StoreConfig.writer_lock`): "shared" for a pool,
+# "exclusive" for a replay, "none" for the `state` actions that run beside live workers.
+WriterLock = Literal["shared", "exclusive", "none"]
+WRITER_LOCK_MODES: tuple[WriterLock, ...] = ("shared", "exclusive", "none")
 # errno values of a file system that does not support flock. The store then logs a warning and
 # runs without the lock, as it did before the lock existed.
 _UNSUPPORTED_ERRNOS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP})
 
 
 def lock_shared(state_dir: Path) -> int | None:
-    """Take the shared writers lock of the existing `state_dir` and return its descriptor.
+    """Take the shared writers lock of the existing `state_dir`, as a pool does, and return its
+    descriptor.
 
-    Raises `StoreInUseError` while `state import` holds the lock. Returns None, after a
-    warning, on a file system without flock. Close the descriptor to release the lock.
+    Raises `StoreInUseError` while a replay or `state import` holds the lock. Returns None,
+    after a warning, on a file system without flock. Close the descriptor to release the lock.
     """
     descriptor = _open_lock_file(state_dir)
     try:
@@ -46,9 +59,10 @@ def lock_shared(state_dir: Path) -> int | None:
     except BlockingIOError:
         os.close(descriptor)
         raise StoreInUseError(
-            f"`hiertcn-stream state import` is writing to state directory {state_dir} (it "
-            f"holds {state_dir / WRITERS_LOCK_FILE} exclusively): wait until it ends, then "
-            "start again"
+            f"state directory {state_dir} is in use: a replay or `hiertcn-stream state import` "
+            f"is writing to it (it holds {state_dir / WRITERS_LOCK_FILE} exclusively), and a "
+            "pool would serve the states that it rewrites. Wait until it ends, then start the "
+            "pool again, or pass another --state-dir"
         ) from None
     except OSError as error:
         os.close(descriptor)
@@ -57,10 +71,20 @@ def lock_shared(state_dir: Path) -> int | None:
     return descriptor
 
 
+def lock_for_replay(state_dir: Path) -> int | None:
+    """Take the writers lock of the existing `state_dir` exclusively, as a replay does, and
+    return its descriptor.
+
+    Raises `StoreInUseError` while a pool, an import or another replay uses the directory.
+    Returns None, after a warning, on a file system without flock.
+    """
+    return _take_exclusive(state_dir, _replay_rejected)
+
+
 @contextmanager
 def lock_exclusive(state_dir: Path) -> Iterator[None]:
-    """Hold the writers lock of `state_dir` exclusively inside the block; create the directory
-    when missing.
+    """Hold the writers lock of `state_dir` exclusively inside the block, as `state import`
+    does; create the directory when missing.
 
     Raises `StoreInUseError` at once while a pool or a replay has the store open.
     """
@@ -70,22 +94,73 @@ def lock_exclusive(state_dir: Path) -> Iterator[None]:
         raise StoreConfigError(
             f"cannot create state directory {state_dir}: {error}; choose a writable path"
         ) from error
-    descriptor = _open_lock_file(state_dir)
+    descriptor = _take_exclusive(state_dir, _import_rejected)
     try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreInUseError(
-                f"state directory {state_dir} is in use: a worker pool or a replay has the store "
-                f"open (they hold a shared lock on {state_dir / WRITERS_LOCK_FILE}), and an "
-                "import would rewind the partition positions under it. Stop the pool that uses "
-                f"{state_dir} first, or wait until the replay ends, then run the import again"
-            ) from None
-        except OSError as error:
-            _raise_unless_unsupported(error, state_dir)
         yield
     finally:
+        if descriptor is not None:
+            os.close(descriptor)
+
+
+def _take_exclusive(
+    state_dir: Path, rejected: Callable[[Path, bool], StoreInUseError]
+) -> int | None:
+    """Take the exclusive lock, or raise `rejected(state_dir, pool_holds)`."""
+    descriptor = _open_lock_file(state_dir)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pool_holds = _only_shared_holders(descriptor)
         os.close(descriptor)
+        raise rejected(state_dir, pool_holds) from None
+    except OSError as error:
+        os.close(descriptor)
+        _raise_unless_unsupported(error, state_dir)
+        return None
+    return descriptor
+
+
+def _only_shared_holders(descriptor: int) -> bool:
+    """Return whether the holders of the lock that `descriptor` failed to take exclusively hold
+    it shared (pools), not exclusively (a replay or an import).
+
+    The result only chooses the message, because a holder may leave between the two calls.
+    """
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True  # the caller closes `descriptor`, which drops this shared lock
+
+
+def _replay_rejected(state_dir: Path, pool_holds: bool) -> StoreInUseError:
+    lock_file = state_dir / WRITERS_LOCK_FILE
+    if pool_holds:
+        return StoreInUseError(
+            f"state directory {state_dir} is in use by a worker pool (it holds a shared lock "
+            f"on {lock_file}), and a replay would rewrite the states of the users it serves. "
+            "Stop the pool first, or replay into a copy: `hiertcn-stream state --state-dir "
+            f"{state_dir} compact COPY` runs beside the pool, then pass --state-dir COPY"
+        )
+    return StoreInUseError(
+        f"state directory {state_dir} is in use: `hiertcn-stream state import` or another "
+        f"replay is writing to it (it holds {lock_file} exclusively). Wait until it ends, or "
+        "pass another --state-dir"
+    )
+
+
+def _import_rejected(state_dir: Path, pool_holds: bool) -> StoreInUseError:
+    lock_file = state_dir / WRITERS_LOCK_FILE
+    if pool_holds:
+        return StoreInUseError(
+            f"state directory {state_dir} is in use: a worker pool has the store open (it holds "
+            f"a shared lock on {lock_file}), and an import would rewind the partition positions "
+            f"under it. Stop the pool that uses {state_dir} first, then run the import again"
+        )
+    return StoreInUseError(
+        f"state directory {state_dir} is in use: a replay or another import is writing to it "
+        f"(it holds {lock_file} exclusively). Wait until it ends, then run the import again"
+    )
 
 
 def _open_lock_file(state_dir: Path) -> int:
@@ -110,8 +185,9 @@ def _raise_unless_unsupported(error: OSError, state_dir: Path) -> None:
             f"locking {state_dir / WRITERS_LOCK_FILE} failed: {error.strerror}; check --state-dir"
         ) from error
     logger.warning(
-        "the file system of %s does not support flock (%s), so `state import` cannot tell "
-        "whether a pool or a replay uses this store: stop them yourself before an import",
+        "the file system of %s does not support flock (%s), so pools, replays and `state "
+        "import` cannot tell whether another of them uses this store: never run a replay or an "
+        "import while a pool uses it",
         state_dir,
         error.strerror,
     )

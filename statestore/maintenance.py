@@ -191,16 +191,21 @@ def state_to_json(state: UserState) -> dict[str, Any]:
 
 
 def state_from_json(fields: dict[str, Any]) -> UserState:
-    """Invert `state_to_json`."""
+    """Invert `state_to_json`.
+
+    A number beyond the float32 range becomes an infinity without a numpy warning, because
+    `UserState.non_finite_values` reports it where it matters (`state import`).
+    """
     last = fields.get("last_embedding")
-    return UserState(
-        gru_state=np.array(fields["gru_state"], dtype=np.float32),
-        session_items=np.array(fields["session_items"], dtype=np.int32).reshape(-1),
-        session_sum=np.array(fields["session_sum"], dtype=np.float32),
-        session_length=int(fields["session_length"]),
-        session_start=float(fields["session_start"]),
-        last_ts=float(fields["last_ts"]),
-        session_count=int(fields["session_count"]),
-        last_embedding=None if last is None else np.array(last, dtype=np.float32),
-        partition=int(fields.get("partition", -1)),
-    )
+    with np.errstate(over="ignore"):
+        return UserState(
+            gru_state=np.array(fields["gru_state"], dtype=np.float32),
+            session_items=np.array(fields["session_items"], dtype=np.int32).reshape(-1),
+            session_sum=np.array(fields["session_sum"], dtype=np.float32),
+            session_length=int(fields["session_length"]),
+            session_start=float(fields["session_start"]),
+            last_ts=float(fields["last_ts"]),
+            session_count=int(fields["session_count"]),
+            last_embedding=None if last is None else np.array(last, dtype=np.float32),
+            partition=int(fields.get("partition", -1)),
+        )

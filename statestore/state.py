@@ -6,6 +6,7 @@ open session.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,29 @@ class UserState:
             session_sum=np.zeros(embedding_dim, dtype=np.float32),
             partition=partition,
         )
+
+    def non_finite_values(self) -> list[tuple[str, tuple[int, ...], float]]:
+        """Return (field, index, value) of the first NaN or infinity in each float field.
+
+        Such a value in an array makes the user's scores NaN, and the GRU update carries it
+        into every later state. The event times are checked too, because the timer index
+        rejects a NaN time. The index is () for a scalar field.
+        """
+        found: list[tuple[str, tuple[int, ...], float]] = []
+        for name in ("gru_state", "session_sum", "last_embedding"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            finite = np.isfinite(values)
+            if finite.all():
+                continue
+            index = tuple(int(i) for i in np.argwhere(~finite)[0])
+            found.append((name, index, float(values[index])))
+        for name in ("session_start", "last_ts"):
+            value = float(getattr(self, name))
+            if not math.isfinite(value):
+                found.append((name, (), value))
+        return found
 
     def same_as(self, other: UserState) -> bool:
         """Return whether every field of `other` has the same value, arrays included."""

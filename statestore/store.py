@@ -8,9 +8,10 @@ event time, user id -> empty: the users with an open session, in time order per 
 a history of the bundles that opened the store: see `statestore.bundle_meta`).
 `statestore.keys` describes the key layouts and `statestore.codec` the state records.
 
-Locks. A store opened with `StoreConfig.writer_lock` (the default) holds a shared `flock` on
-`writers.lock` in the state directory until it closes, so that `state import`, which takes it
-exclusively, cannot rewind the positions of a live pool or replay (`statestore.locks`).
+Locks. A store holds an `flock` on `writers.lock` in the state directory until it closes, in
+the mode of `StoreConfig.writer_lock`: shared for a pool (the default), exclusive for a replay.
+So pools share a directory, while a replay or `state import` never writes beside a pool or
+another of them (`statestore.locks`).
 
 Processes. Several worker processes may share one environment, and LMDB serialises their write
 transactions with a lock in `lock.mdb`. Each process must open its own `StateStore` after it
@@ -125,10 +126,11 @@ class StoreConfig:
     # item ids. Recorded in `meta` and checked like the sizes; None skips the check.
     catalog: str | None = None
     catalog_items: int | None = None  # items N in that catalog, for messages
-    # Hold the shared writers lock while open, as a pool or a replay must (`statestore.locks`).
-    # The `state` actions that may run beside live workers pass False, and so does `state
-    # import`, which holds the lock exclusively itself.
-    writer_lock: bool = True
+    # How the store holds the writers lock while open (`statestore.locks`): "shared" for a pool,
+    # "exclusive" for a replay, which must not rewrite the states that a pool serves. The `state`
+    # actions that may run beside live workers pass "none", and so does `state import`, which
+    # holds the lock exclusively itself.
+    writer_lock: locks.WriterLock = "shared"
 
     def __post_init__(self) -> None:
         if self.map_size <= 0:
@@ -140,6 +142,11 @@ class StoreConfig:
             )
         if self.max_readers <= 0:
             raise StoreConfigError(f"max_readers {self.max_readers} is invalid: use at least 1")
+        if self.writer_lock not in locks.WRITER_LOCK_MODES:
+            raise StoreConfigError(
+                f"writer_lock {self.writer_lock!r} is invalid: use one of "
+                f"{', '.join(map(repr, locks.WRITER_LOCK_MODES))}"
+            )
 
 
 class StoreTxn(NamedTuple):
@@ -177,8 +184,8 @@ class StateStore:
             raise StoreConfigError(
                 f"cannot create state directory {self.path}: {error}; choose a writable path"
             ) from error
-        # Taken before LMDB opens, so a store that `state import` has locked is not even read.
-        self._writer_lock = locks.lock_shared(self.path) if config.writer_lock else None
+        # Taken before LMDB opens, so a store that another writer has locked is not even read.
+        self._writer_lock = _take_writer_lock(self.path, config.writer_lock)
         try:
             self._env = self._open_environment()
         except BaseException:
@@ -656,6 +663,16 @@ class StateStore:
                 t.txn.put(name.encode(), msgpack.packb(value), db=t.meta)
 
         self.run(work, write=True)
+
+
+def _take_writer_lock(state_dir: Path, mode: locks.WriterLock) -> int | None:
+    """Take the writers lock of `state_dir` in `mode` and return its descriptor, or None
+    without a lock."""
+    if mode == "shared":
+        return locks.lock_shared(state_dir)
+    if mode == "exclusive":
+        return locks.lock_for_replay(state_dir)
+    return None
 
 
 def file_in_path(path: Path) -> Path | None:

@@ -14,6 +14,7 @@ D item-embedding size, G GRU layers, H GRU hidden size.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -288,6 +289,8 @@ class Pipeline:
         embedding = state.last_embedding
         if embedding is not None and np.shape(embedding) != (self.dim,):
             return f"last embedding of shape {list(np.shape(embedding))} instead of [{self.dim}]"
+        if not _finite_arrays(state):
+            return "a NaN or infinite value in its GRU state, session sum or last embedding"
         items = np.asarray(state.session_items)
         if items.size and int(items.max()) >= self.table.shape[0]:
             return (
@@ -547,3 +550,16 @@ class Pipeline:
                 partition=user_work.partition,
             )
         return states
+
+
+def _finite_arrays(state: UserState) -> bool:
+    """Return whether every value of the state's float arrays is finite.
+
+    One float64 sum per array: a NaN or an infinity makes it non-finite, and float32 values
+    cannot overflow a float64 sum of this size.
+    """
+    total = float(np.sum(state.gru_state, dtype=np.float64))
+    total += float(np.sum(state.session_sum, dtype=np.float64))
+    if state.last_embedding is not None:
+        total += float(np.sum(state.last_embedding, dtype=np.float64))
+    return math.isfinite(total)

@@ -531,7 +531,9 @@ def open_store_states(
     With `state_shape` and `embedding_dim`, a store written for a bundle of other sizes is
     rejected at open, as the worker does, and with `catalog` (the bundle's `catalog`, with its
     item count `catalog_items`) a store whose states hold item rows of another catalog. The
-    store holds the shared writers lock until it closes, so `state import` rejects the directory.
+    store holds the writers lock exclusively until it closes, so the open raises
+    `StoreInUseError` while a pool, an import or another replay uses `state_dir`, and a pool or
+    an import that starts during the replay is rejected in turn.
     """
     from statestore import StoreConfig
 
@@ -542,7 +544,8 @@ def open_store_states(
         embedding_dim=embedding_dim,
         catalog=catalog,
         catalog_items=catalog_items,
-        writer_lock=True,
+        # Exclusive: this replay would rewrite the states of the users that a live pool serves.
+        writer_lock="exclusive",
     )
     store = StateStore(config)
     topic = f"replay:{source}"

@@ -1,9 +1,11 @@
-"""Small user states for the statestore tests, and a read-only state directory."""
+"""Small user states for the statestore tests, a read-only state directory, and writer processes."""
 
 from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 
 from statestore import UserState
+from tests.conftest import REPO_ROOT
 
 GRU_LAYERS = 2
 HIDDEN_SIZE = 8
@@ -68,3 +71,19 @@ def make_read_only(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
     monkeypatch.setattr(lmdb, "open", open_read_only)
     return "emulated"
+
+
+def start_writer(mode: str, state_dir: Path, *args: str) -> subprocess.Popen[str]:
+    """Start `python -m tests.statestore.writer_process MODE STATE_DIR ARGS` and wait for its
+    `ready` line; the caller kills the process."""
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "tests.statestore.writer_process", mode, str(state_dir), *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout is not None
+    assert writer.stdout.readline() == "ready\n"
+    return writer

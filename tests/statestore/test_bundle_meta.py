@@ -48,7 +48,7 @@ def _write_users(config: StoreConfig) -> None:
 
 
 def _meta(path: Path) -> dict:
-    with StateStore(StoreConfig(path=path, writer_lock=False)) as store:
+    with StateStore(StoreConfig(path=path, writer_lock="none")) as store:
         return store.meta()
 
 

@@ -1,4 +1,4 @@
-"""The writers lock: `state import` against stores that pools and replays have open."""
+"""The writers lock: pools share a state directory, replays and `state import` hold it alone."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,8 +22,7 @@ from statestore import (
     locks,
 )
 from stream.cli import main
-from tests.conftest import REPO_ROOT
-from tests.statestore.helpers import make_state
+from tests.statestore.helpers import make_state, start_writer
 
 TOPIC = "interactions"
 
@@ -49,22 +47,11 @@ def _export_file(tmp_path: Path) -> Path:
 
 def _start_pool(state_dir: Path) -> subprocess.Popen[str]:
     """Start a process that commits batch after batch to `state_dir`, as a pool does."""
-    module = "tests.statestore.writer_process"
-    writer = subprocess.Popen(
-        [sys.executable, "-m", module, "batches", str(state_dir), "4", "nosync"],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert writer.stdout is not None
-    assert writer.stdout.readline() == "ready\n"
-    return writer
+    return start_writer("batches", state_dir, "4", "nosync")
 
 
 def _position(state_dir: Path) -> int:
-    with StateStore(StoreConfig(path=state_dir, writer_lock=False)) as store:
+    with StateStore(StoreConfig(path=state_dir, writer_lock="none")) as store:
         return store.positions(TOPIC)[0].next_offset
 
 
@@ -86,7 +73,7 @@ def test_import_rejected_while_pool_writes(
     assert f"Stop the pool that uses {state_dir} first" in err
     assert "writers.lock" in err
     # The import wrote nothing: the file's user is not in the store.
-    with StateStore(StoreConfig(path=state_dir, writer_lock=False)) as store:
+    with StateStore(StoreConfig(path=state_dir, writer_lock="none")) as store:
         assert store.read(["imported"]) == {}
 
 
@@ -106,7 +93,7 @@ def test_import_rejected_while_store_open(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     store = StateStore(StoreConfig(path=state_dir, sync=False))
     try:
-        with pytest.raises(StoreInUseError, match="a worker pool or a replay has the store open"):
+        with pytest.raises(StoreInUseError, match="a worker pool has the store open"):
             _run("--state-dir", str(state_dir), "import", str(dump))
     finally:
         store.close()
@@ -133,8 +120,9 @@ def test_store_rejected_while_import_holds_lock(tmp_path: Path) -> None:
         StateStore(StoreConfig(path=state_dir, sync=False))
 
     message = str(raised.value)
-    assert "state import` is writing to state directory" in message
-    assert "wait until it ends" in message
+    assert f"state directory {state_dir} is in use" in message
+    assert "a replay or `hiertcn-stream state import` is writing to it" in message
+    assert "Wait until it ends, then start the pool again, or pass another --state-dir" in message
     assert raised.value.exit_code == 2
     StateStore(StoreConfig(path=state_dir, sync=False)).close()
 
@@ -177,20 +165,21 @@ def test_state_help_says_import_needs_stopped_pool(capsys: pytest.CaptureFixture
     assert "import rejects a state directory that a worker pool or a replay has open" in help_text
 
 
+@pytest.mark.parametrize("mode", ["shared", "exclusive"])
 def test_file_system_without_flock_warns(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, mode: str
 ) -> None:
     def flock_unsupported(descriptor: int, operation: int) -> None:
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
     monkeypatch.setattr(locks.fcntl, "flock", flock_unsupported)
 
-    config = StoreConfig(path=tmp_path / "state", sync=False)
+    config = StoreConfig(path=tmp_path / "state", sync=False, writer_lock=mode)  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING, logger="statestore.locks"), StateStore(config) as store:
         store.commit({"u1": make_state()})
 
     assert "does not support flock" in caplog.text
-    assert "stop them yourself before an import" in caplog.text
+    assert "never run a replay or an import while a pool uses it" in caplog.text
 
 
 def test_lock_error_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -201,3 +190,104 @@ def test_lock_error_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     with pytest.raises(StoreConfigError, match=r"writers\.lock failed: Bad file descriptor"):
         StateStore(StoreConfig(path=tmp_path / "state", sync=False))
+
+
+# Replays: the writers lock held exclusively -------------------------------------------------
+
+
+def _exclusive(state_dir: Path) -> StoreConfig:
+    return StoreConfig(path=state_dir, sync=False, writer_lock="exclusive")
+
+
+def test_exclusive_store_rejected_while_pool_writes(tmp_path: Path) -> None:
+    state_dir = tmp_path / "live"
+    writer = _start_pool(state_dir)
+    try:
+        with pytest.raises(StoreInUseError) as raised:
+            StateStore(_exclusive(state_dir))
+        # The pool keeps its lock and keeps committing after the rejected open.
+        before = _position(state_dir)
+        with StateStore(StoreConfig(path=state_dir, sync=False)) as second_pool:
+            second_pool.commit({"second-pool": make_state()})
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+
+    message = str(raised.value)
+    assert raised.value.exit_code == 2
+    assert f"state directory {state_dir} is in use by a worker pool" in message
+    assert "a replay would rewrite the states of the users it serves" in message
+    assert "Stop the pool first" in message
+    assert f"`hiertcn-stream state --state-dir {state_dir} compact COPY`" in message
+    assert "pass --state-dir COPY" in message
+    assert _position(state_dir) >= before
+
+
+def test_pool_rejected_while_exclusive_store_open(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    with StateStore(_exclusive(state_dir)) as replay:
+        with pytest.raises(StoreInUseError) as raised:
+            StateStore(StoreConfig(path=state_dir, sync=False))
+        replay.commit({"u1": make_state()})
+
+    assert raised.value.exit_code == 2
+    assert f"state directory {state_dir} is in use" in str(raised.value)
+    assert "a replay or `hiertcn-stream state import` is writing to it" in str(raised.value)
+    # The lock ends with the replay's store.
+    with StateStore(StoreConfig(path=state_dir, sync=False)) as pool:
+        assert "u1" in pool.read(["u1"])
+
+
+def test_exclusive_stores_exclude_each_other(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    with StateStore(_exclusive(state_dir)), pytest.raises(StoreInUseError) as raised:
+        StateStore(_exclusive(state_dir))
+
+    assert "`hiertcn-stream state import` or another replay is writing to it" in str(raised.value)
+    assert "Wait until it ends, or pass another --state-dir" in str(raised.value)
+    StateStore(_exclusive(state_dir)).close()
+
+
+def test_exclusive_store_rejected_during_import(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    with locks.lock_exclusive(state_dir), pytest.raises(StoreInUseError) as raised:
+        StateStore(_exclusive(state_dir))
+
+    assert "`hiertcn-stream state import` or another replay is writing to it" in str(raised.value)
+    assert not (state_dir / "data.mdb").exists()
+
+
+def test_import_rejected_while_exclusive_store_open(tmp_path: Path) -> None:
+    dump = _export_file(tmp_path)
+    state_dir = tmp_path / "state"
+    with StateStore(_exclusive(state_dir)), pytest.raises(StoreInUseError) as raised:
+        _run("--state-dir", str(state_dir), "import", str(dump))
+
+    message = str(raised.value)
+    assert "a replay or another import is writing to it" in message
+    assert "Wait until it ends, then run the import again" in message
+    assert main(["state", "--state-dir", str(state_dir), "import", str(dump)]) == 0
+
+
+def test_reading_commands_run_beside_replay_process(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    replay = start_writer("replay", state_dir)
+    try:
+        stats = main(["state", "--state-dir", str(state_dir), "stats"])
+        compact = main(["state", "--state-dir", str(state_dir), "compact", str(tmp_path / "c")])
+        with pytest.raises(StoreInUseError, match="a replay or `hiertcn-stream state import`"):
+            StateStore(StoreConfig(path=state_dir, sync=False))
+    finally:
+        replay.send_signal(signal.SIGKILL)
+        replay.wait()
+
+    assert stats == 0
+    assert compact == 0
+    with StateStore(StoreConfig(path=tmp_path / "c", sync=False)) as copy:
+        assert "replayed" in copy.read(["replayed"])
+
+
+@pytest.mark.parametrize("mode", [True, False, "EXCLUSIVE", ""])
+def test_invalid_writer_lock_mode_rejected(tmp_path: Path, mode: object) -> None:
+    with pytest.raises(StoreConfigError, match="'shared', 'exclusive', 'none'"):
+        StoreConfig(path=tmp_path / "state", writer_lock=mode)  # type: ignore[arg-type]

@@ -11,6 +11,8 @@ Run as `python -m tests.statestore.writer_process MODE STATE_DIR ...` from the r
 - `fill STATE_DIR LIMIT`: lower the file-size limit to LIMIT bytes and commit batches until the
   store raises. Then print the last committed batch, and the error class and message.
 - `hold STATE_DIR`: open a read transaction, print `ready` and wait in it for an hour.
+- `replay STATE_DIR`: open the store with the writers lock held exclusively, as a replay does,
+  commit user `replayed`, print `ready` and wait for an hour.
 """
 
 from __future__ import annotations
@@ -81,6 +83,13 @@ def hold_reader(state_dir: Path) -> None:
         store.run(wait_in_transaction)
 
 
+def hold_exclusive(state_dir: Path) -> None:
+    with StateStore(StoreConfig(path=state_dir, sync=False, writer_lock="exclusive")) as store:
+        store.commit({"replayed": make_state()})
+        print("ready", flush=True)
+        time.sleep(3600)
+
+
 def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     mode, state_dir = argv[0], Path(argv[1])
@@ -92,8 +101,10 @@ def main(argv: list[str]) -> None:
         fill_disk(state_dir, int(argv[2]))
     elif mode == "hold":
         hold_reader(state_dir)
+    elif mode == "replay":
+        hold_exclusive(state_dir)
     else:
-        raise SystemExit(f"unknown mode {mode!r}: use batches, grow, fill or hold")
+        raise SystemExit(f"unknown mode {mode!r}: use batches, grow, fill, hold or replay")
 
 
 if __name__ == "__main__":

@@ -537,6 +537,24 @@ def test_reset_log_names_rows_beyond_catalog(
     assert "GRU state" not in line
 
 
+def test_non_finite_state_reset(pipeline: Pipeline, caplog: pytest.LogCaptureFixture) -> None:
+    from dataclasses import replace
+
+    stored = pipeline.process([make_event("u1", 4, 1000.0)], {}).states["u1"]
+    gru = stored.gru_state.copy()
+    gru[0, 0] = np.nan
+    broken = replace(stored, gru_state=gru)
+
+    with caplog.at_level("WARNING", logger="stream.pipeline"):
+        result = pipeline.process([make_event("u1", 5, 1060.0)], {"u1": broken})
+
+    (line,) = _reset_warnings(caplog)
+    assert "1 with a NaN or infinite value in its GRU state" in line
+    assert result.reset == 1
+    assert np.isfinite(result.states["u1"].gru_state).all()
+    assert all(np.isfinite(result.outputs[0].scores))
+
+
 def test_reset_log_names_gru_shape(pipeline: Pipeline, caplog: pytest.LogCaptureFixture) -> None:
     other = FakeBundle(dim=8, layers=1, hidden=16, seed=1)
     stored = _state_of_other_bundle(other, Pipeline(other, PipelineConfig(session_gap=GAP)))
