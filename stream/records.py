@@ -5,13 +5,15 @@ Formats:
 - `jsonl`: one JSON object per line, the event map of the input topic (`user`, `item`, `ts`,
   and optionally `impressions`, `candidates`, `type`, `event_id`). A `ts` that is a string of
   up to 18 digits, such as `"1511544070"` (a leading `-` allowed), becomes that integer, as
-  `hiertcn` reads it. The input topic itself requires a number, and
-  `stream.events.decode_event` keeps rejecting a string there.
+  `hiertcn` reads it, and a longer string of digits is out of range. The input topic itself
+  requires a number, and `stream.events.decode_event` keeps rejecting a string there.
 - `msgpack`: a stream of msgpack maps, one per event, as the input topic carries them.
 - `csv`: a header with at least `user`, `item` and a time column: `ts`, or the names that
   `hiertcn train` reads (`timestamp`, `time`, `event_time`). Its values go to the field `ts`.
   Optional columns are `type`, `event_id`, and `impressions` and `candidates` with item ids
   separated by `|`. A `.tsv` or `.tab` file is tab-separated, any other file comma-separated.
+  A file without a header (`EventColumns.header` False, the flag `--no-header`) has only the
+  user, item and time, at the positions 0, 1 and 2 or those that the column flags give.
 - `movielens`, `taobao`, `trivago`, `otto`: the public data sets, read with
   `hiertcn.data.readers` (which imports numpy but not torch) and turned into event maps with
   `ts` in seconds. OTTO files are read in milliseconds unless `otto_time_unit` says seconds.
@@ -19,12 +21,17 @@ Formats:
 `EventColumns` (the flags `--user-col`, `--item-col` and `--time-col`) names other columns or
 keys for the user, the item and the time in csv and jsonl files, as `hiertcn data` reads them: a
 CSV column by its header name or 0-based position, a JSON key by its name. The movielens and
-taobao readers take them as `hiertcn` does, and the other formats reject them.
+taobao readers take them as `hiertcn` does, and the other formats reject them. The checks of a
+CSV header and of the column choice are those of `hiertcn.data.delimited_columns`, with its
+messages: a header row of numbers, ambiguous digits, a name that several columns share, and one
+column or key for two fields raise. A last line without a newline logs a warning, as in
+`hiertcn`, because a program may still be writing the file.
 
 A line or row that cannot be parsed (not valid UTF-8, not JSON, a JSON integer outside 64 bits,
 a JSON record without the key that a column flag names, a wrong number of CSV fields) becomes a
 `Record` with `error` set, so callers can count it. Only a missing, empty or folder path, an
-unknown format, and a CSV header that lacks the required columns or is not UTF-8 raise. The data
+unknown format or flag, and a CSV header that fails the checks above, lacks the required columns
+or is not UTF-8 raise. The data
 set formats differ, because the readers of `hiertcn` raise at the first invalid row.
 """
 
@@ -61,6 +68,8 @@ ORDERS = ("file", "time")
 CSV_TIME_COLUMNS = ("ts", "timestamp", "time", "event_time")
 # Separator of item ids inside the `impressions` and `candidates` columns of a CSV log.
 CSV_LIST_SEPARATOR = "|"
+# Optional columns of a CSV log, found by name only, that become event fields.
+CSV_OPTIONAL_FIELDS = ("type", "event_id", "impressions", "candidates")
 # Delimiter of a CSV event file by suffix, the same as `hiertcn` uses. A file with another suffix
 # is read as comma-separated.
 CSV_DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
@@ -69,9 +78,13 @@ CSV_DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 _CSV_FIELD_SIZE_LIMIT = 2**31 - 1
 # Formats whose readers take the column flags.
 COLUMN_FLAG_FORMATS = ("csv", "jsonl", "movielens", "taobao")
+# Formats that take --no-header. The movielens and taobao readers know their own header rows and
+# ignore it, as `hiertcn data` does.
+NO_HEADER_FORMATS = ("csv", "movielens", "taobao")
 # A JSON string that a JSON Lines reader turns into an integer `ts`. Up to 18 digits, so the
-# integer fits the int64 of msgpack, and a longer string stays a string that validation rejects.
+# integer fits the int64 of msgpack. A longer string of digits makes the record invalid.
 _INTEGER_TEXT = re.compile(r"-?[0-9]{1,18}")
+_DIGITS_TEXT = re.compile(r"-?[0-9]+")
 # The integer range that msgpack encodes: int64 and uint64.
 _MSGPACK_INTEGERS = range(-(1 << 63), 1 << 64)
 # A byte that UTF-8 decoding with errors="surrogateescape" could not decode.
@@ -101,12 +114,15 @@ class EventColumns:
 
     `user`, `item` and `time` are the values of `--user-col`, `--item-col` and `--time-col`.
     None keeps the default: the column or key `user`, `item`, and for the time `ts` in JSON Lines
-    or the first of `CSV_TIME_COLUMNS` in a CSV header.
+    or the first of `CSV_TIME_COLUMNS` in a CSV header. Without a header, the defaults are the
+    positions 0, 1 and 2, as in `hiertcn data --no-header`.
     """
 
     user: str | None = None
     item: str | None = None
     time: str | None = None
+    # False for a CSV file without a header row (`--no-header`): the columns are positions.
+    header: bool = True
 
     def given(self) -> list[tuple[str, str, str]]:
         """Return (event field, flag, column) of each column that a flag names."""
@@ -148,7 +164,7 @@ def detect_format(path: Path, columns: EventColumns | None = None) -> str:
         if _SUFFIX_FORMATS[suffix] == "jsonl" and _is_otto(path):
             return "otto"
         return _SUFFIX_FORMATS[suffix]
-    if suffix in CSV_DELIMITERS:
+    if suffix in CSV_DELIMITERS and columns.header:
         with path.open(encoding="utf-8-sig", errors="replace", newline="") as file:
             # Only to pick the format: ids are read strictly.
             header = next(_csv_reader(file, CSV_DELIMITERS[suffix]), [])
@@ -160,7 +176,9 @@ def detect_format(path: Path, columns: EventColumns | None = None) -> str:
     from hiertcn.data.readers import detect_format as detect_dataset_format
     from hiertcn.errors import HierTCNError
 
-    config = ReaderConfig(user_col=columns.user, item_col=columns.item, time_col=columns.time)
+    config = ReaderConfig(
+        user_col=columns.user, item_col=columns.item, time_col=columns.time, header=columns.header
+    )
     try:
         return detect_dataset_format(path, config)
     except HierTCNError:
@@ -207,6 +225,7 @@ def read_records(
     otto_time_unit: str | None = None,
     user_col: str | None = None,
     item_col: str | None = None,
+    header: bool = True,
 ) -> Iterator[Record]:
     """Yield every record of an event-log file, in file order or sorted by event time.
 
@@ -216,7 +235,8 @@ def read_records(
     and the time, see `EventColumns`. `ts_unit` is the unit that the caller will read `ts` in:
     the data set formats give seconds, so "ms" is rejected for them. `otto_time_unit` is the
     unit of an OTTO file's own timestamps (default "ms", that of the published files), and it
-    is rejected for the other formats.
+    is rejected for the other formats. `header` False reads a CSV file without a header row
+    (`--no-header`).
     """
     path = Path(path)
     _check_event_file(path)
@@ -226,10 +246,15 @@ def read_records(
         )
     if order not in ORDERS:
         raise EventFileError(f"unknown order {order!r}: use 'file' or 'time'")
-    columns = EventColumns(user=user_col, item=item_col, time=time_col)
+    columns = EventColumns(user=user_col, item=item_col, time=time_col, header=header)
     resolved = detect_format(path, columns) if log_format == "auto" else log_format
     _check_format_options(path, resolved, ts_unit, otto_time_unit, columns)
     logger.info("reading %s (format %s, %s order)", path, resolved, order)
+    if resolved in ("csv", "jsonl"):
+        # The readers of the data set formats warn in `hiertcn.data.readers.read_log`.
+        _warn_unterminated_last_line(path)
+    if resolved == "jsonl":
+        _check_distinct_keys(path, columns)
     if resolved == "csv":
         records = _read_csv(path, columns)
     elif resolved == "jsonl":
@@ -286,6 +311,11 @@ def _check_format_options(
         )
     if otto_time_unit not in (None, "s", "ms"):
         raise EventFileError(f"invalid --otto-time-unit {otto_time_unit!r}: use s or ms")
+    if not columns.header and resolved not in NO_HEADER_FORMATS:
+        raise EventFileError(
+            f"--no-header applies only to CSV files (the formats csv, movielens and taobao), "
+            f"but {path} has the format {resolved}: drop --no-header, or pass --format csv"
+        )
     flags = " and ".join(flag for _field, flag, _column in columns.given())
     if flags and resolved not in COLUMN_FLAG_FORMATS:
         verb = "apply" if " and " in flags else "applies"
@@ -298,6 +328,26 @@ def _check_format_options(
             f"{flags} {verb} only to {', '.join(COLUMN_FLAG_FORMATS)} files, but {path} has "
             f"the format {resolved}, {reason}: drop {flags}, or pass --format csv or jsonl"
         )
+
+
+def _warn_unterminated_last_line(path: Path) -> None:
+    """Log one warning when the last line of a text file contains an event but no newline."""
+    from hiertcn.data.log_files import unterminated_last_line, unterminated_last_line_message
+
+    line = unterminated_last_line(path)
+    if line is not None:
+        logger.warning("%s", unterminated_last_line_message(path, line))
+
+
+def _check_distinct_keys(path: Path, columns: EventColumns) -> None:
+    """Raise `EventFileError` when the user, item and time of JSON Lines share a key."""
+    from hiertcn.data.formats import shared_column_message
+
+    keys = (("user", columns.user or "user"), ("item", columns.item or "item"))
+    keys += (("time", columns.time or "ts"),)
+    message = shared_column_message("key", [(field, key, repr(key)) for field, key in keys])
+    if message is not None:
+        raise EventFileError(f"{path}: {message}")
 
 
 def _time_key(record: Record) -> float:
@@ -366,7 +416,7 @@ def _json_event_fields(
 
     The keys that `columns` names become the fields `user`, `item` and `ts`, and a key of that
     name that no flag chose is dropped, so it cannot replace the chosen value. A `ts` that is a
-    string of digits becomes an integer.
+    string of up to 18 digits becomes an integer, and a longer one is an error.
     """
     given = columns.given()
     for _field, flag, key in given:
@@ -378,6 +428,13 @@ def _json_event_fields(
     ts = event.get("ts")
     if isinstance(ts, str) and _INTEGER_TEXT.fullmatch(ts):
         event["ts"] = int(ts)
+    elif isinstance(ts, str) and _DIGITS_TEXT.fullmatch(ts):
+        excerpt = ts if len(ts) <= 24 else f"{ts[:20]}..."
+        return None, (
+            f"ts {excerpt!r} is a string of {len(ts.lstrip('-'))} digits, out of range: a "
+            "string ts is read as an integer of at most 18 digits, so write the event time "
+            "as a number of seconds or milliseconds since the Unix epoch"
+        )
     return event, None
 
 
@@ -438,25 +495,41 @@ def _csv_column(
     """Return the position of a column: the header name or 0-based position `spec`, or the first
     of `defaults` in the header when `spec` is None. None when there is no such column.
 
-    Digits that name one column and are the position of another raise `EventFileError`, as in
-    `hiertcn`, because either reading could be meant.
+    As in `hiertcn`, digits that name one column and are the position of another raise
+    `EventFileError`, because either reading could be meant, and so does a name that the header
+    gives to several columns.
     """
+    from hiertcn.data.delimited_columns import ambiguous_column_message
+    from hiertcn.data.formats import is_column_position
+
     if spec is None:
-        return next((header.index(name) for name in defaults if name in header), None)
-    position = int(spec) if re.fullmatch("[0-9]+", spec) else None
+        name = next((name for name in defaults if name in header), None)
+        if name is None:
+            return None
+        role = flag.removeprefix("--").removesuffix("-col")
+        return _named_csv_column(path, header, name, f"the default {role} column {name!r}", flag)
+    position = int(spec) if is_column_position(spec) else None
     if position is not None and position >= len(header):
         position = None
     if spec in header:
-        index = header.index(spec)
+        index = _named_csv_column(path, header, spec, f"{flag} {spec}", flag)
         if position is not None and position != index:
-            raise EventFileError(
-                f"{flag} {spec} is ambiguous in CSV event file {path}: it is the header name of "
-                f"column {index} and the 0-based position of the column named "
-                f"{header[position]!r} (the header is {header}): pass {flag} {index} for the "
-                f"column named {spec!r}, or {flag} {header[position]} for the other"
-            )
+            message = ambiguous_column_message(spec, header, index, flag)
+            raise EventFileError(f"{path}: {message}")
         return index
     return position
+
+
+def _named_csv_column(
+    path: Path, header: list[str], name: str, choice: str, flag: str | None
+) -> int:
+    """Return the position of the column `name`; raise `EventFileError` when several have it."""
+    from hiertcn.data.delimited_columns import duplicate_column_message
+
+    message = duplicate_column_message(header, name, choice, flag)
+    if message is not None:
+        raise EventFileError(f"{path}: {message}")
+    return header.index(name)
 
 
 def _csv_field_names(path: Path, header: list[str], columns: EventColumns) -> list[str | None]:
@@ -478,7 +551,7 @@ def _csv_field_names(path: Path, header: list[str], columns: EventColumns) -> li
         if position is not None:
             chosen[field] = position
         elif spec is not None:
-            missing.append(f"{spec} (named by {flag})")
+            missing.append(f"{spec!r} (named by {flag})")
         elif field == "ts":
             missing.append(f"for the time ({', '.join(CSV_TIME_COLUMNS)})")
         else:
@@ -490,17 +563,53 @@ def _csv_field_names(path: Path, header: list[str], columns: EventColumns) -> li
             "0-based position of the user, item and time columns, or name the columns user, "
             "item and ts"
         )
-    if len(set(chosen.values())) < len(chosen):
-        named = ", ".join(f"{field} {header[position]!r}" for field, position in chosen.items())
-        raise EventFileError(
-            f"CSV event file {path} uses one column for two fields ({named}): pass --user-col, "
-            "--item-col and --time-col with three different columns"
-        )
+    _check_distinct_columns(path, header, chosen)
     field_of = {position: field for field, position in chosen.items()}
-    return [
+    names = [
         field_of.get(position, None if name in chosen else name)
         for position, name in enumerate(header)
     ]
+    for name in CSV_OPTIONAL_FIELDS:
+        if name in header:
+            _named_csv_column(path, header, name, f"the event field {name!r}", None)
+    return names
+
+
+def _check_distinct_columns(path: Path, header: list[str], chosen: dict[str, int]) -> None:
+    """Raise `EventFileError` when the user, item and time come from one column."""
+    from hiertcn.data.delimited_columns import column_label
+    from hiertcn.data.formats import shared_column_message
+
+    columns = [
+        ("time" if field == "ts" else field, position, column_label(header, position))
+        for field, position in chosen.items()
+    ]
+    message = shared_column_message("column", columns)
+    if message is not None:
+        # The same message as `hiertcn data`.
+        raise EventFileError(f"{path}: {message}")
+
+
+def _headerless_field_names(path: Path, columns: EventColumns) -> list[str | None]:
+    """Return the event field of each column of a CSV file without a header, up to the last
+    chosen one. `hiertcn`'s column choice picks the positions (0, 1 and 2 unless the column
+    flags give others) and raises its errors."""
+    from hiertcn.data.delimited_columns import pick_columns
+    from hiertcn.data.readers import ReaderConfig
+    from hiertcn.errors import DataError
+
+    config = ReaderConfig(
+        user_col=columns.user, item_col=columns.item, time_col=columns.time, header=False
+    )
+    try:
+        chosen = pick_columns(config, None, path, None)
+    except DataError as error:
+        raise EventFileError(str(error)) from None
+    positions = {"user": chosen.user, "item": chosen.item, "ts": chosen.time}
+    names: list[str | None] = [None] * (max(positions.values()) + 1)
+    for field, position in positions.items():
+        names[position] = field
+    return names
 
 
 def _csv_delimiter(path: Path) -> str:
@@ -510,15 +619,47 @@ def _csv_delimiter(path: Path) -> str:
 def _read_csv(path: Path, columns: EventColumns) -> Iterator[Record]:
     """Check the header of a CSV event file now, and return an iterator over its rows."""
     delimiter = _csv_delimiter(path)
+    if not columns.header:
+        names = _headerless_field_names(path, columns)
+        return _read_csv_rows(path, names, delimiter, has_header=False)
     with _open_csv(path) as file:
-        header = [name.strip() for name in next(_csv_reader(file, delimiter), [])]
+        reader = _csv_reader(file, delimiter)
+        header = [name.strip() for name in next(reader, [])]
+        line = reader.line_num
     byte = _escaped_byte(header)
     if byte is not None:
         raise EventFileError(
-            f"the header (line 1) of event file {path} is not valid UTF-8 (byte {byte:#04x}): "
-            "save the file as UTF-8"
+            f"the header (line {line}) of event file {path} is not valid UTF-8 (byte "
+            f"{byte:#04x}): save the file as UTF-8"
         )
-    return _read_csv_rows(path, _csv_field_names(path, header, columns), delimiter)
+    _check_header_row(path, line, header)
+    names = _csv_field_names(path, header, columns)
+    _check_time_header(path, line, header, names)
+    return _read_csv_rows(path, names, delimiter, has_header=True)
+
+
+def _check_header_row(path: Path, line: int, header: list[str]) -> None:
+    """Raise `EventFileError` when every cell of the header row is a number, as `hiertcn` does,
+    because the row is then probably the first event of a file without a header."""
+    from hiertcn.data.delimited_columns import check_header_not_numbers
+    from hiertcn.errors import DataError
+
+    try:
+        check_header_not_numbers(path, line, header)
+    except DataError as error:
+        raise EventFileError(str(error)) from None
+
+
+def _check_time_header(path: Path, line: int, header: list[str], names: list[str | None]) -> None:
+    """Raise `EventFileError` when the header cell of the time column is an integer, as
+    `hiertcn` does, because the row is then probably the first event of a file without one."""
+    from hiertcn.data.delimited_columns import check_time_header
+    from hiertcn.errors import DataError
+
+    try:
+        check_time_header(path, line, header, names.index("ts"))
+    except DataError as error:
+        raise EventFileError(str(error)) from None
 
 
 def _open_csv(path: Path) -> TextIO:
@@ -537,11 +678,15 @@ def _escaped_byte(fields: list[str]) -> int | None:
     return None
 
 
-def _read_csv_rows(path: Path, names: list[str | None], delimiter: str) -> Iterator[Record]:
-    """Yield the records of the rows after the header. Blank rows are skipped, as in `hiertcn`."""
+def _read_csv_rows(
+    path: Path, names: list[str | None], delimiter: str, has_header: bool
+) -> Iterator[Record]:
+    """Yield the records of the rows after the header, if any. Blank rows are skipped, as in
+    `hiertcn`."""
     with _open_csv(path) as file:
         reader = _csv_reader(file, delimiter)
-        next(reader, None)  # the header, checked by `_read_csv`
+        if has_header:
+            next(reader, None)  # checked by `_read_csv`
         # A quoted field may span lines, so a row starts on the line after the previous row.
         line = reader.line_num + 1
         number = 0
@@ -556,21 +701,30 @@ def _read_csv_rows(path: Path, names: list[str | None], delimiter: str) -> Itera
                 number += 1
             else:
                 if any(text.strip() for text in row):
-                    yield _csv_record(number, row, names, line)
+                    yield _csv_record(number, row, names, line, has_header)
                     number += 1
             line = reader.line_num + 1
 
 
-def _csv_record(number: int, row: list[str], names: list[str | None], line: int) -> Record:
+def _csv_record(
+    number: int, row: list[str], names: list[str | None], line: int, has_header: bool
+) -> Record:
     byte = _escaped_byte(row)
     if byte is not None:
         # Strict decoding: a replaced byte would silently change a user or item id.
         return Record(number, None, f"not valid UTF-8 (byte {byte:#04x})", line=line)
-    if len(row) != len(names):
+    if has_header and len(row) != len(names):
         return Record(number, None, f"row has {len(row)} fields, header has {len(names)}", line)
+    if len(row) < len(names):
+        # Without a header, the columns after the last chosen one are not read.
+        message = (
+            f"row has {len(row)} fields, but the column flags need {len(names)} (up to "
+            f"column {len(names) - 1}, counted from 0)"
+        )
+        return Record(number, None, message, line)
     fields = {
         name: _csv_value(name, text)
-        for name, text in zip(names, row, strict=True)
+        for name, text in zip(names, row[: len(names)], strict=True)
         if name is not None
     }
     present = {name: value for name, value in fields.items() if value is not None}
@@ -696,6 +850,15 @@ def add_event_file_arguments(
         f"of a JSON Lines file, {time_unit} (default: ts in JSON Lines, the first of ts, "
         "timestamp, time, event_time in a CSV header). The three column flags also apply to "
         "--format movielens and taobao, as in `hiertcn data`",
+    )
+    parser.add_argument(
+        "--no-header",
+        dest="header",
+        action="store_false",
+        help="the CSV or TSV file has no header row, so --user-col, --item-col and --time-col "
+        "are 0-based positions (default: 0, 1 and 2), as in `hiertcn data --no-header`. "
+        "Without this flag, a header row whose cells are all numbers is rejected, because it "
+        "is usually an event",
     )
     parser.add_argument(
         "--otto-time-unit",

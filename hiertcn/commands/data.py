@@ -21,6 +21,7 @@ import json
 import logging
 from pathlib import Path
 
+from hiertcn.data.counts import count_noun
 from hiertcn.data.log import EventLog
 from hiertcn.data.options import (
     add_data_arguments,
@@ -233,7 +234,8 @@ def run_events(args: argparse.Namespace) -> int:
             f"cannot write --out {out}: {error.strerror} ({error.filename}): "
             "pass a file path in a folder that can be created and written"
         ) from None
-    print(f"wrote {count} events of {log.num_users} users ({args.part} part) to {out}")
+    events, users = count_noun(count, "event"), count_noun(log.num_users, "user")
+    print(f"wrote {events} of {users} ({args.part} part) to {out}")
     context = count - log.num_targets
     if context:
         print(

@@ -1,18 +1,27 @@
 """Column choice and header checks of delimited (CSV, TSV) logs.
 
 `pick_columns` turns the column flags of a `ReaderConfig`, header names or 0-based positions,
-into positions. The header checks reject a header row that is probably the first event of a
-file without a header.
+into positions. It rejects digits that name one column and are the position of another, a name
+that several columns share, and one column for two of the user, item and time. The header checks
+reject a header row that is probably the first event of a file without a header. The event-file
+reader of `hiertcn-stream` uses the same checks and messages.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hiertcn.data.formats import DEFAULT_COLUMNS, ReaderConfig, quote_delimiter
+from hiertcn.data.formats import (
+    DEFAULT_COLUMNS,
+    ReaderConfig,
+    is_column_position,
+    quote_delimiter,
+    shared_column_message,
+)
 from hiertcn.data.time_units import is_finite_number
 from hiertcn.errors import DataError
 
@@ -21,15 +30,17 @@ def _resolve_column(spec: str, names: Sequence[str] | None, role: str, path: Pat
     """Turn a column name or 0-based position into a position.
 
     Digits that name one header column and are the position of another raise DataError, because
-    they usually mean that the first line of a file without a header was read as its header.
+    they usually mean that the first line of a file without a header was read as its header. A
+    name that the header gives to two columns raises DataError too.
     """
+    flag = _flag(role)
     if names is not None and spec in names:
-        index = list(names).index(spec)
-        position = int(spec) if spec.isdigit() else None
+        index = _named_column(names, spec, f"{flag} {spec}", flag, path)
+        position = int(spec) if is_column_position(spec) else None
         if position is not None and position != index and position < len(names):
-            raise _ambiguous_column_error(spec, names, index, role, path)
+            raise DataError(f"{path}: {ambiguous_column_message(spec, names, index, flag)}")
         return index
-    if spec.isdigit():
+    if is_column_position(spec):
         return int(spec)
     if names is None:
         raise DataError(
@@ -43,15 +54,76 @@ def _resolve_column(spec: str, names: Sequence[str] | None, role: str, path: Pat
     )
 
 
-def _ambiguous_column_error(
-    spec: str, names: Sequence[str], index: int, role: str, path: Path
-) -> DataError:
-    flag = f"--{role.replace(' ', '-')}-col"
-    return DataError(
-        f"{path}: {flag} {spec} is ambiguous: it is the header name of column {index} and the "
-        f"0-based position of the column named {names[int(spec)]!r} (the header is "
-        f"{list(names)}). If the first line is an event, not a header, pass --no-header, and "
-        f"to pick the column named {spec!r}, pass {flag} {index}"
+def _flag(role: str) -> str:
+    return f"--{role.replace(' ', '-')}-col"
+
+
+def _named_column(names: Sequence[str], name: str, choice: str, flag: str, path: Path) -> int:
+    """Return the position of the column `name`; raise DataError when two columns have it."""
+    message = duplicate_column_message(names, name, choice, flag)
+    if message is not None:
+        raise DataError(f"{path}: {message}")
+    return list(names).index(name)
+
+
+def duplicate_column_message(
+    names: Sequence[str], name: str, choice: str, flag: str | None
+) -> str | None:
+    """Return the error for a column `name` that the header gives to several columns, or None.
+
+    `choice` describes what picked the name, such as `--item-col item`, and `flag` is the flag that
+    takes a position in its place, or None when no flag can pick the column.
+    """
+    positions = [position for position, cell in enumerate(names) if cell == name]
+    if len(positions) < 2:
+        return None
+    listed = ", ".join(str(position) for position in positions[:-1])
+    problem = (
+        f"the header {list(names)} names columns {listed} and {positions[-1]} {name!r}, so "
+        f"{choice} could mean any of them"
+    )
+    rename = "rename the header cells so that each name is used once"
+    if flag is None:
+        return f"{problem}: {rename}"
+    options = " or ".join(f"{flag} {position}" for position in positions)
+    return f"{problem}: pass the 0-based position ({options}), or {rename}"
+
+
+def resolves_to(spec: str, names: Sequence[str], position: int) -> bool:
+    """Return whether the column flag value `spec` picks column `position` without an error."""
+    if spec in names:
+        if list(names).count(spec) > 1:
+            return False
+        index = list(names).index(spec)
+        if is_column_position(spec) and int(spec) < len(names) and int(spec) != index:
+            return False
+        return index == position
+    return is_column_position(spec) and int(spec) == position
+
+
+def ambiguous_column_message(spec: str, names: Sequence[str], index: int, flag: str) -> str:
+    """Return the error for digits `spec` that name column `index` and are the position of
+    another column, with the flag values that pick either column unambiguously."""
+    position = int(spec)
+    other = names[position]
+    problem = (
+        f"{flag} {spec} is ambiguous: it is the header name of column {index} and the 0-based "
+        f"position of the column named {other!r} (the header is {list(names)})"
+    )
+    options = [
+        f"{flag} {shlex.quote(choice)} for the column named {name!r}"
+        for choice, name, column in ((str(index), spec, index), (other, other, position))
+        if resolves_to(choice, names, column)
+    ]
+    if not options:
+        return (
+            f"{problem}. {flag} {index} and {flag} {shlex.quote(other)} are ambiguous too, so "
+            "rename the header cells that are digits, or pass --no-header if the first line is "
+            "an event, not a header"
+        )
+    return (
+        f"{problem}: pass {', or '.join(options)}, or pass --no-header if the first line is an "
+        "event, not a header"
     )
 
 
@@ -109,7 +181,8 @@ def _default_column(names: Sequence[str] | None, role: str, position: int, path:
         return position
     for candidate in DEFAULT_COLUMNS[role]:
         if candidate in names:
-            return list(names).index(candidate)
+            choice = f"the default {role} column {candidate!r}"
+            return _named_column(names, candidate, choice, _flag(role), path)
     raise DataError(
         f"{path}: no {role} column among {list(names)}: pass --{role}-col with a name or position"
     )
@@ -137,10 +210,24 @@ def pick_columns(
     def optional(spec: str | None, role: str, fallback: int | None) -> int | None:
         return fallback if spec is None else _resolve_column(spec, names, role, path)
 
-    return Columns(
+    columns = Columns(
         user=pick(config.user_col, "user", defaults and defaults.user),
         item=pick(config.item_col, "item", defaults and defaults.item),
         time=pick(config.time_col, "time", defaults and defaults.time),
         event_type=optional(config.event_type_col, "event type", defaults and defaults.event_type),
         impressions=optional(config.impressions_col, "impressions", None),
     )
+    fields = (("user", columns.user), ("item", columns.item), ("time", columns.time))
+    message = shared_column_message(
+        "column", [(field, column, column_label(names, column)) for field, column in fields]
+    )
+    if message is not None:
+        raise DataError(f"{path}: {message}")
+    return columns
+
+
+def column_label(names: Sequence[str] | None, position: int) -> str:
+    """Name column `position` for a message: `'sku' (column 1)`, or `column 1` without a header."""
+    if names is None or position >= len(names):
+        return f"column {position}"
+    return f"{names[position]!r} (column {position})"

@@ -7,7 +7,7 @@ the same columns as a MovieLens or Taobao reader, for messages that suggest them
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +45,7 @@ TRIVAGO_ITEM_ACTIONS = (
 class ReaderConfig:
     """How to read one log file.
 
-    Column specs are header names or 0-based positions written as digits. `None` picks the
+    Column specs are header names or 0-based positions written in ASCII digits. `None` picks the
     format's own column. For a generic log with a header, that is the first known name such as
     `user_id`, `item_id` or `timestamp`. Without a header, it is position 0, 1 or 2.
     """
@@ -74,6 +74,34 @@ class ReaderConfig:
             raise DataError("the delimiter is empty: give one or more characters, e.g. ','")
         if not self.impressions_sep:
             raise DataError("the impressions separator is empty: give one, e.g. '|'")
+
+
+def is_column_position(spec: str) -> bool:
+    """Return whether a column flag's value is a 0-based position, written in ASCII digits.
+
+    `str.isdigit` also accepts digits such as '²', which `int` rejects, and '٠' (Arabic-Indic
+    zero), which `int` reads as 0, so both are column names here.
+    """
+    return spec.isascii() and spec.isdigit()
+
+
+def shared_column_message(kind: str, columns: Sequence[tuple[str, Hashable, str]]) -> str | None:
+    """Return the error for two event fields read from one column or key, or None.
+
+    `columns` contains (field, identity, label) for the user, the item and the time: the fields
+    share a column when their identities (a position, or a JSON key) are equal, and `label`
+    names the column in the message. `kind` is "column" or "key".
+    """
+    for index, (field, identity, label) in enumerate(columns):
+        others = [other for other, same, _ in columns[index + 1 :] if same == identity]
+        if others:
+            fields = " and the ".join([field, *others])
+            return (
+                f"the {fields} are read from one {kind}, {label}, but each event field needs "
+                f"its own: pass --user-col, --item-col and --time-col with three different "
+                f"{kind}s"
+            )
+    return None
 
 
 def csv_flags_for_layout(config: ReaderConfig, path: Path) -> str | None:

@@ -11,7 +11,12 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from hiertcn.data.formats import DEFAULT_COLUMNS, FLEXIBLE_UNIT_FORMATS, ReaderConfig
+from hiertcn.data.formats import (
+    DEFAULT_COLUMNS,
+    FLEXIBLE_UNIT_FORMATS,
+    ReaderConfig,
+    shared_column_message,
+)
 from hiertcn.data.log_files import (
     ENCODING,
     encoding_error,
@@ -96,6 +101,14 @@ def _json_key(spec: str | None, record: dict, role: str, path: Path, line: int) 
     )
 
 
+def _check_distinct_keys(keys: tuple[str, str, str], path: Path) -> None:
+    """Raise DataError when the user, item and time keys are not three different keys."""
+    fields = zip(("user", "item", "time"), keys, strict=True)
+    message = shared_column_message("key", [(field, key, repr(key)) for field, key in fields])
+    if message is not None:
+        raise DataError(f"{path}: {message}")
+
+
 def read_generic_jsonl(path: Path, config: ReaderConfig) -> RawLog:
     builder = RawLogBuilder(
         path, config.time_unit or "s", config, with_impressions=config.impressions_col is not None
@@ -108,6 +121,7 @@ def read_generic_jsonl(path: Path, config: ReaderConfig) -> RawLog:
                 _json_key(config.item_col, record, "item", path, line),
                 _json_key(config.time_col, record, "time", path, line),
             )
+            _check_distinct_keys(keys, path)
         user, item, timestamp = (
             _field(record, key, path, line, flag)
             for key, flag in zip(keys, ("--user-col", "--item-col", "--time-col"), strict=True)

@@ -76,6 +76,35 @@ def is_unterminated_last_line(path: Path, line: int) -> bool:
     return line == newlines + 1
 
 
+def unterminated_last_line(path: Path, block_bytes: int = 1 << 16) -> int | None:
+    """Return the 1-based number of the last line of `path` when it has text but no newline.
+
+    Returns None for a file that ends with a newline, or whose last line is blank, which the
+    readers skip. Only the end of the file is read, and the lines are counted only when the last
+    one lacks its newline.
+    """
+    with path.open("rb") as file:
+        end = file.seek(0, os.SEEK_END)
+        file.seek(max(0, end - block_bytes))
+        tail = file.read()
+    # NOTE: a last line longer than `block_bytes` whose end is only whitespace counts as blank.
+    if tail.endswith(b"\n") or not tail.rsplit(b"\n", 1)[-1].strip():
+        return None
+    with path.open("rb") as file:
+        newlines = sum(block.count(b"\n") for block in iter(lambda: file.read(1 << 20), b""))
+    return newlines + 1
+
+
+def unterminated_last_line_message(path: Path, line: int) -> str:
+    """Return the warning for a last line without a newline that was read as an event."""
+    return (
+        f"{path}:{line}: the last line does not end with a newline, so if a program is still "
+        "writing the file, its last event may be incomplete (a cut-off time or id still reads "
+        "as a value): read the file once it is complete, and end it with a newline to silence "
+        "this warning"
+    )
+
+
 def partial_line_fix(path: Path, line: int) -> str:
     """Return the fix for a bad last line without a newline, which a writer may not have ended."""
     copy = path.with_name(f"{path.stem}.complete{path.suffix}")

@@ -20,10 +20,12 @@ Timestamps before 1970 are kept, and each read logs one warning that counts them
 first, because they usually mean a wrong column, unit or start.
 A malformed row raises DataError with the file, the line number and the value; no row is skipped
 silently. A header row that looks like an event (every cell a number, or an integer as the name
-of the time column) is rejected as the first event of a file without a header. Exact duplicate
-events are kept, and one info line counts them.
+of the time column) is rejected as the first event of a file without a header. A column choice
+that is ambiguous, or that reads two of the user, item and time from one column, raises DataError
+too. Exact duplicate events are kept, and one info line counts them.
 Files are read as UTF-8: a leading byte order mark is skipped, and an invalid byte raises
-DataError with the file, the line number and the byte.
+DataError with the file, the line number and the byte. A last line without a newline that still
+reads as an event logs a warning, because a program may still be writing the file.
 
 The readers live in modules by concept, and this module is their public entry point:
 `formats` (format names, column layouts, `ReaderConfig`), `time_units`, `raw_log` (`RawLog` and
@@ -57,7 +59,12 @@ from hiertcn.data.formats import (
     ReaderConfig,
 )
 from hiertcn.data.json_lines import read_generic_jsonl, read_otto
-from hiertcn.data.log_files import ENCODING, raise_csv_field_size_limit
+from hiertcn.data.log_files import (
+    ENCODING,
+    raise_csv_field_size_limit,
+    unterminated_last_line,
+    unterminated_last_line_message,
+)
 from hiertcn.data.raw_log import RawLog, select_ragged
 from hiertcn.data.time_units import (
     MillisecondsAsSecondsError,
@@ -126,5 +133,8 @@ def read_log(path: str | Path, config: ReaderConfig | None = None) -> RawLog:
         "trivago": read_trivago,
     }
     raw = readers[log_format](path, config)
+    line = unterminated_last_line(path)
+    if line is not None:
+        logger.warning("%s", unterminated_last_line_message(path, line))
     logger.info("read %s from %s (format %s)", count_noun(len(raw), "event"), path, log_format)
     return raw

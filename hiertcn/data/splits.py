@@ -98,11 +98,46 @@ def cold_start_split(
     return Split(train=train, valid=valid, test=test)
 
 
+def _quantile_index(num_events: int, fraction: float) -> int:
+    """Return the 0-based index, in time order, of the event at `fraction` of `num_events`."""
+    return min(int(np.floor(fraction * num_events)), num_events - 1)
+
+
 def _time_quantile(timestamps: np.ndarray, fraction: float) -> int:
     """Return the timestamp at `fraction` of the sorted event times."""
     ordered = np.sort(np.asarray(timestamps))
-    index = min(int(np.floor(fraction * len(ordered))), len(ordered) - 1)
-    return int(ordered[index])
+    return int(ordered[_quantile_index(len(ordered), fraction)])
+
+
+def _empty_part_reason(
+    timestamps: np.ndarray, train_fraction: float, valid_fraction: float, t1: int, t2: int
+) -> str:
+    """Explain why the quantiles `t1` and `t2` leave the train or the validation part empty."""
+    num_events = len(timestamps)
+    first = _quantile_index(num_events, train_fraction)
+    second = _quantile_index(num_events, train_fraction + valid_fraction)
+    if t1 == t2 and first == second:
+        return (
+            f"the log has only {count_noun(num_events, 'event')}, so both quantiles fall on "
+            f"event {first + 1} in time order: use a log with more events, or change the "
+            "split fractions"
+        )
+    if t1 == t2:
+        shared = int(np.count_nonzero(timestamps == t1))
+        return (
+            f"{shared} of the {num_events} events share the timestamp {t1}, so no event lies "
+            "between the quantiles: change the split fractions"
+        )
+    if first == 0:
+        return (
+            f"the train fraction {train_fraction} of {count_noun(num_events, 'event')} is "
+            "less than one event: raise --train-fraction or use a log with more events"
+        )
+    shared = int(np.count_nonzero(timestamps == t1))
+    return (
+        f"{shared} of the {num_events} events share the earliest timestamp {t1}, so no event "
+        "lies before t1: raise --train-fraction"
+    )
 
 
 def _users_with(log: EventLog, mask: np.ndarray) -> np.ndarray:
@@ -122,9 +157,10 @@ def warm_start_split(
     t2 = _time_quantile(timestamps, train_fraction + valid_fraction)
     in_train = timestamps < t1
     if not in_train.any() or t1 == t2:
+        reason = _empty_part_reason(timestamps, train_fraction, valid_fraction, t1, t2)
         raise DataError(
-            f"the warm-start time quantiles t1={t1} and t2={t2} leave an empty part, because many "
-            "events share a timestamp: change the split fractions"
+            f"the warm-start time quantiles t1={t1} and t2={t2} leave an empty part, because "
+            f"{reason}"
         )
     seen_user = _users_with(log, in_train)
     seen_event = np.repeat(seen_user, np.diff(log.user_offsets))

@@ -124,6 +124,7 @@ def run_produce(args: argparse.Namespace) -> int:
         otto_time_unit=args.otto_time_unit,
         user_col=args.user_col,
         item_col=args.item_col,
+        header=args.header,
     )
     report = EventProducer(config).run(records)
     rate = report.produced / report.seconds if report.seconds > 0 else 0.0

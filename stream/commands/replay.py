@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -32,6 +32,7 @@ from stream.pipeline import Pipeline, PipelineConfig
 from stream.records import (
     EventColumns,
     EventFileError,
+    Record,
     add_event_file_arguments,
     detect_format,
     read_records,
@@ -233,7 +234,9 @@ def _replay(args: argparse.Namespace) -> int:
         otto_time_unit=args.otto_time_unit,
         user_col=args.user_col,
         item_col=args.item_col,
+        header=args.header,
     )
+    seen_types = TypeCollector(records)
     with contextlib.ExitStack() as stack:
         store_states, resumed_at, output_start = _open_state_dir(args, bundle, stack)
         backend = store_states if store_states is not None else MemoryStates()
@@ -245,7 +248,7 @@ def _replay(args: argparse.Namespace) -> int:
             stack.callback(output.close)
         replay = Replay(pipeline, backend, config, args.events.name, output)
         try:
-            report = replay.run(records)
+            report = replay.run(seen_types)
         except KeyboardInterrupt as interrupt:
             print(interrupted_message(args, replay.report, store_states), file=sys.stderr)
             return 143 if isinstance(interrupt, Terminated) else 130
@@ -258,6 +261,8 @@ def _replay(args: argparse.Namespace) -> int:
             resumed_at,
         )
         return 0
+    if config.context_types and report.context == 0 and report.accepted:
+        warn_no_context_events(args.events, config.context_types, seen_types)
     if report.out_of_order and args.order == "file":
         warn_out_of_order(args.events, report)
     if report.behind_watermark and args.order == "file":
@@ -385,7 +390,9 @@ def no_valid_event_message(args: argparse.Namespace, report: ReplayReport) -> st
     found = f"{report.records} records, all rejected (reasons above)"
     if not report.records:
         found = "no records"
-    columns = EventColumns(user=args.user_col, item=args.item_col, time=args.time_col)
+    columns = EventColumns(
+        user=args.user_col, item=args.item_col, time=args.time_col, header=args.header
+    )
     log_format = detect_format(args.events, columns) if args.format == "auto" else args.format
     unit_flag = {"otto": "--otto-time-unit"}.get(log_format, "--ts-unit")
     if log_format in ("movielens", "taobao", "trivago"):
@@ -395,6 +402,52 @@ def no_valid_event_message(args: argparse.Namespace, report: ReplayReport) -> st
     if verbosity(args) == 0:
         checks += ", and run with -v to list the rejected records"
     return f"no valid event in {args.events} ({found}): {checks}"
+
+
+class TypeCollector:
+    """Iterator over the records of an event file that collects the `type` values it passes.
+
+    At most `limit` distinct types are kept, because a file may carry a new type per event.
+    """
+
+    def __init__(self, records: Iterable[Record], limit: int = 20) -> None:
+        self._records = iter(records)
+        self.limit = limit
+        self.types: dict[str, None] = {}  # in file order
+        self.more = False
+
+    def __iter__(self) -> Iterator[Record]:
+        return self
+
+    def __next__(self) -> Record:
+        record = next(self._records)
+        event_type = None if record.fields is None else record.fields.get("type")
+        if isinstance(event_type, str) and event_type not in self.types:
+            if len(self.types) < self.limit:
+                self.types[event_type] = None
+            else:
+                self.more = True
+        return record
+
+
+def warn_no_context_events(
+    events_path: Path, context_types: frozenset[str], seen: TypeCollector
+) -> None:
+    """Log one warning when no accepted event had a type that --context-type names."""
+    names = ", ".join(repr(name) for name in sorted(context_types))
+    if seen.types:
+        found = ", ".join(repr(name) for name in seen.types) + (" and more" if seen.more else "")
+        present = f"the types in the file are {found}"
+    else:
+        present = "no record in the file has a type field"
+    logger.warning(
+        "no accepted event in %s has a type that --context-type names (%s), so no event is left "
+        "out of the metrics: %s. Check the spelling (types are case-sensitive), or drop "
+        "--context-type",
+        events_path,
+        names,
+        present,
+    )
 
 
 def warn_out_of_order(events_path: Path, report: ReplayReport) -> None:
@@ -551,8 +604,11 @@ def format_report(
         ]
     else:
         # Each metric is a mean over the counted events, so it has no value without one.
+        reason = "no user has a valid event after their first"
+        if report.context:
+            reason = "no user has a valid event after their first that is not a context event"
         lines += [
-            f"Recall@{k:<9} n/a (no counted event: no user has a valid event after their first)",
+            f"Recall@{k:<9} n/a (no counted event: {reason})",
             "MRR              n/a",
             "MRP              n/a",
         ]

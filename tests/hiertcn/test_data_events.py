@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from hiertcn.cli import main
-from hiertcn.data.event_export import event_maps, stream_time_rejections
+from hiertcn.data import event_export
+from hiertcn.data.event_export import event_maps, stream_rejections, stream_time_rejections
 from hiertcn.data.log import build_event_log
 from hiertcn.data.readers import ReaderConfig, read_log
+from stream import events as stream_events
 from stream.events import Event, EventConfig, Position, decode_event
 from stream.records import encode_fields, read_records
 
@@ -41,7 +43,7 @@ def test_test_part_written_in_time_order(tmp_path, capsys):
     assert [event["event_id"] for event in events] == [f"test-{n}" for n in range(5)]
     assert {event["user"] for event in events} == {events[0]["user"]}
     assert set(events[0]) == {"user", "item", "ts", "event_id"}
-    assert "wrote 5 events of 1 users (test part)" in capsys.readouterr().out
+    assert "wrote 5 events of 1 user (test part)" in capsys.readouterr().out
 
 
 def test_all_part_interleaves_users(tmp_path):
@@ -197,9 +199,7 @@ def test_times_rejected_by_stream_warned(tmp_path, caplog):
 
     assert code == 0
     (warning,) = [r.getMessage() for r in caplog.records if r.name == "hiertcn.data.event_export"]
-    assert f"{out}: wrote 4 events whose time `hiertcn-stream replay` and the worker reject" in (
-        warning
-    )
+    assert f"{out}: wrote 4 events that `hiertcn-stream replay` and the worker reject" in (warning)
     assert "2 invalid_ts (before 1970, first -3600)" in warning
     assert "1 ts_in_milliseconds (after the year 5138, first 100000000005)" in warning
     assert f"1 ts_in_future (over 300 s after the current time, first {future})" in warning
@@ -237,3 +237,83 @@ def test_time_rejections_match_stream_decoder():
             expected.setdefault(result.reason, []).append(number)
     assert {reason: np.flatnonzero(mask).tolist() for reason, mask in masks.items()} == expected
     assert set(expected) == {"invalid_ts", "ts_in_milliseconds", "ts_in_future"}
+
+
+def test_stream_limits_copied_from_stream():
+    config = EventConfig()
+
+    assert config.max_id_length == event_export.STREAM_MAX_ID_LENGTH
+    assert config.max_list_length == event_export.STREAM_MAX_LIST_LENGTH
+    assert event_export.STREAM_MAX_TS_SECONDS == stream_events.MAX_TS_SECONDS
+    assert event_export.STREAM_MAX_FUTURE_SECONDS == stream_events.DEFAULT_MAX_FUTURE_SECONDS
+
+
+LONG = "x" * 257
+
+
+def write_log_with_long_values(path) -> None:
+    """Write events that the stream rejects for their ids or impressions, and valid ones."""
+    lines = ["user,item,timestamp,shown"]
+    lines += [f"bulk,b{n},{1_600_000_000 + n}," for n in range(1001)]
+    lines += [
+        f"{LONG},a,1600002000,",  # invalid_user
+        f"u1,{LONG},1600002001,",  # invalid_item
+        f"u2,{LONG},-5,",  # invalid_item, which decode checks before the time
+        "u3,a,-6,",  # invalid_ts
+        f"u4,a,1600002002,{'|'.join(f'b{n}' for n in range(1001))}",  # too_many_impressions
+        f"u5,a,1600002003,a|{LONG}",  # invalid_impressions
+        f"u6,a,1600002004,a|{'y' * 300}",  # the long id is outside the vocabulary: dropped
+        "u7,x" + "x" * 255 + ",1600002005,",  # an item id of exactly 256 characters
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def test_rejections_match_stream_decoder(tmp_path):
+    path = tmp_path / "log.csv"
+    write_log_with_long_values(path)
+    raw = read_log(path, ReaderConfig(format="csv", impressions_col="shown"))
+    log = build_event_log(raw)
+    now = 1_700_000_000.0
+    row_of = {item: row for row, item in enumerate(log.vocab.ids)}
+    users = np.repeat(np.arange(log.num_users), np.diff(log.user_offsets))
+    order = np.lexsort((np.arange(log.num_events), users, log.timestamps))
+
+    masks = stream_rejections(log, now)
+
+    expected: dict[str, list[int]] = {}
+    for number, fields in enumerate(event_maps(log, "all")):
+        value = encode_fields(fields)
+        result = decode_event(None, value, Position("f", -1, number), row_of, now=now)
+        if not isinstance(result, Event):
+            expected.setdefault(result.reason, []).append(int(order[number]))
+    found = {reason: np.flatnonzero(mask).tolist() for reason, mask in masks.items()}
+    assert found == {reason: sorted(events) for reason, events in expected.items()}
+    assert {reason: len(events) for reason, events in expected.items()} == {
+        "invalid_user": 1,
+        "invalid_item": 2,
+        "invalid_ts": 1,
+        "too_many_impressions": 1,
+        "invalid_impressions": 1,
+    }
+
+
+def test_long_ids_warned(tmp_path, caplog):
+    log, out = tmp_path / "log.csv", tmp_path / "all.jsonl"
+    rows = [f"{LONG},a,1600000000", "u1,b,1600000001", f"u1,{'z' * 300},1600000002"]
+    log.write_text("user,item,timestamp\n" + "\n".join(rows) + "\n", encoding="utf-8")
+
+    with caplog.at_level(logging.WARNING, logger="hiertcn.data.event_export"):
+        code = main(["data", "events", str(log), *NO_FILTERS, "--part", "all", "--out", str(out)])
+
+    assert code == 0
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "hiertcn.data.event_export"]
+    assert f"{out}: wrote 2 events that `hiertcn-stream replay` and the worker reject" in warning
+    assert f"1 invalid_user (user id over 256 characters, first '{'x' * 20}...' of 257 " in (
+        warning
+    )
+    assert f"1 invalid_item (item id over 256 characters, first '{'z' * 20}...' of 300 " in (
+        warning
+    )
+    assert "Check --user-col and --item-col, or shorten the ids" in warning
+    assert "--time-unit" not in warning
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 3  # every event is written

@@ -114,3 +114,53 @@ def test_warm_start_on_real_log(shared_data):
     split = warm_start_split(log, 0.8, 0.1)
     assert split.train.num_users > 700
     assert split.test.timestamps[split.test.targets].min() >= split.valid.timestamps.max()
+
+
+def log_of_times(tmp_path, times: list[int]) -> EventLog:
+    """Build a log of one user with one event at each of `times`."""
+    lines = ["user,item,ts", *(f"u1,i{n},{ts}" for n, ts in enumerate(times))]
+    path = tmp_path / "log.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return build_event_log(read_log(path, ReaderConfig(format="csv")))
+
+
+def test_warm_start_too_few_events_names_the_count(tmp_path):
+    log = log_of_times(tmp_path, [1, 2, 3, 4, 5])
+
+    with pytest.raises(DataError) as raised:
+        warm_start_split(log, 0.8, 0.1)
+
+    message = str(raised.value)
+    assert "t1=5 and t2=5 leave an empty part" in message
+    assert "the log has only 5 events, so both quantiles fall on event 5 in time order" in message
+    assert "share" not in message
+
+
+def test_warm_start_shared_timestamp_counted(tmp_path):
+    log = log_of_times(tmp_path, [1, 2, 3, 4, 5, 6, 7, 9, 9, 9])
+
+    with pytest.raises(DataError) as raised:
+        warm_start_split(log, 0.8, 0.1)
+
+    assert "3 of the 10 events share the timestamp 9" in str(raised.value)
+
+
+def test_warm_start_shared_earliest_timestamp(tmp_path):
+    log = log_of_times(tmp_path, [1] * 9 + [2])
+
+    with pytest.raises(DataError) as raised:
+        warm_start_split(log, 0.8, 0.1)
+
+    message = str(raised.value)
+    assert "9 of the 10 events share the earliest timestamp 1, so no event lies before t1" in (
+        message
+    )
+
+
+def test_warm_start_train_fraction_below_one_event(tmp_path):
+    log = log_of_times(tmp_path, [1, 2, 3, 4, 5])
+
+    with pytest.raises(DataError) as raised:
+        warm_start_split(log, 0.1, 0.5)
+
+    assert "the train fraction 0.1 of 5 events is less than one event" in str(raised.value)

@@ -118,9 +118,10 @@ def test_csv_numeric_header_names(tmp_path: Path) -> None:
         read_records(path, user_col="0")
     message = str(raised.value)
     assert "--user-col 0 is ambiguous" in message
-    assert "pass --user-col 4 for the column named '0', or --user-col user for the other" in (
+    assert "pass --user-col 4 for the column named '0', or --user-col user for the column " in (
         message
     )
+    assert "or pass --no-header if the first line is an event" in message
 
 
 def test_chosen_column_replaces_default_name(tmp_path: Path) -> None:
@@ -135,9 +136,10 @@ def test_chosen_column_replaces_default_name(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("columns", "message"),
     [
-        ({"user_col": "customer"}, "no column customer (named by --user-col)"),
-        ({"time_col": "9"}, "no column 9 (named by --time-col)"),
-        ({"user_col": "item"}, "uses one column for two fields"),
+        ({"user_col": "customer"}, "no column 'customer' (named by --user-col)"),
+        ({"time_col": "9"}, "no column '9' (named by --time-col)"),
+        ({"user_col": ""}, "no column '' (named by --user-col)"),
+        ({"user_col": "item"}, "the user and the item are read from one column, 'item' (column 1)"),
     ],
 )
 def test_csv_column_flag_errors(tmp_path: Path, columns: dict[str, str], message: str) -> None:
@@ -219,7 +221,6 @@ def test_taobao_item_col_as_in_hiertcn(tmp_path: Path) -> None:
         ('"1511544070.5"', "1511544070.5"),
         ('" 1511544070"', " 1511544070"),
         ('"2017-11-25T01:21:10+08:00"', "2017-11-25T01:21:10+08:00"),
-        ('"1234567890123456789"', "1234567890123456789"),  # 19 digits may exceed int64
     ],
 )
 def test_jsonl_string_ts_of_digits_becomes_integer(
@@ -232,6 +233,20 @@ def test_jsonl_string_ts_of_digits_becomes_integer(
 
     assert record.fields["ts"] == expected
     assert type(record.fields["ts"]) is type(expected)
+
+
+@pytest.mark.parametrize("text", ["1234567890123456789", "99999999999999999999999", "-" + "9" * 30])
+def test_jsonl_long_digit_string_ts_out_of_range(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "events.jsonl"
+    lines = [json.dumps({"user": "u", "item": 5, "ts": text}), '{"user": "u", "item": 5, "ts": 1}']
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    first, second = read_records(path)
+
+    assert first.fields is None
+    assert f"is a string of {len(text.lstrip('-'))} digits, out of range" in first.error
+    assert "has type str" not in first.error
+    assert second.fields == {"user": "u", "item": 5, "ts": 1}
 
 
 def test_string_ts_stays_invalid_in_kafka_and_msgpack(tmp_path: Path) -> None:

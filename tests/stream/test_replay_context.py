@@ -140,3 +140,105 @@ def test_context_events_not_counted(warm_test_part: Path, onnx_bundle_dir: Path)
     assert targets_only["context events"].split()[0] == str(len(lines) - targets)
     assert "context events" not in every
     assert every["MRR"] != targets_only["MRR"]
+
+
+# -- --context-type values that match no event, and metrics without a counted event ------------
+
+
+def write_typed_log(path: Path, types: list[str | None], users: int = 3) -> None:
+    """Write one event per entry of `types`, for `users` users in turn, one minute apart."""
+    lines = []
+    for number, event_type in enumerate(types):
+        event = {"user": f"u{number % users}", "item": number % NUM_ITEMS}
+        event["ts"] = 1_700_000_000 + 60 * number
+        if event_type is not None:
+            event["type"] = event_type
+        lines.append(json.dumps(event))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def context_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "stream.commands.replay" and "--context-type" in r.getMessage()
+    ]
+
+
+def test_unmatched_context_type_warned(
+    tmp_path: Path, onnx_bundle_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "events.jsonl"
+    write_typed_log(path, ["click", "view", None] * 4)
+
+    report = replay_report(path, onnx_bundle_dir, "--context-type", "nosuch", "--context-type", "")
+
+    (warning,) = context_warnings(caplog)
+    assert f"no accepted event in {path} has a type that --context-type names ('', 'nosuch')" in (
+        warning
+    )
+    assert "the types in the file are 'click', 'view'" in warning
+    assert report["context events"].split()[0] == "0"
+
+
+def test_matched_context_type_not_warned(
+    tmp_path: Path, onnx_bundle_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "events.jsonl"
+    write_typed_log(path, ["click", "view", None] * 4)
+
+    report = replay_report(path, onnx_bundle_dir, "--context-type", "view")
+
+    assert context_warnings(caplog) == []
+    assert report["context events"].split()[0] == "4"
+
+
+def test_context_type_without_type_field_warned(
+    tmp_path: Path, onnx_bundle_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "events.jsonl"
+    write_typed_log(path, [None] * 6)
+
+    replay_report(path, onnx_bundle_dir, "--context-type", "click")
+
+    (warning,) = context_warnings(caplog)
+    assert "no record in the file has a type field" in warning
+
+
+def test_context_type_warning_lists_at_most_20_types(
+    tmp_path: Path, onnx_bundle_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "events.jsonl"
+    write_typed_log(path, [f"t{number:02d}" for number in range(30)])
+
+    replay_report(path, onnx_bundle_dir, "--context-type", "click")
+
+    (warning,) = context_warnings(caplog)
+    assert "'t19' and more" in warning
+    assert "'t20'" not in warning
+
+
+def test_metrics_reason_when_every_event_is_context(tmp_path: Path, onnx_bundle_dir: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    write_typed_log(path, ["click"] * 9)
+
+    report = replay_report(path, onnx_bundle_dir, "--context-type", "click")
+
+    assert report["counted events"].split()[0] == "0"
+    assert report["Recall@5"] == (
+        "n/a (no counted event: no user has a valid event after their first that is not a "
+        "context event)"
+    )
+
+
+def test_metrics_reason_when_every_user_has_one_event(
+    tmp_path: Path, onnx_bundle_dir: Path
+) -> None:
+    path = tmp_path / "events.jsonl"
+    write_typed_log(path, [None] * 3)
+
+    report = replay_report(path, onnx_bundle_dir)
+
+    assert report["Recall@5"] == (
+        "n/a (no counted event: no user has a valid event after their first)"
+    )
