@@ -14,7 +14,9 @@ PYTEST_ARGS ?=
 DATA ?=
 FORMAT ?= auto
 # More data flags for DATA, e.g. DATA_ARGS="--user-col customer_id --item-col sku --time-unit ms".
+# The recipe reads it from the environment, so that quotes in it reach the demo as typed.
 DATA_ARGS ?=
+export DATA_ARGS
 # Extra flags of the demo, e.g. DEMO_ARGS="--metrics-port 9200 --rate 500" (python -m ops.demo -h).
 DEMO_ARGS ?=
 # Where `make bench` writes its tables and keeps the stream benchmark's bundle, state and logs.
@@ -39,7 +41,7 @@ test: install system-deps
 
 demo: install system-deps
 	bash ops/kafka/kafka.sh fetch
-	$(BIN)/python -m ops.demo $(if $(DATA),--data "$(DATA)" --format "$(FORMAT)") $(if $(DATA_ARGS),--data-args '$(DATA_ARGS)') $(DEMO_ARGS)
+	$(BIN)/python -m ops.demo $(if $(DATA),--data "$(DATA)" --format "$(FORMAT)") --data-args="$$DATA_ARGS" $(DEMO_ARGS)
 
 lint: install
 	$(BIN)/ruff check hiertcn export statestore stream ops tests bench

@@ -7,6 +7,7 @@ rewritten in place under a running worker would mix two bundles under one versio
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -19,10 +20,15 @@ from stream.interval import Interval
 
 if TYPE_CHECKING:
     from export.bundle import ModelBundle
+    from export.manifest import Manifest
     from stream.config import WorkerConfig
+
+logger = logging.getLogger(__name__)
 
 # Seconds between two checks of the bundle's files in the main loop, each one stat per file.
 BUNDLE_CHECK_SECONDS = 1.0
+# The fix for a bundle that changed under a running pool.
+REDEPLOY_ADVICE = "Deploy each bundle to a new directory and restart the pool with --bundle on it"
 
 
 class BundleChangedError(StreamError):
@@ -37,13 +43,18 @@ class BundleChangedError(StreamError):
 
 @dataclass(frozen=True)
 class FileStamp:
-    """The stat fields of a bundle file that a change shows in: a rewrite in place changes the
-    size or the modification time, a replacement (a file renamed over it or a symlink) the
-    inode."""
+    """The stat fields of a bundle file that a change shows in.
+
+    A rewrite in place changes the size or the modification time, a replacement (a file renamed
+    over it, or a symlink) the inode. The change time (`st_ctime_ns`) covers a rewrite that
+    keeps the size and sets the modification time back (`touch -d`), because only the kernel
+    sets it. A chmod, chown or new hard link changes it too, and counts as a change.
+    """
 
     size: int
     mtime_ns: int
     inode: int
+    ctime_ns: int
 
     @classmethod
     def of(cls, path: Path) -> FileStamp | None:
@@ -52,7 +63,7 @@ class FileStamp:
             info = os.stat(path)
         except FileNotFoundError:
             return None
-        return cls(info.st_size, info.st_mtime_ns, info.st_ino)
+        return cls(info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns)
 
     def describe_change(self, after: FileStamp | None) -> str:
         """Describe how the file changed from this stamp to `after`."""
@@ -60,6 +71,13 @@ class FileStamp:
             return "was removed"
         if after.inode != self.inode:
             return f"was replaced by another file (inode {after.inode}, was {self.inode})"
+        if after.size == self.size and after.mtime_ns == self.mtime_ns:
+            moved = (after.ctime_ns - self.ctime_ns) / 1e9
+            return (
+                f"was changed in place with the same size and modification time (change time "
+                f"moved by {moved:+.3f} s): a rewrite that set the modification time back, or "
+                "a chmod, chown or new hard link"
+            )
         moved = (after.mtime_ns - self.mtime_ns) / 1e9
         return (
             f"was rewritten in place (size {after.size} bytes, was {self.size}; modification "
@@ -85,9 +103,11 @@ class BundleWatch:
     checked only at load, so `check` compares cheap stat stamps instead, at most once per
     `interval` seconds.
 
-    NOTE: a rewrite that keeps the size, the inode and the modification time (to the file
-    system's time resolution) goes unnoticed, and a read of the memory map while a copy
-    truncates the file can kill the process with SIGBUS before any check runs.
+    NOTE: a read of the memory map after a copy has truncated items.npy kills the worker with
+    SIGBUS before any check runs. The pool keeps a watch of its own for that case
+    (`stream.pool`). A same-size rewrite that lands within one tick of the kernel's file time
+    clock (a few milliseconds) of the file's previous change leaves every stamp field as it was,
+    and goes unnoticed.
     """
 
     def __init__(
@@ -108,19 +128,38 @@ class BundleWatch:
         """Raise `BundleChangedError` naming the first file that changed, when a check is due."""
         if not self._due.due():
             return
+        change = self.find_change()
+        if change is not None:
+            raise BundleChangedError(
+                f"bundle {self.directory} changed while this worker served its version "
+                f"{self.version}: {change}. The worker stops, because its ONNX graphs and its "
+                "memory-mapped item table could now come from different bundles. "
+                f"{REDEPLOY_ADVICE}"
+            )
+
+    def find_change(self) -> str | None:
+        """Stat every watched file now, and describe the first one that changed, or return None.
+
+        Unlike `check`, this ignores the interval.
+        """
         for name, before in self.stamps.items():
             after = FileStamp.of(self.directory / name)
             if after != before:
-                raise BundleChangedError(self._message(name, before, after))
+                change = "appeared" if before is None else before.describe_change(after)
+                return f"{name} {change}"
+        return None
 
-    def _message(self, name: str, before: FileStamp | None, after: FileStamp | None) -> str:
-        change = "appeared" if before is None else before.describe_change(after)
-        return (
-            f"bundle {self.directory} changed while this worker served its version "
-            f"{self.version}: {name} {change}. The worker stops, because its ONNX graphs "
-            "and its memory-mapped item table could now come from different bundles. Deploy "
-            "each bundle to a new directory and restart the pool with --bundle on it"
-        )
+
+def watch_manifest_files(
+    directory: Path, stamps: Mapping[str, FileStamp | None], manifest: Manifest
+) -> BundleWatch:
+    """Return the watch of the manifest and every file it lists, from `stamps` taken before the
+    manifest was read."""
+    from export.manifest import MANIFEST_FILE
+
+    watched = [MANIFEST_FILE, *sorted(manifest.files)]
+    loaded = {name: stamps.get(name) for name in watched}
+    return BundleWatch(directory, loaded, manifest.version)
 
 
 def load_watched_bundle(
@@ -134,11 +173,27 @@ def load_watched_bundle(
     first check.
     """
     from export.bundle import load_bundle
-    from export.manifest import MANIFEST_FILE
 
     directory = Path(config.bundle).resolve()
     stamps = stamp_files(directory)
     bundle = load_bundle(directory, device=config.device, intra_op_threads=threads)
-    watched = [MANIFEST_FILE, *sorted(bundle.manifest.files)]
-    loaded = {name: stamps.get(name) for name in watched}
-    return bundle, BundleWatch(directory, loaded, bundle.version)
+    return bundle, watch_manifest_files(directory, stamps, bundle.manifest)
+
+
+def watch_bundle_directory(bundle: Path) -> BundleWatch | None:
+    """Stamp the files of the bundle in `bundle` now, without loading it, and return their
+    watch; None when its manifest cannot be read.
+
+    The pool keeps such a watch to tell whether a worker killed by SIGBUS met a changed bundle.
+    """
+    from export.errors import ExportError
+    from export.manifest import read_manifest
+
+    directory = Path(bundle).resolve()
+    stamps = stamp_files(directory)
+    try:
+        manifest = read_manifest(directory)
+    except (ExportError, OSError) as error:
+        logger.warning("cannot read the manifest of bundle %s to watch it: %s", directory, error)
+        return None
+    return watch_manifest_files(directory, stamps, manifest)

@@ -42,8 +42,14 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
 MIN_STATE_MAP_SIZE = 1 << 20
 MAX_STATE_MAP_SIZE = MAX_MAP_SIZE
 
-# librdkafka settings that a flag of `run` sets, with that flag.
-FLAG_KAFKA_SETTINGS = {"bootstrap.servers": "--brokers", "group.id": "--group-id"}
+# librdkafka settings that a flag of `run` sets, with that flag. --delivery-timeout sets the
+# producer's delivery.timeout.ms (message.timeout.ms), which must equal the worker's own wait
+# for each try of a delivery (`stream.delivery`).
+FLAG_KAFKA_SETTINGS = {
+    "bootstrap.servers": "--brokers",
+    "group.id": "--group-id",
+    "delivery.timeout.ms": "--delivery-timeout",
+}
 # librdkafka settings that the worker sets itself because its delivery guarantees rest on them.
 WORKER_KAFKA_SETTINGS = (
     "enable.auto.commit",

@@ -88,6 +88,15 @@ def property_of(key: str) -> str:
     return key
 
 
+def names_of(key: str) -> list[str]:
+    """Return `key` and the other names of the librdkafka property it sets, `key` first."""
+    target = property_of(key)
+    others = [name for name, named in ALIASES.items() if named == target and name != key]
+    if target != key:
+        others.insert(0, target)
+    return [key, *others]
+
+
 def client_settings(settings: Mapping[str, Any], client: str) -> dict[str, Any]:
     """Return `settings` without the keys that only the other client reads.
 
@@ -110,7 +119,9 @@ def add_kafka_setting_option(
     `flag_keys` maps each librdkafka key that the command sets itself to the flag to use
     instead. Such a key given with -X stops the command (`check_flag_settings`).
     """
-    rejected = ", ".join(f"{key} (use {flag})" for key, flag in flag_keys.items())
+    rejected = ", ".join(
+        f"{' or '.join(names_of(key))} (use {flag})" for key, flag in flag_keys.items()
+    )
     parser.add_argument(
         "-X",
         dest=dest,

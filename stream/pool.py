@@ -29,6 +29,7 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from stream.config import WorkerConfig, format_setting
 from stream.errors import ConfigError, StreamError
@@ -47,6 +48,9 @@ from stream.metrics import (
     remove_multiprocess_dir,
     serve_aggregate,
 )
+
+if TYPE_CHECKING:
+    from stream.bundle_watch import BundleWatch
 
 logger = logging.getLogger(__name__)
 
@@ -195,9 +199,17 @@ def _read_words(path: Path) -> list[str]:
 class Pool:
     """Start, watch and stop the worker processes of one `hiertcn-stream run`."""
 
-    def __init__(self, config: WorkerConfig, log_level: int = logging.INFO) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        log_level: int = logging.INFO,
+        bundle_watch: BundleWatch | None = None,
+    ) -> None:
         self.config = config
         self.log_level = log_level
+        # Stamps of the bundle's files, taken before the workers start unless given, and
+        # compared again when a worker dies by SIGBUS. None when the manifest cannot be read.
+        self.bundle_watch = bundle_watch
         self.children: list[BaseProcess] = []
         self._stopping = False
         # Seconds the pool waits for its workers after a stop request before it kills them.
@@ -243,6 +255,10 @@ class Pool:
                     health=self,
                     name=self.config.setting_name("metrics_address"),
                 )
+            if self.bundle_watch is None:
+                from stream.bundle_watch import watch_bundle_directory
+
+                self.bundle_watch = watch_bundle_directory(self.config.bundle)
             self._start_children()
             return self._watch()
         finally:
@@ -283,7 +299,8 @@ class Pool:
         """Wait for the workers and return the pool's exit code.
 
         The code is 0 when every worker stopped on request, and 2 when one stopped on invalid
-        settings or state (its own exit code 2). Any other exit gives 1.
+        settings or state (its own exit code 2), or was killed by SIGBUS after a file of the
+        bundle changed. Any other exit gives 1.
         """
         running = {child.sentinel: child for child in self.children}
         failed = False
@@ -300,8 +317,9 @@ class Pool:
                     logger.info("worker %d (pid %d) stopped", self._index(child), child.pid)
                     continue
                 failed = True
-                invalid_input = invalid_input or child.exitcode == INVALID_INPUT_EXIT_CODE
-                self._report_exit(child, len(running))
+                exitcode, ending, cause = self._explain_exit(child)
+                invalid_input = invalid_input or exitcode == INVALID_INPUT_EXIT_CODE
+                self._report_exit(child, exitcode, ending, cause, len(running))
             if not running and not self._stopping:
                 logger.error("every worker has exited")
                 failed = True
@@ -374,23 +392,74 @@ class Pool:
         stall = self.config.health_stall_seconds
         return check_readiness(statuses, self._stopping, stall, now, stall_name)
 
-    def _report_exit(self, child: BaseProcess, remaining: int) -> None:
-        """Log why a worker exited, and stop the pool unless `keep_going` lets it continue."""
+    def _explain_exit(self, child: BaseProcess) -> tuple[int | None, str, str]:
+        """Return the exit code that a worker's exit counts as, how it ended, and the likely
+        cause with the fix ("" when the worker logged its own error).
+
+        A worker killed by SIGBUS read a memory-mapped file beyond its end or on a failed disk,
+        most likely its items.npy after a copy truncated it, before the worker's own bundle
+        watch ran. When the bundle's stamps show a change, the exit counts as exit code 2, as
+        the watch's own stop does.
+        """
+        ending = describe_exit(child.exitcode)
+        if child.exitcode != -signal.SIGBUS:
+            return child.exitcode, ending, ""
+        watch = self.bundle_watch
+        change = watch.find_change() if watch is not None else None
+        if watch is not None and change is not None:
+            from stream.bundle_watch import REDEPLOY_ADVICE
+
+            cause = (
+                f"Bundle {watch.directory} (version {watch.version}) changed on disk after the "
+                f"pool started: {change}. A worker that reads its memory-mapped items.npy after "
+                f"a copy has truncated the file gets SIGBUS. {REDEPLOY_ADVICE}"
+            )
+            return INVALID_INPUT_EXIT_CODE, ending, cause
+        return child.exitcode, ending, self._describe_sigbus(bundle_checked=watch is not None)
+
+    def _describe_sigbus(self, bundle_checked: bool) -> str:
+        """Return the likely causes of a SIGBUS that no change of the bundle's files explains."""
+        state_files = f"the LMDB files in {self.config.state_dir.resolve()}"
+        fix = "then restart the pool, which resumes from the stored offsets"
+        if bundle_checked:
+            return (
+                "The bundle's files are unchanged since the pool started, so a memory-mapped "
+                f"file of the state store was probably truncated or became unreadable: "
+                f"{state_files} (on a removed disk or a full file system). Check them, {fix}"
+            )
+        items = Path(self.config.bundle).resolve() / "items.npy"
+        return (
+            "A memory-mapped file was probably truncated or became unreadable under it: "
+            f"{items} (a copy into the served directory truncates it first), or {state_files} "
+            f"(on a removed disk or a full file system). Check both, {fix}"
+        )
+
+    def _report_exit(
+        self, child: BaseProcess, exitcode: int | None, ending: str, cause: str, remaining: int
+    ) -> None:
+        """Log why a worker exited, and stop the pool unless `keep_going` lets it continue.
+
+        `exitcode`, `ending` and `cause` come from `_explain_exit`.
+        """
         worker = f"worker {self._index(child)} (pid {child.pid})"
-        how = describe_exit(child.exitcode)
+        after = f". {cause}" if cause else ""
         if self._stopping:
-            logger.error("%s %s while the pool was stopping", worker, how)
-            self._failures.append((child.exitcode, f"{worker} {how} while the pool was stopping"))
+            logger.error("%s %s while the pool was stopping%s", worker, ending, after)
+            self._failures.append(
+                (exitcode, f"{worker} {ending} while the pool was stopping{after}")
+            )
             return
         # Invalid settings or state stop every worker the same way, so --keep-going does not
         # apply to them.
-        if not self.config.keep_going or child.exitcode == INVALID_INPUT_EXIT_CODE:
-            logger.error("%s %s while the pool was running: stopping the pool", worker, how)
-            self._failures.append((child.exitcode, f"{worker} {how}"))
+        if not self.config.keep_going or exitcode == INVALID_INPUT_EXIT_CODE:
+            logger.error(
+                "%s %s while the pool was running: stopping the pool%s", worker, ending, after
+            )
+            self._failures.append((exitcode, f"{worker} {ending}{after}"))
             self.request_stop()
             return
-        logger.error("%s %s while the pool was running", worker, how)
-        self._failures.append((child.exitcode, f"{worker} {how} under --keep-going"))
+        logger.error("%s %s while the pool was running%s", worker, ending, after)
+        self._failures.append((exitcode, f"{worker} {ending} under --keep-going{after}"))
         if remaining:
             logger.warning(
                 "--keep-going: the pool continues with %d of %d workers, which take over the "

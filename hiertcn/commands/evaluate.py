@@ -17,9 +17,10 @@ DESCRIPTION = "Evaluate several checkpoints side by side on the same split of a 
 EPILOG = """example:
   hiertcn evaluate runs/ml-hiertcn/best.pt runs/ml-gru/best.pt ratings.csv --format movielens
 
-A data flag not given takes the value that trained the checkpoints, when they all record the
-same, so the split and the item vocabulary are the same as in training. A flag given wins. A
-folder from `hiertcn data prepare` in place of the log needs no data flags.
+A data flag not given takes the value that trained the checkpoints, so the split and the item
+vocabulary are the same as in training. Checkpoints trained with different values of a flag not
+given stop the command, which names the flag. A flag given wins. A folder from
+`hiertcn data prepare` in place of the log needs no data flags.
 Prints one Markdown table (one row per checkpoint) and, with --json, writes the metrics as JSON.
 """
 
@@ -184,8 +185,9 @@ def adopt_training_data_flags(args: argparse.Namespace, checkpoints) -> list[str
     """Set each data flag not given to the value that trained every checkpoint, and return the
     flags set.
 
-    A flag on which the checkpoints disagree keeps its parsed value, and so does every flag when
-    a checkpoint predates the recorded reader settings. The vocabulary check then names the
+    Raise ConfigError when the checkpoints were trained with different values of a flag not
+    given, because one split cannot match all of them. Every flag keeps its parsed value when a
+    checkpoint predates the recorded reader settings, and the vocabulary check then names the
     flags that trained each checkpoint.
     """
     from hiertcn.checkpoint import recorded_data_words
@@ -205,21 +207,53 @@ def adopt_training_data_flags(args: argparse.Namespace, checkpoints) -> list[str
             return []
     given_flags = set(getattr(args, GIVEN_FLAGS))
     adopted: list[str] = []
+    conflicts: list[str] = []
     # argparse has no public list of a parser's actions.
     for action in parser._actions:
         if not action.option_strings or action.option_strings[0] in given_flags:
             continue
         flag, dest = action.option_strings[0], action.dest
         values = [namespace[dest] for namespace in recorded]
+        if any(value != values[0] for value in values):
+            conflicts.append(describe_flag_values(args.checkpoints, recorded, action))
+            continue
         if any(flag not in namespace[GIVEN_FLAGS] for namespace in recorded):
             continue
-        if any(value != values[0] for value in values) or getattr(args, dest) == values[0]:
+        if getattr(args, dest) == values[0]:
             continue
         setattr(args, dest, values[0])
         adopted.append(flag if action.nargs == 0 else f"{flag} {values[0]}")
+    if conflicts:
+        raise ConfigError(
+            f"the checkpoints were trained with different data flags: {'; '.join(conflicts)}. "
+            "Because evaluate scores every checkpoint on one split, pass each of these flags "
+            "with the value to evaluate on, or evaluate the checkpoints separately"
+        )
     if adopted:
         logger.info("data flags not given, as the checkpoints were trained: %s", " ".join(adopted))
     return adopted
+
+
+def describe_flag_values(
+    paths: list[Path], recorded: list[dict[str, Any]], action: argparse.Action
+) -> str:
+    """Describe the value of one data flag for each checkpoint, grouped by value, such as
+    `--min-item-count 10 (a.pt, b.pt), 20 (c.pt)`."""
+    from hiertcn.data.options import GIVEN_FLAGS
+
+    flag, dest = action.option_strings[0], action.dest
+    groups: dict[str, list[str]] = {}
+    for path, namespace in zip(paths, recorded, strict=True):
+        if flag not in namespace[GIVEN_FLAGS]:
+            value = "not given"
+        elif action.nargs == 0:
+            value = "given"
+        else:
+            value = str(namespace[dest])
+        groups.setdefault(value, []).append(str(path))
+    return f"{flag} " + ", ".join(
+        f"{value} ({', '.join(group)})" for value, group in groups.items()
+    )
 
 
 def evaluate_checkpoints(args: argparse.Namespace, checkpoints, log, config, device):

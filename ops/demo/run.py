@@ -43,6 +43,14 @@ OUTPUT_TOPIC = "recommendations"
 DEAD_LETTER_TOPIC = "interactions.dlq"
 # Live samples needed for the throughput and latency plot: one sample draws no line.
 MIN_PLOT_SAMPLES = 2
+# Data flags of `hiertcn train` that the demo passes itself (`data_flags`), and why --data-args
+# may not repeat them. {value} is the value given in --data-args.
+DEMO_DATA_FLAGS = {
+    "--format": "conflicts with the demo's own --format: pass --format {value} to the demo "
+    "instead (FORMAT={value} with make)",
+    "--split-seed": "conflicts with the demo's fixed --split-seed 0, which its split of the "
+    "test events shares with training: remove it",
+}
 # The files and folders that a demo run writes into its run folder, in the order of the steps.
 RUN_FOLDER_CONTENTS = (
     ("synthetic.csv", "the generated interaction log (without --data)"),
@@ -324,7 +332,8 @@ def parse_args(argv: Sequence[str] | None) -> DemoConfig:
         metavar="FLAGS",
         help="more data flags of `hiertcn train` for --data, as one quoted string, for a log "
         'with its own column names, e.g. "--user-col customer_id --item-col sku --time-unit ms" '
-        "(default: none)",
+        "(default: none). Write --data-args=FLAGS for a single flag such as --no-header, "
+        "which argparse would otherwise read as an option of its own",
     )
     parser.add_argument("--titles", type=Path, help="CSV of item id,title (MovieLens movies.csv)")
     parser.add_argument("--out", type=Path, help="run folder (default: runs/demo-YYYYmmdd-HHMMSS)")
@@ -384,7 +393,7 @@ def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 def check_data_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, ...]:
     """Return --data-args split into flags; exit 2 when they are not data flags of training."""
-    from hiertcn.data.options import add_data_arguments
+    from hiertcn.data.options import GIVEN_FLAGS, add_data_arguments
 
     try:
         flags = tuple(shlex.split(args.data_args))
@@ -396,12 +405,18 @@ def check_data_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("--data-args needs --data: the synthetic log has fixed columns")
     data_parser = argparse.ArgumentParser(prog="--data-args", add_help=False)
     add_data_arguments(data_parser)
-    _known, unknown = data_parser.parse_known_args([str(args.data), *flags])
+    known, unknown = data_parser.parse_known_args([str(args.data), *flags])
     if unknown:
         parser.error(
             f"invalid --data-args: {' '.join(unknown)} is not a data flag of `hiertcn train` "
             "(hiertcn train --help lists them)"
         )
+    # The demo passes these flags itself, and a second one would silently replace its value.
+    for flag in getattr(known, GIVEN_FLAGS):
+        if flag in DEMO_DATA_FLAGS:
+            value = getattr(known, flag.removeprefix("--").replace("-", "_"))
+            reason = DEMO_DATA_FLAGS[flag].format(value=value)
+            parser.error(f"invalid --data-args: {flag} {value} {reason}")
     return flags
 
 

@@ -229,14 +229,11 @@ def check_producer_settings(config: WorkerConfig) -> None:
     Each worker creates its producer only after it has started, where librdkafka's rejection of
     an -X linger.ms would stop every worker with a traceback instead of one error line.
     """
-    from stream.produce import check_linger_below_message_timeout
     from stream.worker import producer_settings
 
     settings = producer_settings(config)
     check_linger_below_delivery_wait(config, settings)
-    check_linger_below_message_timeout(
-        settings, config.kafka_settings, timeout_flag=None, env_names=config.kafka_env_names
-    )
+    check_linger_below_delivery_timeout(config, settings)
 
 
 def check_client_settings(config: WorkerConfig) -> None:
@@ -280,7 +277,7 @@ def check_linger_below_delivery_wait(config: WorkerConfig, settings: dict[str, A
     stops when they are not delivered `delivery_attempts * delivery_timeout` seconds after its
     wait began.
     """
-    from stream.produce import LINGER_NAMES, MESSAGE_TIMEOUT_NAMES, last_setting
+    from stream.produce import LINGER_NAMES, last_setting
 
     linger_name, linger = last_setting(settings, LINGER_NAMES)
     try:
@@ -290,20 +287,43 @@ def check_linger_below_delivery_wait(config: WorkerConfig, settings: dict[str, A
     wait_ms = config.delivery_timeout * config.delivery_attempts * 1000
     if linger_ms < wait_ms:
         return
-    _, timeout = last_setting(settings, MESSAGE_TIMEOUT_NAMES)
-    try:
-        limit_ms = min(wait_ms, float(str(timeout).strip()) or wait_ms)
-    except ValueError:
-        limit_ms = wait_ms
     source = setting_source(linger_name, config.kafka_env_names)
+    timeout = _setting(config, "delivery_timeout", f"{config.delivery_timeout:g}")
+    attempts = _setting(config, "delivery_attempts", config.delivery_attempts)
     raise ConfigError(
         f"{source}={linger} can hold a batch's outputs longer than the worker waits for their "
-        f"delivery ({config.delivery_attempts} tries {config.delivery_timeout:g} s apart, "
-        f"{config.delivery_attempts * config.delivery_timeout:g} s in all), and the "
-        f"worker stops when they are not delivered: lower {source} below {limit_ms:g} ms "
-        f"(the worker's wait is {source_of(config, 'delivery_timeout')} x "
-        f"{source_of(config, 'delivery_attempts')}, and a larger -X delivery.timeout.ms does "
-        "not extend it)"
+        f"delivery ({timeout} x {attempts}: {config.delivery_attempts} tries "
+        f"{config.delivery_timeout:g} s apart, "
+        f"{config.delivery_attempts * config.delivery_timeout:g} s in all), and the worker "
+        f"stops when they are not delivered: lower {source} below "
+        f"{settings['delivery.timeout.ms']:g} ms, the message timeout that {timeout} sets"
+    )
+
+
+def check_linger_below_delivery_timeout(config: WorkerConfig, settings: dict[str, Any]) -> None:
+    """Raise `ConfigError` unless the message timeout that --delivery-timeout sets is above
+    linger.ms.
+
+    librdkafka 2.16 fails to create a producer whose message.timeout.ms is not above linger.ms
+    ("`message.timeout.ms` must be greater than `linger.ms`").
+    """
+    from stream.produce import LINGER_NAMES, last_setting
+
+    linger_name, linger = last_setting(settings, LINGER_NAMES)
+    try:
+        linger_ms = float(str(linger).strip())
+    except ValueError:
+        return  # librdkafka rejects it when the admin client is created
+    timeout_ms = settings["delivery.timeout.ms"]
+    if linger_ms < timeout_ms:
+        return
+    source = setting_source(linger_name, config.kafka_env_names)
+    timeout = _setting(config, "delivery_timeout", f"{config.delivery_timeout:g}")
+    raise ConfigError(
+        f"{source}={linger} is not below the message timeout that {timeout} sets "
+        f"({timeout_ms:g} ms), and librdkafka requires message.timeout.ms above linger.ms: "
+        f"lower {source} below {timeout_ms:g} ms, or raise "
+        f"{source_of(config, 'delivery_timeout')} above {linger_ms / 1000:g} s"
     )
 
 

@@ -252,6 +252,81 @@ def test_given_data_flag_wins(tmp_path, capsys):
     assert "--split-seed 7" in error
 
 
+def train_most_popular(log: Path, out: Path, capsys, *flags: str) -> Path:
+    """Train most-popular on the category log with extra data flags; return its best.pt."""
+    data = [str(log), "--format", "csv", "--min-user-events", "1", "--min-item-count", "1"]
+    train = ["train", *data, *flags, "--model", "most_popular", "--device", "cpu"]
+    assert main([*train, "--out", str(out)]) == 0
+    capsys.readouterr()
+    return out / "best.pt"
+
+
+@pytest.mark.parametrize(
+    ("flag", "first", "second"),
+    [("--min-item-count", "1", "2"), ("--session-gap", "1800", "3600")],
+)
+def test_checkpoints_with_different_flags_rejected(tmp_path, capsys, flag, first, second):
+    log = tmp_path / "log.csv"
+    write_category_log(log)
+    category = ("--item-col", "category")  # 2 items of 20 events each
+    a = train_most_popular(log, tmp_path / "a", capsys, *category, flag, first)
+    b = train_most_popular(log, tmp_path / "b", capsys, *category, flag, second)
+    c = train_most_popular(log, tmp_path / "c", capsys, *category, flag, first)
+
+    assert main(["evaluate", str(a), str(b), str(c), str(log), "--device", "cpu"]) == 2
+
+    error = capsys.readouterr().err
+    assert (
+        f"the checkpoints were trained with different data flags: {flag} {first} ({a}, {c}), "
+        f"{second} ({b}). Because evaluate scores every checkpoint on one split, pass each of "
+        "these flags with the value to evaluate on, or evaluate the checkpoints separately"
+    ) in error
+    assert "not --" not in error  # no blame for a default that was never passed
+
+
+def test_reader_flag_given_to_one_checkpoint_only(tmp_path, capsys):
+    log = tmp_path / "log.csv"
+    write_category_log(log)
+    a = train_most_popular(log, tmp_path / "a", capsys, "--item-col", "category")
+    b = train_most_popular(log, tmp_path / "b", capsys)
+
+    assert main(["evaluate", str(a), str(b), str(log), "--device", "cpu"]) == 2
+
+    error = capsys.readouterr().err
+    assert f"different data flags: --item-col category ({a}), not given ({b})." in error
+
+
+def test_switch_values_described():
+    import argparse
+
+    from hiertcn.commands.evaluate import describe_flag_values
+    from hiertcn.data.options import add_data_arguments
+
+    parser = argparse.ArgumentParser()
+    add_data_arguments(parser)
+    (action,) = [action for action in parser._actions if "--no-header" in action.option_strings]
+    recorded = [vars(parser.parse_args(["log.csv", *words])) for words in ([], ["--no-header"])]
+
+    described = describe_flag_values([Path("a.pt"), Path("b.pt")], recorded, action)
+
+    assert described == "--no-header not given (a.pt), given (b.pt)"
+
+
+def test_different_flags_resolved_by_given_flag(tmp_path, capsys):
+    log = tmp_path / "log.csv"
+    write_category_log(log)
+    category = ("--item-col", "category")
+    a = train_most_popular(log, tmp_path / "a", capsys, *category, "--min-item-count", "1")
+    b = train_most_popular(log, tmp_path / "b", capsys, *category, "--min-item-count", "2")
+
+    argv = ["evaluate", str(a), str(b), str(log), "--min-item-count", "2", "--device", "cpu"]
+    assert main(argv) == 0
+
+    table = capsys.readouterr().out
+    assert str(a) in table
+    assert str(b) in table
+
+
 def test_usage_shows_checkpoints_required(capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--help"])

@@ -100,6 +100,16 @@ def test_demo_data_args_reach_training_flags(tmp_path: Path) -> None:
         (["--data-args", "--user-col u"], "--data-args needs --data"),
         (["--data", "x.csv", "--data-args", "--epochs 3"], "--epochs 3 is not a data flag"),
         (["--data", "x.csv", "--data-args", "--user-col 'u"], "invalid --data-args"),
+        (
+            ["--data", "x.csv", "--format", "csv", "--data-args", "--format jsonl"],
+            "invalid --data-args: --format jsonl conflicts with the demo's own --format: pass "
+            "--format jsonl to the demo instead (FORMAT=jsonl with make)",
+        ),
+        (["--data", "x.csv", "--data-args=--form=csv"], "--format csv conflicts with the demo"),
+        (
+            ["--data", "x.csv", "--data-args", "--split-seed 3"],
+            "invalid --data-args: --split-seed 3 conflicts with the demo's fixed --split-seed 0",
+        ),
     ],
 )
 def test_demo_bad_data_args_rejected(
@@ -112,3 +122,20 @@ def test_demo_bad_data_args_rejected(
 
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_demo_single_data_flag_after_equals() -> None:
+    from ops.demo.run import parse_args
+
+    config = parse_args(["--data", "x.csv", "--data-args=--no-header"])
+
+    assert config.data_args == ("--no-header",)
+
+
+def test_demo_empty_data_args_without_data() -> None:
+    # `make demo` without DATA passes --data-args= with an empty value.
+    from ops.demo.run import parse_args
+
+    config = parse_args(["--data-args="])
+
+    assert config.data_args == ()

@@ -290,6 +290,50 @@ def test_kafka_setting_of_flag_or_worker_rejected(
     assert str(raised.value) == message
 
 
+@pytest.mark.parametrize(
+    ("environ", "flags", "message"),
+    [
+        (
+            {},
+            ["delivery.timeout.ms=5000"],
+            "-X delivery.timeout.ms would replace the value of --delivery-timeout: remove it "
+            "and use --delivery-timeout",
+        ),
+        (
+            {},
+            ["message.timeout.ms=5000"],
+            "-X message.timeout.ms (an alias of delivery.timeout.ms) would replace the value of "
+            "--delivery-timeout: remove it and use --delivery-timeout",
+        ),
+        (
+            {},
+            ["topic.delivery.timeout.ms=5000"],
+            "-X topic.delivery.timeout.ms (an alias of delivery.timeout.ms) would replace the "
+            "value of --delivery-timeout: remove it and use --delivery-timeout",
+        ),
+        (
+            {"HIERTCN_KAFKA_DELIVERY_TIMEOUT_MS": "5000"},
+            [],
+            "HIERTCN_KAFKA_DELIVERY_TIMEOUT_MS would replace the value of --delivery-timeout: "
+            "remove it and use --delivery-timeout",
+        ),
+        (
+            {"HIERTCN_KAFKA_MESSAGE_TIMEOUT_MS": "5000"},
+            [],
+            "HIERTCN_KAFKA_MESSAGE_TIMEOUT_MS (an alias of delivery.timeout.ms) would replace "
+            "the value of --delivery-timeout: remove it and use --delivery-timeout",
+        ),
+    ],
+)
+def test_delivery_timeout_setting_rejected(environ: dict, flags: list[str], message: str) -> None:
+    # The worker's wait for each try of a delivery is --delivery-timeout, so librdkafka's
+    # delivery.timeout.ms must be the same value.
+    with pytest.raises(ConfigError) as raised:
+        build_config({**REQUIRED, "delivery_timeout": 10.0}, environ, flags)
+
+    assert str(raised.value) == message
+
+
 def test_kafka_flag_replaces_variable_in_messages() -> None:
     environ = {"HIERTCN_KAFKA_MAX_POLL_INTERVAL_MS": "1000"}
 

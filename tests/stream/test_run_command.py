@@ -375,19 +375,15 @@ def test_run_auto_device_warns_once_per_pool(
 def test_run_linger_beyond_worker_wait_exits_2(
     onnx_bundle_dir: Path, tmp_path: Path, no_pool: list, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    extra = ["-X", "linger.ms=300000", "-X", "delivery.timeout.ms=400000"]
-
-    code = main(run_args(onnx_bundle_dir, tmp_path / "state", *extra))
+    code = main(run_args(onnx_bundle_dir, tmp_path / "state", "-X", "linger.ms=300000"))
 
     assert code == 2
     assert no_pool == []
     assert error_lines(capsys) == [
         "hiertcn-stream: error: -X linger.ms=300000 can hold a batch's outputs longer than the "
-        "worker waits for their delivery (6 tries 10 s apart, 60 s in all), and the worker stops "
-        "when they are "
-        "not delivered: lower -X linger.ms below 60000 ms (the worker's wait is "
-        "--delivery-timeout x --delivery-attempts, and a larger -X delivery.timeout.ms does not "
-        "extend it)"
+        "worker waits for their delivery (--delivery-timeout 10 x --delivery-attempts 6: 6 tries "
+        "10 s apart, 60 s in all), and the worker stops when they are not delivered: lower "
+        "-X linger.ms below 10000 ms, the message timeout that --delivery-timeout 10 sets"
     ]
 
 
@@ -406,9 +402,11 @@ def test_run_linger_beyond_flag_delivery_wait_exits_2(
     assert code == 2
     assert no_pool == []
     (line,) = error_lines(capsys)
-    assert "(4 tries 2.5 s apart, 10 s in all)" in line
-    assert "lower -X linger.ms below 2500 ms" in line
-    assert "(the worker's wait is --delivery-timeout x HIERTCN_DELIVERY_ATTEMPTS, " in line
+    assert "(--delivery-timeout 2.5 x HIERTCN_DELIVERY_ATTEMPTS=4: 4 tries 2.5 s apart, " in line
+    assert "10 s in all)" in line
+    assert (
+        "lower -X linger.ms below 2500 ms, the message timeout that --delivery-timeout 2.5" in line
+    )
 
 
 def test_run_read_only_state_dir_exits_2(
@@ -440,12 +438,62 @@ def test_run_linger_above_delivery_timeout_exits_2(
     assert no_pool == []
     (line,) = error_lines(capsys)
     assert line == (
-        "hiertcn-stream: error: -X linger.ms=20000 is not below the message timeout "
-        "(delivery.timeout.ms=10000, the default of this command), and librdkafka requires "
-        "message.timeout.ms above linger.ms (or 0 for no limit): lower -X linger.ms below "
-        "10000 ms, or raise -X delivery.timeout.ms above 20000 ms"
+        "hiertcn-stream: error: -X linger.ms=20000 is not below the message timeout that "
+        "--delivery-timeout 10 sets (10000 ms), and librdkafka requires message.timeout.ms "
+        "above linger.ms: lower -X linger.ms below 10000 ms, or raise --delivery-timeout "
+        "above 20 s"
     )
     assert not (tmp_path / "state").exists()
+
+
+def test_run_linger_names_delivery_timeout_variable(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    no_pool: list,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("HIERTCN_DELIVERY_TIMEOUT", "5")
+    monkeypatch.setenv("HIERTCN_KAFKA_QUEUE_BUFFERING_MAX_MS", "5000")
+
+    code = main(run_args(onnx_bundle_dir, tmp_path / "state"))
+
+    assert code == 2
+    (line,) = error_lines(capsys)
+    assert line.startswith(
+        "hiertcn-stream: error: HIERTCN_KAFKA_QUEUE_BUFFERING_MAX_MS=5000 is not below the "
+        "message timeout that HIERTCN_DELIVERY_TIMEOUT=5 sets (5000 ms)"
+    )
+    assert line.endswith("or raise HIERTCN_DELIVERY_TIMEOUT above 5 s")
+
+
+@pytest.mark.parametrize("key", ["delivery.timeout.ms", "message.timeout.ms"])
+def test_run_delivery_timeout_setting_exits_2(
+    key: str,
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    no_pool: list,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    extra = ["--delivery-timeout", "10", "-X", f"{key}=5000"]
+
+    code = main(run_args(onnx_bundle_dir, tmp_path / "state", *extra))
+
+    assert code == 2
+    assert no_pool == []
+    (line,) = error_lines(capsys)
+    assert line.startswith(f"hiertcn-stream: error: -X {key}")
+    assert line.endswith("would replace the value of --delivery-timeout: remove it and use "
+                         "--delivery-timeout")  # fmt: skip
+
+
+def test_run_help_lists_delivery_timeout_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "delivery.timeout.ms or message.timeout.ms (use --delivery-timeout)" in printed
+    assert "bootstrap.servers or metadata.broker.list (use --brokers)" in printed
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -83,6 +84,44 @@ def test_same_size_rewrite_noticed_by_mtime(bundle_dir: Path) -> None:
         watch.check()
 
 
+def test_rewrite_with_mtime_set_back_noticed(bundle_dir: Path) -> None:
+    # `cat other > items.npy; touch -d OLD items.npy`: the same size, inode and modification
+    # time, so only the change time, which touch cannot set, shows the rewrite.
+    path = bundle_dir / "items.npy"
+    loaded = os.stat(path)
+    watch = watch_of(bundle_dir)
+    time.sleep(0.05)  # past the kernel's coarse file time clock, which ticks every few ms
+    with path.open("r+b") as file:
+        file.truncate(0)
+        np.save(file, np.zeros((4, 3), dtype=np.float32))
+    os.utime(path, ns=(loaded.st_atime_ns, loaded.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_ino, after.st_mtime_ns) == (
+        loaded.st_size,
+        loaded.st_ino,
+        loaded.st_mtime_ns,
+    )
+
+    with pytest.raises(BundleChangedError) as raised:
+        watch.check()
+
+    message = str(raised.value)
+    assert "items.npy was changed in place with the same size and modification time" in message
+    assert "a rewrite that set the modification time back" in message
+    assert raised.value.exit_code == 2
+
+
+def test_find_change_ignores_interval(bundle_dir: Path) -> None:
+    clock = FakeClock()
+    watch = watch_of(bundle_dir, clock)
+    watch.check()
+    assert watch.find_change() is None
+
+    (bundle_dir / "items.npy").unlink()
+
+    assert watch.find_change() == "items.npy was removed"
+
+
 def test_replaced_file_named(bundle_dir: Path, tmp_path: Path) -> None:
     watch = watch_of(bundle_dir)
     other = tmp_path / "manifest.json"
@@ -142,7 +181,8 @@ def test_stamp_fields_from_stat(bundle_dir: Path) -> None:
     path = bundle_dir / "items.npy"
     info = os.stat(path)
 
-    assert FileStamp.of(path) == FileStamp(info.st_size, info.st_mtime_ns, info.st_ino)
+    stamp = FileStamp(info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns)
+    assert FileStamp.of(path) == stamp
     assert FileStamp.of(bundle_dir / "absent.npy") is None
 
 
@@ -232,3 +272,36 @@ def test_symlink_swap_keeps_loaded_directory(onnx_bundle_dir: Path, tmp_path: Pa
     np.save(first / "items.npy", np.zeros((3, 3), dtype=np.float32))
     with pytest.raises(BundleChangedError, match=r"items\.npy was rewritten in place"):
         watch.check()
+
+
+def test_directory_watch_reads_manifest_files(onnx_bundle_dir: Path, tmp_path: Path) -> None:
+    from export.bundle import load_bundle
+    from stream.bundle_watch import watch_bundle_directory
+
+    live = tmp_path / "live"
+    shutil.copytree(onnx_bundle_dir, live)
+    (live / "README.txt").write_text("not part of the bundle")
+    bundle = load_bundle(live, intra_op_threads=1)
+
+    watch = watch_bundle_directory(live)
+
+    assert watch is not None
+    assert watch.version == bundle.version
+    assert set(watch.stamps) == {"manifest.json", *bundle.manifest.files}
+    assert watch.find_change() is None
+    (live / "README.txt").write_text("edited")
+    assert watch.find_change() is None
+    with (live / "items.npy").open("r+b") as file:
+        file.truncate(0)
+    assert (watch.find_change() or "").startswith("items.npy was rewritten in place (size 0 ")
+
+
+def test_directory_watch_without_manifest_is_none(
+    bundle_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from stream.bundle_watch import watch_bundle_directory
+
+    (bundle_dir / "manifest.json").unlink()
+
+    assert watch_bundle_directory(bundle_dir) is None
+    assert f"cannot read the manifest of bundle {bundle_dir}" in caplog.text
