@@ -131,7 +131,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="keep user states in an LMDB state store here (default: in memory). A second "
         "replay of the same file into it resumes after the records that the first one stored, "
         "and needs the same --order, --output and --publish-on-session-close. One replay at a "
-        "time may use a state directory",
+        "time may use a state directory, and never one that a worker pool has open: replay into "
+        "a copy from `hiertcn-stream state --state-dir DIR compact COPY`",
     )
 
     parser.add_argument(
