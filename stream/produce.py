@@ -17,7 +17,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from stream.config import check_topic_name
+from stream.config import check_topic_name, format_setting
 from stream.errors import ConfigError, StreamError
 from stream.kafka_settings import check_flag_settings, describe_invalid_setting, setting_source
 from stream.records import Record, encode_fields
@@ -140,10 +140,10 @@ def check_linger_below_message_timeout(
     package always set it. The Producer constructor would then raise. The rule is in
     `rd_kafka_conf_finalize` (src/rdkafka_conf.c), checked with librdkafka 2.16.
 
-    `overrides` are the -X settings, and `timeout_flag` is the flag that sets the default
-    message timeout (None: no flag does, so the fix names the -X setting). `env_names` maps the
-    keys of `overrides` that environment variables set to those variables. A value that is not
-    a number is left for librdkafka to reject.
+    `overrides` are the -X settings, and `timeout_flag` is the flag or environment variable that
+    sets the default message timeout (None: neither does, so the fix names the -X setting).
+    `env_names` maps the keys of `overrides` that environment variables set to those variables.
+    A value that is not a number is left for librdkafka to reject.
     """
     env_names = env_names or {}
     linger_name, linger = last_setting(settings, LINGER_NAMES)
@@ -165,7 +165,8 @@ def check_linger_below_message_timeout(
         timeout_source = f"{timeout_option}={timeout}"
         fix = f"lower {linger_option} or raise {timeout_option} above {linger_ms:g} ms"
     elif timeout_flag is not None:
-        timeout_source = f"{timeout_ms:g} ms from {timeout_flag} {timeout_ms / 1000:g}"
+        timeout_setting = format_setting(timeout_flag, f"{timeout_ms / 1000:g}")
+        timeout_source = f"{timeout_ms:g} ms from {timeout_setting}"
         fix = f"lower {linger_option} or raise {timeout_flag} above {linger_ms / 1000:g} s"
     else:
         timeout_source = f"{timeout_name}={timeout}, the default of this command"

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import msgpack
+import numpy as np
 
 from stream.errors import StreamError
 
@@ -230,13 +231,14 @@ def read_records(
     """Yield every record of an event-log file, in file order or sorted by event time.
 
     File order streams the file; time order reads it whole first. Sorting is stable, so equal
-    times keep their file order, and records without a valid time go to the end. `user_col`,
-    `item_col` and `time_col` name the columns (CSV) or keys (JSON Lines) of the user, the item
-    and the time, see `EventColumns`. `ts_unit` is the unit that the caller will read `ts` in:
-    the data set formats give seconds, so "ms" is rejected for them. `otto_time_unit` is the
-    unit of an OTTO file's own timestamps (default "ms", that of the published files), and it
-    is rejected for the other formats. `header` False reads a CSV file without a header row
-    (`--no-header`).
+    times keep their file order, except in an OTTO file read in milliseconds, whose events of one
+    second keep their millisecond order as in `hiertcn data`. Records without a valid time go to
+    the end. `user_col`, `item_col` and `time_col` name the columns (CSV) or keys (JSON Lines)
+    of the user, the item and the time, see `EventColumns`. `ts_unit` is the unit that the
+    caller will read `ts` in: the data set formats give seconds, so "ms" is rejected for them.
+    `otto_time_unit` is the unit of an OTTO file's own timestamps (default "ms", that of the
+    published files), and it is rejected for the other formats. `header` False reads a CSV file
+    without a header row (`--no-header`).
     """
     path = Path(path)
     _check_event_file(path)
@@ -262,7 +264,7 @@ def read_records(
     elif resolved == "msgpack":
         records = _read_msgpack(path)
     else:
-        records = _read_dataset(path, resolved, otto_time_unit, columns)
+        records = _read_dataset(path, resolved, otto_time_unit, columns, order)
     if order == "time":
         return iter(sorted(records, key=_time_key))
     return records
@@ -744,9 +746,12 @@ def _csv_reader(file: TextIO, delimiter: str) -> CsvReader:
 
 
 def _read_dataset(
-    path: Path, log_format: str, otto_time_unit: str | None, columns: EventColumns
+    path: Path, log_format: str, otto_time_unit: str | None, columns: EventColumns, order: str
 ) -> Iterator[Record]:
-    """Read a data set file whole, so that its errors come before any broker or store is opened."""
+    """Read a data set file whole, so that its errors come before any broker or store is opened.
+
+    The records come in `order`, "file" or "time" (see `_dataset_records`).
+    """
     from hiertcn.data.readers import (
         MillisecondsAsSecondsError,
         ReaderConfig,
@@ -785,13 +790,20 @@ def _read_dataset(
         ) from None
     except HierTCNError as error:
         raise EventFileError(f"{prefix}: {error}") from None
-    return _dataset_records(raw)
+    return _dataset_records(raw, order)
 
 
-def _dataset_records(raw: RawLog) -> Iterator[Record]:
-    """Yield the event maps of a log that `hiertcn.data.readers.read_log` returned."""
+def _dataset_records(raw: RawLog, order: str = "file") -> Iterator[Record]:
+    """Yield the event maps of a log that `hiertcn.data.readers.read_log` returned.
+
+    `ts` is in whole seconds. In "time" order the records come sorted by `RawLog.positions`, so
+    the stable sort by `ts` in `read_records` keeps events of one second in the order that
+    `hiertcn data` gives them: by millisecond time for a log read in milliseconds (OTTO), else
+    by position in the file. `Record.number` stays the position in the file.
+    """
     offsets = raw.impression_offsets
-    for index in range(len(raw)):
+    indices = np.argsort(raw.positions, kind="stable") if order == "time" else range(len(raw))
+    for index in (int(index) for index in indices):
         fields: dict[str, Any] = {
             "user": str(raw.users[index]),
             "item": str(raw.items[index]),
@@ -871,7 +883,8 @@ def add_event_file_arguments(
         "--order",
         choices=ORDERS,
         default="file",
-        help=f"{verb} the records in file order, or sorted by event time (stable). File order "
+        help=f"{verb} the records in file order, or sorted by event time (stable, and by "
+        "millisecond time within a second of an OTTO file, as in `hiertcn data`). File order "
         "is right only for a file sorted by time: session timers follow the newest event time "
         "read so far, so in a log grouped by user they close sessions early (default: file)",
     )

@@ -18,6 +18,9 @@ TIME_UNITS = ("s", "ms")
 # Formats whose time unit --time-unit chooses, with their default. The other formats have a fixed
 # unit. OTTO's own files are in milliseconds, and `s` reads a copy converted to seconds.
 FLEXIBLE_UNIT_FORMATS = {"csv": "s", "jsonl": "s", "otto": "ms"}
+# Formats that take --no-header. The movielens and taobao readers know their own header rows and
+# ignore it. JSON Lines, OTTO and trivago files reject it.
+NO_HEADER_FORMATS = ("csv", "movielens", "taobao")
 
 
 # Header names that the generic readers accept when no column is given, in order of preference.

@@ -165,7 +165,8 @@ def _add_reader_arguments(group: argparse._ArgumentGroup) -> None:
         const=False,
         default=True,
         help="the csv file has no header row, so columns are 0-based positions (without "
-        "this flag, a header row of numbers is rejected, because it is usually an event)",
+        "this flag, a header row of numbers is rejected, because it is usually an event). "
+        "The movielens and taobao readers ignore it, and jsonl, otto and trivago logs reject it",
     )
     group.add_argument(
         "--delimiter",

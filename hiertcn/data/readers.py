@@ -51,6 +51,7 @@ from hiertcn.data.formats import (
     DEFAULT_COLUMNS,
     FORMATS,
     MOVIELENS_COLUMNS,
+    NO_HEADER_FORMATS,
     TAOBAO_BEHAVIORS,
     TAOBAO_COLUMNS,
     TIME_UNITS,
@@ -78,6 +79,7 @@ __all__ = [
     "ENCODING",
     "FORMATS",
     "MOVIELENS_COLUMNS",
+    "NO_HEADER_FORMATS",
     "TAOBAO_BEHAVIORS",
     "TAOBAO_COLUMNS",
     "TIME_UNITS",
@@ -87,6 +89,7 @@ __all__ = [
     "RawLog",
     "ReaderConfig",
     "SecondsAsMillisecondsError",
+    "check_no_header_format",
     "check_not_compressed",
     "detect_format",
     "effective_time_unit",
@@ -106,6 +109,21 @@ def resolve_reader_config(path: Path, config: ReaderConfig) -> ReaderConfig:
     )
 
 
+def check_no_header_format(path: Path, log_format: str, config: ReaderConfig) -> None:
+    """Raise DataError when --no-header is given for a format that has no header row to skip.
+
+    The MovieLens and Taobao readers know their own header rows and ignore the flag, as
+    `hiertcn-stream replay` does.
+    """
+    if config.header or log_format in NO_HEADER_FORMATS:
+        return
+    formats = f"{', '.join(NO_HEADER_FORMATS[:-1])} and {NO_HEADER_FORMATS[-1]}"
+    raise DataError(
+        f"--no-header applies only to CSV and TSV files (the formats {formats}), but {path} "
+        f"has the format {log_format}: drop --no-header, or pass --format csv"
+    )
+
+
 def read_log(path: str | Path, config: ReaderConfig | None = None) -> RawLog:
     """Read one interaction log file into a `RawLog`; raises DataError on any malformed row."""
     config = config or ReaderConfig()
@@ -122,6 +140,7 @@ def read_log(path: str | Path, config: ReaderConfig | None = None) -> RawLog:
     check_not_compressed(path)
     raise_csv_field_size_limit()
     log_format = detect_format(path, config) if config.format == "auto" else config.format
+    check_no_header_format(path, log_format, config)
     # The readers word their messages by the format, so they get the detected one.
     config = dataclasses.replace(config, format=log_format)
     readers = {

@@ -407,10 +407,7 @@ def check_data_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     add_data_arguments(data_parser)
     known, unknown = data_parser.parse_known_args([str(args.data), *flags])
     if unknown:
-        parser.error(
-            f"invalid --data-args: {' '.join(unknown)} is not a data flag of `hiertcn train` "
-            "(hiertcn train --help lists them)"
-        )
+        parser.error(f"invalid --data-args: {describe_unknown_data_args(unknown)}")
     # The demo passes these flags itself, and a second one would silently replace its value.
     for flag in getattr(known, GIVEN_FLAGS):
         if flag in DEMO_DATA_FLAGS:
@@ -418,6 +415,24 @@ def check_data_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             reason = DEMO_DATA_FLAGS[flag].format(value=value)
             parser.error(f"invalid --data-args: {flag} {value} {reason}")
     return flags
+
+
+def describe_unknown_data_args(unknown: Sequence[str]) -> str:
+    """Return why `unknown`, what the data flags' parser left over, are not data flags.
+
+    Each unknown flag is named once, without its value. Values that follow no flag, such as
+    the value of an unknown flag, are named only when no flag is unknown.
+    """
+    flags = list(dict.fromkeys(arg.split("=", 1)[0] for arg in unknown if arg.startswith("-")))
+    if not flags:
+        return (
+            f"unexpected argument {' '.join(unknown)}: pass only data flags of `hiertcn train` "
+            "with their values (hiertcn train --help lists them)"
+        )
+    if len(flags) == 1:
+        return f"{flags[0]} is not a data flag of `hiertcn train` (hiertcn train --help lists them)"
+    names = f"{', '.join(flags[:-1])} and {flags[-1]}"
+    return f"{names} are not data flags of `hiertcn train` (hiertcn train --help lists them)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -221,3 +221,15 @@ def test_prepare_unreadable_out_rejected(tmp_path, capsys, monkeypatch):
     assert main(prepare_argv(write_log(tmp_path), out)) == 2
     error = capsys.readouterr().err
     assert f"cannot list --out {out}: Permission denied ({out})" in error
+
+
+def test_stats_rejects_no_header_for_jsonl(tmp_path, capsys):
+    log = tmp_path / "events.jsonl"
+    log.write_text('{"user": "u", "item": "a", "ts": 1}\n', encoding="utf-8")
+
+    assert main(["data", "stats", str(log), *NO_FILTERS, "--no-header"]) == 2
+
+    error = capsys.readouterr().err
+    assert "--no-header applies only to CSV and TSV files (the formats csv, movielens and " in error
+    assert f"but {log} has the format jsonl: drop --no-header" in error
+    assert "Traceback" not in error

@@ -309,3 +309,53 @@ def test_readme_jq_command_flattens_nested_log(tmp_path):
     assert list(raw.users) == ["C1", "C1"]
     assert list(raw.items) == ["S7", "S9"]
     assert list(raw.timestamps) == [1_511_544_070, 1_511_544_300]
+
+
+TRIVAGO_HEADER = (
+    "user_id,session_id,timestamp,step,action_type,reference,platform,city,device,"
+    "current_filters,impressions,prices\n"
+)
+# One small file per format: (file name, text).
+NO_HEADER_REJECTED = {
+    "jsonl": ("events.jsonl", jsonl([{"user": "u", "item": "a", "ts": 1}])),
+    "otto": (
+        "train.jsonl",
+        jsonl([{"session": 1, "events": [{"aid": 5, "ts": 1659304800000, "type": "clicks"}]}]),
+    ),
+    "trivago": (
+        "train.csv",
+        TRIVAGO_HEADER + "u,s,1541030408,1,clickout item,7,DE,Berlin,desktop,,7|8,10|20\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("log_format", sorted(NO_HEADER_REJECTED))
+@pytest.mark.parametrize("given_format", ["auto", "explicit"])
+def test_no_header_rejected_for_json_and_trivago(tmp_path, log_format, given_format):
+    name, text = NO_HEADER_REJECTED[log_format]
+    path = write(tmp_path / name, text)
+    config_format = log_format if given_format == "explicit" else "auto"
+    read_log(path, ReaderConfig(format=config_format))
+
+    with pytest.raises(DataError) as error:
+        read_log(path, ReaderConfig(format=config_format, header=False))
+
+    message = str(error.value)
+    assert "--no-header applies only to CSV and TSV files" in message
+    assert f"but {path} has the format {log_format}" in message
+    assert "drop --no-header, or pass --format csv" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "log_format"),
+    [
+        ("u.data", "1\t10\t5\t881250949\n2\t11\t3\t881250950\n", "movielens"),
+        ("UserBehavior.csv", "1,10,100,pv,1511544070\n2,11,101,buy,1511544080\n", "taobao"),
+    ],
+)
+def test_no_header_accepted_for_movielens_and_taobao(tmp_path, name, text, log_format):
+    path = write(tmp_path / name, text)
+
+    raw = read_log(path, ReaderConfig(format=log_format, header=False))
+
+    assert len(raw) == 2

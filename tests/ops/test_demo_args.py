@@ -98,7 +98,22 @@ def test_demo_data_args_reach_training_flags(tmp_path: Path) -> None:
     ("flags", "message"),
     [
         (["--data-args", "--user-col u"], "--data-args needs --data"),
-        (["--data", "x.csv", "--data-args", "--epochs 3"], "--epochs 3 is not a data flag"),
+        (
+            ["--data", "x.csv", "--data-args", "--epochs 3"],
+            "invalid --data-args: --epochs is not a data flag of `hiertcn train`",
+        ),
+        (
+            ["--data", "x.csv", "--data-args", "--model gru --out /tmp/x"],
+            "invalid --data-args: --model and --out are not data flags of `hiertcn train`",
+        ),
+        (
+            ["--data", "x.csv", "--data-args", "--model=gru --user-col u --lr 1 --out /tmp/x"],
+            "invalid --data-args: --model, --lr and --out are not data flags",
+        ),
+        (
+            ["--data", "x.csv", "--data-args", "--user-col u extra"],
+            "invalid --data-args: unexpected argument extra: pass only data flags",
+        ),
         (["--data", "x.csv", "--data-args", "--user-col 'u"], "invalid --data-args"),
         (
             ["--data", "x.csv", "--format", "csv", "--data-args", "--format jsonl"],

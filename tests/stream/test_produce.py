@@ -17,7 +17,13 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from stream.errors import ConfigError
 from stream.kafka_settings import parse_kafka_setting
-from stream.produce import EventProducer, ProduceConfig, ProduceError, user_key
+from stream.produce import (
+    EventProducer,
+    ProduceConfig,
+    ProduceError,
+    check_linger_below_message_timeout,
+    user_key,
+)
 from stream.records import Record
 
 
@@ -232,6 +238,21 @@ def test_linger_not_below_message_timeout_rejected(
         ProduceConfig("h:1", "t", overrides=overrides, flush_timeout=flush_timeout)
 
     assert message in str(caught.value)
+
+
+def test_linger_check_env_sources_use_equals() -> None:
+    settings = {"linger.ms": "5000", "message.timeout.ms": 1000}
+    env_names = {"linger.ms": "HIERTCN_KAFKA_LINGER_MS"}
+
+    with pytest.raises(ConfigError) as caught:
+        check_linger_below_message_timeout(
+            settings, {"linger.ms": "5000"}, "HIERTCN_FLUSH_TIMEOUT", env_names
+        )
+
+    message = str(caught.value)
+    assert "HIERTCN_KAFKA_LINGER_MS=5000 is not below the message timeout" in message
+    assert "(1000 ms from HIERTCN_FLUSH_TIMEOUT=1)" in message
+    assert "raise HIERTCN_FLUSH_TIMEOUT above 5 s" in message
 
 
 @pytest.mark.parametrize(

@@ -354,3 +354,49 @@ def test_csv_error_is_invalid_record(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert records[1].error == "malformed CSV row: field larger than field limit (20)"
     assert records[1].location == "line 3"
     assert records[2].fields == {"user": "u3", "item": "7", "ts": 3.0}
+
+
+def test_otto_time_order_keeps_milliseconds_within_second(tmp_path: Path) -> None:
+    # Session 1 logs two events of one second in reverse order: 900 ms, then 100 ms.
+    second_ms = 1_659_304_800_000
+    sessions = [
+        {
+            "session": 1,
+            "events": [
+                {"aid": 11, "ts": second_ms + 900, "type": "clicks"},
+                {"aid": 22, "ts": second_ms + 100, "type": "clicks"},
+                {"aid": 33, "ts": second_ms + 1000, "type": "clicks"},
+            ],
+        },
+        {"session": 2, "events": [{"aid": 44, "ts": second_ms + 500, "type": "clicks"}]},
+    ]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(session) + "\n" for session in sessions), encoding="utf-8")
+
+    by_time = list(read_records(path, order="time"))
+    by_file = list(read_records(path, order="file"))
+
+    assert [record.fields["item"] for record in by_time] == ["22", "44", "11", "33"]
+    assert [record.number for record in by_time] == [1, 3, 0, 2]
+    assert [record.fields["item"] for record in by_file] == ["11", "22", "33", "44"]
+    assert {record.fields["ts"] for record in by_time[:3]} == {second_ms // 1000}
+
+
+def test_otto_time_order_matches_hiertcn_data(tmp_path: Path) -> None:
+    from hiertcn.data.log import build_event_log
+    from hiertcn.data.readers import read_log
+
+    second_ms = 1_659_304_800_000
+    events = [
+        {"aid": aid, "ts": second_ms + ms, "type": "clicks"}
+        for aid, ms in [(1, 700), (2, 300), (3, 300), (4, 0), (5, 1500)]
+    ]
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps({"session": 7, "events": events}) + "\n", encoding="utf-8")
+
+    log = build_event_log(read_log(path))
+    hiertcn_items = [log.vocab.ids[row] for row in log.items]
+    replay_items = [record.fields["item"] for record in read_records(path, order="time")]
+
+    assert hiertcn_items == ["4", "2", "3", "1", "5"]
+    assert replay_items == hiertcn_items
