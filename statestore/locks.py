@@ -4,7 +4,7 @@ LMDB serialises write transactions, but a pool, a replay and an import each writ
 transactions that assume no other writer rewrites their users. A replay into a live pool's store
 would apply its events on top of the states that the pool serves, and an import overwrites
 partition positions, which a pool would continue from. So every store opened for serving or
-replay holds an `flock` on `writers.lock` in the state directory while it is open
+replay takes an `flock` on `writers.lock` in the state directory while it is open
 (`StoreConfig.writer_lock`):
 
 - a pool's store takes it shared, so several pools on one state directory (a rolling restart)
@@ -137,15 +137,15 @@ def _replay_rejected(state_dir: Path, pool_holds: bool) -> StoreInUseError:
     lock_file = state_dir / WRITERS_LOCK_FILE
     if pool_holds:
         return StoreInUseError(
-            f"state directory {state_dir} is in use by a worker pool (it holds a shared lock "
+            f"state directory {state_dir} is in use by a worker pool (it has a shared lock "
             f"on {lock_file}), and a replay would rewrite the states of the users it serves. "
             "Stop the pool first, or replay into a copy: `hiertcn-stream state --state-dir "
             f"{state_dir} compact COPY` runs beside the pool, then pass --state-dir COPY"
         )
     return StoreInUseError(
         f"state directory {state_dir} is in use: `hiertcn-stream state import` or another "
-        f"replay is writing to it (it holds {lock_file} exclusively). Wait until it ends, or "
-        "pass another --state-dir"
+        f"replay is writing to it (it has an exclusive lock on {lock_file}). Wait until it "
+        "ends, or pass another --state-dir"
     )
 
 
@@ -153,7 +153,7 @@ def _import_rejected(state_dir: Path, pool_holds: bool) -> StoreInUseError:
     lock_file = state_dir / WRITERS_LOCK_FILE
     if pool_holds:
         return StoreInUseError(
-            f"state directory {state_dir} is in use: a worker pool has the store open (it holds "
+            f"state directory {state_dir} is in use: a worker pool has the store open (it has "
             f"a shared lock on {lock_file}), and an import would rewind the partition positions "
             f"under it. Stop the pool that uses {state_dir} first, then run the import again"
         )

@@ -8,7 +8,7 @@ event time, user id -> empty: the users with an open session, in time order per 
 a history of the bundles that opened the store: see `statestore.bundle_meta`).
 `statestore.keys` describes the key layouts and `statestore.codec` the state records.
 
-Locks. A store holds an `flock` on `writers.lock` in the state directory until it closes, in
+Locks. A store keeps an `flock` on `writers.lock` in the state directory until it closes, in
 the mode of `StoreConfig.writer_lock`: shared for a pool (the default), exclusive for a replay.
 So pools share a directory, while a replay or `state import` never writes beside a pool or
 another of them (`statestore.locks`).

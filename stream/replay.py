@@ -89,7 +89,7 @@ class ReplayReport:
     counted: int = 0  # events with a previous recommendation
     session_starts: int = 0  # counted events that start a session after the user's first
     # Counted session starts ranked against the output of a timer close, as evaluate ranks
-    # them; the others are ranked against the output of the previous session's last event.
+    # them. The others are ranked against the output of the previous session's last event.
     starts_after_close: int = 0
     hits: int = 0  # counted events whose item ranked within K
     reciprocal_rank_sum: float = 0.0
@@ -429,10 +429,10 @@ def count_session_starts(
 ) -> tuple[int, int]:
     """Return how many counted events start a session, and how many of those follow a timer close.
 
-    `states` holds each user's state before `events`, and `outputs` the event outputs in the same
-    order. An event starts a session when its session number differs from the user's open one.
-    A stored state without an open session (`session_length` 0) had it closed by a timer; with
-    session-close outputs, the event after such a close is ranked against the close's output.
+    `states` contains each user's state before `events`, and `outputs` the event outputs in the
+    same order. An event starts a session when its session number differs from the user's open
+    one. A stored state without an open session (`session_length` 0) had it closed by a timer.
+    With session-close outputs, the event after such a close is ranked against the close's output.
     """
     open_session: dict[str, int | None] = {}
     starts = after_close = 0

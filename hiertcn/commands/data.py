@@ -247,8 +247,10 @@ def run_events(args: argparse.Namespace) -> int:
 
 
 def _load_part(args: argparse.Namespace) -> EventLog:
-    """Return the part of the split that --part names; `all` from a log skips the split, so a
-    log too small to split can still be written whole."""
+    """Return the part of the split that --part names.
+
+    `all` from a log skips the split, so that a log too small to split can still be written.
+    """
     if args.part == "all" and not (args.data is not None and is_prepared_folder(Path(args.data))):
         config = data_config_from_args(args, prepared_accepted=True)
         log, _report = prepare_log(config)

@@ -187,7 +187,7 @@ class RawLogBuilder:
         """Raise DataError when reading in milliseconds puts every timestamp before 1973.
 
         NOTE: a log whose times count milliseconds from a start other than 1970 is rejected too,
-        and no flag accepts it: the message says how to convert it.
+        and no flag accepts it. The message gives the conversion.
         """
         if not self.check_seconds_as_ms or self.latest_ms is None:
             return
@@ -255,6 +255,8 @@ class RawLogBuilder:
         )
 
     def build(self) -> RawLog:
+        """Check the events read and return them as a RawLog, times in whole seconds."""
+        # 1. Report the event-type filter and reject a file left without events.
         if self.skipped_types:
             logger.info(
                 "%s: kept %s of types %s, dropped %d of other types",
@@ -267,9 +269,13 @@ class RawLogBuilder:
             raise self.no_event_types_error()
         if not self.times:
             raise DataError(f"{self.path}: no events in the file: check the file and --format")
+
+        # 2. Checks and warnings on the times and the types.
         self.check_seconds_read_as_ms()
         self.warn_negative_times()
         self.warn_unmatched_event_types()
+
+        # 3. Ragged and optional columns as arrays.
         num_events = len(self.times)
         offsets = impressions = None
         if self.impression_lengths is not None:
@@ -279,6 +285,8 @@ class RawLogBuilder:
         event_types = None
         if len(self.event_types) == num_events:
             event_types = _object_array(self.event_types)
+
+        # 4. Users, items and times, with the count of exact duplicates.
         users, items = _object_array(self.users), _object_array(self.items)
         times = np.asarray(self.times, dtype=np.int64)
         _log_duplicates(self.path, users, items, times, self.time_unit)
