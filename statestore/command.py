@@ -268,6 +268,7 @@ def run_stats(args: argparse.Namespace) -> int:
     print(f"open sessions    {stats.open_sessions}")
     print(f"map size         {format_size(stats.map_size)}")
     print(f"map in use       {format_size(stats.used_bytes)}")
+    print(f"data             {format_size(stats.data_bytes)} (map in use less free pages)")
     print(f"readers          {stats.readers}")
     for name, value in sorted(stats.meta.items()):
         if name != "bundle_history":

@@ -39,6 +39,7 @@ class StoreStats:
     positions: dict[tuple[str, int], PartitionPosition]
     map_size: int  # bytes
     used_bytes: int  # bytes of the map in use, free pages included
+    data_bytes: int  # bytes of the pages that hold data, free pages excluded
     readers: int  # reader slots in use
     meta: dict[str, Any]
 
@@ -57,6 +58,7 @@ def collect_stats(store: StateStore) -> StoreStats:
         positions=all_positions(store),
         map_size=info["map_size"],
         used_bytes=info["used_bytes"],
+        data_bytes=info["data_bytes"],
         readers=info["readers"],
         meta=store.meta(),
     )

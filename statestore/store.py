@@ -553,14 +553,24 @@ class StateStore:
                 raise self._translate(error, f"copy to {target}") from error
 
     def environment_info(self) -> dict[str, int]:
-        """Return the map size, the bytes in use, the page size and the reader slots in use."""
+        """Return the map size, the bytes in use, the bytes that hold data, the page size and
+        the reader slots in use.
+
+        `used_bytes` runs to the highest page ever written, free pages included: the map is
+        full when it reaches `map_size`. `data_bytes` counts only the pages of the databases,
+        so it falls when an evict frees pages, while `used_bytes` stays until a compacted copy.
+        """
         self._check_process()
         with self._lock.shared():
             info = self._env.info()
             page_size = int(self._env.stat()["psize"])
+            with self._env.begin() as txn:
+                pages = sum(_pages_of(txn.stat(db)) for db in self._databases)
+            pages += _pages_of(self._env.stat())  # the main database, which names the others
         return {
             "map_size": int(info["map_size"]),
             "used_bytes": (int(info["last_pgno"]) + 1) * page_size,
+            "data_bytes": pages * page_size,
             "page_size": page_size,
             "readers": int(info["num_readers"]),
             "max_readers": int(info["max_readers"]),
@@ -694,6 +704,11 @@ def format_size(size: int) -> str:
             return f"{value:.4g} {unit}"
         value /= 1024
     return f"{value:.4g} TiB"
+
+
+def _pages_of(stat: Mapping[str, int]) -> int:
+    """Return the pages of one LMDB database from its `stat()`."""
+    return int(stat["branch_pages"]) + int(stat["leaf_pages"]) + int(stat["overflow_pages"])
 
 
 def _timer_of_record(key: bytes, blob: bytes) -> bytes | None:

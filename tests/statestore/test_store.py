@@ -168,6 +168,18 @@ def test_evict_checks_time_inside_transaction(store: StateStore) -> None:
     assert store.expired(0, before_ts=1e12, limit=10) == ["new"]
 
 
+def test_data_bytes_fall_after_deletes_while_used_bytes_stay(store: StateStore) -> None:
+    users = [f"user-{index:05d}" for index in range(2000)]
+    store.commit({user: make_state(seed=index) for index, user in enumerate(users)})
+    full = store.environment_info()
+    assert full["used_bytes"] >= full["data_bytes"] > 2000 * 100
+    store.commit({}, deletes=users[:1800])
+    emptied = store.environment_info()
+    # LMDB keeps the freed pages for reuse, so the map in use does not shrink.
+    assert emptied["used_bytes"] >= full["used_bytes"]
+    assert emptied["data_bytes"] < full["data_bytes"] / 4
+
+
 def test_meta_records_schema_and_bundle(tmp_path: Path) -> None:
     config = StoreConfig(path=tmp_path / "s", bundle_version="abc123", sync=False)
     with StateStore(config) as store:
