@@ -495,7 +495,8 @@ def _format_replay(replay: dict[str, Any] | None) -> str:
     if replay is None:
         return ""
     output = f"--output {replay['output']} at byte {replay['output_bytes']}"
-    return f", {replay['order']} order, " + (output if replay["output"] else "no --output")
+    batch = f", --batch-size {replay['batch_size']}" if replay.get("batch_size") else ""
+    return f", {replay['order']} order, " + (output if replay["output"] else "no --output") + batch
 
 
 def _format_watermark(watermark: float | None) -> str:

@@ -107,19 +107,20 @@ def encode_position(position: PartitionPosition) -> bytes:
     """Encode a partition position as the msgpack array `[next_offset, watermark]`.
 
     A replay position gets a third element, the map `{"order", "output", "output_bytes",
-    "session_close_outputs"}`.
+    "session_close_outputs", "batch_size"}` (`batch_size` only when known).
     Readers of the two-element form (versions before it) reject such a record as corrupt.
     """
     fields: list[object] = [int(position.next_offset), float(position.watermark)]
     if position.replay is not None:
-        fields.append(
-            {
-                "order": position.replay.order,
-                "output": position.replay.output,
-                "output_bytes": int(position.replay.output_bytes),
-                "session_close_outputs": bool(position.replay.session_close_outputs),
-            }
-        )
+        progress: dict[str, object] = {
+            "order": position.replay.order,
+            "output": position.replay.output,
+            "output_bytes": int(position.replay.output_bytes),
+            "session_close_outputs": bool(position.replay.session_close_outputs),
+        }
+        if position.replay.batch_size is not None:
+            progress["batch_size"] = int(position.replay.batch_size)
+        fields.append(progress)
     return msgpack.packb(fields)
 
 
@@ -136,9 +137,11 @@ def decode_position(blob: bytes) -> PartitionPosition:
 
 def _replay_progress(fields: dict[str, Any]) -> ReplayProgress:
     output = fields["output"]
+    batch_size = fields.get("batch_size")
     return ReplayProgress(
         order=str(fields["order"]),
         output=None if output is None else str(output),
         output_bytes=int(fields["output_bytes"]),
         session_close_outputs=bool(fields.get("session_close_outputs", False)),
+        batch_size=None if batch_size is None else int(batch_size),
     )

@@ -94,6 +94,9 @@ class ReplayProgress:
     output_bytes: int = 0  # length of --output after the recommendations of counted records
     # Whether timer closes wrote session-start outputs (--publish-on-session-close).
     session_close_outputs: bool = False
+    # Records per batch (--batch-size). Timers run after each batch, so another size changes the
+    # session-close outputs. None in positions written before this field existed.
+    batch_size: int | None = None
 
 
 @dataclass(frozen=True)

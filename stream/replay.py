@@ -382,6 +382,7 @@ class Replay:
             output=None if output is None else str(output.path.resolve()),
             output_bytes=0 if output is None else output.size,
             session_close_outputs=self.pipeline.config.session_close_outputs,
+            batch_size=self.config.batch_size,
         )
         return PartitionPosition(consumed, self.watermark, progress)
 
@@ -457,13 +458,14 @@ def check_resume(
     output: Path | None,
     source: Path,
     session_close_outputs: bool = False,
+    batch_size: int | None = None,
 ) -> int | None:
     """Check that this replay continues the stored replay of `source`.
 
     Returns the byte length at which --output continues, or None for a replay from the start.
     Raises `ConfigError` when the stored replay read the records in another order, wrote
-    another --output file, or differs in --publish-on-session-close. It raises too when that
-    file is now shorter than what it wrote.
+    another --output file, or differs in --publish-on-session-close or --batch-size. It raises
+    too when that file is now shorter than what it wrote.
     """
     if stored is None:
         return None
@@ -491,6 +493,12 @@ def check_resume(
             f"the stored replay of {source} ran {stored_flag} --publish-on-session-close, so "
             f"its --output and live metrics would mix two settings: pass the same setting, "
             f"{redo}"
+        )
+    if None not in (progress.batch_size, batch_size) and progress.batch_size != batch_size:
+        raise ConfigError(
+            f"the stored replay of {source} ran with --batch-size {progress.batch_size}, and "
+            "timers close idle sessions after each batch, so another size would change its "
+            f"session-close outputs: pass --batch-size {progress.batch_size}, {redo}"
         )
     target = None if output is None else str(output.resolve())
     if target != progress.output:

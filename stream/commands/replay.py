@@ -93,7 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=256,
         metavar="EVENTS",
-        help="events per batch, as the worker's --max-batch-size (default: 256)",
+        help="events per batch, as the worker's --max-batch-size; a resume needs the size of "
+        "the run it continues (default: 256)",
     )
 
     parser.add_argument(
@@ -315,7 +316,12 @@ def _open_state_dir(
     stack.callback(store_states.store.close)
     stored = store_states.position()
     output_start = check_resume(
-        stored, args.order, args.output, args.events, args.publish_on_session_close
+        stored,
+        args.order,
+        args.output,
+        args.events,
+        args.publish_on_session_close,
+        args.batch_size,
     )
     return store_states, None if stored is None else stored.next_offset, output_start
 

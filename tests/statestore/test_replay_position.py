@@ -31,6 +31,7 @@ POSITION_0 = PartitionPosition(42, 1_700_000_000.0)  # a Kafka partition's posit
         POSITION,
         PartitionPosition(3, 9.0, ReplayProgress(order="file")),
         PartitionPosition(5, 2.0, ReplayProgress(order="time", session_close_outputs=True)),
+        PartitionPosition(6, 3.0, ReplayProgress(order="file", batch_size=64)),
         PartitionPosition(7, 1.0),
     ],
 )
@@ -103,4 +104,5 @@ def test_stats_shows_replay_progress(tmp_path: Path, capsys: pytest.CaptureFixtu
         "output": "/out/recs.jsonl",
         "output_bytes": 4096,
         "session_close_outputs": False,
+        "batch_size": None,
     }

@@ -364,6 +364,29 @@ def test_resume_with_other_close_flag_rejected(
     assert output.read_bytes() == before
 
 
+def test_resume_with_other_batch_size_rejected(
+    onnx_bundle_dir: Path,
+    events: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    output, state_dir = tmp_path / "recs.jsonl", tmp_path / "state"
+    flags = ["--state-dir", str(state_dir), "--output", str(output)]
+    assert replay(events, onnx_bundle_dir, *flags, "--batch-size", "8") == 0
+    before = output.read_bytes()
+    capsys.readouterr()
+
+    code = replay(events, onnx_bundle_dir, *flags, "--batch-size", "16")
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "ran with --batch-size 8" in err
+    assert "pass --batch-size 8" in err
+    assert output.read_bytes() == before
+    # The same size continues.
+    assert replay(events, onnx_bundle_dir, *flags, "--batch-size", "8") == 0
+
+
 def test_second_replay_on_state_dir_rejected(
     onnx_bundle_dir: Path,
     events: Path,
