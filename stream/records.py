@@ -79,9 +79,6 @@ CSV_DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 _CSV_FIELD_SIZE_LIMIT = 2**31 - 1
 # Formats whose readers take the column flags.
 COLUMN_FLAG_FORMATS = ("csv", "jsonl", "movielens", "taobao")
-# Formats that take --no-header. The movielens and taobao readers know their own header rows and
-# ignore it, as `hiertcn data` does.
-NO_HEADER_FORMATS = ("csv", "movielens", "taobao")
 # A JSON string that a JSON Lines reader turns into an integer `ts`. Up to 18 digits, so the
 # integer fits the int64 of msgpack. A longer string of digits makes the record invalid.
 _INTEGER_TEXT = re.compile(r"-?[0-9]{1,18}")
@@ -313,9 +310,12 @@ def _check_format_options(
         )
     if otto_time_unit not in (None, "s", "ms"):
         raise EventFileError(f"invalid --otto-time-unit {otto_time_unit!r}: use s or ms")
+    # The readers of `hiertcn data` decide which formats take --no-header (numpy, no torch).
+    from hiertcn.data.formats import NO_HEADER_FORMATS
+
     if not columns.header and resolved not in NO_HEADER_FORMATS:
         raise EventFileError(
-            f"--no-header applies only to CSV files (the formats csv, movielens and taobao), "
+            f"--no-header applies only to CSV files (the formats {', '.join(NO_HEADER_FORMATS)}), "
             f"but {path} has the format {resolved}: drop --no-header, or pass --format csv"
         )
     flags = " and ".join(flag for _field, flag, _column in columns.given())
