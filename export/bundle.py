@@ -164,20 +164,6 @@ class ModelBundle:
                 )
         return np.asarray(self.item_table[rows], dtype=np.float32)
 
-    def build_prefix(self, sessions: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Gather and left-pad the item rows of each session into the session step's inputs.
-
-        Returns `prefix` float32 [B, L, D] (real items right-aligned, zeros before) and
-        `lengths` int64 [B], with L the longest session (at least 1).
-        """
-        lengths = np.array([len(session) for session in sessions], dtype=np.int64)
-        width = max(int(lengths.max(initial=0)), 1)
-        prefix = np.zeros((len(sessions), width, self.embedding_dim), dtype=np.float32)
-        for index, session in enumerate(sessions):
-            if len(session):
-                prefix[index, width - len(session) :] = self.gather_items(np.asarray(session))
-        return prefix, lengths
-
     def session_step(
         self, prefix: np.ndarray, lengths: np.ndarray, state: np.ndarray
     ) -> np.ndarray:

@@ -21,50 +21,35 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import math
-import os
-import platform
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from hiertcn.batching import Batch, BatchConfig, BatchGenerator
-from hiertcn.checkpoint import (
-    BEST_CHECKPOINT,
-    LAST_CHECKPOINT,
-    Checkpoint,
-    check_data_settings,
-    check_vocabulary,
-    load_checkpoint,
-    save_checkpoint,
-)
-from hiertcn.errors import (
-    CheckpointError,
-    ConfigError,
-    InvalidFieldError,
-    TrainingDivergedError,
-    UnreadableCheckpointError,
-)
+from hiertcn.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, Checkpoint, save_checkpoint
+from hiertcn.errors import ConfigError, InvalidFieldError, TrainingDivergedError
 from hiertcn.evaluate import EvaluationConfig, capped_batch_size, evaluate_model
-from hiertcn.losses import LossConfig, build_loss
-from hiertcn.models.config import ModelConfig, flag_for
-from hiertcn.models.registry import effective_settings, read_fields
+from hiertcn.losses import Loss, LossConfig, build_loss
+from hiertcn.models.base import Carry
 from hiertcn.progress import ProgressBar
+from hiertcn.resume import RunState, load_resumable, restore_run
+from hiertcn.run_info import DEVICES, resolve_device, set_threads
+
+if TYPE_CHECKING:
+    from hiertcn.data.options import Dataset
 
 logger = logging.getLogger(__name__)
 
 # The most CPU threads that `threads` may ask torch for: above the core count of common servers,
 # and below 9999, at which torch 2 crashed with a segmentation fault on a 2-core machine.
 MAX_THREADS = 1024
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -152,114 +137,6 @@ class TrainResult:
     out_dir: Path | None = None
 
 
-def resolve_device(name: str) -> torch.device:
-    """Return the torch device for `auto` (CUDA when present, else CPU), `cpu` or `cuda`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        if torch.version.cuda is None:
-            reason = f"this torch build ({torch.__version__}) has no CUDA support"
-        else:
-            reason = f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no GPU"
-        raise ConfigError(
-            f"device 'cuda' requested, but {reason}: use --device cpu, or check the NVIDIA "
-            "driver with nvidia-smi"
-        )
-    if name not in DEVICES:
-        raise ConfigError(f"device {name!r} is invalid: use one of {DEVICES}")
-    return torch.device(name)
-
-
-def set_threads(threads: int | None) -> int:
-    """Set torch's CPU thread count for this process when `threads` is given; return the count.
-
-    The setting is process-wide, as torch has no other kind.
-    """
-    if threads is not None and threads != torch.get_num_threads():
-        torch.set_num_threads(threads)
-        logger.info("torch uses %d CPU thread%s", threads, "" if threads == 1 else "s")
-        cores = os.cpu_count() or 1
-        if threads > cores:
-            logger.warning(
-                "--threads %d is above this machine's core count (%d), which slows torch down: "
-                "use it only to repeat a run made with %d threads",
-                threads,
-                cores,
-                threads,
-            )
-    return torch.get_num_threads()
-
-
-def run_environment(device: str) -> dict[str, Any]:
-    """Return what besides the settings decides a run's last digits, for its records.
-
-    The thread count, the library versions and the CPU's vector instructions, by which torch
-    picks its convolution kernels, change the order of floating-point sums, so two runs of one
-    command agree to every digit only where these agree too.
-    """
-    from hiertcn import __version__
-
-    return {
-        "hiertcn": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "device": device,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "cpu": cpu_model(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
-
-
-def save_run_metrics(
-    run_dir: Path,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    result: TrainResult,
-    test: dict[str, float],
-) -> Path:
-    """Add the test metrics to the run's best.pt and write its metrics.json.
-
-    The training settings are those saved in best.pt, which records the batch size after
-    `train_model` capped it, and `train_config` where the run saved no best.pt.
-    """
-    best_path = run_dir / BEST_CHECKPOINT
-    training = train_config.to_dict()
-    if best_path.is_file():
-        best = load_checkpoint(best_path)
-        metrics = {**best.metrics, "test": test}
-        save_checkpoint(best_path, dataclasses.replace(best, metrics=metrics))
-        training = best.train_config
-    summary = {
-        "model": model_config.to_dict(),
-        "training": training,
-        "best_epoch": result.best_epoch,
-        "valid": result.best_metrics,
-        "test": test,
-        "environment": run_environment(result.device),
-        "history": result.history,
-    }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "metrics.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    logger.info("wrote %s", path)
-    return path
-
-
-def cpu_model() -> str | None:
-    """Return the CPU's model name from /proc/cpuinfo, or None where there is none (not Linux)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
-            for line in info:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    return value.strip()
-    except OSError:
-        return None
-    return None
-
-
 def seed_everything(seed: int) -> None:
     """Seed the python, numpy and torch random generators."""
     random.seed(seed)
@@ -267,7 +144,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def item_counts(dataset) -> np.ndarray:
+def item_counts(dataset: Dataset) -> np.ndarray:
     """Return the number of training events of each item row, int64 [N]."""
     return np.bincount(np.asarray(dataset.train.items), minlength=len(dataset.vocab.ids))
 
@@ -277,31 +154,9 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-@dataclass
-class _RunState:
-    """Run state that changes from epoch to epoch, which `--resume` restores."""
-
-    epoch: int = 0
-    best_mrr: float = -math.inf
-    best_epoch: int = 0
-    best_metrics: dict[str, float] = field(default_factory=dict)
-    epochs_without_improvement: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_state: dict[str, torch.Tensor] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "best_mrr": self.best_mrr,
-            "best_epoch": self.best_epoch,
-            "best_metrics": self.best_metrics,
-            "epochs_without_improvement": self.epochs_without_improvement,
-            "history": self.history,
-        }
-
-
 def train_model(
     model: torch.nn.Module,
-    dataset,
+    dataset: Dataset,
     config: TrainConfig,
     out_dir: str | Path | None = None,
     resume: bool = False,
@@ -319,14 +174,14 @@ def train_model(
     if not getattr(model, "trainable", True):
         if resume:
             # Nothing to continue, but a run of another model or log must not be overwritten.
-            _load_resumable(model, out_dir, dataset)
+            load_resumable(model, out_dir, dataset)
         return _fit_untrained(model, dataset, config, device, out_dir)
 
     config = _cap_batch_size(config, dataset.train.num_users)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    state = _RunState()
+    state = RunState()
     if resume:
-        state = _restore(model, optimizer, config, out_dir, device, dataset)
+        state = restore_run(model, optimizer, config, out_dir, device, dataset)
 
     loss_fn = build_loss(config.loss, len(dataset.vocab.ids), item_counts(dataset))
     generator = BatchGenerator(
@@ -337,29 +192,11 @@ def train_model(
     input_bytes: list[int] = []
     while state.epoch < config.epochs and state.epochs_without_improvement < config.patience:
         state.epoch += 1
-        seed_everything(epoch_seed(config.seed, state.epoch))
-        cpu_started = time.process_time()
-        loss, seconds, events, input_bytes = _train_epoch(
-            model, generator, optimizer, loss_fn, config, state.epoch, device
+        seconds, cpu_seconds, input_bytes = _run_epoch(
+            model, generator, optimizer, loss_fn, dataset, config, device, out_dir, state
         )
-        epoch_cpu_seconds.append(time.process_time() - cpu_started)
+        epoch_cpu_seconds.append(cpu_seconds)
         epoch_seconds.append(seconds)
-        valid = _validate(model, dataset, config, device)
-        _record_epoch(state, model, valid, loss, seconds, events, config)
-        if out_dir is not None:
-            _save_run(out_dir, model, optimizer, dataset, config, state, valid)
-        if state.epochs_without_improvement >= config.patience and state.epoch < config.epochs:
-            logger.info(
-                "early stopping after epoch %d/%d: no better validation MRR for %d epoch%s "
-                "(--patience %d), best epoch %d (valid MRR %.4f)",
-                state.epoch,
-                config.epochs,
-                state.epochs_without_improvement,
-                "" if state.epochs_without_improvement == 1 else "s",
-                config.patience,
-                state.best_epoch,
-                state.best_mrr,
-            )
 
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
@@ -374,6 +211,47 @@ def train_model(
         device=str(device),
         out_dir=out_dir,
     )
+
+
+def _run_epoch(
+    model: torch.nn.Module,
+    generator: BatchGenerator,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Loss,
+    dataset: Dataset,
+    config: TrainConfig,
+    device: torch.device,
+    out_dir: Path | None,
+    state: RunState,
+) -> tuple[float, float, list[int]]:
+    """Run epoch `state.epoch`: seed, train, validate, record, save, and log an early stop.
+
+    Returns the training seconds, the CPU seconds of the training and the input bytes of each
+    batch.
+    """
+    seed_everything(epoch_seed(config.seed, state.epoch))
+    cpu_started = time.process_time()
+    loss, seconds, events, input_bytes = _train_epoch(
+        model, generator, optimizer, loss_fn, config, state.epoch, device
+    )
+    cpu_seconds = time.process_time() - cpu_started
+    valid = _validate(model, dataset, config, device)
+    _record_epoch(state, model, valid, loss, seconds, events, config)
+    if out_dir is not None:
+        _save_run(out_dir, model, optimizer, dataset, config, state, valid)
+    if state.epochs_without_improvement >= config.patience and state.epoch < config.epochs:
+        logger.info(
+            "early stopping after epoch %d/%d: no better validation MRR for %d epoch%s "
+            "(--patience %d), best epoch %d (valid MRR %.4f)",
+            state.epoch,
+            config.epochs,
+            state.epochs_without_improvement,
+            "" if state.epochs_without_improvement == 1 else "s",
+            config.patience,
+            state.best_epoch,
+            state.best_mrr,
+        )
+    return seconds, cpu_seconds, input_bytes
 
 
 def _cap_batch_size(config: TrainConfig, num_users: int) -> TrainConfig:
@@ -400,7 +278,7 @@ def _train_epoch(
     model: torch.nn.Module,
     generator: BatchGenerator,
     optimizer: torch.optim.Optimizer,
-    loss_fn,
+    loss_fn: Loss,
     config: TrainConfig,
     epoch: int,
     device: torch.device,
@@ -445,8 +323,15 @@ def _diverged_message(config: TrainConfig, epoch: int, batch: int, loss: float) 
 
 
 def _train_batch(
-    model, batch: Batch, carry, optimizer, loss_fn, config, device, weight: float = 1.0
-):
+    model: torch.nn.Module,
+    batch: Batch,
+    carry: Carry,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Loss,
+    config: TrainConfig,
+    device: torch.device,
+    weight: float = 1.0,
+) -> tuple[float, Carry]:
     """Take one optimizer step on `weight` times the batch's mean loss.
 
     Returns the mean loss (unweighted) and the carry detached from the graph.
@@ -473,17 +358,33 @@ def _train_batch(
     return float(loss.detach()), carry
 
 
-def _batch_loss(loss_fn, model, queries, targets, impressions) -> torch.Tensor:
+def _batch_loss(
+    loss_fn: Loss,
+    model: torch.nn.Module,
+    queries: torch.Tensor,
+    targets: torch.Tensor,
+    impressions: torch.Tensor | None,
+) -> torch.Tensor:
     """Mean loss over the P real events: queries [P, D], targets int64 [P], impressions [P, M]."""
     return loss_fn(queries, targets, model.item_embeddings(), impressions=impressions)
 
 
-def _validate(model, dataset, config: TrainConfig, device) -> dict[str, float]:
+def _validate(
+    model: torch.nn.Module, dataset: Dataset, config: TrainConfig, device: torch.device
+) -> dict[str, float]:
     evaluation = EvaluationConfig(batch_size=config.batch_size)
     return evaluate_model(model, dataset.valid, evaluation, device).metrics
 
 
-def _record_epoch(state: _RunState, model, valid, loss, seconds, events, config) -> None:
+def _record_epoch(
+    state: RunState,
+    model: torch.nn.Module,
+    valid: dict[str, float],
+    loss: float,
+    seconds: float,
+    events: int,
+    config: TrainConfig,
+) -> None:
     """Append the epoch to the history and keep the weights when validation MRR improved."""
     mrr = valid["mrr"]
     improved = not math.isnan(mrr) and mrr > state.best_mrr
@@ -494,7 +395,8 @@ def _record_epoch(state: _RunState, model, valid, loss, seconds, events, config)
     else:
         state.epochs_without_improvement += 1
     rate = events / seconds if seconds > 0 else 0.0
-    # The thread count of each epoch, because a resume may change it (see `set_threads`).
+    # The thread count of each epoch, because a resume may change it (see
+    # `hiertcn.run_info.set_threads`).
     state.history.append(
         {"epoch": state.epoch, "loss": loss, "seconds": seconds, "events_per_second": rate}
         | {"threads": torch.get_num_threads(), "valid": dict(valid)}
@@ -512,7 +414,15 @@ def _record_epoch(state: _RunState, model, valid, loss, seconds, events, config)
     )
 
 
-def _checkpoint(model, optimizer, dataset, config, epoch, metrics, resume_state) -> Checkpoint:
+def _checkpoint(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    dataset: Dataset,
+    config: TrainConfig,
+    epoch: int,
+    metrics: dict[str, float],
+    resume_state: dict[str, Any],
+) -> Checkpoint:
     return Checkpoint(
         model_config=model.config.to_dict(),
         model_state={name: value.detach().cpu() for name, value in model.state_dict().items()},
@@ -526,177 +436,28 @@ def _checkpoint(model, optimizer, dataset, config, epoch, metrics, resume_state)
     )
 
 
-def _save_run(out_dir, model, optimizer, dataset, config, state: _RunState, valid) -> None:
+def _save_run(
+    out_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    dataset: Dataset,
+    config: TrainConfig,
+    state: RunState,
+    valid: dict[str, float],
+) -> None:
     last = _checkpoint(model, optimizer, dataset, config, state.epoch, valid, state.to_dict())
     save_checkpoint(out_dir / LAST_CHECKPOINT, last)
     if state.best_epoch == state.epoch:
         save_checkpoint(out_dir / BEST_CHECKPOINT, last)
 
 
-def _restore(model, optimizer, config: TrainConfig, out_dir, device, dataset) -> _RunState:
-    """Load `last.pt` of `out_dir` into the model and optimizer; return the run state.
-
-    Raises CheckpointError as `_load_resumable` does.
-    """
-    checkpoint = _load_resumable(model, out_dir, dataset)
-    model.load_state_dict(checkpoint.model_state)
-    if checkpoint.optimizer_state is not None:
-        optimizer.load_state_dict(checkpoint.optimizer_state)
-    saved = checkpoint.resume_state
-    state = _RunState(
-        epoch=checkpoint.epoch,
-        best_mrr=float(saved.get("best_mrr", -math.inf)),
-        best_epoch=int(saved.get("best_epoch", 0)),
-        best_metrics=dict(saved.get("best_metrics", {})),
-        epochs_without_improvement=int(saved.get("epochs_without_improvement", 0)),
-        history=list(saved.get("history", [])),
-    )
-    best_path = out_dir / BEST_CHECKPOINT
-    if best_path.is_file():
-        state.best_state = _load_run_checkpoint(best_path, str(device)).model_state
-    logger.info("resumed %s at epoch %d (best MRR %.4f)", out_dir, state.epoch, state.best_mrr)
-    if state.epoch >= config.epochs:
-        logger.warning(
-            "nothing to train: %s already contains %d epochs and --epochs is %d; pass a larger "
-            "--epochs to continue",
-            out_dir,
-            state.epoch,
-            config.epochs,
-        )
-    elif state.epochs_without_improvement >= config.patience:
-        logger.warning(
-            "nothing to train: early stopping ended %s after %d epochs without a better "
-            "validation MRR, and --patience is %d; pass a larger --patience to continue",
-            out_dir,
-            state.epochs_without_improvement,
-            config.patience,
-        )
-    else:
-        _warn_changed_training(out_dir / LAST_CHECKPOINT, checkpoint.train_config, config)
-    return state
-
-
-# Training settings that change the run when a resume alters them, by their flags.
-_TRAINING_FLAGS = {
-    "batch_size": "--batch-size",
-    "learning_rate": "--lr",
-    "grad_clip": "--grad-clip",
-    "seed": "--seed",
-    "threads": "--threads",
-}
-# Loss settings by their flags, with the losses that read them (None: every loss).
-_LOSS_FLAGS: dict[str, tuple[str, frozenset[str] | None]] = {
-    "name": ("--loss", None),
-    "margin": ("--margin", frozenset({"hinge"})),
-    "negatives": ("--negatives", frozenset({"hinge", "bpr", "nce"})),
-    "sampler": ("--sampler", frozenset({"hinge", "bpr", "nce"})),
-}
-
-
-# Added to the warning about a changed --threads, whose effect is not visible in the metrics.
-_THREADS_NOTE = (
-    ", so the run no longer repeats a run made in one go to the last digit (metrics.json lists "
-    "the threads of each epoch)"
-)
-
-
-def _setting(flag: str, value: Any) -> str:
-    return f"no {flag}" if value is None else f"{flag} {value}"
-
-
-def _warn_changed_training(path: Path, saved: dict[str, Any], config: TrainConfig) -> None:
-    """Log a warning for each training setting that differs from the one `path` was trained with.
-
-    A resume may change them on purpose (a lower learning rate, say), but the checkpoints then
-    record only the new values, so the change must not pass unnoticed. Loss settings count only
-    where the saved or the new loss reads them.
-    """
-    current = config.to_dict()
-    changes = [
-        (flag, saved[key], current[key]) for key, flag in _TRAINING_FLAGS.items() if key in saved
-    ]
-    saved_loss = saved.get("loss") or {}
-    losses = {saved_loss.get("name"), config.loss.name}
-    for key, (flag, readers) in _LOSS_FLAGS.items():
-        if key in saved_loss and (readers is None or losses & readers):
-            changes.append((flag, saved_loss[key], current["loss"][key]))
-    for flag, before, now in changes:
-        if before != now:
-            logger.warning(
-                "%s was trained with %s; the run continues with %s%s",
-                path,
-                _setting(flag, before),
-                _setting(flag, now),
-                _THREADS_NOTE if flag == "--threads" else "",
-            )
-
-
-def _load_resumable(model, out_dir, dataset) -> Checkpoint:
-    """Load `last.pt` of `out_dir` after checking that `model` and `dataset` may continue it.
-
-    Raises CheckpointError when `last.pt` is missing, or when its model configuration, its
-    item vocabulary (ids and row order) or its data settings differ from `model` and `dataset`.
-    """
-    if out_dir is None:
-        raise ConfigError("resume needs the output folder of the run: pass --out DIR")
-    last_path = out_dir / LAST_CHECKPOINT
-    if not last_path.is_file():
-        raise CheckpointError(
-            f"nothing to resume in {out_dir} because it contains no {LAST_CHECKPOINT}: "
-            "start a new run without --resume"
-        )
-    checkpoint = _load_run_checkpoint(last_path)
-    _check_model_config(last_path, ModelConfig.from_dict(checkpoint.model_config), model.config)
-    check_vocabulary(last_path, checkpoint, dataset.vocab.ids)
-    check_data_settings(last_path, checkpoint, dataset.summary)
-    return checkpoint
-
-
-def check_resume_config(out_dir: Path, config: ModelConfig) -> None:
-    """Raise CheckpointError when the run in `out_dir` was trained with other model settings.
-
-    Commands call this before they read the log, so that a wrong flag fails at once. Then
-    `train_model` checks the settings again, with the vocabulary and the data settings.
-    """
-    last_path = out_dir / LAST_CHECKPOINT
-    checkpoint = _load_run_checkpoint(last_path)
-    _check_model_config(last_path, ModelConfig.from_dict(checkpoint.model_config), config)
-
-
-def _load_run_checkpoint(path: Path, map_location: str = "cpu") -> Checkpoint:
-    """Load a checkpoint of the run in --out, which is damaged when it does not read as one."""
-    try:
-        return load_checkpoint(path, map_location=map_location)
-    except UnreadableCheckpointError as error:
-        # The run wrote this file, so a file that does not read as a checkpoint is damaged.
-        damage = error.reason if "damaged" in error.reason else f"damaged ({error.reason})"
-        raise CheckpointError(
-            f"cannot resume, because {path} is {damage}: start over with --force "
-            "in place of --resume, or pass another --out"
-        ) from error
-
-
-def _check_model_config(path: Path, saved: ModelConfig, current: ModelConfig) -> None:
-    """Raise CheckpointError naming each setting that differs and that either model reads.
-
-    Settings that neither model reads have no effect, so a run may resume with other values.
-    Unset dilations count as the model's default.
-    """
-    compared = read_fields(saved) | read_fields(current) | {"name"}
-    trained, requested = effective_settings(saved), effective_settings(current)
-    fields = [key for key in trained if key in compared and trained[key] != requested[key]]
-    if not fields:
-        return
-    was = ", ".join(f"{key}={trained[key]}" for key in fields)
-    now = ", ".join(f"{key}={requested[key]}" for key in fields)
-    flags = " ".join(flag_for(key, trained[key]) for key in fields)
-    raise CheckpointError(
-        f"{path} was trained with {was}, not {now}: resume with {flags}, or start over "
-        "with --force in place of --resume, or pass another --out"
-    )
-
-
-def _fit_untrained(model, dataset, config: TrainConfig, device, out_dir) -> TrainResult:
+def _fit_untrained(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    device: torch.device,
+    out_dir: Path | None,
+) -> TrainResult:
     """Fit a model without gradient training from the item counts of the training split.
 
     A model without `fit_counts` (moving average over fixed item vectors) is only evaluated.

@@ -29,7 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from statestore import export, locks, maintenance
+from statestore import export, import_file, locks, maintenance
 from statestore.bundle_meta import describe_catalog, read_history
 from statestore.catalog import BundleCatalog, read_catalog
 from statestore.errors import (
@@ -400,18 +400,18 @@ def run_import(args: argparse.Namespace) -> int:
     """Check a whole export file, then commit its records into the store, creating it when
     missing."""
     state_dir = state_dir_of(args)
-    export.check_import_path(args.file)
+    import_file.check_import_path(args.file)
     _check_not_a_file(state_dir)
     # The file is read in full before the store is opened, so a rejected file creates no store.
-    summary = export.scan_export(args.file)
+    summary = import_file.scan_export(args.file)
     # Held from the checks to the last commit, so no pool or replay starts in between.
     with locks.lock_exclusive(state_dir):
         if (state_dir / "data.mdb").is_file():
             with open_store(state_dir) as store:
-                export.check_import_sizes(store, summary, args.file)
-                export.check_import_catalog(store, summary, args.file)
+                import_file.check_import_sizes(store, summary, args.file)
+                import_file.check_import_catalog(store, summary, args.file)
         else:
-            export.check_import_catalog(None, summary, args.file)
+            import_file.check_import_catalog(None, summary, args.file)
         # Opening with the file's sizes and catalog records them in a new store, as a replay
         # records its bundle.
         config = StoreConfig(
@@ -424,7 +424,7 @@ def run_import(args: argparse.Namespace) -> int:
             writer_lock="none",
         )
         with StateStore(config) as store:
-            users, positions = export.import_export(store, args.file)
+            users, positions = import_file.import_export(store, args.file)
     print(
         f"imported {maintenance.plural(users, 'user')} and "
         f"{maintenance.plural(positions, 'partition position')} from {args.file}"

@@ -19,6 +19,9 @@ The file is separate from LMDB's `lock.mdb`, which LMDB manages itself. The kern
 `flock` when the last descriptor of its open file closes, also when the process dies, so a crash
 leaves no stale lock. A forked child shares the parent's lock until both have closed the
 descriptor.
+
+`SharedExclusiveLock` is the other lock of a store: the one between the threads of one process,
+which lets transactions run side by side and a map resize run alone.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import errno
 import fcntl
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -191,3 +195,72 @@ def _raise_unless_unsupported(error: OSError, state_dir: Path) -> None:
         state_dir,
         error.strerror,
     )
+
+
+class SharedExclusiveLock:
+    """A lock that any number of holders share, or one holder takes alone.
+
+    A waiting exclusive holder blocks new shared holders, so a map resize cannot starve. The lock
+    is not reentrant: a thread that holds it must not take it again.
+
+    What holds for LMDB 0.9 and py-lmdb 3.0, and why shared transactions are safe:
+
+    - py-lmdb opens every environment with MDB_NOTLS (`Environment.__init__` in lmdb/cffi.py),
+      so a read transaction's reader slot belongs to the transaction, not to the thread, and
+      threads may hold read transactions at the same time. Each read transaction takes one of
+      the `max_readers` slots.
+    - A transaction must be used by one thread only, and a write transaction must not span
+      threads. `StateStore.run` begins and ends each transaction in the calling thread.
+    - LMDB allows one write transaction per environment at a time, across threads and
+      processes. py-lmdb makes `begin(write=True)` on another thread wait until the active one
+      ends, and raises on the thread that already has one.
+    - Readers never block the writer, and a read transaction reads one committed snapshot for
+      its whole life, so a read never returns half of a commit (LMDB's MVCC design; checked by
+      tests/statestore/test_threads.py, which reads during synced commits).
+    - py-lmdb releases the GIL while `mdb_txn_commit` writes and fsyncs (measured with py-lmdb
+      3.0.0: another Python thread kept running during a 12 ms synced commit), so a reading
+      thread runs during the fsync of a commit.
+    - `mdb_env_set_mapsize` may be called only while no transaction of the process is open, and
+      py-lmdb 3.0 invalidates every open transaction of the environment when it runs. This is
+      why resizing and `close` take the lock exclusively.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._shared_holders = 0
+        self._exclusive_held = False
+        self._exclusive_waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._condition:
+            while self._exclusive_held or self._exclusive_waiting:
+                self._condition.wait()
+            self._shared_holders += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._shared_holders -= 1
+                if not self._shared_holders:
+                    self._condition.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._condition:
+            self._exclusive_waiting += 1
+            try:
+                while self._exclusive_held or self._shared_holders:
+                    self._condition.wait()
+            finally:
+                self._exclusive_waiting -= 1
+                # Shared holders wait while a resize is waiting, so they must hear it end, also
+                # when an exception (KeyboardInterrupt) ends the wait.
+                self._condition.notify_all()
+            self._exclusive_held = True
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._exclusive_held = False
+                self._condition.notify_all()

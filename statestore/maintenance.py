@@ -2,7 +2,8 @@
 
 Each function works in short transactions of at most `chunk_size` users, so it can run next to
 live workers. A long read transaction would keep LMDB from reusing the pages that writers free,
-so the file would grow. `statestore.export` writes and imports export files.
+so the file would grow. `statestore.export` writes export files, and `statestore.import_file`
+imports them.
 """
 
 from __future__ import annotations

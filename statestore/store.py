@@ -22,8 +22,8 @@ open, `reader_check()` frees the reader slots that processes which died left in 
 Threads. Threads of one process may share a store: one thread may read (`read`, `expired`,
 `positions`) while another runs `commit`. Transactions take a shared lock and run concurrently.
 Only map resizing takes it exclusively, because LMDB requires that no transaction of the
-process is open during `set_mapsize`. `_SharedExclusiveLock` lists the LMDB and py-lmdb rules
-that this relies on.
+process is open during `set_mapsize`. `statestore.locks.SharedExclusiveLock` lists the LMDB and
+py-lmdb rules that this relies on.
 
 Map growth across processes. The map starts at `StoreConfig.map_size` and grows as follows:
 
@@ -54,12 +54,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import resource
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, TypeVar
@@ -72,12 +69,12 @@ from statestore.bundle_meta import bundle_meta_updates
 from statestore.errors import (
     DiskFullError,
     ForeignProcessError,
-    MapSizeLimitError,
     ReadOnlyStoreError,
     SchemaVersionError,
     StateStoreError,
     StoreConfigError,
 )
+from statestore.map_size import MapSizing, format_size
 from statestore.state import PartitionPosition, UserState
 
 logger = logging.getLogger(__name__)
@@ -88,9 +85,6 @@ GIB = 1 << 30
 # Default of `StoreConfig.max_map_size`: the map never grows beyond it (bytes).
 MAX_MAP_SIZE = 1 << 40
 _DATABASE_NAMES = (b"users", b"positions", b"timers", b"meta")
-# Retries of one transaction: growing a 64 KiB map to 1 TiB takes 24 doublings, and another
-# process may grow the map between them, which costs one more retry each time.
-_MAX_ATTEMPTS = 48
 # Errors of `write()` that mean "no room on the disk or in the file".
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 # errno values of an LMDB call denied write access: a read-only directory, file or file system.
@@ -159,14 +153,14 @@ class StoreTxn(NamedTuple):
     meta: lmdb._Database
 
 
-class StateStore:
+class StateStore(MapSizing):
     """User states, partition positions and session timers in one LMDB environment."""
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         self.path = Path(config.path)
         self._pid = os.getpid()
-        self._lock = _SharedExclusiveLock()
+        self._lock = locks.SharedExclusiveLock()
         blocking_file = file_in_path(self.path)
         if blocking_file == self.path:
             raise StoreConfigError(
@@ -261,81 +255,6 @@ class StateStore:
 
         return self._retry(once, "write" if write else "read")
 
-    def _retry(self, operation: Callable[[], T], name: str) -> T:
-        for attempt in range(1, _MAX_ATTEMPTS + 1):
-            with self._lock.shared():
-                size_before = self.map_size()
-                try:
-                    return operation()
-                except lmdb.MapResizedError:
-                    resize = self._adopt_map
-                except lmdb.MapFullError:
-                    resize = self._grow_map
-                except lmdb.Error as error:
-                    raise self._translate(error, name) from error
-            # The transaction has ended, so this thread holds no lock and no transaction here.
-            with self._lock.exclusive():
-                self._resize_map(resize, name, attempt, size_before)
-        raise StateStoreError(
-            f"LMDB {name} in {self.path} still failed after {_MAX_ATTEMPTS} attempts to grow "
-            "the map: another process keeps growing it; retry the command"
-        )
-
-    def _resize_map(
-        self, resize: Callable[[str, int, int], None], name: str, attempt: int, size_before: int
-    ) -> None:
-        try:
-            resize(name, attempt, size_before)
-        except lmdb.Error as error:
-            raise self._translate(error, f"map resize for {name}") from error
-
-    def _adopt_map(self, name: str, attempt: int, size_before: int) -> None:
-        if self.map_size() != size_before:
-            return  # another thread of this process adopted or grew the map meanwhile
-        self._env.set_mapsize(0)
-        logger.warning(
-            "LMDB map of %s was grown by another process: adopted %s (%s, attempt %d/%d)",
-            self.path,
-            format_size(self.map_size()),
-            name,
-            attempt,
-            _MAX_ATTEMPTS,
-        )
-
-    def _grow_map(self, name: str, attempt: int, full_size: int) -> None:
-        if self.map_size() > full_size:
-            return  # another thread of this process grew the map meanwhile
-        self._env.set_mapsize(0)
-        if self.map_size() > full_size:
-            logger.warning(
-                "LMDB map of %s is full at %s, adopted %s from another process (%s, attempt %d/%d)",
-                self.path,
-                format_size(full_size),
-                format_size(self.map_size()),
-                name,
-                attempt,
-                _MAX_ATTEMPTS,
-            )
-            return
-        if full_size >= self.config.max_map_size:
-            self._env.set_mapsize(full_size)
-            raise MapSizeLimitError(
-                f"LMDB map of {self.path} is full at max_map_size "
-                f"{format_size(self.config.max_map_size)}: raise StoreConfig.max_map_size, or "
-                "evict inactive users (hiertcn-stream state evict)"
-            )
-        new_size = min(full_size * 2, self.config.max_map_size)
-        self._env.set_mapsize(new_size)
-        logger.warning(
-            "LMDB map of %s is full at %s, growing to %s (%s, attempt %d/%d)",
-            self.path,
-            format_size(full_size),
-            format_size(new_size),
-            name,
-            attempt,
-            _MAX_ATTEMPTS,
-        )
-
     def _translate(self, error: lmdb.Error, name: str) -> StateStoreError:
         code = getattr(error, "code", None)
         disk_full = isinstance(error, lmdb.DiskError) or code in _DISK_FULL_ERRNOS
@@ -346,20 +265,6 @@ class StateStore:
                 "directory to a larger disk"
             )
         return StateStoreError(f"LMDB {name} failed in state store {self.path}: {error}")
-
-    def _out_of_room(self) -> bool:
-        """Return whether the file system or the file-size limit has less than a page left
-        for `data.mdb`."""
-        page_size = resource.getpagesize()  # LMDB 0.9 uses the OS page size
-        try:
-            free = os.statvfs(self.path)
-            file_size = (self.path / "data.mdb").stat().st_size
-        except OSError:
-            return False
-        if free.f_bavail * free.f_frsize < page_size:
-            return True
-        limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
-        return limit != resource.RLIM_INFINITY and file_size + page_size > limit
 
     def _check_process(self) -> None:
         if os.getpid() != self._pid:
@@ -582,26 +487,6 @@ class StateStore:
         with self._lock.shared():
             self._env.sync(True)
 
-    def map_size(self) -> int:
-        """Return the current LMDB map size of this process (bytes)."""
-        return int(self._env.info()["map_size"])
-
-    def adopt_recorded_map_size(self) -> int:
-        """Set this process's map to the size recorded in data.mdb, and return it (bytes).
-
-        On open, LMDB maps `StoreConfig.map_size` (at least the size of the data), not the
-        recorded size, and a commit records the map of the process that made it when that map is
-        larger. So after this call, `map_size()` returns the size that the store's writers
-        recorded, not the one this process requested. The map still grows on demand.
-        """
-        self._check_process()
-        with self._lock.exclusive():
-            try:
-                self._env.set_mapsize(0)  # 0: the size in the newest meta page
-            except lmdb.Error as error:
-                raise self._translate(error, "map resize") from error
-        return self.map_size()
-
     def close(self) -> None:
         """Close the environment; in a forked child, only drop the reference."""
         if os.getpid() != self._pid:
@@ -696,16 +581,6 @@ def file_in_path(path: Path) -> Path | None:
     return None
 
 
-def format_size(size: int) -> str:
-    """Return a byte count in binary units, for example `64 KiB` or `1.5 GiB`."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.4g} {unit}"
-        value /= 1024
-    return f"{value:.4g} TiB"
-
-
 def _pages_of(stat: Mapping[str, int]) -> int:
     """Return the pages of one LMDB database from its `stat()`."""
     return int(stat["branch_pages"]) + int(stat["leaf_pages"]) + int(stat["overflow_pages"])
@@ -719,72 +594,3 @@ def _timer_of_record(key: bytes, blob: bytes) -> bytes | None:
         return None
     # `keys.timer_key` with the user's key in place of the decoded and re-encoded user id.
     return keys.partition_bytes(partition) + keys.micros_bytes(last_ts) + bytes(key)
-
-
-class _SharedExclusiveLock:
-    """A lock that any number of holders share, or one holder takes alone.
-
-    A waiting exclusive holder blocks new shared holders, so a map resize cannot starve. The lock
-    is not reentrant: a thread that holds it must not take it again.
-
-    What holds for LMDB 0.9 and py-lmdb 3.0, and why shared transactions are safe:
-
-    - py-lmdb opens every environment with MDB_NOTLS (`Environment.__init__` in lmdb/cffi.py),
-      so a read transaction's reader slot belongs to the transaction, not to the thread, and
-      threads may hold read transactions at the same time. Each read transaction takes one of
-      the `max_readers` slots.
-    - A transaction must be used by one thread only, and a write transaction must not span
-      threads. `StateStore.run` begins and ends each transaction in the calling thread.
-    - LMDB allows one write transaction per environment at a time, across threads and
-      processes. py-lmdb makes `begin(write=True)` on another thread wait until the active one
-      ends, and raises on the thread that already has one.
-    - Readers never block the writer, and a read transaction reads one committed snapshot for
-      its whole life, so a read never returns half of a commit (LMDB's MVCC design; checked by
-      tests/statestore/test_threads.py, which reads during synced commits).
-    - py-lmdb releases the GIL while `mdb_txn_commit` writes and fsyncs (measured with py-lmdb
-      3.0.0: another Python thread kept running during a 12 ms synced commit), so a reading
-      thread runs during the fsync of a commit.
-    - `mdb_env_set_mapsize` may be called only while no transaction of the process is open, and
-      py-lmdb 3.0 invalidates every open transaction of the environment when it runs. This is
-      why resizing and `close` take the lock exclusively.
-    """
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._shared_holders = 0
-        self._exclusive_held = False
-        self._exclusive_waiting = 0
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._condition:
-            while self._exclusive_held or self._exclusive_waiting:
-                self._condition.wait()
-            self._shared_holders += 1
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._shared_holders -= 1
-                if not self._shared_holders:
-                    self._condition.notify_all()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._condition:
-            self._exclusive_waiting += 1
-            try:
-                while self._exclusive_held or self._shared_holders:
-                    self._condition.wait()
-            finally:
-                self._exclusive_waiting -= 1
-                # Shared holders wait while a resize is waiting, so they must hear it end, also
-                # when an exception (KeyboardInterrupt) ends the wait.
-                self._condition.notify_all()
-            self._exclusive_held = True
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._exclusive_held = False
-                self._condition.notify_all()

@@ -7,18 +7,15 @@ ONNX Runtime alone and never imports torch.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
+from hiertcn import command_line
 from statestore.errors import StateStoreError
 from stream.errors import StreamError
 
 logger = logging.getLogger(__name__)
-
-# Prefix of the namespace attributes that count `-v` at each parser level.
-_VERBOSE_PREFIX = "verbose_"
 
 # Modules whose `register(subparsers)` adds one subcommand each.
 _COMMAND_MODULES = (
@@ -31,22 +28,12 @@ _COMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every available subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="hiertcn-stream",
-        description="Serve HierTCN recommendations from a Kafka interaction stream.",
+    return command_line.build_parser(
+        "hiertcn-stream",
+        "Serve HierTCN recommendations from a Kafka interaction stream.",
+        _COMMAND_MODULES,
+        _verbose_help,
     )
-    add_verbose_option(parser, depth=0)
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue
-        module.register(subparsers)
-    _add_verbose_to_subcommands(parser, depth=1)
-    return parser
 
 
 # The -v help of the commands that read event records.
@@ -57,52 +44,9 @@ _RECORD_VERBOSE_HELP = (
 _VERBOSE_HELP = "log at DEBUG level, including the traceback of a reported error (default: INFO)"
 
 
-def add_verbose_option(
-    parser: argparse.ArgumentParser, depth: int, help_text: str = _RECORD_VERBOSE_HELP
-) -> None:
-    """Add `-v/--verbose` to one parser level, counted in the attribute `verbose_<depth>`.
-
-    argparse copies a subcommand's namespace over its parent's, so each level needs its own
-    attribute, or a later level's count would replace an earlier one. `verbosity` adds them up.
-    """
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        dest=f"{_VERBOSE_PREFIX}{depth}",
-        action="count",
-        default=0,
-        help=help_text,
-    )
-
-
-def _add_verbose_to_subcommands(parser: argparse.ArgumentParser, depth: int) -> None:
-    """Add `-v` to every subcommand below `parser`, so it may follow any subcommand name."""
-    for action in parser._actions:
-        if not isinstance(action, argparse._SubParsersAction):
-            continue
-        # An alias maps to the same parser object, which must get the option only once.
-        children = {id(child): (name, child) for name, child in action.choices.items()}
-        for name, child in children.values():
-            reads_records = name in ("replay", "produce")
-            add_verbose_option(
-                child, depth, _RECORD_VERBOSE_HELP if reads_records else _VERBOSE_HELP
-            )
-            _add_verbose_to_subcommands(child, depth + 1)
-
-
-def verbosity(args: argparse.Namespace) -> int:
-    """Return the number of `-v` flags given before and after the subcommand names."""
-    return sum(value for name, value in vars(args).items() if name.startswith(_VERBOSE_PREFIX))
-
-
-def configure_logging(verbosity: int) -> None:
-    """Set up the one logging configuration of the stream entry points."""
-    level = (logging.INFO, logging.DEBUG)[min(max(verbosity, 0), 1)]
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _verbose_help(subcommand: str) -> str:
+    """Return the -v help of a subcommand name, or of the top level for ""."""
+    return _RECORD_VERBOSE_HELP if subcommand in ("", "replay", "produce") else _VERBOSE_HELP
 
 
 def parse_arguments(
@@ -136,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the `hiertcn-stream` command and return its exit code."""
     parser = build_parser()
     args = parse_arguments(parser, argv)
-    configure_logging(verbosity(args))
+    command_line.configure_logging(command_line.verbosity(args))
     try:
         return int(args.func(args) or 0)
     except (StreamError, StateStoreError) as error:

@@ -1,8 +1,12 @@
-"""Rate-limited loggers for librdkafka's own log lines.
+"""A rate limit for log lines that can repeat many times a second.
 
 librdkafka logs a failed connection attempt many times a second, and its default sink is the
 process's stderr. A client created with `"logger": librdkafka_logger(name)` sends those lines
-to a Python logger that passes a few per interval, which is enough to tell the cause.
+to a Python logger that passes a few per interval, which is enough to tell the cause. The
+pipeline puts the same filter on its warnings about non-finite scores.
+
+NOTE: `RateLimitFilter` drops the lines over its limit without counting them. The worker's
+`RateLimitedLog` (stream/worker.py), which counts them and logs a summary, belongs here too.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ INTERVAL_SECONDS = 10.0
 
 
 class RateLimitFilter(logging.Filter):
-    """Pass at most `limit` records per `interval` seconds and drop the rest."""
+    """Pass at most `limit` records per `interval` seconds and drop the rest.
+
+    The filter keeps no count of the records it drops, so nothing reports how many were lost.
+    """
 
     def __init__(self, limit: int, interval: float) -> None:
         super().__init__()

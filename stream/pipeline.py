@@ -188,7 +188,7 @@ class _UserWork:
 
 @dataclass
 class _Plan:
-    """Steps (1) and (2) of a batch: each event's prefix and GRU state, and the closes."""
+    """Step (a) of `Pipeline.process`: each event's prefix and GRU state, and the closes."""
 
     work: dict[str, _UserWork]
     prefixes: list[list[int]]  # item rows per event, oldest first
@@ -226,30 +226,39 @@ class Pipeline:
         """Run one batch; `states` is left unchanged and the new states come back in the result.
 
         Events of one user are handled in input order; users missing from `states` start from
-        the learned start state.
+        the learned start state. The steps carry letters because the worker's numbers 1 to 6
+        name other steps. In the worker, this method covers the gap closes and the scoring:
+
+        (a) plan: walk each user's events in order, note a session close at each gap and
+            collect each event's session prefix
+        (b) close the noted sessions in rounds, one batched GRU update per round
+        (c) run one batched session step for every event
+        (d) score and pick the top K per event
+        (e) rank each event's item under the user's previous recommendation (live metric)
+        (f) write the walked sessions and the last embeddings into new states
         """
         if not events:
             return BatchResult([], {}, Counter(), [])
         states, reset = self.usable_states(states)
 
-        # (1)-(2) Walk each user's events in order: close sessions on a gap, collect prefixes.
+        # (a) Walk each user's events in order: note a close at each gap, collect prefixes.
         plan = self._plan(events, states)
         closed = Counter({"gap": sum(len(work.closes) for work in plan.work.values())})
 
-        # (1) Close sessions in rounds: round r is the r-th close of every user that has one.
+        # (b) Close sessions in rounds: round r is the r-th close of every user that has one.
         self._close_rounds(plan.work)
 
-        # (3) One batched session step for every event of the batch.
+        # (c) One batched session step for every event of the batch.
         embeddings = self._session_step(events, plan)  # [B, D]
         self._warn_non_finite(embeddings)
 
-        # (4) Scores and top-K per event, over its candidates or the whole catalog.
+        # (d) Scores and top-K per event, over its candidates or the whole catalog.
         outputs = self._recommend(events, embeddings, plan.session)
 
-        # (5) Live metric: the rank of each event's item under the previous recommendation.
+        # (e) Live metric: the rank of each event's item under the previous recommendation.
         live = self._live_ranks(events, embeddings, plan.work, states)
 
-        # (6) Write the walked sessions and the last embeddings into new states.
+        # (f) Write the walked sessions and the last embeddings into new states.
         new_states = self._finish(events, embeddings, plan.work)
         return BatchResult(outputs, new_states, closed, live, reset)
 
@@ -308,14 +317,14 @@ class Pipeline:
         """
         usable, reset = self.usable_states(states)
         # A state that does not fit the bundle is replaced by a new one with no open session.
-        closed: dict[str, UserState] = {
+        changed: dict[str, UserState] = {
             user: replace(self.new_state(), partition=state.partition, last_ts=state.last_ts)
             for user, state in states.items()
             if user not in usable
         }
         users = [user for user, state in usable.items() if state.session_length > 0]
         if not users:
-            return IdleResult(closed, reset=reset)
+            return IdleResult(changed, reset=reset)
         gru = np.stack([np.asarray(states[u].gru_state, np.float32) for u in users])  # [B, G, H]
         means = np.stack(
             [
@@ -325,7 +334,7 @@ class Pipeline:
         )  # [B, D]
         new_gru = self.bundle.session_close(gru, means)
         for index, user in enumerate(users):
-            closed[user] = replace(
+            changed[user] = replace(
                 states[user],
                 gru_state=np.array(new_gru[index], dtype=np.float32),
                 session_items=np.empty(0, dtype=np.int32),
@@ -334,19 +343,19 @@ class Pipeline:
             )
         outputs: list[Recommendation] = []
         if self.config.session_close_outputs:
-            outputs = self._session_start_outputs(users, closed)
+            outputs = self._session_start_outputs(users, changed)
         logger.debug("closed %d idle sessions", len(users))
-        return IdleResult(closed, outputs, reset)
+        return IdleResult(changed, outputs, reset)
 
     def _session_start_outputs(
-        self, users: list[str], closed: dict[str, UserState]
+        self, users: list[str], changed: dict[str, UserState]
     ) -> list[Recommendation]:
         """Recommend the first event of each user's next session, after a timer close.
 
-        Stores each session-start embedding in `closed` as the user's last embedding, so that
+        Stores each session-start embedding in `changed` as the user's last embedding, so that
         the live metric ranks the user's next event against this list.
         """
-        gru = np.stack([closed[user].gru_state for user in users])  # [B, G, H]
+        gru = np.stack([changed[user].gru_state for user in users])  # [B, G, H]
         # An empty session prefix: one zero row with length 0, so the session step reads only
         # the start token and the GRU state, as for the first event of a session.
         prefix = np.zeros((len(users), 1, self.dim), dtype=np.float32)  # [B, 1, D]
@@ -357,8 +366,8 @@ class Pipeline:
 
         outputs = []
         for index, user in enumerate(users):
-            state = replace(closed[user], last_embedding=np.array(embeddings[index]))
-            closed[user] = state
+            state = replace(changed[user], last_embedding=np.array(embeddings[index]))
+            changed[user] = state
             outputs.append(
                 Recommendation(
                     user=user,
@@ -423,7 +432,9 @@ class Pipeline:
     def _close_rounds(self, work: dict[str, _UserWork]) -> None:
         rounds = max(len(user_work.closes) for user_work in work.values())
         for round_index in range(rounds):
-            users = [user for user, uw in work.items() if len(uw.closes) > round_index]
+            users = [
+                user for user, user_work in work.items() if len(user_work.closes) > round_index
+            ]
             state = np.stack([work[u].grus[round_index] for u in users])  # [B, G, H]
             means = np.stack([work[u].closes[round_index] for u in users])  # [B, D]
             new_state = self.bundle.session_close(state, means.astype(np.float32))

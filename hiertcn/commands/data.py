@@ -52,6 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
+    _register_stats(commands)
+    _register_prepare(commands)
+    _register_synthetic(commands)
+    _register_events(commands)
+
+
+def _register_stats(commands: argparse._SubParsersAction) -> None:
     stats = commands.add_parser(
         "stats",
         help="print users, items, events and sessions of a filtered log",
@@ -66,6 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.set_defaults(func=run_stats)
 
+
+def _register_prepare(commands: argparse._SubParsersAction) -> None:
     prepare = commands.add_parser(
         "prepare",
         help="save the split of a log as memory-mappable event logs",
@@ -94,6 +103,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     prepare.set_defaults(func=run_prepare)
 
+
+def _register_synthetic(commands: argparse._SubParsersAction) -> None:
     synthetic = commands.add_parser(
         "synthetic",
         help="write a synthetic CSV log (user,item,timestamp in seconds)",
@@ -115,6 +126,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     synthetic.set_defaults(func=run_synthetic)
 
+
+def _register_events(commands: argparse._SubParsersAction) -> None:
     events = commands.add_parser(
         "events",
         help="write one part of the split as a JSON Lines event file for hiertcn-stream replay",

@@ -6,10 +6,19 @@ import argparse
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hiertcn.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import torch
+
+    from hiertcn.checkpoint import Checkpoint
+    from hiertcn.data.log import EventLog
+    from hiertcn.data.options import Dataset
+    from hiertcn.evaluate import EvaluationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +163,7 @@ def check_json_apart_from_inputs(path: Path, inputs: list[Path]) -> None:
         )
 
 
-def load_evaluation_data(args: argparse.Namespace, checkpoints):
+def load_evaluation_data(args: argparse.Namespace, checkpoints: Sequence[Checkpoint]) -> Dataset:
     """Load the data to evaluate on; a DataError on a log file names the checkpoints' data flags.
 
     Data flags other than those that trained a checkpoint (another --item-col, say) often fail
@@ -256,7 +265,13 @@ def describe_flag_values(
     )
 
 
-def evaluate_checkpoints(args: argparse.Namespace, checkpoints, log, config, device):
+def evaluate_checkpoints(
+    args: argparse.Namespace,
+    checkpoints: Sequence[Checkpoint],
+    log: EventLog,
+    config: EvaluationConfig,
+    device: torch.device,
+) -> list[dict[str, Any]]:
     """Evaluate each checkpoint on `log` and return one table row each.
 
     A failed allocation raises an error that names the flag to lower.
@@ -296,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from hiertcn.data.prepared import is_prepared_folder
     from hiertcn.evaluate import EvaluationConfig, format_table
-    from hiertcn.train import resolve_device, run_environment, set_threads
+    from hiertcn.run_info import resolve_device, run_environment, set_threads
 
     check_arguments(args)
     device = resolve_device(args.device)

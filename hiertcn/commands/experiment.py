@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     from hiertcn.data.options import data_config_from_args
     from hiertcn.experiments.runner import RunCache
     from hiertcn.memory import report_out_of_memory
-    from hiertcn.train import set_threads
+    from hiertcn.run_info import set_threads
 
     reject_unread_flags(args)
     if args.model is None:
@@ -360,7 +360,7 @@ def _setup(data, variants, splits: tuple[str, ...] = ("cold",)) -> dict[str, Any
     is listed per variant label under "variants", so the line shows what each row trained.
     """
     from hiertcn.experiments.report import split_shared_settings
-    from hiertcn.train import resolve_device, run_environment
+    from hiertcn.run_info import resolve_device, run_environment
 
     settings = [
         {"model": variant.model.to_dict(), "training": variant.train.to_dict()}

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hiertcn.errors import (
     CheckpointError,
@@ -13,6 +14,14 @@ from hiertcn.errors import (
     InvalidFieldError,
     TrainingDivergedError,
 )
+
+if TYPE_CHECKING:
+    import torch
+
+    from hiertcn.data.options import Dataset
+    from hiertcn.losses import LossConfig
+    from hiertcn.models.config import ModelConfig
+    from hiertcn.train import TrainConfig, TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +109,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = 
         required=model_required,
         help="model name: one of {models}" + ("" if model_required else " (default: hiertcn)"),
     )
+    _add_size_arguments(group)
+    _add_regularization_arguments(group)
+    _add_model_input_arguments(group)
+
+
+def _add_size_arguments(group: argparse._ArgumentGroup) -> None:
+    """Add the layer sizes of the models: D, H, G, TCN filters, kernel and dilations."""
     group.add_argument(
         "--embedding-dim", type=int, default=128, help="item-embedding size D (default: 128)"
     )
@@ -127,6 +143,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = 
         help="comma-separated TCN dilations, one residual block each "
         "(default: 1,2,4,8 for hiertcn and 1,2,4,8,16,32 for tcn)",
     )
+
+
+def _add_regularization_arguments(group: argparse._ArgumentGroup) -> None:
+    """Add dropout and batch normalization."""
     group.add_argument(
         "--dropout",
         type=float,
@@ -154,6 +174,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = 
         help="time steps with their own batch-norm statistics, with --batch-norm; later steps "
         "share the last (default: 256)",
     )
+
+
+def _add_model_input_arguments(group: argparse._ArgumentGroup) -> None:
+    """Add fixed item vectors, the baselines' recent items and the GRU backpropagation depth."""
     group.add_argument(
         "--item-vectors",
         help="fixed pre-trained item vectors, a float .npy file [N, D] in vocabulary row order "
@@ -259,7 +283,7 @@ def add_threads_argument(group: argparse._ArgumentGroup, record: str) -> None:
     )
 
 
-def model_config_from_args(args: argparse.Namespace):
+def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
     """Build the `ModelConfig` that the model flags describe. An invalid value names its flag."""
     dilations = parse_dilations(args.dilations)
     from hiertcn.models.config import field_flag
@@ -290,7 +314,7 @@ def parse_dilations(value: str | None) -> tuple[int, ...] | None:
     return dilations
 
 
-def _model_config(args: argparse.Namespace, dilations: tuple[int, ...] | None):
+def _model_config(args: argparse.Namespace, dilations: tuple[int, ...] | None) -> ModelConfig:
     """Build the `ModelConfig` of the parsed flags; invalid values raise `InvalidFieldError`."""
     from hiertcn.models.config import ModelConfig
 
@@ -316,7 +340,7 @@ def _model_config(args: argparse.Namespace, dilations: tuple[int, ...] | None):
 _TRAINING_FLAGS = {"learning_rate": "--lr"}
 
 
-def loss_config_from_args(args: argparse.Namespace):
+def loss_config_from_args(args: argparse.Namespace) -> LossConfig:
     """Build the `LossConfig` that the loss flags describe."""
     from hiertcn.losses import LossConfig
 
@@ -325,7 +349,7 @@ def loss_config_from_args(args: argparse.Namespace):
     )
 
 
-def train_config_from_args(args: argparse.Namespace):
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Build the `TrainConfig` that the training and loss flags describe."""
     try:
         return _train_config(args)
@@ -334,7 +358,7 @@ def train_config_from_args(args: argparse.Namespace):
         raise ConfigError(f"{flag} {error.value} is invalid: {error.fix}") from None
 
 
-def _train_config(args: argparse.Namespace):
+def _train_config(args: argparse.Namespace) -> TrainConfig:
     """Build the `TrainConfig` of the parsed flags; invalid values raise `InvalidFieldError`."""
     from hiertcn.train import TrainConfig
 
@@ -483,7 +507,13 @@ def describe_saved_run(out: Path, force: bool, new_flags: str = "") -> str:
     )
 
 
-def train_and_test(args: argparse.Namespace, model_config, train_config, dataset, device):
+def train_and_test(
+    args: argparse.Namespace,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    dataset: Dataset,
+    device: torch.device,
+) -> tuple[TrainResult, dict[str, float]]:
     """Build and train the model, then return the training result and the test metrics.
 
     An interrupt or a diverged loss raises an error that states what the run saved in --out and
@@ -519,7 +549,8 @@ def run(args: argparse.Namespace) -> int:
     """Train, evaluate the best epoch on the test split, and print the metric table."""
     from hiertcn.data.options import load_dataset
     from hiertcn.evaluate import format_table
-    from hiertcn.train import check_resume_config, resolve_device, save_run_metrics
+    from hiertcn.resume import check_resume_config
+    from hiertcn.run_info import resolve_device, save_run_metrics
 
     model_config = model_config_from_args(args)
     train_config = train_config_from_args(args)

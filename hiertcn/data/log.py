@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hiertcn.data.prepared_files import PART_ARRAYS
 from hiertcn.data.readers import RawLog, select_ragged
 from hiertcn.data.sessions import (
     DEFAULT_SESSION_GAP,
@@ -25,14 +26,6 @@ from hiertcn.errors import DataError
 logger = logging.getLogger(__name__)
 
 LOG_FORMAT_VERSION = 1
-_ARRAYS = (
-    "user_offsets",
-    "user_session_offsets",
-    "session_offsets",
-    "items",
-    "timestamps",
-    "targets",
-)
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,7 +163,7 @@ class EventLog:
         """Write one .npy per array, user_ids.json, vocab.json and meta.json to `directory`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        for name in _ARRAYS:
+        for name in PART_ARRAYS:
             np.save(directory / f"{name}.npy", np.asarray(getattr(self, name)))
         if self.impression_offsets is not None and self.impressions is not None:
             np.save(directory / "impression_offsets.npy", np.asarray(self.impression_offsets))
@@ -208,7 +201,7 @@ class EventLog:
                 f"this version reads {LOG_FORMAT_VERSION}: save the log again"
             )
         mode = "r" if mmap else None
-        arrays = {name: np.load(directory / f"{name}.npy", mmap_mode=mode) for name in _ARRAYS}
+        arrays = {name: np.load(directory / f"{name}.npy", mmap_mode=mode) for name in PART_ARRAYS}
         impression_offsets = impressions = None
         if meta.get("impressions"):
             impression_offsets = np.load(directory / "impression_offsets.npy", mmap_mode=mode)

@@ -105,6 +105,13 @@ def add_data_arguments(
 
 
 def _add_reader_arguments(group: argparse._ArgumentGroup) -> None:
+    _add_column_arguments(group)
+    _add_type_and_impression_arguments(group)
+    _add_layout_and_time_arguments(group)
+
+
+def _add_column_arguments(group: argparse._ArgumentGroup) -> None:
+    """Add the format and the user, item and time columns."""
     group.add_argument(
         "--format",
         action=_RecordGiven,
@@ -132,6 +139,10 @@ def _add_reader_arguments(group: argparse._ArgumentGroup) -> None:
         help="timestamp column: header name or 0-based position "
         f"(default: {_column_default('time', 2)})",
     )
+
+
+def _add_type_and_impression_arguments(group: argparse._ArgumentGroup) -> None:
+    """Add the event type and impression columns and the event types to keep."""
     group.add_argument(
         "--event-type-col",
         action=_RecordGiven,
@@ -157,6 +168,10 @@ def _add_reader_arguments(group: argparse._ArgumentGroup) -> None:
         default="|",
         help="separator inside the impressions column (default: |)",
     )
+
+
+def _add_layout_and_time_arguments(group: argparse._ArgumentGroup) -> None:
+    """Add the header, delimiter, time unit and session gap flags."""
     group.add_argument(
         "--no-header",
         action=_RecordGiven,

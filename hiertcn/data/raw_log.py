@@ -26,9 +26,7 @@ from hiertcn.data.time_units import (
 )
 from hiertcn.errors import DataError
 
-# The log lines of a read carry the name of the public module `hiertcn.data.readers`, which the
-# command-line log format shows and by which callers and tests capture them.
-logger = logging.getLogger("hiertcn.data.readers")
+logger = logging.getLogger(__name__)
 
 
 # The largest Unix time in seconds that is still in the year 9999. A larger value read with

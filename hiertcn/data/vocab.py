@@ -53,7 +53,9 @@ class ItemVocab:
             return self.row_of[str(item)]
         except KeyError:
             raise DataError(
-                f"item {item!r} is not in the vocabulary of {len(self)} items"
+                f"item {item!r} is not in the vocabulary of {len(self)} items: drop the events "
+                "of items outside the vocabulary first, or build the vocabulary with "
+                "`ItemVocab.from_ids` over every item"
             ) from None
 
     def rows(self, items: Iterable[object], missing: int | None = None) -> np.ndarray:
@@ -78,7 +80,10 @@ class ItemVocab:
         try:
             ids = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise DataError(f"item vocabulary {path} not found") from None
+            raise DataError(
+                f"item vocabulary {path} not found (`EventLog.save` writes one into the folder "
+                "of each saved event log)"
+            ) from None
         except json.JSONDecodeError as error:
             raise DataError(f"item vocabulary {path} is not valid JSON: {error}") from None
         if not isinstance(ids, list):

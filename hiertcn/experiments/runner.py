@@ -21,13 +21,8 @@ from hiertcn.data.options import DataConfig, Dataset, load_dataset_from_config
 from hiertcn.evaluate import EvaluationConfig, EvaluationResult, evaluate_model
 from hiertcn.models.config import ModelConfig
 from hiertcn.models.registry import build_model
-from hiertcn.train import (
-    TrainConfig,
-    resolve_device,
-    save_run_metrics,
-    seed_everything,
-    train_model,
-)
+from hiertcn.run_info import resolve_device, save_run_metrics
+from hiertcn.train import TrainConfig, seed_everything, train_model
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,6 @@ OUTPUTS = "hiertcn_outputs_produced_total"
 DEAD_LETTERS = "hiertcn_dead_letters_total"
 LIVE_PREDICTIONS = "hiertcn_live_predictions_total"
 LIVE_HITS = "hiertcn_live_hits_total"
-LIVE_RR = "hiertcn_live_reciprocal_rank_sum_total"
 
 
 @dataclass(frozen=True)
@@ -37,13 +36,12 @@ class Scrape:
     dead_letters: float = 0.0
     live_predictions: float = 0.0
     live_hits: dict[str, float] = field(default_factory=dict)
-    live_rr_sum: float = 0.0
     latency_buckets: dict[float, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Sample:
-    """Rates, latency quantiles and live metrics of the interval between two scrapes."""
+    """Rates, latency quantiles and live recall of the interval between two scrapes."""
 
     at: float
     events_per_second: float
@@ -52,7 +50,6 @@ class Sample:
     outputs_total: float
     dead_letters_total: float
     live_recall: float
-    live_mrr: float
 
 
 def scrape(url: str, timeout: float = 2.0) -> Scrape | None:
@@ -76,7 +73,7 @@ def parse_scrape(text: str, at: float) -> Scrape:
                 buckets[float(sample.labels["le"])] += sample.value
             elif sample.name == LIVE_HITS:
                 hits[sample.labels.get("k", "")] += sample.value
-            elif sample.name in (OUTPUTS, DEAD_LETTERS, LIVE_PREDICTIONS, LIVE_RR):
+            elif sample.name in (OUTPUTS, DEAD_LETTERS, LIVE_PREDICTIONS):
                 totals[sample.name] += sample.value
     return Scrape(
         at=at,
@@ -84,7 +81,6 @@ def parse_scrape(text: str, at: float) -> Scrape:
         dead_letters=totals[DEAD_LETTERS],
         live_predictions=totals[LIVE_PREDICTIONS],
         live_hits=dict(hits),
-        live_rr_sum=totals[LIVE_RR],
         latency_buckets=dict(buckets),
     )
 
@@ -117,7 +113,6 @@ def sample_between(before: Scrape, after: Scrape, k: str = "10") -> Sample:
     }
     predictions = after.live_predictions - before.live_predictions
     hits = after.live_hits.get(k, 0.0) - before.live_hits.get(k, 0.0)
-    rr_sum = after.live_rr_sum - before.live_rr_sum
     return Sample(
         at=after.at,
         events_per_second=(after.outputs - before.outputs) / seconds,
@@ -126,7 +121,6 @@ def sample_between(before: Scrape, after: Scrape, k: str = "10") -> Sample:
         outputs_total=after.outputs,
         dead_letters_total=after.dead_letters,
         live_recall=hits / predictions if predictions > 0 else math.nan,
-        live_mrr=rr_sum / predictions if predictions > 0 else math.nan,
     )
 
 

@@ -95,11 +95,6 @@ class LocalBroker:
         )
         self._bootstrap = None
 
-    def is_running(self) -> bool:
-        """Return whether the broker process of this state folder is alive."""
-        completed = self._run_unchecked("status")
-        return completed.returncode == 0
-
     def log_tail(self, lines: int = 50) -> str:
         """Return the last `lines` lines of the broker log, or "" when there is none yet."""
         if not self.log_path.is_file():

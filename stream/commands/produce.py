@@ -15,7 +15,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from stream.cli import verbosity
+from hiertcn.command_line import verbosity
+from stream.commands.event_file import add_event_file_arguments, read_records_from_args
 from stream.errors import ConfigError
 from stream.kafka_settings import add_kafka_setting_option, parse_kafka_flags, property_of
 from stream.produce import (
@@ -25,7 +26,7 @@ from stream.produce import (
     ProduceConfig,
     ProduceReport,
 )
-from stream.records import EventFileError, add_event_file_arguments, read_records
+from stream.records import EventFileError
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         time_unit="published as the field ts, which the worker reads in seconds, or in "
         "milliseconds with its --ts-unit ms",
     )
+    _add_broker_arguments(parser)
+    _add_wait_arguments(parser)
+    add_kafka_setting_option(
+        parser,
+        "settings",
+        "librdkafka producer setting, repeatable (e.g. -X security.protocol=SSL). "
+        "-X message.timeout.ms (or delivery.timeout.ms) replaces the delivery wait of "
+        "--flush-timeout and may not be given with it; 0 sets no limit per message",
+        FLAG_KAFKA_SETTINGS,
+    )
 
+    parser.set_defaults(func=run_produce)
+
+
+def _add_broker_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the broker, the topic and the publish rate and limit."""
     parser.add_argument(
         "--brokers", required=True, help="Kafka bootstrap servers, HOST:PORT[,HOST:PORT...]"
     )
@@ -65,6 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--limit", type=int, default=None, help="publish at most this many events (default: all)"
     )
 
+
+def _add_wait_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the connect and delivery waits and the session gap of the order check."""
     parser.add_argument(
         "--connect-timeout",
         type=float,
@@ -90,17 +109,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"{DEFAULT_SESSION_GAP:g}, the default of an exported bundle)",
     )
 
-    add_kafka_setting_option(
-        parser,
-        "settings",
-        "librdkafka producer setting, repeatable (e.g. -X security.protocol=SSL). "
-        "-X message.timeout.ms (or delivery.timeout.ms) replaces the delivery wait of "
-        "--flush-timeout and may not be given with it; 0 sets no limit per message",
-        FLAG_KAFKA_SETTINGS,
-    )
-
-    parser.set_defaults(func=run_produce)
-
 
 def run_produce(args: argparse.Namespace) -> int:
     """Run the `produce` subcommand and print its counts."""
@@ -116,16 +124,7 @@ def run_produce(args: argparse.Namespace) -> int:
         flush_timeout=DEFAULT_FLUSH_TIMEOUT if args.flush_timeout is None else args.flush_timeout,
         session_gap=args.session_gap,
     )
-    records = read_records(
-        args.events,
-        args.format,
-        args.order,
-        args.time_col,
-        otto_time_unit=args.otto_time_unit,
-        user_col=args.user_col,
-        item_col=args.item_col,
-        header=args.header,
-    )
+    records = read_records_from_args(args)
     report = EventProducer(config).run(records)
     rate = report.produced / report.seconds if report.seconds > 0 else 0.0
     quiet = verbosity(args) == 0

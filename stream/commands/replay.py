@@ -16,38 +16,42 @@ import contextlib
 import fcntl
 import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from types import FrameType
+from typing import TYPE_CHECKING
 
-from stream.cli import verbosity
+from hiertcn.command_line import verbosity
+from hiertcn.errors import Terminated
+from hiertcn.signals import sigterm_as_interrupt
+from stream.commands.event_file import add_event_file_arguments, read_records_from_args
 from stream.commands.run import SESSION_CLOSE_HELP, argparse_type
 from stream.config import check_k, parse_tolerance
 from stream.errors import ConfigError
 from stream.events import DEFAULT_MAX_FUTURE_SECONDS, EventConfig
 from stream.pipeline import Pipeline, PipelineConfig
-from stream.records import (
-    EventColumns,
-    EventFileError,
-    Record,
-    add_event_file_arguments,
-    detect_format,
-    read_records,
-)
+from stream.records import EventFileError
 from stream.replay import (
     CONTEXT_TYPE,
     MemoryStates,
     OutputFile,
     Replay,
     ReplayConfig,
-    ReplayReport,
     StoreStates,
     check_resume,
     open_store_states,
 )
+from stream.replay_report import (
+    TypeCollector,
+    format_report,
+    interrupted_message,
+    no_valid_event_message,
+    warn_behind_watermark,
+    warn_no_context_events,
+    warn_out_of_order,
+)
+
+if TYPE_CHECKING:
+    from export.bundle import ModelBundle
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +83,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
 
     add_event_file_arguments(parser, "replay", time_unit="in the unit that --ts-unit sets")
+    _add_model_arguments(parser)
+    _add_output_arguments(parser)
+    _add_event_check_arguments(parser)
+    _add_session_arguments(parser)
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="cpu",
+        help="ONNX Runtime device (default: cpu)",
+    )
 
+    parser.set_defaults(func=run_replay)
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the bundle and the flags that override its batch, K and session gap."""
     parser.add_argument(
         "--bundle",
         type=Path,
@@ -113,6 +132,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="idle seconds that end a session (default: the bundle's)",
     )
 
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --output and --state-dir, which decide what a replay writes and resumes."""
     parser.add_argument(
         "--output",
         type=Path,
@@ -136,6 +158,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "a copy from `hiertcn-stream state --state-dir DIR compact COPY`",
     )
 
+
+def _add_event_check_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the unit and the future-time limit of the events' ts field."""
     parser.add_argument(
         "--ts-unit",
         choices=("s", "ms"),
@@ -154,6 +179,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"{DEFAULT_MAX_FUTURE_SECONDS:.0f})",
     )
 
+
+def _add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of session timers, session-close outputs and context events."""
     parser.add_argument(
         "--no-timers",
         action="store_true",
@@ -178,15 +206,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"marks the history events of a warm split's test part as {CONTEXT_TYPE!r}, which "
         "`hiertcn evaluate` does not rank either (default: every event is counted)",
     )
-
-    parser.add_argument(
-        "--device",
-        choices=("cpu", "cuda", "auto"),
-        default="cpu",
-        help="ONNX Runtime device (default: cpu)",
-    )
-
-    parser.set_defaults(func=run_replay)
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -227,17 +246,7 @@ def _replay(args: argparse.Namespace) -> int:
     )
 
     # Run the event file's checks (missing, empty, format) before the state store is created.
-    records = read_records(
-        args.events,
-        args.format,
-        args.order,
-        args.time_col,
-        args.ts_unit,
-        otto_time_unit=args.otto_time_unit,
-        user_col=args.user_col,
-        item_col=args.item_col,
-        header=args.header,
-    )
+    records = read_records_from_args(args, args.ts_unit)
     seen_types = TypeCollector(records)
     with contextlib.ExitStack() as stack:
         store_states, resumed_at, output_start = _open_state_dir(args, bundle, stack)
@@ -287,7 +296,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _open_state_dir(
-    args: argparse.Namespace, bundle, stack: contextlib.ExitStack
+    args: argparse.Namespace, bundle: ModelBundle, stack: contextlib.ExitStack
 ) -> tuple[StoreStates | None, int | None, int | None]:
     """Open --state-dir, if given, and check that this run can continue its stored replay.
 
@@ -346,144 +355,6 @@ def lock_state_dir(state_dir: Path, stack: contextlib.ExitStack) -> None:
         ) from None
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where SIGINT raises KeyboardInterrupt."""
-
-
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Raise `Terminated` on SIGTERM inside the block; Python allows handlers only in the main
-    thread, so elsewhere SIGTERM keeps its handler."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def interrupted_message(
-    args: argparse.Namespace, report: ReplayReport, store_states: StoreStates | None
-) -> str:
-    """Return the message of an interrupted replay: what is stored, and how to continue."""
-    prefix = f"hiertcn-stream: interrupted after reading {report.records} records of {args.events}"
-    if store_states is None:
-        outputs = (
-            f", and a rerun rewrites --output {args.output} from the start"
-            if args.output is not None
-            else ""
-        )
-        return (
-            f"{prefix}: nothing was saved, because without --state-dir the user states are "
-            f"kept in memory, so a rerun replays the file from its first record{outputs}"
-        )
-    stored = store_states.position()
-    count = 0 if stored is None else stored.next_offset
-    outputs = "" if args.output is None else f", and --output {args.output} their recommendations"
-    return (
-        f"{prefix} in this run: --state-dir {args.state_dir} stores the states after the first "
-        f"{count} records{outputs}. Rerun the same command to resume after them"
-    )
-
-
-def no_valid_event_message(args: argparse.Namespace, report: ReplayReport) -> str:
-    """Return the error of a replay that accepted no event, with the flags worth checking."""
-    found = f"{report.records} records, all rejected (reasons above)"
-    if not report.records:
-        found = "no records"
-    columns = EventColumns(
-        user=args.user_col, item=args.item_col, time=args.time_col, header=args.header
-    )
-    log_format = detect_format(args.events, columns) if args.format == "auto" else args.format
-    unit_flag = {"otto": "--otto-time-unit"}.get(log_format, "--ts-unit")
-    if log_format in ("movielens", "taobao", "trivago"):
-        checks = "check --format and that the bundle was trained on this log"
-    else:
-        checks = f"check --format, {unit_flag} and that the bundle was trained on this log"
-    if verbosity(args) == 0:
-        checks += ", and run with -v to list the rejected records"
-    return f"no valid event in {args.events} ({found}): {checks}"
-
-
-class TypeCollector:
-    """Iterator over the records of an event file that collects the `type` values it passes.
-
-    At most `limit` distinct types are kept, because a file may carry a new type per event.
-    """
-
-    def __init__(self, records: Iterable[Record], limit: int = 20) -> None:
-        self._records = iter(records)
-        self.limit = limit
-        self.types: dict[str, None] = {}  # in file order
-        self.more = False
-
-    def __iter__(self) -> Iterator[Record]:
-        return self
-
-    def __next__(self) -> Record:
-        record = next(self._records)
-        event_type = None if record.fields is None else record.fields.get("type")
-        if isinstance(event_type, str) and event_type not in self.types:
-            if len(self.types) < self.limit:
-                self.types[event_type] = None
-            else:
-                self.more = True
-        return record
-
-
-def warn_no_context_events(
-    events_path: Path, context_types: frozenset[str], seen: TypeCollector
-) -> None:
-    """Log one warning when no accepted event had a type that --context-type names."""
-    names = ", ".join(repr(name) for name in sorted(context_types))
-    if seen.types:
-        found = ", ".join(repr(name) for name in seen.types) + (" and more" if seen.more else "")
-        present = f"the types in the file are {found}"
-    else:
-        present = "no record in the file has a type field"
-    logger.warning(
-        "no accepted event in %s has a type that --context-type names (%s), so no event is left "
-        "out of the metrics: %s. Check the spelling (types are case-sensitive), or drop "
-        "--context-type",
-        events_path,
-        names,
-        present,
-    )
-
-
-def warn_out_of_order(events_path: Path, report: ReplayReport) -> None:
-    """Log one warning for the events that file order replayed before newer ones of their user."""
-    logger.warning(
-        "%d of %d events in %s are older than an earlier event of the same user, so they were "
-        "replayed out of time order, which changes the sessions and the metrics: pass "
-        "--order time to replay the events sorted by time",
-        report.out_of_order,
-        report.accepted,
-        events_path,
-    )
-
-
-def warn_behind_watermark(events_path: Path, report: ReplayReport, session_gap: float) -> None:
-    """Log one warning for the events that file order replayed after the timers' cutoff."""
-    logger.warning(
-        "%d of %d events in %s are older than the newest event time read before them minus the "
-        "session gap (%.0f s), so the timers may have closed their users' sessions before them, "
-        "which splits sessions and makes the metrics depend on --batch-size (a log grouped by "
-        "user does this): pass --order time to replay the events sorted by time, or "
-        "--no-timers to close sessions by gaps only",
-        report.behind_watermark,
-        report.accepted,
-        events_path,
-        session_gap,
-    )
-
-
 def check_counts(args: argparse.Namespace) -> None:
     """Raise `ConfigError` naming --batch-size or --k when its value is below 1."""
     for flag, value in (("--batch-size", args.batch_size), ("--k", args.k)):
@@ -530,7 +401,7 @@ def check_output_not_input(
             )
 
 
-def open_bundle(path: Path, device: str, device_source: str = "--device"):
+def open_bundle(path: Path, device: str, device_source: str = "--device") -> ModelBundle:
     """Load the model bundle at `path`; a bundle error becomes a `ConfigError` for the CLI.
 
     `device_source` is the flag or the environment variable that set `device`, which the
@@ -557,67 +428,3 @@ def open_bundle(path: Path, device: str, device_source: str = "--device"):
         ) from error
     except ExportError as error:
         raise ConfigError(f"cannot load the model bundle {path}: {error}") from error
-
-
-def format_report(
-    report: ReplayReport,
-    k: int,
-    model: str,
-    list_hint: bool = True,
-    resumed_at: int | None = None,
-    session_close_outputs: bool = False,
-    context_types: frozenset[str] = frozenset(),
-) -> str:
-    """Return the replay report as aligned text lines.
-
-    `list_hint` adds how to list rejections. `resumed_at` is the number of records that an
-    earlier run stored, which the counts and metrics of a resumed run leave out.
-    `session_close_outputs` adds the count of the outputs of timer closes and of the session
-    starts ranked against them; `context_types` adds the count of the events left out.
-    """
-    rate = report.accepted / report.seconds if report.seconds > 0 else 0.0
-    lines = [f"model            {model}"]
-    if resumed_at is not None:
-        lines.append(
-            f"resumed          after the first {resumed_at} records, which an earlier run "
-            "stored in --state-dir: every count and metric below covers this run's records only"
-        )
-    lines += [
-        f"records          {report.records}",
-        f"events           {report.accepted}",
-        f"rejected         {sum(report.rejected.values())}"
-        + (" (run with -v to list them)" if report.rejected and list_hint else ""),
-    ]
-    lines += [f"  {reason:<14} {count}" for reason, count in sorted(report.rejected.items())]
-    lines += [
-        f"sessions closed  gap {report.closed['gap']}, timer {report.closed['timer']}",
-    ]
-    if session_close_outputs:
-        lines.append(f"session-close outputs  {report.session_close_outputs}")
-    lines.append(f"impression items not in the vocabulary  {report.dropped_impressions}")
-    if context_types:
-        names = ", ".join(sorted(context_types))
-        lines.append(f"context events   {report.context} (type {names}: not counted)")
-    lines.append(f"counted events   {report.counted} (first event of each user not counted)")
-    starts = f"session starts   {report.session_starts} of the counted events"
-    if session_close_outputs:
-        starts += f", {report.starts_after_close} ranked against a session-close output"
-    lines.append(starts)
-    if report.counted:
-        lines += [
-            f"Recall@{k:<9} {report.recall:.4f}",
-            f"MRR              {report.mrr:.4f}",
-            f"MRP              {report.mrp:.4f}",
-        ]
-    else:
-        # Each metric is a mean over the counted events, so it has no value without one.
-        reason = "no user has a valid event after their first"
-        if report.context:
-            reason = "no user has a valid event after their first that is not a context event"
-        lines += [
-            f"Recall@{k:<9} n/a (no counted event: {reason})",
-            "MRR              n/a",
-            "MRP              n/a",
-        ]
-    lines.append(f"time             {report.seconds:.1f} s ({rate:.0f} events/s)")
-    return "\n".join(lines)

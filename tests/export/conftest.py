@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,6 +37,22 @@ def make_model(seed: int = 0) -> torch.nn.Module:
         # A non-zero start state, so tests notice a graph that ignores it.
         model.start_state.normal_(0.0, 0.3)
     return model.eval()
+
+
+def build_prefix(bundle: ModelBundle, sessions: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Gather and left-pad the item rows of each session into the session step's inputs.
+
+    Returns `prefix` float32 [B, L, D] (real items right-aligned, zeros before) and
+    `lengths` int64 [B], with L the longest session (at least 1). The serving path pads in
+    `stream.pipeline.Pipeline._session_step`, in one vectorized gather.
+    """
+    lengths = np.array([len(session) for session in sessions], dtype=np.int64)
+    width = max(int(lengths.max(initial=0)), 1)
+    prefix = np.zeros((len(sessions), width, bundle.embedding_dim), dtype=np.float32)
+    for index, session in enumerate(sessions):
+        if len(session):
+            prefix[index, width - len(session) :] = bundle.gather_items(np.asarray(session))
+    return prefix, lengths
 
 
 def make_checkpoint(model: torch.nn.Module) -> Checkpoint:

@@ -28,7 +28,7 @@ from export.manifest import (
     read_manifest,
     sha256_file,
 )
-from tests.export.conftest import NUM_ITEMS
+from tests.export.conftest import NUM_ITEMS, build_prefix
 
 D, G, H = 8, 2, 6
 
@@ -209,7 +209,7 @@ def test_gather_items_returns_float32_rows(bundle: ModelBundle) -> None:
 
 
 def test_build_prefix_left_pads(bundle: ModelBundle) -> None:
-    prefix, lengths = bundle.build_prefix([np.array([1, 2, 3]), np.array([], np.int64)])
+    prefix, lengths = build_prefix(bundle, [np.array([1, 2, 3]), np.array([], np.int64)])
     assert prefix.shape == (2, 3, D)
     np.testing.assert_array_equal(lengths, [3, 0])
     np.testing.assert_array_equal(prefix[1], 0.0)

@@ -21,6 +21,7 @@ from hiertcn.data.options import DataConfig, load_dataset_from_config
 from hiertcn.models import ModelConfig, build_model
 from hiertcn.train import TrainConfig, train_model
 from tests.conftest import REPO_ROOT
+from tests.export.conftest import build_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +88,7 @@ def test_movielens_round_trip(shared_data: Path, tmp_path: Path) -> None:
     # The serving side: a process in which torch cannot be imported.
     rng = np.random.default_rng(1)
     sessions = [s[-restored.receptive_field :] for s in session_rows(dataset.test)[:64]]
-    prefix, lengths = bundle.build_prefix(sessions)
+    prefix, lengths = build_prefix(bundle, sessions)
     state = np.repeat(bundle.start_state[None], len(sessions), axis=0)
     state = state + rng.uniform(-0.5, 0.5, state.shape).astype(np.float32)
     session_mean = np.stack([bundle.gather_items(s).mean(axis=0) for s in sessions])

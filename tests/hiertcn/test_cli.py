@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from hiertcn import cli
+from hiertcn import cli, command_line
 
 
 def test_verbose_help_names_levels():
@@ -22,8 +22,15 @@ def test_verbose_help_names_levels():
 def test_verbosity_sets_documented_level(monkeypatch, verbosity, level):
     levels = []
     monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: levels.append(kwargs["level"]))
-    cli.configure_logging(verbosity)
+    command_line.configure_logging(verbosity)
     assert levels == [level]
+
+
+def test_log_format_names_process(monkeypatch):
+    formats = []
+    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: formats.append(kwargs["format"]))
+    command_line.configure_logging(0)
+    assert formats == ["%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"]
 
 
 @pytest.mark.parametrize(
@@ -34,15 +41,26 @@ def test_verbosity_sets_documented_level(monkeypatch, verbosity, level):
         (["data", "stats", "log.csv", "--verbose"], 1),
         (["-v", "data", "stats", "log.csv"], 1),
         (["data", "-v", "stats", "log.csv"], 1),
+        (["-v", "data", "-v", "stats", "log.csv", "-v"], 3),
     ],
 )
 def test_verbose_accepted_after_subcommand(argv, verbosity):
-    assert cli.build_parser().parse_args(argv).verbose == verbosity
+    assert command_line.verbosity(cli.build_parser().parse_args(argv)) == verbosity
+
+
+def _subcommand_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Return the parser of every subcommand below `parser`, at any depth."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += [child, *_subcommand_parsers(child)]
+    return found
 
 
 def test_every_subcommand_has_verbose():
     parser = cli.build_parser()
-    subcommands = list(cli._subcommand_parsers(parser))
+    subcommands = _subcommand_parsers(parser)
     assert {sub.prog for sub in subcommands} >= {"hiertcn data stats", "hiertcn train"}
     for subcommand in subcommands:
         assert "-v" in subcommand._option_string_actions, subcommand.prog

@@ -106,8 +106,10 @@ def test_build_with_given_vocab_rejects_unknown_item(tmp_path):
     path = tmp_path / "log.csv"
     path.write_text("user,item,timestamp\nu,a,1\nu,q,2\n", encoding="utf-8")
     raw = read_log(path, ReaderConfig(format="csv"))
-    with pytest.raises(DataError, match="item 'q' is not in the vocabulary of 1 items"):
+    with pytest.raises(DataError, match="item 'q' is not in the vocabulary of 1 items") as error:
         build_event_log(raw, vocab=ItemVocab(("a",)))
+    assert "drop the events of items outside the vocabulary first" in str(error.value)
+    assert "`ItemVocab.from_ids` over every item" in str(error.value)
 
 
 def test_vocab_save_load_and_string_ids(tmp_path):
@@ -119,6 +121,12 @@ def test_vocab_save_load_and_string_ids(tmp_path):
     assert (tmp_path / "vocab.json").read_text(encoding="utf-8") == '["42", "7"]'
     assert ItemVocab.load(tmp_path / "vocab.json") == vocab
     assert list(vocab.rows(["7", "x"], missing=-1)) == [1, -1]
+
+
+def test_vocab_load_missing_file_names_writer(tmp_path):
+    with pytest.raises(DataError, match=r"item vocabulary .*vocab\.json not found") as error:
+        ItemVocab.load(tmp_path / "vocab.json")
+    assert "`EventLog.save` writes one into the folder of each saved event log" in str(error.value)
 
 
 def test_vocab_rejects_duplicates():

@@ -205,7 +205,7 @@ def test_invalid_jsonl_line_gives_fix(tmp_path):
 
 def test_exact_duplicates_kept_and_counted(tmp_path, caplog):
     path = write(tmp_path / "events.csv", "user,item,ts\nu,a,1\nu,b,2\nu,a,1\nv,a,1\nu,a,1\n")
-    with caplog.at_level(logging.INFO, logger="hiertcn.data.readers"):
+    with caplog.at_level(logging.INFO, logger="hiertcn.data"):
         raw = read_log(path, ReaderConfig(format="csv"))
     assert len(raw) == 5
     lines = [message for message in caplog.messages if "earlier event" in message]
@@ -217,7 +217,7 @@ def test_exact_duplicates_kept_and_counted(tmp_path, caplog):
 
 def test_distinct_milliseconds_are_not_duplicates(tmp_path, caplog):
     path = write(tmp_path / "events.csv", "user,item,ts\nu,a,1600000000100\nu,a,1600000000200\n")
-    with caplog.at_level(logging.INFO, logger="hiertcn.data.readers"):
+    with caplog.at_level(logging.INFO, logger="hiertcn.data"):
         raw = read_log(path, ReaderConfig(format="csv", time_unit="ms"))
     assert list(raw.timestamps) == [1_600_000_000, 1_600_000_000]
     assert "earlier event" not in caplog.text
@@ -242,7 +242,7 @@ TYPED = "user,item,ts,kind\nu,a,1,pv\nu,b,2,buy\nu,c,3,pv\n"
 def test_event_types_partly_unmatched_warn(tmp_path, caplog):
     path = write(tmp_path / "events.csv", TYPED)
     config = ReaderConfig(format="csv", event_type_col="kind", event_types=("pv", "click"))
-    with caplog.at_level(logging.WARNING, logger="hiertcn.data.readers"):
+    with caplog.at_level(logging.WARNING, logger="hiertcn.data"):
         raw = read_log(path, config)
     assert list(raw.items) == ["a", "c"]
     warnings = [record.getMessage() for record in caplog.records]
@@ -255,7 +255,7 @@ def test_event_types_partly_unmatched_warn(tmp_path, caplog):
 def test_event_types_all_matched_do_not_warn(tmp_path, caplog):
     path = write(tmp_path / "events.csv", TYPED)
     config = ReaderConfig(format="csv", event_type_col="kind", event_types=("pv", "buy"))
-    with caplog.at_level(logging.WARNING, logger="hiertcn.data.readers"):
+    with caplog.at_level(logging.WARNING, logger="hiertcn.data"):
         read_log(path, config)
     assert caplog.records == []
 

@@ -133,7 +133,7 @@ def test_resume_truncated_last_named_damaged(run_dir):
 
 def test_resume_warns_about_changed_training_settings(run_dir, caplog):
     changed = dataclasses.replace(tiny_config(epochs=2), learning_rate=0.5, batch_size=3)
-    with caplog.at_level("WARNING", logger="hiertcn.train"):
+    with caplog.at_level("WARNING", logger="hiertcn.resume"):
         train_model(model_of(TINY_HIERTCN), tiny_dataset(), changed, run_dir, resume=True)
     trained = tiny_config()
     warnings = [record.getMessage() for record in caplog.records]
@@ -146,7 +146,7 @@ def test_resume_warns_about_changed_training_settings(run_dir, caplog):
 
 
 def test_resume_at_epoch_limit_warns(run_dir, caplog):
-    with caplog.at_level("WARNING", logger="hiertcn.train"):
+    with caplog.at_level("WARNING", logger="hiertcn.resume"):
         train_model(model_of(TINY_HIERTCN), tiny_dataset(), tiny_config(), run_dir, resume=True)
     assert "nothing to train" in caplog.text
     assert "pass a larger --epochs to continue" in caplog.text
@@ -157,7 +157,7 @@ def test_resume_skips_unread_loss_flags(run_dir, caplog):
     changed = dataclasses.replace(
         base, grad_clip=1.0, loss=dataclasses.replace(base.loss, margin=0.3, negatives=7)
     )
-    with caplog.at_level("WARNING", logger="hiertcn.train"):
+    with caplog.at_level("WARNING", logger="hiertcn.resume"):
         train_model(model_of(TINY_HIERTCN), tiny_dataset(), changed, run_dir, resume=True)
     warnings = [record.getMessage() for record in caplog.records]
     assert warnings == [
@@ -168,7 +168,7 @@ def test_resume_skips_unread_loss_flags(run_dir, caplog):
 
 def test_resume_warns_about_changed_thread_count(run_dir, caplog):
     changed = dataclasses.replace(tiny_config(epochs=2), threads=1)
-    with caplog.at_level("WARNING", logger="hiertcn.train"):
+    with caplog.at_level("WARNING", logger="hiertcn.resume"):
         train_model(model_of(TINY_HIERTCN), tiny_dataset(), changed, run_dir, resume=True)
     warnings = [record.getMessage() for record in caplog.records]
     assert warnings == [

@@ -214,7 +214,7 @@ def test_import_reads_export_without_header(
     lines = _export(source, tmp_path / "dump.jsonl").read_text().splitlines()
     (tmp_path / "old.jsonl").write_text("\n".join(lines[1:-1]) + "\n")
 
-    with caplog.at_level(logging.WARNING, logger="statestore.export"):
+    with caplog.at_level(logging.WARNING, logger="statestore.import_file"):
         assert (
             _run("--state-dir", str(tmp_path / "copy"), "import", str(tmp_path / "old.jsonl")) == 0
         )
@@ -372,7 +372,7 @@ def test_import_export_without_catalog_warns(
         tmp_path / "target", GRU_LAYERS, HIDDEN_SIZE, EMBEDDING_DIM, "other", ("0b" * 32, 881)
     )
 
-    with caplog.at_level(logging.WARNING, logger="statestore.export"):
+    with caplog.at_level(logging.WARNING, logger="statestore.import_file"):
         assert _run("--state-dir", str(target), "import", str(tmp_path / "old.jsonl")) == 0
 
     assert f"{tmp_path / 'old.jsonl'} records no catalog" in caplog.text

@@ -336,7 +336,8 @@ def test_open_io_error_stays_run_time_error(
 
 def test_map_grows_from_tiny_size(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = StoreConfig(path=tmp_path / "s", map_size=64 << 10, sync=False)
-    with caplog.at_level(logging.WARNING, logger="statestore.store"), StateStore(config) as store:
+    logs = caplog.at_level(logging.WARNING, logger="statestore.map_size")
+    with logs, StateStore(config) as store:
         store.commit({f"user{i}": make_state(seed=i) for i in range(3000)})
         assert store.map_size() > 64 << 10
         assert len(store.read([f"user{i}" for i in range(3000)])) == 3000

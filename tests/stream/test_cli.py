@@ -6,8 +6,9 @@ import argparse
 
 import pytest
 
+from hiertcn.command_line import verbosity
 from statestore.errors import ReadOnlyStoreError, StateStoreError
-from stream.cli import build_parser, main, verbosity
+from stream.cli import build_parser, main
 
 
 def _subcommand_parsers(

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from stream.config import WorkerConfig, build_config
+from stream.cpu_quota import available_cpus
 from stream.errors import ConfigError
 from stream.health import HealthReport
 from stream.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
@@ -22,7 +23,6 @@ from stream.pool import (
     BLAS_THREAD_VARIABLES,
     STOP_TIMEOUT_SECONDS,
     Pool,
-    available_cpus,
     describe_exit,
     serve_metrics,
     single_threaded_blas,

@@ -343,7 +343,7 @@ def test_csv_long_unused_field_read(tmp_path: Path) -> None:
 def test_csv_error_is_invalid_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "shop.csv"
     path.write_text(f"user,item,ts\nu1,5,1\nu2,{'6' * 50},2\nu3,7,3\n", encoding="utf-8")
-    monkeypatch.setattr("stream.records._CSV_FIELD_SIZE_LIMIT", 20)
+    monkeypatch.setattr("stream.records_csv._CSV_FIELD_SIZE_LIMIT", 20)
     previous = csv.field_size_limit(20)
     try:
         records = list(read_records(path))

@@ -618,7 +618,7 @@ def test_replay_order_warning(
     _write_out_of_order_log(events_path)
     argv = ["replay", "--events", str(events_path), "--bundle", str(onnx_bundle_dir)]
 
-    with caplog.at_level(logging.WARNING, logger="stream.commands.replay"):
+    with caplog.at_level(logging.WARNING, logger="stream.replay_report"):
         code = main([*argv, "--order", order])
 
     warnings = [
@@ -910,7 +910,7 @@ def test_replay_warns_about_events_behind_watermark(
     _write_log_grouped_by_user(events_path)
     argv = ["replay", "--events", str(events_path), "--bundle", str(onnx_bundle_dir)]
 
-    with caplog.at_level(logging.WARNING, logger="stream.commands.replay"):
+    with caplog.at_level(logging.WARNING, logger="stream.replay_report"):
         code = main([*argv, "--batch-size", "16", *flags])
 
     warnings = [r.getMessage() for r in caplog.records if "session gap" in r.getMessage()]

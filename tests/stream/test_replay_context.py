@@ -161,7 +161,7 @@ def context_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "stream.commands.replay" and "--context-type" in r.getMessage()
+        if r.name == "stream.replay_report" and "--context-type" in r.getMessage()
     ]
 
 

@@ -508,6 +508,26 @@ def test_interrupt_without_state_dir_says_nothing_saved(
     assert "a rerun replays the file from its first record" in err
 
 
+def test_second_sigterm_ends_interrupted_replay(
+    onnx_bundle_dir: Path, events: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stream.commands import replay as replay_command
+
+    handlers = []
+    message = replay_command.interrupted_message
+
+    def record_handler(*args: object) -> str:
+        handlers.append(signal.getsignal(signal.SIGTERM))
+        return message(*args)
+
+    monkeypatch.setattr(replay_command, "interrupted_message", record_handler)
+    send_signal_on_batch(monkeypatch, signal.SIGTERM, 2)
+
+    assert replay(events, onnx_bundle_dir, "--batch-size", BATCH) == 143
+    # While replay reports what it stored, a second SIGTERM takes the default action.
+    assert handlers == [signal.SIG_DFL]
+
+
 def test_report_of_first_run_has_no_resume_line(
     onnx_bundle_dir: Path, events: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

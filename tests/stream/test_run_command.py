@@ -209,7 +209,7 @@ def test_pool_busy_metrics_port_starts_nothing(onnx_bundle_dir: Path, busy_port:
 def test_worker_bundle_error_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr("stream.cli.configure_logging", lambda verbosity: None)
+    monkeypatch.setattr("hiertcn.command_line.configure_logging", lambda verbosity: None)
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     config = WorkerConfig(brokers="127.0.0.1:1", bundle=bundle, state_dir=tmp_path / "state")

@@ -1,0 +1,87 @@
+"""The parts that the `hiertcn` and `hiertcn-stream` entry points share.
+
+Both build their parser from command modules that each expose `register(subparsers)`, accept
+`-v/--verbose` before and after every subcommand name, and set up logging in one format. This
+module imports neither torch nor numpy, so the serving side (`stream`) may import it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+# Prefix of the namespace attributes that count `-v` at each parser level.
+_VERBOSE_PREFIX = "verbose_"
+
+# The pid distinguishes the lines of the worker processes of a `hiertcn-stream run` pool.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
+
+
+def build_parser(
+    prog: str,
+    description: str,
+    command_modules: Sequence[str],
+    verbose_help: Callable[[str], str],
+) -> argparse.ArgumentParser:
+    """Build a parser with the subcommands of `command_modules` and `-v` at every level.
+
+    A module in `command_modules` that is not installed adds no subcommand. `verbose_help`
+    returns the help of `-v` for a subcommand name, or for "" at the top level.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_verbose_option(parser, depth=0, help_text=verbose_help(""))
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in command_modules:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue
+        module.register(subparsers)
+    _add_verbose_to_subcommands(parser, 1, verbose_help)
+    return parser
+
+
+def add_verbose_option(parser: argparse.ArgumentParser, depth: int, help_text: str) -> None:
+    """Add `-v/--verbose` to one parser level, counted in the attribute `verbose_<depth>`.
+
+    argparse copies a subcommand's namespace over its parent's, so each level needs its own
+    attribute, or a later level's count would replace an earlier one. `verbosity` adds them up.
+    """
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        dest=f"{_VERBOSE_PREFIX}{depth}",
+        action="count",
+        default=0,
+        help=help_text,
+    )
+
+
+def _add_verbose_to_subcommands(
+    parser: argparse.ArgumentParser, depth: int, verbose_help: Callable[[str], str]
+) -> None:
+    """Add `-v` to every subcommand below `parser`, so it may follow any subcommand name."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        # An alias maps to the same parser object, which must get the option only once.
+        children = {id(child): (name, child) for name, child in action.choices.items()}
+        for name, child in children.values():
+            add_verbose_option(child, depth, verbose_help(name))
+            _add_verbose_to_subcommands(child, depth + 1, verbose_help)
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    """Return the number of `-v` flags given before and after the subcommand names."""
+    return sum(value for name, value in vars(args).items() if name.startswith(_VERBOSE_PREFIX))
+
+
+def configure_logging(verbosity: int) -> None:
+    """Set up the logging of an entry point: INFO, DEBUG from one `-v`, WARNING below 0."""
+    level = logging.WARNING if verbosity < 0 else (logging.INFO, logging.DEBUG)[min(verbosity, 1)]
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)

@@ -1,0 +1,71 @@
+"""SIGTERM as a KeyboardInterrupt: the first one raises, a second one ends the process."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import REPO_ROOT
+
+# Sends SIGTERM twice inside `sigterm_as_interrupt`: the first raises `Terminated`, the second
+# comes while the command is still reporting what it saved.
+TWO_SIGTERMS = """
+import os, signal, time
+from hiertcn.errors import Terminated
+from hiertcn.signals import sigterm_as_interrupt
+
+def wait_for_signal():
+    for _ in range(500):
+        time.sleep(0.01)
+
+with sigterm_as_interrupt():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        wait_for_signal()
+        print("first SIGTERM ignored", flush=True)
+    except Terminated:
+        print("first SIGTERM raised", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        wait_for_signal()
+        print("second SIGTERM ignored", flush=True)
+"""
+
+
+def test_second_sigterm_ends_process() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(TWO_SIGTERMS)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert completed.stdout == "first SIGTERM raised\n", completed.stderr
+    assert completed.returncode == -signal.SIGTERM
+
+
+def test_handler_restored_after_block() -> None:
+    from hiertcn.errors import Terminated
+    from hiertcn.signals import sigterm_as_interrupt
+
+    def previous(signum: int, frame: object) -> None:
+        raise AssertionError("the previous handler ran")
+
+    original = signal.signal(signal.SIGTERM, previous)
+    try:
+        with sigterm_as_interrupt():
+            assert signal.getsignal(signal.SIGTERM) is not previous
+        assert signal.getsignal(signal.SIGTERM) is previous
+        try:
+            with sigterm_as_interrupt():
+                signal.raise_signal(signal.SIGTERM)
+        except Terminated:
+            pass
+        else:
+            raise AssertionError("SIGTERM did not raise Terminated")
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, original)
