@@ -156,6 +156,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("input_topic", "--input-topic", str, "topic of interaction events", "TOPIC"),
     Option("output_topic", "--output-topic", str, "topic the recommendations go to", "TOPIC"),
     Option("dead_letter_topic", "--dead-letter-topic", str, "topic of rejected messages", "TOPIC"),
+    Option(
+        "changelog_topic",
+        "--changelog-topic",
+        str,
+        "compacted topic that receives every user state and partition position the pool writes, "
+        "with as many partitions as the input topic. A host restores from it the states of a "
+        "partition that it receives from another host. Empty: no changelog",
+        "TOPIC",
+    ),
     Option("processes", "--processes", parse_int, "worker processes in the pool", "N"),
     Option(
         "max_batch_size", "--max-batch-size", parse_int, "maximum events in one batch", "EVENTS"
@@ -279,6 +288,9 @@ class WorkerConfig:
     input_topic: str = "interactions"
     output_topic: str = "recommendations"
     dead_letter_topic: str = "interactions.dlq"
+    # Empty: no changelog topic, and a partition that moves between hosts is rebuilt from the
+    # input topic (see `stream.changelog`).
+    changelog_topic: str = ""
     processes: int = 1
     max_batch_size: int = 64  # bench/stream.py: p99 over 100 ms at half load with 256 on 2 cores
     max_batch_delay_ms: float = 10.0
@@ -349,6 +361,8 @@ def validate(config: WorkerConfig) -> None:
             f"input topic {config.input_topic!r} is also an output topic: the worker would "
             "consume its own outputs; choose distinct topics"
         )
+    if config.changelog_topic:
+        _check_changelog_topic(config)
 
     _check_range(config, "processes", 1, 256)
     _check_range(config, "max_batch_size", 1, 100_000)
@@ -378,6 +392,24 @@ def validate(config: WorkerConfig) -> None:
         )
     _check_delivery_wait(config)
     _check_kafka_settings(config)
+
+
+def _check_changelog_topic(config: WorkerConfig) -> None:
+    """Raise ConfigError when the changelog topic is invalid or is one of the other topics."""
+    source = source_of(config, "changelog_topic")
+    check_topic_name(config.changelog_topic, source)
+    roles = {
+        config.input_topic: "input",
+        config.output_topic: "output",
+        config.dead_letter_topic: "dead-letter",
+    }
+    role = roles.get(config.changelog_topic)
+    if role is not None:
+        raise ConfigError(
+            f"{format_setting(source, config.changelog_topic)} is also the {role} topic, but "
+            "the changelog must contain only the records of user states and positions: choose "
+            "a topic of its own"
+        )
 
 
 def check_topic_name(topic: str, source: str) -> None:

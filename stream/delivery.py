@@ -3,7 +3,9 @@
 The worker produces a batch's outputs and dead letters at once (`Deliverer.produce`) and goes on
 with the next batch. The committer thread then waits for their delivery reports
 (`Deliverer.wait`) before it writes the batch's states and offsets, so that a commit never
-covers an output the broker does not have.
+covers an output the broker does not have. Deferred records (the changelog records of
+`stream.changelog`) are produced by that wait, once the other records are delivered, so that
+the broker never has a changelog position whose outputs it lacks.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ class OutputRecord:
     value: bytes | None
     headers: list[tuple[str, bytes | None]]
     append_ts: float | None = None  # Kafka time of the input event (s), for latency
+    # The partition to produce to; None leaves the choice to the producer's partitioner.
+    partition: int | None = None
+    # Produced by `Deliverer.wait` after every record of that wait without this flag is
+    # delivered, never by `Deliverer.produce`.
+    deferred: bool = False
     delivered: bool = False
     error: KafkaError | None = None
 
@@ -88,9 +95,11 @@ class Deliverer:
         self.on_retries = on_retries  # called with the number of records produced again
 
     def produce(self, records: Sequence[OutputRecord]) -> None:
-        """Hand every record to librdkafka; delivery reports arrive during `wait`."""
+        """Hand every record that is not deferred to librdkafka; delivery reports arrive
+        during `wait`."""
         for record in records:
-            self._produce(record)
+            if not record.deferred:
+                self._produce(record)
 
     def wait(self, records: Sequence[OutputRecord]) -> None:
         """Wait until the broker has acknowledged every record of `records`.
@@ -100,11 +109,23 @@ class Deliverer:
         to `attempts` tries. A record without a report is never produced again, because it may
         yet be delivered. After the last try, or `max_wait_seconds` after the wait began,
         DeliveryError, so that the caller commits nothing and a restart reprocesses the batch.
+        The deferred records are produced once the others are delivered, and get their own
+        tries within the same `max_wait_seconds`.
         """
-        # NOTE: a retried record goes out after any later record of the same user that was
-        # delivered on the first try, so per-user order holds only when no delivery fails.
         started = time.monotonic()
         deadline = started + self.config.max_wait_seconds
+        self._wait_tries([r for r in records if not r.deferred], started, deadline)
+        deferred = [record for record in records if record.deferred]
+        if deferred:
+            for record in deferred:
+                self._produce(record)
+            self._wait_tries(deferred, started, deadline)
+
+    def _wait_tries(self, records: Sequence[OutputRecord], started: float, deadline: float) -> None:
+        """Run the tries of `wait` for `records` from now until `deadline`."""
+        # NOTE: a retried record goes out after any later record of the same user that was
+        # delivered on the first try, so per-user order holds only when no delivery fails.
+        tries_started = time.monotonic()
         for attempt in range(1, self.config.attempts + 1):
             # Waiting for the reports themselves, not for a fixed time, keeps a try that ends
             # with librdkafka's _MSG_TIMED_OUT report from counting as two tries.
@@ -116,7 +137,7 @@ class Deliverer:
             self._log_try(failed, waiting, attempt, time.monotonic() - started)
             if attempt == self.config.attempts or waiting:
                 break  # a record without a report means that the deadline has passed
-            self._poll_until(min(started + attempt * self.config.timeout, deadline))
+            self._poll_until(min(tries_started + attempt * self.config.timeout, deadline))
             # Only failed records go out again: a record still waiting may yet be delivered.
             self.on_retries(len(failed))
             for record in failed:
@@ -178,6 +199,8 @@ class Deliverer:
             if error is None and record.append_ts is not None:
                 self.on_latency(max(time.time() - record.append_ts, 0.0))
 
+        # confluent-kafka takes no partition of None, so the argument is passed only when set.
+        target = {} if record.partition is None else {"partition": record.partition}
         while True:
             try:
                 self.producer.produce(
@@ -186,6 +209,7 @@ class Deliverer:
                     key=record.key,
                     headers=record.headers,
                     on_delivery=on_delivery,
+                    **target,
                 )
                 return
             except BufferError:

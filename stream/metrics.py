@@ -59,6 +59,9 @@ _TIME_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+# Seconds of one changelog restore: from 10 ms (an empty partition) to 10 minutes, beyond the
+# default max.poll.interval.ms of 300 s, at which the group evicts the restoring worker.
+_RESTORE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ class WorkerMetrics:
     states_reset: Counter
     kafka_errors: Counter
     late_events: Counter
+    changelog_records_restored: Counter
+    changelog_restore_seconds: Histogram
     bundle_info: Gauge
     state_users: Gauge
     state_map_size: Gauge
@@ -227,6 +232,19 @@ def create_metrics(registry: CollectorRegistry | None) -> WorkerMetrics:
             "Accepted events older than their partition's watermark minus the session gap, "
             "whose users' sessions the timers may have closed already: the partition is not in "
             "event-time order.",
+            **kwargs,
+        ),
+        changelog_records_restored=Counter(
+            "hiertcn_changelog_records_restored_total",
+            "Records read from the changelog topic (--changelog-topic) to restore the user states "
+            "and positions of partitions assigned to the worker.",
+            **kwargs,
+        ),
+        changelog_restore_seconds=Histogram(
+            "hiertcn_changelog_restore_seconds",
+            "Time to restore one partition from the changelog topic: reading it up to its high "
+            "watermark and writing its states and position to the state store.",
+            buckets=_RESTORE_BUCKETS,
             **kwargs,
         ),
         **_serving_gauges(kwargs),

@@ -11,7 +11,8 @@ Each batch runs these steps, and their order is the correctness argument:
    `last_ts + session_gap`
 4. score every event in one batched model call (`Pipeline.process`)
 5. produce the outputs and dead letters. With `publish_on_session_close`, every timer close
-   also gives a session-start output, after the batch's event outputs
+   also gives a session-start output, after the batch's event outputs. With a changelog topic,
+   the batch's new states and partition positions follow them (`stream.changelog`)
 6. hand the new states and each partition's next offset and watermark to the committer thread
    (`stream.committer`), which waits until the broker has acknowledged the batch's messages,
    writes states and offsets in one LMDB transaction, and reports the offsets, which this
@@ -19,9 +20,10 @@ Each batch runs these steps, and their order is the correctness argument:
 
 Outputs are delivered before the LMDB commit that covers them, so a process killed in between
 reprocesses those batches from the stored offset after a restart: outputs may repeat (at most
-the pending batches and the one in progress), but none is lost. The Kafka commit only makes
-lag visible, because every assignment seeks to the offset stored in LMDB with the states it
-produced.
+the pending batches and the one in progress), but none is lost. Every assignment seeks to the
+offset stored in LMDB with the states it produced, so the Kafka commit makes lag visible. With a
+changelog topic it also shows an assignment that another host has processed a partition since,
+which the worker then restores from the changelog first (`stream.changelog`).
 
 Timer passes that run while no events arrive (`Worker._idle`) hand their closed states and
 session-close outputs to the same producer and committer, so those outputs are delivered
@@ -67,6 +69,7 @@ from confluent_kafka import (
 from statestore import PartitionPosition, UserState
 from statestore.errors import StateStoreError
 from stream.bundle_watch import BundleWatch, load_watched_bundle
+from stream.changelog import Changelog, ChangelogReader
 from stream.committer import Committer, CommitterConfig
 from stream.config import DEFAULT_MAX_POLL_INTERVAL_MS, WorkerConfig
 from stream.delivery import Deliverer, DeliveryConfig, OutputRecord
@@ -432,6 +435,8 @@ class Worker:
         # their timers have a backlog of idle sessions.
         self._timers_due: set[int] = set()
         self._paused: set[int] = set()
+        # The topic that receives every state and position this worker writes, if any.
+        self.changelog = Changelog(config) if config.changelog_topic else None
         self.deliverer = Deliverer(
             producer,
             DeliveryConfig(config.brokers, config.delivery_timeout, config.delivery_attempts),
@@ -565,22 +570,41 @@ class Worker:
         # A failed commit thread raises here, before anything is read from a stale position.
         self.committer.drain()
         stored = self.store.positions(self.config.input_topic)
-        unstored = [tp.partition for tp in partitions if tp.partition not in stored]
         # A store without any position for the topic is new or the wrong one. A store with
-        # positions for other partitions is that of a host in a group of several hosts, where a
-        # partition that moves here is rebuilt from its earliest offset by design.
-        if unstored and not stored and not rebuild_state_allowed(self.config):
+        # positions for other partitions is that of a host in a group of several hosts.
+        store_was_empty = not stored
+        assigned = [tp.partition for tp in partitions]
+        # With a changelog, a partition restored below may be behind the committed offset too.
+        queried = assigned if self.changelog is not None else [p for p in assigned if p in stored]
+        committed = self._committed_offsets(consumer, queried)
+        if self.changelog is not None:
+            stored = self._restore_from_changelog(self.changelog, assigned, stored, committed)
+        unstored = [partition for partition in assigned if partition not in stored]
+        if unstored and store_was_empty and not rebuild_state_allowed(self.config):
             # Raised before anything is assigned; confluent-kafka re-raises it from poll().
             self._check_not_committed(consumer, unstored)
+        self._seek_to_stored(partitions, stored)
+        self._warn_behind_committed(
+            {p: stored[p] for p in assigned if p in stored and p in committed}, committed
+        )
+        consumer.incremental_assign(partitions)
+        self.metrics.partitions_assigned.set(len(self._positions))
+        # The first assignment, empty or not, means the worker has joined the group: a group
+        # with more workers than partitions gives some of them none.
+        self.heartbeat.set_ready(True)
+
+    def _seek_to_stored(
+        self, partitions: list[TopicPartition], stored: dict[int, PartitionPosition]
+    ) -> None:
+        """Set each partition's offset to its stored position, or to the earliest offset."""
         now = time.time()
         for tp in partitions:
             position = stored.get(tp.partition)
             if position is None:
-                # NOTE: states live in this host's LMDB. A partition that moves to another host
-                # starts there from the earliest offset, so that host rebuilds its users' states
-                # by reprocessing the retained log and publishes those outputs again. A changelog
-                # topic for the states would remove this; until then keep one host per group or
-                # pin partitions with static membership.
+                # States live in this host's LMDB. Without a position here or in the
+                # changelog, a partition that moves from another host is read from the
+                # earliest offset: its users' states are rebuilt from the retained log, and
+                # those outputs are published again.
                 tp.offset = OFFSET_BEGINNING
                 self._positions[tp.partition] = PartitionPosition(0, float("-inf"))
                 logger.info(
@@ -600,38 +624,120 @@ class Worker:
                 self._warn_future_watermark(tp.partition, position, now)
             # A partition that arrives with a stored watermark may have idle sessions to close.
             self._timers_due.add(tp.partition)
-        self._warn_behind_committed(consumer, [tp for tp in partitions if tp.partition in stored])
-        consumer.incremental_assign(partitions)
-        self.metrics.partitions_assigned.set(len(self._positions))
-        # The first assignment, empty or not, means the worker has joined the group: a group
-        # with more workers than partitions gives some of them none.
-        self.heartbeat.set_ready(True)
 
-    def _warn_behind_committed(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Warn for each partition whose stored position lies behind the group's committed
-        offset, so that its events in between are processed and published again."""
+    def _committed_offsets(self, consumer: Consumer, partitions: list[int]) -> dict[int, int]:
+        """Return the group's committed offset of each of `partitions` that has one.
+
+        A failed query returns no offsets, and logs a warning when a changelog restore depends
+        on them.
+        """
         if not partitions:
-            return
+            return {}
+        topic = self.config.input_topic
         try:
             committed = consumer.committed(
-                [TopicPartition(tp.topic, tp.partition) for tp in partitions],
+                [TopicPartition(topic, partition) for partition in partitions],
                 timeout=OFFSET_QUERY_TIMEOUT_SECONDS,
             )
         except KafkaException as error:
-            logger.debug("cannot compare the stored positions with the commits: %s", error)
+            log = logger.debug if self.changelog is None else logger.warning
+            log(
+                "reading the committed offsets of group %s failed, so the stored positions of "
+                "%s partitions %s are taken as current: %s",
+                self.config.group_id,
+                topic,
+                partitions,
+                error,
+            )
+            return {}
+        return {tp.partition: tp.offset for tp in committed if tp.error is None and tp.offset >= 0}
+
+    def _restore_from_changelog(
+        self,
+        changelog: Changelog,
+        partitions: list[int],
+        stored: dict[int, PartitionPosition],
+        committed: dict[int, int],
+    ) -> dict[int, PartitionPosition]:
+        """Restore each partition that has no stored position, or one behind the group's
+        committed offset, from the changelog. Returns the stored positions after the restores."""
+        due = {}
+        for partition in partitions:
+            position = stored.get(partition)
+            if position is None:
+                due[partition] = f"no stored position in {self.state_dir}"
+            elif committed.get(partition, -1) > position.next_offset:
+                due[partition] = (
+                    f"the stored position {position.next_offset} is behind the committed offset "
+                    f"{committed[partition]} of group {self.config.group_id}"
+                )
+        if not due:
+            return stored
+        reader = changelog.reader()
+        try:
+            # NOTE: the restore runs inside the rebalance callback, where the consumer does not
+            # poll. A restore longer than max.poll.interval.ms (300 s unless -X sets it) makes
+            # the group evict this member, which then restores again at its next assignment.
+            for partition, reason in due.items():
+                self._restore_partition(reader, partition, reason, stored.get(partition))
+        finally:
+            reader.close()
+        return self.store.positions(self.config.input_topic)
+
+    def _restore_partition(
+        self,
+        reader: ChangelogReader,
+        partition: int,
+        reason: str,
+        stored: PartitionPosition | None,
+    ) -> None:
+        topic = self.config.input_topic
+        changelog = reader.topic
+        logger.info("restoring %s[%d] from changelog %s: %s", topic, partition, changelog, reason)
+        result = reader.restore(self.store, partition, on_progress=self.heartbeat.beat)
+        self.metrics.changelog_records_restored.inc(result.records)
+        self.metrics.changelog_restore_seconds.observe(result.seconds)
+        if result.position is None:
+            start = "the earliest offset" if stored is None else f"offset {stored.next_offset}"
+            log = logger.warning if result.records else logger.info
+            log(
+                "changelog %s has no position of %s[%d] (%d records of %d users read), so the "
+                "partition starts at %s, as without a changelog",
+                changelog,
+                topic,
+                partition,
+                result.records,
+                result.users,
+                start,
+            )
             return
-        stored = {tp.partition: tp.offset for tp in partitions}
-        for tp in committed:
-            if tp.error is not None or tp.offset <= stored[tp.partition]:
+        logger.info(
+            "restored %s from changelog %s: %d records, %d users in %.1f s",
+            position_text(topic, partition, result.position.next_offset),
+            changelog,
+            result.records,
+            result.users,
+            result.seconds,
+        )
+
+    def _warn_behind_committed(
+        self, positions: dict[int, PartitionPosition], committed: dict[int, int]
+    ) -> None:
+        """Warn for each partition whose stored position lies behind the group's committed
+        offset, so that its events in between are processed and published again."""
+        topic = self.config.input_topic
+        for partition, position in sorted(positions.items()):
+            offset = committed[partition]
+            if offset <= position.next_offset:
                 continue
             logger.warning(
                 "stored position %s in %s is %d events behind the committed offset %d of group "
                 "%s: they are processed again and their outputs published again (an older copy "
                 "of the state directory, or a crash between the two commits)",
-                position_text(tp.topic, tp.partition, stored[tp.partition]),
+                position_text(topic, partition, position.next_offset),
                 self.state_dir,
-                tp.offset - stored[tp.partition],
-                tp.offset,
+                offset - position.next_offset,
+                offset,
                 self.config.group_id,
             )
 
@@ -912,10 +1018,13 @@ class Worker:
 
         # (5) Produce the event outputs, the session-close outputs and the dead letters. A
         # user's session-close output follows the outputs of that user's events in this batch.
+        # The changelog records come last. The committer's delivery wait produces them once the
+        # others are delivered, and waits for them before the LMDB commit.
         records = [
             *self._output_records(events, result),
             *self._session_close_records(idle.outputs),
             *self._dead_letter_records(decoded.dead_letters),
+            *self._changelog_records(changed, decoded.positions),
         ]
         self.deliverer.produce(records)
 
@@ -936,7 +1045,10 @@ class Worker:
             if not idle.states:
                 continue
             # Delivered before the commit of the closed states, as in a batch.
-            records = self._session_close_records(idle.outputs)
+            records = [
+                *self._session_close_records(idle.outputs),
+                *self._changelog_records(idle.states, {}),
+            ]
             self.deliverer.produce(records)
             self.committer.submit(idle.states, {}, records)
             self.metrics.sessions_closed.labels("timer").inc(len(idle.states) - idle.reset)
@@ -1043,6 +1155,11 @@ class Worker:
             headers=[(WORKER_HEADER, self.pid)],
             append_ts=append_ts,
         )
+
+    def _changelog_records(
+        self, states: Mapping[str, UserState], positions: Mapping[int, PartitionPosition]
+    ) -> list[OutputRecord]:
+        return [] if self.changelog is None else self.changelog.records(states, positions)
 
     def _dead_letter_records(self, dead_letters: Iterable[DeadLetter]) -> list[OutputRecord]:
         records = []

@@ -19,8 +19,9 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
+from stream.changelog import ChangelogError
 from stream.config import (
     FLAG_KAFKA_SETTINGS,
     OPTIONS,
@@ -98,6 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default = getattr(_DEFAULTS, option.name)
         if option.name in ("brokers", "bundle"):
             default_text = "required"
+        elif default == "":
+            default_text = "default: empty"
         elif default is None:
             default_text = "default: the bundle's"
         elif option.parse is parse_size:
@@ -130,7 +133,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--create-topics",
         action="store_true",
-        help="create the input, output and dead-letter topics when missing, with --partitions",
+        help="create the input, output and dead-letter topics when missing, with --partitions, "
+        "and the --changelog-topic with the input topic's partition count and "
+        "cleanup.policy=compact",
     )
     parser.add_argument(
         "--keep-going",
@@ -429,7 +434,8 @@ def wait_for_metadata(admin: AdminClient, brokers: str) -> Any:
 
 
 def check_topics(config: WorkerConfig) -> None:
-    """Check that the brokers respond, and create missing topics when `create_topics` is set."""
+    """Check that the brokers respond, create missing topics when `create_topics` is set, and
+    check the changelog topic."""
     admin = create_admin(config)
     logger.info("connecting to Kafka brokers %s (waiting up to %.0f s)", config.brokers,
                 BROKER_TIMEOUT_SECONDS)  # fmt: skip
@@ -438,25 +444,107 @@ def check_topics(config: WorkerConfig) -> None:
     missing = [topic for topic in topics if topic not in metadata.topics]
     if config.create_topics and config.input_topic in metadata.topics:
         warn_if_fewer_partitions(config, len(metadata.topics[config.input_topic].partitions))
-    if not missing:
-        return
-    if not config.create_topics:
+    if missing and not config.create_topics:
         logger.warning(
             "topics %s do not exist: the broker may create them on first use; "
             "pass --create-topics to create them with --partitions partitions",
             ", ".join(missing),
         )
-        return
-    new_topics = [NewTopic(topic, num_partitions=config.partitions) for topic in missing]
+    elif missing:
+        create_topics(admin, config, [NewTopic(topic, config.partitions) for topic in missing])
+    if config.changelog_topic:
+        check_changelog_topic(admin, config, metadata)
+
+
+def create_topics(admin: AdminClient, config: WorkerConfig, new_topics: list[NewTopic]) -> None:
+    """Create `new_topics`, and leave each one that exists already as it is."""
     for topic, future in admin.create_topics(new_topics).items():
         try:
             future.result(BROKER_TIMEOUT_SECONDS)
-            logger.info("created topic %s with %d partitions", topic, config.partitions)
+            partitions = next(new.num_partitions for new in new_topics if new.topic == topic)
+            logger.info("created topic %s with %d partitions", topic, partitions)
         except KafkaException as error:
             if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise BrokerUnavailableError(
                     f"could not create topic {topic!r} on {config.brokers}: {error}"
                 ) from error
+
+
+def check_changelog_topic(admin: AdminClient, config: WorkerConfig, metadata: Any) -> None:
+    """Raise ChangelogError unless the changelog topic exists with the input topic's partition
+    count and a cleanup.policy that compacts. With `create_topics`, create it when missing.
+
+    `metadata` is the cluster metadata read before any topic was created.
+    """
+    topic = config.changelog_topic
+    input_topic = metadata.topics.get(config.input_topic)
+    if input_topic is not None:
+        partitions = len(input_topic.partitions)
+    elif config.create_topics:
+        partitions = config.partitions  # check_topics has just created it
+    else:
+        raise ChangelogError(
+            f"input topic {config.input_topic} does not exist, so changelog topic {topic} "
+            "cannot be checked against its partition count: create the input topic first, "
+            "or pass --create-topics"
+        )
+    described = metadata.topics.get(topic)
+    if described is None and config.create_topics:
+        new_topic = NewTopic(topic, partitions, config={"cleanup.policy": "compact"})
+        create_topics(admin, config, [new_topic])
+        return
+    if described is None:
+        raise ChangelogError(
+            f"changelog topic {topic} does not exist: create it with {partitions} partitions "
+            f"(as {config.input_topic}) and compaction, kafka-topics.sh --bootstrap-server "
+            f"{config.brokers} --create --topic {topic} --partitions {partitions} --config "
+            "cleanup.policy=compact, or pass --create-topics"
+        )
+    if len(described.partitions) != partitions:
+        raise ChangelogError(
+            f"changelog topic {topic} has {len(described.partitions)} partitions, but input "
+            f"topic {config.input_topic} has {partitions}: the states of each input partition "
+            f"go to the changelog partition of the same number, so both need {partitions}. "
+            f"Add partitions with kafka-topics.sh --bootstrap-server {config.brokers} --alter "
+            f"--topic {topic} --partitions {partitions}, or delete the topic and create it "
+            "again (a changelog topic cannot lose partitions)"
+        )
+    check_changelog_compaction(admin, config)
+
+
+def check_changelog_compaction(admin: AdminClient, config: WorkerConfig) -> None:
+    """Raise ChangelogError unless the changelog topic's cleanup.policy contains compact.
+
+    Warn when it also contains delete, under which the broker deletes the states of users idle
+    for longer than the topic's retention.ms.
+    """
+    topic = config.changelog_topic
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    try:
+        entries = admin.describe_configs([resource])[resource].result(BROKER_TIMEOUT_SECONDS)
+    except KafkaException as error:
+        raise BrokerUnavailableError(
+            f"reading the configuration of changelog topic {topic} on {config.brokers} failed: "
+            f"{error}; check that the client's principal may describe the topic's configuration"
+        ) from error
+    entry = entries.get("cleanup.policy")
+    policy = "" if entry is None or entry.value is None else entry.value
+    policies = {part.strip() for part in policy.split(",")}
+    if "compact" not in policies:
+        raise ChangelogError(
+            f"changelog topic {topic} has cleanup.policy={policy}, without compact: the broker "
+            "would delete user states after the topic's retention, and a restore would lose "
+            f"them. Set it with kafka-configs.sh --bootstrap-server {config.brokers} --alter "
+            f"--entity-type topics --entity-name {topic} --add-config cleanup.policy=compact"
+        )
+    if "delete" in policies:
+        logger.warning(
+            "changelog topic %s has cleanup.policy=%s: the broker deletes the states of users "
+            "idle for longer than its retention.ms, and a host that restores their partition "
+            "starts those users anew",
+            topic,
+            policy,
+        )
 
 
 def warn_if_fewer_partitions(config: WorkerConfig, partitions: int) -> None:
