@@ -21,6 +21,11 @@ the changelog never lags the local store.
 A restore reads one changelog partition from its beginning up to the high watermark taken when
 it starts. It writes the states to the store in chunks, where a later record of a user replaces
 an earlier one, and writes the newest position last.
+
+`hiertcn-stream changelog seed` (`stream.commands.changelog`) produces the same records from an
+existing store, for the users that a pool stored before it ran with the changelog. It produces
+every state whose partition is a partition of the input topic with a stored position
+(`state_record_chunks`), then those positions (`position_records`).
 """
 
 from __future__ import annotations
@@ -28,16 +33,18 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from statestore import PartitionPosition, UserState
+from statestore import REPLAY_PARTITION, PartitionPosition, StateStore, UserState
 from statestore.codec import decode_state, encode_state
 from statestore.errors import SchemaVersionError, StateCodecError
 from statestore.keys import decode_position, encode_position, position_key, topic_partition_of_key
+from statestore.maintenance import iter_records, plural
 from stream.config import WorkerConfig
 from stream.delivery import OutputRecord
 from stream.errors import StreamError
@@ -58,6 +65,10 @@ RESTORE_PROGRESS_SECONDS = 10.0
 # Messages that one consume call of a restore takes, and its longest wait in seconds.
 RESTORE_CONSUME_MESSAGES = 1000
 RESTORE_POLL_SECONDS = 0.2
+# Users read per LMDB read transaction of a seed, and per list of records it yields.
+SEED_CHUNK_USERS = 1000
+# Skipped user ids that the warning of a seed names.
+SEED_NAMED_SKIPS = 10
 # Seconds of one metadata or watermark request, and the pause before it is sent again.
 REQUEST_TIMEOUT_SECONDS = 10.0
 RETRY_PAUSE_SECONDS = 0.5
@@ -451,3 +462,134 @@ def _open_changelog_consumer(config: WorkerConfig) -> Consumer:
     # librdkafka's own lines go to a rate-limited logger instead of this process's stderr.
     client_log = librdkafka_logger(f"{__name__}.librdkafka")
     return Consumer({**changelog_consumer_settings(config), "logger": client_log})
+
+
+# -- seeding from an existing store ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeedScope:
+    """The input partitions that a seed covers: partitions of the input topic with a stored
+    position."""
+
+    input_topic: str
+    partition_count: int  # partitions of the input topic on the broker
+    positions: Mapping[int, PartitionPosition]  # the store's positions of the input topic
+
+    def in_topic(self, partition: int) -> bool:
+        """Return whether `partition` is a partition of the input topic."""
+        return 0 <= partition < self.partition_count
+
+    def covers(self, partition: int) -> bool:
+        """Return whether seed produces the states of `partition`."""
+        return self.in_topic(partition) and partition in self.positions
+
+    def skip_reason(self, partition: int) -> str:
+        """Return why seed skips the states of `partition`, which it does not cover."""
+        if partition == REPLAY_PARTITION:
+            return f"a replay's, not a partition of {self.input_topic}"
+        if not self.in_topic(partition):
+            return f"{self.input_topic} has {self.partition_count} partitions"
+        return f"the store has no position of {self.input_topic}[{partition}]"
+
+
+@dataclass
+class SeedCounts:
+    """Counts of the records that a seed produced, or would produce in a dry run, and of the
+    states and positions that it skipped."""
+
+    users: int = 0
+    positions: int = 0
+    bytes: int = 0  # keys and values of the records
+    users_read: int = 0  # stored users read, the skipped ones included
+    skipped_users: Counter[int] = field(default_factory=Counter)  # by partition
+    skipped_positions: list[int] = field(default_factory=list)  # their partitions
+    skipped_names: list[str] = field(default_factory=list)  # the first SEED_NAMED_SKIPS user ids
+
+    @property
+    def skipped(self) -> int:
+        """Skipped user states and positions."""
+        return sum(self.skipped_users.values()) + len(self.skipped_positions)
+
+    def add_bytes(self, records: Sequence[OutputRecord]) -> None:
+        self.bytes += sum(len(record.key or b"") + len(record.value or b"") for record in records)
+
+    def skip_user(self, user: str, partition: int) -> None:
+        self.skipped_users[partition] += 1
+        if len(self.skipped_names) < SEED_NAMED_SKIPS:
+            self.skipped_names.append(user)
+
+
+def state_record_chunks(
+    store: StateStore,
+    changelog_topic: str,
+    scope: SeedScope,
+    counts: SeedCounts,
+    chunk_users: int = SEED_CHUNK_USERS,
+) -> Iterator[list[OutputRecord]]:
+    """Yield the changelog records of the stored states that `scope` covers, at most
+    `chunk_users` per list, in key order. Count them in `counts`, and skip and count the rest."""
+    chunk: dict[str, UserState] = {}
+    for user, blob in iter_records(store, chunk_users):
+        counts.users_read += 1
+        try:
+            state = decode_state(blob)
+        except StateCodecError as error:
+            raise StateCodecError(f"the stored state of user {user!r}: {error}") from error
+        if not scope.covers(state.partition):
+            counts.skip_user(user, state.partition)
+            continue
+        chunk[user] = state
+        if len(chunk) >= chunk_users:
+            yield _state_records(changelog_topic, scope, chunk, counts)
+            chunk = {}
+    if chunk:
+        yield _state_records(changelog_topic, scope, chunk, counts)
+
+
+def _state_records(
+    changelog_topic: str, scope: SeedScope, states: dict[str, UserState], counts: SeedCounts
+) -> list[OutputRecord]:
+    records = changelog_records(changelog_topic, scope.input_topic, states, {})
+    counts.users += len(records)
+    counts.add_bytes(records)
+    return records
+
+
+def position_records(
+    changelog_topic: str, scope: SeedScope, counts: SeedCounts
+) -> list[OutputRecord]:
+    """Return the changelog records of the stored positions of the input topic's partitions.
+    Count them in `counts`, and skip and count the positions of other partitions."""
+    selected = {}
+    for partition, position in sorted(scope.positions.items()):
+        if scope.in_topic(partition):
+            selected[partition] = position
+        else:
+            counts.skipped_positions.append(partition)
+    records = changelog_records(changelog_topic, scope.input_topic, {}, selected)
+    counts.positions += len(records)
+    counts.add_bytes(records)
+    return records
+
+
+def describe_skips(counts: SeedCounts, scope: SeedScope) -> str | None:
+    """Return the warning that names what a seed skipped, or None when it skipped nothing."""
+    if not counts.skipped:
+        return None
+    parts = [
+        f"{plural(users, 'user state')} of partition {partition} ({scope.skip_reason(partition)})"
+        for partition, users in sorted(counts.skipped_users.items())
+    ]
+    parts.extend(
+        f"the position of partition {partition} ({scope.skip_reason(partition)})"
+        for partition in counts.skipped_positions
+    )
+    message = f"skipped {'; '.join(parts)}"
+    if counts.skipped_names:
+        more = ", ..." if sum(counts.skipped_users.values()) > len(counts.skipped_names) else ""
+        message += (
+            f". A host that restores from the changelog starts these users anew: "
+            f"{', '.join(counts.skipped_names)}{more}"
+        )
+    return message

@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "stream.commands.run",
     "stream.commands.replay",
     "stream.commands.produce",
+    "stream.commands.changelog",
     "statestore.command",
 )
 

@@ -1,0 +1,614 @@
+"""`hiertcn-stream changelog seed`: copy an existing state store into the changelog topic.
+
+    hiertcn-stream changelog seed --state-dir state --brokers 127.0.0.1:9092 \\
+        --changelog-topic interactions.changelog
+
+A pool produces to its changelog topic only the states and positions that it writes while it
+runs with `--changelog-topic`, so a host that restores a partition would miss every user idle
+since. `seed` produces every stored user state and then the stored position of every input
+partition, as the records that `stream.changelog` defines. It holds the writers lock of the state
+directory exclusively, so it never runs beside a pool, a replay or `state import` there.
+
+Exit status: 0 on success, and 1 when the broker does not respond or a record is not delivered,
+where a rerun is safe. Invalid input exits 2: no store, a missing input topic, a changelog topic
+that `run` would reject, a state directory in use, or a store behind the consumer group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from statestore import (
+    PartitionPosition,
+    StateStore,
+    StoreConfigError,
+    StoreInUseError,
+    locks,
+)
+from statestore.command import open_store
+from statestore.maintenance import plural
+from statestore.store import format_size
+from stream.changelog import (
+    REQUEST_TIMEOUT_SECONDS,
+    SeedCounts,
+    SeedScope,
+    changelog_consumer_settings,
+    describe_skips,
+    position_records,
+    state_record_chunks,
+)
+from stream.commands.run import (
+    check_changelog_topic,
+    create_admin,
+    wait_for_metadata,
+)
+from stream.config import (
+    DELIVERY_KAFKA_SETTINGS,
+    OPTIONS,
+    WorkerConfig,
+    build_config,
+    kafka_env_names,
+    kafka_settings_from_env,
+)
+from stream.delivery import OutputRecord
+from stream.errors import ConfigError, StreamError
+from stream.kafka_settings import (
+    CONSUMER_ONLY,
+    PRODUCER_ONLY,
+    add_kafka_setting_option,
+    check_flag_settings,
+    client_settings,
+    describe_invalid_setting,
+    parse_kafka_flags,
+    property_of,
+    setting_source,
+)
+from stream.logs import librdkafka_logger
+from stream.produce import MESSAGE_TIMEOUT_NAMES, check_linger_below_message_timeout, last_setting
+
+logger = logging.getLogger(__name__)
+
+# Fields of `WorkerConfig` that seed takes from a flag or from `run`'s HIERTCN_* variable.
+SEED_FIELDS = ("brokers", "state_dir", "input_topic", "changelog_topic", "group_id")
+# Fields that seed takes from their HIERTCN_* variables only, so that it rejects a changelog
+# topic that is one of the pool's other topics, as `run` does.
+ENV_ONLY_FIELDS = ("output_topic", "dead_letter_topic")
+# librdkafka settings that a flag of seed sets, with that flag.
+SEED_FLAG_KAFKA_SETTINGS = {"bootstrap.servers": "--brokers", "group.id": "--group-id"}
+# Milliseconds a record may wait for the broker's acknowledgement, retries included, unless -X
+# message.timeout.ms sets it: the broker outage that a pool rides out with its default settings.
+DEFAULT_MESSAGE_TIMEOUT_MS = 60_000
+# Seed produces as fast as it reads the store, and no reader waits for a single record, so the
+# producer may wait this long (ms) to fill its batches.
+SEED_LINGER_MS = 20
+# Seconds between two progress lines on stderr.
+PROGRESS_SECONDS = 10.0
+# Seconds after a record's message timeout that seed still waits for its delivery report.
+REPORT_GRACE_SECONDS = 5.0
+# Failed deliveries that seed logs one by one. The error message counts them all.
+LOGGED_FAILURES = 10
+
+_OPTIONS = {option.name: option for option in OPTIONS}
+
+
+class SeedInputError(StreamError):
+    """The store, the topics or the consumer group rule out a seed, and a rerun fails the same."""
+
+    exit_code = 2
+
+
+class SeedDeliveryError(StreamError):
+    """The broker did not acknowledge every record of a seed. A rerun is safe."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `changelog` command and its `seed` action."""
+    parser = subparsers.add_parser(
+        "changelog",
+        help="maintain the changelog topic of the user states",
+        description="Maintain the compacted changelog topic from which a host restores the "
+        "user states of a partition that it receives from another host.",
+    )
+    actions = parser.add_subparsers(dest="changelog_command", metavar="ACTION", required=True)
+    seed = actions.add_parser(
+        "seed",
+        help="copy the states and positions of a state store into the changelog topic",
+        description="Produce every user state of the store in --state-dir to the changelog "
+        "topic, then the stored position of every partition of the input topic, as the pool "
+        "does with --changelog-topic. A host that restores a partition then finds the users "
+        "who have been idle since the pool started writing to the changelog. A state whose "
+        "partition is not a partition of the input topic with a stored position is skipped "
+        "and named in a warning. Stop the pool that uses --state-dir first: seed rejects a "
+        "state directory that a pool, a replay or `state import` has open (exit status 2).",
+        epilog="Start the pool with --changelog-topic after the seed. Its records of the same "
+        "users come after the seeded ones, so compaction keeps the newer ones, and a seed "
+        "followed by the pool is safe. A failed seed exits 1 and can run again: the topic "
+        "keeps only the newest record of every key. Every option also reads the HIERTCN_* "
+        "variable of `run`, and librdkafka settings come from HIERTCN_KAFKA_<KEY> variables too.",
+    )
+    _add_seed_arguments(seed)
+    seed.set_defaults(func=run_seed)
+
+
+def _add_seed_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="the pool's state directory, which contains data.mdb "
+        f"(env {_env('state_dir')}; required)",
+    )
+    parser.add_argument(
+        "--brokers",
+        metavar="HOSTS",
+        help=f"Kafka bootstrap servers, HOST:PORT[,HOST:PORT...] (env {_env('brokers')}; required)",
+    )
+    parser.add_argument(
+        "--changelog-topic",
+        metavar="TOPIC",
+        help="the pool's changelog topic: compacted, with as many partitions as the input "
+        f"topic (env {_env('changelog_topic')}; required)",
+    )
+    parser.add_argument(
+        "--input-topic",
+        metavar="TOPIC",
+        help="the pool's topic of interaction events, whose stored positions seed copies "
+        f"(env {_env('input_topic')}; default interactions)",
+    )
+    parser.add_argument(
+        "--group-id",
+        metavar="GROUP",
+        help="the pool's consumer group. Seed exits 2 when the group has committed an offset "
+        "beyond a stored position, because another state directory has processed those "
+        f"events since (env {_env('group_id')}; default hiertcn)",
+    )
+    parser.add_argument(
+        "--create-topics",
+        action="store_true",
+        help="create the changelog topic when missing, with the input topic's partition count "
+        "and cleanup.policy=compact",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the store, the topics and the group, print what seed would produce, and "
+        "produce or create nothing",
+    )
+    add_kafka_setting_option(
+        parser,
+        "kafka_settings",
+        "librdkafka setting for the producer and the admin client, repeatable (e.g. -X "
+        "security.protocol=SSL). Settings that only a consumer reads do not apply, also not to "
+        "the consumer that reads the group's committed offsets. -X message.timeout.ms sets how "
+        "long a record may wait for the "
+        f"broker, retries included (default {DEFAULT_MESSAGE_TIMEOUT_MS}; 0: no limit). "
+        "enable.idempotence and acks take only true and all",
+        SEED_FLAG_KAFKA_SETTINGS,
+    )
+
+
+def _env(name: str) -> str:
+    return _OPTIONS[name].env
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeedConfig:
+    """Settings of one seed."""
+
+    # Topics, group, state directory and the librdkafka settings that every client reads.
+    worker: WorkerConfig
+    producer_settings: Mapping[str, Any]  # -X and HIERTCN_KAFKA_* settings included
+    message_timeout: float | None  # seconds a record may wait for the broker, None for no limit
+    dry_run: bool = False
+
+
+def seed_config(args: argparse.Namespace, environ: Mapping[str, str]) -> SeedConfig:
+    """Build the configuration from the flags, then `run`'s HIERTCN_* variables."""
+    for name in ("state_dir", "changelog_topic"):
+        if getattr(args, name) is None and not environ.get(_env(name)):
+            flag = _OPTIONS[name].flag
+            raise ConfigError(
+                f"{flag} is missing: pass {flag} {_OPTIONS[name].metavar} or set {_env(name)}"
+            )
+    flags: dict[str, Any] = {name: getattr(args, name) for name in SEED_FIELDS}
+    # `WorkerConfig` requires a bundle, which seed never loads.
+    flags["bundle"] = Path()
+    names = {_env(name) for name in SEED_FIELDS + ENV_ONLY_FIELDS}
+    worker = build_config(
+        flags,
+        {name: value for name, value in environ.items() if name in names},
+        create_topics=args.create_topics,
+    )
+
+    settings = kafka_settings_from_env(environ)
+    from_flags = parse_kafka_flags(args.kafka_settings)
+    settings.update(from_flags)
+    env_names = {
+        key: name for key, name in kafka_env_names(environ).items() if key not in from_flags
+    }
+    check_flag_settings(settings, SEED_FLAG_KAFKA_SETTINGS, env_names)
+    # `WorkerConfig` rejects several consumer and producer settings with reasons that concern
+    # the worker, so it gets only the settings that every client reads.
+    client_only = CONSUMER_ONLY | PRODUCER_ONLY
+    common = {key: value for key, value in settings.items() if property_of(key) not in client_only}
+    worker = dataclasses.replace(worker, kafka_settings=common, kafka_env_names=env_names)
+
+    producer = seed_producer_settings(worker.brokers, settings, env_names)
+    return SeedConfig(worker, producer, _message_timeout(producer), args.dry_run)
+
+
+def seed_producer_settings(
+    brokers: str, settings: Mapping[str, str], env_names: Mapping[str, str]
+) -> dict[str, Any]:
+    """Return the producer's librdkafka settings, each with its reason, and the -X ones."""
+    overrides = client_settings(settings, "producer")
+    _check_producer_overrides(overrides, env_names)
+    producer: dict[str, Any] = {
+        "bootstrap.servers": brokers,
+        # The broker writes each record once and in produce order, whatever librdkafka retries.
+        "enable.idempotence": True,
+        "acks": "all",
+        # A record that the broker has not acknowledged by then fails, and seed exits 1.
+        "message.timeout.ms": DEFAULT_MESSAGE_TIMEOUT_MS,
+        "linger.ms": SEED_LINGER_MS,
+        **overrides,
+    }
+    check_linger_below_message_timeout(producer, overrides, None, env_names)
+    producer["logger"] = librdkafka_logger(f"{__name__}.librdkafka")
+    return producer
+
+
+def _check_producer_overrides(overrides: Mapping[str, str], env_names: Mapping[str, str]) -> None:
+    """Reject a transactional producer, and delivery settings other than seed's own."""
+    for key, value in overrides.items():
+        source = setting_source(key, env_names)
+        if property_of(key) == "transactional.id":
+            raise ConfigError(
+                f"{source} is rejected: seed never calls init_transactions(), so a "
+                "transactional producer fails at its first record; remove it"
+            )
+        allowed = DELIVERY_KAFKA_SETTINGS.get(property_of(key))
+        if allowed is not None and str(value).strip().lower() not in allowed:
+            raise ConfigError(
+                f"invalid {source}={value}: seed counts a record as written once the broker "
+                f"has acknowledged it, which needs {key}={' or '.join(allowed)}; use that value "
+                "or remove it"
+            )
+
+
+def _message_timeout(settings: Mapping[str, Any]) -> float | None:
+    """Return the producer's message timeout in seconds, or None for no limit."""
+    _, value = last_setting(settings, MESSAGE_TIMEOUT_NAMES)
+    try:
+        milliseconds = float(str(value).strip())
+    except ValueError:
+        return None  # librdkafka rejects it when the producer is created
+    return None if milliseconds == 0 else milliseconds / 1000
+
+
+# -- the store and the broker ----------------------------------------------------------------
+
+
+@contextmanager
+def locked_store(state_dir: Path) -> Iterator[StateStore]:
+    """Open the existing store in `state_dir` with its writers lock held exclusively."""
+    if not (state_dir / "data.mdb").is_file():
+        raise StoreConfigError(
+            f"state directory {state_dir} contains no LMDB store (data.mdb not found): pass "
+            "the --state-dir of the pool whose states to copy"
+        )
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(locks.lock_exclusive(state_dir))
+        except StoreInUseError as error:
+            # NOTE: the rejection of `locks.lock_exclusive` speaks of an import, so seed words
+            # its own and cannot tell a pool from a replay here.
+            raise StoreInUseError(
+                f"state directory {state_dir} is in use: a worker pool, a replay or `state "
+                f"import` has it open (they lock {state_dir / locks.WRITERS_LOCK_FILE}), and "
+                "seed must copy the states that the last of them wrote. Stop the pool that "
+                "uses it, or wait until the replay or import ends, then run seed again"
+            ) from error
+        yield stack.enter_context(open_store(state_dir))
+
+
+def check_seed_topics(config: WorkerConfig, dry_run: bool) -> int:
+    """Check the input and changelog topics as `run` does, and return the input partition count.
+
+    With `create_topics`, create a missing changelog topic, except in a dry run.
+    """
+    admin = create_admin(config)
+    logger.info("connecting to Kafka brokers %s", config.brokers)
+    metadata = wait_for_metadata(admin, config.brokers)
+    described = metadata.topics.get(config.input_topic)
+    if described is None:
+        raise SeedInputError(
+            f"input topic {config.input_topic} does not exist on {config.brokers}, so the "
+            "stored positions cannot be checked against its partitions: pass the pool's "
+            f"--input-topic (or {_env('input_topic')})"
+        )
+    partitions = len(described.partitions)
+    if dry_run and config.create_topics and config.changelog_topic not in metadata.topics:
+        logger.info(
+            "changelog topic %s does not exist: without --dry-run, seed creates it with %d "
+            "partitions and cleanup.policy=compact",
+            config.changelog_topic,
+            partitions,
+        )
+        return partitions
+    check_changelog_topic(admin, config, metadata)
+    return partitions
+
+
+def committed_offsets(config: WorkerConfig, partitions: Sequence[int]) -> dict[int, int]:
+    """Return the offsets of `partitions` of the input topic that the group has committed."""
+    client_log = librdkafka_logger(f"{__name__}.librdkafka")
+    consumer = Consumer({**changelog_consumer_settings(config), "logger": client_log})
+    requested = [TopicPartition(config.input_topic, partition) for partition in partitions]
+    try:
+        found = consumer.committed(requested, timeout=REQUEST_TIMEOUT_SECONDS)
+    except KafkaException as error:
+        raise StreamError(
+            f"reading the offsets that consumer group {config.group_id} committed on "
+            f"{config.input_topic} failed ({error}): check that the broker is up and that the "
+            "client's principal may describe the group, then run seed again"
+        ) from error
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in found if tp.error is None and tp.offset >= 0}
+
+
+def partitions_behind(
+    positions: Mapping[int, PartitionPosition], committed: Mapping[int, int]
+) -> list[int]:
+    """Return the partitions whose committed offset lies beyond the stored position."""
+    return sorted(
+        partition
+        for partition, offset in committed.items()
+        if partition in positions and offset > positions[partition].next_offset
+    )
+
+
+def check_not_behind_group(
+    config: WorkerConfig, positions: Mapping[int, PartitionPosition], partition_count: int
+) -> None:
+    """Raise `SeedInputError` when the group has processed a partition beyond the store.
+
+    The pool commits an offset only after it has stored the batch, so the store that processed
+    a partition last is never behind. A store that is behind would put older states and an
+    older position into the changelog than those of the host that has processed the partition
+    since.
+    """
+    partitions = [partition for partition in positions if 0 <= partition < partition_count]
+    if not partitions:
+        return
+    committed = committed_offsets(config, partitions)
+    behind = partitions_behind(positions, committed)
+    if not behind:
+        return
+    offsets = ", ".join(
+        f"{config.input_topic}[{partition}] stored {positions[partition].next_offset}, "
+        f"committed {committed[partition]}"
+        for partition in behind
+    )
+    raise SeedInputError(
+        f"state store {config.state_dir} is behind consumer group {config.group_id} ({offsets}): "
+        "another state directory has processed those events since, and seeding this one would "
+        "replace newer states in the changelog with older ones. Seed from the state directory "
+        "that processed the partitions last, or pass the pool's --group-id"
+    )
+
+
+# -- producing --------------------------------------------------------------------------------
+
+
+class SeedProducer:
+    """Produce records and count their delivery reports without keeping the records, because a
+    store may hold millions of users."""
+
+    def __init__(self, producer: Producer, brokers: str, message_timeout: float | None) -> None:
+        self.producer = producer
+        self.brokers = brokers
+        self.message_timeout = message_timeout
+        self.produced = 0
+        self.delivered = 0
+        self.failed = 0
+        self.errors: Counter[str] = Counter()
+        self._last_produced = time.monotonic()
+
+    @property
+    def outstanding(self) -> int:
+        """Records produced without a delivery report yet."""
+        return self.produced - self.delivered - self.failed
+
+    def produce(self, records: Sequence[OutputRecord]) -> None:
+        """Hand `records` to librdkafka, each to the partition that it names."""
+        for record in records:
+            self._produce(record)
+        self.producer.poll(0)
+
+    def wait(self, on_progress: Callable[[], None]) -> None:
+        """Serve delivery reports until every record has one, or until the message timeout
+        has passed for the last one. Call `on_progress()` every PROGRESS_SECONDS at most."""
+        deadline = math.inf
+        if self.message_timeout is not None:
+            deadline = self._last_produced + self.message_timeout + REPORT_GRACE_SECONDS
+        while self.outstanding > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.producer.flush(min(left, PROGRESS_SECONDS))
+            on_progress()
+
+    def check_delivered(self, records: str, consequence: str) -> None:
+        """Raise `SeedDeliveryError` unless the broker has acknowledged every record."""
+        if self.delivered == self.produced:
+            return
+        errors = ", ".join(f"{name} x{count}" for name, count in self.errors.most_common())
+        waiting = f"{self.outstanding} without a delivery report"
+        raise SeedDeliveryError(
+            f"{self.produced - self.delivered} of {self.produced} {records} were not delivered "
+            f"to {self.brokers} ({', '.join(filter(None, (errors, waiting)))}){consequence}. "
+            "Check that the broker is up and that the client may write to the changelog topic, "
+            "then run seed again: a rerun is safe, because the topic keeps only the newest "
+            "record of every key"
+        )
+
+    def _produce(self, record: OutputRecord) -> None:
+        while True:
+            try:
+                self.producer.produce(
+                    record.topic,
+                    value=record.value,
+                    key=record.key,
+                    partition=record.partition,
+                    on_delivery=self._on_delivery,
+                )
+                break
+            except BufferError:
+                # The local queue is full: serve delivery reports until there is room.
+                self.producer.poll(0.1)
+            except KafkaException as error:
+                raise SeedDeliveryError(
+                    f"producing to {record.topic}[{record.partition}] failed ({error}): check "
+                    "the changelog topic, then run seed again (a rerun is safe)"
+                ) from error
+        self.produced += 1
+        self._last_produced = time.monotonic()
+
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if error is None:
+            self.delivered += 1
+            return
+        self.failed += 1
+        self.errors[error.name()] += 1
+        if self.failed <= LOGGED_FAILURES:
+            logger.error(
+                "delivery of a changelog record to %s[%s] failed: %s",
+                message.topic(),
+                message.partition(),
+                error,
+            )
+
+
+class SeedProgress:
+    """Log a progress line at most every PROGRESS_SECONDS."""
+
+    def __init__(self, topic: str, total_users: int, seeder: SeedProducer | None) -> None:
+        self.topic = topic
+        self.total_users = total_users
+        self.seeder = seeder
+        self._last = time.monotonic()
+
+    def __call__(self, counts: SeedCounts) -> None:
+        now = time.monotonic()
+        if now - self._last < PROGRESS_SECONDS:
+            return
+        self._last = now
+        delivered = "" if self.seeder is None else f", {self.seeder.delivered} records delivered"
+        logger.info(
+            "seeding %s: %d of %d users read%s",
+            self.topic,
+            counts.users_read,
+            self.total_users,
+            delivered,
+        )
+
+
+def produce_seed(
+    store: StateStore, config: SeedConfig, scope: SeedScope, counts: SeedCounts
+) -> None:
+    """Produce the states, wait until all are delivered, then produce the positions and wait.
+
+    A position goes out only when every state is delivered, so the changelog never gets a
+    position of this seed without the states it covers.
+    """
+    topic = config.worker.changelog_topic
+    seeder = SeedProducer(open_producer(config), config.worker.brokers, config.message_timeout)
+    progress = SeedProgress(topic, store.user_count(), seeder)
+    for records in state_record_chunks(store, topic, scope, counts):
+        seeder.produce(records)
+        progress(counts)
+    seeder.wait(lambda: progress(counts))
+    seeder.check_delivered("user states", ", so seed produced no partition position")
+
+    seeder.produce(position_records(topic, scope, counts))
+    seeder.wait(lambda: progress(counts))
+    seeder.check_delivered("user states and partition positions", "")
+
+
+def count_seed(store: StateStore, config: SeedConfig, scope: SeedScope, counts: SeedCounts) -> None:
+    """Count the records that `produce_seed` would produce, and produce nothing."""
+    topic = config.worker.changelog_topic
+    progress = SeedProgress(topic, store.user_count(), None)
+    for _ in state_record_chunks(store, topic, scope, counts):
+        progress(counts)
+    position_records(topic, scope, counts)
+
+
+def open_producer(config: SeedConfig) -> Producer:
+    """Create the producer, or raise `ConfigError` when librdkafka rejects a setting."""
+    try:
+        return Producer(dict(config.producer_settings))
+    except KafkaException as error:
+        raise ConfigError(
+            describe_invalid_setting(
+                error.args[0].str(),
+                config.producer_settings,
+                config.worker.kafka_env_names,
+                origins="the -X options or the HIERTCN_KAFKA_ variables",
+            )
+        ) from error
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def run_seed(args: argparse.Namespace) -> int:
+    """Check the store, the topics and the group, then produce the store to the changelog."""
+    config = seed_config(args, os.environ)
+    worker = config.worker
+    started = time.perf_counter()
+    counts = SeedCounts()
+    with locked_store(worker.state_dir) as store:
+        positions = store.positions(worker.input_topic)
+        partition_count = check_seed_topics(worker, config.dry_run)
+        check_not_behind_group(worker, positions, partition_count)
+        scope = SeedScope(worker.input_topic, partition_count, positions)
+        if config.dry_run:
+            count_seed(store, config, scope, counts)
+        else:
+            produce_seed(store, config, scope, counts)
+    warning = describe_skips(counts, scope)
+    if warning is not None:
+        logger.warning("%s", warning)
+    print(format_report(config, counts, time.perf_counter() - started))
+    return 0
+
+
+def format_report(config: SeedConfig, counts: SeedCounts, seconds: float) -> str:
+    """Return the summary line of a seed."""
+    verb = "would produce" if config.dry_run else "produced"
+    return (
+        f"{verb} {plural(counts.users, 'user state')} and "
+        f"{plural(counts.positions, 'partition position')} "
+        f"({format_size(counts.bytes)} of keys and values) from {config.worker.state_dir} to "
+        f"changelog topic {config.worker.changelog_topic}, skipped "
+        f"{plural(counts.skipped, 'record')}, {seconds:.1f} s"
+    )
