@@ -25,11 +25,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from statestore import PartitionPosition, UserState
 from stream.delivery import Deliverer, OutputRecord
 from stream.errors import StreamError
+
+if TYPE_CHECKING:
+    from statestore import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ class Committer:
 
     def __init__(
         self,
-        store: Any,
+        store: StateStore,
         deliverer: Deliverer,
         config: CommitterConfig,
         observe_commit: Callable[[float], None] = lambda seconds: None,

@@ -20,6 +20,7 @@ from statestore.store import MAX_MAP_SIZE, format_size
 from stream.errors import ConfigError
 from stream.events import DEFAULT_MAX_FUTURE_SECONDS
 from stream.kafka_settings import (
+    DEFAULT_MAX_POLL_INTERVAL_MS,
     check_flag_settings,
     parse_kafka_flags,
     property_of,
@@ -27,8 +28,6 @@ from stream.kafka_settings import (
 )
 
 ENV_PREFIX = "HIERTCN_"
-# librdkafka's max.poll.interval.ms that the worker sets unless -X overrides it.
-DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
 KAFKA_ENV_PREFIX = "HIERTCN_KAFKA_"
 
 # Kafka's own rule for topic names (kafka.common.internals.Topic).
@@ -318,7 +317,7 @@ class WorkerConfig:
     create_topics: bool = False
     keep_going: bool = False
     # Read partitions without a stored position from their earliest offset even when the store
-    # is empty and the group has committed offsets (see `stream.worker`).
+    # is empty and the group has committed offsets (see `stream.rebalance`).
     rebuild_state: bool = False
     # Publish a session-start output when a timer closes a session (see `stream.worker`).
     publish_on_session_close: bool = False
@@ -339,10 +338,6 @@ class WorkerConfig:
 
     def __post_init__(self) -> None:
         validate(self)
-
-    def setting_name(self, name: str) -> str:
-        """Return the flag or HIERTCN_* variable that set the field `name`, for messages."""
-        return source_of(self, name)
 
     @property
     def max_batch_delay(self) -> float:
@@ -384,11 +379,11 @@ def validate(config: WorkerConfig) -> None:
         _check_range(config, "max_future_seconds", 0, 365 * 86_400)
     if config.ts_unit not in ("s", "ms"):
         raise ConfigError(
-            f"invalid {_setting(config, 'ts_unit', repr(config.ts_unit))}: use s or ms"
+            f"invalid {format_option(config, 'ts_unit', repr(config.ts_unit))}: use s or ms"
         )
     if config.device not in ("cpu", "cuda", "auto"):
         raise ConfigError(
-            f"invalid {_setting(config, 'device', repr(config.device))}: use cpu, cuda or auto"
+            f"invalid {format_option(config, 'device', repr(config.device))}: use cpu, cuda or auto"
         )
     _check_delivery_wait(config)
     _check_kafka_settings(config)
@@ -433,7 +428,9 @@ def format_setting(source: str, value: object) -> str:
     return f"{source} {value}" if source.startswith("-") else f"{source}={value}"
 
 
-def _setting(config: WorkerConfig, name: str, value: object) -> str:
+def format_option(config: WorkerConfig, name: str, value: object) -> str:
+    """Return the field `name` set to `value` as the user writes it with the flag or variable
+    that set it: `--k 5`, or `HIERTCN_K=5`."""
     return format_setting(source_of(config, name), value)
 
 
@@ -496,8 +493,8 @@ def _check_delivery_wait(config: WorkerConfig) -> None:
         raise ConfigError(f"invalid {source}={interval_ms!r}: use milliseconds") from None
     longest_wait = config.delivery_timeout * config.delivery_attempts
     if longest_wait > interval / 2:
-        timeout = _setting(config, "delivery_timeout", f"{config.delivery_timeout:g}")
-        attempts = _setting(config, "delivery_attempts", config.delivery_attempts)
+        timeout = format_option(config, "delivery_timeout", f"{config.delivery_timeout:g}")
+        attempts = format_option(config, "delivery_attempts", config.delivery_attempts)
         raise ConfigError(
             f"delivery retries can wait {longest_wait:g} s ({timeout} x {attempts}), more than "
             f"half of max.poll.interval.ms ({interval:g} s): raise {source} or lower "
@@ -508,10 +505,10 @@ def _check_delivery_wait(config: WorkerConfig) -> None:
 def _check_range(config: WorkerConfig, name: str, low: float, high: float) -> None:
     value = getattr(config, name)
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"invalid {_setting(config, name, value)}: expected a finite number")
+        raise ConfigError(f"invalid {format_option(config, name, value)}: expected a finite number")
     if not low <= value <= high:
         raise ConfigError(
-            f"invalid {_setting(config, name, value)}: expected a value from {low} to {high}"
+            f"invalid {format_option(config, name, value)}: expected a value from {low} to {high}"
         )
 
 
@@ -519,7 +516,7 @@ def _check_size_range(config: WorkerConfig, name: str, low: int, high: int) -> N
     value = getattr(config, name)
     if not low <= value <= high:
         raise ConfigError(
-            f"invalid {_setting(config, name, value)} ({format_flag_size(value)}): expected a "
+            f"invalid {format_option(config, name, value)} ({format_flag_size(value)}): expected a "
             f"size from {format_flag_size(low)} to {format_flag_size(high)}, for example 512MiB"
         )
 

@@ -1,17 +1,30 @@
-"""librdkafka settings from `-X key=value` flags: parsing, aliases, conflicts and error messages.
+"""librdkafka settings: the `-X key=value` flags, and the Kafka clients of a worker.
 
 `run` and `produce` register their `-X` option and parse its values here, so both commands
-accept the same syntax and reject a key that one of their own flags sets.
+accept the same syntax and reject a key that one of their own flags sets. The worker's consumer
+and producer get their settings, each with the reason it is set, and their error callback here.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import re
+import threading
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import Consumer, KafkaError, Producer
 
 from stream.errors import ConfigError
+from stream.logs import RateLimitedLog, librdkafka_logger
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter as PrometheusCounter
+
+    from stream.config import WorkerConfig
+
+logger = logging.getLogger(__name__)
 
 # librdkafka's alias names and the property each one sets, from CONFIGURATION.md of librdkafka
 # 2.16. librdkafka's errors name the property, not the alias that the user typed.
@@ -178,3 +191,165 @@ def describe_invalid_setting(
             fix = f"unset {source}" if key in env_names else f"remove {source}"
             return f"invalid librdkafka setting {key}: {reason}: fix or {fix}"
     return f"invalid librdkafka setting: {reason}: fix or remove {origins}"
+
+
+# -- the worker's consumer and producer ----------------------------------------------------------
+
+# librdkafka's max.poll.interval.ms that the worker sets unless -X overrides it.
+DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
+# Seconds between two metadata requests for the input topic's partition count when the
+# consumer's own metadata refresh is off.
+PARTITION_COUNT_SECONDS = 60.0
+# librdkafka's topic.metadata.refresh.interval.ms of the worker's consumer, unless -X sets it.
+# The consumer finds partitions added to the input topic only at this refresh, so librdkafka's
+# default of 300000 ms (CONFIGURATION.md of librdkafka 2.16) leaves them unread for up to 5
+# minutes. Each refresh is one small Metadata request per consumer for the subscribed topic
+# (topic.metadata.refresh.sparse, on by default), and metadata.max.age.ms follows at 3 times it.
+DEFAULT_METADATA_REFRESH_MS = 60_000
+
+
+# librdkafka's error codes for a broker that cannot be reached.
+OUTAGE_ERROR_CODES = (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)
+
+# Consumer errors that the group coordinator repeats on every retry, with the fix for each.
+FATAL_CONSUMER_ERRORS = {
+    KafkaError.INVALID_SESSION_TIMEOUT: "set -X session.timeout.ms within the broker's "
+    "group.min.session.timeout.ms and group.max.session.timeout.ms",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "grant the client's principal Read on the consumer "
+    "group (--group-id), or use a group it may read",
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "grant the client's principal Read on --input-topic "
+    "and Write on the output and dead-letter topics",
+    KafkaError.INCONSISTENT_GROUP_PROTOCOL: "give every member of --group-id the same assignment "
+    "strategy, or use another --group-id",
+    KafkaError.INVALID_GROUP_ID: "pass a valid --group-id",
+    KafkaError.UNSUPPORTED_ASSIGNOR: "use a --group-id whose members all use cooperative-sticky",
+}
+
+
+def close_consumer(consumer: Consumer, static_member: bool) -> None:
+    """Close `consumer`, and make a dynamic member without partitions leave its group first.
+
+    librdkafka 2.16 with cooperative-sticky sends no LeaveGroup when a member without partitions
+    closes, so the group keeps it until session.timeout.ms and the next start waits that long.
+    unsubscribe() sends the LeaveGroup. A static member keeps its membership on purpose.
+    """
+    if not static_member and not consumer.assignment():
+        consumer.unsubscribe()
+    consumer.close()
+
+
+def consumer_settings(config: WorkerConfig, index: int = 0) -> dict[str, Any]:
+    """Return the librdkafka consumer settings of worker `index`, each with the reason it is set."""
+    settings: dict[str, Any] = {
+        "bootstrap.servers": config.brokers,
+        "group.id": config.group_id,
+        # Offsets are committed only after the batch's outputs are delivered and its states
+        # are in LMDB, never on a timer.
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        # A partition without a stored position starts at the oldest event, because the user
+        # states must be built from every event.
+        "auto.offset.reset": "earliest",
+        # Only events of committed producer transactions are served, never aborted ones.
+        "isolation.level": "read_committed",
+        # A batch takes milliseconds to seconds, and WorkerConfig keeps its delivery retries
+        # within half of this, so the group does not evict a busy worker.
+        "max.poll.interval.ms": DEFAULT_MAX_POLL_INTERVAL_MS,
+        # cooperative-sticky moves only the partitions that change owner, so a process that
+        # joins or leaves the pool does not stop the others. on_revoke finishes and commits
+        # each revoked partition before it moves.
+        "partition.assignment.strategy": "cooperative-sticky",
+        # Partition EOF events are not needed: an empty consume is the idle signal.
+        "enable.partition.eof": False,
+        # Partitions added to the input topic get assigned within about this interval.
+        "topic.metadata.refresh.interval.ms": DEFAULT_METADATA_REFRESH_MS,
+    }
+    settings.update(client_settings(config.kafka_settings, "consumer"))
+    # Static membership: the broker fences every member but one that joins with the same
+    # group.instance.id, so each process of a pool gets the id with its index appended.
+    instance = settings.get("group.instance.id")
+    if instance and config.processes > 1:
+        settings["group.instance.id"] = f"{instance}-{index}"
+    return settings
+
+
+def partition_count_seconds(settings: Mapping[str, Any]) -> float:
+    """Return the seconds between two readings of the input topic's partition count.
+
+    That is the consumer's topic.metadata.refresh.interval.ms, at least 1 s, because the
+    consumer finds new partitions only at that refresh. A refresh that is off (-1) or a value
+    that is not a number gives PARTITION_COUNT_SECONDS.
+    """
+    try:
+        refresh_ms = float(str(settings.get("topic.metadata.refresh.interval.ms")).strip())
+    except ValueError:
+        return PARTITION_COUNT_SECONDS
+    if refresh_ms < 0:
+        return PARTITION_COUNT_SECONDS
+    return max(refresh_ms / 1000, 1.0)
+
+
+def producer_settings(config: WorkerConfig) -> dict[str, Any]:
+    """Return the librdkafka producer settings, each with the reason it is set."""
+    settings: dict[str, Any] = {
+        "bootstrap.servers": config.brokers,
+        # Retries inside librdkafka neither duplicate nor reorder the outputs of one user.
+        "enable.idempotence": True,
+        "acks": "all",
+        # A failed delivery is reported within one wait of the worker, which then retries it.
+        "delivery.timeout.ms": int(config.delivery_timeout * 1000),
+        # A batch's outputs go out together; waiting 1 ms more adds little latency.
+        "linger.ms": 1,
+    }
+    settings.update(client_settings(config.kafka_settings, "producer"))
+    return settings
+
+
+class KafkaErrorLog:
+    """The error callback (`error_cb`) of a worker's consumer and producer.
+
+    It counts every error in `hiertcn_kafka_errors_total{code}` and logs the first ones of each
+    librdkafka error code, then a summary line per interval: while the broker is down,
+    librdkafka reports a failed connection many times a second. librdkafka calls it from the
+    thread that polls the client, which is the worker thread or the commit thread.
+    """
+
+    def __init__(self, errors: PrometheusCounter, log: RateLimitedLog | None = None) -> None:
+        self.errors = errors
+        self.log = log or RateLimitedLog("Kafka client errors", "code", logger=logger)
+        self._lock = threading.Lock()
+        # The codes of an unreachable broker start at 0, so that a rate over the first errors
+        # of an outage counts all of them.
+        for code in OUTAGE_ERROR_CODES:
+            errors.labels(KafkaError(code).name())
+
+    def __call__(self, error: KafkaError) -> None:
+        code = error.name()
+        self.errors.labels(code).inc()
+        if error.fatal():
+            # librdkafka cannot recover from a fatal error, and the client's next call raises it.
+            logger.error("fatal Kafka client error: %s", error)
+            return
+        with self._lock:
+            self.log.add(
+                code, "Kafka client error %s (librdkafka retries it): %s", code, error.str()
+            )
+            self.log.flush()
+
+    def flush(self) -> None:
+        """Log the summary of the errors not logged yet, when its interval has passed."""
+        with self._lock:
+            self.log.flush()
+
+
+def open_clients(
+    config: WorkerConfig, index: int, on_error: KafkaErrorLog
+) -> tuple[Consumer, Producer]:
+    """Create the consumer and the producer of worker `index`, with `on_error` as error_cb."""
+    # librdkafka's own lines go to a rate-limited logger instead of this process's stderr.
+    client_log = librdkafka_logger(f"{__name__}.librdkafka")
+    consumer = Consumer(
+        {**consumer_settings(config, index), "error_cb": on_error, "logger": client_log}
+    )
+    producer = Producer({**producer_settings(config), "error_cb": on_error, "logger": client_log})
+    return consumer, producer

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from stream.config import WorkerConfig, format_setting
+from stream.config import WorkerConfig, format_option, format_setting, source_of
 from stream.cpu_quota import available_cpus
 from stream.errors import ConfigError, StreamError
 from stream.health import (
@@ -47,8 +47,8 @@ from stream.metrics import (
     mark_process_dead,
     prepare_multiprocess_dir,
     remove_multiprocess_dir,
-    serve_aggregate,
 )
+from stream.metrics_server import serve_aggregate
 
 if TYPE_CHECKING:
     from prometheus_client.exposition import ThreadingWSGIServer
@@ -176,7 +176,7 @@ class Pool:
                     self.config.metrics_address,
                     self.config.metrics_port,
                     health=self,
-                    name=self.config.setting_name("metrics_address"),
+                    name=source_of(self.config, "metrics_address"),
                 )
             if self.bundle_watch is None:
                 from stream.bundle_watch import watch_bundle_directory
@@ -303,7 +303,7 @@ class Pool:
         """Return the /healthz report (rules in `stream.health.check_liveness`)."""
         now = time.monotonic()
         statuses = self.worker_statuses()
-        stall_name = self.config.setting_name("health_stall_seconds")
+        stall_name = source_of(self.config, "health_stall_seconds")
         stall = self.config.health_stall_seconds
         return check_liveness(statuses, self._stopping, stall, now, stall_name)
 
@@ -311,7 +311,7 @@ class Pool:
         """Return the /readyz report (rules in `stream.health.check_readiness`)."""
         now = time.monotonic()
         statuses = self.worker_statuses()
-        stall_name = self.config.setting_name("health_stall_seconds")
+        stall_name = source_of(self.config, "health_stall_seconds")
         stall = self.config.health_stall_seconds
         return check_readiness(statuses, self._stopping, stall, now, stall_name)
 
@@ -432,9 +432,7 @@ def warn_short_stall_limit(config: WorkerConfig) -> None:
             "%s is below the longest pause that a worker survives by "
             "design (delivery retries plus the batch delay, %.0f s): /healthz fails during a "
             "broker outage of that length; raise it above %.0f s unless that is the intent",
-            format_setting(
-                config.setting_name("health_stall_seconds"), f"{config.health_stall_seconds:g}"
-            ),
+            format_option(config, "health_stall_seconds", f"{config.health_stall_seconds:g}"),
             longest_pause,
             longest_pause,
         )

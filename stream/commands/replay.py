@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 from hiertcn.command_line import verbosity
 from hiertcn.errors import Terminated
 from hiertcn.signals import sigterm_as_interrupt
+from stream.commands.common import SESSION_CLOSE_HELP, argparse_type, open_bundle
 from stream.commands.event_file import add_event_file_arguments, read_records_from_args
-from stream.commands.run import SESSION_CLOSE_HELP, argparse_type
 from stream.config import check_k, parse_tolerance
 from stream.errors import ConfigError
 from stream.events import DEFAULT_MAX_FUTURE_SECONDS, EventConfig
@@ -399,32 +399,3 @@ def check_output_not_input(
                 f"--output {output} lies inside the {flag} folder {folder}, whose files replay "
                 f"reads and must not overwrite: pass a file path outside {folder} to --output"
             )
-
-
-def open_bundle(path: Path, device: str, device_source: str = "--device") -> ModelBundle:
-    """Load the model bundle at `path`; a bundle error becomes a `ConfigError` for the CLI.
-
-    `device_source` is the flag or the environment variable that set `device`, which the
-    advice for an unusable CUDA device names in place of the Python API's device='cpu'.
-    """
-    from export.bundle import load_bundle
-    from export.errors import CudaUnavailableError, ExportError
-
-    if path.is_file():
-        raise ConfigError(
-            f"cannot load the model bundle {path}, because it is a file: pass the bundle folder "
-            "that `hiertcn export` wrote, which contains manifest.json"
-        )
-    try:
-        return load_bundle(path, device=device)
-    except CudaUnavailableError as error:
-        if device_source.startswith("-"):
-            fix = f"Pass {device_source} cpu or auto"
-        else:
-            fix = f"Set {device_source}=cpu or auto"
-        raise ConfigError(
-            f"cannot load the model bundle {path}: device 'cuda' requested, but {error.reason}. "
-            f"{fix}, or {error.remedy}"
-        ) from error
-    except ExportError as error:
-        raise ConfigError(f"cannot load the model bundle {path}: {error}") from error

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from stream.changelog import ChangelogError
+from stream.commands.common import SESSION_CLOSE_HELP, argparse_type, open_bundle
 from stream.config import (
     FLAG_KAFKA_SETTINGS,
     OPTIONS,
@@ -30,14 +31,16 @@ from stream.config import (
     build_config,
     check_k,
     format_flag_size,
-    format_setting,
+    format_option,
     parse_size,
     source_of,
 )
 from stream.errors import ConfigError, StreamError
 from stream.kafka_settings import (
     add_kafka_setting_option,
+    consumer_settings,
     describe_invalid_setting,
+    producer_settings,
     setting_source,
 )
 from stream.logs import librdkafka_logger
@@ -56,16 +59,6 @@ BROKER_TIMEOUT_SECONDS = 15.0
 BROKER_POLL_SECONDS = 0.5
 
 _DEFAULTS = WorkerConfig(brokers="-", bundle=".")
-
-# The part of --publish-on-session-close's help that `run` and `replay` share.
-SESSION_CLOSE_HELP = (
-    "when a timer closes an idle session (the event-time watermark has passed the session's "
-    "last event time plus the session gap), also publish the recommendation for the first "
-    "event of the user's next session: one extra output per timer close, with the fields of "
-    "an event output, event_id null, ts the event time at which the session expired, session "
-    'the number of the next session, and trigger "session_close". A session that the user\'s '
-    "next event closes (a gap close) gets no extra output, and event outputs are unchanged."
-)
 
 
 class BrokerUnavailableError(StreamError):
@@ -221,8 +214,8 @@ def log_delivery_settings(config: WorkerConfig) -> None:
         "rides out a broker outage of up to %g s",
         config.delivery_attempts,
         config.delivery_timeout,
-        _setting(config, "delivery_attempts", config.delivery_attempts),
-        _setting(config, "delivery_timeout", f"{config.delivery_timeout:g}"),
+        format_option(config, "delivery_attempts", config.delivery_attempts),
+        format_option(config, "delivery_timeout", f"{config.delivery_timeout:g}"),
         longest_wait,
         longest_wait,
     )
@@ -234,11 +227,7 @@ def check_producer_settings(config: WorkerConfig) -> None:
     Each worker creates its producer only after it has started, where librdkafka's rejection of
     an -X linger.ms would stop every worker with a traceback instead of one error line.
     """
-    from stream.worker import producer_settings
-
-    settings = producer_settings(config)
-    check_linger_below_delivery_wait(config, settings)
-    check_linger_below_delivery_timeout(config, settings)
+    check_linger_below_delivery_timeout(config, producer_settings(config))
 
 
 def check_client_settings(config: WorkerConfig) -> None:
@@ -249,8 +238,6 @@ def check_client_settings(config: WorkerConfig) -> None:
     after they start, where a rejection would stop each one with a traceback. A client connects
     in the background, so this needs no broker.
     """
-    from stream.worker import consumer_settings, producer_settings
-
     for client, settings in (
         (Consumer, consumer_settings(config)),
         (Producer, producer_settings(config)),
@@ -275,36 +262,6 @@ def describe_client_error(config: WorkerConfig, error: KafkaException) -> str:
     )
 
 
-def check_linger_below_delivery_wait(config: WorkerConfig, settings: dict[str, Any]) -> None:
-    """Raise `ConfigError` when linger.ms is at least the worker's whole wait for a delivery.
-
-    The producer may hold a batch's outputs for linger.ms before it sends them, and the worker
-    stops when they are not delivered `delivery_attempts * delivery_timeout` seconds after its
-    wait began.
-    """
-    from stream.produce import LINGER_NAMES, last_setting
-
-    linger_name, linger = last_setting(settings, LINGER_NAMES)
-    try:
-        linger_ms = float(str(linger).strip())
-    except ValueError:
-        return  # librdkafka rejects it when the admin client is created
-    wait_ms = config.delivery_timeout * config.delivery_attempts * 1000
-    if linger_ms < wait_ms:
-        return
-    source = setting_source(linger_name, config.kafka_env_names)
-    timeout = _setting(config, "delivery_timeout", f"{config.delivery_timeout:g}")
-    attempts = _setting(config, "delivery_attempts", config.delivery_attempts)
-    raise ConfigError(
-        f"{source}={linger} can hold a batch's outputs longer than the worker waits for their "
-        f"delivery ({timeout} x {attempts}: {config.delivery_attempts} tries "
-        f"{config.delivery_timeout:g} s apart, "
-        f"{config.delivery_attempts * config.delivery_timeout:g} s in all), and the worker "
-        f"stops when they are not delivered: lower {source} below "
-        f"{settings['delivery.timeout.ms']:g} ms, the message timeout that {timeout} sets"
-    )
-
-
 def check_linger_below_delivery_timeout(config: WorkerConfig, settings: dict[str, Any]) -> None:
     """Raise `ConfigError` unless the message timeout that --delivery-timeout sets is above
     linger.ms.
@@ -323,7 +280,7 @@ def check_linger_below_delivery_timeout(config: WorkerConfig, settings: dict[str
     if linger_ms < timeout_ms:
         return
     source = setting_source(linger_name, config.kafka_env_names)
-    timeout = _setting(config, "delivery_timeout", f"{config.delivery_timeout:g}")
+    timeout = format_option(config, "delivery_timeout", f"{config.delivery_timeout:g}")
     raise ConfigError(
         f"{source}={linger} is not below the message timeout that {timeout} sets "
         f"({timeout_ms:g} ms), and librdkafka requires message.timeout.ms above linger.ms: "
@@ -339,8 +296,6 @@ def check_bundle(config: WorkerConfig) -> ModelBundle:
     exit code and message of `replay` for the same bundle. The workers load it again after they
     start, because a loaded bundle does not survive a process start.
     """
-    from stream.commands.replay import open_bundle
-
     bundle = open_bundle(config.bundle, config.device, source_of(config, "device"))
     if config.k is not None:
         check_k(config.k, bundle.num_items, source_of(config, "k"))
@@ -370,19 +325,6 @@ def check_store(config: WorkerConfig, bundle: ModelBundle) -> None:
 
     open_state_store(config, bundle).close()
     logger.info("bundle %s and state store %s checked", bundle.version, config.state_dir.resolve())
-
-
-def argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """Wrap an option parser so that argparse shows its message, not only its name."""
-
-    def parse_flag(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from error
-
-    parse_flag.__name__ = getattr(parse, "__name__", "value")
-    return parse_flag
 
 
 def create_admin(config: WorkerConfig) -> AdminClient:
@@ -559,7 +501,7 @@ def warn_if_fewer_partitions(config: WorkerConfig, partitions: int) -> None:
     if processes > partitions:
         effect = (
             f"{processes - partitions} of the {processes} workers "
-            f"({_setting(config, 'processes', processes)}) will get no partition and stay idle"
+            f"({format_option(config, 'processes', processes)}) will get no partition and stay idle"
         )
     else:
         effect = f"at most {partitions} workers of the consumer group can get partitions"
@@ -570,13 +512,9 @@ def warn_if_fewer_partitions(config: WorkerConfig, partitions: int) -> None:
         "to other partitions",
         config.input_topic,
         partitions,
-        _setting(config, "partitions", config.partitions),
+        format_option(config, "partitions", config.partitions),
         effect,
         config.brokers,
         config.input_topic,
         config.partitions,
     )
-
-
-def _setting(config: WorkerConfig, name: str, value: object) -> str:
-    return format_setting(source_of(config, name), value)

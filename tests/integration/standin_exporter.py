@@ -14,7 +14,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 
 from stream.health import HealthReport, WorkerStatus, check_liveness, check_readiness
-from stream.metrics import HeartbeatAgeCollector, WorkerMetrics, create_metrics
+from stream.metrics import WorkerMetrics, create_metrics
+from stream.metrics_server import HeartbeatAgeCollector
 
 PARTITIONS = ("0", "1", "2")
 DEAD_LETTER_REASONS = ("not_msgpack", "unknown_item")

@@ -23,7 +23,7 @@ from tests.integration.fixtures_stream import (
 )
 
 EVENTS = 60
-_ASSIGNED = re.compile(r" INFO (\d+) stream\.worker: assigned ")
+_ASSIGNED = re.compile(r" INFO (\d+) stream\.rebalance: assigned ")
 # Seconds from the overwrite until the pool has exited: the check runs at most once a second,
 # then the workers stop and leave the group.
 EXIT_BOUND_S = 30.0

@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, ConsumerGroupState
 from confluent_kafka.admin import AdminClient
 
 from stream.config import WorkerConfig
-from stream.worker import close_consumer, consumer_settings
+from stream.kafka_settings import close_consumer, consumer_settings
 from tests.integration.fixtures_stream import (
     WorkerRun,
     make_events,

@@ -24,7 +24,7 @@ from tests.integration.fixtures_stream import (
 
 EVENTS = 800
 PARTITIONS = 4
-_ASSIGNED = re.compile(r" INFO (\d+) stream\.worker: assigned ")
+_ASSIGNED = re.compile(r" INFO (\d+) stream\.rebalance: assigned ")
 
 
 def _free_port() -> int:

@@ -35,7 +35,8 @@ from stream.delivery import Deliverer, DeliveryConfig, DeliveryError, OutputReco
 from stream.errors import ConfigError
 from stream.metrics import create_metrics
 from stream.pipeline import Pipeline, PipelineConfig
-from stream.worker import CommittedOffsetsError, Worker
+from stream.rebalance import CommittedOffsetsError
+from stream.worker import Worker
 from tests.statestore.helpers import make_state
 from tests.stream.fake_bundle import FakeBundle
 
@@ -684,12 +685,12 @@ def test_restore_histogram_observed(make_worker) -> None:
 
 
 def test_changelog_topic_from_environment() -> None:
-    from stream.config import build_config
+    from stream.config import build_config, source_of
 
     flags = {"brokers": "b:1", "bundle": Path("x")}
     named = build_config(flags, {"HIERTCN_CHANGELOG_TOPIC": CHANGELOG})
     empty = build_config(flags, {"HIERTCN_CHANGELOG_TOPIC": ""})
 
     assert named.changelog_topic == CHANGELOG
-    assert named.setting_name("changelog_topic") == "HIERTCN_CHANGELOG_TOPIC"
+    assert source_of(named, "changelog_topic") == "HIERTCN_CHANGELOG_TOPIC"
     assert empty.changelog_topic == ""

@@ -10,9 +10,11 @@ from stream.config import (
     WorkerConfig,
     build_config,
     check_k,
+    format_option,
     kafka_settings_from_env,
     parse_bool,
     parse_size,
+    source_of,
 )
 from stream.errors import ConfigError
 
@@ -168,8 +170,8 @@ def test_delivery_settings_from_flags_and_environment() -> None:
 
     assert (from_env.delivery_timeout, from_env.delivery_attempts) == (2.5, 4)
     assert (from_flags.delivery_timeout, from_flags.delivery_attempts) == (1.0, 3)
-    assert from_env.setting_name("delivery_timeout") == "HIERTCN_DELIVERY_TIMEOUT"
-    assert from_flags.setting_name("delivery_attempts") == "--delivery-attempts"
+    assert source_of(from_env, "delivery_timeout") == "HIERTCN_DELIVERY_TIMEOUT"
+    assert source_of(from_flags, "delivery_attempts") == "--delivery-attempts"
 
 
 def test_delivery_settings_default_to_60_s_outage() -> None:
@@ -384,11 +386,18 @@ def test_delivery_variable_named_in_error() -> None:
     assert str(raised.value).startswith("invalid HIERTCN_KAFKA_ACKS=0: ")
 
 
-def test_setting_name_names_variable() -> None:
+def test_source_of_names_variable() -> None:
     config = build_config(REQUIRED, {"HIERTCN_HEALTH_STALL_SECONDS": "4"})
 
-    assert config.setting_name("health_stall_seconds") == "HIERTCN_HEALTH_STALL_SECONDS"
-    assert config.setting_name("metrics_address") == "--metrics-address"
+    assert source_of(config, "health_stall_seconds") == "HIERTCN_HEALTH_STALL_SECONDS"
+    assert source_of(config, "metrics_address") == "--metrics-address"
+
+
+def test_format_option_as_user_writes_it() -> None:
+    config = build_config(REQUIRED, {"HIERTCN_HEALTH_STALL_SECONDS": "4"})
+
+    assert format_option(config, "health_stall_seconds", 4) == "HIERTCN_HEALTH_STALL_SECONDS=4"
+    assert format_option(config, "metrics_address", "0.0.0.0") == "--metrics-address 0.0.0.0"
 
 
 def test_bad_float_variable_gives_project_message() -> None:

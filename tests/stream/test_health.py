@@ -21,7 +21,8 @@ from stream.health import (
     check_liveness,
     check_readiness,
 )
-from stream.metrics import prepare_multiprocess_dir, remove_multiprocess_dir, serve_aggregate
+from stream.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
+from stream.metrics_server import serve_aggregate
 
 STALL = 30.0
 NOW = 1_000.0

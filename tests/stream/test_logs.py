@@ -1,10 +1,12 @@
-"""The rate limit on librdkafka's log lines."""
+"""The two rate limits of log lines: the filter on librdkafka's lines, and the counting log."""
 
 from __future__ import annotations
 
 import logging
 
-from stream.logs import INTERVAL_SECONDS, RateLimitFilter, librdkafka_logger
+import pytest
+
+from stream.logs import INTERVAL_SECONDS, RateLimitedLog, RateLimitFilter, librdkafka_logger
 
 
 def record() -> logging.LogRecord:
@@ -33,3 +35,25 @@ def test_logger_gets_one_filter_however_often_requested() -> None:
     filters = [item for item in log.filters if isinstance(item, RateLimitFilter)]
     assert len(filters) == 1
     assert filters[0].interval == INTERVAL_SECONDS
+
+
+def test_rate_limited_log_uses_given_logger(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    log = RateLimitedLog(
+        "retries", "code", 1, 10.0, lambda: now[0], logger=logging.getLogger("tests.caller")
+    )
+
+    with caplog.at_level("WARNING"):
+        log.add("E1", "retry %d", 1)
+        log.add("E1", "retry %d", 2)
+        now[0] = 10.0
+        log.flush()
+
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [
+        ("tests.caller", "retry 1"),
+        (
+            "tests.caller",
+            "logged 1 retries with code E1: further ones are counted in one line every 10 s",
+        ),
+        ("tests.caller", "1 more retries in the last 10 s, by code: E1 1"),
+    ]

@@ -26,7 +26,7 @@ from stream.cli import main
 from stream.commands import run as run_command
 from stream.config import WorkerConfig
 from stream.errors import ConfigError
-from stream.metrics import serve_aggregate
+from stream.metrics_server import serve_aggregate
 from tests.statestore.helpers import make_read_only, make_state
 from tests.stream.conftest import (
     NUM_ITEMS,
@@ -372,43 +372,6 @@ def test_run_auto_device_warns_once_per_pool(
     assert len(warnings) == 1
 
 
-def test_run_linger_beyond_worker_wait_exits_2(
-    onnx_bundle_dir: Path, tmp_path: Path, no_pool: list, capsys: pytest.CaptureFixture[str]
-) -> None:
-    code = main(run_args(onnx_bundle_dir, tmp_path / "state", "-X", "linger.ms=300000"))
-
-    assert code == 2
-    assert no_pool == []
-    assert error_lines(capsys) == [
-        "hiertcn-stream: error: -X linger.ms=300000 can hold a batch's outputs longer than the "
-        "worker waits for their delivery (--delivery-timeout 10 x --delivery-attempts 6: 6 tries "
-        "10 s apart, 60 s in all), and the worker stops when they are not delivered: lower "
-        "-X linger.ms below 10000 ms, the message timeout that --delivery-timeout 10 sets"
-    ]
-
-
-def test_run_linger_beyond_flag_delivery_wait_exits_2(
-    onnx_bundle_dir: Path,
-    tmp_path: Path,
-    no_pool: list,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    monkeypatch.setenv("HIERTCN_DELIVERY_ATTEMPTS", "4")
-    extra = ["--delivery-timeout", "2.5", "-X", "linger.ms=10000"]
-
-    code = main(run_args(onnx_bundle_dir, tmp_path / "state", *extra))
-
-    assert code == 2
-    assert no_pool == []
-    (line,) = error_lines(capsys)
-    assert "(--delivery-timeout 2.5 x HIERTCN_DELIVERY_ATTEMPTS=4: 4 tries 2.5 s apart, " in line
-    assert "10 s in all)" in line
-    assert (
-        "lower -X linger.ms below 2500 ms, the message timeout that --delivery-timeout 2.5" in line
-    )
-
-
 def test_run_read_only_state_dir_exits_2(
     onnx_bundle_dir: Path,
     tmp_path: Path,
@@ -429,19 +392,43 @@ def test_run_read_only_state_dir_exits_2(
     assert "pass a writable --state-dir" in line
 
 
+@pytest.mark.parametrize(
+    ("extra", "linger", "timeout", "raise_above"),
+    [
+        (["-X", "linger.ms=20000"], "20000", "--delivery-timeout 10 sets (10000 ms)", "20 s"),
+        # Also beyond the worker's whole wait of 6 tries 10 s apart.
+        (["-X", "linger.ms=100000"], "100000", "--delivery-timeout 10 sets (10000 ms)", "100 s"),
+        (
+            ["--delivery-timeout", "2.5", "-X", "linger.ms=10000"],
+            "10000",
+            "--delivery-timeout 2.5 sets (2500 ms)",
+            "10 s",
+        ),
+    ],
+)
 def test_run_linger_above_delivery_timeout_exits_2(
-    onnx_bundle_dir: Path, tmp_path: Path, no_pool: list, capsys: pytest.CaptureFixture[str]
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    no_pool: list,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    linger: str,
+    timeout: str,
+    raise_above: str,
 ) -> None:
-    code = main(run_args(onnx_bundle_dir, tmp_path / "state", "-X", "linger.ms=20000"))
+    monkeypatch.setenv("HIERTCN_DELIVERY_ATTEMPTS", "4")
+
+    code = main(run_args(onnx_bundle_dir, tmp_path / "state", *extra))
 
     assert code == 2
     assert no_pool == []
     (line,) = error_lines(capsys)
+    timeout_ms = timeout.split("(")[1].rstrip(")")
     assert line == (
-        "hiertcn-stream: error: -X linger.ms=20000 is not below the message timeout that "
-        "--delivery-timeout 10 sets (10000 ms), and librdkafka requires message.timeout.ms "
-        "above linger.ms: lower -X linger.ms below 10000 ms, or raise --delivery-timeout "
-        "above 20 s"
+        f"hiertcn-stream: error: -X linger.ms={linger} is not below the message timeout that "
+        f"{timeout}, and librdkafka requires message.timeout.ms above linger.ms: lower -X "
+        f"linger.ms below {timeout_ms}, or raise --delivery-timeout above {raise_above}"
     )
     assert not (tmp_path / "state").exists()
 

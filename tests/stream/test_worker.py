@@ -1,4 +1,5 @@
-"""Worker parts that need no broker: Kafka settings, dead letters, decoding and assignment.
+"""Worker parts that need no broker: Kafka settings, dead letters, decoding, assignment, timers
+and metrics.
 
 The integration tests in tests/integration/test_worker_*.py run the whole worker on a broker.
 """
@@ -10,37 +11,43 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import msgpack
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, KafkaError, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_INVALID,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from prometheus_client import CollectorRegistry
 
 import stream.worker as worker_module
 from statestore import PartitionPosition
 from stream.committer import CommitError
 from stream.config import WorkerConfig
+from stream.consume import ConsumerSetupError
+from stream.dead_letters import DeadLetterLog
 from stream.delivery import OutputRecord
-from stream.events import DeadLetter
+from stream.events import REASONS, DeadLetter
 from stream.health import HeartbeatTable
-from stream.metrics import create_metrics
-from stream.worker import (
-    DEAD_LETTERS_LOGGED_PER_REASON,
-    CommittedOffsetsError,
-    ConsumerSetupError,
-    DeadLetterLog,
+from stream.interval import Interval
+from stream.kafka_settings import (
     KafkaErrorLog,
-    RateLimitedLog,
-    Worker,
-    _open_clients,
     consumer_settings,
+    open_clients,
+    partition_count_seconds,
     producer_settings,
-    rebuild_state_allowed,
 )
+from stream.logs import DEAD_LETTERS_LOGGED_PER_REASON, RateLimitedLog
+from stream.metric_updates import live_cutoffs
+from stream.metrics import create_metrics
+from stream.rebalance import CommittedOffsetsError
+from stream.worker import Worker
 
 
 class FakeProducer:
@@ -91,7 +98,7 @@ def test_dead_letter_headers_name_reason_and_source() -> None:
     worker = make_worker(FakeProducer())
     letter = DeadLetter(b"u1", b"\xc1", "invalid_msgpack", "not msgpack", "in[2]@7")
 
-    (dead,) = worker._dead_letter_records([letter])
+    (dead,) = worker.dead_letters.records([letter])
 
     headers = dict(dead.headers)
     assert dead.topic == "interactions.dlq"
@@ -107,7 +114,7 @@ def test_dead_letter_too_large_is_truncated() -> None:
     value = b"x" * 200_000
     letter = DeadLetter(b"u1", value, "message_too_large", "too large", "in[0]@1")
 
-    (dead,) = worker._dead_letter_records([letter])
+    (dead,) = worker.dead_letters.records([letter])
 
     headers = dict(dead.headers)
     assert headers["hiertcn.truncated"] == b"200002"
@@ -115,9 +122,30 @@ def test_dead_letter_too_large_is_truncated() -> None:
     assert value.startswith(dead.value)
 
 
-def test_live_cutoffs_stop_at_k() -> None:
-    from stream.worker import live_cutoffs
+def test_dead_letter_reasons_start_at_zero() -> None:
+    # rate() and increase() miss the first dead letter of a reason whose series starts at 1.
+    worker = make_worker(FakeProducer())
 
+    (family,) = worker.metrics.dead_letters.collect()
+    totals = {
+        sample.labels["reason"]: sample.value
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+    assert totals == dict.fromkeys(REASONS, 0.0)
+
+
+def test_dead_letter_counted_once() -> None:
+    worker = make_worker(FakeProducer())
+
+    worker.dead_letters.records([_junk(0, "missing_user")])
+
+    counter = worker.metrics.dead_letters
+    assert counter.labels("missing_user")._value.get() == 1
+    assert counter.labels("invalid_msgpack")._value.get() == 0
+
+
+def test_live_cutoffs_stop_at_k() -> None:
     assert live_cutoffs(20) == [1, 5, 10, 20]
     assert live_cutoffs(7) == [1, 5, 7]
     assert live_cutoffs(50) == [1, 5, 10, 20, 50]
@@ -127,21 +155,21 @@ def _junk(offset: int, reason: str = "invalid_msgpack") -> DeadLetter:
     return DeadLetter(b"u1", b"\xc1", reason, "not msgpack", f"in[0]@{offset}")
 
 
-def _dead_letter_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "stream.worker"]
+def _log_lines(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == logger]
 
 
 def test_dead_letter_flood_logs_first_few(caplog: pytest.LogCaptureFixture) -> None:
     worker = make_worker(FakeProducer())
     letters = [_junk(offset) for offset in range(20_000)]
 
-    with caplog.at_level("WARNING", logger="stream.worker"):
-        records = worker._dead_letter_records(letters)
+    with caplog.at_level("WARNING", logger="stream.dead_letters"):
+        records = worker.dead_letters.records(letters)
 
     assert len(records) == 20_000
     counted = worker.metrics.dead_letters.labels("invalid_msgpack")._value.get()
     assert counted == 20_000
-    lines = _dead_letter_lines(caplog)
+    lines = _log_lines(caplog, "stream.dead_letters")
     assert len(lines) == DEAD_LETTERS_LOGGED_PER_REASON + 1
     assert "further ones are counted" in lines[-1]
 
@@ -149,18 +177,20 @@ def test_dead_letter_flood_logs_first_few(caplog: pytest.LogCaptureFixture) -> N
 def test_dead_letter_summary_counts_by_reason(caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
     log = DeadLetterLog(per_reason=1, interval=10.0, clock=lambda: now[0])
-    with caplog.at_level("WARNING", logger="stream.worker"):
+    with caplog.at_level("WARNING", logger="stream.dead_letters"):
         for offset in range(30):
             log.add_letter(_junk(offset))
         for offset in range(3):
             log.add_letter(_junk(offset, "missing_user"))
         log.flush()
-        assert not any("more dead letters" in line for line in _dead_letter_lines(caplog))
+        lines = _log_lines(caplog, "stream.dead_letters")
+        assert not any("more dead letters" in line for line in lines)
         now[0] = 12.0
         log.flush()
         log.flush()
 
-    summaries = [line for line in _dead_letter_lines(caplog) if "more dead letters" in line]
+    lines = _log_lines(caplog, "stream.dead_letters")
+    summaries = [line for line in lines if "more dead letters" in line]
     assert summaries == [
         "31 more dead letters in the last 12 s, by reason: invalid_msgpack 29, missing_user 2"
     ]
@@ -171,7 +201,7 @@ def test_dead_letter_keeps_original_headers_first() -> None:
     original = (("trace-id", b"abc"), ("empty", None))
     letter = DeadLetter(b"u1", b"\xc1", "invalid_msgpack", "not msgpack", "in[2]@7", original)
 
-    (dead,) = worker._dead_letter_records([letter])
+    (dead,) = worker.dead_letters.records([letter])
 
     assert dead.headers[:2] == list(original)
     assert dict(dead.headers)["hiertcn.reason"] == b"invalid_msgpack"
@@ -182,7 +212,7 @@ def test_dead_letter_replaces_oversized_original_headers() -> None:
     original = (("big", b"x" * 10_000),)
     letter = DeadLetter(b"u1", b"\xc1", "invalid_msgpack", "not msgpack", "in[2]@7", original)
 
-    (dead,) = worker._dead_letter_records([letter])
+    (dead,) = worker.dead_letters.records([letter])
 
     headers = dict(dead.headers)
     assert "big" not in headers
@@ -248,12 +278,12 @@ def test_keyless_events_logged_rate_limited(caplog: pytest.LogCaptureFixture) ->
     worker = _decoding_worker()
     messages = [_event_message(offset, 1_600_000_000, key=None) for offset in range(50)]
 
-    with caplog.at_level("WARNING", logger="stream.worker"):
+    with caplog.at_level("WARNING", logger="stream.consume"):
         decoded = worker._decode(messages)
 
     assert len(decoded.events) == 50
     assert not decoded.dead_letters
-    lines = _dead_letter_lines(caplog)
+    lines = _log_lines(caplog, "stream.consume")
     assert len(lines) == DEAD_LETTERS_LOGGED_PER_REASON + 1
     assert "event without a Kafka key at interactions[0]@0 (user 'u1')" in lines[0]
     assert "logged 5 events without a Kafka key with partition 0" in lines[-1]
@@ -262,16 +292,16 @@ def test_keyless_events_logged_rate_limited(caplog: pytest.LogCaptureFixture) ->
 def test_keyed_events_not_logged(caplog: pytest.LogCaptureFixture) -> None:
     worker = _decoding_worker()
 
-    with caplog.at_level("WARNING", logger="stream.worker"):
+    with caplog.at_level("WARNING", logger="stream.consume"):
         worker._decode([_event_message(0, 1_600_000_000)])
 
-    assert _dead_letter_lines(caplog) == []
+    assert _log_lines(caplog, "stream.consume") == []
 
 
 def test_keyless_summary_counts_by_partition(caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
     log = RateLimitedLog("events without a Kafka key", "partition", 1, 10.0, lambda: now[0])
-    with caplog.at_level("WARNING", logger="stream.worker"):
+    with caplog.at_level("WARNING", logger="stream.logs"):
         for _ in range(4):
             log.add("0", "keyless")
         log.add("3", "keyless")
@@ -279,7 +309,7 @@ def test_keyless_summary_counts_by_partition(caplog: pytest.LogCaptureFixture) -
         now[0] = 11.0
         log.flush()
 
-    summaries = [line for line in _dead_letter_lines(caplog) if " more " in line]
+    summaries = [line for line in _log_lines(caplog, "stream.logs") if " more " in line]
     assert summaries == [
         "4 more events without a Kafka key in the last 11 s, by partition: 0 3, 3 1"
     ]
@@ -398,17 +428,8 @@ def test_partition_moved_from_other_host_rebuilt() -> None:
     assert consumer.assigned == [first, second]
 
 
-def test_rebuild_state_allowed_reads_config() -> None:
-    config = WorkerConfig(brokers="b:1", bundle=Path("x"))
-    assert rebuild_state_allowed(config) is False
-    assert rebuild_state_allowed(replace(config, rebuild_state=True)) is True
-
-
-def test_rebuild_state_reads_from_earliest(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr("stream.worker.rebuild_state_allowed", lambda config: True)
-    worker = make_worker(FakeProducer())
+def test_rebuild_state_reads_from_earliest() -> None:
+    worker = make_worker(FakeProducer(), rebuild_state=True)
     consumer = AssignConsumer({0: 6556})
 
     (tp,) = _assign(worker, consumer, PositionStore({}), [0])
@@ -420,10 +441,11 @@ def test_future_stored_watermark_warned(caplog: pytest.LogCaptureFixture) -> Non
     worker = make_worker(FakeProducer())
     store = PositionStore({0: PartitionPosition(10, 4e9), 1: PartitionPosition(10, time.time())})
 
-    with caplog.at_level("WARNING", logger="stream.worker"):
+    with caplog.at_level("WARNING", logger="stream.rebalance"):
         _assign(worker, AssignConsumer({}), store, [0, 1])
 
-    warnings = [line for line in _dead_letter_lines(caplog) if "ahead of the current time" in line]
+    lines = _log_lines(caplog, "stream.rebalance")
+    warnings = [line for line in lines if "ahead of the current time" in line]
     assert len(warnings) == 1
     assert warnings[0].startswith("stored watermark of interactions[0] is ")
 
@@ -472,7 +494,7 @@ def test_stored_position_behind_commit_warned(caplog: pytest.LogCaptureFixture) 
         {0: PartitionPosition(6056, 1_600_000_000.0), 1: PartitionPosition(300, 1_600_000_000.0)}
     )
 
-    with caplog.at_level("WARNING", logger="stream.worker"):
+    with caplog.at_level("WARNING", logger="stream.rebalance"):
         first, second = _assign(worker, consumer, store, [0, 1])
 
     assert (first.offset, second.offset) == (6056, 300)
@@ -548,6 +570,7 @@ def test_main_loop_turn_beats() -> None:
         assignment=list,
         unsubscribe=lambda: None,
         close=lambda: None,
+        list_topics=lambda topic, timeout: _partition_metadata(topic, 1),
     )
     worker._collect = stop_after_one_turn  # type: ignore[method-assign]
     worker._idle = lambda: None  # type: ignore[method-assign]
@@ -634,7 +657,7 @@ def test_unfixable_consumer_error_exits_2(code: int) -> None:
 def test_repeated_consumer_error_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
     worker = make_worker(FakeProducer())
 
-    with caplog.at_level("WARNING", logger="stream.worker"):
+    with caplog.at_level("WARNING", logger="stream.consume"):
         for _ in range(50):
             worker._on_consume_error(KafkaError(KafkaError._TRANSPORT))
 
@@ -671,7 +694,7 @@ def test_kafka_errors_counted_and_rate_limited(caplog: pytest.LogCaptureFixture)
     metrics = create_metrics(registry)
     on_error = KafkaErrorLog(metrics.kafka_errors)
 
-    with caplog.at_level("WARNING", logger="stream.worker"):
+    with caplog.at_level("WARNING", logger="stream.kafka_settings"):
         for _ in range(50):
             on_error(KafkaError(KafkaError._TRANSPORT, "127.0.0.1:1/bootstrap: Connect failed"))
         on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN))
@@ -705,7 +728,7 @@ def test_kafka_error_summary_counts_by_code(caplog: pytest.LogCaptureFixture) ->
     log = RateLimitedLog("Kafka client errors", "code", per_kind=1, clock=lambda: now[0])
     on_error = KafkaErrorLog(create_metrics(CollectorRegistry()).kafka_errors, log)
 
-    with caplog.at_level("WARNING", logger="stream.worker"):
+    with caplog.at_level("WARNING", logger="stream.logs"):
         for _ in range(4):
             on_error(KafkaError(KafkaError._TRANSPORT))
         now[0] = 11.0
@@ -728,7 +751,7 @@ def test_unreachable_broker_counted_in_kafka_errors() -> None:
     config = WorkerConfig(brokers=f"127.0.0.1:{closed_port()}", bundle=Path("bundle"))
     registry = CollectorRegistry()
     on_error = KafkaErrorLog(create_metrics(registry).kafka_errors)
-    consumer, producer = _open_clients(config, 0, on_error)
+    consumer, producer = open_clients(config, 0, on_error)
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -756,7 +779,7 @@ def test_late_events_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -
     times = [start + 10_000, start + 10_000 - 599, start + 10_000 - 601, start, start + 10_001]
     messages = [_event_message(offset, ts) for offset, ts in enumerate(times)]
 
-    with caplog.at_level("WARNING", logger="stream.worker"):
+    with caplog.at_level("WARNING", logger="stream.consume"):
         decoded = worker._decode(messages)
 
     assert len(decoded.events) == 5
@@ -776,7 +799,7 @@ def test_time_ordered_events_not_late(caplog: pytest.LogCaptureFixture) -> None:
     worker = _decoding_worker()
     messages = [_event_message(offset, 1_600_000_000 + 900 * offset) for offset in range(10)]
 
-    with caplog.at_level("WARNING", logger="stream.worker"):
+    with caplog.at_level("WARNING", logger="stream.consume"):
         worker._decode(messages)
 
     assert late_count(worker) == 0
@@ -841,7 +864,7 @@ def test_revoked_partition_logged_at_stored_position(
         # The worker processed further, but the commit of those batches failed.
         worker._positions = {0: PartitionPosition(61019, 200.0), 1: PartitionPosition(7, 1.0)}
 
-        with caplog.at_level("INFO", logger="stream.worker"):
+        with caplog.at_level("INFO", logger="stream.rebalance"):
             worker._forget({0, 1}, "revoked")
 
     lines = [r.getMessage() for r in caplog.records]
@@ -866,7 +889,7 @@ def test_first_start_revocation_logs_no_unstored_offsets(
         # An empty store: the assignment starts each partition at offset 0, and nothing arrived.
         _assign(worker, AssignConsumer({}), store, [0])  # type: ignore[arg-type]
 
-        with caplog.at_level("INFO", logger="stream.worker"):
+        with caplog.at_level("INFO", logger="stream.rebalance"):
             worker._forget({0}, "revoked")
 
     lines = [r.getMessage() for r in caplog.records]
@@ -887,7 +910,7 @@ def test_revocation_at_stored_position_logs_one_line(
         worker.store = store
         worker._positions = {0: PartitionPosition(50, 100.0)}
 
-        with caplog.at_level("INFO", logger="stream.worker"):
+        with caplog.at_level("INFO", logger="stream.rebalance"):
             worker._forget({0}, "revoked")
 
     assert [r.getMessage() for r in caplog.records] == [
@@ -963,20 +986,15 @@ def _gauge(worker: Worker, name: str) -> float:
     return getattr(worker.metrics, name)._value.get()
 
 
-def test_gauges_read_store_size_and_partitions() -> None:
+def test_gauges_read_store_size() -> None:
     worker = make_worker(FakeProducer())
     worker.store = SizedStore(users=1234)
-    worker.consumer = MetadataConsumer(partitions=6)  # type: ignore[assignment]
 
     worker._refresh_gauges()
 
     assert _gauge(worker, "state_users") == 1234
     assert _gauge(worker, "state_map_size") == 1 << 30
     assert _gauge(worker, "state_map_used") == 81_920
-    assert _gauge(worker, "input_partitions") == 6
-    assert worker.consumer.requests == [
-        ("interactions", worker_module.PARTITION_COUNT_TIMEOUT_SECONDS)
-    ]
 
 
 def test_gauges_refreshed_only_when_due() -> None:
@@ -986,60 +1004,76 @@ def test_gauges_refreshed_only_when_due() -> None:
     worker.store = store
     worker.consumer = consumer  # type: ignore[assignment]
     clock = [0.0]
-    worker._store_gauges = worker_module.Interval(5.0, lambda: clock[0])
-    worker._partition_gauge = worker_module.Interval(60.0, lambda: clock[0])
+    worker._store_gauges = Interval(5.0, lambda: clock[0])
 
     worker._refresh_gauges()
     clock[0] = 4.0
     worker._refresh_gauges()
-    assert (store.calls, len(consumer.requests)) == (1, 1)
+    assert store.calls == 1
 
     clock[0] = 5.0
-    consumer.partitions = 8
     worker._refresh_gauges()
-    assert (store.calls, len(consumer.requests)) == (2, 1)
-    assert _gauge(worker, "input_partitions") == 2
-
-    clock[0] = 60.0
-    worker._refresh_gauges()
-    assert _gauge(worker, "input_partitions") == 8
+    assert store.calls == 2
+    # The partition count has a thread of its own, so the main loop sends no metadata request.
+    assert consumer.requests == []
 
 
 def test_store_gauge_failure_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
     worker = make_worker(FakeProducer())
     worker.store = SizedStore(fail=True)
-    worker.consumer = MetadataConsumer(partitions=1)  # type: ignore[assignment]
 
-    with caplog.at_level("WARNING", logger="stream.worker"):
+    with caplog.at_level("WARNING", logger="stream.metric_updates"):
         worker._refresh_gauges()
 
     assert [r.getMessage() for r in caplog.records] == [
         "reading the state store's size for the metrics failed: LMDB read failed"
     ]
-    assert _gauge(worker, "input_partitions") == 1
 
 
-def test_partition_gauge_keeps_value_on_metadata_error() -> None:
-    from confluent_kafka import KafkaException
+class SlowMetadataConsumer(ClosingConsumer):
+    """A consumer whose list_topics blocks until `release` is set, as on a slow broker, with
+    the calls of a worker's run and shutdown."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.requested = threading.Event()
+        self.release = threading.Event()
+
+    def subscribe(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def list_topics(self, topic: str, timeout: float) -> Any:
+        self.requested.set()
+        self.release.wait(10)
+        self.calls.append("list_topics")
+        return _partition_metadata(topic, 3)
+
+
+def test_partition_count_read_off_main_loop() -> None:
     worker = make_worker(FakeProducer())
     worker.store = SizedStore()
-    worker.metrics.input_partitions.set(4)
+    consumer = SlowMetadataConsumer()
+    worker.consumer = consumer  # type: ignore[assignment]
+    turns: list[int] = []
 
-    def fail(topic: str, timeout: float) -> Any:
-        raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+    def collect() -> list[Any]:
+        # The metadata request is in flight and blocked, and the main loop turns all the same.
+        assert consumer.requested.wait(5)
+        turns.append(len(turns))
+        if len(turns) == 3:
+            worker.request_stop()
+            threading.Timer(0.2, consumer.release.set).start()
+        return []
 
-    worker.consumer = SimpleNamespace(list_topics=fail)  # type: ignore[assignment]
-    worker._refresh_gauges()
-    assert _gauge(worker, "input_partitions") == 4
+    worker._collect = collect  # type: ignore[method-assign]
+    worker._idle = lambda: None  # type: ignore[method-assign]
 
-    unknown = KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)
-    worker._partition_gauge = worker_module.Interval(0.0)
-    worker.consumer = SimpleNamespace(  # type: ignore[assignment]
-        list_topics=lambda topic, timeout: _partition_metadata(topic, 0, unknown)
-    )
-    worker._refresh_gauges()
-    assert _gauge(worker, "input_partitions") == 4
+    worker.run()
+
+    assert turns == [0, 1, 2]
+    # The shutdown waits for the request in flight before it closes the consumer.
+    assert consumer.calls == ["list_topics", "unsubscribe", "close"]
+    assert _gauge(worker, "input_partitions") == 3
 
 
 def test_state_store_gauges_from_real_store(tmp_path: Path) -> None:
@@ -1048,7 +1082,6 @@ def test_state_store_gauges_from_real_store(tmp_path: Path) -> None:
     from statestore import StateStore, StoreConfig, UserState
 
     worker = make_worker(FakeProducer())
-    worker.consumer = MetadataConsumer(partitions=1)  # type: ignore[assignment]
     with StateStore(StoreConfig(path=tmp_path / "state", sync=False)) as store:
         state = UserState.new(np.zeros((1, 4), dtype=np.float32), 4)
         store.commit({f"u{index}": state for index in range(3)})
@@ -1067,8 +1100,75 @@ def test_state_store_gauges_from_real_store(tmp_path: Path) -> None:
     [(60_000, 60.0), ("2000", 2.0), ("100", 1.0), ("-1", 60.0), ("often", 60.0)],
 )
 def test_partition_count_follows_metadata_refresh(value: object, seconds: float) -> None:
-    from stream.worker import partition_count_seconds
-
     settings = {"topic.metadata.refresh.interval.ms": value}
 
     assert partition_count_seconds(settings) == seconds
+
+
+class PausingConsumer:
+    """A consumer that records the partitions that the timers pause and resume."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[int]]] = []
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.calls.append(("pause", [tp.partition for tp in partitions]))
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.calls.append(("resume", [tp.partition for tp in partitions]))
+
+
+def test_timer_backlog_pause_names_partition(caplog: pytest.LogCaptureFixture) -> None:
+    worker = make_worker(FakeProducer(), timer_limit=8)
+    consumer = PausingConsumer()
+    worker.consumer = consumer  # type: ignore[assignment]
+    worker._positions = {2: PartitionPosition(5, 100.0)}
+
+    with caplog.at_level("INFO", logger="stream.timers"):
+        worker._set_timer_backlog(2, True)
+        worker._set_timer_backlog(2, False)
+
+    assert consumer.calls == [("pause", [2]), ("resume", [2])]
+    assert _log_lines(caplog, "stream.timers") == [
+        "paused interactions[2]: 8 or more idle sessions to close",
+        "resumed interactions[2]: its idle sessions are closed",
+    ]
+    assert _gauge(worker, "paused_partitions") == 0
+
+
+class FailingWatermarkConsumer:
+    """A consumer whose cached watermark offsets fail, as for a partition it no longer has."""
+
+    def get_watermark_offsets(self, tp: TopicPartition, cached: bool) -> tuple[int, int]:
+        raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION))
+
+
+def test_lag_read_failure_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    worker = make_worker(FakeProducer())
+    worker.consumer = FailingWatermarkConsumer()  # type: ignore[assignment]
+    worker.metrics.consumer_lag.labels("3").set(7)
+
+    with caplog.at_level("DEBUG", logger="stream.metric_updates"):
+        worker._update_lag({3: PartitionPosition(10, 100.0)})
+
+    (line,) = _log_lines(caplog, "stream.metric_updates")
+    assert line.startswith(
+        "reading the high watermark of interactions[3] for the lag gauge failed: "
+    )
+    assert caplog.records[0].levelname == "DEBUG"
+    assert worker.metrics.consumer_lag.labels("3")._value.get() == 7
+
+
+def test_undelivered_at_shutdown_names_worker(caplog: pytest.LogCaptureFixture) -> None:
+    producer = FakeProducer()
+    producer.flush = lambda timeout: 3  # type: ignore[method-assign]
+    worker = make_worker(producer)
+    worker.label = "worker 1 (pid 42)"
+
+    with caplog.at_level("INFO", logger="stream.worker"):
+        worker._flush_producer(0.0)
+
+    assert _log_lines(caplog, "stream.worker") == [
+        "worker 1 (pid 42): 3 messages still undelivered at shutdown",
+        "worker 1 (pid 42) stopped",
+    ]

@@ -214,6 +214,7 @@ def test_changed_bundle_stops_before_batch() -> None:
         assignment=list,
         unsubscribe=lambda: None,
         close=lambda: None,
+        list_topics=lambda topic, timeout: SimpleNamespace(topics={}),
     )
     processed: list[Any] = []
     worker._collect = lambda: ["message"]  # type: ignore[method-assign,return-value]

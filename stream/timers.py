@@ -1,0 +1,103 @@
+"""Session timers of a worker: close the sessions that have been idle for the session gap.
+
+A session closes when the user's next event comes more than `session_gap` after the last one
+(a gap close, inside `Pipeline.process`), or here, when the partition's event-time watermark
+has passed `last_ts + session_gap`. Step 4 of a batch runs the timers of the partitions that the
+batch advanced, over the batch's new states and the stored ones (`Committer.expired`). While no
+events arrive, `Worker._idle` runs them for partitions that have timers due. One pass reads at
+most `timer_limit` stored sessions of a partition, so a partition whose pass finds that many is
+paused until a later pass finds fewer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+from confluent_kafka import Consumer, TopicPartition
+
+from statestore import PartitionPosition, UserState
+from stream.pipeline import IdleResult, Pipeline
+
+if TYPE_CHECKING:
+    from stream.committer import Committer
+    from stream.config import WorkerConfig
+    from stream.metrics import WorkerMetrics
+
+logger = logging.getLogger(__name__)
+
+
+class SessionTimers:
+    """The timer closes of `stream.worker.Worker`, a base class of it.
+
+    They read and update the worker's attributes below.
+    """
+
+    config: WorkerConfig
+    consumer: Consumer
+    committer: Committer
+    pipeline: Pipeline
+    metrics: WorkerMetrics
+    session_gap: float
+    # Next offset and watermark of each assigned partition, partitions whose timers need a pass
+    # while no events arrive, and partitions paused because their timers have a backlog.
+    _positions: dict[int, PartitionPosition]
+    _timers_due: set[int]
+    _paused: set[int]
+
+    def _close_idle(
+        self, positions: dict[int, PartitionPosition], changed: dict[str, UserState]
+    ) -> IdleResult:
+        """Close the open sessions whose last event is more than session_gap behind the
+        partition's watermark. `changed` contains this batch's newer states."""
+        idle: dict[str, UserState] = {}
+        for user, state in changed.items():
+            position = positions.get(state.partition)
+            if position is not None and self._expired(state, position):
+                idle[user] = state
+
+        stored_candidates: list[str] = []
+        for partition, position in positions.items():
+            if not math.isfinite(position.watermark):
+                continue  # no event seen on this partition yet
+            before = position.watermark - self.session_gap
+            users = self.committer.expired(partition, before, self.config.timer_limit)
+            self._set_timer_backlog(partition, len(users) >= self.config.timer_limit)
+            stored_candidates.extend(user for user in users if user not in changed)
+        if stored_candidates:
+            for user, state in self.committer.read(stored_candidates).items():
+                position = positions.get(state.partition)
+                if position is not None and self._expired(state, position):
+                    idle[user] = state
+        return self.pipeline.close_idle(idle)
+
+    def _expired(self, state: UserState, position: PartitionPosition) -> bool:
+        # Strict, like the gap rule: an idle time of exactly session_gap keeps the session open.
+        return state.session_length > 0 and state.last_ts < position.watermark - self.session_gap
+
+    def _set_timer_backlog(self, partition: int, backlog: bool) -> None:
+        """Pause a partition while its timers have more idle sessions than one pass closes."""
+        tp = [TopicPartition(self.config.input_topic, partition)]
+        if backlog:
+            self._timers_due.add(partition)
+            if partition not in self._paused and partition in self._positions:
+                self.consumer.pause(tp)
+                self._paused.add(partition)
+                logger.info(
+                    "paused %s[%d]: %d or more idle sessions to close",
+                    self.config.input_topic,
+                    partition,
+                    self.config.timer_limit,
+                )
+        else:
+            self._timers_due.discard(partition)
+            if partition in self._paused:
+                self.consumer.resume(tp)
+                self._paused.discard(partition)
+                logger.info(
+                    "resumed %s[%d]: its idle sessions are closed",
+                    self.config.input_topic,
+                    partition,
+                )
+        self.metrics.paused_partitions.set(len(self._paused))
