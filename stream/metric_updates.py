@@ -150,6 +150,7 @@ class MetricUpdates:
         self.metrics.state_users.set(users)
         self.metrics.state_map_size.set(info["map_size"])
         self.metrics.state_map_used.set(info["used_bytes"])
+        self.metrics.state_data.set(info["data_bytes"])
 
 
 class PartitionCountReader:

@@ -84,6 +84,7 @@ class WorkerMetrics:
     state_users: Gauge
     state_map_size: Gauge
     state_map_used: Gauge
+    state_data: Gauge
     input_partitions: Gauge
 
 
@@ -270,6 +271,13 @@ def _serving_gauges(kwargs: dict[str, Any]) -> dict[str, Gauge]:
         "state_map_used": Gauge(
             "hiertcn_state_map_used_bytes",
             "Bytes of the state store's LMDB map in use, free pages included.",
+            multiprocess_mode="livemax",
+            **kwargs,
+        ),
+        "state_data": Gauge(
+            "hiertcn_state_data_bytes",
+            "Bytes of the state store's LMDB pages that hold data: the map in use less its free "
+            "pages, so it falls after an evict.",
             multiprocess_mode="livemax",
             **kwargs,
         ),

@@ -113,3 +113,6 @@ class StandInWorkerExporter:
         metrics.state_users.inc(size)
         metrics.state_map_size.set(1 << 30)
         metrics.state_map_used.inc(size * 512)
+        metrics.state_data.inc(size * 256)
+        metrics.changelog_records_restored.inc(rand.randint(0, 50))
+        metrics.changelog_restore_seconds.observe(rand.random())

@@ -17,21 +17,24 @@ from stream.metrics import create_metrics
 ALERT = "HiertcnPartitionsUnassigned"
 
 
-def alert_state(server: PrometheusServer) -> str:
-    """Return the state of the alert rule: inactive, pending or firing."""
+def alert_state(server: PrometheusServer, alert: str = ALERT) -> str:
+    """Return the state of the alert rule `alert`: inactive, pending or firing."""
     for group in server.api("/api/v1/rules")["groups"]:
         for rule in group["rules"]:
-            if rule["name"] == ALERT:
+            if rule["name"] == alert:
                 return rule["state"]
-    raise AssertionError(f"{ALERT} not loaded")
+    raise AssertionError(f"{alert} not loaded")
 
 
-def wait_for_state(server: PrometheusServer, state: str, timeout_s: float = 30.0) -> str:
+def wait_for_state(
+    server: PrometheusServer, state: str, timeout_s: float = 30.0, alert: str = ALERT
+) -> str:
+    """Wait until `alert` is in `state`, at most `timeout_s`; return the state it is in."""
     deadline = time.monotonic() + timeout_s
-    current = alert_state(server)
+    current = alert_state(server, alert)
     while current != state and time.monotonic() < deadline:
         time.sleep(0.5)
-        current = alert_state(server)
+        current = alert_state(server, alert)
     return current
 
 

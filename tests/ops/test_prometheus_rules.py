@@ -36,6 +36,7 @@ EXPECTED_ALERTS = {
     "HiertcnKafkaErrors",
     "HiertcnDeliveryRetries",
     "HiertcnLateEvents",
+    "HiertcnChangelogRestoreSlow",
 }
 
 

@@ -38,6 +38,9 @@ DASHBOARD_METRICS = (
     "hiertcn_state_users",
     "hiertcn_state_map_size_bytes",
     "hiertcn_state_map_used_bytes",
+    "hiertcn_state_data_bytes",
+    "hiertcn_changelog_records_restored_total",
+    "hiertcn_changelog_restore_seconds",
     "hiertcn_input_partitions",
 )
 

@@ -962,7 +962,7 @@ class SizedStore:
         return self.users
 
     def environment_info(self) -> dict[str, int]:
-        return {"map_size": 1 << 30, "used_bytes": 81_920, "page_size": 4096}
+        return {"map_size": 1 << 30, "used_bytes": 81_920, "data_bytes": 40_960, "page_size": 4096}
 
 
 def _partition_metadata(topic: str, partitions: int, error: Any = None) -> Any:
@@ -995,6 +995,7 @@ def test_gauges_read_store_size() -> None:
     assert _gauge(worker, "state_users") == 1234
     assert _gauge(worker, "state_map_size") == 1 << 30
     assert _gauge(worker, "state_map_used") == 81_920
+    assert _gauge(worker, "state_data") == 40_960
 
 
 def test_gauges_refreshed_only_when_due() -> None:
@@ -1093,6 +1094,7 @@ def test_state_store_gauges_from_real_store(tmp_path: Path) -> None:
     assert _gauge(worker, "state_users") == 3
     assert _gauge(worker, "state_map_size") == info["map_size"]
     assert 0 < _gauge(worker, "state_map_used") <= info["map_size"]
+    assert 0 < _gauge(worker, "state_data") == info["data_bytes"] <= info["used_bytes"]
 
 
 @pytest.mark.parametrize(
