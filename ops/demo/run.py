@@ -247,12 +247,16 @@ def monitor(config: DemoConfig, reader: OutputReader, expected: int, pool, produ
         previous = current or previous
         _fail_if_exited(pool, "worker pool", config.out / "worker.log")
         if pool.poll() == 0:
-            raise SystemExit("demo: the worker pool stopped before every event had its output")
+            raise SystemExit(
+                "demo: the worker pool stopped before every event had its output; "
+                f"its last lines in {config.out / 'worker.log'} say why"
+            )
         _fail_if_exited(producer, "producer", config.out / "producer.log")
     else:
         raise SystemExit(
-            f"demo: only {reader.count} of {expected} outputs arrived in time; "
-            f"see {config.out / 'worker.log'}"
+            f"demo: only {reader.count} of {expected} outputs arrived within "
+            f"{expected / config.rate + 180:.0f} s; see {config.out / 'worker.log'}, and on a "
+            "slow or busy machine pass a lower --rate"
         )
     return samples
 

@@ -208,9 +208,11 @@ class PrometheusServer:
             except OSError:
                 pass
             time.sleep(0.2)
+        tail = self.log_tail()  # read before stop() removes a temporary work directory
         self.stop()
         raise PrometheusError(
-            f"Prometheus at {self.url} was not ready within {self.config.start_timeout_s:.0f}s"
+            f"Prometheus at {self.url} was not ready within {self.config.start_timeout_s:.0f}s; "
+            f"the end of its log:\n{tail}"
         )
 
     def __enter__(self) -> PrometheusServer:
