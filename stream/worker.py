@@ -89,6 +89,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 WORKER_HEADER = "hiertcn.worker"
+# The input position `topic[partition]@offset` of the event that an output answers.
+SOURCE_HEADER = "hiertcn.source"
 
 # Seconds that a worker whose commit thread failed waits for its consumer to close.
 FAILED_CLOSE_SECONDS = 5.0
@@ -385,22 +387,27 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
 
     def _output_records(self, events: Sequence[Event], result: BatchResult) -> list[OutputRecord]:
         return [
-            self._recommendation_record(output, event.append_ts)
+            self._recommendation_record(output, event.append_ts, str(event.position))
             for event, output in zip(events, result.outputs, strict=True)
         ]
 
     def _session_close_records(self, outputs: Sequence[Recommendation]) -> list[OutputRecord]:
         # No input message has a Kafka time for these, so the end-to-end latency skips them.
-        return [self._recommendation_record(output, None) for output in outputs]
+        return [self._recommendation_record(output, None, None) for output in outputs]
 
     def _recommendation_record(
-        self, output: Recommendation, append_ts: float | None
+        self, output: Recommendation, append_ts: float | None, source: str | None
     ) -> OutputRecord:
+        # The input position lets a consumer drop the outputs that a restart repeats, also
+        # when producers give events ids that are not unique.
+        headers: list[tuple[str, bytes | None]] = [(WORKER_HEADER, self.pid)]
+        if source is not None:
+            headers.append((SOURCE_HEADER, source.encode()))
         return OutputRecord(
             topic=self.config.output_topic,
             key=output.user.encode("utf-8"),
             value=msgpack.packb(output.to_dict(), use_bin_type=True),
-            headers=[(WORKER_HEADER, self.pid)],
+            headers=headers,
             append_ts=append_ts,
         )
 

@@ -1174,3 +1174,48 @@ def test_undelivered_at_shutdown_names_worker(caplog: pytest.LogCaptureFixture) 
         "worker 1 (pid 42): 3 messages still undelivered at shutdown",
         "worker 1 (pid 42) stopped",
     ]
+
+
+def _event(partition: int, offset: int) -> Any:
+    from stream.events import Event
+
+    return Event(
+        user="u1",
+        item="i1",
+        row=1,
+        ts=1_700_000_000.0,
+        impressions=None,
+        candidates=None,
+        event_type=None,
+        event_id="producer-id-1",
+        topic="interactions",
+        partition=partition,
+        offset=offset,
+        append_ts=None,
+    )
+
+
+def _recommendation(trigger: str | None = None) -> Any:
+    from stream.pipeline import Recommendation
+
+    event_id = None if trigger else "producer-id-1"
+    return Recommendation("u1", event_id, 1_700_000_000.0, ("i2",), (0.5,), "v1", 1, trigger)
+
+
+def test_event_output_names_its_input_position() -> None:
+    worker = make_worker(FakeProducer())
+    result = SimpleNamespace(outputs=[_recommendation(), _recommendation()])
+
+    records = worker._output_records([_event(3, 41), _event(0, 7)], result)  # type: ignore[arg-type]
+
+    sources = [dict(record.headers)["hiertcn.source"] for record in records]
+    assert sources == [b"interactions[3]@41", b"interactions[0]@7"]
+    assert all(dict(record.headers)["hiertcn.worker"] == worker.pid for record in records)
+
+
+def test_session_close_output_has_no_input_position() -> None:
+    worker = make_worker(FakeProducer())
+
+    (record,) = worker._session_close_records([_recommendation("session_close")])
+
+    assert "hiertcn.source" not in dict(record.headers)
