@@ -13,14 +13,15 @@ records are a contract, which docs/architecture.md ("Changelog topic") repeats:
 
 The prefixes keep a user id from ever sharing a compaction key with a position. The topic has as
 many partitions as the input topic and `cleanup.policy=compact`, so the broker keeps the newest
-record of every key. The committer's delivery wait produces these records once the broker has
-acknowledged the batch's outputs, so a restored position never skips an undelivered output. It
-writes the batch to LMDB only after the broker has acknowledged the changelog records too, so
-the changelog never lags the local store.
+record of every key. `--create-topics` creates it with `CHANGELOG_TOPIC_CONFIG`. The committer's
+delivery wait produces these records once the broker has acknowledged the batch's outputs, so a
+restored position never skips an undelivered output. It writes the batch to LMDB only after the
+broker has acknowledged the changelog records too, so the changelog never lags the local store.
 
 A restore reads one changelog partition from its beginning up to the high watermark taken when
 it starts. It writes the states to the store in chunks, where a later record of a user replaces
-an earlier one, and writes the newest position last.
+an earlier one, and writes the newest position last. A stop request ends it with
+`RestoreStoppedError` before the position is written, so that partition restores again next time.
 
 `hiertcn-stream changelog seed` (`stream.commands.changelog`) produces the same records from an
 existing store, for the users that a pool stored before it ran with the changelog. It produces
@@ -73,6 +74,19 @@ SEED_NAMED_SKIPS = 10
 REQUEST_TIMEOUT_SECONDS = 10.0
 RETRY_PAUSE_SECONDS = 0.5
 
+# The topic settings that `--create-topics` gives a new changelog topic, and that the runbook's
+# create command shows. The broker compacts only closed segments and never the active one, so a
+# restore reads every record of the active segment and of the segments that the cleaner has not
+# reached yet. NOTE: the two values after compact are a judgment, not measured optima. One hour
+# of segment.ms (Kafka's default is 7 days, or 1 GiB of segment.bytes) bounds the active segment
+# to one hour of writes. A min.cleanable.dirty.ratio of 0.1 (Kafka's default is 0.5) makes the
+# cleaner compact once a tenth of the log is uncompacted, at the cost of more cleaner I/O.
+CHANGELOG_TOPIC_CONFIG = {
+    "cleanup.policy": "compact",
+    "segment.ms": "3600000",
+    "min.cleanable.dirty.ratio": "0.1",
+}
+
 
 class ChangelogError(StreamError):
     """The changelog topic or one of its records is unusable, so a restart fails the same way."""
@@ -82,6 +96,29 @@ class ChangelogError(StreamError):
 
 class ChangelogRestoreError(StreamError):
     """A restore timed out waiting for the broker. A restart tries it again."""
+
+
+class RestoreStoppedError(Exception):
+    """A stop request ended the restore of `partition` before its position was written."""
+
+    def __init__(self, partition: int, next_offset: int, high: int, records: int) -> None:
+        super().__init__(
+            f"the restore of partition {partition} stopped at changelog offset {next_offset} "
+            f"of {high}, after {records} records"
+        )
+        self.partition = partition
+        self.next_offset = next_offset  # the changelog offset that the restore would read next
+        self.high = high  # the high watermark that the restore would have read up to
+        self.records = records  # changelog records applied before the stop
+
+
+def create_command(brokers: str, topic: str, partitions: int) -> str:
+    """Return the kafka-topics.sh command that creates `topic` as `--create-topics` does."""
+    configs = " ".join(f"--config {key}={value}" for key, value in CHANGELOG_TOPIC_CONFIG.items())
+    return (
+        f"kafka-topics.sh --bootstrap-server {brokers} --create --topic {topic} "
+        f"--partitions {partitions} {configs}"
+    )
 
 
 def state_record_key(user: str) -> bytes:
@@ -304,18 +341,24 @@ class ChangelogReader:
         self.clock = clock
 
     def restore(
-        self, store: Any, partition: int, on_progress: Callable[[], None] = lambda: None
+        self,
+        store: Any,
+        partition: int,
+        on_progress: Callable[[], None] = lambda: None,
+        stop_requested: Callable[[], bool] = lambda: False,
     ) -> RestoreResult:
         """Write the states and the newest position of changelog `partition` to `store`.
 
-        `on_progress` is called after every consume call.
+        `on_progress` is called after every consume call. When `stop_requested()` returns True
+        there, the restore raises `RestoreStoppedError` and writes no position, but the chunks of
+        states written before stay in the store.
         """
         started = time.perf_counter()
         self._check_partition(partition)
         low, high = self._watermarks(partition)
         writer = RestoreWriter(store, self.topic, self.input_topic, partition)
         if high > low:
-            self._read(writer, partition, high, on_progress)
+            self._read(writer, partition, high, on_progress, stop_requested)
         position = writer.finish()
         return RestoreResult(
             partition, writer.records, writer.users, position, time.perf_counter() - started
@@ -341,8 +384,8 @@ class ChangelogReader:
             )
         if partition not in described.partitions:
             raise ChangelogError(
-                f"changelog topic {self.topic} has {len(described.partitions)} partitions, so "
-                f"{self.input_topic}[{partition}] has no changelog partition: give "
+                f"changelog topic {self.topic} has {plural(len(described.partitions), 'partition')}"
+                f", so {self.input_topic}[{partition}] has no changelog partition: give "
                 f"{self.topic} as many partitions as {self.input_topic} (kafka-topics.sh "
                 f"--alter --topic {self.topic} --partitions N)"
             )
@@ -378,9 +421,17 @@ class ChangelogReader:
                 time.sleep(RETRY_PAUSE_SECONDS)
 
     def _read(
-        self, writer: RestoreWriter, partition: int, high: int, on_progress: Callable[[], None]
+        self,
+        writer: RestoreWriter,
+        partition: int,
+        high: int,
+        on_progress: Callable[[], None],
+        stop_requested: Callable[[], bool],
     ) -> None:
-        """Apply the records of `partition` from its beginning up to offset `high` (or its end)."""
+        """Apply the records of `partition` from its beginning up to offset `high` (or its end).
+
+        Raise `RestoreStoppedError` when `stop_requested()` returns True after a consume call.
+        """
         self.consumer.assign([TopicPartition(self.topic, partition, OFFSET_BEGINNING)])
         try:
             next_offset = 0
@@ -422,6 +473,8 @@ class ChangelogReader:
                         writer.records,
                     )
                 on_progress()
+                if stop_requested() and next_offset < high and not at_end:
+                    raise RestoreStoppedError(partition, next_offset, high, writer.records)
         finally:
             self.consumer.unassign()
 
@@ -470,26 +523,41 @@ def _open_changelog_consumer(config: WorkerConfig) -> Consumer:
 @dataclass(frozen=True)
 class SeedScope:
     """The input partitions that a seed covers: partitions of the input topic with a stored
-    position."""
+    position that is not behind the consumer group's committed offset."""
 
     input_topic: str
     partition_count: int  # partitions of the input topic on the broker
     positions: Mapping[int, PartitionPosition]  # the store's positions of the input topic
+    # The group's committed offset of each partition whose stored position is behind it.
+    behind: Mapping[int, int] = field(default_factory=dict)
 
     def in_topic(self, partition: int) -> bool:
         """Return whether `partition` is a partition of the input topic."""
         return 0 <= partition < self.partition_count
 
+    def is_behind(self, partition: int) -> bool:
+        """Return whether the group has processed `partition` beyond its stored position."""
+        return partition in self.behind
+
     def covers(self, partition: int) -> bool:
-        """Return whether seed produces the states of `partition`."""
-        return self.in_topic(partition) and partition in self.positions
+        """Return whether seed produces the states and the position of `partition`."""
+        return (
+            self.in_topic(partition)
+            and partition in self.positions
+            and not self.is_behind(partition)
+        )
 
     def skip_reason(self, partition: int) -> str:
         """Return why seed skips the states of `partition`, which it does not cover."""
         if partition == REPLAY_PARTITION:
             return f"a replay's, not a partition of {self.input_topic}"
         if not self.in_topic(partition):
-            return f"{self.input_topic} has {self.partition_count} partitions"
+            return f"{self.input_topic} has {plural(self.partition_count, 'partition')}"
+        if self.is_behind(partition):
+            return (
+                f"the stored position {self.positions[partition].next_offset} is behind the "
+                f"consumer group's committed offset {self.behind[partition]}"
+            )
         return f"the store has no position of {self.input_topic}[{partition}]"
 
 
@@ -514,9 +582,10 @@ class SeedCounts:
     def add_bytes(self, records: Sequence[OutputRecord]) -> None:
         self.bytes += sum(len(record.key or b"") + len(record.value or b"") for record in records)
 
-    def skip_user(self, user: str, partition: int) -> None:
+    def skip_user(self, user: str, partition: int, named: bool = True) -> None:
+        """Count a skipped state, and keep its user id for the warning when `named`."""
         self.skipped_users[partition] += 1
-        if len(self.skipped_names) < SEED_NAMED_SKIPS:
+        if named and len(self.skipped_names) < SEED_NAMED_SKIPS:
             self.skipped_names.append(user)
 
 
@@ -537,7 +606,9 @@ def state_record_chunks(
         except StateCodecError as error:
             raise StateCodecError(f"the stored state of user {user!r}: {error}") from error
         if not scope.covers(state.partition):
-            counts.skip_user(user, state.partition)
+            # The users of a partition behind the group are current on another host, whose
+            # seed copies them, so the warning names only the users that start anew.
+            counts.skip_user(user, state.partition, named=not scope.is_behind(state.partition))
             continue
         chunk[user] = state
         if len(chunk) >= chunk_users:
@@ -559,11 +630,11 @@ def _state_records(
 def position_records(
     changelog_topic: str, scope: SeedScope, counts: SeedCounts
 ) -> list[OutputRecord]:
-    """Return the changelog records of the stored positions of the input topic's partitions.
-    Count them in `counts`, and skip and count the positions of other partitions."""
+    """Return the changelog records of the stored positions that `scope` covers. Count them in
+    `counts`, and skip and count the other positions."""
     selected = {}
     for partition, position in sorted(scope.positions.items()):
-        if scope.in_topic(partition):
+        if scope.covers(partition):
             selected[partition] = position
         else:
             counts.skipped_positions.append(partition)
@@ -586,10 +657,31 @@ def describe_skips(counts: SeedCounts, scope: SeedScope) -> str | None:
         for partition in counts.skipped_positions
     )
     message = f"skipped {'; '.join(parts)}"
+    behind = sorted(
+        partition
+        for partition in {*counts.skipped_users, *counts.skipped_positions}
+        if scope.is_behind(partition)
+    )
+    if behind:
+        message += (
+            f". Another state directory has processed {_partition_list(scope, behind)} since "
+            "this one did, so their states here are older than those of the host that processed "
+            "them last: seed from that host's state directory too"
+        )
     if counts.skipped_names:
-        more = ", ..." if sum(counts.skipped_users.values()) > len(counts.skipped_names) else ""
+        named = sum(
+            users
+            for partition, users in counts.skipped_users.items()
+            if not scope.is_behind(partition)
+        )
+        more = ", ..." if named > len(counts.skipped_names) else ""
         message += (
             f". A host that restores from the changelog starts these users anew: "
             f"{', '.join(counts.skipped_names)}{more}"
         )
     return message
+
+
+def _partition_list(scope: SeedScope, partitions: Sequence[int]) -> str:
+    """Return `partitions` of the input topic as `topic[0], topic[2]`."""
+    return ", ".join(f"{scope.input_topic}[{partition}]" for partition in partitions)

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from stream.errors import StreamError
 
@@ -28,7 +28,8 @@ _POLL_SECONDS = 0.05
 
 
 class DeliveryError(StreamError):
-    """The broker did not acknowledge a batch's outputs after every retry."""
+    """The broker did not acknowledge a batch's outputs after every retry, or the producer
+    rejected a message."""
 
 
 @dataclass
@@ -52,6 +53,23 @@ class OutputRecord:
     def reported(self) -> bool:
         """Whether a delivery report, success or failure, has arrived for the last attempt."""
         return self.delivered or self.error is not None
+
+
+def describe_targets(records: Sequence[OutputRecord]) -> str:
+    """Return the topics of `records`, each with its partitions where the records name them,
+    and the message counts: `interactions.changelog[0, 3] x16, recommendations x2`."""
+    counts: Counter[str] = Counter()
+    partitions: dict[str, set[int]] = {}
+    for record in records:
+        counts[record.topic] += 1
+        if record.partition is not None:
+            partitions.setdefault(record.topic, set()).add(record.partition)
+    parts = []
+    for topic, count in counts.most_common():
+        numbers = sorted(partitions.get(topic, ()))
+        named = f"[{', '.join(map(str, numbers))}]" if numbers else ""
+        parts.append(f"{topic}{named} x{count}")
+    return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -155,7 +173,7 @@ class Deliverer:
         errors = Counter(str(record.error) for record in failed)
         logger.warning(
             "%d messages failed (%s) and %d have no delivery report yet, %.1f s into the "
-            "delivery wait of at most %g s, attempt %d/%d",
+            "delivery wait of at most %g s, attempt %d/%d. Undelivered: %s",
             len(failed),
             ", ".join(f"{error} x{count}" for error, count in errors.items()) or "none",
             len(waiting),
@@ -163,17 +181,19 @@ class Deliverer:
             self.config.max_wait_seconds,
             attempt,
             self.config.attempts,
+            describe_targets([*failed, *waiting]),
         )
 
     def _failure_message(
         self, records: Sequence[OutputRecord], attempt: int, elapsed: float
     ) -> str:
-        undelivered = sum(not record.delivered for record in records)
+        undelivered = [record for record in records if not record.delivered]
         return (
-            f"{undelivered} messages not delivered to {self.config.brokers} within "
+            f"{len(undelivered)} messages not delivered to {self.config.brokers} within "
             f"{elapsed:.1f} s ({attempt} of {self.config.attempts} tries, at most "
-            f"{self.config.max_wait_seconds:g} s): check that the broker is up and the output "
-            "topics exist, then restart the worker"
+            f"{self.config.max_wait_seconds:g} s): {describe_targets(undelivered)}. Check that "
+            "the broker is up and that these topics exist with these partitions, then restart "
+            "the worker"
         )
 
     def _poll_until(self, until: float) -> None:
@@ -215,3 +235,19 @@ class Deliverer:
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room.
                 self.producer.poll(0.1)
+            except KafkaException as error:
+                # librdkafka rejects a message at once for a partition or topic that its
+                # metadata lacks, for example after the topic was deleted.
+                raise DeliveryError(self._rejection_message(record, error)) from error
+
+    @staticmethod
+    def _rejection_message(record: OutputRecord, error: KafkaException) -> str:
+        if record.partition is None:
+            target, check = record.topic, f"topic {record.topic} exists"
+        else:
+            target = f"{record.topic}[{record.partition}]"
+            check = f"topic {record.topic} exists with partition {record.partition}"
+        return (
+            f"producing a message to {target} failed: {error.args[0]}. Check that {check}, "
+            "then restart the worker"
+        )

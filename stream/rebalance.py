@@ -3,9 +3,10 @@
 An assignment seeks each partition to the position stored in LMDB with the states it produced.
 Before that it commits every pending batch, and with a changelog topic it first restores each
 partition that has no stored position, or one behind the group's committed offset, from the
-changelog (`stream.changelog`). A store without any position, for partitions where the group
-has committed offsets beyond the earliest retained one, stops the worker
-(`CommittedOffsetsError`) unless `--rebuild-state` is set.
+changelog (`stream.changelog`). A stop request ends the restores, and the partitions left
+unrestored are not assigned, so that none of them starts at the earliest offset. A store without
+any position, for partitions where the group has committed offsets beyond the earliest retained
+one, stops the worker (`CommittedOffsetsError`) unless `--rebuild-state` is set.
 
 A revocation finishes the batch being collected and commits everything pending, in LMDB and in
 Kafka, before the partitions move. A lost partition has its pending batches dropped, because its
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +27,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 
 from statestore import PartitionPosition
 from statestore.errors import StateStoreError
-from stream.changelog import Changelog, ChangelogReader
+from stream.changelog import Changelog, ChangelogReader, RestoreStoppedError
 from stream.errors import StreamError
 
 if TYPE_CHECKING:
@@ -53,6 +56,17 @@ def position_text(topic: str, partition: int, offset: int) -> str:
     return f"{topic}[{partition}]@{offset}"
 
 
+@dataclass(frozen=True)
+class RestoreOutcome:
+    """The stored positions after the changelog restores of one assignment, and what they did."""
+
+    stored: dict[int, PartitionPosition]
+    # Each partition whose restore finished, with the position that the changelog contained.
+    restored: dict[int, PartitionPosition | None] = field(default_factory=dict)
+    # Partitions that a stop request left unrestored, in the order of the restores.
+    left: list[int] = field(default_factory=list)
+
+
 class RebalanceCallbacks:
     """The `on_assign`, `on_revoke` and `on_lost` callbacks of `stream.worker.Worker`.
 
@@ -74,6 +88,10 @@ class RebalanceCallbacks:
     _positions: dict[int, PartitionPosition]
     _timers_due: set[int]
     _paused: set[int]
+    # Set by `Worker.request_stop`. A stop request ends the changelog restores.
+    _stopping: bool
+    # Partitions of the group's assignment that a stop request left unrestored and unassigned.
+    _unrestored: set[int]
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Positions come from LMDB, so earlier batches of these partitions must be committed.
@@ -87,16 +105,34 @@ class RebalanceCallbacks:
         # With a changelog, a partition restored below may be behind the committed offset too.
         queried = assigned if self.changelog is not None else [p for p in assigned if p in stored]
         committed = self._committed_offsets(consumer, queried)
+
+        restored: dict[int, PartitionPosition | None] = {}
         if self.changelog is not None:
-            stored = self._restore_from_changelog(self.changelog, assigned, stored, committed)
+            outcome = self._restore_from_changelog(self.changelog, assigned, stored, committed)
+            stored, restored = outcome.stored, outcome.restored
+            if outcome.left:
+                # Never assigned, so none of them starts at a position that no restore wrote.
+                self._leave_unrestored(outcome.left)
+                partitions = [tp for tp in partitions if tp.partition not in outcome.left]
+                assigned = [tp.partition for tp in partitions]
+
         unstored = [partition for partition in assigned if partition not in stored]
         if unstored and store_was_empty and not self.config.rebuild_state:
             # Raised before anything is assigned; confluent-kafka re-raises it from poll().
             self._check_not_committed(consumer, unstored)
+
         self._seek_to_stored(partitions, stored)
         self._warn_behind_committed(
-            {p: stored[p] for p in assigned if p in stored and p in committed}, committed
+            {
+                p: stored[p]
+                for p in assigned
+                if p in stored and p in committed and p not in restored
+            },
+            committed,
         )
+        self._warn_restored_behind(consumer, restored, stored, committed)
+        # Called also with an empty list: confluent-kafka assigns every partition of the
+        # callback itself unless the callback assigns.
         consumer.incremental_assign(partitions)
         self.metrics.partitions_assigned.set(len(self._positions))
         # The first assignment, empty or not, means the worker has joined the group: a group
@@ -168,9 +204,9 @@ class RebalanceCallbacks:
         partitions: list[int],
         stored: dict[int, PartitionPosition],
         committed: dict[int, int],
-    ) -> dict[int, PartitionPosition]:
+    ) -> RestoreOutcome:
         """Restore each partition that has no stored position, or one behind the group's
-        committed offset, from the changelog. Returns the stored positions after the restores."""
+        committed offset, from the changelog, until a stop request ends the restores."""
         due = {}
         for partition in partitions:
             position = stored.get(partition)
@@ -182,17 +218,28 @@ class RebalanceCallbacks:
                     f"{committed[partition]} of group {self.config.group_id}"
                 )
         if not due:
-            return stored
+            return RestoreOutcome(stored)
+        restored: dict[int, PartitionPosition | None] = {}
+        left: list[int] = []
         reader = changelog.reader()
         try:
             # NOTE: the restore runs inside the rebalance callback, where the consumer does not
             # poll. A restore longer than max.poll.interval.ms (300 s unless -X sets it) makes
             # the group evict this member, which then restores again at its next assignment.
             for partition, reason in due.items():
-                self._restore_partition(reader, partition, reason, stored.get(partition))
+                if self._stopping:
+                    left.append(partition)
+                    continue
+                try:
+                    restored[partition] = self._restore_partition(
+                        reader, partition, reason, stored.get(partition)
+                    )
+                except RestoreStoppedError as stopped:
+                    self._log_stopped_restore(reader.topic, stopped)
+                    left.append(partition)
         finally:
             reader.close()
-        return self.store.positions(self.config.input_topic)
+        return RestoreOutcome(self.store.positions(self.config.input_topic), restored, left)
 
     def _restore_partition(
         self,
@@ -200,11 +247,17 @@ class RebalanceCallbacks:
         partition: int,
         reason: str,
         stored: PartitionPosition | None,
-    ) -> None:
+    ) -> PartitionPosition | None:
+        """Restore `partition`; return the position that the changelog contained, or None."""
         topic = self.config.input_topic
         changelog = reader.topic
         logger.info("restoring %s[%d] from changelog %s: %s", topic, partition, changelog, reason)
-        result = reader.restore(self.store, partition, on_progress=self.heartbeat.beat)
+        result = reader.restore(
+            self.store,
+            partition,
+            on_progress=self.heartbeat.beat,
+            stop_requested=lambda: self._stopping,
+        )
         self.metrics.changelog_records_restored.inc(result.records)
         self.metrics.changelog_restore_seconds.observe(result.seconds)
         if result.position is None:
@@ -220,7 +273,7 @@ class RebalanceCallbacks:
                 result.users,
                 start,
             )
-            return
+            return None
         logger.info(
             "restored %s from changelog %s: %d records, %d users in %.1f s",
             position_text(topic, partition, result.position.next_offset),
@@ -228,6 +281,32 @@ class RebalanceCallbacks:
             result.records,
             result.users,
             result.seconds,
+        )
+        return result.position
+
+    def _log_stopped_restore(self, changelog: str, stopped: RestoreStoppedError) -> None:
+        logger.info(
+            "stop requested: the restore of %s[%d] from changelog %s stopped at offset %d of %d "
+            "after %d records. No position was written, so the partition restores again at its "
+            "next assignment",
+            self.config.input_topic,
+            stopped.partition,
+            changelog,
+            stopped.next_offset,
+            stopped.high,
+            stopped.records,
+        )
+
+    def _leave_unrestored(self, partitions: list[int]) -> None:
+        """Log the partitions that a stop request left unrestored, which stay unassigned."""
+        self._unrestored.update(partitions)
+        topic = self.config.input_topic
+        changelog = self.changelog.topic if self.changelog is not None else ""
+        logger.info(
+            "stop requested during the changelog restores: %s left unrestored and not "
+            "assigned. Their next owner restores them from changelog %s",
+            ", ".join(f"{topic}[{partition}]" for partition in partitions),
+            changelog,
         )
 
     def _warn_behind_committed(
@@ -250,6 +329,72 @@ class RebalanceCallbacks:
                 offset,
                 self.config.group_id,
             )
+
+    def _warn_restored_behind(
+        self,
+        consumer: Consumer,
+        restored: dict[int, PartitionPosition | None],
+        stored: dict[int, PartitionPosition],
+        committed: dict[int, int],
+    ) -> None:
+        """Warn for each restored partition that starts behind the group's committed offset.
+
+        After a restore, that means that a member of the group processed those events without
+        writing them to this changelog, or that the changelog lost records. Processing them
+        again from the restored position is correct: their outputs repeat, and states stay
+        consistent.
+        """
+        topic = self.config.input_topic
+        changelog = self.changelog.topic if self.changelog is not None else ""
+        for partition, from_changelog in sorted(restored.items()):
+            offset = committed.get(partition)
+            if offset is None:
+                continue
+            position = stored.get(partition)
+            if from_changelog is not None:
+                start, source = from_changelog.next_offset, "the position restored from changelog"
+            elif position is not None:
+                start, source = position.next_offset, "the stored position, with no position in"
+            else:
+                start = self._earliest_offset_or_none(consumer, partition)
+                source = "the earliest offset, with no position stored here or in"
+                if start is None:
+                    continue
+            if offset <= start:
+                continue
+            logger.warning(
+                "%s[%d] starts at offset %d, %s %s, but group %s has committed offset %d: its "
+                "%d events in between are processed again and their outputs published again. "
+                "Either a member of the group processed them without writing to this changelog "
+                "(it ran without --changelog-topic, or with another topic), or the changelog "
+                "lost records (the topic was deleted or recreated). Run every member of the "
+                "group with --changelog-topic %s. After a lost changelog, stop every host and "
+                "seed the topic from each host's state directory with `hiertcn-stream changelog "
+                'seed` (docs/runbook.md, "Recover a lost changelog topic")',
+                topic,
+                partition,
+                start,
+                source,
+                changelog,
+                self.config.group_id,
+                offset,
+                offset - start,
+                changelog,
+            )
+
+    def _earliest_offset_or_none(self, consumer: Consumer, partition: int) -> int | None:
+        """Return the earliest retained offset of `partition`, or None when the query fails."""
+        try:
+            return self._earliest_offset(consumer, partition)
+        except KafkaException as error:
+            # Only a warning depends on it.
+            logger.debug(
+                "reading the earliest offset of %s[%d] failed: %s",
+                self.config.input_topic,
+                partition,
+                error,
+            )
+            return None
 
     def _check_not_committed(self, consumer: Consumer, partitions: list[int]) -> None:
         """Raise CommittedOffsetsError when the group has committed offsets for `partitions`,
@@ -284,11 +429,25 @@ class RebalanceCallbacks:
                 f"state dir {self.state_dir} has no position for {', '.join(processed)}, "
                 f"where consumer group {group} has committed offsets: reading from the "
                 "earliest offset would process those events again and publish their outputs "
-                "a second time. Pass the --state-dir that processed them, or restore its "
-                "export with `hiertcn-stream state --state-dir DIR import FILE`. To rebuild "
-                "the states and publish again on purpose, pass --rebuild-state (or use a new "
-                "--group-id)"
+                f"a second time. {self._changelog_fix()}Pass the --state-dir that processed "
+                "them, or restore its export with `hiertcn-stream state --state-dir DIR import "
+                "FILE`. To rebuild the states and publish again on purpose, pass "
+                "--rebuild-state (or use a new --group-id)"
             )
+
+    def _changelog_fix(self) -> str:
+        """Return the sentences of the `CommittedOffsetsError` message on the changelog."""
+        if self.changelog is None:
+            return (
+                "When the group's other hosts run with --changelog-topic, pass the "
+                "--changelog-topic that they use, and this host restores the partitions from "
+                "it. "
+            )
+        return (
+            f"Changelog topic {self.changelog.topic} contains no position of them either: "
+            "seed it from the state directory that processed them, with `hiertcn-stream "
+            "changelog seed`. "
+        )
 
     def _earliest_offset(self, consumer: Consumer, partition: int) -> int:
         """Return the earliest offset that the broker still retains of `partition`."""
@@ -318,6 +477,7 @@ class RebalanceCallbacks:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {tp.partition for tp in partitions}
+        never_assigned = revoked & self._unrestored
         # Finish the batch in flight first, so its outputs and offsets go out with its states.
         if self._pending:
             messages, self._pending = self._pending, []
@@ -328,10 +488,12 @@ class RebalanceCallbacks:
         if not self.committer.failed:
             self.committer.drain()
             self._commit_offsets(wait=True)
-        self._forget(revoked, "revoked")
+        self._unassign_assigned(consumer, partitions, never_assigned)
+        self._forget(revoked, "revoked", never_assigned)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {tp.partition for tp in partitions}
+        never_assigned = lost & self._unrestored
         # Another member may own these partitions already, so nothing of them is committed.
         dropped = [m for m in self._pending if m.partition() in lost]
         self._pending = [m for m in self._pending if m.partition() not in lost]
@@ -343,18 +505,40 @@ class RebalanceCallbacks:
         )
         # Their processed batches that wait for a commit must not reach LMDB either.
         self.committer.forget(lost)
-        self._forget(lost, "lost")
+        self._unassign_assigned(consumer, partitions, never_assigned)
+        self._forget(lost, "lost", never_assigned)
 
-    def _forget(self, partitions: set[int], reason: str) -> None:
+    def _unassign_assigned(
+        self, consumer: Consumer, partitions: list[TopicPartition], never_assigned: set[int]
+    ) -> None:
+        """Unassign the revoked or lost partitions that this worker assigned, when the others
+        were never assigned.
+
+        Unless the callback unassigns, confluent-kafka unassigns every partition of the callback
+        itself, and librdkafka rejects a partition outside the assignment.
+        """
+        if not never_assigned:
+            return
+        consumer.incremental_unassign(
+            [tp for tp in partitions if tp.partition not in never_assigned]
+        )
+
+    def _forget(
+        self, partitions: set[int], reason: str, unrestored: AbstractSet[int] = frozenset()
+    ) -> None:
         stored = self._stored_offsets()
         for partition in sorted(partitions):
             position = self._positions.pop(partition, None)
             processed = position.next_offset if position else None
-            self._log_forgotten(reason, partition, stored.get(partition), processed)
+            if partition in unrestored:
+                self._log_unrestored_forgotten(reason, partition)
+            else:
+                self._log_forgotten(reason, partition, stored.get(partition), processed)
             # livemax across the pool: the new owner reports the real lag.
             self.metrics.consumer_lag.labels(str(partition)).set(0)
         self._timers_due -= partitions
         self._paused -= partitions
+        self._unrestored -= partitions
         self.metrics.partitions_assigned.set(len(self._positions))
         self.metrics.paused_partitions.set(len(self._paused))
 
@@ -373,7 +557,17 @@ class RebalanceCallbacks:
     ) -> None:
         """Log a revoked or lost partition at its stored position, where its next owner starts."""
         topic = self.config.input_topic
-        if stored is None:
+        if stored is None and self.changelog is not None:
+            logger.info(
+                "%s %s[%d]: no stored position in %s, so its next owner restores it from "
+                "changelog %s",
+                reason,
+                topic,
+                partition,
+                self.state_dir,
+                self.changelog.topic,
+            )
+        elif stored is None:
             logger.info(
                 "%s %s[%d]: no stored position, so its next owner starts at the earliest offset",
                 reason,
@@ -391,3 +585,13 @@ class RebalanceCallbacks:
                 partition,
                 processed,
             )
+
+    def _log_unrestored_forgotten(self, reason: str, partition: int) -> None:
+        changelog = self.changelog.topic if self.changelog is not None else ""
+        logger.info(
+            "%s %s[%d]: left unrestored here, so its next owner restores it from changelog %s",
+            reason,
+            self.config.input_topic,
+            partition,
+            changelog,
+        )

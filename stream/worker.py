@@ -159,7 +159,11 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
         # The thread of the partition count gauge, which `run` starts.
         self.partition_counter: PartitionCountReader | None = None
         self.state_dir = Path(config.state_dir).resolve()
+        # Set by `request_stop`; the main loop and the changelog restores end when it is set.
         self._stopping = False
+        # Partitions of the group's assignment that a stop request left unrestored, which the
+        # worker never assigned (`stream.rebalance`).
+        self._unrestored: set[int] = set()
         # Messages consumed for the batch that is being collected; on_revoke finishes them.
         self._pending: list[Message] = []
         # When the worker last had no partition, and whether it has logged that since.
@@ -178,10 +182,17 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
-        """Finish the batch in flight, then stop (the SIGTERM and SIGINT handler)."""
+        """Finish the batch in flight, then stop (the SIGTERM and SIGINT handler).
+
+        A changelog restore in progress ends at its next consume call, and the restores still
+        due do not start.
+        """
         if not self._stopping:
             cause = f"received {signal.Signals(signum).name}" if signum else "stop requested"
-            logger.info("%s %s: finishing the batch in flight, then stopping", self.label, cause)
+            restores = "" if self.changelog is None else " or ending the changelog restores"
+            logger.info(
+                "%s %s: finishing the batch in flight%s, then stopping", self.label, cause, restores
+            )
         self._stopping = True
 
     def run(self) -> None:

@@ -6,12 +6,17 @@
 A pool produces to its changelog topic only the states and positions that it writes while it
 runs with `--changelog-topic`, so a host that restores a partition would miss every user idle
 since. `seed` produces every stored user state and then the stored position of every input
-partition, as the records that `stream.changelog` defines. It holds the writers lock of the state
-directory exclusively, so it never runs beside a pool, a replay or `state import` there.
+partition, as the records that `stream.changelog` defines. It skips the partitions whose stored
+position is behind the consumer group's committed offset, because another state directory has
+processed them since. After a lost changelog topic, a seed from every host's state directory
+thus copies each partition from the host that processed it last. It holds the writers lock of
+the state directory exclusively, so it never runs beside a pool, a replay or `state import`
+there.
 
 Exit status: 0 on success, and 1 when the broker does not respond or a record is not delivered,
 where a rerun is safe. Invalid input exits 2: no store, a missing input topic, a changelog topic
-that `run` would reject, a state directory in use, or a store behind the consumer group.
+that `run` would reject, a state directory in use, or a store whose every stored position of the
+input topic is behind the consumer group.
 """
 
 from __future__ import annotations
@@ -131,8 +136,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "does with --changelog-topic. A host that restores a partition then finds the users "
         "who have been idle since the pool started writing to the changelog. A state whose "
         "partition is not a partition of the input topic with a stored position is skipped "
-        "and named in a warning. Stop the pool that uses --state-dir first: seed rejects a "
-        "state directory that a pool, a replay or `state import` has open (exit status 2).",
+        "and named in a warning, and so are the states and the position of a partition whose "
+        "stored position is behind the consumer group's committed offset, because another "
+        "state directory has processed it since. Seed exits 2 when every stored position is "
+        "behind. Stop the pool that uses --state-dir first: seed rejects a state directory that "
+        "a pool, a replay or `state import` has open (exit status 2).",
         epilog="Start the pool with --changelog-topic after the seed. Its records of the same "
         "users come after the seeded ones, so compaction keeps the newer ones, and a seed "
         "followed by the pool is safe. A failed seed exits 1 and can run again: the topic "
@@ -171,15 +179,16 @@ def _add_seed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--group-id",
         metavar="GROUP",
-        help="the pool's consumer group. Seed exits 2 when the group has committed an offset "
-        "beyond a stored position, because another state directory has processed those "
-        f"events since (env {_env('group_id')}; default hiertcn)",
+        help="the pool's consumer group. Seed skips each partition where the group has "
+        "committed an offset beyond the stored position, because another state directory has "
+        "processed those events since, and exits 2 when that holds for every stored position "
+        f"(env {_env('group_id')}; default hiertcn)",
     )
     parser.add_argument(
         "--create-topics",
         action="store_true",
-        help="create the changelog topic when missing, with the input topic's partition count "
-        "and cleanup.policy=compact",
+        help="create the changelog topic when missing, with the input topic's partition count, "
+        "cleanup.policy=compact, segment.ms=3600000 and min.cleanable.dirty.ratio=0.1",
     )
     parser.add_argument(
         "--dry-run",
@@ -347,7 +356,8 @@ def check_seed_topics(config: WorkerConfig, dry_run: bool) -> int:
     if dry_run and config.create_topics and config.changelog_topic not in metadata.topics:
         logger.info(
             "changelog topic %s does not exist: without --dry-run, seed creates it with %d "
-            "partitions and cleanup.policy=compact",
+            "partitions, cleanup.policy=compact, segment.ms=3600000 and "
+            "min.cleanable.dirty.ratio=0.1",
             config.changelog_topic,
             partitions,
         )
@@ -385,10 +395,11 @@ def partitions_behind(
     )
 
 
-def check_not_behind_group(
+def partitions_behind_group(
     config: WorkerConfig, positions: Mapping[int, PartitionPosition], partition_count: int
-) -> None:
-    """Raise `SeedInputError` when the group has processed a partition beyond the store.
+) -> dict[int, int]:
+    """Return the group's committed offset of each partition of the input topic whose stored
+    position lies behind it.
 
     The pool commits an offset only after it has stored the batch, so the store that processed
     a partition last is never behind. A store that is behind would put older states and an
@@ -397,21 +408,35 @@ def check_not_behind_group(
     """
     partitions = [partition for partition in positions if 0 <= partition < partition_count]
     if not partitions:
-        return
+        return {}
     committed = committed_offsets(config, partitions)
-    behind = partitions_behind(positions, committed)
-    if not behind:
+    return {
+        partition: committed[partition] for partition in partitions_behind(positions, committed)
+    }
+
+
+def check_not_all_behind(
+    config: WorkerConfig,
+    positions: Mapping[int, PartitionPosition],
+    partition_count: int,
+    behind: Mapping[int, int],
+) -> None:
+    """Raise `SeedInputError` when every stored position of the input topic is behind the
+    group, so that a seed would produce nothing but skips."""
+    partitions = [partition for partition in positions if 0 <= partition < partition_count]
+    if not partitions or any(partition not in behind for partition in partitions):
         return
     offsets = ", ".join(
         f"{config.input_topic}[{partition}] stored {positions[partition].next_offset}, "
-        f"committed {committed[partition]}"
-        for partition in behind
+        f"committed {behind[partition]}"
+        for partition in sorted(partitions)
     )
     raise SeedInputError(
-        f"state store {config.state_dir} is behind consumer group {config.group_id} ({offsets}): "
-        "another state directory has processed those events since, and seeding this one would "
-        "replace newer states in the changelog with older ones. Seed from the state directory "
-        "that processed the partitions last, or pass the pool's --group-id"
+        f"state store {config.state_dir} is behind consumer group {config.group_id} on every "
+        f"partition that it has a position of ({offsets}): other state directories have "
+        "processed those events since, and seeding this one would replace newer states in the "
+        "changelog with older ones. Seed from the state directories that processed the "
+        "partitions last, or pass the pool's --group-id"
     )
 
 
@@ -589,8 +614,9 @@ def run_seed(args: argparse.Namespace) -> int:
     with locked_store(worker.state_dir) as store:
         positions = store.positions(worker.input_topic)
         partition_count = check_seed_topics(worker, config.dry_run)
-        check_not_behind_group(worker, positions, partition_count)
-        scope = SeedScope(worker.input_topic, partition_count, positions)
+        behind = partitions_behind_group(worker, positions, partition_count)
+        check_not_all_behind(worker, positions, partition_count, behind)
+        scope = SeedScope(worker.input_topic, partition_count, positions, behind)
         if config.dry_run:
             count_seed(store, config, scope, counts)
         else:

@@ -15,13 +15,15 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
 
-from stream.changelog import ChangelogError
+from statestore.maintenance import plural
+from stream.changelog import CHANGELOG_TOPIC_CONFIG, ChangelogError, create_command
 from stream.commands.common import SESSION_CLOSE_HELP, argparse_type, open_bundle
 from stream.config import (
     FLAG_KAFKA_SETTINGS,
@@ -63,6 +65,14 @@ _DEFAULTS = WorkerConfig(brokers="-", bundle=".")
 
 class BrokerUnavailableError(StreamError):
     """The Kafka brokers did not respond, or a topic could not be created."""
+
+
+@dataclass(frozen=True)
+class ChangelogStart:
+    """The state of the changelog topic that the start checks found."""
+
+    created: bool  # created by these checks (--create-topics)
+    empty: bool  # contains no record in any partition
 
 
 class StartInterruptedError(StreamError):
@@ -127,8 +137,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--create-topics",
         action="store_true",
         help="create the input, output and dead-letter topics when missing, with --partitions, "
-        "and the --changelog-topic with the input topic's partition count and "
-        "cleanup.policy=compact",
+        "and the --changelog-topic with the input topic's partition count, "
+        "cleanup.policy=compact, segment.ms=3600000 and min.cleanable.dirty.ratio=0.1",
     )
     parser.add_argument(
         "--keep-going",
@@ -199,8 +209,10 @@ def _run(args: argparse.Namespace) -> int:
     # The store comes after the broker check, so that a failed start leaves no new state folder.
     bundle = check_bundle(config)
     config = device_for_workers(config, bundle)
-    check_topics(config)
-    check_store(config, bundle)
+    changelog = check_topics(config)
+    users = check_store(config, bundle)
+    if changelog is not None and changelog.empty:
+        warn_unseeded_changelog(config, changelog, users)
     log_delivery_settings(config)
     return run_pool(config, logging.getLogger().getEffectiveLevel())
 
@@ -315,16 +327,49 @@ def device_for_workers(config: WorkerConfig, bundle: ModelBundle) -> WorkerConfi
     return dataclasses.replace(config, device="cpu")
 
 
-def check_store(config: WorkerConfig, bundle: ModelBundle) -> None:
+def check_store(config: WorkerConfig, bundle: ModelBundle) -> int:
     """Open the state store once, creating it when missing, and check it against the bundle.
+    Return the number of users that it contains.
 
-    The open checks that the recorded state shapes fit the bundle. The workers open the store
-    again after they start.
+    The open checks that the recorded state shapes fit the bundle. It takes the writers lock
+    shared, as the workers do, so it runs beside a pool that uses the store (a rolling restart).
+    The workers open the store again after they start.
     """
     from stream.worker import open_state_store
 
-    open_state_store(config, bundle).close()
+    store = open_state_store(config, bundle)
+    try:
+        users = store.user_count()
+    finally:
+        store.close()
     logger.info("bundle %s and state store %s checked", bundle.version, config.state_dir.resolve())
+    return users
+
+
+def warn_unseeded_changelog(config: WorkerConfig, changelog: ChangelogStart, users: int) -> None:
+    """Warn when the changelog topic contains no record while the state store contains users.
+
+    A restore from that changelog writes no state of these users. A host that restores one of
+    their partitions then starts them anew, or keeps serving an older copy that it stored.
+    """
+    if users == 0:
+        return
+    state_dir = config.state_dir.resolve()
+    found = "was created just now" if changelog.created else "contains no record"
+    logger.warning(
+        "changelog topic %s %s, but state store %s contains %s: a host that restores a "
+        "partition from this changelog misses every one of them. Before another host restores "
+        "from it, stop this pool and copy the store into the changelog with `hiertcn-stream "
+        "changelog seed --brokers %s --state-dir %s --changelog-topic %s` (and the pool's "
+        "--input-topic and --group-id), then start the pool again",
+        config.changelog_topic,
+        found,
+        state_dir,
+        plural(users, "user"),
+        config.brokers,
+        state_dir,
+        config.changelog_topic,
+    )
 
 
 def create_admin(config: WorkerConfig) -> AdminClient:
@@ -375,9 +420,9 @@ def wait_for_metadata(admin: AdminClient, brokers: str) -> Any:
         return metadata
 
 
-def check_topics(config: WorkerConfig) -> None:
+def check_topics(config: WorkerConfig) -> ChangelogStart | None:
     """Check that the brokers respond, create missing topics when `create_topics` is set, and
-    check the changelog topic."""
+    check the changelog topic. Return what the changelog check found, None without one."""
     admin = create_admin(config)
     logger.info("connecting to Kafka brokers %s (waiting up to %.0f s)", config.brokers,
                 BROKER_TIMEOUT_SECONDS)  # fmt: skip
@@ -394,8 +439,12 @@ def check_topics(config: WorkerConfig) -> None:
         )
     elif missing:
         create_topics(admin, config, [NewTopic(topic, config.partitions) for topic in missing])
-    if config.changelog_topic:
-        check_changelog_topic(admin, config, metadata)
+    if not config.changelog_topic:
+        return None
+    if check_changelog_topic(admin, config, metadata):
+        return ChangelogStart(created=True, empty=True)
+    partitions = sorted(metadata.topics[config.changelog_topic].partitions)
+    return ChangelogStart(created=False, empty=changelog_is_empty(admin, config, partitions))
 
 
 def create_topics(admin: AdminClient, config: WorkerConfig, new_topics: list[NewTopic]) -> None:
@@ -404,7 +453,7 @@ def create_topics(admin: AdminClient, config: WorkerConfig, new_topics: list[New
         try:
             future.result(BROKER_TIMEOUT_SECONDS)
             partitions = next(new.num_partitions for new in new_topics if new.topic == topic)
-            logger.info("created topic %s with %d partitions", topic, partitions)
+            logger.info("created topic %s with %s", topic, plural(partitions, "partition"))
         except KafkaException as error:
             if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise BrokerUnavailableError(
@@ -412,9 +461,10 @@ def create_topics(admin: AdminClient, config: WorkerConfig, new_topics: list[New
                 ) from error
 
 
-def check_changelog_topic(admin: AdminClient, config: WorkerConfig, metadata: Any) -> None:
+def check_changelog_topic(admin: AdminClient, config: WorkerConfig, metadata: Any) -> bool:
     """Raise ChangelogError unless the changelog topic exists with the input topic's partition
-    count and a cleanup.policy that compacts. With `create_topics`, create it when missing.
+    count and a cleanup.policy that compacts. With `create_topics`, create it when missing, with
+    `CHANGELOG_TOPIC_CONFIG`. Return whether this call created it.
 
     `metadata` is the cluster metadata read before any topic was created.
     """
@@ -432,34 +482,88 @@ def check_changelog_topic(admin: AdminClient, config: WorkerConfig, metadata: An
         )
     described = metadata.topics.get(topic)
     if described is None and config.create_topics:
-        new_topic = NewTopic(topic, partitions, config={"cleanup.policy": "compact"})
+        new_topic = NewTopic(topic, partitions, config=dict(CHANGELOG_TOPIC_CONFIG))
         create_topics(admin, config, [new_topic])
-        return
+        return True
     if described is None:
+        command = create_command(config.brokers, topic, partitions)
         raise ChangelogError(
             f"changelog topic {topic} does not exist: create it with {partitions} partitions "
-            f"(as {config.input_topic}) and compaction, kafka-topics.sh --bootstrap-server "
-            f"{config.brokers} --create --topic {topic} --partitions {partitions} --config "
-            "cleanup.policy=compact, or pass --create-topics"
+            f"(as {config.input_topic}) and compaction, {command}, or pass --create-topics"
         )
     if len(described.partitions) != partitions:
+        policy = read_cleanup_policy(admin, config)
         raise ChangelogError(
-            f"changelog topic {topic} has {len(described.partitions)} partitions, but input "
-            f"topic {config.input_topic} has {partitions}: the states of each input partition "
-            f"go to the changelog partition of the same number, so both need {partitions}. "
-            f"Add partitions with kafka-topics.sh --bootstrap-server {config.brokers} --alter "
-            f"--topic {topic} --partitions {partitions}, or delete the topic and create it "
-            "again (a changelog topic cannot lose partitions)"
+            describe_partition_mismatch(config, len(described.partitions), partitions, policy)
         )
     check_changelog_compaction(admin, config)
+    return False
 
 
-def check_changelog_compaction(admin: AdminClient, config: WorkerConfig) -> None:
-    """Raise ChangelogError unless the changelog topic's cleanup.policy contains compact.
+def describe_partition_mismatch(
+    config: WorkerConfig, found: int, expected: int, policy: str
+) -> str:
+    """Return the error message for a changelog topic with `found` partitions where the input
+    topic has `expected`, and the fix that Kafka allows: a topic can gain partitions only."""
+    topic = config.changelog_topic
+    message = (
+        f"changelog topic {topic} has {plural(found, 'partition')}, but input topic "
+        f"{config.input_topic} has {expected}: the states of each input partition go to the "
+        f"changelog partition of the same number, so both need {expected}."
+    )
+    compacted = "compact" in _policies(policy)
+    if found == 1 and not compacted:
+        message += (
+            f" With cleanup.policy={policy} and one partition, the broker probably created it "
+            "on first use (auto.create.topics.enable=true), for example after the topic was "
+            "deleted, so it contains no user states."
+        )
+    if found > expected or not compacted:
+        if found > expected:
+            reason = "A topic cannot lose partitions"
+        else:
+            reason = f"Its cleanup.policy={policy} lacks compact too"
+        return message + (
+            f" {reason}, so stop every host of the group, delete the topic and create it again "
+            f"with {create_command(config.brokers, topic, expected)} (or `hiertcn-stream "
+            "changelog seed --create-topics`). Then seed it from the state directory of every "
+            'host (docs/runbook.md, "Recover a lost changelog topic")'
+        )
+    return message + (
+        f" Add partitions with kafka-topics.sh --bootstrap-server {config.brokers} --alter "
+        f"--topic {topic} --partitions {expected}"
+    )
 
-    Warn when it also contains delete, under which the broker deletes the states of users idle
-    for longer than the topic's retention.ms.
+
+def changelog_is_empty(admin: AdminClient, config: WorkerConfig, partitions: list[int]) -> bool:
+    """Return whether every partition of the changelog topic has its earliest offset at its end.
+
+    A failed offset query logs a warning and returns False, because only a warning depends on it.
     """
+    tps = [TopicPartition(config.changelog_topic, partition) for partition in partitions]
+    try:
+        earliest = _list_offsets(admin, tps, OffsetSpec.earliest())
+        latest = _list_offsets(admin, tps, OffsetSpec.latest())
+    except KafkaException as error:
+        logger.warning(
+            "reading the offsets of changelog topic %s failed, so the check that it contains "
+            "records was skipped: %s",
+            config.changelog_topic,
+            error,
+        )
+        return False
+    return all(latest[partition] <= earliest[partition] for partition in partitions)
+
+
+def _list_offsets(
+    admin: AdminClient, tps: list[TopicPartition], spec: OffsetSpec
+) -> dict[int, int]:
+    futures = admin.list_offsets({tp: spec for tp in tps}, request_timeout=BROKER_TIMEOUT_SECONDS)
+    return {tp.partition: future.result().offset for tp, future in futures.items()}
+
+
+def read_cleanup_policy(admin: AdminClient, config: WorkerConfig) -> str:
+    """Return the changelog topic's cleanup.policy, or raise BrokerUnavailableError."""
     topic = config.changelog_topic
     resource = ConfigResource(ResourceType.TOPIC, topic)
     try:
@@ -470,8 +574,22 @@ def check_changelog_compaction(admin: AdminClient, config: WorkerConfig) -> None
             f"{error}; check that the client's principal may describe the topic's configuration"
         ) from error
     entry = entries.get("cleanup.policy")
-    policy = "" if entry is None or entry.value is None else entry.value
-    policies = {part.strip() for part in policy.split(",")}
+    return "" if entry is None or entry.value is None else entry.value
+
+
+def _policies(policy: str) -> set[str]:
+    return {part.strip() for part in policy.split(",")}
+
+
+def check_changelog_compaction(admin: AdminClient, config: WorkerConfig) -> None:
+    """Raise ChangelogError unless the changelog topic's cleanup.policy contains compact.
+
+    Warn when it also contains delete, under which the broker deletes the states of users idle
+    for longer than the topic's retention.ms.
+    """
+    topic = config.changelog_topic
+    policy = read_cleanup_policy(admin, config)
+    policies = _policies(policy)
     if "compact" not in policies:
         raise ChangelogError(
             f"changelog topic {topic} has cleanup.policy={policy}, without compact: the broker "

@@ -17,9 +17,9 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from ops.kafka.admin import wait_for_leaders
-from stream.changelog import ChangelogError
+from stream.changelog import CHANGELOG_TOPIC_CONFIG, ChangelogError
 from stream.cli import main
-from stream.commands.run import check_topics
+from stream.commands.run import ChangelogStart, check_topics
 from stream.config import WorkerConfig
 from tests.integration.fixtures_stream import (
     Topics,
@@ -30,6 +30,7 @@ from tests.integration.fixtures_stream import (
     output_watcher,
     outputs_by_user,
     produce_events,
+    produce_raw,
     read_topic,
     replay_outputs,
     start_worker,
@@ -66,13 +67,14 @@ def _serve_phase(
     return run.log()
 
 
-def _topic_config(bootstrap: str, topic: str) -> tuple[int, str]:
-    """Return the partition count and cleanup.policy of `topic`."""
+def _topic_config(bootstrap: str, topic: str) -> tuple[int, dict[str, str]]:
+    """Return the partition count of `topic` and the values of the settings that
+    `--create-topics` gives a changelog topic."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     partitions = len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
     resource = ConfigResource(ResourceType.TOPIC, topic)
     entries = admin.describe_configs([resource])[resource].result(10)
-    return partitions, entries["cleanup.policy"].value
+    return partitions, {name: entries[name].value for name in CHANGELOG_TOPIC_CONFIG}
 
 
 def test_partitions_move_between_hosts_without_repeats(
@@ -108,7 +110,7 @@ def test_partitions_move_between_hosts_without_repeats(
             logs.append(log)
             start = end
 
-    assert _topic_config(kafka_bootstrap, changelog) == (PARTITIONS, "compact")
+    assert _topic_config(kafka_bootstrap, changelog) == (PARTITIONS, CHANGELOG_TOPIC_CONFIG)
     # B starts with an empty store, A again with the positions of its first phase.
     assert logs[1].count(f"from changelog {changelog}: no stored position") == PARTITIONS, logs[1]
     assert logs[2].count("is behind the committed offset") == PARTITIONS, logs[2]
@@ -209,3 +211,53 @@ def test_missing_changelog_names_create_command(
     assert f"changelog topic {changelog} does not exist" in message
     command = f"--topic {changelog} --partitions {PARTITIONS} --config cleanup.policy=compact"
     assert command in message
+
+
+def _changelog_config(
+    topics: Topics, changelog: str, bootstrap: str, **kwargs: object
+) -> WorkerConfig:
+    return WorkerConfig(
+        brokers=bootstrap,
+        bundle=Path("bundle"),
+        input_topic=topics.input,
+        output_topic=topics.output,
+        dead_letter_topic=topics.dead_letter,
+        changelog_topic=changelog,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_auto_created_changelog_named(
+    kafka_bootstrap: str, unique_topic: Callable[[str], str]
+) -> None:
+    # What a broker with auto.create.topics.enable=true creates when a worker produces to a
+    # deleted changelog topic.
+    topics = make_topics(kafka_bootstrap, unique_topic, PARTITIONS)
+    changelog = unique_topic("changelog")
+    _create_topic(kafka_bootstrap, changelog, 1, "delete")
+
+    with pytest.raises(ChangelogError) as raised:
+        check_topics(_changelog_config(topics, changelog, kafka_bootstrap))
+
+    message = str(raised.value)
+    assert f"changelog topic {changelog} has 1 partition, but input topic" in message
+    assert "the broker probably created it on first use" in message
+    assert "delete the topic and create it again" in message
+    assert "--alter" not in message
+
+
+def test_start_check_finds_empty_changelog(
+    kafka_bootstrap: str, unique_topic: Callable[[str], str]
+) -> None:
+    topics = make_topics(kafka_bootstrap, unique_topic, PARTITIONS)
+    changelog = unique_topic("changelog")
+    create = _changelog_config(
+        topics, changelog, kafka_bootstrap, create_topics=True, partitions=PARTITIONS
+    )
+    check = _changelog_config(topics, changelog, kafka_bootstrap)
+
+    assert check_topics(create) == ChangelogStart(created=True, empty=True)
+    assert _topic_config(kafka_bootstrap, changelog) == (PARTITIONS, CHANGELOG_TOPIC_CONFIG)
+    assert check_topics(check) == ChangelogStart(created=False, empty=True)
+    produce_raw(kafka_bootstrap, changelog, [(b"ux", b"")])
+    assert check_topics(check) == ChangelogStart(created=False, empty=False)

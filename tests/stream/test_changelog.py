@@ -22,10 +22,12 @@ from statestore import PartitionPosition, StateStore, StoreConfig, UserState
 from statestore.codec import decode_state, encode_state
 from statestore.keys import decode_position, encode_position, position_key
 from stream.changelog import (
+    RESTORE_CONSUME_MESSAGES,
     Changelog,
     ChangelogError,
     ChangelogReader,
     ChangelogRestoreError,
+    RestoreStoppedError,
     RestoreWriter,
     changelog_consumer_settings,
     changelog_records,
@@ -425,6 +427,45 @@ def test_reader_rejects_partition_beyond_topic(store: StateStore) -> None:
     assert f"--alter --topic {CHANGELOG} --partitions N" in message
 
 
+def test_reader_stop_request_ends_restore(store: StateStore) -> None:
+    # Three consume calls' worth of records; the stop arrives after the first call.
+    records = [state_record(f"u{n}", make_state(n)) for n in range(2 * RESTORE_CONSUME_MESSAGES)]
+    records.append(position_record(0, PartitionPosition(40, START)))
+    consumer = ChangelogConsumer({0: records})
+    calls: list[int] = []
+
+    def stop_requested() -> bool:
+        calls.append(consumer.next_offset)
+        return True
+
+    with pytest.raises(RestoreStoppedError) as raised:
+        reader_of(consumer).restore(store, 0, stop_requested=stop_requested)
+
+    stopped = raised.value
+    assert calls == [RESTORE_CONSUME_MESSAGES]
+    assert (stopped.partition, stopped.next_offset, stopped.high) == (
+        0,
+        RESTORE_CONSUME_MESSAGES,
+        len(records),
+    )
+    assert stopped.records == RESTORE_CONSUME_MESSAGES
+    # No position, so the partition restores again next time; the written chunk may stay.
+    assert store.positions(INPUT) == {}
+    assert consumer.assigned == []
+
+
+def test_reader_stop_after_last_record_completes(store: StateStore) -> None:
+    position = PartitionPosition(2, START)
+    records = [state_record("u1", make_state(1)), position_record(0, position)]
+
+    result = reader_of(ChangelogConsumer({0: records})).restore(
+        store, 0, stop_requested=lambda: True
+    )
+
+    assert result.position == position
+    assert store.positions(INPUT) == {0: position}
+
+
 def test_reader_consumer_joins_no_group() -> None:
     config = WorkerConfig(
         brokers="b:9092",
@@ -495,6 +536,7 @@ class AssignConsumer:
     def __init__(self, committed: dict[int, int]) -> None:
         self._committed = committed
         self.assigned: list[TopicPartition] | None = None
+        self.unassigned: list[TopicPartition] | None = None
 
     def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
         offsets = [self._committed.get(tp.partition, OFFSET_INVALID) for tp in partitions]
@@ -508,6 +550,9 @@ class AssignConsumer:
 
     def incremental_assign(self, partitions: list[TopicPartition]) -> None:
         self.assigned = partitions
+
+    def incremental_unassign(self, partitions: list[TopicPartition]) -> None:
+        self.unassigned = partitions
 
 
 class EventMessage:
@@ -694,3 +739,220 @@ def test_changelog_topic_from_environment() -> None:
     assert named.changelog_topic == CHANGELOG
     assert source_of(named, "changelog_topic") == "HIERTCN_CHANGELOG_TOPIC"
     assert empty.changelog_topic == ""
+
+
+# -- a changelog behind the group, and the log lines of the assignment -------------------------
+
+
+def test_restored_position_behind_commit_names_changelog(
+    make_worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    changelog = ChangelogConsumer({0: [position_record(0, PartitionPosition(300, START))]})
+    worker = make_worker(changelog)
+
+    with caplog.at_level("WARNING", logger="stream.rebalance"):
+        offsets = assign(worker, AssignConsumer({0: 350}), [0])
+
+    assert offsets == [300]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith(
+        f"{INPUT}[0] starts at offset 300, the position restored from changelog {CHANGELOG}, "
+        "but group hiertcn has committed offset 350: its 50 events in between are processed "
+        "again and their outputs published again."
+    )
+    assert "(it ran without --changelog-topic, or with another topic)" in warning
+    assert "the changelog lost records (the topic was deleted or recreated)" in warning
+    assert f"Run every member of the group with --changelog-topic {CHANGELOG}." in warning
+    assert "`hiertcn-stream changelog seed`" in warning
+    assert "an older copy of the state directory" not in warning
+
+
+def test_changelog_without_position_behind_commit_warned(
+    make_worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The changelog was recreated: it contains states, but no position of partition 0.
+    worker = make_worker(ChangelogConsumer({0: [state_record("u1", make_state(1))]}))
+    worker.store.commit({}, {(INPUT, 0): PartitionPosition(200, START)})
+
+    with caplog.at_level("WARNING", logger="stream.rebalance"):
+        offsets = assign(worker, AssignConsumer({0: 290}), [0])
+
+    assert offsets == [200]
+    lines = [r.getMessage() for r in caplog.records]
+    warnings = [line for line in lines if line.startswith(f"{INPUT}[0] starts at offset")]
+    assert len(warnings) == 1
+    expected = f"starts at offset 200, the stored position, with no position in {CHANGELOG}"
+    assert expected in warnings[0]
+    assert "its 90 events in between" in warnings[0]
+
+
+def test_current_restore_not_warned(make_worker, caplog: pytest.LogCaptureFixture) -> None:
+    changelog = ChangelogConsumer({0: [position_record(0, PartitionPosition(300, START))]})
+    worker = make_worker(changelog)
+
+    with caplog.at_level("WARNING", logger="stream.rebalance"):
+        assign(worker, AssignConsumer({0: 300}), [0])
+
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+
+
+class StoppingChangelogConsumer(ChangelogConsumer):
+    """A changelog consumer that calls `on_consume(partition)` before each consume call and
+    `on_unassign(partition)` when a restore ends, so a test can request a stop there."""
+
+    def __init__(self, partitions: dict[int, list], **kwargs: Any) -> None:
+        super().__init__(partitions, **kwargs)
+        self.on_consume: Callable[[int], None] = lambda partition: None
+        self.on_unassign: Callable[[int], None] = lambda partition: None
+        self.restored: list[int] = []
+
+    def consume(self, num_messages: int, timeout: float) -> list[ChangelogMessage]:
+        if self.assigned:
+            self.on_consume(self.assigned[0].partition)
+        return super().consume(num_messages, timeout)
+
+    def unassign(self) -> None:
+        partition = self.assigned[0].partition
+        self.restored.append(partition)
+        super().unassign()
+        self.on_unassign(partition)
+
+
+def three_partitions(long_partition: int = -1) -> dict[int, list]:
+    """Return changelog partitions 0 to 2, each with a state and a position at offset 100 + p.
+
+    `long_partition` gets enough states for three consume calls.
+    """
+    partitions = {}
+    for partition in range(3):
+        users = 2 * RESTORE_CONSUME_MESSAGES if partition == long_partition else 1
+        records = [
+            state_record(f"p{partition}u{n}", make_state(n, partition=partition))
+            for n in range(users)
+        ]
+        records.append(position_record(partition, PartitionPosition(100 + partition, START)))
+        partitions[partition] = records
+    return partitions
+
+
+def test_stop_between_restores_leaves_rest_unassigned(
+    make_worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    changelog = StoppingChangelogConsumer(three_partitions())
+    worker = make_worker(changelog)
+    changelog.on_unassign = lambda partition: worker.request_stop()
+    consumer = AssignConsumer({0: 50, 1: 50, 2: 50})
+
+    with caplog.at_level("INFO", logger="stream.rebalance"):
+        offsets = assign(worker, consumer, [0, 1, 2])
+
+    assert changelog.restored == [0]
+    assert offsets == [100, OFFSET_INVALID, OFFSET_INVALID]  # only [0] got an offset
+    assert consumer.assigned is not None
+    assert [tp.partition for tp in consumer.assigned] == [0]
+    assert worker.store.positions(INPUT) == {0: PartitionPosition(100, START)}
+    assert set(worker._positions) == {0}
+    assert worker._unrestored == {1, 2}
+    lines = [r.getMessage() for r in caplog.records]
+    assert (
+        f"stop requested during the changelog restores: {INPUT}[1], {INPUT}[2] left unrestored "
+        f"and not assigned. Their next owner restores them from changelog {CHANGELOG}"
+    ) in lines
+    assert not any("starting at the earliest offset" in line for line in lines)
+
+
+def test_stop_inside_restore_assigns_nothing(make_worker, caplog: pytest.LogCaptureFixture) -> None:
+    changelog = StoppingChangelogConsumer(three_partitions(long_partition=0))
+    worker = make_worker(changelog)
+    changelog.on_consume = lambda partition: worker.request_stop()
+    # An empty store with committed offsets would stop the worker, were [0] to start anywhere.
+    consumer = AssignConsumer({0: 50, 1: 50, 2: 50})
+
+    with caplog.at_level("INFO", logger="stream.rebalance"):
+        assign(worker, consumer, [0, 1, 2])
+
+    assert changelog.restored == [0]
+    assert consumer.assigned == []
+    assert worker.store.positions(INPUT) == {}
+    assert worker._unrestored == {0, 1, 2}
+    assert restored_count(worker) == 0
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(
+        line.startswith(f"stop requested: the restore of {INPUT}[0] from changelog {CHANGELOG} ")
+        and line.endswith(
+            "No position was written, so the partition restores again at its next assignment"
+        )
+        for line in lines
+    ), lines
+
+
+def test_revoke_unassigns_only_assigned_partitions(
+    make_worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    changelog = StoppingChangelogConsumer(three_partitions())
+    worker = make_worker(changelog)
+    changelog.on_unassign = lambda partition: worker.request_stop()
+    consumer = AssignConsumer({0: 50, 1: 50, 2: 50})
+    assign(worker, consumer, [0, 1, 2])
+
+    with caplog.at_level("INFO", logger="stream.rebalance"):
+        worker._on_revoke(consumer, [TopicPartition(INPUT, p) for p in range(3)])  # type: ignore[arg-type]
+
+    assert consumer.unassigned is not None
+    assert [tp.partition for tp in consumer.unassigned] == [0]
+    assert worker._unrestored == set()
+    lines = [r.getMessage() for r in caplog.records]
+    assert f"revoked {INPUT}[0]@100 (stored position)" in lines
+    for partition in (1, 2):
+        assert (
+            f"revoked {INPUT}[{partition}]: left unrestored here, so its next owner restores it "
+            f"from changelog {CHANGELOG}"
+        ) in lines
+
+
+def test_revoke_without_unrestored_leaves_unassign_to_client(make_worker) -> None:
+    changelog = ChangelogConsumer({0: [position_record(0, PartitionPosition(3, START))]})
+    worker = make_worker(changelog)
+    consumer = AssignConsumer({})
+    assign(worker, consumer, [0])
+
+    worker._on_revoke(consumer, [TopicPartition(INPUT, 0)])  # type: ignore[arg-type]
+
+    assert consumer.unassigned is None
+
+
+def test_revoke_without_position_names_changelog(
+    make_worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = make_worker(ChangelogConsumer({}))
+    worker._positions[1] = PartitionPosition(0, float("-inf"))
+
+    with caplog.at_level("INFO", logger="stream.rebalance"):
+        worker._forget({1}, "revoked")
+
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line == (
+        f"revoked {INPUT}[1]: no stored position in {worker.state_dir}, so its next owner "
+        f"restores it from changelog {CHANGELOG}"
+    )
+
+
+def test_unstored_partition_error_offers_changelog_topic(make_worker) -> None:
+    worker = make_worker(None)
+
+    with pytest.raises(CommittedOffsetsError) as raised:
+        assign(worker, AssignConsumer({0: 100}), [0])
+
+    assert (
+        "When the group's other hosts run with --changelog-topic, pass the --changelog-topic "
+        "that they use, and this host restores the partitions from it."
+    ) in str(raised.value)
+
+
+def test_unstored_partition_error_names_empty_changelog(make_worker) -> None:
+    worker = make_worker(ChangelogConsumer({0: []}))
+
+    with pytest.raises(CommittedOffsetsError) as raised:
+        assign(worker, AssignConsumer({0: 100}), [0])
+
+    assert f"Changelog topic {CHANGELOG} contains no position of them either" in str(raised.value)

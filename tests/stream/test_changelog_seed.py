@@ -32,6 +32,8 @@ from stream.commands import changelog as seed
 from stream.commands.changelog import (
     SeedConfig,
     SeedDeliveryError,
+    SeedInputError,
+    check_not_all_behind,
     partitions_behind,
     produce_seed,
     seed_config,
@@ -180,6 +182,57 @@ def test_partitions_behind_the_group() -> None:
     assert partitions_behind(positions, {0: 10, 1: 21, 2: 50}) == [1]
     assert partitions_behind(positions, {0: 9, 1: 20}) == []
     assert partitions_behind(positions, {}) == []
+
+
+def test_partition_behind_group_skipped(store: StateStore) -> None:
+    # Partition 1 moved to another host, which processed it up to offset 95 since.
+    scope = SeedScope(INPUT, PARTITIONS, store.positions(INPUT), behind={1: 95})
+    counts = SeedCounts()
+
+    records = [r for chunk in state_record_chunks(store, CHANGELOG, scope, counts) for r in chunk]
+    positions = position_records(CHANGELOG, scope, counts)
+
+    assert sorted(record.key for record in records) == [b"ualice", b"ucarol", b"udave"]
+    assert [record.partition for record in positions] == [0, 2]
+    assert counts.skipped_users[1] == 1
+    assert counts.skipped_positions == [1, 9]
+
+
+def test_skip_warning_names_partitions_behind(store: StateStore) -> None:
+    scope = SeedScope(INPUT, PARTITIONS, store.positions(INPUT), behind={1: 95})
+    counts = SeedCounts()
+    list(state_record_chunks(store, CHANGELOG, scope, counts))
+    position_records(CHANGELOG, scope, counts)
+
+    warning = describe_skips(counts, scope)
+
+    assert warning is not None
+    behind = "(the stored position 80 is behind the consumer group's committed offset 95)"
+    assert f"1 user state of partition 1 {behind}" in warning
+    assert f"the position of partition 1 {behind}" in warning
+    assert "Another state directory has processed interactions[1] since" in warning
+    assert "seed from that host's state directory too" in warning
+    # Bob's state is current on the host that processed partition 1 last.
+    assert warning.endswith("starts these users anew: erin, frank, grace")
+
+
+def test_seed_rejected_when_every_partition_behind() -> None:
+    config = WorkerConfig(brokers="b:1", bundle=Path(), changelog_topic=CHANGELOG)
+    positions = {0: PartitionPosition(10, 0.0), 1: PartitionPosition(20, 0.0)}
+    # Partition 9 lies beyond the topic's partitions and does not count.
+    with_extra = {**positions, 9: PartitionPosition(3, 0.0)}
+
+    check_not_all_behind(config, positions, PARTITIONS, {1: 25})
+    check_not_all_behind(config, {}, PARTITIONS, {})
+    with pytest.raises(SeedInputError) as raised:
+        check_not_all_behind(config, with_extra, PARTITIONS, {0: 11, 1: 25})
+
+    message = str(raised.value)
+    assert raised.value.exit_code == 2
+    assert "is behind consumer group hiertcn on every partition that it has a position" in message
+    assert "interactions[0] stored 10, committed 11, interactions[1] stored 20, committed 25" in (
+        message
+    )
 
 
 # -- configuration ---------------------------------------------------------------------------

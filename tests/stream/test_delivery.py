@@ -11,9 +11,15 @@ import time
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
-from stream.delivery import Deliverer, DeliveryConfig, DeliveryError, OutputRecord
+from stream.delivery import (
+    Deliverer,
+    DeliveryConfig,
+    DeliveryError,
+    OutputRecord,
+    describe_targets,
+)
 
 
 class FakeProducer:
@@ -106,6 +112,78 @@ def test_wait_never_reproduces_unreported_record() -> None:
 
     # A record without a delivery report may still arrive, so it is never produced twice.
     assert len(producer.produced) == 1
+
+
+def test_targets_name_topics_and_partitions() -> None:
+    records = [
+        OutputRecord("interactions.changelog", b"k", b"v", [], partition=3),
+        OutputRecord("recommendations", b"k", b"v", []),
+        OutputRecord("interactions.changelog", b"k", b"v", [], partition=0),
+        OutputRecord("interactions.changelog", b"k", b"v", [], partition=3),
+    ]
+
+    assert describe_targets(records) == "interactions.changelog[0, 3] x3, recommendations x1"
+
+
+class PartitionFailingProducer:
+    """Reports every message to partition 2 as failed with _UNKNOWN_PARTITION, the rest as
+    delivered."""
+
+    def __init__(self) -> None:
+        self._reports: list[tuple[Any, KafkaError | None]] = []
+
+    def produce(
+        self, topic: str, value: Any, key: Any, headers: Any, on_delivery: Any, **target: Any
+    ) -> None:
+        failed = target.get("partition") == 2
+        error = KafkaError(KafkaError._UNKNOWN_PARTITION) if failed else None
+        self._reports.append((on_delivery, error))
+
+    def poll(self, timeout: float) -> int:
+        reports, self._reports = self._reports, []
+        for callback, error in reports:
+            callback(error, None)
+        return len(reports)
+
+
+def test_failure_names_undelivered_topics(caplog: pytest.LogCaptureFixture) -> None:
+    config = DeliveryConfig("127.0.0.1:1", timeout=0.01, attempts=2)
+    deliverer = Deliverer(PartitionFailingProducer(), config, lambda s: None, lambda n: None)
+    records = [
+        OutputRecord("recommendations", b"u1", b"v", []),
+        OutputRecord("interactions.changelog", b"uu1", b"s", [], partition=2, deferred=True),
+    ]
+    deliverer.produce(records)
+
+    with caplog.at_level("WARNING", logger="stream.delivery"), pytest.raises(DeliveryError) as e:
+        deliverer.wait(records)
+
+    assert "messages not delivered to 127.0.0.1:1 within" in str(e.value)
+    assert "s): interactions.changelog[2] x1. Check that the broker is up" in str(e.value)
+    tries = [r.getMessage() for r in caplog.records]
+    assert len(tries) == 2
+    assert all(line.endswith("Undelivered: interactions.changelog[2] x1") for line in tries)
+
+
+class RejectingProducer:
+    """Raises what librdkafka raises for a partition that its metadata lacks."""
+
+    def produce(self, topic: str, **kwargs: Any) -> None:
+        raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION))
+
+
+def test_rejected_message_names_its_partition() -> None:
+    config = DeliveryConfig("127.0.0.1:1", timeout=0.01, attempts=2)
+    deliverer = Deliverer(RejectingProducer(), config, lambda s: None, lambda n: None)
+    records = [OutputRecord("interactions.changelog", b"uu1", b"s", [], partition=4)]
+
+    with pytest.raises(DeliveryError) as raised:
+        deliverer.produce(records)
+
+    message = str(raised.value)
+    assert message.startswith("producing a message to interactions.changelog[4] failed: ")
+    assert "_UNKNOWN_PARTITION" in message
+    assert "topic interactions.changelog exists with partition 4, then restart" in message
 
 
 class LateTimeoutProducer:
