@@ -27,7 +27,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 
 from statestore import PartitionPosition
 from statestore.errors import StateStoreError
-from stream.changelog import Changelog, ChangelogReader, RestoreStoppedError
+from stream.changelog import Changelog
+from stream.changelog_restore import ChangelogReader, RestoreStoppedError
 from stream.errors import StreamError
 
 if TYPE_CHECKING:

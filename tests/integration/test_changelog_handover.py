@@ -18,8 +18,9 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, Resourc
 
 from ops.kafka.admin import wait_for_leaders
 from stream.changelog import CHANGELOG_TOPIC_CONFIG, ChangelogError
+from stream.changelog_topic import ChangelogStart
 from stream.cli import main
-from stream.commands.run import ChangelogStart, check_topics
+from stream.commands.run import check_topics
 from stream.config import WorkerConfig
 from tests.integration.fixtures_stream import (
     Topics,

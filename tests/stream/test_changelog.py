@@ -21,16 +21,14 @@ from prometheus_client import CollectorRegistry
 from statestore import PartitionPosition, StateStore, StoreConfig, UserState
 from statestore.codec import decode_state, encode_state
 from statestore.keys import decode_position, encode_position, position_key
-from stream.changelog import (
+from stream.changelog import Changelog, ChangelogError, changelog_records
+from stream.changelog_restore import (
     RESTORE_CONSUME_MESSAGES,
-    Changelog,
-    ChangelogError,
     ChangelogReader,
     ChangelogRestoreError,
     RestoreStoppedError,
     RestoreWriter,
     changelog_consumer_settings,
-    changelog_records,
 )
 from stream.config import WorkerConfig
 from stream.delivery import Deliverer, DeliveryConfig, DeliveryError, OutputRecord

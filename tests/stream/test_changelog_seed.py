@@ -19,7 +19,7 @@ from confluent_kafka import KafkaError
 from statestore import PartitionPosition, StateStore, StoreConfig, locks
 from statestore.codec import encode_state
 from statestore.keys import encode_position, position_key
-from stream.changelog import (
+from stream.changelog_seed import (
     SEED_NAMED_SKIPS,
     SeedCounts,
     SeedScope,
@@ -30,14 +30,13 @@ from stream.changelog import (
 from stream.cli import build_parser, main
 from stream.commands import changelog as seed
 from stream.commands.changelog import (
-    SeedConfig,
     SeedDeliveryError,
     SeedInputError,
     check_not_all_behind,
     partitions_behind,
     produce_seed,
-    seed_config,
 )
+from stream.commands.changelog_args import DEFAULT_MESSAGE_TIMEOUT_MS, SeedConfig, seed_config
 from stream.config import WorkerConfig
 from stream.errors import ConfigError
 from tests.statestore.helpers import make_state
@@ -250,7 +249,7 @@ def test_config_from_flags_and_defaults() -> None:
     assert config.worker.input_topic == "interactions"
     assert config.worker.group_id == "hiertcn"
     assert config.worker.changelog_topic == CHANGELOG
-    assert config.message_timeout == seed.DEFAULT_MESSAGE_TIMEOUT_MS / 1000
+    assert config.message_timeout == DEFAULT_MESSAGE_TIMEOUT_MS / 1000
     assert config.producer_settings["enable.idempotence"] is True
     assert config.producer_settings["acks"] == "all"
     assert config.dry_run is False

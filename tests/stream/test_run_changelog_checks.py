@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 
 from stream.changelog import CHANGELOG_TOPIC_CONFIG, create_command
-from stream.commands.run import ChangelogStart, describe_partition_mismatch, warn_unseeded_changelog
+from stream.changelog_topic import (
+    ChangelogStart,
+    describe_partition_mismatch,
+    warn_unseeded_changelog,
+)
 from stream.config import WorkerConfig
 
 CHANGELOG = "interactions.changelog"
@@ -87,7 +91,7 @@ def test_empty_changelog_with_users_warned(
 ) -> None:
     config = config_of(tmp_path)
 
-    with caplog.at_level(logging.WARNING, logger="stream.commands.run"):
+    with caplog.at_level(logging.WARNING, logger="stream.changelog_topic"):
         warn_unseeded_changelog(config, ChangelogStart(created=True, empty=True), 30_731)
 
     (line,) = [record.getMessage() for record in caplog.records]
@@ -104,7 +108,7 @@ def test_empty_changelog_with_users_warned(
 
 
 def test_existing_empty_changelog_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="stream.commands.run"):
+    with caplog.at_level(logging.WARNING, logger="stream.changelog_topic"):
         warn_unseeded_changelog(config_of(tmp_path), ChangelogStart(created=False, empty=True), 1)
 
     (line,) = [record.getMessage() for record in caplog.records]
@@ -113,7 +117,7 @@ def test_existing_empty_changelog_warned(tmp_path: Path, caplog: pytest.LogCaptu
 
 
 def test_empty_store_not_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="stream.commands.run"):
+    with caplog.at_level(logging.WARNING, logger="stream.changelog_topic"):
         warn_unseeded_changelog(config_of(tmp_path), ChangelogStart(created=True, empty=True), 0)
 
     assert caplog.records == []
@@ -140,9 +144,9 @@ def test_run_counts_store_users_for_warning(
     with StateStore(StoreConfig(path=state_dir, sync=False)) as store:
         store.commit({"u1": make_state(1), "u2": make_state(2)}, {})
 
-    with caplog.at_level(logging.WARNING, logger="stream.commands.run"):
+    with caplog.at_level(logging.WARNING, logger="stream.changelog_topic"):
         assert main(args) == 0
 
-    warnings = [r.getMessage() for r in caplog.records if r.name == "stream.commands.run"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "stream.changelog_topic"]
     assert len(warnings) == 1
     assert f"state store {state_dir.resolve()} contains 2 users" in warnings[0]

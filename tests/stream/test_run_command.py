@@ -21,6 +21,7 @@ import pytest
 from export import providers
 from export.bundle import load_bundle
 from statestore import StateStore, StoreConfig
+from stream import kafka_admin
 from stream import pool as pool_module
 from stream.cli import main
 from stream.commands import run as run_command
@@ -177,10 +178,10 @@ def test_unreachable_broker_logs_few_librdkafka_lines(
     capfd: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(run_command, "BROKER_TIMEOUT_SECONDS", 2.0)
+    monkeypatch.setattr(kafka_admin, "BROKER_TIMEOUT_SECONDS", 2.0)
     config = WorkerConfig(brokers="127.0.0.1:1", bundle=onnx_bundle_dir)
 
-    with caplog.at_level(logging.DEBUG), pytest.raises(run_command.BrokerUnavailableError):
+    with caplog.at_level(logging.DEBUG), pytest.raises(kafka_admin.BrokerUnavailableError):
         run_command.check_topics(config)
 
     librdkafka = [r for r in caplog.records if r.name.endswith(".librdkafka")]
@@ -229,7 +230,7 @@ def test_unreachable_broker_creates_no_state(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(run_command, "BROKER_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(kafka_admin, "BROKER_TIMEOUT_SECONDS", 1.0)
     monkeypatch.setattr(run_command, "run_pool", lambda config, level: 0)
     state_dir = tmp_path / "state"
 
