@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="default recommendation list length, at most the number of items "
-        "(default 20, or the number of items when fewer)",
+        "(default: 20, or the number of items when fewer)",
     )
     parser.add_argument(
         "--session-gap",
@@ -53,7 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="idle seconds that close a session (default: the checkpoint's, else 1800)",
     )
     parser.add_argument(
-        "--opset", type=int, default=None, help="ONNX opset version of the graphs (default 17)"
+        "--opset",
+        type=int,
+        default=None,
+        help="ONNX opset version of the graphs, from 14 to the newest "
+        "that the installed torch exports (default: 17)",
     )
     parser.add_argument(
         "--verify",
@@ -80,13 +84,22 @@ def _run(args: argparse.Namespace) -> int:
     from export.bundle import load_bundle
     from export.errors import ExportFailedError, VerificationError
     from export.manifest import valid_session_gap
-    from export.onnx_export import DEFAULT_OPSET, ExportConfig, write_bundle
+    from export.onnx_export import (
+        DEFAULT_OPSET,
+        MIN_OPSET,
+        ExportConfig,
+        max_opset,
+        opset_fix,
+        write_bundle,
+    )
     from export.verify import verify_bundle
     from hiertcn.checkpoint import load_model
 
     # ExportConfig checks these too, but by field name; the command names its flags.
     if args.top_k is not None and args.top_k < 1:
         raise ExportFailedError(f"--top-k {args.top_k} is invalid: use a positive integer")
+    if args.opset is not None and not MIN_OPSET <= args.opset <= max_opset():
+        raise ExportFailedError(f"--opset {args.opset} is invalid: {opset_fix()}")
     if args.session_gap is not None and not valid_session_gap(args.session_gap):
         raise ExportFailedError(
             f"--session-gap {args.session_gap:g} is invalid: use a positive number of seconds"

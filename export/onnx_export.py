@@ -59,6 +59,8 @@ DEFAULT_TOP_K = 20  # list length when --top-k is not given and the catalog has 
 # Opset 17 is the default because this code was tested with it (torch 2.15, ONNX Runtime 1.31).
 # `--opset` raises it.
 DEFAULT_OPSET = 17
+# Opsets below 14 lack operators that the graphs use.
+MIN_OPSET = 14
 
 # Max absolute difference from the model, in torch, up to which the pruned step is exported.
 PRUNED_STEP_ATOL = 1e-5
@@ -80,14 +82,33 @@ class ExportConfig:
     pruned_step: bool = True  # export `step_graph.PrunedSessionStep` when the model allows it
 
     def __post_init__(self) -> None:
-        if self.opset < 14:
-            raise ExportFailedError(f"opset {self.opset} is too old: use 14 or later")
+        if not MIN_OPSET <= self.opset <= max_opset():
+            raise ExportFailedError(f"opset {self.opset} is invalid: {opset_fix()}")
         if self.top_k is not None and self.top_k < 1:
             raise ExportFailedError(f"top_k={self.top_k} is invalid: use a positive integer")
         if self.session_gap is not None and not valid_session_gap(self.session_gap):
             raise ExportFailedError(
                 f"session_gap={self.session_gap} is invalid: use a positive number of seconds"
             )
+
+
+def max_opset() -> int:
+    """Return the newest ONNX opset that the installed torch exporter writes."""
+    # NOTE: torch exposes the maximum only in the private module torch.onnx._constants (torch
+    # 2.15), so a torch that moves it falls back to the default opset, which is always accepted.
+    try:
+        from torch.onnx import _constants
+    except ImportError:
+        return DEFAULT_OPSET
+    return int(getattr(_constants, "ONNX_MAX_OPSET", DEFAULT_OPSET))
+
+
+def opset_fix() -> str:
+    """Return the fix for an opset outside the range that this export supports."""
+    return (
+        f"use {MIN_OPSET} to {max_opset()}, the range that this export and the installed torch "
+        f"{torch.__version__} support"
+    )
 
 
 class SessionStepGraph(nn.Module):

@@ -8,6 +8,7 @@ rebuilds the model without any other file.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shlex
@@ -83,11 +84,17 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Pat
         os.replace(temporary, path)
     except OSError as error:
         raise HierTCNError(
-            f"cannot write checkpoint {path}: {error.strerror or error}: free disk space, or "
-            "pass an --out folder that you can write"
+            f"cannot write checkpoint {path} ({error.strerror or error}): {_write_fix(error)}"
         ) from error
     logger.debug("wrote checkpoint %s (epoch %d)", path, checkpoint.epoch)
     return path
+
+
+def _write_fix(error: OSError) -> str:
+    """Return the fix for a checkpoint that cannot be written, by the error's errno."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free disk space, or pass an --out folder on another disk"
+    return "pass an --out folder that you can write"
 
 
 # Keys of a checkpoint dict and the type of each value.

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `hiertcn` command and return its exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = command_line.parse_arguments(parser, argv)
     command_line.configure_logging(command_line.verbosity(args))
     try:
         with sigterm_as_interrupt():

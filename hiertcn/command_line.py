@@ -20,6 +20,24 @@ _VERBOSE_PREFIX = "verbose_"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 
 
+# Largest seed: torch.manual_seed takes at most 2**64 - 1, and a signed 64-bit value also fits
+# every checkpoint and JSON reader.
+MAX_SEED = 2**63 - 1
+
+
+def seed(text: str) -> int:
+    """Parse a `--seed` style value: an integer from 0 to `MAX_SEED`, as numpy and torch take."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: use an integer") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"{value} is invalid: use an integer from 0 to {MAX_SEED} (2**63 - 1)"
+        )
+    return value
+
+
 def build_parser(
     prog: str,
     description: str,
@@ -74,6 +92,33 @@ def _add_verbose_to_subcommands(
         for name, child in children.values():
             add_verbose_option(child, depth, verbose_help(name))
             _add_verbose_to_subcommands(child, depth + 1, verbose_help)
+
+
+def parse_arguments(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """Parse `argv`, and exit 2 with the usage of the given subcommand for an unknown flag.
+
+    argparse hands a subcommand's unknown arguments up to the top-level parser, whose error
+    would show the top-level usage instead.
+    """
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def chosen_parser(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """Return the parser of the innermost subcommand named in `args`, or `parser` itself."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        name = getattr(args, action.dest, None) if action.dest != argparse.SUPPRESS else None
+        if name in action.choices:
+            return chosen_parser(action.choices[name], args)
+    return parser
 
 
 def verbosity(args: argparse.Namespace) -> int:

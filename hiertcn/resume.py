@@ -23,6 +23,7 @@ from hiertcn.checkpoint import (
     check_vocabulary,
     load_checkpoint,
 )
+from hiertcn.data.counts import count_noun
 from hiertcn.errors import CheckpointError, ConfigError, UnreadableCheckpointError
 from hiertcn.models.config import ModelConfig, flag_for
 from hiertcn.models.registry import effective_settings, read_fields
@@ -87,18 +88,18 @@ def restore_run(
     logger.info("resumed %s at epoch %d (best MRR %.4f)", out_dir, state.epoch, state.best_mrr)
     if state.epoch >= config.epochs:
         logger.warning(
-            "nothing to train: %s already contains %d epochs and --epochs is %d; pass a larger "
+            "nothing to train: %s already contains %s and --epochs is %d; pass a larger "
             "--epochs to continue",
             out_dir,
-            state.epoch,
+            count_noun(state.epoch, "epoch"),
             config.epochs,
         )
     elif state.epochs_without_improvement >= config.patience:
         logger.warning(
-            "nothing to train: early stopping ended %s after %d epochs without a better "
+            "nothing to train: early stopping ended %s after %s without a better "
             "validation MRR, and --patience is %d; pass a larger --patience to continue",
             out_dir,
-            state.epochs_without_improvement,
+            count_noun(state.epochs_without_improvement, "epoch"),
             config.patience,
         )
     else:

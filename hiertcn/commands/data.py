@@ -21,6 +21,7 @@ import json
 import logging
 from pathlib import Path
 
+from hiertcn import command_line
 from hiertcn.data.counts import count_noun
 from hiertcn.data.log import EventLog
 from hiertcn.data.options import (
@@ -37,7 +38,7 @@ from hiertcn.data.prepared import (
 )
 from hiertcn.data.prepared_files import check_prepare_out, remove_prepared
 from hiertcn.data.stats import WARM_SPLIT_NOTE, compute_stats, format_stats_table
-from hiertcn.data.synthetic import generate_synthetic_log
+from hiertcn.data.synthetic import MAX_USERS, SyntheticConfig, generate_synthetic_log
 from hiertcn.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -113,12 +114,22 @@ def _register_synthetic(commands: argparse._SubParsersAction) -> None:
     )
     synthetic.add_argument("out", type=Path, metavar="OUT", help="CSV file to write")
     synthetic.add_argument(
-        "--users", type=int, default=1000, help="number of users (default: 1000)"
+        "--users",
+        type=int,
+        default=1000,
+        help=f"number of users, from 1 to {MAX_USERS}; each gets about 48 events, about 1 KB "
+        "of CSV (default: 1000)",
     )
     synthetic.add_argument(
-        "--items", type=int, default=2000, help="number of items (default: 2000)"
+        "--items",
+        type=int,
+        default=2000,
+        help=f"number of items, at least {SyntheticConfig().num_clusters}, one per taste "
+        "cluster (default: 2000)",
     )
-    synthetic.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    synthetic.add_argument(
+        "--seed", type=command_line.seed, default=0, help="random seed (default: 0)"
+    )
     synthetic.add_argument(
         "--force",
         action="store_true",
@@ -293,6 +304,11 @@ def run_synthetic(args: argparse.Namespace) -> int:
             f"OUT {out} already exists: pass --force to replace it, or another file path"
         )
     _check_ancestors_are_folders(out, "OUT")
+    if not 1 <= args.users <= MAX_USERS:
+        raise ConfigError(
+            f"--users {args.users} is invalid: use 1 to {MAX_USERS}, because every event is "
+            "held in memory until the log is written"
+        )
     try:
         path = generate_synthetic_log(args.users, args.items, args.seed, out)
     except OSError as error:

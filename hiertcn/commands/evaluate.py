@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,6 +120,17 @@ def check_json_path(path: Path) -> None:
         raise ConfigError(f"--json {path} is not writable: pass a path you can write")
 
 
+def is_torch_file(path: Path) -> bool:
+    """Return whether `path` is a file that `torch.save` wrote: a zip archive with data.pkl."""
+    try:
+        if not path.is_file() or not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 # The most --threads that `hiertcn.train.TrainConfig` accepts, kept here so that the check runs
 # before torch is imported.
 MAX_THREADS = 1024
@@ -127,6 +139,11 @@ MAX_THREADS = 1024
 def check_arguments(args: argparse.Namespace) -> None:
     """Raise ConfigError on a missing checkpoint, an invalid flag or an --json that cannot be
     written or would overwrite an input."""
+    if not args.checkpoints and is_torch_file(Path(args.data)):
+        raise ConfigError(
+            f"the log is missing: {args.data} is a checkpoint, so pass the log after it, e.g. "
+            f"hiertcn evaluate {args.data} LOG"
+        )
     if not args.checkpoints:
         raise ConfigError(
             f"no checkpoint given, only the log {args.data}: pass one or more checkpoints "

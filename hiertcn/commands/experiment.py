@@ -18,7 +18,9 @@ A subcommand rejects the flags that it does not read (`losses` trains every loss
 --loss), and its --help leaves them out. No subcommand reads --split: `compare` trains on each
 split that --splits names, and the other experiments train on the cold-start split only. An
 --out folder that already contains the tables or checkpoints of an experiment run is rejected
-unless --force is given.
+unless --force (replace it) or --resume is given. --resume keeps each variant that the earlier run
+finished with the same settings and trains the rest, so an interrupted `all` continues where it
+stopped.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from hiertcn.data.counts import count_noun
 from hiertcn.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -167,13 +170,21 @@ def _add_arguments(sub: argparse.ArgumentParser, name: str) -> None:
         type=Path,
         required=True,
         help="folder for tables, plots and the checkpoints of every variant (under runs/). A "
-        "folder that already contains them is rejected unless --force is given",
+        "folder that already contains them is rejected unless --force or --resume is given",
     )
-    sub.add_argument(
+    earlier = sub.add_mutually_exclusive_group()
+    earlier.add_argument(
         "--force",
         action="store_true",
         help="delete the tables, plots and variant checkpoints of an earlier experiment run in "
         "--out before training; other files there stay",
+    )
+    earlier.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out: keep each variant that it finished with the "
+        "same data, model and training settings, and train the rest (a variant it finished "
+        "with other settings is rejected)",
     )
 
 
@@ -236,20 +247,38 @@ def run(args: argparse.Namespace) -> int:
         "model": model,
         "train": train,
         "args": args,
-        "cache": RunCache(data, args.out / "runs"),
+        "cache": RunCache(data, args.out / "runs", resume=args.resume),
     }
-    check_out_dir(args.out, force=args.force)
+    check_out_dir(args.out, force=args.force, resume=args.resume)
     # The thread count applies to every variant, and each set-up line records it.
     set_threads(train.threads)
     fix = (
         f"lower --batch-size (now {train.batch_size}), or the model sizes --embedding-dim, "
         "--hidden-size and --tcn-channels"
     )
-    for name in chosen:
-        with report_out_of_memory(f"experiment {name}", fix):
-            _RUNNERS[name](**context)
+    try:
+        for name in chosen:
+            with report_out_of_memory(f"experiment {name}", fix):
+                _RUNNERS[name](**context)
+    except KeyboardInterrupt as interrupt:
+        # `Terminated` (SIGTERM) keeps its class, so the command line exits 143 on it.
+        raise type(interrupt)(interrupted_message(args.out)) from None
     print(f"experiment tables and plots are in {args.out}")
     return 0
+
+
+def interrupted_message(out: Path) -> str:
+    """Return what an interrupted experiment saved in `out` and how to continue it."""
+    from hiertcn.experiments.finished import finished_variants
+
+    finished = finished_variants(out / "runs")
+    if not finished:
+        return f"no variant finished, so {out} contains no result to keep"
+    names = ", ".join(folder.name for folder in finished)
+    return (
+        f"{count_noun(len(finished), 'finished variant')} in {out / 'runs'} ({names}): rerun the "
+        "same command with --resume to keep them and train the rest"
+    )
 
 
 def reject_unread_flags(args: argparse.Namespace) -> None:
@@ -306,22 +335,26 @@ def _check_names(args: argparse.Namespace, chosen: tuple[str, ...]) -> None:
         )
 
 
-def check_out_dir(out: Path, force: bool) -> None:
-    """Reject an --out that is a file or contains an earlier run; delete that run with `force`."""
+def check_out_dir(out: Path, force: bool, resume: bool = False) -> None:
+    """Reject an --out that is a file or contains an earlier run; delete that run with `force`.
+
+    With `resume`, an earlier run stays, and `RunCache` keeps its finished variants.
+    """
     existing = next((path for path in (out, *out.parents) if path.exists()), None)
     if existing == out and not out.is_dir():
         raise ConfigError(f"--out {out} is a file: pass a folder")
     if existing is not None and not existing.is_dir():
         raise ConfigError(f"--out {out} is inside the file {existing}: pass a folder")
     earlier = earlier_run_files(out)
-    if not earlier:
+    if not earlier or resume:
         return
     if not force:
         shown = ", ".join(str(path.relative_to(out)) for path in earlier[:3])
         more = f" and {len(earlier) - 3} more" if len(earlier) > 3 else ""
         raise ConfigError(
-            f"--out {out} already contains an experiment run ({shown}{more}): pass --force to "
-            "replace it, or another --out folder"
+            f"--out {out} already contains an experiment run ({shown}{more}): pass --resume "
+            "to keep its finished variants and train the rest, --force to replace it, or "
+            "another --out folder"
         )
     for path in earlier:
         path.unlink()
@@ -334,6 +367,7 @@ def check_out_dir(out: Path, force: bool) -> None:
 def earlier_run_files(out: Path) -> list[Path]:
     """Return the tables, plots and variant checkpoints of an experiment run in `out`."""
     from hiertcn.commands.train import RUN_FILES
+    from hiertcn.experiments.finished import VARIANT_FILE
 
     if not out.is_dir():
         return []
@@ -341,7 +375,7 @@ def earlier_run_files(out: Path) -> list[Path]:
     checkpoints = sorted(
         folder / name
         for folder in _run_folders(out)
-        for name in RUN_FILES
+        for name in (*RUN_FILES, VARIANT_FILE)
         if (folder / name).is_file()
     )
     return [path for path in reports if path.is_file()] + checkpoints

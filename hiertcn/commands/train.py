@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hiertcn import command_line
 from hiertcn.errors import (
     CheckpointError,
     ConfigError,
@@ -252,7 +255,10 @@ def add_training_arguments(
         help="clip the global L2 norm of the gradients to this value (default: no clipping)",
     )
     group.add_argument(
-        "--seed", type=int, default=0, help="seed of weights, shuffling and sampling (default: 0)"
+        "--seed",
+        type=command_line.seed,
+        default=0,
+        help="seed of weights, shuffling and sampling (default: 0)",
     )
     group.add_argument(
         "--device",
@@ -456,10 +462,11 @@ def check_out_apart_from_data(out: Path, data: Path) -> None:
 
 
 def check_out_writable(out: Path) -> None:
-    """Raise ConfigError when --out, or the nearest folder above it that exists, is read-only.
+    """Create --out and write a test file in it; raise ConfigError when either fails.
 
     The check runs before the data is read, so a bad --out fails in seconds, not after the first
-    epoch. The folder itself is created when the first checkpoint is written.
+    epoch. `os.access` alone is not enough, because root passes it even where no folder can be
+    created (under /proc, on a read-only mount). The first checkpoint creates the folder again.
     """
     existing = next((path for path in (out, *out.parents) if path.exists()), Path("."))
     if not existing.is_dir():
@@ -472,6 +479,21 @@ def check_out_writable(out: Path) -> None:
             f"--out {out} cannot be created or written{place}: pass a folder you can write, or "
             f"change the permissions of {existing}"
         )
+    # The folders that this check creates are removed again, so a later error leaves none.
+    created = [path for path in (out, *out.parents) if not path.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"--out {out} cannot be created or written ({error.strerror or error}): pass a "
+            "folder you can write"
+        ) from None
+    finally:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def remove_run(out: Path) -> None:

@@ -37,11 +37,12 @@ class FilterConfig:
     max_user_events: int | None = 1000
 
     def __post_init__(self) -> None:
-        if self.min_item_count < 0 or self.min_user_events < 0:
-            raise DataError(
-                f"filter minimums must be 0 or more, got --min-item-count {self.min_item_count} "
-                f"and --min-user-events {self.min_user_events}"
-            )
+        for flag, value in (
+            ("--min-item-count", self.min_item_count),
+            ("--min-user-events", self.min_user_events),
+        ):
+            if value < 0:
+                raise DataError(f"{flag} {value} is invalid: use an integer >= 0")
         if self.max_user_events is not None and self.max_user_events < self.min_user_events:
             raise DataError(
                 f"--max-user-events {self.max_user_events} is below --min-user-events "

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hiertcn import command_line
 from hiertcn.data.filters import FilterConfig, FilterReport, filter_log
 from hiertcn.data.log import EventLog, build_event_log
 from hiertcn.data.readers import (
@@ -256,7 +257,7 @@ def _add_split_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--split-seed",
         action=_RecordGiven,
-        type=int,
+        type=command_line.seed,
         default=split.seed,
         help=f"seed of the user shuffle of the cold-start split (default: {split.seed})",
     )

@@ -89,6 +89,7 @@ __all__ = [
     "RawLog",
     "ReaderConfig",
     "SecondsAsMillisecondsError",
+    "check_log_file",
     "check_no_header_format",
     "check_not_compressed",
     "detect_format",
@@ -101,8 +102,38 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+def check_log_file(path: Path) -> None:
+    """Raise DataError when `path` is not a regular file that this process can open and read.
+
+    Every command reads its log through `read_log` or `resolve_reader_config`, which call this
+    first, so an unreadable log gives one line with the cause in place of a traceback.
+    """
+    if path.is_dir():
+        raise DataError(
+            f"log file {path} is a folder: pass the log file inside it (for MovieLens, "
+            "ratings.csv, ratings.dat or u.data)"
+        )
+    if not path.exists():
+        raise DataError(f"log file {path} not found")
+    if not path.is_file():
+        # A FIFO or a device would block or never end, and a log is read more than once.
+        raise DataError(
+            f"log file {path} is not a regular file: pass a regular file, or copy the "
+            "stream into one first"
+        )
+    try:
+        with path.open("rb") as file:
+            file.read(1)
+    except OSError as error:
+        raise DataError(
+            f"log file {path} cannot be read ({error.strerror or error}): pass a file you "
+            "can read, or fix its permissions"
+        ) from None
+
+
 def resolve_reader_config(path: Path, config: ReaderConfig) -> ReaderConfig:
     """Return `config` with the format that `auto` picks for `path` and the effective time unit."""
+    check_log_file(path)
     log_format = detect_format(path, config) if config.format == "auto" else config.format
     return dataclasses.replace(
         config, format=log_format, time_unit=effective_time_unit(log_format, config.time_unit)
@@ -124,17 +155,22 @@ def check_no_header_format(path: Path, log_format: str, config: ReaderConfig) ->
     )
 
 
+def _other_detected_format(path: Path, config: ReaderConfig) -> str | None:
+    """Return the known layout that `auto` detects for `path` when --format named another one."""
+    if config.format == "auto":
+        return None
+    try:
+        detected = detect_format(path, dataclasses.replace(config, format="auto"))
+    except DataError:
+        return None
+    return detected if detected not in (config.format, "csv", "jsonl") else None
+
+
 def read_log(path: str | Path, config: ReaderConfig | None = None) -> RawLog:
     """Read one interaction log file into a `RawLog`; raises DataError on any malformed row."""
     config = config or ReaderConfig()
     path = Path(path)
-    if path.is_dir():
-        raise DataError(
-            f"log file {path} is a folder: pass the log file inside it (for MovieLens, "
-            "ratings.csv, ratings.dat or u.data)"
-        )
-    if not path.is_file():
-        raise DataError(f"log file {path} not found")
+    check_log_file(path)
     if path.stat().st_size == 0:
         raise DataError(f"log file {path} is empty")
     check_not_compressed(path)
@@ -151,7 +187,16 @@ def read_log(path: str | Path, config: ReaderConfig | None = None) -> RawLog:
         "taobao": read_taobao,
         "trivago": read_trivago,
     }
-    raw = readers[log_format](path, config)
+    try:
+        raw = readers[log_format](path, config)
+    except DataError as error:
+        other = _other_detected_format(path, config)
+        if other is None:
+            raise
+        raise DataError(
+            f"{error}. However, {path} looks like a {other} file, not {log_format}: pass "
+            f"--format {other} or --format auto"
+        ) from None
     line = unterminated_last_line(path)
     if line is not None:
         logger.warning("%s", unterminated_last_line_message(path, line))

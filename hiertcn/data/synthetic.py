@@ -18,10 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
+from hiertcn.data.counts import count_noun
 from hiertcn.data.sessions import DEFAULT_SESSION_GAP
 from hiertcn.errors import DataError
 
 logger = logging.getLogger(__name__)
+
+
+# Most users of one log. Every event is held in memory until the rows are sorted by time, so
+# this many users with the default shape give about 48 million events, several GiB of memory and
+# a CSV of about 1 GB.
+MAX_USERS = 1_000_000
+# Bytes of one CSV row, an estimate from a 20,000-user log of the default shape (21 MB for
+# 956,199 events).
+ESTIMATED_ROW_BYTES = 22
 
 
 @dataclass(frozen=True)
@@ -114,8 +124,16 @@ def generate_synthetic_log(
     if num_users < 1 or num_items < config.num_clusters:
         raise DataError(
             f"a synthetic log needs at least 1 user and {config.num_clusters} items (one per "
-            f"cluster), got {num_users} users and {num_items} items"
+            f"cluster), got {count_noun(num_users, 'user')} and {count_noun(num_items, 'item')}"
         )
+    events = round(num_users * config.mean_sessions_per_user * config.mean_session_length)
+    logger.info(
+        "generating about %s of %s (a CSV of about %.0f MB), which are written once all are "
+        "generated",
+        count_noun(events, "event"),
+        count_noun(num_users, "user"),
+        events * ESTIMATED_ROW_BYTES / 1e6,
+    )
     rng = np.random.default_rng(seed)
     catalog = _Catalog(num_items, config.num_clusters)
     rows: list[tuple[int, int, int]] = []
@@ -130,5 +148,10 @@ def generate_synthetic_log(
         writer = csv.writer(file)
         writer.writerow(("user", "item", "timestamp"))
         writer.writerows((user, item, timestamp) for timestamp, user, item in rows)
-    logger.info("wrote %d synthetic events of %d users to %s", len(rows), num_users, path)
+    logger.info(
+        "wrote %s of %s to %s",
+        count_noun(len(rows), "synthetic event"),
+        count_noun(num_users, "user"),
+        path,
+    )
     return path

@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from hiertcn.checkpoint import load_model
 from hiertcn.data.options import DataConfig, Dataset, load_dataset_from_config
 from hiertcn.evaluate import EvaluationConfig, EvaluationResult, evaluate_model
+from hiertcn.experiments.finished import load_finished, save_finished, variant_settings
 from hiertcn.models.config import ModelConfig
 from hiertcn.models.registry import build_model
 from hiertcn.run_info import resolve_device, save_run_metrics
@@ -111,17 +113,59 @@ def run_variant(variant: Variant, dataset: Dataset, split: str, out_dir: Path) -
         evaluation.metrics["mrr"],
         evaluation.metrics["recall@10"],
     )
+    numbers = {
+        "best_epoch": result.best_epoch,
+        "epochs": len(result.epoch_seconds),
+        "epoch_seconds": seconds,
+        "epoch_cpu_seconds": cpu_seconds,
+        "input_bytes_per_batch": input_bytes,
+        "parameters": parameters,
+    }
+    save_finished(run_dir, _settings(variant, dataset, split), numbers)
     return VariantResult(
         variant=variant,
         split=split,
         metrics=evaluation.metrics,
-        best_epoch=result.best_epoch,
-        epochs=len(result.epoch_seconds),
-        epoch_seconds=seconds,
-        epoch_cpu_seconds=cpu_seconds,
-        input_bytes_per_batch=input_bytes,
-        parameters=parameters,
         evaluation=evaluation,
+        **numbers,
+    )
+
+
+def resume_variant(
+    variant: Variant, dataset: Dataset, split: str, out_dir: Path
+) -> VariantResult | None:
+    """Return the result of the finished variant in `out_dir`, or None when it is unfinished.
+
+    The test part is evaluated again from best.pt, which gives the ranks that the analyses
+    need. Raises ConfigError when the variant finished with other settings.
+    """
+    run_dir = out_dir / f"{split}-{variant.label}"
+    numbers = load_finished(run_dir, _settings(variant, dataset, split))
+    if numbers is None:
+        return None
+    logger.info(
+        "experiment variant %s on the %s split: --resume keeps the finished run in %s",
+        variant.label,
+        split,
+        run_dir,
+    )
+    device = resolve_device(variant.train.device)
+    model, _ = load_model(run_dir / "best.pt", device)
+    evaluation = evaluate_model(
+        model, dataset.test, EvaluationConfig(batch_size=variant.train.batch_size), device
+    )
+    return VariantResult(
+        variant=variant,
+        split=split,
+        metrics=evaluation.metrics,
+        evaluation=evaluation,
+        **numbers,
+    )
+
+
+def _settings(variant: Variant, dataset: Dataset, split: str) -> dict[str, Any]:
+    return variant_settings(
+        split, variant.model.to_dict(), variant.train.to_dict(), dataset.summary
     )
 
 
@@ -134,9 +178,10 @@ class RunCache:
     with cross-entropy.
     """
 
-    def __init__(self, data: DataConfig, out_dir: Path) -> None:
+    def __init__(self, data: DataConfig, out_dir: Path, resume: bool = False) -> None:
         self.data = data
         self.out_dir = out_dir
+        self.resume = resume  # keep the variants that an earlier run of the command finished
         self._datasets: dict[str, Dataset] = {}
         self._results: dict[tuple[str, ModelConfig, TrainConfig], VariantResult] = {}
 
@@ -151,7 +196,10 @@ class RunCache:
         key = (split, variant.model, variant.train)
         if key not in self._results:
             dataset = self.dataset(split)
-            self._results[key] = run_variant(variant, dataset, split, self.out_dir)
+            finished = (
+                resume_variant(variant, dataset, split, self.out_dir) if self.resume else None
+            )
+            self._results[key] = finished or run_variant(variant, dataset, split, self.out_dir)
         else:
             logger.info(
                 "experiment variant %s on the %s split: reusing the run", variant.label, split

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.onnx._constants import ONNX_MAX_OPSET
 
 from export.bundle import load_bundle
 from export.verify import VerifyConfig
@@ -66,6 +67,8 @@ def test_export_into_empty_file_says_file(
     [
         ("--top-k", "0", "--top-k 0 is invalid: use a positive integer"),
         ("--session-gap", "0", "--session-gap 0 is invalid: use a positive number of seconds"),
+        ("--opset", "13", f"--opset 13 is invalid: use 14 to {ONNX_MAX_OPSET}"),
+        ("--opset", str(ONNX_MAX_OPSET + 1), f"use 14 to {ONNX_MAX_OPSET}, the range"),
     ],
 )
 def test_export_invalid_flag_named(

@@ -158,7 +158,7 @@ def test_unwritable_checkpoint_path_named(tmp_path):
     with pytest.raises(HierTCNError) as caught:
         save_checkpoint(path, tiny_checkpoint(["a"]))
     message = str(caught.value)
-    assert f"cannot write checkpoint {path}: Not a directory" in message
+    assert f"cannot write checkpoint {path} (Not a directory)" in message
     assert "pass an --out folder that you can write" in message
 
 

@@ -532,7 +532,7 @@ def test_second_run_in_same_out_rejected(tiny_log, tmp_path, capsys):
     error = capsys.readouterr().err
     assert code == 2
     assert f"--out {tmp_path} already contains an experiment run (compare.json, compare.md" in error
-    assert "pass --force to replace it, or another --out folder" in error
+    assert "--force to replace it, or another --out folder" in error
     assert (tmp_path / "compare.md").read_text(encoding="utf-8") == table
     assert not (tmp_path / "runs" / "cold-gru").exists()
 
