@@ -89,7 +89,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 WORKER_HEADER = "hiertcn.worker"
-# The input position `topic[partition]@offset` of the event that an output answers.
+# The input position `topic[partition]@offset` of the event that an output was made for.
 SOURCE_HEADER = "hiertcn.source"
 
 # Seconds that a worker whose commit thread failed waits for its consumer to close.
