@@ -48,8 +48,13 @@ logger = logging.getLogger(__name__)
 # clock. So a later newest event time comes from an event accepted before that check or from a
 # wrong clock, and a later --at is most likely a typo.
 FUTURE_REFERENCE_SECONDS = 86_400.0
-# Help of --state-dir, which may come before or after the action.
-_STATE_DIR_HELP = "the state directory (LMDB environment); may come before or after ACTION"
+# Help of --state-dir, which may come before or after the action, so argparse cannot require it.
+_STATE_DIR_HELP = "the state directory (LMDB environment); required, before or after ACTION"
+_GET_EXIT_STATUS = (
+    "exit status: 0 when the state was printed; 1 when USER is not in the store or the store "
+    "fails; 2 for invalid input: a missing --state-dir, a directory without a store, or a "
+    "--bundle whose catalog differs from the store's"
+)
 
 
 def register(subparsers: Any) -> None:
@@ -94,6 +99,7 @@ def _register_stats_and_get(actions: Any) -> None:
         "session items (as rows of the bundle's item catalog) and counters, last event time, "
         "last user embedding and partition. With --bundle, the object also lists the item ids "
         "of the open session.",
+        epilog=_GET_EXIT_STATUS,
     )
     get.add_argument("user", metavar="USER", help="external user id")
     get.add_argument(

@@ -76,10 +76,19 @@ class ConsumeStep:
     def _create_consume_logs(self) -> None:
         """Create the rate-limited logs of the warnings that can repeat for every message."""
         # Events without a Kafka key are accepted, and logged by partition.
-        self.keyless_log = RateLimitedLog("events without a Kafka key", "partition", logger=logger)
+        self.keyless_log = RateLimitedLog(
+            "events without a Kafka key",
+            "partition",
+            logger=logger,
+            singular="event without a Kafka key",
+        )
         # Events behind their partition's watermark minus the session gap, logged by partition.
-        self.late_log = RateLimitedLog("late events", "partition", per_kind=1, logger=logger)
-        self.consumer_error_log = RateLimitedLog("consumer errors", "code", logger=logger)
+        self.late_log = RateLimitedLog(
+            "late events", "partition", per_kind=1, logger=logger, singular="late event"
+        )
+        self.consumer_error_log = RateLimitedLog(
+            "consumer errors", "code", logger=logger, singular="consumer error"
+        )
 
     def _collect(self) -> list[Message]:
         """Consume up to max_batch_size messages, waiting max_batch_delay after the first."""

@@ -66,8 +66,9 @@ def librdkafka_logger(name: str) -> logging.Logger:
 class RateLimitedLog:
     """Log the first warnings of each kind one by one, then count the rest in summary lines.
 
-    noun: what is counted, in the plural ("dead letters"); kind_name: the name of the kinds in
-    log lines ("reason"). A summary line with the counts by kind follows at most once per
+    noun: what is counted, in the plural ("dead letters"); singular: the same in the singular,
+    for a count of 1 (default: `noun`); kind_name: the name of the kinds in log lines
+    ("reason"). A summary line with the counts by kind follows at most once per
     `interval` seconds, when `flush` is called. The lines go to `logger`, by default the
     logger of this module, so that a caller can log them under its own module's name.
     """
@@ -81,9 +82,11 @@ class RateLimitedLog:
         clock: Callable[[], float] = time.monotonic,
         *,
         logger: logging.Logger = logger,
+        singular: str | None = None,
     ) -> None:
         self.logger = logger
         self.noun = noun
+        self.singular = noun if singular is None else singular
         self.kind_name = kind_name
         self.per_kind = per_kind
         self.interval = interval
@@ -103,11 +106,15 @@ class RateLimitedLog:
             self.logger.warning(
                 "logged %d %s with %s %s: further ones are counted in one line every %.0f s",
                 self.per_kind,
-                self.noun,
+                self.noun_for(self.per_kind),
                 self.kind_name,
                 kind,
                 self.interval,
             )
+
+    def noun_for(self, count: int) -> str:
+        """Return the noun in the number that `count` needs: `late event` for 1, else plural."""
+        return self.singular if count == 1 else self.noun
 
     def flush(self) -> None:
         """Log the counts of the unlogged warnings when the interval has passed."""
@@ -115,10 +122,11 @@ class RateLimitedLog:
         if not self.unlogged or now - self.last_summary < self.interval:
             return
         by_kind = ", ".join(f"{kind} {count}" for kind, count in sorted(self.unlogged.items()))
+        unlogged = sum(self.unlogged.values())
         self.logger.warning(
             "%d more %s in the last %.0f s, by %s: %s",
-            sum(self.unlogged.values()),
-            self.noun,
+            unlogged,
+            self.noun_for(unlogged),
             now - self.last_summary,
             self.kind_name,
             by_kind,

@@ -14,6 +14,7 @@ orchestrator restarts a pool whose worker hangs or has exited under `keep_going`
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -163,6 +164,7 @@ class Pool:
         """Run the pool until it is stopped or a worker fails; return the exit code."""
         metrics_dir = prepare_multiprocess_dir()
         server = None
+        pool_lock = None
         try:
             logger.info(
                 "state directory %s (from --state-dir %s, relative to the working directory "
@@ -170,6 +172,7 @@ class Pool:
                 self.config.state_dir.resolve(),
                 self.config.state_dir,
             )
+            pool_lock = self._lock_state_dir()
             if self.config.metrics_port:
                 warn_short_stall_limit(self.config)
                 server = serve_metrics(
@@ -186,10 +189,22 @@ class Pool:
             return self._watch()
         finally:
             self._stop_children()
+            if pool_lock is not None:
+                os.close(pool_lock)
             if server is not None:
                 server.shutdown()
                 server.server_close()
             remove_multiprocess_dir(metrics_dir)
+
+    def _lock_state_dir(self) -> int | None:
+        """Take the pool lock of --state-dir, which rejects a pool of another consumer group,
+        and return its descriptor (None on a file system without flock)."""
+        from statestore.locks import lock_pool
+
+        # The store's open creates the directory too, but the lock file must exist first.
+        with contextlib.suppress(OSError):
+            self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        return lock_pool(self.config.state_dir, self.config.group_id)
 
     def _start_children(self) -> None:
         context = multiprocessing.get_context("spawn")
@@ -197,11 +212,12 @@ class Pool:
         cpus = available_cpus()
         threads = max(1, cpus // self.config.processes)
         logger.info(
-            "ONNX Runtime threads per worker: %d (%d CPUs available to the pool, %d worker "
-            "processes)",
+            "ONNX Runtime threads per worker: %d (%d %s available to the pool, %d worker %s)",
             threads,
             cpus,
+            "CPU" if cpus == 1 else "CPUs",
             self.config.processes,
+            "process" if self.config.processes == 1 else "processes",
         )
         single_threaded_blas(os.environ)
         for index in range(self.config.processes):

@@ -51,6 +51,10 @@ DEFAULT_SESSION_GAP = 1800.0
 FLAG_KAFKA_SETTINGS = {"bootstrap.servers": "--brokers"}
 
 
+# Maximum seconds an interrupted run waits for its queued messages before it exits.
+INTERRUPT_FLUSH_SECONDS = 10.0
+
+
 class ProduceError(StreamError):
     """The broker is unreachable, or messages were not delivered.
 
@@ -89,9 +93,11 @@ class ProduceConfig:
             raise ConfigError("no topic given: pass --topic NAME")
         check_topic_name(self.topic, "--topic")
         if self.rate is not None and not self.rate > 0:
-            raise ConfigError(f"invalid rate {self.rate} events/s: use a positive number")
+            raise ConfigError(
+                f"invalid --rate {self.rate}: use a positive number of events per second"
+            )
         if self.limit is not None and self.limit < 0:
-            raise ConfigError(f"invalid limit {self.limit}: use 0 or more events")
+            raise ConfigError(f"invalid --limit {self.limit}: use an integer >= 0")
         _check_timeout("--connect-timeout", self.connect_timeout)
         _check_timeout("--flush-timeout", self.flush_timeout)
         if not (math.isfinite(self.session_gap) and self.session_gap > 0):
@@ -200,6 +206,10 @@ class ProduceReport:
     # Delivered events older than the newest earlier event time of their partition minus the
     # session gap, so the worker's timers may close their users' sessions before them.
     late: int = 0
+    # Where the last produced record is in the file, e.g. "line 7" (None before the first).
+    last_location: str | None = None
+    # Messages still queued, not delivered, when an interrupted run stopped waiting.
+    queued: int = 0
 
 
 def user_key(fields: Mapping[str, Any]) -> bytes | None:
@@ -251,7 +261,9 @@ class EventProducer:
         self.config = config
         self.report = ProduceReport()
         settings = {**config.producer_settings(), "error_cb": self._on_error}
-        self.producer = producer or create_producer(settings, config.overrides)
+        if producer is None:
+            producer = create_producer(settings, config.overrides)
+        self.producer = producer
         # The newest event time delivered to each partition. The idempotent producer delivers
         # the messages of one partition in produce order, so this is what the worker reads.
         self._watermarks: dict[int, float] = {}
@@ -297,9 +309,38 @@ class EventProducer:
                 self.producer.poll(0.1)
 
     def run(self, records: Iterable[Record]) -> ProduceReport:
-        """Publish the records, flush, and return the counts."""
+        """Publish the records, flush, and return the counts.
+
+        On KeyboardInterrupt (SIGINT, or SIGTERM under `sigterm_as_interrupt`) it waits at most
+        `INTERRUPT_FLUSH_SECONDS` for the queued messages, counts those still queued in
+        `report.queued`, and re-raises, so `report` contains the counts of the stopped run.
+        """
         check_broker(self.producer, self.config)
         started = time.perf_counter()
+        try:
+            self._publish(records, started)
+        except KeyboardInterrupt:
+            wait = min(self.config.flush_timeout, INTERRUPT_FLUSH_SECONDS)
+            logger.info("interrupted: waiting up to %g s for %d queued messages", wait, len(self))
+            self.report.queued = self.producer.flush(wait)
+            self.report.seconds = time.perf_counter() - started
+            raise
+        remaining = self.producer.flush(self.config.flush_timeout)
+        self.report.seconds = time.perf_counter() - started
+        if remaining:
+            raise ProduceError(
+                f"{remaining} of {self.report.produced} messages were not delivered within "
+                f"{self.config.flush_timeout:g} s: check the broker and the topic "
+                f"{self.config.topic}"
+            )
+        return self.report
+
+    def __len__(self) -> int:
+        """Return the messages queued in the producer, not yet delivered or failed."""
+        return len(self.producer)
+
+    def _publish(self, records: Iterable[Record], started: float) -> None:
+        """Produce each readable record, at the configured rate, up to the limit."""
         last_progress = started
         for record in records:
             if self.config.limit is not None and self.report.produced >= self.config.limit:
@@ -317,6 +358,7 @@ class EventProducer:
                 user_key(record.fields), encode_fields(record.fields), event_time(record.fields)
             )
             self.report.produced += 1
+            self.report.last_location = record.location
             self.producer.poll(0)
             now = time.perf_counter()
             if now - last_progress >= _PROGRESS_SECONDS:
@@ -324,12 +366,3 @@ class EventProducer:
                 logger.info(
                     "produced %d events, %d delivered", self.report.produced, self.report.delivered
                 )
-        remaining = self.producer.flush(self.config.flush_timeout)
-        self.report.seconds = time.perf_counter() - started
-        if remaining:
-            raise ProduceError(
-                f"{remaining} of {self.report.produced} messages were not delivered within "
-                f"{self.config.flush_timeout:g} s: check the broker and the topic "
-                f"{self.config.topic}"
-            )
-        return self.report

@@ -240,6 +240,7 @@ def read_records(
         _warn_unterminated_last_line(path)
     if resolved == "jsonl":
         _check_distinct_keys(path, columns)
+        _check_flag_keys_present(path, columns)
     if resolved == "csv":
         from stream.records_csv import read_csv
 
@@ -256,20 +257,35 @@ def read_records(
 
 
 def _check_event_file(path: Path) -> None:
-    """Raise `EventFileError` when `path` is a folder, missing, empty or only blank lines."""
+    """Raise `EventFileError` when `path` is a folder, missing, not a regular file, unreadable,
+    empty or only blank lines."""
     if path.is_dir():
         raise EventFileError(
             f"event file {path} is a folder: pass an event-log file to --events (a folder that "
             "`hiertcn data prepare` wrote is not one, so write its events to a JSON Lines file "
             "first)"
         )
-    if not path.is_file():
+    if not path.exists():
         raise EventFileError(f"event file {path} not found: pass an existing file to --events")
-    if path.stat().st_size == 0:
+    if not path.is_file():
+        # A FIFO or device is read more than once below (format, blank check, records).
+        raise EventFileError(
+            f"event file {path} is not a regular file (a FIFO, socket or device): write the "
+            "events to a file and pass that file to --events"
+        )
+    try:
+        empty = path.stat().st_size == 0
+        blank = not empty and _only_whitespace(path)
+    except OSError as error:
+        raise EventFileError(
+            f"event file {path} cannot be read ({error.strerror or error}): pass a file you can "
+            "read to --events"
+        ) from None
+    if empty:
         raise EventFileError(
             f"event file {path} is empty: pass a file with at least one event to --events"
         )
-    if _only_whitespace(path):
+    if blank:
         raise EventFileError(
             f"event file {path} contains only blank lines: pass a file with at least one event "
             "to --events"
@@ -338,6 +354,47 @@ def _check_distinct_keys(path: Path, columns: EventColumns) -> None:
     message = shared_column_message("key", [(field, key, repr(key)) for field, key in keys])
     if message is not None:
         raise EventFileError(f"{path}: {message}")
+
+
+# JSON objects read from the start of a file to tell a misspelled column flag.
+FLAG_KEY_SAMPLE = 100
+_FIELD_WORDS = {"user": "user id", "item": "item id", "ts": "event time"}
+
+
+def _check_flag_keys_present(path: Path, columns: EventColumns) -> None:
+    """Raise `EventFileError` when a key that a column flag names is missing from every one of
+    the first `FLAG_KEY_SAMPLE` JSON objects of `path`, as a misspelled flag makes it.
+
+    Records that are not JSON objects do not count. A key that only some records lack is left
+    to the readers, which reject those records one by one.
+    """
+    given = columns.given()
+    if not given:
+        return
+    samples: list[dict[str, Any]] = []
+    with path.open("rb") as file:
+        for raw_line in file:
+            try:
+                fields = json.loads(raw_line.removeprefix(codecs.BOM_UTF8))
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(fields, dict):
+                samples.append(fields)
+                if len(samples) == FLAG_KEY_SAMPLE:
+                    break
+    if not samples:
+        return
+    found = list(dict.fromkeys(key for fields in samples for key in fields))
+    for field, flag, key in given:
+        if all(key not in fields for fields in samples):
+            shown = ", ".join(repr(name) for name in found[:20])
+            if len(found) > 20:
+                shown += f" and {len(found) - 20} more"
+            raise EventFileError(
+                f"{path}: key {key!r}, which {flag} names, is missing from each of the first "
+                f"{len(samples)} JSON records, whose keys are {shown or 'none'}: pass the key "
+                f"that holds the {_FIELD_WORDS[field]} to {flag}"
+            )
 
 
 def _time_key(record: Record) -> float:

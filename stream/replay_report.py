@@ -135,6 +135,38 @@ def warn_behind_watermark(events_path: Path, report: ReplayReport, session_gap: 
     )
 
 
+# The likely cause of a replay whose records are mostly rejected, by its most common reason.
+_REJECTION_CAUSES = {
+    "unknown_item": "the bundle's catalog lacks most items of the log, so the bundle was likely "
+    "trained on another data set: pass the bundle that `hiertcn export` wrote for this log",
+    "ts_in_milliseconds": "the times are in milliseconds: pass --ts-unit ms",
+    "ts_in_seconds": "the times are in seconds: drop --ts-unit ms",
+    "ts_in_future": "the times lie ahead of this host's clock: check --ts-unit, or pass "
+    "--max-future-seconds off for a log with future times",
+}
+_DEFAULT_CAUSE = (
+    "the file likely does not match the flags: check --format and the column flags "
+    "(--user-col, --item-col, --time-col)"
+)
+
+
+def mostly_rejected_warning(report: ReplayReport, top: int = 3) -> str | None:
+    """Return a warning when more than half of the records were rejected, else None.
+
+    The warning names the `top` most common reasons and the likely cause of the first.
+    """
+    rejected = sum(report.rejected.values())
+    if report.records == 0 or rejected * 2 <= report.records:
+        return None
+    reasons = sorted(report.rejected.items(), key=lambda item: (-item[1], item[0]))[:top]
+    named = ", ".join(f"{reason} {count}" for reason, count in reasons)
+    cause = _REJECTION_CAUSES.get(reasons[0][0], _DEFAULT_CAUSE)
+    return (
+        f"WARNING: {rejected} of {report.records} records ({rejected / report.records:.0%}) "
+        f"were rejected (most often: {named}), so the metrics cover few events: {cause}"
+    )
+
+
 def format_report(
     report: ReplayReport,
     k: int,
@@ -196,4 +228,7 @@ def format_report(
             "MRP              n/a",
         ]
     lines.append(f"time             {report.seconds:.1f} s ({rate:.0f} events/s)")
+    warning = mostly_rejected_warning(report)
+    if warning is not None:
+        lines.append(warning)
     return "\n".join(lines)

@@ -116,16 +116,37 @@ def data_flags(config: DemoConfig, data_path: Path, synthetic: bool) -> list[str
     return [str(data_path), "--format", config.data_format, *config.data_args, "--split-seed", "0"]
 
 
+class DemoInputError(SystemExit):
+    """An invalid flag or input, found before the demo creates its run folder: exit status 2.
+
+    `main` prints the message to stderr.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def check_data_file(config: DemoConfig) -> None:
+    """Raise `DemoInputError` when --data is given but is a folder or not found."""
+    if config.data is None:
+        return
+    if config.data.is_dir():
+        raise DemoInputError(
+            f"demo: DATA={config.data} is a folder: pass the log file inside it, for example "
+            f"DATA={config.data / 'ratings.csv'}"
+        )
+    if not config.data.is_file():
+        raise DemoInputError(f"demo: data file {config.data} not found: check DATA=")
+
+
 def prepare_data(config: DemoConfig) -> tuple[Path, bool]:
     """Return the log to use and whether it is synthetic (generated into the run folder)."""
     if config.data is not None:
-        if config.data.is_dir():
-            raise SystemExit(
-                f"demo: DATA={config.data} is a folder: pass the log file inside it, for example "
-                f"DATA={config.data / 'ratings.csv'}"
-            )
-        if not config.data.is_file():
-            raise SystemExit(f"demo: data file {config.data} not found: check DATA=")
+        check_data_file(config)
         print(f"  using {config.data} (format {config.data_format})")
         return config.data, False
     from hiertcn.data.synthetic import generate_synthetic_log
@@ -442,6 +463,13 @@ def describe_unknown_data_args(unknown: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every step of the demo, and stop whatever it started even when a step fails."""
     config = parse_args(argv)
+    # Input checks come before the run folder exists, so a rejected run leaves none behind.
+    try:
+        check_port_free(config.metrics_port)
+        check_data_file(config)
+    except DemoInputError as error:
+        print(error, file=sys.stderr)
+        return 2
     config.out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     step = Step(total=10)
@@ -480,7 +508,7 @@ def check_port_free(port: int) -> None:
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
-            raise SystemExit(
+            raise DemoInputError(
                 f"demo: port 127.0.0.1:{port} is already in use: pass --metrics-port N "
                 "(make demo DEMO_ARGS='--metrics-port N')"
             ) from None
@@ -491,7 +519,6 @@ def _run_steps(config: DemoConfig, step: Step, started: list, brokers: list) -> 
     from ops.kafka.broker import BrokerConfig, LocalBroker
 
     python = sys.executable
-    check_port_free(config.metrics_port)
     step("prepare the interaction log")
     data_path, synthetic = prepare_data(config)
     flags = data_flags(config, data_path, synthetic)

@@ -6,22 +6,28 @@ Example:
 
 Prints the counts of produced, delivered and failed messages at the end. Exits 1 when the
 broker is unreachable or a message was not delivered, and 2 when the file contains no readable
-record or a flag or -X setting is invalid (checked before connecting).
+record or a flag or -X setting is invalid (checked before connecting). SIGINT and SIGTERM stop
+it after a bounded wait for the queued messages, with the counts and where the run stopped in
+the file, and exit 130 and 143.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from hiertcn.command_line import verbosity
+from hiertcn.errors import Terminated
+from hiertcn.signals import sigterm_as_interrupt
 from stream.commands.event_file import add_event_file_arguments, read_records_from_args
 from stream.errors import ConfigError
 from stream.kafka_settings import add_kafka_setting_option, parse_kafka_flags, property_of
 from stream.produce import (
     DEFAULT_SESSION_GAP,
     FLAG_KAFKA_SETTINGS,
+    INTERRUPT_FLUSH_SECONDS,
     EventProducer,
     ProduceConfig,
     ProduceReport,
@@ -125,18 +131,16 @@ def run_produce(args: argparse.Namespace) -> int:
         session_gap=args.session_gap,
     )
     records = read_records_from_args(args)
-    report = EventProducer(config).run(records)
-    rate = report.produced / report.seconds if report.seconds > 0 else 0.0
+    producer = EventProducer(config)
+    with sigterm_as_interrupt():
+        try:
+            report = producer.run(records)
+        except KeyboardInterrupt as interrupt:
+            print_counts(args, producer.report, config.topic)
+            print(interrupted_message(args.events, producer.report), file=sys.stderr)
+            return 143 if isinstance(interrupt, Terminated) else 130
+    print_counts(args, report, config.topic)
     quiet = verbosity(args) == 0
-    skipped = f"skipped {report.skipped} unreadable records"
-    if report.skipped and quiet:
-        skipped += " (run with -v to list them)"
-    print(
-        f"produced {report.produced}, delivered {report.delivered}, failed {report.failed}, "
-        f"{skipped}, {report.seconds:.1f} s ({rate:.0f} events/s) to {config.topic}"
-    )
-    for name, count in sorted(report.errors.items()):
-        print(f"  {name}: {count}")
     if report.late and args.order == "file":
         warn_late_events(args.events, report, config.session_gap)
     if report.produced == 0 and config.limit != 0:
@@ -146,6 +150,42 @@ def run_produce(args: argparse.Namespace) -> int:
             f"check --format{hint}"
         )
     return 0 if report.failed == 0 else 1
+
+
+def print_counts(args: argparse.Namespace, report: ProduceReport, topic: str) -> None:
+    """Print the counts of produced, delivered, failed and skipped records, and the errors."""
+    rate = report.produced / report.seconds if report.seconds > 0 else 0.0
+    noun = "record" if report.skipped == 1 else "records"
+    skipped = f"skipped {report.skipped} unreadable {noun}"
+    if report.skipped and verbosity(args) == 0:
+        skipped += " (run with -v to list them)"
+    print(
+        f"produced {report.produced}, delivered {report.delivered}, failed {report.failed}, "
+        f"{skipped}, {report.seconds:.1f} s ({rate:.0f} events/s) to {topic}"
+    )
+    for name, count in sorted(report.errors.items()):
+        print(f"  {name}: {count}")
+
+
+def interrupted_message(events: Path, report: ProduceReport) -> str:
+    """Return the message of an interrupted run: what reached the topic, and how to continue."""
+    if report.last_location is None:
+        return f"hiertcn-stream: interrupted before the first event of {events} was produced"
+    lost = report.failed + report.queued
+    message = (
+        f"hiertcn-stream: interrupted after producing the events of {events} up to its "
+        f"{report.last_location}: {report.delivered} delivered"
+    )
+    if lost:
+        message += (
+            f", {report.failed} failed and {report.queued} still queued when the wait for "
+            f"them ended (at most {INTERRUPT_FLUSH_SECONDS:g} s), so the topic lacks {lost} of "
+            "them"
+        )
+    return (
+        f"{message}. produce has no option to start later in a file, so to continue, publish a "
+        f"file of the events after {report.last_location}"
+    )
 
 
 def check_flush_timeout_once(overrides: dict[str, str], flush_timeout: float | None) -> None:

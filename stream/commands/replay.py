@@ -142,8 +142,16 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="write the recommendations to this JSON Lines file, one line per accepted event, "
         "and one per timer close with --publish-on-session-close (default: none are written). "
-        "A replay that resumes from --state-dir continues the "
-        "file that the stored run wrote, after its recommendations",
+        "An existing file is rejected unless --force is given or this replay resumes from "
+        "--state-dir the stored run that wrote it, which continues the file after its "
+        "recommendations",
+    )
+
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing --output file, or the file that a symbolic link at --output "
+        "points to (default: an existing file is rejected, except by a resume)",
     )
 
     parser.add_argument(
@@ -224,6 +232,8 @@ def _replay(args: argparse.Namespace) -> int:
     if args.output is not None:
         check_output_path(args.output)
         check_output_not_input(args.output, args.events, args.bundle, args.state_dir)
+        if args.state_dir is None:
+            check_output_new(args.output, args.force)
     bundle = open_bundle(args.bundle, args.device)
     if args.k is not None:
         check_k(args.k, bundle.num_items)
@@ -250,6 +260,9 @@ def _replay(args: argparse.Namespace) -> int:
     seen_types = TypeCollector(records)
     with contextlib.ExitStack() as stack:
         store_states, resumed_at, output_start = _open_state_dir(args, bundle, stack)
+        if args.output is not None and output_start is None:
+            # Only a resume may write to an existing --output without --force.
+            check_output_new(args.output, args.force)
         backend = store_states if store_states is not None else MemoryStates()
         output = None
         if args.output is not None:
@@ -377,6 +390,14 @@ def check_output_path(path: Path) -> None:
         raise ConfigError(
             f"cannot write --output {path} because its folder {parent} is not writable: pass "
             "another path"
+        )
+
+
+def check_output_new(output: Path, force: bool) -> None:
+    """Raise `ConfigError` when --output exists, also as a symbolic link, and `force` is off."""
+    if os.path.lexists(output) and not force:
+        raise ConfigError(
+            f"--output {output} already exists: pass --force to replace it, or another file path"
         )
 
 

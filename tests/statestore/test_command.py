@@ -476,3 +476,14 @@ def test_read_only_state_dir_exits_2(
     assert code == 2
     assert f"hiertcn-stream: error: LMDB open failed in state store {state_dir}" in err
     assert "pass a writable --state-dir" in err
+
+
+def test_state_help_marks_state_dir_required(capsys: pytest.CaptureFixture[str]) -> None:
+    from stream.cli import main
+
+    for argv in (["state", "--help"], ["state", "get", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        printed = " ".join(capsys.readouterr().out.split())
+        assert "required, before or after ACTION" in printed, argv
+    assert "exit status: 0 when the state was printed; 1 when USER is not in the store" in printed

@@ -291,3 +291,28 @@ def test_reading_commands_run_beside_replay_process(tmp_path: Path) -> None:
 def test_invalid_writer_lock_mode_rejected(tmp_path: Path, mode: object) -> None:
     with pytest.raises(StoreConfigError, match="'shared', 'exclusive', 'none'"):
         StoreConfig(path=tmp_path / "state", writer_lock=mode)  # type: ignore[arg-type]
+
+
+def test_pool_of_other_group_rejected(tmp_path: Path) -> None:
+    from statestore.locks import lock_pool
+
+    first = lock_pool(tmp_path, "hiertcn")
+    try:
+        with pytest.raises(StoreInUseError) as error:
+            lock_pool(tmp_path, "g2")
+        message = str(error.value)
+        assert f"state directory {tmp_path} is in use" in message
+        assert f"consumer group 'hiertcn' (pid {os.getpid()})" in message
+        assert "Run one pool per state directory and raise --processes" in message
+        assert error.value.exit_code == 2
+
+        same_group = lock_pool(tmp_path, "hiertcn")
+        assert same_group is not None
+        os.close(same_group)
+    finally:
+        assert first is not None
+        os.close(first)
+
+    after = lock_pool(tmp_path, "g2")
+    assert after is not None
+    os.close(after)

@@ -57,3 +57,23 @@ def test_rate_limited_log_uses_given_logger(caplog: pytest.LogCaptureFixture) ->
         ),
         ("tests.caller", "1 more retries in the last 10 s, by code: E1 1"),
     ]
+
+
+def test_rate_limited_log_counts_of_one_singular(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    log = RateLimitedLog("late events", "partition", 1, 10.0, lambda: now[0], singular="late event")
+
+    with caplog.at_level("WARNING"):
+        log.add("0", "late %d", 1)
+        log.add("0", "late %d", 2)
+        now[0] = 10.0
+        log.flush()
+        log.add("0", "late %d", 3)
+        log.add("0", "late %d", 4)
+        now[0] = 20.0
+        log.flush()
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages[1].startswith("logged 1 late event with partition 0:")
+    assert messages[2] == "1 more late event in the last 10 s, by partition: 0 1"
+    assert messages[3] == "2 more late events in the last 10 s, by partition: 0 2"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import sys
@@ -117,9 +118,14 @@ def _run_stand_in_pool(
     # With --keep-going the pool runs on after worker 0 exits, until a stop request.
     stopper = threading.Timer(5.0, pool.request_stop, args=(signal.SIGTERM,))
     stopper.start()
+    # The relative --state-dir resolves in tmp_path, so the pool's lock file stays out of the
+    # working directory of the test run.
+    previous = Path.cwd()
+    os.chdir(tmp_path)
     try:
         return pool.run()
     finally:
+        os.chdir(previous)
         stopper.cancel()
 
 

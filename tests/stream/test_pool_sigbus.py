@@ -107,7 +107,7 @@ def test_sigbus_with_unchanged_bundle_names_state_store(
     assert last.startswith("pool exits with 1: worker 0 (pid ")
     assert ") was killed by SIGBUS. The bundle's files are unchanged since the pool started" in last
     assert "a memory-mapped file of the state store was probably truncated" in last
-    assert f"the LMDB files in {Path('relative-state').resolve()} " in last
+    assert f"the LMDB files in {(tmp_path / 'relative-state').resolve()} " in last
     assert "(on a removed disk or a full file system)" in last
     assert "restart the pool, which resumes from the stored offsets" in last
 

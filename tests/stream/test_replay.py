@@ -947,7 +947,8 @@ def test_replay_help_defines_metrics_and_output(capsys: pytest.CaptureFixture[st
     assert "against the user's previous recommendation" in printed
     assert "A user's first event has no previous recommendation and is not counted" in printed
     assert "(default: none are written)" in printed
-    assert "continues the file that the stored run wrote" in printed
+    assert "the stored run that wrote it, which continues the file" in printed
+    assert "replace an existing --output file" in printed
     assert "or time key of a JSON Lines file, in the unit that --ts-unit sets" in printed
     assert "--user-col NAME user column of a CSV or TSV file" in printed
     assert "--item-col NAME item column of a CSV or TSV file" in printed

@@ -197,8 +197,15 @@ def test_metrics_port_in_use_raises_config_error(
         serve_aggregate("127.0.0.1", busy_port)
 
 
-def test_pool_busy_metrics_port_starts_nothing(onnx_bundle_dir: Path, busy_port: int) -> None:
-    config = WorkerConfig(brokers="127.0.0.1:1", bundle=onnx_bundle_dir, metrics_port=busy_port)
+def test_pool_busy_metrics_port_starts_nothing(
+    onnx_bundle_dir: Path, busy_port: int, tmp_path: Path
+) -> None:
+    config = WorkerConfig(
+        brokers="127.0.0.1:1",
+        bundle=onnx_bundle_dir,
+        metrics_port=busy_port,
+        state_dir=tmp_path / "state",
+    )
     pool = pool_module.Pool(config)
 
     with pytest.raises(ConfigError, match="--metrics-port"):

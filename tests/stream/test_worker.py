@@ -792,7 +792,7 @@ def test_late_events_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -
         "the partition's watermark 1600010000.000, more than the session gap of 600 s."
     )
     assert "hiertcn-stream produce --order time" in lines[0]
-    assert "logged 1 late events with partition 0" in lines[1]
+    assert "logged 1 late event with partition 0" in lines[1]
 
 
 def test_time_ordered_events_not_late(caplog: pytest.LogCaptureFixture) -> None:
