@@ -50,37 +50,10 @@ def _verbose_help(subcommand: str) -> str:
     return _RECORD_VERBOSE_HELP if subcommand in ("", "replay", "produce") else _VERBOSE_HELP
 
 
-def parse_arguments(
-    parser: argparse.ArgumentParser, argv: Sequence[str] | None
-) -> argparse.Namespace:
-    """Parse `argv`, and exit 2 with the usage of the given subcommand for an unknown flag.
-
-    argparse hands a subcommand's unknown arguments up to the top-level parser, whose error
-    would show the top-level usage instead.
-    """
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
-    return args
-
-
-def chosen_parser(
-    parser: argparse.ArgumentParser, args: argparse.Namespace
-) -> argparse.ArgumentParser:
-    """Return the parser of the innermost subcommand named in `args`, or `parser` itself."""
-    for action in parser._actions:
-        if not isinstance(action, argparse._SubParsersAction):
-            continue
-        name = getattr(args, action.dest, None) if action.dest != argparse.SUPPRESS else None
-        if name in action.choices:
-            return chosen_parser(action.choices[name], args)
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `hiertcn-stream` command and return its exit code."""
     parser = build_parser()
-    args = parse_arguments(parser, argv)
+    args = command_line.parse_arguments(parser, argv)
     command_line.configure_logging(command_line.verbosity(args))
     try:
         return int(args.func(args) or 0)

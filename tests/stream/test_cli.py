@@ -99,7 +99,7 @@ def test_main_exit_code_of_state_store_error(
 
     parser = build_parser()
     args = parser.parse_args(["state", "--state-dir", "state", "stats"])
-    monkeypatch.setattr("stream.cli.parse_arguments", lambda parser, argv: args)
+    monkeypatch.setattr("hiertcn.command_line.parse_arguments", lambda parser, argv: args)
     args.func = fail
 
     returned = main(["state", "--state-dir", "state", "stats"])
