@@ -40,7 +40,15 @@ class DeadLetterLog(RateLimitedLog):
         interval: float = DEAD_LETTER_SUMMARY_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__("dead letters", "reason", per_reason, interval, clock, logger=logger)
+        super().__init__(
+            "dead letters",
+            "reason",
+            per_reason,
+            interval,
+            clock,
+            logger=logger,
+            singular="dead letter",
+        )
 
     def add_letter(self, letter: DeadLetter) -> None:
         """Log `letter` while its reason has had fewer than `per_kind` lines, else count it."""

@@ -316,7 +316,9 @@ class KafkaErrorLog:
 
     def __init__(self, errors: PrometheusCounter, log: RateLimitedLog | None = None) -> None:
         self.errors = errors
-        self.log = log or RateLimitedLog("Kafka client errors", "code", logger=logger)
+        self.log = log or RateLimitedLog(
+            "Kafka client errors", "code", logger=logger, singular="Kafka client error"
+        )
         self._lock = threading.Lock()
         # The codes of an unreachable broker start at 0, so that a rate over the first errors
         # of an outage counts all of them.

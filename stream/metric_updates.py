@@ -69,7 +69,10 @@ class MetricUpdates:
         )
         self._store_gauges = Interval(STORE_GAUGE_SECONDS)
         self.store_gauge_log = RateLimitedLog(
-            "failed state store size readings", "error", logger=logger
+            "failed state store size readings",
+            "error",
+            logger=logger,
+            singular="failed state store size reading",
         )
 
     def _observe(

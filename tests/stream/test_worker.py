@@ -196,6 +196,20 @@ def test_dead_letter_summary_counts_by_reason(caplog: pytest.LogCaptureFixture) 
     ]
 
 
+def test_dead_letter_summary_of_one_is_singular(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    log = DeadLetterLog(per_reason=1, interval=10.0, clock=lambda: now[0])
+    with caplog.at_level("WARNING", logger="stream.dead_letters"):
+        log.add_letter(_junk(0))
+        log.add_letter(_junk(1))
+        now[0] = 10.0
+        log.flush()
+
+    lines = _log_lines(caplog, "stream.dead_letters")
+    assert "1 more dead letter in the last 10 s, by reason: invalid_msgpack 1" in lines
+    assert lines[1].startswith("logged 1 dead letter with reason invalid_msgpack")
+
+
 def test_dead_letter_keeps_original_headers_first() -> None:
     worker = make_worker(FakeProducer())
     original = (("trace-id", b"abc"), ("empty", None))
