@@ -3,8 +3,8 @@
 An import reads the whole file before it writes anything, and rejects the file when the trailer
 is missing or its counts differ from the records, so a cut copy is never imported in part. It also
 rejects states whose sizes differ from the header, from each other, or from the users already in
-the store, states of another catalog than the one recorded with the users already in the
-store, and states with a NaN or infinite value, which the model would turn into NaN scores.
+the store. So are states of another catalog than the one recorded with the stored users, and
+states with a NaN or infinite value, which the model would turn into NaN scores.
 Exports of earlier hiertcn versions have neither header nor trailer: they are still imported,
 with a warning that their completeness cannot be checked. Exports without a catalog are
 imported with a warning that their item rows cannot be checked.

@@ -13,7 +13,7 @@ replay takes an `flock` on `writers.lock` in the state directory while it is ope
   other replay uses;
 - `state import` takes it exclusively too (`lock_exclusive`), from its checks to its last commit.
 
-Nobody waits for the writers lock: a conflicting open raises `StoreInUseError` at once.
+No open waits for the writers lock: a conflicting open raises `StoreInUseError` at once.
 
 The file is separate from LMDB's `lock.mdb`, which LMDB manages itself. The kernel releases an
 `flock` when the last descriptor of its open file closes, also when the process dies, so a crash

@@ -35,9 +35,9 @@ def cgroup_cpu_quota(cgroup_root: Path, proc_cgroup: Path) -> float | None:
     Reads `cpu.max` ("QUOTA PERIOD" or "max PERIOD") under cgroup v2, or `cpu.cfs_quota_us`
     (-1 for none) and `cpu.cfs_period_us` under v1. The cgroup's folder is the path in
     `proc_cgroup` under the mount. The kernel applies the quota of every cgroup above it as well,
-    so the result is the smallest quota from that folder up to the mount itself, which is the
-    only one left inside a container whose cgroup namespace hides the host's path. A file that
-    cannot be read counts as no quota.
+    so the result is the smallest quota from that folder up to the mount itself. Inside a
+    container whose cgroup namespace hides the host's path, the mount is the only folder left.
+    A file that cannot be read counts as no quota.
     """
     try:
         lines = proc_cgroup.read_text().splitlines()

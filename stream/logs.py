@@ -66,8 +66,8 @@ def librdkafka_logger(name: str) -> logging.Logger:
 class RateLimitedLog:
     """Log the first warnings of each kind one by one, then count the rest in summary lines.
 
-    noun: what is counted, in the plural ("dead letters"); singular: the same in the singular,
-    for a count of 1 (default: `noun`); kind_name: the name of the kinds in log lines
+    `noun` names what is counted, in the plural ("dead letters"). `singular` is the same in
+    the singular, for a count of 1 (default: `noun`). `kind_name` names the kinds in log lines
     ("reason"). A summary line with the counts by kind follows at most once per
     `interval` seconds, when `flush` is called. The lines go to `logger`, by default the
     logger of this module, so that a caller can log them under its own module's name.

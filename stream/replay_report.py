@@ -181,7 +181,7 @@ def format_report(
     `list_hint` adds how to list rejections. `resumed_at` is the number of records that an
     earlier run stored, which the counts and metrics of a resumed run leave out.
     `session_close_outputs` adds the count of the outputs of timer closes and of the session
-    starts ranked against them; `context_types` adds the count of the events left out.
+    starts ranked against them. `context_types` adds the count of the events left out.
     """
     rate = report.accepted / report.seconds if report.seconds > 0 else 0.0
     lines = [f"model            {model}"]

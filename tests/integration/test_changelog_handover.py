@@ -173,14 +173,7 @@ def test_changelog_without_compaction_rejected(
     topics = make_topics(kafka_bootstrap, unique_topic, PARTITIONS)
     changelog = unique_topic("changelog")
     _create_topic(kafka_bootstrap, changelog, PARTITIONS, "delete")
-    config = WorkerConfig(
-        brokers=kafka_bootstrap,
-        bundle=Path("bundle"),
-        input_topic=topics.input,
-        output_topic=topics.output,
-        dead_letter_topic=topics.dead_letter,
-        changelog_topic=changelog,
-    )
+    config = _changelog_config(topics, changelog, kafka_bootstrap)
 
     with pytest.raises(ChangelogError) as raised:
         check_topics(config)
@@ -196,14 +189,7 @@ def test_missing_changelog_names_create_command(
 ) -> None:
     topics = make_topics(kafka_bootstrap, unique_topic, PARTITIONS)
     changelog = unique_topic("changelog")
-    config = WorkerConfig(
-        brokers=kafka_bootstrap,
-        bundle=Path("bundle"),
-        input_topic=topics.input,
-        output_topic=topics.output,
-        dead_letter_topic=topics.dead_letter,
-        changelog_topic=changelog,
-    )
+    config = _changelog_config(topics, changelog, kafka_bootstrap)
 
     with pytest.raises(ChangelogError) as raised:
         check_topics(config)

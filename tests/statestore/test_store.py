@@ -168,7 +168,7 @@ def test_evict_checks_time_inside_transaction(store: StateStore) -> None:
     assert store.expired(0, before_ts=1e12, limit=10) == ["new"]
 
 
-def test_data_bytes_fall_after_deletes_while_used_bytes_stay(store: StateStore) -> None:
+def test_data_bytes_fall_after_deletes(store: StateStore) -> None:
     users = [f"user-{index:05d}" for index in range(2000)]
     store.commit({user: make_state(seed=index) for index, user in enumerate(users)})
     full = store.environment_info()
