@@ -191,7 +191,8 @@ class OutputFile:
 
     `size` is the file's length in bytes after the outputs written so far. A new file is
     created, or an existing one truncated, at the first batch, so a run that accepts no event
-    leaves the file as it was. `start` continues an existing file from that length, and cuts off
+    leaves the file as it was. A symbolic link at the path is replaced by the new file, never
+    written through. `start` continues an existing file from that length, and cuts off
     what lies beyond it. With `durable`, each batch is flushed and fsynced before `write_batch`
     returns, so that a position committed after it never counts outputs that a crash can lose.
     """
@@ -210,6 +211,7 @@ class OutputFile:
     def write_batch(self, outputs: Iterable[Recommendation]) -> None:
         """Append one JSON line per output."""
         if self._file is None:
+            self._remove_link()
             self._file = self._open("wb")
         data = "".join(json.dumps(output.to_dict()) + "\n" for output in outputs)
         encoded = data.encode("utf-8")
@@ -223,6 +225,23 @@ class OutputFile:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def _remove_link(self) -> None:
+        """Remove a symbolic link at the path, so that the new file replaces the link itself.
+
+        Writing through the link would overwrite the file it points to, which may be a data set
+        or another run's output that the user never named.
+        """
+        if not self.path.is_symlink():
+            return
+        try:
+            self.path.unlink()
+        except OSError as error:
+            raise ConfigError(
+                f"cannot replace the symbolic link --output {self.path} "
+                f"({error.strerror or error}): pass another path"
+            ) from error
+        logger.info("replaced the symbolic link --output %s with a new file", self.path)
 
     def _open(self, mode: str) -> BinaryIO:
         try:

@@ -36,6 +36,7 @@ from stream.replay import (
     OutputFile,
     Replay,
     ReplayConfig,
+    ReplayReport,
     StoreStates,
     check_resume,
     open_store_states,
@@ -150,8 +151,9 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="replace an existing --output file, or the file that a symbolic link at --output "
-        "points to (default: an existing file is rejected, except by a resume)",
+        help="replace an existing --output file. A symbolic link at --output is replaced by a "
+        "new file; the file it points to is left as it is (default: an existing file is "
+        "rejected, except by a resume)",
     )
 
     parser.add_argument(
@@ -223,6 +225,76 @@ def run_replay(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    # 1. Check the flags, open the bundle and read the event file, all before any file is written.
+    _check_flags(args)
+    bundle = open_bundle(args.bundle, args.device)
+    if args.k is not None:
+        check_k(args.k, bundle.num_items)
+    pipeline, config = _build_pipeline(args, bundle)
+    records = read_records_from_args(args, args.ts_unit)
+    seen_types = TypeCollector(records)
+
+    # 2. Open the state store and the output file, and run the records through the pipeline.
+    with contextlib.ExitStack() as stack:
+        store_states, resumed_at, output_start = _open_state_dir(args, bundle, stack)
+        output = _open_output(args, output_start, store_states is not None, stack)
+        backend = store_states if store_states is not None else MemoryStates()
+        replay = Replay(pipeline, backend, config, args.events.name, output)
+        try:
+            report = replay.run(seen_types)
+        except KeyboardInterrupt as interrupt:
+            print(interrupted_message(args, replay.report, store_states), file=sys.stderr)
+            return 143 if isinstance(interrupt, Terminated) else 130
+
+    # 3. Report.
+    if report.records == 0 and resumed_at is not None:
+        logger.info(
+            "nothing new to replay: %s has no records after the %d that this state directory "
+            "already contains",
+            args.events,
+            resumed_at,
+        )
+        return 0
+    _warn_after_run(args, report, config, seen_types, pipeline.config.session_gap)
+    print(
+        format_report(
+            report,
+            config.recall_k,
+            bundle.version,
+            verbosity(args) == 0,
+            resumed_at,
+            session_close_outputs=args.publish_on_session_close,
+            context_types=config.context_types,
+        )
+    )
+    if report.accepted == 0:
+        raise EventFileError(no_valid_event_message(args, report))
+    return 0
+
+
+def _build_pipeline(args: argparse.Namespace, bundle: ModelBundle) -> tuple[Pipeline, ReplayConfig]:
+    """Return the serving pipeline and the replay's configuration that the flags ask for."""
+    pipeline = Pipeline(
+        bundle,
+        PipelineConfig(
+            session_gap=args.session_gap,
+            top_k=args.k,
+            session_close_outputs=args.publish_on_session_close,
+        ),
+    )
+    config = ReplayConfig(
+        batch_size=args.batch_size,
+        recall_k=pipeline.config.top_k,
+        timers=not args.no_timers,
+        event_config=EventConfig(ts_unit=args.ts_unit, max_future_seconds=args.max_future_seconds),
+        order=args.order,
+        context_types=frozenset(args.context_type),
+    )
+    return pipeline, config
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Raise `ConfigError` for flags that contradict each other or name an unusable --output."""
     check_counts(args)
     if args.publish_on_session_close and args.no_timers:
         raise ConfigError(
@@ -234,78 +306,43 @@ def _replay(args: argparse.Namespace) -> int:
         check_output_not_input(args.output, args.events, args.bundle, args.state_dir)
         if args.state_dir is None:
             check_output_new(args.output, args.force)
-    bundle = open_bundle(args.bundle, args.device)
-    if args.k is not None:
-        check_k(args.k, bundle.num_items)
-    pipeline = Pipeline(
-        bundle,
-        PipelineConfig(
-            session_gap=args.session_gap,
-            top_k=args.k,
-            session_close_outputs=args.publish_on_session_close,
-        ),
-    )
 
-    config = ReplayConfig(
-        batch_size=args.batch_size,
-        recall_k=pipeline.config.top_k,
-        timers=not args.no_timers,
-        event_config=EventConfig(ts_unit=args.ts_unit, max_future_seconds=args.max_future_seconds),
-        order=args.order,
-        context_types=frozenset(args.context_type),
-    )
 
-    # Run the event file's checks (missing, empty, format) before the state store is created.
-    records = read_records_from_args(args, args.ts_unit)
-    seen_types = TypeCollector(records)
-    with contextlib.ExitStack() as stack:
-        store_states, resumed_at, output_start = _open_state_dir(args, bundle, stack)
-        if args.output is not None and output_start is None:
-            # Only a resume may write to an existing --output without --force.
-            check_output_new(args.output, args.force)
-        backend = store_states if store_states is not None else MemoryStates()
-        output = None
-        if args.output is not None:
-            # Opened only now that every input is checked. A resumed replay continues the
-            # file at the length stored with its position.
-            output = OutputFile(args.output, start=output_start, durable=store_states is not None)
-            stack.callback(output.close)
-        replay = Replay(pipeline, backend, config, args.events.name, output)
-        try:
-            report = replay.run(seen_types)
-        except KeyboardInterrupt as interrupt:
-            print(interrupted_message(args, replay.report, store_states), file=sys.stderr)
-            return 143 if isinstance(interrupt, Terminated) else 130
+def _open_output(
+    args: argparse.Namespace,
+    output_start: int | None,
+    durable: bool,
+    stack: contextlib.ExitStack,
+) -> OutputFile | None:
+    """Open --output, if given, once every input is checked. The stack closes it.
 
-    if report.records == 0 and resumed_at is not None:
-        logger.info(
-            "nothing new to replay: %s has no records after the %d that this state directory "
-            "already contains",
-            args.events,
-            resumed_at,
-        )
-        return 0
+    A resumed replay continues the file at the length stored with its position (`output_start`);
+    only such a resume may write to an existing file without --force.
+    """
+    if args.output is None:
+        return None
+    if output_start is None:
+        check_output_new(args.output, args.force)
+    output = OutputFile(args.output, start=output_start, durable=durable)
+    stack.callback(output.close)
+    return output
+
+
+def _warn_after_run(
+    args: argparse.Namespace,
+    report: ReplayReport,
+    config: ReplayConfig,
+    seen_types: TypeCollector,
+    session_gap: float,
+) -> None:
+    """Log the warnings that the finished report calls for: no context events, events out of
+    time order, or events behind the watermark."""
     if config.context_types and report.context == 0 and report.accepted:
         warn_no_context_events(args.events, config.context_types, seen_types)
     if report.out_of_order and args.order == "file":
         warn_out_of_order(args.events, report)
     if report.behind_watermark and args.order == "file":
-        warn_behind_watermark(args.events, report, pipeline.config.session_gap)
-    list_hint = verbosity(args) == 0
-    print(
-        format_report(
-            report,
-            config.recall_k,
-            bundle.version,
-            list_hint,
-            resumed_at,
-            session_close_outputs=args.publish_on_session_close,
-            context_types=config.context_types,
-        )
-    )
-    if report.accepted == 0:
-        raise EventFileError(no_valid_event_message(args, report))
-    return 0
+        warn_behind_watermark(args.events, report, session_gap)
 
 
 def _open_state_dir(

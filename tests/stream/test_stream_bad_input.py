@@ -153,6 +153,22 @@ def test_existing_output_replaced_with_force(
     assert json.loads(lines[0])["user"]
 
 
+def test_force_replaces_a_symlink_not_its_target(
+    onnx_bundle_dir: Path, events: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "shared.csv"
+    target.write_text("user,item\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+
+    code = replay(events, onnx_bundle_dir, "--output", str(link), "--force")
+
+    assert code == 0
+    assert not link.is_symlink()
+    assert json.loads(link.read_text().splitlines()[0])["user"]
+    assert target.read_text() == "user,item\n"
+
+
 def test_resume_continues_output_without_force(
     onnx_bundle_dir: Path, events: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
