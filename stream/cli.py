@@ -40,9 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 # The -v help of the commands that read event records.
 _RECORD_VERBOSE_HELP = (
     "log at DEBUG level, including the traceback of a reported error and, in replay and "
-    "produce, each rejected record (default: INFO)"
+    "produce, each rejected record (default: INFO level)"
 )
-_VERBOSE_HELP = "log at DEBUG level, including the traceback of a reported error (default: INFO)"
+_VERBOSE_HELP = (
+    "log at DEBUG level, including the traceback of a reported error (default: INFO level)"
+)
 
 
 def _verbose_help(subcommand: str) -> str:

@@ -72,13 +72,28 @@ DELIVERY_KAFKA_SETTINGS = {
 }
 
 
+class OptionValueError(ValueError):
+    """A flag or environment variable value that an option's parser rejects.
+
+    `fix` is what to use instead, so that a message can name the flag or the variable.
+    """
+
+    def __init__(self, text: str, fix: str) -> None:
+        super().__init__(f"{text!r} is invalid: {fix}")
+        self.text = text
+        self.fix = fix
+
+
 def parse_size(text: str) -> int:
     """Parse a byte size such as `1073741824`, `512MiB` or `1GiB` (SI and binary units)."""
     match = _SIZE.match(text)
     if match is None:
-        raise ValueError(f"invalid size {text!r}: expected bytes or a number with a unit (1GiB)")
+        raise OptionValueError(text, "use bytes or a number with a unit, for example 1GiB")
     number, unit = match.groups()
-    return int(float(number) * _SIZE_UNITS[(unit or "").lower()])
+    size = float(number) * _SIZE_UNITS[(unit or "").lower()]
+    if not math.isfinite(size):
+        raise OptionValueError(text, "use a finite size, for example 1GiB")
+    return int(size)
 
 
 def format_flag_size(size: int) -> str:
@@ -91,7 +106,7 @@ def parse_int(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"invalid number {text!r}: expected a whole number") from None
+        raise OptionValueError(text, "use a whole number") from None
 
 
 def parse_bool(text: str) -> bool:
@@ -101,7 +116,7 @@ def parse_bool(text: str) -> bool:
         return True
     if value in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"invalid boolean {text!r}: expected true or false")
+    raise OptionValueError(text, "use true or false")
 
 
 @dataclass(frozen=True)
@@ -124,7 +139,7 @@ def parse_float(text: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"invalid number {text!r}: expected a number such as 2.5") from None
+        raise OptionValueError(text, "use a number such as 2.5") from None
 
 
 def _optional_float(text: str) -> float | None:
@@ -137,7 +152,7 @@ def parse_tolerance(text: str) -> float | None:
         return None
     value = parse_float(text)
     if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"invalid value {text!r}: give seconds >= 0, or off")
+        raise OptionValueError(text, "use off or a number of seconds >= 0")
     return value
 
 
@@ -379,11 +394,12 @@ def validate(config: WorkerConfig) -> None:
         _check_range(config, "max_future_seconds", 0, 365 * 86_400)
     if config.ts_unit not in ("s", "ms"):
         raise ConfigError(
-            f"invalid {format_option(config, 'ts_unit', repr(config.ts_unit))}: use s or ms"
+            f"{format_option(config, 'ts_unit', repr(config.ts_unit))} is invalid: use s or ms"
         )
     if config.device not in ("cpu", "cuda", "auto"):
         raise ConfigError(
-            f"invalid {format_option(config, 'device', repr(config.device))}: use cpu, cuda or auto"
+            f"{format_option(config, 'device', repr(config.device))} is invalid: "
+            "use cpu, cuda or auto"
         )
     _check_delivery_wait(config)
     _check_kafka_settings(config)
@@ -411,7 +427,8 @@ def check_topic_name(topic: str, source: str) -> None:
     """Raise ConfigError when `topic`, set by the flag or variable `source`, is no valid name."""
     if not _TOPIC_NAME.match(topic) or topic in (".", ".."):
         raise ConfigError(
-            f"invalid topic name {topic!r} for {source}: use 1 to 249 of A-Z a-z 0-9 . _ -"
+            f"{format_setting(source, repr(topic))} is invalid: use a topic name of 1 to 249 "
+            "characters from A-Z a-z 0-9 . _ -"
         )
 
 
@@ -458,8 +475,8 @@ def _check_delivery_settings(config: WorkerConfig) -> None:
             continue
         source = setting_source(key, config.kafka_env_names)
         raise ConfigError(
-            f"invalid {source}={value}: the worker commits input offsets only after the broker "
-            f"has acknowledged their outputs, which needs {key}={' or '.join(allowed)}; "
+            f"{source}={value} is invalid because the worker commits input offsets only after "
+            f"the broker has acknowledged their outputs, which needs {key}={' or '.join(allowed)}: "
             "use that value or remove it"
         )
 
@@ -474,8 +491,8 @@ def check_k(k: int, num_items: int, source: str = "--k") -> None:
     if k > num_items:
         verb = "pass" if source.startswith("-") else "set"
         raise ConfigError(
-            f"invalid {format_setting(source, k)}: the bundle has only {num_items} items; "
-            f"{verb} {format_setting(source, num_items)} or less"
+            f"{format_setting(source, k)} is invalid because the bundle has only {num_items} "
+            f"items: {verb} {format_setting(source, num_items)} or less"
         )
 
 
@@ -490,7 +507,9 @@ def _check_delivery_wait(config: WorkerConfig) -> None:
     try:
         interval = int(interval_ms) / 1000.0
     except ValueError:
-        raise ConfigError(f"invalid {source}={interval_ms!r}: use milliseconds") from None
+        raise ConfigError(
+            f"{source}={interval_ms!r} is invalid: use a whole number of milliseconds"
+        ) from None
     longest_wait = config.delivery_timeout * config.delivery_attempts
     if longest_wait > interval / 2:
         timeout = format_option(config, "delivery_timeout", f"{config.delivery_timeout:g}")
@@ -505,10 +524,10 @@ def _check_delivery_wait(config: WorkerConfig) -> None:
 def _check_range(config: WorkerConfig, name: str, low: float, high: float) -> None:
     value = getattr(config, name)
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"invalid {format_option(config, name, value)}: expected a finite number")
+        raise ConfigError(f"{format_option(config, name, value)} is invalid: use a finite number")
     if not low <= value <= high:
         raise ConfigError(
-            f"invalid {format_option(config, name, value)}: expected a value from {low} to {high}"
+            f"{format_option(config, name, value)} is invalid: use a value from {low} to {high}"
         )
 
 
@@ -516,7 +535,7 @@ def _check_size_range(config: WorkerConfig, name: str, low: int, high: int) -> N
     value = getattr(config, name)
     if not low <= value <= high:
         raise ConfigError(
-            f"invalid {format_option(config, name, value)} ({format_flag_size(value)}): expected a "
+            f"{format_option(config, name, value)} ({format_flag_size(value)}) is invalid: use a "
             f"size from {format_flag_size(low)} to {format_flag_size(high)}, for example 512MiB"
         )
 
@@ -558,8 +577,9 @@ def build_config(
             try:
                 values[option.name] = option.parse(environ[option.env])
             except ValueError as error:
+                fix = error.fix if isinstance(error, OptionValueError) else str(error)
                 raise ConfigError(
-                    f"invalid {option.env}={environ[option.env]!r}: {error}; fix or unset it"
+                    f"{option.env}={environ[option.env]!r} is invalid: {fix}, or unset it"
                 ) from error
             env_names[option.name] = option.env
     kafka_settings = kafka_settings_from_env(environ)

@@ -108,14 +108,15 @@ class EventConfig:
 
     def __post_init__(self) -> None:
         if self.ts_unit not in ("s", "ms"):
-            raise ConfigError(f"invalid ts_unit {self.ts_unit!r}: use 's' or 'ms'")
+            raise ConfigError(f"ts_unit {self.ts_unit!r} is invalid: use 's' or 'ms'")
         for name in ("max_message_bytes", "max_list_length", "max_id_length"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"invalid {name} {getattr(self, name)}: use a positive integer")
+            value = getattr(self, name)
+            if value < 1:
+                raise ConfigError(f"{name} {value} is invalid: use a positive integer")
         future = self.max_future_seconds
         if future is not None and not (math.isfinite(future) and future >= 0):
             raise ConfigError(
-                f"invalid max_future_seconds {future}: use a finite number of seconds >= 0, "
+                f"max_future_seconds {future} is invalid: use a finite number of seconds >= 0, "
                 "or None to accept any future event time"
             )
 

@@ -81,7 +81,8 @@ def parse_kafka_setting(text: str) -> tuple[str, str]:
     key, separator, value = text.partition("=")
     if not separator or not key.strip():
         raise ConfigError(
-            f"invalid librdkafka setting {text!r}: write it as -X key=value, e.g. -X acks=all"
+            f"-X {text!r} is invalid: write a librdkafka setting as -X key=value, for example "
+            "-X acks=all"
         )
     return key.strip(), value
 
@@ -189,8 +190,8 @@ def describe_invalid_setting(
             reason = reason.replace(f'"{named}"', f'"{key}"').replace(f"`{named}`", f"`{key}`")
             source = setting_source(key, env_names)
             fix = f"unset {source}" if key in env_names else f"remove {source}"
-            return f"invalid librdkafka setting {key}: {reason}: fix or {fix}"
-    return f"invalid librdkafka setting: {reason}: fix or remove {origins}"
+            return f"librdkafka setting {key} is invalid: {reason}: fix or {fix}"
+    return f"a librdkafka setting is invalid: {reason}: fix or remove {origins}"
 
 
 # -- the worker's consumer and producer ----------------------------------------------------------

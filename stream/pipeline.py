@@ -87,12 +87,12 @@ class PipelineConfig:
             session_close_outputs=self.session_close_outputs,
         )
         if not resolved.session_gap > 0:
-            raise ConfigError(f"invalid session gap {resolved.session_gap} s: use seconds > 0")
+            raise ConfigError(f"session gap {resolved.session_gap} s is invalid: use seconds > 0")
         if resolved.top_k < 1:
-            raise ConfigError(f"invalid K {resolved.top_k}: use an integer >= 1")
+            raise ConfigError(f"K {resolved.top_k} is invalid: use an integer >= 1")
         if resolved.max_session_items < 1:
             raise ConfigError(
-                f"invalid max_session_items {resolved.max_session_items}: use an integer >= 1"
+                f"max_session_items {resolved.max_session_items} is invalid: use an integer >= 1"
             )
         return resolved
 

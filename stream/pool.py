@@ -475,8 +475,8 @@ def serve_metrics(
         if not bad_address:
             raise
         raise ConfigError(
-            f"invalid {format_setting(name, repr(address))} ({cause.strerror or cause}): pass an "
-            "address of this machine, such as 127.0.0.1 or 0.0.0.0"
+            f"{format_setting(name, repr(address))} is invalid ({cause.strerror or cause}): pass "
+            "an address of this machine, such as 127.0.0.1 or 0.0.0.0"
         ) from cause
     return server
 

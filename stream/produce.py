@@ -94,15 +94,15 @@ class ProduceConfig:
         check_topic_name(self.topic, "--topic")
         if self.rate is not None and not self.rate > 0:
             raise ConfigError(
-                f"invalid --rate {self.rate}: use a positive number of events per second"
+                f"--rate {self.rate} is invalid: use a positive number of events per second"
             )
         if self.limit is not None and self.limit < 0:
-            raise ConfigError(f"invalid --limit {self.limit}: use an integer >= 0")
+            raise ConfigError(f"--limit {self.limit} is invalid: use an integer >= 0")
         _check_timeout("--connect-timeout", self.connect_timeout)
         _check_timeout("--flush-timeout", self.flush_timeout)
         if not (math.isfinite(self.session_gap) and self.session_gap > 0):
             raise ConfigError(
-                f"invalid --session-gap {self.session_gap}: use a positive number of seconds"
+                f"--session-gap {self.session_gap} is invalid: use a positive number of seconds"
             )
         check_flag_settings(self.overrides, FLAG_KAFKA_SETTINGS, {})
         check_linger_below_message_timeout(self.producer_settings(), self.overrides)
@@ -129,7 +129,7 @@ def _check_timeout(flag: str, seconds: float) -> None:
     """Raise `ConfigError` unless `seconds` is a finite timeout that librdkafka can take."""
     if not (math.isfinite(seconds) and MIN_TIMEOUT_SECONDS <= seconds <= MAX_TIMEOUT_SECONDS):
         raise ConfigError(
-            f"invalid {flag} {seconds}: use a number of seconds from {MIN_TIMEOUT_SECONDS:g} "
+            f"{flag} {seconds} is invalid: use a number of seconds from {MIN_TIMEOUT_SECONDS:g} "
             f"to {MAX_TIMEOUT_SECONDS:.0f}"
         )
 

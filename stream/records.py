@@ -313,7 +313,7 @@ def _check_format_options(
             f"{resolved}: drop --otto-time-unit"
         )
     if otto_time_unit not in (None, "s", "ms"):
-        raise EventFileError(f"invalid --otto-time-unit {otto_time_unit!r}: use s or ms")
+        raise EventFileError(f"--otto-time-unit {otto_time_unit!r} is invalid: use s or ms")
     # The readers of `hiertcn data` decide which formats take --no-header (numpy, no torch).
     from hiertcn.data.formats import NO_HEADER_FORMATS
 

@@ -66,9 +66,9 @@ class ReplayConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ConfigError(f"invalid batch size {self.batch_size}: use an integer >= 1")
+            raise ConfigError(f"batch size {self.batch_size} is invalid: use an integer >= 1")
         if self.recall_k < 1:
-            raise ConfigError(f"invalid K {self.recall_k} for Recall@K: use an integer >= 1")
+            raise ConfigError(f"K {self.recall_k} for Recall@K is invalid: use an integer >= 1")
 
 
 @dataclass

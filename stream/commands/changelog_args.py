@@ -193,9 +193,9 @@ def _check_producer_overrides(overrides: Mapping[str, str], env_names: Mapping[s
         allowed = DELIVERY_KAFKA_SETTINGS.get(property_of(key))
         if allowed is not None and str(value).strip().lower() not in allowed:
             raise ConfigError(
-                f"invalid {source}={value}: seed counts a record as written once the broker "
-                f"has acknowledged it, which needs {key}={' or '.join(allowed)}; use that value "
-                "or remove it"
+                f"{source}={value} is invalid because seed counts a record as written once the "
+                f"broker has acknowledged it, which needs {key}={' or '.join(allowed)}: use that "
+                "value or remove it"
             )
 
 

@@ -409,7 +409,7 @@ def check_counts(args: argparse.Namespace) -> None:
     """Raise `ConfigError` naming --batch-size or --k when its value is below 1."""
     for flag, value in (("--batch-size", args.batch_size), ("--k", args.k)):
         if value is not None and value < 1:
-            raise ConfigError(f"invalid {flag} {value}: use an integer >= 1")
+            raise ConfigError(f"{flag} {value} is invalid: use an integer >= 1")
 
 
 def check_output_path(path: Path) -> None:

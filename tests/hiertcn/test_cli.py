@@ -14,7 +14,7 @@ def test_verbose_help_names_levels():
     parser = cli.build_parser()
     verbose = next(action for action in parser._actions if "-v" in action.option_strings)
     assert "DEBUG" in verbose.help
-    assert "default: INFO" in verbose.help
+    assert verbose.help.endswith("(default: INFO level)")
     assert "-vv" not in verbose.help
 
 

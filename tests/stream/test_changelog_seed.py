@@ -282,7 +282,7 @@ def test_config_keeps_producer_settings_from_admin() -> None:
 @pytest.mark.parametrize(
     ("extra", "environ", "message"),
     [
-        (["-X", "acks=1"], {}, "invalid -X acks=1"),
+        (["-X", "acks=1"], {}, "-X acks=1 is invalid because"),
         (["-X", "transactional.id=t"], {}, "-X transactional.id is rejected"),
         (["-X", "bootstrap.servers=h:1"], {}, "would replace the value of --brokers"),
         (["-X", "group.id=g"], {}, "would replace the value of --group-id"),

@@ -39,6 +39,7 @@ def test_verbose_help_mentions_tracebacks() -> None:
     for path, parser in [("", top), *_subcommand_parsers(top)]:
         (verbose,) = [action for action in parser._actions if "-v" in action.option_strings]
         assert "traceback of a reported error" in verbose.help, f"hiertcn-stream {path} -v"
+        assert verbose.help.endswith("(default: INFO level)"), f"hiertcn-stream {path} -v"
 
 
 @pytest.mark.parametrize(

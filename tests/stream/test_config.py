@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from stream.cli import main
 from stream.config import (
     WorkerConfig,
     build_config,
@@ -101,13 +102,29 @@ def test_parse_size_units(text: str, expected: int) -> None:
 
 @pytest.mark.parametrize("text", ["", "big", "1XB", "-5"])
 def test_parse_size_rejects_junk(text: str) -> None:
-    with pytest.raises(ValueError, match="invalid size"):
+    with pytest.raises(ValueError, match=r"is invalid: use bytes or a number with a unit"):
         parse_size(text)
+
+
+@pytest.mark.parametrize("text", ["9" * 400, "9" * 400 + "GiB"])
+def test_parse_size_rejects_infinite(text: str) -> None:
+    with pytest.raises(ValueError, match=r"is invalid: use a finite size"):
+        parse_size(text)
+
+
+def test_huge_map_size_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["run", "--brokers", "127.0.0.1:1", "--bundle", "b", "--state-map-size", "9" * 400]
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+
+    assert exit_info.value.code == 2
+    assert "is invalid: use a finite size" in capsys.readouterr().err
 
 
 def test_parse_bool_rejects_junk() -> None:
     assert parse_bool("Yes") is True
-    with pytest.raises(ValueError, match="invalid boolean"):
+    with pytest.raises(ValueError, match=r"^'maybe' is invalid: use true or false$"):
         parse_bool("maybe")
 
 
@@ -125,11 +142,19 @@ def test_parse_bool_rejects_junk() -> None:
         ("ts_unit", "us", "--ts-unit"),
         ("device", "tpu", "--device"),
         ("max_future_seconds", -1.0, "--max-future-seconds"),
-        ("delivery_timeout", 0.05, r"--delivery-timeout 0\.05: expected a value from 0\.1 to 600"),
-        ("delivery_timeout", float("nan"), "--delivery-timeout nan: expected a finite number"),
-        ("delivery_attempts", 0, "--delivery-attempts 0: expected a value from 1 to 100"),
+        (
+            "delivery_timeout",
+            0.05,
+            r"--delivery-timeout 0\.05 is invalid: use a value from 0\.1 to 600",
+        ),
+        (
+            "delivery_timeout",
+            float("nan"),
+            "--delivery-timeout nan is invalid: use a finite number",
+        ),
+        ("delivery_attempts", 0, "--delivery-attempts 0 is invalid: use a value from 1 to 100"),
         ("delivery_attempts", 101, "--delivery-attempts 101"),
-        ("input_topic", "bad topic", "invalid topic name"),
+        ("input_topic", "bad topic", "--input-topic 'bad topic' is invalid: use a topic name"),
         ("output_topic", "interactions", "also an output topic"),
     ],
 )
@@ -186,20 +211,19 @@ def test_delivery_settings_default_to_60_s_outage() -> None:
     [
         (
             {"HIERTCN_DELIVERY_TIMEOUT": "600.5"},
-            "invalid HIERTCN_DELIVERY_TIMEOUT=600.5: expected a value from 0.1 to 600",
+            "HIERTCN_DELIVERY_TIMEOUT=600.5 is invalid: use a value from 0.1 to 600",
         ),
         (
             {"HIERTCN_DELIVERY_ATTEMPTS": "0"},
-            "invalid HIERTCN_DELIVERY_ATTEMPTS=0: expected a value from 1 to 100",
+            "HIERTCN_DELIVERY_ATTEMPTS=0 is invalid: use a value from 1 to 100",
         ),
         (
             {"HIERTCN_DELIVERY_ATTEMPTS": "three"},
-            "invalid HIERTCN_DELIVERY_ATTEMPTS='three': invalid number 'three': expected a "
-            "whole number; fix or unset it",
+            "HIERTCN_DELIVERY_ATTEMPTS='three' is invalid: use a whole number, or unset it",
         ),
         (
             {"HIERTCN_DELIVERY_TIMEOUT": "inf"},
-            "invalid HIERTCN_DELIVERY_TIMEOUT=inf: expected a finite number",
+            "HIERTCN_DELIVERY_TIMEOUT=inf is invalid: use a finite number",
         ),
     ],
 )
@@ -241,10 +265,10 @@ def test_delivery_wait_must_fit_poll_interval() -> None:
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
-        ({"HIERTCN_DEVICE": "gpu"}, "invalid HIERTCN_DEVICE='gpu': use cpu, cuda or auto"),
-        ({"HIERTCN_PROCESSES": "0"}, "invalid HIERTCN_PROCESSES=0: expected a value from 1"),
-        ({"HIERTCN_TS_UNIT": "us"}, "invalid HIERTCN_TS_UNIT='us': use s or ms"),
-        ({"HIERTCN_INPUT_TOPIC": "a b"}, "invalid topic name 'a b' for HIERTCN_INPUT_TOPIC"),
+        ({"HIERTCN_DEVICE": "gpu"}, "HIERTCN_DEVICE='gpu' is invalid: use cpu, cuda or auto"),
+        ({"HIERTCN_PROCESSES": "0"}, "HIERTCN_PROCESSES=0 is invalid: use a value from 1"),
+        ({"HIERTCN_TS_UNIT": "us"}, "HIERTCN_TS_UNIT='us' is invalid: use s or ms"),
+        ({"HIERTCN_INPUT_TOPIC": "a b"}, "HIERTCN_INPUT_TOPIC='a b' is invalid: use a topic name"),
     ],
 )
 def test_invalid_environment_value_names_variable(environ: dict, message: str) -> None:
@@ -256,7 +280,7 @@ def test_invalid_environment_value_names_variable(environ: dict, message: str) -
 
 
 def test_invalid_flag_value_names_the_flag() -> None:
-    with pytest.raises(ConfigError, match=r"^invalid --device 'gpu': use cpu, cuda or auto$"):
+    with pytest.raises(ConfigError, match=r"^--device 'gpu' is invalid: use cpu, cuda or auto$"):
         build_config({**REQUIRED, "device": "gpu"}, {"HIERTCN_DEVICE": "cpu"})
 
 
@@ -350,17 +374,17 @@ def test_k_above_items_names_its_source() -> None:
         check_k(500, 50, "HIERTCN_K")
 
     assert str(raised.value) == (
-        "invalid HIERTCN_K=500: the bundle has only 50 items; set HIERTCN_K=50 or less"
+        "HIERTCN_K=500 is invalid because the bundle has only 50 items: set HIERTCN_K=50 or less"
     )
 
 
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["acks=1"], "invalid -X acks=1: "),
-        (["request.required.acks=0"], "invalid -X request.required.acks=0: "),
-        (["topic.acks=0"], "invalid -X topic.acks=0: "),
-        (["enable.idempotence=false"], "invalid -X enable.idempotence=false: "),
+        (["acks=1"], "-X acks=1 is invalid because "),
+        (["request.required.acks=0"], "-X request.required.acks=0 is invalid because "),
+        (["topic.acks=0"], "-X topic.acks=0 is invalid because "),
+        (["enable.idempotence=false"], "-X enable.idempotence=false is invalid because "),
         (["transactional.id=t"], "-X transactional.id is rejected: "),
         (["group.protocol=classic"], "-X group.protocol is rejected: "),
     ],
@@ -383,7 +407,7 @@ def test_delivery_variable_named_in_error() -> None:
     with pytest.raises(ConfigError) as raised:
         build_config(REQUIRED, {"HIERTCN_KAFKA_ACKS": "0"})
 
-    assert str(raised.value).startswith("invalid HIERTCN_KAFKA_ACKS=0: ")
+    assert str(raised.value).startswith("HIERTCN_KAFKA_ACKS=0 is invalid because ")
 
 
 def test_source_of_names_variable() -> None:
@@ -405,6 +429,6 @@ def test_bad_float_variable_gives_project_message() -> None:
         build_config(REQUIRED, {"HIERTCN_SESSION_GAP": "abc"})
 
     message = str(raised.value)
-    assert message.startswith("invalid HIERTCN_SESSION_GAP='abc': ")
-    assert "expected a number" in message
+    assert message.startswith("HIERTCN_SESSION_GAP='abc' is invalid: ")
+    assert "use a number" in message
     assert "could not convert" not in message

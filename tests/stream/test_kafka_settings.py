@@ -46,7 +46,7 @@ def test_alias_error_names_the_typed_key(key: str) -> None:
 
     message = describe_invalid_setting(reason, ["security.protocol", key])
 
-    assert message.startswith(f"invalid librdkafka setting {key}: ")
+    assert message.startswith(f"librdkafka setting {key} is invalid: ")
     assert message.endswith(f": fix or remove -X {key}")
     assert f'"{key}"' in message
     assert f'"{property_of(key)}"' not in message
@@ -61,7 +61,7 @@ def test_error_names_the_environment_variable() -> None:
     )
 
     assert message == (
-        "invalid librdkafka setting linger.ms: Invalid value for configuration property "
+        "librdkafka setting linger.ms is invalid: Invalid value for configuration property "
         '"linger.ms": fix or unset HIERTCN_KAFKA_LINGER_MS'
     )
 
@@ -70,7 +70,7 @@ def test_error_without_a_known_key() -> None:
     message = describe_invalid_setting("`acks` must be set to `all`", ["linger.ms"])
 
     assert message == (
-        "invalid librdkafka setting: `acks` must be set to `all`: fix or remove the -X option"
+        "a librdkafka setting is invalid: `acks` must be set to `all`: fix or remove the -X option"
     )
 
 

@@ -220,14 +220,16 @@ def test_unresolvable_metrics_address_named(
         serve_metrics("999.1.1.1", 0)
 
     message = str(error_info.value)
-    assert message.startswith("invalid --metrics-address '999.1.1.1' (Name or service not known)")
+    assert message.startswith(
+        "--metrics-address '999.1.1.1' is invalid (Name or service not known)"
+    )
     assert "--metrics-port" not in message
 
 
 def test_foreign_metrics_address_named(metrics_dir: Path) -> None:
     # 192.0.2.1 is reserved for documentation (RFC 5737), so no interface of this machine has it
     # and the bind fails locally without sending anything.
-    with pytest.raises(ConfigError, match=r"^invalid --metrics-address '192\.0\.2\.1' \("):
+    with pytest.raises(ConfigError, match=r"^--metrics-address '192\.0\.2\.1' is invalid \("):
         serve_metrics("192.0.2.1", 0)
 
 
@@ -331,7 +333,7 @@ def test_short_stall_limit_names_variable(caplog: pytest.LogCaptureFixture) -> N
 
 
 def test_metrics_address_from_variable_named(metrics_dir: Path) -> None:
-    with pytest.raises(ConfigError, match=r"^invalid HIERTCN_METRICS_ADDRESS='192\.0\.2\.1' \("):
+    with pytest.raises(ConfigError, match=r"^HIERTCN_METRICS_ADDRESS='192\.0\.2\.1' is invalid \("):
         serve_metrics("192.0.2.1", 0, name="HIERTCN_METRICS_ADDRESS")
 
 

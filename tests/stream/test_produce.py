@@ -172,15 +172,15 @@ def test_overrides_replace_defaults() -> None:
         ({"topic": ""}, "--topic"),
         ({"rate": 0.0}, "rate 0.0"),
         ({"limit": -1}, "limit -1"),
-        ({"connect_timeout": -1.0}, "invalid --connect-timeout -1.0"),
-        ({"connect_timeout": 0.0}, "invalid --connect-timeout 0.0"),
-        ({"connect_timeout": float("nan")}, "invalid --connect-timeout nan"),
-        ({"connect_timeout": float("inf")}, "invalid --connect-timeout inf"),
-        ({"flush_timeout": -1.0}, "invalid --flush-timeout -1.0"),
-        ({"flush_timeout": 0.0001}, "invalid --flush-timeout 0.0001"),
-        ({"flush_timeout": 0.005}, "invalid --flush-timeout 0.005"),
-        ({"flush_timeout": float("nan")}, "invalid --flush-timeout nan"),
-        ({"flush_timeout": 1e7}, "invalid --flush-timeout 10000000.0"),
+        ({"connect_timeout": -1.0}, "--connect-timeout -1.0 is invalid"),
+        ({"connect_timeout": 0.0}, "--connect-timeout 0.0 is invalid"),
+        ({"connect_timeout": float("nan")}, "--connect-timeout nan is invalid"),
+        ({"connect_timeout": float("inf")}, "--connect-timeout inf is invalid"),
+        ({"flush_timeout": -1.0}, "--flush-timeout -1.0 is invalid"),
+        ({"flush_timeout": 0.0001}, "--flush-timeout 0.0001 is invalid"),
+        ({"flush_timeout": 0.005}, "--flush-timeout 0.005 is invalid"),
+        ({"flush_timeout": float("nan")}, "--flush-timeout nan is invalid"),
+        ({"flush_timeout": 1e7}, "--flush-timeout 10000000.0 is invalid"),
     ],
 )
 def test_invalid_produce_config_rejected(changes: dict, message: str) -> None:
@@ -294,7 +294,7 @@ def test_invalid_kafka_setting_is_config_error() -> None:
         EventProducer(config)
 
     assert str(caught.value) == (
-        "invalid librdkafka setting linger.ms: Invalid value for configuration property "
+        "librdkafka setting linger.ms is invalid: Invalid value for configuration property "
         '"linger.ms": fix or remove -X linger.ms'
     )
     assert caught.value.exit_code == 2
@@ -303,7 +303,7 @@ def test_invalid_kafka_setting_is_config_error() -> None:
 def test_setting_parsed() -> None:
     assert parse_kafka_setting("acks=all") == ("acks", "all")
     assert parse_kafka_setting("sasl.password=a=b") == ("sasl.password", "a=b")
-    with pytest.raises(ConfigError, match="key=value"):
+    with pytest.raises(ConfigError, match=r"^-X 'acks' is invalid: write .* as -X key=value"):
         parse_kafka_setting("acks")
 
 
@@ -348,7 +348,7 @@ def test_produce_command_negative_timeout_exits_2(
 
     captured = capsys.readouterr()
     assert code == 2
-    assert f"invalid {flag} -1.0: use a number of seconds" in captured.err
+    assert f"{flag} -1.0 is invalid: use a number of seconds" in captured.err
     assert "Traceback" not in captured.err
 
 
@@ -438,7 +438,7 @@ def test_produce_reads_otto_in_seconds(
             ["-X", "linger.ms=1000", "-X", "delivery.timeout.ms=500"],
             "-X linger.ms=1000 is not below the message timeout (-X delivery.timeout.ms=500)",
         ),
-        (["-X", "linger.ms=soon"], "invalid librdkafka setting linger.ms: Invalid value"),
+        (["-X", "linger.ms=soon"], "librdkafka setting linger.ms is invalid: Invalid value"),
     ],
 )
 def test_produce_command_linger_checked_before_connect(
@@ -470,8 +470,9 @@ def test_produce_command_linger_checked_before_connect(
         ),
         (
             ["-X", "linger.ms=-1"],
-            "hiertcn-stream: error: invalid librdkafka setting linger.ms: Configuration property "
-            '"linger.ms" value -1 is outside allowed range 0..900000: fix or remove -X linger.ms',
+            "hiertcn-stream: error: librdkafka setting linger.ms is invalid: Configuration "
+            'property "linger.ms" value -1 is outside allowed range 0..900000: fix or remove -X '
+            "linger.ms",
         ),
         (
             ["--flush-timeout", "30", "-X", "delivery.timeout.ms=5000"],
@@ -506,7 +507,7 @@ def test_invalid_topic_name_rejected() -> None:
     with pytest.raises(ConfigError) as raised:
         ProduceConfig("127.0.0.1:1", "bad topic")
 
-    assert str(raised.value).startswith("invalid topic name 'bad topic' for --topic: ")
+    assert str(raised.value).startswith("--topic 'bad topic' is invalid: use a topic name ")
 
 
 def grouped_by_user() -> list[Record]:
@@ -604,5 +605,5 @@ def test_produce_command_invalid_session_gap_exits_2(
 
     captured = capsys.readouterr()
     assert code == 2
-    assert "invalid --session-gap 0.0: use a positive number of seconds" in captured.err
+    assert "--session-gap 0.0 is invalid: use a positive number of seconds" in captured.err
     assert "Traceback" not in captured.err

@@ -806,8 +806,8 @@ def test_replay_k_above_catalog_rejected(
     captured = capsys.readouterr()
     assert code == 2
     assert (
-        f"invalid --k 1000: the bundle has only {NUM_ITEMS} items; pass --k {NUM_ITEMS} or less"
-        in captured.err
+        f"--k 1000 is invalid because the bundle has only {NUM_ITEMS} items: pass --k "
+        f"{NUM_ITEMS} or less" in captured.err
     )
     assert "Recall@1000" not in captured.out
 
@@ -975,7 +975,7 @@ def test_replay_zero_count_names_flag(
     )
 
     assert code == 2
-    assert f"invalid {flag} 0: use an integer >= 1" in capsys.readouterr().err
+    assert f"{flag} 0 is invalid: use an integer >= 1" in capsys.readouterr().err
 
 
 def test_replay_bundle_file_asks_for_folder(

@@ -168,7 +168,7 @@ def test_run_invalid_kafka_setting_exits_2(
 
     assert code == 2
     (line,) = error_lines(capsys)
-    assert line.startswith(f"hiertcn-stream: error: invalid librdkafka setting {name}: ")
+    assert line.startswith(f"hiertcn-stream: error: librdkafka setting {name} is invalid: ")
     assert "Traceback" not in capsys.readouterr().err
 
 
@@ -281,8 +281,8 @@ def test_run_k_above_catalog_exits_2(
 
     assert code == 2
     assert (
-        f"invalid --k 100000: the bundle has only {NUM_ITEMS} items; pass --k {NUM_ITEMS} or less"
-        in capsys.readouterr().err
+        f"--k 100000 is invalid because the bundle has only {NUM_ITEMS} items: pass --k "
+        f"{NUM_ITEMS} or less" in capsys.readouterr().err
     )
     assert not no_pool
     assert not (tmp_path / "state").exists()
@@ -347,7 +347,7 @@ def test_run_invalid_device_variable_exits_2(
 
     assert code == 2
     assert error_lines(capsys) == [
-        "hiertcn-stream: error: invalid HIERTCN_DEVICE='gpu': use cpu, cuda or auto"
+        "hiertcn-stream: error: HIERTCN_DEVICE='gpu' is invalid: use cpu, cuda or auto"
     ]
 
 
@@ -527,7 +527,7 @@ def test_client_check_creates_real_clients() -> None:
     with pytest.raises(ConfigError) as raised:
         run_command.check_client_settings(config)
 
-    assert str(raised.value).startswith("invalid librdkafka setting max.in.flight: ")
+    assert str(raised.value).startswith("librdkafka setting max.in.flight is invalid: ")
     assert "`max.in.flight` must be set <= 5" in str(raised.value)
 
 
@@ -577,7 +577,7 @@ def test_run_bad_stall_seconds_exits_2(
 
     assert exit.value.code == 2
     err = capsys.readouterr().err
-    assert f"invalid number {value!r}: expected a number" in err
+    assert f"argument --health-stall-seconds: {value!r} is invalid: use a number" in err
     assert "could not convert" not in err
 
 
@@ -634,8 +634,8 @@ def test_run_logs_outage_tolerance(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--delivery-attempts", "2.5"], "invalid number '2.5': expected a whole number"),
-        (["--delivery-timeout", "soon"], "invalid number 'soon': expected a number"),
+        (["--delivery-attempts", "2.5"], "'2.5' is invalid: use a whole number"),
+        (["--delivery-timeout", "soon"], "'soon' is invalid: use a number"),
     ],
 )
 def test_run_unparsable_delivery_flag_exits_2(
@@ -660,11 +660,11 @@ def test_run_unparsable_delivery_flag_exits_2(
     [
         (
             ["--delivery-timeout", "0.05"],
-            "invalid --delivery-timeout 0.05: expected a value from 0.1 to 600",
+            "--delivery-timeout 0.05 is invalid: use a value from 0.1 to 600",
         ),
         (
             ["--delivery-attempts", "101"],
-            "invalid --delivery-attempts 101: expected a value from 1 to 100",
+            "--delivery-attempts 101 is invalid: use a value from 1 to 100",
         ),
         (
             ["--delivery-timeout", "60", "--delivery-attempts", "3"],

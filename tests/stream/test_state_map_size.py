@@ -23,13 +23,13 @@ def test_map_size_limits_in_units(size: int, shown: str) -> None:
         build_config({**REQUIRED, "state_map_size": size}, {})
 
     assert str(raised.value) == (
-        f"invalid --state-map-size {size} ({shown}): expected a size from 1MiB to 1TiB, "
+        f"--state-map-size {size} ({shown}) is invalid: use a size from 1MiB to 1TiB, "
         "for example 512MiB"
     )
 
 
 def test_map_size_limit_names_variable() -> None:
-    with pytest.raises(ConfigError, match=r"^invalid HIERTCN_STATE_MAP_SIZE=65536 \(64KiB\)"):
+    with pytest.raises(ConfigError, match=r"^HIERTCN_STATE_MAP_SIZE=65536 \(64KiB\) is invalid"):
         build_config(REQUIRED, {"HIERTCN_STATE_MAP_SIZE": "64KiB"})
 
 

@@ -260,8 +260,8 @@ def test_replay_of_foreign_catalog_warns(
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"rate": 0.0}, "invalid --rate 0.0: use a positive number of events per second"),
-        ({"limit": -1}, "invalid --limit -1: use an integer >= 0"),
+        ({"rate": 0.0}, "--rate 0.0 is invalid: use a positive number of events per second"),
+        ({"limit": -1}, "--limit -1 is invalid: use an integer >= 0"),
     ],
 )
 def test_produce_range_errors_name_flag(changes: dict, message: str) -> None:
