@@ -205,10 +205,12 @@ def lock_pool(state_dir: Path, group: str) -> int | None:
     record = json.dumps({"group": group, "pid": os.getpid()}) + "\n"
     os.ftruncate(descriptor, 0)
     os.pwrite(descriptor, record.encode("utf-8"), 0)
-    # NOTE: Linux converts the lock by releasing it first, so a pool that starts in that
-    # instant may take the lock exclusively and replace the record.
+    # Linux converts the lock by releasing it first, so a pool that starts in that instant may
+    # take the lock exclusively and replace the record. The check below reads the record again
+    # under the shared lock, which no pool can replace while any pool holds it shared, so of
+    # two pools of different groups that race here only the one that wrote last keeps it.
     fcntl.flock(descriptor, fcntl.LOCK_SH)
-    return descriptor
+    return _check_pool_group(descriptor, state_dir, group)
 
 
 def _join_pool_lock(descriptor: int, state_dir: Path, group: str) -> int:
@@ -227,6 +229,12 @@ def _join_pool_lock(descriptor: int, state_dir: Path, group: str) -> int:
                     "state directory, and raise --processes for more workers"
                 ) from None
             time.sleep(0.05)
+    return _check_pool_group(descriptor, state_dir, group)
+
+
+def _check_pool_group(descriptor: int, state_dir: Path, group: str) -> int:
+    """Return `descriptor`, which holds the pool lock shared, when the record names `group`;
+    else close it and raise `StoreInUseError`."""
     try:
         holder = json.loads(os.pread(descriptor, 4096, 0))
         holder_group, holder_pid = str(holder["group"]), int(holder["pid"])

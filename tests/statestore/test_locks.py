@@ -316,3 +316,37 @@ def test_pool_of_other_group_rejected(tmp_path: Path) -> None:
     after = lock_pool(tmp_path, "g2")
     assert after is not None
     os.close(after)
+
+
+def test_pool_racing_lock_conversion_rejected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+
+    from statestore.locks import lock_pool
+
+    real_flock = fcntl.flock
+    racer: dict[str, int | None] = {}
+
+    def flock_with_race(descriptor: int, operation: int) -> None:
+        # The first blocking LOCK_SH is the first pool's conversion: release the lock as Linux
+        # does, and start a pool of another group in that instant.
+        if operation == fcntl.LOCK_SH and "g2" not in racer:
+            real_flock(descriptor, fcntl.LOCK_UN)
+            racer["g2"] = None  # set first, because the racing pool converts its lock too
+            racer["g2"] = lock_pool(tmp_path, "g2")
+        real_flock(descriptor, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_with_race)
+    with pytest.raises(StoreInUseError) as error:
+        lock_pool(tmp_path, "g1")
+    monkeypatch.undo()
+
+    assert f"consumer group 'g2' (pid {os.getpid()})" in str(error.value)
+    assert "this pool of group 'g1'" in str(error.value)
+    winner = racer["g2"]
+    assert winner is not None
+    same_group = lock_pool(tmp_path, "g2")
+    assert same_group is not None
+    os.close(same_group)
+    os.close(winner)

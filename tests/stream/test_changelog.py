@@ -12,7 +12,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import msgpack
 import numpy as np
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, KafkaError, TopicPartition
@@ -39,6 +38,7 @@ from stream.rebalance import CommittedOffsetsError
 from stream.worker import Worker
 from tests.statestore.helpers import make_state
 from tests.stream.fake_bundle import FakeBundle
+from tests.stream.messages import ConsumedMessage, event_message, partition_eof
 
 INPUT = "interactions"
 CHANGELOG = "interactions.changelog"
@@ -265,32 +265,6 @@ def test_restore_rejects_foreign_record(
 # -- the reader --------------------------------------------------------------------------------
 
 
-class ChangelogMessage:
-    """A consumed changelog message, or the end-of-partition event when `eof` is set."""
-
-    def __init__(self, partition: int, offset: int, key: Any, value: Any, eof: bool = False):
-        self._partition = partition
-        self._offset = offset
-        self._key = key
-        self._value = value
-        self._eof = eof
-
-    def error(self) -> KafkaError | None:
-        return KafkaError(KafkaError._PARTITION_EOF) if self._eof else None
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> Any:
-        return self._key
-
-    def value(self) -> Any:
-        return self._value
-
-
 class ChangelogConsumer:
     """The consumer calls of a restore, over in-memory changelog partitions.
 
@@ -334,20 +308,20 @@ class ChangelogConsumer:
     def unassign(self) -> None:
         self.assigned = []
 
-    def consume(self, num_messages: int, timeout: float) -> list[ChangelogMessage]:
+    def consume(self, num_messages: int, timeout: float) -> list[ConsumedMessage]:
         if self.stalled or not self.assigned:
             return []
         partition = self.assigned[0].partition
         records = self.partitions.get(partition, [])
         end = min(len(records), self.next_offset + num_messages)
         batch = [
-            ChangelogMessage(partition, offset, *records[offset])
+            ConsumedMessage(CHANGELOG, partition, offset, *records[offset])
             for offset in range(self.next_offset, end)
         ]
         self.next_offset += len(batch)
         if self.next_offset >= len(records) and self.eof and not self.eof_sent:
             self.eof_sent = True
-            batch.append(ChangelogMessage(partition, self.next_offset, None, None, eof=True))
+            batch.append(partition_eof(CHANGELOG, partition, self.next_offset))
         return batch
 
     def close(self) -> None:
@@ -502,7 +476,7 @@ def test_changelog_topic_must_be_its_own(field: str, role: str) -> None:
 
 
 def test_changelog_topic_name_checked() -> None:
-    with pytest.raises(ConfigError, match="invalid topic name 'a b' for --changelog-topic"):
+    with pytest.raises(ConfigError, match=r"^--changelog-topic 'a b' is invalid: use a topic name"):
         WorkerConfig(brokers="b:1", bundle=Path("x"), changelog_topic="a b")
 
 
@@ -553,37 +527,6 @@ class AssignConsumer:
         self.unassigned = partitions
 
 
-class EventMessage:
-    """A consumed event of `user` on `partition`."""
-
-    def __init__(self, partition: int, offset: int, user: str, row: int, ts: float) -> None:
-        self._partition = partition
-        self._offset = offset
-        self._key = user.encode()
-        self._value = msgpack.packb({"user": user, "item": f"i{row}", "ts": ts})
-
-    def topic(self) -> str:
-        return INPUT
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return self._key
-
-    def value(self) -> bytes:
-        return self._value
-
-    def headers(self) -> None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, int(time.time() * 1000))
-
-
 @pytest.fixture
 def make_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     workers: list[Worker] = []
@@ -616,7 +559,7 @@ def make_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
 
 def test_batch_changelog_follows_outputs(make_worker) -> None:
     worker = make_worker(ChangelogConsumer({}))
-    worker._process([EventMessage(1, 0, "u1", 3, START), EventMessage(2, 0, "u2", 4, START)])
+    worker._process([event_message(1, 0, "u1", 3, START), event_message(2, 0, "u2", 4, START)])
     worker.committer.drain()
 
     produced = worker.producer.produced
@@ -631,7 +574,7 @@ def test_batch_changelog_follows_outputs(make_worker) -> None:
 
 def test_timer_close_goes_to_changelog(make_worker) -> None:
     worker = make_worker(ChangelogConsumer({}))
-    worker._process([EventMessage(0, 0, "u1", 3, START)])
+    worker._process([event_message(0, 0, "u1", 3, START)])
     worker.committer.drain()
     worker.producer.produced.clear()
 
@@ -646,7 +589,7 @@ def test_timer_close_goes_to_changelog(make_worker) -> None:
 
 def test_worker_without_changelog_produces_outputs_only(make_worker) -> None:
     worker = make_worker(None)
-    worker._process([EventMessage(0, 0, "u1", 3, START)])
+    worker._process([event_message(0, 0, "u1", 3, START)])
     worker.committer.drain()
 
     assert [topic for topic, _key, _p in worker.producer.produced] == ["recommendations"]
@@ -804,7 +747,7 @@ class StoppingChangelogConsumer(ChangelogConsumer):
         self.on_unassign: Callable[[int], None] = lambda partition: None
         self.restored: list[int] = []
 
-    def consume(self, num_messages: int, timeout: float) -> list[ChangelogMessage]:
+    def consume(self, num_messages: int, timeout: float) -> list[ConsumedMessage]:
         if self.assigned:
             self.on_consume(self.assigned[0].partition)
         return super().consume(num_messages, timeout)

@@ -48,6 +48,7 @@ from stream.metric_updates import live_cutoffs
 from stream.metrics import create_metrics
 from stream.rebalance import CommittedOffsetsError
 from stream.worker import Worker
+from tests.stream.messages import INPUT_TOPIC, ConsumedMessage
 
 
 class FakeProducer:
@@ -233,40 +234,10 @@ def test_dead_letter_replaces_oversized_original_headers() -> None:
     assert headers["hiertcn.headers_dropped"] == b"10003"
 
 
-class FakeMessage:
-    """A consumed Kafka message with the accessors that Worker._decode reads."""
-
-    def __init__(self, partition: int, offset: int, value: bytes, key: bytes | None) -> None:
-        self._partition = partition
-        self._offset = offset
-        self._value = value
-        self._key = key
-
-    def topic(self) -> str:
-        return "interactions"
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes:
-        return self._value
-
-    def headers(self) -> None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 0)
-
-
-def _event_message(offset: int, ts: float, key: bytes | None = b"u1") -> FakeMessage:
+def _event_message(offset: int, ts: float, key: bytes | None = b"u1") -> ConsumedMessage:
+    """Return an event of u1 on item "a" on partition 0, without a timestamp."""
     value = msgpack.packb({"user": "u1", "item": "a", "ts": ts})
-    return FakeMessage(0, offset, value, key)
+    return ConsumedMessage(INPUT_TOPIC, 0, offset, key, value)
 
 
 def _decoding_worker() -> Worker:

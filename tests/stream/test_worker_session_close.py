@@ -21,6 +21,7 @@ from stream.metrics import create_metrics
 from stream.pipeline import Pipeline, PipelineConfig
 from stream.worker import Worker
 from tests.stream.fake_bundle import FakeBundle
+from tests.stream.messages import event_message
 
 GAP = 600.0
 # Event times well in the past, so that the ts_in_future check accepts them.
@@ -53,37 +54,6 @@ class HeldProducer:
     def poll(self, timeout: float) -> int:
         time.sleep(min(timeout, 0.01))
         return 0
-
-
-class EventMessage:
-    """A consumed message of one event on partition 0, appended to Kafka at `append_ms`."""
-
-    def __init__(self, offset: int, user: str, row: int, ts: float) -> None:
-        self._offset = offset
-        self._key = user.encode()
-        self._value = msgpack.packb({"user": user, "item": f"i{row}", "ts": ts})
-        self._append_ms = int(time.time() * 1000)
-
-    def topic(self) -> str:
-        return "interactions"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return self._key
-
-    def value(self) -> bytes:
-        return self._value
-
-    def headers(self) -> None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, self._append_ms)
 
 
 @pytest.fixture
@@ -123,10 +93,10 @@ def counter(worker: Worker, trigger: str) -> float:
 def test_batch_timer_close_output_follows_events(make_worker) -> None:
     producer = HeldProducer()
     worker = make_worker(producer)
-    worker._process([EventMessage(0, "u1", 3, START), EventMessage(1, "u2", 4, START + 10)])
+    worker._process([event_message(0, 0, "u1", 3, START), event_message(0, 1, "u2", 4, START + 10)])
 
     # u2's next event moves the watermark past u1's last event plus the gap.
-    worker._process([EventMessage(2, "u2", 5, START + 1000)])
+    worker._process([event_message(0, 2, "u2", 5, START + 1000)])
     worker.committer.drain()
 
     outputs = [output for _key, output in producer.produced]
@@ -165,7 +135,7 @@ def latency_count(worker: Worker) -> float:
 def test_idle_timer_close_commits_after_delivery(make_worker) -> None:
     producer = HeldProducer()
     worker = make_worker(producer)
-    worker._process([EventMessage(0, "u1", 3, START), EventMessage(1, "u2", 4, START + 10)])
+    worker._process([event_message(0, 0, "u1", 3, START), event_message(0, 1, "u2", 4, START + 10)])
     worker.committer.drain()
     producer.produced.clear()
     producer.hold = True
@@ -196,8 +166,8 @@ def test_idle_timer_close_commits_after_delivery(make_worker) -> None:
 def test_worker_without_flag_publishes_events_only(make_worker) -> None:
     producer = HeldProducer()
     worker = make_worker(producer, publish=False)
-    worker._process([EventMessage(0, "u1", 3, START), EventMessage(1, "u2", 4, START + 10)])
-    worker._process([EventMessage(2, "u2", 5, START + 1000)])
+    worker._process([event_message(0, 0, "u1", 3, START), event_message(0, 1, "u2", 4, START + 10)])
+    worker._process([event_message(0, 2, "u2", 5, START + 1000)])
     worker._positions[0] = PartitionPosition(3, START + 5000)
     worker._timers_due.add(0)
     worker._idle()
@@ -214,7 +184,7 @@ def stale_state(row: int, last_ts: float) -> Any:
     """Return a state with an open session of item `row` from a bundle with 500 items."""
     big = FakeBundle(num_items=500)
     pipeline = Pipeline(big, PipelineConfig(session_gap=GAP))
-    message = EventMessage(0, "old", row, last_ts)
+    message = event_message(0, 0, "old", row, last_ts)
     event = decode_event(
         message.key(), message.value(), Position("interactions", 0, 0), big.row_of, EventConfig()
     )
@@ -232,7 +202,7 @@ def timer_closes(worker: Worker) -> float:
 def test_idle_timer_reset_counted(make_worker) -> None:
     worker = make_worker(HeldProducer())
     worker.store.commit({"old": stale_state(400, START)})
-    worker._process([EventMessage(0, "u1", 3, START)])
+    worker._process([event_message(0, 0, "u1", 3, START)])
     worker.committer.drain()
 
     worker._positions[0] = PartitionPosition(1, START + 5000)
@@ -251,7 +221,7 @@ def test_batch_timer_reset_counted(make_worker) -> None:
     worker.store.commit({"old": stale_state(400, START)})
 
     # u1's event moves the watermark past the stored session's expiry.
-    worker._process([EventMessage(0, "u1", 3, START + 5000)])
+    worker._process([event_message(0, 0, "u1", 3, START + 5000)])
     worker.committer.drain()
 
     assert resets(worker) == 1
