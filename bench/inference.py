@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import statistics
 import sys
@@ -39,30 +38,14 @@ from export.onnx_export import ExportConfig, write_bundle
 from hiertcn.checkpoint import Checkpoint
 from hiertcn.models import ModelConfig, build_model
 
+# `python bench/inference.py` puts bench/ on sys.path, not the repository root, whose `bench`
+# package contains the argument types that the bench scripts share.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.arguments import positive_int, positive_seconds
+
 NUM_ITEMS = 1000  # the item table is outside the timed graphs, so its size does not matter
 MAX_PREFIX = 20
-
-
-def positive_int(text: str) -> int:
-    """Parse a flag value that must be an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use an integer >= 1")
-    return value
-
-
-def positive_seconds(text: str) -> float:
-    """Parse a flag value that must be a finite number of seconds > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use a number of seconds > 0")
-    return value
 
 
 def batch_sizes(values: list[str]) -> list[int]:
@@ -74,7 +57,7 @@ def batch_sizes(values: list[str]) -> list[int]:
             sizes.append(positive_int(part))
         except argparse.ArgumentTypeError:
             raise argparse.ArgumentTypeError(
-                f"invalid batch size {part!r}: give integers >= 1, separated by commas or spaces"
+                f"batch size {part!r} is invalid: use integers >= 1, separated by commas or spaces"
             ) from None
     if not sizes:
         raise argparse.ArgumentTypeError("no batch size given: e.g. --batch-sizes 1,32,256")

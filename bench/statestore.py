@@ -31,10 +31,12 @@ from pathlib import Path
 import numpy as np
 
 # `python bench/statestore.py` puts bench/ first on sys.path, where this file would shadow the
-# `statestore` package.
+# `statestore` package. The repository root takes its place, for `bench.arguments`.
 _BENCH_DIR = Path(__file__).resolve().parent
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _BENCH_DIR]
+sys.path.insert(0, str(_BENCH_DIR.parent))
 
+from bench.arguments import positive_int  # noqa: E402
 from statestore import PartitionPosition, StateStore, StoreConfig, UserState  # noqa: E402
 
 SESSION_ITEMS = 10
@@ -48,17 +50,6 @@ class Shapes:
     gru_layers: int = 4
     hidden_size: int = 128
     embedding_dim: int = 128
-
-
-def positive_int(text: str) -> int:
-    """Parse a flag value that must be an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use an integer >= 1")
-    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

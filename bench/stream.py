@@ -33,7 +33,6 @@ Prints a Markdown table for docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing
 import os
 import platform
@@ -57,10 +56,13 @@ import numpy as np
 # `stream` package.
 _BENCH_DIR = Path(__file__).resolve().parent
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _BENCH_DIR]
-# `ops` (the local broker) is no installed package, so it is imported from the repository root.
+# `ops` (the local broker) and `bench.arguments` are not installed packages, so they are imported
+# from the repository root.
 sys.path.insert(0, str(_BENCH_DIR.parent))
 
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+
+from bench.arguments import int_list, positive_int, seconds_at_least  # noqa: E402
 
 REPO_ROOT = _BENCH_DIR.parent
 PARTITIONS = 4
@@ -68,56 +70,6 @@ USERS = 2000
 START_TS = 1_700_000_000.0
 # The worker's default --max-batch-delay-ms, in seconds.
 BATCH_DELAY_SECONDS = 0.010
-
-
-def positive_int(text: str) -> int:
-    """Parse a flag value that must be an integer >= 1."""
-    return _int_at_least(text, 1)
-
-
-def _int_at_least(text: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = low - 1
-    if value < low:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use an integer >= {low}")
-    return value
-
-
-def seconds_at_least(low: float, inclusive: bool) -> Callable[[str], float]:
-    """Return a parser of a finite number of seconds >= `low` (> `low` unless `inclusive`)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value < low or (value == low and not inclusive):
-            bound = ">=" if inclusive else ">"
-            raise argparse.ArgumentTypeError(
-                f"invalid value {text!r}: use a number of seconds {bound} {low:g}"
-            )
-        return value
-
-    return parse
-
-
-def int_list(low: int) -> Callable[[str], list[int]]:
-    """Return a parser of integers >= `low` separated by commas or spaces (`16,64` or `16 64`)."""
-
-    def parse(text: str) -> list[int]:
-        parts = text.replace(",", " ").split()
-        if not parts:
-            raise argparse.ArgumentTypeError(f"invalid value {text!r}: give at least one integer")
-        try:
-            return [_int_at_least(part, low) for part in parts]
-        except argparse.ArgumentTypeError:
-            raise argparse.ArgumentTypeError(
-                f"invalid value {text!r}: give integers >= {low}, separated by commas or spaces"
-            ) from None
-
-    return parse
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -239,6 +191,40 @@ def produce(
     return count
 
 
+def read_messages(
+    brokers: str,
+    topic: str,
+    count: int,
+    timeout_s: float,
+    alive: Callable[[], bool] = lambda: True,
+) -> list[tuple[bytes | None, int]]:
+    """Read `topic` from its earliest offset until `count` messages have arrived.
+
+    Returns (key, Kafka timestamp in ms) of each message, in a new consumer group each call. The
+    last `consume` call may add up to 999 messages past `count`. Stops early, with what it has,
+    after `timeout_s` seconds or once `alive()` is false (the program under test exited).
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": brokers,
+            "group.id": f"bench-reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    messages: list[tuple[bytes | None, int]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(messages) < count and time.monotonic() < deadline and alive():
+            for message in consumer.consume(num_messages=1000, timeout=0.5):
+                if message.error() is None:
+                    messages.append((message.key(), message.timestamp()[1]))
+    finally:
+        consumer.close()
+    return messages
+
+
 def read_timestamps(
     brokers: str,
     topic: str,
@@ -250,25 +236,7 @@ def read_timestamps(
 
     Stops early, with what it has, once `alive()` is false (the program under test exited).
     """
-    consumer = Consumer(
-        {
-            "bootstrap.servers": brokers,
-            "group.id": f"bench-reader-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
-    stamps: list[int] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(stamps) < count and time.monotonic() < deadline and alive():
-            for message in consumer.consume(num_messages=1000, timeout=0.5):
-                if message.error() is None:
-                    stamps.append(message.timestamp()[1])
-    finally:
-        consumer.close()
-    return stamps
+    return [stamp for _key, stamp in read_messages(brokers, topic, count, timeout_s, alive)]
 
 
 def read_pairs(
@@ -289,27 +257,10 @@ def read_pairs(
     return sorted(pairs)
 
 
-def _timestamps_by_key(brokers: str, topic: str, count: int) -> dict[bytes, list[int]]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": brokers,
-            "group.id": f"bench-reader-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
-    by_key: dict[bytes, list[int]] = {}
-    seen = 0
-    deadline = time.monotonic() + 120
-    try:
-        while seen < count and time.monotonic() < deadline:
-            for message in consumer.consume(num_messages=1000, timeout=0.5):
-                if message.error() is None:
-                    by_key.setdefault(message.key(), []).append(message.timestamp()[1])
-                    seen += 1
-    finally:
-        consumer.close()
+def _timestamps_by_key(brokers: str, topic: str, count: int) -> dict[bytes | None, list[int]]:
+    by_key: dict[bytes | None, list[int]] = {}
+    for key, stamp in read_messages(brokers, topic, count, timeout_s=120):
+        by_key.setdefault(key, []).append(stamp)
     return by_key
 
 

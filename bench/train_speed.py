@@ -27,12 +27,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hiertcn.commands.train import add_bptt_sessions_argument, add_size_arguments, parse_dilations
 from hiertcn.data.filters import FilterConfig
 from hiertcn.data.options import DataConfig, load_dataset_from_config
 from hiertcn.data.readers import FORMATS, ReaderConfig
-from hiertcn.errors import HierTCNError
+from hiertcn.errors import ConfigError, HierTCNError, InvalidFieldError
 from hiertcn.models import ModelConfig, build_model, list_models
+from hiertcn.models.config import field_flag
 from hiertcn.train import TrainConfig, seed_everything, train_model
+
+# `python bench/train_speed.py` puts bench/ on sys.path, not the repository root, whose `bench`
+# package contains the argument types that the bench scripts share.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.arguments import positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -88,28 +96,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--batch-size", type=positive_int, default=32, help="sessions per batch (default: 32)"
     )
     parser.add_argument(
-        "--embedding-dim", type=positive_int, default=128, help="D (default: 128, as in the paper)"
-    )
-    parser.add_argument(
-        "--hidden-size", type=positive_int, default=128, help="H of every GRU (default: 128)"
-    )
-    parser.add_argument(
-        "--gru-layers",
-        type=positive_int,
-        default=4,
-        help="G, layers of the HierTCN session GRU and of the GRU baseline (default: 4)",
-    )
-    parser.add_argument(
-        "--tcn-channels", type=positive_int, default=128, help="TCN filters (default: 128)"
-    )
-    parser.add_argument(
-        "--bptt-sessions",
-        type=positive_int,
-        default=ModelConfig().bptt_sessions,
-        help="sessions that HierTCN's session GRU backpropagates through per batch "
-        f"(default: {ModelConfig().bptt_sessions}, as `hiertcn train`)",
-    )
-    parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="cpu", help="device (default: cpu)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
@@ -120,6 +106,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="torch CPU threads; one thread keeps CPU seconds comparable on a shared machine "
         "(default: 1)",
     )
+    # The flags and defaults of `hiertcn train`. `model_config` checks their values.
+    model_flags = parser.add_argument_group("model sizes, as in `hiertcn train`")
+    add_size_arguments(model_flags)
+    add_bptt_sessions_argument(model_flags)
     args = parser.parse_args(argv)
     if args.data is None:
         args.data, source = default_data()
@@ -144,17 +134,6 @@ def default_data() -> tuple[Path, str]:
         return Path(data_dir) / DEFAULT_DATA, f"HIERTCN_DATA_DIR is {data_dir!r}"
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     return shared / DEFAULT_DATA, f"HIERTCN_DATA_DIR is unset, so the folder is {shared}"
-
-
-def positive_int(text: str) -> int:
-    """Parse a flag value that must be an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use an integer >= 1")
-    return value
 
 
 def model_names(value: str) -> list[str]:
@@ -183,16 +162,33 @@ def load_slice(args: argparse.Namespace) -> BenchDataset:
     return BenchDataset(train, valid, valid, dataset.vocab, dataset.summary)
 
 
-def measure(name: str, dataset: BenchDataset, args: argparse.Namespace) -> dict[str, float]:
-    """Train `name` for one epoch; return its epoch seconds, events per second and peak bytes."""
-    config = ModelConfig(
-        name=name,
-        embedding_dim=args.embedding_dim,
-        hidden_size=args.hidden_size,
-        gru_layers=args.gru_layers,
-        tcn_channels=args.tcn_channels,
-        bptt_sessions=args.bptt_sessions,
-    )
+def model_config(name: str, args: argparse.Namespace) -> ModelConfig:
+    """Build the configuration of model `name` from the size flags.
+
+    An invalid value raises ConfigError naming its flag, as `hiertcn train` does.
+    """
+    dilations = parse_dilations(args.dilations)
+    try:
+        return ModelConfig(
+            name=name,
+            embedding_dim=args.embedding_dim,
+            hidden_size=args.hidden_size,
+            gru_layers=args.gru_layers,
+            tcn_channels=args.tcn_channels,
+            kernel_size=args.kernel_size,
+            dilations=dilations,
+            bptt_sessions=args.bptt_sessions,
+        )
+    except InvalidFieldError as error:
+        raise ConfigError(
+            f"{field_flag(error.field)} {error.value} is invalid: {error.fix}"
+        ) from None
+
+
+def measure(
+    config: ModelConfig, dataset: BenchDataset, args: argparse.Namespace
+) -> dict[str, float]:
+    """Train the model of `config` for one epoch; return its seconds, events/s and peak bytes."""
     seed_everything(args.seed)
     model = build_model(config, len(dataset.vocab))
     training = TrainConfig(
@@ -246,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> None:
     """Load the slice, train each model of --models for one epoch and print the table."""
+    # Invalid sizes fail here, before the log is read.
+    configs = {name: model_config(name, args) for name in args.models}
     dataset = load_slice(args)
     train = dataset.train
     machine = platform.processor() or platform.machine()
@@ -257,8 +255,8 @@ def run(args: argparse.Namespace) -> None:
         f"{time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f}"
     )
     results = {}
-    for name in args.models:
-        results[name] = measure(name, dataset, args)
+    for name, config in configs.items():
+        results[name] = measure(config, dataset, args)
         print(f"{name}: {results[name]['seconds']:.1f} s", file=sys.stderr)
     print(format_results(results, args.models[0]))
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")

@@ -112,13 +112,16 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = 
         required=model_required,
         help="model name: one of {models}" + ("" if model_required else " (default: hiertcn)"),
     )
-    _add_size_arguments(group)
+    add_size_arguments(group)
     _add_regularization_arguments(group)
     _add_model_input_arguments(group)
 
 
-def _add_size_arguments(group: argparse._ArgumentGroup) -> None:
-    """Add the layer sizes of the models: D, H, G, TCN filters, kernel and dilations."""
+def add_size_arguments(group: argparse._ArgumentGroup) -> None:
+    """Add the layer sizes of the models: D, H, G, TCN filters, kernel and dilations.
+
+    bench/train_speed.py adds them too, so that its models take the sizes of `hiertcn train`.
+    """
     group.add_argument(
         "--embedding-dim", type=int, default=128, help="item-embedding size D (default: 128)"
     )
@@ -192,6 +195,11 @@ def _add_model_input_arguments(group: argparse._ArgumentGroup) -> None:
         default=5,
         help="k, the last items that moving_average averages and maxitem compares (default: 5)",
     )
+    add_bptt_sessions_argument(group)
+
+
+def add_bptt_sessions_argument(group: argparse._ArgumentGroup) -> None:
+    """Add `--bptt-sessions`, the GRU backpropagation depth, which bench/train_speed.py adds too."""
     group.add_argument(
         "--bptt-sessions",
         type=int,

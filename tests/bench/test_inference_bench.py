@@ -24,12 +24,12 @@ def test_batch_sizes_default():
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--batch-sizes", "0"], "argument --batch-sizes: invalid batch size '0'"),
-        (["--batch-sizes", "abc"], "argument --batch-sizes: invalid batch size 'abc'"),
-        (["--rounds", "0"], "argument --rounds: invalid value '0': use an integer >= 1"),
-        (["--threads", "0"], "argument --threads: invalid value '0': use an integer >= 1"),
-        (["--seconds", "0"], "argument --seconds: invalid value '0': use a number of seconds > 0"),
-        (["--seconds", "nan"], "argument --seconds: invalid value 'nan'"),
+        (["--batch-sizes", "0"], "argument --batch-sizes: batch size '0' is invalid"),
+        (["--batch-sizes", "abc"], "argument --batch-sizes: batch size 'abc' is invalid"),
+        (["--rounds", "0"], "argument --rounds: '0' is invalid: use an integer >= 1"),
+        (["--threads", "0"], "argument --threads: '0' is invalid: use an integer >= 1"),
+        (["--seconds", "0"], "argument --seconds: '0' is invalid: use a number of seconds > 0"),
+        (["--seconds", "nan"], "argument --seconds: 'nan' is invalid"),
     ],
 )
 def test_bad_flag_exits_2(capsys, flags, message):

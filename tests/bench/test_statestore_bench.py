@@ -14,9 +14,9 @@ statestore_bench = load_script("statestore")
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--batches", "0"], "argument --batches: invalid value '0': use an integer >= 1"),
-        (["--batch-size", "0"], "argument --batch-size: invalid value '0': use an integer >= 1"),
-        (["--threads", "0"], "argument --threads: invalid value '0': use an integer >= 1"),
+        (["--batches", "0"], "argument --batches: '0' is invalid: use an integer >= 1"),
+        (["--batch-size", "0"], "argument --batch-size: '0' is invalid: use an integer >= 1"),
+        (["--threads", "0"], "argument --threads: '0' is invalid: use an integer >= 1"),
         (["--population", "10"], "--population 10 is below --batch-size 512"),
         (["--dir", "{tmp}/absent"], "--dir {tmp}/absent is not an existing folder"),
         (["--bundle", "{tmp}/absent"], "--bundle {tmp}/absent is not a folder"),

@@ -31,13 +31,13 @@ def test_pending_batches_accept_zero():
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--batch-sizes", "abc"], "argument --batch-sizes: invalid value 'abc'"),
-        (["--batch-sizes", "0"], "argument --batch-sizes: invalid value '0': give integers >= 1"),
-        (["--max-pending-batches", "-1"], "give integers >= 0, separated by commas or spaces"),
-        (["--events", "0"], "argument --events: invalid value '0': use an integer >= 1"),
-        (["--items", "0"], "argument --items: invalid value '0': use an integer >= 1"),
-        (["--seconds", "0"], "argument --seconds: invalid value '0': use a number of seconds > 0"),
-        (["--warmup-seconds", "-1"], "invalid value '-1': use a number of seconds >= 0"),
+        (["--batch-sizes", "abc"], "argument --batch-sizes: 'abc' is invalid"),
+        (["--batch-sizes", "0"], "argument --batch-sizes: '0' is invalid: use integers >= 1"),
+        (["--max-pending-batches", "-1"], "use integers >= 0, separated by commas or spaces"),
+        (["--events", "0"], "argument --events: '0' is invalid: use an integer >= 1"),
+        (["--items", "0"], "argument --items: '0' is invalid: use an integer >= 1"),
+        (["--seconds", "0"], "argument --seconds: '0' is invalid: use a number of seconds > 0"),
+        (["--warmup-seconds", "-1"], "'-1' is invalid: use a number of seconds >= 0"),
         (["--bundle", "{tmp}/absent"], "--bundle {tmp}/absent is not a folder"),
     ],
 )

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hiertcn.data.synthetic import SyntheticConfig, generate_synthetic_log
+from hiertcn.models import ModelConfig
 from tests.bench.conftest import load_script
 
 train_speed = load_script("train_speed")
@@ -21,8 +22,8 @@ def small_log(tmp_path):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--users", "0"], "argument --users: invalid value '0': use an integer >= 1"),
-        (["--batch-size", "0"], "argument --batch-size: invalid value '0': use an integer >= 1"),
+        (["--users", "0"], "argument --users: '0' is invalid: use an integer >= 1"),
+        (["--batch-size", "0"], "argument --batch-size: '0' is invalid: use an integer >= 1"),
         (["--models", "nosuch"], "argument --models: unknown model nosuch: choose from"),
         (["--models", "gru,gru"], "argument --models: gru given more than once"),
         (["--data", "{tmp}/absent.csv"], "--data {tmp}/absent.csv is not a file"),
@@ -84,13 +85,42 @@ def test_one_thread_run_prints_singular(small_log, capsys):
     assert "| hiertcn |" in out
 
 
-def test_invalid_model_size_exits_2_with_one_line(small_log, capsys):
-    flags = ["--data", str(small_log), "--format", "csv", "--item-col", "item"]
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--bptt-sessions", "300"], "--bptt-sessions 300 is invalid: use at most 256"),
+        (["--embedding-dim", "0"], "--embedding-dim 0 is invalid: use a positive integer"),
+        (["--kernel-size", "-1"], "--kernel-size -1 is invalid: use a positive integer"),
+        (["--dilations", "1,0"], "--dilations '1,0' is invalid: give one positive integer"),
+    ],
+)
+def test_invalid_size_fails_before_log_read(tmp_path, capsys, flags, message):
+    # The log lacks the columns of the csv format, so reading it would fail with another error.
+    # The size check must come first.
+    log = tmp_path / "unreadable.csv"
+    log.write_text("no,columns,here\n1,2,3\n")
 
-    code = train_speed.main([*flags, "--min-item-count", "1", "--bptt-sessions", "300"])
+    code = train_speed.main(["--data", str(log), "--format", "csv", *flags])
 
     error = capsys.readouterr().err
     assert code == 2
     assert error.startswith("train_speed.py: error: ")
-    assert "bptt_sessions=300 is invalid" in error
+    assert message in error
+    assert error.count("\n") == 1
     assert "Traceback" not in error
+
+
+def test_model_size_defaults_match_model_config(small_log):
+    args = train_speed.parse_args(["--data", str(small_log)])
+
+    for name in ("hiertcn", "gru", "tcn"):
+        assert train_speed.model_config(name, args) == ModelConfig(name=name)
+
+
+def test_kernel_and_dilations_reach_model_config(small_log):
+    flags = ["--data", str(small_log), "--kernel-size", "3", "--dilations", "1,2"]
+
+    config = train_speed.model_config("tcn", train_speed.parse_args(flags))
+
+    assert config.kernel_size == 3
+    assert config.dilations == (1, 2)
