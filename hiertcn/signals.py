@@ -1,8 +1,9 @@
 """SIGTERM as a KeyboardInterrupt, for the commands of `hiertcn` and `hiertcn-stream`.
 
 A command that stops on Ctrl-C with a message on what it saved stops the same way on SIGTERM,
-the signal that supervisors and orchestrators send. This module imports neither torch nor
-numpy, so the serving side (`stream`) may import it.
+the signal that supervisors and orchestrators send. A second signal of the same kind ends the
+process at once. This module imports neither torch nor numpy, so the serving side (`stream`)
+may import it.
 """
 
 from __future__ import annotations
@@ -22,18 +23,35 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    # A second Ctrl-C ends the process at once, with the status of a SIGINT. Raised again, it
+    # would land in whatever clean-up code runs, such as a weakref callback during garbage
+    # collection, which prints a traceback and goes on.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    raise KeyboardInterrupt
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Raise `Terminated`, a KeyboardInterrupt, on SIGTERM in the body; restore the handler after.
+    """Raise `Terminated`, a KeyboardInterrupt, on SIGTERM in the body; restore the handlers after.
 
-    Python installs signal handlers only in the main thread, so elsewhere the body runs with
-    the handler unchanged.
+    The first SIGINT raises KeyboardInterrupt as Python's own handler does, and a second
+    SIGINT, like a second SIGTERM, ends the process. A SIGINT that the process ignores, as a
+    shell's background job does, stays ignored. Python installs signal handlers only in the main
+    thread, so elsewhere the body runs with the handlers unchanged.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        # After a first SIGINT the default action stays, so that a second one during the
+        # command's report still ends the process instead of raising in it.
+        if signal.getsignal(signal.SIGINT) is _raise_interrupt:
+            signal.signal(signal.SIGINT, previous_int)

@@ -1,4 +1,4 @@
-"""SIGTERM as a KeyboardInterrupt: the first one raises, a second one ends the process."""
+"""SIGTERM and SIGINT: the first one raises, a second one ends the process."""
 
 from __future__ import annotations
 
@@ -69,3 +69,65 @@ def test_handler_restored_after_block() -> None:
         assert signal.getsignal(signal.SIGTERM) is previous
     finally:
         signal.signal(signal.SIGTERM, original)
+
+
+# Sends SIGINT twice inside `sigterm_as_interrupt`: the first raises KeyboardInterrupt, the second
+# comes during the clean-up and ends the process without raising into it.
+TWO_SIGINTS = """
+import os, signal, time
+from hiertcn.signals import sigterm_as_interrupt
+
+def wait_for_signal():
+    for _ in range(500):
+        time.sleep(0.01)
+
+try:
+    with sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGINT)
+        wait_for_signal()
+        print("first SIGINT ignored", flush=True)
+except KeyboardInterrupt:
+    print("first SIGINT raised", flush=True)
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        wait_for_signal()
+        print("second SIGINT ignored", flush=True)
+    except KeyboardInterrupt:
+        print("second SIGINT raised", flush=True)
+"""
+
+
+def test_second_sigint_ends_process() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(TWO_SIGINTS)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert completed.stdout == "first SIGINT raised\n", completed.stderr
+    assert completed.returncode == -signal.SIGINT
+    assert "Traceback" not in completed.stderr
+
+
+def test_sigint_handler_restored_after_block() -> None:
+    from hiertcn.signals import sigterm_as_interrupt
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with sigterm_as_interrupt():
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ignored_sigint_stays_ignored() -> None:
+    from hiertcn.signals import sigterm_as_interrupt
+
+    original = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with sigterm_as_interrupt():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, original)
