@@ -77,6 +77,9 @@ TWO_SIGINTS = """
 import os, signal, time
 from hiertcn.signals import sigterm_as_interrupt
 
+# A test run in a shell's background job inherits an ignored SIGINT, which the block keeps.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 def wait_for_signal():
     for _ in range(500):
         time.sleep(0.01)
@@ -115,10 +118,13 @@ def test_second_sigint_ends_process() -> None:
 def test_sigint_handler_restored_after_block() -> None:
     from hiertcn.signals import sigterm_as_interrupt
 
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with sigterm_as_interrupt():
-        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    original = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with sigterm_as_interrupt():
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, original)
 
 
 def test_ignored_sigint_stays_ignored() -> None:
