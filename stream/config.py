@@ -269,7 +269,14 @@ OPTIONS: tuple[Option, ...] = (
         "from 1 to 86400",
         "SECONDS",
     ),
-    Option("ts_unit", "--ts-unit", str, "unit of the events' `ts` field: s or ms", "UNIT"),
+    Option(
+        "ts_unit",
+        "--ts-unit",
+        str,
+        "unit of the input events' `ts` field: s or ms; the outputs' `ts` is in seconds (a "
+        "float) with either unit",
+        "UNIT",
+    ),
     Option(
         "max_future_seconds",
         "--max-future-seconds",

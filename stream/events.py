@@ -33,6 +33,9 @@ MAX_TS_MILLISECONDS = 1e14
 # With --ts-unit ms, event times below this many milliseconds (1973-03-03) only make sense as
 # seconds: a time in seconds of any date from 1973 to 5138 lies between 1e8 and 1e11.
 MIN_TS_MILLISECONDS = 1e11
+# Invalid event times up to this bound read as microseconds of a date from 1973 to 5138. Those
+# up to 1000 times it read as nanoseconds, and the rejection message names that unit.
+MAX_TS_MICROSECONDS = 1e17
 # Seconds an event time may lie ahead of the wall clock by default. An event further ahead
 # would move its partition's watermark into the future, and the timers would then close every
 # session of that partition after each event.
@@ -286,15 +289,37 @@ def _ts(fields: Mapping[str, Any], config: EventConfig, now: float) -> float:
             f"ts {_short(raw)} has type {type(raw).__name__}: send a number of {unit}",
         )
     ts = float(raw)
-    if not math.isfinite(ts) or ts < 0 or ts > MAX_TS_MILLISECONDS:
+    if not math.isfinite(ts) or ts < 0:
         raise _InvalidEventError(
             "invalid_ts",
             f"ts {_short(raw)} is not a valid event time in {unit}: send {unit} since the "
             "Unix epoch",
         )
+    if ts > MAX_TS_MILLISECONDS:
+        raise _InvalidEventError("invalid_ts", _too_large_message(raw, ts, unit))
     ts = _ts_in_seconds(raw, ts, config)
     _check_not_in_future(raw, ts, config, now)
     return ts
+
+
+def _too_large_message(raw: Any, ts: float, unit: str) -> str:
+    """Return the rejection message of a `ts` above `MAX_TS_MILLISECONDS` in `unit` ("seconds"
+    or "milliseconds"), which names microseconds or nanoseconds where the value reads as one."""
+    if ts <= MAX_TS_MICROSECONDS:
+        likely, factor = "microseconds", 1e6
+    elif ts <= MAX_TS_MICROSECONDS * 1000:
+        likely, factor = "nanoseconds", 1e9
+    else:
+        return (
+            f"ts {_short(raw)} is not a valid event time in {unit}: send {unit} since the "
+            "Unix epoch"
+        )
+    if unit == "milliseconds":
+        factor /= 1000
+    return (
+        f"ts {_short(raw)} is too large for {unit} and looks like {likely}: send {unit} since "
+        f"the Unix epoch (the value divided by {factor:.0f})"
+    )
 
 
 def _ts_in_seconds(raw: Any, ts: float, config: EventConfig) -> float:
@@ -389,6 +414,14 @@ def _optional_text(fields: Mapping[str, Any], field: str, reason: str, config: E
     return raw
 
 
+def _no_candidates_message(unknown: int) -> str:
+    """Return the rejection message of a `candidates` list with `unknown` ids and no known one."""
+    fix = "send known candidates, or leave the field out or null to rank the whole catalog"
+    if unknown == 0:
+        return f"candidates is empty: {fix}"
+    return f"none of the {unknown} candidates is in the model bundle's vocabulary: {fix}"
+
+
 def _validate(
     key: bytes | None,
     value: bytes,
@@ -411,11 +444,7 @@ def _validate(
     impressions, dropped_impressions = _rows(fields, "impressions", row_of, config)
     candidates, dropped_candidates = _rows(fields, "candidates", row_of, config)
     if candidates is not None and not candidates:
-        raise _InvalidEventError(
-            "no_known_candidates",
-            f"none of the {dropped_candidates} candidates is in the model bundle's vocabulary: "
-            "send known candidates, or leave the field out to rank the whole catalog",
-        )
+        raise _InvalidEventError("no_known_candidates", _no_candidates_message(dropped_candidates))
     event_type = _optional_text(fields, "type", "invalid_type", config)
     event_id = _optional_text(fields, "event_id", "invalid_event_id", config)
     return Event(

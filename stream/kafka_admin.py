@@ -16,7 +16,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from statestore.maintenance import plural
 from stream.config import WorkerConfig
 from stream.errors import ConfigError, StreamError
-from stream.kafka_settings import describe_invalid_setting
+from stream.kafka_settings import client_settings, describe_invalid_setting
 from stream.logs import librdkafka_logger
 
 logger = logging.getLogger(__name__)
@@ -46,10 +46,12 @@ def create_admin(config: WorkerConfig) -> AdminClient:
     """Create the admin client, with librdkafka's log lines routed to a rate-limited logger.
 
     librdkafka queues its log lines until `poll()`; an invalid -X setting raises `ConfigError`.
+    The admin client is a librdkafka producer instance, which would log a CONFWARN line for
+    each consumer-only -X setting (`-X session.timeout.ms`), so it gets none of them.
     """
     settings = {
         "bootstrap.servers": config.brokers,
-        **config.kafka_settings,
+        **client_settings(config.kafka_settings, "producer"),
         "logger": _LIBRDKAFKA_LOGGER,
     }
     try:

@@ -44,6 +44,7 @@ ALIASES = {
 # Properties that only a consumer (C) or only a producer (P) reads, from the C/P column of
 # CONFIGURATION.md of librdkafka 2.16. The other client ignores them with a CONFWARN log line,
 # so `client_settings` leaves them out of its settings. A key not listed here goes to both.
+# An admin client is a librdkafka producer instance, so it gets the producer's keys.
 CONSUMER_ONLY = frozenset(
     {
         "group.id", "group.instance.id", "group.protocol", "group.remote.assignor",
@@ -55,7 +56,7 @@ CONSUMER_ONLY = frozenset(
         "fetch.min.bytes", "fetch.error.backoff.ms", "offset.store.method",
         "isolation.level", "enable.partition.eof", "check.crcs", "auto.offset.reset",
         "auto.commit.enable", "consume.callback.max.messages", "consume_cb", "rebalance_cb",
-        "offset_commit_cb",
+        "offset_commit_cb", "offset.store.path", "offset.store.sync.interval.ms",
     }
 )  # fmt: skip
 PRODUCER_ONLY = frozenset(
@@ -67,7 +68,7 @@ PRODUCER_ONLY = frozenset(
         "compression.level", "batch.num.messages", "batch.size", "delivery.report.only.error",
         "dr_cb", "dr_msg_cb", "sticky.partitioning.linger.ms", "request.required.acks",
         "request.timeout.ms", "message.timeout.ms", "partitioner", "partitioner_cb",
-        "msg_order_cmp", "produce.offset.report", "on_delivery",
+        "msg_order_cmp", "produce.offset.report", "queuing.strategy", "on_delivery",
     }
 )  # fmt: skip
 # librdkafka reads "topic.NAME" as the topic property NAME for every topic.

@@ -176,7 +176,8 @@ def _add_event_check_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("s", "ms"),
         default="s",
         help="unit of the events' ts field in jsonl, msgpack and csv files: seconds or "
-        "milliseconds; the readers of the data set formats give seconds (default: s)",
+        "milliseconds; the readers of the data set formats give seconds, and the outputs' ts "
+        "is in seconds with either unit (default: s)",
     )
 
     parser.add_argument(

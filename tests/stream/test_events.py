@@ -200,7 +200,10 @@ VALID = {"user": "u1", "item": "apple", "ts": 1_700_000_000.0}
         ({"candidates": []}, "no_known_candidates"),
         ({"candidates": list(range(1001))}, "too_many_candidates"),
         ({"type": 5}, "invalid_type"),
+        ({"type": "t" * 257}, "invalid_type"),
         ({"event_id": ""}, "invalid_event_id"),
+        ({"event_id": 17}, "invalid_event_id"),
+        ({"event_id": "e" * 257}, "invalid_event_id"),
     ],
 )
 def test_invalid_field_rejected(changes: dict, reason: str) -> None:
@@ -414,3 +417,72 @@ def test_ts_messages_name_ms_unit(changes: dict, unit: str) -> None:
 def test_invalid_future_tolerance_rejected(value: float) -> None:
     with pytest.raises(ConfigError, match=r"^max_future_seconds .* is invalid: use a finite"):
         EventConfig(max_future_seconds=value)
+
+
+def test_empty_candidates_message() -> None:
+    result = decode({**VALID, "candidates": []})
+
+    assert reason_of(result) == "no_known_candidates"
+    assert result.message.startswith("candidates is empty: ")
+    assert "none of the 0" not in result.message
+    assert "leave the field out" in result.message
+
+
+def test_unknown_candidates_message() -> None:
+    result = decode({**VALID, "candidates": ["ghost", "spook"]})
+
+    assert reason_of(result) == "no_known_candidates"
+    assert result.message.startswith("none of the 2 candidates is in the model bundle's")
+
+
+@pytest.mark.parametrize(
+    ("unit", "ts", "likely", "divisor"),
+    [
+        ("ms", 1_796_498_186_000_000, "microseconds", "1000"),
+        ("s", 1_796_498_186_000_000, "microseconds", "1000000"),
+        ("ms", 1_796_498_186_000_000_000, "nanoseconds", "1000000"),
+        ("s", 1_796_498_186_000_000_000, "nanoseconds", "1000000000"),
+    ],
+)
+def test_too_large_ts_names_likely_unit(unit: str, ts: int, likely: str, divisor: str) -> None:
+    config = EventConfig(ts_unit=unit)
+
+    result = decode_at({**VALID, "ts": ts}, config=config)
+
+    assert reason_of(result) == "invalid_ts"
+    assert f"is too large for {config.unit_name} and looks like {likely}" in result.message
+    assert f"send {config.unit_name} since the Unix epoch" in result.message
+    assert f"(the value divided by {divisor})" in result.message
+
+
+def test_ts_beyond_nanoseconds_names_no_unit() -> None:
+    result = decode_at({**VALID, "ts": 1e21}, config=EventConfig(ts_unit="ms"))
+
+    assert reason_of(result) == "invalid_ts"
+    assert "looks like" not in result.message
+    assert "is not a valid event time in milliseconds" in result.message
+
+
+def test_ms_ts_decoded_as_float_seconds() -> None:
+    config = EventConfig(ts_unit="ms")
+
+    result = decode_at({**VALID, "ts": 1_793_906_436_000}, now=1_793_906_436.0, config=config)
+
+    assert isinstance(result, Event)
+    assert isinstance(result.ts, float)
+    assert result.ts == 1_793_906_436.0
+
+
+def test_null_event_id_gets_input_position() -> None:
+    result = decode({**VALID, "event_id": None, "type": None})
+
+    assert isinstance(result, Event)
+    assert result.event_id == "interactions[3]@1842"
+    assert result.event_type is None
+
+
+def test_longest_ids_accepted() -> None:
+    result = decode({**VALID, "event_id": "e" * 256, "type": "t" * 256})
+
+    assert isinstance(result, Event)
+    assert result.event_id == "e" * 256
