@@ -18,6 +18,12 @@ Runtime and numpy alone. Shape letters: `B` rows in a batch, `L` events in a ses
   read once more for this, in blocks of `_FINITE_CHECK_VALUES`, after the hash check read it.
 - `max_session_items` is at most `MAX_SESSION_ITEMS`.
 
+Once ONNX Runtime has opened the graphs, it checks that each graph has the inputs and outputs of
+the bundle format (`export.graph_signature`): every input name and no other, the output name,
+their dtypes and ranks, and D, G and H where the graph fixes them. Otherwise the first call would
+fail inside ONNX Runtime, for example with "Invalid input name: state" when the exporter dropped
+an input that the model's function does not use.
+
 Behaviour of the methods for inputs a worker can produce:
 
 - A batch of 0 rows is valid: `session_step` returns float32 [0, D] and `session_close`
@@ -43,6 +49,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from export.errors import BundleError, BundleIntegrityError, InvalidInputError
+from export.graph_signature import (
+    CLOSE_SIGNATURE,
+    STEP_SIGNATURE,
+    GraphSignature,
+    declared_from_runtime,
+    signature_problems,
+)
 from export.manifest import (
     CLOSE_INPUTS,
     CLOSE_OUTPUT,
@@ -262,6 +275,8 @@ def load_bundle(
     options = session_options(config)
     step = open_session(step_bytes, SESSION_STEP_FILE, config, options, providers)
     close = open_session(close_bytes, SESSION_CLOSE_FILE, config, options, providers)
+    _check_graph(path, step, STEP_SIGNATURE, manifest)
+    _check_graph(path, close, CLOSE_SIGNATURE, manifest)
     logger.info(
         "loaded bundle %s (version %s, %d items, D=%d, G=%d, H=%d) on %s",
         path,
@@ -282,6 +297,24 @@ def _check_session_items(path: Path, manifest: Manifest) -> None:
             f"the maximum of {MAX_SESSION_ITEMS} session items (the model's receptive field) "
             "that this loader accepts: the manifest was changed or damaged, export the bundle "
             "again with `hiertcn export`"
+        )
+
+
+def _check_graph(
+    path: Path, session: ort.InferenceSession, signature: GraphSignature, manifest: Manifest
+) -> None:
+    """Raise `BundleError` when an opened graph's inputs or outputs differ from the format."""
+    problems = signature_problems(
+        signature,
+        declared_from_runtime(session.get_inputs()),
+        declared_from_runtime(session.get_outputs()),
+        manifest.to_dict(),
+    )
+    if problems:
+        raise BundleError(
+            f"{path / signature.file} does not match the bundle format: {'; '.join(problems)}. "
+            "The worker cannot run this graph: export the bundle again with `hiertcn export`, "
+            "which names the cause"
         )
 
 

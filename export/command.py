@@ -29,8 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `export` subcommand to the `hiertcn` parser."""
     parser = subparsers.add_parser(
         "export",
-        help="export a trained HierTCN checkpoint to an ONNX model bundle",
-        description="Write the model bundle (ONNX graphs, item table, manifest) of a checkpoint.",
+        help="export a trained checkpoint, such as a hiertcn one, to an ONNX model bundle",
+        description="Write the model bundle (ONNX graphs, item table, manifest) of a checkpoint. "
+        "The model must provide the serving members session_user_embedding, close_session, "
+        "start_state and a finite receptive_field, which docs/architecture.md defines in the "
+        'section "Models". Of the built-in models, hiertcn provides them.',
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint file (best.pt of a run)")
     parser.add_argument(

@@ -32,6 +32,14 @@ import torch
 from torch import nn
 
 from export.errors import ExportFailedError
+from export.graph_signature import (
+    CLOSE_SIGNATURE,
+    STEP_SIGNATURE,
+    GraphSignature,
+    declared_from_onnx,
+    missing_inputs,
+    signature_problems,
+)
 from export.manifest import (
     BUNDLE_FILES,
     CLOSE_INPUTS,
@@ -50,6 +58,12 @@ from export.manifest import (
     valid_session_gap,
     write_manifest,
 )
+from export.model_checks import (
+    MEMBERS_DOC,
+    check_exportable,
+    check_finite_weights,
+    receptive_field,
+)
 from export.step_graph import build_pruned_step
 
 logger = logging.getLogger(__name__)
@@ -64,9 +78,6 @@ MIN_OPSET = 14
 
 # Max absolute difference from the model, in torch, up to which the pruned step is exported.
 PRUNED_STEP_ATOL = 1e-5
-
-# Serving methods that `export` needs on a model (see docs/architecture.md, "Models").
-REQUIRED_MEMBERS = ("session_user_embedding", "close_session", "start_state", "receptive_field")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,31 +148,6 @@ class SessionCloseGraph(nn.Module):
         return self.model.close_session(state, session_mean)
 
 
-def check_exportable(model: nn.Module) -> None:
-    """Raise `ExportFailedError` unless `model` has the serving interface of HierTCN."""
-    missing = [name for name in REQUIRED_MEMBERS if not hasattr(model, name)]
-    if missing:
-        name = getattr(getattr(model, "config", None), "name", type(model).__name__)
-        raise ExportFailedError(
-            f"model {name!r} lacks {missing}, which the bundle needs: only HierTCN checkpoints "
-            "can be exported"
-        )
-
-
-def check_finite_weights(model: nn.Module) -> None:
-    """Raise `ExportFailedError` naming the first weight tensor with a NaN or infinite value."""
-    for name, tensor in model.state_dict().items():
-        if not tensor.is_floating_point():
-            continue
-        bad = int((~torch.isfinite(tensor)).sum())
-        if bad:
-            raise ExportFailedError(
-                f"weight tensor {name!r} of the checkpoint contains {bad} NaN or infinite "
-                f"value{'' if bad == 1 else 's'} of {tensor.numel()}: the training diverged, so "
-                "retrain with a lower --lr or with --grad-clip"
-            )
-
-
 def model_dimensions(model: nn.Module) -> dict[str, int]:
     """Return N, D, G, H and the receptive field of `model` as manifest keys."""
     table = model.item_embeddings()
@@ -171,7 +157,7 @@ def model_dimensions(model: nn.Module) -> dict[str, int]:
         "embedding_dim": int(table.shape[1]),
         "gru_layers": int(layers),
         "hidden_size": int(hidden),
-        "max_session_items": int(model.receptive_field),
+        "max_session_items": receptive_field(model),
     }
 
 
@@ -193,6 +179,7 @@ def export_session_step(model: nn.Module, opset: int, pruned: bool = True) -> by
     }
     step = _fastest_step(model) if pruned else SessionStepGraph(model)
     graph = _export(step, example, STEP_INPUTS, STEP_OUTPUT, axes, opset)
+    check_graph_signature(graph, STEP_SIGNATURE, dims)
     return _finish(graph, ["B", dims["embedding_dim"]])
 
 
@@ -234,7 +221,34 @@ def export_session_close(model: nn.Module, opset: int) -> bytes:
     )
     axes = {"state": {0: "B"}, "session_mean": {0: "B"}, CLOSE_OUTPUT: {0: "B"}}
     graph = _export(SessionCloseGraph(model), example, CLOSE_INPUTS, CLOSE_OUTPUT, axes, opset)
+    check_graph_signature(graph, CLOSE_SIGNATURE, dims)
     return _finish(graph, ["B", dims["gru_layers"], dims["hidden_size"]])
+
+
+def check_graph_signature(
+    graph: onnx.ModelProto, signature: GraphSignature, dims: dict[str, int]
+) -> None:
+    """Raise `ExportFailedError` when the inputs or outputs of an exported graph differ from the
+    bundle format, before any bundle file is written."""
+    weights = {initializer.name for initializer in graph.graph.initializer}
+    inputs = declared_from_onnx(value for value in graph.graph.input if value.name not in weights)
+    outputs = declared_from_onnx(graph.graph.output)
+    problems = signature_problems(signature, inputs, outputs, dims)
+    if not problems:
+        return
+    message = (
+        f"the {signature.file} graph exported from the model's {signature.function} does not "
+        f"match the bundle format: {'; '.join(problems)}"
+    )
+    missing = missing_inputs(signature, inputs)
+    if missing:
+        message += (
+            f". The ONNX exporter drops every input that the output does not depend on, so "
+            f"{signature.function} probably does not use its argument {', '.join(missing)}. The "
+            "worker feeds every input, so make the output depend on it, for example by adding "
+            f"the argument times 0.0 ({MEMBERS_DOC})"
+        )
+    raise ExportFailedError(message)
 
 
 def _export(

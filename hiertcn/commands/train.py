@@ -193,7 +193,9 @@ def _add_model_input_arguments(group: argparse._ArgumentGroup) -> None:
         "--recent-items",
         type=int,
         default=5,
-        help="k, the last items that moving_average averages and maxitem compares (default: 5)",
+        help="k, the last items that moving_average averages and maxitem compares "
+        "(default: 5). moving_average with 1 ranks by the last item alone, the "
+        '"last item" baseline',
     )
     add_bptt_sessions_argument(group)
 
