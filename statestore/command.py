@@ -222,16 +222,22 @@ def state_dir_of(args: argparse.Namespace) -> Path:
     return state_dir
 
 
-def open_store(state_dir: Path) -> StateStore:
+def open_store(state_dir: Path, recorded_map_size: bool = False) -> StateStore:
     """Open the existing store in `state_dir`, without the writers lock; raise when
-    `state_dir` contains none."""
+    `state_dir` contains none.
+
+    With `recorded_map_size`, the store maps the size recorded in data.mdb
+    (`StoreConfig.recorded_map_size`).
+    """
     _check_not_a_file(state_dir)
     if not (state_dir / "data.mdb").is_file():
         raise StoreConfigError(
             f"state directory {state_dir} contains no LMDB store (data.mdb not found): "
             "check --state-dir"
         )
-    return StateStore(StoreConfig(path=state_dir, writer_lock="none"))
+    return StateStore(
+        StoreConfig(path=state_dir, writer_lock="none", recorded_map_size=recorded_map_size)
+    )
 
 
 def _check_not_a_file(state_dir: Path) -> None:
@@ -251,10 +257,10 @@ def _check_not_a_file(state_dir: Path) -> None:
 def run_stats(args: argparse.Namespace) -> int:
     """Print the counts and sizes of the store."""
     state_dir = state_dir_of(args)
-    with open_store(state_dir) as store:
-        # The store opens with the default map size of `StoreConfig`, larger than a map that
-        # workers started with a small --state-map-size, so report the size they recorded.
-        store.adopt_recorded_map_size()
+    # The default map size of `StoreConfig` is larger than a map that workers started with a
+    # small --state-map-size, so the store maps the size that they recorded, and both the open
+    # line and the output report that.
+    with open_store(state_dir, recorded_map_size=True) as store:
         stats = maintenance.collect_stats(store)
     positions = [
         _position_row(topic, partition, position)

@@ -20,8 +20,9 @@ The file is separate from LMDB's `lock.mdb`, which LMDB manages itself. The kern
 leaves no stale lock. A forked child shares the parent's lock until both have closed the
 descriptor.
 
-A pool also holds `pool.lock` for its lifetime (`lock_pool`), shared with pools of its own
-consumer group only, because a pool of another group would apply every event a second time.
+A pool and its workers also hold `pool.lock`, shared with pools of their own consumer group
+only, because a pool of another group would apply every event a second time
+(`statestore.pool_lock`).
 
 `SharedExclusiveLock` is the other lock of a store: the one between the threads of one process,
 which lets transactions run side by side and a map resize run alone.
@@ -31,11 +32,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,7 +51,7 @@ WriterLock = Literal["shared", "exclusive", "none"]
 WRITER_LOCK_MODES: tuple[WriterLock, ...] = ("shared", "exclusive", "none")
 # errno values of a file system that does not support flock. The store then logs a warning and
 # runs without the lock, as it did before the lock existed.
-_UNSUPPORTED_ERRNOS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP})
+UNSUPPORTED_LOCK_ERRNOS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP})
 
 
 def lock_shared(state_dir: Path) -> int | None:
@@ -172,113 +171,6 @@ def _import_rejected(state_dir: Path, pool_holds: bool) -> StoreInUseError:
     )
 
 
-# The file in a state directory that running pools hold a shared flock on, and that records the
-# consumer group and pid of the pool that took the lock first.
-POOL_LOCK_FILE = "pool.lock"
-# Seconds a starting pool waits while another starting pool writes the pool lock's record.
-_POOL_LOCK_WAIT_SECONDS = 2.0
-
-
-def lock_pool(state_dir: Path, group: str) -> int | None:
-    """Take the pool lock of the existing `state_dir` for a pool of consumer group `group`, and
-    return its descriptor, which the pool keeps open for its lifetime.
-
-    Pools of one group may share the directory, because the group assigns each partition, and
-    so each user, to one of them: a rolling restart starts the new pool beside the old one. A
-    pool of another group would consume every event again and apply it to the same states, so
-    it raises `StoreInUseError` naming the group and pid of the pool that holds the lock.
-    Returns None, after a warning, on a file system without flock. The pool's worker processes
-    do not take this lock.
-    """
-    path = state_dir / POOL_LOCK_FILE
-    descriptor = _open_pool_lock_file(path)
-    try:
-        # The first pool takes the lock exclusively while it writes the record, so that two
-        # pools that start together cannot both find the directory free.
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _join_pool_lock(descriptor, state_dir, group)
-    except OSError as error:
-        os.close(descriptor)
-        _raise_unless_unsupported(error, state_dir)
-        return None
-    record = json.dumps({"group": group, "pid": os.getpid()}) + "\n"
-    os.ftruncate(descriptor, 0)
-    os.pwrite(descriptor, record.encode("utf-8"), 0)
-    # Linux converts the lock by releasing it first, so a pool that starts in that instant may
-    # take the lock exclusively and replace the record. The check below reads the record again
-    # under the shared lock, which no pool can replace while any pool holds it shared, so of
-    # two pools of different groups that race here only the one that wrote last keeps it.
-    fcntl.flock(descriptor, fcntl.LOCK_SH)
-    return _check_pool_group(descriptor, state_dir, group)
-
-
-def _join_pool_lock(descriptor: int, state_dir: Path, group: str) -> int:
-    """Take the pool lock shared beside running pools of `group`, or raise `StoreInUseError`."""
-    deadline = time.monotonic() + _POOL_LOCK_WAIT_SECONDS
-    while True:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(descriptor)
-                raise StoreInUseError(
-                    f"state directory {state_dir} is in use: another pool is starting on it "
-                    f"(it holds {state_dir / POOL_LOCK_FILE} exclusively). Run one pool per "
-                    "state directory, and raise --processes for more workers"
-                ) from None
-            time.sleep(0.05)
-    return _check_pool_group(descriptor, state_dir, group)
-
-
-def _check_pool_group(descriptor: int, state_dir: Path, group: str) -> int:
-    """Return `descriptor`, which holds the pool lock shared, when the record names `group`;
-    else close it and raise `StoreInUseError`."""
-    try:
-        holder = json.loads(os.pread(descriptor, 4096, 0))
-        holder_group, holder_pid = str(holder["group"]), int(holder["pid"])
-    except (ValueError, KeyError, TypeError, OSError):
-        holder_group, holder_pid = None, None
-    if holder_group == group:
-        return descriptor
-    os.close(descriptor)
-    raise StoreInUseError(_other_pool_message(state_dir, group, holder_group, holder_pid))
-
-
-def _other_pool_message(
-    state_dir: Path, group: str, holder_group: str | None, holder_pid: int | None
-) -> str:
-    holder = "a worker pool"
-    if holder_group is not None:
-        holder = f"a worker pool of consumer group {holder_group!r} (pid {holder_pid})"
-    return (
-        f"state directory {state_dir} is in use by {holder}, and this pool of group {group!r} "
-        "would consume every event again and apply it to the same user states. Run one pool "
-        "per state directory and raise --processes for more workers, pass another "
-        "--state-dir, or stop that pool first"
-        + (
-            f" (a pool of group {holder_group!r} may start beside it for a rolling restart)"
-            if holder_group is not None
-            else ""
-        )
-    )
-
-
-def _open_pool_lock_file(path: Path) -> int:
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as error:
-        if error.errno in (errno.EACCES, errno.EROFS):
-            raise ReadOnlyStoreError(
-                f"cannot create the lock file {path}: {error.strerror}. A pool needs write "
-                "access to its state directory: pass a writable --state-dir"
-            ) from error
-        raise StoreConfigError(
-            f"cannot open the lock file {path}: {error.strerror}; check --state-dir"
-        ) from error
-
-
 def _open_lock_file(state_dir: Path) -> int:
     path = state_dir / WRITERS_LOCK_FILE
     try:
@@ -296,7 +188,7 @@ def _open_lock_file(state_dir: Path) -> int:
 
 
 def _raise_unless_unsupported(error: OSError, state_dir: Path) -> None:
-    if error.errno not in _UNSUPPORTED_ERRNOS:
+    if error.errno not in UNSUPPORTED_LOCK_ERRNOS:
         raise StoreConfigError(
             f"locking {state_dir / WRITERS_LOCK_FILE} failed: {error.strerror}; check --state-dir"
         ) from error

@@ -169,9 +169,15 @@ def check_eviction_args(
         )
 
 
-def plural(count: int, noun: str) -> str:
-    """Return `count` and `noun`, with an `s` unless `count` is 1: `1 user`, `3 users`."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+def plural(count: int, noun: str, plural_noun: str | None = None) -> str:
+    """Return `count` and `noun`, in the plural unless `count` is 1: `1 user`, `3 users`.
+
+    The plural is `noun` with an `s` unless `plural_noun` gives it: `plural(3, "batch",
+    "batches")`.
+    """
+    if count == 1:
+        return f"{count} {noun}"
+    return f"{count} {plural_noun or noun + 's'}"
 
 
 # JSON form of a state -----------------------------------------------------------------------

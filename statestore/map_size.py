@@ -72,7 +72,7 @@ class MapSizing:
         if self.map_size() != size_before:
             return  # another thread of this process adopted or grew the map meanwhile
         self._env.set_mapsize(0)
-        logger.warning(
+        logger.info(
             "LMDB map of %s was grown by another process: adopted %s (%s, attempt %d/%d)",
             self.path,
             format_size(self.map_size()),
@@ -86,7 +86,7 @@ class MapSizing:
             return  # another thread of this process grew the map meanwhile
         self._env.set_mapsize(0)
         if self.map_size() > full_size:
-            logger.warning(
+            logger.info(
                 "LMDB map of %s is full at %s, adopted %s from another process (%s, attempt %d/%d)",
                 self.path,
                 format_size(full_size),
@@ -105,8 +105,22 @@ class MapSizing:
             )
         new_size = min(full_size * 2, self.config.max_map_size)
         self._env.set_mapsize(new_size)
+        if new_size < self.config.max_map_size:
+            # Routine: the map starts small and doubles as the store fills.
+            logger.info(
+                "LMDB map of %s is full at %s, growing to %s (%s, attempt %d/%d)",
+                self.path,
+                format_size(full_size),
+                format_size(new_size),
+                name,
+                attempt,
+                _MAX_ATTEMPTS,
+            )
+            return
         logger.warning(
-            "LMDB map of %s is full at %s, growing to %s (%s, attempt %d/%d)",
+            "LMDB map of %s is full at %s, growing to %s, which is max_map_size: the next time "
+            "it is full, commits fail. Raise StoreConfig.max_map_size, or evict inactive users "
+            "(hiertcn-stream state evict) (%s, attempt %d/%d)",
             self.path,
             format_size(full_size),
             format_size(new_size),

@@ -38,7 +38,8 @@ Map growth across processes. The map starts at `StoreConfig.map_size` and grows 
    `lmdb.MapResizedError` when it begins a transaction. The store calls `set_mapsize(0)` to adopt
    the recorded size and retries.
 
-Each retry logs a warning with `attempt n/max`. The work of a transaction is a function that the
+Each retry logs an INFO line with `attempt n/max`, and a growth that reaches
+`StoreConfig.max_map_size` a warning. The work of a transaction is a function that the
 store may call more than once, so it must only read and write through the transaction.
 
 Full disk. LMDB writes the pages of a commit before it writes the meta page that makes the
@@ -125,6 +126,9 @@ class StoreConfig:
     # actions that may run beside live workers pass "none", and so does `state import`, which
     # holds the lock exclusively itself.
     writer_lock: locks.WriterLock = "shared"
+    # Map the size that the store's writers recorded in data.mdb instead of `map_size`, as
+    # `state stats` does to report that size.
+    recorded_map_size: bool = False
 
     def __post_init__(self) -> None:
         if self.map_size <= 0:
@@ -190,6 +194,8 @@ class StateStore(MapSizing):
             if cleared:
                 logger.info("cleared %d stale LMDB reader slots in %s", cleared, self.path)
             self._max_user_key = self._env.max_key_size() - keys.TIMER_PREFIX_SIZE
+            if config.recorded_map_size:
+                self.adopt_recorded_map_size()
             self._databases = self._retry(self._open_databases, "open databases")
             self._check_meta()
         except BaseException:
@@ -199,11 +205,27 @@ class StateStore(MapSizing):
             self._release_writer_lock()
             raise
         logger.info(
-            "opened state store %s (map %s, sync=%s, metasync=%s)",
+            "opened state store %s (%s, sync=%s, metasync=%s)",
             self.path,
-            format_size(self.map_size()),
+            self._describe_map(),
             config.sync,
             config.metasync,
+        )
+
+    def _describe_map(self) -> str:
+        """Describe the map size of this process and where it comes from, for the open line.
+
+        The size that data.mdb records can differ, because LMDB maps the requested size, or
+        the size of the data when that is larger, until `adopt_recorded_map_size`.
+        """
+        size = self.map_size()
+        if self.config.recorded_map_size:
+            return f"map {format_size(size)}, as recorded in data.mdb"
+        if size == self.config.map_size:
+            return f"map {format_size(size)}, as requested by this process"
+        return (
+            f"map {format_size(size)}: this process requested "
+            f"{format_size(self.config.map_size)}, and LMDB raised it to the size of the data"
         )
 
     def _open_environment(self) -> lmdb.Environment:

@@ -2,11 +2,14 @@
 
 The worker memory-maps the bundle's item table and keeps its ONNX graphs in memory, so files
 rewritten in place under a running worker would mix two bundles under one version. A
-`BundleWatch` compares cheap stat stamps of the files with those taken before the load.
+`BundleWatch` compares cheap stat stamps of the files with those taken before the load. When
+only a file's times have moved (a `touch`, a chmod), it compares the file's sha256 with that of
+the loaded content, and keeps serving when they are equal.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -29,6 +32,12 @@ logger = logging.getLogger(__name__)
 BUNDLE_CHECK_SECONDS = 1.0
 # The fix for a bundle that changed under a running pool.
 REDEPLOY_ADVICE = "Deploy each bundle to a new directory and restart the pool with --bundle on it"
+# Largest file whose content the watch hashes in the worker's main loop after its times moved.
+# A larger one counts as changed. hashlib.sha256 took 0.19 s for 256 MiB in memory on one core
+# of a 2-core Xeon VM, and an estimated few times longer on a CPU without SHA instructions.
+# Either pause stays far below the defaults of max.poll.interval.ms and of /healthz's stall
+# limit.
+CONTENT_CHECK_MAX_BYTES = 256 << 20
 
 
 class BundleChangedError(StreamError):
@@ -65,23 +74,33 @@ class FileStamp:
             return None
         return cls(info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns)
 
+    def only_times_moved(self, after: FileStamp | None) -> bool:
+        """Return whether `after` is the same file with the same size, and only its modification
+        or change time differs, as after a `touch`, a chmod or a same-size rewrite."""
+        return after is not None and (after.inode, after.size) == (self.inode, self.size)
+
     def describe_change(self, after: FileStamp | None) -> str:
-        """Describe how the file changed from this stamp to `after`."""
+        """Describe how the file changed from this stamp to `after`, from the stamps alone."""
         if after is None:
             return "was removed"
         if after.inode != self.inode:
             return f"was replaced by another file (inode {after.inode}, was {self.inode})"
-        if after.size == self.size and after.mtime_ns == self.mtime_ns:
-            moved = (after.ctime_ns - self.ctime_ns) / 1e9
-            return (
-                f"was changed in place with the same size and modification time (change time "
-                f"moved by {moved:+.3f} s): a rewrite that set the modification time back, or "
-                "a chmod, chown or new hard link"
-            )
+        if after.size == self.size:
+            return f"kept its size and inode, but {self.describe_times(after)}"
         moved = (after.mtime_ns - self.mtime_ns) / 1e9
         return (
             f"was rewritten in place (size {after.size} bytes, was {self.size}; modification "
             f"time moved by {moved:+.3f} s)"
+        )
+
+    def describe_times(self, after: FileStamp) -> str:
+        """Describe which of the file's times moved from this stamp to `after`."""
+        if after.mtime_ns != self.mtime_ns:
+            return f"its modification time moved by {(after.mtime_ns - self.mtime_ns) / 1e9:+.3f} s"
+        return (
+            f"its change time moved by {(after.ctime_ns - self.ctime_ns) / 1e9:+.3f} s with the "
+            "same modification time (a rewrite that set the modification time back, or a chmod, "
+            "chown or new hard link)"
         )
 
 
@@ -103,6 +122,11 @@ class BundleWatch:
     checked only at load, so `check` compares cheap stat stamps instead, at most once per
     `interval` seconds.
 
+    A file whose size and inode are unchanged but whose times moved is hashed and compared with
+    `hashes`, the sha256 of the content that the worker loaded. An equal hash means a `touch`
+    or a chmod: the watch logs it, takes the new stamps and keeps serving. A file without such
+    a hash, or larger than `CONTENT_CHECK_MAX_BYTES`, counts as changed.
+
     NOTE: a read of the memory map after a copy has truncated items.npy kills the worker with
     SIGBUS before any check runs. The pool keeps a watch of its own for that case
     (`stream.pool`). A same-size rewrite that lands within one tick of the kernel's file time
@@ -117,11 +141,14 @@ class BundleWatch:
         version: str,
         interval: float = BUNDLE_CHECK_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        hashes: Mapping[str, str] | None = None,
     ) -> None:
         self.directory = Path(directory)
         # Stamps taken before the load, so that a change during the load counts as well.
         self.stamps = dict(stamps)
         self.version = version
+        # sha256 (hex) of the loaded content of each file whose content the watch can check.
+        self.hashes = dict(hashes or {})
         self._due = Interval(interval, clock)
 
     def check(self) -> None:
@@ -140,14 +167,55 @@ class BundleWatch:
     def find_change(self) -> str | None:
         """Stat every watched file now, and describe the first one that changed, or return None.
 
-        Unlike `check`, this ignores the interval.
+        Unlike `check`, this ignores the interval. A file whose times alone moved and whose
+        content is unchanged gets its new stamp here and does not count.
         """
         for name, before in self.stamps.items():
             after = FileStamp.of(self.directory / name)
-            if after != before:
-                change = "appeared" if before is None else before.describe_change(after)
-                return f"{name} {change}"
+            if after == before:
+                continue
+            if before is None:
+                return f"{name} appeared"
+            if after is None or not before.only_times_moved(after):
+                return f"{name} {before.describe_change(after)}"
+            content_change = self._compare_content(name, after)
+            if content_change is not None:
+                return f"{name} {content_change} ({before.describe_times(after)})"
+            logger.info(
+                "bundle %s: only the times of %s moved (%s), and its sha256 still matches the "
+                "loaded version %s, so it does not count as a change",
+                self.directory,
+                name,
+                before.describe_times(after),
+                self.version,
+            )
+            self.stamps[name] = after
         return None
+
+    def _compare_content(self, name: str, after: FileStamp) -> str | None:
+        """Hash the file `name`, whose stamp is now `after`, and describe how its content differs
+        from the loaded one; None when it is the same."""
+        expected = self.hashes.get(name)
+        if expected is None:
+            return "kept its size and inode, but the watch has no hash of its loaded content"
+        if after.size > CONTENT_CHECK_MAX_BYTES:
+            return (
+                f"kept its size and inode, but at {after.size} bytes it is above the "
+                f"{CONTENT_CHECK_MAX_BYTES} bytes that the worker hashes in its main loop, so a "
+                "same-size rewrite cannot be told from a touch"
+            )
+        from export.manifest import sha256_file
+
+        try:
+            actual = sha256_file(self.directory / name)
+        except OSError as error:
+            return f"kept its size and inode, but reading it to hash its content failed: {error}"
+        if actual == expected:
+            return None
+        return (
+            "was rewritten in place with the same size and inode: its sha256 differs from that "
+            "of the content the worker loaded"
+        )
 
 
 def watch_manifest_files(
@@ -159,7 +227,32 @@ def watch_manifest_files(
 
     watched = [MANIFEST_FILE, *sorted(manifest.files)]
     loaded = {name: stamps.get(name) for name in watched}
-    return BundleWatch(directory, loaded, manifest.version)
+    # The loader checked every listed file against these hashes.
+    hashes = dict(manifest.files)
+    manifest_hash = hash_loaded_manifest(directory, manifest)
+    if manifest_hash is not None:
+        hashes[MANIFEST_FILE] = manifest_hash
+    return BundleWatch(directory, loaded, manifest.version, hashes=hashes)
+
+
+def hash_loaded_manifest(directory: Path, manifest: Manifest) -> str | None:
+    """Return the sha256 of `manifest.json` in `directory` when it still contains `manifest`,
+    the one the worker loaded; None when it changed since the load or cannot be read.
+
+    The file is read once for both, so the hash belongs to the content that was compared.
+    """
+    from export.errors import ExportError
+    from export.manifest import MANIFEST_FILE, Manifest, sha256_bytes
+
+    try:
+        data = (directory / MANIFEST_FILE).read_bytes()
+        parsed = json.loads(data)
+        if not isinstance(parsed, dict):
+            return None
+        current = Manifest.from_dict(parsed)
+    except (OSError, ValueError, TypeError, ExportError):
+        return None  # the first check finds the change in its stamps
+    return sha256_bytes(data) if current == manifest else None
 
 
 def load_watched_bundle(

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from statestore import PartitionPosition, UserState
+from statestore.maintenance import plural
 from stream.delivery import Deliverer, OutputRecord
 from stream.errors import StreamError
 
@@ -232,7 +233,9 @@ class Committer:
             try:
                 self._commit_group(group)
             except BaseException as error:  # the worker thread raises it as CommitError
-                logger.error("commit of %d batches failed: %s", len(group), error)
+                logger.error(
+                    "commit of %s failed: %s", plural(len(group), "batch", "batches"), error
+                )
                 with self._cond:
                     self._error = error
                     self._writing = False
@@ -271,4 +274,8 @@ class Committer:
                     del self._pending[user]
             self._committed.update(positions)
             self._cond.notify_all()
-        logger.debug("committed %d batches, %d states", len(group), len(states))
+        logger.debug(
+            "committed %s, %s",
+            plural(len(group), "batch", "batches"),
+            plural(len(states), "state"),
+        )

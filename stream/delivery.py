@@ -151,6 +151,8 @@ class Deliverer:
             failed = [r for r in records if not r.delivered and r.error is not None]
             waiting = [r for r in records if not r.reported]
             if not failed and not waiting:
+                if attempt > 1:
+                    self._log_recovery(records, attempt, time.monotonic() - started)
                 return
             self._log_try(failed, waiting, attempt, time.monotonic() - started)
             if attempt == self.config.attempts or waiting:
@@ -184,6 +186,22 @@ class Deliverer:
             describe_targets([*failed, *waiting]),
         )
 
+    def _log_recovery(self, records: Sequence[OutputRecord], attempt: int, elapsed: float) -> None:
+        """Log that a wait whose first try failed has delivered everything.
+
+        One line per such wait, after its warnings of the failed tries, so it repeats at most
+        as often as they do.
+        """
+        logger.info(
+            "delivery recovered: all %d messages of the wait delivered on attempt %d/%d, %.1f s "
+            "after it began: %s",
+            len(records),
+            attempt,
+            self.config.attempts,
+            elapsed,
+            describe_targets(records),
+        )
+
     def _failure_message(
         self, records: Sequence[OutputRecord], attempt: int, elapsed: float
     ) -> str:
@@ -193,7 +211,7 @@ class Deliverer:
             f"{elapsed:.1f} s ({attempt} of {self.config.attempts} tries, at most "
             f"{self.config.max_wait_seconds:g} s): {describe_targets(undelivered)}. Check that "
             "the broker is up and that these topics exist with these partitions, then restart "
-            "the worker"
+            "the pool"
         )
 
     def _poll_until(self, until: float) -> None:
@@ -249,5 +267,5 @@ class Deliverer:
             check = f"topic {record.topic} exists with partition {record.partition}"
         return (
             f"producing a message to {target} failed: {error.args[0]}. Check that {check}, "
-            "then restart the worker"
+            "then restart the pool"
         )

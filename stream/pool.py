@@ -8,6 +8,10 @@ pool is not stopping is logged with its exit code, and the pool stops the others
 non-zero, unless `WorkerConfig.keep_going` lets the remaining workers take over its partitions.
 The only way back to the configured number of workers is to restart the pool.
 
+A worker whose pool process has exited, for example after a SIGKILL, stops as on SIGTERM:
+nothing would serve its metrics or stop it any more. Until it has stopped, it still holds the
+state directory's pool lock, which each worker takes beside the pool (`statestore.pool_lock`).
+
 The metrics server also serves /healthz and /readyz (rules in `stream.health`), so that an
 orchestrator restarts a pool whose worker hangs or has exited under `keep_going`.
 """
@@ -15,6 +19,7 @@ orchestrator restarts a pool whose worker hangs or has exited under `keep_going`
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import math
@@ -68,6 +73,9 @@ STOP_TIMEOUT_SECONDS = 60.0
 # The exit code of a worker stopped by invalid settings, bundle or state (ConfigError and the
 # like), which the pool passes on.
 INVALID_INPUT_EXIT_CODE = 2
+# The prctl(2) option that sets the signal a process gets when its parent exits
+# (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
 
 
 def stop_timeout(config: WorkerConfig) -> float:
@@ -82,16 +90,17 @@ def _worker_main(
     threads: int,
     log_level: int,
     heartbeat: WorkerHeartbeat | None = None,
+    pool_pid: int | None = None,
 ) -> None:
-    """Entry point of one spawned worker process."""
+    """Entry point of one spawned worker process; `pool_pid` is the pool process that started
+    it (None in tests without a pool)."""
     from export.errors import ExportError
     from hiertcn.command_line import configure_logging
     from statestore.errors import StateStoreError
-    from stream.worker import run_worker
 
     configure_logging(1 if log_level <= logging.DEBUG else 0)
     try:
-        code = run_worker(config, index, threads, heartbeat)
+        code = _run_locked_worker(config, index, threads, heartbeat, pool_pid)
     except (StreamError, ExportError, StateStoreError) as error:
         logger.error("worker %d failed: %s", index, error)
         code = error.exit_code
@@ -101,6 +110,53 @@ def _worker_main(
         logger.exception("worker %d failed", index)
         code = 1
     sys.exit(code)
+
+
+def _run_locked_worker(
+    config: WorkerConfig,
+    index: int,
+    threads: int,
+    heartbeat: WorkerHeartbeat | None,
+    pool_pid: int | None,
+) -> int:
+    """Run the worker while it holds the pool lock of its state directory beside its pool.
+
+    The worker holds the lock itself, so that a pool of another consumer group stays rejected
+    until the last process of this pool has stopped, also when the pool process was killed.
+    """
+    from statestore.pool_lock import join_pool_lock
+    from stream.worker import run_worker
+
+    pool_lock = None
+    if pool_pid is not None:
+        pool_lock = join_pool_lock(config.state_dir, config.group_id, pool_pid)
+    try:
+        return run_worker(config, index, threads, heartbeat, pool_pid)
+    finally:
+        if pool_lock is not None:
+            os.close(pool_lock)
+
+
+def stop_with_pool(pool_pid: int) -> None:
+    """Ask Linux to send this worker SIGTERM when the pool process `pool_pid` exits.
+
+    Call it after the worker has installed its SIGTERM handler. Linux sends the signal when
+    the thread that started the worker exits, and the pool starts its workers from the thread
+    that runs `Pool.run`, which ends only after they have stopped. Where prctl is missing, the
+    worker's main loop still notices the exit through `os.getppid()` (`Worker.run`).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    if prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        logger.debug("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+        return
+    # No signal comes for a pool that exited before prctl ran, so check for that once here.
+    if os.getppid() != pool_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def single_threaded_blas(environ: MutableMapping[str, str]) -> None:
@@ -199,7 +255,7 @@ class Pool:
     def _lock_state_dir(self) -> int | None:
         """Take the pool lock of --state-dir, which rejects a pool of another consumer group,
         and return its descriptor (None on a file system without flock)."""
-        from statestore.locks import lock_pool
+        from statestore.pool_lock import lock_pool
 
         # The store's open creates the directory too, but the lock file must exist first.
         with contextlib.suppress(OSError):
@@ -223,7 +279,14 @@ class Pool:
         for index in range(self.config.processes):
             child = context.Process(
                 target=_worker_main,
-                args=(self.config, index, threads, self.log_level, self.heartbeats.worker(index)),
+                args=(
+                    self.config,
+                    index,
+                    threads,
+                    self.log_level,
+                    self.heartbeats.worker(index),
+                    os.getpid(),
+                ),
                 name=f"hiertcn-worker-{index}",
             )
             child.start()
@@ -469,16 +532,52 @@ def serve_metrics(
         server, _thread = serve_aggregate(address, port, health)
     except ConfigError as error:
         cause = error.__cause__
-        bad_address = isinstance(cause, socket.gaierror) or (
-            isinstance(cause, OSError) and cause.errno == errno.EADDRNOTAVAIL
-        )
-        if not bad_address:
+        if not isinstance(cause, OSError) or not _is_bad_address(cause):
             raise
-        raise ConfigError(
-            f"{format_setting(name, repr(address))} is invalid ({cause.strerror or cause}): pass "
-            "an address of this machine, such as 127.0.0.1 or 0.0.0.0"
-        ) from cause
+        raise _bad_address_error(address, name, cause) from cause
     return server
+
+
+def check_metrics_port(config: WorkerConfig) -> None:
+    """Bind the metrics address and port of `config` once and release them, so that `run`
+    rejects a port in use before it creates topics or the state directory.
+
+    Raises the `ConfigError` that `serve_metrics` raises for the same failure. Another process
+    may still take the port before the pool binds it, and the pool then stops with that error.
+    """
+    address, port = config.metrics_address, config.metrics_port
+    if not port:
+        return
+    try:
+        infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _type, _protocol, _name, socket_address = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # The metrics server binds with SO_REUSEADDR (http.server.HTTPServer), so a port
+            # that only has connections in TIME_WAIT passes here as it passes there.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(socket_address)
+    except OSError as error:
+        if _is_bad_address(error):
+            name = source_of(config, "metrics_address")
+            raise _bad_address_error(address, name, error) from error
+        reason = "is already in use" if error.errno == errno.EADDRINUSE else f"failed ({error})"
+        raise ConfigError(
+            f"metrics port {address}:{port} {reason}: pass --metrics-port N, "
+            "or 0 to turn the endpoint off"
+        ) from error
+
+
+def _is_bad_address(error: OSError) -> bool:
+    """Return whether a bind failed on the address (it does not resolve, or it belongs to no
+    interface of this machine) rather than on the port."""
+    return isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL
+
+
+def _bad_address_error(address: str, name: str, error: OSError) -> ConfigError:
+    return ConfigError(
+        f"{format_setting(name, repr(address))} is invalid ({error.strerror or error}): pass "
+        "an address of this machine, such as 127.0.0.1 or 0.0.0.0"
+    )
 
 
 def run_pool(config: WorkerConfig, log_level: int = logging.INFO) -> int:

@@ -35,6 +35,10 @@ bundle's files with those taken at load, at most once a second (`BundleWatch`), 
 exit code 2 when a file has changed, because its ONNX sessions and its memory-mapped item table
 could then come from different bundles.
 
+Each main-loop turn also checks that the pool process that started the worker still runs. When
+it has exited (killed by SIGKILL, say), the worker stops as on SIGTERM, because nothing would
+serve its metrics or stop it any more.
+
 Back-pressure: at most `max_pending_batches` batches wait for their commit, so the producer
 queue contains a bounded number of batches. A partition whose timers find more idle sessions than
 one pass closes is paused until they are closed, and resumed then.
@@ -126,6 +130,7 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
         heartbeat: WorkerHeartbeat | None = None,
         index: int = 0,
         bundle_watch: BundleWatch | None = None,
+        pool_pid: int | None = None,
     ) -> None:
         # The pool's index of this process, which a static group.instance.id gets appended.
         self.index = index
@@ -156,6 +161,9 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
         self.client_errors: KafkaErrorLog | None = None
         # Stops the worker when a file of its bundle changes. None in tests without a bundle.
         self.bundle_watch = bundle_watch
+        # The pool process that started this worker, whose exit stops it. None without a pool.
+        self.pool_pid = pool_pid
+        self._pool_exit_logged = False
         # The thread of the partition count gauge, which `run` starts.
         self.partition_counter: PartitionCountReader | None = None
         self.state_dir = Path(config.state_dir).resolve()
@@ -188,12 +196,36 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
         due do not start.
         """
         if not self._stopping:
-            cause = f"received {signal.Signals(signum).name}" if signum else "stop requested"
             restores = "" if self.changelog is None else " or ending the changelog restores"
-            logger.info(
-                "%s %s: finishing the batch in flight%s, then stopping", self.label, cause, restores
-            )
+            if self.pool_exited():
+                self._log_pool_exit(f"finishing the batch in flight{restores}, then stopping")
+            else:
+                cause = f"received {signal.Signals(signum).name}" if signum else "stop requested"
+                logger.info(
+                    "%s %s: finishing the batch in flight%s, then stopping",
+                    self.label,
+                    cause,
+                    restores,
+                )
         self._stopping = True
+
+    def pool_exited(self) -> bool:
+        """Return whether the pool process that started this worker has exited.
+
+        The kernel then makes another process the worker's parent (pid 1, or a subreaper), so
+        one getppid call per main-loop turn is the check.
+        """
+        return self.pool_pid is not None and os.getppid() != self.pool_pid
+
+    def _log_pool_exit(self, action: str) -> None:
+        self._pool_exit_logged = True
+        logger.error(
+            "%s: its pool process (pid %d) has exited, so nothing serves its metrics or stops "
+            "it any more: %s",
+            self.label,
+            self.pool_pid,
+            action,
+        )
 
     def run(self) -> None:
         """Consume and process batches until `request_stop`; then commit and leave the group."""
@@ -212,6 +244,9 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
         self._start_partition_counter()
         try:
             while not self._stopping:
+                if self.pool_exited():
+                    self.request_stop()
+                    break
                 self.heartbeat.beat()
                 self.committer.check()
                 messages = self._collect()
@@ -240,6 +275,11 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
         self.partition_counter.start()
 
     def _shutdown(self) -> None:
+        if not self._pool_exit_logged and self.pool_exited():
+            # Linux sends the parent-death SIGTERM when the pool thread that started the worker
+            # exits. getppid() returns the pool's pid until the pool's other threads have
+            # exited too, so `request_stop` may have logged a plain SIGTERM.
+            self._log_pool_exit("stopping")
         # close() revokes the assignment, and on_revoke finishes what was collected and commits.
         instance = self.consumer_instance_id()
         if instance:
@@ -501,14 +541,17 @@ def run_worker(
     index: int,
     threads: int | None = None,
     heartbeat: WorkerHeartbeat | None = None,
+    pool_pid: int | None = None,
 ) -> int:
-    """Run one pool process until SIGTERM or SIGINT; return its exit code.
+    """Run one pool process until SIGTERM, SIGINT or the exit of the pool process `pool_pid`;
+    return its exit code.
 
     The bundle, the LMDB environment and the Kafka clients are opened here, after the process
     has started, because none of them may be shared across processes.
     """
     from stream.metrics import create_metrics
     from stream.pipeline import PipelineConfig
+    from stream.pool import stop_with_pool
 
     logger.info("worker %d (pid %d) starting", index, os.getpid())
     bundle, watch = load_watched_bundle(config, threads)
@@ -539,9 +582,12 @@ def run_worker(
         heartbeat=heartbeat,
         index=index,
         bundle_watch=watch,
+        pool_pid=pool_pid,
     )
     worker.client_errors = client_errors
     install_signal_handlers(worker)
+    if pool_pid is not None:
+        stop_with_pool(pool_pid)
     try:
         worker.run()
     finally:

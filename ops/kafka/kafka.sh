@@ -7,7 +7,8 @@
 #   ops/kafka/kafka.sh stop [--timeout S] [--keep-data]
 #                                                    SIGTERM, then SIGKILL after S seconds
 #   ops/kafka/kafka.sh restart [--timeout S]         stop --keep-data, then start again
-#   ops/kafka/kafka.sh status                        exit 0 and print HOST:PORT while running
+#   ops/kafka/kafka.sh status                        print HOST:PORT and exit 0 while running
+#                                                    (the pid goes to stderr), else exit 3
 #   ops/kafka/kafka.sh logs [-n LINES]               print the end of the broker log
 #
 # Every subcommand takes --state-dir DIR (default $KAFKA_STATE_DIR, else .local/kafka in the
@@ -24,8 +25,9 @@ KAFKA_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$KAFKA_DIR/../.." && pwd)"
 LIB_DIR="$KAFKA_DIR/lib"
 
+# Print the comment block at the top of this file, without the comment marks.
 usage() {
-    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 die() {
@@ -225,14 +227,17 @@ cmd_restart() {
     cmd_start "$port" "$start_timeout"
 }
 
+# Print only HOST:PORT on stdout, so that `--brokers "$(kafka.sh status)"` works; the rest goes
+# to stderr.
 cmd_status() {
     if is_running; then
-        echo "running: pid $(read_pid), bootstrap $(cat "$STATE_DIR/bootstrap")"
+        echo "running: pid $(read_pid)" >&2
+        cat "$STATE_DIR/bootstrap"
         return 0
     fi
-    echo "not running (state folder $STATE_DIR)"
+    echo "not running (state folder $STATE_DIR)" >&2
     if [[ -f "$STATE_DIR/kept" ]]; then
-        echo "kept data in $(cat "$STATE_DIR/data_dir"): 'start' resumes it on $(cat "$STATE_DIR/bootstrap")"
+        echo "kept data in $(cat "$STATE_DIR/data_dir"): 'start' resumes it on $(cat "$STATE_DIR/bootstrap")" >&2
     fi
     return 3
 }

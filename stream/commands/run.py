@@ -55,7 +55,7 @@ from stream.kafka_settings import (
 )
 from stream.logs import librdkafka_logger
 from stream.metrics import check_temporary_directory
-from stream.pool import run_pool
+from stream.pool import check_metrics_port, run_pool
 
 if TYPE_CHECKING:
     from export.bundle import ModelBundle
@@ -194,6 +194,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     # The pool writes its workers' metrics under TMPDIR: fail here, before the slow broker check.
     check_temporary_directory()
+    # Before the checks below create topics and the state directory.
+    check_metrics_port(config)
     check_producer_settings(config)
     check_client_settings(config)
     # The store comes after the broker check, so that a failed start leaves no new state folder.

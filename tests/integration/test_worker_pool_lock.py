@@ -1,6 +1,6 @@
 """Pools on one state directory: another consumer group is rejected, the same group may join.
 
-Each pool holds `pool.lock` in its state directory (`statestore.locks.lock_pool`). A pool of
+Each pool holds `pool.lock` in its state directory (`statestore.pool_lock.lock_pool`). A pool of
 another group would apply every event a second time to the same user states, so it exits 2
 before it starts a worker. A pool of the same group is a rolling restart and runs beside it.
 """

@@ -51,13 +51,20 @@ def test_stop_keep_data_then_start_resumes(tmp_path: Path) -> None:
     bootstrap = broker.start()
     data_dir = Path((state_dir / "data_dir").read_text().strip())
     try:
+        # `--brokers "$(kafka.sh status)"` needs HOST:PORT alone on stdout.
+        running = _script(state_dir, "status")
+        assert running.returncode == 0, running.stderr
+        assert running.stdout == f"{bootstrap}\n"
+        assert running.stderr.startswith("running: pid ")
+
         create_topics(bootstrap, ["drill"], partitions=1)
         _produce(bootstrap, "drill", b"before the outage")
 
         broker.stop(keep_data=True)
         status = _script(state_dir, "status")
         assert status.returncode == 3
-        assert f"'start' resumes it on {bootstrap}" in status.stdout
+        assert status.stdout == ""
+        assert f"'start' resumes it on {bootstrap}" in status.stderr
         assert data_dir.is_dir()
 
         assert broker.start() == bootstrap
@@ -92,6 +99,14 @@ def test_restart_without_broker_or_kept_data_fails(tmp_path: Path) -> None:
     assert completed.returncode == 1
     assert "no broker running" in completed.stderr
     assert "use " in completed.stderr
+
+
+def test_status_without_broker_prints_nothing(tmp_path: Path) -> None:
+    completed = _script(tmp_path / "kafka", "status")
+
+    assert completed.returncode == 3
+    assert completed.stdout == ""
+    assert "not running (state folder " in completed.stderr
 
 
 def test_keep_data_only_with_stop(tmp_path: Path) -> None:

@@ -93,7 +93,7 @@ def test_stats_json_is_parseable(state_dir: Path, capsys: pytest.CaptureFixture[
 
 
 def test_stats_reports_recorded_map_size(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     # Workers started with a 1 MiB map grew it, and `stats` opens with the 1 GiB default.
     path = tmp_path / "state"
@@ -106,8 +106,12 @@ def test_stats_reports_recorded_map_size(
     assert _run("--state-dir", str(path), "stats", "--json") == 0
     assert json.loads(capsys.readouterr().out)["map_size"] == grown
 
-    assert _run("--state-dir", str(path), "stats") == 0
+    with caplog.at_level(logging.INFO, logger="statestore.store"):
+        assert _run("--state-dir", str(path), "stats") == 0
     assert f"map size         {format_size(grown)}\n" in capsys.readouterr().out
+    # The open line reports the same size as the output, not the 1 GiB default.
+    (opened,) = [r.getMessage() for r in caplog.records if "opened state store" in r.getMessage()]
+    assert f"(map {format_size(grown)}, as recorded in data.mdb," in opened
 
 
 def test_stats_partition_without_event_time(

@@ -294,7 +294,7 @@ def test_invalid_writer_lock_mode_rejected(tmp_path: Path, mode: object) -> None
 
 
 def test_pool_of_other_group_rejected(tmp_path: Path) -> None:
-    from statestore.locks import lock_pool
+    from statestore.pool_lock import lock_pool
 
     first = lock_pool(tmp_path, "hiertcn")
     try:
@@ -323,7 +323,7 @@ def test_pool_racing_lock_conversion_rejected(
 ) -> None:
     import fcntl
 
-    from statestore.locks import lock_pool
+    from statestore.pool_lock import lock_pool
 
     real_flock = fcntl.flock
     racer: dict[str, int | None] = {}

@@ -22,6 +22,7 @@ from statestore import (
     StoreConfigError,
 )
 from statestore.codec import SCHEMA_VERSION
+from statestore.map_size import format_size
 from tests.statestore.helpers import make_read_only, make_state
 
 TOPIC = "interactions"
@@ -336,21 +337,51 @@ def test_open_io_error_stays_run_time_error(
 
 def test_map_grows_from_tiny_size(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = StoreConfig(path=tmp_path / "s", map_size=64 << 10, sync=False)
-    logs = caplog.at_level(logging.WARNING, logger="statestore.map_size")
+    logs = caplog.at_level(logging.INFO, logger="statestore.map_size")
     with logs, StateStore(config) as store:
         store.commit({f"user{i}": make_state(seed=i) for i in range(3000)})
         assert store.map_size() > 64 << 10
         assert len(store.read([f"user{i}" for i in range(3000)])) == 3000
-    assert "attempt 1/" in caplog.text
+    growth = [r for r in caplog.records if r.name == "statestore.map_size"]
+    assert "is full at 64 KiB, growing to 128 KiB" in growth[0].getMessage()
+    assert "attempt 1/" in growth[0].getMessage()
+    # Growth below max_map_size is routine, so it logs no warning.
+    assert {record.levelno for record in growth} == {logging.INFO}
 
 
-def test_map_growth_stops_at_maximum(tmp_path: Path) -> None:
+def _open_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "opened state store" in r.getMessage()]
+
+
+def test_open_line_names_map_size_source(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "s"
+    with caplog.at_level(logging.INFO, logger="statestore.store"):
+        with StateStore(StoreConfig(path=path, map_size=1 << 20, sync=False)) as store:
+            store.commit({f"user{i}": make_state(seed=i) for i in range(3000)})
+            grown = store.map_size()
+        with StateStore(StoreConfig(path=path, map_size=64 << 10, sync=False)):
+            pass
+        with StateStore(StoreConfig(path=path, sync=False, recorded_map_size=True)) as store:
+            assert store.map_size() == grown
+
+    requested, raised, recorded = _open_lines(caplog)
+    assert "(map 1 MiB, as requested by this process," in requested
+    assert "this process requested 64 KiB, and LMDB raised it to the size of the data" in raised
+    assert f"(map {format_size(grown)}, as recorded in data.mdb," in recorded
+
+
+def test_map_growth_stops_at_maximum(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config = StoreConfig(path=tmp_path / "s", map_size=64 << 10, max_map_size=256 << 10)
-    with StateStore(config) as store:
+    with caplog.at_level(logging.INFO, logger="statestore.map_size"), StateStore(config) as store:
         store.commit({"first": make_state()})
         with pytest.raises(MapSizeLimitError, match="max_map_size 256 KiB"):
             store.commit({f"user{i}": make_state(seed=i) for i in range(5000)})
         assert list(store.read(["first", "user0"])) == ["first"]
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    (warning,) = warnings
+    assert "is full at 128 KiB, growing to 256 KiB, which is max_map_size" in warning
+    assert "Raise StoreConfig.max_map_size, or evict inactive users" in warning
 
 
 def test_config_rejects_invalid_sizes(tmp_path: Path) -> None:

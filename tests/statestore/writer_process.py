@@ -46,6 +46,8 @@ def commit_batches(state_dir: Path, users: int, sync: bool) -> None:
 
 
 def grow_map(state_dir: Path, prefix: str, batches: int) -> None:
+    # The parent test reads the growth lines, which are INFO.
+    logging.getLogger("statestore.map_size").setLevel(logging.INFO)
     config = StoreConfig(path=state_dir, map_size=64 << 10, max_map_size=256 << 20, sync=False)
     with StateStore(config) as store:
         print("ready", flush=True)

@@ -7,6 +7,7 @@ worker against a real broker.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -197,6 +198,23 @@ def test_failed_delivery_commits_nothing_and_raises(store: CountingStore) -> Non
         committer.submit({"u2": make_state(seed=2)}, position(4))
     with pytest.raises(CommitError):
         committer.close()
+
+
+def test_failed_commit_log_counts_batches(
+    store: CountingStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    producer = GatedProducer()
+    producer.fail = True
+    producer.open.set()
+    committer, deliverer = make_committer(store, producer)
+
+    with caplog.at_level(logging.ERROR, logger="stream.committer"):
+        committer.submit({"u1": make_state(seed=1)}, position(3), produced(deliverer))
+        with pytest.raises(CommitError):
+            committer.drain()
+
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert line.startswith("commit of 1 batch failed: ")
 
 
 def test_expired_skips_stale_timer_entries(

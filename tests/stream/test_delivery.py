@@ -6,6 +6,7 @@ broker does not show.
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from typing import Any
@@ -86,6 +87,36 @@ def test_wait_produces_a_failed_record_again() -> None:
     assert retries == [1]
 
 
+def test_recovery_after_failed_try_logged(caplog: pytest.LogCaptureFixture) -> None:
+    producer = FakeProducer(failures=2)
+    deliverer, _latencies, _retries = make_deliverer(producer)
+    records = [record(b"a"), record(b"b")]
+    deliverer.produce(records)
+
+    with caplog.at_level(logging.INFO, logger="stream.delivery"):
+        deliverer.wait(records)
+
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    recoveries = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert len(warnings) == 1
+    (recovery,) = recoveries
+    message = recovery.getMessage()
+    assert message.startswith("delivery recovered: all 2 messages of the wait delivered on ")
+    assert "attempt 2/3" in message
+    assert message.endswith(": out x2")
+
+
+def test_first_try_success_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    deliverer, _latencies, _retries = make_deliverer(FakeProducer())
+    records = [record()]
+    deliverer.produce(records)
+
+    with caplog.at_level(logging.DEBUG, logger="stream.delivery"):
+        deliverer.wait(records)
+
+    assert caplog.records == []
+
+
 def test_wait_gives_up_after_the_configured_attempts() -> None:
     producer = FakeProducer(failures=100)
     deliverer, _latencies, _retries = make_deliverer(producer)
@@ -93,12 +124,14 @@ def test_wait_gives_up_after_the_configured_attempts() -> None:
     deliverer.produce(records)
 
     started = time.monotonic()
-    with pytest.raises(DeliveryError, match=r"1 messages not delivered to 127\.0\.0\.1:1"):
+    with pytest.raises(DeliveryError, match=r"1 messages not delivered to 127\.0\.0\.1:1") as error:
         deliverer.wait(records)
 
     assert len(producer.produced) == 3
     # Tries start `timeout` apart, so errors reported at once do not use up the tries early.
     assert time.monotonic() - started >= 2 * 0.05
+    # The pool restarts no single worker, so the fix is a restart of the pool.
+    assert str(error.value).endswith("then restart the pool")
 
 
 def test_wait_never_reproduces_unreported_record() -> None:

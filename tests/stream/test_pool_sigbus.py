@@ -133,7 +133,14 @@ def test_pool_stamps_real_bundle_before_workers_start(
     live = tmp_path / "live"
     shutil.copytree(onnx_bundle_dir, live)
     worker = functools.partial(_read_items_after_truncation, str(live / "items.npy"))
-    config = WorkerConfig(brokers="127.0.0.1:1", bundle=live, processes=2, metrics_port=0)
+    # The pool takes the lock in its state directory, which belongs in the test's folder.
+    config = WorkerConfig(
+        brokers="127.0.0.1:1",
+        bundle=live,
+        processes=2,
+        metrics_port=0,
+        state_dir=tmp_path / "state",
+    )
     pool = StandInPool(config)
     pool.first_worker = worker  # type: ignore[method-assign]
     stopper = threading.Timer(5.0, pool.request_stop, args=(signal.SIGTERM,))

@@ -214,6 +214,41 @@ def test_pool_busy_metrics_port_starts_nothing(
     assert pool.children == []
 
 
+def test_busy_metrics_port_rejected_before_side_effects(
+    onnx_bundle_dir: Path,
+    busy_port: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_pool: list[WorkerConfig],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    checked_topics: list[WorkerConfig] = []
+    monkeypatch.setattr(run_command, "check_topics", checked_topics.append)
+    state_dir = tmp_path / "state"
+
+    code = main(run_args(onnx_bundle_dir, state_dir, "--metrics-port", str(busy_port)))
+
+    assert code == 2
+    (line,) = error_lines(capsys)
+    assert f"metrics port 127.0.0.1:{busy_port} is already in use" in line
+    # The port is checked before `run` creates topics or the state directory.
+    assert checked_topics == []
+    assert not state_dir.exists()
+    assert no_pool == []
+
+
+def test_metrics_port_check_names_bad_address(tmp_path: Path) -> None:
+    config = WorkerConfig(
+        brokers="127.0.0.1:1",
+        bundle=tmp_path,
+        metrics_address="192.0.2.1",  # TEST-NET-1: no interface of this machine has it
+        metrics_port=9100,
+    )
+
+    with pytest.raises(ConfigError, match=r"--metrics-address '192\.0\.2\.1' is invalid"):
+        pool_module.check_metrics_port(config)
+
+
 def test_worker_bundle_error_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

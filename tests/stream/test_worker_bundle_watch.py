@@ -6,6 +6,7 @@ tests/integration/test_worker_bundle_change.py runs the same on a pool and a bro
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from export.manifest import sha256_file
 from stream.bundle_watch import BundleChangedError, BundleWatch, FileStamp, stamp_files
 from stream.interval import Interval
 from tests.stream.test_worker import FakeProducer, make_worker
@@ -42,9 +44,22 @@ def bundle_dir(tmp_path: Path) -> Path:
     return directory
 
 
-def watch_of(directory: Path, clock: FakeClock | None = None) -> BundleWatch:
+def watch_of(
+    directory: Path, clock: FakeClock | None = None, with_hashes: bool = True
+) -> BundleWatch:
+    """Watch every file in `directory`, with the sha256 of each as its loaded content unless
+    `with_hashes` is False."""
     stamps = stamp_files(directory)
-    return BundleWatch(directory, stamps, VERSION, interval=1.0, clock=clock or FakeClock())
+    hashes = {name: sha256_file(directory / name) for name in stamps} if with_hashes else None
+    return BundleWatch(
+        directory, stamps, VERSION, interval=1.0, clock=clock or FakeClock(), hashes=hashes
+    )
+
+
+def touch(path: Path, seconds: float = 1.0) -> None:
+    """Move the modification time of `path` by `seconds`, as `touch` does, keeping its content."""
+    info = os.stat(path)
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns + int(seconds * 1e9)))
 
 
 def test_unchanged_bundle_passes_check(bundle_dir: Path) -> None:
@@ -106,9 +121,85 @@ def test_rewrite_with_mtime_set_back_noticed(bundle_dir: Path) -> None:
         watch.check()
 
     message = str(raised.value)
-    assert "items.npy was changed in place with the same size and modification time" in message
+    assert "items.npy was rewritten in place with the same size and inode: its sha256" in message
+    assert "its change time moved by +" in message
     assert "a rewrite that set the modification time back" in message
     assert raised.value.exit_code == 2
+
+
+def test_touched_file_with_same_content_passes(
+    bundle_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    watch = watch_of(bundle_dir, clock)
+    path = bundle_dir / "manifest.json"
+    touch(path)
+
+    with caplog.at_level(logging.INFO, logger="stream.bundle_watch"):
+        watch.check()
+
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert f"bundle {bundle_dir}: only the times of manifest.json moved" in line
+    assert "its modification time moved by +1.000 s" in line
+    assert "its sha256 still matches the loaded version" in line
+    # The new stamp is taken, so the next checks neither hash the file nor log it again.
+    assert watch.stamps["manifest.json"] == FileStamp.of(path)
+    clock.now += 1.0
+    watch.check()
+    assert len(caplog.records) == 1
+
+
+def test_chmod_with_same_content_passes(bundle_dir: Path) -> None:
+    watch = watch_of(bundle_dir)
+    time.sleep(0.05)  # past the kernel's coarse file time clock, which ticks every few ms
+    os.chmod(bundle_dir / "items.npy", 0o600)
+    assert FileStamp.of(bundle_dir / "items.npy") != watch.stamps["items.npy"]
+
+    assert watch.find_change() is None
+
+
+def test_touch_after_touch_then_rewrite_stops(bundle_dir: Path) -> None:
+    clock = FakeClock()
+    watch = watch_of(bundle_dir, clock)
+    path = bundle_dir / "session_step.onnx"
+    touch(path)
+    watch.check()
+
+    path.write_bytes(b"graph two")  # the same size
+    touch(path, 2.0)
+    clock.now += 1.0
+
+    with pytest.raises(BundleChangedError, match=r"session_step\.onnx was rewritten in place"):
+        watch.check()
+
+
+def test_touch_without_hash_named_as_touch(bundle_dir: Path) -> None:
+    watch = watch_of(bundle_dir, with_hashes=False)
+    touch(bundle_dir / "items.npy")
+
+    change = watch.find_change()
+
+    assert change == (
+        "items.npy kept its size and inode, but the watch has no hash of its loaded content "
+        "(its modification time moved by +1.000 s)"
+    )
+
+
+def test_touch_of_large_file_counts_as_change(
+    bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("stream.bundle_watch.CONTENT_CHECK_MAX_BYTES", 16)
+    watch = watch_of(bundle_dir)
+    size = os.stat(bundle_dir / "items.npy").st_size
+    touch(bundle_dir / "items.npy")
+
+    with pytest.raises(BundleChangedError) as raised:
+        watch.check()
+
+    message = str(raised.value)
+    assert f"items.npy kept its size and inode, but at {size} bytes it is above the 16 " in message
+    assert "a same-size rewrite cannot be told from a touch" in message
+    assert "rewritten" not in message
 
 
 def test_find_change_ignores_interval(bundle_dir: Path) -> None:
@@ -295,6 +386,43 @@ def test_directory_watch_reads_manifest_files(onnx_bundle_dir: Path, tmp_path: P
     with (live / "items.npy").open("r+b") as file:
         file.truncate(0)
     assert (watch.find_change() or "").startswith("items.npy was rewritten in place (size 0 ")
+
+
+def test_touched_manifest_of_loaded_bundle_passes(onnx_bundle_dir: Path, tmp_path: Path) -> None:
+    from stream.bundle_watch import load_watched_bundle
+    from stream.config import WorkerConfig
+
+    live = tmp_path / "live"
+    shutil.copytree(onnx_bundle_dir, live)
+    _bundle, watch = load_watched_bundle(WorkerConfig(brokers="127.0.0.1:1", bundle=live), 1)
+    watch._due = Interval(0.0)
+    assert set(watch.hashes) == set(watch.stamps)
+
+    touch(live / "manifest.json")
+    touch(live / "items.npy")
+    watch.check()
+
+    # A same-size edit of the manifest is a change of the content.
+    text = (live / "manifest.json").read_text()
+    (live / "manifest.json").write_text(text.replace('"created": "2', '"created": "3', 1))
+    touch(live / "manifest.json", 2.0)
+    with pytest.raises(BundleChangedError, match=r"manifest\.json was rewritten in place with"):
+        watch.check()
+
+
+def test_manifest_changed_since_load_has_no_hash(onnx_bundle_dir: Path, tmp_path: Path) -> None:
+    from export.manifest import read_manifest
+    from stream.bundle_watch import hash_loaded_manifest
+
+    live = tmp_path / "live"
+    shutil.copytree(onnx_bundle_dir, live)
+    loaded = read_manifest(live)
+    assert hash_loaded_manifest(live, loaded) == sha256_file(live / "manifest.json")
+
+    text = (live / "manifest.json").read_text()
+    (live / "manifest.json").write_text(text.replace('"created": "2', '"created": "3', 1))
+
+    assert hash_loaded_manifest(live, loaded) is None
 
 
 def test_directory_watch_without_manifest_is_none(
