@@ -1,16 +1,19 @@
 """The worker's updates of its Prometheus metrics (`stream.metrics.WorkerMetrics`).
 
 A batch updates the counters and histograms of what it did and the lag of its partitions. The
-main loop reads the state store's size every few seconds, and a thread of its own reads the
-input topic's partition count from the broker, so that a slow broker cannot pause the loop.
+main loop reads the state store's size and the free space of its disk every few seconds, and a
+thread of its own reads the input topic's partition count from the broker, so that a slow broker
+cannot pause the loop.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lmdb
@@ -32,7 +35,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Seconds between two readings of the state store's user count and map sizes for the gauges.
+# Seconds between two readings of the state store's user count, map sizes and disk space for
+# the gauges.
 STORE_GAUGE_SECONDS = 5.0
 # Seconds that one metadata request for the input topic's partition count may wait.
 PARTITION_COUNT_TIMEOUT_SECONDS = 2.0
@@ -48,6 +52,8 @@ class MetricUpdates:
     consumer: Consumer
     store: StateStore
     metrics: WorkerMetrics
+    # The resolved --state-dir, whose file system the disk gauges measure.
+    state_dir: Path
     top_k: int
     # Next offset and watermark of each assigned partition.
     _positions: dict[int, PartitionPosition]
@@ -133,7 +139,7 @@ class MetricUpdates:
                 self.metrics.consumer_lag.labels(str(partition)).set(lag)
 
     def _refresh_gauges(self) -> None:
-        """Read the state store's size for its gauges when it is due."""
+        """Read the state store's size and its disk's free space for their gauges when due."""
         if self._store_gauges.due():
             self._read_store_size()
 
@@ -154,6 +160,35 @@ class MetricUpdates:
         self.metrics.state_map_size.set(info["map_size"])
         self.metrics.state_map_used.set(info["used_bytes"])
         self.metrics.state_data.set(info["data_bytes"])
+        # A failed store reading returns above and skips the disk until the next turn, so that
+        # each turn logs at most one failure.
+        self._read_state_disk()
+
+    def _read_state_disk(self) -> None:
+        try:
+            free, size = state_disk_usage(self.state_dir)
+        except OSError as error:
+            self.store_gauge_log.add(
+                type(error).__name__,
+                "reading the free space of state directory %s for the metrics failed: %s",
+                self.state_dir,
+                error,
+            )
+            self.store_gauge_log.flush()
+            return
+        self.metrics.state_disk_free.set(free)
+        self.metrics.state_disk_size.set(size)
+
+
+def state_disk_usage(path: Path) -> tuple[int, int]:
+    """Return the free bytes and the size in bytes of the file system that contains `path`.
+
+    Free bytes are those that an unprivileged process such as the worker may still write
+    (`f_bavail`), without the blocks reserved for root. Raises OSError, for example when `path`
+    does not exist.
+    """
+    usage = os.statvfs(path)
+    return usage.f_bavail * usage.f_frsize, usage.f_blocks * usage.f_frsize
 
 
 class PartitionCountReader:

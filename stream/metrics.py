@@ -85,6 +85,8 @@ class WorkerMetrics:
     state_map_size: Gauge
     state_map_used: Gauge
     state_data: Gauge
+    state_disk_free: Gauge
+    state_disk_size: Gauge
     input_partitions: Gauge
 
 
@@ -242,7 +244,8 @@ def create_metrics(registry: CollectorRegistry | None) -> WorkerMetrics:
 
 
 def _serving_gauges(kwargs: dict[str, Any]) -> dict[str, Gauge]:
-    """Create the gauges of what a pool serves: the bundle, the state store and the topic.
+    """Create the gauges of what a pool serves: the bundle, the state store and its disk, and
+    the topic.
 
     Every worker of a pool reads the same bundle, state directory and topic, so `livemax` gives
     the pool's value once, not once per worker.
@@ -278,6 +281,20 @@ def _serving_gauges(kwargs: dict[str, Any]) -> dict[str, Gauge]:
             "hiertcn_state_data_bytes",
             "Bytes of the state store's LMDB pages that hold data: the map in use less its free "
             "pages, so it falls after an evict.",
+            multiprocess_mode="livemax",
+            **kwargs,
+        ),
+        "state_disk_free": Gauge(
+            "hiertcn_state_disk_free_bytes",
+            "Bytes free for unprivileged users on the file system of the state directory "
+            "(os.statvfs: f_bavail * f_frsize), read every few seconds.",
+            multiprocess_mode="livemax",
+            **kwargs,
+        ),
+        "state_disk_size": Gauge(
+            "hiertcn_state_disk_size_bytes",
+            "Size of the file system of the state directory (os.statvfs: f_blocks * f_frsize), "
+            "read every few seconds.",
             multiprocess_mode="livemax",
             **kwargs,
         ),

@@ -37,6 +37,7 @@ EXPECTED_ALERTS = {
     "HiertcnDeliveryRetries",
     "HiertcnLateEvents",
     "HiertcnChangelogRestoreSlow",
+    "HiertcnStateDiskLow",
 }
 
 

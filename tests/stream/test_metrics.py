@@ -39,6 +39,8 @@ DASHBOARD_METRICS = (
     "hiertcn_state_map_size_bytes",
     "hiertcn_state_map_used_bytes",
     "hiertcn_state_data_bytes",
+    "hiertcn_state_disk_free_bytes",
+    "hiertcn_state_disk_size_bytes",
     "hiertcn_changelog_records_restored_total",
     "hiertcn_changelog_restore_seconds",
     "hiertcn_input_partitions",
