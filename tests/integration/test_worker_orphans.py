@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,9 +36,25 @@ ORPHAN_EXIT_S = 15.0
 _STARTED = re.compile(r"started worker \d \(pid (\d+)\)")
 
 
+# Seconds within which the group must be empty: the coordinator handles the two LeaveGroup
+# requests one after the other, well below session.timeout.ms (45 s), which a worker that
+# did not leave would need.
+GROUP_EMPTY_S = 15.0
+
+
 def _group_members(admin: AdminClient, group: str) -> int:
     description = admin.describe_consumer_groups([group])[group].result(timeout=10)
     return len(description.members)
+
+
+def _members_after_wait(admin: AdminClient, group: str, timeout_s: float) -> int:
+    """Return the group's member count once it is 0, or the last count after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    members = _group_members(admin, group)
+    while members and time.monotonic() < deadline:
+        time.sleep(0.5)
+        members = _group_members(admin, group)
+    return members
 
 
 def test_orphaned_workers_commit_leave_and_exit(
@@ -74,7 +91,7 @@ def test_orphaned_workers_commit_leave_and_exit(
     offsets = committed_offsets(kafka_bootstrap, topics.group, topics.input, PARTITIONS)
     assert sum(offsets) == EVENTS, log
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    assert _group_members(admin, topics.group) == 0
+    assert _members_after_wait(admin, topics.group, GROUP_EMPTY_S) == 0, log
 
     other = lock_pool(state_dir, "another-group")
     assert other is not None
