@@ -188,16 +188,27 @@ def _open_lock_file(state_dir: Path) -> int:
 
 
 def _raise_unless_unsupported(error: OSError, state_dir: Path) -> None:
+    raise_unless_unsupported(
+        error,
+        state_dir / WRITERS_LOCK_FILE,
+        "pools, replays and `state import` cannot tell whether another of them uses this store: "
+        "never run a replay or an import while a pool uses it",
+    )
+
+
+def raise_unless_unsupported(error: OSError, lock_file: Path, consequence: str) -> None:
+    """Raise `StoreConfigError` for a failed flock of `lock_file`, unless its file system does not
+    support flock: then log a warning that ends with `consequence` and return, so that the
+    caller runs without the lock."""
     if error.errno not in UNSUPPORTED_LOCK_ERRNOS:
         raise StoreConfigError(
-            f"locking {state_dir / WRITERS_LOCK_FILE} failed: {error.strerror}; check --state-dir"
+            f"locking {lock_file} failed: {error.strerror}; check --state-dir"
         ) from error
     logger.warning(
-        "the file system of %s does not support flock (%s), so pools, replays and `state "
-        "import` cannot tell whether another of them uses this store: never run a replay or an "
-        "import while a pool uses it",
-        state_dir,
+        "the file system of %s does not support flock (%s), so %s",
+        lock_file.parent,
         error.strerror,
+        consequence,
     )
 
 

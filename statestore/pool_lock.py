@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from statestore.errors import ReadOnlyStoreError, StoreConfigError, StoreInUseError
-from statestore.locks import UNSUPPORTED_LOCK_ERRNOS
+from statestore.locks import raise_unless_unsupported
 
 logger = logging.getLogger(__name__)
 
@@ -251,15 +251,9 @@ def _open_pool_lock_file(path: Path, create: bool, pool_pid: int | None = None) 
 
 
 def _raise_unless_unsupported(error: OSError, state_dir: Path) -> None:
-    path = state_dir / POOL_LOCK_FILE
-    if error.errno not in UNSUPPORTED_LOCK_ERRNOS:
-        raise StoreConfigError(
-            f"locking {path} failed: {error.strerror}; check --state-dir"
-        ) from error
-    logger.warning(
-        "the file system of %s does not support flock (%s), so a pool cannot tell whether a "
-        "pool of another consumer group uses this state directory: run one consumer group per "
-        "state directory",
-        state_dir,
-        error.strerror,
+    raise_unless_unsupported(
+        error,
+        state_dir / POOL_LOCK_FILE,
+        "a pool cannot tell whether a pool of another consumer group uses this state "
+        "directory: run one consumer group per state directory",
     )
