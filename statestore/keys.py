@@ -29,6 +29,13 @@ _U64_MAX = (1 << 64) - 1
 _MAX_SECONDS = _SIGN_BIT / 1_000_000
 # Bytes that a timer key adds in front of the user id.
 TIMER_PREFIX_SIZE = _U32.size + _U64.size
+# LMDB's maximum key size in bytes (MDB_MAXKEYSIZE of the LMDB that py-lmdb 3.0 bundles, which
+# `lmdb.Environment.max_key_size()` returns). The store reads the limit from its open
+# environment, and a test checks that it equals this constant.
+LMDB_MAX_KEY_BYTES = 511
+# The maximum UTF-8 length of a user id. The `timers` keys put a partition and an event time in
+# front of the user id, and a longer id makes the store's commit fail.
+MAX_USER_ID_BYTES = LMDB_MAX_KEY_BYTES - TIMER_PREFIX_SIZE
 _MIN_PARTITION = -1
 _MAX_PARTITION = (1 << 31) - 1
 

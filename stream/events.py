@@ -12,6 +12,7 @@ the future. The timers would then close every session of that partition after ea
 
 Hostile input is bounded before any allocation: the message size is checked first, and msgpack
 rejects any string, binary, array or map header longer than the message itself could hold.
+`stream.event_decoding` builds Python objects only for the fields that validation reads.
 """
 
 from __future__ import annotations
@@ -22,9 +23,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
+from statestore.keys import MAX_USER_ID_BYTES
 from stream.errors import ConfigError
+from stream.event_decoding import (
+    InvalidEventError,
+    SkippedContainer,
+    short_repr,
+    type_name,
+    unpack_event_fields,
+)
 
 # Event times above this many seconds (about the year 5138) only make sense as milliseconds.
 MAX_TS_SECONDS = 1e11
@@ -177,64 +184,18 @@ class DeadLetter:
     headers: tuple[tuple[str, bytes | None], ...] = ()
 
 
-class _InvalidEventError(Exception):
-    """Internal signal of `decode_event`: the message fails one rule."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """Return `repr(value)` cut to `limit` characters, so hostile values cannot flood a log."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _unpack(value: bytes, config: EventConfig) -> Any:
-    size = len(value)
-    if size > config.max_message_bytes:
-        raise _InvalidEventError(
-            "message_too_large",
-            f"message of {size} bytes exceeds the maximum of {config.max_message_bytes}: "
-            "send smaller events (fewer impressions or candidates)",
-        )
-    try:
-        # No container or string can have more entries than the message has bytes, so these
-        # limits reject a length header that claims gigabytes before anything is allocated.
-        return msgpack.unpackb(
-            value,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=size,
-            max_bin_len=size,
-            max_array_len=size,
-            max_map_len=size,
-            max_ext_len=size,
-        )
-    except (msgpack.UnpackException, ValueError) as error:
-        detail = type(error).__name__ + (f": {_short(str(error))}" if str(error) else "")
-        hint = " (it starts like JSON)" if value[:1] in (b"{", b"[") else ""
-        raise _InvalidEventError(
-            "invalid_msgpack",
-            f"value of {size} bytes is not one valid msgpack object{hint} ({detail}): "
-            "send a msgpack map",
-        ) from None
-
-
 def _external_id(raw: Any, field: str, config: EventConfig) -> str:
     """Return a user or item id as str; bool, float and other types are invalid."""
     if isinstance(raw, bool) or not isinstance(raw, (str, int)):
-        raise _InvalidEventError(
+        raise InvalidEventError(
             f"invalid_{field}",
-            f"{field} {_short(raw)} has type {type(raw).__name__}: send a string or an integer",
+            f"{field} {short_repr(raw)} has type {type_name(raw)}: send a string or an integer",
         )
     text = str(raw)
     if not text or len(text) > config.max_id_length:
-        raise _InvalidEventError(
+        raise InvalidEventError(
             f"invalid_{field}",
-            f"{field} {_short(text)} has {len(text)} characters: send an id of 1 to "
+            f"{field} {short_repr(text)} has {len(text)} characters: send an id of 1 to "
             f"{config.max_id_length} characters",
         )
     return text
@@ -242,34 +203,47 @@ def _external_id(raw: Any, field: str, config: EventConfig) -> str:
 
 def _user(fields: Mapping[str, Any], key: bytes | None, config: EventConfig) -> str:
     if "user" not in fields:
-        raise _InvalidEventError("missing_user", "field 'user' is missing: add the user id")
+        raise InvalidEventError("missing_user", "field 'user' is missing: add the user id")
     user = _external_id(fields["user"], "user", config)
+    _check_user_bytes(user)
     if key is None:
         return user
     try:
         key_text = key.decode("utf-8")
     except UnicodeDecodeError:
-        raise _InvalidEventError(
-            "invalid_key", f"Kafka key {_short(key)} is not UTF-8: key events by the user id"
+        raise InvalidEventError(
+            "invalid_key", f"Kafka key {short_repr(key)} is not UTF-8: key events by the user id"
         ) from None
     if key_text != user:
-        raise _InvalidEventError(
+        raise InvalidEventError(
             "user_key_mismatch",
-            f"user {_short(user)} differs from the Kafka key {_short(key_text)}: "
+            f"user {short_repr(user)} differs from the Kafka key {short_repr(key_text)}: "
             "key each event by its user id",
         )
     return user
 
 
+def _check_user_bytes(user: str) -> None:
+    """Reject a user id that is too long in UTF-8 for the state store's LMDB keys."""
+    size = len(user.encode("utf-8"))
+    if size > MAX_USER_ID_BYTES:
+        raise InvalidEventError(
+            "invalid_user",
+            f"user {short_repr(user)} is {size} bytes in UTF-8, more than the maximum of "
+            f"{MAX_USER_ID_BYTES} bytes that the state store's keys take: send a user id of at "
+            f"most {MAX_USER_ID_BYTES} bytes in UTF-8 (fewer non-ASCII characters)",
+        )
+
+
 def _item(fields: Mapping[str, Any], row_of: Mapping[str, int], config: EventConfig):
     if "item" not in fields:
-        raise _InvalidEventError("missing_item", "field 'item' is missing: add the item id")
+        raise InvalidEventError("missing_item", "field 'item' is missing: add the item id")
     item = _external_id(fields["item"], "item", config)
     row = row_of.get(item)
     if row is None:
-        raise _InvalidEventError(
+        raise InvalidEventError(
             "unknown_item",
-            f"item {_short(item)} is not in the model bundle's vocabulary: "
+            f"item {short_repr(item)} is not in the model bundle's vocabulary: "
             "export a bundle that includes it",
         )
     return item, row
@@ -279,24 +253,24 @@ def _ts(fields: Mapping[str, Any], config: EventConfig, now: float) -> float:
     """Return the event time in seconds; `now` is the wall-clock time in seconds."""
     unit = config.unit_name
     if "ts" not in fields:
-        raise _InvalidEventError(
+        raise InvalidEventError(
             "missing_ts", f"field 'ts' is missing: add the event time in {unit}"
         )
     raw = fields["ts"]
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-        raise _InvalidEventError(
+        raise InvalidEventError(
             "invalid_ts",
-            f"ts {_short(raw)} has type {type(raw).__name__}: send a number of {unit}",
+            f"ts {short_repr(raw)} has type {type_name(raw)}: send a number of {unit}",
         )
     ts = float(raw)
     if not math.isfinite(ts) or ts < 0:
-        raise _InvalidEventError(
+        raise InvalidEventError(
             "invalid_ts",
-            f"ts {_short(raw)} is not a valid event time in {unit}: send {unit} since the "
+            f"ts {short_repr(raw)} is not a valid event time in {unit}: send {unit} since the "
             "Unix epoch",
         )
     if ts > MAX_TS_MILLISECONDS:
-        raise _InvalidEventError("invalid_ts", _too_large_message(raw, ts, unit))
+        raise InvalidEventError("invalid_ts", _too_large_message(raw, ts, unit))
     ts = _ts_in_seconds(raw, ts, config)
     _check_not_in_future(raw, ts, config, now)
     return ts
@@ -311,13 +285,13 @@ def _too_large_message(raw: Any, ts: float, unit: str) -> str:
         likely, factor = "nanoseconds", 1e9
     else:
         return (
-            f"ts {_short(raw)} is not a valid event time in {unit}: send {unit} since the "
+            f"ts {short_repr(raw)} is not a valid event time in {unit}: send {unit} since the "
             "Unix epoch"
         )
     if unit == "milliseconds":
         factor /= 1000
     return (
-        f"ts {_short(raw)} is too large for {unit} and looks like {likely}: send {unit} since "
+        f"ts {short_repr(raw)} is too large for {unit} and looks like {likely}: send {unit} since "
         f"the Unix epoch (the value divided by {factor:.0f})"
     )
 
@@ -326,16 +300,16 @@ def _ts_in_seconds(raw: Any, ts: float, config: EventConfig) -> float:
     """Convert `ts` to seconds, rejecting a value that only makes sense in the other unit."""
     if config.ts_unit == "ms":
         if ts < MIN_TS_MILLISECONDS:
-            raise _InvalidEventError(
+            raise InvalidEventError(
                 "ts_in_seconds",
-                f"ts {_short(raw)} is before 1973-03-03 in milliseconds and looks like "
+                f"ts {short_repr(raw)} is before 1973-03-03 in milliseconds and looks like "
                 "seconds: send milliseconds, or run without --ts-unit ms",
             )
         return ts / 1000.0
     if ts > MAX_TS_SECONDS:
-        raise _InvalidEventError(
+        raise InvalidEventError(
             "ts_in_milliseconds",
-            f"ts {_short(raw)} is too large for seconds and looks like milliseconds: "
+            f"ts {short_repr(raw)} is too large for seconds and looks like milliseconds: "
             "send seconds, or run with --ts-unit ms",
         )
     return ts
@@ -346,9 +320,9 @@ def _check_not_in_future(raw: Any, ts: float, config: EventConfig, now: float) -
     tolerance = config.max_future_seconds
     if tolerance is None or ts - now <= tolerance:
         return
-    raise _InvalidEventError(
+    raise InvalidEventError(
         "ts_in_future",
-        f"ts {_short(raw)} ({_utc(ts)}) is {ts - now:.0f} s ahead of the current time "
+        f"ts {short_repr(raw)} ({_utc(ts)}) is {ts - now:.0f} s ahead of the current time "
         f"({_utc(now)}), more than the {tolerance:.0f} s allowed: send the event time in "
         f"{config.unit_name} since the Unix epoch, and check the producer's clock",
     )
@@ -373,15 +347,19 @@ def _rows(
     raw = fields.get(field)
     if raw is None:
         return None, 0
-    if not isinstance(raw, list):
-        raise _InvalidEventError(
+    # The decoder leaves an array of more than `max_list_length` entries as a SkippedContainer.
+    length = raw.length if isinstance(raw, SkippedContainer) and raw.kind == "list" else None
+    if length is None and isinstance(raw, list):
+        length = len(raw)
+    if length is None:
+        raise InvalidEventError(
             f"invalid_{field}",
-            f"{field} has type {type(raw).__name__}: send a list of item ids",
+            f"{field} has type {type_name(raw)}: send a list of item ids",
         )
-    if len(raw) > config.max_list_length:
-        raise _InvalidEventError(
+    if length > config.max_list_length:
+        raise InvalidEventError(
             f"too_many_{field}",
-            f"{field} has {len(raw)} entries, more than the maximum of "
+            f"{field} has {length} entries, more than the maximum of "
             f"{config.max_list_length}: send at most that many",
         )
     rows: dict[int, None] = {}
@@ -389,8 +367,8 @@ def _rows(
     for index, entry in enumerate(raw):
         try:
             item = _external_id(entry, "item", config)
-        except _InvalidEventError as error:
-            raise _InvalidEventError(
+        except InvalidEventError as error:
+            raise InvalidEventError(
                 f"invalid_{field}", f"{field}[{index}]: {error.message}"
             ) from None
         row = row_of.get(item)
@@ -406,9 +384,9 @@ def _optional_text(fields: Mapping[str, Any], field: str, reason: str, config: E
     if raw is None:
         return None
     if not isinstance(raw, str) or not raw or len(raw) > config.max_id_length:
-        raise _InvalidEventError(
+        raise InvalidEventError(
             reason,
-            f"{field} {_short(raw)} is invalid: send a string of 1 to "
+            f"{field} {short_repr(raw)} is invalid: send a string of 1 to "
             f"{config.max_id_length} characters",
         )
     return raw
@@ -431,20 +409,14 @@ def _validate(
     append_ts: float | None,
     now: float,
 ) -> Event:
-    fields = _unpack(value, config)
-    if not isinstance(fields, dict):
-        raise _InvalidEventError(
-            "not_a_map",
-            f"value is a msgpack {type(fields).__name__}, not a map: send a map with "
-            "user, item and ts",
-        )
+    fields = unpack_event_fields(value, config.max_message_bytes, config.max_list_length)
     user = _user(fields, key, config)
     item, row = _item(fields, row_of, config)
     ts = _ts(fields, config, now)
     impressions, dropped_impressions = _rows(fields, "impressions", row_of, config)
     candidates, dropped_candidates = _rows(fields, "candidates", row_of, config)
     if candidates is not None and not candidates:
-        raise _InvalidEventError("no_known_candidates", _no_candidates_message(dropped_candidates))
+        raise InvalidEventError("no_known_candidates", _no_candidates_message(dropped_candidates))
     event_type = _optional_text(fields, "type", "invalid_type", config)
     event_id = _optional_text(fields, "event_id", "invalid_event_id", config)
     return Event(
@@ -484,11 +456,11 @@ def decode_event(
         now = time.time()
     try:
         if value is None:
-            raise _InvalidEventError(
+            raise InvalidEventError(
                 "invalid_msgpack", "value is empty (a tombstone): send a msgpack map"
             )
         return _validate(key, value, position, row_of, config, append_ts, now)
-    except _InvalidEventError as rejection:
+    except InvalidEventError as rejection:
         # The caller logs the dead letter: the worker at a limited rate, replay by line number.
         return DeadLetter(
             key=key,
