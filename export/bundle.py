@@ -17,6 +17,12 @@ Runtime and numpy alone. Shape letters: `B` rows in a batch, `L` events in a ses
 - the item table and the start state contain no NaN or infinite value. The item table is
   read once more for this, in blocks of `_FINITE_CHECK_VALUES`, after the hash check read it.
 - `max_session_items` is at most `MAX_SESSION_ITEMS`.
+- every item id has 1 to `MAX_ITEM_ID_LENGTH` characters, as an event's item id must.
+- neither graph stores tensor data in external files or uses an operator outside the standard
+  ONNX domains (`export.graph_content`), because no sha256 of the manifest covers such a file
+  or the library that implements such an operator.
+
+ONNX Runtime errors while it opens a graph raise `BundleError` that names the file.
 
 Once ONNX Runtime has opened the graphs, it checks that each graph has the inputs and outputs of
 the bundle format (`export.graph_signature`): every input name and no other, the output name,
@@ -49,6 +55,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from export.errors import BundleError, BundleIntegrityError, InvalidInputError
+from export.graph_content import graph_content_problems
 from export.graph_signature import (
     CLOSE_SIGNATURE,
     STEP_SIGNATURE,
@@ -94,6 +101,11 @@ ITEM_TABLE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 # NOTE: the manifest is the only record of the receptive field (the graphs accept any prefix
 # width), so the loader can bound the value but cannot compare it with the graph.
 MAX_SESSION_ITEMS = 10_000
+# Maximum length of an item id in a catalog, in characters. It equals the limit of the event
+# check (`stream.events.EventConfig.max_id_length`, which a test compares), so an event can
+# request every row, and it bounds the size of each output entry. It is not imported from
+# `stream`, because the serving side depends on `export`, not the reverse.
+MAX_ITEM_ID_LENGTH = 256
 
 
 class ModelBundle:
@@ -265,6 +277,8 @@ def load_bundle(
     _check_version(path, manifest)
     step_bytes = _read_checked(path, SESSION_STEP_FILE, manifest)
     close_bytes = _read_checked(path, SESSION_CLOSE_FILE, manifest)
+    _check_graph_content(path, SESSION_STEP_FILE, step_bytes)
+    _check_graph_content(path, SESSION_CLOSE_FILE, close_bytes)
     for name in (ITEMS_FILE, ITEM_IDS_FILE, START_STATE_FILE):
         _check_file_hash(path, name, manifest)
 
@@ -273,8 +287,8 @@ def load_bundle(
     start_state = _load_start_state(path / START_STATE_FILE, manifest)
 
     options = session_options(config)
-    step = open_session(step_bytes, SESSION_STEP_FILE, config, options, providers)
-    close = open_session(close_bytes, SESSION_CLOSE_FILE, config, options, providers)
+    step = open_session(step_bytes, path / SESSION_STEP_FILE, config, options, providers)
+    close = open_session(close_bytes, path / SESSION_CLOSE_FILE, config, options, providers)
     _check_graph(path, step, STEP_SIGNATURE, manifest)
     _check_graph(path, close, CLOSE_SIGNATURE, manifest)
     logger.info(
@@ -297,6 +311,17 @@ def _check_session_items(path: Path, manifest: Manifest) -> None:
             f"the maximum of {MAX_SESSION_ITEMS} session items (the model's receptive field) "
             "that this loader accepts: the manifest was changed or damaged, export the bundle "
             "again with `hiertcn export`"
+        )
+
+
+def _check_graph_content(path: Path, name: str, model_bytes: bytes) -> None:
+    """Raise `BundleError` when a graph reads external data or uses a non-standard operator."""
+    problems = graph_content_problems(model_bytes)
+    if problems:
+        raise BundleError(
+            f"{path / name} is rejected: {'; '.join(problems)}. A bundle's graphs must contain "
+            "all their weights and only standard ONNX operators, because the manifest's hashes "
+            "cover nothing else: export the bundle again with `hiertcn export`"
         )
 
 
@@ -404,7 +429,20 @@ def _load_item_ids(file: Path, manifest: Manifest) -> list[str]:
         )
     if len(set(item_ids)) != len(item_ids):
         raise BundleError(f"{file} lists an item id twice: export the bundle again")
+    _check_item_id_lengths(file, item_ids)
     return item_ids
+
+
+def _check_item_id_lengths(file: Path, item_ids: list[str]) -> None:
+    """Raise `BundleError` naming the first row whose id is empty or too long for an event."""
+    for row, item in enumerate(item_ids):
+        if not 1 <= len(item) <= MAX_ITEM_ID_LENGTH:
+            raise BundleError(
+                f"{file} row {row} has an item id of {len(item)} characters, but events carry "
+                f"item ids of 1 to {MAX_ITEM_ID_LENGTH} characters, so no event could request "
+                "it and the outputs that list it could exceed the message size limit: give the "
+                "item a shorter id in the training data and export the bundle again"
+            )
 
 
 def _load_start_state(file: Path, manifest: Manifest) -> np.ndarray:

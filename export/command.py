@@ -37,7 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint file (best.pt of a run)")
     parser.add_argument(
-        "--out", required=True, help="bundle directory to create, which must not exist or be empty"
+        "--out",
+        required=True,
+        help="bundle directory to create, which must not exist or be empty. When it is a "
+        "symlink, the bundle goes to the folder that the link points to, and the link stays",
     )
     parser.add_argument(
         "--float16", action="store_true", help="store the item table as float16 (half the memory)"

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from export.errors import ExportFailedError
+from export.graph_content import graph_content_problems
 from export.graph_signature import (
     CLOSE_SIGNATURE,
     STEP_SIGNATURE,
@@ -229,7 +230,17 @@ def check_graph_signature(
     graph: onnx.ModelProto, signature: GraphSignature, dims: dict[str, int]
 ) -> None:
     """Raise `ExportFailedError` when the inputs or outputs of an exported graph differ from the
-    bundle format, before any bundle file is written."""
+    bundle format, or when the graph contains what `load_bundle` rejects (external data, custom
+    operators), before any bundle file is written."""
+    content = graph_content_problems(graph)
+    if content:
+        raise ExportFailedError(
+            f"the {signature.file} graph exported from the model's {signature.function} cannot "
+            f"be served: {'; '.join(content)}. The loader accepts only graphs that contain all "
+            "their weights and only standard ONNX operators, so export a model built from "
+            "standard torch operations"
+        )
+
     weights = {initializer.name for initializer in graph.graph.initializer}
     inputs = declared_from_onnx(value for value in graph.graph.input if value.name not in weights)
     outputs = declared_from_onnx(graph.graph.output)
@@ -366,11 +377,12 @@ def write_bundle(
 
     The files go to a temporary directory next to `out` that is renamed to `out` at the end, so
     an interrupted export leaves no half-written bundle. `out` must not exist yet, or be an empty
-    directory. The output folder, the top K and the session gap are checked before the export.
+    directory. A symlink `out` is followed: the bundle replaces the folder it points to, and the
+    link stays. The output folder, the top K and the session gap are checked before the export.
     `check` receives the temporary directory once the bundle is complete there. When it raises,
     the directory is deleted and nothing is written to `out`.
     """
-    out = Path(out)
+    out = _resolve_out(Path(out))
     _check_out(out)
     check_exportable(model)
     check_finite_weights(model)
@@ -401,6 +413,23 @@ def write_bundle(
         raise
     logger.info("wrote bundle %s (version %s)", out, manifest.version)
     return manifest
+
+
+def _resolve_out(out: Path) -> Path:
+    """Return the path that a symlink `out` points to (following every link), else `out`.
+
+    The final rename cannot replace a symlink with a folder, so the export writes to the target.
+    """
+    if not out.is_symlink():
+        return out
+    try:
+        target = out.resolve(strict=False)
+    except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop, before Python 3.13
+        raise ExportFailedError(
+            f"--out {out} is a symlink that cannot be followed ({error}): pass a folder path"
+        ) from error
+    logger.info("--out %s is a symlink: writing the bundle to %s", out, target)
+    return target
 
 
 def _check_out(out: Path) -> None:

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 # ONNX Runtime starts its telemetry when the module is imported. It writes a device id and an
@@ -27,7 +28,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 import onnxruntime as ort
 
-from export.errors import CudaUnavailableError, ProviderError
+from export.errors import BundleError, CudaUnavailableError, ProviderError
 
 logger = logging.getLogger(__name__)
 
@@ -154,22 +155,35 @@ def requested_providers(device: str) -> list[str]:
 
 def open_session(
     model_bytes: bytes,
-    name: str,
+    file: Path,
     config: RuntimeConfig,
     options: ort.SessionOptions,
     providers: list[str],
 ) -> ort.InferenceSession:
     """Open one graph from its serialized bytes with `providers` (from `requested_providers`)
-    and check the providers it really uses."""
-    session = ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
+    and check the providers it really uses.
+
+    `file` is the graph's path, for messages. Any error of ONNX Runtime while it opens the graph
+    raises `BundleError` with ONNX Runtime's message.
+    """
+    try:
+        session = ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
+    except Exception as error:
+        # ONNX Runtime's own exception types (Fail, InvalidGraph, NoSuchFile, ...) derive from
+        # Exception alone (onnxruntime 1.31), so no narrower class catches all of them.
+        raise BundleError(
+            f"ONNX Runtime {ort.__version__} cannot open {file}: {error}. The graph is damaged "
+            "or needs what this ONNX Runtime lacks: export the bundle again with `hiertcn "
+            "export`, or install the onnxruntime version that the exporting host used"
+        ) from error
     in_use = session.get_providers()
     if config.device == "cuda" and CUDA_PROVIDER not in in_use:
         raise CudaUnavailableError(
-            f"ONNX Runtime runs {name} on {in_use} (the CUDA provider failed to start: no GPU "
+            f"ONNX Runtime runs {file} on {in_use} (the CUDA provider failed to start: no GPU "
             "visible, or CUDA or cuDNN libraries missing)",
             "fix the CUDA setup",
         )
     if config.device == "auto" and CUDA_PROVIDER in providers and CUDA_PROVIDER not in in_use:
-        logger.warning("%s: CUDA provider did not start, running on %s", name, in_use)
-    logger.info("%s: ONNX Runtime providers in use: %s", name, in_use)
+        logger.warning("%s: CUDA provider did not start, running on %s", file, in_use)
+    logger.info("%s: ONNX Runtime providers in use: %s", file, in_use)
     return session

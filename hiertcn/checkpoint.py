@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import pickle
+import re
 import shlex
 import warnings
 from dataclasses import dataclass, field
@@ -28,6 +30,11 @@ BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
 # `torch.save` writes a zip archive, which starts with the local file header signature.
 _ZIP_MAGIC = b"PK\x03\x04"
+# The global (module.name) in the messages of torch's weights-only unpickler (torch 2.15) when
+# a pickle refers to a function or class outside its allowlist: "Trying to load unsupported
+# GLOBAL posix.system whose module posix is blocked" or "Unsupported global: GLOBAL print was
+# not an allowed global by default".
+_REJECTED_GLOBAL = re.compile(r"GLOBAL (\S+) (?:whose module|was not an allowed global)")
 
 
 @dataclass(frozen=True)
@@ -178,6 +185,9 @@ def _torch_load(path: Path, map_location: str) -> Any:
         # advise weights_only=False, which would run code from an untrusted file, so only the
         # debug log shows it.
         logger.debug("torch.load(%s) failed: %r", path, error)
+        rejected = _rejected_global(error)
+        if rejected is not None:
+            _raise_untrusted(path, rejected)
         if _ZIP_MAGIC.startswith(head):
             # The file is empty or starts like a torch.save zip archive that torch cannot read,
             # so it was most likely cut short or damaged after it was written.
@@ -187,6 +197,28 @@ def _torch_load(path: Path, map_location: str) -> Any:
                 f"checkpoint {path} is {reason}: copy it again or retrain the run", reason
             ) from None
         _raise_not_checkpoint(path, "it is not a file written by torch.save")
+
+
+def _rejected_global(error: Exception) -> str | None:
+    """Return the Python global (a function or class) that torch's weights-only unpickler
+    rejected, or None when `error` is not such a rejection."""
+    if not isinstance(error, pickle.UnpicklingError):
+        return None
+    match = _REJECTED_GLOBAL.search(str(error))
+    return match.group(1) if match else None
+
+
+def _raise_untrusted(path: Path, rejected: str) -> NoReturn:
+    reason = (
+        f"it refers to the Python object {rejected}, which no hiertcn checkpoint contains, so "
+        "it may come from an untrusted source"
+    )
+    raise UnreadableCheckpointError(
+        f"{path} is not a hiertcn checkpoint: {reason}. Loading it with "
+        "torch.load(weights_only=False) would run that object's code, so do not. Pass the "
+        "best.pt of a run that you trained or got from a trusted source",
+        f"not a hiertcn checkpoint ({reason})",
+    )
 
 
 def _raise_not_checkpoint(path: Path, cause: str) -> NoReturn:

@@ -9,16 +9,20 @@ upper case with `_` for `.` and `__` for `_` (`HIERTCN_KAFKA_SECURITY_PROTOCOL=S
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import msgpack
 
 from statestore.store import MAX_MAP_SIZE, format_size
+from stream.dead_letters import DEFAULT_MESSAGE_MAX_BYTES
 from stream.errors import ConfigError
-from stream.events import DEFAULT_MAX_FUTURE_SECONDS
+from stream.events import DEFAULT_MAX_FUTURE_SECONDS, EventConfig
 from stream.kafka_settings import (
     DEFAULT_MAX_POLL_INTERVAL_MS,
     check_flag_settings,
@@ -26,6 +30,10 @@ from stream.kafka_settings import (
     property_of,
     setting_source,
 )
+from stream.pipeline import SESSION_CLOSE_TRIGGER, Recommendation
+
+if TYPE_CHECKING:
+    from export.bundle import ModelBundle
 
 ENV_PREFIX = "HIERTCN_"
 KAFKA_ENV_PREFIX = "HIERTCN_KAFKA_"
@@ -501,6 +509,80 @@ def check_k(k: int, num_items: int, source: str = "--k") -> None:
             f"{format_setting(source, k)} is invalid because the bundle has only {num_items} "
             f"items: {verb} {format_setting(source, num_items)} or less"
         )
+
+
+# Bytes of an output message outside its key and value. They cover the headers `hiertcn.worker`
+# (a process id) and `hiertcn.source` (`topic[partition]@offset`, at most about 300 bytes,
+# because a topic name has at most 249 characters) with their names. They also cover
+# librdkafka's record overhead, an estimate: librdkafka 2.16.0 rejected a value 40 bytes below
+# message.max.bytes in produce() and accepted one 50 bytes below.
+OUTPUT_MESSAGE_MARGIN_BYTES = 1024
+
+
+def max_output_bytes(item_ids: Sequence[str], k: int, version: str) -> int:
+    """Return an upper bound of the bytes of one output message of a bundle: key, value and
+    `OUTPUT_MESSAGE_MARGIN_BYTES` for the headers.
+
+    The value is the msgpack encoding of the largest output that the bundle can give. It lists
+    the K item ids with the most UTF-8 bytes, and has a user id and an event id of the maximum
+    length in 4-byte characters, the largest session number and the session-close trigger. An
+    event id that is the input position (`topic[partition]@offset`) is shorter than that maximum.
+    """
+    longest = heapq.nlargest(k, item_ids, key=lambda item: len(item.encode("utf-8")))
+    max_id = "\U0010ffff" * EventConfig().max_id_length
+    output = Recommendation(
+        user=max_id,
+        event_id=max_id,
+        ts=0.0,
+        items=tuple(longest),
+        scores=(0.0,) * len(longest),
+        model=version,
+        session=2**64 - 1,
+        trigger=SESSION_CLOSE_TRIGGER,
+    )
+    value = msgpack.packb(output.to_dict(), use_bin_type=True)
+    return len(max_id.encode("utf-8")) + len(value) + OUTPUT_MESSAGE_MARGIN_BYTES
+
+
+def check_output_size(config: WorkerConfig, bundle: ModelBundle) -> None:
+    """Raise ConfigError when an output of K items could exceed the producer's
+    message.max.bytes, so that librdkafka would reject it with MSG_SIZE_TOO_LARGE and stop the
+    pool at the first such output."""
+    k = bundle.manifest.top_k if config.k is None else config.k
+    limit_source = setting_source("message.max.bytes", config.kafka_env_names)
+    limit_text = config.kafka_settings.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES)
+    try:
+        limit = int(limit_text)
+    except ValueError:
+        return  # librdkafka rejects the value when the producer is created
+    bound = max_output_bytes(bundle.item_ids, k, bundle.manifest.version)
+    if bound <= limit:
+        return
+    if config.k is None:
+        k_text = f"the bundle's top_k {k} (no {source_of(config, 'k')})"
+    else:
+        k_text = format_option(config, "k", k)
+    fits = _max_fitting_k(bundle, k, limit)
+    lower = f"lower {source_of(config, 'k')} to {fits} or less, or " if fits else ""
+    raise ConfigError(
+        f"with {k_text}, an output message can reach {bound} bytes (the {k} longest item ids "
+        f"of the bundle, the longest user and event ids, and the other fields), above the "
+        f"producer's message.max.bytes of {limit}, so producing it would fail: {lower}set "
+        f"{limit_source}={bound} or more, together with the output topic's "
+        "max.message.bytes on the broker"
+    )
+
+
+def _max_fitting_k(bundle: ModelBundle, k: int, limit: int) -> int:
+    """Return the largest K below `k` whose outputs fit in `limit` bytes, or 0 when none does."""
+    low, high = 0, k - 1
+    while low < high:
+        middle = (low + high + 1) // 2
+        if max_output_bytes(bundle.item_ids, middle, bundle.manifest.version) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def _check_delivery_wait(config: WorkerConfig) -> None:

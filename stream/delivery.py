@@ -260,6 +260,10 @@ class Deliverer:
 
     @staticmethod
     def _rejection_message(record: OutputRecord, error: KafkaException) -> str:
+        kafka_error = error.args[0]
+        too_large = KafkaError.MSG_SIZE_TOO_LARGE
+        if isinstance(kafka_error, KafkaError) and kafka_error.code() == too_large:
+            return _size_rejection_message(record, kafka_error)
         if record.partition is None:
             target, check = record.topic, f"topic {record.topic} exists"
         else:
@@ -269,3 +273,18 @@ class Deliverer:
             f"producing a message to {target} failed: {error.args[0]}. Check that {check}, "
             "then restart the pool"
         )
+
+
+def _size_rejection_message(record: OutputRecord, error: KafkaError) -> str:
+    """Return the message for a record that librdkafka rejects as larger than message.max.bytes."""
+    key_bytes = len(record.key or b"")
+    value_bytes = len(record.value or b"")
+    header_bytes = sum(len(name.encode()) + len(value or b"") for name, value in record.headers)
+    return (
+        f"producing a message to {record.topic} failed: {error.str()}: its key of {key_bytes} "
+        f"bytes, value of {value_bytes} bytes and headers of {header_bytes} bytes exceed the "
+        "producer's message.max.bytes (1000000 unless -X message.max.bytes sets it). For "
+        "outputs, lower --k or shorten the bundle's item ids. Otherwise raise -X "
+        "message.max.bytes together with the topic's max.message.bytes on the broker, then "
+        "restart the pool"
+    )

@@ -25,7 +25,8 @@ from hiertcn.errors import Terminated
 from hiertcn.signals import sigterm_as_interrupt
 from stream.commands.common import SESSION_CLOSE_HELP, argparse_type, open_bundle
 from stream.commands.event_file import add_event_file_arguments, read_records_from_args
-from stream.config import check_k, parse_tolerance
+from stream.config import check_k, max_output_bytes, parse_tolerance
+from stream.dead_letters import DEFAULT_MESSAGE_MAX_BYTES
 from stream.errors import ConfigError
 from stream.events import DEFAULT_MAX_FUTURE_SECONDS, EventConfig
 from stream.pipeline import Pipeline, PipelineConfig
@@ -231,6 +232,7 @@ def _replay(args: argparse.Namespace) -> int:
     bundle = open_bundle(args.bundle, args.device)
     if args.k is not None:
         check_k(args.k, bundle.num_items)
+    _warn_output_size(bundle, args.k)
     pipeline, config = _build_pipeline(args, bundle)
     records = read_records_from_args(args, args.ts_unit)
     seen_types = TypeCollector(records)
@@ -292,6 +294,25 @@ def _build_pipeline(args: argparse.Namespace, bundle: ModelBundle) -> tuple[Pipe
         context_types=frozenset(args.context_type),
     )
     return pipeline, config
+
+
+def _warn_output_size(bundle: ModelBundle, k: int | None) -> None:
+    """Log a warning when a pool with this K could not produce the largest output.
+
+    A replay writes its outputs to a file without a size limit, but `run` rejects the same K
+    under the producer's default message.max.bytes.
+    """
+    top_k = bundle.manifest.top_k if k is None else k
+    bound = max_output_bytes(bundle.item_ids, top_k, bundle.manifest.version)
+    if bound > DEFAULT_MESSAGE_MAX_BYTES:
+        logger.warning(
+            "with K=%d an output can reach %d bytes, above Kafka's default message.max.bytes of "
+            "%d: `hiertcn-stream run` with this K needs -X message.max.bytes=%d or more",
+            top_k,
+            bound,
+            DEFAULT_MESSAGE_MAX_BYTES,
+            bound,
+        )
 
 
 def _check_flags(args: argparse.Namespace) -> None:

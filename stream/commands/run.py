@@ -34,6 +34,7 @@ from stream.config import (
     WorkerConfig,
     build_config,
     check_k,
+    check_output_size,
     format_flag_size,
     format_option,
     parse_size,
@@ -289,7 +290,8 @@ def check_linger_below_delivery_timeout(config: WorkerConfig, settings: dict[str
 
 
 def check_bundle(config: WorkerConfig) -> ModelBundle:
-    """Load and verify the bundle, and check --k against its items, before any worker starts.
+    """Load and verify the bundle, and check --k against its items and the output message size
+    against the producer's message.max.bytes, before any worker starts.
 
     A bad bundle then gives one error line here instead of one traceback per worker, with the
     exit code and message of `replay` for the same bundle. The workers load it again after they
@@ -298,6 +300,7 @@ def check_bundle(config: WorkerConfig) -> ModelBundle:
     bundle = open_bundle(config.bundle, config.device, source_of(config, "device"))
     if config.k is not None:
         check_k(config.k, bundle.num_items, source_of(config, "k"))
+    check_output_size(config, bundle)
     return bundle
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,95 @@ def test_failed_verify_writes_nothing(
     assert f"nothing was written to --out {out}" in captured.err
     assert not out.exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["best.pt"]
+
+
+def test_export_through_symlink_fills_target(
+    checkpoint_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "bundles" / "v1"
+    target.mkdir(parents=True)
+    link = tmp_path / "current"
+    link.symlink_to(target)
+
+    code = main(["export", "--checkpoint", str(checkpoint_path), "--out", str(link)])
+
+    assert code == 0, capsys.readouterr().err
+    assert link.is_symlink()
+    assert link.resolve() == target
+    assert load_bundle(link).num_items == NUM_ITEMS
+    assert (target / "manifest.json").is_file()
+    assert sorted(path.name for path in (tmp_path / "bundles").iterdir()) == ["v1"]
+
+
+def test_export_through_dangling_symlink_creates_target(
+    checkpoint_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "bundles" / "v2"
+    link = tmp_path / "current"
+    link.symlink_to(target)
+
+    code = main(["export", "--checkpoint", str(checkpoint_path), "--out", str(link)])
+
+    assert code == 0, capsys.readouterr().err
+    assert link.is_symlink()
+    assert (target / "manifest.json").is_file()
+
+
+def test_export_through_symlink_to_full_folder_fails(
+    checkpoint_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "v1"
+    target.mkdir()
+    (target / "keep.txt").write_text("x")
+    link = tmp_path / "current"
+    link.symlink_to(target)
+
+    code = main(["export", "--checkpoint", str(checkpoint_path), "--out", str(link)])
+
+    assert code == 2
+    assert f"{target} already exists and is not empty" in capsys.readouterr().err
+    assert sorted(path.name for path in target.iterdir()) == ["keep.txt"]
+
+
+def test_export_through_symlink_loop_fails(
+    checkpoint_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+
+    code = main(["export", "--checkpoint", str(checkpoint_path), "--out", str(tmp_path / "a")])
+
+    error = capsys.readouterr().err
+    assert code == 2
+    assert f"--out {tmp_path / 'a'} is a symlink that cannot be followed" in error
+    assert "Traceback" not in error
+
+
+class CallOnLoad:
+    """Pickles as a call of `function(*args)`, as a malicious checkpoint's objects do."""
+
+    def __init__(self, function: object, args: tuple[object, ...]) -> None:
+        self.function = function
+        self.args = args
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (self.function, self.args)
+
+
+def test_export_of_checkpoint_with_python_object_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # os.getcwd replaces a payload such as os.system, and is harmless if it ever ran.
+    path = tmp_path / "hostile.pt"
+    content = make_checkpoint(make_model()).to_dict()
+    torch.save({**content, "model_state": CallOnLoad(os.getcwd, ())}, path)
+    out = tmp_path / "bundle"
+
+    code = main(["export", "--checkpoint", str(path), "--out", str(out)])
+
+    error = capsys.readouterr().err
+    assert code == 2
+    assert f"it refers to the Python object {os.name}.getcwd" in error
+    assert "may come from an untrusted source" in error
+    assert "Traceback" not in error
+    assert not out.exists()

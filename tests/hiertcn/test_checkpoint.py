@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 
 import pytest
@@ -177,3 +178,41 @@ def test_other_saved_format_rejected():
 
     with pytest.raises(CheckpointError, match="--format movielens, not --format csv"):
         check_data_settings("best.pt", checkpoint, {"source": "log.csv", "format": "csv"})
+
+
+class CallOnLoad:
+    """Pickles as a call of `function(*args)`, as a malicious checkpoint's objects do."""
+
+    def __init__(self, function, args: tuple) -> None:
+        self.function = function
+        self.args = args
+
+    def __reduce__(self):
+        return (self.function, self.args)
+
+
+# Harmless functions replace a payload such as os.system, so the test does no harm even if a
+# loader ran them. torch names os.getcwd by its module, posix.getcwd on Linux.
+@pytest.mark.parametrize(
+    ("function", "args", "name"),
+    [(print, ("payload ran",), "print"), (os.getcwd, (), f"{os.name}.getcwd")],
+)
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_checkpoint_with_python_object_named_untrusted(
+    tmp_path, capsys, function, args, name, zip_format
+):
+    path = tmp_path / "hostile.pt"
+    content = {**tiny_checkpoint(["a", "b"]).to_dict(), "model": CallOnLoad(function, args)}
+    torch.save(content, path, _use_new_zipfile_serialization=zip_format)
+
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path)
+
+    message = str(error.value)
+    assert f"{path} is not a hiertcn checkpoint: it refers to the Python object {name}," in message
+    assert "which no hiertcn checkpoint contains" in message
+    assert "may come from an untrusted source" in message
+    assert "torch.load(weights_only=False) would run that object's code, so do not" in message
+    assert "truncated or damaged" not in message
+    assert "not a file written by torch.save" not in message
+    assert "payload ran" not in capsys.readouterr().out

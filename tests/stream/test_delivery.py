@@ -219,6 +219,27 @@ def test_rejected_message_names_its_partition() -> None:
     assert "topic interactions.changelog exists with partition 4, then restart" in message
 
 
+def test_message_above_size_limit_named() -> None:
+    # librdkafka rejects the message in produce(), before it connects to the broker.
+    producer = Producer(
+        {"bootstrap.servers": "127.0.0.1:1", "message.max.bytes": 1000, "log_level": 0}
+    )
+    config = DeliveryConfig("127.0.0.1:1", timeout=0.01, attempts=2)
+    deliverer = Deliverer(producer, config, lambda s: None, lambda n: None)
+    headers = [("hiertcn.worker", b"123")]
+    records = [OutputRecord("recommendations", b"user", b"v" * 2000, headers)]
+
+    with pytest.raises(DeliveryError) as raised:
+        deliverer.produce(records)
+
+    message = str(raised.value)
+    assert message.startswith("producing a message to recommendations failed: ")
+    assert "key of 4 bytes, value of 2000 bytes and headers of 17 bytes" in message
+    assert "exceed the producer's message.max.bytes" in message
+    assert "lower --k" in message
+    assert "exists" not in message
+
+
 class LateTimeoutProducer:
     """Reports every delivery as _MSG_TIMED_OUT `delay` seconds after its produce, as
     librdkafka does when the broker is down: its report comes just after delivery.timeout.ms."""
