@@ -75,17 +75,80 @@ PRODUCER_ONLY = frozenset(
 _TOPIC_PREFIX = "topic."
 # A property name in double quotes or backticks, as librdkafka's configuration errors write it.
 _QUOTED = re.compile(r'["`]([^"`]+)["`]')
+# Secret-like properties, whose values error messages never show. A key is secret-like when it
+# contains one of these words (sasl.password, ssl.key.pem, ssl.keystore.password,
+# sasl.oauthbearer.client.secret, and also the harmless ssl.key.location) or is listed in
+# _SECRET_KEYS, whose values hold OAUTHBEARER claims. librdkafka rejects Java's sasl.jaas.config,
+# but a user who types it may be passing a Java client's credentials.
+_SECRET_WORDS = ("password", "secret", "key", "token", "sasl.jaas")
+_SECRET_KEYS = frozenset({"sasl.oauthbearer.config", "sasl.oauthbearer.extensions"})
+# The characters that end a key in an -X text. No librdkafka property name contains them.
+_KEY_END = re.compile(r"[:=\s]")
+# The prefix of the environment variables that set librdkafka settings, read by stream.config.
+_KAFKA_ENV_PREFIX = "HIERTCN_KAFKA_"
+
+
+def is_secret_key(key: str) -> bool:
+    """Return whether the librdkafka setting `key` may contain a credential."""
+    lowered = key.strip().lower()
+    return lowered in _SECRET_KEYS or any(word in lowered for word in _SECRET_WORDS)
+
+
+def kafka_env_name(key: str) -> str:
+    """Return the `HIERTCN_KAFKA_<KEY>` variable that sets `key`: `.` as `_`, `_` as `__`."""
+    words = key.strip().split("_")
+    return _KAFKA_ENV_PREFIX + "__".join(word.replace(".", "_") for word in words).upper()
+
+
+def describe_malformed_setting(text: str) -> str:
+    """Return why the -X text `text`, which lacks a valid `key=` part, is invalid, without "-X".
+
+    When `text` contains a secret-like word anywhere, or has an empty key, the reason shows only
+    the part before the first ':', '=' or whitespace and then "…", so that a mistyped
+    `-X sasl.password:VALUE` does not print the password.
+    """
+    key = _KEY_END.split(text.strip(), maxsplit=1)[0]
+    if key and not is_secret_key(text):
+        return (
+            f"{text!r} is invalid: write a librdkafka setting as -X key=value, for example "
+            "-X acks=all"
+        )
+    if not key or not is_secret_key(key):
+        return f"'{key}…' is invalid: write a librdkafka setting as -X key=value"
+    return (
+        f"'{key}…' is invalid: write a librdkafka setting as -X {key}=VALUE, or better set "
+        f"{kafka_env_name(key)}, because ps shows command lines to other users of the host"
+    )
+
+
+def _split_setting(text: str) -> tuple[str, str] | None:
+    """Split `key=value` at the first `=`, or return None when the key is empty or contains ':'
+    or whitespace, which no librdkafka property name does."""
+    key, separator, value = text.partition("=")
+    key = key.strip()
+    if not separator or not key or _KEY_END.search(key):
+        return None
+    return key, value
 
 
 def parse_kafka_setting(text: str) -> tuple[str, str]:
     """Split one `-X key=value` librdkafka setting; the value may contain `=`."""
-    key, separator, value = text.partition("=")
-    if not separator or not key.strip():
-        raise ConfigError(
-            f"-X {text!r} is invalid: write a librdkafka setting as -X key=value, for example "
-            "-X acks=all"
-        )
-    return key.strip(), value
+    setting = _split_setting(text)
+    if setting is None:
+        raise ConfigError(f"-X {describe_malformed_setting(text)}")
+    return setting
+
+
+def check_kafka_setting_text(text: str) -> str:
+    """Return `text` when it is a `key=value` setting, else raise argparse's type error.
+
+    The -X option checks its values while argparse parses them, so a secret that follows
+    `-X sasl.password` as a separate argument stops the parse here, before argparse would
+    print it as an unrecognized argument.
+    """
+    if _split_setting(text) is None:
+        raise argparse.ArgumentTypeError(describe_malformed_setting(text))
+    return text
 
 
 def parse_kafka_flags(texts: Iterable[str]) -> dict[str, str]:
@@ -141,6 +204,7 @@ def add_kafka_setting_option(
         "-X",
         dest=dest,
         action="append",
+        type=check_kafka_setting_text,
         default=[],
         metavar="KEY=VALUE",
         help=f"{help_text}. Keys that a flag sets are rejected: {rejected}",

@@ -60,3 +60,31 @@ def test_tmp_volume_mounted() -> None:
 
     assert "            - name: tmp\n              mountPath: /tmp\n" in text
     assert "        - name: tmp\n          emptyDir: {}\n" in text
+
+
+# The commented example of a Kafka password from a Secret, as its lines start in the manifest.
+SECRET_ENV_LINES = [
+    "            # - name: HIERTCN_KAFKA_SASL_PASSWORD\n",
+    "            #   valueFrom:\n",
+    "            #     secretKeyRef:\n",
+    "            #       name: hiertcn-kafka\n",
+    "            #       key: sasl-password\n",
+]
+
+
+def test_secret_env_example_matches_schema() -> None:
+    text = MANIFEST.read_text()
+    commented = "".join(SECRET_ENV_LINES)
+    assert commented in text
+
+    uncommented = "".join(line.replace("# ", "", 1) for line in SECRET_ENV_LINES)
+    documents = [
+        doc for doc in yaml.safe_load_all(text.replace(commented, uncommented)) if doc is not None
+    ]
+    statefulset = documents[1]
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    secret_ref = {"name": "hiertcn-kafka", "key": "sasl-password"}
+    password = {"name": "HIERTCN_KAFKA_SASL_PASSWORD", "valueFrom": {"secretKeyRef": secret_ref}}
+    assert password in container["env"]
+    for version in ["1.28.0", "1.37.0"]:
+        kubernetes_validate.validate(statefulset, version, strict=True)
