@@ -36,6 +36,7 @@ from export import providers
 from export.bundle import load_bundle
 from export.onnx_export import ExportConfig, write_bundle
 from hiertcn.checkpoint import Checkpoint
+from hiertcn.command_line import seed
 from hiertcn.models import ModelConfig, build_model
 
 # `python bench/inference.py` puts bench/ on sys.path, not the repository root, whose `bench`
@@ -94,7 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--seed",
-        type=int,
+        type=seed,
         default=0,
         help="seed of the prefix lengths, inputs and states (default: 0)",
     )

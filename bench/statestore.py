@@ -37,6 +37,7 @@ sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _B
 sys.path.insert(0, str(_BENCH_DIR.parent))
 
 from bench.arguments import positive_int  # noqa: E402
+from hiertcn.command_line import seed  # noqa: E402
 from statestore import PartitionPosition, StateStore, StoreConfig, UserState  # noqa: E402
 
 SESSION_ITEMS = 10
@@ -94,7 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=50_000,
         help="users in the store, at least --batch-size (default: 50000)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="random seed (default: 0)")
     args = parser.parse_args(argv)
     if args.population < args.batch_size:
         parser.error(

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hiertcn.command_line import seed
 from hiertcn.commands.train import add_bptt_sessions_argument, add_size_arguments, parse_dilations
 from hiertcn.data.filters import FilterConfig
 from hiertcn.data.options import DataConfig, load_dataset_from_config
@@ -98,7 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="cpu", help="device (default: cpu)"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed (default: 0)")
     parser.add_argument(
         "--threads",
         type=positive_int,

@@ -222,22 +222,42 @@ def state_dir_of(args: argparse.Namespace) -> Path:
     return state_dir
 
 
-def open_store(state_dir: Path, recorded_map_size: bool = False) -> StateStore:
+def open_store(
+    state_dir: Path, recorded_map_size: bool = False, read_only: bool = False
+) -> StateStore:
     """Open the existing store in `state_dir`, without the writers lock; raise when
     `state_dir` contains none.
 
     With `recorded_map_size`, the store maps the size recorded in data.mdb
-    (`StoreConfig.recorded_map_size`).
+    (`StoreConfig.recorded_map_size`). With `read_only`, it writes nothing
+    (`StoreConfig.read_only`).
     """
     _check_not_a_file(state_dir)
-    if not (state_dir / "data.mdb").is_file():
+    data_file = state_dir / "data.mdb"
+    if not state_dir.is_dir():
+        raise StoreConfigError(
+            f"state directory {state_dir} does not exist, so it contains no LMDB store "
+            "(data.mdb not found): check --state-dir"
+        )
+    if not data_file.is_file():
         raise StoreConfigError(
             f"state directory {state_dir} contains no LMDB store (data.mdb not found): "
             "check --state-dir"
         )
-    return StateStore(
-        StoreConfig(path=state_dir, writer_lock="none", recorded_map_size=recorded_map_size)
+    if data_file.stat().st_size == 0:
+        # LMDB would write a new, empty store into the file.
+        raise StoreConfigError(
+            f"{data_file} is empty (0 bytes), so it contains no LMDB store: check --state-dir. "
+            "A store whose file was truncated has lost its data: restore it from a backup or "
+            "an export, or delete the empty file"
+        )
+    config = StoreConfig(
+        path=state_dir,
+        writer_lock="none",
+        recorded_map_size=recorded_map_size,
+        read_only=read_only,
     )
+    return StateStore(config)
 
 
 def _check_not_a_file(state_dir: Path) -> None:
@@ -260,7 +280,7 @@ def run_stats(args: argparse.Namespace) -> int:
     # The default map size of `StoreConfig` is larger than a map that workers started with a
     # small --state-map-size, so the store maps the size that they recorded, and both the open
     # line and the output report that.
-    with open_store(state_dir, recorded_map_size=True) as store:
+    with open_store(state_dir, recorded_map_size=True, read_only=True) as store:
         stats = maintenance.collect_stats(store)
     positions = [
         _position_row(topic, partition, position)
@@ -312,7 +332,7 @@ def run_get(args: argparse.Namespace) -> int:
     """Print the state of one user as JSON; with --bundle, add the ids of the session items."""
     state_dir = state_dir_of(args)
     catalog = None if args.bundle is None else read_catalog(args.bundle)
-    with open_store(state_dir) as store:
+    with open_store(state_dir, read_only=True) as store:
         state = store.read([args.user]).get(args.user)
         if catalog is not None:
             _check_catalog_of_store(store, catalog)
@@ -370,7 +390,7 @@ def run_export(args: argparse.Namespace) -> int:
         _check_stdout_takes(fmt)
     else:
         export.check_export_path(args.file, args.force)
-    with open_store(state_dir) as store:
+    with open_store(state_dir, read_only=True) as store:
         if to_stdout:
             users, positions = _export_to_stdout(store, fmt)
         else:
@@ -447,7 +467,7 @@ def run_import(args: argparse.Namespace) -> int:
 def run_compact(args: argparse.Namespace) -> int:
     """Write a compacted copy of the store."""
     state_dir = state_dir_of(args)
-    with open_store(state_dir) as store:
+    with open_store(state_dir, read_only=True) as store:
         store.copy_compacted(args.out)
     size = (args.out / "data.mdb").stat().st_size
     print(f"wrote a compacted copy of {state_dir} to {args.out} ({format_size(size)})")
@@ -464,7 +484,7 @@ def run_evict(args: argparse.Namespace) -> int:
     )
     if args.at is not None and not args.allow_future:
         _check_not_future(args.at, f"--at {_format_time(args.at)}")
-    with open_store(state_dir) as store:
+    with open_store(state_dir, read_only=args.dry_run) as store:
         if now is None:
             now = maintenance.newest_event_time(store)
             if now is not None and not args.allow_future:

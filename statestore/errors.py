@@ -23,7 +23,9 @@ class ReadOnlyStoreError(StoreConfigError):
     """LMDB was denied write access to the state directory or its files (EACCES or EROFS).
 
     LMDB opens `lock.mdb` and `data.mdb` for writing even to read, so a read-only directory is
-    an invalid --state-dir (exit status 2), not a failure at run time.
+    an invalid --state-dir (exit status 2), not a failure at run time. A read-only store
+    (`StoreConfig.read_only`) opens data.mdb read-only, but still opens an existing lock.mdb for
+    writing.
     """
 
 

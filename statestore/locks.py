@@ -175,8 +175,9 @@ def _open_lock_file(state_dir: Path) -> int:
     path = state_dir / WRITERS_LOCK_FILE
     try:
         # Read-only is enough for flock, and O_CLOEXEC keeps the lock out of exec'd programs.
-        return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     except OSError as error:
+        raise_if_symbolic_link(path, error)
         if error.errno in (errno.EACCES, errno.EROFS):
             raise ReadOnlyStoreError(
                 f"cannot create the lock file {path}: {error.strerror}. The store's writers "
@@ -184,6 +185,21 @@ def _open_lock_file(state_dir: Path) -> int:
             ) from error
         raise StoreConfigError(
             f"cannot open the lock file {path}: {error.strerror}; check --state-dir"
+        ) from error
+
+
+def raise_if_symbolic_link(path: Path, error: OSError) -> None:
+    """Raise `StoreConfigError` when opening the lock file `path` with O_NOFOLLOW failed
+    because `path` is a symbolic link.
+
+    Lock files are opened with O_NOFOLLOW, because a pool writes its record into `pool.lock`
+    and would overwrite the target of a link.
+    """
+    if error.errno == errno.ELOOP and path.is_symlink():
+        raise StoreConfigError(
+            f"the lock file {path} is a symbolic link (to {os.readlink(path)}), and lock files "
+            f"are never opened through a link: remove the link {path}, and the next start "
+            "creates a regular file there"
         ) from error
 
 

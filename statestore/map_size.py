@@ -129,19 +129,25 @@ class MapSizing:
             _MAX_ATTEMPTS,
         )
 
-    def _out_of_room(self) -> bool:
-        """Return whether the file system or the file-size limit has less than a page left
-        for `data.mdb`."""
-        page_size = resource.getpagesize()  # LMDB 0.9 uses the OS page size
+    def _out_of_disk_space(self) -> bool:
+        """Return whether the file system of the state directory has less than a page free."""
         try:
             free = os.statvfs(self.path)
+        except OSError:
+            return False
+        return free.f_bavail * free.f_frsize < resource.getpagesize()  # LMDB 0.9's page size
+
+    def _over_file_size_limit(self) -> bool:
+        """Return whether data.mdb has less than a page left below this process's file size
+        limit (RLIMIT_FSIZE)."""
+        limit = file_size_limit()
+        if limit is None:
+            return False
+        try:
             file_size = (self.path / "data.mdb").stat().st_size
         except OSError:
             return False
-        if free.f_bavail * free.f_frsize < page_size:
-            return True
-        limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
-        return limit != resource.RLIM_INFINITY and file_size + page_size > limit
+        return file_size + resource.getpagesize() > limit
 
     def map_size(self) -> int:
         """Return the current LMDB map size of this process (bytes)."""
@@ -162,6 +168,13 @@ class MapSizing:
             except lmdb.Error as error:
                 raise self._translate(error, "map resize") from error
         return self.map_size()
+
+
+def file_size_limit() -> int | None:
+    """Return the soft file size limit of this process (RLIMIT_FSIZE, `ulimit -f`) in bytes,
+    or None when there is none."""
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if limit == resource.RLIM_INFINITY else limit
 
 
 def format_size(size: int) -> str:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from statestore.errors import ReadOnlyStoreError, StoreConfigError, StoreInUseError
-from statestore.locks import raise_unless_unsupported
+from statestore.locks import raise_if_symbolic_link, raise_unless_unsupported
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +226,8 @@ def lock_holder_pids(path: Path) -> list[int]:
 
 
 def _open_pool_lock_file(path: Path, create: bool, pool_pid: int | None = None) -> int:
-    flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    # O_NOFOLLOW: the pool writes its record into the file, which must not reach a link's target.
+    flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
     try:
         return os.open(path, flags, 0o644)
     except FileNotFoundError as error:
@@ -240,6 +241,7 @@ def _open_pool_lock_file(path: Path, create: bool, pool_pid: int | None = None) 
             "and start it again, and never delete pool.lock while a pool uses the directory"
         ) from error
     except OSError as error:
+        raise_if_symbolic_link(path, error)
         if error.errno in (errno.EACCES, errno.EROFS):
             raise ReadOnlyStoreError(
                 f"cannot create the lock file {path}: {error.strerror}. A pool needs write "

@@ -45,9 +45,10 @@ store may call more than once, so it must only read and write through the transa
 Full disk. LMDB writes the pages of a commit before it writes the meta page that makes the
 commit visible. A write that fails for lack of space (ENOSPC, EDQUOT, or EFBIG from a file-size
 limit) aborts the transaction and leaves the previous commit intact, and the store raises
-`DiskFullError` naming the state directory. LMDB 0.9 reports a write that stopped short as EIO
-(`mdb_page_flush`), so an EIO also raises `DiskFullError` when the file system or the file-size
-limit has less room left than one page.
+`DiskFullError` naming the state directory, and for EFBIG the file size limit (RLIMIT_FSIZE)
+instead of the disk. LMDB 0.9 reports a write that stopped short as EIO (`mdb_page_flush`), so
+an EIO also raises `DiskFullError` when the file system or the file-size limit has less room
+left than one page.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ from statestore.errors import (
     StateStoreError,
     StoreConfigError,
 )
-from statestore.map_size import MapSizing, format_size
+from statestore.map_size import MapSizing, file_size_limit, format_size
 from statestore.state import PartitionPosition, UserState
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,9 @@ class StoreConfig:
     # Map the size that the store's writers recorded in data.mdb instead of `map_size`, as
     # `state stats` does to report that size.
     recorded_map_size: bool = False
+    # Open the existing store read-only, as the `state` actions that only read do (`StateStore`
+    # lists what it still writes). Requires writer_lock "none".
+    read_only: bool = False
 
     def __post_init__(self) -> None:
         if self.map_size <= 0:
@@ -145,6 +149,11 @@ class StoreConfig:
                 f"writer_lock {self.writer_lock!r} is invalid: use one of "
                 f"{', '.join(map(repr, locks.WRITER_LOCK_MODES))}"
             )
+        if self.read_only and self.writer_lock != "none":
+            raise StoreConfigError(
+                f"writer_lock {self.writer_lock!r} is invalid with read_only=True, which never "
+                "writes: use writer_lock 'none'"
+            )
 
 
 class StoreTxn(NamedTuple):
@@ -158,7 +167,13 @@ class StoreTxn(NamedTuple):
 
 
 class StateStore(MapSizing):
-    """User states, partition positions and session timers in one LMDB environment."""
+    """User states, partition positions and session timers in one LMDB environment.
+
+    With `StoreConfig.read_only`, the store opens an existing environment with MDB_RDONLY and
+    writes nothing to data.mdb: it creates no directory, databases or metadata. It uses the
+    lock.mdb of the writers when one exists, taking a reader slot there, so that it reads beside
+    running writers safely, and opens without locking (creating no lock.mdb) otherwise.
+    """
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
@@ -176,6 +191,8 @@ class StateStore(MapSizing):
                 f"cannot create state directory {self.path}: {blocking_file} is a file, not a "
                 "directory; choose another path"
             )
+        if config.read_only and not self.path.is_dir():
+            raise StoreConfigError(f"state directory {self.path} does not exist: check --state-dir")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -205,8 +222,9 @@ class StateStore(MapSizing):
             self._release_writer_lock()
             raise
         logger.info(
-            "opened state store %s (%s, sync=%s, metasync=%s)",
+            "opened state store %s%s (%s, sync=%s, metasync=%s)",
             self.path,
+            " read-only" if config.read_only else "",
             self._describe_map(),
             config.sync,
             config.metasync,
@@ -241,8 +259,13 @@ class StateStore(MapSizing):
                 writemap=False,  # stray writes through the map cannot corrupt the file
                 max_readers=self.config.max_readers,  # read slots shared by all processes
                 max_spare_txns=1,  # reuse one read transaction instead of allocating each time
-                lock=True,  # several worker processes write to one environment
+                readonly=self.config.read_only,
+                lock=self._lock_environment(),
             )
+        except lmdb.InvalidError as error:
+            raise StoreConfigError(
+                f"{self.path / 'data.mdb'} is not an LMDB file ({error}): check --state-dir"
+            ) from error
         except lmdb.Error as error:
             # EACCES means a read-only path only here. In a transaction, LMDB returns it for a
             # write in a read-only transaction, which is a bug and not a setting.
@@ -254,9 +277,34 @@ class StateStore(MapSizing):
                 ) from error
             raise self._translate(error, "open") from error
 
+    def _lock_environment(self) -> bool:
+        """Return whether LMDB locks the environment with lock.mdb, which LMDB creates when
+        missing.
+
+        Several worker processes write to one environment, so writers always lock. A read-only
+        store locks only when lock.mdb exists. NOTE: a writer that starts after that check
+        creates lock.mdb, but this store does not see its reader slots, so the writer may reuse
+        pages that a long read of this store still uses.
+        """
+        return not self.config.read_only or (self.path / "lock.mdb").exists()
+
     def _open_databases(self) -> tuple[lmdb._Database, ...]:
+        if self.config.read_only:
+            return tuple(self._open_existing_database(name) for name in _DATABASE_NAMES)
         with self._env.begin(write=True) as txn:
             return tuple(self._env.open_db(name, txn=txn) for name in _DATABASE_NAMES)
+
+    def _open_existing_database(self, name: bytes) -> lmdb._Database:
+        # Without `txn`, py-lmdb opens the handle in a transaction of its own, and the handle
+        # stays valid. A handle opened in a read transaction that the caller passes is invalid
+        # once that transaction ends (py-lmdb 3.0.0: `stat` then raises EINVAL).
+        try:
+            return self._env.open_db(name, create=False)
+        except lmdb.NotFoundError as error:
+            raise StoreConfigError(
+                f"state store {self.path} has no {name.decode()!r} database, so it was not "
+                "written by hiertcn-stream: check --state-dir"
+            ) from error
 
     # Transactions ---------------------------------------------------------------------------
 
@@ -279,14 +327,34 @@ class StateStore(MapSizing):
 
     def _translate(self, error: lmdb.Error, name: str) -> StateStoreError:
         code = getattr(error, "code", None)
+        # EFBIG comes from the file size limit or from the file system's largest file. LMDB
+        # 0.9 reports a write that the limit cut short as EIO instead.
+        if code == errno.EFBIG or (code == errno.EIO and self._over_file_size_limit()):
+            return DiskFullError(self._file_too_large_message(error, name))
         disk_full = isinstance(error, lmdb.DiskError) or code in _DISK_FULL_ERRNOS
-        if disk_full or (code == errno.EIO and self._out_of_room()):
+        if disk_full or (code == errno.EIO and self._out_of_disk_space()):
             return DiskFullError(
                 f"LMDB {name} in state store {self.path} failed for lack of disk space "
                 f"({error}); the last commit is intact: free disk space or move the state "
                 "directory to a larger disk"
             )
         return StateStoreError(f"LMDB {name} failed in state store {self.path}: {error}")
+
+    def _file_too_large_message(self, error: lmdb.Error, name: str) -> str:
+        data_file = self.path / "data.mdb"
+        limit = file_size_limit()
+        if limit is None:
+            return (
+                f"LMDB {name} in state store {self.path} failed because {data_file} reached "
+                f"the largest file that its file system allows ({error}); the last commit is "
+                "intact: move the state directory to a file system that allows larger files"
+            )
+        return (
+            f"LMDB {name} in state store {self.path} failed because {data_file} reached this "
+            f"process's file size limit of {format_size(limit)} (RLIMIT_FSIZE, `ulimit -f`), "
+            f"not for lack of disk space ({error}); the last commit is intact: raise the limit "
+            "(`ulimit -f unlimited` in the shell, LimitFSIZE= in a systemd unit) and start again"
+        )
 
     def _check_process(self) -> None:
         if os.getpid() != self._pid:
@@ -549,6 +617,8 @@ class StateStore(MapSizing):
                 f"state store {self.path} has schema version {stored}, but this code reads up "
                 f"to {codec.SCHEMA_VERSION}: upgrade hiertcn before opening it"
             )
+        if self.config.read_only:
+            return
         updates: dict[str, object] = {}
         if stored is None:
             updates = {

@@ -30,6 +30,8 @@ def test_batch_sizes_default():
         (["--threads", "0"], "argument --threads: '0' is invalid: use an integer >= 1"),
         (["--seconds", "0"], "argument --seconds: '0' is invalid: use a number of seconds > 0"),
         (["--seconds", "nan"], "argument --seconds: 'nan' is invalid"),
+        (["--seed", "-1"], "argument --seed: -1 is invalid: use an integer from 0 to "),
+        (["--seed", "1.5"], "argument --seed: '1.5' is invalid: use an integer"),
     ],
 )
 def test_bad_flag_exits_2(capsys, flags, message):

@@ -17,6 +17,8 @@ statestore_bench = load_script("statestore")
         (["--batches", "0"], "argument --batches: '0' is invalid: use an integer >= 1"),
         (["--batch-size", "0"], "argument --batch-size: '0' is invalid: use an integer >= 1"),
         (["--threads", "0"], "argument --threads: '0' is invalid: use an integer >= 1"),
+        (["--seed", "-1"], "argument --seed: -1 is invalid: use an integer from 0 to "),
+        (["--seed", "1.5"], "argument --seed: '1.5' is invalid: use an integer"),
         (["--population", "10"], "--population 10 is below --batch-size 512"),
         (["--dir", "{tmp}/absent"], "--dir {tmp}/absent is not an existing folder"),
         (["--bundle", "{tmp}/absent"], "--bundle {tmp}/absent is not a folder"),

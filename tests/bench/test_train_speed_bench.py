@@ -24,6 +24,8 @@ def small_log(tmp_path):
     [
         (["--users", "0"], "argument --users: '0' is invalid: use an integer >= 1"),
         (["--batch-size", "0"], "argument --batch-size: '0' is invalid: use an integer >= 1"),
+        (["--seed", "-1"], "argument --seed: -1 is invalid: use an integer from 0 to "),
+        (["--seed", "1.5"], "argument --seed: '1.5' is invalid: use an integer"),
         (["--models", "nosuch"], "argument --models: unknown model nosuch: choose from"),
         (["--models", "gru,gru"], "argument --models: gru given more than once"),
         (["--data", "{tmp}/absent.csv"], "--data {tmp}/absent.csv is not a file"),

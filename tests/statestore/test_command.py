@@ -491,3 +491,106 @@ def test_state_help_marks_state_dir_required(capsys: pytest.CaptureFixture[str])
         printed = " ".join(capsys.readouterr().out.split())
         assert "required, before or after ACTION" in printed, argv
     assert "exit status: 0 when the state was printed; 1 when USER is not in the store" in printed
+
+
+def _listing(state_dir: Path) -> dict[str, tuple[int, int, int]]:
+    """Return the size, mtime and inode of every file in `state_dir`, by name."""
+    return {
+        path.name: (path.stat().st_size, path.stat().st_mtime_ns, path.stat().st_ino)
+        for path in state_dir.iterdir()
+    }
+
+
+READ_ACTIONS = [
+    ["stats"],
+    ["stats", "--json"],
+    ["get", "fresh"],
+    ["export", "EXPORT"],
+    ["compact", "COPY"],
+    ["evict", "--inactive-days", "1", "--dry-run"],
+]
+
+
+@pytest.mark.parametrize("action", READ_ACTIONS, ids=lambda action: " ".join(action))
+def test_read_action_writes_nothing(state_dir: Path, tmp_path: Path, action: list[str]) -> None:
+    # Without lock.mdb, as in a copied directory that no writer has opened since.
+    for name in ("lock.mdb", "writers.lock"):
+        (state_dir / name).unlink(missing_ok=True)
+    before = _listing(state_dir)
+    data_before = (state_dir / "data.mdb").read_bytes()
+    argv = [str(tmp_path / arg) if arg in ("EXPORT", "COPY") else arg for arg in action]
+
+    assert _run("--state-dir", str(state_dir), *argv) == 0
+
+    assert _listing(state_dir) == before
+    assert (state_dir / "data.mdb").read_bytes() == data_before
+
+
+@pytest.mark.parametrize("action", READ_ACTIONS, ids=lambda action: " ".join(action))
+def test_empty_data_file_rejected(tmp_path: Path, action: list[str]) -> None:
+    state_dir = tmp_path / "zero"
+    state_dir.mkdir()
+    (state_dir / "data.mdb").touch()
+    argv = [str(tmp_path / arg) if arg in ("EXPORT", "COPY") else arg for arg in action]
+
+    with pytest.raises(StoreConfigError) as raised:
+        _run("--state-dir", str(state_dir), *argv)
+
+    assert str(raised.value).startswith(
+        f"{state_dir / 'data.mdb'} is empty (0 bytes), so it contains no LMDB store: "
+        "check --state-dir"
+    )
+    assert raised.value.exit_code == 2
+    assert [path.name for path in state_dir.iterdir()] == ["data.mdb"]
+    assert (state_dir / "data.mdb").stat().st_size == 0
+
+
+def test_stats_rejects_non_lmdb_file(tmp_path: Path) -> None:
+    state_dir = tmp_path / "random"
+    state_dir.mkdir()
+    content = np.random.default_rng(7).bytes(65536)
+    (state_dir / "data.mdb").write_bytes(content)
+
+    with pytest.raises(StoreConfigError) as raised:
+        _run("--state-dir", str(state_dir), "stats")
+
+    assert str(raised.value).startswith(f"{state_dir / 'data.mdb'} is not an LMDB file (")
+    assert str(raised.value).endswith("): check --state-dir")
+    assert [path.name for path in state_dir.iterdir()] == ["data.mdb"]
+    assert (state_dir / "data.mdb").read_bytes() == content
+
+
+def test_stats_names_missing_state_dir(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+
+    with pytest.raises(StoreConfigError) as raised:
+        _run("--state-dir", str(missing), "stats")
+
+    assert str(raised.value) == (
+        f"state directory {missing} does not exist, so it contains no LMDB store "
+        "(data.mdb not found): check --state-dir"
+    )
+    assert not missing.exists()
+
+
+def test_read_only_store_rejects_missing_dir(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+
+    with pytest.raises(StoreConfigError, match="does not exist: check --state-dir"):
+        StateStore(StoreConfig(path=missing, writer_lock="none", read_only=True))
+
+    assert not missing.exists()
+
+
+def test_read_only_store_needs_no_writer_lock(tmp_path: Path) -> None:
+    with pytest.raises(StoreConfigError, match="writer_lock 'shared' is invalid with read_only"):
+        StoreConfig(path=tmp_path, read_only=True)
+
+
+def test_read_only_store_rejects_foreign_environment(tmp_path: Path) -> None:
+    import lmdb
+
+    lmdb.open(str(tmp_path), max_dbs=1).close()
+
+    with pytest.raises(StoreConfigError, match="has no 'users' database"):
+        StateStore(StoreConfig(path=tmp_path, writer_lock="none", read_only=True))

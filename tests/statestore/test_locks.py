@@ -350,3 +350,37 @@ def test_pool_racing_lock_conversion_rejected(
     assert same_group is not None
     os.close(same_group)
     os.close(winner)
+
+
+def test_writers_lock_link_rejected(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("".join(f"{n}\n" for n in range(1000)), encoding="utf-8")
+    before = victim.stat()
+    link = state_dir / locks.WRITERS_LOCK_FILE
+    link.symlink_to(victim)
+
+    for mode in ("shared", "exclusive"):
+        with pytest.raises(StoreConfigError) as rejected:
+            StateStore(StoreConfig(path=state_dir, writer_lock=mode, sync=False))
+        assert f"the lock file {link} is a symbolic link (to {victim})" in str(rejected.value)
+        assert f"remove the link {link}" in str(rejected.value)
+    with pytest.raises(StoreConfigError, match="is a symbolic link"):
+        locks.lock_exclusive(state_dir).__enter__()
+
+    after = victim.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert not (state_dir / "data.mdb").exists()
+
+
+def test_dangling_writers_lock_link_rejected(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    target = tmp_path / "created-through-link"
+    (state_dir / locks.WRITERS_LOCK_FILE).symlink_to(target)
+
+    with pytest.raises(StoreConfigError, match="is a symbolic link"):
+        locks.lock_shared(state_dir)
+
+    assert not target.exists()

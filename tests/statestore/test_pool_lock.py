@@ -152,3 +152,32 @@ def test_lock_holders_listed(tmp_path: Path) -> None:
 def test_pid_exited() -> None:
     assert not pid_exited(os.getpid())
     assert pid_exited(_exited_pid())
+
+
+def _victim_behind_link(state_dir: Path, lock_file: str) -> Path:
+    """Create a file of 1000 lines and a symbolic link to it at `state_dir / lock_file`."""
+    victim = state_dir.parent / f"victim-{lock_file}.txt"
+    victim.write_text("".join(f"{n}\n" for n in range(1000)), encoding="utf-8")
+    state_dir.mkdir()
+    (state_dir / lock_file).symlink_to(victim)
+    return victim
+
+
+@pytest.mark.parametrize("join", [False, True], ids=["pool", "worker"])
+def test_pool_lock_link_rejected(tmp_path: Path, join: bool) -> None:
+    state_dir = tmp_path / "state"
+    victim = _victim_behind_link(state_dir, POOL_LOCK_FILE)
+    before = victim.read_bytes()
+
+    with pytest.raises(StoreConfigError) as rejected:
+        if join:
+            join_pool_lock(state_dir, "g1", 4321)
+        else:
+            lock_pool(state_dir, "g1")
+
+    assert victim.read_bytes() == before
+    message = str(rejected.value)
+    link = state_dir / POOL_LOCK_FILE
+    assert f"the lock file {link} is a symbolic link (to {victim})" in message
+    assert f"remove the link {link}" in message
+    assert rejected.value.exit_code == 2

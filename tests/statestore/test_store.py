@@ -11,6 +11,7 @@ import lmdb
 import pytest
 
 from statestore import (
+    DiskFullError,
     ForeignProcessError,
     MapSizeLimitError,
     PartitionPosition,
@@ -407,3 +408,72 @@ def test_store_used_after_fork_raises(store: StateStore) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert "u" in store.read(["u"])
+
+
+def _lmdb_error(code: int) -> lmdb.Error:
+    """Return the error that py-lmdb raises for a commit that failed with errno `code`."""
+    error = lmdb.Error(f"mdb_txn_commit: {os.strerror(code)}")
+    error.code = code
+    return error
+
+
+def _limit_file_size(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    """Make `statestore.map_size` read `limit` as this process's RLIMIT_FSIZE."""
+    import resource
+
+    monkeypatch.setattr(
+        "statestore.map_size.resource.getrlimit",
+        lambda which: (limit, resource.RLIM_INFINITY),
+    )
+
+
+@pytest.mark.parametrize("code", [errno.EFBIG, errno.EIO])
+def test_file_size_limit_named_not_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    with StateStore(StoreConfig(path=tmp_path, sync=False)) as store:
+        # data.mdb has less than a page left below the limit, as after a cut-short write.
+        _limit_file_size(monkeypatch, (tmp_path / "data.mdb").stat().st_size)
+        translated = store._translate(_lmdb_error(code), "write")
+
+    message = str(translated)
+    assert isinstance(translated, DiskFullError)
+    assert message.startswith(
+        f"LMDB write in state store {tmp_path} failed because {tmp_path / 'data.mdb'} reached "
+        "this process's file size limit of "
+    )
+    assert "(RLIMIT_FSIZE, `ulimit -f`), not for lack of disk space" in message
+    assert f"(mdb_txn_commit: {os.strerror(code)})" in message
+    assert "raise the limit (`ulimit -f unlimited` in the shell" in message
+    assert "free disk space" not in message
+
+
+def test_file_too_large_without_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+
+    _limit_file_size(monkeypatch, resource.RLIM_INFINITY)
+    with StateStore(StoreConfig(path=tmp_path, sync=False)) as store:
+        translated = store._translate(_lmdb_error(errno.EFBIG), "write")
+
+    message = str(translated)
+    assert isinstance(translated, DiskFullError)
+    assert "reached the largest file that its file system allows" in message
+    assert "RLIMIT_FSIZE" not in message
+
+
+def test_no_space_named_as_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with StateStore(StoreConfig(path=tmp_path, sync=False)) as store:
+        _limit_file_size(monkeypatch, 1 << 40)
+        no_space = store._translate(_lmdb_error(errno.ENOSPC), "write")
+        # An EIO with room on the disk and below the limit is no full disk.
+        io_error = store._translate(_lmdb_error(errno.EIO), "write")
+
+    assert isinstance(no_space, DiskFullError)
+    assert "failed for lack of disk space (mdb_txn_commit: No space left on device)" in str(
+        no_space
+    )
+    assert "free disk space" in str(no_space)
+    assert not isinstance(io_error, DiskFullError)
+    assert str(io_error) == (
+        f"LMDB write failed in state store {tmp_path}: mdb_txn_commit: Input/output error"
+    )

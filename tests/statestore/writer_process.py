@@ -57,7 +57,7 @@ def grow_map(state_dir: Path, prefix: str, batches: int) -> None:
             store.commit(states, {(TOPIC, hash(prefix) % 2): PartitionPosition(batch + 1, 0.0)})
 
 
-def fill_disk(state_dir: Path, limit: int) -> None:
+def fill_disk(state_dir: Path, limit: int, batch_size: int) -> None:
     # Without SIG_IGN, SIGXFSZ kills the process instead of failing the write with EFBIG.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     config = StoreConfig(path=state_dir, map_size=64 << 20)
@@ -68,7 +68,7 @@ def fill_disk(state_dir: Path, limit: int) -> None:
         try:
             while True:
                 batch += 1
-                states = {f"b{batch}-{i}": make_state(seed=i) for i in range(20)}
+                states = {f"b{batch}-{i}": make_state(seed=i) for i in range(batch_size)}
                 store.commit(states, {(TOPIC, 0): PartitionPosition(batch, 0.0)})
         except StateStoreError as error:
             print(f"last {batch - 1}")
@@ -100,7 +100,7 @@ def main(argv: list[str]) -> None:
     elif mode == "grow":
         grow_map(state_dir, argv[2], int(argv[3]))
     elif mode == "fill":
-        fill_disk(state_dir, int(argv[2]))
+        fill_disk(state_dir, int(argv[2]), int(argv[3]))
     elif mode == "hold":
         hold_reader(state_dir)
     elif mode == "replay":
