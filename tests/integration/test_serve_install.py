@@ -38,7 +38,7 @@ from tests.integration.fixtures_stream import (
 from tests.ops.test_image import DOCKERFILE, healthcheck_command, stage_instructions
 
 EVENTS = 200
-TRAINING_MODULES = ("torch", "onnx", "onnxscript", "matplotlib")
+TRAINING_MODULES = ("torch", "onnxscript", "matplotlib")
 
 
 def build_commands() -> list[str]:

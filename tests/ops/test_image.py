@@ -31,7 +31,7 @@ DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 # The variable that ops/Dockerfile sets before pip reads the requirements, and its two values.
 ONNXRUNTIME_VARIABLE = "${ONNXRUNTIME_PACKAGE}"
 ONNXRUNTIME_PACKAGES = ("onnxruntime", "onnxruntime-gpu")
-TRAINING_PACKAGES = {"torch", "onnx", "onnxscript", "matplotlib"}
+TRAINING_PACKAGES = {"torch", "onnxscript", "matplotlib"}
 INSTALL_REQUIREMENTS = "pip install --no-cache-dir -r ops/requirements-serve.txt"
 INSTALL_PROJECT = "pip install --no-cache-dir --no-deps ."
 
