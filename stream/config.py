@@ -48,6 +48,9 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
 # the store rejects a larger initial map.
 MIN_STATE_MAP_SIZE = 1 << 20
 MAX_STATE_MAP_SIZE = MAX_MAP_SIZE
+# Limits of --session-gap in seconds (one millisecond to 365 days), for `run` and `replay`.
+MIN_SESSION_GAP = 1e-3
+MAX_SESSION_GAP = 365 * 86_400
 
 # librdkafka settings that a flag of `run` sets, with that flag. --delivery-timeout sets the
 # producer's delivery.timeout.ms (message.timeout.ms), which must equal the worker's own wait
@@ -394,7 +397,7 @@ def validate(config: WorkerConfig) -> None:
     _check_range(config, "max_batch_delay_ms", 0, 60_000)
     _check_range(config, "max_pending_batches", 0, 1_000)
     if config.session_gap is not None:
-        _check_range(config, "session_gap", 1e-3, 365 * 86_400)
+        _check_range(config, "session_gap", MIN_SESSION_GAP, MAX_SESSION_GAP)
     if config.k is not None:
         _check_range(config, "k", 1, 100_000)
     _check_size_range(config, "state_map_size", MIN_STATE_MAP_SIZE, MAX_STATE_MAP_SIZE)

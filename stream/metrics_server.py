@@ -89,13 +89,13 @@ def serve_aggregate(
     except OSError as error:
         reason = "is already in use" if error.errno == errno.EADDRINUSE else f"failed ({error})"
         raise ConfigError(
-            f"metrics port {address}:{port} {reason}: pass --metrics-port N, "
+            f"metrics port {format_host_port(address, port)} {reason}: pass --metrics-port N, "
             "or 0 to turn the endpoint off"
         ) from error
     thread = threading.Thread(target=server.serve_forever, name="hiertcn-metrics", daemon=True)
     thread.start()
     paths = "/metrics, /healthz and /readyz" if health is not None else "/metrics"
-    logger.info("serving %s at http://%s:%d", paths, address, server.server_port)
+    logger.info("serving %s at http://%s", paths, format_host_port(address, server.server_port))
     return server, thread
 
 
@@ -232,6 +232,11 @@ class _QuietHandler(WSGIRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+def format_host_port(host: str, port: int) -> str:
+    """Return `host:port` as a URL writes it, with an IPv6 literal in brackets: `[::1]:9100`."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _start_server(

@@ -54,7 +54,7 @@ from stream.metrics import (
     prepare_multiprocess_dir,
     remove_multiprocess_dir,
 )
-from stream.metrics_server import serve_aggregate
+from stream.metrics_server import format_host_port, serve_aggregate
 
 if TYPE_CHECKING:
     from prometheus_client.exposition import ThreadingWSGIServer
@@ -562,7 +562,7 @@ def check_metrics_port(config: WorkerConfig) -> None:
             raise _bad_address_error(address, name, error) from error
         reason = "is already in use" if error.errno == errno.EADDRINUSE else f"failed ({error})"
         raise ConfigError(
-            f"metrics port {address}:{port} {reason}: pass --metrics-port N, "
+            f"metrics port {format_host_port(address, port)} {reason}: pass --metrics-port N, "
             "or 0 to turn the endpoint off"
         ) from error
 

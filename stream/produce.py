@@ -51,6 +51,10 @@ DEFAULT_SESSION_GAP = 1800.0
 FLAG_KAFKA_SETTINGS = {"bootstrap.servers": "--brokers"}
 
 
+# Maximum seconds of one `list_topics` call while `check_broker` waits for the broker, which is
+# how late a signal is handled during that wait.
+BROKER_WAIT_SLICE_SECONDS = 0.5
+
 # Maximum seconds an interrupted run waits for its queued messages before it exits.
 INTERRUPT_FLUSH_SECONDS = 10.0
 
@@ -229,15 +233,34 @@ def event_time(fields: Mapping[str, Any]) -> float | None:
 
 
 def check_broker(producer: Producer, config: ProduceConfig) -> None:
-    """Raise `ProduceError` unless the broker returns metadata within the connect timeout."""
-    try:
-        producer.list_topics(timeout=config.connect_timeout)
-    except KafkaException as error:
-        raise ProduceError(
-            f"broker {config.brokers} did not respond within {config.connect_timeout:g} s "
-            f"({error.args[0].str() if error.args else error}): check --brokers and that the "
-            "broker runs"
-        ) from None
+    """Raise `ProduceError` unless the broker returns metadata within the connect timeout.
+
+    `list_topics` blocks in librdkafka, where Python runs no signal handler, so the wait is cut
+    into slices of at most `BROKER_WAIT_SLICE_SECONDS`: SIGINT and SIGTERM stop it after the
+    current slice.
+    """
+    logger.info(
+        "waiting up to %g s for broker %s (--connect-timeout)",
+        config.connect_timeout,
+        config.brokers,
+    )
+    deadline = time.monotonic() + config.connect_timeout
+    while True:
+        slice_end = min(time.monotonic() + BROKER_WAIT_SLICE_SECONDS, deadline)
+        try:
+            producer.list_topics(timeout=max(0.0, slice_end - time.monotonic()))
+            return
+        except KafkaException as error:
+            if time.monotonic() >= deadline:
+                raise ProduceError(
+                    f"broker {config.brokers} did not respond within "
+                    f"{config.connect_timeout:g} s "
+                    f"({error.args[0].str() if error.args else error}): check --brokers and "
+                    "that the broker runs"
+                ) from None
+        # A request that failed before its slice ended waits out the slice, so that the loop
+        # does not send metadata requests back to back.
+        time.sleep(max(0.0, slice_end - time.monotonic()))
 
 
 def create_producer(settings: dict[str, Any], overrides: Iterable[str] = ()) -> Producer:

@@ -27,6 +27,7 @@ import heapq
 import json
 import logging
 import os
+import stat
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -190,11 +191,12 @@ class OutputFile:
     """The JSON Lines file of recommendations, written one batch at a time.
 
     `size` is the file's length in bytes after the outputs written so far. A new file is
-    created, or an existing one truncated, at the first batch, so a run that accepts no event
-    leaves the file as it was. A symbolic link at the path is replaced by the new file, never
-    written through. `start` continues an existing file from that length, and cuts off
-    what lies beyond it. With `durable`, each batch is flushed and fsynced before `write_batch`
-    returns, so that a position committed after it never counts outputs that a crash can lose.
+    created at the first batch, so a run that accepts no event leaves the path as it was. An
+    existing file or symbolic link at the path is removed first, so the other names of an old
+    file (hard links) and the target of a link keep their content. `start` continues an
+    existing file from that length, writing through a link, and cuts off what lies beyond it.
+    With `durable`, each batch is flushed and fsynced before `write_batch` returns, so that a
+    position committed after it never counts outputs that a crash can lose.
     """
 
     def __init__(self, path: Path, start: int | None = None, durable: bool = False) -> None:
@@ -211,8 +213,8 @@ class OutputFile:
     def write_batch(self, outputs: Iterable[Recommendation]) -> None:
         """Append one JSON line per output."""
         if self._file is None:
-            self._remove_link()
-            self._file = self._open("wb")
+            self._remove_existing()
+            self._file = self._open("xb")
         data = "".join(json.dumps(output.to_dict()) + "\n" for output in outputs)
         encoded = data.encode("utf-8")
         self._file.write(encoded)
@@ -226,30 +228,43 @@ class OutputFile:
             self._file.close()
             self._file = None
 
-    def _remove_link(self) -> None:
-        """Remove a symbolic link at the path, so that the new file replaces the link itself.
+    def _remove_existing(self) -> None:
+        """Remove an existing file or symbolic link at the path, so that a new file takes its name.
 
-        Writing through the link would overwrite the file it points to, which may be a data set
-        or another run's output that the user never named.
+        Writing into the old file would overwrite the file a link points to, or every other
+        name of a hard-linked file, which may be a data set or another run's output that the
+        user never named.
         """
-        if not self.path.is_symlink():
+        try:
+            old = self.path.lstat()
+        except FileNotFoundError:
             return
+        except OSError as error:
+            raise self._write_error(error) from error
         try:
             self.path.unlink()
         except OSError as error:
-            raise ConfigError(
-                f"cannot replace the symbolic link --output {self.path} "
-                f"({error.strerror or error}): pass another path"
-            ) from error
-        logger.info("replaced the symbolic link --output %s with a new file", self.path)
+            raise self._write_error(error) from error
+        if stat.S_ISLNK(old.st_mode):
+            logger.info("replaced the symbolic link --output %s with a new file", self.path)
+        elif old.st_nlink > 1:
+            logger.info(
+                "replaced --output %s with a new file, and the old file keeps its content under "
+                "its other names (%d)",
+                self.path,
+                old.st_nlink - 1,
+            )
 
     def _open(self, mode: str) -> BinaryIO:
         try:
             return self.path.open(mode)
         except OSError as error:
-            raise ConfigError(
-                f"cannot write --output {self.path} ({error.strerror or error}): pass another path"
-            ) from error
+            raise self._write_error(error) from error
+
+    def _write_error(self, error: OSError) -> ConfigError:
+        return ConfigError(
+            f"cannot write --output {self.path} ({error.strerror or error}): pass another path"
+        )
 
 
 class Replay:

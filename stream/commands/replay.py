@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -25,7 +26,13 @@ from hiertcn.errors import Terminated
 from hiertcn.signals import sigterm_as_interrupt
 from stream.commands.common import SESSION_CLOSE_HELP, argparse_type, open_bundle
 from stream.commands.event_file import add_event_file_arguments, read_records_from_args
-from stream.config import check_k, max_output_bytes, parse_tolerance
+from stream.config import (
+    MAX_SESSION_GAP,
+    MIN_SESSION_GAP,
+    check_k,
+    max_output_bytes,
+    parse_tolerance,
+)
 from stream.dead_letters import DEFAULT_MESSAGE_MAX_BYTES
 from stream.errors import ConfigError
 from stream.events import DEFAULT_MAX_FUTURE_SECONDS, EventConfig
@@ -131,7 +138,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="idle seconds that end a session (default: the bundle's)",
+        help=f"idle seconds that end a session, from {MIN_SESSION_GAP:g} to {MAX_SESSION_GAP} "
+        "(default: the bundle's)",
     )
 
 
@@ -152,9 +160,10 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="replace an existing --output file. A symbolic link at --output is replaced by a "
-        "new file; the file it points to is left as it is (default: an existing file is "
-        "rejected, except by a resume)",
+        help="replace an existing --output file: an existing file or link at --output is "
+        "replaced by a new file, and the file a link points to is left as it is. A directory, "
+        "or a link to one, is rejected (default: an existing file is rejected, except by a "
+        "resume)",
     )
 
     parser.add_argument(
@@ -318,6 +327,8 @@ def _warn_output_size(bundle: ModelBundle, k: int | None) -> None:
 def _check_flags(args: argparse.Namespace) -> None:
     """Raise `ConfigError` for flags that contradict each other or name an unusable --output."""
     check_counts(args)
+    if args.session_gap is not None:
+        check_session_gap(args.session_gap)
     if args.publish_on_session_close and args.no_timers:
         raise ConfigError(
             "--publish-on-session-close publishes an output when a timer closes a session, "
@@ -434,6 +445,17 @@ def check_counts(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag} {value} is invalid: use an integer >= 1")
 
 
+def check_session_gap(seconds: float) -> None:
+    """Raise `ConfigError` unless --session-gap lies in the range that `run` accepts."""
+    if not math.isfinite(seconds):
+        raise ConfigError(f"--session-gap {seconds} is invalid: use a finite number")
+    if not MIN_SESSION_GAP <= seconds <= MAX_SESSION_GAP:
+        raise ConfigError(
+            f"--session-gap {seconds} is invalid: use a value from {MIN_SESSION_GAP} to "
+            f"{MAX_SESSION_GAP}"
+        )
+
+
 def check_output_path(path: Path) -> None:
     """Raise `ConfigError` when the --output file cannot be created, before any work starts."""
     parent = path.parent if str(path.parent) else Path(".")
@@ -464,18 +486,36 @@ def check_output_not_input(
     output: Path, events: Path, bundle: Path, state_dir: Path | None
 ) -> None:
     """Raise `ConfigError` when --output is the --events file or lies inside --bundle or
-    --state-dir, whose files replay would overwrite."""
-    target = output.resolve()
-    if target == events.resolve() or (
-        output.exists() and events.exists() and os.path.samefile(output, events)
-    ):
+    --state-dir, whose files replay would overwrite.
+
+    The path checked is the one that replay writes: a symbolic link at --output is replaced by a
+    new file (`OutputFile`), so the link's own location counts, not its target. A hard link
+    to the --events file is rejected too.
+    """
+    written = output.parent.resolve() / output.name
+    # An --events path that is a symbolic link counts by its own location too, because replay
+    # would replace that link.
+    if written in (events.resolve(), events.parent.resolve() / events.name):
         raise ConfigError(
             f"--output {output} is the --events file {events}, which replay would overwrite: "
             "pass a new file path to --output"
         )
+    if _is_hard_link_to(output, events):
+        raise ConfigError(
+            f"--output {output} is a hard link to the --events file {events}: pass a new file "
+            "path to --output"
+        )
     for flag, folder in (("--bundle", bundle), ("--state-dir", state_dir)):
-        if folder is not None and target.is_relative_to(folder.resolve()):
+        if folder is not None and written.is_relative_to(folder.resolve()):
             raise ConfigError(
                 f"--output {output} lies inside the {flag} folder {folder}, whose files replay "
                 f"reads and must not overwrite: pass a file path outside {folder} to --output"
             )
+
+
+def _is_hard_link_to(path: Path, target: Path) -> bool:
+    """Return whether the name `path` itself (not a link's target) is the file `target`."""
+    try:
+        return os.path.samestat(os.lstat(path), os.stat(target))
+    except OSError:
+        return False

@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import msgpack
 import pytest
@@ -607,3 +612,56 @@ def test_produce_command_invalid_session_gap_exits_2(
     assert code == 2
     assert "--session-gap 0.0 is invalid: use a positive number of seconds" in captured.err
     assert "Traceback" not in captured.err
+
+
+# Runs `hiertcn-stream produce` with Python's KeyboardInterrupt handler for SIGINT, which a child
+# of a process that ignores SIGINT (a background job of a non-interactive shell) would lack.
+PRODUCE_WITH_SIGINT = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+from stream.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def wait_for_line(stream: IO[str], text: str, seconds: float) -> bool:
+    """Read `stream` in a thread until a line contains `text`, or return False after `seconds`."""
+    found = threading.Event()
+
+    def read() -> None:
+        for line in stream:
+            if text in line:
+                found.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    return found.wait(seconds)
+
+
+def test_sigint_stops_broker_wait(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"user": "u1", "item": "i1", "ts": 1600000000}\n')
+    argv = ["produce", "--events", str(events), "--brokers", f"127.0.0.1:{closed_port()}",
+            "--topic", "t", "--connect-timeout", "600"]  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-c", PRODUCE_WITH_SIGINT, *argv],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert process.stderr is not None
+        waiting = wait_for_line(process.stderr, "waiting up to 600 s for broker", 60)
+        time.sleep(1.0)  # inside list_topics, where librdkafka blocks
+        process.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        code = process.wait(timeout=30)
+        elapsed = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert waiting
+    assert code == 130
+    assert elapsed < 2.0

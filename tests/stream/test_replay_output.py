@@ -7,6 +7,7 @@ tests keep their states in a real LMDB store.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -64,18 +65,49 @@ def test_output_equal_to_events_rejected(
         assert digest(events) == before
 
 
-def test_output_symlink_to_events_rejected(
+def test_output_symlink_to_events_replaced_with_force(
     onnx_bundle_dir: Path, events: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     link = tmp_path / "link.jsonl"
     link.symlink_to(events)
     before = digest(events)
 
-    code = replay(events, onnx_bundle_dir, "--output", str(link))
+    code = replay(events, onnx_bundle_dir, "--output", str(link), "--force")
+
+    assert code == 0
+    assert "is the --events file" not in capsys.readouterr().err
+    assert not link.is_symlink()
+    assert json.loads(link.read_text().splitlines()[0])["user"]
+    assert digest(events) == before
+
+
+def test_output_same_link_as_events_rejected(
+    onnx_bundle_dir: Path, events: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    link = tmp_path / "events-link.jsonl"
+    link.symlink_to(events)
+
+    code = replay(link, onnx_bundle_dir, "--output", str(link), "--force")
 
     assert code == 2
-    assert "is the --events file" in capsys.readouterr().err
+    assert f"--output {link} is the --events file {link}" in capsys.readouterr().err
+    assert link.is_symlink()
+
+
+def test_output_hard_link_to_events_rejected(
+    onnx_bundle_dir: Path, events: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hard_link = tmp_path / "hard.jsonl"
+    os.link(events, hard_link)
+    before = digest(events)
+
+    code = replay(events, onnx_bundle_dir, "--output", str(hard_link), "--force")
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"--output {hard_link} is a hard link to the --events file {events}" in err
     assert digest(events) == before
+    assert events.stat().st_nlink == 2
 
 
 def test_output_inside_bundle_rejected(
@@ -113,6 +145,63 @@ def test_output_inside_state_dir_rejected(
     assert code == 2
     assert f"lies inside the --state-dir folder {state_dir}" in err
     assert folder_digests(state_dir) == before
+
+
+def test_link_in_state_dir_to_outside_rejected(
+    onnx_bundle_dir: Path, events: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text("outside\n")
+    link = state_dir / "out.jsonl"
+    link.symlink_to(outside)
+
+    code = replay(events, onnx_bundle_dir, "--state-dir", str(state_dir), "--output", str(link),
+                  "--force")  # fmt: skip
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"--output {link} lies inside the --state-dir folder {state_dir}" in err
+    # replay would have replaced the link with a file inside the state directory.
+    assert link.is_symlink()
+    assert outside.read_text() == "outside\n"
+
+
+def test_link_outside_into_bundle_accepted(
+    onnx_bundle_dir: Path, events: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = folder_digests(onnx_bundle_dir)
+    link = tmp_path / "to-bundle.jsonl"
+    link.symlink_to(onnx_bundle_dir / "manifest.json")
+
+    code = replay(events, onnx_bundle_dir, "--output", str(link), "--force")
+
+    assert code == 0
+    assert "lies inside" not in capsys.readouterr().err
+    assert not link.is_symlink()
+    assert json.loads(link.read_text().splitlines()[0])["user"]
+    assert folder_digests(onnx_bundle_dir) == before
+
+
+def test_link_outside_into_state_dir_accepted(
+    onnx_bundle_dir: Path, events: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    lock_file = state_dir / REPLAY_LOCK_FILE
+    lock_file.touch()
+    link = tmp_path / "to-state.jsonl"
+    link.symlink_to(lock_file)
+
+    code = replay(events, onnx_bundle_dir, "--state-dir", str(state_dir), "--output", str(link),
+                  "--force")  # fmt: skip
+
+    assert code == 0
+    assert "lies inside" not in capsys.readouterr().err
+    assert not link.is_symlink()
+    assert json.loads(link.read_text().splitlines()[0])["user"]
+    assert lock_file.stat().st_size == 0
 
 
 @pytest.mark.parametrize(
@@ -219,8 +308,13 @@ def test_resume_after_log_grew_appends_each_output_once(
     flags = ["--batch-size", BATCH, "--state-dir", str(state_dir), "--output", str(output)]
 
     assert replay(events, onnx_bundle_dir, *flags) == 0
+    first_run_file = tmp_path / "first-run.jsonl"
+    os.link(output, first_run_file)
     events.write_text("".join(lines))
     assert replay(events, onnx_bundle_dir, *flags) == 0
+
+    # A resume continues its own file, which a new file must not replace.
+    assert os.path.samefile(output, first_run_file)
 
     # The event ids name the file, so they are the same in both runs.
     assert output.read_text().splitlines() == [

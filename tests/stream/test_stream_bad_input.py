@@ -169,6 +169,87 @@ def test_force_replaces_a_symlink_not_its_target(
     assert target.read_text() == "user,item\n"
 
 
+def test_force_replaces_a_hard_link_not_its_file(
+    onnx_bundle_dir: Path, events: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("".join(f"{n}\n" for n in range(1, 1001)))
+    before = victim.read_text()
+    hard_link = tmp_path / "hard.jsonl"
+    os.link(victim, hard_link)
+
+    with caplog.at_level("INFO", logger="stream.replay"):
+        code = replay(events, onnx_bundle_dir, "--output", str(hard_link), "--force")
+
+    assert code == 0
+    assert victim.read_text() == before
+    assert victim.stat().st_nlink == 1
+    assert json.loads(hard_link.read_text().splitlines()[0])["user"]
+    assert (
+        f"replaced --output {hard_link} with a new file, and the old file keeps its content "
+        "under its other names (1)"
+    ) in caplog.text
+
+
+def test_force_on_link_to_directory_rejected(
+    onnx_bundle_dir: Path, events: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    link = tmp_path / "folder-link"
+    link.symlink_to(folder)
+
+    code = replay(events, onnx_bundle_dir, "--output", str(link), "--force")
+
+    assert code == 2
+    assert f"--output {link} is a directory: pass a file path" in capsys.readouterr().err
+    assert link.is_symlink()
+    assert list(folder.iterdir()) == []
+
+
+def test_force_help_names_directory_rejection(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["replay", "--help"])
+
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "an existing file or link at --output is replaced by a new file" in help_text
+    assert "the file a link points to is left as it is" in help_text
+    assert "A directory, or a link to one, is rejected" in help_text
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "--session-gap 0.0 is invalid: use a value from 0.001 to 31536000"),
+        ("1e12", "--session-gap 1000000000000.0 is invalid: use a value from 0.001 to 31536000"),
+        ("-5", "--session-gap -5.0 is invalid: use a value from 0.001 to 31536000"),
+        ("nan", "--session-gap nan is invalid: use a finite number"),
+        ("inf", "--session-gap inf is invalid: use a finite number"),
+    ],
+)
+def test_replay_session_gap_range_matches_run(
+    onnx_bundle_dir: Path,
+    events: Path,
+    capsys: pytest.CaptureFixture[str],
+    value: str,
+    message: str,
+) -> None:
+    code = replay(events, onnx_bundle_dir, "--session-gap", value)
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"hiertcn-stream: error: {message}\n" in err
+
+
+def test_run_session_gap_message_matches_replay() -> None:
+    from stream.config import WorkerConfig
+
+    with pytest.raises(ConfigError) as raised:
+        WorkerConfig(brokers="127.0.0.1:1", bundle=Path("b"), session_gap=0.0)
+
+    assert str(raised.value) == "--session-gap 0.0 is invalid: use a value from 0.001 to 31536000"
+
+
 def test_resume_continues_output_without_force(
     onnx_bundle_dir: Path, events: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

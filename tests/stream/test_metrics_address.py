@@ -1,0 +1,99 @@
+"""Tests of metrics addresses in logs and errors: an IPv6 literal goes in brackets, as in URLs."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stream import pool as pool_module
+from stream.config import WorkerConfig
+from stream.errors import ConfigError
+from stream.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
+from stream.metrics_server import format_host_port, serve_aggregate
+
+
+def ipv6_loopback_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(
+    not ipv6_loopback_available(), reason="this machine has no IPv6 loopback address ::1"
+)
+
+
+@pytest.fixture
+def metrics_dir(tmp_path: Path) -> Iterator[Path]:
+    path = prepare_multiprocess_dir(tmp_path)
+    yield path
+    remove_multiprocess_dir(path)
+
+
+@pytest.fixture
+def busy_ipv6_port() -> Iterator[int]:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as listener:
+        listener.bind(("::1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [
+        ("127.0.0.1", 9100, "127.0.0.1:9100"),
+        ("0.0.0.0", 0, "0.0.0.0:0"),
+        ("localhost", 80, "localhost:80"),
+        ("::1", 19556, "[::1]:19556"),
+        ("::", 9100, "[::]:9100"),
+        ("2001:db8::5", 443, "[2001:db8::5]:443"),
+    ],
+)
+def test_format_host_port(host: str, port: int, expected: str) -> None:
+    assert format_host_port(host, port) == expected
+
+
+@needs_ipv6
+def test_ipv6_server_logs_bracketed_url(
+    metrics_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="stream.metrics_server"):
+        server, _thread = serve_aggregate("::1", 0)
+    try:
+        port = server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert f"serving /metrics at http://[::1]:{port}" in caplog.text
+    assert "http://::1" not in caplog.text
+
+
+@needs_ipv6
+def test_ipv6_port_in_use_bracketed(metrics_dir: Path, busy_ipv6_port: int) -> None:
+    with pytest.raises(ConfigError) as raised:
+        serve_aggregate("::1", busy_ipv6_port)
+
+    assert str(raised.value).startswith(f"metrics port [::1]:{busy_ipv6_port} is already in use")
+
+
+@needs_ipv6
+def test_ipv6_port_check_bracketed(tmp_path: Path, busy_ipv6_port: int) -> None:
+    config = WorkerConfig(
+        brokers="127.0.0.1:1",
+        bundle=tmp_path,
+        metrics_address="::1",
+        metrics_port=busy_ipv6_port,
+    )
+
+    with pytest.raises(ConfigError) as raised:
+        pool_module.check_metrics_port(config)
+
+    assert str(raised.value).startswith(f"metrics port [::1]:{busy_ipv6_port} is already in use")
