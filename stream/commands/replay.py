@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from hiertcn.command_line import verbosity
 from hiertcn.errors import Terminated
 from hiertcn.signals import sigterm_as_interrupt
+from statestore.locks import raise_if_symbolic_link
 from stream.commands.common import SESSION_CLOSE_HELP, argparse_type, open_bundle
 from stream.commands.event_file import add_event_file_arguments, read_records_from_args
 from stream.config import (
@@ -428,9 +429,18 @@ def lock_state_dir(state_dir: Path, stack: contextlib.ExitStack) -> None:
     Two replays into one state directory would interleave their positions and their --output
     lines, so a second one is rejected while the first runs. The lock ends with the process.
     """
-    lock = stack.enter_context((state_dir / REPLAY_LOCK_FILE).open("a"))
+    path = state_dir / REPLAY_LOCK_FILE
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # O_NOFOLLOW, so that a symbolic link at the lock file is rejected, not opened.
+        descriptor = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise_if_symbolic_link(path, error)
+        raise ConfigError(
+            f"cannot open the replay lock {path}: {error.strerror}; check --state-dir"
+        ) from error
+    stack.callback(os.close, descriptor)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise ConfigError(
             f"another replay is using --state-dir {state_dir}: wait for it to finish, or pass "

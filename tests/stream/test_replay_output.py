@@ -628,3 +628,19 @@ def test_report_of_first_run_has_no_resume_line(
     assert replay(events, onnx_bundle_dir, "--state-dir", str(tmp_path / "state")) == 0
 
     assert "resumed" not in capsys.readouterr().out
+
+
+def test_replay_lock_link_rejected(
+    onnx_bundle_dir: Path, events: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (state_dir / REPLAY_LOCK_FILE).symlink_to(victim)
+
+    code = replay(events, onnx_bundle_dir, "--state-dir", str(state_dir))
+
+    assert code == 2
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert victim.read_text() == "precious\n"
