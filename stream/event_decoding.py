@@ -12,6 +12,10 @@ which checks the structure without creating objects:
 - The value of an ignored field is skipped.
 - A container where validation expects a scalar, and an array in `impressions` or `candidates`
   with more entries than the configured maximum, become a `SkippedContainer`.
+
+NOTE: walking the fields in Python costs more than one `msgpack.unpackb` call for an ordinary
+event: about 30 us against 11 us for a map of five fields with ten impressions, in one
+measurement on the 2-core development machine. The stream benchmark has not been run since.
 """
 
 from __future__ import annotations
