@@ -103,9 +103,9 @@ class _BoundedServer(ThreadingWSGIServer):
     """A threading WSGI server that handles at most `limits.max_connections` connections at once.
 
     A connection over the cap takes the slot of the oldest connection that has not sent its
-    whole request head yet, because a probe sends its request at once and a slow or idle
-    client should not keep /healthz from responding. With no such connection, the new one is
-    closed at once. `_start_server` sets `limits` on a subclass before binding.
+    whole request head yet. A probe sends its request at once, so a slow or idle client cannot
+    keep /healthz from responding. With no such connection, the new one is closed at once.
+    `_start_server` sets `limits` on a subclass before binding.
     """
 
     limits: ServerLimits = ServerLimits()

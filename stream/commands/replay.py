@@ -350,8 +350,8 @@ def _open_output(
 ) -> OutputFile | None:
     """Open --output, if given, once every input is checked. The stack closes it.
 
-    A resumed replay continues the file at the length stored with its position (`output_start`);
-    only such a resume may write to an existing file without --force.
+    A resumed replay continues the file at the length stored with its position (`output_start`).
+    Only such a resume may write to an existing file without --force.
     """
     if args.output is None:
         return None

@@ -8,6 +8,13 @@ import tracemalloc
 import msgpack
 import pytest
 
+from stream import event_decoding
+from stream.event_decoding import (
+    PLAIN_UNPACK_MAX_BYTES,
+    _unpack_plain,
+    _ValueReader,
+    unpack_event_fields,
+)
 from stream.events import DeadLetter, Event, Position, decode_event
 
 ROW_OF = {str(row): row for row in range(10)}
@@ -173,3 +180,49 @@ def test_malformed_map_rejected(value: bytes, expected: str) -> None:
     letter = rejection(value, "invalid_msgpack")
 
     assert expected in letter.message
+
+
+# Values of the plain shape and values that the one-call unpack must leave to the bounded reader.
+PLAIN_CASES = [
+    {"user": "u", "item": "i", "ts": 1.5},
+    {"user": 7, "item": 3, "ts": 10, "impressions": ["a", 2], "candidates": None},
+    {"user": "u", "item": "i", "ts": 1, "extra": {"nested": [[], {"k": 1}]}},
+    {"user": "u", b"item": "i", "ts": 1, "type": "click", "event_id": "e"},
+]
+UNPLAIN_VALUES = [
+    msgpack.packb({"user": ["a"], "item": "i", "ts": 1}),
+    msgpack.packb({"user": "u", "item": "i", "ts": 1, "impressions": [["a"]]}),
+    msgpack.packb({"user": "u", "item": "i", "ts": 1, "impressions": {"a": 1}}),
+    b"",
+    msgpack.packb({"user": "u", "item": "i", "ts": 1, "candidates": list(range(1001))}),
+    msgpack.packb({1: "u", "item": "i", "ts": 1}),
+    b"\x83\xa4user\xa1u\xa4user\xa1v\xa2ts\x01",
+    msgpack.packb({"user": "u", "item": "i", "ts": 1}) + b"\x00",
+    msgpack.packb({"user": "u", "item": "i", "ts": 1})[:-1],
+]
+
+
+@pytest.mark.parametrize("fields", PLAIN_CASES)
+def test_plain_unpack_equals_bounded_reader(fields: dict) -> None:
+    value = msgpack.packb(fields, use_bin_type=True)
+
+    plain = _unpack_plain(value, 1000)
+    bounded = _ValueReader(value, 1000).read_map()
+
+    assert plain is not None
+    assert plain == bounded
+
+
+@pytest.mark.parametrize("value", UNPLAIN_VALUES)
+def test_plain_unpack_leaves_other_values(value: bytes) -> None:
+    assert _unpack_plain(value, 1000) is None
+
+
+def test_large_value_skips_plain_unpack(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bytes] = []
+    monkeypatch.setattr(event_decoding, "_unpack_plain", lambda value, limit: calls.append(value))
+    fields = {"user": "u", "item": "i", "ts": 1, "pad": "x" * PLAIN_UNPACK_MAX_BYTES}
+
+    unpack_event_fields(msgpack.packb(fields), 1 << 20, 1000)
+
+    assert calls == []
