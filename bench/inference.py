@@ -47,10 +47,12 @@ from bench.arguments import positive_int, positive_seconds
 
 NUM_ITEMS = 1000  # the item table is outside the timed graphs, so its size does not matter
 MAX_PREFIX = 20
+# Above this the random inputs of one batch take gigabytes; the worker's batches stay far below.
+MAX_BATCH_SIZE = 65536
 
 
 def batch_sizes(values: list[str]) -> list[int]:
-    """Parse --batch-sizes given as `1 32 256`, `1,32,256` or a mix; each size must be >= 1."""
+    """Parse --batch-sizes given as `1 32 256`, `1,32,256` or a mix; sizes run 1..MAX_BATCH_SIZE."""
     parts = [part for value in values for part in value.replace(",", " ").split()]
     sizes = []
     for part in parts:
@@ -60,6 +62,10 @@ def batch_sizes(values: list[str]) -> list[int]:
             raise argparse.ArgumentTypeError(
                 f"batch size {part!r} is invalid: use integers >= 1, separated by commas or spaces"
             ) from None
+        if sizes[-1] > MAX_BATCH_SIZE:
+            raise argparse.ArgumentTypeError(
+                f"batch size {part!r} is invalid: use at most {MAX_BATCH_SIZE} events per call"
+            )
     if not sizes:
         raise argparse.ArgumentTypeError("no batch size given: e.g. --batch-sizes 1,32,256")
     return sizes
@@ -72,8 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         nargs="+",
         default=["1,32,256,1024"],
         metavar="SIZES",
-        help="batch sizes (events per call) to time, separated by commas or spaces "
-        "(default: 1,32,256,1024)",
+        help="batch sizes (events per call) to time, separated by commas or spaces, each "
+        f"1 to {MAX_BATCH_SIZE} (default: 1,32,256,1024)",
     )
     parser.add_argument(
         "--threads",

@@ -75,8 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--item-col",
-        default="category",
-        help="item column; Taobao item ids are too sparse for the filters (default: category)",
+        help="item column (default: category for --format taobao, whose item ids are too "
+        "sparse for the filters; the format's item column otherwise)",
     )
     parser.add_argument(
         "--min-item-count",
@@ -121,6 +121,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             )
     elif not args.data.is_file():
         parser.error(f"--data {args.data} is not a file: pass an interaction log")
+    if args.item_col is None and args.format == "taobao":
+        args.item_col = "category"
     try:
         args.models = model_names(args.models)
     except ValueError as error:
@@ -249,7 +251,8 @@ def run(args: argparse.Namespace) -> None:
     train = dataset.train
     machine = platform.processor() or platform.machine()
     print(
-        f"data: {args.data.name}, item column {args.item_col}, {train.num_users} users, "
+        f"data: {args.data.name}, item column {args.item_col or 'of the format'}, "
+        f"{train.num_users} users, "
         f"{train.num_sessions} sessions, {train.num_events} events, {len(dataset.vocab)} items; "
         f"batch {args.batch_size}, D={args.embedding_dim}, device {args.device}, "
         f"{_count(torch.get_num_threads(), 'torch thread')}, {machine}, "

@@ -26,6 +26,10 @@ def test_batch_sizes_default():
     [
         (["--batch-sizes", "0"], "argument --batch-sizes: batch size '0' is invalid"),
         (["--batch-sizes", "abc"], "argument --batch-sizes: batch size 'abc' is invalid"),
+        (
+            ["--batch-sizes", "1,99999999999"],
+            "batch size '99999999999' is invalid: use at most 65536",
+        ),
         (["--rounds", "0"], "argument --rounds: '0' is invalid: use an integer >= 1"),
         (["--threads", "0"], "argument --threads: '0' is invalid: use an integer >= 1"),
         (["--seconds", "0"], "argument --seconds: '0' is invalid: use a number of seconds > 0"),

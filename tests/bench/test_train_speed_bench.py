@@ -126,3 +126,27 @@ def test_kernel_and_dilations_reach_model_config(small_log):
 
     assert config.kernel_size == 3
     assert config.dilations == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "item_col"), [("taobao", "category"), ("movielens", None), ("csv", None)]
+)
+def test_item_column_default_depends_on_format(small_log, fmt, item_col):
+    args = train_speed.parse_args(["--data", str(small_log), "--format", fmt])
+
+    assert args.item_col == item_col
+
+
+def test_run_without_item_column_reads_format_default(small_log, capsys):
+    sizes = ["--embedding-dim", "8", "--hidden-size", "8", "--gru-layers", "1"]
+    threads = torch.get_num_threads()
+    try:
+        code = train_speed.main(
+            ["--data", str(small_log), "--format", "csv", "--min-item-count", "1",
+             "--users", "5", "--models", "gru", *sizes, "--batch-size", "4", "--threads", "1"]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+
+    assert code == 0
+    assert "item column of the format," in capsys.readouterr().out
