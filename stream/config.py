@@ -167,6 +167,13 @@ def parse_tolerance(text: str) -> float | None:
     return value
 
 
+def parse_bind_address(text: str) -> str:
+    """Parse a listen address; an IPv6 address may come in URL brackets, as in `[::1]`."""
+    if text.startswith("[") and text.endswith("]"):
+        return text[1:-1]
+    return text
+
+
 def _optional_int(text: str) -> int | None:
     return None if text.strip().lower() in ("", "bundle") else parse_int(text)
 
@@ -263,7 +270,14 @@ OPTIONS: tuple[Option, ...] = (
         "sync every LMDB commit to disk (true/false); --no-state-sync turns it off",
         "BOOL",
     ),
-    Option("metrics_address", "--metrics-address", str, "address of the /metrics endpoint", "ADDR"),
+    Option(
+        "metrics_address",
+        "--metrics-address",
+        parse_bind_address,
+        "address of the /metrics endpoint; an IPv6 address may be written with or without "
+        "brackets (::1 or [::1])",
+        "ADDR",
+    ),
     Option(
         "metrics_port",
         "--metrics-port",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from stream import pool as pool_module
-from stream.config import WorkerConfig
+from stream.config import WorkerConfig, build_config, parse_bind_address
 from stream.errors import ConfigError
 from stream.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
 from stream.metrics_server import format_host_port, serve_aggregate
@@ -96,4 +96,24 @@ def test_ipv6_port_check_bracketed(tmp_path: Path, busy_ipv6_port: int) -> None:
     with pytest.raises(ConfigError) as raised:
         pool_module.check_metrics_port(config)
 
+    assert str(raised.value).startswith(f"metrics port [::1]:{busy_ipv6_port} is already in use")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("[::1]", "::1"), ("::1", "::1"), ("[::]", "::"), ("127.0.0.1", "127.0.0.1"), ("[x", "[x")],
+)
+def test_bind_address_brackets_removed(text: str, expected: str) -> None:
+    assert parse_bind_address(text) == expected
+
+
+@needs_ipv6
+def test_bracketed_variable_binds_ipv6(tmp_path: Path, busy_ipv6_port: int) -> None:
+    environ = {"HIERTCN_METRICS_ADDRESS": "[::1]", "HIERTCN_METRICS_PORT": str(busy_ipv6_port)}
+    config = build_config({"brokers": "127.0.0.1:1", "bundle": tmp_path}, environ)
+
+    with pytest.raises(ConfigError) as raised:
+        pool_module.check_metrics_port(config)
+
+    assert config.metrics_address == "::1"
     assert str(raised.value).startswith(f"metrics port [::1]:{busy_ipv6_port} is already in use")
