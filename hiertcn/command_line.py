@@ -25,6 +25,13 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 MAX_SEED = 2**63 - 1
 
 
+def format_number(value: float) -> str:
+    """Format a flag's number for a message as a user types it: `0` for 0.0, `0.05` as is."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(value)
+
+
 def seed(text: str) -> int:
     """Parse a `--seed` style value: an integer from 0 to `MAX_SEED`, as numpy and torch take."""
     try:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from hiertcn.command_line import format_number
 from statestore.store import MAX_MAP_SIZE, format_size
 from stream.dead_letters import DEFAULT_MESSAGE_MAX_BYTES
 from stream.errors import ConfigError
@@ -629,12 +630,11 @@ def _check_delivery_wait(config: WorkerConfig) -> None:
 
 def _check_range(config: WorkerConfig, name: str, low: float, high: float) -> None:
     value = getattr(config, name)
+    shown = format_option(config, name, format_number(value))
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{format_option(config, name, value)} is invalid: use a finite number")
+        raise ConfigError(f"{shown} is invalid: use a finite number")
     if not low <= value <= high:
-        raise ConfigError(
-            f"{format_option(config, name, value)} is invalid: use a value from {low} to {high}"
-        )
+        raise ConfigError(f"{shown} is invalid: use a value from {low} to {high}")
 
 
 def _check_size_range(config: WorkerConfig, name: str, low: int, high: int) -> None:

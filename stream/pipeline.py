@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from hiertcn.command_line import format_number
 from statestore import UserState
 from stream.errors import ConfigError
 from stream.events import Event
@@ -86,10 +87,14 @@ class PipelineConfig:
             ),
             session_close_outputs=self.session_close_outputs,
         )
+        # `load_bundle` checks the manifest's values, so these checks catch values set in code.
         if not resolved.session_gap > 0:
-            raise ConfigError(f"session gap {resolved.session_gap} s is invalid: use seconds > 0")
+            raise ConfigError(
+                f"session_gap {format_number(resolved.session_gap)} is invalid: use a number of "
+                "seconds > 0"
+            )
         if resolved.top_k < 1:
-            raise ConfigError(f"K {resolved.top_k} is invalid: use an integer >= 1")
+            raise ConfigError(f"top_k {resolved.top_k} is invalid: use an integer >= 1")
         if resolved.max_session_items < 1:
             raise ConfigError(
                 f"max_session_items {resolved.max_session_items} is invalid: use an integer >= 1"

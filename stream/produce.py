@@ -17,7 +17,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from stream.config import check_topic_name, format_setting
+from stream.config import check_topic_name, format_number, format_setting
 from stream.errors import ConfigError, StreamError
 from stream.kafka_settings import check_flag_settings, describe_invalid_setting, setting_source
 from stream.records import Record, encode_fields
@@ -96,9 +96,10 @@ class ProduceConfig:
         if not self.topic:
             raise ConfigError("no topic given: pass --topic NAME")
         check_topic_name(self.topic, "--topic")
-        if self.rate is not None and not self.rate > 0:
+        if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
             raise ConfigError(
-                f"--rate {self.rate} is invalid: use a positive number of events per second"
+                f"--rate {format_number(self.rate)} is invalid: use a positive number of events "
+                "per second, or leave --rate out to publish as fast as possible"
             )
         if self.limit is not None and self.limit < 0:
             raise ConfigError(f"--limit {self.limit} is invalid: use an integer >= 0")
@@ -106,7 +107,8 @@ class ProduceConfig:
         _check_timeout("--flush-timeout", self.flush_timeout)
         if not (math.isfinite(self.session_gap) and self.session_gap > 0):
             raise ConfigError(
-                f"--session-gap {self.session_gap} is invalid: use a positive number of seconds"
+                f"--session-gap {format_number(self.session_gap)} is invalid: use a positive "
+                "number of seconds"
             )
         check_flag_settings(self.overrides, FLAG_KAFKA_SETTINGS, {})
         check_linger_below_message_timeout(self.producer_settings(), self.overrides)
@@ -133,8 +135,8 @@ def _check_timeout(flag: str, seconds: float) -> None:
     """Raise `ConfigError` unless `seconds` is a finite timeout that librdkafka can take."""
     if not (math.isfinite(seconds) and MIN_TIMEOUT_SECONDS <= seconds <= MAX_TIMEOUT_SECONDS):
         raise ConfigError(
-            f"{flag} {seconds} is invalid: use a number of seconds from {MIN_TIMEOUT_SECONDS:g} "
-            f"to {MAX_TIMEOUT_SECONDS:.0f}"
+            f"{flag} {format_number(seconds)} is invalid: use a number of seconds from "
+            f"{MIN_TIMEOUT_SECONDS:g} to {MAX_TIMEOUT_SECONDS:.0f}"
         )
 
 

@@ -308,7 +308,8 @@ def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
         return _model_config(args, dilations)
     except InvalidFieldError as error:
         flag = field_flag(error.field)
-        raise ConfigError(f"{flag} {error.value} is invalid: {error.fix}") from None
+        value = command_line.format_number(error.value)
+        raise ConfigError(f"{flag} {value} is invalid: {error.fix}") from None
 
 
 def parse_dilations(value: str | None) -> tuple[int, ...] | None:
@@ -371,7 +372,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         return _train_config(args)
     except InvalidFieldError as error:
         flag = _TRAINING_FLAGS.get(error.field, "--" + error.field.replace("_", "-"))
-        raise ConfigError(f"{flag} {error.value} is invalid: {error.fix}") from None
+        value = command_line.format_number(error.value)
+        raise ConfigError(f"{flag} {value} is invalid: {error.fix}") from None
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:

@@ -351,8 +351,9 @@ def _recorded_log_text(log: str | None) -> str:
 def data_config_from_flags(args: argparse.Namespace, path: Path) -> DataConfig:
     """Build the `DataConfig` of the log `path` from the data flags in `args`."""
     if args.session_gap < 1:
+        gap = command_line.format_number(args.session_gap)
         raise ConfigError(
-            f"--session-gap {args.session_gap} is invalid: give a positive number of seconds "
+            f"--session-gap {gap} is invalid: give a positive number of seconds "
             f"(default: {DEFAULT_SESSION_GAP})"
         )
     reader = ReaderConfig(

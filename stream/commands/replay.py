@@ -31,6 +31,7 @@ from stream.config import (
     MAX_SESSION_GAP,
     MIN_SESSION_GAP,
     check_k,
+    format_number,
     max_output_bytes,
     parse_tolerance,
 )
@@ -461,8 +462,8 @@ def check_session_gap(seconds: float) -> None:
         raise ConfigError(f"--session-gap {seconds} is invalid: use a finite number")
     if not MIN_SESSION_GAP <= seconds <= MAX_SESSION_GAP:
         raise ConfigError(
-            f"--session-gap {seconds} is invalid: use a value from {MIN_SESSION_GAP} to "
-            f"{MAX_SESSION_GAP}"
+            f"--session-gap {format_number(seconds)} is invalid: use a value from "
+            f"{MIN_SESSION_GAP} to {MAX_SESSION_GAP}"
         )
 
 

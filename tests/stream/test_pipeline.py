@@ -353,9 +353,15 @@ def test_config_defaults_from_manifest() -> None:
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        (PipelineConfig(session_gap=0.0), "session gap"),
-        (PipelineConfig(top_k=0), "K 0"),
-        (PipelineConfig(max_session_items=0), "max_session_items"),
+        (
+            PipelineConfig(session_gap=0.0),
+            "^session_gap 0 is invalid: use a number of seconds > 0$",
+        ),
+        (PipelineConfig(top_k=0), "^top_k 0 is invalid: use an integer >= 1$"),
+        (
+            PipelineConfig(max_session_items=0),
+            "^max_session_items 0 is invalid: use an integer >= 1$",
+        ),
     ],
 )
 def test_invalid_config_rejected(config: PipelineConfig, message: str) -> None:
