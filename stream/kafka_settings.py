@@ -146,8 +146,17 @@ def check_kafka_setting_text(text: str) -> str:
     `-X sasl.password` as a separate argument stops the parse here, before argparse would
     print it as an unrecognized argument.
     """
-    if _split_setting(text) is None:
+    setting = _split_setting(text)
+    if setting is None:
         raise argparse.ArgumentTypeError(describe_malformed_setting(text))
+    key, value = setting
+    # `-X sasl.password= SECRET` leaves the secret as a separate argument, which argparse would
+    # print as unrecognized, so an empty secret value stops the parse here as well.
+    if value == "" and is_secret_key(key):
+        raise argparse.ArgumentTypeError(
+            f"'{key}=' has an empty value: write -X {key}=VALUE without a space, or better set "
+            f"{kafka_env_name(key)}, because ps shows command lines to other users of the host"
+        )
     return text
 
 

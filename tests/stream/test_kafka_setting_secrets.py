@@ -8,7 +8,12 @@ import pytest
 from stream.cli import main
 from stream.config import kafka_env_names
 from stream.errors import ConfigError
-from stream.kafka_settings import is_secret_key, kafka_env_name, parse_kafka_setting
+from stream.kafka_settings import (
+    check_kafka_setting_text,
+    is_secret_key,
+    kafka_env_name,
+    parse_kafka_setting,
+)
 
 SECRET = "TOPSECRET2"
 
@@ -124,6 +129,25 @@ def test_command_hides_secret_after_x(
     assert "unrecognized arguments" not in err
     assert "error: argument -X: 'sasl.password…' is invalid" in err
     assert "HIERTCN_KAFKA_SASL_PASSWORD" in err
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda argv: argv[0])
+def test_command_hides_secret_after_empty_value(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "-X", "sasl.password=", "TOPSECRET2"])
+
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "TOPSECRET" not in err
+    assert "unrecognized arguments" not in err
+    assert "error: argument -X: 'sasl.password=' has an empty value" in err
+    assert "HIERTCN_KAFKA_SASL_PASSWORD" in err
+
+
+def test_empty_plain_value_accepted() -> None:
+    assert check_kafka_setting_text("client.id=") == "client.id="
 
 
 def test_command_shows_plain_malformed_setting(capsys: pytest.CaptureFixture[str]) -> None:
