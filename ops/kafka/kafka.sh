@@ -251,19 +251,35 @@ main() {
     local port="${KAFKA_PORT:-0}" timeout="" lines=50 keep_data=0
     while (($#)); do
         case "$1" in
-            --state-dir) STATE_DIR="$2"; shift 2 ;;
-            --port) port="$2"; shift 2 ;;
-            --timeout) timeout="$2"; shift 2 ;;
-            -n) lines="$2"; shift 2 ;;
+            --state-dir | --port | --timeout | -n)
+                (($# >= 2)) && [[ -n "$2" ]] || die "option $1 needs a value: see '$0 --help'"
+                case "$1" in
+                    --state-dir) STATE_DIR="$2" ;;
+                    --port) port="$2" ;;
+                    --timeout) timeout="$2" ;;
+                    -n) lines="$2" ;;
+                esac
+                shift 2 ;;
             --keep-data) keep_data=1; shift ;;
             -h | --help) usage; exit 0 ;;
             *) die "unknown option $1: see '$0 --help'" ;;
         esac
     done
-    STATE_DIR="$(mkdir -p "$STATE_DIR" && cd "$STATE_DIR" && pwd)"
     if ((keep_data)) && [[ "$command" != stop ]]; then
         die "--keep-data is an option of stop only: see '$0 --help'"
     fi
+    if [[ -n "$timeout" && ! "$timeout" =~ ^[1-9][0-9]{0,5}$ ]]; then
+        die "invalid --timeout $timeout: expected whole seconds from 1 to 999999"
+    fi
+    if [[ ! "$lines" =~ ^[0-9]{1,9}$ ]]; then
+        die "invalid -n $lines: expected a number of lines >= 0"
+    fi
+    # Only start and restart create the state folder; the other commands only read it, so a
+    # mistyped --state-dir leaves no empty folder behind.
+    case "$command" in
+        start | restart) STATE_DIR="$(mkdir -p "$STATE_DIR" && cd "$STATE_DIR" && pwd)" ;;
+        *) STATE_DIR="$(realpath -m -- "$STATE_DIR")" ;;
+    esac
 
     case "$command" in
         fetch) cmd_fetch ;;
@@ -271,7 +287,10 @@ main() {
         stop) cmd_stop "${timeout:-30}" "$keep_data" ;;
         restart) cmd_restart "$port" "${timeout:-30}" "${timeout:-90}" ;;
         status) cmd_status ;;
-        logs) tail -n "$lines" "$STATE_DIR/broker.log" ;;
+        logs)
+            [[ -f "$STATE_DIR/broker.log" ]] ||
+                die "no broker log in $STATE_DIR: start a broker there first, or pass its --state-dir"
+            tail -n "$lines" "$STATE_DIR/broker.log" ;;
         -h | --help | help) usage ;;
         *) die "unknown subcommand $command: expected fetch, start, stop, restart, status or logs" ;;
     esac
