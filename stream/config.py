@@ -562,6 +562,14 @@ def max_output_bytes(item_ids: Sequence[str], k: int, version: str) -> int:
     return len(max_id.encode("utf-8")) + len(value) + OUTPUT_MESSAGE_MARGIN_BYTES
 
 
+def check_bundle_settings(config: WorkerConfig, bundle: ModelBundle) -> None:
+    """Raise ConfigError when --k exceeds the bundle's items or an output could exceed the
+    producer's message.max.bytes."""
+    if config.k is not None:
+        check_k(config.k, bundle.num_items, source_of(config, "k"))
+    check_output_size(config, bundle)
+
+
 def check_output_size(config: WorkerConfig, bundle: ModelBundle) -> None:
     """Raise ConfigError when an output of K items could exceed the producer's
     message.max.bytes, so that librdkafka would reject it with MSG_SIZE_TOO_LARGE and stop the

@@ -63,7 +63,7 @@ from statestore import PartitionPosition, UserState
 from stream.bundle_watch import BundleWatch, load_watched_bundle
 from stream.changelog import Changelog
 from stream.committer import Committer, CommitterConfig
-from stream.config import WorkerConfig
+from stream.config import WorkerConfig, check_bundle_settings
 from stream.consume import ConsumeStep
 from stream.dead_letters import DeadLetterRecords
 from stream.delivery import Deliverer, DeliveryConfig, OutputRecord
@@ -555,6 +555,9 @@ def run_worker(
 
     logger.info("worker %d (pid %d) starting", index, os.getpid())
     bundle, watch = load_watched_bundle(config, threads)
+    # `run` checked the bundle it loaded, but a restarted worker loads the directory again, and
+    # a symlink swapped in between gives it another bundle.
+    check_bundle_settings(config, bundle)
     # The pool serves the aggregate of every process, so these metrics join no registry here.
     metrics = create_metrics(None)
     metrics.bundle_info.labels(bundle.version).set(1)

@@ -33,8 +33,7 @@ from stream.config import (
     WORKER_KAFKA_SETTINGS,
     WorkerConfig,
     build_config,
-    check_k,
-    check_output_size,
+    check_bundle_settings,
     format_flag_size,
     format_option,
     parse_size,
@@ -298,9 +297,7 @@ def check_bundle(config: WorkerConfig) -> ModelBundle:
     start, because a loaded bundle does not survive a process start.
     """
     bundle = open_bundle(config.bundle, config.device, source_of(config, "device"))
-    if config.k is not None:
-        check_k(config.k, bundle.num_items, source_of(config, "k"))
-    check_output_size(config, bundle)
+    check_bundle_settings(config, bundle)
     return bundle
 
 

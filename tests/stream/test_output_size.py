@@ -228,3 +228,24 @@ def test_replay_warns_about_output_size(
         ]
     else:
         assert warnings == []
+
+
+@pytest.mark.parametrize(
+    ("k", "kafka", "message"),
+    [
+        (500, [], "--k 500 is invalid because the bundle has only 120 items"),
+        (5, ["message.max.bytes=1000"], "above the producer's message.max.bytes of 1000"),
+    ],
+)
+def test_restarted_worker_checks_bundle_again(
+    onnx_bundle_dir: Path, tmp_path: Path, k: int, kafka: list[str], message: str
+) -> None:
+    from stream.worker import run_worker
+
+    options = {"brokers": "127.0.0.1:1", "bundle": onnx_bundle_dir, "k": k}
+    config = build_config(options, {}, kafka, state_dir=tmp_path / "state")
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run_worker(config, 0, threads=1)
+
+    assert not (tmp_path / "state").exists()
