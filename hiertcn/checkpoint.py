@@ -218,6 +218,7 @@ def _raise_untrusted(path: Path, rejected: str) -> NoReturn:
         "torch.load(weights_only=False) would run that object's code, so do not. Pass the "
         "best.pt of a run that you trained or got from a trusted source",
         f"not a hiertcn checkpoint ({reason})",
+        untrusted=True,
     )
 
 

@@ -45,12 +45,14 @@ class UnreadableCheckpointError(CheckpointError):
     """A checkpoint file exists but does not read as a hiertcn checkpoint.
 
     `reason` is the cause without the path and the fix (for example "truncated or damaged"), so
-    a caller such as `--resume` can give a fix that suits its own context.
+    a caller such as `--resume` can give a fix that suits its own context. `untrusted` marks a
+    file that refers to Python objects that no hiertcn checkpoint contains.
     """
 
-    def __init__(self, message: str, reason: str) -> None:
+    def __init__(self, message: str, reason: str, untrusted: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
+        self.untrusted = untrusted
 
 
 class TrainingDivergedError(HierTCNError):

@@ -201,6 +201,12 @@ def _load_run_checkpoint(path: Path, map_location: str = "cpu") -> Checkpoint:
     try:
         return load_checkpoint(path, map_location=map_location)
     except UnreadableCheckpointError as error:
+        if error.untrusted:
+            raise CheckpointError(
+                f"cannot resume, because {path} is {error.reason}. No hiertcn run writes such "
+                "a file, so check who changed --out; start over with --force in place of "
+                "--resume, or pass another --out"
+            ) from error
         # The run wrote this file, so a file that does not read as a checkpoint is damaged.
         damage = error.reason if "damaged" in error.reason else f"damaged ({error.reason})"
         raise CheckpointError(

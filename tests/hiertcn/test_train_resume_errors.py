@@ -11,6 +11,7 @@ from hiertcn.checkpoint import load_checkpoint, save_checkpoint
 from hiertcn.errors import CheckpointError
 from hiertcn.models import build_model
 from hiertcn.train import seed_everything, train_model
+from tests.hiertcn.test_checkpoint import CallOnLoad
 from tests.hiertcn.test_train import TINY_HIERTCN, tiny_config, tiny_dataset
 
 
@@ -122,6 +123,25 @@ def test_resume_random_bytes_named_damaged(run_dir, name):
     assert f"cannot resume, because {run_dir / name} is damaged" in message
     assert "start over with --force in place of --resume" in message
     assert "pass the best.pt of a run" not in message
+
+
+@pytest.mark.parametrize("name", ["last.pt", "best.pt"])
+def test_resume_hostile_file_not_called_damaged(run_dir, capsys, name):
+    content = {
+        **load_checkpoint(run_dir / "last.pt").to_dict(),
+        "model": CallOnLoad(print, ("ran",)),
+    }
+    torch.save(content, run_dir / name)
+
+    with pytest.raises(CheckpointError) as error:
+        resume(run_dir)
+
+    message = str(error.value)
+    assert f"cannot resume, because {run_dir / name} is not a hiertcn checkpoint" in message
+    assert "may come from an untrusted source" in message
+    assert "check who changed --out" in message
+    assert "damaged" not in message
+    assert "ran" not in capsys.readouterr().out
 
 
 def test_resume_truncated_last_named_damaged(run_dir):
