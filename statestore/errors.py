@@ -51,6 +51,16 @@ class SchemaVersionError(StateStoreError):
     """The store or a record was written by a newer schema version than this code reads."""
 
 
+class StateFilesReplacedError(StateStoreError):
+    """The state directory's data.mdb was deleted or replaced while a store had it open.
+
+    The exit status is 2, so that a pool under --keep-going stops instead of restarting its
+    workers on an empty store.
+    """
+
+    exit_code = 2
+
+
 class MapSizeLimitError(StateStoreError):
     """The LMDB map is full and has already grown to `StoreConfig.max_map_size`."""
 

@@ -73,6 +73,7 @@ from statestore.errors import (
     ForeignProcessError,
     ReadOnlyStoreError,
     SchemaVersionError,
+    StateFilesReplacedError,
     StateStoreError,
     StoreConfigError,
 )
@@ -84,6 +85,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 GIB = 1 << 30
+# The file of LMDB's data pages inside the state directory (subdir=True).
+_DATA_FILE = "data.mdb"
 # Default of `StoreConfig.max_map_size`: the map never grows beyond it (bytes).
 MAX_MAP_SIZE = 1 << 40
 _DATABASE_NAMES = (b"users", b"positions", b"timers", b"meta")
@@ -215,6 +218,7 @@ class StateStore(MapSizing):
                 self.adopt_recorded_map_size()
             self._databases = self._retry(self._open_databases, "open databases")
             self._check_meta()
+            self._data_file = _file_identity(self.path / _DATA_FILE)
         except BaseException:
             # py-lmdb refuses a second open of the same files in one process, so a failed open
             # must not leave the environment open.
@@ -571,6 +575,27 @@ class StateStore(MapSizing):
             "max_readers": int(info["max_readers"]),
         }
 
+    def check_files(self) -> None:
+        """Raise StateFilesReplacedError when the directory's data.mdb is no longer the file
+        that this store opened, because it was deleted, renamed or replaced.
+
+        LMDB keeps writing to the open file, so the commits that follow such a change are lost
+        when the store closes.
+        """
+        data_path = self.path / _DATA_FILE
+        try:
+            current = _file_identity(data_path)
+        except FileNotFoundError:
+            current = None
+        if current == self._data_file:
+            return
+        change = "was deleted" if current is None else "was replaced by another file"
+        raise StateFilesReplacedError(
+            f"state file {data_path} {change} while this process had it open, so the states "
+            "committed since then are not in the state directory: stop the pool, restore the "
+            "directory from a backup (or let --changelog-topic restore it), and start again"
+        )
+
     def sync(self) -> None:
         """Flush committed pages to disk; useful with `StoreConfig.sync=False`."""
         self._check_process()
@@ -660,6 +685,12 @@ def _take_writer_lock(state_dir: Path, mode: locks.WriterLock) -> int | None:
     if mode == "exclusive":
         return locks.lock_for_replay(state_dir)
     return None
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    """Return the device and inode numbers of `path`, which name one file while it exists."""
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
 
 
 def file_in_path(path: Path) -> Path | None:

@@ -69,6 +69,7 @@ from stream.dead_letters import DeadLetterRecords
 from stream.delivery import Deliverer, DeliveryConfig, OutputRecord
 from stream.events import Event, EventConfig
 from stream.health import WorkerHeartbeat
+from stream.interval import Interval
 from stream.kafka_settings import (
     KafkaErrorLog,
     close_consumer,
@@ -100,6 +101,9 @@ SOURCE_HEADER = "hiertcn.source"
 FAILED_CLOSE_SECONDS = 5.0
 # Seconds without any assigned partition after which the worker logs that it waits.
 UNASSIGNED_NOTICE_SECONDS = 10.0
+# Seconds between checks that the state directory's data.mdb is still the file the store opened;
+# one stat call each.
+STATE_FILES_CHECK_SECONDS = 1.0
 
 
 def event_config(config: WorkerConfig) -> EventConfig:
@@ -167,6 +171,8 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
         # The thread of the partition count gauge, which `run` starts.
         self.partition_counter: PartitionCountReader | None = None
         self.state_dir = Path(config.state_dir).resolve()
+        # A deleted or replaced data.mdb stops the worker within this many seconds.
+        self._state_files_check = Interval(STATE_FILES_CHECK_SECONDS)
         # Set by `request_stop`; the main loop and the changelog restores end when it is set.
         self._stopping = False
         # Partitions of the group's assignment that a stop request left unrestored, which the
@@ -249,6 +255,8 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
                     break
                 self.heartbeat.beat()
                 self.committer.check()
+                if self._state_files_check.due():
+                    self.store.check_files()
                 messages = self._collect()
                 # Before the batch or the timers run the model, so that no output computed
                 # after a change of the bundle was noticed is published.

@@ -76,7 +76,9 @@ def make_worker(producer: FakeProducer, **settings: Any) -> Worker:
     )
     pipeline = SimpleNamespace(config=SimpleNamespace(session_gap=600.0, top_k=10))
     metrics = create_metrics(CollectorRegistry())
-    return Worker(config, pipeline, None, metrics, None, producer, {})  # type: ignore[arg-type]
+    # The main loop checks the store's files; tests that use the store replace this one.
+    store = SimpleNamespace(check_files=lambda: None)
+    return Worker(config, pipeline, store, metrics, None, producer, {})  # type: ignore[arg-type]
 
 
 def test_consumer_settings_disable_auto_commit() -> None:
@@ -937,6 +939,9 @@ class SizedStore:
         self.users = users
         self.fail = fail
         self.calls = 0
+
+    def check_files(self) -> None:
+        pass
 
     def user_count(self) -> int:
         self.calls += 1
