@@ -54,8 +54,8 @@ class SchemaVersionError(StateStoreError):
 class StateFilesReplacedError(StateStoreError):
     """The state directory's data.mdb was deleted or replaced while a store had it open.
 
-    The exit status is 2, so that a pool under --keep-going stops instead of restarting its
-    workers on an empty store.
+    The exit status is 2, so that the pool stops also under --keep-going, and a supervisor does
+    not restart it on an empty store.
     """
 
     exit_code = 2

@@ -563,8 +563,8 @@ def run_worker(
 
     logger.info("worker %d (pid %d) starting", index, os.getpid())
     bundle, watch = load_watched_bundle(config, threads)
-    # `run` checked the bundle it loaded, but a restarted worker loads the directory again, and
-    # a symlink swapped in between gives it another bundle.
+    # `run` checked the bundle it loaded before it started the workers, but each worker loads
+    # the directory again, and a symlink swapped in between gives it another bundle.
     check_bundle_settings(config, bundle)
     # The pool serves the aggregate of every process, so these metrics join no registry here.
     metrics = create_metrics(None)

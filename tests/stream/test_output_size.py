@@ -237,7 +237,7 @@ def test_replay_warns_about_output_size(
         (5, ["message.max.bytes=1000"], "above the producer's message.max.bytes of 1000"),
     ],
 )
-def test_restarted_worker_checks_bundle_again(
+def test_worker_checks_bundle_again(
     onnx_bundle_dir: Path, tmp_path: Path, k: int, kafka: list[str], message: str
 ) -> None:
     from stream.worker import run_worker
