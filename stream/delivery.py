@@ -111,6 +111,9 @@ class Deliverer:
         self.config = config
         self.on_latency = on_latency  # called with the end-to-end seconds of each output
         self.on_retries = on_retries  # called with the number of records produced again
+        # The number of the last `wait`, which its log lines carry so that the warnings of a
+        # wait and its "recovered" line can be matched.
+        self._waits = 0
 
     def produce(self, records: Sequence[OutputRecord]) -> None:
         """Hand every record that is not deferred to librdkafka; delivery reports arrive
@@ -130,6 +133,7 @@ class Deliverer:
         The deferred records are produced once the others are delivered, and get their own
         tries within the same `max_wait_seconds`.
         """
+        self._waits += 1
         started = time.monotonic()
         deadline = started + self.config.max_wait_seconds
         self._wait_tries([r for r in records if not r.deferred], started, deadline)
@@ -141,6 +145,7 @@ class Deliverer:
 
     def _wait_tries(self, records: Sequence[OutputRecord], started: float, deadline: float) -> None:
         """Run the tries of `wait` for `records` from now until `deadline`."""
+        produced_again: set[int] = set()  # id() of each record produced more than once
         # NOTE: a retried record goes out after any later record of the same user that was
         # delivered on the first try, so per-user order holds only when no delivery fails.
         tries_started = time.monotonic()
@@ -152,7 +157,8 @@ class Deliverer:
             waiting = [r for r in records if not r.reported]
             if not failed and not waiting:
                 if attempt > 1:
-                    self._log_recovery(records, attempt, time.monotonic() - started)
+                    elapsed = time.monotonic() - started
+                    self._log_recovery(records, len(produced_again), attempt, elapsed)
                 return
             self._log_try(failed, waiting, attempt, time.monotonic() - started)
             if attempt == self.config.attempts or waiting:
@@ -160,6 +166,7 @@ class Deliverer:
             self._poll_until(min(tries_started + attempt * self.config.timeout, deadline))
             # Only failed records go out again: a record still waiting may yet be delivered.
             self.on_retries(len(failed))
+            produced_again.update(id(record) for record in failed)
             for record in failed:
                 record.error = None
                 self._produce(record)
@@ -174,8 +181,9 @@ class Deliverer:
     ) -> None:
         errors = Counter(str(record.error) for record in failed)
         logger.warning(
-            "%d messages failed (%s) and %d have no delivery report yet, %.1f s into the "
-            "delivery wait of at most %g s, attempt %d/%d. Undelivered: %s",
+            "delivery wait %d: %d messages failed (%s) and %d have no delivery report yet, "
+            "%.1f s into the wait of at most %g s, attempt %d/%d. Undelivered: %s",
+            self._waits,
             len(failed),
             ", ".join(f"{error} x{count}" for error, count in errors.items()) or "none",
             len(waiting),
@@ -186,16 +194,20 @@ class Deliverer:
             describe_targets([*failed, *waiting]),
         )
 
-    def _log_recovery(self, records: Sequence[OutputRecord], attempt: int, elapsed: float) -> None:
+    def _log_recovery(
+        self, records: Sequence[OutputRecord], produced_again: int, attempt: int, elapsed: float
+    ) -> None:
         """Log that a wait whose first try failed has delivered everything.
 
         One line per such wait, after its warnings of the failed tries, so it repeats at most
-        as often as they do.
+        as often as they do. `produced_again` counts the records produced more than once.
         """
         logger.info(
-            "delivery recovered: all %d messages of the wait delivered on attempt %d/%d, %.1f s "
-            "after it began: %s",
+            "delivery wait %d recovered: all %d messages delivered (%d of them produced again) "
+            "by attempt %d/%d, %.1f s after the wait began: %s",
+            self._waits,
             len(records),
+            produced_again,
             attempt,
             self.config.attempts,
             elapsed,

@@ -99,11 +99,34 @@ def test_recovery_after_failed_try_logged(caplog: pytest.LogCaptureFixture) -> N
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     recoveries = [r for r in caplog.records if r.levelno == logging.INFO]
     assert len(warnings) == 1
+    assert warnings[0].getMessage().startswith("delivery wait 1: 2 messages failed (")
     (recovery,) = recoveries
     message = recovery.getMessage()
-    assert message.startswith("delivery recovered: all 2 messages of the wait delivered on ")
+    assert message.startswith(
+        "delivery wait 1 recovered: all 2 messages delivered (2 of them produced again) by "
+    )
     assert "attempt 2/3" in message
     assert message.endswith(": out x2")
+
+
+def test_wait_numbers_match_warnings_and_recovery(caplog: pytest.LogCaptureFixture) -> None:
+    producer = FakeProducer(failures=1)
+    deliverer, _latencies, _retries = make_deliverer(producer)
+    first, second = [record(b"a")], [record(b"b"), record(b"c")]
+
+    with caplog.at_level(logging.INFO, logger="stream.delivery"):
+        deliverer.produce(first)
+        deliverer.wait(first)
+        producer.failures = 1
+        deliverer.produce(second)
+        deliverer.wait(second)
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 4
+    assert messages[0].startswith("delivery wait 1: 1 messages failed (")
+    assert messages[1].startswith("delivery wait 1 recovered: all 1 messages delivered (1 of them")
+    assert messages[2].startswith("delivery wait 2: 1 messages failed (")
+    assert messages[3].startswith("delivery wait 2 recovered: all 2 messages delivered (1 of them")
 
 
 def test_first_try_success_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
