@@ -25,6 +25,25 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 MAX_SEED = 2**63 - 1
 
 
+class RecordGiven(argparse.Action):
+    """Store a flag's value, or `const` when `nargs=0`, and add the flag to the tuple in the
+    namespace attribute `given_attribute`, so that a command can tell a typed default from an
+    unset flag. Subclasses set `given_attribute`."""
+
+    given_attribute: str
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        given_flags = getattr(namespace, self.given_attribute, ())
+        setattr(namespace, self.given_attribute, (*given_flags, self.option_strings[0]))
+
+
 def format_number(value: float) -> str:
     """Format a flag's number for a message as a user types it: `0` for 0.0, `0.05` as is."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:

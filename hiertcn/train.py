@@ -34,18 +34,25 @@ import torch
 
 from hiertcn.batching import Batch, BatchConfig, BatchGenerator
 from hiertcn.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, Checkpoint, save_checkpoint
+from hiertcn.data.stats import compute_impression_stats
 from hiertcn.errors import ConfigError, InvalidFieldError, TrainingDivergedError
 from hiertcn.evaluate import EvaluationConfig, capped_batch_size, evaluate_model
-from hiertcn.losses import Loss, LossConfig, build_loss
+from hiertcn.losses import PAIRWISE_LOSSES, Loss, LossConfig, build_loss
 from hiertcn.models.base import Carry
 from hiertcn.progress import ProgressBar
 from hiertcn.resume import RunState, load_resumable, restore_run
 from hiertcn.run_info import DEVICES, resolve_device, set_threads
 
 if TYPE_CHECKING:
+    from hiertcn.data.log import EventLog
     from hiertcn.data.options import Dataset
 
 logger = logging.getLogger(__name__)
+
+# Share of training events with other impressions in the vocabulary below which
+# `--sampler impressions` logs a warning, because most events then draw their negatives from the
+# whole catalog. 10% is a judgment, not a measured limit.
+IMPRESSION_SHARE_WARNING = 0.1
 
 # The most CPU threads that `threads` may ask torch for: above the core count of common servers,
 # and below 9999, at which torch 2 crashed with a segmentation fault on a 2-core machine.
@@ -183,6 +190,7 @@ def train_model(
     if resume:
         state = restore_run(model, optimizer, config, out_dir, device, dataset)
 
+    log_impression_sampling(dataset.train, config.loss)
     loss_fn = build_loss(config.loss, len(dataset.vocab.ids), item_counts(dataset))
     generator = BatchGenerator(
         dataset.train, BatchConfig(batch_size=config.batch_size, seed=config.seed)
@@ -210,6 +218,35 @@ def train_model(
         last_input_bytes=input_bytes,
         device=str(device),
         out_dir=out_dir,
+    )
+
+
+def log_impression_sampling(train: EventLog, loss: LossConfig) -> None:
+    """Log how many training events draw negatives from their impressions, when the loss does.
+
+    The impressions sampler draws from the whole catalog for an event without other impressions
+    in the vocabulary, so a log with few such events trains almost as `--sampler uniform` does.
+    A log without impression lists raises ConfigError here, before the first batch.
+    """
+    if loss.name not in PAIRWISE_LOSSES or loss.sampler != "impressions":
+        return
+    stats = compute_impression_stats(train)
+    if stats is None:
+        raise ConfigError(
+            "--sampler impressions needs the events' impressions, and this log has none: "
+            "use --sampler uniform or popularity, or give the impressions column with "
+            "--impressions-col"
+        )
+    share = stats.events_with_other_impressions / max(stats.events, 1)
+    few = share < IMPRESSION_SHARE_WARNING
+    logger.log(
+        logging.WARNING if few else logging.INFO,
+        "impressions sampler: %s of %s training events (%.1f%%) have other impressions in the "
+        "vocabulary, and the others draw their negatives from the whole catalog%s",
+        f"{stats.events_with_other_impressions:,}",
+        f"{stats.events:,}",
+        100 * share,
+        ", so most events train as with --sampler uniform" if few else "",
     )
 
 

@@ -37,7 +37,13 @@ from hiertcn.data.prepared import (
     save_prepared,
 )
 from hiertcn.data.prepared_files import check_prepare_out, remove_prepared
-from hiertcn.data.stats import WARM_SPLIT_NOTE, compute_stats, format_stats_table
+from hiertcn.data.stats import (
+    WARM_SPLIT_NOTE,
+    compute_impression_stats,
+    compute_stats,
+    format_impression_line,
+    format_stats_table,
+)
 from hiertcn.data.synthetic import MAX_USERS, SyntheticConfig, generate_synthetic_log
 from hiertcn.errors import ConfigError, DataError
 
@@ -65,7 +71,9 @@ def _register_stats(commands: argparse._SubParsersAction) -> None:
         help="print users, items, events and sessions of a filtered log",
         description="Read, filter and sessionize a log, or load a folder written by "
         "`hiertcn data prepare`, then print users, items, events, sessions, events per session "
-        "and sessions per user (mean and standard deviation).",
+        "and sessions per user (mean and standard deviation). For a log with impression lists "
+        "it also prints how many events carry a list, the mean and max list length, and how "
+        "many entries are items outside the vocabulary.",
     )
     add_data_arguments(stats, prepared_folder=True)
     stats.add_argument(
@@ -187,18 +195,28 @@ def run_stats(args: argparse.Namespace) -> int:
         source, session_gap, split_kind = str(config.path), config.session_gap, config.split.kind
     # filter_log has already logged the filter report line by line.
     stats = {name: compute_stats(part) for name, part in parts.items()}
+    impressions = {name: compute_impression_stats(part) for name, part in parts.items()}
     if args.json:
         output = {
             "source": source,
             "session_gap": session_gap,
             "filter_report": report.to_dict(),
             "stats": {name: value.to_dict() for name, value in stats.items()},
+            # None for a log without impression lists.
+            "impressions": {
+                name: None if value is None else value.to_dict()
+                for name, value in impressions.items()
+            },
         }
         print(json.dumps(output, indent=2))
-    else:
-        print(format_stats_table(stats))
-        if args.splits and split_kind == "warm":
-            print(WARM_SPLIT_NOTE)
+        return 0
+
+    print(format_stats_table(stats))
+    if args.splits and split_kind == "warm":
+        print(WARM_SPLIT_NOTE)
+    for name, value in impressions.items():
+        if value is not None:
+            print(format_impression_line(name, value))
     return 0
 
 

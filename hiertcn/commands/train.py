@@ -45,6 +45,17 @@ compares only the flags that the model reads.
 RUN_FILES = ("best.pt", "last.pt", "metrics.json")
 LOSS_NAMES = ("cross_entropy", "hinge", "bpr", "nce", "l2")
 SAMPLER_NAMES = ("uniform", "popularity", "impressions")
+# The losses on sampled negatives, as `hiertcn.losses.PAIRWISE_LOSSES`, which imports torch.
+SAMPLED_LOSSES = ("hinge", "bpr", "nce")
+# The loss flags that only some losses read, with those losses.
+LOSS_FLAG_READERS = {
+    "--margin": ("hinge",),
+    "--negatives": SAMPLED_LOSSES,
+    "--sampler": SAMPLED_LOSSES,
+}
+# Namespace attribute with the loss flags that the command line gave, so that a flag given with
+# its default value counts as given too.
+LOSS_FLAGS_GIVEN = "loss_flags_given"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -213,8 +224,15 @@ def add_bptt_sessions_argument(group: argparse._ArgumentGroup) -> None:
     )
 
 
+class _RecordLossFlag(command_line.RecordGiven):
+    """Store a loss flag's value and add the flag to `LOSS_FLAGS_GIVEN`."""
+
+    given_attribute = LOSS_FLAGS_GIVEN
+
+
 def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the loss flags."""
+    parser.set_defaults(**{LOSS_FLAGS_GIVEN: ()})
     group = parser.add_argument_group("loss")
     group.add_argument(
         "--loss",
@@ -224,10 +242,15 @@ def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
         "bpr, nce, or l2 between user and target embedding (default: cross_entropy)",
     )
     group.add_argument(
-        "--margin", type=float, default=1.0, help="hinge margin, in score units (default: 1.0)"
+        "--margin",
+        action=_RecordLossFlag,
+        type=float,
+        default=1.0,
+        help="hinge margin, in score units; only --loss hinge reads it (default: 1.0)",
     )
     group.add_argument(
         "--negatives",
+        action=_RecordLossFlag,
         type=int,
         default=100,
         help="sampled negative items per event for hinge, bpr and nce; a draw of the event's "
@@ -235,10 +258,11 @@ def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--sampler",
+        action=_RecordLossFlag,
         choices=SAMPLER_NAMES,
         default="uniform",
-        help="how negatives are drawn: uniformly, by training popularity, or from the event's "
-        "impressions when the log has them (default: uniform)",
+        help="how hinge, bpr and nce draw negatives: uniformly, by training popularity, or from "
+        "the event's impressions when the log has them (default: uniform)",
     )
 
 
@@ -364,6 +388,30 @@ def loss_config_from_args(args: argparse.Namespace) -> LossConfig:
     return LossConfig(
         name=args.loss, margin=args.margin, negatives=args.negatives, sampler=args.sampler
     )
+
+
+def check_loss_flags(args: argparse.Namespace) -> None:
+    """Raise ConfigError for a loss flag given on the command line that --loss does not read.
+
+    A flag counts as given even with its default value, because the user then still expects an
+    effect. Flags left at their defaults pass with every loss.
+    """
+    for flag in dict.fromkeys(getattr(args, LOSS_FLAGS_GIVEN, ())):
+        readers = LOSS_FLAG_READERS[flag]
+        if args.loss in readers:
+            continue
+        value = getattr(args, flag.removeprefix("--"))
+        value = command_line.format_number(value) if isinstance(value, float) else value
+        if len(readers) == 1:
+            reason, fix = f"only --loss {readers[0]} reads it", readers[0]
+        else:
+            names = f"{', '.join(readers[:-1])} and {readers[-1]}"
+            reason = f"only the losses {names} read it"
+            fix = f"{readers[0]} (or {' or '.join(readers[1:])})"
+        raise ConfigError(
+            f"{flag} {value} has no effect with --loss {args.loss}, because {reason}: pass "
+            f"--loss {fix}, or drop {flag}"
+        )
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -588,6 +636,7 @@ def run(args: argparse.Namespace) -> int:
 
     model_config = model_config_from_args(args)
     train_config = train_config_from_args(args)
+    check_loss_flags(args)
     warn_ignored_flags(model_config)
     device = resolve_device(train_config.device)
     check_out_dir(args.out, resume=args.resume, force=args.force, data=args.data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -224,6 +225,9 @@ def read_trivago(path: Path, config: ReaderConfig) -> RawLog:
 
     builder = RawLogBuilder(path, unit, config, with_impressions=True)
     hidden = 0
+    # Rows of the action types outside TRIVAGO_ITEM_ACTIONS, whose reference is not an item (a
+    # city, a filter or a sort order), counted by type for the log line.
+    other_actions: Counter[str] = Counter()
     for line, fields in rows:
         if len(fields) != len(names):
             raise DataError(
@@ -232,6 +236,7 @@ def read_trivago(path: Path, config: ReaderConfig) -> RawLog:
             )
         action = fields[index["action_type"]].strip()
         if action not in TRIVAGO_ITEM_ACTIONS:
+            other_actions[action] += 1
             continue
         reference = fields[index["reference"]].strip()
         if reference == "":
@@ -255,10 +260,24 @@ def read_trivago(path: Path, config: ReaderConfig) -> RawLog:
             impressions,
         )
 
+    _log_skipped_trivago_rows(path, other_actions, hidden)
+    return builder.build()
+
+
+def _log_skipped_trivago_rows(path: Path, other_actions: Counter[str], hidden: int) -> None:
+    """Log the rows that `read_trivago` skipped: other action types, and empty references."""
+    if other_actions:
+        types = ", ".join(f"{action} {count}" for action, count in other_actions.most_common())
+        logger.info(
+            "%s: skipped %s of action types without an item reference (%s)",
+            path,
+            count_noun(other_actions.total(), "row"),
+            types,
+        )
     if hidden:
         logger.info(
-            "%s: skipped %s with an empty reference (hidden target)",
+            "%s: skipped %s with an empty reference, such as the clickouts whose item the "
+            "challenge's test file hides",
             path,
             count_noun(hidden, "item action"),
         )
-    return builder.build()

@@ -4,6 +4,10 @@ Each round first removes the items with fewer than `min_item_count` interactions
 removes the users with fewer than `min_user_events` events, and then those with more than
 `max_user_events` events. Such users are removed whole, not truncated. Removing items can push a
 user below the minimum, which can in turn push an item below its minimum, hence the rounds.
+
+The default thresholds are those of the HierTCN paper (You et al., WWW 2019) for its public log.
+On a small log they can remove nearly everything, so `filter_log` then logs a warning that names
+the filters that removed most.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ FILTER_FLAGS = {
     "min_user_events": "--min-user-events",
     "max_user_events": "--max-user-events",
 }
+
+
+# The filters kept a small share of the log when they kept fewer than this share of its events,
+# or one item or one user of several. The share is a judgment, not a measured limit.
+SMALL_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,72 @@ class FilterReport:
         return lines
 
 
+def small_share_hint(report: FilterReport) -> str | None:
+    """Return a hint that names the filters that removed most, when they kept a small share.
+
+    None when the filters kept at least `SMALL_SHARE` of the events and more than one item and
+    one user (unless the log had only one), or when no filter removed anything.
+    """
+    share = report.events_after / max(report.events_before, 1)
+    one_left = any(
+        after == 1 and before is not None and before > 1
+        for before, after in (
+            (report.items_before, report.items_after),
+            (report.users_before, report.users_after),
+        )
+    )
+    removed = _events_removed_by_filter(report)
+    if not removed or (share >= SMALL_SHARE and not one_left):
+        return None
+
+    kept_counts = (
+        f"{report.events_after} of {count_noun(report.events_before, 'event')} ({share:.1%})"
+    )
+    if report.users_before is not None and report.items_before is not None:
+        kept_counts += (
+            f", {report.users_after} of {count_noun(report.users_before, 'user')} and "
+            f"{report.items_after} of {count_noun(report.items_before, 'item')}"
+        )
+    removals = ", ".join(
+        f"{FILTER_FLAGS[name]} {value} removed {count_noun(events, 'event')}"
+        for name, (value, events) in removed.items()
+    )
+    hint = f"the filters kept only {kept_counts}: {removals}. {_fix(removed)}"
+    # The note suggests lower minimums, so it applies only where a minimum kept its default.
+    defaults = asdict(FilterConfig())
+    if any(
+        value == defaults[name] and name != "max_user_events"
+        for name, (value, _) in removed.items()
+    ):
+        hint += (
+            ". The defaults follow the HierTCN paper (You et al., WWW 2019), whose logs are "
+            "large, so a small log needs lower values, e.g. --min-item-count 1 "
+            "--min-user-events 1"
+        )
+    return hint
+
+
+def _events_removed_by_filter(report: FilterReport) -> dict[str, tuple[int, int]]:
+    """Return (value, events removed) of each filter that removed events, most removed first."""
+    removed: dict[str, tuple[int, int]] = {}
+    for step in report.steps:
+        _, events = removed.get(step.filter, (step.value, 0))
+        removed[step.filter] = (step.value, events + step.events_removed)
+    ranked = sorted(removed.items(), key=lambda entry: entry[1][1], reverse=True)
+    return {name: entry for name, entry in ranked if entry[1] > 0}
+
+
+def _fix(removed: dict[str, tuple[int, int]]) -> str:
+    """Say which flags to lower and which to raise to keep more of the log."""
+    minimums = [FILTER_FLAGS[name] for name in removed if name != "max_user_events"]
+    fixes = []
+    if minimums:
+        fixes.append(f"lower {' and '.join(minimums)}")
+    if "max_user_events" in removed:
+        fixes.append("raise --max-user-events, or give 0 for no maximum")
+    return "To keep more, " + ", and ".join(fixes)
+
+
 def _counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (unique values, inverse index `[E]`, count per unique value)."""
     unique, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
@@ -195,4 +270,7 @@ def filter_log(raw: RawLog, config: FilterConfig) -> tuple[RawLog, FilterReport]
     )
     for line in report.format_lines():
         logger.info("%s", line)
+    hint = small_share_hint(report)
+    if hint is not None:
+        logger.warning("%s", hint)
     return raw, report

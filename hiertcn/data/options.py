@@ -66,19 +66,10 @@ class Dataset:
 GIVEN_FLAGS = "data_flags_given"
 
 
-class _RecordGiven(argparse.Action):
-    """Store a flag's value, or `const` when `nargs=0`, and add the flag to `GIVEN_FLAGS`."""
+class _RecordGiven(command_line.RecordGiven):
+    """Store a data flag's value and add the flag to `GIVEN_FLAGS`."""
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: object,
-        option_string: str | None = None,
-    ) -> None:
-        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
-        given_flags = getattr(namespace, GIVEN_FLAGS, ())
-        setattr(namespace, GIVEN_FLAGS, (*given_flags, self.option_strings[0]))
+    given_attribute = GIVEN_FLAGS
 
 
 def add_data_arguments(

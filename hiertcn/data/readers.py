@@ -10,8 +10,10 @@ Supported formats:
 - `otto`: OTTO JSON Lines, `{"session": id, "events": [{"aid", "ts" (ms), "type"}]}`; the OTTO
   session id is the user.
 - `taobao`: Taobao UserBehavior, no header, `user,item,category,behavior,timestamp`.
-- `trivago`: the trivago RecSys Challenge 2019 CSV; the rows whose `reference` is an item,
-  with the impression list of `clickout item` rows.
+- `trivago`: the trivago RecSys Challenge 2019 CSV. The rows of the item action types
+  (`TRIVAGO_ITEM_ACTIONS`) become events of their `reference` item, with the impression list of
+  `clickout item` rows. One info line counts the other rows by action type, and one the item
+  actions with an empty reference.
 
 Timestamps are int64 seconds since the Unix epoch. The unit of a generic log comes from
 `ReaderConfig.time_unit` (default seconds), never from the values. Milliseconds are floored to

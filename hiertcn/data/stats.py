@@ -1,4 +1,4 @@
-"""Log statistics: users, items, events, scored events, sessions, and their spreads.
+"""Log statistics: users, items, events, scored events, sessions, their spreads, and impressions.
 
 Means and standard deviations are over sessions (events per session) and over users (sessions
 per user); the standard deviation is the population one (ddof=0).
@@ -63,6 +63,60 @@ def _mean(values: np.ndarray) -> float:
 
 def _std(values: np.ndarray) -> float:
     return float(values.std()) if len(values) else 0.0
+
+
+@dataclass(frozen=True)
+class ImpressionStats:
+    """The impression lists of one event log.
+
+    An entry is one item id in one list, so an id shown at two events counts twice. An entry
+    outside the vocabulary is an item that no event of the filtered log has.
+    """
+
+    events: int
+    events_with_impressions: int
+    list_length_mean: float  # over the events with a non-empty list
+    list_length_max: int
+    entries: int
+    entries_outside_vocabulary: int
+    # Events whose list has an item of the vocabulary other than the event's own item: the
+    # events that `--sampler impressions` draws negatives for from their list.
+    events_with_other_impressions: int
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def compute_impression_stats(log: EventLog) -> ImpressionStats | None:
+    """Count the impression lists of `log` and their entries; None when it has no lists."""
+    if log.impression_offsets is None or log.impressions is None:
+        return None
+    lengths = np.diff(np.asarray(log.impression_offsets))
+    rows = np.asarray(log.impressions)
+    owners = np.repeat(np.arange(log.num_events), lengths)  # the event of each entry
+    other = (rows >= 0) & (rows != np.asarray(log.items)[owners])
+    list_lengths = lengths[lengths > 0]
+    return ImpressionStats(
+        events=log.num_events,
+        events_with_impressions=len(list_lengths),
+        list_length_mean=_mean(list_lengths),
+        list_length_max=int(list_lengths.max(initial=0)),
+        entries=len(rows),
+        entries_outside_vocabulary=int(np.count_nonzero(rows < 0)),
+        events_with_other_impressions=len(np.unique(owners[other])),
+    )
+
+
+def format_impression_line(name: str, stats: ImpressionStats) -> str:
+    """Describe the impression lists of the log `name` in one line."""
+    if stats.events_with_impressions == 0:
+        return f"impressions of {name}: none of the {stats.events:,} events carries a list"
+    return (
+        f"impressions of {name}: {stats.events_with_impressions:,} of {stats.events:,} events "
+        f"carry a list (mean length {stats.list_length_mean:.1f}, max {stats.list_length_max}), "
+        f"and {stats.entries_outside_vocabulary:,} of the {stats.entries:,} entries are items "
+        "outside the vocabulary"
+    )
 
 
 # Printed under the table of a warm-start split, whose events column counts context too.

@@ -233,3 +233,73 @@ def test_stats_rejects_no_header_for_jsonl(tmp_path, capsys):
     assert "--no-header applies only to CSV and TSV files (the formats csv, movielens and " in error
     assert f"but {log} has the format jsonl: drop --no-header" in error
     assert "Traceback" not in error
+
+
+def write_impression_log(tmp_path):
+    """Write a log whose event u,a,1 shows a, b and an item z that no event has."""
+    path = tmp_path / "log.csv"
+    rows = ["user,item,timestamp,shown", "u,a,1,a|b|z", "u,b,2,", "v,a,3,b", "v,c,4,"]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_stats_prints_impression_line(tmp_path, capsys):
+    path = write_impression_log(tmp_path)
+    assert main(["data", "stats", str(path), *NO_FILTERS, "--impressions-col", "shown"]) == 0
+    output = capsys.readouterr().out
+    assert (
+        "impressions of all: 2 of 4 events carry a list (mean length 2.0, max 3), and 1 of the "
+        "4 entries are items outside the vocabulary"
+    ) in output
+
+
+def test_stats_json_counts_impressions(tmp_path, capsys):
+    path = write_impression_log(tmp_path)
+    argv = ["data", "stats", str(path), *NO_FILTERS, "--impressions-col", "shown", "--json"]
+    assert main(argv) == 0
+    impressions = json.loads(capsys.readouterr().out)["impressions"]
+    assert impressions == {
+        "all": {
+            "events": 4,
+            "events_with_impressions": 2,
+            "list_length_mean": 2.0,
+            "list_length_max": 3,
+            "entries": 4,
+            "entries_outside_vocabulary": 1,
+            "events_with_other_impressions": 2,
+        }
+    }
+
+
+def test_stats_without_impressions_has_no_line(tmp_path, capsys):
+    log = write_log(tmp_path)
+    assert main(["data", "stats", str(log), *NO_FILTERS]) == 0
+    assert "impressions" not in capsys.readouterr().out
+    assert main(["data", "stats", str(log), *NO_FILTERS, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["impressions"] == {"all": None}
+
+
+def test_stats_impression_lines_per_part(shared_data, capsys):
+    path = shared_data / "trivago-sample" / "test_small.csv"
+    assert main(["data", "stats", str(path), *NO_FILTERS, "--splits"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "impressions" in line]
+    assert [line.split(":")[0] for line in lines] == [
+        "impressions of all",
+        "impressions of train",
+        "impressions of valid",
+        "impressions of test",
+    ]
+    assert lines[0].startswith("impressions of all: 41 of 873 events carry a list")
+
+
+def test_stats_trivago_small_share_hint(shared_data, caplog):
+    path = shared_data / "trivago-sample" / "train_small.csv"
+    with caplog.at_level(logging.INFO, logger="hiertcn.data.filters"):
+        assert main(["data", "stats", str(path)]) == 0
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(
+        "the filters kept only 52 of 997 events (5.2%), 1 of 7 users and 1 of 48 items: "
+        "--min-item-count 50 removed 945 events. To keep more, lower --min-item-count."
+    )
+    assert "The defaults follow the HierTCN paper" in warnings[0]

@@ -293,3 +293,52 @@ def test_threads_above_cores_warned(tmp_path, caplog, monkeypatch):
     argv = train_argv(log, tmp_path / "run", "--no-progress", "--threads", "2")
     assert main(argv) == 0
     assert "--threads 2 is above this machine's core count (1)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--sampler", "impressions"],
+            "--sampler impressions has no effect with --loss cross_entropy, because only the "
+            "losses hinge, bpr and nce read it: pass --loss hinge (or bpr or nce), or drop "
+            "--sampler",
+        ),
+        (
+            ["--negatives", "100"],
+            "--negatives 100 has no effect with --loss cross_entropy",
+        ),
+        (
+            ["--margin", "1.0"],
+            "--margin 1 has no effect with --loss cross_entropy, because only --loss hinge "
+            "reads it: pass --loss hinge, or drop --margin",
+        ),
+        (["--loss", "bpr", "--margin", "0.5"], "--margin 0.5 has no effect with --loss bpr"),
+        (["--loss", "l2", "--negatives", "5"], "--negatives 5 has no effect with --loss l2"),
+    ],
+)
+def test_loss_flag_without_effect_rejected(tmp_path, capsys, flags, message):
+    assert main([*train_argv(tmp_path / "absent.csv", tmp_path / "run"), *flags]) == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_loss_flags_read_by_loss_accepted(tmp_path):
+    log = tmp_path / "log.csv"
+    write_log(log)
+    flags = ["--loss", "hinge", "--margin", "0.5", "--negatives", "5", "--sampler", "popularity"]
+    assert main([*train_argv(log, tmp_path / "run"), *flags]) == 0
+
+
+def test_impression_sampler_on_log_without_impressions(tmp_path, capsys):
+    log = tmp_path / "log.csv"
+    write_log(log)
+    argv = train_argv(log, tmp_path / "run", "--epochs", "1", "--no-progress")
+    argv[argv.index("most_popular")] = "gru"
+    tiny = ["--embedding-dim", "4", "--hidden-size", "4", "--gru-layers", "1"]
+    assert main([*argv, *tiny, "--loss", "hinge", "--sampler", "impressions"]) == 2
+    error = capsys.readouterr().err
+    assert "--sampler impressions needs the events' impressions, and this log has none" in error
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hiertcn.data.filters import FilterConfig, FilterReport, filter_log
+from hiertcn.data.filters import (
+    FilterConfig,
+    FilterReport,
+    FilterStep,
+    filter_log,
+    small_share_hint,
+)
 from hiertcn.data.readers import RawLog, ReaderConfig, read_log
 from hiertcn.errors import DataError
 
@@ -151,3 +157,94 @@ def test_filter_report_from_summary_without_user_counts(tmp_path):
     old = FilterReport.from_dict(saved)
     assert old.users_before is None
     assert old.format_lines() == ["filters kept 1 of 1 event after 1 round"]
+
+
+def report_with(removed: dict[str, tuple[int, int]], events_after: int, **counts) -> FilterReport:
+    """Build a one-round report of 1000 events where each filter removed (value, events)."""
+    steps = tuple(
+        FilterStep(
+            round=1,
+            filter=name,
+            value=value,
+            events_removed=events,
+            users_removed=0,
+            items_removed=0,
+        )
+        for name, (value, events) in removed.items()
+    )
+    sizes = {"users_before": 10, "users_after": 5, "items_before": 40, "items_after": 20}
+    return FilterReport(steps, 1, 1000, events_after, **(sizes | counts))
+
+
+def test_small_share_hint_names_largest_filter_first():
+    removed = {"min_item_count": (50, 300), "min_user_events": (10, 650)}
+    hint = small_share_hint(report_with(removed, events_after=50))
+    assert hint is not None
+    assert hint.startswith(
+        "the filters kept only 50 of 1000 events (5.0%), 5 of 10 users and 20 of 40 items: "
+        "--min-user-events 10 removed 650 events, --min-item-count 50 removed 300 events. "
+        "To keep more, lower --min-user-events and --min-item-count."
+    )
+    assert "The defaults follow the HierTCN paper (You et al., WWW 2019)" in hint
+
+
+def test_small_share_hint_for_one_item_left():
+    removed = {"min_item_count": (5, 100)}
+    hint = small_share_hint(report_with(removed, events_after=900, items_after=1))
+    assert hint is not None
+    assert "--min-item-count 5 removed 100 events" in hint
+
+
+def test_small_share_hint_for_one_user_left():
+    removed = {"min_user_events": (3, 100)}
+    assert small_share_hint(report_with(removed, events_after=900, users_after=1)) is not None
+
+
+def test_small_share_hint_absent_for_large_share():
+    removed = {"min_item_count": (50, 899)}
+    assert small_share_hint(report_with(removed, events_after=101)) is None
+
+
+def test_small_share_hint_absent_without_removals():
+    report = report_with({}, events_after=1000, users_before=1, users_after=1)
+    assert small_share_hint(report) is None
+
+
+def test_small_share_hint_asks_to_raise_maximum():
+    removed = {"max_user_events": (30, 950)}
+    hint = small_share_hint(report_with(removed, events_after=50))
+    assert hint is not None
+    assert "To keep more, raise --max-user-events, or give 0 for no maximum" in hint
+    assert "HierTCN paper" not in hint
+
+
+def test_small_share_hint_names_paper_only_for_defaults():
+    hint = small_share_hint(report_with({"min_item_count": (5, 950)}, events_after=50))
+    assert hint is not None
+    assert "HierTCN paper" not in hint
+
+
+def test_small_share_hint_default_maximum_without_paper():
+    hint = small_share_hint(report_with({"max_user_events": (1000, 950)}, events_after=50))
+    assert hint is not None
+    assert "raise --max-user-events" in hint
+    assert "HierTCN paper" not in hint
+
+
+def test_small_share_hint_logged_as_warning(tmp_path, caplog):
+    rows = [("u", "a"), ("u", "a"), ("v", "b")]
+    config = FilterConfig(min_item_count=2, min_user_events=0, max_user_events=None)
+    with caplog.at_level("INFO", logger="hiertcn.data.filters"):
+        filter_log(raw_from_rows(tmp_path, rows), config)
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings == [
+        "the filters kept only 2 of 3 events (66.7%), 1 of 2 users and 1 of 2 items: "
+        "--min-item-count 2 removed 1 event. To keep more, lower --min-item-count"
+    ]
+
+
+def test_no_hint_when_filters_keep_most(tmp_path, caplog):
+    config = FilterConfig(min_item_count=2, min_user_events=2, max_user_events=None)
+    with caplog.at_level("INFO", logger="hiertcn.data.filters"):
+        filter_log(raw_from_rows(tmp_path, CASCADE), config)
+    assert not [record for record in caplog.records if record.levelname == "WARNING"]

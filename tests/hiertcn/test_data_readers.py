@@ -96,6 +96,48 @@ def test_trivago_test_file_skips_hidden_targets(shared_data):
     assert all(item.isdigit() for item in raw.items)
 
 
+def skipped_lines(caplog) -> list[str]:
+    """Return the messages of the trivago reader that count skipped rows."""
+    return [
+        record.getMessage().split(": ", 1)[1]
+        for record in caplog.records
+        if record.name == "hiertcn.data.delimited" and "skipped" in record.getMessage()
+    ]
+
+
+def test_trivago_counts_rows_of_other_action_types(shared_data, caplog):
+    with caplog.at_level("INFO", logger="hiertcn.data.delimited"):
+        raw = read_log(shared_data / "trivago-sample" / "train_small.csv")
+    assert len(raw) == 997
+    assert skipped_lines(caplog) == [
+        "skipped 13 rows of action types without an item reference (filter selection 7, "
+        "change of sort order 5, search for destination 1)"
+    ]
+
+
+def test_trivago_test_file_counts_both_skips(shared_data, caplog):
+    with caplog.at_level("INFO", logger="hiertcn.data.delimited"):
+        raw = read_log(shared_data / "trivago-sample" / "test_small.csv")
+    # 1,010 rows: 85 of other action types and 52 item actions with an empty reference.
+    assert len(raw) == 873
+    assert skipped_lines(caplog) == [
+        "skipped 85 rows of action types without an item reference (search for destination "
+        "31, change of sort order 26, filter selection 19, search for poi 9)",
+        "skipped 52 item actions with an empty reference, such as the clickouts whose item the "
+        "challenge's test file hides",
+    ]
+
+
+def test_trivago_without_skipped_rows_logs_no_count(tmp_path, caplog):
+    header = "user_id,session_id,timestamp,step,action_type,reference,impressions"
+    path = tmp_path / "trivago.csv"
+    path.write_text(f"{header}\nu,s,1,1,clickout item,7,7|8\n", encoding="utf-8")
+    with caplog.at_level("INFO", logger="hiertcn.data.delimited"):
+        raw = read_log(path, ReaderConfig(format="trivago"))
+    assert len(raw) == 1
+    assert skipped_lines(caplog) == []
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path

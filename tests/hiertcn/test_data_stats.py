@@ -12,9 +12,15 @@ from hiertcn.cli import main
 from hiertcn.data.log import EventLog, build_event_log
 from hiertcn.data.options import add_data_arguments, load_dataset
 from hiertcn.data.readers import ReaderConfig, read_log
-from hiertcn.data.stats import compute_stats, format_stats_table
+from hiertcn.data.stats import (
+    compute_impression_stats,
+    compute_stats,
+    format_impression_line,
+    format_stats_table,
+)
 from hiertcn.data.synthetic import SyntheticConfig, generate_synthetic_log
 from hiertcn.errors import DataError
+from tests.hiertcn.event_logs import make_log
 
 
 def test_stats_on_hand_computed_log(tmp_path):
@@ -208,3 +214,47 @@ def test_scored_events_of_cold_split_skip_first_events(tmp_path):
     dataset = load_dataset(parse([str(path), "--min-item-count", "0", "--min-user-events", "0"]))
     stats = compute_stats(dataset.test)
     assert stats.scored_events == stats.events - stats.users
+
+
+def test_impression_stats_on_hand_built_log():
+    # Event 0 (item 0) shows two other known items and one outside the vocabulary, event 1 has
+    # no list, and event 2 (item 2) shows only itself and an unknown item.
+    log = make_log([[[0, 1, 2]]], num_items=3, impressions=[[1, 2, -1], [], [2, -1]])
+    stats = compute_impression_stats(log)
+    assert stats is not None
+    assert stats.events == 3
+    assert stats.events_with_impressions == 2
+    assert stats.list_length_mean == pytest.approx(2.5)
+    assert stats.list_length_max == 3
+    assert stats.entries == 5
+    assert stats.entries_outside_vocabulary == 2
+    assert stats.events_with_other_impressions == 1
+    assert format_impression_line("all", stats) == (
+        "impressions of all: 2 of 3 events carry a list (mean length 2.5, max 3), and 2 of the "
+        "5 entries are items outside the vocabulary"
+    )
+
+
+def test_impression_stats_none_without_lists():
+    assert compute_impression_stats(make_log([[[0, 1]]])) is None
+
+
+def test_impression_line_for_empty_lists():
+    stats = compute_impression_stats(make_log([[[0, 1]]], impressions=[[], []]))
+    assert stats is not None
+    assert stats.list_length_max == 0
+    assert format_impression_line("valid", stats) == (
+        "impressions of valid: none of the 2 events carries a list"
+    )
+
+
+def test_impression_stats_of_trivago_match_readme(shared_data):
+    raw = read_log(shared_data / "trivago-sample" / "train_small.csv")
+    stats = compute_impression_stats(build_event_log(raw))
+    assert stats is not None
+    # The folder's README: 12 clickouts with lists of 23 to 25 items, 24.8 on average.
+    assert stats.events_with_impressions == 12
+    assert stats.list_length_max == 25
+    assert stats.list_length_mean == pytest.approx(24.83, abs=0.005)
+    assert stats.entries == 298
+    assert 0 < stats.entries_outside_vocabulary < stats.entries

@@ -299,7 +299,8 @@ def test_train_and_evaluate_commands(tmp_path, capsys):
     argv = ["evaluate", checkpoint, checkpoint, *data_flags, "--json", str(report)]
     assert main([*argv, "--device", "cpu"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert len(table) == 4
+    assert len(table) == 5  # header, rule, two rows and the pool line
+    assert table[-1].startswith("pool: the whole catalog of ")
     results = json.loads(report.read_text())["results"]
     assert results[0]["mrr"] == results[1]["mrr"]
 
@@ -340,6 +341,58 @@ def test_hinge_with_impression_negatives():
     result = train_model(fresh_model(num_items=8), dataset, tiny_config(loss=loss))
     assert np.isfinite(result.history[0]["loss"])
     assert result.history[0]["loss"] > 0
+
+
+def impression_dataset(impressions: list[list[int]] | None) -> TinyDataset:
+    """Two users with 6 events over 8 items, repeated 4 times, with the given lists."""
+    users = [[[1, 2], [5]], [[3, 7, 0]]]
+    lists = None if impressions is None else impressions * 4
+    train = make_log(users * 4, num_items=8, impressions=lists)
+    return TinyDataset(train=train, valid=train, test=train, vocab=train.vocab)
+
+
+IMPRESSION_HINGE = LossConfig(name="hinge", negatives=3, sampler="impressions")
+
+
+def test_impression_sampler_logs_share(caplog):
+    # Events 0 and 1 have impressions besides their own item. Event 2 shows only itself, event
+    # 3 only an item outside the vocabulary, and events 4 and 5 show nothing.
+    dataset = impression_dataset([[1, 2, 3], [2, 4], [5], [-1], [], []])
+    with caplog.at_level("INFO", logger="hiertcn.train"):
+        train_model(fresh_model(num_items=8), dataset, tiny_config(loss=IMPRESSION_HINGE))
+    lines = [record for record in caplog.records if "impressions sampler" in record.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].levelname == "INFO"
+    assert lines[0].getMessage() == (
+        "impressions sampler: 8 of 24 training events (33.3%) have other impressions in the "
+        "vocabulary, and the others draw their negatives from the whole catalog"
+    )
+
+
+def test_impression_sampler_warns_below_tenth(caplog):
+    # Only the first event has a list, and it shows only the event's own item.
+    dataset = impression_dataset([[1], [], [], [], [], []])
+    with caplog.at_level("INFO", logger="hiertcn.train"):
+        train_model(fresh_model(num_items=8), dataset, tiny_config(loss=IMPRESSION_HINGE))
+    lines = [record for record in caplog.records if "impressions sampler" in record.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].levelname == "WARNING"
+    assert "0 of 24 training events (0.0%)" in lines[0].getMessage()
+    assert "as with --sampler uniform" in lines[0].getMessage()
+
+
+def test_impression_sampler_silent_for_other_samplers(caplog):
+    dataset = impression_dataset([[1, 2, 3], [2, 4], [5], [-1], [], []])
+    loss = LossConfig(name="hinge", negatives=3, sampler="uniform")
+    with caplog.at_level("INFO", logger="hiertcn.train"):
+        train_model(fresh_model(num_items=8), dataset, tiny_config(loss=loss))
+    assert "impressions sampler" not in caplog.text
+
+
+def test_impression_sampler_without_lists_rejected():
+    dataset = impression_dataset(None)
+    with pytest.raises(ConfigError, match="--sampler impressions needs the events' impressions"):
+        train_model(fresh_model(num_items=8), dataset, tiny_config(loss=IMPRESSION_HINGE))
 
 
 @pytest.mark.slow
