@@ -7,6 +7,7 @@ and the user's first event are counted is stated in `hiertcn.metrics`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -47,11 +48,62 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class PoolCounts:
+    """Counts of the pools that the scored events of one evaluation were ranked among.
+
+    `impressions_events` were ranked among their impressions and `catalog_events` among the
+    whole catalog of `catalog_items` items. `single_item_pools` counts the impressions events
+    whose pool is the target alone, because every other shown item is outside the vocabulary or
+    none was shown, so they rank 1 whatever the model scores. `unknown_only_lists` counts the
+    catalog events whose impression list contains only ids outside the vocabulary, and
+    `unknown_impression_ids` the ids outside the vocabulary in the lists of scored events,
+    repeats included. Without `use_impressions` every count but `catalog_events` is 0.
+    """
+
+    use_impressions: bool
+    catalog_items: int
+    impressions_events: int = 0
+    catalog_events: int = 0
+    single_item_pools: int = 0
+    unknown_only_lists: int = 0
+    unknown_impression_ids: int = 0
+
+    @property
+    def kind(self) -> str:
+        """Pool kind of the scored events: `impressions` when every one was ranked among its
+        impressions, `catalog` when none was (or no event was scored), else `mixed`."""
+        if self.impressions_events == 0:
+            return "catalog"
+        return "impressions" if self.catalog_events == 0 else "mixed"
+
+    @property
+    def events(self) -> int:
+        """Number of scored events."""
+        return self.impressions_events + self.catalog_events
+
+    def __add__(self, other: PoolCounts) -> PoolCounts:
+        return PoolCounts(
+            use_impressions=self.use_impressions,
+            catalog_items=self.catalog_items,
+            impressions_events=self.impressions_events + other.impressions_events,
+            catalog_events=self.catalog_events + other.catalog_events,
+            single_item_pools=self.single_item_pools + other.single_item_pools,
+            unknown_only_lists=self.unknown_only_lists + other.unknown_only_lists,
+            unknown_impression_ids=self.unknown_impression_ids + other.unknown_impression_ids,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the counts and `kind` as a JSON-ready dict."""
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
 class EvaluationResult:
-    """Summary metrics (see `summarize_ranks`) and the rank of every scored event."""
+    """Summary metrics (see `summarize_ranks`), the rank of every scored event and the pools."""
 
     metrics: dict[str, float]
     ranks: EventRanks = field(repr=False)
+    pools: PoolCounts
 
 
 @torch.no_grad()
@@ -71,6 +123,7 @@ def evaluate_model(
     table = model.item_embeddings()  # [N, D]
     carry = model.initial_carry(batch_size, device)
     parts: list[EventRanks] = []
+    pools = PoolCounts(use_impressions=config.use_impressions, catalog_items=table.shape[0])
     progress = ProgressBar(generator.num_batches(), "evaluate", enabled=config.progress)
     for batch in generator.epoch(0):
         new_user = torch.as_tensor(batch.new_user, device=device)
@@ -78,14 +131,16 @@ def evaluate_model(
         items = torch.as_tensor(batch.items, device=device)
         lengths = torch.as_tensor(batch.lengths, device=device)
         queries, carry = model(items, lengths, carry)  # [B, L, D]
-        parts.append(_rank_batch(model, log, batch, queries, table, config))
+        batch_ranks, batch_pools = _rank_batch(model, log, batch, queries, table, config)
+        parts.append(batch_ranks)
+        pools = pools + batch_pools
         progress.update(1, events=batch.num_events)
     progress.close()
     model.train(was_training)
 
     ranks = EventRanks.concatenate(parts)
     metrics = summarize_ranks(ranks.ranks, ranks.pool_sizes, config.cutoffs)
-    return EvaluationResult(metrics=metrics, ranks=ranks)
+    return EvaluationResult(metrics=metrics, ranks=ranks, pools=pools)
 
 
 def capped_batch_size(batch_size: int, num_users: int) -> int:
@@ -105,8 +160,9 @@ def _rank_batch(
     queries: torch.Tensor,
     table: torch.Tensor,
     config: EvaluationConfig,
-) -> EventRanks:
-    """Rank the scored events of one batch (targets, except each user's first event)."""
+) -> tuple[EventRanks, PoolCounts]:
+    """Rank the scored events of one batch (targets, except each user's first event) and count
+    their pools."""
     rows, columns = np.nonzero(batch.targets)
     events = batch.events[rows, columns]
     sessions = batch.sessions[rows]
@@ -124,9 +180,11 @@ def _rank_batch(
     # Events with an impression list are ranked among it. The others are ranked among the whole
     # catalog: events with no list, and events whose shown items are all outside the vocabulary.
     with_pool = np.zeros(len(rows), dtype=bool)
+    known: np.ndarray | None = None  # [P], impression ids in the vocabulary
     if config.use_impressions and batch.impressions is not None:
         pools = batch.impressions[rows, columns]  # [P, M]
-        with_pool = (pools >= 0).any(axis=1)
+        known = (pools >= 0).sum(axis=1)
+        with_pool = known > 0
     ranks = np.zeros(len(rows), dtype=np.int64)
     pool_sizes = np.full(len(rows), table.shape[0], dtype=np.int64)
     if with_pool.any():
@@ -139,7 +197,7 @@ def _rank_batch(
         ranks[~with_pool] = _rank_in_catalog(
             model, selected[chosen], table, target_items[chosen], config.chunk_size
         )
-    return EventRanks(
+    event_ranks = EventRanks(
         events=events.astype(np.int64),
         users=users.astype(np.int64),
         ranks=ranks,
@@ -147,6 +205,45 @@ def _rank_batch(
         past_events=past_events,
         session_position=position,
         session_gap=gap,
+    )
+    counts = _count_pools(
+        log, event_ranks, with_pool, known, config.use_impressions, table.shape[0]
+    )
+    return event_ranks, counts
+
+
+def _count_pools(
+    log,
+    ranks: EventRanks,
+    with_pool: np.ndarray,
+    known: np.ndarray | None,
+    use_impressions: bool,
+    catalog_items: int,
+) -> PoolCounts:
+    """Count the pools of one batch's scored events.
+
+    `with_pool` [P] flags the events ranked among impressions, and `known` [P] is the number of
+    impression ids in the vocabulary of each event, or None when impressions are not used or the
+    log has none.
+    """
+    counts = PoolCounts(
+        use_impressions=use_impressions,
+        catalog_items=catalog_items,
+        impressions_events=int(with_pool.sum()),
+        catalog_events=int((~with_pool).sum()),
+        single_item_pools=int((with_pool & (ranks.pool_sizes == 1)).sum()),
+    )
+    if known is None:
+        return counts
+    # The batch pads each impression list with -1, the row that also marks an id outside the
+    # vocabulary, so the list lengths come from the log.
+    offsets = np.asarray(log.impression_offsets)
+    listed = offsets[ranks.events + 1] - offsets[ranks.events]
+    unknown = listed - known
+    return dataclasses.replace(
+        counts,
+        unknown_only_lists=int(((listed > 0) & (unknown == listed)).sum()),
+        unknown_impression_ids=int(unknown.sum()),
     )
 
 
@@ -188,6 +285,57 @@ def _rank_in_impressions(
         scores = _catalog_scores(model, queries[index : index + 1], table)[0]  # [N]
         ranks[index], pool_sizes[index] = pool_rank(scores, pools[index], int(targets[index]))
     return ranks, pool_sizes
+
+
+def describe_pools(pools: PoolCounts) -> str:
+    """Describe in one line which pools the scored events were ranked among, for the table."""
+    catalog = f"the whole catalog of {pools.catalog_items} items"
+    if not pools.use_impressions:
+        return f"pool: {catalog} for every event (--no-impressions)"
+    if pools.impressions_events == 0 and pools.unknown_only_lists == 0:
+        return f"pool: {catalog} for every event (no ranked event has impressions)"
+
+    parts = []
+    if pools.impressions_events:
+        part = f"impressions for {_count_events(pools.impressions_events)}"
+        if pools.single_item_pools:
+            part += f" ({pools.single_item_pools} with only the clicked item, ranked 1)"
+        parts.append(part)
+    if pools.catalog_events:
+        part = f"{catalog} for {_count_events(pools.catalog_events)}"
+        if pools.unknown_only_lists:
+            part += (
+                f" ({pools.unknown_only_lists} whose shown items are all outside the vocabulary)"
+            )
+        parts.append(part)
+    line = "pool: " + ", ".join(parts)
+    if pools.unknown_impression_ids == 1:
+        line += "; 1 impression id outside the vocabulary was dropped"
+    elif pools.unknown_impression_ids:
+        line += (
+            f"; {pools.unknown_impression_ids} impression ids outside the vocabulary were dropped"
+        )
+    return line
+
+
+def _count_events(count: int) -> str:
+    return f"{count} event" if count == 1 else f"{count} events"
+
+
+def warn_single_item_pools(pools: PoolCounts) -> None:
+    """Log a warning when some events were ranked among a pool of only their target item."""
+    if pools.single_item_pools == 0:
+        return
+    logger.warning(
+        "%d of %d ranked events (%.1f%%) have an impression pool of only the clicked item, "
+        "because their other shown items are outside the vocabulary or none were shown, so they "
+        "rank 1 whatever the model scores. Compare with --no-impressions, which ranks every "
+        "event among the whole catalog. Lower filters (--min-item-count, --min-user-events) "
+        "add a shown item to the vocabulary only when it has events of its own",
+        pools.single_item_pools,
+        pools.events,
+        100 * pools.single_item_pools / pools.events,
+    )
 
 
 METRIC_COLUMNS = ("recall@1", "recall@5", "recall@10", "recall@20", "mrr", "mrp", "events")

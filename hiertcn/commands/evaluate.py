@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from hiertcn.checkpoint import Checkpoint
     from hiertcn.data.log import EventLog
     from hiertcn.data.options import Dataset
-    from hiertcn.evaluate import EvaluationConfig
+    from hiertcn.evaluate import EvaluationConfig, PoolCounts
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,20 @@ A data flag not given takes the value that trained the checkpoints, so the split
 vocabulary are the same as in training. Checkpoints trained with different values of a flag not
 given stop the command, which names the flag. A flag given wins. A folder from
 `hiertcn data prepare` in place of the log needs no data flags.
-Prints one Markdown table (one row per checkpoint) and, with --json, writes the metrics as JSON.
+Prints one Markdown table (one row per checkpoint) and a `pool:` line under it that counts the
+events ranked among their impressions and those ranked among the whole catalog. With --json, it
+writes the metrics as JSON, with these counts under `pool` in each result.
+
+--ranks adds `ranks` to each result: lists with one entry per ranked event, in batch order,
+not in event order (sort by `events` for log order):
+  events            index of the event in the evaluated part of the log
+  users, user_ids   index of its user in that part (from 0), and the user's id in the log
+  ranks             pessimistic rank of the event's item, 1 = best
+  pool_sizes        items in its pool: the catalog size, or the size of its impression pool
+  past_events       the user's events before it in the evaluated part
+  session_position  its 0-based position in its session
+  session_gap       seconds from the previous session's last event to this session's first
+                    event, or -1 in the user's first session
 """
 
 
@@ -95,9 +109,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument(
         "--ranks",
         action="store_true",
-        help="include the rank and context of every scored event in the --json file; "
-        "`users` counts the users of the evaluated part from 0, and `user_ids` gives their ids "
-        "in the log",
+        help="include the rank and context of every ranked event in the --json file, one "
+        "entry per event and not in event order (the fields are listed below)",
     )
     parser.set_defaults(func=run)
 
@@ -195,6 +208,13 @@ def load_evaluation_data(args: argparse.Namespace, checkpoints: Sequence[Checkpo
     except DataError as error:
         if args.data is None or is_prepared_folder(Path(args.data)):
             raise
+        detected = detect_mismatched_format(args)
+        if detected is not None:
+            raise DataError(
+                f"{args.data} looks like a {detected} log, but evaluate read it as {args.format}, "
+                "the format that trained the checkpoints, because --format was not given: pass "
+                f"--format {detected}. Reading it as {args.format} failed with: {error}"
+            ) from None
         trained = {}
         for path, checkpoint in zip(args.checkpoints, checkpoints, strict=True):
             trained.setdefault(describe_data_source(checkpoint.data_summary), []).append(str(path))
@@ -205,6 +225,27 @@ def load_evaluation_data(args: argparse.Namespace, checkpoints: Sequence[Checkpo
         raise DataError(
             f"{error}. Check the data flags against those of the checkpoints: {sources}"
         ) from None
+
+
+def detect_mismatched_format(args: argparse.Namespace) -> str | None:
+    """Return the format detected for the log when it differs from the --format taken from the
+    checkpoints, else None.
+
+    A JSON Lines copy of a CSV training log is the usual case: read as csv, its error names the
+    delimiter, not the format.
+    """
+    from hiertcn.data.format_detection import detect_format
+    from hiertcn.data.options import GIVEN_FLAGS, data_config_from_args
+
+    # --format defaults to auto, so another value not given came from the checkpoints.
+    if "--format" in getattr(args, GIVEN_FLAGS) or args.format == "auto":
+        return None
+    try:
+        reader = dataclasses.replace(data_config_from_args(args).reader, format="auto")
+        detected = detect_format(Path(args.data), reader)
+    except (ConfigError, DataError, OSError):
+        return None
+    return None if detected == args.format else detected
 
 
 def adopt_training_data_flags(args: argparse.Namespace, checkpoints) -> list[str]:
@@ -288,16 +329,17 @@ def evaluate_checkpoints(
     log: EventLog,
     config: EvaluationConfig,
     device: torch.device,
-) -> list[dict[str, Any]]:
-    """Evaluate each checkpoint on `log` and return one table row each.
+) -> tuple[list[dict[str, Any]], list[PoolCounts]]:
+    """Evaluate each checkpoint on `log`, and return one table row and the pool counts of each.
 
     A failed allocation raises an error that names the flag to lower.
     """
     from hiertcn.checkpoint import build_model_from_checkpoint
-    from hiertcn.evaluate import evaluate_model
+    from hiertcn.evaluate import evaluate_model, warn_single_item_pools
     from hiertcn.memory import report_out_of_memory
 
     rows: list[dict[str, Any]] = []
+    pools: list[PoolCounts] = []
     fix = f"lower --batch-size (now {args.batch_size})"
     for path, checkpoint in zip(args.checkpoints, checkpoints, strict=True):
         with report_out_of_memory(f"evaluating {path}", fix):
@@ -309,13 +351,19 @@ def evaluate_checkpoints(
             "checkpoint": str(path),
             "epoch": checkpoint.epoch,
             **result.metrics,
+            "pool": result.pools.to_dict(),
         }
         if args.ranks:
             user_ids = [str(user) for user in log.user_ids[result.ranks.users]]
             row["ranks"] = {**result.ranks.to_dict(), "user_ids": user_ids}
         rows.append(row)
         logger.info("evaluated %s: MRR %.4f on %d events", path, row["mrr"], row["events"])
-    return rows
+        # The checkpoints share the vocabulary (check_vocabulary) and are ranked on one log, so
+        # their pool counts match, and the warning and the `pool:` line come once.
+        if result.pools not in pools:
+            warn_single_item_pools(result.pools)
+        pools.append(result.pools)
+    return rows, pools
 
 
 def run(args: argparse.Namespace) -> int:
@@ -327,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
         load_checkpoint,
     )
     from hiertcn.data.prepared import is_prepared_folder
-    from hiertcn.evaluate import EvaluationConfig, format_table
+    from hiertcn.evaluate import EvaluationConfig, describe_pools, format_table
     from hiertcn.run_info import resolve_device, run_environment, set_threads
 
     check_arguments(args)
@@ -350,8 +398,10 @@ def run(args: argparse.Namespace) -> int:
             prepared_folder=args.data if is_prepared_folder(Path(args.data)) else None,
         )
 
-    rows = evaluate_checkpoints(args, checkpoints, log, config, device)
+    rows, pools = evaluate_checkpoints(args, checkpoints, log, config, device)
     print(format_table(rows))
+    for counts in dict.fromkeys(pools):
+        print(describe_pools(counts))
     if args.json is not None:
         report = {
             "split": args.on,

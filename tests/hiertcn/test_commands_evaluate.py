@@ -332,3 +332,131 @@ def test_usage_shows_checkpoints_required(capsys):
         main(["evaluate", "--help"])
     usage = " ".join(capsys.readouterr().out.split("\n\n")[0].split())
     assert usage.endswith("CKPT [CKPT ...] FILE")
+
+
+def write_impressions_log(path: Path) -> None:
+    """Write a log of 8 users whose events cover every kind of impression pool.
+
+    Ids x* are shown but never clicked, so they stay outside the vocabulary. Each user's 5
+    ranked events (all but the first) are: 1 pool of only the clicked item, 1 list of unknown
+    ids only, 2 pools of 2 items and 1 event without a list, with 5 unknown ids in all.
+    """
+    lines = ["user,item,timestamp,impressions"]
+    for user in range(8):
+        items = [f"i{(user + event) % 5}" for event in range(7)]
+        impression_lists = [
+            "",
+            f"{items[1]}|x1|x2",
+            "x3|x4",
+            f"{items[3]}|{items[4]}|x5",
+            "",
+            f"{items[5]}|{items[6]}",
+        ]
+        for event, impressions in enumerate(impression_lists):
+            lines.append(f"u{user},{items[event]},{1_600_000_000 + 60 * event},{impressions}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.fixture
+def impressions_run(tmp_path) -> tuple[Path, Path]:
+    """Train most-popular on the impressions log, and return the log and the run folder."""
+    log = tmp_path / "impressions.csv"
+    write_impressions_log(log)
+    out = tmp_path / "run"
+    assert main(train_argv(log, out, "--impressions-col", "impressions")) == 0
+    return log, out
+
+
+def test_pool_counts_printed_and_written(tmp_path, capsys, caplog, impressions_run):
+    log, out = impressions_run
+    report = tmp_path / "report.json"
+    argv = ["evaluate", str(out / "best.pt"), str(out / "last.pt"), str(log), "--device", "cpu"]
+    capsys.readouterr()
+    with caplog.at_level("WARNING", logger="hiertcn.evaluate"):
+        assert main([*argv, "--json", str(report)]) == 0
+
+    results = json.loads(report.read_text(encoding="utf-8"))["results"]
+    users = results[0]["events"] // 5
+    assert users >= 1
+    for result in results:
+        assert result["pool"] == {
+            "kind": "mixed",
+            "use_impressions": True,
+            "catalog_items": 5,
+            "impressions_events": 3 * users,
+            "catalog_events": 2 * users,
+            "single_item_pools": users,
+            "unknown_only_lists": users,
+            "unknown_impression_ids": 5 * users,
+        }
+    pool_lines = [line for line in capsys.readouterr().out.splitlines() if "pool:" in line]
+    assert pool_lines == [
+        f"pool: impressions for {3 * users} events ({users} with only the clicked item, ranked "
+        f"1), the whole catalog of 5 items for {2 * users} events ({users} whose shown items "
+        f"are all outside the vocabulary); {5 * users} impression ids outside the vocabulary "
+        "were dropped"
+    ]
+    (warning,) = caplog.messages  # once for both checkpoints
+    assert warning.startswith(f"{users} of {5 * users} ranked events (20.0%) have an impression")
+
+
+def test_no_impressions_pool_named(tmp_path, capsys, caplog, impressions_run):
+    log, out = impressions_run
+    report = tmp_path / "report.json"
+    argv = ["evaluate", str(out / "best.pt"), str(log), "--device", "cpu", "--no-impressions"]
+    capsys.readouterr()
+    with caplog.at_level("WARNING", logger="hiertcn.evaluate"):
+        assert main([*argv, "--json", str(report)]) == 0
+
+    (result,) = json.loads(report.read_text(encoding="utf-8"))["results"]
+    assert result["pool"]["kind"] == "catalog"
+    assert result["pool"]["use_impressions"] is False
+    assert result["pool"]["catalog_events"] == result["events"]
+    output = capsys.readouterr().out
+    assert output.endswith(
+        "pool: the whole catalog of 5 items for every event (--no-impressions)\n"
+    )
+    assert caplog.messages == []
+
+
+def test_log_without_impressions_pool_named(tmp_path, capsys, run_dir):
+    assert main(evaluate_argv(run_dir / "best.pt", tmp_path / "log.csv")) == 0
+    output = capsys.readouterr().out
+    assert "pool: the whole catalog of 5 items for every event (no ranked event has" in output
+
+
+def test_jsonl_copy_of_csv_log_names_format(tmp_path, capsys, impressions_run):
+    log, out = impressions_run
+    copy = tmp_path / "copy.jsonl"
+    records = []
+    for line in log.read_text(encoding="utf-8").splitlines()[1:]:
+        user, item, timestamp, impressions = line.split(",")
+        record = {
+            "user": user,
+            "item": item,
+            "timestamp": int(timestamp),
+            "impressions": impressions,
+        }
+        records.append(json.dumps(record) + "\n")
+    copy.write_text("".join(records), encoding="utf-8")
+    argv = ["evaluate", str(out / "best.pt"), str(copy), "--device", "cpu"]
+    capsys.readouterr()
+
+    assert main([*argv, "--impressions-col", "impressions"]) == 2
+    error = capsys.readouterr().err
+    assert f"{copy} looks like a jsonl log, but evaluate read it as csv" in error
+    assert "pass --format jsonl" in error
+    assert error.count("\n") == 1
+
+    assert main([*argv, "--impressions-col", "impressions", "--format", "jsonl"]) == 0
+    assert "pool: impressions for" in capsys.readouterr().out
+
+
+def test_help_lists_ranks_fields(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    output = capsys.readouterr().out
+    assert "one entry per ranked event, in batch order" in output
+    for name in ("pool_sizes", "past_events", "session_position", "session_gap", "user_ids"):
+        assert f"\n  {name}" in output or f", {name}" in output
+    assert "or -1 in the user's first session" in output

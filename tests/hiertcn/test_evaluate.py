@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from hiertcn.evaluate import EvaluationConfig, evaluate_model, format_table
+from hiertcn.evaluate import (
+    EvaluationConfig,
+    PoolCounts,
+    describe_pools,
+    evaluate_model,
+    format_table,
+    warn_single_item_pools,
+)
 from hiertcn.models import ModelConfig, build_model
 from tests.hiertcn.event_logs import make_log, random_log
 
@@ -192,3 +201,158 @@ def test_batch_wider_than_users_capped(address_space_cap):
     model = FixedQueryModel(9, oracle=True)
     result = evaluate_model(model, log, EvaluationConfig(batch_size=2**58))
     assert result.metrics["events"] == log.num_events - log.num_users
+
+
+# Events 0 and 5 are each user's first event and are not ranked. Row -1 is an impression id
+# outside the vocabulary.
+MIXED_IMPRESSIONS = [
+    [1, -1],  # event 0, not ranked
+    [2, 3, -1],  # pool {2, 3}
+    [-1, -1],  # every id unknown: the whole catalog
+    [4, -1, -1, -1],  # pool {4}, the target alone
+    [],  # no list: the whole catalog
+    [0],  # event 5, not ranked
+    [-1, 2],  # pool {2} plus the target 1
+]
+
+
+def mixed_impressions_log():
+    return make_log([[[1, 2, 3, 4, 5]], [[0, 1]]], num_items=6, impressions=MIXED_IMPRESSIONS)
+
+
+@pytest.mark.parametrize("batch_size", [1, 32])
+def test_pool_counts_mixed_log(batch_size):
+    config = EvaluationConfig(batch_size=batch_size)
+    result = evaluate_model(FixedQueryModel(6, oracle=False), mixed_impressions_log(), config)
+
+    assert result.pools.to_dict() == {
+        "kind": "mixed",
+        "use_impressions": True,
+        "catalog_items": 6,
+        "impressions_events": 3,
+        "catalog_events": 2,
+        "single_item_pools": 1,
+        "unknown_only_lists": 1,
+        "unknown_impression_ids": 7,
+    }
+    # The counts describe the ranking, which they leave as it was.
+    ranks = dict(zip(result.ranks.events.tolist(), result.ranks.ranks.tolist(), strict=True))
+    assert ranks == {1: 2, 2: 6, 3: 1, 4: 6, 6: 2}
+
+
+def test_pool_counts_without_impressions():
+    config = EvaluationConfig(use_impressions=False)
+    result = evaluate_model(FixedQueryModel(6, oracle=False), mixed_impressions_log(), config)
+
+    assert result.pools.kind == "catalog"
+    assert result.pools.catalog_events == 5
+    assert result.pools.impressions_events == 0
+    assert result.pools.single_item_pools == 0
+    assert result.pools.unknown_impression_ids == 0
+    assert result.pools.use_impressions is False
+
+
+def test_pool_counts_log_without_impressions():
+    log = random_log(num_users=5, num_items=9, seed=2)
+    result = evaluate_model(FixedQueryModel(9, oracle=True), log)
+
+    assert result.pools == PoolCounts(
+        use_impressions=True, catalog_items=9, catalog_events=result.metrics["events"]
+    )
+    assert result.pools.kind == "catalog"
+
+
+def test_pool_counts_only_impressions():
+    impressions = [[1], [2, 3], [3, -1]]
+    log = make_log([[[1, 2, 3]]], num_items=4, impressions=impressions)
+    result = evaluate_model(FixedQueryModel(4, oracle=False), log)
+
+    assert result.pools.kind == "impressions"
+    assert result.pools.impressions_events == 2
+    assert result.pools.unknown_impression_ids == 1
+
+
+# Counts from a trivago log: 4 of its 7 impression pools held the clicked item alone.
+TRIAL_POOLS = PoolCounts(
+    use_impressions=True,
+    catalog_items=135,
+    impressions_events=7,
+    catalog_events=375,
+    single_item_pools=4,
+    unknown_impression_ids=843,
+)
+
+
+@pytest.mark.parametrize(
+    ("counts", "line"),
+    [
+        (
+            TRIAL_POOLS,
+            "pool: impressions for 7 events (4 with only the clicked item, ranked 1), the whole "
+            "catalog of 135 items for 375 events; 843 impression ids outside the vocabulary "
+            "were dropped",
+        ),
+        (
+            PoolCounts(
+                use_impressions=True,
+                catalog_items=6,
+                impressions_events=1,
+                catalog_events=2,
+                unknown_only_lists=1,
+                unknown_impression_ids=1,
+            ),
+            "pool: impressions for 1 event, the whole catalog of 6 items for 2 events (1 whose "
+            "shown items are all outside the vocabulary); 1 impression id outside the "
+            "vocabulary was dropped",
+        ),
+        (
+            PoolCounts(
+                use_impressions=True,
+                catalog_items=6,
+                impressions_events=0,
+                catalog_events=3,
+                unknown_only_lists=3,
+                unknown_impression_ids=5,
+            ),
+            "pool: the whole catalog of 6 items for 3 events (3 whose shown items are all "
+            "outside the vocabulary); 5 impression ids outside the vocabulary were dropped",
+        ),
+        (
+            PoolCounts(
+                use_impressions=True, catalog_items=6, impressions_events=4, catalog_events=0
+            ),
+            "pool: impressions for 4 events",
+        ),
+        (
+            PoolCounts(
+                use_impressions=True, catalog_items=1682, impressions_events=0, catalog_events=8649
+            ),
+            "pool: the whole catalog of 1682 items for every event (no ranked event has "
+            "impressions)",
+        ),
+        (
+            PoolCounts(
+                use_impressions=False, catalog_items=97, impressions_events=0, catalog_events=77
+            ),
+            "pool: the whole catalog of 97 items for every event (--no-impressions)",
+        ),
+    ],
+)
+def test_pool_line_describes_counts(counts, line):
+    assert describe_pools(counts) == line
+
+
+def test_single_item_pools_warned(caplog):
+    with caplog.at_level("WARNING", logger="hiertcn.evaluate"):
+        warn_single_item_pools(TRIAL_POOLS)
+    (message,) = caplog.messages
+    assert message.startswith("4 of 382 ranked events (1.0%) have an impression pool of only")
+    assert "outside the vocabulary" in message
+    assert "rank 1 whatever the model scores" in message
+    assert "Compare with --no-impressions" in message
+
+
+def test_no_warning_without_single_item_pools(caplog):
+    with caplog.at_level("WARNING", logger="hiertcn.evaluate"):
+        warn_single_item_pools(dataclasses.replace(TRIAL_POOLS, single_item_pools=0))
+    assert caplog.messages == []
