@@ -20,6 +20,7 @@ import numpy as np
 
 from hiertcn.data.counts import count_noun
 from hiertcn.data.readers import RawLog
+from hiertcn.data.unique import factorize
 from hiertcn.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -199,21 +200,59 @@ def _fix(removed: dict[str, tuple[int, int]]) -> str:
     return "To keep more, " + ", and ".join(fixes)
 
 
-def _counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (unique values, inverse index `[E]`, count per unique value)."""
-    unique, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    return unique, inverse.reshape(-1), counts
+@dataclass(frozen=True)
+class _CodedLog:
+    """A raw log with its user and item ids as integer codes `[E]`. Each filter round counts
+    the codes with `np.bincount` instead of sorting the id strings again."""
+
+    raw: RawLog
+    user_codes: np.ndarray
+    item_codes: np.ndarray
+    num_users: int  # codes run from 0 to num_users - 1, some of them unused after a filter
+    num_items: int
+
+    @classmethod
+    def of(cls, raw: RawLog) -> _CodedLog:
+        user_ids, user_codes = factorize(raw.users)
+        item_ids, item_codes = factorize(raw.items)
+        return cls(raw, user_codes, item_codes, len(user_ids), len(item_ids))
+
+    def select(self, keep: np.ndarray) -> _CodedLog:
+        return _CodedLog(
+            self.raw.select(keep),
+            self.user_codes[keep],
+            self.item_codes[keep],
+            self.num_users,
+            self.num_items,
+        )
+
+    def user_counts(self) -> np.ndarray:
+        """Return the events of each user code `[num_users]`."""
+        return np.bincount(self.user_codes, minlength=self.num_users)
+
+    def item_counts(self) -> np.ndarray:
+        """Return the events of each item code `[num_items]`."""
+        return np.bincount(self.item_codes, minlength=self.num_items)
+
+    def distinct(self) -> tuple[int, int]:
+        """Return the numbers of users and items that still have events."""
+        users = int(np.count_nonzero(self.user_counts()))
+        return users, int(np.count_nonzero(self.item_counts()))
 
 
 def _apply(
-    raw: RawLog, keep: np.ndarray, round_number: int, name: str, value: int, steps: list[FilterStep]
-) -> RawLog:
+    log: _CodedLog,
+    keep: np.ndarray,
+    round_number: int,
+    name: str,
+    value: int,
+    steps: list[FilterStep],
+) -> _CodedLog:
     """Keep the events in `keep`, record the step, and raise DataError if nothing is left."""
     removed = int(len(keep) - np.count_nonzero(keep))
-    users_before, items_before = len(np.unique(raw.users)), len(np.unique(raw.items))
-    filtered = raw.select(keep) if removed else raw
-    users_after = len(np.unique(filtered.users)) if removed else users_before
-    items_after = len(np.unique(filtered.items)) if removed else items_before
+    users_before, items_before = log.distinct()
+    filtered = log.select(keep) if removed else log
+    users_after, items_after = filtered.distinct() if removed else (users_before, items_before)
     steps.append(
         FilterStep(
             round=round_number,
@@ -224,10 +263,10 @@ def _apply(
             items_removed=items_before - items_after,
         )
     )
-    if len(filtered) == 0:
+    if len(filtered.raw) == 0:
         fix = "raise" if name == "max_user_events" else "lower"
         raise DataError(
-            f"{raw.source}: the filter {name}={value} removed every remaining event in round "
+            f"{log.raw.source}: the filter {name}={value} removed every remaining event in round "
             f"{round_number}: {fix} {FILTER_FLAGS[name]}"
         )
     return filtered
@@ -237,36 +276,36 @@ def filter_log(raw: RawLog, config: FilterConfig) -> tuple[RawLog, FilterReport]
     """Apply the filters in rounds until a fixed point; return the kept events and the report."""
     steps: list[FilterStep] = []
     events_before = len(raw)
-    users_before, items_before = len(np.unique(raw.users)), len(np.unique(raw.items))
+    log = _CodedLog.of(raw)
+    users_before, items_before = log.distinct()
     round_number = 0
     while True:
         round_number += 1
-        size_at_start = len(raw)
+        size_at_start = len(log.raw)
 
-        _, item_index, item_counts = _counts(raw.items)
-        keep = item_counts[item_index] >= config.min_item_count
-        raw = _apply(raw, keep, round_number, "min_item_count", config.min_item_count, steps)
+        keep = log.item_counts()[log.item_codes] >= config.min_item_count
+        log = _apply(log, keep, round_number, "min_item_count", config.min_item_count, steps)
 
-        _, user_index, user_counts = _counts(raw.users)
-        keep = user_counts[user_index] >= config.min_user_events
-        raw = _apply(raw, keep, round_number, "min_user_events", config.min_user_events, steps)
+        keep = log.user_counts()[log.user_codes] >= config.min_user_events
+        log = _apply(log, keep, round_number, "min_user_events", config.min_user_events, steps)
 
         if config.max_user_events is not None:
-            _, user_index, user_counts = _counts(raw.users)
-            keep = user_counts[user_index] <= config.max_user_events
-            raw = _apply(raw, keep, round_number, "max_user_events", config.max_user_events, steps)
+            keep = log.user_counts()[log.user_codes] <= config.max_user_events
+            log = _apply(log, keep, round_number, "max_user_events", config.max_user_events, steps)
 
-        if len(raw) == size_at_start:
+        if len(log.raw) == size_at_start:
             break
+    raw = log.raw
+    users_after, items_after = log.distinct()
     report = FilterReport(
         tuple(steps),
         round_number,
         events_before,
         len(raw),
         users_before=users_before,
-        users_after=len(np.unique(raw.users)),
+        users_after=users_after,
         items_before=items_before,
-        items_after=len(np.unique(raw.items)),
+        items_after=items_after,
     )
     for line in report.format_lines():
         logger.info("%s", line)

@@ -20,6 +20,7 @@ from hiertcn.data.sessions import (
     session_starts,
     sort_events,
 )
+from hiertcn.data.unique import factorize, unique_inverse
 from hiertcn.data.vocab import ItemVocab
 from hiertcn.errors import DataError
 
@@ -232,8 +233,8 @@ def _map_to_rows(ids: np.ndarray, vocab: ItemVocab, missing: int | None) -> np.n
     """Map external ids (str objects `[n]`) to rows, looking each distinct id up once."""
     if len(ids) == 0:
         return np.zeros(0, dtype=np.int32)
-    unique, inverse = np.unique(ids, return_inverse=True)
-    return vocab.rows(unique, missing=missing)[inverse.reshape(-1)]
+    distinct, codes = factorize(ids)
+    return vocab.rows(distinct, missing=missing)[codes]
 
 
 def build_event_log(
@@ -246,8 +247,7 @@ def build_event_log(
     """
     if len(raw) == 0:
         raise DataError(f"{raw.source}: no events to build an event log from")
-    user_ids, user_codes = np.unique(raw.users, return_inverse=True)
-    user_codes = user_codes.reshape(-1)
+    user_ids, user_codes = unique_inverse(raw.users)
     order = sort_events(user_codes, raw.timestamps, raw.positions)
     codes = user_codes[order]
     timestamps = raw.timestamps[order].astype(np.int64)
@@ -262,8 +262,8 @@ def build_event_log(
     ).astype(np.int64)
 
     if vocab is None:
-        unique, first = np.unique(items_sorted, return_index=True)
-        vocab = ItemVocab(tuple(unique[np.argsort(first, kind="stable")]))
+        first_seen, _codes = factorize(items_sorted)
+        vocab = ItemVocab(tuple(first_seen))
     items = _map_to_rows(items_sorted, vocab, missing=None)
 
     impression_offsets = impressions = None

@@ -24,6 +24,7 @@ from hiertcn.data.time_units import (
     negative_time_fix,
     timestamp_fix,
 )
+from hiertcn.data.unique import factorize
 from hiertcn.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -346,9 +347,8 @@ def _log_duplicates(
     """
     if len(times) < 2:
         return
-    _, user_codes = np.unique(users, return_inverse=True)
-    _, item_codes = np.unique(items, return_inverse=True)
-    user_codes, item_codes = user_codes.reshape(-1), item_codes.reshape(-1)
+    _, user_codes = factorize(users)
+    _, item_codes = factorize(items)
     order = np.lexsort((times, item_codes, user_codes))
     repeats = (
         (np.diff(user_codes[order]) == 0)
