@@ -47,6 +47,9 @@ TEMPORARY_PROBE_PREFIX = "hiertcn-tmp-check-"
 _TIME_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
+# End-to-end latency also spans broker outages and rebalances, which last up to the delivery
+# wait (60 s by default) plus a session timeout (45 s), so its buckets go on to 10 minutes.
+_LATENCY_BUCKETS = (*_TIME_BUCKETS, 60.0, 120.0, 300.0, 600.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 # Seconds of one changelog restore: from 10 ms (an empty partition) to 10 minutes, beyond the
 # default max.poll.interval.ms of 300 s, at which the group evicts the restoring worker.
@@ -136,7 +139,7 @@ def create_metrics(registry: CollectorRegistry | None) -> WorkerMetrics:
         end_to_end_latency=Histogram(
             "hiertcn_end_to_end_latency_seconds",
             "Time from the input message's Kafka timestamp to its output being delivered.",
-            buckets=_TIME_BUCKETS,
+            buckets=_LATENCY_BUCKETS,
             **kwargs,
         ),
         sessions_closed=Counter(

@@ -171,6 +171,9 @@ class RebalanceCallbacks:
                 self._warn_future_watermark(tp.partition, position, now)
             # A partition that arrives with a stored watermark may have idle sessions to close.
             self._timers_due.add(tp.partition)
+            # The lag gauge gets its series now: its reading needs the high watermark of a
+            # fetch, which an empty partition may not deliver before its first message.
+            self.metrics.consumer_lag.labels(str(tp.partition)).set(0)
 
     def _committed_offsets(self, consumer: Consumer, partitions: list[int]) -> dict[int, int]:
         """Return the group's committed offset of each of `partitions` that has one.
@@ -579,12 +582,18 @@ class RebalanceCallbacks:
             logger.info("%s %s (stored position)", reason, position_text(topic, partition, stored))
         # A partition without a stored position starts at 0 here, so 0 means nothing processed.
         if processed is not None and processed > (0 if stored is None else stored):
+            # `processed` is the next offset to process, so the last one processed is one less.
+            span = (
+                f"offsets before {processed}"
+                if stored is None
+                else f"offsets {stored} to {processed - 1}"
+            )
             logger.info(
-                "%s[%d]: offsets up to %d were processed but their commit did not reach the "
-                "state store, so the next owner processes them again",
+                "%s[%d]: %s were processed but their commit did not reach the state store, so "
+                "the next owner processes them again",
                 topic,
                 partition,
-                processed,
+                span,
             )
 
     def _log_unrestored_forgotten(self, reason: str, partition: int) -> None:

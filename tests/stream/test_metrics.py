@@ -128,3 +128,15 @@ def test_pool_aggregate_reports_serving_gauges_once(tmp_path: Path) -> None:
     assert "hiertcn_state_users 502.0" in text
     assert "hiertcn_state_map_used_bytes 2.056192e+06" in text
     assert "hiertcn_input_partitions 6.0" in text
+
+
+def test_end_to_end_latency_resolves_outages() -> None:
+    registry = CollectorRegistry()
+    metrics = create_metrics(registry)
+
+    metrics.end_to_end_latency.observe(45.0)
+
+    name = "hiertcn_end_to_end_latency_seconds_bucket"
+    assert registry.get_sample_value(name, {"le": "30.0"}) == 0.0
+    assert registry.get_sample_value(name, {"le": "60.0"}) == 1.0
+    assert registry.get_sample_value(name, {"le": "600.0"}) == 1.0

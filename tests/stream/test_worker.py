@@ -382,6 +382,17 @@ def test_empty_store_in_new_group_starts_at_earliest() -> None:
     assert [tp.offset for tp in tps] == [OFFSET_BEGINNING, OFFSET_BEGINNING]
 
 
+def test_assigned_partitions_get_lag_series() -> None:
+    worker = make_worker(FakeProducer())
+    store = PositionStore({1: PartitionPosition(40, 1_600_000_000.0)})
+
+    _assign(worker, AssignConsumer({}), store, [0, 1])
+
+    (family,) = worker.metrics.consumer_lag.collect()
+    lags = {sample.labels["partition"]: sample.value for sample in family.samples}
+    assert lags == {"0": 0.0, "1": 0.0}
+
+
 def test_commits_behind_retention_start_at_earliest() -> None:
     worker = make_worker(FakeProducer())
     consumer = AssignConsumer({0: 500}, low=500)
@@ -857,11 +868,11 @@ def test_revoked_partition_logged_at_stored_position(
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         "revoked interactions[0]@60955 (stored position)",
-        "interactions[0]: offsets up to 61019 were processed but their commit did not reach the "
-        "state store, so the next owner processes them again",
+        "interactions[0]: offsets 60955 to 61018 were processed but their commit did not reach "
+        "the state store, so the next owner processes them again",
         "revoked interactions[1]: no stored position, so its next owner starts at the earliest "
         "offset",
-        "interactions[1]: offsets up to 7 were processed but their commit did not reach the "
+        "interactions[1]: offsets before 7 were processed but their commit did not reach the "
         "state store, so the next owner processes them again",
     ]
 
