@@ -10,10 +10,12 @@ whole stream in one run. The start checks of the changelog topic run against the
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from ops.kafka.admin import wait_for_leaders
@@ -74,7 +76,18 @@ def _topic_config(bootstrap: str, topic: str) -> tuple[int, dict[str, str]]:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     partitions = len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
     resource = ConfigResource(ResourceType.TOPIC, topic)
-    entries = admin.describe_configs([resource])[resource].result(10)
+    # A topic created a moment ago can be in the metadata before the broker that answers
+    # DescribeConfigs knows it, which then reports UNKNOWN_TOPIC_OR_PART for a while.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            entries = admin.describe_configs([resource])[resource].result(10)
+            break
+        except KafkaException as error:
+            unknown = error.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+            if not unknown or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
     return partitions, {name: entries[name].value for name in CHANGELOG_TOPIC_CONFIG}
 
 
