@@ -220,6 +220,12 @@ cmd_stop() {
 cmd_restart() {
     local port="$1" stop_timeout="$2" start_timeout="$3"
     if is_running; then
+        # The restart keeps the port, so another --port would fail only after the stop.
+        local bootstrap
+        bootstrap="$(cat "$STATE_DIR/bootstrap")"
+        if [[ "$port" != 0 && "127.0.0.1:$((10#$port))" != "$bootstrap" ]]; then
+            die "the running broker listens on $bootstrap, and restart keeps its port: omit --port"
+        fi
         cmd_stop "$stop_timeout" 1 >&2
     elif [[ ! -f "$STATE_DIR/kept" ]]; then
         die "no broker running for $STATE_DIR and no kept data to resume: use '$0 start'"
@@ -274,11 +280,22 @@ main() {
     if [[ ! "$lines" =~ ^[0-9]{1,9}$ ]]; then
         die "invalid -n $lines: expected a number of lines >= 0"
     fi
+    if [[ ! "$port" =~ ^[0-9]{1,5}$ ]] || ((10#$port > 65535)); then
+        die "invalid port $port: expected 1 to 65535, or 0 for a free port"
+    fi
     # Only start and restart create the state folder; the other commands only read it, so a
-    # mistyped --state-dir leaves no empty folder behind.
+    # mistyped --state-dir leaves no empty folder behind. Every command keeps a symbolic link
+    # in the path as given (`pwd`, `realpath -s`), because is_running matches the broker's
+    # command line, which contains the path that start wrote.
     case "$command" in
         start | restart) STATE_DIR="$(mkdir -p "$STATE_DIR" && cd "$STATE_DIR" && pwd)" ;;
-        *) STATE_DIR="$(realpath -m -- "$STATE_DIR")" ;;
+        *)
+            if [[ -d "$STATE_DIR" ]]; then
+                STATE_DIR="$(cd "$STATE_DIR" && pwd)"
+            else
+                STATE_DIR="$(realpath -m -s -- "$STATE_DIR")"
+            fi
+            ;;
     esac
 
     case "$command" in

@@ -93,6 +93,27 @@ def test_plain_stop_still_deletes_data(tmp_path: Path) -> None:
     assert not (state_dir / "data_dir").exists()
 
 
+def test_linked_state_dir_found_by_status_and_stop(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    started = _script(link, "start")
+    assert started.returncode == 0, started.stderr
+    data_dir = Path((real / "data_dir").read_text().strip())
+    try:
+        status = _script(link, "status")
+        assert status.returncode == 0, status.stderr
+        assert status.stdout == started.stdout.strip().splitlines()[-1] + "\n"
+    finally:
+        stopped = _script(link, "stop")
+
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped the broker" in stopped.stdout + stopped.stderr
+    assert _script(link, "status").returncode == 3
+    assert not data_dir.exists()
+
+
 def test_restart_without_broker_or_kept_data_fails(tmp_path: Path) -> None:
     completed = _script(tmp_path / "kafka", "restart")
 

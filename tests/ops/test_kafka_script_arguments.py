@@ -57,3 +57,23 @@ def test_invalid_number_named(tmp_path: Path, flags: list[str], message: str) ->
     assert completed.returncode == 1
     assert f"kafka.sh: {message}" in completed.stderr
     assert not (tmp_path / "kafka").exists()
+
+
+@pytest.mark.parametrize("port", ["abc", "70000", "-1"])
+def test_invalid_port_rejected_before_any_command(tmp_path: Path, port: str) -> None:
+    completed = _script("restart", "--state-dir", str(tmp_path / "kafka"), "--port", port)
+
+    assert completed.returncode == 1
+    assert f"kafka.sh: invalid port {port}: expected 1 to 65535" in completed.stderr
+
+
+def test_linked_state_dir_keeps_link_path(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+
+    completed = _script("status", "--state-dir", str(link))
+
+    assert completed.returncode == 3
+    assert f"not running (state folder {link})" in completed.stderr
