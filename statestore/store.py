@@ -219,6 +219,8 @@ class StateStore(MapSizing):
             self._databases = self._retry(self._open_databases, "open databases")
             self._check_meta()
             self._data_file = _file_identity(self.path / _DATA_FILE)
+            # The directory that the path led to at open, links resolved, for check_files.
+            self._opened_dir = Path(os.path.realpath(self.path))
         except BaseException:
             # py-lmdb refuses a second open of the same files in one process, so a failed open
             # must not leave the environment open.
@@ -577,23 +579,32 @@ class StateStore(MapSizing):
 
     def check_files(self) -> None:
         """Raise StateFilesReplacedError when the directory's data.mdb is no longer the file
-        that this store opened, because it was deleted, renamed or replaced.
+        that this store opened: it was deleted or replaced, its directory was renamed, a link
+        in the path now points elsewhere, or its volume was unmounted.
 
-        LMDB keeps writing to the open file, so the commits that follow such a change are lost
-        when the store closes.
+        LMDB keeps writing to the open file, so the commits that follow such a change do not
+        reach the path that the next start opens.
         """
         data_path = self.path / _DATA_FILE
         try:
             current = _file_identity(data_path)
-        except FileNotFoundError:
+        except OSError as error:
+            # Not found, not a directory (the directory replaced by a file), a stale NFS handle
+            # or a denied permission: the path no longer leads to the file that was opened.
             current = None
+            change = f"cannot be read ({error.strerror or error})"
+        else:
+            change = "is now another file"
         if current == self._data_file:
             return
-        change = "was deleted" if current is None else "was replaced by another file"
+        same = self._opened_dir == Path(os.path.abspath(self.path))
+        opened = "" if same else f" (opened as {self._opened_dir})"
         raise StateFilesReplacedError(
-            f"state file {data_path} {change} while this process had it open, so the states "
-            "committed since then are not in the state directory: stop the pool, restore the "
-            "directory from a backup (or let --changelog-topic restore it), and start again"
+            f"state file {data_path}{opened} {change}, so the commits that this process made "
+            "since it changed went to the file it opened, not to that path. Stop the pool. If "
+            "the directory was moved or its volume unmounted, put it back, and the commits are "
+            "there; otherwise restore the directory from a backup (or let --changelog-topic "
+            "restore it). Then start again"
         )
 
     def sync(self) -> None:

@@ -35,5 +35,5 @@ def test_deleted_state_dir_stops_pool(
 
     log = pool.log()
     assert code == 2, log
-    assert f"state file {state_dir / 'data.mdb'} was deleted while this process had it open" in log
+    assert f"state file {state_dir / 'data.mdb'} cannot be read (No such file or directory)" in log
     assert "Traceback" not in log
