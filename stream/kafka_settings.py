@@ -88,6 +88,12 @@ _KEY_END = re.compile(r"[:=\s]")
 _KAFKA_ENV_PREFIX = "HIERTCN_KAFKA_"
 
 
+# Suffixes of librdkafka properties that is_secret_key matches by a word in their names, but
+# whose values are file paths, URLs or names, such as ssl.key.location, sasl.kerberos.keytab
+# and sasl.oauthbearer.token.endpoint.url.
+_NOT_SECRET_SUFFIXES = (".location", ".url", ".keytab")
+
+
 def is_secret_key(key: str) -> bool:
     """Return whether the librdkafka setting `key` may contain a credential."""
     lowered = key.strip().lower()
@@ -151,8 +157,9 @@ def check_kafka_setting_text(text: str) -> str:
         raise argparse.ArgumentTypeError(describe_malformed_setting(text))
     key, value = setting
     # `-X sasl.password= SECRET` leaves the secret as a separate argument, which argparse would
-    # print as unrecognized, so an empty secret value stops the parse here as well.
-    if value == "" and is_secret_key(key):
+    # print as unrecognized, so an empty secret value stops the parse here as well. Keys whose
+    # names contain a secret-like word but whose values are paths or URLs may be empty.
+    if value == "" and is_secret_key(key) and not key.endswith(_NOT_SECRET_SUFFIXES):
         raise argparse.ArgumentTypeError(
             f"'{key}=' has an empty value: write -X {key}=VALUE without a space, or better set "
             f"{kafka_env_name(key)}, because ps shows command lines to other users of the host"

@@ -3,6 +3,8 @@ in the argument parser of each command that takes -X."""
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from stream.cli import main
@@ -146,8 +148,23 @@ def test_command_hides_secret_after_empty_value(
     assert "HIERTCN_KAFKA_SASL_PASSWORD" in err
 
 
-def test_empty_plain_value_accepted() -> None:
-    assert check_kafka_setting_text("client.id=") == "client.id="
+@pytest.mark.parametrize(
+    "text",
+    [
+        "client.id=",
+        "ssl.key.location=",
+        "sasl.kerberos.keytab=",
+        "sasl.oauthbearer.token.endpoint.url=",
+    ],
+)
+def test_empty_value_of_path_or_plain_key_accepted(text: str) -> None:
+    assert check_kafka_setting_text(text) == text
+
+
+@pytest.mark.parametrize("key", ["ssl.key.password", "sasl.oauthbearer.client.secret"])
+def test_empty_secret_value_rejected(key: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=f"'{key}=' has an empty value"):
+        check_kafka_setting_text(f"{key}=")
 
 
 def test_command_shows_plain_malformed_setting(capsys: pytest.CaptureFixture[str]) -> None:
