@@ -225,13 +225,21 @@ def _names(value: str | None, default: tuple[str, ...], flag: str = "") -> tuple
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen experiment (or all of them) and print each table."""
-    from hiertcn.commands.train import model_config_from_args, train_config_from_args
+    from hiertcn.commands.train import (
+        check_loss_flags,
+        model_config_from_args,
+        train_config_from_args,
+    )
     from hiertcn.data.options import data_config_from_args
     from hiertcn.experiments.runner import RunCache
     from hiertcn.memory import report_out_of_memory
     from hiertcn.run_info import set_threads
 
     reject_unread_flags(args)
+    # The losses experiment sets --loss itself and reads every loss flag; the others train
+    # with --loss, so a loss flag that it ignores is rejected as `train` rejects it.
+    if args.experiment not in ("losses", "all"):
+        check_loss_flags(args)
     if args.model is None:
         args.model = "hiertcn"
     rate = args.regularization_rate

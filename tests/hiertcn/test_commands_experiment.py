@@ -81,6 +81,19 @@ def test_unread_flag_rejected(tmp_path, capsys, experiment, flags, reason):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("experiment", ["compare", "epoch-times", "analyses", "regularization"])
+def test_loss_flag_unread_by_loss_rejected(tmp_path, capsys, experiment):
+    out = tmp_path / "out"
+    argv = ["experiment", experiment, str(tmp_path / "absent.csv"), "--negatives", "5"]
+
+    code = main([*argv, "--out", str(out)])
+
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "--negatives 5 has no effect with --loss cross_entropy" in error
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("experiment", "hidden"),
     [

@@ -59,12 +59,12 @@ TINY_FLAGS = (
     "2",
     "--batch-size",
     "8",
-    "--negatives",
-    "5",
     "--device",
     "cpu",
     "--no-progress",
 )
+# The loss flags of the losses experiment, which `compare` and the others reject.
+LOSS_FLAGS = ("--negatives", "5")
 
 
 @pytest.fixture(autouse=True)
@@ -335,7 +335,10 @@ def test_run_cache_trains_equal_variants_once(monkeypatch, tmp_path):
 
 
 def _run_experiment(tiny_log: Path, out: Path, name: str, *extra: str) -> None:
-    code = main(["experiment", name, str(tiny_log), *TINY_FLAGS, *extra, "--out", str(out)])
+    # Only the losses experiment reads --negatives; the others reject it under cross-entropy.
+    negatives = LOSS_FLAGS if name in ("losses", "all") else ()
+    argv = ["experiment", name, str(tiny_log), *TINY_FLAGS, *negatives, *extra]
+    code = main([*argv, "--out", str(out)])
     assert code == 0
 
 
@@ -371,23 +374,9 @@ def test_compare_markdown_has_epochs_column(tiny_log, tmp_path):
 
 def test_run_folder_metrics_match_train_command(tiny_log, tmp_path):
     experiment = tmp_path / "experiment"
-    _run_experiment(
-        tiny_log,
-        experiment,
-        "compare",
-        "--models",
-        "hiertcn",
-        "--splits",
-        "cold",
-        "--negatives",
-        "100",
-    )
+    _run_experiment(tiny_log, experiment, "compare", "--models", "hiertcn", "--splits", "cold")
     train_out = tmp_path / "train"
-    # `train` rejects --negatives with its default cross-entropy loss, which ignores it, so
-    # both runs take the default of 100 negatives that the metrics record.
-    flags = list(TINY_FLAGS)
-    del flags[flags.index("--negatives") : flags.index("--negatives") + 2]
-    argv = ["train", str(tiny_log), *flags, "--model", "hiertcn", "--out", str(train_out)]
+    argv = ["train", str(tiny_log), *TINY_FLAGS, "--model", "hiertcn", "--out", str(train_out)]
     assert main(argv) == 0
 
     from_experiment = json.loads(
@@ -590,7 +579,7 @@ def test_all_trains_shared_variants_once(tiny_log, tmp_path, monkeypatch):
 
 
 def test_experiment_all_rejects_unknown_skip(tiny_log, tmp_path, capsys):
-    argv = ["experiment", "all", str(tiny_log), *TINY_FLAGS, "--skip", "plots"]
+    argv = ["experiment", "all", str(tiny_log), *TINY_FLAGS, *LOSS_FLAGS, "--skip", "plots"]
     code = main([*argv, "--out", str(tmp_path)])
 
     assert code == ConfigError.exit_code
