@@ -164,7 +164,20 @@ def small_share_hint(report: FilterReport) -> str | None:
         f"{FILTER_FLAGS[name]} {value} removed {count_noun(events, 'event')}"
         for name, (value, events) in removed.items()
     )
-    hint = f"the filters kept only {kept_counts}: {removals}. {_fix(removed)}"
+    if share < SMALL_SHARE:
+        lead = "the filters kept only"
+    else:
+        # The hint is due to a single user or item left, which the lead then names first.
+        single = [
+            noun
+            for noun, before, after in (
+                ("user", report.users_before, report.users_after),
+                ("item", report.items_before, report.items_after),
+            )
+            if after == 1 and before is not None and before > 1
+        ]
+        lead = f"the filters left a single {' and a single '.join(single)}, keeping"
+    hint = f"{lead} {kept_counts}: {removals}. {_fix(removed)}"
     # The note suggests lower minimums, so it applies only where a minimum kept its default.
     defaults = asdict(FilterConfig())
     if any(

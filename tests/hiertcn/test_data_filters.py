@@ -192,12 +192,15 @@ def test_small_share_hint_for_one_item_left():
     removed = {"min_item_count": (5, 100)}
     hint = small_share_hint(report_with(removed, events_after=900, items_after=1))
     assert hint is not None
+    assert hint.startswith("the filters left a single item, keeping 900 of ")
     assert "--min-item-count 5 removed 100 events" in hint
 
 
 def test_small_share_hint_for_one_user_left():
     removed = {"min_user_events": (3, 100)}
-    assert small_share_hint(report_with(removed, events_after=900, users_after=1)) is not None
+    hint = small_share_hint(report_with(removed, events_after=900, users_after=1))
+    assert hint is not None
+    assert hint.startswith("the filters left a single user, keeping 900 of ")
 
 
 def test_small_share_hint_absent_for_large_share():
@@ -238,7 +241,8 @@ def test_small_share_hint_logged_as_warning(tmp_path, caplog):
         filter_log(raw_from_rows(tmp_path, rows), config)
     warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
     assert warnings == [
-        "the filters kept only 2 of 3 events (66.7%), 1 of 2 users and 1 of 2 items: "
+        "the filters left a single user and a single item, keeping 2 of 3 events (66.7%), "
+        "1 of 2 users and 1 of 2 items: "
         "--min-item-count 2 removed 1 event. To keep more, lower --min-item-count"
     ]
 
