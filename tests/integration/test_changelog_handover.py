@@ -74,10 +74,11 @@ def _topic_config(bootstrap: str, topic: str) -> tuple[int, dict[str, str]]:
     """Return the partition count of `topic` and the values of the settings that
     `--create-topics` gives a changelog topic."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
+    # A topic created a moment ago can be listed without its partitions until they have
+    # leaders, and DescribeConfigs can report UNKNOWN_TOPIC_OR_PART for a while after that.
+    wait_for_leaders(admin, [topic], 30)
     partitions = len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
     resource = ConfigResource(ResourceType.TOPIC, topic)
-    # A topic created a moment ago can be in the metadata before the broker that answers
-    # DescribeConfigs knows it, which then reports UNKNOWN_TOPIC_OR_PART for a while.
     deadline = time.monotonic() + 30
     while True:
         try:
