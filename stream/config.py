@@ -638,11 +638,11 @@ def _check_delivery_wait(config: WorkerConfig) -> None:
 
 def _check_range(config: WorkerConfig, name: str, low: float, high: float) -> None:
     value = getattr(config, name)
-    shown = format_option(config, name, format_number(value))
+    setting = format_option(config, name, format_number(value))
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{shown} is invalid: use a finite number")
+        raise ConfigError(f"{setting} is invalid: use a finite number")
     if not low <= value <= high:
-        raise ConfigError(f"{shown} is invalid: use a value from {low} to {high}")
+        raise ConfigError(f"{setting} is invalid: use a value from {low} to {high}")
 
 
 def _check_size_range(config: WorkerConfig, name: str, low: int, high: int) -> None:

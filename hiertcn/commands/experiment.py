@@ -236,8 +236,8 @@ def run(args: argparse.Namespace) -> int:
     from hiertcn.run_info import set_threads
 
     reject_unread_flags(args)
-    # The losses experiment sets --loss itself and reads every loss flag; the others train
-    # with --loss, so a loss flag that it ignores is rejected as `train` rejects it.
+    # The losses experiment trains with every loss, so every loss flag matters there. The
+    # others train with --loss alone, and reject a loss flag that it ignores, as `train` does.
     if args.experiment not in ("losses", "all"):
         check_loss_flags(args)
     if args.model is None:
