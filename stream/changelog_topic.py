@@ -61,6 +61,8 @@ def check_changelog_topic(admin: AdminClient, config: WorkerConfig, metadata: An
             f"changelog topic {topic} does not exist: create it with {partitions} partitions "
             f"(as {config.input_topic}) and compaction, {command}, or pass --create-topics"
         )
+    # NOTE: a topic that another host created a moment ago can be listed without partitions
+    # until they have leaders, and this check then reports 0 partitions; nothing waits here.
     if len(described.partitions) != partitions:
         policy = read_cleanup_policy(admin, config)
         raise ChangelogError(
