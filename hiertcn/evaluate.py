@@ -12,12 +12,13 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from hiertcn.batching import Batch, BatchConfig, BatchGenerator
+from hiertcn.data.counts import count_noun
 from hiertcn.metrics import (
     RECALL_CUTOFFS,
     EventRanks,
@@ -27,6 +28,9 @@ from hiertcn.metrics import (
     summarize_ranks,
 )
 from hiertcn.progress import ProgressBar
+
+if TYPE_CHECKING:
+    from hiertcn.data.log import EventLog
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +217,7 @@ def _rank_batch(
 
 
 def _count_pools(
-    log,
+    log: EventLog,
     ranks: EventRanks,
     with_pool: np.ndarray,
     known: np.ndarray | None,
@@ -289,7 +293,7 @@ def _rank_in_impressions(
 
 def describe_pools(pools: PoolCounts) -> str:
     """Describe in one line which pools the scored events were ranked among, for the table."""
-    catalog = f"the whole catalog of {pools.catalog_items} items"
+    catalog = f"the whole catalog of {count_noun(pools.catalog_items, 'item')}"
     if not pools.use_impressions:
         return f"pool: {catalog} for every event (--no-impressions)"
     if pools.impressions_events == 0 and pools.unknown_only_lists == 0:
@@ -297,12 +301,12 @@ def describe_pools(pools: PoolCounts) -> str:
 
     parts = []
     if pools.impressions_events:
-        part = f"impressions for {_count_events(pools.impressions_events)}"
+        part = f"impressions for {count_noun(pools.impressions_events, 'event')}"
         if pools.single_item_pools:
             part += f" ({pools.single_item_pools} with only the clicked item, ranked 1)"
         parts.append(part)
     if pools.catalog_events:
-        part = f"{catalog} for {_count_events(pools.catalog_events)}"
+        part = f"{catalog} for {count_noun(pools.catalog_events, 'event')}"
         if pools.unknown_only_lists:
             part += (
                 f" ({pools.unknown_only_lists} whose shown items are all outside the vocabulary)"
@@ -316,10 +320,6 @@ def describe_pools(pools: PoolCounts) -> str:
             f"; {pools.unknown_impression_ids} impression ids outside the vocabulary were dropped"
         )
     return line
-
-
-def _count_events(count: int) -> str:
-    return f"{count} event" if count == 1 else f"{count} events"
 
 
 def warn_single_item_pools(pools: PoolCounts) -> None:

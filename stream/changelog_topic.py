@@ -62,7 +62,7 @@ def check_changelog_topic(admin: AdminClient, config: WorkerConfig, metadata: An
             f"(as {config.input_topic}) and compaction, {command}, or pass --create-topics"
         )
     # NOTE: a topic that another host created a moment ago can be listed without partitions
-    # until they have leaders, and this check then reports 0 partitions; nothing waits here.
+    # until they have leaders. Nothing waits here, so this check then reports 0 partitions.
     if len(described.partitions) != partitions:
         policy = read_cleanup_policy(admin, config)
         raise ChangelogError(

@@ -169,7 +169,7 @@ def parse_tolerance(text: str) -> float | None:
 
 
 def parse_bind_address(text: str) -> str:
-    """Parse a listen address; an IPv6 address may come in URL brackets, as in `[::1]`."""
+    """Parse a listen address. An IPv6 address may come in URL brackets, as in `[::1]`."""
     if text.startswith("[") and text.endswith("]"):
         return text[1:-1]
     return text

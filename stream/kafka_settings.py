@@ -89,7 +89,7 @@ _KAFKA_ENV_PREFIX = "HIERTCN_KAFKA_"
 
 
 # Suffixes of librdkafka properties that is_secret_key matches by a word in their names, but
-# whose values are file paths, URLs or names, such as ssl.key.location, sasl.kerberos.keytab
+# whose values are file paths or URLs, such as ssl.key.location, sasl.kerberos.keytab
 # and sasl.oauthbearer.token.endpoint.url.
 _NOT_SECRET_SUFFIXES = (".location", ".url", ".keytab")
 
