@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 # Prefix of the namespace attributes that count `-v` at each parser level.
 _VERBOSE_PREFIX = "verbose_"
@@ -19,6 +20,12 @@ _VERBOSE_PREFIX = "verbose_"
 # The pid distinguishes the lines of the worker processes of a `hiertcn-stream run` pool.
 LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 
+
+# Namespace attribute of the texts of the float flags that `StoreFloat` parsed, by flag.
+FLAG_TEXTS = "flag_texts"
+# The magnitudes of the nonzero numbers that a 64-bit float represents: the smallest subnormal
+# number, and a bound just below the largest finite number, 1.7976931348623157e308.
+FLOAT_RANGE = "4.9e-324 to 1.79e308"
 
 # Largest seed: torch.manual_seed takes at most 2**64 - 1, and a signed 64-bit value also fits
 # every checkpoint and JSON reader.
@@ -45,10 +52,91 @@ class RecordGiven(argparse.Action):
 
 
 def format_number(value: float) -> str:
-    """Format a flag's number for a message as a user types it: `0` for 0.0, `0.05` as is."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+    """Format a flag's number for a message as a user types it: `0` for 0.0, `0.05` as is,
+    and `1e-7` where `repr` writes `1e-07`."""
+    if not isinstance(value, float):
+        return str(value)
+    if value.is_integer() and abs(value) < 1e16:
         return str(int(value))
-    return repr(value) if isinstance(value, float) else str(value)
+    text = repr(value)
+    mantissa, _, exponent = text.partition("e")
+    return f"{mantissa}e{int(exponent)}" if exponent else text
+
+
+def format_flag_number(value: float, flag: str, texts: Mapping[str, str]) -> str:
+    """Format the number of `flag` for a message: the text that the user typed if `texts` (flag
+    to text, see `StoreFloat`) contains one that still parses to `value`, else
+    `format_number(value)`."""
+    text = texts.get(flag)
+    if text is None:
+        return format_number(value)
+    try:
+        typed = float(text)
+    except ValueError:
+        typed = None  # a text that is not a number is never shown
+    return text if typed == value else format_number(value)
+
+
+def flag_texts(args: argparse.Namespace) -> Mapping[str, str]:
+    """Return the texts of the float flags that `StoreFloat` recorded in `args`, by flag."""
+    return getattr(args, FLAG_TEXTS, {})
+
+
+def parse_float_flag(text: str) -> float:
+    """Parse the text of a float flag. Raise ValueError naming the text when it is not a number,
+    or when it is a nonzero number that a 64-bit float cannot represent.
+
+    `float` reads such a number as 0.0 (`1e-400`) or inf (`1e400`), which the flag's own range
+    check would then report as a value that the user never typed. The words inf and nan pass,
+    so that the flag's own check judges them.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is invalid: use a number such as 0.5") from None
+    written = text.strip()
+    mantissa = written.lower().partition("e")[0]
+    underflow = value == 0.0 and any(digit in mantissa for digit in "123456789")
+    overflow = math.isinf(value) and "inf" not in written.lower()
+    if underflow or overflow:
+        raise ValueError(
+            f"{written} is invalid, because a 64-bit float reads it as {format_number(value)}: "
+            f"use 0 or a number whose magnitude is from {FLOAT_RANGE}"
+        )
+    return value
+
+
+def read_float_flag(action: argparse.Action, namespace: argparse.Namespace, text: str) -> float:
+    """Parse the text of the float flag of `action` with `parse_float_flag`, and record the text
+    in `namespace` under `FLAG_TEXTS`. An invalid text raises the `argparse.ArgumentError`
+    that argparse prints with the usage."""
+    try:
+        value = parse_float_flag(text)
+    except ValueError as error:
+        raise argparse.ArgumentError(action, str(error)) from None
+    texts = {**getattr(namespace, FLAG_TEXTS, {}), action.option_strings[0]: text.strip()}
+    setattr(namespace, FLAG_TEXTS, texts)
+    return value
+
+
+class StoreFloat(argparse.Action):
+    """Store the number of a float flag, parsed by `read_float_flag`, which also records the text
+    as typed, so that messages can quote it (`format_flag_number`).
+
+    NOTE: only `hiertcn train`, `hiertcn experiment` and `hiertcn-stream produce` use it. The
+    float flags of hiertcn/data/options.py, `hiertcn export`, `hiertcn-stream state`, `run` and
+    `replay`, and ops/demo/run.py still read 1e-400 as 0, and their messages show the parsed
+    number, not the text as typed.
+    """
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, read_float_flag(self, namespace, str(values)))
 
 
 def seed(text: str) -> int:

@@ -291,13 +291,18 @@ def _rank_in_impressions(
     return ranks, pool_sizes
 
 
-def describe_pools(pools: PoolCounts) -> str:
-    """Describe in one line which pools the scored events were ranked among, for the table."""
+def describe_pools(pools: PoolCounts, split: str | None = None) -> str:
+    """Describe in one line which pools the scored events were ranked among, for the table.
+
+    `split` names the split of the events, as in `pool (cold split): ...`, for a table whose rows
+    come from several splits.
+    """
+    prefix = "pool: " if split is None else f"pool ({split} split): "
     catalog = f"the whole catalog of {count_noun(pools.catalog_items, 'item')}"
     if not pools.use_impressions:
-        return f"pool: {catalog} for every event (--no-impressions)"
+        return f"{prefix}{catalog} for every event (--no-impressions)"
     if pools.impressions_events == 0 and pools.unknown_only_lists == 0:
-        return f"pool: {catalog} for every event (no ranked event has impressions)"
+        return f"{prefix}{catalog} for every event (no ranked event has impressions)"
 
     parts = []
     if pools.impressions_events:
@@ -312,7 +317,7 @@ def describe_pools(pools: PoolCounts) -> str:
                 f" ({pools.unknown_only_lists} whose shown items are all outside the vocabulary)"
             )
         parts.append(part)
-    line = "pool: " + ", ".join(parts)
+    line = prefix + ", ".join(parts)
     if pools.unknown_impression_ids == 1:
         line += "; 1 impression id outside the vocabulary was dropped"
     elif pools.unknown_impression_ids:

@@ -10,6 +10,7 @@ upper case with `_` for `.` and `__` for `_` (`HIERTCN_KAFKA_SECURITY_PROTOCOL=S
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -49,6 +50,19 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
 # the store rejects a larger initial map.
 MIN_STATE_MAP_SIZE = 1 << 20
 MAX_STATE_MAP_SIZE = MAX_MAP_SIZE
+# The fixes that the errors of --metrics-address name. The port has a flag of its own.
+_BIND_ADDRESS_FIX = (
+    "use a host name, an IPv4 address, or an IPv6 address with or without brackets, such as "
+    "localhost, 127.0.0.1, ::1 or [::1]"
+)
+_BIND_ADDRESS_PORT_FIX = (
+    "give the port with --metrics-port (HIERTCN_METRICS_PORT), and the address alone, such as "
+    "127.0.0.1, localhost, ::1 or [::1]"
+)
+_BIND_ADDRESS_BRACKETS_FIX = (
+    "write an IPv6 address in one pair of brackets or none (::1 or [::1]), or a host name or "
+    "IPv4 address such as localhost or 127.0.0.1"
+)
 # Limits of --session-gap in seconds (one millisecond to 365 days), for `run` and `replay`.
 MIN_SESSION_GAP = 1e-3
 MAX_SESSION_GAP = 365 * 86_400
@@ -169,10 +183,43 @@ def parse_tolerance(text: str) -> float | None:
 
 
 def parse_bind_address(text: str) -> str:
-    """Parse a listen address. An IPv6 address may come in URL brackets, as in `[::1]`."""
-    if text.startswith("[") and text.endswith("]"):
-        return text[1:-1]
+    """Parse a listen address without port: a host name, an IPv4 address, or an IPv6 address
+    with or without URL brackets (`::1` or `[::1]`). Return it without the brackets.
+
+    Raises OptionValueError for a port in the address, for brackets that do not enclose exactly
+    one IPv6 address, for colons outside an IPv6 address, and for a blank text. The resolver
+    judges the host names that pass.
+    """
+    if text.startswith("["):
+        inner, closed, rest = text[1:].partition("]")
+        if closed and _is_port_suffix(rest) and _is_ipv6(inner):
+            raise OptionValueError(text, _BIND_ADDRESS_PORT_FIX)
+        if not closed or rest or not _is_ipv6(inner):
+            raise OptionValueError(text, _BIND_ADDRESS_BRACKETS_FIX)
+        return inner
+    if "[" in text or "]" in text:
+        raise OptionValueError(text, _BIND_ADDRESS_BRACKETS_FIX)
+    if not text.strip():
+        raise OptionValueError(text, _BIND_ADDRESS_FIX)
+    if text.count(":") == 1:
+        # HOST:PORT. An IPv6 address has at least two colons.
+        raise OptionValueError(text, _BIND_ADDRESS_PORT_FIX)
+    if ":" in text and not _is_ipv6(text):
+        raise OptionValueError(text, _BIND_ADDRESS_FIX)
     return text
+
+
+def _is_ipv6(text: str) -> bool:
+    """Return whether `text` is an IPv6 address, with an optional zone such as `%eth0`."""
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_port_suffix(text: str) -> bool:
+    return len(text) > 1 and text[0] == ":" and text[1:].isdigit()
 
 
 def _optional_int(text: str) -> int | None:
@@ -275,8 +322,8 @@ OPTIONS: tuple[Option, ...] = (
         "metrics_address",
         "--metrics-address",
         parse_bind_address,
-        "address of the /metrics endpoint; an IPv6 address may be written with or without "
-        "brackets (::1 or [::1])",
+        "address of the /metrics endpoint, without port (see --metrics-port): a host name, an "
+        "IPv4 address, or an IPv6 address with or without brackets (::1 or [::1])",
         "ADDR",
     ),
     Option(

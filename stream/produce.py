@@ -17,7 +17,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from stream.config import check_topic_name, format_number, format_setting
+from hiertcn.command_line import format_flag_number, format_number
+from stream.config import MAX_SESSION_GAP, MIN_SESSION_GAP, check_topic_name, format_setting
 from stream.errors import ConfigError, StreamError
 from stream.kafka_settings import check_flag_settings, describe_invalid_setting, setting_source
 from stream.records import Record, encode_fields
@@ -45,6 +46,15 @@ MESSAGE_TIMEOUT_NAMES = (
 )
 # Seconds of the session gap of the order check, the default of an exported bundle.
 DEFAULT_SESSION_GAP = 1800.0
+# Limits of --session-gap, in the unit of the events' ts: the limits of `run`'s --session-gap in
+# seconds, with the maximum counted in milliseconds, because the events' ts may be in either.
+# NOTE: produce cannot tell the unit, so with ts in seconds it accepts gaps up to 1000 x 365 days.
+MIN_PRODUCE_SESSION_GAP = MIN_SESSION_GAP
+MAX_PRODUCE_SESSION_GAP = MAX_SESSION_GAP * 1000.0
+# Minimum --rate in events per second: one event per MAX_TIMEOUT_SECONDS, the longest wait of
+# this command. A lower rate waits longer between two events than any timeout here, and a
+# subnormal rate such as 1e-320 puts the second event at infinity, so the run never ends.
+MIN_RATE = 1.0 / MAX_TIMEOUT_SECONDS
 # librdkafka settings that a flag of `produce` sets, with that flag. --flush-timeout sets
 # message.timeout.ms too, but -X message.timeout.ms may replace it unless both are given
 # (`stream.commands.produce`), because only -X can set 0, no limit.
@@ -79,6 +89,8 @@ class ProduceConfig:
     flush_timeout: seconds to wait at the end for the outstanding deliveries.
     session_gap: the worker's session gap, in the unit of the events' `ts`. The report counts
         the events that the worker receives this much behind their partition's watermark.
+    flag_texts: the texts of the float flags as the user typed them, by flag, which the error
+        messages quote (see `hiertcn.command_line.StoreFloat`).
     """
 
     brokers: str
@@ -89,6 +101,7 @@ class ProduceConfig:
     connect_timeout: float = 10.0
     flush_timeout: float = 60.0
     session_gap: float = DEFAULT_SESSION_GAP
+    flag_texts: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.brokers:
@@ -96,22 +109,37 @@ class ProduceConfig:
         if not self.topic:
             raise ConfigError("no topic given: pass --topic NAME")
         check_topic_name(self.topic, "--topic")
-        if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
+        if self.rate is not None and not (math.isfinite(self.rate) and self.rate >= MIN_RATE):
             raise ConfigError(
-                f"--rate {format_number(self.rate)} is invalid: use a positive number of events "
-                "per second, or leave --rate out to publish as fast as possible"
+                f"--rate {self._typed('--rate', self.rate)} is invalid: use at least "
+                f"{format_number(MIN_RATE)} events per second (one event per "
+                f"{MAX_TIMEOUT_SECONDS:.0f} s), or leave --rate out to publish as fast as possible"
             )
         if self.limit is not None and self.limit < 0:
             raise ConfigError(f"--limit {self.limit} is invalid: use an integer >= 0")
-        _check_timeout("--connect-timeout", self.connect_timeout)
-        _check_timeout("--flush-timeout", self.flush_timeout)
-        if not (math.isfinite(self.session_gap) and self.session_gap > 0):
+        self._check_timeout("--connect-timeout", self.connect_timeout)
+        self._check_timeout("--flush-timeout", self.flush_timeout)
+        gap = self.session_gap
+        if not (math.isfinite(gap) and MIN_PRODUCE_SESSION_GAP <= gap <= MAX_PRODUCE_SESSION_GAP):
             raise ConfigError(
-                f"--session-gap {format_number(self.session_gap)} is invalid: use a positive "
-                "number of seconds"
+                f"--session-gap {self._typed('--session-gap', gap)} is invalid: use a value from "
+                f"{MIN_PRODUCE_SESSION_GAP:g} to {MAX_PRODUCE_SESSION_GAP:.0f} in the unit of "
+                "the events' ts (the maximum is 365 days in milliseconds)"
             )
         check_flag_settings(self.overrides, FLAG_KAFKA_SETTINGS, {})
         check_linger_below_message_timeout(self.producer_settings(), self.overrides)
+
+    def _typed(self, flag: str, value: float) -> str:
+        """Return the number of `flag` as the user typed it, for a message."""
+        return format_flag_number(value, flag, self.flag_texts)
+
+    def _check_timeout(self, flag: str, seconds: float) -> None:
+        """Raise `ConfigError` unless `seconds` is a finite timeout that librdkafka can take."""
+        if not (math.isfinite(seconds) and MIN_TIMEOUT_SECONDS <= seconds <= MAX_TIMEOUT_SECONDS):
+            raise ConfigError(
+                f"{flag} {self._typed(flag, seconds)} is invalid: use a number of seconds from "
+                f"{MIN_TIMEOUT_SECONDS:g} to {MAX_TIMEOUT_SECONDS:.0f}"
+            )
 
     def producer_settings(self) -> dict[str, Any]:
         """Return the librdkafka settings of the producer."""
@@ -129,15 +157,6 @@ class ProduceConfig:
         # librdkafka's own log lines go through Python logging, served by poll(), not stderr.
         settings["logger"] = logging.getLogger(f"{__name__}.librdkafka")
         return settings
-
-
-def _check_timeout(flag: str, seconds: float) -> None:
-    """Raise `ConfigError` unless `seconds` is a finite timeout that librdkafka can take."""
-    if not (math.isfinite(seconds) and MIN_TIMEOUT_SECONDS <= seconds <= MAX_TIMEOUT_SECONDS):
-        raise ConfigError(
-            f"{flag} {format_number(seconds)} is invalid: use a number of seconds from "
-            f"{MIN_TIMEOUT_SECONDS:g} to {MAX_TIMEOUT_SECONDS:.0f}"
-        )
 
 
 def check_linger_below_message_timeout(

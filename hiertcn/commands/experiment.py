@@ -9,10 +9,12 @@ Subcommands: `compare` (every model, cold and warm start), `epoch-times` (second
 padded input bytes per batch, as ratios to HierTCN), `losses` (HierTCN under each training
 loss), `regularization` (HierTCN with no regularizer, each one alone, and all), `analyses` (MRP
 against past interactions, position in session and time since the previous session, as PNG
-plots), and `all`. Each writes a Markdown table and JSON into --out. Every variant gets the same
-data, model sizes, training settings and seed. Within one command a variant that two
-experiments share is trained once: `all` reuses the cold-start runs of `compare` for `epoch-times`
-and `analyses`, so their epoch times come from that same run.
+plots), and `all`. Each writes a Markdown table and JSON into --out. A table of test metrics has
+a `pool:` line under it, as `hiertcn evaluate` prints, that counts the test events ranked among
+their impressions and among the whole catalog. Every variant gets the same data, model sizes,
+training settings and seed. Within one command a variant that two experiments share is trained
+once: `all` reuses the cold-start runs of `compare` for `epoch-times` and `analyses`, so their
+epoch times come from that same run.
 
 A subcommand rejects the flags that it does not read (`losses` trains every loss, so it rejects
 --loss), and its --help leaves them out. No subcommand reads --split: `compare` trains on each
@@ -28,11 +30,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from hiertcn import command_line
 from hiertcn.data.counts import count_noun
 from hiertcn.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hiertcn.experiments.runner import VariantResult
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +162,7 @@ def _add_arguments(sub: argparse.ArgumentParser, name: str) -> None:
     )
     sub.add_argument(
         "--regularization-rate",
-        type=float,
+        action=command_line.StoreFloat,
         default=0.2,
         help="dropout rate of the regularization comparison (default: 0.2)",
     )
@@ -244,7 +251,10 @@ def run(args: argparse.Namespace) -> int:
         args.model = "hiertcn"
     rate = args.regularization_rate
     if not 0.0 < rate < 1.0:
-        raise ConfigError(f"--regularization-rate {rate} is invalid: use a rate in (0, 1)")
+        rate_text = command_line.format_flag_number(
+            rate, "--regularization-rate", command_line.flag_texts(args)
+        )
+        raise ConfigError(f"--regularization-rate {rate_text} is invalid: use a rate in (0, 1)")
     chosen = _chosen_experiments(args)
     _check_names(args, chosen)
     data = data_config_from_args(args)
@@ -432,7 +442,8 @@ def _run_compare(data, model, train, args, cache) -> None:
 
     splits = _names(args.splits, ("cold", "warm"), "--splits")
     variants = model_variants(model, train, _names(args.models, COMPARISON_MODELS, "--models"))
-    rows = [cache.run(variant, split).row() for split in splits for variant in variants]
+    results = [cache.run(variant, split) for split in splits for variant in variants]
+    rows = [result.row() for result in results]
     columns = (
         "model",
         "split",
@@ -443,7 +454,8 @@ def _run_compare(data, model, train, args, cache) -> None:
         "parameters",
     )
     setup = _setup(data, variants, splits)
-    path = write_report(args.out, "compare", "Model comparison", rows, columns, setup)
+    notes = describe_result_pools(results)
+    path = write_report(args.out, "compare", "Model comparison", rows, columns, setup, notes)
     print(path.read_text(encoding="utf-8"))
 
 
@@ -473,10 +485,13 @@ def _run_losses(data, model, train, args, cache) -> None:
     from hiertcn.experiments.runner import LOSSES, loss_variants
 
     variants = loss_variants(model, train, LOSSES)
-    rows = [{**cache.run(variant, "cold").row(), "loss": variant.label} for variant in variants]
+    results = [cache.run(variant, "cold") for variant in variants]
+    rows = [{**result.row(), "loss": result.variant.label} for result in results]
     columns = ("loss", *METRIC_COLUMNS, "best_epoch", "epochs")
     title = f"Loss comparison ({model.name}, cold start)"
-    path = write_report(args.out, "losses", title, rows, columns, _setup(data, variants))
+    setup = _setup(data, variants)
+    notes = describe_result_pools(results)
+    path = write_report(args.out, "losses", title, rows, columns, setup, notes)
     print(path.read_text(encoding="utf-8"))
 
 
@@ -485,11 +500,13 @@ def _run_regularization(data, model, train, args, cache) -> None:
     from hiertcn.experiments.runner import regularization_variants
 
     variants = regularization_variants(model, train, args.regularization_rate)
-    rows = [cache.run(variant, "cold").row() for variant in variants]
+    results = [cache.run(variant, "cold") for variant in variants]
+    rows = [result.row() for result in results]
     columns = ("variant", *METRIC_COLUMNS, "best_epoch", "epochs")
     title = f"Regularization comparison ({model.name}, cold start)"
     setup = _setup(data, variants)
-    path = write_report(args.out, "regularization", title, rows, columns, setup)
+    notes = describe_result_pools(results)
+    path = write_report(args.out, "regularization", title, rows, columns, setup, notes)
     print(path.read_text(encoding="utf-8"))
 
 
@@ -500,6 +517,7 @@ def _run_analyses(data, model, train, args, cache) -> None:
 
     variants = model_variants(model, train, _names(args.models, ANALYSIS_MODELS, "--models"))
     results = [cache.run(variant, "cold") for variant in variants]
+    notes = describe_result_pools(results)
     for binning in BINNINGS:
         series = {
             result.variant.label: binned_mrp(result.evaluation.ranks, binning) for result in results
@@ -514,8 +532,30 @@ def _run_analyses(data, model, train, args, cache) -> None:
             rows,
             ("model", "bin", "events", "mrp"),
             _setup(data, variants),
+            notes,
         )
     print(f"analysis plots: {', '.join(f'mrp_vs_{b.name}.png' for b in BINNINGS)}")
+    print("\n".join(notes))
+
+
+def describe_result_pools(results: Sequence[VariantResult]) -> list[str]:
+    """Describe the test pools of `results` in `pool:` lines, as `hiertcn evaluate` prints them,
+    and log evaluate's warning when some pools contain only the clicked item.
+
+    The variants of one split rank the same test events with the same vocabulary, so their
+    counts match and the split gets one line (else one line per distinct count). The lines
+    name the split when `results` come from more than one.
+    """
+    from hiertcn.evaluate import describe_pools, warn_single_item_pools
+
+    splits = list(dict.fromkeys(result.split for result in results))
+    lines = []
+    for split in splits:
+        counts = [result.evaluation.pools for result in results if result.split == split]
+        for pools in dict.fromkeys(counts):
+            warn_single_item_pools(pools)
+            lines.append(describe_pools(pools, split if len(splits) > 1 else None))
+    return lines
 
 
 _RUNNERS = {

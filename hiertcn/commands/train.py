@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
 
     from hiertcn.data.options import Dataset
+    from hiertcn.evaluate import EvaluationResult
     from hiertcn.losses import LossConfig
     from hiertcn.models.config import ModelConfig
     from hiertcn.train import TrainConfig, TrainResult
@@ -34,8 +35,9 @@ EPILOG = """example:
 
 It prints the data summary and the filter report, then trains with early stopping on validation
 MRR and writes best.pt and last.pt into --out. Then it evaluates best.pt on the test split, prints
-the metric table, and stores the test metrics in best.pt and in metrics.json. It rejects an --out
-folder that already contains best.pt or last.pt unless --resume or --force is given.
+the metric table with a `pool:` line under it (as `hiertcn evaluate` does), and stores the test
+metrics in best.pt and in metrics.json. It rejects an --out folder that already contains best.pt
+or last.pt unless --resume or --force is given.
 
 Each model reads only some of the model flags (--recent-items only moving_average and maxitem,
 for example). It warns about each flag set for a model that does not read it, and --resume
@@ -166,14 +168,14 @@ def _add_regularization_arguments(group: argparse._ArgumentGroup) -> None:
     """Add dropout and batch normalization."""
     group.add_argument(
         "--dropout",
-        type=float,
+        action=command_line.StoreFloat,
         default=0.0,
         help="dropout rate on the activations of the within-session network: the TCN of "
         "hiertcn and tcn, the session GRU outputs of hiergru and hrnn (default: 0)",
     )
     group.add_argument(
         "--gru-candidate-dropout",
-        type=float,
+        action=command_line.StoreFloat,
         default=0.0,
         help="dropout rate on the candidate activation of the session GRU of hiertcn and "
         "hiergru (hrnn: the user GRU), which keeps the carried state intact (default: 0)",
@@ -230,6 +232,20 @@ class _RecordLossFlag(command_line.RecordGiven):
     given_attribute = LOSS_FLAGS_GIVEN
 
 
+class _RecordLossFloat(_RecordLossFlag):
+    """Parse a float loss flag as `command_line.StoreFloat` does, and record it as given."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        value = command_line.read_float_flag(self, namespace, str(values))
+        super().__call__(parser, namespace, value, option_string)
+
+
 def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the loss flags."""
     parser.set_defaults(**{LOSS_FLAGS_GIVEN: ()})
@@ -243,8 +259,7 @@ def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--margin",
-        action=_RecordLossFlag,
-        type=float,
+        action=_RecordLossFloat,
         default=1.0,
         help="hinge margin, in score units; only --loss hinge reads it (default: 1.0)",
     )
@@ -276,7 +291,12 @@ def add_training_arguments(
     group.add_argument(
         "--batch-size", type=int, default=32, help="queues, i.e. sessions per batch (default: 32)"
     )
-    group.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 0.001)")
+    group.add_argument(
+        "--lr",
+        action=command_line.StoreFloat,
+        default=1e-3,
+        help="Adam learning rate (default: 0.001)",
+    )
     group.add_argument(
         "--patience",
         type=int,
@@ -285,7 +305,7 @@ def add_training_arguments(
     )
     group.add_argument(
         "--grad-clip",
-        type=float,
+        action=command_line.StoreFloat,
         help="clip the global L2 norm of the gradients to this value (default: no clipping)",
     )
     group.add_argument(
@@ -332,7 +352,7 @@ def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
         return _model_config(args, dilations)
     except InvalidFieldError as error:
         flag = field_flag(error.field)
-        value = command_line.format_number(error.value)
+        value = command_line.format_flag_number(error.value, flag, command_line.flag_texts(args))
         raise ConfigError(f"{flag} {value} is invalid: {error.fix}") from None
 
 
@@ -401,7 +421,8 @@ def check_loss_flags(args: argparse.Namespace) -> None:
         if args.loss in readers:
             continue
         value = getattr(args, flag.removeprefix("--"))
-        value = command_line.format_number(value) if isinstance(value, float) else value
+        if isinstance(value, float):
+            value = command_line.format_flag_number(value, flag, command_line.flag_texts(args))
         if len(readers) == 1:
             reason, fix = f"only --loss {readers[0]} reads it", readers[0]
         else:
@@ -420,7 +441,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         return _train_config(args)
     except InvalidFieldError as error:
         flag = _TRAINING_FLAGS.get(error.field, "--" + error.field.replace("_", "-"))
-        value = command_line.format_number(error.value)
+        value = command_line.format_flag_number(error.value, flag, command_line.flag_texts(args))
         raise ConfigError(f"{flag} {value} is invalid: {error.fix}") from None
 
 
@@ -595,8 +616,8 @@ def train_and_test(
     train_config: TrainConfig,
     dataset: Dataset,
     device: torch.device,
-) -> tuple[TrainResult, dict[str, float]]:
-    """Build and train the model, then return the training result and the test metrics.
+) -> tuple[TrainResult, EvaluationResult]:
+    """Build and train the model, then return the training result and the test evaluation.
 
     An interrupt or a diverged loss raises an error that states what the run saved in --out and
     how to continue it. A failed allocation raises one that names the flags to lower.
@@ -616,7 +637,7 @@ def train_and_test(
             model = build_model(model_config, len(dataset.vocab))
             result = train_model(model, dataset, train_config, out_dir=args.out, resume=args.resume)
             evaluation = EvaluationConfig(batch_size=train_config.batch_size)
-            test = evaluate_model(result.model, dataset.test, evaluation, device).metrics
+            test = evaluate_model(result.model, dataset.test, evaluation, device)
     except KeyboardInterrupt as interrupt:
         # The command line prints this message and exits with 130, or 143 on SIGTERM, which
         # raises a subclass.
@@ -628,9 +649,9 @@ def train_and_test(
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train, evaluate the best epoch on the test split, and print the metric table."""
+    """Train, evaluate the best epoch on the test split, and print the metric table and pools."""
     from hiertcn.data.options import load_dataset
-    from hiertcn.evaluate import format_table
+    from hiertcn.evaluate import describe_pools, format_table, warn_single_item_pools
     from hiertcn.resume import check_resume_config
     from hiertcn.run_info import resolve_device, save_run_metrics
 
@@ -648,8 +669,10 @@ def run(args: argparse.Namespace) -> int:
     if args.force:
         remove_run(args.out)
     result, test = train_and_test(args, model_config, train_config, dataset, device)
+    warn_single_item_pools(test.pools)
     print(f"test split, best epoch {result.best_epoch}:")
-    print(format_table([{"model": model_config.name, **test}]))
+    print(format_table([{"model": model_config.name, **test.metrics}]))
+    print(describe_pools(test.pools))
 
-    save_run_metrics(args.out, model_config, train_config, result, test)
+    save_run_metrics(args.out, model_config, train_config, result, test.metrics)
     return 0

@@ -39,11 +39,16 @@ def write_report(
     rows: Sequence[dict[str, Any]],
     columns: Sequence[str],
     setup: dict[str, Any],
+    notes: Sequence[str] = (),
 ) -> Path:
-    """Write `name.md` (title, table, set-up) and `name.json` (rows and set-up) into `out_dir`."""
+    """Write `name.md` (title, table, set-up) and `name.json` (rows and set-up) into `out_dir`.
+
+    `notes` are lines that go under the table of `name.md`, such as the `pool:` lines. Blank
+    lines separate them, because Markdown reads a line right below a table as another row.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(rows, columns)
-    markdown = f"## {title}\n\n{table}\n\nSet-up: `{json.dumps(setup, sort_keys=True)}`\n"
+    body = "\n\n".join([markdown_table(rows, columns), *notes])
+    markdown = f"## {title}\n\n{body}\n\nSet-up: `{json.dumps(setup, sort_keys=True)}`\n"
     path = out_dir / f"{name}.md"
     path.write_text(markdown, encoding="utf-8")
     payload = {"title": title, "setup": setup, "rows": list(rows)}

@@ -79,6 +79,7 @@ class VariantResult:
             "epoch_cpu_seconds": self.epoch_cpu_seconds,
             "input_bytes_per_batch": self.input_bytes_per_batch,
             "parameters": self.parameters,
+            "pool": self.evaluation.pools.to_dict(),
         }
 
 

@@ -6,10 +6,18 @@
 #   ops/kafka/kafka.sh start [--port N] [--timeout S] start in the background, print HOST:PORT
 #   ops/kafka/kafka.sh stop [--timeout S] [--keep-data]
 #                                                    SIGTERM, then SIGKILL after S seconds
-#   ops/kafka/kafka.sh restart [--timeout S]         stop --keep-data, then start again
+#   ops/kafka/kafka.sh restart [--timeout S] [--port N]
+#                                                    stop --keep-data, then start again
 #   ops/kafka/kafka.sh status                        print HOST:PORT and exit 0 while running
 #                                                    (the pid goes to stderr), else exit 3
 #   ops/kafka/kafka.sh logs [-n LINES]               print the end of the broker log
+#
+# Options may come before or after the subcommand. A subcommand ignores the options that its
+# line above leaves out, except --keep-data, which only stop accepts. --port defaults to
+# $KAFKA_PORT, else 0 for a free port. Restart keeps the broker's port, so a --port given to
+# restart must name that port. --timeout defaults to 90 s for start and 30 s for stop, and a
+# --timeout given to restart applies to both steps. -n defaults to 50 lines.
+# The numbers are whole decimal numbers, and leading zeros are allowed: 007 is 7.
 #
 # Every subcommand takes --state-dir DIR (default $KAFKA_STATE_DIR, else .local/kafka in the
 # repository). That folder holds the pid file, the bootstrap address, the generated
@@ -248,13 +256,19 @@ cmd_status() {
     return 3
 }
 
-main() {
-    local command="${1:-}"
-    [[ -n "$command" ]] || { usage; exit 2; }
-    shift
+# Print the whole number $1 without leading zeros (007 -> 7, 000 -> 0), because bash arithmetic
+# reads 010 as octal 8. Fail when $1 is not a whole number.
+decimal() {
+    [[ "$1" =~ ^[0-9]+$ ]] || return 1
+    local digits="${1#"${1%%[!0]*}"}"
+    echo "${digits:-0}"
+}
 
+main() {
     STATE_DIR="${KAFKA_STATE_DIR:-$REPO_ROOT/.local/kafka}"
-    local port="${KAFKA_PORT:-0}" timeout="" lines=50 keep_data=0
+    local command="" port="${KAFKA_PORT:-0}" timeout="" lines=50 keep_data=0
+    # Options may come before or after the subcommand, which is the first argument that is
+    # neither an option nor an option's value.
     while (($#)); do
         case "$1" in
             --state-dir | --port | --timeout | -n)
@@ -268,20 +282,40 @@ main() {
                 shift 2 ;;
             --keep-data) keep_data=1; shift ;;
             -h | --help) usage; exit 0 ;;
-            *) die "unknown option $1: see '$0 --help'" ;;
+            -*) die "unknown option $1: see '$0 --help'" ;;
+            *)
+                [[ -z "$command" ]] || die "unexpected argument $1 after the subcommand $command: see '$0 --help'"
+                command="$1"
+                shift ;;
         esac
     done
+    [[ -n "$command" ]] || { usage; exit 2; }
+    case "$command" in
+        fetch | start | stop | restart | status | logs) ;;
+        help) usage; exit 0 ;;
+        *) die "unknown subcommand $command: expected fetch, start, stop, restart, status or logs" ;;
+    esac
     if ((keep_data)) && [[ "$command" != stop ]]; then
         die "--keep-data is an option of stop only: see '$0 --help'"
     fi
-    if [[ -n "$timeout" && ! "$timeout" =~ ^[1-9][0-9]{0,5}$ ]]; then
-        die "invalid --timeout $timeout: expected whole seconds from 1 to 999999"
+    # Only the subcommands that read a number check it.
+    if [[ -n "$timeout" && "$command" =~ ^(start|stop|restart)$ ]]; then
+        local seconds
+        seconds="$(decimal "$timeout")" && [[ "$seconds" =~ ^[1-9][0-9]{0,5}$ ]] ||
+            die "invalid --timeout $timeout: expected whole seconds from 1 to 999999"
+        timeout="$seconds"
     fi
-    if [[ ! "$lines" =~ ^[0-9]{1,9}$ ]]; then
-        die "invalid -n $lines: expected a number of lines >= 0"
+    if [[ "$command" == logs ]]; then
+        local count
+        count="$(decimal "$lines")" && [[ "$count" =~ ^[0-9]{1,9}$ ]] ||
+            die "invalid -n $lines: expected a number of lines from 0 to 999999999"
+        lines="$count"
     fi
-    if [[ ! "$port" =~ ^[0-9]{1,5}$ ]] || ((10#$port > 65535)); then
-        die "invalid port $port: expected 1 to 65535, or 0 for a free port"
+    if [[ "$command" =~ ^(start|restart)$ ]]; then
+        local number
+        number="$(decimal "$port")" && [[ "$number" =~ ^[0-9]{1,5}$ ]] && ((number <= 65535)) ||
+            die "invalid port $port: expected 1 to 65535, or 0 for a free port"
+        port="$number"
     fi
     # Only start and restart create the state folder; the other commands only read it, so a
     # mistyped --state-dir leaves no empty folder behind. Every command keeps a symbolic link
@@ -308,8 +342,6 @@ main() {
             [[ -f "$STATE_DIR/broker.log" ]] ||
                 die "no broker log in $STATE_DIR: start a broker there first, or pass its --state-dir"
             tail -n "$lines" "$STATE_DIR/broker.log" ;;
-        -h | --help | help) usage ;;
-        *) die "unknown subcommand $command: expected fetch, start, stop, restart, status or logs" ;;
     esac
 }
 

@@ -16,9 +16,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
-from hiertcn.command_line import verbosity
+from hiertcn.command_line import (
+    StoreFloat,
+    flag_texts,
+    format_flag_number,
+    format_number,
+    verbosity,
+)
 from hiertcn.errors import Terminated
 from hiertcn.signals import sigterm_as_interrupt
 from stream.commands.event_file import add_event_file_arguments, read_records_from_args
@@ -28,6 +35,9 @@ from stream.produce import (
     DEFAULT_SESSION_GAP,
     FLAG_KAFKA_SETTINGS,
     INTERRUPT_FLUSH_SECONDS,
+    MAX_PRODUCE_SESSION_GAP,
+    MIN_PRODUCE_SESSION_GAP,
+    MIN_RATE,
     EventProducer,
     ProduceConfig,
     ProduceReport,
@@ -78,9 +88,10 @@ def _add_broker_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument(
         "--rate",
-        type=float,
+        action=StoreFloat,
         default=None,
-        help="events per second to publish (default: as fast as possible)",
+        help=f"events per second to publish, at least {format_number(MIN_RATE)} (default: as "
+        "fast as possible)",
     )
 
     parser.add_argument(
@@ -92,14 +103,14 @@ def _add_wait_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the connect and delivery waits and the session gap of the order check."""
     parser.add_argument(
         "--connect-timeout",
-        type=float,
+        action=StoreFloat,
         default=10.0,
         help="seconds to wait for the broker before giving up (default: 10)",
     )
 
     parser.add_argument(
         "--flush-timeout",
-        type=float,
+        action=StoreFloat,
         default=None,
         help="seconds to wait for each message's delivery (librdkafka's message.timeout.ms), "
         f"and for all at the end (default: {DEFAULT_FLUSH_TIMEOUT:g})",
@@ -107,19 +118,20 @@ def _add_wait_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument(
         "--session-gap",
-        type=float,
+        action=StoreFloat,
         default=DEFAULT_SESSION_GAP,
         metavar="SECONDS",
         help="the worker's session gap, in the unit of the events' ts, for the check at the end "
-        "that each partition is in event-time order (default: "
-        f"{DEFAULT_SESSION_GAP:g}, the default of an exported bundle)",
+        f"that each partition is in event-time order, from {MIN_PRODUCE_SESSION_GAP:g} to "
+        f"{MAX_PRODUCE_SESSION_GAP:.0f} (default: {DEFAULT_SESSION_GAP:g}, the default of an "
+        "exported bundle)",
     )
 
 
 def run_produce(args: argparse.Namespace) -> int:
     """Run the `produce` subcommand and print its counts."""
     overrides = parse_kafka_flags(args.settings)
-    check_flush_timeout_once(overrides, args.flush_timeout)
+    check_flush_timeout_once(overrides, args.flush_timeout, flag_texts(args))
     config = ProduceConfig(
         brokers=args.brokers,
         topic=args.topic,
@@ -129,6 +141,7 @@ def run_produce(args: argparse.Namespace) -> int:
         connect_timeout=args.connect_timeout,
         flush_timeout=DEFAULT_FLUSH_TIMEOUT if args.flush_timeout is None else args.flush_timeout,
         session_gap=args.session_gap,
+        flag_texts=flag_texts(args),
     )
     records = read_records_from_args(args)
     producer = EventProducer(config)
@@ -188,19 +201,22 @@ def interrupted_message(events: Path, report: ProduceReport) -> str:
     )
 
 
-def check_flush_timeout_once(overrides: dict[str, str], flush_timeout: float | None) -> None:
+def check_flush_timeout_once(
+    overrides: dict[str, str], flush_timeout: float | None, texts: Mapping[str, str] | None = None
+) -> None:
     """Raise `ConfigError` when -X sets message.timeout.ms and --flush-timeout is given too.
 
     librdkafka would use the -X value for every message, so the flag's value would only set the
-    wait at the end.
+    wait at the end. `texts` are the flag texts as typed (`StoreFloat`), which the message quotes.
     """
     if flush_timeout is None:
         return
+    timeout_text = format_flag_number(flush_timeout, "--flush-timeout", texts or {})
     for key in overrides:
         if property_of(key) == "message.timeout.ms":
             raise ConfigError(
-                f"-X {key} would replace the delivery wait of --flush-timeout "
-                f"{flush_timeout:g}: pass only one of them"
+                f"-X {key} would replace the delivery wait of --flush-timeout {timeout_text}: "
+                "pass only one of them"
             )
 
 

@@ -310,7 +310,7 @@ def test_threads_above_cores_warned(tmp_path, caplog, monkeypatch):
         ),
         (
             ["--margin", "1.0"],
-            "--margin 1 has no effect with --loss cross_entropy, because only --loss hinge "
+            "--margin 1.0 has no effect with --loss cross_entropy, because only --loss hinge "
             "reads it: pass --loss hinge, or drop --margin",
         ),
         (["--loss", "bpr", "--margin", "0.5"], "--margin 0.5 has no effect with --loss bpr"),

@@ -593,5 +593,5 @@ def test_invalid_regularization_rate_rejected(tmp_path, capsys, rate):
     code = main([*argv, "--regularization-rate", rate, "--out", str(tmp_path / "out")])
     assert code == 2
     error = capsys.readouterr().err
-    assert f"--regularization-rate {float(rate)} is invalid: use a rate in (0, 1)" in error
+    assert f"--regularization-rate {rate} is invalid: use a rate in (0, 1)" in error
     assert not (tmp_path / "out").exists()

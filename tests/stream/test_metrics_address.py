@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from stream import pool as pool_module
+from stream.cli import main
 from stream.config import WorkerConfig, build_config, parse_bind_address
 from stream.errors import ConfigError
 from stream.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
@@ -101,10 +102,82 @@ def test_ipv6_port_check_bracketed(tmp_path: Path, busy_ipv6_port: int) -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("[::1]", "::1"), ("::1", "::1"), ("[::]", "::"), ("127.0.0.1", "127.0.0.1"), ("[x", "[x")],
+    [
+        ("[::1]", "::1"),
+        ("::1", "::1"),
+        ("[::]", "::"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("0.0.0.0", "0.0.0.0"),
+        ("localhost", "localhost"),
+        ("[fe80::1%eth0]", "fe80::1%eth0"),
+        ("2001:db8::5", "2001:db8::5"),
+    ],
 )
 def test_bind_address_brackets_removed(text: str, expected: str) -> None:
     assert parse_bind_address(text) == expected
+
+
+PORT_FIX = "give the port with --metrics-port (HIERTCN_METRICS_PORT), and the address alone"
+BRACKETS_FIX = "write an IPv6 address in one pair of brackets or none (::1 or [::1])"
+FORMS_FIX = "use a host name, an IPv4 address, or an IPv6 address with or without brackets"
+
+
+@pytest.mark.parametrize(
+    ("text", "fix"),
+    [
+        ("[[::1]]:9100", BRACKETS_FIX),
+        ("[]:9100", BRACKETS_FIX),
+        ("[::1:9100", BRACKETS_FIX),
+        ("[]", BRACKETS_FIX),
+        ("[x", BRACKETS_FIX),
+        ("[127.0.0.1]", BRACKETS_FIX),
+        ("[::1]x", BRACKETS_FIX),
+        ("::1]", BRACKETS_FIX),
+        ("[::1]:9100", PORT_FIX),
+        ("127.0.0.1:9100", PORT_FIX),
+        ("localhost:9100", PORT_FIX),
+        ("1:2:x::", FORMS_FIX),
+        ("", FORMS_FIX),
+        (" ", FORMS_FIX),
+    ],
+)
+def test_bind_address_odd_form_named(text: str, fix: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        parse_bind_address(text)
+
+    message = str(raised.value)
+    assert message.startswith(f"{text!r} is invalid: {fix}")
+    assert "such as" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("text", ["[]:9100", "[::1]:9100", "[[::1]]:9100"])
+def test_bind_address_flag_error_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    argv = ["run", "--brokers", "127.0.0.1:1", "--bundle", str(tmp_path)]
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--metrics-address", text])
+
+    assert exit_info.value.code == 2
+    error_lines = capsys.readouterr().err.splitlines()
+    assert error_lines[-1].startswith(
+        f"hiertcn-stream run: error: argument --metrics-address: {text!r} is invalid: "
+    )
+    assert "such as" in error_lines[-1]
+    assert "Name or service not known" not in error_lines[-1]
+
+
+def test_bind_address_variable_error_named(tmp_path: Path) -> None:
+    environ = {"HIERTCN_METRICS_ADDRESS": "[::1]:9100"}
+
+    with pytest.raises(ConfigError) as raised:
+        build_config({"brokers": "127.0.0.1:1", "bundle": tmp_path}, environ)
+
+    message = str(raised.value)
+    assert message.startswith(f"HIERTCN_METRICS_ADDRESS='[::1]:9100' is invalid: {PORT_FIX}")
+    assert message.endswith(", or unset it")
 
 
 @needs_ipv6

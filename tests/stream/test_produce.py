@@ -610,7 +610,7 @@ def test_produce_command_invalid_session_gap_exits_2(
 
     captured = capsys.readouterr()
     assert code == 2
-    assert "--session-gap 0 is invalid: use a positive number of seconds" in captured.err
+    assert "--session-gap 0 is invalid: use a value from 0.001 to 31536000000" in captured.err
     assert "Traceback" not in captured.err
 
 

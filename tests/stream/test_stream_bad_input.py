@@ -343,8 +343,8 @@ def test_replay_of_foreign_catalog_warns(
     [
         (
             {"rate": 0.0},
-            "--rate 0 is invalid: use a positive number of events per second, or leave --rate "
-            "out to publish as fast as possible",
+            "--rate 0 is invalid: use at least 1e-6 events per second (one event per 1000000 "
+            "s), or leave --rate out to publish as fast as possible",
         ),
         ({"limit": -1}, "--limit -1 is invalid: use an integer >= 0"),
     ],
