@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from export.errors import ExportError
+from hiertcn.command_line import float_type
 from hiertcn.errors import HierTCNError
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--session-gap",
-        type=float,
+        type=float_type,
         default=None,
         help="idle seconds that close a session (default: the checkpoint's, else 1800)",
     )

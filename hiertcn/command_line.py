@@ -106,6 +106,14 @@ def parse_float_flag(text: str) -> float:
     return value
 
 
+def float_type(text: str) -> float:
+    """The argparse `type` of a float flag: `parse_float_flag`, whose message argparse prints."""
+    try:
+        return parse_float_flag(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def read_float_flag(action: argparse.Action, namespace: argparse.Namespace, text: str) -> float:
     """Parse the text of the float flag of `action` with `parse_float_flag`, and record the text
     in `namespace` under `FLAG_TEXTS`. An invalid text raises the `argparse.ArgumentError`
@@ -124,9 +132,10 @@ class StoreFloat(argparse.Action):
     as typed, so that messages can quote it (`format_flag_number`).
 
     NOTE: only `hiertcn train`, `hiertcn experiment` and `hiertcn-stream produce` use it. The
-    float flags of hiertcn/data/options.py, `hiertcn export`, `hiertcn-stream state`, `run` and
-    `replay`, and ops/demo/run.py still read 1e-400 as 0, and their messages show the parsed
-    number, not the text as typed.
+    float flags of `hiertcn export`, `hiertcn-stream run` and `replay`, and ops/demo/run.py
+    reject 1e-400 too (`float_type`, `stream.config.parse_float`), but their messages show the
+    parsed number, not the text as typed. Those of `hiertcn-stream state` still read 1e-400 as
+    0, because statestore does not import hiertcn.
     """
 
     def __call__(

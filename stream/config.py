@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from hiertcn.command_line import format_number
+from hiertcn.command_line import FLOAT_RANGE, format_number, parse_float_flag
 from statestore.store import MAX_MAP_SIZE, format_size
 from stream.dead_letters import DEFAULT_MESSAGE_MAX_BYTES
 from stream.errors import ConfigError
@@ -161,11 +161,17 @@ class Option:
 
 
 def parse_float(text: str) -> float:
-    """Parse a number such as `2.5`."""
+    """Parse a number such as `2.5`. A nonzero text that a 64-bit float reads as 0 or inf, such
+    as `1e-400`, is rejected here, so that no range check reports a value the user never typed."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise OptionValueError(text, "use a number such as 2.5") from None
+    try:
+        return parse_float_flag(text)
+    except ValueError:
+        fix = f"a 64-bit float reads it as {format_number(value)}: use 0 or a magnitude from "
+        raise OptionValueError(text, fix + FLOAT_RANGE) from None
 
 
 def _optional_float(text: str) -> float | None:

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hiertcn.command_line import float_type
 from hiertcn.data.readers import FORMATS
 
 logger = logging.getLogger(__name__)
@@ -365,7 +366,7 @@ def parse_args(argv: Sequence[str] | None) -> DemoConfig:
     parser.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
     parser.add_argument("--processes", type=int, default=2, help="worker processes (default: 2)")
     parser.add_argument(
-        "--rate", type=float, default=200.0, help="events per second to publish (default: 200)"
+        "--rate", type=float_type, default=200.0, help="events per second to publish (default: 200)"
     )
     parser.add_argument(
         "--max-events", type=int, default=10_000, help="test events to publish (default: 10000)"

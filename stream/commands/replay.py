@@ -33,6 +33,7 @@ from stream.config import (
     check_k,
     format_number,
     max_output_bytes,
+    parse_float,
     parse_tolerance,
 )
 from stream.dead_letters import DEFAULT_MESSAGE_MAX_BYTES
@@ -137,7 +138,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument(
         "--session-gap",
-        type=float,
+        type=argparse_type(parse_float),
         default=None,
         metavar="SECONDS",
         help=f"idle seconds that end a session, from {MIN_SESSION_GAP:g} to {MAX_SESSION_GAP} "

@@ -172,3 +172,19 @@ def test_experiment_rate_beyond_float_rejected(tmp_path, capsys):
 
     assert exit_info.value.code == 2
     assert "argument --regularization-rate: 1e-400 is invalid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["export", "--checkpoint", "missing.pt", "--out", "bundle", "--session-gap", "1e-400"],
+        ["train", "log.csv", "--lr", "1e400"],
+    ],
+)
+def test_float_type_flags_reject_beyond_float(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "is invalid, because a 64-bit float reads it as" in err
+    assert command_line.FLOAT_RANGE in err

@@ -432,3 +432,21 @@ def test_bad_float_variable_gives_project_message() -> None:
     assert message.startswith("HIERTCN_SESSION_GAP='abc' is invalid: ")
     assert "use a number" in message
     assert "could not convert" not in message
+
+
+@pytest.mark.parametrize("text, read_as", [("1e-400", "0"), ("-2e999", "-inf")])
+def test_parse_float_rejects_numbers_beyond_float(text: str, read_as: str) -> None:
+    from stream.config import OptionValueError, parse_float
+
+    with pytest.raises(OptionValueError) as error:
+        parse_float(text)
+    assert f"'{text}' is invalid: a 64-bit float reads it as {read_as}" in str(error.value)
+
+
+def test_parse_float_keeps_zero_and_words() -> None:
+    import math
+
+    from stream.config import parse_float
+
+    assert parse_float("0e-400") == 0.0
+    assert math.isinf(parse_float("inf"))
