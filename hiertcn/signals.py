@@ -2,8 +2,9 @@
 
 A command that stops on Ctrl-C with a message on what it saved stops the same way on SIGTERM,
 the signal that supervisors and orchestrators send. A second signal of the same kind ends the
-process at once. This module imports neither torch nor numpy, so the serving side (`stream`)
-may import it.
+process at once. The helpers at the end let a process with workers (`stream.pool`) hold the
+stop signals back while it starts one, and ignore them once its exit code is known. This
+module imports neither torch nor numpy, so the serving side (`stream`) may import it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from contextlib import contextmanager
 from types import FrameType
 
 from hiertcn.errors import Terminated
+
+# The signals that ask a command to stop: from supervisors and orchestrators, and from Ctrl-C.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
@@ -55,3 +59,35 @@ def sigterm_as_interrupt() -> Iterator[None]:
         # command's report still ends the process instead of raising in it.
         if signal.getsignal(signal.SIGINT) is _raise_interrupt:
             signal.signal(signal.SIGINT, previous_int)
+
+
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Block SIGTERM and SIGINT in the calling thread for the body, and deliver after it those
+    that arrived meanwhile.
+
+    A process started in the body inherits the blocked signals through fork and exec, so a
+    stop signal sent to it stays pending until it unblocks them with `unblock_stop_signals`,
+    after it has installed its handlers.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def unblock_stop_signals() -> None:
+    """Unblock SIGTERM and SIGINT in the calling thread, which handles a pending one at once."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def ignore_signals(signums: tuple[int, ...] = STOP_SIGNALS) -> None:
+    """Ignore `signums` for the rest of the process, whose exit code is known.
+
+    When the interpreter finalizes, Python gives every signal that has a Python handler its
+    default action back, so a SIGINT or SIGTERM in that window would end the process with the
+    signal's status in place of its exit code. An ignored signal stays ignored.
+    """
+    for signum in signums:
+        signal.signal(signum, signal.SIG_IGN)

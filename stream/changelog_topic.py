@@ -4,23 +4,51 @@ The topic needs as many partitions as the input topic and a cleanup.policy that 
 compact (`stream.changelog`). `hiertcn-stream run` and `hiertcn-stream changelog seed` check
 both, and with --create-topics they create a missing topic with `CHANGELOG_TOPIC_CONFIG`. `run`
 also warns when the topic contains no record while the state store contains users.
+
+Two hosts that start in the same second with --create-topics race to create the topic. The one
+that creates it waits for its leaders (`create_topics`). The other one may read it as missing,
+or as listed without partitions, and then waits for its leaders before it checks it. Its
+requests about the topic's configuration and offsets retry the errors of a topic that a
+broker is still loading (`_retry_while_loading`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec, ResourceType
 
 from statestore.maintenance import plural
 from stream.changelog import CHANGELOG_TOPIC_CONFIG, ChangelogError, create_command
 from stream.config import WorkerConfig
-from stream.kafka_admin import BROKER_TIMEOUT_SECONDS, BrokerUnavailableError, create_topics
+from stream.kafka_admin import (
+    BROKER_TIMEOUT_SECONDS,
+    LEADER_POLL_SECONDS,
+    BrokerUnavailableError,
+    create_topics,
+    settled_topic,
+    wait_for_leaders,
+)
 
 logger = logging.getLogger(__name__)
+
+# Errors of a topic that a broker lists already but is still loading. On the local KRaft broker
+# of ops/kafka/kafka.sh, ListOffsets gave NOT_LEADER_FOR_PARTITION right after the metadata
+# had shown every partition's leader.
+_LOADING_ERRORS = frozenset(
+    {
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+    }
+)
+
+_Result = TypeVar("_Result")
 
 
 @dataclass(frozen=True)
@@ -39,7 +67,7 @@ def check_changelog_topic(admin: AdminClient, config: WorkerConfig, metadata: An
     `metadata` is the cluster metadata read before any topic was created.
     """
     topic = config.changelog_topic
-    input_topic = metadata.topics.get(config.input_topic)
+    input_topic = settled_topic(admin, config, metadata, config.input_topic)
     if input_topic is not None:
         partitions = len(input_topic.partitions)
     elif config.create_topics:
@@ -50,19 +78,20 @@ def check_changelog_topic(admin: AdminClient, config: WorkerConfig, metadata: An
             "cannot be checked against its partition count: create the input topic first, "
             "or pass --create-topics"
         )
-    described = metadata.topics.get(topic)
+    described = settled_topic(admin, config, metadata, topic)
     if described is None and config.create_topics:
         new_topic = NewTopic(topic, partitions, config=dict(CHANGELOG_TOPIC_CONFIG))
-        create_topics(admin, config, [new_topic])
-        return True
+        if create_topics(admin, config, [new_topic]):
+            return True
+        # Another host created it since `metadata` was read, and `create_topics` has waited
+        # for its leaders: check it as an existing topic.
+        described = wait_for_leaders(admin, config, {topic: None}).topics[topic]
     if described is None:
         command = create_command(config.brokers, topic, partitions)
         raise ChangelogError(
             f"changelog topic {topic} does not exist: create it with {partitions} partitions "
             f"(as {config.input_topic}) and compaction, {command}, or pass --create-topics"
         )
-    # NOTE: a topic that another host created a moment ago can be listed without partitions
-    # until they have leaders. Nothing waits here, so this check then reports 0 partitions.
     if len(described.partitions) != partitions:
         policy = read_cleanup_policy(admin, config)
         raise ChangelogError(
@@ -130,16 +159,38 @@ def changelog_is_empty(admin: AdminClient, config: WorkerConfig, partitions: lis
 def _list_offsets(
     admin: AdminClient, tps: list[TopicPartition], spec: OffsetSpec
 ) -> dict[int, int]:
-    futures = admin.list_offsets({tp: spec for tp in tps}, request_timeout=BROKER_TIMEOUT_SECONDS)
-    return {tp.partition: future.result().offset for tp, future in futures.items()}
+    def request() -> dict[int, int]:
+        futures = admin.list_offsets(
+            {tp: spec for tp in tps}, request_timeout=BROKER_TIMEOUT_SECONDS
+        )
+        return {tp.partition: future.result().offset for tp, future in futures.items()}
+
+    return _retry_while_loading(request)
+
+
+def _retry_while_loading(request: Callable[[], _Result]) -> _Result:
+    """Return `request()`, asked again every `LEADER_POLL_SECONDS` while it fails with one of
+    `_LOADING_ERRORS`, for up to `BROKER_TIMEOUT_SECONDS`. Raise its last KafkaException."""
+    deadline = time.monotonic() + BROKER_TIMEOUT_SECONDS
+    while True:
+        try:
+            return request()
+        except KafkaException as error:
+            if error.args[0].code() not in _LOADING_ERRORS or time.monotonic() >= deadline:
+                raise
+        time.sleep(LEADER_POLL_SECONDS)
 
 
 def read_cleanup_policy(admin: AdminClient, config: WorkerConfig) -> str:
     """Return the changelog topic's cleanup.policy, or raise BrokerUnavailableError."""
     topic = config.changelog_topic
     resource = ConfigResource(ResourceType.TOPIC, topic)
+
+    def request() -> Any:
+        return admin.describe_configs([resource])[resource].result(BROKER_TIMEOUT_SECONDS)
+
     try:
-        entries = admin.describe_configs([resource])[resource].result(BROKER_TIMEOUT_SECONDS)
+        entries = _retry_while_loading(request)
     except KafkaException as error:
         raise BrokerUnavailableError(
             f"reading the configuration of changelog topic {topic} on {config.brokers} failed: "

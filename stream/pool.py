@@ -8,9 +8,17 @@ pool is not stopping is logged with its exit code, and the pool stops the others
 non-zero, unless `WorkerConfig.keep_going` lets the remaining workers take over its partitions.
 The only way back to the configured number of workers is to restart the pool.
 
+A second SIGTERM or SIGINT while the pool stops kills the workers that are still stopping, and
+the pool exits with 128 plus that signal's number, as the `hiertcn` commands end at once on a
+second Ctrl-C. A worker ignores every stop signal after its first one, so the SIGINT that a
+terminal sends the whole process group and the SIGTERM that the pool forwards count as one
+request. Workers start with both signals blocked and unblock them once they have a handler, so
+a stop signal during their start waits instead of killing them.
+
 A worker whose pool process has exited, for example after a SIGKILL, stops as on SIGTERM:
-nothing would serve its metrics or stop it any more. Until it has stopped, it still holds the
-state directory's pool lock, which each worker takes beside the pool (`statestore.pool_lock`).
+nothing would serve its metrics or stop it any more. The kernel sends it `POOL_EXIT_SIGNAL`
+then (`stop_with_pool`). Until it has stopped, it still holds the state directory's pool lock, which
+each worker takes beside the pool (`statestore.pool_lock`).
 
 The metrics server also serves /healthz and /readyz (rules in `stream.health`), so that an
 orchestrator restarts a pool whose worker hangs or has exited under `keep_going`.
@@ -31,12 +39,20 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, MutableMapping
+from multiprocessing import resource_tracker
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from hiertcn.signals import (
+    STOP_SIGNALS,
+    ignore_signals,
+    stop_signals_blocked,
+    unblock_stop_signals,
+)
+from statestore.maintenance import plural
 from stream.config import WorkerConfig, format_option, format_setting, source_of
 from stream.cpu_quota import available_cpus
 from stream.errors import ConfigError, StreamError
@@ -76,12 +92,30 @@ INVALID_INPUT_EXIT_CODE = 2
 # The prctl(2) option that sets the signal a process gets when its parent exits
 # (linux/prctl.h).
 _PR_SET_PDEATHSIG = 1
+# The signal that a worker gets when the pool thread that started it exits (`stop_with_pool`).
+POOL_EXIT_SIGNAL = signal.SIGUSR2
 
 
 def stop_timeout(config: WorkerConfig) -> float:
     """Return the seconds a worker may take to stop: the base wait plus its longest delivery
     wait, because a stopping worker commits what is pending only after its delivery."""
     return STOP_TIMEOUT_SECONDS + config.delivery_timeout * config.delivery_attempts
+
+
+class PendingStop:
+    """The first SIGTERM or SIGINT that a worker process gets before its `Worker` exists."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def record(self, signum: int, frame: FrameType | None) -> None:
+        """Keep the first stop signal (the handler of both until the worker installs its own)."""
+        if self.signum is None:
+            self.signum = signum
+
+    def install(self) -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self.record)
 
 
 def _worker_main(
@@ -91,16 +125,26 @@ def _worker_main(
     log_level: int,
     heartbeat: WorkerHeartbeat | None = None,
     pool_pid: int | None = None,
+    finished: ctypes.Array[ctypes.c_byte] | None = None,
 ) -> None:
     """Entry point of one spawned worker process; `pool_pid` is the pool process that started
-    it (None in tests without a pool)."""
+    it (None in tests without a pool).
+
+    The pool starts it with SIGTERM and SIGINT blocked (`Pool._start_children`). A stop signal
+    that came before this function is kept in `PendingStop` and stops the worker before its
+    first batch. The worker sets its item of `finished` to 1 once only its exit is left.
+    """
+    pending_stop = PendingStop()
+    pending_stop.install()
+    unblock_stop_signals()
+
     from export.errors import ExportError
     from hiertcn.command_line import configure_logging
     from statestore.errors import StateStoreError
 
     configure_logging(1 if log_level <= logging.DEBUG else 0)
     try:
-        code = _run_locked_worker(config, index, threads, heartbeat, pool_pid)
+        code = _run_locked_worker(config, index, threads, heartbeat, pool_pid, pending_stop)
     except (StreamError, ExportError, StateStoreError) as error:
         logger.error("worker %d failed: %s", index, error)
         code = error.exit_code
@@ -109,6 +153,11 @@ def _worker_main(
     except Exception:
         logger.exception("worker %d failed", index)
         code = 1
+    # Only the exit follows, and a signal that kills the worker now would turn its exit code
+    # into a signal status, which the pool reports as an error.
+    ignore_signals((*STOP_SIGNALS, POOL_EXIT_SIGNAL))
+    if finished is not None:
+        finished[index] = 1
     sys.exit(code)
 
 
@@ -118,6 +167,7 @@ def _run_locked_worker(
     threads: int,
     heartbeat: WorkerHeartbeat | None,
     pool_pid: int | None,
+    pending_stop: PendingStop | None = None,
 ) -> int:
     """Run the worker while it holds the pool lock of its state directory beside its pool.
 
@@ -131,19 +181,22 @@ def _run_locked_worker(
     if pool_pid is not None:
         pool_lock = join_pool_lock(config.state_dir, config.group_id, pool_pid)
     try:
-        return run_worker(config, index, threads, heartbeat, pool_pid)
+        return run_worker(config, index, threads, heartbeat, pool_pid, pending_stop)
     finally:
         if pool_lock is not None:
             os.close(pool_lock)
 
 
 def stop_with_pool(pool_pid: int) -> None:
-    """Ask Linux to send this worker SIGTERM when the pool process `pool_pid` exits.
+    """Ask Linux to send this worker `POOL_EXIT_SIGNAL` when the pool process `pool_pid` exits.
 
-    Call it after the worker has installed its SIGTERM handler. Linux sends the signal when
-    the thread that started the worker exits, and the pool starts its workers from the thread
-    that runs `Pool.run`, which ends only after they have stopped. Where prctl is missing, the
-    worker's main loop still notices the exit through `os.getppid()` (`Worker.run`).
+    Call it after the worker has installed its handler of that signal. Linux sends the signal
+    when the thread that started the worker exits, and the pool starts its workers from the
+    thread that runs `Pool.run`, which ends only after they have stopped. The signal is not
+    SIGTERM, because it comes while the other threads of a killed pool may still be exiting.
+    Until they have, `os.getppid()` returns the pool's pid, so the worker could not tell the
+    pool's exit from a SIGTERM sent to it. Where prctl is missing, the worker's main loop still
+    notices the exit through `os.getppid()` (`Worker.run`).
     """
     if not sys.platform.startswith("linux"):
         return
@@ -151,12 +204,12 @@ def stop_with_pool(pool_pid: int) -> None:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return
-    if prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+    if prctl(_PR_SET_PDEATHSIG, int(POOL_EXIT_SIGNAL), 0, 0, 0) != 0:
         logger.debug("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
         return
     # No signal comes for a pool that exited before prctl ran, so check for that once here.
     if os.getppid() != pool_pid:
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), POOL_EXIT_SIGNAL)
 
 
 def single_threaded_blas(environ: MutableMapping[str, str]) -> None:
@@ -192,10 +245,16 @@ class Pool:
         self.bundle_watch = bundle_watch
         self.children: list[BaseProcess] = []
         self._stopping = False
+        # The first stop signal, and the one after it that killed the workers still stopping.
+        self._stop_signal: int | None = None
+        self._forced_signal: int | None = None
         # Seconds the pool waits for its workers after a stop request before it kills them.
         self.stop_timeout = stop_timeout(config)
         self._stop_deadline = math.inf  # time.monotonic() reading; set by the first request
         self.heartbeats = HeartbeatTable(multiprocessing.get_context("spawn"), config.processes)
+        # 1 for each worker that has finished its stop, or failed, and whose process is only
+        # exiting: a second stop signal does not kill those.
+        self.finished = multiprocessing.get_context("spawn").RawArray("b", config.processes)
         self._started_at = time.monotonic()
         # Indexes of the workers that have exited, written by `_watch` and read by the
         # health checks in the HTTP server's threads.
@@ -205,16 +264,71 @@ class Pool:
         self._failures: list[tuple[int | None, str]] = []
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
-        """Ask every worker to finish its batch and stop (the SIGTERM and SIGINT handler)."""
+        """Ask every worker to finish its batch and stop (the SIGTERM and SIGINT handler).
+
+        A second stop signal kills the workers still running (`_force_stop`). `signum` is None
+        when the pool stops because a worker exited.
+        """
+        if signum is not None and self._stop_signal is not None:
+            self._force_stop(signum)
+            return
+        if signum is not None:
+            self._stop_signal = signum
         if not self._stopping:
-            running = sum(child.is_alive() for child in self.children)
-            cause = f"{signal.Signals(signum).name} received" if signum else "a worker exited"
-            logger.info("stopping the pool (%s): stopping %d running workers", cause, running)
+            # Set first, because a signal can run this handler again while it logs.
+            self._stopping = True
             self._stop_deadline = time.monotonic() + self.stop_timeout
-        self._stopping = True
+            running = sum(child.is_alive() for child in self.children)
+            if signum is None:
+                logger.info("stopping the pool (a worker exited): stopping %d running workers",
+                            running)  # fmt: skip
+            else:
+                logger.info(
+                    "stopping the pool (%s received): stopping %d running workers. Another "
+                    "SIGTERM or SIGINT kills the workers still running",
+                    signal.Signals(signum).name,
+                    running,
+                )
+        elif signum is not None:
+            logger.info(
+                "%s received while the pool stops after a worker exit: another SIGTERM or "
+                "SIGINT kills the workers still running",
+                signal.Signals(signum).name,
+            )
         for child in self.children:
             if child.is_alive() and child.pid is not None:
                 os.kill(child.pid, signal.SIGTERM)
+
+    def _force_stop(self, signum: int) -> None:
+        """Kill the workers still running, on a stop signal that follows the first one.
+
+        The killed workers' outputs since their last commit are published again after a
+        restart, as after any SIGKILL, but no state or position is lost.
+        """
+        name = signal.Signals(signum).name
+        if self._forced_signal is not None:
+            return
+        running = [
+            child
+            for index, child in enumerate(self.children)
+            if child.is_alive() and not self.finished[index]
+        ]
+        if not running:
+            logger.info("%s received again: every worker has stopped, the pool exits", name)
+            return
+        self._forced_signal = signum
+        logger.warning(
+            "%s received again while the pool stops: killing %s still running (%s %s). A "
+            "restart publishes again the outputs of their batches since the last commit, and "
+            "its workers get no partitions until the broker drops the killed members after "
+            "session.timeout.ms",
+            name,
+            plural(len(running), "worker"),
+            "pid" if len(running) == 1 else "pids",
+            ", ".join(str(child.pid) for child in running),
+        )
+        for child in running:
+            child.kill()
 
     def run(self) -> int:
         """Run the pool until it is stopped or a worker fails; return the exit code."""
@@ -276,7 +390,15 @@ class Pool:
             "process" if self.config.processes == 1 else "processes",
         )
         single_threaded_blas(os.environ)
+        # The spawn start method starts multiprocessing's resource tracker with the first
+        # worker, and unblocks SIGINT and SIGTERM after it (CPython 3.11, resource_tracker.py),
+        # which would cut `stop_signals_blocked` short. Started here, it is running already.
+        resource_tracker.ensure_running()
         for index in range(self.config.processes):
+            if self._stopping:
+                logger.info("the pool is stopping: %d of %d workers not started",
+                            self.config.processes - index, self.config.processes)  # fmt: skip
+                return
             child = context.Process(
                 target=_worker_main,
                 args=(
@@ -286,12 +408,20 @@ class Pool:
                     self.log_level,
                     self.heartbeats.worker(index),
                     os.getpid(),
+                    self.finished,
                 ),
                 name=f"hiertcn-worker-{index}",
             )
-            child.start()
-            self.children.append(child)
+            # The worker inherits the blocked signals and unblocks them once it has a handler
+            # (`_worker_main`), so a stop signal during its start waits for that handler.
+            with stop_signals_blocked():
+                child.start()
+                self.children.append(child)
             logger.info("started worker %d (pid %d)", index, child.pid)
+            # Another thread of the pool may have taken a stop signal before the child was in
+            # the list that `request_stop` signals. A repeated SIGTERM changes nothing.
+            if self._stopping and child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)
 
     def _index(self, child: BaseProcess) -> int:
         """Return the worker number of a child process, as in "started worker N"."""
@@ -302,7 +432,8 @@ class Pool:
 
         The code is 0 when every worker stopped on request, and 2 when one stopped on invalid
         settings or state (its own exit code 2), or was killed by SIGBUS after a file of the
-        bundle changed. Any other exit gives 1.
+        bundle changed. Any other exit gives 1. Workers killed by a second stop signal give
+        128 plus its number, unless another worker's exit gave 1 or 2 before.
         """
         running = {child.sentinel: child for child in self.children}
         failed = False
@@ -318,6 +449,9 @@ class Pool:
                 if self._stopping and child.exitcode == 0:
                     logger.info("worker %d (pid %d) stopped", self._index(child), child.pid)
                     continue
+                if self._forced_signal is not None and child.exitcode == -signal.SIGKILL:
+                    logger.info("worker %d (pid %d) killed", self._index(child), child.pid)
+                    continue
                 failed = True
                 exitcode, ending, cause = self._explain_exit(child)
                 invalid_input = invalid_input or exitcode == INVALID_INPUT_EXIT_CODE
@@ -330,6 +464,8 @@ class Pool:
             code = INVALID_INPUT_EXIT_CODE
         elif failed:
             code = 1
+        elif self._forced_signal is not None:
+            code = 128 + self._forced_signal
         self._log_pool_exit(code)
         return code
 
@@ -337,6 +473,10 @@ class Pool:
         """Log the pool's closing line: its exit code and the worker exit that caused it."""
         if code == 0:
             logger.info("pool exits with 0: every worker stopped on request")
+            return
+        if self._forced_signal is not None and code == 128 + self._forced_signal:
+            name = signal.Signals(self._forced_signal).name
+            logger.warning("pool exits with %d: %s received again, workers killed", code, name)
             return
         causes = [text for exitcode, text in self._failures if exitcode == code] or [
             text for _exitcode, text in self._failures
@@ -581,14 +721,16 @@ def _bad_address_error(address: str, name: str, error: OSError) -> ConfigError:
 
 
 def run_pool(config: WorkerConfig, log_level: int = logging.INFO) -> int:
-    """Run the pool with SIGTERM and SIGINT forwarded to the workers; return the exit code."""
+    """Run the pool with SIGTERM and SIGINT forwarded to the workers; return the exit code.
+
+    It leaves both signals ignored, because only the exit of the process follows: a late
+    second Ctrl-C would otherwise end it with a signal status in place of the pool's exit code
+    (`hiertcn.signals.ignore_signals`).
+    """
     pool = Pool(config, log_level)
-    previous = {
-        signum: signal.signal(signum, pool.request_stop)
-        for signum in (signal.SIGTERM, signal.SIGINT)
-    }
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, pool.request_stop)
     try:
         return pool.run()
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        ignore_signals()

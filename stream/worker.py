@@ -35,9 +35,10 @@ bundle's files with those taken at load, at most once a second (`BundleWatch`), 
 exit code 2 when a file has changed, because its ONNX sessions and its memory-mapped item table
 could then come from different bundles.
 
-Each main-loop turn also checks that the pool process that started the worker still runs. When
-it has exited (killed by SIGKILL, say), the worker stops as on SIGTERM, because nothing would
-serve its metrics or stop it any more.
+When the pool process that started the worker exits (killed by SIGKILL, say), the kernel sends
+the worker `POOL_EXIT_SIGNAL`, and each main-loop turn also compares `os.getppid()` with the
+pool's pid. The worker then stops as on SIGTERM, because nothing would serve its metrics or stop
+it any more, and logs that cause once.
 
 Back-pressure: at most `max_pending_batches` batches wait for their commit, so the producer
 queue contains a bounded number of batches. A partition whose timers find more idle sessions than
@@ -84,6 +85,7 @@ from stream.metric_updates import (
 )
 from stream.metrics import WorkerMetrics
 from stream.pipeline import BatchResult, Pipeline, Recommendation
+from stream.pool import POOL_EXIT_SIGNAL, PendingStop
 from stream.rebalance import RebalanceCallbacks
 from stream.timers import SessionTimers
 
@@ -167,6 +169,8 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
         self.bundle_watch = bundle_watch
         # The pool process that started this worker, whose exit stops it. None without a pool.
         self.pool_pid = pool_pid
+        # Set by `POOL_EXIT_SIGNAL`, which the kernel sends when the pool's thread exits.
+        self._pool_exit_signalled = False
         self._pool_exit_logged = False
         # The thread of the partition count gauge, which `run` starts.
         self.partition_counter: PartitionCountReader | None = None
@@ -199,28 +203,42 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
         """Finish the batch in flight, then stop (the SIGTERM and SIGINT handler).
 
         A changelog restore in progress ends at its next consume call, and the restores still
-        due do not start.
+        due do not start. Requests after the first change nothing: one Ctrl-C gives a worker
+        the terminal's SIGINT and the SIGTERM that the pool forwards.
         """
-        if not self._stopping:
-            restores = "" if self.changelog is None else " or ending the changelog restores"
-            if self.pool_exited():
-                self._log_pool_exit(f"finishing the batch in flight{restores}, then stopping")
-            else:
-                cause = f"received {signal.Signals(signum).name}" if signum else "stop requested"
-                logger.info(
-                    "%s %s: finishing the batch in flight%s, then stopping",
-                    self.label,
-                    cause,
-                    restores,
-                )
+        if self._stopping:
+            return
+        # Set first, because a second signal can run this handler again while it logs.
         self._stopping = True
+        restores = "" if self.changelog is None else " or ending the changelog restores"
+        if self.pool_exited():
+            self._log_pool_exit(f"finishing the batch in flight{restores}, then stopping")
+            return
+        cause = f"received {signal.Signals(signum).name}" if signum else "stop requested"
+        logger.info(
+            "%s %s: finishing the batch in flight%s, then stopping", self.label, cause, restores
+        )
+
+    def stop_on_pool_exit(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        """Stop because the pool process has exited (the handler of `POOL_EXIT_SIGNAL`).
+
+        A worker that is stopping already logs the pool's exit too, once.
+        """
+        self._pool_exit_signalled = True
+        if not self._stopping:
+            self.request_stop()
+        elif not self._pool_exit_logged:
+            self._log_pool_exit("stopping")
 
     def pool_exited(self) -> bool:
         """Return whether the pool process that started this worker has exited.
 
-        The kernel then makes another process the worker's parent (pid 1, or a subreaper), so
-        one getppid call per main-loop turn is the check.
+        Either the kernel has sent `POOL_EXIT_SIGNAL`, or it has made another process the
+        worker's parent (pid 1, or a subreaper), which one getppid call per main-loop turn
+        finds where prctl is missing.
         """
+        if self._pool_exit_signalled:
+            return True
         return self.pool_pid is not None and os.getppid() != self.pool_pid
 
     def _log_pool_exit(self, action: str) -> None:
@@ -234,7 +252,15 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
         )
 
     def run(self) -> None:
-        """Consume and process batches until `request_stop`; then commit and leave the group."""
+        """Consume and process batches until `request_stop`; then commit and leave the group.
+
+        A worker asked to stop before this call closes its clients without joining the group.
+        """
+        if self._stopping:
+            # A stop signal came during the start (`PendingStop`). A join now would only make
+            # the group rebalance twice.
+            self._shutdown(joined=False)
+            return
         topic = self.config.input_topic
         self.consumer.subscribe(
             [topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
@@ -282,15 +308,15 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
         )
         self.partition_counter.start()
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, joined: bool = True) -> None:
         if not self._pool_exit_logged and self.pool_exited():
-            # Linux sends the parent-death SIGTERM when the pool thread that started the worker
-            # exits. getppid() returns the pool's pid until the pool's other threads have
-            # exited too, so `request_stop` may have logged a plain SIGTERM.
+            # The pool exited after a SIGTERM had started the stop.
             self._log_pool_exit("stopping")
         # close() revokes the assignment, and on_revoke finishes what was collected and commits.
         instance = self.consumer_instance_id()
-        if instance:
+        if not joined:
+            logger.info("%s stopping before it joined the group", self.label)
+        elif instance:
             logger.info(
                 "%s stopping: keeping the static membership of %s (the broker removes it after "
                 "session.timeout.ms)",
@@ -498,10 +524,17 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
             logger.warning("Kafka offset commit failed (LMDB has the position): %s", error)
 
 
-def install_signal_handlers(worker: Worker) -> None:
-    """Make SIGTERM and SIGINT finish the batch in flight and stop the worker."""
+def install_signal_handlers(worker: Worker, pending_stop: PendingStop | None = None) -> None:
+    """Make SIGTERM and SIGINT finish the batch in flight and stop the worker, and
+    `POOL_EXIT_SIGNAL` stop it as after its pool's exit.
+
+    A stop signal that `pending_stop` kept during the worker's start stops it now.
+    """
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGINT, worker.request_stop)
+    signal.signal(POOL_EXIT_SIGNAL, worker.stop_on_pool_exit)
+    if pending_stop is not None and pending_stop.signum is not None:
+        worker.request_stop(pending_stop.signum)
 
 
 def start_committer(
@@ -550,9 +583,11 @@ def run_worker(
     threads: int | None = None,
     heartbeat: WorkerHeartbeat | None = None,
     pool_pid: int | None = None,
+    pending_stop: PendingStop | None = None,
 ) -> int:
     """Run one pool process until SIGTERM, SIGINT or the exit of the pool process `pool_pid`;
-    return its exit code.
+    return its exit code. A stop signal that `pending_stop` kept during the start stops the
+    worker before its first batch.
 
     The bundle, the LMDB environment and the Kafka clients are opened here, after the process
     has started, because none of them may be shared across processes.
@@ -596,7 +631,7 @@ def run_worker(
         pool_pid=pool_pid,
     )
     worker.client_errors = client_errors
-    install_signal_handlers(worker)
+    install_signal_handlers(worker, pending_stop)
     if pool_pid is not None:
         stop_with_pool(pool_pid)
     try:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import NewTopic
 
+from hiertcn.signals import STOP_SIGNALS
 from stream.changelog_topic import (
     ChangelogStart,
     changelog_is_empty,
@@ -45,6 +46,7 @@ from stream.kafka_admin import (
     create_admin,
     create_topics,
     describe_client_error,
+    settled_topic,
     wait_for_metadata,
 )
 from stream.kafka_settings import (
@@ -164,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
 def stop_on_signal() -> Iterator[None]:
     """Make SIGTERM and SIGINT raise `StartInterruptedError` until the pool installs its own.
 
-    `run_pool` replaces these handlers while the pool runs and puts them back after it.
+    `run_pool` replaces these handlers while the pool runs and leaves both signals ignored
+    after it, which this keeps until the process exits.
     """
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
@@ -175,10 +178,8 @@ def stop_on_signal() -> Iterator[None]:
         yield
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+            if signal.getsignal(signum) is interrupt:
+                signal.signal(signum, handler)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -342,8 +343,9 @@ def check_topics(config: WorkerConfig) -> ChangelogStart | None:
     metadata = wait_for_metadata(admin, config.brokers)
     topics = (config.input_topic, config.output_topic, config.dead_letter_topic)
     missing = [topic for topic in topics if topic not in metadata.topics]
-    if config.create_topics and config.input_topic in metadata.topics:
-        warn_if_fewer_partitions(config, len(metadata.topics[config.input_topic].partitions))
+    input_topic = settled_topic(admin, config, metadata, config.input_topic)
+    if config.create_topics and input_topic is not None:
+        warn_if_fewer_partitions(config, len(input_topic.partitions))
     if missing and not config.create_topics:
         logger.warning(
             "topics %s do not exist: the broker may create them on first use; "
@@ -356,7 +358,10 @@ def check_topics(config: WorkerConfig) -> ChangelogStart | None:
         return None
     if check_changelog_topic(admin, config, metadata):
         return ChangelogStart(created=True, empty=True)
-    partitions = sorted(metadata.topics[config.changelog_topic].partitions)
+    # The check found the input topic's partition count, and Kafka numbers partitions from 0.
+    # `metadata` may predate the topic, which another host can have created a moment ago.
+    count = len(input_topic.partitions) if input_topic is not None else config.partitions
+    partitions = list(range(count))
     return ChangelogStart(created=False, empty=changelog_is_empty(admin, config, partitions))
 
 

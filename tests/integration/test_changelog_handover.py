@@ -10,12 +10,10 @@ whole stream in one run. The start checks of the changelog topic run against the
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from ops.kafka.admin import wait_for_leaders
@@ -72,23 +70,17 @@ def _serve_phase(
 
 def _topic_config(bootstrap: str, topic: str) -> tuple[int, dict[str, str]]:
     """Return the partition count of `topic` and the values of the settings that
-    `--create-topics` gives a changelog topic."""
+    `--create-topics` gives a changelog topic.
+
+    It reads them once, with no wait: `--create-topics` returns only once the new topic's
+    partitions have leaders, and a start right after it must find the topic complete.
+    """
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    # A topic created a moment ago can be listed without its partitions until they have
-    # leaders, and DescribeConfigs can report UNKNOWN_TOPIC_OR_PART for a while after that.
-    wait_for_leaders(admin, [topic], 30)
-    partitions = len(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+    # Metadata of every topic, because a request that names a missing topic makes a broker
+    # with auto.create.topics.enable create it with one partition.
+    partitions = len(admin.list_topics(timeout=10).topics[topic].partitions)
     resource = ConfigResource(ResourceType.TOPIC, topic)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            entries = admin.describe_configs([resource])[resource].result(10)
-            break
-        except KafkaException as error:
-            unknown = error.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
-            if not unknown or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    entries = admin.describe_configs([resource])[resource].result(10)
     return partitions, {name: entries[name].value for name in CHANGELOG_TOPIC_CONFIG}
 
 

@@ -96,3 +96,40 @@ def test_orphaned_workers_commit_leave_and_exit(
     other = lock_pool(state_dir, "another-group")
     assert other is not None
     os.close(other)
+
+
+# Events of a backlog that keeps both workers busy when the pool's parent is killed.
+BACKLOG_EVENTS = 20_000
+
+
+def test_busy_orphans_each_name_pool_exit_once(
+    kafka_bootstrap: str,
+    unique_topic: Callable[[str], str],
+    stream_bundle: Path,  # noqa: F811
+    worker_runs: list[WorkerRun],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # A busy worker handles the parent-death signal at once, while the killed pool's other
+    # threads may still be exiting and getppid() still returns the pool's pid.
+    topics = make_topics(kafka_bootstrap, unique_topic, partitions=PARTITIONS)
+    pool = start_worker(
+        kafka_bootstrap, stream_bundle, topics, tmp_path / "state", tmp_path / "pool.log",
+        ["--processes", "2"],
+    )  # fmt: skip
+    worker_runs.append(pool)
+    produce_events(kafka_bootstrap, topics.input, make_events(users=50, count=BACKLOG_EVENTS))
+    read_topic(kafka_bootstrap, topics.output, 200, timeout_s=90, settle_s=0.0)
+    workers = [int(pid) for pid in _STARTED.findall(pool.log())]
+    assert len(workers) == 2, pool.log()
+
+    pool.process.kill()
+    pool.process.wait(10)
+
+    assert wait_until_exited(workers, ORPHAN_EXIT_S) == [], pool.log()
+    log = pool.log()
+    for index, pid in enumerate(workers):
+        worker = f"worker {index} (pid {pid})"
+        assert log.count(f"{worker}: its pool process (pid {pool.process.pid}) has exited") == 1
+        assert f"{worker} received SIGTERM" not in log
+        assert f"{worker} stopped" in log
+    assert "Traceback" not in log

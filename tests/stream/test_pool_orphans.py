@@ -18,6 +18,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ import pytest
 from statestore import StoreInUseError
 from statestore.pool_lock import lock_pool
 from stream.config import WorkerConfig
-from stream.pool import _worker_main
+from stream.pool import POOL_EXIT_SIGNAL, _worker_main
 from stream.worker import Worker
 from tests.stream.test_worker import ClosingConsumer, FakeProducer, _partition_metadata, make_worker
 
@@ -234,8 +235,21 @@ def test_worker_without_pool_ignores_parent() -> None:
     assert not worker.pool_exited()
 
 
+@pytest.fixture
+def signal_handlers() -> Iterator[None]:
+    """Restore the handlers of the signals that `_worker_main` sets in this process."""
+    signums = (signal.SIGTERM, signal.SIGINT, POOL_EXIT_SIGNAL)
+    previous = {signum: signal.getsignal(signum) for signum in signums}
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
 def test_worker_of_lost_lock_exits_2_before_load(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    signal_handlers: None,
 ) -> None:
     monkeypatch.setattr("hiertcn.command_line.configure_logging", lambda verbosity: None)
     state_dir = tmp_path / "state"
@@ -255,6 +269,9 @@ def test_worker_of_lost_lock_exits_2_before_load(
         os.close(other)
 
     assert exit.value.code == 2
+    # Only the exit follows, which a late stop signal must not turn into a signal status.
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     (record,) = caplog.records
     message = record.getMessage()
     assert message.startswith("worker 0 failed: cannot join the pool lock ")
@@ -265,8 +282,8 @@ def test_worker_of_lost_lock_exits_2_before_load(
 # Run in a process of its own, because the parent-death signal stays set for the process.
 _STOP_WITH_EXITED_POOL = """
 import os, signal, sys
-from stream.pool import stop_with_pool
-signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(15))
+from stream.pool import POOL_EXIT_SIGNAL, stop_with_pool
+signal.signal(POOL_EXIT_SIGNAL, lambda signum, frame: sys.exit(15))
 stop_with_pool(os.getpid())  # never the parent of this process, as if the pool had exited
 sys.exit(0)
 """
@@ -274,7 +291,7 @@ sys.exit(0)
 
 def test_stop_with_exited_pool_signals_at_once() -> None:
     # The pool may exit before the worker requests the parent-death signal, and then the kernel
-    # sends none, so the worker sends itself the SIGTERM.
+    # sends none, so the worker sends itself the pool-exit signal.
     completed = subprocess.run(
         [sys.executable, "-c", _STOP_WITH_EXITED_POOL],
         cwd=REPO_ROOT,
@@ -285,3 +302,65 @@ def test_stop_with_exited_pool_signals_at_once() -> None:
     )
 
     assert completed.returncode == 15, completed.stderr
+
+
+# A worker with fakes whose pool is the process that started it. It creates the file that its
+# first argument names once the parent-death signal is set.
+_WORKER_OF_THREAD = """
+import sys, time
+from pathlib import Path
+from hiertcn.command_line import configure_logging
+from stream.pool import stop_with_pool
+from stream.worker import install_signal_handlers
+from tests.stream.test_pool_orphans import _loop_ready_worker
+
+configure_logging(0)
+worker, _consumer = _loop_ready_worker()
+worker._collect = lambda: time.sleep(0.02) or []
+install_signal_handlers(worker)
+stop_with_pool(worker.pool_pid)
+Path(sys.argv[1]).touch()
+worker.run()
+"""
+
+
+def _start_worker_in_thread(ready: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start `_WORKER_OF_THREAD` from a thread that exits once the worker is ready."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        command = [sys.executable, "-c", _WORKER_OF_THREAD, str(ready)]
+        with log_path.open("wb") as log:
+            started.append(
+                subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT
+                )
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    thread.join()
+    return started[0]
+
+
+def test_pool_exit_named_while_pool_threads_exit(tmp_path: Path) -> None:
+    # Linux sends the parent-death signal when the thread that started the worker exits, and
+    # getppid() returns the pool's pid until the pool's last thread has exited. The threads of
+    # a killed pool exit in any order, so the signal alone must tell the worker the cause. Here
+    # the starting thread exits while this process runs on.
+    ready = tmp_path / "ready"
+    log_path = tmp_path / "worker.log"
+
+    process = _start_worker_in_thread(ready, log_path)
+
+    assert ready.exists(), log_path.read_text()
+    assert process.wait(ORPHAN_EXIT_S) == 0, log_path.read_text()
+    log = log_path.read_text()
+    assert log.count(f"its pool process (pid {os.getpid()}) has exited") == 1, log
+    assert "received SIGTERM" not in log
+    assert f"worker (pid {process.pid}) stopped" in log
+    assert "Traceback" not in log
