@@ -62,5 +62,6 @@ bench: install system-deps
 	$(BIN)/python bench/statestore.py --bundle $(BENCH_DIR)/stream/bundle > $(BENCH_DIR)/statestore.md
 	$(BIN)/python bench/inference.py > $(BENCH_DIR)/inference.md
 	$(BIN)/python bench/train_speed.py > $(BENCH_DIR)/train_speed.md
+	$(BIN)/python bench/read_speed.py > $(BENCH_DIR)/read_speed.md
 	cat $(BENCH_DIR)/stream.md $(BENCH_DIR)/statestore.md $(BENCH_DIR)/inference.md \
-		$(BENCH_DIR)/train_speed.md
+		$(BENCH_DIR)/train_speed.md $(BENCH_DIR)/read_speed.md

@@ -1,4 +1,5 @@
-"""Argparse types of the bench scripts: bounded integers, seconds and integer lists.
+"""Argparse types of the bench scripts (bounded integers, seconds and integer lists), and the
+default log of the benchmarks that read one.
 
 The scripts import this module as `bench.arguments`, with the repository root on sys.path. The
 product's parser types do not cover these bounds, because `hiertcn.command_line.seed` takes 0 to
@@ -9,7 +10,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
+from pathlib import Path
+
+# The Taobao head log, relative to the data folder, that the benchmarks read by default.
+DEFAULT_DATA = Path("taobao-userbehavior-head") / "UserBehavior_head.csv"
 
 
 def int_at_least(text: str, low: int) -> int:
@@ -66,3 +72,13 @@ def int_list(low: int) -> Callable[[str], list[int]]:
             ) from None
 
     return parse
+
+
+def default_data() -> tuple[Path, str]:
+    """Return the default log, and where its folder came from for an error message: the folder
+    HIERTCN_DATA_DIR names, else ../shared/data beside the clone."""
+    data_dir = os.environ.get("HIERTCN_DATA_DIR")
+    if data_dir is not None:
+        return Path(data_dir) / DEFAULT_DATA, f"HIERTCN_DATA_DIR is {data_dir!r}"
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return shared / DEFAULT_DATA, f"HIERTCN_DATA_DIR is unset, so the folder is {shared}"

@@ -41,11 +41,10 @@ from hiertcn.train import TrainConfig, seed_everything, train_model
 # package contains the argument types that the bench scripts share.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.arguments import positive_int
+from bench.arguments import DEFAULT_DATA, default_data, positive_int
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DATA = Path("taobao-userbehavior-head") / "UserBehavior_head.csv"
 MODELS = ("hiertcn", "gru", "tcn")
 
 
@@ -128,15 +127,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError as error:
         parser.error(f"argument --models: {error}")
     return args
-
-
-def default_data() -> tuple[Path, str]:
-    """Return the default log and where its folder came from, for the error message."""
-    data_dir = os.environ.get("HIERTCN_DATA_DIR")
-    if data_dir is not None:
-        return Path(data_dir) / DEFAULT_DATA, f"HIERTCN_DATA_DIR is {data_dir!r}"
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
-    return shared / DEFAULT_DATA, f"HIERTCN_DATA_DIR is unset, so the folder is {shared}"
 
 
 def model_names(value: str) -> list[str]:

@@ -1,9 +1,9 @@
 """Readers of delimited logs: the generic csv format, MovieLens, Taobao and trivago.
 
-A one-character delimiter is read with the csv module, so quoted fields work. A longer one, such
-as the `::` of MovieLens `ratings.dat`, splits each line. A malformed row raises DataError with
-the file and the line. The csv, MovieLens and Taobao readers add the partial-line fix when that
-row is an incomplete last line.
+`delimited_rows` reads the rows in chunks. The csv, MovieLens and Taobao readers add a chunk to
+the builder in bulk, and add it row by row when a row needs a per-row check, so that a malformed
+row raises the DataError of that check, with the file and the line. They add the partial-line
+fix when that row is an incomplete last line.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from hiertcn.data.counts import count_noun
@@ -22,6 +22,7 @@ from hiertcn.data.delimited_columns import (
     delimiter_hint,
     pick_columns,
 )
+from hiertcn.data.delimited_rows import is_blank, iter_chunks, iter_rows, split_first_row
 from hiertcn.data.formats import (
     MOVIELENS_COLUMNS,
     TAOBAO_COLUMNS,
@@ -30,8 +31,6 @@ from hiertcn.data.formats import (
     quote_delimiter,
 )
 from hiertcn.data.log_files import (
-    ENCODING,
-    encoding_error,
     first_line,
     is_unterminated_last_line,
     partial_line_fix,
@@ -44,51 +43,37 @@ from hiertcn.errors import DataError
 logger = logging.getLogger(__name__)
 
 
-def _iter_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
-    """Yield (line number, fields) of every non-blank row; quoting only for 1-char delimiters."""
-    try:
-        with path.open(encoding=ENCODING, newline="") as file:
-            if len(delimiter) == 1:
-                yield from _iter_csv_rows(file, delimiter, path)
-                return
-            for number, line in enumerate(file, start=1):
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    yield number, line.split(delimiter)
-    except UnicodeDecodeError as error:
-        raise encoding_error(path, error) from None
-
-
-def _iter_csv_rows(file, delimiter: str, path: Path) -> Iterator[tuple[int, list[str]]]:
-    reader = csv.reader(file, delimiter=delimiter)
-    try:
-        for fields in reader:
-            if fields and any(field.strip() for field in fields):
-                yield reader.line_num, fields
-    except csv.Error as error:
-        line = reader.line_num
-        fix = "fix or remove this row"
-        if is_unterminated_last_line(path, line):
-            fix = partial_line_fix(path, line)
-        raise DataError(f"{path}:{line}: malformed CSV row ({error}): {fix}") from None
-
-
 def _short_row_error(
-    path: Path, line: int, fields: Sequence[str], needed: int, delimiter: str, log_format: str
+    path: Path,
+    line: int,
+    fields: Sequence[str],
+    needed: int,
+    delimiter: str,
+    log_format: str,
+    format_chosen: bool,
 ) -> DataError:
-    """Build the error for a row with fewer fields than the chosen columns need."""
+    """Build the error for a row with fewer fields than the chosen columns need.
+
+    `format_chosen` is true when the user passed --format, so that the hint names it as a
+    possible cause.
+    """
     row = delimiter.join(fields)
     # Only the csv and taobao readers take --delimiter, because MovieLens files have a fixed one.
     hint = None
+    other_format = f"or pass another --format if the file is not a {log_format} log"
     if is_unterminated_last_line(path, line):
         hint = partial_line_fix(path, line)
     elif len(fields) == 1 and log_format in ("csv", "taobao"):
         hint = delimiter_hint(fields)
+        if hint is not None and format_chosen:
+            hint = f"{hint}, {other_format}"
     if hint is None and log_format == "csv":
         hint = (
             f"check that --delimiter (now {quote_delimiter(delimiter)}) separates the fields, "
             "and that --user-col, --item-col and --time-col name existing columns"
         )
+        if format_chosen:
+            hint = f"{hint}, {other_format}"
     elif hint is None:
         hint = (
             f"this row does not have the {log_format} layout, so fix or remove it, or check "
@@ -108,12 +93,17 @@ def _read_delimited(
     names: Sequence[str] | None,
     defaults: Columns | None,
     time_unit: str,
+    format_chosen: bool = False,
 ) -> RawLog:
-    """Read a delimited file; `names` gives column names to a file without a header."""
-    rows = _iter_rows(path, delimiter)
+    """Read a delimited file. `names` gives column names to a file without a header.
+
+    `format_chosen` is true when the user passed --format, rather than `auto` detecting it.
+    """
+    chunks = iter_chunks(path, delimiter)
+    skip_blank = len(delimiter) == 1
     header_line = 0
     if header:
-        first = next(rows, None)
+        first, chunks = split_first_row(chunks, skip_blank)
         if first is None:
             raise DataError(f"log file {path} contains no header")
         header_line, names = first[0], [field.strip() for field in first[1]]
@@ -124,19 +114,79 @@ def _read_delimited(
     builder = RawLogBuilder(
         path, time_unit, config, with_impressions=columns.impressions is not None
     )
-    needed = max(c for c in vars(columns).values() if c is not None) + 1
-    for line, fields in rows:
-        if len(fields) < needed:
-            raise _short_row_error(path, line, fields, needed, delimiter, config.format)
+    rows = _DelimitedRows(path, config, delimiter, columns, builder, format_chosen)
+    for lines, chunk in chunks:
+        if rows.add_in_bulk(lines, chunk):
+            continue
+        for line, fields in zip(lines, chunk, strict=True):
+            if not (skip_blank and is_blank(fields)):
+                rows.add_row(line, fields)
+    return builder.build()
+
+
+class _DelimitedRows:
+    """The row checks of one delimited file, which add its rows to a `RawLogBuilder` a chunk at
+    a time when they can."""
+
+    def __init__(
+        self,
+        path: Path,
+        config: ReaderConfig,
+        delimiter: str,
+        columns: Columns,
+        builder: RawLogBuilder,
+        format_chosen: bool,
+    ):
+        self.path = path
+        self.config = config
+        self.delimiter = delimiter
+        self.columns = columns
+        self.builder = builder
+        self.format_chosen = format_chosen
+        self.needed = max(c for c in vars(columns).values() if c is not None) + 1
+
+    def add_in_bulk(self, lines: Sequence[int], rows: list[list[str]]) -> bool:
+        """Add a chunk of rows with `RawLogBuilder.add_columns`.
+
+        Returns False, having added nothing, when a row is short or the builder needs the
+        per-row checks, so that `add_row` adds each row and raises the error of the first bad one.
+        """
+        if min(map(len, rows), default=self.needed) < self.needed:
+            return False
+        columns = self.columns
+        event_types = impressions = None
+        if columns.event_type is not None:
+            event_types = [fields[columns.event_type].strip() for fields in rows]
+        if columns.impressions is not None:
+            impressions = [self.impressions(fields[columns.impressions]) for fields in rows]
+        return self.builder.add_columns(
+            lines,
+            [fields[columns.user] for fields in rows],
+            [fields[columns.item] for fields in rows],
+            [fields[columns.time] for fields in rows],
+            event_types,
+            impressions,
+        )
+
+    def add_row(self, line: int, fields: list[str]) -> None:
+        """Check one row and add it with `RawLogBuilder.add`. A bad row raises DataError."""
+        columns = self.columns
+        if len(fields) < self.needed:
+            raise _short_row_error(
+                self.path,
+                line,
+                fields,
+                self.needed,
+                self.delimiter,
+                self.config.format,
+                self.format_chosen,
+            )
         impressions: list[str] = []
         if columns.impressions is not None:
-            text = fields[columns.impressions].strip()
-            impressions = (
-                [item.strip() for item in text.split(config.impressions_sep)] if text else []
-            )
+            impressions = self.impressions(fields[columns.impressions])
         event_type = None if columns.event_type is None else fields[columns.event_type].strip()
         try:
-            builder.add(
+            self.builder.add(
                 line,
                 fields[columns.user],
                 fields[columns.item],
@@ -145,8 +195,12 @@ def _read_delimited(
                 impressions,
             )
         except DataError as error:
-            raise with_partial_line_fix(error, path, line) from None
-    return builder.build()
+            raise with_partial_line_fix(error, self.path, line) from None
+
+    def impressions(self, text: str) -> list[str]:
+        """Split the impressions field of one row into item ids."""
+        text = text.strip()
+        return [item.strip() for item in text.split(self.config.impressions_sep)] if text else []
 
 
 def _delimiter_for(path: Path, config: ReaderConfig) -> str:
@@ -162,7 +216,8 @@ def _delimiter_for(path: Path, config: ReaderConfig) -> str:
     )
 
 
-def read_generic_delimited(path: Path, config: ReaderConfig) -> RawLog:
+def read_generic_delimited(path: Path, config: ReaderConfig, format_chosen: bool = False) -> RawLog:
+    """Read a generic delimited log. `format_chosen` is true when the user passed --format."""
     return _read_delimited(
         path,
         config,
@@ -171,6 +226,7 @@ def read_generic_delimited(path: Path, config: ReaderConfig) -> RawLog:
         names=None,
         defaults=None,
         time_unit=config.time_unit or "s",
+        format_chosen=format_chosen,
     )
 
 
@@ -203,16 +259,19 @@ def read_movielens(path: Path, config: ReaderConfig) -> RawLog:
     )
 
 
-def read_taobao(path: Path, config: ReaderConfig) -> RawLog:
+def read_taobao(path: Path, config: ReaderConfig, format_chosen: bool = False) -> RawLog:
+    """Read a Taobao UserBehavior log. `format_chosen` is true when the user passed --format."""
     unit = fixed_unit(config, "s", "taobao", path)
     defaults = Columns(user=0, item=1, time=4, event_type=3, impressions=None)
     delimiter = config.delimiter or ","
-    return _read_delimited(path, config, delimiter, False, TAOBAO_COLUMNS, defaults, unit)
+    return _read_delimited(
+        path, config, delimiter, False, TAOBAO_COLUMNS, defaults, unit, format_chosen
+    )
 
 
 def read_trivago(path: Path, config: ReaderConfig) -> RawLog:
     unit = fixed_unit(config, "s", "trivago", path)
-    rows = _iter_rows(path, ",")
+    rows = iter_rows(path, ",")
     first = next(rows, None)
     if first is None:
         raise DataError(f"log file {path} contains no header")

@@ -20,7 +20,6 @@ import numpy as np
 
 from hiertcn.data.counts import count_noun
 from hiertcn.data.readers import RawLog
-from hiertcn.data.unique import factorize
 from hiertcn.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -215,29 +214,27 @@ def _fix(removed: dict[str, tuple[int, int]]) -> str:
 
 @dataclass(frozen=True)
 class _CodedLog:
-    """A raw log with its user and item ids as integer codes `[E]`. Each filter round counts
-    the codes with `np.bincount` instead of sorting the id strings again."""
+    """A raw log with the number of user and item codes. Each filter round counts the codes
+    with `np.bincount` instead of sorting the id strings again."""
 
     raw: RawLog
-    user_codes: np.ndarray
-    item_codes: np.ndarray
     num_users: int  # codes run from 0 to num_users - 1, some of them unused after a filter
     num_items: int
 
     @classmethod
     def of(cls, raw: RawLog) -> _CodedLog:
-        user_ids, user_codes = factorize(raw.users)
-        item_ids, item_codes = factorize(raw.items)
-        return cls(raw, user_codes, item_codes, len(user_ids), len(item_ids))
+        return cls(raw, len(raw.distinct_users), len(raw.distinct_items))
+
+    @property
+    def user_codes(self) -> np.ndarray:
+        return self.raw.user_codes
+
+    @property
+    def item_codes(self) -> np.ndarray:
+        return self.raw.item_codes
 
     def select(self, keep: np.ndarray) -> _CodedLog:
-        return _CodedLog(
-            self.raw.select(keep),
-            self.user_codes[keep],
-            self.item_codes[keep],
-            self.num_users,
-            self.num_items,
-        )
+        return _CodedLog(self.raw.select(keep), self.num_users, self.num_items)
 
     def user_counts(self) -> np.ndarray:
         """Return the events of each user code `[num_users]`."""

@@ -20,7 +20,7 @@ from hiertcn.data.sessions import (
     session_starts,
     sort_events,
 )
-from hiertcn.data.unique import factorize, unique_inverse
+from hiertcn.data.unique import factorize
 from hiertcn.data.vocab import ItemVocab
 from hiertcn.errors import DataError
 
@@ -237,6 +237,24 @@ def _map_to_rows(ids: np.ndarray, vocab: ItemVocab, missing: int | None) -> np.n
     return vocab.rows(distinct, missing=missing)[codes]
 
 
+def _sorted_ids(distinct: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return what `np.unique(distinct[codes], return_inverse=True)` returns, without hashing
+    or comparing the `[E]` strings: the sorted ids that have an event, and the index of each
+    event's id among them (int32 `[E]`)."""
+    present = np.flatnonzero(np.bincount(codes, minlength=len(distinct)))
+    order = present[np.argsort(distinct[present], kind="stable")]
+    # int32 like the codes, because this array and its sorted copy have one entry per event.
+    rank = np.zeros(len(distinct), dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    return distinct[order], rank[codes]
+
+
+def _first_appearance_order(codes: np.ndarray) -> np.ndarray:
+    """Return the distinct values of `codes` `[E]` in order of first appearance."""
+    values, first = np.unique(codes, return_index=True)
+    return values[np.argsort(first)]
+
+
 def build_event_log(
     raw: RawLog, gap: int = DEFAULT_SESSION_GAP, vocab: ItemVocab | None = None
 ) -> EventLog:
@@ -247,11 +265,11 @@ def build_event_log(
     """
     if len(raw) == 0:
         raise DataError(f"{raw.source}: no events to build an event log from")
-    user_ids, user_codes = unique_inverse(raw.users)
+    user_ids, user_codes = _sorted_ids(raw.distinct_users, raw.user_codes)
     order = sort_events(user_codes, raw.timestamps, raw.positions)
     codes = user_codes[order]
-    timestamps = raw.timestamps[order].astype(np.int64)
-    items_sorted = raw.items[order]
+    timestamps = raw.timestamps[order].astype(np.int64, copy=False)
+    item_codes = raw.item_codes[order]
 
     starts = session_starts(codes, timestamps, gap)
     session_offsets = offsets_from_starts(starts)
@@ -261,10 +279,14 @@ def build_event_log(
         session_index[user_offsets[:-1]], len(session_offsets) - 1
     ).astype(np.int64)
 
+    # Each distinct item is looked up once, in order of first appearance after sorting.
+    seen = _first_appearance_order(item_codes)
+    seen_ids = raw.distinct_items[seen]
     if vocab is None:
-        first_seen, _codes = factorize(items_sorted)
-        vocab = ItemVocab(tuple(first_seen))
-    items = _map_to_rows(items_sorted, vocab, missing=None)
+        vocab = ItemVocab(tuple(seen_ids))
+    row_of_code = np.zeros(len(raw.distinct_items), dtype=np.int32)
+    row_of_code[seen] = vocab.rows(seen_ids, missing=None)
+    items = row_of_code[item_codes]
 
     impression_offsets = impressions = None
     if raw.impression_offsets is not None and raw.impressions is not None:
@@ -277,7 +299,7 @@ def build_event_log(
         user_offsets=user_offsets,
         user_session_offsets=user_session_offsets,
         session_offsets=session_offsets,
-        items=items.astype(np.int32),
+        items=items,
         timestamps=timestamps,
         targets=np.ones(len(items), dtype=bool),
         impression_offsets=impression_offsets,

@@ -382,8 +382,8 @@ def data_config_from_flags(args: argparse.Namespace, path: Path) -> DataConfig:
 
 def prepare_log(config: DataConfig) -> tuple[EventLog, FilterReport]:
     """Read, filter and sessionize the log of `config`, without splitting it."""
-    raw = read_log(config.path, config.reader)
-    filtered, report = filter_log(raw, config.filters)
+    # The raw log is released once filtered, so that its memory is free for the event log.
+    filtered, report = filter_log(read_log(config.path, config.reader), config.filters)
     log = build_event_log(filtered, gap=config.session_gap)
     return log, report
 

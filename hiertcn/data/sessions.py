@@ -23,8 +23,22 @@ DEFAULT_SESSION_GAP = 1800
 def sort_events(
     user_codes: np.ndarray, timestamps: np.ndarray, positions: np.ndarray
 ) -> np.ndarray:
-    """Return the order (int64 `[E]`) by user code, then time, then `positions`."""
-    return np.lexsort((positions, timestamps, user_codes)).astype(np.int64)
+    """Return the order (int64 `[E]`) by user code, then time, then `positions`, as a stable
+    lexsort gives it. The user codes must be 0 or more."""
+    if len(timestamps) == 0:
+        return np.zeros(0, dtype=np.int64)
+    start = int(timestamps.min())
+    span = int(timestamps.max()) - start + 1
+    if (int(user_codes.max()) + 1) * span > np.iinfo(np.int64).max:
+        return np.lexsort((positions, timestamps, user_codes)).astype(np.int64, copy=False)
+    # One int64 key per (user, time) sorts much faster than a lexsort of three keys.
+    keys = user_codes.astype(np.int64)
+    keys *= span
+    keys += timestamps - start
+    if np.all(positions[1:] > positions[:-1]):
+        # A stable sort keeps events of equal keys in index order, which is position order.
+        return np.argsort(keys, kind="stable").astype(np.int64, copy=False)
+    return np.lexsort((positions, keys)).astype(np.int64, copy=False)
 
 
 def session_starts(user_codes: np.ndarray, timestamps: np.ndarray, gap: int) -> np.ndarray:
@@ -39,7 +53,7 @@ def session_starts(user_codes: np.ndarray, timestamps: np.ndarray, gap: int) -> 
     if len(timestamps) > 1:
         same_user = user_codes[1:] == user_codes[:-1]
         # int64 differences, so second-resolution gaps stay exact.
-        within_gap = np.diff(timestamps.astype(np.int64)) <= gap
+        within_gap = np.diff(timestamps.astype(np.int64, copy=False)) <= gap
         starts[1:] = ~(same_user & within_gap)
     return starts
 

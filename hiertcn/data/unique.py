@@ -11,19 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from hiertcn.data.interning import Interner
+
 
 def factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return the distinct values of `values` `[E]` in order of first appearance (object
     `[U]`), and the code of each value `[E]` (int64), its index in that order."""
-    index: dict[object, int] = {}
-    codes = np.fromiter(
-        (index.setdefault(value, len(index)) for value in values.tolist()),
-        dtype=np.int64,
-        count=len(values),
-    )
-    distinct = np.empty(len(index), dtype=object)
-    distinct[:] = list(index)
-    return distinct, codes
+    index = Interner()
+    codes = np.fromiter(map(index.__getitem__, values.tolist()), dtype=np.int64, count=len(values))
+    return index.distinct(), codes
 
 
 def unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench import arguments
 from hiertcn.data.synthetic import SyntheticConfig, generate_synthetic_log
 from hiertcn.models import ModelConfig
 from tests.bench.conftest import load_script
@@ -58,7 +59,7 @@ def test_missing_default_log_names_data_dir_variable(tmp_path, capsys, monkeypat
 def test_missing_default_log_without_variable(tmp_path, capsys, monkeypatch):
     # A clone outside the project folder has no ../shared/data beside it.
     monkeypatch.delenv("HIERTCN_DATA_DIR", raising=False)
-    monkeypatch.setattr(train_speed, "__file__", str(tmp_path / "clone" / "bench" / "x.py"))
+    monkeypatch.setattr(arguments, "__file__", str(tmp_path / "clone" / "bench" / "x.py"))
 
     with pytest.raises(SystemExit) as exit_info:
         train_speed.parse_args([])
