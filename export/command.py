@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from export.errors import ExportError
-from hiertcn.command_line import float_type
+from hiertcn.command_line import float_type, format_number
 from hiertcn.errors import HierTCNError
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from export.bundle import load_bundle
     from export.errors import ExportFailedError, VerificationError
-    from export.manifest import valid_session_gap
+    from export.manifest import SESSION_GAP_RANGE, valid_session_gap
     from export.onnx_export import (
         DEFAULT_OPSET,
         MIN_OPSET,
@@ -109,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ExportFailedError(f"--opset {args.opset} is invalid: {opset_fix()}")
     if args.session_gap is not None and not valid_session_gap(args.session_gap):
         raise ExportFailedError(
-            f"--session-gap {args.session_gap:g} is invalid: use a positive number of seconds"
+            f"--session-gap {format_number(args.session_gap)} is invalid: use {SESSION_GAP_RANGE}"
         )
     config = ExportConfig(
         opset=args.opset if args.opset is not None else DEFAULT_OPSET,

@@ -32,6 +32,12 @@ from export.errors import BundleError, BundleIntegrityError, BundleVersionError
 
 logger = logging.getLogger(__name__)
 
+# Limits of a session gap in seconds (one millisecond to 365 days): of a bundle, and of the
+# --session-gap of `hiertcn export`, `hiertcn-stream run` and `replay`.
+MIN_SESSION_GAP = 1e-3
+MAX_SESSION_GAP = 365 * 86_400
+SESSION_GAP_RANGE = f"a number of seconds from {MIN_SESSION_GAP:g} to {MAX_SESSION_GAP}"
+
 # Version of the bundle layout. Raise it whenever a file, an input or output name, a shape or a
 # manifest key changes meaning, so that an older loader rejects the new bundle. Version 2 made
 # `version` a digest of every file and serving setting (version 1 hashed session_step.onnx only).
@@ -152,7 +158,7 @@ def _check_manifest_types(manifest: Manifest, source: str) -> None:
     gap = manifest.session_gap
     if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not valid_session_gap(gap):
         raise BundleError(
-            f"{source} has session_gap={gap!r}, expected a positive number of seconds: export "
+            f"{source} has session_gap={gap!r}, expected {SESSION_GAP_RANGE}: export "
             "the bundle again with `hiertcn export --session-gap SECONDS`"
         )
     if not isinstance(manifest.files, dict):
@@ -165,8 +171,9 @@ def _check_manifest_types(manifest: Manifest, source: str) -> None:
 
 
 def valid_session_gap(seconds: float) -> bool:
-    """Return whether `seconds` is a session gap the worker accepts: finite and above 0."""
-    return math.isfinite(seconds) and seconds > 0
+    """Return whether `seconds` is a session gap the worker accepts: from `MIN_SESSION_GAP` to
+    `MAX_SESSION_GAP`."""
+    return math.isfinite(seconds) and MIN_SESSION_GAP <= seconds <= MAX_SESSION_GAP
 
 
 def compute_version(manifest: Manifest) -> str:

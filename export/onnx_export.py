@@ -49,6 +49,7 @@ from export.manifest import (
     ITEM_IDS_FILE,
     ITEMS_FILE,
     SESSION_CLOSE_FILE,
+    SESSION_GAP_RANGE,
     SESSION_STEP_FILE,
     START_STATE_FILE,
     STEP_INPUTS,
@@ -100,7 +101,7 @@ class ExportConfig:
             raise ExportFailedError(f"top_k={self.top_k} is invalid: use a positive integer")
         if self.session_gap is not None and not valid_session_gap(self.session_gap):
             raise ExportFailedError(
-                f"session_gap={self.session_gap} is invalid: use a positive number of seconds"
+                f"session_gap={self.session_gap} is invalid: use {SESSION_GAP_RANGE}"
             )
 
 
@@ -322,7 +323,7 @@ def _finish(graph: onnx.ModelProto, output_dims: list[str | int]) -> bytes:
 def session_gap_of(checkpoint: Any, configured: float | None) -> float:
     """Return the session gap in seconds: `configured`, else the checkpoint's, else 1800.
 
-    Raises `ExportFailedError` when the checkpoint's gap is not a positive number of seconds
+    Raises `ExportFailedError` when the checkpoint's gap is outside `SESSION_GAP_RANGE`
     (training accepts a gap of 0, the worker does not) and `configured` is None.
     """
     if configured is not None:
@@ -346,7 +347,7 @@ def _checked_checkpoint_gap(value: Any) -> float:
     if not valid_session_gap(gap):
         raise ExportFailedError(
             f"the checkpoint was trained with session gap {value!r} s, but the stream worker "
-            "needs a positive number of seconds: pass --session-gap SECONDS"
+            f"needs {SESSION_GAP_RANGE}: pass --session-gap SECONDS"
         )
     return gap
 

@@ -99,11 +99,16 @@ def parse_float_flag(text: str) -> float:
     underflow = value == 0.0 and any(digit in mantissa for digit in "123456789")
     overflow = math.isinf(value) and "inf" not in written.lower()
     if underflow or overflow:
-        raise ValueError(
-            f"{written} is invalid, because a 64-bit float reads it as {format_number(value)}: "
-            f"use 0 or a number whose magnitude is from {FLOAT_RANGE}"
-        )
+        raise ValueError(f"{written} is invalid: {beyond_float_fix(value)}")
     return value
+
+
+def beyond_float_fix(value: float) -> str:
+    """Return the fix for a number text that a 64-bit float reads as `value`, 0 or inf."""
+    return (
+        f"a 64-bit float reads it as {format_number(value)}, so write a number whose magnitude "
+        f"is from {FLOAT_RANGE}"
+    )
 
 
 def float_type(text: str) -> float:
@@ -132,10 +137,11 @@ class StoreFloat(argparse.Action):
     as typed, so that messages can quote it (`format_flag_number`).
 
     NOTE: only `hiertcn train`, `hiertcn experiment` and `hiertcn-stream produce` use it. The
-    float flags of `hiertcn export`, `hiertcn-stream run` and `replay`, and ops/demo/run.py
-    reject 1e-400 too (`float_type`, `stream.config.parse_float`), but their messages show the
-    parsed number, not the text as typed. Those of `hiertcn-stream state` still read 1e-400 as
-    0, because statestore does not import hiertcn.
+    float flags of the data options (--train-fraction, --valid-fraction), `hiertcn export`,
+    `hiertcn-stream run` and `replay`, and ops/demo/run.py reject 1e-400 too (`float_type`,
+    `stream.config.parse_float`), but their messages show the parsed number, not the text as
+    typed. Those of `hiertcn-stream state` still read 1e-400 as 0, because statestore does not
+    import hiertcn.
     """
 
     def __call__(

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from hiertcn.command_line import FLOAT_RANGE, format_number, parse_float_flag
+from export.manifest import MAX_SESSION_GAP, MIN_SESSION_GAP
+from hiertcn.command_line import beyond_float_fix, format_number, parse_float_flag
 from statestore.store import MAX_MAP_SIZE, format_size
 from stream.dead_letters import DEFAULT_MESSAGE_MAX_BYTES
 from stream.errors import ConfigError
@@ -63,9 +64,6 @@ _BIND_ADDRESS_BRACKETS_FIX = (
     "write an IPv6 address in one pair of brackets or none (::1 or [::1]), or a host name or "
     "IPv4 address such as localhost or 127.0.0.1"
 )
-# Limits of --session-gap in seconds (one millisecond to 365 days), for `run` and `replay`.
-MIN_SESSION_GAP = 1e-3
-MAX_SESSION_GAP = 365 * 86_400
 
 # librdkafka settings that a flag of `run` sets, with that flag. --delivery-timeout sets the
 # producer's delivery.timeout.ms (message.timeout.ms), which must equal the worker's own wait
@@ -170,8 +168,7 @@ def parse_float(text: str) -> float:
     try:
         return parse_float_flag(text)
     except ValueError:
-        fix = f"a 64-bit float reads it as {format_number(value)}: use 0 or a magnitude from "
-        raise OptionValueError(text, fix + FLOAT_RANGE) from None
+        raise OptionValueError(text, beyond_float_fix(value)) from None
 
 
 def _optional_float(text: str) -> float | None:
@@ -192,10 +189,14 @@ def parse_bind_address(text: str) -> str:
     """Parse a listen address without port: a host name, an IPv4 address, or an IPv6 address
     with or without URL brackets (`::1` or `[::1]`). Return it without the brackets.
 
-    Raises OptionValueError for a port in the address, for brackets that do not enclose exactly
-    one IPv6 address, for colons outside an IPv6 address, and for a blank text. The resolver
-    judges the host names that pass.
+    Raises OptionValueError for a URL scheme, for white space, for a port in the address, for
+    brackets that do not enclose exactly one IPv6 address, for colons outside an IPv6 address,
+    and for a blank text. The resolver judges the host names that pass.
     """
+    if "://" in text:
+        raise OptionValueError(text, "remove the URL scheme: " + _BIND_ADDRESS_FIX)
+    if text.strip() and any(character.isspace() for character in text):
+        raise OptionValueError(text, "remove the white space: " + _BIND_ADDRESS_FIX)
     if text.startswith("["):
         inner, closed, rest = text[1:].partition("]")
         if closed and _is_port_suffix(rest) and _is_ipv6(inner):

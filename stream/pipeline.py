@@ -212,7 +212,7 @@ class Pipeline:
         self.item_ids = np.array(bundle.item_ids, dtype=object)  # [N] external ids
         self.dim = int(self.table.shape[1])
         logger.info(
-            "pipeline ready: model %s, %d items, D=%d, session gap %.0f s, K=%d, "
+            "pipeline ready: model %s, %d items, D=%d, session gap %g s, K=%d, "
             "session prefix up to %d items, session-close outputs %s",
             self.config.model_version,
             self.table.shape[0],

@@ -305,7 +305,7 @@ class Pool:
         The killed workers' outputs since their last commit are published again after a
         restart, as after any SIGKILL, but no state or position is lost.
         """
-        name = signal.Signals(signum).name
+        cause = self._second_signal_cause(signum)
         if self._forced_signal is not None:
             return
         running = [
@@ -314,21 +314,28 @@ class Pool:
             if child.is_alive() and not self.finished[index]
         ]
         if not running:
-            logger.info("%s received again: every worker has stopped, the pool exits", name)
+            logger.info("%s: every worker has stopped, the pool exits", cause)
             return
         self._forced_signal = signum
         logger.warning(
-            "%s received again while the pool stops: killing %s still running (%s %s). A "
-            "restart publishes again the outputs of their batches since the last commit, and "
-            "its workers get no partitions until the broker drops the killed members after "
-            "session.timeout.ms",
-            name,
+            "%s while the pool stops: killing %s still running (%s %s). A restart publishes "
+            "again the outputs of their batches since the last commit, and its workers get no "
+            "partitions until the broker drops the killed members after session.timeout.ms",
+            cause,
             plural(len(running), "worker"),
             "pid" if len(running) == 1 else "pids",
             ", ".join(str(child.pid) for child in running),
         )
         for child in running:
             child.kill()
+
+    def _second_signal_cause(self, signum: int) -> str:
+        """Describe a stop signal that followed the first one, such as "SIGINT received again"
+        or "SIGINT received after SIGTERM"."""
+        name = signal.Signals(signum).name
+        if self._stop_signal is None or self._stop_signal == signum:
+            return f"{name} received again"
+        return f"{name} received after {signal.Signals(self._stop_signal).name}"
 
     def run(self) -> int:
         """Run the pool until it is stopped or a worker fails; return the exit code."""
@@ -475,8 +482,8 @@ class Pool:
             logger.info("pool exits with 0: every worker stopped on request")
             return
         if self._forced_signal is not None and code == 128 + self._forced_signal:
-            name = signal.Signals(self._forced_signal).name
-            logger.warning("pool exits with %d: %s received again, workers killed", code, name)
+            cause = self._second_signal_cause(self._forced_signal)
+            logger.warning("pool exits with %d: %s, workers killed", code, cause)
             return
         causes = [text for exitcode, text in self._failures if exitcode == code] or [
             text for _exitcode, text in self._failures

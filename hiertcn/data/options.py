@@ -255,7 +255,7 @@ def _add_split_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--train-fraction",
         action=_RecordGiven,
-        type=float,
+        type=command_line.float_type,
         default=split.train_fraction,
         help="fraction of users (cold) or of the event-time quantile (warm) for training "
         f"(default: {split.train_fraction})",
@@ -263,7 +263,7 @@ def _add_split_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument(
         "--valid-fraction",
         action=_RecordGiven,
-        type=float,
+        type=command_line.float_type,
         default=split.valid_fraction,
         help="fraction for validation; the test part gets the rest "
         f"(default: {split.valid_fraction})",

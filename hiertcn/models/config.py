@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hiertcn.command_line import format_number
 from hiertcn.errors import ConfigError, InvalidFieldError
 
 HIERTCN_DILATIONS = (1, 2, 4, 8)
@@ -37,6 +38,8 @@ def flag_for(field: str, value: Any) -> str:
         return flag
     if isinstance(value, (list, tuple)):
         return f"{flag} {','.join(str(part) for part in value)}"
+    if isinstance(value, float):
+        return f"{flag} {format_number(value)}"
     return f"{flag} {value}"
 
 

@@ -67,7 +67,8 @@ def test_export_into_empty_file_says_file(
     ("flag", "value", "message"),
     [
         ("--top-k", "0", "--top-k 0 is invalid: use a positive integer"),
-        ("--session-gap", "0", "--session-gap 0 is invalid: use a positive number of seconds"),
+        ("--session-gap", "0", "--session-gap 0 is invalid: use a number of seconds from 0.001"),
+        ("--session-gap", "1e-7", "--session-gap 1e-7 is invalid: use a number of seconds from"),
         ("--opset", "13", f"--opset 13 is invalid: use 14 to {ONNX_MAX_OPSET}"),
         ("--opset", str(ONNX_MAX_OPSET + 1), f"use 14 to {ONNX_MAX_OPSET}, the range"),
     ],

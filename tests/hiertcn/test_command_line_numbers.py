@@ -10,7 +10,7 @@ from hiertcn import command_line
 from hiertcn.cli import main
 from tests.hiertcn.test_commands_train import train_argv
 
-FLOAT_RANGE_FIX = "use 0 or a number whose magnitude is from 4.9e-324 to 1.79e308"
+FLOAT_RANGE_FIX = "so write a number whose magnitude is from 4.9e-324 to 1.79e308"
 
 
 @pytest.mark.parametrize(
@@ -78,7 +78,7 @@ def test_parse_float_flag_rejects_beyond_float(text: str, read_as: str) -> None:
         command_line.parse_float_flag(text)
 
     assert str(raised.value) == (
-        f"{text} is invalid, because a 64-bit float reads it as {read_as}: {FLOAT_RANGE_FIX}"
+        f"{text} is invalid: a 64-bit float reads it as {read_as}, {FLOAT_RANGE_FIX}"
     )
 
 
@@ -148,8 +148,8 @@ def test_train_number_beyond_float_rejected(tmp_path, capsys, flag, text, read_a
     assert exit_info.value.code == 2
     last_line = capsys.readouterr().err.splitlines()[-1]
     assert last_line == (
-        f"hiertcn train: error: argument {flag}: {text} is invalid, because a 64-bit float reads "
-        f"it as {read_as}: {FLOAT_RANGE_FIX}"
+        f"hiertcn train: error: argument {flag}: {text} is invalid: a 64-bit float reads "
+        f"it as {read_as}, {FLOAT_RANGE_FIX}"
     )
     assert not (tmp_path / "run").exists()
 
@@ -186,5 +186,22 @@ def test_float_type_flags_reject_beyond_float(argv, capsys):
         main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "is invalid, because a 64-bit float reads it as" in err
+    assert "is invalid: a 64-bit float reads it as" in err
     assert command_line.FLOAT_RANGE in err
+
+
+@pytest.mark.parametrize("flag", ["--train-fraction", "--valid-fraction"])
+def test_split_fraction_beyond_float_rejected(flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "log.csv", f"{flag}=1e-400"])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: 1e-400 is invalid: a 64-bit float reads it as 0" in (
+        capsys.readouterr().err
+    )
+
+
+def test_ignored_model_flag_warning_shows_short_exponent() -> None:
+    from hiertcn.models.config import flag_for
+
+    assert flag_for("dropout", 1e-7) == "--dropout 1e-7"
+    assert flag_for("dropout", 0.25) == "--dropout 0.25"

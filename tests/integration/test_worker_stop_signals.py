@@ -71,8 +71,9 @@ def _assert_no_failure(log: str) -> None:
             assert marker not in line, log
 
 
-def _assert_stopped(pool: WorkerRun, code: int, second: str) -> None:
-    """Check the exit of a pool that got a stop signal and then `second` (SIGINT, SIGTERM)."""
+def _assert_stopped(pool: WorkerRun, code: int, second: str, first: str | None = None) -> None:
+    """Check the exit of a pool that got the stop signal `first` (None: the same as `second`)
+    and then `second` (SIGINT, SIGTERM)."""
     log = pool.log()
     _assert_no_failure(log)
     assert log.count("stopping the pool (") == 1, log
@@ -82,8 +83,9 @@ def _assert_stopped(pool: WorkerRun, code: int, second: str) -> None:
         assert "killing" not in log
         assert len(re.findall(r"stream\.pool: worker \d \(pid \d+\) stopped", log)) == 2, log
     else:
-        assert f"{second} received again while the pool stops: killing " in log
-        assert f"pool exits with {code}: {second} received again, workers killed" in log
+        cause = "received again" if first in (None, second) else f"received after {first}"
+        assert f"{second} {cause} while the pool stops: killing " in log
+        assert f"pool exits with {code}: {second} {cause}, workers killed" in log
 
 
 @pytest.mark.parametrize("gap_s", [0.0, 0.02, 0.1, 0.3])
@@ -120,7 +122,7 @@ def test_sigterm_then_sigint(
     os.killpg(pool.process.pid, signal.SIGINT)
     code = pool.wait(120)
 
-    _assert_stopped(pool, code, "SIGINT")
+    _assert_stopped(pool, code, "SIGINT", first="SIGTERM")
     assert "stopping the pool (SIGTERM received)" in pool.log()
 
 

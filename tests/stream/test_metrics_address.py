@@ -139,6 +139,10 @@ FORMS_FIX = "use a host name, an IPv4 address, or an IPv6 address with or withou
         ("1:2:x::", FORMS_FIX),
         ("", FORMS_FIX),
         (" ", FORMS_FIX),
+        ("http://127.0.0.1", "remove the URL scheme: " + FORMS_FIX),
+        ("127.0.0.1 ", "remove the white space: " + FORMS_FIX),
+        (" ::1", "remove the white space: " + FORMS_FIX),
+        ("a b", "remove the white space: " + FORMS_FIX),
     ],
 )
 def test_bind_address_odd_form_named(text: str, fix: str) -> None:

@@ -112,11 +112,13 @@ def test_second_signal_kills_stopping_workers(
     assert "stopping the pool (SIGTERM received): stopping 2 running workers. Another " in (
         "\n".join(messages)
     )
-    forced = [message for message in messages if "received again" in message]
+    forced = [message for message in messages if "SIGINT received after SIGTERM" in message]
     assert len(forced) == 2
-    assert forced[0].startswith("SIGINT received again while the pool stops: killing 2 workers ")
+    assert forced[0].startswith(
+        "SIGINT received after SIGTERM while the pool stops: killing 2 workers "
+    )
     assert "A restart publishes again the outputs of their batches" in forced[0]
-    assert forced[1] == "pool exits with 130: SIGINT received again, workers killed"
+    assert forced[1] == "pool exits with 130: SIGINT received after SIGTERM, workers killed"
     assert sum(message.endswith(") killed") for message in messages) == 2
 
 
@@ -130,6 +132,7 @@ def test_second_sigterm_gives_143(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert _errors(caplog) == []
     forced = [r.getMessage() for r in caplog.records if "killing 2 workers" in r.getMessage()]
     assert len(forced) == 1, "a third signal changes nothing"
+    assert forced[0].startswith("SIGTERM received after SIGINT while the pool stops")
 
 
 def test_second_signal_spares_finished_workers(

@@ -130,9 +130,8 @@ def test_number_beyond_float_rejected(
 
     last_line = error.splitlines()[-1]
     assert last_line == (
-        f"hiertcn-stream produce: error: argument {flag}: {text} is invalid, because a 64-bit "
-        f"float reads it as {read_as}: use 0 or a number whose magnitude is from 4.9e-324 to "
-        "1.79e308"
+        f"hiertcn-stream produce: error: argument {flag}: {text} is invalid: a 64-bit float "
+        f"reads it as {read_as}, so write a number whose magnitude is from 4.9e-324 to 1.79e308"
     )
 
 
