@@ -19,11 +19,20 @@ from hiertcn.data.delimited_columns import (
     Columns,
     check_header_not_numbers,
     check_time_header,
+    column_label,
     delimiter_hint,
     pick_columns,
 )
-from hiertcn.data.delimited_rows import is_blank, iter_chunks, iter_rows, split_first_row
+from hiertcn.data.delimited_rows import (
+    is_blank,
+    iter_chunks,
+    iter_rows,
+    row_start_line,
+    split_first_row,
+)
+from hiertcn.data.excerpts import excerpt
 from hiertcn.data.formats import (
+    DEFAULT_COLUMNS,
     MOVIELENS_COLUMNS,
     TAOBAO_COLUMNS,
     TRIVAGO_ITEM_ACTIONS,
@@ -57,7 +66,13 @@ def _short_row_error(
     `format_chosen` is true when the user passed --format, so that the hint names it as a
     possible cause.
     """
-    row = delimiter.join(fields)
+    row = excerpt(delimiter.join(fields))
+    start = row_start_line(line, fields)
+    if start != line:
+        return DataError(
+            f"{path}:{start}: row has {count_noun(len(fields), 'field')} but {needed} are needed "
+            f"(up to column {needed - 1}, counted from 0): {row}. {_open_quote_fix(start, line)}"
+        )
     # Only the csv and taobao readers take --delimiter, because MovieLens files have a fixed one.
     hint = None
     other_format = f"or pass another --format if the file is not a {log_format} log"
@@ -81,8 +96,26 @@ def _short_row_error(
         )
     return DataError(
         f"{path}:{line}: row has {count_noun(len(fields), 'field')} but {needed} are needed "
-        f"(up to column {needed - 1}, counted from 0): {row!r}: {hint}"
+        f"(up to column {needed - 1}, counted from 0): {row}: {hint}"
     )
+
+
+def _open_quote_fix(start: int, end: int) -> str:
+    """Return the fix for a bad row from line `start` to `end`, where a quoted field spans lines."""
+    return (
+        f"A quote on line {start} opens a field that spans lines to line {end}, so close the "
+        "quote or remove it unless the field is meant to contain line breaks"
+    )
+
+
+def _spanning_row_error(error: DataError, path: Path, start: int, end: int) -> DataError:
+    """Move an error about the row that ends on line `end` to line `start`, where it starts.
+
+    The error of such a row usually comes from an unclosed quote, which makes one field of the
+    row out of all the lines up to the next quote character.
+    """
+    problem = str(error).removeprefix(f"{path}:{end}: ")
+    return DataError(f"{path}:{start}: {problem}. {_open_quote_fix(start, end)}")
 
 
 def _read_delimited(
@@ -114,6 +147,8 @@ def _read_delimited(
     builder = RawLogBuilder(
         path, time_unit, config, with_impressions=columns.impressions is not None
     )
+    if config.item_col is not None and columns.item != _default_item(names, defaults):
+        builder.other_item_column = column_label(names, columns.item)
     rows = _DelimitedRows(path, config, delimiter, columns, builder, format_chosen)
     for lines, chunk in chunks:
         if rows.add_in_bulk(lines, chunk):
@@ -122,6 +157,16 @@ def _read_delimited(
             if not (skip_blank and is_blank(fields)):
                 rows.add_row(line, fields)
     return builder.build()
+
+
+def _default_item(names: Sequence[str] | None, defaults: Columns | None) -> int | None:
+    """Return the position of the item column that the format picks without --item-col."""
+    if defaults is not None:
+        return defaults.item
+    if names is None:
+        return 1
+    candidates = [name for name in DEFAULT_COLUMNS["item"] if name in names]
+    return list(names).index(candidates[0]) if candidates else None
 
 
 class _DelimitedRows:
@@ -195,6 +240,9 @@ class _DelimitedRows:
                 impressions,
             )
         except DataError as error:
+            start = row_start_line(line, fields)
+            if start != line:
+                raise _spanning_row_error(error, self.path, start, line) from None
             raise with_partial_line_fix(error, self.path, line) from None
 
     def impressions(self, text: str) -> list[str]:
@@ -305,7 +353,8 @@ def read_trivago(path: Path, config: ReaderConfig) -> RawLog:
 
         if not reference.isdigit():
             raise DataError(
-                f"{path}:{line}: reference {reference!r} of action {action!r} is not an item id"
+                f"{path}:{line}: reference {excerpt(reference)} of action {excerpt(action)} is not "
+                "an item id"
             )
 
         text = fields[index["impressions"]].strip()

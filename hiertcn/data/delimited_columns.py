@@ -183,9 +183,11 @@ def _default_column(names: Sequence[str] | None, role: str, position: int, path:
         if candidate in names:
             choice = f"the default {role} column {candidate!r}"
             return _named_column(names, candidate, choice, _flag(role), path)
-    raise DataError(
-        f"{path}: no {role} column among {list(names)}: pass --{role}-col with a name or position"
-    )
+    fix = f"pass --{role}-col with a name or position"
+    hint = delimiter_hint(names, part="header") if len(names) == 1 else None
+    if hint is not None:
+        fix = f"{hint}, or {fix}"
+    raise DataError(f"{path}: no {role} column among {list(names)}: {fix}")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from hiertcn.data.log_files import (
     is_unterminated_last_line,
     partial_line_fix,
 )
+from hiertcn.data.read_progress import ReadProgress
 from hiertcn.errors import DataError
 
 # Line numbers and fields of the rows of one chunk.
@@ -37,12 +38,18 @@ def iter_chunks(path: Path, delimiter: str) -> Iterator[Chunk]:
     A longer delimiter splits each line, and leaves out blank lines. An error in a row comes
     after the chunk of the rows before it, so that their errors come first.
     """
+    progress = ReadProgress(path)
+    rows = 0
     try:
         with path.open(encoding=ENCODING, newline="") as file:
             if len(delimiter) == 1:
-                yield from _iter_csv_chunks(file, delimiter, path)
+                chunks = _iter_csv_chunks(file, delimiter, path)
             else:
-                yield from _iter_split_chunks(file, delimiter)
+                chunks = _iter_split_chunks(file, delimiter)
+            for chunk in chunks:
+                yield chunk
+                rows += len(chunk[1])
+                progress.update(rows)
     except UnicodeDecodeError as error:
         raise encoding_error(path, error) from None
 
@@ -81,6 +88,20 @@ def _line_numbers(before: int, rows: list[list[str]], last: int | None) -> Seque
         # A quoted field left open at the end of the file keeps the last line's line break.
         lines[-1] = last
     return lines
+
+
+def row_start_line(line: int, fields: Sequence[str]) -> int:
+    """Return the line on which a csv row starts, given the `line` on which it ends.
+
+    A line break at the end of the last field is not counted, because a quoted field left open
+    at the end of the file ends with the last line's line break, which starts no new line.
+    NOTE: a row whose last field is a closed quote that ends with a line break, such as
+    `1,2,"a<LF>"`, is then taken to start one line later than it does.
+    """
+    breaks = sum(map(_line_breaks, fields))
+    if fields and fields[-1].endswith(("\n", "\r")):
+        breaks -= 1
+    return line - breaks
 
 
 def _line_breaks(field: str) -> int:

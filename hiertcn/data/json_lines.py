@@ -25,15 +25,22 @@ from hiertcn.data.log_files import (
     with_partial_line_fix,
 )
 from hiertcn.data.raw_log import RawLog, RawLogBuilder
+from hiertcn.data.read_progress import ReadProgress
 from hiertcn.errors import DataError
+
+# Lines between two checks of the clock for a progress line.
+_PROGRESS_CHECK_LINES = 4096
 
 
 def _iter_json(path: Path) -> Iterator[tuple[int, dict]]:
+    progress = ReadProgress(path, noun="line")
     try:
         with path.open(encoding=ENCODING) as file:
             for number, line in enumerate(file, start=1):
                 if line.strip():
                     yield number, _parse_json_line(line, path, number)
+                if number % _PROGRESS_CHECK_LINES == 0:
+                    progress.update(number)
     except UnicodeDecodeError as error:
         raise encoding_error(path, error) from None
 
@@ -122,6 +129,8 @@ def read_generic_jsonl(path: Path, config: ReaderConfig) -> RawLog:
                 _json_key(config.time_col, record, "time", path, line),
             )
             _check_distinct_keys(keys, path)
+            if keys[1] not in DEFAULT_COLUMNS["item"]:
+                builder.other_item_column = repr(keys[1])
         user, item, timestamp = (
             _field(record, key, path, line, flag)
             for key, flag in zip(keys, ("--user-col", "--item-col", "--time-col"), strict=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import numpy as np
 
 from hiertcn.data.counts import count_noun
 from hiertcn.data.duplicates import find_duplicates
+from hiertcn.data.excerpts import excerpt
 from hiertcn.data.formats import FLEXIBLE_UNIT_FORMATS, ReaderConfig
 from hiertcn.data.interning import CodeColumn
 from hiertcn.data.time_units import (
@@ -42,6 +44,10 @@ _MAX_SECONDS = 253_402_300_799
 # Unix time of 1973-01-01 in seconds. A log whose every timestamp read with unit `ms` is earlier
 # is almost surely in seconds: Unix time 1.7e9 s (the year 2023) read as ms is in January 1970.
 _MIN_LATEST_SECONDS_FROM_MS = 94_694_400
+# The timestamp text that the readers accept: ASCII digits after an optional sign. Python's int()
+# also accepts underscores between digits and the digits of other scripts, such as full-width
+# digits, which a log should not contain.
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
 # Maximum number of distinct event types that the error for an --event-types value matching no
 # event lists, because a wrong --event-type-col can name a column with a new value in every row.
 _MAX_LISTED_TYPES = 20
@@ -158,20 +164,20 @@ class RawLogBuilder:
         # The first distinct event types that --event-types dropped, in file order, for the
         # message when it keeps nothing. A dict keeps the order.
         self.dropped_types: dict[str, None] = {}
+        # The name of the item column when --item-col picks a column other than the format's
+        # default, such as a category, for the duplicate note. Readers set it after `pick_columns`.
+        self.other_item_column: str | None = None
 
     def parse_time(self, value: object, line: int) -> int:
         """Convert one timestamp to an integer in the file's unit; raises DataError naming it."""
         number = None
         if isinstance(value, int) and not isinstance(value, bool):
             number = value
-        elif isinstance(value, str):
-            try:
-                number = int(value)
-            except ValueError:
-                number = None
+        elif isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
+            number = int(value)
         if number is None:
             raise DataError(
-                f"{self.path}:{line}: timestamp {value!r} is not an integer: "
+                f"{self.path}:{line}: timestamp {excerpt(value)} is not an integer: "
                 f"{timestamp_fix(value, self.time_unit, self.config.format)}"
             )
         if number < 0:
@@ -239,7 +245,7 @@ class RawLogBuilder:
         """Convert one user or item id to its external id string (`42` and `"42"` are equal)."""
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise DataError(
-                f"{self.path}:{line}: {role} id {value!r} is invalid: "
+                f"{self.path}:{line}: {role} id {excerpt(value)} is invalid: "
                 "ids must be strings or integers"
             )
         text = value.strip() if isinstance(value, str) else str(value)
@@ -333,8 +339,12 @@ class RawLogBuilder:
     def _parse_times(self, timestamps: list[str]) -> np.ndarray | None:
         """Return the timestamps as int64 `[n]`, or None when one is invalid or out of range.
 
-        `int` reads each value as `parse_time` does, so both accept the same strings.
+        `int` reads each value as `parse_time` does once the chunk has only ASCII characters and
+        no underscore, so both accept the same strings.
         """
+        text = "".join(timestamps)
+        if not text.isascii() or "_" in text:
+            return None
         try:
             times = np.fromiter(map(int, timestamps), dtype=np.int64, count=len(timestamps))
         except (ValueError, OverflowError):
@@ -431,6 +441,21 @@ class RawLogBuilder:
         """
         duplicates = find_duplicates(self.users, self.items, times)
         if duplicates is None:
+            return
+        if self.other_item_column is not None:
+            # Rows that share a category, say, are different events, so they are not copies.
+            logger.info(
+                "%s: events with the user, item and timestamp of an earlier event, where the item "
+                "is the value of the --item-col column %s: %d, for example user %s, item %s at "
+                "%d %s. They are kept as repeated interactions",
+                self.path,
+                self.other_item_column,
+                duplicates.count,
+                duplicates.user,
+                duplicates.item,
+                duplicates.time,
+                self.time_unit,
+            )
             return
         logger.info(
             "%s: events with the user, item and timestamp of an earlier event: %d, for example "

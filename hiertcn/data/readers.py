@@ -33,7 +33,8 @@ The readers live in modules by concept, and this module is their public entry po
 `formats` (format names, column layouts, `ReaderConfig`), `time_units`, `raw_log` (`RawLog` and
 its builder) with `interning` (integer codes of ids) and `duplicates`, `log_files` (UTF-8 text
 and incomplete last lines), `format_detection`, `delimited` with `delimited_columns` and
-`delimited_rows` (rows read in chunks), and `json_lines`.
+`delimited_rows` (rows read in chunks), and `json_lines`. `excerpts` cuts the row text that
+messages quote, and `read_progress` logs the progress of a long read.
 """
 
 from __future__ import annotations
@@ -205,6 +206,7 @@ def read_log(path: str | Path, config: ReaderConfig | None = None) -> RawLog:
     format_chosen = config.format != "auto"
     log_format = config.format if format_chosen else detect_format(path, config)
     check_no_header_format(path, log_format, config)
+    logger.info("reading %s (%s bytes, format %s)", path, f"{path.stat().st_size:,}", log_format)
     # The readers word their messages by the format, so they get the detected one.
     config = dataclasses.replace(config, format=log_format)
     readers = {

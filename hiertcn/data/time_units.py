@@ -72,6 +72,16 @@ def milliseconds_fix(config: ReaderConfig, path: Path) -> str:
 def timestamp_fix(value: object, unit: str, log_format: str) -> str:
     """Return what to do about a timestamp `value` that is not an integer."""
     name = {"s": "seconds", "ms": "milliseconds"}[unit]
+    if isinstance(value, str) and is_finite_number(value) and "_" in value:
+        return (
+            "timestamps must contain only the ASCII digits 0-9 after an optional sign, so "
+            "remove the underscores in the file"
+        )
+    if isinstance(value, str) and is_finite_number(value) and not value.isascii():
+        return (
+            "timestamps must contain only the ASCII digits 0-9 after an optional sign, so "
+            "write the digits as ASCII digits in the file"
+        )
     if is_finite_number(value):
         if unit == "s" and log_format in FLEXIBLE_UNIT_FORMATS:
             return (
