@@ -47,6 +47,21 @@ def _group_members(admin: AdminClient, group: str) -> int:
     return len(description.members)
 
 
+def _wait_until_assigned(pool: WorkerRun, workers: list[int], timeout_s: float) -> None:
+    """Wait until each worker pid in `workers` has logged a partition assignment.
+
+    A worker stopped while its group join is still in flight leaves a member that the broker
+    drops only after session.timeout.ms, so the tests that count members wait for the join.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        log = pool.log()
+        if all(f" {pid} stream.rebalance: assigned " in log for pid in workers):
+            return
+        assert time.monotonic() < deadline, log
+        time.sleep(0.1)
+
+
 def _members_after_wait(admin: AdminClient, group: str, timeout_s: float) -> int:
     """Return the group's member count once it is 0, or the last count after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
@@ -76,6 +91,7 @@ def test_orphaned_workers_commit_leave_and_exit(
     assert len(outputs) == EVENTS, pool.log()
     workers = [int(pid) for pid in _STARTED.findall(pool.log())]
     assert len(workers) == 2, pool.log()
+    _wait_until_assigned(pool, workers, timeout_s=60)
 
     # Only the parent: the workers are re-parented, as after an OOM kill of the parent.
     pool.process.kill()
