@@ -104,8 +104,10 @@ def test_bound_accepted_by_librdkafka() -> None:
         headers=headers,
     )
 
+    # The purged message leaves the queue once its delivery report is served, which flush()
+    # does. A timeout of 0 can return before that, so the count then still reads 1.
     producer.purge()
-    assert producer.flush(0) == 0
+    assert producer.flush(5) == 0
 
 
 # The check of `run`.
