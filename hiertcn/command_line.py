@@ -112,7 +112,8 @@ def beyond_float_fix(value: float) -> str:
 
 
 def float_type(text: str) -> float:
-    """The argparse `type` of a float flag: `parse_float_flag`, whose message argparse prints."""
+    """Parse a float flag's text with `parse_float_flag`, as an argparse `type` whose error
+    message argparse prints."""
     try:
         return parse_float_flag(text)
     except ValueError as error:
