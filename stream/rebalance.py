@@ -6,7 +6,9 @@ partition that has no stored position, or one behind the group's committed offse
 changelog (`stream.changelog`). A stop request ends the restores, and the partitions left
 unrestored are not assigned, so that none of them starts at the earliest offset. A store without
 any position, for partitions where the group has committed offsets beyond the earliest retained
-one, stops the worker (`CommittedOffsetsError`) unless `--rebuild-state` is set.
+one, stops the worker (`CommittedOffsetsError`) unless `--rebuild-state` is set. A worker that
+is stopping already assigns nothing and queries nothing: its consumer's close revokes the
+assignment at once.
 
 A revocation finishes the batch being collected and commits everything pending, in LMDB and in
 Kafka, before the partitions move. A lost partition has its pending batches dropped, because its
@@ -91,10 +93,14 @@ class RebalanceCallbacks:
     _paused: set[int]
     # Set by `Worker.request_stop`. A stop request ends the changelog restores.
     _stopping: bool
-    # Partitions of the group's assignment that a stop request left unrestored and unassigned.
-    _unrestored: set[int]
+    # Partitions of the group's assignment that this worker never assigned, because a stop
+    # request came before their assignment or ended their changelog restore.
+    _never_assigned: set[int]
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._stopping:
+            self._decline_on_stop(consumer, partitions)
+            return
         # Positions come from LMDB, so earlier batches of these partitions must be committed.
         # A failed commit thread raises here, before anything is read from a stale position.
         self.committer.drain()
@@ -301,9 +307,28 @@ class RebalanceCallbacks:
             stopped.records,
         )
 
+    def _decline_on_stop(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Assign none of `partitions`, which the group gave to a worker that is stopping.
+
+        The consumer's close revokes them at once. The join can complete inside close(), where
+        the offset queries of an assignment can time out. A failed query would stop the worker
+        with exit code 2.
+        """
+        declined = [tp.partition for tp in partitions]
+        self._never_assigned.update(declined)
+        if declined:
+            logger.info(
+                "stop requested before the assignment of %s: not assigned, so the group moves "
+                "them to another member",
+                ", ".join(f"{self.config.input_topic}[{partition}]" for partition in declined),
+            )
+        # Called also with an empty list: confluent-kafka assigns every partition of the
+        # callback itself unless the callback assigns.
+        consumer.incremental_assign([])
+
     def _leave_unrestored(self, partitions: list[int]) -> None:
         """Log the partitions that a stop request left unrestored, which stay unassigned."""
-        self._unrestored.update(partitions)
+        self._never_assigned.update(partitions)
         topic = self.config.input_topic
         changelog = self.changelog.topic if self.changelog is not None else ""
         logger.info(
@@ -481,7 +506,7 @@ class RebalanceCallbacks:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {tp.partition for tp in partitions}
-        never_assigned = revoked & self._unrestored
+        never_assigned = revoked & self._never_assigned
         # Finish the batch in flight first, so its outputs and offsets go out with its states.
         if self._pending:
             messages, self._pending = self._pending, []
@@ -497,7 +522,7 @@ class RebalanceCallbacks:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {tp.partition for tp in partitions}
-        never_assigned = lost & self._unrestored
+        never_assigned = lost & self._never_assigned
         # Another member may own these partitions already, so nothing of them is committed.
         dropped = [m for m in self._pending if m.partition() in lost]
         self._pending = [m for m in self._pending if m.partition() not in lost]
@@ -528,21 +553,21 @@ class RebalanceCallbacks:
         )
 
     def _forget(
-        self, partitions: set[int], reason: str, unrestored: AbstractSet[int] = frozenset()
+        self, partitions: set[int], reason: str, never_assigned: AbstractSet[int] = frozenset()
     ) -> None:
         stored = self._stored_offsets()
         for partition in sorted(partitions):
             position = self._positions.pop(partition, None)
             processed = position.next_offset if position else None
-            if partition in unrestored:
-                self._log_unrestored_forgotten(reason, partition)
+            if partition in never_assigned:
+                self._log_never_assigned_forgotten(reason, partition)
             else:
                 self._log_forgotten(reason, partition, stored.get(partition), processed)
             # livemax across the pool: the new owner reports the real lag.
             self.metrics.consumer_lag.labels(str(partition)).set(0)
         self._timers_due -= partitions
         self._paused -= partitions
-        self._unrestored -= partitions
+        self._never_assigned -= partitions
         self.metrics.partitions_assigned.set(len(self._positions))
         self.metrics.paused_partitions.set(len(self._paused))
 
@@ -596,12 +621,15 @@ class RebalanceCallbacks:
                 span,
             )
 
-    def _log_unrestored_forgotten(self, reason: str, partition: int) -> None:
-        changelog = self.changelog.topic if self.changelog is not None else ""
+    def _log_never_assigned_forgotten(self, reason: str, partition: int) -> None:
+        topic = self.config.input_topic
+        if self.changelog is None:
+            logger.info("%s %s[%d]: never assigned here", reason, topic, partition)
+            return
         logger.info(
             "%s %s[%d]: left unrestored here, so its next owner restores it from changelog %s",
             reason,
-            self.config.input_topic,
+            topic,
             partition,
-            changelog,
+            self.changelog.topic,
         )

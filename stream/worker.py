@@ -179,9 +179,9 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
         self._state_files_check = Interval(STATE_FILES_CHECK_SECONDS)
         # Set by `request_stop`; the main loop and the changelog restores end when it is set.
         self._stopping = False
-        # Partitions of the group's assignment that a stop request left unrestored, which the
-        # worker never assigned (`stream.rebalance`).
-        self._unrestored: set[int] = set()
+        # Partitions of the group's assignment that the worker never assigned, because a stop
+        # request came first (`stream.rebalance`).
+        self._never_assigned: set[int] = set()
         # Messages consumed for the batch that is being collected; on_revoke finishes them.
         self._pending: list[Message] = []
         # When the worker last had no partition, and whether it has logged that since.

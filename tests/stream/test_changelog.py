@@ -793,7 +793,7 @@ def test_stop_between_restores_leaves_rest_unassigned(
     assert [tp.partition for tp in consumer.assigned] == [0]
     assert worker.store.positions(INPUT) == {0: PartitionPosition(100, START)}
     assert set(worker._positions) == {0}
-    assert worker._unrestored == {1, 2}
+    assert worker._never_assigned == {1, 2}
     lines = [r.getMessage() for r in caplog.records]
     assert (
         f"stop requested during the changelog restores: {INPUT}[1], {INPUT}[2] left unrestored "
@@ -815,7 +815,7 @@ def test_stop_inside_restore_assigns_nothing(make_worker, caplog: pytest.LogCapt
     assert changelog.restored == [0]
     assert consumer.assigned == []
     assert worker.store.positions(INPUT) == {}
-    assert worker._unrestored == {0, 1, 2}
+    assert worker._never_assigned == {0, 1, 2}
     assert restored_count(worker) == 0
     lines = [r.getMessage() for r in caplog.records]
     assert any(
@@ -841,7 +841,7 @@ def test_revoke_unassigns_only_assigned_partitions(
 
     assert consumer.unassigned is not None
     assert [tp.partition for tp in consumer.unassigned] == [0]
-    assert worker._unrestored == set()
+    assert worker._never_assigned == set()
     lines = [r.getMessage() for r in caplog.records]
     assert f"revoked {INPUT}[0]@100 (stored position)" in lines
     for partition in (1, 2):

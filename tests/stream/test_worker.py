@@ -364,6 +364,53 @@ def test_empty_store_in_committed_group_rejected(tmp_path: Path) -> None:
     assert consumer.assigned is None
 
 
+class QueryFailingConsumer(AssignConsumer):
+    """A consumer inside close(), whose offset queries fail."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.unassigned: list[TopicPartition] | None = None
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+    def get_watermark_offsets(
+        self, tp: TopicPartition, timeout: float, cached: bool
+    ) -> tuple[int, int]:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+    def incremental_unassign(self, partitions: list[TopicPartition]) -> None:
+        self.unassigned = partitions
+
+
+def test_assignment_after_stop_request_assigns_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without the stop request, this empty store makes the assignment query the committed
+    # offsets, and the failing query stops the worker with exit code 2.
+    worker = make_worker(FakeProducer(), state_dir=tmp_path / "fresh")
+    consumer = QueryFailingConsumer()
+    with pytest.raises(CommittedOffsetsError):
+        _assign(worker, consumer, PositionStore({}), [0])
+    worker.request_stop(signal.SIGTERM)
+
+    with caplog.at_level("INFO", logger="stream.rebalance"):
+        _assign(worker, consumer, PositionStore({}), [0, 1])
+        worker._on_revoke(consumer, [TopicPartition("interactions", p) for p in (0, 1)])  # type: ignore[arg-type]
+
+    assert consumer.assigned == []
+    assert consumer.unassigned == []  # librdkafka rejects a partition outside the assignment
+    assert worker._positions == {}
+    assert worker._never_assigned == set()
+    lines = _log_lines(caplog, "stream.rebalance")
+    assert lines == [
+        "stop requested before the assignment of interactions[0], interactions[1]: not "
+        "assigned, so the group moves them to another member",
+        "revoked interactions[0]: never assigned here",
+        "revoked interactions[1]: never assigned here",
+    ]
+
+
 def test_relative_state_dir_named_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     worker = make_worker(FakeProducer(), state_dir=Path("state"))
@@ -517,6 +564,15 @@ def test_empty_assignment_marks_worker_ready() -> None:
 
     assert consumer.assigned == []
     assert table.ready(0)
+
+
+def test_assignment_after_stop_request_leaves_worker_unready() -> None:
+    worker, table = _worker_with_heartbeat()
+    worker.request_stop(signal.SIGTERM)
+
+    _assign(worker, AssignConsumer({}), PositionStore({}), [0])
+
+    assert not table.ready(0)
 
 
 def test_rejected_assignment_leaves_worker_unready() -> None:
