@@ -139,10 +139,9 @@ class StoreFloat(argparse.Action):
 
     NOTE: only `hiertcn train`, `hiertcn experiment` and `hiertcn-stream produce` use it. The
     float flags of the data options (--train-fraction, --valid-fraction), `hiertcn export`,
-    `hiertcn-stream run` and `replay`, and ops/demo/run.py reject 1e-400 too (`float_type`,
-    `stream.config.parse_float`), but their messages show the parsed number, not the text as
-    typed. Those of `hiertcn-stream state` still read 1e-400 as 0, because statestore does not
-    import hiertcn.
+    `hiertcn-stream run`, `replay` and `state evict`, and ops/demo/run.py reject 1e-400 too
+    (`float_type`, `stream.config.parse_float`), but their messages show the parsed number, not
+    the text as typed.
     """
 
     def __call__(

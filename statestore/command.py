@@ -29,6 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from hiertcn.command_line import float_type
 from statestore import export, import_file, locks, maintenance
 from statestore.bundle_meta import describe_catalog, read_history
 from statestore.catalog import BundleCatalog, read_catalog
@@ -178,7 +179,7 @@ def _register_evict(actions: Any) -> None:
     )
     evict.add_argument(
         "--inactive-days",
-        type=float,
+        type=float_type,
         required=True,
         metavar="N",
         help="inactivity threshold in days, a finite number >= 0",
@@ -189,7 +190,7 @@ def _register_evict(actions: Any) -> None:
     )
     reference.add_argument(
         "--at",
-        type=float,
+        type=float_type,
         metavar="TIME",
         help="measure inactivity from TIME, in seconds since the Unix epoch (not milliseconds)",
     )

@@ -342,6 +342,18 @@ def test_evict_rejects_invalid_at_before_deleting(state_dir: Path, at: str) -> N
     assert len(_read_all(state_dir, ["fresh", "week-old", "year-old"])) == 3
 
 
+@pytest.mark.parametrize(("flag", "text"), [("--inactive-days", "1e-400"), ("--at", "1e400")])
+def test_evict_rejects_numbers_beyond_floats(
+    state_dir: Path, capsys: pytest.CaptureFixture[str], flag: str, text: str
+) -> None:
+    # A float reads 1e-400 as 0, which would evict every user but the newest.
+    with pytest.raises(SystemExit) as raised:
+        _run("--state-dir", str(state_dir), "evict", "--inactive-days", "1", f"{flag}={text}")
+    assert raised.value.code == 2
+    assert f"{text} is invalid: a 64-bit float reads it as " in capsys.readouterr().err
+    assert len(_read_all(state_dir, ["fresh", "week-old", "year-old"])) == 3
+
+
 def test_evict_rejects_milliseconds_at(state_dir: Path) -> None:
     at = str(int(NEWEST * 1000))
     with pytest.raises(StoreConfigError, match="looks like milliseconds: divide it by 1000"):
