@@ -26,6 +26,8 @@
 # again on it, with the same topics, offsets and port (a broker outage drill). Needs Java 17
 # and python3; `fetch` needs Maven.
 # Environment: KAFKA_HEAP_OPTS (default -Xms128m -Xmx512m), KAFKA_JVM_OPTS (extra JVM flags).
+# Exit status: 0 on success, 1 when a step fails, 2 for a bad subcommand, option or value, and
+# 3 from status when no broker runs.
 
 set -euo pipefail
 
@@ -41,6 +43,12 @@ usage() {
 die() {
     echo "kafka.sh: $*" >&2
     exit 1
+}
+
+# Report a bad subcommand, option or value, and exit 2 like the project's other commands.
+usage_error() {
+    echo "kafka.sh: $*" >&2
+    exit 2
 }
 
 # Print a free TCP port on 127.0.0.1, chosen by the kernel. Another process could take it before
@@ -272,7 +280,7 @@ main() {
     while (($#)); do
         case "$1" in
             --state-dir | --port | --timeout | -n)
-                (($# >= 2)) && [[ -n "$2" ]] || die "option $1 needs a value: see '$0 --help'"
+                (($# >= 2)) && [[ -n "$2" ]] || usage_error "option $1 needs a value: see '$0 --help'"
                 case "$1" in
                     --state-dir) STATE_DIR="$2" ;;
                     --port) port="$2" ;;
@@ -282,9 +290,9 @@ main() {
                 shift 2 ;;
             --keep-data) keep_data=1; shift ;;
             -h | --help) usage; exit 0 ;;
-            -*) die "unknown option $1: see '$0 --help'" ;;
+            -*) usage_error "unknown option $1: see '$0 --help'" ;;
             *)
-                [[ -z "$command" ]] || die "unexpected argument $1 after the subcommand $command: see '$0 --help'"
+                [[ -z "$command" ]] || usage_error "unexpected argument $1 after the subcommand $command: see '$0 --help'"
                 command="$1"
                 shift ;;
         esac
@@ -293,28 +301,28 @@ main() {
     case "$command" in
         fetch | start | stop | restart | status | logs) ;;
         help) usage; exit 0 ;;
-        *) die "unknown subcommand $command: expected fetch, start, stop, restart, status or logs" ;;
+        *) usage_error "unknown subcommand $command: expected fetch, start, stop, restart, status or logs" ;;
     esac
     if ((keep_data)) && [[ "$command" != stop ]]; then
-        die "--keep-data is an option of stop only: see '$0 --help'"
+        usage_error "--keep-data is an option of stop only: see '$0 --help'"
     fi
     # Only the subcommands that read a number check it.
     if [[ -n "$timeout" && "$command" =~ ^(start|stop|restart)$ ]]; then
         local seconds
         seconds="$(decimal "$timeout")" && [[ "$seconds" =~ ^[1-9][0-9]{0,5}$ ]] ||
-            die "invalid --timeout $timeout: expected whole seconds from 1 to 999999"
+            usage_error "invalid --timeout $timeout: expected whole seconds from 1 to 999999"
         timeout="$seconds"
     fi
     if [[ "$command" == logs ]]; then
         local count
         count="$(decimal "$lines")" && [[ "$count" =~ ^[0-9]{1,9}$ ]] ||
-            die "invalid -n $lines: expected a number of lines from 0 to 999999999"
+            usage_error "invalid -n $lines: expected a number of lines from 0 to 999999999"
         lines="$count"
     fi
     if [[ "$command" =~ ^(start|restart)$ ]]; then
         local number
         number="$(decimal "$port")" && [[ "$number" =~ ^[0-9]{1,5}$ ]] && ((number <= 65535)) ||
-            die "invalid port $port: expected 1 to 65535, or 0 for a free port"
+            usage_error "invalid port $port: expected 1 to 65535, or 0 for a free port"
         port="$number"
     fi
     # Only start and restart create the state folder; the other commands only read it, so a

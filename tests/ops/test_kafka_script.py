@@ -133,7 +133,7 @@ def test_status_without_broker_prints_nothing(tmp_path: Path) -> None:
 def test_keep_data_only_with_stop(tmp_path: Path) -> None:
     completed = _script(tmp_path / "kafka", "start", "--keep-data")
 
-    assert completed.returncode == 1
+    assert completed.returncode == 2
     assert "--keep-data is an option of stop only" in completed.stderr
 
 

@@ -38,7 +38,7 @@ def test_logs_without_log_named(tmp_path: Path) -> None:
 def test_option_without_value_named(flag: str) -> None:
     completed = _script("status", flag)
 
-    assert completed.returncode == 1
+    assert completed.returncode == 2
     assert f"kafka.sh: option {flag} needs a value" in completed.stderr
     assert "unbound variable" not in completed.stderr
 
@@ -59,7 +59,7 @@ def test_option_without_value_named(flag: str) -> None:
 def test_invalid_number_named(tmp_path: Path, command: str, flags: list[str], message: str) -> None:
     completed = _script(command, "--state-dir", str(tmp_path / "kafka"), *flags)
 
-    assert completed.returncode == 1
+    assert completed.returncode == 2
     assert completed.stderr.startswith(f"kafka.sh: {message}")
     assert completed.stderr.count("\n") == 1
     assert not (tmp_path / "kafka").exists()
@@ -69,7 +69,7 @@ def test_invalid_number_named(tmp_path: Path, command: str, flags: list[str], me
 def test_invalid_port_rejected_before_any_command(tmp_path: Path, port: str) -> None:
     completed = _script("restart", "--state-dir", str(tmp_path / "kafka"), "--port", port)
 
-    assert completed.returncode == 1
+    assert completed.returncode == 2
     assert f"kafka.sh: invalid port {port}: expected 1 to 65535" in completed.stderr
 
 
@@ -132,21 +132,21 @@ def test_options_before_command(tmp_path: Path) -> None:
 def test_options_around_command_checked(tmp_path: Path) -> None:
     completed = _script("-n", "x", "--state-dir", str(tmp_path), "logs")
 
-    assert completed.returncode == 1
+    assert completed.returncode == 2
     assert "kafka.sh: invalid -n x: expected a number of lines" in completed.stderr
 
 
 def test_keep_data_before_other_command_rejected(tmp_path: Path) -> None:
     completed = _script("--keep-data", "status", "--state-dir", str(tmp_path))
 
-    assert completed.returncode == 1
+    assert completed.returncode == 2
     assert "kafka.sh: --keep-data is an option of stop only" in completed.stderr
 
 
 def test_second_command_rejected(tmp_path: Path) -> None:
     completed = _script("status", "stop", "--state-dir", str(tmp_path))
 
-    assert completed.returncode == 1
+    assert completed.returncode == 2
     assert "kafka.sh: unexpected argument stop after the subcommand status" in completed.stderr
 
 
@@ -169,7 +169,7 @@ def test_help_anywhere_prints_usage(argv: list[str]) -> None:
 def test_unknown_command_named() -> None:
     completed = _script("frob")
 
-    assert completed.returncode == 1
+    assert completed.returncode == 2
     assert "kafka.sh: unknown subcommand frob: expected fetch, start" in completed.stderr
 
 
