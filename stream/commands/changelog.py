@@ -56,7 +56,7 @@ from stream.commands.changelog_args import SeedConfig, _add_seed_arguments, _env
 from stream.config import WorkerConfig
 from stream.delivery import OutputRecord
 from stream.errors import ConfigError, StreamError
-from stream.kafka_admin import create_admin, wait_for_metadata
+from stream.kafka_admin import create_admin, settled_topic, wait_for_metadata
 from stream.kafka_settings import describe_invalid_setting
 from stream.logs import librdkafka_logger
 
@@ -146,7 +146,8 @@ def check_seed_topics(config: WorkerConfig, dry_run: bool) -> int:
     admin = create_admin(config)
     logger.info("connecting to Kafka brokers %s", config.brokers)
     metadata = wait_for_metadata(admin, config.brokers)
-    described = metadata.topics.get(config.input_topic)
+    # A topic created a moment ago can be listed without its partitions yet.
+    described = settled_topic(admin, config, metadata, config.input_topic)
     if described is None:
         raise SeedInputError(
             f"input topic {config.input_topic} does not exist on {config.brokers}, so the "

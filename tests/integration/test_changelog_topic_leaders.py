@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient
 
+import stream.commands.changelog as changelog_command
 from stream.changelog_topic import ChangelogStart, check_changelog_topic
 from stream.commands.run import check_topics
 from stream.config import WorkerConfig
@@ -135,6 +136,22 @@ def test_changelog_listed_without_partitions_awaited(
     assert len(waits) == 2
     assert waits[0].startswith(f"topic {topics.input} is listed without partitions or with an ")
     assert waits[1].startswith(f"topic {changelog} is listed without partitions or with an ")
+
+
+def test_seed_counts_partitions_of_input_listed_without_them(
+    kafka_bootstrap: str, unique_topic: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topics = make_topics(kafka_bootstrap, unique_topic, PARTITIONS)
+    changelog = unique_topic("changelog")
+    # The input topic as a metadata read that raced its creation can list it.
+    stale = SimpleNamespace(topics={topics.input: SimpleNamespace(partitions={}, error=None)})
+    monkeypatch.setattr(changelog_command, "wait_for_metadata", lambda admin, brokers: stale)
+
+    count = changelog_command.check_seed_topics(
+        _config(kafka_bootstrap, topics, changelog, create=True), dry_run=True
+    )
+
+    assert count == PARTITIONS
 
 
 def test_leader_wait_times_out_with_topic_named(
