@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from export.onnx_export import ExportConfig, write_bundle
 from hiertcn.checkpoint import Checkpoint
@@ -388,3 +389,39 @@ def wait_for_messages(consumer: Consumer, count: int, timeout_s: float) -> None:
         for message in consumer.consume(num_messages=1000, timeout=0.05):
             assert message.error() is None, f"consumer error: {message.error()}"
             seen += 1
+
+
+def wait_for_log(
+    run: WorkerRun, condition: str | Callable[[str], bool], timeout_s: float = 120.0
+) -> None:
+    """Wait until the log of `run` contains `condition` (a text), or satisfies it (a function of
+    the log); fail when the pool exits first or after `timeout_s` seconds."""
+    met = (lambda log: condition in log) if isinstance(condition, str) else condition
+    deadline = time.monotonic() + timeout_s
+    while not met(log := run.log()):
+        assert run.process.poll() is None, log
+        assert time.monotonic() < deadline, f"{condition!r} not met within {timeout_s} s:\n{log}"
+        time.sleep(0.02)
+
+
+def group_members(admin: AdminClient, group: str) -> int:
+    """Return how many members consumer group `group` has, as the broker describes it."""
+    return len(admin.describe_consumer_groups([group])[group].result(timeout=10).members)
+
+
+def wait_for_members(
+    admin: AdminClient,
+    group: str,
+    count: int,
+    timeout_s: float,
+    between: Callable[[], object] = lambda: time.sleep(0.2),
+) -> int:
+    """Wait until consumer group `group` has `count` members, calling `between` after each look.
+
+    Return the last count: `count`, or another one once `timeout_s` seconds have passed. A
+    member that does not leave on close stays until session.timeout.ms (45 s by default).
+    """
+    deadline = time.monotonic() + timeout_s
+    while (members := group_members(admin, group)) != count and time.monotonic() < deadline:
+        between()
+    return members

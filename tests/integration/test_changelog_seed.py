@@ -31,6 +31,7 @@ from tests.integration.fixtures_stream import (
     replay_outputs,
     start_worker,
     stream_bundle,  # noqa: F401 - pytest fixture
+    wait_for_log,
     wait_for_messages,
     worker_runs,  # noqa: F401 - pytest fixture
 )
@@ -119,14 +120,6 @@ def test_seeded_changelog_hands_over_without_repeats(
     assert f"is behind consumer group {topics.group} on every partition that it has a" in error
 
 
-def _wait_for_log(run: WorkerRun, text: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while text not in run.log():
-        assert run.process.poll() is None, run.log()
-        assert time.monotonic() < deadline, f"no {text!r} within {timeout_s} s:\n{run.log()}"
-        time.sleep(0.05)
-
-
 def _delete_topic(bootstrap: str, topic: str) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.delete_topics([topic])[topic].result(30)
@@ -168,7 +161,7 @@ def test_lost_changelog_seeded_from_every_host(
         run_a = start("a", "a1.log", "--create-topics", "--partitions", str(PARTITIONS))
         wait_for_messages(watcher, first, timeout_s=120)
         run_b = start("b", "b.log")
-        _wait_for_log(run_b, f"assigned {topics.input}[")
+        wait_for_log(run_b, f"assigned {topics.input}[")
         produce_events(kafka_bootstrap, topics.input, events[first:second])
         wait_for_messages(watcher, second - first, timeout_s=120)
         for run in (run_a, run_b):

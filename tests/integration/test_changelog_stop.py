@@ -33,6 +33,7 @@ from tests.integration.fixtures_stream import (
     read_topic,
     start_worker,
     stream_bundle,  # noqa: F401 - pytest fixture
+    wait_for_log,
     wait_for_messages,
     worker_runs,  # noqa: F401 - pytest fixture
 )
@@ -44,14 +45,6 @@ FILLER_RECORDS = 150_000
 FILLER_USERS = 100
 # Seconds a worker may take to stop after SIGTERM once the restores end at the request.
 STOP_SECONDS = 30.0
-
-
-def _wait_for_log(run: WorkerRun, text: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while text not in run.log():
-        assert run.process.poll() is None, run.log()
-        assert time.monotonic() < deadline, f"no {text!r} within {timeout_s} s:\n{run.log()}"
-        time.sleep(0.02)
 
 
 def _high_watermarks(bootstrap: str, topic: str) -> list[int]:
@@ -132,7 +125,7 @@ def test_stop_during_restore_leaves_partitions_unassigned(
         kafka_bootstrap, stream_bundle, topics, state_dir, tmp_path / "stopped.log", extra
     )
     worker_runs.append(run)
-    _wait_for_log(run, f"restoring {topics.input}[0] from changelog {changelog}")
+    wait_for_log(run, f"restoring {topics.input}[0] from changelog {changelog}")
     run.signal(signal.SIGTERM)
     signalled = time.monotonic()
     assert run.wait(STOP_SECONDS) == 0, run.log()

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from confluent_kafka import Consumer, ConsumerGroupState
+from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
 from stream.config import WorkerConfig
@@ -20,22 +20,11 @@ from tests.integration.fixtures_stream import (
     read_topic,
     start_worker,
     stream_bundle,  # noqa: F401 - pytest fixture
+    wait_for_members,
     worker_runs,  # noqa: F401 - pytest fixture
 )
 
 EVENTS = 20
-
-
-def _group_members(admin: AdminClient, group: str) -> tuple[int, ConsumerGroupState]:
-    description = admin.describe_consumer_groups([group])[group].result(timeout=10)
-    return len(description.members), description.state
-
-
-def _wait_for_members(admin: AdminClient, group: str, count: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while _group_members(admin, group)[0] != count:
-        assert time.monotonic() < deadline, f"group {group} never had {count} members"
-        time.sleep(0.2)
 
 
 def test_idle_worker_leaves_group_on_sigterm(
@@ -58,16 +47,12 @@ def test_idle_worker_leaves_group_on_sigterm(
         kafka_bootstrap, stream_bundle, topics, tmp_path / "state", tmp_path / "idle.log"
     )
     worker_runs.append(idle)
-    _wait_for_members(admin, topics.group, 2, timeout_s=60)
+    assert wait_for_members(admin, topics.group, 2, timeout_s=60) == 2
 
     idle.signal(signal.SIGTERM)
     assert idle.wait(60) == 0, idle.log()
 
-    # A member that did not leave stays until session.timeout.ms (45 s by default).
-    deadline = time.monotonic() + 10
-    while (members := _group_members(admin, topics.group))[0] > 1 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert members[0] == 1, idle.log()
+    assert wait_for_members(admin, topics.group, 1, timeout_s=10) == 1, idle.log()
     assert "assigned " not in idle.log()  # the stopped worker was the idle one
     busy.signal(signal.SIGTERM)
     assert busy.wait(60) == 0, busy.log()
@@ -94,15 +79,13 @@ def test_close_consumer_leaves_without_partitions(
         assert time.monotonic() < deadline, "no member got the partition"
         for consumer in consumers:
             consumer.poll(0.2)
-    _wait_for_members(admin, topics.group, 2, timeout_s=30)
+    assert wait_for_members(admin, topics.group, 2, timeout_s=30) == 2
     idle, busy = sorted(consumers, key=lambda consumer: len(consumer.assignment()))
 
     close_consumer(idle, static_member=False)
 
     try:
-        deadline = time.monotonic() + 10
-        while _group_members(admin, topics.group)[0] > 1 and time.monotonic() < deadline:
-            busy.poll(0.2)
-        assert _group_members(admin, topics.group)[0] == 1
+        members = wait_for_members(admin, topics.group, 1, 10, between=lambda: busy.poll(0.2))
+        assert members == 1
     finally:
         busy.close()

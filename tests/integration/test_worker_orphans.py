@@ -25,6 +25,7 @@ from tests.integration.fixtures_stream import (
     read_topic,
     start_worker,
     stream_bundle,  # noqa: F401 - pytest fixture
+    wait_for_members,
     worker_runs,  # noqa: F401 - pytest fixture
 )
 from tests.stream.test_pool_orphans import wait_until_exited
@@ -42,11 +43,6 @@ _STARTED = re.compile(r"started worker \d \(pid (\d+)\)")
 GROUP_EMPTY_S = 15.0
 
 
-def _group_members(admin: AdminClient, group: str) -> int:
-    description = admin.describe_consumer_groups([group])[group].result(timeout=10)
-    return len(description.members)
-
-
 def _wait_until_assigned(pool: WorkerRun, workers: list[int], timeout_s: float) -> None:
     """Wait until each worker pid in `workers` has logged a partition assignment.
 
@@ -60,16 +56,6 @@ def _wait_until_assigned(pool: WorkerRun, workers: list[int], timeout_s: float) 
             return
         assert time.monotonic() < deadline, log
         time.sleep(0.1)
-
-
-def _members_after_wait(admin: AdminClient, group: str, timeout_s: float) -> int:
-    """Return the group's member count once it is 0, or the last count after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    members = _group_members(admin, group)
-    while members and time.monotonic() < deadline:
-        time.sleep(0.5)
-        members = _group_members(admin, group)
-    return members
 
 
 def test_orphaned_workers_commit_leave_and_exit(
@@ -107,7 +93,7 @@ def test_orphaned_workers_commit_leave_and_exit(
     offsets = committed_offsets(kafka_bootstrap, topics.group, topics.input, PARTITIONS)
     assert sum(offsets) == EVENTS, log
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    assert _members_after_wait(admin, topics.group, GROUP_EMPTY_S) == 0, log
+    assert wait_for_members(admin, topics.group, 0, GROUP_EMPTY_S) == 0, log
 
     other = lock_pool(state_dir, "another-group")
     assert other is not None

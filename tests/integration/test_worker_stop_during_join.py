@@ -22,16 +22,12 @@ from stream.config import WorkerConfig
 from stream.kafka_settings import consumer_settings, producer_settings
 from stream.metrics import create_metrics
 from stream.worker import Worker
-from tests.integration.fixtures_stream import Topics, make_topics
+from tests.integration.fixtures_stream import Topics, make_topics, wait_for_members
 
 PARTITIONS = 2
 # Seconds within which the group must be empty: well below session.timeout.ms (45 s), which a
 # member that does not leave stays for.
 LEAVE_SECONDS = 10.0
-
-
-def _members(admin: AdminClient, group: str) -> int:
-    return len(admin.describe_consumer_groups([group])[group].result(timeout=10).members)
 
 
 def _worker(bootstrap: str, topics: Topics, state_dir: Path) -> Worker:
@@ -80,9 +76,7 @@ def test_join_after_stop_request_assigns_nothing_and_leaves(
         worker._shutdown()
 
         assert worker._never_assigned == set()
-        deadline = time.monotonic() + LEAVE_SECONDS
-        while (members := _members(admin, topics.group)) > 0 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        members = wait_for_members(admin, topics.group, 0, LEAVE_SECONDS)
         assert members == 0, f"the stopped worker still belongs to group {topics.group}"
     finally:
         worker.store.close()

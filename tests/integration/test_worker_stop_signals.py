@@ -25,6 +25,7 @@ from tests.integration.fixtures_stream import (
     read_topic,
     start_worker,
     stream_bundle,  # noqa: F401 - pytest fixture
+    wait_for_log,
     worker_runs,  # noqa: F401 - pytest fixture
 )
 
@@ -53,16 +54,8 @@ def _serving_pool(
     produce_events(bootstrap, topics.input, make_events(users=6, count=EVENTS, seed=3))
     outputs = read_topic(bootstrap, topics.output, EVENTS, timeout_s=90, settle_s=0.2)
     assert len(outputs) == EVENTS, pool.log()
-    _wait_for_log(pool, lambda log: log.count(") started on ") == 2)
+    wait_for_log(pool, lambda log: log.count(") started on ") == 2, START_TIMEOUT_S)
     return pool
-
-
-def _wait_for_log(pool: WorkerRun, condition: Callable[[str], bool]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not condition(pool.log()):
-        assert pool.process.poll() is None, pool.log()
-        assert time.monotonic() < deadline, pool.log()
-        time.sleep(0.01)
 
 
 def _assert_no_failure(log: str) -> None:
@@ -140,7 +133,7 @@ def test_sigint_while_workers_start(
         ["--processes", "2"],
     )  # fmt: skip
     worker_runs.append(pool)
-    _wait_for_log(pool, lambda log: "started worker 1 (pid" in log)
+    wait_for_log(pool, "started worker 1 (pid", START_TIMEOUT_S)
 
     os.killpg(pool.process.pid, signal.SIGINT)
     code = pool.wait(120)
