@@ -51,6 +51,8 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
 # the store rejects a larger initial map.
 MIN_STATE_MAP_SIZE = 1 << 20
 MAX_STATE_MAP_SIZE = MAX_MAP_SIZE
+# A day: an event that arrives later than that after its time is a backfill, not a delay.
+MAX_IDLE_PARTITION_SECONDS = 86_400
 # The fixes that the errors of --metrics-address name. The port has a flag of its own.
 _BIND_ADDRESS_FIX = (
     "use a host name, an IPv4 address, or an IPv6 address with or without brackets, such as "
@@ -365,6 +367,18 @@ OPTIONS: tuple[Option, ...] = (
         "dead-letter topic as ts_in_future, and off turns the check off",
         "SECONDS",
     ),
+    Option(
+        "idle_partition_seconds",
+        "--idle-partition-seconds",
+        parse_tolerance,
+        "seconds after a partition's last event from which its session timers follow this "
+        "host's clock: the partition's event time then advances with the clock, this many "
+        "seconds behind, so that idle sessions close (and --publish-on-session-close publishes) "
+        "on a partition that receives no events. Set it to the longest delay expected between "
+        "an event's `ts` and its arrival, from 0 to 86400; off keeps the timers on event time "
+        "alone",
+        "SECONDS",
+    ),
     Option("device", "--device", str, "ONNX Runtime device: cpu, cuda or auto", "DEVICE"),
     Option(
         "partitions",
@@ -423,6 +437,9 @@ class WorkerConfig:
     rebuild_state: bool = False
     # Publish a session-start output when a timer closes a session (see `stream.worker`).
     publish_on_session_close: bool = False
+    # Seconds without events after which a partition's timers follow the clock (see
+    # `stream.timers`); None: event time alone.
+    idle_partition_seconds: float | None = None
     kafka_settings: Mapping[str, str] = field(default_factory=dict)
     # Seconds between the starts of two tries of an output whose delivery failed
     # (--delivery-timeout). The worker stops without committing after `delivery_attempts` tries
@@ -479,6 +496,8 @@ def validate(config: WorkerConfig) -> None:
 
     if config.max_future_seconds is not None:
         _check_range(config, "max_future_seconds", 0, 365 * 86_400)
+    if config.idle_partition_seconds is not None:
+        _check_range(config, "idle_partition_seconds", 0, MAX_IDLE_PARTITION_SECONDS)
     if config.ts_unit not in ("s", "ms"):
         raise ConfigError(
             f"{format_option(config, 'ts_unit', repr(config.ts_unit))} is invalid: use s or ms"

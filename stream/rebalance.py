@@ -91,6 +91,9 @@ class RebalanceCallbacks:
     _positions: dict[int, PartitionPosition]
     _timers_due: set[int]
     _paused: set[int]
+    # When each partition last received events, and those whose timers follow the clock.
+    _last_events: dict[int, tuple[float, float]]
+    _on_clock: set[int]
     # Set by `Worker.request_stop`. A stop request ends the changelog restores.
     _stopping: bool
     # Partitions of the group's assignment that this worker never assigned, because a stop
@@ -567,6 +570,9 @@ class RebalanceCallbacks:
             self.metrics.consumer_lag.labels(str(partition)).set(0)
         self._timers_due -= partitions
         self._paused -= partitions
+        self._on_clock -= partitions
+        for partition in partitions:
+            self._last_events.pop(partition, None)
         self._never_assigned -= partitions
         self.metrics.partitions_assigned.set(len(self._positions))
         self.metrics.paused_partitions.set(len(self._paused))

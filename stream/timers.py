@@ -7,12 +7,20 @@ batch advanced, over the batch's new states and the stored ones (`Committer.expi
 events arrive, `Worker._idle` runs them for partitions that have timers due. One pass reads at
 most `timer_limit` stored sessions of a partition, so a partition whose pass finds that many is
 paused until a later pass finds fewer.
+
+With `idle_partition_seconds` (S), a partition that has received no event for more than S
+seconds of this host's clock gets timer passes of its own, once per `QUIET_PASS_SECONDS`. Their
+watermark is the partition's watermark at its last event plus the seconds since, less S: event
+time is taken to advance with the clock, and an event to arrive at most S seconds after its
+time. That watermark serves only these passes. The stored position keeps the newest event time,
+so the late-event check and a restart see event time alone.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, TopicPartition
@@ -26,6 +34,10 @@ if TYPE_CHECKING:
     from stream.metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
+
+# Seconds between two timer passes over the partitions that receive no events, with
+# `idle_partition_seconds`.
+QUIET_PASS_SECONDS = 1.0
 
 
 class SessionTimers:
@@ -45,12 +57,60 @@ class SessionTimers:
     _positions: dict[int, PartitionPosition]
     _timers_due: set[int]
     _paused: set[int]
+    # The clock time (time.monotonic) and watermark of each assigned partition at its last
+    # event, or when a quiet pass first saw it. Then the partitions whose timers follow the
+    # clock (with idle_partition_seconds), each logged once per quiet spell.
+    _last_events: dict[int, tuple[float, float]]
+    _on_clock: set[int]
+
+    def _note_events(self, positions: dict[int, PartitionPosition]) -> None:
+        """Record that the partitions of `positions` received events, now."""
+        now = time.monotonic()
+        for partition, position in positions.items():
+            self._last_events[partition] = (now, position.watermark)
+            self._on_clock.discard(partition)
+
+    def _close_quiet_partitions(self, now: float) -> list[IdleResult]:
+        """Run a timer pass on each assigned partition that has received no event for more
+        than idle_partition_seconds, with the watermark that the clock gives it at `now`."""
+        delay = self.config.idle_partition_seconds
+        if delay is None:
+            return []
+        results = []
+        for partition, position in sorted(self._positions.items()):
+            if not math.isfinite(position.watermark):
+                continue  # no event seen on this partition yet
+            since, watermark = self._last_events.setdefault(partition, (now, position.watermark))
+            quiet = now - since
+            if quiet <= delay:
+                continue
+            clock = watermark + quiet - delay
+            if partition not in self._on_clock:
+                self._on_clock.add(partition)
+                logger.info(
+                    "%s[%d] has received no event for %.0f s: its session timers follow the "
+                    "clock (--idle-partition-seconds %g) until its next event",
+                    self.config.input_topic,
+                    partition,
+                    quiet,
+                    delay,
+                )
+            clocked = PartitionPosition(position.next_offset, clock)
+            results.append(self._close_idle({partition: clocked}, {}, track_backlog=False))
+        return results
 
     def _close_idle(
-        self, positions: dict[int, PartitionPosition], changed: dict[str, UserState]
+        self,
+        positions: dict[int, PartitionPosition],
+        changed: dict[str, UserState],
+        track_backlog: bool = True,
     ) -> IdleResult:
         """Close the open sessions whose last event is more than session_gap behind the
-        partition's watermark. `changed` contains this batch's newer states."""
+        partition's watermark. `changed` contains this batch's newer states.
+
+        Without `track_backlog`, a pass that finds `timer_limit` sessions pauses nothing: a
+        quiet pass leaves the rest to its next pass.
+        """
         idle: dict[str, UserState] = {}
         for user, state in changed.items():
             position = positions.get(state.partition)
@@ -63,7 +123,8 @@ class SessionTimers:
                 continue  # no event seen on this partition yet
             before = position.watermark - self.session_gap
             users = self.committer.expired(partition, before, self.config.timer_limit)
-            self._set_timer_backlog(partition, len(users) >= self.config.timer_limit)
+            if track_backlog:
+                self._set_timer_backlog(partition, len(users) >= self.config.timer_limit)
             stored_candidates.extend(user for user in users if user not in changed)
         if stored_candidates:
             for user, state in self.committer.read(stored_candidates).items():

@@ -26,9 +26,10 @@ offset stored in LMDB with the states it produced, so the Kafka commit makes lag
 changelog topic it also shows an assignment that another host has processed a partition since,
 which the worker then restores from the changelog first (`stream.changelog`).
 
-Timer passes that run while no events arrive (`Worker._idle`) hand their closed states and
-session-close outputs to the same producer and committer, so those outputs are delivered
-before the states that produced them are committed, too.
+Timer passes that run while no events arrive (`Worker._idle`), and with
+`idle_partition_seconds` those over partitions that receive no events while others do, hand
+their closed states and session-close outputs to the same producer and committer, so those
+outputs are delivered before the states that produced them are committed, too.
 
 Before a batch or a timer pass runs the model, the worker compares the stat stamps of its
 bundle's files with those taken at load, at most once a second (`BundleWatch`), and stops with
@@ -84,10 +85,10 @@ from stream.metric_updates import (
     TimedBundle,
 )
 from stream.metrics import WorkerMetrics
-from stream.pipeline import BatchResult, Pipeline, Recommendation
+from stream.pipeline import BatchResult, IdleResult, Pipeline, Recommendation
 from stream.pool import POOL_EXIT_SIGNAL, PendingStop
 from stream.rebalance import RebalanceCallbacks
-from stream.timers import SessionTimers
+from stream.timers import QUIET_PASS_SECONDS, SessionTimers
 
 if TYPE_CHECKING:
     from export.bundle import ModelBundle
@@ -193,6 +194,11 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
         # their timers have a backlog of idle sessions.
         self._timers_due: set[int] = set()
         self._paused: set[int] = set()
+        # With --idle-partition-seconds: when each partition last received events, and the
+        # partitions whose timers follow the clock (`stream.timers`).
+        self._last_events: dict[int, tuple[float, float]] = {}
+        self._on_clock: set[int] = set()
+        self._quiet_pass = Interval(QUIET_PASS_SECONDS)
         # The topic that receives every state and position this worker writes, if any.
         self.changelog = Changelog(config) if config.changelog_topic else None
         self.deliverer, self.committer = start_committer(config, store, producer, metrics)
@@ -292,6 +298,9 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
                     self._process(messages)
                 else:
                     self._idle()
+                if self.config.idle_partition_seconds is not None and self._quiet_pass.due():
+                    for idle in self._close_quiet_partitions(time.monotonic()):
+                        self._publish_timer_closes(idle)
                 self._refresh_gauges()
                 self._commit_offsets(wait=False)
         finally:
@@ -422,6 +431,7 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
         for partition, position in decoded.positions.items():
             if partition in self._positions:
                 self._positions[partition] = position
+        self._note_events(decoded.positions)
 
         self._observe(messages, result, idle, time.perf_counter() - started)
 
@@ -429,18 +439,7 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
         """Run the timer passes that are due, then refresh the lag gauges."""
         for partition in sorted(self._timers_due & set(self._positions)):
             idle = self._close_idle({partition: self._positions[partition]}, {})
-            self.metrics.states_reset.inc(idle.reset)
-            if not idle.states:
-                continue
-            # Delivered before the commit of the closed states, as in a batch.
-            records = [
-                *self._session_close_records(idle.outputs),
-                *self._changelog_records(idle.states, {}),
-            ]
-            self.deliverer.produce(records)
-            self.committer.submit(idle.states, {}, records)
-            self.metrics.sessions_closed.labels("timer").inc(len(idle.states) - idle.reset)
-            self._count_session_close_outputs(len(idle.outputs))
+            self._publish_timer_closes(idle)
         self.dead_letters.log.flush()
         self.keyless_log.flush()
         self.late_log.flush()
@@ -448,6 +447,22 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
             self.client_errors.flush()
         self._update_lag(self._positions)
         self._notice_unassigned()
+
+    def _publish_timer_closes(self, idle: IdleResult) -> None:
+        """Produce the outputs and changelog records of a timer pass run while no events
+        arrive, and hand its closed states to the committer."""
+        self.metrics.states_reset.inc(idle.reset)
+        if not idle.states:
+            return
+        # Delivered before the commit of the closed states, as in a batch.
+        records = [
+            *self._session_close_records(idle.outputs),
+            *self._changelog_records(idle.states, {}),
+        ]
+        self.deliverer.produce(records)
+        self.committer.submit(idle.states, {}, records)
+        self.metrics.sessions_closed.labels("timer").inc(len(idle.states) - idle.reset)
+        self._count_session_close_outputs(len(idle.outputs))
 
     def _notice_unassigned(self) -> None:
         """Say once per wait when the worker has had no partition for a while."""

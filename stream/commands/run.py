@@ -38,6 +38,7 @@ from stream.config import (
     format_flag_size,
     format_option,
     parse_size,
+    parse_tolerance,
     source_of,
 )
 from stream.errors import ConfigError, StreamError
@@ -96,6 +97,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             default_text = "required"
         elif default == "":
             default_text = "default: empty"
+        elif default is None and option.parse is parse_tolerance:
+            default_text = "default: off"
         elif default is None:
             default_text = "default: the bundle's"
         elif option.parse is parse_size:

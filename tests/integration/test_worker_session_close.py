@@ -16,6 +16,7 @@ import numpy as np
 
 from tests.integration.fixtures_stream import (
     SESSION_GAP,
+    START_TS,
     TOP_K,
     Output,
     Topics,
@@ -226,3 +227,38 @@ def test_idle_timers_publish_after_restart(
         assert close["session"] == state.session_count + 1
     stored = read_states(tmp_path / "state", sorted(idle))
     assert all(state.session_length == 0 for state in stored.values())
+
+
+def test_quiet_partition_closes_sessions_by_clock(
+    kafka_bootstrap: str,
+    unique_topic: Callable[[str], str],
+    stream_bundle: Path,  # noqa: F811
+    worker_runs: list[WorkerRun],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # Three users' sessions within one gap of each other: event time alone never closes them,
+    # because no later event moves the partition's watermark.
+    gap = 2.0
+    events = [
+        {"user": f"u{n}", "item": f"item{n}", "ts": START_TS + n / 2, "event_id": f"e{n}"}
+        for n in range(3)
+    ]
+    topics = make_topics(kafka_bootstrap, unique_topic, partitions=1)
+    produce_events(kafka_bootstrap, topics.input, events)
+    clock = ("--session-gap", str(gap), "--idle-partition-seconds", "0")
+    run = start(kafka_bootstrap, stream_bundle, topics, tmp_path, "state", FLAG, *clock)
+    worker_runs.append(run)
+
+    outputs = read_outputs(kafka_bootstrap, topics.output, len(events), closes=len(events))
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 0, run.log()
+
+    event_outputs, closes = split(outputs)
+    assert [output["user"] for output in event_outputs] == ["u0", "u1", "u2"]
+    check_close_fields(closes, event_outputs[0]["model"])
+    assert sorted(close["user"] for close in closes) == ["u0", "u1", "u2"]
+    for close in closes:
+        assert close["ts"] == events[int(close["user"][1:])]["ts"] + gap
+    assert f"{topics.input}[0] has received no event for " in run.log()
+    states = read_states(tmp_path / "state", ["u0", "u1", "u2"])
+    assert all(state.session_length == 0 for state in states.values())

@@ -64,6 +64,14 @@ def test_max_future_seconds_from_environment() -> None:
     assert build_config(REQUIRED, {"HIERTCN_MAX_FUTURE_SECONDS": "off"}).max_future_seconds is None
 
 
+def test_idle_partition_seconds_off_by_default() -> None:
+    assert build_config(REQUIRED, {}).idle_partition_seconds is None
+    environ = {"HIERTCN_IDLE_PARTITION_SECONDS": "30"}
+    assert build_config(REQUIRED, environ).idle_partition_seconds == 30.0
+    environ = {"HIERTCN_IDLE_PARTITION_SECONDS": "off"}
+    assert build_config(REQUIRED, environ).idle_partition_seconds is None
+
+
 def test_health_stall_seconds_from_environment() -> None:
     config = build_config(REQUIRED, {"HIERTCN_HEALTH_STALL_SECONDS": "45"})
 
@@ -142,6 +150,11 @@ def test_parse_bool_rejects_junk() -> None:
         ("ts_unit", "us", "--ts-unit"),
         ("device", "tpu", "--device"),
         ("max_future_seconds", -1.0, "--max-future-seconds"),
+        (
+            "idle_partition_seconds",
+            86_401.0,
+            "--idle-partition-seconds 86401 is invalid: use a value from 0 to 86400",
+        ),
         (
             "delivery_timeout",
             0.05,

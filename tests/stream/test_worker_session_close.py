@@ -3,6 +3,7 @@ bundle, a real LMDB store and committer, and a producer whose deliveries the tes
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,13 +61,14 @@ class HeldProducer:
 def make_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     workers: list[Worker] = []
 
-    def make(producer: HeldProducer, publish: bool = True) -> Worker:
+    def make(producer: HeldProducer, publish: bool = True, **settings: Any) -> Worker:
         state_dir = tmp_path / f"state{len(workers)}"
         config = WorkerConfig(
             brokers="127.0.0.1:1",
             bundle=Path("bundle"),
             state_dir=state_dir,
             publish_on_session_close=publish,
+            **settings,
         )
         bundle = FakeBundle()
         pipeline = Pipeline(
@@ -227,3 +229,100 @@ def test_batch_timer_reset_counted(make_worker) -> None:
     assert resets(worker) == 1
     assert timer_closes(worker) == 0
     assert worker.store.read(["old"])["old"].session_length == 0
+
+
+# --idle-partition-seconds of the tests below.
+DELAY = 30.0
+
+
+def quiet_pass(worker: Worker, seconds: float) -> list[tuple[str, Any]]:
+    """Run a quiet-partition pass `seconds` after partition 0's last event, publish what it
+    closes, and return the (user, trigger) of each output it produced."""
+    since, _watermark = worker._last_events[0]
+    before = len(worker.producer.produced)
+    for idle in worker._close_quiet_partitions(since + seconds):
+        worker._publish_timer_closes(idle)
+    worker.committer.drain()
+    return [(o["user"], o.get("trigger")) for _key, o in worker.producer.produced[before:]]
+
+
+def test_quiet_partition_timers_follow_clock(make_worker, caplog: pytest.LogCaptureFixture) -> None:
+    worker = make_worker(HeldProducer(), idle_partition_seconds=DELAY)
+    worker._positions[0] = PartitionPosition(0, float("-inf"))
+    worker._process([event_message(0, 0, "u1", 3, START), event_message(0, 1, "u2", 4, START + 5)])
+    worker.committer.drain()
+
+    with caplog.at_level(logging.INFO, logger="stream.timers"):
+        # The clock's watermark is the last event's time, START + 5, plus the seconds since
+        # less DELAY. A session stays open while its last event plus GAP is not behind it.
+        assert quiet_pass(worker, DELAY) == []
+        assert quiet_pass(worker, DELAY + GAP - 5) == []
+        assert quiet_pass(worker, DELAY + GAP - 4) == [("u1", "session_close")]
+        assert quiet_pass(worker, DELAY + GAP) == []
+        assert quiet_pass(worker, DELAY + GAP + 1) == [("u2", "session_close")]
+
+    stored = worker.store.read(["u1", "u2"])
+    assert stored["u1"].session_length == 0
+    assert stored["u2"].session_length == 0
+    assert timer_closes(worker) == 2
+    # The stored position keeps the newest event time.
+    assert worker.store.positions("interactions")[0] == PartitionPosition(2, START + 5)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        f"interactions[0] has received no event for {DELAY + GAP - 5:.0f} s: its session timers "
+        "follow the clock (--idle-partition-seconds 30) until its next event"
+    ]
+
+
+def test_event_puts_partition_back_on_event_time(
+    make_worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = make_worker(HeldProducer(), idle_partition_seconds=DELAY)
+    worker._positions[0] = PartitionPosition(0, float("-inf"))
+    worker._process([event_message(0, 0, "u1", 3, START)])
+    with caplog.at_level(logging.INFO, logger="stream.timers"):
+        assert quiet_pass(worker, DELAY + 1) == []
+        assert 0 in worker._on_clock
+
+        worker._process([event_message(0, 1, "u2", 4, START + 100)])
+        # Measured from u2's event now: u1's session is 100 s older than u2's.
+        assert 0 not in worker._on_clock
+        assert quiet_pass(worker, DELAY + GAP - 99) == [("u1", "session_close")]
+
+    assert len(caplog.records) == 2  # one line per quiet spell
+
+
+def test_quiet_pass_off_without_flag(make_worker) -> None:
+    worker = make_worker(HeldProducer())
+    worker._positions[0] = PartitionPosition(0, float("-inf"))
+    worker._process([event_message(0, 0, "u1", 3, START)])
+
+    assert worker._close_quiet_partitions(1e12) == []
+    assert worker._last_events[0][1] == START  # recorded, but unused without the flag
+
+
+def test_quiet_pass_backlog_pauses_nothing(make_worker) -> None:
+    # The consumer of make_worker has no pause(): a pause would raise AttributeError.
+    worker = make_worker(HeldProducer(), idle_partition_seconds=DELAY, timer_limit=2)
+    worker._positions[0] = PartitionPosition(0, float("-inf"))
+    events = [event_message(0, n, f"u{n}", 3, START + n) for n in range(5)]
+    worker._process(events)
+    worker.committer.drain()
+
+    closed = [quiet_pass(worker, DELAY + GAP + 10) for _ in range(3)]
+
+    assert [len(outputs) for outputs in closed] == [2, 2, 1]
+    assert worker._paused == set()
+    assert worker._timers_due == set()
+
+
+def test_revoked_partition_forgets_its_last_events(make_worker) -> None:
+    worker = make_worker(HeldProducer(), idle_partition_seconds=DELAY)
+    worker._positions[0] = PartitionPosition(0, float("-inf"))
+    worker._process([event_message(0, 0, "u1", 3, START)])
+    quiet_pass(worker, DELAY + 1)
+
+    worker._forget({0}, "revoked")
+
+    assert worker._last_events == {}
+    assert worker._on_clock == set()
