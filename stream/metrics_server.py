@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import socket
 import sys
@@ -198,19 +199,41 @@ class _BoundedServer(ThreadingWSGIServer):
         return True
 
 
+class _ResponseErrors(io.StringIO):
+    """The stderr of wsgiref's response handler, which prints there the traceback of a response
+    that failed: a write that timed out, or an application that raised. Each flush logs it."""
+
+    def __init__(self, server: _BoundedServer, host: str) -> None:
+        super().__init__()
+        self._server = server
+        self._host = host
+
+    def flush(self) -> None:
+        text = self.getvalue().strip()
+        if not text:
+            return
+        self.seek(0)
+        self.truncate()
+        logger.debug("response to %s failed:\n%s", self._host, text)
+        reason = text.splitlines()[-1]
+        self._server.log_closed("failed", "response to %s failed: %s", self._host, reason)
+
+
 class _QuietHandler(WSGIRequestHandler):
     """A request handler with the server's socket timeout that does not write a line to stderr
-    for every scrape and probe."""
+    for every scrape and probe, nor a traceback for a failed response."""
 
     server: _BoundedServer
 
     def setup(self) -> None:
         # StreamRequestHandler.setup applies `timeout` to every read and write of the socket.
         # NOTE: it bounds each read, not the whole request, so a client that sends a byte now
-        # and then keeps its thread until the cap makes the server evict it. A write that times
-        # out inside wsgiref's ServerHandler is printed to stderr with its traceback.
+        # and then keeps its thread until the cap makes the server evict it.
         self.timeout = self.server.limits.request_timeout
         super().setup()
+
+    def get_stderr(self) -> io.StringIO:
+        return _ResponseErrors(self.server, self.client_address[0])
 
     def handle(self) -> None:
         try:

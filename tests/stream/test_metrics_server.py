@@ -3,6 +3,7 @@ idle connections, and the cap on connections served at once."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -256,6 +257,31 @@ def test_connection_over_cap_closed_when_none_idle(metrics_dir: Path) -> None:
     assert elapsed < 3.0
     assert len(results) == 2
     assert all(result.endswith(b"\r\n\r\nok") for result in results)
+
+
+def test_failed_response_logged_not_printed(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    def failing_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        raise RuntimeError("collector failed")
+
+    server = _start_server("127.0.0.1", 0, failing_app, ServerLimits())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="stream.metrics_server"):
+            response = exchange(server.server_port, b"GET /metrics HTTP/1.0\r\n\r\n")
+            deadline = time.monotonic() + 5
+            while not caplog.records and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert response.startswith(b"HTTP/1.0 500 ")
+    assert capfd.readouterr().err == ""
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["response to 127.0.0.1 failed: RuntimeError: collector failed"]
 
 
 @pytest.mark.parametrize(
