@@ -8,7 +8,9 @@ which checks the structure without creating objects:
 
 - A value whose first byte is not a map header is rejected as `not_a_map`, once a skip has
   checked that it is one msgpack object.
-- The map's keys must be strings or binaries and may not repeat.
+- The map's keys must be strings or binaries and may not repeat, and the map may have at most
+  `MAX_EVENT_KEYS` of them, so that a hostile value cannot make each message cost a tenth of a
+  second of key checks.
 - The value of an ignored field is skipped.
 - A container where validation expects a scalar, and an array in `impressions` or `candidates`
   with more entries than the configured maximum, become a `SkippedContainer`.
@@ -34,6 +36,10 @@ import msgpack
 SCALAR_FIELDS = frozenset({"user", "item", "ts", "type", "event_id"})
 # Fields that validation reads as an array of scalars.
 LIST_FIELDS = frozenset({"impressions", "candidates"})
+
+# Keys of an event map: the fields that validation reads, and whatever else producers add. A
+# 1 MiB map can hold about 145,000 short keys, whose checks took about 0.1 s on one core.
+MAX_EVENT_KEYS = 1024
 
 # Values up to this many bytes are first unpacked in one call (see the module docstring). An
 # event with 1000 impressions of six-character ids takes about 7 KiB.
@@ -162,6 +168,8 @@ def _unpack_plain(value: bytes, max_list_length: int) -> dict | None:
         pairs = msgpack.unpackb(value, raw=False, object_pairs_hook=_Pairs)
     except (msgpack.UnpackException, ValueError):
         return None
+    if len(pairs) > MAX_EVENT_KEYS:
+        return None
     fields: dict = {}
     seen: set[str | bytes] = set()
     for key, field_value in pairs:
@@ -211,10 +219,15 @@ class _ValueReader:
         )
 
     def read_map(self) -> dict:
-        # NOTE: the keys are still unpacked one by one in Python, so that a repeated ignored key
-        # is found too. A 1 MiB map of about 145,000 short keys took about 0.1 s on one core of
-        # the 2-core development machine (an estimate from one timing, not a benchmark).
+        # The keys are unpacked one by one in Python, so that a repeated ignored key is found
+        # too. `MAX_EVENT_KEYS` bounds their count.
         count = self.unpacker.read_map_header()
+        if count > MAX_EVENT_KEYS:
+            raise InvalidEventError(
+                "invalid_msgpack",
+                f"map has {count} keys, more than the {MAX_EVENT_KEYS} an event may have: send "
+                "the event's fields without the rest",
+            )
         fields: dict = {}
         seen: set[str | bytes] = set()
         for _ in range(count):

@@ -10,6 +10,7 @@ import pytest
 
 from stream import event_decoding
 from stream.event_decoding import (
+    MAX_EVENT_KEYS,
     PLAIN_UNPACK_MAX_BYTES,
     _unpack_plain,
     _ValueReader,
@@ -128,6 +129,25 @@ def test_repeated_ignored_key_rejected() -> None:
     letter = rejection(value, "invalid_msgpack")
 
     assert "map key 'extra' appears more than once" in letter.message
+
+
+@pytest.mark.parametrize("extra", [MAX_EVENT_KEYS - 3, MAX_EVENT_KEYS - 2, 50_000])
+def test_map_key_count_bounded(extra: int) -> None:
+    # 1,021 extra keys fit a plain value of at most 16 KiB; 50,000 go to the bounded reader.
+    fields = {"user": "u1", "item": "1", "ts": TS} | {f"k{n}": None for n in range(extra)}
+    value = msgpack.packb(fields, use_bin_type=True)
+
+    result = decode(value, key=b"u1")
+
+    if len(fields) <= MAX_EVENT_KEYS:
+        assert not isinstance(result, DeadLetter), result
+        return
+    assert isinstance(result, DeadLetter)
+    assert result.reason == "invalid_msgpack"
+    assert result.message.startswith(
+        f"map has {len(fields)} keys, more than the 1024 an event may have: send the event's "
+        "fields without the rest"
+    )
 
 
 def test_same_key_as_str_and_bin_accepted() -> None:
