@@ -61,6 +61,55 @@ def sigterm_as_interrupt() -> Iterator[None]:
             signal.signal(signal.SIGINT, previous_int)
 
 
+class StopRequest:
+    """The stop signal that `stop_requests` recorded, if any."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def raise_interrupt(self) -> None:
+        """Raise what `sigterm_as_interrupt` raises for the recorded signal: `Terminated` for
+        SIGTERM, KeyboardInterrupt for SIGINT. Do nothing when none was recorded."""
+        if self.signum == signal.SIGTERM:
+            raise Terminated
+        if self.signum is not None:
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def stop_requests() -> Iterator[StopRequest]:
+    """Record the first SIGTERM or SIGINT in the body in the yielded `StopRequest`, instead of
+    raising it wherever the main thread happens to be. A second one ends the process at once.
+
+    A loop that checks the request between its steps stops at a step's end, so bookkeeping
+    such as counting a delivery report is never cut in two. A signal that the process ignores
+    stays ignored. Elsewhere than in the main thread the body runs with the handlers unchanged.
+    """
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def record(signum: int, frame: FrameType | None) -> None:
+        if request.signum is None:
+            request.signum = signum
+        signal.signal(signum, signal.SIG_DFL)
+
+    previous = {
+        signum: signal.signal(signum, record)
+        for signum in STOP_SIGNALS
+        if signal.getsignal(signum) is not signal.SIG_IGN
+    }
+    try:
+        yield request
+    finally:
+        # A signal that came keeps its default action, so that a second one during the
+        # command's report ends the process, as after `sigterm_as_interrupt`.
+        for signum, handler in previous.items():
+            if signal.getsignal(signum) is record:
+                signal.signal(signum, handler)
+
+
 @contextmanager
 def stop_signals_blocked() -> Iterator[None]:
     """Block SIGTERM and SIGINT in the calling thread for the body, and deliver after it those

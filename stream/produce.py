@@ -18,6 +18,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from hiertcn.command_line import format_flag_number, format_number
+from hiertcn.signals import StopRequest, stop_requests
 from stream.config import MAX_SESSION_GAP, MIN_SESSION_GAP, check_topic_name, format_setting
 from stream.errors import ConfigError, StreamError
 from stream.kafka_settings import check_flag_settings, describe_invalid_setting, setting_source
@@ -311,6 +312,8 @@ class EventProducer:
         # The newest event time delivered to each partition. The idempotent producer delivers
         # the messages of one partition in produce order, so this is what the worker reads.
         self._watermarks: dict[int, float] = {}
+        # The stop signal of the run in progress, checked between records.
+        self._stop = StopRequest()
 
     def _on_error(self, error: KafkaError) -> None:
         # Connection failures repeat every few milliseconds while the broker is down.
@@ -338,7 +341,10 @@ class EventProducer:
             self.report.late += 1
         self._watermarks[partition] = max(watermark, ts)
 
-    def _send(self, key: bytes | None, value: bytes, ts: float | None) -> None:
+    def _send(self, key: bytes | None, value: bytes, ts: float | None) -> bool:
+        """Produce one message; return False when a stop request came while the local queue
+        was full, and the message was not produced."""
+
         def on_delivery(error: KafkaError | None, message: Message) -> None:
             self._on_delivery(error, message, ts)
 
@@ -347,22 +353,28 @@ class EventProducer:
                 self.producer.produce(
                     self.config.topic, value=value, key=key, on_delivery=on_delivery
                 )
-                return
+                return True
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room.
+                if self._stop.signum is not None:
+                    return False
                 self.producer.poll(0.1)
 
     def run(self, records: Iterable[Record]) -> ProduceReport:
         """Publish the records, flush, and return the counts.
 
-        On KeyboardInterrupt (SIGINT, or SIGTERM under `sigterm_as_interrupt`) it waits at most
+        A SIGTERM or SIGINT while it publishes stops it after the record in hand, and its
+        delivery reports are counted whole (`stop_requests`). It then waits at most
         `INTERRUPT_FLUSH_SECONDS` for the queued messages, counts those still queued in
-        `report.queued`, and re-raises, so `report` contains the counts of the stopped run.
+        `report.queued`, and raises `Terminated` or KeyboardInterrupt, as
+        `sigterm_as_interrupt` would, so `report` contains the counts of the stopped run.
         """
         check_broker(self.producer, self.config)
         started = time.perf_counter()
         try:
-            self._publish(records, started)
+            with stop_requests() as self._stop:
+                self._publish(records, started)
+            self._stop.raise_interrupt()
         except KeyboardInterrupt:
             wait = min(self.config.flush_timeout, INTERRUPT_FLUSH_SECONDS)
             logger.info("interrupted: waiting up to %g s for %d queued messages", wait, len(self))
@@ -387,6 +399,8 @@ class EventProducer:
         """Produce each readable record, at the configured rate, up to the limit."""
         last_progress = started
         for record in records:
+            if self._stop.signum is not None:
+                return
             if self.config.limit is not None and self.report.produced >= self.config.limit:
                 break
             if record.fields is None:
@@ -397,10 +411,12 @@ class EventProducer:
                 # Wait for this event's slot in the schedule; poll serves delivery reports.
                 due = started + self.report.produced / self.config.rate
                 while (delay := due - time.perf_counter()) > 0:
+                    if self._stop.signum is not None:
+                        return
                     self.producer.poll(min(delay, 0.1))
-            self._send(
-                user_key(record.fields), encode_fields(record.fields), event_time(record.fields)
-            )
+            fields = record.fields
+            if not self._send(user_key(fields), encode_fields(fields), event_time(fields)):
+                return
             self.report.produced += 1
             self.report.last_location = record.location
             self.producer.poll(0)

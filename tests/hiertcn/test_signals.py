@@ -137,3 +137,61 @@ def test_ignored_sigint_stays_ignored() -> None:
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, original)
+
+
+# Sends SIGTERM twice inside `stop_requests`: the first is recorded, the second ends the process.
+RECORDED_SIGTERMS = """
+import os, signal, time
+from hiertcn.errors import Terminated
+from hiertcn.signals import stop_requests
+
+with stop_requests() as request:
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(500):
+        if request.signum is not None:
+            break
+        time.sleep(0.01)
+    print("recorded", request.signum == signal.SIGTERM, flush=True)
+try:
+    request.raise_interrupt()
+except Terminated:
+    print("raised Terminated", flush=True)
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(5)
+print("second SIGTERM ignored", flush=True)
+"""
+
+
+def test_stop_request_recorded_then_second_signal_ends_process() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(RECORDED_SIGTERMS)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert completed.stdout == "recorded True\nraised Terminated\n", completed.stderr
+    assert completed.returncode == -signal.SIGTERM
+
+
+def test_stop_requests_restore_handlers_and_keep_ignored_signals() -> None:
+    from hiertcn.signals import stop_requests
+
+    def previous(signum: int, frame: object) -> None:
+        raise AssertionError("the previous handler ran")
+
+    original_term = signal.signal(signal.SIGTERM, previous)
+    original_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with stop_requests() as request:
+            assert signal.getsignal(signal.SIGTERM) is not previous
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+        assert request.signum is None
+        assert signal.getsignal(signal.SIGTERM) is previous
+        request.raise_interrupt()  # nothing recorded, nothing raised
+    finally:
+        signal.signal(signal.SIGTERM, original_term)
+        signal.signal(signal.SIGINT, original_int)

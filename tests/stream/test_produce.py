@@ -6,6 +6,7 @@ The round trip through a real broker is in tests/integration/test_produce.py.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import socket
@@ -135,6 +136,45 @@ def test_undelivered_after_flush_raises() -> None:
 
     with pytest.raises(ProduceError, match="2 of 3 messages were not delivered"):
         EventProducer(ProduceConfig("127.0.0.1:1", "t"), producer=fake).run(records(3))
+
+
+class SignallingProducer(FakeProducer):
+    """Takes its delivery reports off the queue, as librdkafka does before it runs their
+    callbacks, and sends SIGINT to this process just before the callback of message `at`."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+        self.reported = 0
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def poll(self, timeout: float) -> int:
+        taken, self.pending = self.pending, []
+        for callback in taken:
+            self.reported += 1
+            if self.reported == self.at:
+                os.kill(os.getpid(), signal.SIGINT)
+            callback(None, FakeMessage())
+        return len(taken)
+
+
+def test_stop_signal_never_splits_a_delivery_report() -> None:
+    fake = SignallingProducer(at=3)
+    producer = EventProducer(ProduceConfig("127.0.0.1:1", "t"), producer=fake)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            producer.run(records(10))
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+    # The signal came during the third record's report: the run stopped after that record.
+    assert producer.report.produced == 3
+    assert producer.report.delivered == 3
+    assert producer.report.queued == 0
+    assert len(fake.sent) == 3
 
 
 def closed_port() -> int:
