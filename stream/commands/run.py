@@ -73,7 +73,7 @@ class StartInterruptedError(StreamError):
 
     def __init__(self, signum: int) -> None:
         name = signal.Signals(signum).name
-        super().__init__(f"received {name} during the start checks: stopped before any worker")
+        super().__init__(f"{name} received during the start checks, before any worker started")
         self.exit_code = 128 + signum
 
 
@@ -161,8 +161,13 @@ def run(args: argparse.Namespace) -> int:
     """Build the configuration, check the broker, and run the pool until it stops."""
     # The handlers come first: as PID 1 of a container, the process ignores a SIGTERM that has
     # no handler, and the checks below can take the bundle load plus 15 s.
-    with stop_on_signal():
-        return _run(args)
+    try:
+        with stop_on_signal():
+            return _run(args)
+    except StartInterruptedError as stopped:
+        # A stop on request, so in the form of the pool's last line, not as an error.
+        logger.info("pool exits with %d: %s", stopped.exit_code, stopped)
+        return stopped.exit_code
 
 
 @contextmanager

@@ -577,7 +577,11 @@ def test_client_check_accepts_worker_values() -> None:
 
 
 def test_sigterm_during_broker_check_stops_promptly(
-    onnx_bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(run_command, "run_pool", lambda config, level: 0)
     previous = signal.getsignal(signal.SIGTERM)
@@ -585,12 +589,17 @@ def test_sigterm_during_broker_check_stops_promptly(
     started = time.monotonic()
     timer.start()
 
-    code = main(run_args(onnx_bundle_dir, tmp_path / "state"))
+    with caplog.at_level(logging.INFO, logger="stream.commands.run"):
+        code = main(run_args(onnx_bundle_dir, tmp_path / "state"))
 
     timer.join()
     assert code == 128 + signal.SIGTERM
     assert time.monotonic() - started < 5.0
     assert signal.getsignal(signal.SIGTERM) is previous
+    assert caplog.records[-1].getMessage() == (
+        "pool exits with 143: SIGTERM received during the start checks, before any worker started"
+    )
+    assert "error" not in capsys.readouterr().err
 
 
 def test_run_epilog_lists_rebuild_state(capsys: pytest.CaptureFixture[str]) -> None:
