@@ -372,11 +372,11 @@ OPTIONS: tuple[Option, ...] = (
         "--idle-partition-seconds",
         parse_tolerance,
         "seconds after a partition's last event from which its session timers follow this "
-        "host's clock: the partition's event time then advances with the clock, this many "
-        "seconds behind, so that idle sessions close (and --publish-on-session-close publishes) "
-        "on a partition that receives no events. Set it to the longest delay expected between "
-        "an event's `ts` and its arrival, from 0 to 86400; off keeps the timers on event time "
-        "alone",
+        "host's clock, while no event waits unread: its event time then advances with the "
+        "clock, this many seconds behind, so that idle sessions close (and "
+        "--publish-on-session-close publishes) on a partition that receives no events. Set it "
+        "to the longest delay expected between an event's `ts` and its arrival, from 0 to "
+        "86400; off keeps the timers on event time alone",
         "SECONDS",
     ),
     Option("device", "--device", str, "ONNX Runtime device: cpu, cuda or auto", "DEVICE"),

@@ -9,7 +9,8 @@ most `timer_limit` stored sessions of a partition, so a partition whose pass fin
 paused until a later pass finds fewer.
 
 With `idle_partition_seconds` (S), a partition that has received no event for more than S
-seconds of this host's clock gets timer passes of its own, once per `QUIET_PASS_SECONDS`. Their
+seconds of this host's clock, and has no unread event waiting on the broker, gets timer passes
+of its own, once per `QUIET_PASS_SECONDS`. Their
 watermark is the partition's watermark at its last event plus the seconds since, less S: event
 time is taken to advance with the clock, and an event to arrive at most S seconds after its
 time. That watermark serves only these passes. The stored position keeps the newest event time,
@@ -23,7 +24,7 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from statestore import PartitionPosition, UserState
 from stream.pipeline import IdleResult, Pipeline
@@ -82,7 +83,7 @@ class SessionTimers:
                 continue  # no event seen on this partition yet
             since, watermark = self._last_events.setdefault(partition, (now, position.watermark))
             quiet = now - since
-            if quiet <= delay:
+            if quiet <= delay or self._has_unread_events(partition, position):
                 continue
             clock = watermark + quiet - delay
             if partition not in self._on_clock:
@@ -98,6 +99,17 @@ class SessionTimers:
             clocked = PartitionPosition(position.next_offset, clock)
             results.append(self._close_idle({partition: clocked}, {}, track_backlog=False))
         return results
+
+    def _has_unread_events(self, partition: int, position: PartitionPosition) -> bool:
+        """Return whether the partition's high watermark, as the consumer last fetched it, lies
+        beyond its next offset: events wait that the worker has not read yet, so the partition
+        is behind, not quiet. An unknown watermark counts as none waiting."""
+        tp = TopicPartition(self.config.input_topic, partition)
+        try:
+            _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+        except KafkaException:
+            return False
+        return high > position.next_offset
 
     def _close_idle(
         self,

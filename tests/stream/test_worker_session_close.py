@@ -326,3 +326,17 @@ def test_revoked_partition_forgets_its_last_events(make_worker) -> None:
 
     assert worker._last_events == {}
     assert worker._on_clock == set()
+
+
+def test_partition_with_unread_events_is_not_quiet(make_worker) -> None:
+    worker = make_worker(HeldProducer(), idle_partition_seconds=DELAY)
+    worker._positions[0] = PartitionPosition(0, float("-inf"))
+    worker._process([event_message(0, 0, "u1", 3, START)])
+    # The broker holds events up to offset 5 that the worker has not read: it is behind.
+    worker.consumer = SimpleNamespace(get_watermark_offsets=lambda tp, cached: (0, 5))
+
+    assert quiet_pass(worker, DELAY + GAP + 1) == []
+    assert worker._on_clock == set()
+
+    worker.consumer = SimpleNamespace(get_watermark_offsets=lambda tp, cached: (0, 1))
+    assert quiet_pass(worker, DELAY + GAP + 1) == [("u1", "session_close")]
