@@ -68,6 +68,8 @@ BROKER_WAIT_SLICE_SECONDS = 0.5
 
 # Maximum seconds an interrupted run waits for its queued messages before it exits.
 INTERRUPT_FLUSH_SECONDS = 10.0
+# Seconds of one wait for deliveries at the end of a run, between two checks for a stop request.
+FLUSH_STEP_SECONDS = 0.2
 
 
 class ProduceError(StreamError):
@@ -374,6 +376,7 @@ class EventProducer:
         try:
             with stop_requests() as self._stop:
                 self._publish(records, started)
+                remaining = self._flush_unless_stopped(self.config.flush_timeout)
             self._stop.raise_interrupt()
         except KeyboardInterrupt:
             wait = min(self.config.flush_timeout, INTERRUPT_FLUSH_SECONDS)
@@ -381,7 +384,6 @@ class EventProducer:
             self.report.queued = self.producer.flush(wait)
             self.report.seconds = time.perf_counter() - started
             raise
-        remaining = self.producer.flush(self.config.flush_timeout)
         self.report.seconds = time.perf_counter() - started
         if remaining:
             raise ProduceError(
@@ -390,6 +392,16 @@ class EventProducer:
                 f"{self.config.topic}"
             )
         return self.report
+
+    def _flush_unless_stopped(self, timeout: float) -> int:
+        """Wait up to `timeout` seconds for the queued messages, in steps of
+        `FLUSH_STEP_SECONDS`, and stop waiting at a stop request; return those still queued."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            remaining = self.producer.flush(max(0.0, min(left, FLUSH_STEP_SECONDS)))
+            if not remaining or left <= FLUSH_STEP_SECONDS or self._stop.signum is not None:
+                return remaining
 
     def __len__(self) -> int:
         """Return the messages queued in the producer, not yet delivered or failed."""

@@ -143,14 +143,18 @@ def run_produce(args: argparse.Namespace) -> int:
         session_gap=args.session_gap,
         flag_texts=flag_texts(args),
     )
-    records = read_records_from_args(args)
-    producer = EventProducer(config)
+    producer: EventProducer | None = None
     with sigterm_as_interrupt():
         try:
+            # Reading the file comes first: `--order time` reads all of it before the first
+            # event, and a bad file is reported before any Kafka client starts.
+            records = read_records_from_args(args)
+            producer = EventProducer(config)
             report = producer.run(records)
         except KeyboardInterrupt as interrupt:
-            print_counts(args, producer.report, config.topic)
-            print(interrupted_message(args.events, producer.report), file=sys.stderr)
+            stopped = producer.report if producer is not None else ProduceReport()
+            print_counts(args, stopped, config.topic)
+            print(interrupted_message(args.events, stopped), file=sys.stderr)
             return 143 if isinstance(interrupt, Terminated) else 130
     print_counts(args, report, config.topic)
     quiet = verbosity(args) == 0

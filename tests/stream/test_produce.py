@@ -134,8 +134,9 @@ def test_delivery_failures_counted() -> None:
 def test_undelivered_after_flush_raises() -> None:
     fake = FakeProducer(undelivered=2)
 
-    with pytest.raises(ProduceError, match="2 of 3 messages were not delivered"):
-        EventProducer(ProduceConfig("127.0.0.1:1", "t"), producer=fake).run(records(3))
+    config = ProduceConfig("127.0.0.1:1", "t", flush_timeout=0.5)
+    with pytest.raises(ProduceError, match=r"2 of 3 messages were not delivered within 0\.5 s"):
+        EventProducer(config, producer=fake).run(records(3))
 
 
 class SignallingProducer(FakeProducer):
@@ -175,6 +176,32 @@ def test_stop_signal_never_splits_a_delivery_report() -> None:
     assert producer.report.delivered == 3
     assert producer.report.queued == 0
     assert len(fake.sent) == 3
+
+
+class FlushSignallingProducer(SignallingProducer):
+    """Delivers nothing on poll, so that every report comes in the final flush."""
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        return super().poll(timeout)
+
+
+def test_stop_signal_in_final_flush_counts_every_report() -> None:
+    fake = FlushSignallingProducer(at=4)
+    producer = EventProducer(ProduceConfig("127.0.0.1:1", "t"), producer=fake)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            producer.run(records(6))
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+    assert producer.report.produced == 6
+    assert producer.report.delivered == 6
+    assert producer.report.queued == 0
+    assert producer.report.seconds > 0
 
 
 def closed_port() -> int:
@@ -705,3 +732,25 @@ def test_sigint_stops_broker_wait(tmp_path: Path) -> None:
     assert waiting
     assert code == 130
     assert elapsed < 2.0
+
+
+def test_signal_while_reading_file_says_nothing_was_produced(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hiertcn.errors import Terminated
+    from stream.cli import main
+    from stream.commands import produce as produce_command
+
+    def read_until_signal(args: object) -> list[Record]:
+        raise Terminated  # a SIGTERM while `--order time` reads the whole file
+
+    monkeypatch.setattr(produce_command, "read_records_from_args", read_until_signal)
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"user": "u1", "item": "i1", "ts": 1600000000}\n')
+
+    code = main(["produce", "--events", str(events), "--brokers", "127.0.0.1:1", "--topic", "t"])
+
+    captured = capsys.readouterr()
+    assert code == 143
+    assert captured.out.startswith("produced 0, delivered 0, failed 0")
+    assert f"interrupted before the first event of {events} was produced" in captured.err
