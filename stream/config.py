@@ -160,6 +160,29 @@ class Option:
         return ENV_PREFIX + self.name.upper()
 
 
+class _GivenNone:
+    """The value of a flag given with a text that means None, such as `off` or `bundle`."""
+
+    def __repr__(self) -> str:
+        return "GIVEN_NONE"
+
+
+# A flag's parsed None, which must win over the option's variable as any other flag value does;
+# `build_config` turns it into None. A flag that is not given stays None.
+GIVEN_NONE = _GivenNone()
+
+
+def flag_parser(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Wrap an option's parser for its flag, so that a text parsed as None gives `GIVEN_NONE`."""
+
+    def parse_flag(text: str) -> Any:
+        value = parse(text)
+        return GIVEN_NONE if value is None else value
+
+    parse_flag.__name__ = getattr(parse, "__name__", "value")
+    return parse_flag
+
+
 def parse_float(text: str) -> float:
     """Parse a number such as `2.5`. A nonzero text that a 64-bit float reads as 0 or inf, such
     as `1e-400`, is rejected here, so that no range check reports a value the user never typed."""
@@ -750,7 +773,8 @@ def build_config(
 ) -> WorkerConfig:
     """Build a WorkerConfig: a flag that is not None wins, then `HIERTCN_*`, then the default.
 
-    `flags` maps option names (`OPTIONS[i].name`) to parsed flag values or None; `kafka_flags`
+    `flags` maps option names (`OPTIONS[i].name`) to parsed flag values (`GIVEN_NONE` for a
+    flag such as `--max-future-seconds off`) or None for a flag not given; `kafka_flags`
     are the raw `-X key=value` strings; `extra` sets fields that have no environment variable.
     The config records which values came from the environment, for its error messages.
     """
@@ -758,7 +782,9 @@ def build_config(
     env_names: dict[str, str] = {}
     for option in OPTIONS:
         flag_value = flags.get(option.name)
-        if flag_value is not None:
+        if flag_value is GIVEN_NONE:
+            values[option.name] = None
+        elif flag_value is not None:
             values[option.name] = flag_value
         elif environ.get(option.env, "") != "":
             try:

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 # Seconds between two timer passes over the partitions that receive no events, with
 # `idle_partition_seconds`.
 QUIET_PASS_SECONDS = 1.0
+# Seconds between two log lines that say a partition's timers follow the clock.
+CLOCK_LOG_SECONDS = 600.0
 
 
 class SessionTimers:
@@ -60,15 +62,17 @@ class SessionTimers:
     _paused: set[int]
     # The clock time (time.monotonic) and watermark of each assigned partition at its last
     # event, or when a quiet pass first saw it. Then the partitions whose timers follow the
-    # clock (with idle_partition_seconds), each logged once per quiet spell.
+    # clock (with idle_partition_seconds), and when each was last logged as such.
     _last_events: dict[int, tuple[float, float]]
     _on_clock: set[int]
+    _clock_logged: dict[int, float]
 
-    def _note_events(self, positions: dict[int, PartitionPosition]) -> None:
-        """Record that the partitions of `positions` received events, now."""
+    def _note_events(self, partitions: set[int], positions: dict[int, PartitionPosition]) -> None:
+        """Record that the assigned ones of `partitions` received events now, with their new
+        `positions`. A dead letter is no event: it leaves event time where it was."""
         now = time.monotonic()
-        for partition, position in positions.items():
-            self._last_events[partition] = (now, position.watermark)
+        for partition in partitions & self._positions.keys():
+            self._last_events[partition] = (now, positions[partition].watermark)
             self._on_clock.discard(partition)
 
     def _close_quiet_partitions(self, now: float) -> list[IdleResult]:
@@ -88,17 +92,27 @@ class SessionTimers:
             clock = watermark + quiet - delay
             if partition not in self._on_clock:
                 self._on_clock.add(partition)
-                logger.info(
-                    "%s[%d] has received no event for %.0f s: its session timers follow the "
-                    "clock (--idle-partition-seconds %g) until its next event",
-                    self.config.input_topic,
-                    partition,
-                    quiet,
-                    delay,
-                )
+                self._log_on_clock(partition, quiet, delay, now)
             clocked = PartitionPosition(position.next_offset, clock)
             results.append(self._close_idle({partition: clocked}, {}, track_backlog=False))
         return results
+
+    def _log_on_clock(self, partition: int, quiet: float, delay: float, now: float) -> None:
+        """Log that a partition's timers follow the clock, at most once per
+        `CLOCK_LOG_SECONDS`: with a small --idle-partition-seconds, a busy partition goes quiet
+        between most of its batches."""
+        last = self._clock_logged.get(partition)
+        if last is not None and now - last < CLOCK_LOG_SECONDS:
+            return
+        self._clock_logged[partition] = now
+        logger.info(
+            "%s[%d] has received no event for %.0f s: its session timers follow the "
+            "clock (--idle-partition-seconds %g) until its next event",
+            self.config.input_topic,
+            partition,
+            quiet,
+            delay,
+        )
 
     def _has_unread_events(self, partition: int, position: PartitionPosition) -> bool:
         """Return whether the partition's high watermark, as the consumer last fetched it, lies

@@ -198,6 +198,7 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
         # partitions whose timers follow the clock (`stream.timers`).
         self._last_events: dict[int, tuple[float, float]] = {}
         self._on_clock: set[int] = set()
+        self._clock_logged: dict[int, float] = {}
         self._quiet_pass = Interval(QUIET_PASS_SECONDS)
         # The topic that receives every state and position this worker writes, if any.
         self.changelog = Changelog(config) if config.changelog_topic else None
@@ -431,7 +432,7 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
         for partition, position in decoded.positions.items():
             if partition in self._positions:
                 self._positions[partition] = position
-        self._note_events(decoded.positions)
+        self._note_events({event.partition for event in events}, decoded.positions)
 
         self._observe(messages, result, idle, time.perf_counter() - started)
 

@@ -35,6 +35,7 @@ from stream.config import (
     WorkerConfig,
     build_config,
     check_bundle_settings,
+    flag_parser,
     format_flag_size,
     format_option,
     parse_size,
@@ -108,7 +109,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument(
             option.flag,
             dest=option.name,
-            type=argparse_type(option.parse),
+            type=argparse_type(flag_parser(option.parse)),
             default=None,
             metavar=option.metavar,
             help=f"{option.help} (env {option.env}; {default_text})",

@@ -8,9 +8,11 @@ import pytest
 
 from stream.cli import main
 from stream.config import (
+    OPTIONS,
     WorkerConfig,
     build_config,
     check_k,
+    flag_parser,
     format_option,
     kafka_settings_from_env,
     parse_bool,
@@ -70,6 +72,18 @@ def test_idle_partition_seconds_off_by_default() -> None:
     assert build_config(REQUIRED, environ).idle_partition_seconds == 30.0
     environ = {"HIERTCN_IDLE_PARTITION_SECONDS": "off"}
     assert build_config(REQUIRED, environ).idle_partition_seconds is None
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("idle_partition_seconds", "off"), ("max_future_seconds", "off"), ("session_gap", "bundle")],
+)
+def test_flag_meaning_none_wins_over_bad_variable(name: str, text: str) -> None:
+    option = next(option for option in OPTIONS if option.name == name)
+
+    config = build_config({**REQUIRED, name: flag_parser(option.parse)(text)}, {option.env: "abc"})
+
+    assert getattr(config, name) is None
 
 
 def test_health_stall_seconds_from_environment() -> None:

@@ -744,3 +744,18 @@ def test_run_help_lists_delivery_flags(capsys: pytest.CaptureFixture[str]) -> No
     assert "--delivery-attemptsN" in help_text
     assert "(envHIERTCN_DELIVERY_ATTEMPTS;default6)" in help_text
     assert "thebrokeroutagethepoolridesout(60sbydefault)" in help_text
+
+
+def test_run_idle_partition_flag_reaches_pool_and_wins_over_variable(
+    onnx_bundle_dir: Path,
+    tmp_path: Path,
+    no_pool: list[WorkerConfig],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HIERTCN_IDLE_PARTITION_SECONDS", "abc")
+    state = tmp_path / "state"
+
+    assert main(run_args(onnx_bundle_dir, state, "--idle-partition-seconds", "off")) == 0
+    assert main(run_args(onnx_bundle_dir, state, "--idle-partition-seconds", "30")) == 0
+
+    assert [config.idle_partition_seconds for config in no_pool] == [None, 30.0]

@@ -20,6 +20,7 @@ from stream.config import WorkerConfig
 from stream.events import EventConfig, Position, decode_event
 from stream.metrics import create_metrics
 from stream.pipeline import Pipeline, PipelineConfig
+from stream.timers import CLOCK_LOG_SECONDS
 from stream.worker import Worker
 from tests.stream.fake_bundle import FakeBundle
 from tests.stream.messages import event_message
@@ -289,7 +290,12 @@ def test_event_puts_partition_back_on_event_time(
         assert 0 not in worker._on_clock
         assert quiet_pass(worker, DELAY + GAP - 99) == [("u1", "session_close")]
 
-    assert len(caplog.records) == 2  # one line per quiet spell
+        # A third spell, CLOCK_LOG_SECONDS after the first line, is logged again.
+        worker._process([event_message(0, 2, "u3", 5, START + 200)])
+        quiet_pass(worker, CLOCK_LOG_SECONDS + DELAY + 2)
+
+    # One line per quiet spell, at most one per CLOCK_LOG_SECONDS.
+    assert len(caplog.records) == 2
 
 
 def test_quiet_pass_off_without_flag(make_worker) -> None:
@@ -340,3 +346,25 @@ def test_partition_with_unread_events_is_not_quiet(make_worker) -> None:
 
     worker.consumer = SimpleNamespace(get_watermark_offsets=lambda tp, cached: (0, 1))
     assert quiet_pass(worker, DELAY + GAP + 1) == [("u1", "session_close")]
+
+
+def test_dead_letters_leave_partition_quiet(make_worker) -> None:
+    worker = make_worker(HeldProducer(), idle_partition_seconds=DELAY)
+    worker._positions[0] = PartitionPosition(0, float("-inf"))
+    worker._process([event_message(0, 0, "u1", 3, START)])
+    since = worker._last_events[0]
+
+    # An unknown item: a dead letter, which moves the offset but not event time.
+    worker._process([event_message(0, 1, "u2", 10_000, START + 50)])
+
+    assert worker._last_events[0] == since
+    assert quiet_pass(worker, DELAY + GAP + 1) == [("u1", "session_close")]
+
+
+def test_events_of_unassigned_partition_not_noted(make_worker) -> None:
+    worker = make_worker(HeldProducer(), idle_partition_seconds=DELAY)
+    worker._positions[0] = PartitionPosition(0, float("-inf"))
+
+    worker._process([event_message(1, 0, "u1", 3, START)])
+
+    assert worker._last_events == {}
