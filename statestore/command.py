@@ -182,7 +182,7 @@ def _register_evict(actions: Any) -> None:
         type=float_type,
         required=True,
         metavar="N",
-        help="inactivity threshold in days, a finite number >= 0",
+        help=f"inactivity threshold in days, from 0 to {maintenance.MAX_INACTIVE_DAYS}",
     )
     reference = evict.add_mutually_exclusive_group()
     reference.add_argument(

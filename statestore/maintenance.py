@@ -29,6 +29,8 @@ SECONDS_PER_DAY = 86_400
 # The same bound as `MAX_TS_SECONDS` of the event decoder in `stream.events`, which this package
 # must not import.
 MAX_TIME_SECONDS = 1e11
+# Days of inactivity an eviction may ask for: about 2,700 years, beyond any event time.
+MAX_INACTIVE_DAYS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -152,15 +154,21 @@ def check_eviction_args(
 
     The messages call the values `days_name` and `time_name`, so a command can name its flags.
     """
-    if not math.isfinite(inactive_days) or inactive_days < 0:
+    if not math.isfinite(inactive_days) or not 0 <= inactive_days <= MAX_INACTIVE_DAYS:
         raise StoreConfigError(
-            f"{days_name} {inactive_days} is invalid: use a finite number of days, 0 or more"
+            f"{days_name} {inactive_days:g} is invalid: use a number of days from 0 to "
+            f"{MAX_INACTIVE_DAYS}"
         )
     if now is None:
         return
     if not math.isfinite(now) or now < 0:
         raise StoreConfigError(
             f"{time_name} {now} is invalid: use seconds since the Unix epoch, 0 or more"
+        )
+    if now > MAX_TIME_SECONDS * 1000:
+        raise StoreConfigError(
+            f"{time_name} {now:g} is too large: pass seconds since the Unix epoch up to "
+            f"{MAX_TIME_SECONDS:.0f}"
         )
     if now > MAX_TIME_SECONDS:
         raise StoreConfigError(
