@@ -178,7 +178,7 @@ resume_kept() {
     data_dir="$(cat "$STATE_DIR/data_dir")"
     [[ -d "$data_dir" ]] || die "the kept broker data folder $data_dir is missing: run '$0 stop' to forget it, then start again"
     if [[ "$port" != 0 && "127.0.0.1:$port" != "$bootstrap" ]]; then
-        die "the kept broker data belongs to a broker on $bootstrap, not port $port: omit --port, or run '$0 stop' to delete the data"
+        usage_error "the kept broker data belongs to a broker on $bootstrap, not port $port: omit --port, or run '$0 stop' to delete the data"
     fi
     echo "resuming the broker on $bootstrap with the data kept in $data_dir" >&2
     set_java_cmd
@@ -240,7 +240,7 @@ cmd_restart() {
         local bootstrap
         bootstrap="$(cat "$STATE_DIR/bootstrap")"
         if [[ "$port" != 0 && "127.0.0.1:$((10#$port))" != "$bootstrap" ]]; then
-            die "the running broker listens on $bootstrap, and restart keeps its port: omit --port"
+            usage_error "the running broker listens on $bootstrap, and restart keeps its port: omit --port"
         fi
         cmd_stop "$stop_timeout" 1 >&2
     elif [[ ! -f "$STATE_DIR/kept" ]]; then

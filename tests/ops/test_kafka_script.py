@@ -70,6 +70,12 @@ def test_stop_keep_data_then_start_resumes(tmp_path: Path) -> None:
         assert broker.start() == bootstrap
         assert _end_offset(bootstrap, "drill") == 1
 
+        # Restart keeps the port, so another --port is a bad value: exit 2, broker untouched.
+        port = int(bootstrap.rsplit(":", 1)[1])
+        other = _script(state_dir, "restart", "--port", str(port % 65535 + 1))
+        assert other.returncode == 2, other.stderr
+        assert "restart keeps its port: omit --port" in other.stderr
+
         restarted = _script(state_dir, "restart")
         assert restarted.returncode == 0, restarted.stderr
         assert restarted.stdout.strip().splitlines()[-1] == bootstrap
