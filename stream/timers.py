@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 # Seconds between two timer passes over the partitions that receive no events, with
 # `idle_partition_seconds`.
 QUIET_PASS_SECONDS = 1.0
-# Seconds between two log lines that say a partition's timers follow the clock.
+# Seconds between two log lines that report that a partition's timers follow the clock.
 CLOCK_LOG_SECONDS = 600.0
 
 
@@ -98,9 +98,9 @@ class SessionTimers:
         return results
 
     def _log_on_clock(self, partition: int, quiet: float, delay: float, now: float) -> None:
-        """Log that a partition's timers follow the clock, at most once per
-        `CLOCK_LOG_SECONDS`: with a small --idle-partition-seconds, a busy partition goes quiet
-        between most of its batches."""
+        """Log that a partition's timers follow the clock, unless that was logged less than
+        `CLOCK_LOG_SECONDS` ago. With a small --idle-partition-seconds, a busy partition goes
+        quiet between most of its batches."""
         last = self._clock_logged.get(partition)
         if last is not None and now - last < CLOCK_LOG_SECONDS:
             return

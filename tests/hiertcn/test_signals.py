@@ -1,4 +1,4 @@
-"""SIGTERM and SIGINT: the first one raises, a second one ends the process."""
+"""SIGTERM and SIGINT: the first one raises or is recorded, a second one ends the process."""
 
 from __future__ import annotations
 
@@ -8,6 +8,19 @@ import sys
 import textwrap
 
 from tests.conftest import REPO_ROOT
+
+
+def run_script(source: str) -> subprocess.CompletedProcess[str]:
+    """Run `source` in a Python process of its own, whose signals the test may end it with."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(source)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
 
 # Sends SIGTERM twice inside `sigterm_as_interrupt`: the first raises `Terminated`, the second
 # comes while the command is still reporting what it saved.
@@ -34,14 +47,7 @@ with sigterm_as_interrupt():
 
 
 def test_second_sigterm_ends_process() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(TWO_SIGTERMS)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    completed = run_script(TWO_SIGTERMS)
 
     assert completed.stdout == "first SIGTERM raised\n", completed.stderr
     assert completed.returncode == -signal.SIGTERM
@@ -101,14 +107,7 @@ except KeyboardInterrupt:
 
 
 def test_second_sigint_ends_process() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(TWO_SIGINTS)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    completed = run_script(TWO_SIGINTS)
 
     assert completed.stdout == "first SIGINT raised\n", completed.stderr
     assert completed.returncode == -signal.SIGINT
@@ -163,14 +162,7 @@ print("second SIGTERM ignored", flush=True)
 
 
 def test_stop_request_recorded_then_second_signal_ends_process() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(RECORDED_SIGTERMS)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    completed = run_script(RECORDED_SIGTERMS)
 
     assert completed.stdout == "recorded True\nraised Terminated\n", completed.stderr
     assert completed.returncode == -signal.SIGTERM

@@ -395,7 +395,7 @@ def wait_for_log(
     run: WorkerRun, condition: str | Callable[[str], bool], timeout_s: float = 120.0
 ) -> None:
     """Wait until the log of `run` contains `condition` (a text), or satisfies it (a function of
-    the log); fail when the pool exits first or after `timeout_s` seconds."""
+    the log). Fail when the pool exits first or after `timeout_s` seconds."""
     met = (lambda log: condition in log) if isinstance(condition, str) else condition
     deadline = time.monotonic() + timeout_s
     while not met(log := run.log()):

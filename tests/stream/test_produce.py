@@ -152,26 +152,34 @@ class SignallingProducer(FakeProducer):
         return len(self.pending)
 
     def poll(self, timeout: float) -> int:
-        taken, self.pending = self.pending, []
-        for callback in taken:
+        reports, self.pending = self.pending, []
+        for callback in reports:
             self.reported += 1
             if self.reported == self.at:
                 os.kill(os.getpid(), signal.SIGINT)
             callback(None, FakeMessage())
-        return len(taken)
+        return len(reports)
 
 
-def test_stop_signal_never_splits_a_delivery_report() -> None:
-    fake = SignallingProducer(at=3)
+def run_until_interrupted(fake: FakeProducer, count: int) -> EventProducer:
+    """Run a producer over `count` records, expect the interrupt of its fake's SIGINT, and
+    return the producer with the report of the stopped run."""
     producer = EventProducer(ProduceConfig("127.0.0.1:1", "t"), producer=fake)
     # A test run started in the background of a shell script ignores SIGINT, which
     # stop_requests leaves ignored.
     handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
-            producer.run(records(10))
+            producer.run(records(count))
     finally:
         signal.signal(signal.SIGINT, handler)
+    return producer
+
+
+def test_stop_signal_never_splits_a_delivery_report() -> None:
+    fake = SignallingProducer(at=3)
+
+    producer = run_until_interrupted(fake, 10)
 
     # The signal came during the third record's report: the run stopped after that record.
     assert producer.report.produced == 3
@@ -191,16 +199,7 @@ class FlushSignallingProducer(SignallingProducer):
 
 
 def test_stop_signal_in_final_flush_counts_every_report() -> None:
-    fake = FlushSignallingProducer(at=4)
-    producer = EventProducer(ProduceConfig("127.0.0.1:1", "t"), producer=fake)
-    # A test run started in the background of a shell script ignores SIGINT, which
-    # stop_requests leaves ignored.
-    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            producer.run(records(6))
-    finally:
-        signal.signal(signal.SIGINT, handler)
+    producer = run_until_interrupted(FlushSignallingProducer(at=4), 6)
 
     assert producer.report.produced == 6
     assert producer.report.delivered == 6

@@ -746,7 +746,7 @@ def test_run_help_lists_delivery_flags(capsys: pytest.CaptureFixture[str]) -> No
     assert "thebrokeroutagethepoolridesout(60sbydefault)" in help_text
 
 
-def test_run_idle_partition_flag_reaches_pool_and_wins_over_variable(
+def test_idle_partition_flag_wins_over_variable(
     onnx_bundle_dir: Path,
     tmp_path: Path,
     no_pool: list[WorkerConfig],

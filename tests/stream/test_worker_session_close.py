@@ -338,7 +338,7 @@ def test_partition_with_unread_events_is_not_quiet(make_worker) -> None:
     worker = make_worker(HeldProducer(), idle_partition_seconds=DELAY)
     worker._positions[0] = PartitionPosition(0, float("-inf"))
     worker._process([event_message(0, 0, "u1", 3, START)])
-    # The broker holds events up to offset 5 that the worker has not read: it is behind.
+    # The broker has events up to offset 5 that the worker has not read: it is behind.
     worker.consumer = SimpleNamespace(get_watermark_offsets=lambda tp, cached: (0, 5))
 
     assert quiet_pass(worker, DELAY + GAP + 1) == []
