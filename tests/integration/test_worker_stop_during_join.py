@@ -1,4 +1,5 @@
-"""A worker whose group join completes after a stop request, on a real broker.
+"""A worker whose group join completes after a stop request, on a real broker, and pools stopped
+at several moments around their join.
 
 The join can complete inside the consumer's close(), where the offset queries of an assignment
 can time out. The worker then assigns nothing, and librdkafka must accept both the empty
@@ -22,7 +23,16 @@ from stream.config import WorkerConfig
 from stream.kafka_settings import consumer_settings, producer_settings
 from stream.metrics import create_metrics
 from stream.worker import Worker
-from tests.integration.fixtures_stream import Topics, make_topics, wait_for_members
+from tests.integration.fixtures_stream import (
+    Topics,
+    WorkerRun,
+    make_topics,
+    start_worker,
+    stream_bundle,  # noqa: F401 - pytest fixture
+    wait_for_log,
+    wait_for_members,
+    worker_runs,  # noqa: F401 - pytest fixture
+)
 
 PARTITIONS = 2
 # Seconds within which the group must be empty: well below session.timeout.ms (45 s), which a
@@ -92,3 +102,42 @@ def test_join_after_stop_request_assigns_nothing_and_leaves(
             successor.poll(0.2)
     finally:
         successor.close()
+
+
+# Seconds after a pool's worker logged "started on" at which it gets SIGTERM: before, during
+# and after its group join, which takes a rebalance of the busy member.
+STOP_DELAYS = (0.0, 0.2, 0.6, 1.5)
+
+
+def test_pool_stopped_around_its_join_leaves_group(
+    kafka_bootstrap: str,
+    unique_topic: Callable[[str], str],
+    stream_bundle: Path,  # noqa: F811
+    worker_runs: list[WorkerRun],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    topics = make_topics(kafka_bootstrap, unique_topic, partitions=PARTITIONS)
+    busy = start_worker(
+        kafka_bootstrap, stream_bundle, topics, tmp_path / "busy", tmp_path / "busy.log"
+    )
+    worker_runs.append(busy)
+    wait_for_log(busy, "stream.rebalance: assigned ", timeout_s=60)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+    for number, delay in enumerate(STOP_DELAYS):
+        log_path = tmp_path / f"joining{number}.log"
+        joining = start_worker(
+            kafka_bootstrap, stream_bundle, topics, tmp_path / f"joining{number}", log_path
+        )
+        worker_runs.append(joining)
+        wait_for_log(joining, ") started on ", timeout_s=60)
+        time.sleep(delay)
+        joining.signal(signal.SIGTERM)
+
+        assert joining.wait(60) == 0, joining.log()
+        # A member that did not leave would stay until session.timeout.ms (45 s).
+        members = wait_for_members(admin, topics.group, 1, LEAVE_SECONDS)
+        assert members == 1, f"delay {delay} s:\n{joining.log()}"
+
+    busy.signal(signal.SIGTERM)
+    assert busy.wait(60) == 0, busy.log()
