@@ -121,7 +121,13 @@ class SessionTimers:
         tp = TopicPartition(self.config.input_topic, partition)
         try:
             _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-        except KafkaException:
+        except KafkaException as error:
+            logger.debug(
+                "reading the high watermark of %s[%d] failed, so its timers count it as quiet: %s",
+                self.config.input_topic,
+                partition,
+                error,
+            )
             return False
         return high > position.next_offset
 

@@ -432,7 +432,8 @@ class Worker(ConsumeStep, RebalanceCallbacks, SessionTimers, MetricUpdates):
         for partition, position in decoded.positions.items():
             if partition in self._positions:
                 self._positions[partition] = position
-        self._note_events({event.partition for event in events}, decoded.positions)
+        if self.config.idle_partition_seconds is not None:
+            self._note_events({event.partition for event in events}, decoded.positions)
 
         self._observe(messages, result, idle, time.perf_counter() - started)
 

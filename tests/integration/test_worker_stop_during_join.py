@@ -61,7 +61,7 @@ def _worker(bootstrap: str, topics: Topics, state_dir: Path) -> Worker:
     )
 
 
-def test_join_after_stop_request_assigns_nothing_and_leaves(
+def test_join_after_stop_assigns_nothing(
     kafka_bootstrap: str, unique_topic: Callable[[str], str], tmp_path: Path
 ) -> None:
     topics = make_topics(kafka_bootstrap, unique_topic, partitions=PARTITIONS)
@@ -109,7 +109,7 @@ def test_join_after_stop_request_assigns_nothing_and_leaves(
 STOP_DELAYS = (0.0, 0.2, 0.6, 1.5)
 
 
-def test_pool_stopped_around_its_join_leaves_group(
+def test_pool_stopped_around_join_leaves(
     kafka_bootstrap: str,
     unique_topic: Callable[[str], str],
     stream_bundle: Path,  # noqa: F811
